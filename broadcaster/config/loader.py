@@ -1,0 +1,209 @@
+"""Loading ``config.yaml``: ``${ENV}`` substitution, ``BROADCASTER_*`` overrides, located errors.
+
+Every error names where the bad value came from: ``config.yaml:12:5: schedule.cadence.major:
+invalid duration 'soon'``, or the environment variable that set it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from broadcaster.config.settings import Settings, cross_check
+
+ENV_PREFIX = "BROADCASTER_"
+CONFIG_ENV = "BROADCASTER_CONFIG"
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+Path_ = tuple[str | int, ...]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists every located error."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class _Origin:
+    where: str
+
+    def __str__(self) -> str:
+        return self.where
+
+
+def locate_config(explicit: str | Path | None = None) -> Path:
+    """The config file to use: ``--config``, else ``$BROADCASTER_CONFIG``, else ``./config.yaml``,
+    else the default shipped with the package."""
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    local = Path("config.yaml")
+    if local.exists():
+        return local
+    shipped = Path(__file__).resolve().parent.parent / "_default_config.yaml"
+    if shipped.exists():
+        return shipped
+    return Path(__file__).resolve().parents[2] / "config.yaml"
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read, substitute, override and validate; raise :class:`ConfigError` on any problem."""
+    env = os.environ if environ is None else environ
+    file = locate_config(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror or exc}"]) from exc
+    origins: dict[Path_, _Origin] = {}
+    try:
+        data = _parse_yaml(text, str(file), origins)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{file}:1:1: the top level must be a mapping of sections"])
+    problems: list[str] = []
+    data = _substitute(data, (), env, origins, problems, str(file))
+    _apply_overrides(data, env, origins, problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            [_describe(err["loc"], err["msg"], origins, str(file)) for err in exc.errors()]
+        ) from exc
+    crossed = [_describe(loc, msg, origins, str(file)) for loc, msg in cross_check(settings)]
+    if crossed:
+        raise ConfigError(crossed)
+    settings.database.url = resolve_sqlite_url(settings.database.url, file.resolve().parent)
+    return settings
+
+
+def resolve_sqlite_url(url: str, base: Path) -> str:
+    """Make a relative SQLite path absolute against ``base`` (the config file's folder)."""
+    match = re.match(r"^(sqlite(?:\+\w+)?):///(?!/)(.+)$", url)
+    if not match or match.group(2).startswith(":memory:"):
+        return url
+    return f"{match.group(1)}:///{(base / match.group(2)).resolve()}"
+
+
+def _parse_yaml(text: str, filename: str, origins: dict[Path_, _Origin]) -> Any:
+    loader = yaml.SafeLoader(text)
+    loader.name = filename
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _record_marks(node, (), origins, filename)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _record_marks(node: yaml.Node, path: Path_, origins: dict[Path_, _Origin], name: str) -> None:
+    mark = node.start_mark
+    origins[path] = _Origin(f"{name}:{mark.line + 1}:{mark.column + 1}")
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+            _record_marks(value_node, (*path, str(key)), origins, name)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_marks(item, (*path, index), origins, name)
+
+
+def _substitute(
+    value: Any,
+    path: Path_,
+    env: Mapping[str, str],
+    origins: dict[Path_, _Origin],
+    problems: list[str],
+    filename: str,
+) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _substitute(v, (*path, str(k)), env, origins, problems, filename)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _substitute(v, (*path, i), env, origins, problems, filename)
+            for i, v in enumerate(value)
+        ]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(
+            _describe(path, f"environment variable {name} is not set", origins, filename)
+        )
+        return ""
+
+    return _PLACEHOLDER.sub(replace, value)
+
+
+def _apply_overrides(
+    data: dict[str, Any],
+    env: Mapping[str, str],
+    origins: dict[Path_, _Origin],
+    problems: list[str],
+) -> None:
+    """``BROADCASTER_SECTION__KEY=value`` sets ``section.key``; values are parsed as YAML."""
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
+        if any(not k for k in keys):
+            problems.append(f"environment {name}: empty key segment in the name")
+            continue
+        try:
+            value = yaml.safe_load(env[name]) if env[name] else ""
+        except yaml.YAMLError as exc:
+            problems.append(f"environment {name}: not a valid YAML value: {exc}")
+            continue
+        node: dict[str, Any] = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[keys[-1]] = value
+        origins[tuple(keys)] = _Origin(f"environment {name}")
+
+
+def _describe(loc: tuple[Any, ...], msg: str, origins: dict[Path_, _Origin], filename: str) -> str:
+    path: Path_ = tuple(p for p in loc if isinstance(p, str | int))
+    # Discriminated unions add the tag ("email") to the location; it is not a key.
+    key = ".".join(str(p) for p in path)
+    probe = path
+    while probe and probe not in origins:
+        probe = probe[:-1]
+    where = origins.get(probe) if probe in origins else origins.get((), _Origin(filename))
+    if where is None:
+        where = _Origin(filename)
+    return f"{where}: {key or '(top level)'}: {msg}"

@@ -1,0 +1,104 @@
+"""The settings schema: every key ``config.yaml`` may hold, with defaults and limits."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from broadcaster.config.durations import Duration
+from channels.console import ConsoleSettings
+from channels.email import EmailSettings
+
+ChannelSettings = Annotated[ConsoleSettings | EmailSettings, Field(discriminator="type")]
+Severity = Literal["minor", "major", "critical"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite+aiosqlite:///data/broadcaster.db"
+    """SQLAlchemy async URL; a relative SQLite path is relative to the config file."""
+    echo: bool = False
+
+
+class CadenceSettings(_Section):
+    """How often customers hear from us while an incident of that severity is open."""
+
+    critical: Duration = timedelta(minutes=15)
+    major: Duration = timedelta(minutes=30)
+    minor: Duration = timedelta(hours=2)
+
+    def for_severity(self, severity: str) -> timedelta:
+        value: timedelta = getattr(self, severity)
+        return value
+
+
+class ScheduleSettings(_Section):
+    sweep_interval: Duration = timedelta(seconds=1)
+    """Safety sweep: how often the store is checked for due rounds written by others."""
+    cadence: CadenceSettings = CadenceSettings()
+    promise_grace: Duration = timedelta(seconds=60)
+    """A round that starts later than its promise plus this grace is counted as late."""
+    round_lease: Duration = timedelta(seconds=60)
+    audience_batch: int = Field(default=1000, ge=1, le=100_000)
+
+
+class BackoffSettings(_Section):
+    initial: Duration = timedelta(seconds=5)
+    maximum: Duration = timedelta(minutes=10)
+    multiplier: float = Field(default=2.0, ge=1.0)
+    jitter: float = Field(default=0.2, ge=0.0, le=1.0)
+
+
+class DeliverySettings(_Section):
+    channels: list[str] = Field(default_factory=lambda: ["console"], min_length=1)
+    """The channels every round goes out on (names from ``channels``)."""
+    workers: int = Field(default=4, ge=1, le=256)
+    batch_size: int = Field(default=50, ge=1, le=10_000)
+    lease: Duration = timedelta(seconds=60)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    backoff: BackoffSettings = BackoffSettings()
+    poll_interval: Duration = timedelta(milliseconds=500)
+
+
+class MessageSettings(_Section):
+    organisation: str = "Example Transit"
+    default_language: str = "en"
+    public_url: str = "http://127.0.0.1:8080"
+    """Base of the public incident page linked from every message."""
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+def _default_channels() -> dict[str, ConsoleSettings | EmailSettings]:
+    return {"console": ConsoleSettings()}
+
+
+class Settings(_Section):
+    """The whole configuration."""
+
+    database: DatabaseSettings = DatabaseSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    channels: dict[str, ChannelSettings] = Field(default_factory=_default_channels)
+    messages: MessageSettings = MessageSettings()
+    log: LogSettings = LogSettings()
+
+
+def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
+    """Checks that span sections; each problem with the path of the key at fault."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for index, name in enumerate(settings.delivery.channels):
+        if name not in settings.channels:
+            known = ", ".join(sorted(settings.channels)) or "none"
+            problems.append(
+                (("delivery", "channels", index), f"unknown channel {name!r} (defined: {known})")
+            )
+    return problems

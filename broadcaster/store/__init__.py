@@ -1,0 +1,31 @@
+"""The store: the single source of truth (SQLAlchemy 2 async; SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+from broadcaster.store.db import Database
+from broadcaster.store.models import (
+    Base,
+    ContactPoint,
+    Customer,
+    Delivery,
+    Incident,
+    IncidentScope,
+    IncidentUpdate,
+    Promise,
+    Round,
+    Subscription,
+)
+
+__all__ = [
+    "Base",
+    "ContactPoint",
+    "Customer",
+    "Database",
+    "Delivery",
+    "Incident",
+    "IncidentScope",
+    "IncidentUpdate",
+    "Promise",
+    "Round",
+    "Subscription",
+]

@@ -1,0 +1,80 @@
+"""Engine and sessions: one :class:`Database` per process, SQLite tuned for a daemon + CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Table, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.sql.dml import Insert
+
+
+class Database:
+    """Owns the async engine; ``session()`` opens a unit of work, ``engine`` runs Core."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.dialect == "sqlite":
+            database = parsed.database or ""
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> AsyncSession:
+        return self.sessions()
+
+    def insert_ignoring_duplicates(self, table: Table, *conflict_columns: str) -> Insert:
+        """``INSERT … ON CONFLICT DO NOTHING`` for this dialect (the idempotent write)."""
+        if self.dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing(
+                index_elements=list(conflict_columns) or None
+            )
+        return sqlite.insert(table).on_conflict_do_nothing(
+            index_elements=list(conflict_columns) or None
+        )
+
+    def upsert(self, table: Table, conflict_columns: list[str], update_columns: list[str]) -> Any:
+        """``INSERT … ON CONFLICT (…) DO UPDATE SET`` the given columns from the new row."""
+        statement: Any
+        if self.dialect == "postgresql":
+            statement = postgresql.insert(table)
+        else:
+            statement = sqlite.insert(table)
+        return statement.on_conflict_do_update(
+            index_elements=conflict_columns,
+            set_={name: statement.excluded[name] for name in update_columns},
+        )
+
+    @property
+    def skip_locked(self) -> bool:
+        """Whether ``FOR UPDATE SKIP LOCKED`` means something here (PostgreSQL only)."""
+        return self.dialect == "postgresql"
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,216 @@
+"""The tables: every fact of the broadcast loop is a row here.
+
+Idempotency lives in unique keys: rounds by (incident, number), deliveries by
+(round, customer, channel), contact points by (customer, channel, address),
+subscriptions by (customer, kind, value).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from broadcaster.store.types import UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    language: Mapped[str] = mapped_column(String(16), default="en")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ContactPoint(Base):
+    """One address of a customer on one kind of channel (email, sms, push)."""
+
+    __tablename__ = "contact_points"
+    __table_args__ = (UniqueConstraint("customer_id", "kind", "address"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(String(512))
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Subscription(Base):
+    """A customer's interest in a component or a region."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "kind", "value"),
+        Index("ix_subscriptions_kind_value_customer", "kind", "value", "customer_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # component | region
+    value: Mapped[str] = mapped_column(String(200))
+
+
+class Incident(Base):
+    __tablename__ = "incidents"
+    __table_args__ = (UniqueConstraint("source", "external_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    title: Mapped[str] = mapped_column(String(300))
+    severity: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(64), default="operator")
+    external_id: Mapped[str | None] = mapped_column(String(300), default=None)
+    declared_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    rounds_made: Mapped[int] = mapped_column(Integer, default=0)
+    """Highest round number created so far (round numbers start at 1)."""
+
+
+class IncidentScope(Base):
+    """What an incident affects: components and regions, matched against subscriptions."""
+
+    __tablename__ = "incident_scopes"
+    __table_args__ = (UniqueConstraint("incident_id", "kind", "value"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(String(200))
+
+
+class IncidentUpdate(Base):
+    """One entry of the incident's timeline, as staff wrote it."""
+
+    __tablename__ = "incident_updates"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("incidents.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # declared | update | resolved | closed
+    status: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text, default="")
+    cause_kind: Mapped[str] = mapped_column(String(16), default="unknown")
+    cause: Mapped[str | None] = mapped_column(Text, default=None)
+    author: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Round(Base):
+    """One update to one incident's audience. Its due time is the promise it keeps."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (
+        UniqueConstraint("incident_id", "number"),
+        Index("ix_rounds_state_due_at", "state", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # first | update | no_news | resolution
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    # pending -> materialising -> dispatched; or cancelled
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    update_id: Mapped[int | None] = mapped_column(
+        ForeignKey("incident_updates.id", ondelete="SET NULL"), default=None
+    )
+    next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    """The "next update by" this round's messages promise (None for the final round)."""
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    materialised_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    cursor: Mapped[str | None] = mapped_column(String(64), default=None)
+    """Last customer id materialised: a restarted round continues after it."""
+    audience_size: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    fence: Mapped[int] = mapped_column(Integer, default=0)
+    """Fencing token: bumped at each claim; a stale worker's writes match no row."""
+
+
+class Delivery(Base):
+    """One message to one customer on one channel for one round: the outbox row."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("round_id", "customer_id", "channel"),
+        Index("ix_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+        Index("ix_deliveries_customer_id", "customer_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(32))
+    contact_point_id: Mapped[int | None] = mapped_column(
+        ForeignKey("contact_points.id", ondelete="SET NULL"), default=None
+    )
+    address: Mapped[str] = mapped_column(String(512))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    # pending -> sending -> sent | failed   (pending again, later, on a retryable error)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    provider_message_id: Mapped[str | None] = mapped_column(String(300), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class Promise(Base):
+    """A "next update by" made to customers; kept, late, or still open."""
+
+    __tablename__ = "promises"
+    __table_args__ = (UniqueConstraint("made_by_round_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("incidents.id", ondelete="CASCADE"), index=True
+    )
+    made_by_round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open | kept | late
+    kept_by_round_id: Mapped[int | None] = mapped_column(
+        ForeignKey("rounds.id", ondelete="SET NULL"), default=None
+    )
+    kept_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    lateness_seconds: Mapped[float | None] = mapped_column(default=None)

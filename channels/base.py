@@ -1,0 +1,102 @@
+"""The channel protocol: send one message to one target, get a receipt or a typed error.
+
+Error tree::
+
+    Exception
+     └── DeliveryError            one send failed
+          retryable: bool         True when trying again later can help
+          reason: str             what went wrong, for the delivery row and the logs
+          retry_after: float|None seconds the provider asked us to wait, if it said
+          contact_point: ContactPointState|None
+                                  set on permanent errors that condemn the address
+                                  itself (opted out, invalid, unregistered), so the
+                                  daemon stops trying it
+
+Like Alertmanager's notifier, a channel never returns ``False``: it either returns a
+:class:`Receipt` or raises :class:`DeliveryError` that says whether to retry.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+class ContactPointState(enum.StrEnum):
+    """What a permanent error says about the address itself."""
+
+    OPTED_OUT = "opted_out"
+    DISABLED = "disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Whom to send to: one address on one channel, and who is behind it."""
+
+    address: str
+    name: str = ""
+    customer_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What to send. Channels pick the parts they can carry.
+
+    ``idempotency_key`` is the delivery id: providers that accept one get it, and
+    every channel puts it where a receiver can de-duplicate on it.
+    """
+
+    subject: str
+    text: str
+    html: str | None = None
+    idempotency_key: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Proof that the provider accepted the message."""
+
+    provider_message_id: str | None = None
+    detail: str = ""
+
+
+class DeliveryError(Exception):
+    """One send failed; ``retryable`` says whether trying again can help."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        contact_point: ContactPointState | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.contact_point = contact_point
+
+    def __repr__(self) -> str:
+        return (
+            f"DeliveryError({self.reason!r}, retryable={self.retryable}, "
+            f"retry_after={self.retry_after}, contact_point={self.contact_point})"
+        )
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """A way to reach a customer. ``contact`` names the contact-point kind it addresses."""
+
+    name: str
+    contact: str
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        """Send one message to one target; raise :class:`DeliveryError` on failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; called once at shutdown."""
+        ...

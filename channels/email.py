@@ -1,0 +1,178 @@
+"""Email channel over SMTP (aiosmtplib): STARTTLS or implicit TLS, a small connection pool.
+
+Messages are multipart text + HTML with a Message-ID, Date, From, To (with the
+customer's name) and, when configured, Reply-To. SMTP replies map onto the retry
+contract: 4xx and connection trouble are retryable, 5xx on the recipient is permanent
+and disables the address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate, make_msgid, parseaddr
+from pathlib import Path
+from typing import Literal
+
+import aiosmtplib
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+
+
+class EmailSettings(BaseModel):
+    """Settings of the SMTP email channel."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["email"] = "email"
+    contact: str = "email"
+    host: str = "127.0.0.1"
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    """``starttls`` upgrades a plain connection (port 587), ``tls`` is implicit TLS (465)."""
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str = Field(default="Broadcaster <noreply@localhost>", alias="from")
+    reply_to: str | None = None
+    pool_size: int = Field(default=4, ge=1, le=64)
+    timeout: float = Field(default=30.0, gt=0)
+    ca_file: Path | None = None
+    """Trust this CA bundle instead of the system's (private relays, tests)."""
+    verify: bool = True
+    message_id_domain: str | None = None
+
+
+class EmailChannel:
+    """Sends one email per call over a pooled, reused SMTP connection."""
+
+    def __init__(self, name: str, settings: EmailSettings) -> None:
+        self.name = name
+        self.contact = settings.contact
+        self._settings = settings
+        self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
+        self._slots = asyncio.Semaphore(settings.pool_size)
+        sender_name, sender_addr = parseaddr(settings.sender)
+        if "@" not in sender_addr:
+            raise ValueError(f"email channel {name!r}: 'from' is not an address: {settings.sender}")
+        self._sender_addr = sender_addr
+        self._sender = formataddr((sender_name, sender_addr))
+        self._domain = settings.message_id_domain or sender_addr.rsplit("@", 1)[1]
+        self._closed = False
+
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(
+            cafile=str(self._settings.ca_file) if self._settings.ca_file else None
+        )
+        if not self._settings.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self._settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            timeout=s.timeout,
+            use_tls=s.security == "tls",
+            start_tls=False,
+            tls_context=self._tls_context() if s.security != "none" else None,
+        )
+        await client.connect()
+        if s.security == "starttls":
+            await client.starttls()
+        if s.username:
+            password = s.password.get_secret_value() if s.password else ""
+            await client.login(s.username, password)
+        return client
+
+    def build(self, target: Target, message: Message) -> EmailMessage:
+        """The MIME message for one target (public so tests and previews can inspect it)."""
+        email = EmailMessage()
+        email["From"] = self._sender
+        email["To"] = Address(display_name=target.name, addr_spec=target.address)
+        if self._settings.reply_to:
+            email["Reply-To"] = self._settings.reply_to
+        email["Subject"] = message.subject
+        email["Date"] = formatdate(localtime=False, usegmt=True)
+        idstring = message.idempotency_key.replace("/", ".") or None
+        email["Message-ID"] = make_msgid(idstring=idstring, domain=self._domain)
+        for key, value in message.headers.items():
+            email[key] = value
+        email.set_content(message.text)
+        if message.html is not None:
+            email.add_alternative(message.html, subtype="html")
+        return email
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        if self._closed:
+            raise DeliveryError("email channel is closed", retryable=True)
+        try:
+            email = self.build(target, message)
+        except (ValueError, IndexError) as exc:
+            raise DeliveryError(
+                f"cannot address {target.address!r}: {exc}",
+                retryable=False,
+                contact_point=ContactPointState.DISABLED,
+            ) from exc
+        async with self._slots:
+            client: aiosmtplib.SMTP | None = None
+            try:
+                client = self._idle.get_nowait() if not self._idle.empty() else None
+                if client is not None and not client.is_connected:
+                    client = None
+                if client is None:
+                    client = await self._connect()
+                await client.send_message(email)
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                await _discard(client)
+                raise _refused(exc.recipients) from exc
+            except aiosmtplib.SMTPResponseException as exc:
+                await _discard(client)
+                raise _from_reply(exc.code, exc.message) from exc
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                await _discard(client)
+                raise DeliveryError(f"SMTP connection failed: {exc}", retryable=True) from exc
+            self._release(client)
+        return Receipt(provider_message_id=str(email["Message-ID"]))
+
+    def _release(self, client: aiosmtplib.SMTP | None) -> None:
+        if client is not None and client.is_connected and not self._closed:
+            self._idle.put_nowait(client)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        while not self._idle.empty():
+            await _discard(self._idle.get_nowait(), polite=True)
+
+
+async def _discard(client: aiosmtplib.SMTP | None, *, polite: bool = False) -> None:
+    if client is None or not client.is_connected:
+        return
+    try:
+        if polite:
+            await client.quit()
+        else:
+            client.close()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        client.close()
+
+
+def _from_reply(code: int, text: str) -> DeliveryError:
+    reason = f"SMTP {code}: {text}"
+    if 400 <= code < 500:
+        return DeliveryError(reason, retryable=True)
+    return DeliveryError(reason, retryable=False)
+
+
+def _refused(recipients: list[aiosmtplib.SMTPRecipientRefused]) -> DeliveryError:
+    first = recipients[0] if recipients else None
+    if first is None:
+        return DeliveryError("recipient refused", retryable=False)
+    reason = f"SMTP {first.code} for {first.recipient}: {first.message}"
+    if 400 <= first.code < 500:
+        return DeliveryError(reason, retryable=True)
+    return DeliveryError(reason, retryable=False, contact_point=ContactPointState.DISABLED)
