@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 
@@ -52,6 +53,8 @@ class Message:
     html: str | None = None
     idempotency_key: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    """When the message was composed (the daemon's clock); email uses it for ``Date``."""
 
 
 @dataclass(frozen=True, slots=True)

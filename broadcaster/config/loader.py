@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from broadcaster.config.settings import Settings, cross_check
 
@@ -41,12 +42,14 @@ class _Origin:
         return self.where
 
 
-def locate_config(explicit: str | Path | None = None) -> Path:
+def locate_config(
+    explicit: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Path:
     """The config file to use: ``--config``, else ``$BROADCASTER_CONFIG``, else ``./config.yaml``,
     else the default shipped with the package."""
     if explicit is not None:
         return Path(explicit)
-    env = os.environ.get(CONFIG_ENV)
+    env = (os.environ if environ is None else environ).get(CONFIG_ENV)
     if env:
         return Path(env)
     local = Path("config.yaml")
@@ -63,7 +66,7 @@ def load_settings(
 ) -> Settings:
     """Read, substitute, override and validate; raise :class:`ConfigError` on any problem."""
     env = os.environ if environ is None else environ
-    file = locate_config(path)
+    file = locate_config(path, env)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
@@ -89,7 +92,10 @@ def load_settings(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
-            [_describe(err["loc"], err["msg"], origins, str(file)) for err in exc.errors()]
+            [
+                _describe(_key_path(err, data), err["msg"], origins, str(file))
+                for err in exc.errors()
+            ]
         ) from exc
     crossed = [_describe(loc, msg, origins, str(file)) for loc, msg in cross_check(settings)]
     if crossed:
@@ -119,13 +125,21 @@ def _parse_yaml(text: str, filename: str, origins: dict[Path_, _Origin]) -> Any:
         loader.dispose()
 
 
-def _record_marks(node: yaml.Node, path: Path_, origins: dict[Path_, _Origin], name: str) -> None:
-    mark = node.start_mark
+def _record_marks(
+    node: yaml.Node,
+    path: Path_,
+    origins: dict[Path_, _Origin],
+    name: str,
+    mark: yaml.Mark | None = None,
+) -> None:
+    mark = mark or node.start_mark
     origins[path] = _Origin(f"{name}:{mark.line + 1}:{mark.column + 1}")
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
-            _record_marks(value_node, (*path, str(key)), origins, name)
+            # A block mapping or list starts on the line after its key; point at the key.
+            at_key = key_node.start_mark if isinstance(value_node, yaml.CollectionNode) else None
+            _record_marks(value_node, (*path, str(key)), origins, name, at_key)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _record_marks(item, (*path, index), origins, name)
@@ -154,10 +168,12 @@ def _substitute(
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
+        value = env.get(name)
+        # As in the shell: ``${VAR:-default}`` takes the default when VAR is unset or empty.
+        if default is not None and not value:
             return default
+        if value is not None:
+            return value
         problems.append(
             _describe(path, f"environment variable {name} is not set", origins, filename)
         )
@@ -174,7 +190,7 @@ def _apply_overrides(
 ) -> None:
     """``BROADCASTER_SECTION__KEY=value`` sets ``section.key``; values are parsed as YAML."""
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX) :]:
             continue
         keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
         if any(not k for k in keys):
@@ -193,12 +209,40 @@ def _apply_overrides(
                 node[key] = child
             node = child
         node[keys[-1]] = value
-        origins[tuple(keys)] = _Origin(f"environment {name}")
+        path: Path_ = tuple(keys)
+        # The file's marks below this key describe the value the environment replaced.
+        for stale in [p for p in origins if p[: len(path)] == path]:
+            del origins[stale]
+        origins[path] = _Origin(f"environment {name}")
+
+
+def _key_path(error: ErrorDetails, data: Any) -> Path_:
+    """The config keys of a pydantic error location, without discriminated-union tags.
+
+    A tagged union adds the tag to the location (``channels.email.email.port``); it is not a
+    key. A tag that matches nothing is reported on the discriminator key itself.
+    """
+    path: list[str | int] = []
+    node = data
+    for part in error["loc"]:
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue  # the tag of a union discriminated by "type"
+        path.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    if error["type"] == "union_tag_invalid" and isinstance(node, dict):
+        discriminator = str((error.get("ctx") or {}).get("discriminator", "")).strip("'")
+        if discriminator in node:
+            path.append(discriminator)
+    return tuple(path)
 
 
 def _describe(loc: tuple[Any, ...], msg: str, origins: dict[Path_, _Origin], filename: str) -> str:
     path: Path_ = tuple(p for p in loc if isinstance(p, str | int))
-    # Discriminated unions add the tag ("email") to the location; it is not a key.
     key = ".".join(str(p) for p in path)
     probe = path
     while probe and probe not in origins:

@@ -1,0 +1,1 @@
+"""Audience: who an incident affects, read in keyset-paginated batches."""

@@ -1,0 +1,1 @@
+"""The ``broadcaster`` command line (Typer)."""

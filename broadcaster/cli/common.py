@@ -1,0 +1,57 @@
+"""What every CLI command shares: loading settings, opening the store, printing errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from broadcaster.config import ConfigError, Settings, load_settings
+from broadcaster.store import Database
+from broadcaster.store.migrate import upgrade_async
+
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="config file (default: $BROADCASTER_CONFIG, else ./config.yaml, else the shipped one)",
+        show_default=False,
+    ),
+]
+
+
+def settings_or_exit(path: Path | None) -> Settings:
+    """Load the config; on error print every problem with its location and exit 2."""
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        typer.echo("error: invalid configuration", err=True)
+        for problem in exc.problems:
+            typer.echo(f"  {problem}", err=True)
+        raise typer.Exit(2) from None
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` to stderr and return the exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+async def with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Open the store (bringing its schema up to date first) and run ``work`` on it."""
+    await upgrade_async(settings.database.url)
+    database = Database(settings.database.url, echo=settings.database.echo)
+    try:
+        return await work(database)
+    finally:
+        await database.dispose()

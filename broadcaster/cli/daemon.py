@@ -1,0 +1,30 @@
+"""``broadcaster run``: the daemon in the foreground until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from broadcaster.cli.common import ConfigOption, settings_or_exit
+from broadcaster.daemon import Daemon
+from broadcaster.logs import configure_logging
+from broadcaster.store.migrate import upgrade_async
+
+log = logging.getLogger("broadcaster.cli")
+
+
+def run(config: ConfigOption = None) -> None:
+    """Run the daemon: rounds on schedule, deliveries on every configured channel."""
+    settings = settings_or_exit(config)
+    configure_logging(settings.log.level, settings.log.format)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await upgrade_async(settings.database.url)
+        await Daemon(settings).run(stop)
+
+    asyncio.run(main())

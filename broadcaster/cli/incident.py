@@ -1,0 +1,238 @@
+"""``broadcaster incident``: declare, update, resolve, close, list and show incidents."""
+
+from __future__ import annotations
+
+import getpass
+from typing import Annotated
+
+import typer
+from sqlalchemy import func, select
+
+from broadcaster.cli.common import ConfigOption, fail, run, settings_or_exit, with_database
+from broadcaster.clock import RealClock
+from broadcaster.incidents import service
+from broadcaster.incidents.lifecycle import TransitionError
+from broadcaster.store import Database, Delivery, Promise
+
+app = typer.Typer(help="Declare and run incidents.", no_args_is_help=True)
+
+Message = Annotated[str, typer.Option("--message", "-m", help="what customers read")]
+CauseKind = Annotated[
+    str | None, typer.Option("--cause-kind", help="known | suspected | unknown")
+]
+Cause = Annotated[str | None, typer.Option("--cause", help="the cause, as customers read it")]
+Author = Annotated[str, typer.Option("--author", help="who does this (default: your login)")]
+
+
+def _author(value: str) -> str:
+    if value:
+        return value
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
+
+
+def _guard(error: Exception) -> typer.Exit:
+    return fail(str(error))
+
+
+@app.command("declare")
+def declare(
+    title: Annotated[str, typer.Option("--title", "-t", help="short title customers see")],
+    message: Message,
+    severity: Annotated[str, typer.Option("--severity", "-s", help="minor | major | critical")],
+    component: Annotated[
+        list[str] | None, typer.Option("--component", help="affected component (repeatable)")
+    ] = None,
+    region: Annotated[
+        list[str] | None, typer.Option("--region", help="affected region (repeatable)")
+    ] = None,
+    status: Annotated[str, typer.Option(help="investigating | identified | monitoring")] = (
+        "investigating"
+    ),
+    cause_kind: CauseKind = None,
+    cause: Cause = None,
+    author: Author = "",
+    config: ConfigOption = None,
+) -> None:
+    """Declare an incident: the first round goes out at once."""
+    settings = settings_or_exit(config)
+    decl = service.Declaration(
+        title=title,
+        severity=severity,
+        message=message,
+        components=component or [],
+        regions=region or [],
+        status=status,
+        cause_kind=cause_kind or "unknown",
+        cause=cause,
+        author=_author(author),
+    )
+
+    async def work(db: Database) -> int:
+        incident = await service.declare(db, RealClock(), decl)
+        return incident.id
+
+    try:
+        incident_id = run(with_database(settings, work))
+    except ValueError as exc:
+        raise _guard(exc) from None
+    typer.echo(f"declared incident {incident_id}")
+
+
+@app.command("update")
+def update(
+    incident_id: Annotated[int, typer.Argument(help="incident id")],
+    message: Message,
+    status: Annotated[
+        str | None, typer.Option(help="investigating | identified | monitoring")
+    ] = None,
+    cause_kind: CauseKind = None,
+    cause: Cause = None,
+    author: Author = "",
+    config: ConfigOption = None,
+) -> None:
+    """Post an update: it goes out to the audience at once (reopens a resolved incident)."""
+    settings = settings_or_exit(config)
+    request = service.UpdateRequest(message, status, cause_kind, cause, _author(author))
+
+    async def work(db: Database) -> None:
+        await service.post_update(db, RealClock(), incident_id, request)
+
+    try:
+        run(with_database(settings, work))
+    except (ValueError, LookupError) as exc:
+        raise _guard(exc) from None
+    typer.echo(f"updated incident {incident_id}")
+
+
+@app.command("resolve")
+def resolve(
+    incident_id: Annotated[int, typer.Argument(help="incident id")],
+    message: Message,
+    cause_kind: CauseKind = None,
+    cause: Cause = None,
+    author: Author = "",
+    config: ConfigOption = None,
+) -> None:
+    """Resolve: the resolution message goes out and the rounds stop."""
+    settings = settings_or_exit(config)
+    request = service.UpdateRequest(message, None, cause_kind, cause, _author(author))
+
+    async def work(db: Database) -> None:
+        await service.resolve(db, RealClock(), incident_id, request)
+
+    try:
+        run(with_database(settings, work))
+    except (ValueError, LookupError) as exc:
+        raise _guard(exc) from None
+    typer.echo(f"resolved incident {incident_id}")
+
+
+@app.command("close")
+def close(
+    incident_id: Annotated[int, typer.Argument(help="incident id")],
+    author: Author = "",
+    config: ConfigOption = None,
+) -> None:
+    """Close a resolved incident (no message to customers)."""
+    settings = settings_or_exit(config)
+
+    async def work(db: Database) -> None:
+        await service.close(db, RealClock(), incident_id, _author(author))
+
+    try:
+        run(with_database(settings, work))
+    except (TransitionError, LookupError) as exc:
+        raise _guard(exc) from None
+    typer.echo(f"closed incident {incident_id}")
+
+
+@app.command("list")
+def list_(
+    status: Annotated[
+        str | None, typer.Option(help="open, or one status (investigating … closed)")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    config: ConfigOption = None,
+) -> None:
+    """List incidents, newest first."""
+    settings = settings_or_exit(config)
+
+    async def work(db: Database) -> list[str]:
+        rows = await service.list_incidents(db, status=status, limit=limit)
+        return [
+            f"{i.id:>6}  {i.status:<13} {i.severity:<8} {i.created_at:%Y-%m-%d %H:%M}Z  {i.title}"
+            for i in rows
+        ]
+
+    lines = run(with_database(settings, work))
+    typer.echo(f"{'id':>6}  {'status':<13} {'severity':<8} {'declared':<17}  title")
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command("show")
+def show(
+    incident_id: Annotated[int, typer.Argument(help="incident id")],
+    config: ConfigOption = None,
+) -> None:
+    """Show an incident: scope, timeline, rounds, promises and delivery counts."""
+    settings = settings_or_exit(config)
+
+    async def work(db: Database) -> list[str]:
+        view = await service.show(db, incident_id)
+        async with db.session() as session:
+            counts = (
+                await session.execute(
+                    select(Delivery.round_id, Delivery.state, func.count())
+                    .where(Delivery.incident_id == incident_id)
+                    .group_by(Delivery.round_id, Delivery.state)
+                )
+            ).all()
+            promises = (
+                await session.execute(
+                    select(Promise.state, func.count(), func.max(Promise.lateness_seconds))
+                    .where(Promise.incident_id == incident_id)
+                    .group_by(Promise.state)
+                )
+            ).all()
+        per_round: dict[int, dict[str, int]] = {}
+        for round_id, state, count in counts:
+            per_round.setdefault(round_id, {})[state] = count
+        i = view.incident
+        out = [
+            f"incident {i.id}: {i.title}",
+            f"  severity {i.severity}, status {i.status}, declared {i.created_at:%Y-%m-%d %H:%M:%S}Z"
+            + (f" by {i.declared_by}" if i.declared_by else ""),
+            f"  components: {', '.join(view.components) or '-'}; "
+            f"regions: {', '.join(view.regions) or '-'}",
+            "timeline:",
+        ]
+        for u in view.updates:
+            cause = f" [cause {u.cause_kind}: {u.cause}]" if u.cause else ""
+            out.append(
+                f"  {u.created_at:%H:%M:%S}Z {u.kind:<9} {u.status:<13} {u.message}{cause}"
+            )
+        out.append("rounds:")
+        for r in view.rounds:
+            states = ", ".join(f"{k} {v}" for k, v in sorted(per_round.get(r.id, {}).items()))
+            promise = f", promised next by {r.next_due_at:%H:%M:%S}Z" if r.next_due_at else ""
+            out.append(
+                f"  #{r.number:<3} {r.kind:<10} {r.state:<12} due {r.due_at:%H:%M:%S}Z"
+                f"{promise}  [{states or 'no deliveries'}]"
+            )
+        summary = ", ".join(
+            f"{state} {count}" + (f" (worst {late:.0f}s late)" if state == "late" and late else "")
+            for state, count, late in promises
+        )
+        out.append(f"promises: {summary or 'none'}")
+        return out
+
+    try:
+        lines = run(with_database(settings, work))
+    except LookupError as exc:
+        raise _guard(exc) from None
+    for line in lines:
+        typer.echo(line)

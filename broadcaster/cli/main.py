@@ -1,0 +1,39 @@
+"""``broadcaster``: the command line entry point and its sub-commands."""
+
+from __future__ import annotations
+
+import typer
+
+from broadcaster import __version__
+from broadcaster.cli import customers, daemon, database, demo, incident
+
+app = typer.Typer(
+    help="Broadcaster: tells every affected customer about a disruption, on a promised schedule.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("run")(daemon.run)
+app.command("demo")(demo.demo)
+app.add_typer(database.app, name="db")
+app.add_typer(incident.app, name="incident")
+app.add_typer(customers.app, name="customers")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"broadcaster {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """Broadcaster command line."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,140 @@
+"""The daemon: APScheduler wake-ups, one round loop and N dispatch workers in one event loop.
+
+APScheduler (3.11, asyncio scheduler, in-memory job store) only sets events: a precise
+``date`` job for the next due round and an ``interval`` safety sweep that notices rounds
+written by the CLI or another process. The due times themselves live in the store.
+
+Shutdown (SIGTERM/SIGINT): stop claiming, let in-flight sends finish and be recorded,
+release the round and delivery leases, close channels, exit 0. After a SIGKILL, the next
+start claims what the dead process held once its leases expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from datetime import UTC, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from broadcaster.clock import Clock, RealClock
+from broadcaster.config.settings import Settings
+from broadcaster.dispatch.channels import build_channels
+from broadcaster.engine import Engine
+from broadcaster.store import Database
+from channels.base import Channel
+
+log = logging.getLogger("broadcaster.daemon")
+
+_ERROR_PAUSE = timedelta(seconds=2)
+
+
+async def _wait(event: asyncio.Event, stop: asyncio.Event, timeout: float | None) -> None:
+    """Return when ``event`` or ``stop`` is set, or after ``timeout`` seconds."""
+    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        channels: Mapping[str, Channel] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or RealClock()
+        self._channels = channels
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        database = Database(self.settings.database.url, echo=self.settings.database.echo)
+        channels = self._channels or build_channels(self.settings)
+        engine = Engine(self.settings, database, self.clock, channels)
+        rounds_due = asyncio.Event()
+        work_ready = asyncio.Event()
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            rounds_due.set,
+            "interval",
+            seconds=self.settings.schedule.sweep_interval.total_seconds(),
+            id="sweep",
+            coalesce=True,
+            max_instances=1,
+        )
+        scheduler.start()
+        log.info(
+            "daemon started",
+            extra={"owner": engine.owner, "channels": list(channels), "store": database.dialect},
+        )
+        tasks = [asyncio.create_task(self._round_loop(engine, scheduler, rounds_due, work_ready, stop))]
+        tasks += [
+            asyncio.create_task(self._worker(engine, work_ready, stop, index))
+            for index in range(self.settings.delivery.workers)
+        ]
+        self.ready.set()
+        try:
+            await stop.wait()
+            log.info("stopping: finishing what is in flight")
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            scheduler.shutdown(wait=False)
+            with contextlib.suppress(Exception):
+                released = await engine.dispatcher.release()
+                if released:
+                    log.info("released delivery leases", extra={"count": released})
+            await engine.aclose()
+            await database.dispose()
+            log.info("daemon stopped", extra={"stats": vars(engine.dispatcher.stats)})
+
+    async def _round_loop(
+        self,
+        engine: Engine,
+        scheduler: AsyncIOScheduler,
+        rounds_due: asyncio.Event,
+        work_ready: asyncio.Event,
+        stop: asyncio.Event,
+    ) -> None:
+        while not stop.is_set():
+            rounds_due.clear()
+            try:
+                if await engine.process_due_rounds(stop.is_set):
+                    work_ready.set()
+                wake = await engine.next_wakeup()
+            except Exception:  # the store may be down; keep the daemon alive and retry
+                log.exception("round processing failed; retrying")
+                await _wait(rounds_due, stop, _ERROR_PAUSE.total_seconds())
+                continue
+            if wake is not None:
+                scheduler.add_job(
+                    rounds_due.set,
+                    "date",
+                    run_date=max(wake, self.clock.now()),
+                    id="next-round",
+                    replace_existing=True,
+                    misfire_grace_time=None,
+                )
+            await _wait(rounds_due, stop, None)
+
+    async def _worker(
+        self, engine: Engine, work_ready: asyncio.Event, stop: asyncio.Event, index: int
+    ) -> None:
+        poll = self.settings.delivery.poll_interval.total_seconds()
+        while not stop.is_set():
+            try:
+                handled = await engine.dispatcher.run_once()
+            except Exception:
+                log.exception("dispatch worker %d failed; retrying", index)
+                handled = 0
+            if handled == 0:
+                await _wait(work_ready, stop, poll)
+                work_ready.clear()

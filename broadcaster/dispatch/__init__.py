@@ -1,0 +1,1 @@
+"""Dispatch: claim deliveries under a lease, send them, record what happened."""

@@ -1,0 +1,1 @@
+"""Incidents: their lifecycle and the operations staff perform on them."""

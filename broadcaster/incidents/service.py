@@ -1,0 +1,313 @@
+"""Incident operations: declare, update, resolve, close; each writes the timeline and rounds.
+
+Every operation that customers must hear about makes a round due *now*: it pulls the
+incident's pending round forward (that keeps the promise early) or, when none is
+pending, creates one. The daemon picks it up from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from broadcaster.clock import Clock
+from broadcaster.incidents import lifecycle
+from broadcaster.store import Database, Incident, IncidentScope, IncidentUpdate, Round
+
+
+class IncidentNotFound(LookupError):
+    def __init__(self, incident_id: int) -> None:
+        super().__init__(f"no incident with id {incident_id}")
+        self.incident_id = incident_id
+
+
+@dataclass(frozen=True)
+class Declaration:
+    title: str
+    severity: str
+    message: str
+    components: Sequence[str] = ()
+    regions: Sequence[str] = ()
+    status: str = "investigating"
+    cause_kind: str = "unknown"
+    cause: str | None = None
+    author: str = ""
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    message: str
+    status: str | None = None
+    cause_kind: str | None = None
+    cause: str | None = None
+    author: str = ""
+
+
+@dataclass
+class IncidentView:
+    """An incident with its scope and timeline, for ``incident show``."""
+
+    incident: Incident
+    components: list[str] = field(default_factory=list)
+    regions: list[str] = field(default_factory=list)
+    updates: list[IncidentUpdate] = field(default_factory=list)
+    rounds: list[Round] = field(default_factory=list)
+
+
+def _validate_declaration(decl: Declaration) -> None:
+    if not decl.title.strip():
+        raise ValueError("title: must not be empty")
+    if not decl.message.strip():
+        raise ValueError("message: customers need a message; say what is happening")
+    lifecycle.check_severity(decl.severity)
+    lifecycle.check_cause_kind(decl.cause_kind)
+    if decl.status not in lifecycle.OPEN_STATUSES:
+        raise ValueError(f"status: a new incident is {', '.join(lifecycle.OPEN_STATUSES)}")
+    if not decl.components and not decl.regions:
+        raise ValueError("scope: name at least one component or region, or nobody is told")
+    if decl.cause_kind != "unknown" and not (decl.cause or "").strip():
+        raise ValueError(f"cause: a {decl.cause_kind} cause needs a description")
+
+
+async def declare(database: Database, clock: Clock, decl: Declaration) -> Incident:
+    """Create the incident, its first timeline entry and its first round, due now."""
+    _validate_declaration(decl)
+    now = clock.now()
+    async with database.session() as session, session.begin():
+        incident = Incident(
+            title=decl.title.strip(),
+            severity=decl.severity,
+            status=decl.status,
+            declared_by=decl.author,
+            created_at=now,
+            updated_at=now,
+            rounds_made=1,
+        )
+        session.add(incident)
+        await session.flush()
+        for kind, values in (("component", decl.components), ("region", decl.regions)):
+            for value in dict.fromkeys(v.strip() for v in values if v.strip()):
+                session.add(IncidentScope(incident_id=incident.id, kind=kind, value=value))
+        update = IncidentUpdate(
+            incident_id=incident.id,
+            kind="declared",
+            status=decl.status,
+            message=decl.message.strip(),
+            cause_kind=decl.cause_kind,
+            cause=decl.cause,
+            author=decl.author,
+            created_at=now,
+        )
+        session.add(update)
+        await session.flush()
+        session.add(
+            Round(incident_id=incident.id, number=1, kind="first", due_at=now, update_id=update.id)
+        )
+    return incident
+
+
+async def _locked_incident(session: AsyncSession, incident_id: int) -> Incident:
+    incident = await session.get(Incident, incident_id, with_for_update=True)
+    if incident is None:
+        raise IncidentNotFound(incident_id)
+    return incident
+
+
+async def _round_now(
+    session: AsyncSession, incident: Incident, kind: str, update_id: int, now: datetime
+) -> Round:
+    """Make a round of ``kind`` due now: the pending one pulled forward, or a new one."""
+    pending = (
+        (
+            await session.execute(
+                select(Round)
+                .where(Round.incident_id == incident.id, Round.state == "pending")
+                .order_by(Round.number.desc())
+                .with_for_update()
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if pending:
+        target = pending[0]
+        target.kind = kind
+        target.update_id = update_id
+        target.due_at = min(target.due_at, now)
+        for extra in pending[1:]:
+            extra.state = "cancelled"
+        return target
+    incident.rounds_made += 1
+    target = Round(
+        incident_id=incident.id,
+        number=incident.rounds_made,
+        kind=kind,
+        due_at=now,
+        update_id=update_id,
+    )
+    session.add(target)
+    return target
+
+
+async def post_update(
+    database: Database, clock: Clock, incident_id: int, request: UpdateRequest
+) -> IncidentUpdate:
+    """Add a timeline entry and send it to the audience at once (reopens a resolved one)."""
+    if not request.message.strip():
+        raise ValueError("message: an update needs a message for customers")
+    if request.cause_kind is not None:
+        lifecycle.check_cause_kind(request.cause_kind)
+    now = clock.now()
+    async with database.session() as session, session.begin():
+        incident = await _locked_incident(session, incident_id)
+        status = lifecycle.check_update(incident.status, request.status)
+        reopened = incident.status == "resolved"
+        last = await latest_update(session, incident_id)
+        cause_kind = request.cause_kind or (last.cause_kind if last else "unknown")
+        cause = request.cause if request.cause is not None else (last.cause if last else None)
+        if cause_kind != "unknown" and not (cause or "").strip():
+            raise ValueError(f"cause: a {cause_kind} cause needs a description")
+        update = IncidentUpdate(
+            incident_id=incident_id,
+            kind="reopened" if reopened else "update",
+            status=status,
+            message=request.message.strip(),
+            cause_kind=cause_kind,
+            cause=cause,
+            author=request.author,
+            created_at=now,
+        )
+        session.add(update)
+        await session.flush()
+        incident.status = status
+        incident.updated_at = now
+        if reopened:
+            incident.resolved_at = None
+        await _round_now(session, incident, "update", update.id, now)
+    return update
+
+
+async def resolve(
+    database: Database, clock: Clock, incident_id: int, request: UpdateRequest
+) -> IncidentUpdate:
+    """Resolve: the final round (the resolution message) goes out now; no rounds after it."""
+    if not request.message.strip():
+        raise ValueError("message: the resolution needs a message for customers")
+    if request.cause_kind is not None:
+        lifecycle.check_cause_kind(request.cause_kind)
+    now = clock.now()
+    async with database.session() as session, session.begin():
+        incident = await _locked_incident(session, incident_id)
+        lifecycle.check_resolve(incident.status)
+        last = await latest_update(session, incident_id)
+        update = IncidentUpdate(
+            incident_id=incident_id,
+            kind="resolved",
+            status="resolved",
+            message=request.message.strip(),
+            cause_kind=request.cause_kind or (last.cause_kind if last else "unknown"),
+            cause=request.cause if request.cause is not None else (last.cause if last else None),
+            author=request.author,
+            created_at=now,
+        )
+        session.add(update)
+        await session.flush()
+        incident.status = "resolved"
+        incident.updated_at = now
+        incident.resolved_at = now
+        await _round_now(session, incident, "resolution", update.id, now)
+    return update
+
+
+async def close(database: Database, clock: Clock, incident_id: int, author: str = "") -> Incident:
+    """Close a resolved incident: a timeline entry, no message to customers."""
+    now = clock.now()
+    async with database.session() as session, session.begin():
+        incident = await _locked_incident(session, incident_id)
+        lifecycle.check_close(incident.status)
+        incident.status = "closed"
+        incident.closed_at = now
+        incident.updated_at = now
+        session.add(
+            IncidentUpdate(
+                incident_id=incident_id,
+                kind="closed",
+                status="closed",
+                message="",
+                author=author,
+                created_at=now,
+            )
+        )
+    return incident
+
+
+async def latest_update(session: AsyncSession, incident_id: int) -> IncidentUpdate | None:
+    result = await session.execute(
+        select(IncidentUpdate)
+        .where(IncidentUpdate.incident_id == incident_id, IncidentUpdate.kind != "closed")
+        .order_by(IncidentUpdate.id.desc())
+        .limit(1)
+    )
+    return result.scalar_one_or_none()
+
+
+async def list_incidents(
+    database: Database, *, status: str | None = None, limit: int = 50
+) -> list[Incident]:
+    query = select(Incident).order_by(Incident.id.desc()).limit(limit)
+    if status == "open":
+        query = query.where(Incident.status.in_(lifecycle.OPEN_STATUSES))
+    elif status is not None:
+        query = query.where(Incident.status == status)
+    async with database.session() as session:
+        return list((await session.execute(query)).scalars().all())
+
+
+async def show(database: Database, incident_id: int) -> IncidentView:
+    async with database.session() as session:
+        incident = await session.get(Incident, incident_id)
+        if incident is None:
+            raise IncidentNotFound(incident_id)
+        view = IncidentView(incident=incident)
+        scopes = await session.execute(
+            select(IncidentScope.kind, IncidentScope.value)
+            .where(IncidentScope.incident_id == incident_id)
+            .order_by(IncidentScope.id)
+        )
+        for kind, value in scopes:
+            (view.components if kind == "component" else view.regions).append(value)
+        view.updates = list(
+            (
+                await session.execute(
+                    select(IncidentUpdate)
+                    .where(IncidentUpdate.incident_id == incident_id)
+                    .order_by(IncidentUpdate.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        view.rounds = list(
+            (
+                await session.execute(
+                    select(Round).where(Round.incident_id == incident_id).order_by(Round.number)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        return view
+
+
+async def count_open(database: Database) -> int:
+    async with database.session() as session:
+        result = await session.execute(
+            select(func.count())
+            .select_from(Incident)
+            .where(Incident.status.in_(lifecycle.OPEN_STATUSES))
+        )
+        return int(result.scalar_one())

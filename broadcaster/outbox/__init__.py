@@ -1,0 +1,1 @@
+"""Outbox: one delivery row per (round, customer, channel), written idempotently."""

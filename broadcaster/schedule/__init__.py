@@ -1,0 +1,1 @@
+"""Schedule: when rounds are due, claiming them, and the promises they keep."""

@@ -1,0 +1,190 @@
+"""Claiming due rounds under a lease, and the promises a round makes and keeps.
+
+A round is claimed in one transaction that also (first claim only):
+- keeps the incident's open promise (kept, or late when past its grace);
+- cancels any other pending round of the incident (this one supersedes it);
+- while the incident is open, creates the next round at the cadence and records the
+  promise this round's messages make ("next update by …").
+The claim bumps the round's fencing token; every later write of the claimer checks it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from broadcaster.clock import Clock
+from broadcaster.config.settings import ScheduleSettings
+from broadcaster.incidents import lifecycle
+from broadcaster.incidents.service import latest_update
+from broadcaster.schedule.cadence import is_late, lateness, next_due
+from broadcaster.store import Database, Incident, Promise, Round
+
+
+@dataclass(frozen=True)
+class ClaimedRound:
+    round_id: int
+    incident_id: int
+    number: int
+    kind: str
+    fence: int
+    owner: str
+    resumed: bool
+    """True when this claim took over an expired lease (a crash or a stuck worker)."""
+
+
+class LostLease(RuntimeError):
+    """Another worker holds the round now; stop writing for it."""
+
+
+async def claim_due_round(
+    database: Database,
+    clock: Clock,
+    settings: ScheduleSettings,
+    owner: str,
+) -> ClaimedRound | None:
+    """Claim the earliest due round (or one whose lease expired); None when nothing is due."""
+    now = clock.now()
+    async with database.session() as session, session.begin():
+        query = (
+            select(Round)
+            .where(
+                or_(
+                    and_(Round.state == "pending", Round.due_at <= now),
+                    and_(Round.state == "materialising", Round.lease_expires_at <= now),
+                )
+            )
+            .order_by(Round.due_at, Round.id)
+            .limit(1)
+        )
+        if database.skip_locked:
+            query = query.with_for_update(skip_locked=True)
+        found = (await session.execute(query)).scalar_one_or_none()
+        if found is None:
+            return None
+        resumed = found.state == "materialising"
+        found.fence += 1
+        found.lease_owner = owner
+        found.lease_expires_at = now + settings.round_lease
+        if not resumed:
+            await _start_round(session, found, now, settings)
+        return ClaimedRound(
+            round_id=found.id,
+            incident_id=found.incident_id,
+            number=found.number,
+            kind=found.kind,
+            fence=found.fence,
+            owner=owner,
+            resumed=resumed,
+        )
+
+
+async def _start_round(
+    session: AsyncSession, current: Round, now: datetime, settings: ScheduleSettings
+) -> None:
+    incident = await session.get(Incident, current.incident_id, with_for_update=True)
+    assert incident is not None
+    current.state = "materialising"
+    current.started_at = now
+    if current.kind == "no_news":
+        last = await latest_update(session, incident.id)
+        current.update_id = last.id if last else current.update_id
+    open_promises = (
+        (
+            await session.execute(
+                select(Promise).where(
+                    Promise.incident_id == incident.id, Promise.state == "open"
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    for promise in open_promises:
+        promise.kept_by_round_id = current.id
+        promise.kept_at = now
+        promise.lateness_seconds = lateness(promise.due_at, now).total_seconds()
+        promise.state = "late" if is_late(promise.due_at, now, settings.promise_grace) else "kept"
+    await session.execute(
+        update(Round)
+        .where(
+            Round.incident_id == incident.id,
+            Round.state == "pending",
+            Round.id != current.id,
+        )
+        .values(state="cancelled")
+    )
+    if current.kind == "resolution" or not lifecycle.is_open(incident.status):
+        current.next_due_at = None
+        return
+    due = next_due(now, settings.cadence.for_severity(incident.severity))
+    incident.rounds_made = max(incident.rounds_made, current.number) + 1
+    session.add(
+        Round(
+            incident_id=incident.id,
+            number=incident.rounds_made,
+            kind="no_news",
+            due_at=due,
+            update_id=current.update_id,
+        )
+    )
+    current.next_due_at = due
+    await session.flush()
+    session.add(Promise(incident_id=incident.id, made_by_round_id=current.id, due_at=due))
+
+
+async def extend_lease(
+    session: AsyncSession, claimed: ClaimedRound, now: datetime, lease: timedelta, **values: object
+) -> None:
+    """Renew the lease (and write ``values``) only while we still hold the fence."""
+    result = await session.execute(
+        update(Round)
+        .where(
+            Round.id == claimed.round_id,
+            Round.fence == claimed.fence,
+            Round.lease_owner == claimed.owner,
+        )
+        .values(lease_expires_at=now + lease, **values)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        raise LostLease(f"round {claimed.round_id} was taken over by another worker")
+
+
+async def release_round(database: Database, claimed: ClaimedRound) -> None:
+    """Give the round back (clean shutdown): another worker may claim it at once."""
+    async with database.session() as session, session.begin():
+        await session.execute(
+            update(Round)
+            .where(
+                Round.id == claimed.round_id,
+                Round.fence == claimed.fence,
+                Round.state == "materialising",
+            )
+            .values(lease_owner=None, lease_expires_at=func.coalesce(Round.started_at, Round.due_at))
+        )
+
+
+async def next_wakeup(database: Database) -> datetime | None:
+    """When the scheduler should next look: the earliest pending due time or lease expiry."""
+    async with database.session() as session:
+        due = (
+            await session.execute(select(func.min(Round.due_at)).where(Round.state == "pending"))
+        ).scalar_one_or_none()
+        lease = (
+            await session.execute(
+                select(func.min(Round.lease_expires_at)).where(Round.state == "materialising")
+            )
+        ).scalar_one_or_none()
+    candidates = [_aware(t) for t in (due, lease) if t is not None]
+    return min(candidates) if candidates else None
+
+
+def _aware(value: object) -> datetime:
+    """``min()`` over a TypeDecorator column may come back raw on SQLite; normalise it."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,84 @@
+"""Shared fixtures: a fresh store per test, parametrised over SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from broadcaster.store import Database
+from broadcaster.store.migrate import upgrade_async
+
+POSTGRES_ENV = "BROADCASTER_TEST_POSTGRES_URL"
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+
+
+def postgres_admin_url() -> str | None:
+    """The PostgreSQL URL the tests may use (asyncpg form), or None when not configured."""
+    return os.environ.get(POSTGRES_ENV) or None
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    base = postgres_admin_url()
+    if base is None:
+        pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+asyncpg://...)")
+    name = f"bc_test_{uuid.uuid4().hex[:12]}"
+    admin = base.replace("postgresql+asyncpg://", "postgresql://")
+
+    async def create() -> None:
+        try:
+            conn = await asyncpg.connect(admin, timeout=5)
+        except (OSError, asyncpg.PostgresError) as exc:
+            pytest.skip(f"PostgreSQL at {POSTGRES_ENV} is not reachable: {exc}")
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin, timeout=5)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    head, _, _ = base.rpartition("/")
+    try:
+        yield f"{head}/{name}"
+    finally:
+        asyncio.run(drop())
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty store, once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def database(store_url: str) -> AsyncIterator[Database]:
+    """A migrated, empty store on each backend; asserts no connection is left checked out."""
+    await upgrade_async(store_url)
+    db = Database(store_url)
+    try:
+        yield db
+    finally:
+        pool = db.engine.pool
+        checked_out = getattr(pool, "checkedout", lambda: 0)()
+        await db.dispose()
+        assert checked_out == 0, f"{checked_out} database connection(s) leaked"
