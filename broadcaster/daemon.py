@@ -31,11 +31,11 @@ log = logging.getLogger("broadcaster.daemon")
 _ERROR_PAUSE = timedelta(seconds=2)
 
 
-async def _wait(event: asyncio.Event, stop: asyncio.Event, timeout: float | None) -> None:
-    """Return when ``event`` or ``stop`` is set, or after ``timeout`` seconds."""
+async def _wait(event: asyncio.Event, stop: asyncio.Event, seconds: float | None) -> None:
+    """Return when ``event`` or ``stop`` is set, or after ``seconds``."""
     waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())}
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
@@ -75,7 +75,9 @@ class Daemon:
             "daemon started",
             extra={"owner": engine.owner, "channels": list(channels), "store": database.dialect},
         )
-        tasks = [asyncio.create_task(self._round_loop(engine, scheduler, rounds_due, work_ready, stop))]
+        tasks = [
+            asyncio.create_task(self._round_loop(engine, scheduler, rounds_due, work_ready, stop))
+        ]
         tasks += [
             asyncio.create_task(self._worker(engine, work_ready, stop, index))
             for index in range(self.settings.delivery.workers)

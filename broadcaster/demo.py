@@ -73,7 +73,7 @@ SCRIPT: tuple[tuple[int, str, str | None, str | None, str], ...] = (
         "resolve",
         None,
         None,
-        "Card payments work normally again. Payments that failed between 09:00 and 10:10 were "
+        "Card payments work normally again. Payments that failed during the disruption were "
         "not charged; please try them again. We now renew certificates automatically, "
         "30 days before they expire.",
     ),
@@ -98,7 +98,9 @@ def _demo_settings(base: Settings, workdir: Path, smtp_port: int) -> Settings:
     return settings
 
 
-async def play(base: Settings, *, start: datetime | None = None, workdir: Path | None = None) -> DemoReport:
+async def play(
+    base: Settings, *, start: datetime | None = None, workdir: Path | None = None
+) -> DemoReport:
     """Run the whole demo and return what happened (printing is the CLI's job)."""
     with tempfile.TemporaryDirectory(prefix="broadcaster-demo-") as tmp, SmtpSink() as sink:
         folder = workdir or Path(tmp)
@@ -181,9 +183,7 @@ def _received(message: EmailMessage) -> Received:
 
 async def _timeline(database: Database, incident_id: int) -> list[str]:
     view = await service.show(database, incident_id)
-    lines = [
-        f"{u.created_at:%H:%M}Z  {u.kind:<9} {u.status:<13} {u.message}" for u in view.updates
-    ]
+    lines = [f"{u.created_at:%H:%M}Z  {u.kind:<9} {u.status:<13} {u.message}" for u in view.updates]
     lines.append("")
     lines += [
         f"round {r.number:>2} {r.kind:<10} at {(r.started_at or r.due_at):%H:%M}Z"

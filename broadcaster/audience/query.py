@@ -13,13 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from broadcaster.store import IncidentScope, Subscription
 
 
-def audience_query(incident_id: int, after: str | None, limit: int) -> Select[tuple[str]]:
+def audience_query(incident_id: int, after: str | None, limit: int) -> Select[str]:
     """Distinct customer ids subscribed to the incident's scope, after ``after``, in order."""
     query = (
         select(Subscription.customer_id)
         .join(
             IncidentScope,
-            and_(IncidentScope.kind == Subscription.kind, IncidentScope.value == Subscription.value),
+            and_(
+                IncidentScope.kind == Subscription.kind, IncidentScope.value == Subscription.value
+            ),
         )
         .where(IncidentScope.incident_id == incident_id)
         .distinct()
@@ -36,7 +38,7 @@ async def audience_batch(
 ) -> list[str]:
     """The next ``limit`` affected customer ids after ``after``."""
     result = await session.execute(audience_query(incident_id, after, limit))
-    return [row[0] for row in result]
+    return list(result.scalars())
 
 
 async def audience_size(session: AsyncSession, incident_id: int) -> int:

@@ -17,9 +17,7 @@ from broadcaster.store import Database, Delivery, Promise
 app = typer.Typer(help="Declare and run incidents.", no_args_is_help=True)
 
 Message = Annotated[str, typer.Option("--message", "-m", help="what customers read")]
-CauseKind = Annotated[
-    str | None, typer.Option("--cause-kind", help="known | suspected | unknown")
-]
+CauseKind = Annotated[str | None, typer.Option("--cause-kind", help="known | suspected | unknown")]
 Cause = Annotated[str | None, typer.Option("--cause", help="the cause, as customers read it")]
 Author = Annotated[str, typer.Option("--author", help="who does this (default: your login)")]
 
@@ -204,7 +202,8 @@ def show(
         i = view.incident
         out = [
             f"incident {i.id}: {i.title}",
-            f"  severity {i.severity}, status {i.status}, declared {i.created_at:%Y-%m-%d %H:%M:%S}Z"
+            f"  severity {i.severity}, status {i.status}, "
+            f"declared {i.created_at:%Y-%m-%d %H:%M:%S}Z"
             + (f" by {i.declared_by}" if i.declared_by else ""),
             f"  components: {', '.join(view.components) or '-'}; "
             f"regions: {', '.join(view.regions) or '-'}",
@@ -212,9 +211,7 @@ def show(
         ]
         for u in view.updates:
             cause = f" [cause {u.cause_kind}: {u.cause}]" if u.cause else ""
-            out.append(
-                f"  {u.created_at:%H:%M:%S}Z {u.kind:<9} {u.status:<13} {u.message}{cause}"
-            )
+            out.append(f"  {u.created_at:%H:%M:%S}Z {u.kind:<9} {u.status:<13} {u.message}{cause}")
         out.append("rounds:")
         for r in view.rounds:
             states = ", ".join(f"{k} {v}" for k, v in sorted(per_round.get(r.id, {}).items()))

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from channels.base import Message
 from broadcaster.compose.texts import TEXTS
+from channels.base import Message
 
 
 @dataclass(frozen=True)

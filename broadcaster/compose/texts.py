@@ -18,8 +18,7 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "lead.first": "We are sorry to tell you about a disruption that affects you: {title}.",
         "lead.update": "There is news about {title}.",
         "lead.no_news": (
-            "No news yet about {title}: we are still working on it, "
-            "and we will keep you informed."
+            "No news yet about {title}: we are still working on it, and we will keep you informed."
         ),
         "lead.resolution": "{title} is resolved.",
         "latest": "Our latest update ({when}):",
@@ -45,7 +44,9 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "subject.update": "Update: {title}",
         "subject.no_news": "We werken er nog aan: {title}",
         "subject.resolution": "Opgelost: {title}",
-        "lead.first": "Het spijt ons u te moeten melden dat er een storing is die u raakt: {title}.",
+        "lead.first": (
+            "Het spijt ons u te moeten melden dat er een storing is die u raakt: {title}."
+        ),
         "lead.update": "Er is nieuws over {title}.",
         "lead.no_news": (
             "Nog geen nieuws over {title}: we werken er nog aan en houden u op de hoogte."

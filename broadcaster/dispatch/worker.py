@@ -167,7 +167,7 @@ class Dispatcher:
                 .where(Delivery.id.in_(ids))
                 .order_by(Delivery.id)
             )
-            jobs = [Job(*row, reclaimed=row[0] in reclaimed) for row in rows]
+            jobs = [Job(*row, reclaimed=row[0] in reclaimed) for row in rows]  # type: ignore[misc]
         if reclaimed:
             self.stats.reclaimed += len(reclaimed)
             log.warning(
@@ -212,7 +212,10 @@ class Dispatcher:
     async def _send(self, job: Job) -> _Outcome:
         channel = self._channels.get(job.channel)
         if channel is None:
-            return _Outcome(job, error=DeliveryError(f"channel {job.channel!r} is not configured", retryable=True))
+            return _Outcome(
+                job,
+                error=DeliveryError(f"channel {job.channel!r} is not configured", retryable=True),
+            )
         try:
             content = await self._content(job.round_id)
             ctx = MessageContext(
@@ -241,7 +244,9 @@ class Dispatcher:
                     "X-Broadcaster-Kind": content.kind,
                 }
             )
-            target = Target(address=job.address, name=job.customer_name, customer_id=job.customer_id)
+            target = Target(
+                address=job.address, name=job.customer_name, customer_id=job.customer_id
+            )
             receipt = await channel.send(target, message)
         except DeliveryError as error:
             return _Outcome(job, error=error)
@@ -275,7 +280,9 @@ class Dispatcher:
                     retry_after=error.retry_after,
                     rng=self._rng,
                 )
-                retry.append({"b_id": job.delivery_id, "b_next": now + delay, "b_err": error.reason})
+                retry.append(
+                    {"b_id": job.delivery_id, "b_next": now + delay, "b_err": error.reason}
+                )
                 self.stats.retried += 1
                 continue
             reason = error.reason

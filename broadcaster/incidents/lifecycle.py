@@ -74,5 +74,7 @@ def check_close(current: str) -> str:
     if current == "closed":
         raise TransitionError("the incident is already closed")
     if current != "resolved":
-        raise TransitionError(f"only a resolved incident can be closed (it is {current}); resolve it first")
+        raise TransitionError(
+            f"only a resolved incident can be closed (it is {current}); resolve it first"
+        )
     return "closed"

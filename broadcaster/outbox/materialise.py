@@ -72,7 +72,12 @@ async def materialise_round(
                 )
                 return inserted
             contacts = await session.execute(
-                select(ContactPoint.customer_id, ContactPoint.kind, ContactPoint.id, ContactPoint.address)
+                select(
+                    ContactPoint.customer_id,
+                    ContactPoint.kind,
+                    ContactPoint.id,
+                    ContactPoint.address,
+                )
                 .where(
                     ContactPoint.customer_id.in_(customers),
                     ContactPoint.kind.in_(kinds),

@@ -86,7 +86,8 @@ async def _start_round(
     session: AsyncSession, current: Round, now: datetime, settings: ScheduleSettings
 ) -> None:
     incident = await session.get(Incident, current.incident_id, with_for_update=True)
-    assert incident is not None
+    if incident is None:  # the foreign key makes this impossible; say so if it happens
+        raise LookupError(f"round {current.id} belongs to a missing incident")
     current.state = "materialising"
     current.started_at = now
     if current.kind == "no_news":
@@ -95,9 +96,7 @@ async def _start_round(
     open_promises = (
         (
             await session.execute(
-                select(Promise).where(
-                    Promise.incident_id == incident.id, Promise.state == "open"
-                )
+                select(Promise).where(Promise.incident_id == incident.id, Promise.state == "open")
             )
         )
         .scalars()
@@ -163,7 +162,9 @@ async def release_round(database: Database, claimed: ClaimedRound) -> None:
                 Round.fence == claimed.fence,
                 Round.state == "materialising",
             )
-            .values(lease_owner=None, lease_expires_at=func.coalesce(Round.started_at, Round.due_at))
+            .values(
+                lease_owner=None, lease_expires_at=func.coalesce(Round.started_at, Round.due_at)
+            )
         )
 
 
@@ -186,5 +187,6 @@ def _aware(value: object) -> datetime:
     """``min()`` over a TypeDecorator column may come back raw on SQLite; normalise it."""
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a timestamp from the store, got {value!r}")
     return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -55,14 +55,22 @@ async def add_customers(db: Database, clock: FakeClock, specs: list[tuple[str, l
         for cid, subs in specs:
             await session.execute(
                 insert(Customer).values(
-                    id=cid, name=f"Name {cid}", language="en", timezone="Europe/Amsterdam",
-                    created_at=now, updated_at=now,
+                    id=cid,
+                    name=f"Name {cid}",
+                    language="en",
+                    timezone="Europe/Amsterdam",
+                    created_at=now,
+                    updated_at=now,
                 )
             )
             await session.execute(
                 insert(ContactPoint).values(
-                    customer_id=cid, kind="email", address=f"{cid.lower()}@example.org",
-                    opted_out=False, disabled=False, updated_at=now,
+                    customer_id=cid,
+                    kind="email",
+                    address=f"{cid.lower()}@example.org",
+                    opted_out=False,
+                    disabled=False,
+                    updated_at=now,
                 )
             )
             for sub in subs:
@@ -75,7 +83,9 @@ async def add_customers(db: Database, clock: FakeClock, specs: list[tuple[str, l
 async def sent_rounds(channel: MemoryChannel) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for item in channel.sent:
-        out.setdefault(item.target.customer_id, []).append(item.message.headers["X-Broadcaster-Round"])
+        out.setdefault(item.target.customer_id, []).append(
+            item.message.headers["X-Broadcaster-Round"]
+        )
     return out
 
 
@@ -104,9 +114,11 @@ async def test_audience_is_subscribers_of_scope_in_keyset_batches(database: Data
     clock = FakeClock(START)
     await add_customers(database, clock, SPECS)
     incident = await service.declare(
-        database, clock,
-        service.Declaration(title="t", severity="major", message="m",
-                            components=["payments"], regions=["north"]),
+        database,
+        clock,
+        service.Declaration(
+            title="t", severity="major", message="m", components=["payments"], regions=["north"]
+        ),
     )
     pages: list[list[str]] = []
     after: str | None = None
@@ -124,12 +136,14 @@ async def test_full_loop_cadence_promises_resolution(database: Database) -> None
     mail = MemoryChannel(name="mail")
     engine = Engine(make_settings(), database, clock, {"mail": mail}, owner="test")
     incident = await service.declare(
-        database, clock,
-        service.Declaration(title="Payments down", severity="critical", message="Failing.",
-                            components=["payments"]),
+        database,
+        clock,
+        service.Declaration(
+            title="Payments down", severity="critical", message="Failing.", components=["payments"]
+        ),
     )
     await run_until(engine, clock, START)
-    assert sorted((await sent_rounds(mail))) == ["A1", "A2", "A5"]
+    assert sorted(await sent_rounds(mail)) == ["A1", "A2", "A5"]
     first = mail.sent[0].message
     assert "next update by 09:15" in first.text  # 08:15 UTC in Amsterdam
     assert "Dear Name A" in first.text
@@ -141,9 +155,12 @@ async def test_full_loop_cadence_promises_resolution(database: Database) -> None
 
     # An operator update at 08:40 goes out at once and resets the cadence.
     await service.post_update(
-        database, clock, incident.id,
-        service.UpdateRequest("Cause found.", status="identified", cause_kind="known",
-                              cause="A bad deploy."),
+        database,
+        clock,
+        incident.id,
+        service.UpdateRequest(
+            "Cause found.", status="identified", cause_kind="known", cause="A bad deploy."
+        ),
     )
     await run_until(engine, clock, clock.now())
     latest = mail.sent[-1].message
@@ -161,12 +178,16 @@ async def test_full_loop_cadence_promises_resolution(database: Database) -> None
 
     async with database.session() as session:
         states = dict(
-            (await session.execute(
-                select(Promise.state, func.count()).group_by(Promise.state))).all()
+            (
+                await session.execute(select(Promise.state, func.count()).group_by(Promise.state))
+            ).all()
         )
         assert states == {"kept": 4}
-        pending = (await session.execute(
-            select(func.count()).select_from(Round).where(Round.state == "pending"))).scalar_one()
+        pending = (
+            await session.execute(
+                select(func.count()).select_from(Round).where(Round.state == "pending")
+            )
+        ).scalar_one()
         assert pending == 0
 
 
@@ -175,7 +196,8 @@ async def test_materialising_twice_inserts_nothing_new(database: Database) -> No
     await add_customers(database, clock, SPECS)
     engine = Engine(make_settings(), database, clock, {"mail": MemoryChannel(name="mail")})
     await service.declare(
-        database, clock,
+        database,
+        clock,
         service.Declaration(title="t", severity="minor", message="m", components=["payments"]),
     )
     await engine.process_due_rounds()
@@ -198,7 +220,8 @@ async def test_late_round_counts_a_late_promise(database: Database) -> None:
     await add_customers(database, clock, SPECS)
     engine = Engine(make_settings(), database, clock, {"mail": MemoryChannel(name="mail")})
     await service.declare(
-        database, clock,
+        database,
+        clock,
         service.Declaration(title="t", severity="critical", message="m", components=["web"]),
     )
     await run_until(engine, clock, START)
@@ -216,8 +239,9 @@ async def test_retry_then_permanent_failure_marks_contact_point(database: Databa
     await add_customers(database, clock, SPECS)
     outcomes = {
         "a1@example.org": DeliveryError("try later", retryable=True),
-        "a2@example.org": DeliveryError("no such user", retryable=False,
-                                        contact_point=ContactPointState.DISABLED),
+        "a2@example.org": DeliveryError(
+            "no such user", retryable=False, contact_point=ContactPointState.DISABLED
+        ),
     }
 
     def fail(target: Target, _message: Message) -> DeliveryError | None:
@@ -226,7 +250,8 @@ async def test_retry_then_permanent_failure_marks_contact_point(database: Databa
     mail = MemoryChannel(name="mail", fail=fail)
     engine = Engine(make_settings(), database, clock, {"mail": mail})
     await service.declare(
-        database, clock,
+        database,
+        clock,
         service.Declaration(title="t", severity="minor", message="m", components=["payments"]),
     )
     await engine.process_due_rounds()
@@ -242,10 +267,14 @@ async def test_retry_then_permanent_failure_marks_contact_point(database: Databa
         clock.advance(timedelta(minutes=1))
         await engine.dispatch_all()
     async with database.session() as session:
-        a1 = (await session.execute(
-            select(Delivery).where(Delivery.address == "a1@example.org"))).scalar_one()
-        point = (await session.execute(
-            select(ContactPoint).where(ContactPoint.address == "a2@example.org"))).scalar_one()
+        a1 = (
+            await session.execute(select(Delivery).where(Delivery.address == "a1@example.org"))
+        ).scalar_one()
+        point = (
+            await session.execute(
+                select(ContactPoint).where(ContactPoint.address == "a2@example.org")
+            )
+        ).scalar_one()
     assert a1.state == "failed" and a1.attempts == 3
     assert a1.last_error is not None and "gave up after 3 attempts" in a1.last_error
     assert point.disabled

@@ -1,0 +1,293 @@
+"""One customer row: parsing and validation of a CSV record or a JSON line, with no I/O.
+
+Kept pure so that the importer, the tests and the property tests share one definition of a
+valid row, and so that a bad row can only ever fail with :class:`RowRejected` (never with a
+stray ``ValueError`` that would abort a whole import). Every limit below mirrors a column of
+the store: PostgreSQL enforces ``varchar(n)`` and rejects NUL characters, so a value that
+passes here never makes a batch insert fail later.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import zoneinfo
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, NamedTuple
+
+import email_validator
+import phonenumbers
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "id",
+    "name",
+    "language",
+    "timezone",
+    "email",
+    "phone",
+    "push_tokens",
+    "components",
+    "regions",
+)
+REQUIRED_COLUMNS: tuple[str, ...] = ("id", "name")
+LIST_FIELDS = frozenset({"push_tokens", "components", "regions"})
+LIST_SEPARATOR = ";"
+
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
+
+
+class Problem(NamedTuple):
+    """What is wrong with a row: the field (None for the row as a whole) and why."""
+
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class RowRejected(Exception):
+    """The row cannot be imported; ``problems`` says which fields and why."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(str(problem) for problem in self.problems))
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A rejected row: where it is (``source:line``) and what is wrong with it."""
+
+    source: str
+    line: int
+    problems: tuple[Problem, ...]
+
+    @property
+    def field(self) -> str | None:
+        """The first field at fault (None when the row as a whole is unreadable)."""
+        return self.problems[0].field if self.problems else None
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(str(problem) for problem in self.problems)
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.reason}"
+
+
+class HeaderError(ValueError):
+    """The CSV header makes the whole file unusable (unknown, missing or repeated columns)."""
+
+
+def _no_nul(value: str) -> str:
+    """PostgreSQL text cannot hold NUL; refusing it here keeps one bad row from failing a batch.
+
+    (Undecodable bytes need no check: pydantic refuses lone surrogates as ``string_unicode``.)
+    """
+    if "\x00" in value:
+        raise PydanticCustomError("nul", "contains a NUL character")
+    return value
+
+
+def _language(value: str) -> str:
+    """A BCP-47-ish tag, written canonically (``en_gb`` -> ``en-GB``) so templates match."""
+    if not _LANGUAGE.fullmatch(value):
+        raise PydanticCustomError(
+            "language", "'{value}' is not a language tag like en, nl or en-GB", {"value": value}
+        )
+    primary, *subtags = re.split(r"[-_]", value)
+    parts = [primary.lower()]
+    for subtag in subtags:
+        if len(subtag) == 4 and subtag.isalpha():
+            parts.append(subtag.title())  # script: Latn
+        elif (len(subtag) == 2 and subtag.isalpha()) or (len(subtag) == 3 and subtag.isdigit()):
+            parts.append(subtag.upper())  # region: GB, 419
+        else:
+            parts.append(subtag.lower())
+    return "-".join(parts)
+
+
+@functools.cache
+def _known_timezones() -> dict[str, str]:
+    """Lower-cased name -> IANA name, read once: the membership test is then a dict lookup."""
+    return {name.lower(): name for name in zoneinfo.available_timezones()}
+
+
+def _timezone(value: str) -> str:
+    """An IANA name exactly as spelled in the tz database (portable across file systems)."""
+    known = _known_timezones().get(value.lower())
+    if known == value:
+        return value
+    if known is not None:
+        raise PydanticCustomError(
+            "timezone",
+            "unknown time zone '{value}' (did you mean '{known}'?)",
+            {"value": value, "known": known},
+        )
+    raise PydanticCustomError("timezone", "unknown time zone '{value}'", {"value": value})
+
+
+def _email(value: str) -> str:
+    """Validated syntax only (no DNS), stored in normalised form so re-imports match."""
+    try:
+        return email_validator.validate_email(value, check_deliverability=False).normalized
+    except email_validator.EmailNotValidError as exc:
+        raise PydanticCustomError(
+            "email", "value is not a valid email address: {reason}", {"reason": str(exc)}
+        ) from None
+
+
+def _phone(value: str) -> str:
+    """E.164. A national number is refused rather than guessed: the country would be a guess."""
+    if not value.startswith("+"):
+        raise PydanticCustomError(
+            "phone",
+            "'{value}' must be in international format: + and country code",
+            {"value": value},
+        )
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as exc:
+        raise PydanticCustomError(
+            "phone",
+            "'{value}' is not a phone number: {reason}",
+            {"value": value, "reason": re.sub(r"^\(\d+\)\s*", "", str(exc))},
+        ) from None
+    if not phonenumbers.is_valid_number(number):
+        raise PydanticCustomError(
+            "phone", "'{value}' is not a valid phone number", {"value": value}
+        )
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Drop empty items and repeats (keeping order): the store has one row per value."""
+    return tuple(dict.fromkeys(value for value in values if value))
+
+
+NoNul = AfterValidator(_no_nul)
+PushToken = Annotated[str, Field(max_length=512), NoNul]
+Topic = Annotated[str, Field(max_length=200), NoNul]
+
+
+class CustomerRow(BaseModel):
+    """A customer as a file describes it: who, how to reach them, what they follow."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+    id: Annotated[str, Field(min_length=1, max_length=64), NoNul]
+    name: Annotated[str, Field(min_length=1, max_length=200), NoNul]
+    language: Annotated[str, Field(max_length=16), AfterValidator(_language)] = "en"
+    timezone: Annotated[str, Field(max_length=64), AfterValidator(_timezone)] = "UTC"
+    email: Annotated[str, Field(max_length=512), NoNul, AfterValidator(_email)] | None = None
+    phone: Annotated[str, Field(max_length=64), AfterValidator(_phone)] | None = None
+    push_tokens: Annotated[tuple[PushToken, ...], AfterValidator(_unique)] = ()
+    components: Annotated[tuple[Topic, ...], AfterValidator(_unique)] = ()
+    regions: Annotated[tuple[Topic, ...], AfterValidator(_unique)] = ()
+
+    def contact_points(self) -> list[tuple[str, str]]:
+        """``(kind, address)`` pairs, the kinds the channels know: email, sms, push."""
+        points = [("push", token) for token in self.push_tokens]
+        if self.phone:
+            points.insert(0, ("sms", self.phone))
+        if self.email:
+            points.insert(0, ("email", self.email))
+        return points
+
+    def subscriptions(self) -> list[tuple[str, str]]:
+        """``(kind, value)`` pairs: what incidents this customer is affected by."""
+        return [("component", value) for value in self.components] + [
+            ("region", value) for value in self.regions
+        ]
+
+
+def split_list(cell: str) -> list[str]:
+    """A CSV list cell: ``a; b;;c`` -> ``["a", "b", "c"]`` (blanks dropped)."""
+    return [item.strip() for item in cell.split(LIST_SEPARATOR) if item.strip()]
+
+
+def check_csv_header(header: Sequence[str]) -> list[str]:
+    """The header's column names, normalised (trimmed, lower case); raise on unusable ones.
+
+    Failing here, before any row is read, is what lets the importer refuse a file with a
+    typo in a column name instead of silently importing customers without, say, their phone.
+    """
+    names = [name.strip().lower() for name in header]
+    unknown = [name for name in names if name not in CSV_COLUMNS]
+    if unknown:
+        raise HeaderError(
+            "unknown column(s) "
+            + ", ".join(repr(name) for name in unknown)
+            + "; the known ones are "
+            + ", ".join(CSV_COLUMNS)
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise HeaderError("repeated column(s) " + ", ".join(repr(name) for name in repeated))
+    missing = [name for name in REQUIRED_COLUMNS if name not in names]
+    if missing:
+        raise HeaderError("missing required column(s) " + ", ".join(repr(n) for n in missing))
+    return names
+
+
+def from_csv_record(record: Mapping[str, str]) -> CustomerRow:
+    """Validate one CSV record (column -> cell); empty cells mean "use the default"."""
+    data: dict[str, Any] = {}
+    for column, cell in record.items():
+        if not cell or cell.isspace():
+            continue
+        data[column] = split_list(cell) if column in LIST_FIELDS else cell
+    return _validate(data)
+
+
+def from_json_line(line: str | bytes) -> CustomerRow:
+    """Validate one JSON Lines record: an object whose lists are JSON arrays of strings."""
+    try:
+        value = json.loads(line)
+    except UnicodeDecodeError:
+        raise RowRejected([Problem(None, "the line is not valid UTF-8")]) from None
+    except json.JSONDecodeError as exc:
+        raise RowRejected(
+            [Problem(None, f"not valid JSON: {exc.msg} at column {exc.colno}")]
+        ) from None
+    except (ValueError, RecursionError) as exc:  # huge integers, absurd nesting
+        raise RowRejected([Problem(None, f"not valid JSON: {exc}")]) from None
+    if not isinstance(value, dict):
+        raise RowRejected([Problem(None, "expected a JSON object")])
+    data = {
+        key: item
+        for key, item in value.items()
+        if item is not None and not (isinstance(item, str) and (not item or item.isspace()))
+    }
+    return _validate(data)
+
+
+_MESSAGES = {
+    "missing": "is required",
+    "extra_forbidden": "unknown field",
+    "string_type": "must be a string",
+    "string_unicode": "is not valid UTF-8 text",
+    "tuple_type": "must be a list of strings",
+}
+
+
+def _validate(data: dict[str, Any]) -> CustomerRow:
+    try:
+        return CustomerRow.model_validate(data)
+    except ValidationError as exc:
+        raise RowRejected([_problem(error) for error in exc.errors()]) from None
+
+
+def _problem(error: Any) -> Problem:
+    location = error["loc"]
+    field = str(location[0]) if location else None
+    if field is not None:
+        field += "".join(f"[{part}]" for part in location[1:])
+    kind = error["type"]
+    if kind == "string_too_short" and error.get("ctx", {}).get("min_length") == 1:
+        return Problem(field, "must not be empty")
+    return Problem(field, _MESSAGES.get(kind, error["msg"]))

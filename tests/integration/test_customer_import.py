@@ -1,0 +1,354 @@
+"""Customer import against a real store (SQLite and PostgreSQL), and the CLI command around it."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+from typer.testing import CliRunner
+
+from broadcaster.cli import customers as customers_cli
+from broadcaster.clock import FakeClock
+from broadcaster.customers import (
+    ImportInputError,
+    ImportResult,
+    RowError,
+    import_customers,
+)
+from broadcaster.store import ContactPoint, Customer, Database, Subscription
+
+HEADER = "id,name,language,timezone,email,phone,push_tokens,components,regions\n"
+MIXED = (
+    HEADER
+    + "c1,Jane Doe,nl,Europe/Amsterdam,jane@example.com,+31612345678,t1;t2,line-1;line-2,north\n"
+    + 'c2,"Multi\nline name",en,UTC,not-an-email,,,,\n'  # lines 3-4
+    + "\n"  # line 5: blank, skipped
+    + "c3,Bob,,,,,,line-1,\n"  # line 6
+    + "c4,Bad Phone,,,,0612345678,,,\n"  # line 7
+    + "c5,Nul\x00Name,,,,,,,\n"  # line 8
+    + "c6,Too,many,fields,,,,,,,\n"  # line 9
+    + "c7,Ann,en-GB,Mars/Base,,,,,\n"  # line 10
+    + "c8,Ann,en-GB,Europe/London,ann@example.org,,,,south\n"  # line 11
+)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8", newline="")
+    return path
+
+
+async def run_import(database: Database, path: Path, **options: Any) -> ImportResult:
+    options.setdefault("clock", FakeClock())
+    return await import_customers(database, path, **options)
+
+
+async def customers(database: Database) -> dict[str, tuple[str, str, str]]:
+    async with database.engine.connect() as connection:
+        rows = await connection.execute(
+            select(Customer.id, Customer.name, Customer.language, Customer.timezone)
+        )
+        return {row.id: (row.name, row.language, row.timezone) for row in rows}
+
+
+async def contact_points(database: Database) -> dict[tuple[str, str, str], tuple[int, bool, bool]]:
+    async with database.engine.connect() as connection:
+        rows = await connection.execute(select(ContactPoint))
+        return {
+            (row.customer_id, row.kind, row.address): (row.id, row.opted_out, row.disabled)
+            for row in rows
+        }
+
+
+async def subscriptions(database: Database) -> set[tuple[str, str, str]]:
+    async with database.engine.connect() as connection:
+        rows = await connection.execute(
+            select(Subscription.customer_id, Subscription.kind, Subscription.value)
+        )
+        return {(row.customer_id, row.kind, row.value) for row in rows}
+
+
+async def count(database: Database, model: Any) -> int:
+    async with database.engine.connect() as connection:
+        return int((await connection.execute(select(func.count()).select_from(model))).scalar_one())
+
+
+async def test_bad_rows_are_reported_with_their_line_and_good_rows_kept(
+    database: Database, tmp_path: Path
+) -> None:
+    path = write(tmp_path, "customers.csv", MIXED)
+    seen: list[RowError] = []
+    result = await run_import(database, path, on_error=seen.append)
+
+    assert (result.imported, result.rejected) == (3, 5)
+    assert seen == result.errors
+    assert [str(error) for error in result.errors] == [
+        f"{path}:3: email: value is not a valid email address: "
+        "An email address must have an @-sign.",
+        f"{path}:7: phone: '0612345678' must be in international format: + and country code",
+        f"{path}:8: name: contains a NUL character",
+        f"{path}:9: has 11 fields, the header has 9",
+        f"{path}:10: timezone: unknown time zone 'Mars/Base'",
+    ]
+    assert await customers(database) == {
+        "c1": ("Jane Doe", "nl", "Europe/Amsterdam"),
+        "c3": ("Bob", "en", "UTC"),
+        "c8": ("Ann", "en-GB", "Europe/London"),
+    }
+    assert set(await contact_points(database)) == {
+        ("c1", "email", "jane@example.com"),
+        ("c1", "sms", "+31612345678"),
+        ("c1", "push", "t1"),
+        ("c1", "push", "t2"),
+        ("c8", "email", "ann@example.org"),
+    }
+    assert await subscriptions(database) == {
+        ("c1", "component", "line-1"),
+        ("c1", "component", "line-2"),
+        ("c1", "region", "north"),
+        ("c3", "component", "line-1"),
+        ("c8", "region", "south"),
+    }
+
+
+async def test_reimporting_the_same_file_changes_nothing(
+    database: Database, tmp_path: Path
+) -> None:
+    path = write(tmp_path, "customers.csv", MIXED)
+    clock = FakeClock()
+    first = await run_import(database, path, clock=clock, batch_size=2)
+    points, topics = await contact_points(database), await subscriptions(database)
+    clock.advance(timedelta(hours=1))
+    again = await run_import(database, path, clock=clock, batch_size=2)
+
+    assert (again.imported, again.rejected) == (first.imported, first.rejected)
+    assert await contact_points(database) == points  # same rows, same ids: no duplicates
+    assert await subscriptions(database) == topics
+    assert await count(database, ContactPoint) == len(points) == 5
+    assert await count(database, Subscription) == len(topics) == 5
+    async with database.engine.connect() as connection:
+        created, updated = (
+            await connection.execute(
+                select(Customer.created_at, Customer.updated_at).where(Customer.id == "c1")
+            )
+        ).one()
+    assert created == clock.now() - timedelta(hours=1)  # set on first insert only
+    assert updated == clock.now()
+
+
+async def test_flags_survive_and_changed_lists_are_replaced(
+    database: Database, tmp_path: Path
+) -> None:
+    before = HEADER + "c1,Jane,en,UTC,jane@example.com,+31612345678,t1;t2,line-1;line-2,north\n"
+    await run_import(database, write(tmp_path, "customers.csv", before))
+    async with database.engine.begin() as connection:
+        await connection.execute(
+            update(ContactPoint).where(ContactPoint.kind == "email").values(opted_out=True)
+        )
+        await connection.execute(
+            update(ContactPoint)
+            .where(ContactPoint.kind == "sms")
+            .values(disabled=True, disabled_reason="invalid number")
+        )
+    ids = {key: value[0] for key, value in (await contact_points(database)).items()}
+
+    after = HEADER + "c1,Jane Q,de,Europe/Berlin,jane@example.com,+31612345678,t2;t3,line-3,\n"
+    result = await run_import(database, write(tmp_path, "customers.csv", after))
+
+    assert (result.imported, result.rejected) == (1, 0)
+    assert await customers(database) == {"c1": ("Jane Q", "de", "Europe/Berlin")}
+    points = await contact_points(database)
+    assert set(points) == {
+        ("c1", "email", "jane@example.com"),
+        ("c1", "sms", "+31612345678"),
+        ("c1", "push", "t2"),
+        ("c1", "push", "t3"),
+    }
+    assert points[("c1", "email", "jane@example.com")][1:] == (True, False)  # still opted out
+    assert points[("c1", "sms", "+31612345678")][1:] == (False, True)  # still disabled
+    for kept in [("c1", "email", "jane@example.com"), ("c1", "push", "t2")]:
+        assert points[kept][0] == ids[kept]
+    assert await subscriptions(database) == {("c1", "component", "line-3")}
+
+
+async def test_json_lines(database: Database, tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"id": "j1", "name": "Jo", "email": "jo@example.com", "regions": ["east"]}),
+        "",
+        json.dumps({"id": "j2", "name": "Al", "fax": "+31201234567"}),
+        "{not json",
+        json.dumps({"id": "j3", "name": "Li", "timezone": "Asia/Tokyo", "push_tokens": ["p1"]}),
+    ]
+    path = write(tmp_path, "customers.ndjson", "\n".join(lines) + "\n")
+    result = await run_import(database, path)
+
+    assert (result.imported, result.rejected) == (2, 2)
+    assert [(error.line, error.field) for error in result.errors] == [(3, "fax"), (4, None)]
+    assert str(result.errors[0]) == f"{path}:3: fax: unknown field"
+    assert set(await customers(database)) == {"j1", "j3"}
+    assert set(await contact_points(database)) == {
+        ("j1", "email", "jo@example.com"),
+        ("j3", "push", "p1"),
+    }
+
+
+@pytest.mark.parametrize("batch_size", [1, 1000])
+async def test_a_repeated_id_takes_its_last_row(
+    database: Database, tmp_path: Path, batch_size: int
+) -> None:
+    text = HEADER + "d1,First,,,a@example.com,,,x,\nd1,Second,,,b@example.com,,,y,\n"
+    result = await run_import(database, write(tmp_path, "dupes.csv", text), batch_size=batch_size)
+    assert result.imported == 2
+    assert await customers(database) == {"d1": ("Second", "en", "UTC")}
+    assert set(await contact_points(database)) == {("d1", "email", "b@example.com")}
+    assert await subscriptions(database) == {("d1", "component", "y")}
+
+
+async def test_a_spreadsheet_export_with_bom_crlf_and_quoted_newlines(
+    database: Database, tmp_path: Path
+) -> None:
+    text = (
+        "\ufeffID,Name,Email\r\n"
+        'x1,"Two\r\nlines",x1@example.com\r\n'  # lines 2-3
+        ",,\r\n"  # line 4: an empty spreadsheet row
+        "x2,Bad,nope\r\n"  # line 5
+        "x3,Fine,x3@example.com"  # line 6, no final newline
+    )
+    path = tmp_path / "export.csv"
+    path.write_bytes(text.encode("utf-8"))
+    result = await run_import(database, path)
+    assert (result.imported, result.rejected) == (2, 1)
+    assert result.errors[0].line == 5
+    assert (await customers(database))["x1"] == ("Two\r\nlines", "en", "UTC")
+
+
+async def test_undecodable_bytes_reject_their_row_only(database: Database, tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"id,name\nb1,Caf\xe9\nb2,Cafe\n")
+    result = await run_import(database, path)
+    assert (result.imported, result.rejected) == (1, 1)
+    assert str(result.errors[0]) == f"{path}:2: name: is not valid UTF-8 text"
+
+
+async def test_progress_counts_bytes_up_to_the_file_size(
+    database: Database, tmp_path: Path
+) -> None:
+    text = HEADER + "".join(f"p{i},Person {i},,,,,,,\n" for i in range(25))
+    path = write(tmp_path, "many.csv", text)
+    progress: list[int] = []
+    result = await run_import(database, path, batch_size=10, on_progress=progress.append)
+    assert result.imported == 25
+    assert progress == sorted(progress) and len(progress) == 3
+    assert progress[-1] == path.stat().st_size
+
+
+async def test_only_the_first_thousand_errors_are_kept(database: Database, tmp_path: Path) -> None:
+    text = HEADER + "".join(f"e{i},,,,,,,,\n" for i in range(1005)) + "ok,Fine,,,,,,,\n"
+    result = await run_import(database, write(tmp_path, "bad.csv", text))
+    assert (result.imported, result.rejected, len(result.errors)) == (1, 1005, 1000)
+    assert result.errors[-1].line == 1001
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fmt", "message"),
+    [
+        ("x.csv", "id,name,fone\nc1,N,1\n", None, r"x\.csv:1: unknown column\(s\) 'fone'"),
+        ("x.csv", "", None, r"x\.csv:1: the first line must be the header"),
+        ("x.txt", "id,name\nc1,N\n", None, "cannot tell the format"),
+        ("x.csv", "id,name\n", "xml", "unknown format 'xml'"),
+    ],
+)
+async def test_unusable_input_fails_before_anything_is_written(
+    database: Database, tmp_path: Path, name: str, text: str, fmt: str | None, message: str
+) -> None:
+    path = write(tmp_path, name, text)
+    with pytest.raises(ImportInputError, match=message):
+        await run_import(database, path, fmt=fmt)
+    with pytest.raises(ImportInputError, match="cannot read"):
+        await run_import(database, tmp_path / "missing.csv")
+    assert await count(database, Customer) == 0
+
+
+async def test_format_option_overrides_the_extension(database: Database, tmp_path: Path) -> None:
+    path = write(tmp_path, "export.txt", json.dumps({"id": "f1", "name": "F"}) + "\n")
+    result = await run_import(database, path, fmt="jsonl")
+    assert result.imported == 1
+
+
+async def test_an_over_long_line_is_a_row_error(database: Database, tmp_path: Path) -> None:
+    text = HEADER + "c1,Fine,,,,,,,\n" + "c2," + "x" * (1 << 20) + "\n" + "c3,Also fine,,,,,,,\n"
+    result = await run_import(database, write(tmp_path, "long.csv", text))
+    assert (result.imported, result.rejected) == (2, 1)
+    assert result.errors[0].line == 3
+
+
+# --- the CLI command ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"database: {{url: sqlite+aiosqlite:///{tmp_path}/x.db}}\n", encoding="utf-8")
+    return path
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(customers_cli.app, list(args))
+
+
+def test_cli_imports_a_clean_file_and_exits_0(config: Path, tmp_path: Path) -> None:
+    path = write(tmp_path, "ok.csv", HEADER + "c1,Jane,,,,,,,\nc2,Joe,,,,,,,\n")
+    result = invoke("import", str(path), "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "imported 2 customers, rejected 0 rows\n"
+    assert result.stderr == ""
+
+
+def test_cli_reports_bad_rows_and_exits_1(config: Path, tmp_path: Path) -> None:
+    path = write(tmp_path, "customers.csv", MIXED)
+    result = invoke("import", str(path), "--config", str(config))
+    assert result.exit_code == 1
+    assert result.stdout == "imported 3 customers, rejected 5 rows\n"
+    assert f"{path}:7: phone: '0612345678' must be in international format" in result.stderr
+    assert len(result.stderr.splitlines()) == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.csv", "id,name,mail\n", "unknown column(s) 'mail'"),
+        ("none.csv", None, "none.csv: no such file"),
+        ("what.xml", "<x/>", "cannot tell the format"),
+    ],
+)
+def test_cli_exits_2_on_unusable_input(
+    config: Path, tmp_path: Path, name: str, text: str | None, message: str
+) -> None:
+    path = write(tmp_path, name, text) if text is not None else tmp_path / name
+    result = invoke("import", str(path), "--config", str(config))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert message in result.stderr and result.stderr.startswith("error: ")
+
+
+def test_cli_format_option(config: Path, tmp_path: Path) -> None:
+    path = write(tmp_path, "export.txt", json.dumps({"id": "f1", "name": "F"}) + "\n")
+    result = invoke("import", str(path), "--format", "jsonl", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "imported 1 customers, rejected 0 rows\n"
+
+
+def test_cli_shows_progress_on_a_terminal(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(customers_cli, "stderr_is_terminal", lambda: True)
+    path = write(tmp_path, "ok.csv", HEADER + "c1,Jane,,,,,,,\nc2,Joe,,,nope,,,,\n")
+    result = invoke("import", str(path), "--config", str(config))
+    assert result.exit_code == 1
+    assert result.stdout == "imported 1 customers, rejected 1 rows\n"
+    assert f"{path}:3: email: value is not a valid email address" in result.stderr
+    assert "importing" in result.stderr

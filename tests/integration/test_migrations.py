@@ -1,0 +1,161 @@
+"""The Alembic migrations: up, down to base and up again, on SQLite and PostgreSQL, and the
+migrated schema is exactly what the models declare.
+
+Alembic's env.py runs its own event loop (``asyncio.run``), so :func:`migrate.upgrade` and
+:func:`migrate.downgrade` block; the tests here are synchronous and call them directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import Script, ScriptDirectory
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from broadcaster.store import migrate
+from broadcaster.store.models import Base
+
+T = TypeVar("T")
+
+MODEL_TABLES = set(Base.metadata.tables)
+VERSION_TABLE = "alembic_version"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest) -> str:
+    """An empty database, once per backend (PostgreSQL skips when it is not configured)."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    value: str = request.getfixturevalue(fixture)
+    return value
+
+
+def on_connection(url: str, work: Callable[[Connection], T]) -> T:
+    """Run ``work`` on a sync view of an async connection (how Alembic itself runs)."""
+
+    async def run() -> T:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(work)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def schema_differences(connection: Connection) -> list[Any]:
+    """What autogenerate would write to bring the database to the models; [] when equal."""
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "compare_server_default": True}
+    )
+    differences: list[Any] = compare_metadata(context, Base.metadata)
+    return differences
+
+
+def table_names(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names())
+
+
+def current(url: str) -> str | None:
+    return asyncio.run(migrate.current_revision(url))
+
+
+def revisions_base_to_head() -> list[Script]:
+    scripts = ScriptDirectory.from_config(migrate.alembic_config("unused"))
+    return list(reversed(list(scripts.walk_revisions("base", "heads"))))
+
+
+def assert_at_head(url: str) -> None:
+    assert current(url) == migrate.head_revision()
+    assert on_connection(url, table_names) == MODEL_TABLES | {VERSION_TABLE}
+    assert on_connection(url, schema_differences) == []
+
+
+def assert_at_base(url: str) -> None:
+    assert current(url) is None
+    assert on_connection(url, table_names) == {VERSION_TABLE}
+    # The comparison sees a missing schema: every model table (and its indexes) is to be added.
+    differences = on_connection(url, schema_differences)
+    assert {diff[0] for diff in differences} <= {"add_table", "add_index"}
+    assert {diff[1].name for diff in differences if diff[0] == "add_table"} == MODEL_TABLES
+
+
+def test_the_scripts_form_one_line_to_a_single_head() -> None:
+    scripts = ScriptDirectory.from_config(migrate.alembic_config("unused"))
+    assert len(scripts.get_heads()) == 1
+    head = migrate.head_revision()
+    assert head is not None
+    chain = revisions_base_to_head()
+    assert chain[0].down_revision is None
+    assert chain[-1].revision == head
+    for earlier, later in itertools.pairwise(chain):
+        assert later.down_revision == earlier.revision
+
+
+def test_empty_database_has_no_revision(url: str) -> None:
+    assert current(url) is None
+
+
+def test_upgrade_downgrade_upgrade(url: str) -> None:
+    migrate.upgrade(url)
+    assert_at_head(url)
+
+    migrate.downgrade(url, "base")
+    assert_at_base(url)
+
+    migrate.upgrade(url)
+    assert_at_head(url)
+
+
+def test_upgrade_twice_is_harmless(url: str) -> None:
+    migrate.upgrade(url)
+    migrate.upgrade(url)
+    assert_at_head(url)
+
+
+def test_each_migration_steps_up_and_down(url: str) -> None:
+    chain = revisions_base_to_head()
+    for script in chain:
+        migrate.upgrade(url, script.revision)
+        assert current(url) == script.revision
+    assert_at_head(url)
+    for script in reversed(chain):
+        migrate.downgrade(url, "-1")
+        assert current(url) == script.down_revision
+    assert_at_base(url)
+
+
+async def test_upgrade_async_from_a_running_loop(url: str) -> None:
+    await migrate.upgrade_async(url)
+    assert await migrate.current_revision(url) == migrate.head_revision()
+
+
+@pytest.mark.parametrize(
+    "offline_url",
+    ["sqlite+aiosqlite:///offline.db", "postgresql+asyncpg://offline@localhost/offline"],
+)
+def test_offline_mode_renders_sql_for_both_ways(offline_url: str) -> None:
+    """``--sql`` mode (env.py's offline branch) writes the DDL without connecting."""
+    config = migrate.alembic_config(offline_url)
+    config.output_buffer = io.StringIO()
+    command.upgrade(config, "head", sql=True)
+    up = config.output_buffer.getvalue()
+    for table in MODEL_TABLES:
+        assert f"CREATE TABLE {table} " in up
+
+    config = migrate.alembic_config(offline_url)
+    config.output_buffer = io.StringIO()
+    command.downgrade(config, "head:base", sql=True)
+    down = config.output_buffer.getvalue()
+    for table in MODEL_TABLES:
+        assert f"DROP TABLE {table};" in down

@@ -1,0 +1,672 @@
+"""The config loader: the shipped file, ``${ENV}`` substitution, overrides, located errors."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broadcaster.config import ConfigError, Settings, load_settings, locate_config
+from broadcaster.config.durations import format_duration, parse_duration
+from channels.console import ConsoleSettings
+from channels.email import EmailSettings
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "config.yaml"
+
+
+def write_config(folder: Path, text: str, name: str = "config.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def at(path: Path, needle: str, occurrence: int = 1) -> str:
+    """``file:line:col`` of the ``occurrence``-th line containing ``needle`` (1-based, like
+    the loader), with the column of the needle itself."""
+    seen = 0
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        column = line.find(needle)
+        if column >= 0:
+            seen += 1
+            if seen == occurrence:
+                return f"{path}:{number}:{column + 1}"
+    raise AssertionError(f"{needle!r} not in {path}")
+
+
+def problems_of(path: Path | None, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ or {})
+    assert info.value.problems, "a ConfigError must list its problems"
+    for problem in info.value.problems:
+        assert problem in str(info.value)
+    return info.value.problems
+
+
+# -- the shipped file --------------------------------------------------------------------------
+
+
+def test_shipped_config_loads() -> None:
+    settings = load_settings(SHIPPED, {})
+
+    assert isinstance(settings, Settings)
+    assert settings.database.url == f"sqlite+aiosqlite:///{REPO / 'data' / 'broadcaster.db'}"
+    assert settings.schedule.sweep_interval == timedelta(seconds=1)
+    assert settings.schedule.cadence.critical == timedelta(minutes=15)
+    assert settings.schedule.cadence.for_severity("minor") == timedelta(hours=2)
+    assert settings.delivery.channels == ["console"]
+    assert settings.delivery.backoff.maximum == timedelta(minutes=10)
+    assert isinstance(settings.channels["console"], ConsoleSettings)
+    email = settings.channels["email"]
+    assert isinstance(email, EmailSettings)
+    assert email.port == 1025
+    assert email.security == "none"
+    assert email.sender == "Example Transit <service@example.org>"
+    # ${SMTP_USERNAME:-} with the variable unset: the (empty) default.
+    assert email.username == ""
+    assert email.password is not None
+    assert email.password.get_secret_value() == ""
+    assert settings.messages.organisation == "Example Transit"
+    assert settings.log.level == "INFO"
+
+
+def test_shipped_config_takes_smtp_secrets_from_the_environment() -> None:
+    settings = load_settings(SHIPPED, {"SMTP_USERNAME": "relay-user", "SMTP_PASSWORD": "s3cret"})
+    email = settings.channels["email"]
+    assert isinstance(email, EmailSettings)
+    assert email.username == "relay-user"
+    assert email.password is not None
+    assert email.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "# nothing configured\n")
+    settings = load_settings(path, {})
+    assert settings.schedule == Settings().schedule
+    assert settings.delivery.channels == ["console"]
+    assert settings.database.url == f"sqlite+aiosqlite:///{tmp_path / 'data' / 'broadcaster.db'}"
+
+
+# -- ${VAR} substitution -----------------------------------------------------------------------
+
+
+SUBSTITUTED = """
+    channels:
+      console:
+        type: console
+      email:
+        type: email
+        host: ${SMTP_HOST}
+        port: ${SMTP_PORT:-2525}
+        username: ${SMTP_USERNAME:-postmaster}
+        password: ${SMTP_PASSWORD:-}
+        from: "${SENDER_NAME:-Example} <${SENDER_ADDR:-service@example.org}>"
+    """
+
+
+def test_placeholders_take_values_and_defaults(tmp_path: Path) -> None:
+    path = write_config(tmp_path, SUBSTITUTED)
+    settings = load_settings(path, {"SMTP_HOST": "smtp.example.org", "SENDER_NAME": "Care"})
+    email = settings.channels["email"]
+    assert isinstance(email, EmailSettings)
+    assert email.host == "smtp.example.org"
+    assert email.port == 2525  # the default, then validated as an int
+    assert email.username == "postmaster"
+    assert email.password is not None
+    assert email.password.get_secret_value() == ""
+    assert email.sender == "Care <service@example.org>"  # two placeholders in one value
+
+
+def test_set_variables_win_over_defaults(tmp_path: Path) -> None:
+    path = write_config(tmp_path, SUBSTITUTED)
+    env = {
+        "SMTP_HOST": "relay",
+        "SMTP_PORT": "587",
+        "SMTP_USERNAME": "me",
+        "SMTP_PASSWORD": "pw",
+    }
+    email = load_settings(path, env).channels["email"]
+    assert isinstance(email, EmailSettings)
+    assert (email.host, email.port, email.username) == ("relay", 587, "me")
+    assert email.password is not None
+    assert email.password.get_secret_value() == "pw"
+
+
+def test_an_empty_variable_takes_the_default_like_the_shell(tmp_path: Path) -> None:
+    path = write_config(tmp_path, SUBSTITUTED)
+    email = load_settings(path, {"SMTP_HOST": "", "SMTP_PORT": ""}).channels["email"]
+    assert isinstance(email, EmailSettings)
+    assert email.host == ""  # ${VAR} without a default: set (empty) is still set
+    assert email.port == 2525
+
+
+def test_a_missing_variable_is_an_error_naming_file_line_and_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path, SUBSTITUTED)
+    problems = problems_of(path, {})
+    assert problems == [
+        f"{at(path, '${SMTP_HOST}')}: channels.email.host: "
+        "environment variable SMTP_HOST is not set"
+    ]
+
+
+def test_every_missing_variable_is_reported(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        database:
+          url: ${DATABASE_URL}
+        messages:
+          public_url: https://${PUBLIC_HOST}/status
+        """,
+    )
+    assert problems_of(path, {}) == [
+        f"{at(path, '${DATABASE_URL}')}: database.url: "
+        "environment variable DATABASE_URL is not set",
+        f"{at(path, 'https://')}: messages.public_url: environment variable PUBLIC_HOST is not set",
+    ]
+
+
+# -- BROADCASTER_SECTION__KEY overrides --------------------------------------------------------
+
+
+def test_env_override_sets_a_nested_key() -> None:
+    settings = load_settings(SHIPPED, {"BROADCASTER_SCHEDULE__CADENCE__CRITICAL": "5m"})
+    assert settings.schedule.cadence.critical == timedelta(minutes=5)
+    assert settings.schedule.cadence.major == timedelta(minutes=30)  # untouched siblings
+
+
+def test_env_override_values_are_yaml_typed() -> None:
+    settings = load_settings(
+        SHIPPED,
+        {
+            "BROADCASTER_DELIVERY__WORKERS": "8",
+            "BROADCASTER_DELIVERY__CHANNELS": "[console, email]",
+            "BROADCASTER_DELIVERY__BACKOFF": "{initial: 1s, multiplier: 3}",
+            "BROADCASTER_DATABASE__ECHO": "true",
+            "BROADCASTER_LOG__LEVEL": "DEBUG",
+            "BROADCASTER_CHANNELS__EMAIL__PORT": "2525",
+        },
+    )
+    assert settings.delivery.workers == 8
+    assert settings.delivery.channels == ["console", "email"]
+    assert settings.delivery.backoff.initial == timedelta(seconds=1)
+    assert settings.delivery.backoff.multiplier == 3.0
+    assert settings.database.echo is True
+    assert settings.log.level == "DEBUG"
+    email = settings.channels["email"]
+    assert isinstance(email, EmailSettings)
+    assert email.port == 2525
+    assert email.host == "127.0.0.1"  # the rest of the channel comes from the file
+
+
+def test_env_override_creates_sections_missing_from_the_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "log:\n  level: INFO\n")
+    settings = load_settings(path, {"BROADCASTER_SCHEDULE__CADENCE__MAJOR": "1h"})
+    assert settings.schedule.cadence.major == timedelta(hours=1)
+
+
+def test_env_override_beats_a_substituted_value(tmp_path: Path) -> None:
+    path = write_config(tmp_path, SUBSTITUTED)
+    env = {"SMTP_HOST": "from-placeholder", "BROADCASTER_CHANNELS__EMAIL__HOST": "from-override"}
+    email = load_settings(path, env).channels["email"]
+    assert isinstance(email, EmailSettings)
+    assert email.host == "from-override"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "BROADCASTER_CONFIG",
+        "BROADCASTER_TEST_POSTGRES_URL",
+        "BROADCASTER_SOMETHING_ELSE",
+        "BROADCASTER__X",
+        "SCHEDULE__CADENCE__CRITICAL",
+        "OTHER_SCHEDULE__CADENCE__CRITICAL",
+    ],
+)
+def test_variables_without_section_separator_are_not_overrides(name: str) -> None:
+    baseline = load_settings(SHIPPED, {})
+    environ = {name: "not: [valid, {settings"}
+    if name == "BROADCASTER_CONFIG":
+        environ[name] = str(SHIPPED)
+    assert load_settings(SHIPPED, environ) == baseline
+
+
+def test_error_in_an_env_override_names_the_variable() -> None:
+    problems = problems_of(SHIPPED, {"BROADCASTER_DELIVERY__WORKERS": "many"})
+    assert len(problems) == 1
+    assert problems[0].startswith("environment BROADCASTER_DELIVERY__WORKERS: delivery.workers: ")
+    assert "valid integer" in problems[0]
+
+
+def test_bad_duration_in_an_env_override_names_the_variable() -> None:
+    problems = problems_of(SHIPPED, {"BROADCASTER_SCHEDULE__CADENCE__CRITICAL": "soon"})
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        "environment BROADCASTER_SCHEDULE__CADENCE__CRITICAL: schedule.cadence.critical: "
+    )
+    assert "invalid duration 'soon'" in problems[0]
+
+
+def test_unknown_key_from_an_env_override_names_the_variable() -> None:
+    problems = problems_of(SHIPPED, {"BROADCASTER_SCHEDULE__CADENSE": "5m"})
+    assert problems == [
+        "environment BROADCASTER_SCHEDULE__CADENSE: schedule.cadense: "
+        "Extra inputs are not permitted"
+    ]
+
+
+def test_list_replaced_from_env_is_blamed_on_the_variable_not_the_file(tmp_path: Path) -> None:
+    # The file's list had an item 1 too; its line must not be reported for the new item 1.
+    path = write_config(tmp_path, "delivery:\n  channels:\n    - console\n    - console\n")
+    problems = problems_of(path, {"BROADCASTER_DELIVERY__CHANNELS": "[console, pager]"})
+    assert problems == [
+        "environment BROADCASTER_DELIVERY__CHANNELS: delivery.channels.1: "
+        "unknown channel 'pager' (defined: console)"
+    ]
+
+
+def test_override_with_empty_key_segment_is_an_error() -> None:
+    problems = problems_of(SHIPPED, {"BROADCASTER_SCHEDULE____CRITICAL": "5m"})
+    assert problems == [
+        "environment BROADCASTER_SCHEDULE____CRITICAL: empty key segment in the name"
+    ]
+
+
+def test_override_that_is_not_yaml_is_an_error() -> None:
+    problems = problems_of(SHIPPED, {"BROADCASTER_DELIVERY__CHANNELS": "[console"})
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        "environment BROADCASTER_DELIVERY__CHANNELS: not a valid YAML value"
+    )
+
+
+# -- locate_config -----------------------------------------------------------------------------
+
+
+def test_locate_prefers_the_explicit_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path, "{}\n")
+    explicit = tmp_path / "explicit.yaml"
+    assert locate_config(explicit, {"BROADCASTER_CONFIG": "from-env.yaml"}) == explicit
+    assert locate_config(str(explicit), {}) == explicit
+
+
+def test_locate_then_uses_broadcaster_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path, "{}\n")
+    assert locate_config(None, {"BROADCASTER_CONFIG": "/etc/bc.yaml"}) == Path("/etc/bc.yaml")
+    monkeypatch.setenv("BROADCASTER_CONFIG", "/etc/from-process.yaml")
+    assert locate_config() == Path("/etc/from-process.yaml")
+
+
+def test_locate_then_uses_the_local_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BROADCASTER_CONFIG", raising=False)
+    write_config(tmp_path, "{}\n")
+    assert locate_config(None, {}) == Path("config.yaml")
+    assert locate_config(None, {"BROADCASTER_CONFIG": ""}) == Path("config.yaml")
+    assert locate_config() == Path("config.yaml")
+
+
+def test_locate_falls_back_to_the_shipped_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no config.yaml here
+    found = locate_config(None, {})
+    assert found.is_absolute()
+    assert found.exists()
+    assert found.name in {"config.yaml", "_default_config.yaml"}
+    assert load_settings(None, {}).delivery.channels == ["console"]
+
+
+def test_load_settings_uses_broadcaster_config_from_its_environ(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path, "delivery:\n  workers: 2\n")  # ./config.yaml, not chosen
+    chosen = write_config(tmp_path / "etc", "delivery:\n  workers: 7\n")
+    assert load_settings(None, {"BROADCASTER_CONFIG": str(chosen)}).delivery.workers == 7
+    assert load_settings(None, {}).delivery.workers == 2
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.yaml"
+    problems = problems_of(missing)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{missing}: cannot read")
+
+
+# -- located validation errors -----------------------------------------------------------------
+
+
+def test_unknown_key_points_at_the_key(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        schedule:
+          cadence:
+            critical: 5m
+          bogus:
+            nested: 1
+        """,
+    )
+    assert problems_of(path) == [
+        f"{at(path, 'bogus')}: schedule.bogus: Extra inputs are not permitted"
+    ]
+
+
+def test_unknown_section_points_at_the_section(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "log:\n  level: INFO\nlogging:\n  level: INFO\n")
+    assert problems_of(path) == [f"{path}:3:1: logging: Extra inputs are not permitted"]
+
+
+def test_wrong_type_points_at_the_value(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "delivery:\n  workers: many\n  batch_size: 10\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:2:12: delivery.workers: ")
+    assert "valid integer" in problem
+
+
+def test_out_of_range_value_points_at_the_value(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "delivery:\n  batch_size: 10\n  workers: 0\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:3:12: delivery.workers: ")
+    assert "greater than or equal to 1" in problem
+
+
+def test_bad_duration_points_at_the_value(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        schedule:
+          cadence:
+            critical: 15m
+            major: soon
+        """,
+    )
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{at(path, 'soon')}: schedule.cadence.major: ")
+    assert "invalid duration 'soon'" in problem
+
+
+def test_too_long_duration_is_a_located_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "schedule:\n  round_lease: 99999999999d\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:2:16: schedule.round_lease: ")
+    assert "too long" in problem
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        delivery:
+          workers: many
+          lease: later
+        log:
+          level: LOUD
+        """,
+    )
+    problems = problems_of(path)
+    assert [p.split(": ", 2)[:2] for p in problems] == [
+        [at(path, "many"), "delivery.workers"],
+        [at(path, "later"), "delivery.lease"],
+        [at(path, "LOUD"), "log.level"],
+    ]
+
+
+def test_unknown_channel_points_at_the_list_item(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        delivery:
+          channels:
+            - console
+            - sms
+          workers: 2
+        """,
+    )
+    assert problems_of(path) == [
+        f"{at(path, 'sms')}: delivery.channels.1: unknown channel 'sms' (defined: console)"
+    ]
+
+
+def test_unknown_channel_in_a_flow_list_points_at_the_item(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        channels:
+          console: {type: console}
+          mail: {type: email}
+        delivery:
+          channels: [console, pager, mail]
+        """,
+    )
+    assert problems_of(path) == [
+        f"{at(path, 'pager')}: delivery.channels.1: unknown channel 'pager' "
+        "(defined: console, mail)"
+    ]
+
+
+def test_bad_channel_type_points_at_the_type(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        channels:
+          console:
+            type: console
+          pager:
+            type: carrier-pigeon
+        """,
+    )
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{at(path, 'carrier-pigeon')}: channels.pager.type: ")
+    assert "carrier-pigeon" in problem
+    assert "'console', 'email'" in problem
+
+
+def test_channel_without_type_points_at_the_channel(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "channels:\n  console:\n    contact: email\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:2:3: channels.console: ")
+    assert "discriminator 'type'" in problem
+
+
+def test_bad_channel_setting_is_named_without_the_union_tag(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        channels:
+          console:
+            type: console
+            colour: green
+          email:
+            type: email
+            host: smtp.example.org
+            port: twenty-five
+        """,
+    )
+    problems = problems_of(path)
+    assert len(problems) == 2
+    # A scalar's location is its value, on the key's line.
+    assert problems[0] == f"{at(path, 'green')}: channels.console.colour: " + (
+        "Extra inputs are not permitted"
+    )
+    assert problems[1].startswith(f"{at(path, 'twenty-five')}: channels.email.port: ")
+
+
+def test_yaml_syntax_error_names_its_line(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        delivery:
+          workers: 4
+           lease: 60s
+        log:
+          level: INFO
+        """,
+    )
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:3:")
+    assert "YAML syntax error: mapping values are not allowed here" in problem
+
+
+def test_unclosed_flow_list_is_a_yaml_syntax_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "delivery:\n  channels: [console\nlog:\n  level: INFO\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:3:")
+    assert "YAML syntax error" in problem
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just text\n"])
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
+    path = write_config(tmp_path, text)
+    assert problems_of(path) == [f"{path}:1:1: the top level must be a mapping of sections"]
+
+
+# -- database URL ------------------------------------------------------------------------------
+
+
+def test_relative_sqlite_url_is_resolved_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "etc" / "broadcaster"
+    path = write_config(folder, "database:\n  url: sqlite+aiosqlite:///state/bc.db\n")
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(Path("etc/broadcaster/config.yaml"), {})
+    assert settings.database.url == f"sqlite+aiosqlite:///{folder / 'state' / 'bc.db'}"
+    assert load_settings(path, {}).database.url == settings.database.url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite:////var/lib/broadcaster/bc.db",
+        "sqlite+aiosqlite:///:memory:",
+        "postgresql+asyncpg://bc@db.example.org/bc",
+    ],
+)
+def test_other_database_urls_are_kept(tmp_path: Path, url: str) -> None:
+    path = write_config(tmp_path, f"database:\n  url: '{url}'\n")
+    assert load_settings(path, {}).database.url == url
+
+
+def test_relative_sqlite_url_from_env_is_resolved_against_the_config_folder(
+    tmp_path: Path,
+) -> None:
+    path = write_config(tmp_path / "conf", "{}\n")
+    settings = load_settings(path, {"BROADCASTER_DATABASE__URL": "sqlite+aiosqlite:///x.db"})
+    assert settings.database.url == f"sqlite+aiosqlite:///{tmp_path / 'conf' / 'x.db'}"
+
+
+# -- durations ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("90s", timedelta(seconds=90)),
+        ("15m", timedelta(minutes=15)),
+        ("2h", timedelta(hours=2)),
+        ("1d", timedelta(days=1)),
+        ("1h30m", timedelta(minutes=90)),
+        ("500ms", timedelta(milliseconds=500)),
+        ("1.5s", timedelta(milliseconds=1500)),
+        (" 1h 30m ", timedelta(minutes=90)),
+        (90, timedelta(seconds=90)),
+        (0.25, timedelta(milliseconds=250)),
+        (timedelta(minutes=3), timedelta(minutes=3)),
+    ],
+)
+def test_parse_duration(text: object, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "soon", "5", "5x", "m5", "-5s", "1h-5m", -1, True, None, [1], "9" * 400 + "s"]
+)
+def test_parse_duration_rejects(text: object) -> None:
+    with pytest.raises(ValueError, match=r"duration|true/false"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (timedelta(0), "0s"),
+        (timedelta(seconds=90), "1m30s"),
+        (timedelta(hours=1, minutes=30), "1h30m"),
+        (timedelta(days=2, seconds=5), "2d5s"),
+        (timedelta(milliseconds=500), "500ms"),
+        (timedelta(milliseconds=1500), "1s500ms"),
+        (timedelta(microseconds=1), "0.001ms"),
+    ],
+)
+def test_format_duration(value: timedelta, text: str) -> None:
+    assert format_duration(value) == text
+
+
+def test_durations_serialise_in_their_spelling() -> None:
+    dumped = load_settings(SHIPPED, {}).model_dump(mode="json")
+    assert dumped["schedule"]["cadence"] == {"critical": "15m", "major": "30m", "minor": "2h"}
+    assert dumped["delivery"]["poll_interval"] == "500ms"
+
+
+MAX_WHOLE_SECONDS = timedelta.max // timedelta(seconds=1)
+
+
+@given(st.integers(min_value=0, max_value=MAX_WHOLE_SECONDS))
+def test_format_then_parse_round_trips_whole_seconds(seconds: int) -> None:
+    value = timedelta(seconds=seconds)
+    assert parse_duration(format_duration(value)) == value
+
+
+@given(st.timedeltas(min_value=timedelta(0)))
+def test_format_then_parse_round_trips_to_the_microsecond(value: timedelta) -> None:
+    assert parse_duration(format_duration(value)) == value
+
+
+def _spell(part: tuple[int | float, str]) -> str:
+    return f"{part[0]}{part[1]}"
+
+
+DURATION_LIKE = st.from_regex(r"\A\s?(\d{1,25}(\.\d{0,8})?\s?(ms|s|m|h|d|x)?){0,4}\s?\Z")
+"""Digits (any script) and units, loosely: mostly near-misses of the grammar."""
+NUMBERS_WITH_UNITS = st.lists(
+    st.tuples(
+        st.one_of(
+            st.integers(min_value=0),
+            st.floats(min_value=0, allow_nan=False, allow_infinity=False),
+        ),
+        st.sampled_from(["ms", "s", "m", "h", "d", "", "x"]),
+    ).map(_spell),
+    max_size=4,
+).map("".join)
+"""Well-formed parts with numbers of any size: overflow beyond ``timedelta.max``."""
+
+
+@given(st.one_of(st.text(), DURATION_LIKE, NUMBERS_WITH_UNITS))
+def test_parse_duration_raises_only_value_error(text: str) -> None:
+    try:
+        value = parse_duration(text)
+    except ValueError:
+        return
+    assert value >= timedelta(0)
+
+
+@given(st.one_of(st.integers(), st.floats(), st.none(), st.booleans(), st.lists(st.integers())))
+def test_parse_duration_of_non_text_raises_only_value_error(value: object) -> None:
+    try:
+        result = parse_duration(value)
+    except ValueError:
+        return
+    assert result >= timedelta(0)
