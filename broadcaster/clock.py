@@ -42,4 +42,3 @@ class FakeClock:
             raise ValueError("time does not go backwards")
         self._now = when
         return self._now
-
