@@ -58,7 +58,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         database = Database(self.settings.database.url, echo=self.settings.database.echo)
         channels = self._channels or build_channels(self.settings)
-        engine = Engine(self.settings, database, self.clock, channels)
+        engine = await Engine.create(self.settings, database, self.clock, channels)
         rounds_due = asyncio.Event()
         work_ready = asyncio.Event()
         scheduler = AsyncIOScheduler(timezone=UTC)

@@ -108,7 +108,7 @@ async def play(
         await upgrade_async(settings.database.url)
         database = Database(settings.database.url)
         clock = FakeClock(start or datetime(2026, 1, 6, 8, 0, tzinfo=UTC))
-        engine = Engine(settings, database, clock, build_channels(settings))
+        engine = await Engine.create(settings, database, clock, build_channels(settings))
         try:
             sample = resources.files("broadcaster.demo_data").joinpath("customers.jsonl")
             with resources.as_file(sample) as path:

@@ -15,11 +15,14 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from broadcaster.clock import Clock
+from broadcaster.compose.render import Renderer
+from broadcaster.compose.templates import TemplateSet
 from broadcaster.config.settings import Settings
 from broadcaster.dispatch.worker import Dispatcher
 from broadcaster.outbox.materialise import ChannelRoute, materialise_round
 from broadcaster.schedule.rounds import LostLease, claim_due_round, next_wakeup, release_round
 from broadcaster.store import Database
+from broadcaster.store.secrets import get_or_create_secret
 from channels.base import Channel
 
 log = logging.getLogger("broadcaster.engine")
@@ -30,6 +33,23 @@ def make_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+def make_renderer(settings: Settings) -> Renderer:
+    messages = settings.messages
+    return Renderer(
+        TemplateSet(messages.templates_dir, messages.default_language),
+        organisation=messages.organisation,
+        public_url=messages.public_url,
+        sms_max_segments=messages.sms_max_segments,
+    )
+
+
+async def link_secret(settings: Settings, database: Database, clock: Clock) -> str:
+    configured = settings.messages.link_secret
+    if configured is not None and configured.get_secret_value():
+        return configured.get_secret_value()
+    return await get_or_create_secret(database, "link-signing", clock)
+
+
 class Engine:
     def __init__(
         self,
@@ -38,6 +58,8 @@ class Engine:
         clock: Clock,
         channels: Mapping[str, Channel],
         owner: str | None = None,
+        *,
+        link_secret: str,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -47,8 +69,35 @@ class Engine:
         self.routes = [
             ChannelRoute(name, channels[name].contact) for name in settings.delivery.channels
         ]
+        self.renderer = make_renderer(settings)
         self.dispatcher = Dispatcher(
-            database, clock, channels, settings.delivery, settings.messages, self.owner
+            database,
+            clock,
+            channels,
+            settings.delivery,
+            settings.messages,
+            self.owner,
+            self.renderer,
+            link_secret,
+        )
+
+    @classmethod
+    async def create(
+        cls,
+        settings: Settings,
+        database: Database,
+        clock: Clock,
+        channels: Mapping[str, Channel],
+        owner: str | None = None,
+    ) -> Engine:
+        """An engine with the link secret from config, or the one kept in the store."""
+        return cls(
+            settings,
+            database,
+            clock,
+            channels,
+            owner,
+            link_secret=await link_secret(settings, database, clock),
         )
 
     async def process_due_rounds(self, should_stop: Callable[[], bool] = lambda: False) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from email.errors import HeaderParseError, MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
@@ -72,6 +73,7 @@ class EmailChannel:
         return context
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        """A connected, secured and logged-in client; closed again if any step fails."""
         s = self._settings
         client = aiosmtplib.SMTP(
             hostname=s.host,
@@ -81,19 +83,26 @@ class EmailChannel:
             start_tls=False,
             tls_context=self._tls_context() if s.security != "none" else None,
         )
-        await client.connect()
-        if s.security == "starttls":
-            await client.starttls()
-        if s.username:
-            password = s.password.get_secret_value() if s.password else ""
-            await client.login(s.username, password)
+        try:
+            await client.connect()
+            if s.security == "starttls":
+                await client.starttls()
+            if s.username:
+                password = s.password.get_secret_value() if s.password else ""
+                await client.login(s.username, password)
+        except BaseException:
+            # Without this a failed STARTTLS or login leaves an open socket behind.
+            client.close()
+            raise
         return client
 
     def build(self, target: Target, message: Message) -> EmailMessage:
         """The MIME message for one target (public so tests and previews can inspect it)."""
         email = EmailMessage()
         email["From"] = self._sender
-        email["To"] = Address(display_name=target.name, addr_spec=target.address)
+        # A line break in a stored name must not stop the email (or condemn the address).
+        name = " ".join(target.name.split())
+        email["To"] = Address(display_name=name, addr_spec=_recipient(target))
         if self._settings.reply_to:
             email["Reply-To"] = self._settings.reply_to
         email["Subject"] = message.subject
@@ -111,22 +120,36 @@ class EmailChannel:
         if self._closed:
             raise DeliveryError("email channel is closed", retryable=True)
         try:
-            email = self.build(target, message)
-        except (ValueError, IndexError) as exc:
+            recipient = _recipient(target)
+        except (ValueError, IndexError, HeaderParseError) as exc:
             raise DeliveryError(
                 f"cannot address {target.address!r}: {exc}",
                 retryable=False,
                 contact_point=ContactPointState.DISABLED,
             ) from exc
+        try:
+            email = self.build(target, message)
+        except (ValueError, MessageError) as exc:
+            # The message is at fault (a header with a line break, a duplicate unique
+            # header), not the address: fail it without condemning the contact point.
+            raise DeliveryError(f"cannot build the email: {exc}", retryable=False) from exc
         async with self._slots:
-            client: aiosmtplib.SMTP | None = None
-            try:
-                client = self._idle.get_nowait() if not self._idle.empty() else None
-                if client is not None and not client.is_connected:
-                    client = None
-                if client is None:
+            client = self._idle.get_nowait() if not self._idle.empty() else None
+            if client is not None and not client.is_connected:
+                client = None
+            if client is None:
+                try:
                     client = await self._connect()
-                await client.send_message(email)
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    # Connecting, TLS (an unverifiable certificate included) and AUTH
+                    # (a refused password included) fail for every message alike: the
+                    # relay or our settings are at fault, never this address or message.
+                    # Retry, so the deliveries go out once an operator fixes it.
+                    raise DeliveryError(f"SMTP connection failed: {exc}", retryable=True) from exc
+            try:
+                # The envelope names the target only: headers (Cc, Bcc passed through
+                # Message.headers) must not add recipients.
+                await client.send_message(email, sender=self._sender_addr, recipients=[recipient])
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 await _discard(client)
                 raise _refused(exc.recipients) from exc
@@ -136,12 +159,29 @@ class EmailChannel:
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 await _discard(client)
                 raise DeliveryError(f"SMTP connection failed: {exc}", retryable=True) from exc
+            except ValueError as exc:
+                # aiosmtplib refused to put the address on the wire; nothing was sent.
+                self._release(client)
+                raise DeliveryError(
+                    f"cannot address {target.address!r}: {exc}",
+                    retryable=False,
+                    contact_point=ContactPointState.DISABLED,
+                ) from exc
+            except BaseException:
+                # Cancelled mid-transaction: the session state is unknown, drop it.
+                client.close()
+                raise
             self._release(client)
         return Receipt(provider_message_id=str(email["Message-ID"]))
 
-    def _release(self, client: aiosmtplib.SMTP | None) -> None:
-        if client is not None and client.is_connected and not self._closed:
-            self._idle.put_nowait(client)
+    def _release(self, client: aiosmtplib.SMTP) -> None:
+        if not client.is_connected:
+            return
+        if self._closed:
+            # aclose() ran while this send was in flight; it could not close this one.
+            client.close()
+            return
+        self._idle.put_nowait(client)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -159,6 +199,14 @@ async def _discard(client: aiosmtplib.SMTP | None, *, polite: bool = False) -> N
             client.close()
     except (aiosmtplib.SMTPException, OSError, TimeoutError):
         client.close()
+
+
+def _recipient(target: Target) -> str:
+    """The target's address as an addr-spec; raises on anything that is not one."""
+    address = Address(addr_spec=target.address)
+    if not address.username or not address.domain:
+        raise ValueError("an email address needs a local part and a domain")
+    return address.addr_spec
 
 
 def _from_reply(code: int, text: str) -> DeliveryError:

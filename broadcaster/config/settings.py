@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from broadcaster.config.durations import Duration
 from channels.console import ConsoleSettings
@@ -70,6 +71,13 @@ class MessageSettings(_Section):
     default_language: str = "en"
     public_url: str = "http://127.0.0.1:8080"
     """Base of the public incident page linked from every message."""
+    templates_dir: Path | None = None
+    """A folder of template overrides (``<language>/<kind>/<part>.j2``), searched first."""
+    link_secret: SecretStr | None = None
+    """Key that signs unsubscribe and preference links; generated and kept in the store
+    when unset."""
+    link_lifetime: Duration = timedelta(days=30)
+    sms_max_segments: int = Field(default=3, ge=1, le=10)
 
 
 class LogSettings(_Section):

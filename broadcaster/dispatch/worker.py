@@ -21,7 +21,10 @@ from datetime import datetime
 from sqlalchemy import and_, bindparam, or_, select, update
 
 from broadcaster.clock import Clock
-from broadcaster.compose.messages import MessageContext, compose
+from broadcaster.compose.context import IncidentFacts, Personal
+from broadcaster.compose.forms import form_for
+from broadcaster.compose.links import link_url
+from broadcaster.compose.render import Renderer, RenderRequest
 from broadcaster.config.settings import DeliverySettings, MessageSettings
 from broadcaster.dispatch.backoff import retry_delay
 from broadcaster.store import (
@@ -30,6 +33,7 @@ from broadcaster.store import (
     Database,
     Delivery,
     Incident,
+    IncidentScope,
     IncidentUpdate,
     Round,
 )
@@ -58,17 +62,9 @@ class Job:
 
 @dataclass(frozen=True)
 class RoundContent:
-    incident_id: int
     number: int
     kind: str
-    title: str
-    severity: str
-    status: str
-    message: str
-    update_at: datetime
-    cause_kind: str
-    cause: str | None
-    next_due_at: datetime | None
+    facts: IncidentFacts
 
 
 @dataclass
@@ -98,8 +94,12 @@ class Dispatcher:
         settings: DeliverySettings,
         messages: MessageSettings,
         owner: str,
+        renderer: Renderer,
+        link_secret: str,
         rng: random.Random | None = None,
     ) -> None:
+        self._renderer = renderer
+        self._link_secret = link_secret
         self._db = database
         self._clock = clock
         self._channels = channels
@@ -190,24 +190,53 @@ class Dispatcher:
                     .where(Round.id == round_id)
                 )
             ).one()
-        rnd, incident, upd = row
+            rnd, incident, upd = row
+            scopes = (
+                await session.execute(
+                    select(IncidentScope.kind, IncidentScope.value)
+                    .where(IncidentScope.incident_id == incident.id)
+                    .order_by(IncidentScope.id)
+                )
+            ).all()
         content = RoundContent(
-            incident_id=incident.id,
             number=rnd.number,
             kind=rnd.kind,
-            title=incident.title,
-            severity=incident.severity,
-            status=upd.status,
-            message=upd.message,
-            update_at=upd.created_at,
-            cause_kind=upd.cause_kind,
-            cause=upd.cause,
-            next_due_at=rnd.next_due_at,
+            facts=IncidentFacts(
+                incident_id=incident.id,
+                title=incident.title,
+                severity=incident.severity,
+                status=upd.status,
+                components=tuple(v for k, v in scopes if k == "component"),
+                regions=tuple(v for k, v in scopes if k == "region"),
+                summary=upd.message,
+                cause_kind=upd.cause_kind,
+                cause=upd.cause,
+                actions=upd.actions,
+                workaround=upd.workaround,
+                expected_resolution_at=upd.expected_resolution_at,
+                posted_at=upd.created_at,
+                next_update_at=rnd.next_due_at,
+                responsibility=upd.responsibility,
+                regret=upd.regret,
+                remedy=upd.remedy,
+                prevention=upd.prevention,
+                compensation=upd.compensation,
+            ),
         )
         self._rounds[round_id] = content
         if len(self._rounds) > 512:
             self._rounds.popitem(last=False)
         return content
+
+    def _personal(self, job: Job, now: datetime) -> Personal:
+        expires = now + self._messages.link_lifetime
+        base = self._messages.public_url
+        secret = self._link_secret
+        return Personal(
+            name=job.customer_name,
+            unsubscribe_url=link_url(base, secret, job.customer_id, "unsubscribe", expires),
+            preferences_url=link_url(base, secret, job.customer_id, "preferences", expires),
+        )
 
     async def _send(self, job: Job) -> _Outcome:
         channel = self._channels.get(job.channel)
@@ -218,29 +247,22 @@ class Dispatcher:
             )
         try:
             content = await self._content(job.round_id)
-            ctx = MessageContext(
+            now = self._clock.now()
+            request = RenderRequest(
                 kind=content.kind,
-                incident_id=content.incident_id,
-                title=content.title,
-                severity=content.severity,
-                status=content.status,
-                update_message=content.message,
-                update_at=content.update_at,
-                cause_kind=content.cause_kind,
-                cause=content.cause,
-                next_update_at=content.next_due_at,
-                customer_name=job.customer_name,
+                form=form_for(channel.contact),
+                facts=content.facts,
                 language=job.language,
                 timezone=job.timezone,
-                public_url=self._messages.public_url,
-                organisation=self._messages.organisation,
-                now=self._clock.now(),
+                now=now,
+                personal=self._personal(job, now),
+                cache_key=job.round_id,
             )
-            message = compose(ctx, idempotency_key=f"delivery-{job.delivery_id}")
+            message = self._renderer.message(request, idempotency_key=f"delivery-{job.delivery_id}")
             message.headers.update(
                 {
                     "X-Broadcaster-Delivery": str(job.delivery_id),
-                    "X-Broadcaster-Round": f"{content.incident_id}/{content.number}",
+                    "X-Broadcaster-Round": f"{content.facts.incident_id}/{content.number}",
                     "X-Broadcaster-Kind": content.kind,
                 }
             )

@@ -36,15 +36,35 @@ class Declaration:
     cause_kind: str = "unknown"
     cause: str | None = None
     author: str = ""
+    actions: str | None = None
+    workaround: str | None = None
+    expected_resolution_at: datetime | None = None
 
 
 @dataclass(frozen=True)
 class UpdateRequest:
+    """An update or a resolution. Fields left ``None`` carry over from the previous
+    timeline entry; an empty string clears them. The apology fields apply to resolutions."""
+
     message: str
     status: str | None = None
     cause_kind: str | None = None
     cause: str | None = None
     author: str = ""
+    actions: str | None = None
+    workaround: str | None = None
+    expected_resolution_at: datetime | None = None
+    responsibility: str | None = None
+    regret: str | None = None
+    remedy: str | None = None
+    prevention: str | None = None
+    compensation: str | None = None
+
+
+def _carry(new: str | None, old: str | None) -> str | None:
+    if new is None:
+        return old
+    return new.strip() or None
 
 
 @dataclass
@@ -99,6 +119,9 @@ async def declare(database: Database, clock: Clock, decl: Declaration) -> Incide
             message=decl.message.strip(),
             cause_kind=decl.cause_kind,
             cause=decl.cause,
+            actions=_carry(decl.actions, None),
+            workaround=_carry(decl.workaround, None),
+            expected_resolution_at=decl.expected_resolution_at,
             author=decl.author,
             created_at=now,
         )
@@ -108,6 +131,35 @@ async def declare(database: Database, clock: Clock, decl: Declaration) -> Incide
             Round(incident_id=incident.id, number=1, kind="first", due_at=now, update_id=update.id)
         )
     return incident
+
+
+def _entry(
+    incident_id: int,
+    kind: str,
+    status: str,
+    request: UpdateRequest,
+    last: IncidentUpdate | None,
+    now: datetime,
+) -> IncidentUpdate:
+    """A timeline entry; what the request leaves out carries over from ``last``."""
+    cause_kind = request.cause_kind or (last.cause_kind if last else "unknown")
+    cause = _carry(request.cause, last.cause if last else None)
+    if cause_kind != "unknown" and not cause:
+        raise ValueError(f"cause: a {cause_kind} cause needs a description")
+    expected = request.expected_resolution_at or (last.expected_resolution_at if last else None)
+    return IncidentUpdate(
+        incident_id=incident_id,
+        kind=kind,
+        status=status,
+        message=request.message.strip(),
+        cause_kind=cause_kind,
+        cause=cause,
+        actions=_carry(request.actions, last.actions if last else None),
+        workaround=_carry(request.workaround, last.workaround if last else None),
+        expected_resolution_at=None if kind == "resolved" else expected,
+        author=request.author,
+        created_at=now,
+    )
 
 
 async def _locked_incident(session: AsyncSession, incident_id: int) -> Incident:
@@ -167,19 +219,8 @@ async def post_update(
         status = lifecycle.check_update(incident.status, request.status)
         reopened = incident.status == "resolved"
         last = await latest_update(session, incident_id)
-        cause_kind = request.cause_kind or (last.cause_kind if last else "unknown")
-        cause = request.cause if request.cause is not None else (last.cause if last else None)
-        if cause_kind != "unknown" and not (cause or "").strip():
-            raise ValueError(f"cause: a {cause_kind} cause needs a description")
-        update = IncidentUpdate(
-            incident_id=incident_id,
-            kind="reopened" if reopened else "update",
-            status=status,
-            message=request.message.strip(),
-            cause_kind=cause_kind,
-            cause=cause,
-            author=request.author,
-            created_at=now,
+        update = _entry(
+            incident_id, "reopened" if reopened else "update", status, request, last, now
         )
         session.add(update)
         await session.flush()
@@ -204,16 +245,12 @@ async def resolve(
         incident = await _locked_incident(session, incident_id)
         lifecycle.check_resolve(incident.status)
         last = await latest_update(session, incident_id)
-        update = IncidentUpdate(
-            incident_id=incident_id,
-            kind="resolved",
-            status="resolved",
-            message=request.message.strip(),
-            cause_kind=request.cause_kind or (last.cause_kind if last else "unknown"),
-            cause=request.cause if request.cause is not None else (last.cause if last else None),
-            author=request.author,
-            created_at=now,
-        )
+        update = _entry(incident_id, "resolved", "resolved", request, last, now)
+        update.responsibility = _carry(request.responsibility, None)
+        update.regret = _carry(request.regret, None)
+        update.remedy = _carry(request.remedy, None)
+        update.prevention = _carry(request.prevention, None)
+        update.compensation = _carry(request.compensation, None)
         session.add(update)
         await session.flush()
         incident.status = "resolved"

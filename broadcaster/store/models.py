@@ -138,6 +138,17 @@ class IncidentUpdate(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     cause_kind: Mapped[str] = mapped_column(String(16), default="unknown")
     cause: Mapped[str | None] = mapped_column(Text, default=None)
+    actions: Mapped[str | None] = mapped_column(Text, default=None)
+    """What is being done about it."""
+    workaround: Mapped[str | None] = mapped_column(Text, default=None)
+    expected_resolution_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # The apology, at resolution (cause is above): who is responsible, our regret, what we
+    # did to put it right, what prevents a recurrence, and what we offer.
+    responsibility: Mapped[str | None] = mapped_column(Text, default=None)
+    regret: Mapped[str | None] = mapped_column(Text, default=None)
+    remedy: Mapped[str | None] = mapped_column(Text, default=None)
+    prevention: Mapped[str | None] = mapped_column(Text, default=None)
+    compensation: Mapped[str | None] = mapped_column(Text, default=None)
     author: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -223,3 +234,13 @@ class Promise(Base):
     )
     kept_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     lateness_seconds: Mapped[float | None] = mapped_column(default=None)
+
+
+class AppSecret(Base):
+    """Secrets the daemon generates once and keeps (e.g. the link-signing key)."""
+
+    __tablename__ = "app_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

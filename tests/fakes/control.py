@@ -7,6 +7,7 @@ cannot be produced from inside an ASGI app; :class:`ResettingServer` does that i
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -75,9 +76,7 @@ class ResettingServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
-            try:
+            with contextlib.suppress(OSError):
                 conn.recv(1024)
-            except OSError:
-                pass
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()

@@ -30,9 +30,7 @@ class _Server(uvicorn.Server):
 
 
 @contextmanager
-def serve(
-    app: Any, *, certfile: str | None = None, keyfile: str | None = None
-) -> Iterator[str]:
+def serve(app: Any, *, certfile: str | None = None, keyfile: str | None = None) -> Iterator[str]:
     """Serve ``app`` (HTTP/1.1; TLS when a certificate is given); yield its base URL."""
     port = free_port()
     config = uvicorn.Config(

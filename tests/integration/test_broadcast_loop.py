@@ -134,7 +134,7 @@ async def test_full_loop_cadence_promises_resolution(database: Database) -> None
     clock = FakeClock(START)
     await add_customers(database, clock, SPECS)
     mail = MemoryChannel(name="mail")
-    engine = Engine(make_settings(), database, clock, {"mail": mail}, owner="test")
+    engine = await Engine.create(make_settings(), database, clock, {"mail": mail}, owner="test")
     incident = await service.declare(
         database,
         clock,
@@ -194,7 +194,9 @@ async def test_full_loop_cadence_promises_resolution(database: Database) -> None
 async def test_materialising_twice_inserts_nothing_new(database: Database) -> None:
     clock = FakeClock(START)
     await add_customers(database, clock, SPECS)
-    engine = Engine(make_settings(), database, clock, {"mail": MemoryChannel(name="mail")})
+    engine = await Engine.create(
+        make_settings(), database, clock, {"mail": MemoryChannel(name="mail")}
+    )
     await service.declare(
         database,
         clock,
@@ -218,7 +220,9 @@ async def test_materialising_twice_inserts_nothing_new(database: Database) -> No
 async def test_late_round_counts_a_late_promise(database: Database) -> None:
     clock = FakeClock(START)
     await add_customers(database, clock, SPECS)
-    engine = Engine(make_settings(), database, clock, {"mail": MemoryChannel(name="mail")})
+    engine = await Engine.create(
+        make_settings(), database, clock, {"mail": MemoryChannel(name="mail")}
+    )
     await service.declare(
         database,
         clock,
@@ -248,7 +252,7 @@ async def test_retry_then_permanent_failure_marks_contact_point(database: Databa
         return outcomes.get(target.address)
 
     mail = MemoryChannel(name="mail", fail=fail)
-    engine = Engine(make_settings(), database, clock, {"mail": mail})
+    engine = await Engine.create(make_settings(), database, clock, {"mail": mail})
     await service.declare(
         database,
         clock,

@@ -1,0 +1,134 @@
+"""What a template may say: the variables, built from the store's facts and nothing else.
+
+Every kind gets every top-level variable (``None`` where it does not apply) so a template
+can test for it; :class:`~jinja2.StrictUndefined` catches any other name. The documented
+list is :data:`VARIABLES`; ``broadcaster templates check`` lints templates against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from broadcaster.compose.locale import format_when
+
+VARIABLES: Final[dict[str, tuple[str, ...]]] = {
+    "org": (),
+    "kind": (),
+    "customer": ("name",),
+    "incident": ("id", "title", "severity", "status", "components", "regions"),
+    "update": (
+        "summary",
+        "cause_kind",
+        "cause",
+        "actions",
+        "workaround",
+        "expected_resolution",
+        "posted_at",
+    ),
+    "resolution": ("responsibility", "regret", "remedy", "cause", "prevention", "compensation"),
+    "next_update": (),
+    "links": ("incident", "unsubscribe", "preferences"),
+    "followup": ("owner", "kind", "deadline"),
+    "task": ("customer", "contact", "history", "what_to_say", "deadline", "kind", "incident"),
+}
+APOLOGY_ELEMENTS: Final = ("responsibility", "regret", "remedy", "cause", "prevention")
+PERSONAL: Final = ("customer.name", "links.unsubscribe", "links.preferences")
+
+
+@dataclass(frozen=True)
+class IncidentFacts:
+    """One round's content: the incident and the timeline entry it carries."""
+
+    incident_id: int
+    title: str
+    severity: str
+    status: str
+    components: tuple[str, ...]
+    regions: tuple[str, ...]
+    summary: str
+    cause_kind: str
+    cause: str | None
+    actions: str | None
+    workaround: str | None
+    expected_resolution_at: datetime | None
+    posted_at: datetime
+    next_update_at: datetime | None
+    responsibility: str | None = None
+    regret: str | None = None
+    remedy: str | None = None
+    prevention: str | None = None
+    compensation: str | None = None
+
+
+@dataclass(frozen=True)
+class Personal:
+    name: str
+    unsubscribe_url: str
+    preferences_url: str
+
+
+def incident_url(public_url: str, incident_id: int) -> str:
+    return f"{public_url.rstrip('/')}/incidents/{incident_id}"
+
+
+def build_context(
+    kind: str,
+    facts: IncidentFacts,
+    *,
+    organisation: str,
+    public_url: str,
+    language: str,
+    timezone: str,
+    now: datetime,
+    personal: Personal,
+    followup: dict[str, Any] | None = None,
+    task: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The template variables for one customer (language and zone shape the times)."""
+
+    def when(value: datetime | None) -> str | None:
+        return None if value is None else format_when(value, timezone, language, now)
+
+    resolution = None
+    if kind == "resolution":
+        resolution = {
+            "responsibility": facts.responsibility,
+            "regret": facts.regret,
+            "remedy": facts.remedy,
+            "cause": facts.cause,
+            "prevention": facts.prevention,
+            "compensation": facts.compensation,
+        }
+    return {
+        "org": organisation,
+        "kind": kind,
+        "customer": {"name": personal.name},
+        "incident": {
+            "id": facts.incident_id,
+            "title": facts.title,
+            "severity": facts.severity,
+            "status": facts.status,
+            "components": list(facts.components),
+            "regions": list(facts.regions),
+        },
+        "update": {
+            "summary": facts.summary,
+            "cause_kind": facts.cause_kind,
+            "cause": facts.cause,
+            "actions": facts.actions,
+            "workaround": facts.workaround,
+            "expected_resolution": when(facts.expected_resolution_at),
+            "posted_at": when(facts.posted_at),
+        },
+        "resolution": resolution,
+        "next_update": None if kind == "resolution" else when(facts.next_update_at),
+        "links": {
+            "incident": incident_url(public_url, facts.incident_id),
+            "unsubscribe": personal.unsubscribe_url,
+            "preferences": personal.preferences_url,
+        },
+        "followup": followup,
+        "task": task,
+    }

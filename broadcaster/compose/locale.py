@@ -1,0 +1,42 @@
+"""Times and languages as each customer reads them (Babel for the words, zoneinfo for zones)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_datetime
+
+
+@lru_cache(maxsize=512)
+def zone(name: str) -> ZoneInfo:
+    """The customer's zone; UTC when the name is unknown (import validates names)."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+@lru_cache(maxsize=256)
+def locale(language: str) -> Locale:
+    try:
+        return Locale.parse(language.replace("-", "_"))
+    except (UnknownLocaleError, ValueError):
+        return Locale.parse("en")
+
+
+def format_when(when: datetime, zone_name: str, language: str, now: datetime) -> str:
+    """``09:15 CET``; ``di 6 jan 09:15 CET`` when it is not today in that zone.
+
+    Seconds appear only when the time has them (sub-minute cadences in tests). The zone's
+    own abbreviation is used, not Babel's, whose short names vary by locale.
+    """
+    tz = zone(zone_name)
+    local = when.astimezone(tz)
+    pattern = "HH:mm:ss" if local.second else "HH:mm"
+    if local.date() != now.astimezone(tz).date():
+        pattern = "EEE d MMM " + pattern
+    text = format_datetime(local, pattern, tzinfo=tz, locale=locale(language))
+    return f"{text} {local.tzname() or zone_name}"

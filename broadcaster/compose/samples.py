@@ -1,0 +1,63 @@
+"""Typical values: what ``templates check`` and ``templates preview`` render with.
+
+Realistic lengths matter: the SMS check asks whether a template fits its segment limit
+with values like these.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from broadcaster.compose.context import IncidentFacts, Personal
+
+SAMPLE_NOW = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
+
+
+def sample_facts(kind: str, now: datetime = SAMPLE_NOW) -> IncidentFacts:
+    resolved = kind == "resolution"
+    return IncidentFacts(
+        incident_id=1042,
+        title="Card payments failing",
+        severity="critical",
+        status="resolved" if resolved else "identified",
+        components=("payments",),
+        regions=("nl-north",),
+        summary="Card payments in the web shop and app fail for most customers.",
+        cause_kind="known",
+        cause="An expired certificate at our card processor.",
+        actions="We are renewing the certificate with the processor.",
+        workaround="Pay by bank transfer or iDEAL meanwhile.",
+        expected_resolution_at=None if resolved else now + timedelta(hours=2),
+        posted_at=now,
+        next_update_at=None if resolved else now + timedelta(minutes=15),
+        responsibility="Renewing certificates is our job, and we missed it." if resolved else None,
+        regret="We are sorry: you could not pay when you needed to." if resolved else None,
+        remedy="The certificate is renewed and payments work again." if resolved else None,
+        prevention="Certificates now renew automatically, 30 days early." if resolved else None,
+        compensation="A EUR 5 credit on your next order." if resolved else None,
+    )
+
+
+def sample_personal(name: str = "Anna de Vries") -> Personal:
+    return Personal(
+        name=name,
+        unsubscribe_url="https://status.example.org/u/sample-token",
+        preferences_url="https://status.example.org/preferences/sample-token",
+    )
+
+
+SAMPLE_FOLLOWUP: dict[str, Any] = {
+    "owner": "Pieter Bakker",
+    "kind": "call",
+    "deadline": "10:00 CET",
+}
+SAMPLE_TASK: dict[str, Any] = {
+    "customer": "Anna de Vries",
+    "contact": "+31 6 12345678, anna@example.nl",
+    "history": "3 incidents in the last 30 days",
+    "what_to_say": "Apologise, explain the cause, offer the EUR 5 credit.",
+    "deadline": "10:00 CET",
+    "kind": "call",
+    "incident": "Card payments failing",
+}

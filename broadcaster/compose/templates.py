@@ -1,0 +1,132 @@
+"""The template set: Jinja2, sandboxed, strict; shipped templates plus the admin's overrides.
+
+Layout: ``<language>/<kind>/<part>.j2`` (HTML parts end in ``.html.j2`` and are autoescaped),
+with shared macros in ``<language>/_macros.j2``. A folder named in config
+(``messages.templates_dir``) is searched first, so an admin overrides any single file;
+the shipped files stay reachable under the ``default/`` prefix for ``{% extends %}``.
+
+The sandbox (:class:`ImmutableSandboxedEnvironment`) refuses attribute access outside what
+the context gives (no ``__class__``, no ``__globals__``, no mutating methods), and
+:class:`StrictUndefined` turns a misspelt variable into an error instead of a blank.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Final
+
+from jinja2 import (
+    ChoiceLoader,
+    FileSystemLoader,
+    PackageLoader,
+    PrefixLoader,
+    StrictUndefined,
+    Template,
+    TemplateNotFound,
+)
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+log = logging.getLogger("broadcaster.compose")
+
+KINDS: Final = (
+    "first",
+    "update",
+    "no_news",
+    "resolution",
+    "followup_announcement",
+    "followup_task",
+)
+PARTS: Final = ("sms", "email_subject", "email_text", "email_html", "push_title", "push_body")
+FORMS: Final[dict[str, tuple[str, ...]]] = {
+    "email": ("email_subject", "email_text", "email_html"),
+    "sms": ("sms",),
+    "push": ("push_title", "push_body"),
+}
+SHIPPED_LANGUAGES: Final = ("en", "nl")
+
+
+def part_file(part: str) -> str:
+    return f"{part}.html.j2" if part == "email_html" else f"{part}.j2"
+
+
+def template_name(language: str, kind: str, part: str) -> str:
+    return f"{language}/{kind}/{part_file(part)}"
+
+
+def _autoescape(name: str | None) -> bool:
+    return bool(name and name.endswith(".html.j2"))
+
+
+class TemplateSet:
+    """Loads and caches templates; resolves a customer's language with fallback."""
+
+    def __init__(self, override_dir: Path | None = None, default_language: str = "en") -> None:
+        shipped = PackageLoader("broadcaster", "templates")
+        loaders: list[Any] = []
+        if override_dir is not None:
+            loaders.append(FileSystemLoader(str(override_dir)))
+        loaders.append(shipped)
+        self.override_dir = override_dir
+        self.default_language = default_language
+        self.env = ImmutableSandboxedEnvironment(
+            loader=ChoiceLoader([*loaders, PrefixLoader({"default": shipped})]),
+            undefined=StrictUndefined,
+            autoescape=_autoescape,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+            auto_reload=False,
+        )
+        self._warned: set[tuple[str, str, str]] = set()
+        self._lock = threading.Lock()
+
+    def languages(self) -> list[str]:
+        found = set(SHIPPED_LANGUAGES)
+        if self.override_dir is not None and self.override_dir.is_dir():
+            found |= {p.name for p in self.override_dir.iterdir() if p.is_dir()}
+        return sorted(found)
+
+    def resolve_language(self, language: str) -> list[str]:
+        """Candidates in order: ``en-gb``, ``en``, then the default language."""
+        wanted = language.replace("_", "-").lower()
+        out = [wanted]
+        if "-" in wanted:
+            out.append(wanted.split("-")[0])
+        if self.default_language not in out:
+            out.append(self.default_language)
+        return out
+
+    def get(self, language: str, kind: str, part: str) -> tuple[Template, str]:
+        """The template for a customer's language and the language actually used."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown message kind {kind!r}; kinds: {', '.join(KINDS)}")
+        if part not in PARTS:
+            raise ValueError(f"unknown template part {part!r}; parts: {', '.join(PARTS)}")
+        candidates = self.resolve_language(language)
+        for index, candidate in enumerate(candidates):
+            try:
+                template = self.env.get_template(template_name(candidate, kind, part))
+            except TemplateNotFound:
+                continue
+            wanted_base = {candidates[0], candidates[0].split("-")[0]}
+            if index > 0 and candidate not in wanted_base:
+                self._warn_once(language, kind, part, candidate)
+            return template, candidate
+        raise TemplateNotFound(template_name(candidates[0], kind, part))
+
+    def _warn_once(self, language: str, kind: str, part: str, used: str) -> None:
+        key = (language, kind, part)
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        log.warning(
+            "no %s translation of template %s/%s; using %s",
+            language,
+            kind,
+            part,
+            used,
+            extra={"language": language, "kind": kind, "part": part, "fallback": used},
+        )

@@ -1,0 +1,437 @@
+"""The SMTP email channel against a real local server (aiosmtpd) with real TLS (trustme).
+
+Nothing is mocked: the channel speaks SMTP over TCP to :class:`SmtpSink`, which runs
+on its own thread, so these tests pin what a real relay sees: the envelope, the MIME
+structure, TLS, AUTH, how many connections the pool opens, and how each SMTP reply
+maps onto the retry contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+import trustme
+
+from broadcaster.devsmtp import ReceivedMail, SmtpSink
+from channels.base import ContactPointState, DeliveryError, Message, Target
+from channels.email import EmailChannel, EmailSettings
+
+WAIT = 10.0
+"""Deadline for anything the sink should see soon; generous for a loaded CI machine."""
+
+SinkFactory = Callable[..., SmtpSink]
+
+
+class ChannelFactory(Protocol):
+    def __call__(self, port: int, **settings: Any) -> EmailChannel: ...
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    """The sink's server context: a certificate for 127.0.0.1 and localhost, signed by ``ca``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+def make_sink(server_tls: ssl.SSLContext) -> Iterator[SinkFactory]:
+    """Starts sinks (TLS-capable unless told otherwise) and stops them after the test."""
+    sinks: list[SmtpSink] = []
+
+    def make(**kwargs: Any) -> SmtpSink:
+        kwargs.setdefault("tls_context", server_tls)
+        sink = SmtpSink(**kwargs).start()
+        sinks.append(sink)
+        return sink
+
+    yield make
+    for sink in sinks:
+        sink.stop()
+
+
+@pytest.fixture
+async def make_channel(ca_file: Path) -> AsyncIterator[ChannelFactory]:
+    """Email channels aimed at a port on 127.0.0.1, trusting the test CA; closed after the test.
+
+    ``gc.collect()`` afterwards makes a leaked (never closed) SMTP connection show up as
+    an unraisable ResourceWarning in this test, which ``-W error`` turns into a failure.
+    """
+    channels: list[EmailChannel] = []
+
+    def make(port: int, **settings: Any) -> EmailChannel:
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": port,
+            "ca_file": ca_file,
+            "timeout": WAIT,
+            "from": "Operations <ops@example.com>",
+        }
+        values.update(settings)
+        channel = EmailChannel("email", EmailSettings.model_validate(values))
+        channels.append(channel)
+        return channel
+
+    yield make
+    for channel in channels:
+        await channel.aclose()
+    gc.collect()
+
+
+def target(n: int = 1, name: str = "Ada Lovelace") -> Target:
+    return Target(address=f"customer{n}@example.com", name=name, customer_id=f"c{n}")
+
+
+def message(key: str = "round-1/c1/email", **kwargs: Any) -> Message:
+    values: dict[str, Any] = {
+        "subject": "Line 4: trains stopped",
+        "text": "Trains on line 4 are stopped. Next update by 14:30.",
+        "html": "<p>Trains on line 4 are stopped. <b>Next update by 14:30.</b></p>",
+        "idempotency_key": key,
+    }
+    values.update(kwargs)
+    return Message(**values)
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Poll ``condition`` until it holds; fail at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.005)
+
+
+def message_id(mail: ReceivedMail) -> str:
+    """The Message-ID as sent. A long one is folded onto its own line (legal CFWS), and
+    the stdlib parser keeps the fold's leading space in the value, hence the strip."""
+    return str(mail.message["Message-ID"]).strip()
+
+
+def parts(mail: ReceivedMail) -> dict[str, str]:
+    return {part.get_content_type(): str(part.get_content()) for part in mail.message.iter_parts()}
+
+
+# -- what arrives -------------------------------------------------------------------------
+
+
+async def test_starttls_delivers_multipart_with_all_headers(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    sink = make_sink(require_starttls=True)
+    channel = make_channel(sink.port, security="starttls", reply_to="Help desk <help@example.com>")
+    msg = message(headers={"X-Broadcaster-Incident": "INC-42", "List-Unsubscribe": "<https://x/u>"})
+
+    receipt = await channel.send(target(name='Ada "Countess" Lovelace, Jr.'), msg)
+
+    [mail] = sink.wait_for(1, WAIT)
+    email = mail.message
+    assert mail.tls
+    assert mail.sender == "ops@example.com"
+    assert mail.recipients == ("customer1@example.com",)
+    assert email.get_content_type() == "multipart/alternative"
+    assert parts(mail) == {
+        "text/plain": msg.text + "\n",
+        "text/html": (msg.html or "") + "\n",
+    }
+    assert email["Subject"] == msg.subject
+    assert email["From"].addresses[0].display_name == "Operations"
+    [to] = email["To"].addresses
+    assert (to.display_name, to.addr_spec) == (
+        'Ada "Countess" Lovelace, Jr.',
+        "customer1@example.com",
+    )
+    assert str(email["Reply-To"]) == "Help desk <help@example.com>"
+    assert email["Date"].datetime.tzinfo is not None
+    assert email["X-Broadcaster-Incident"] == "INC-42"
+    assert email["List-Unsubscribe"] == "<https://x/u>"
+    assert receipt.provider_message_id == message_id(mail)
+    assert "round-1.c1.email" in message_id(mail)
+
+
+async def test_text_only_message_is_not_multipart_and_has_no_reply_to(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    sink = make_sink()
+    channel = make_channel(sink.port)
+
+    await channel.send(target(), message(html=None))
+
+    [mail] = sink.wait_for(1, WAIT)
+    assert mail.message.get_content_type() == "text/plain"
+    assert "Reply-To" not in mail.message
+
+
+async def test_implicit_tls(make_sink: SinkFactory, make_channel: ChannelFactory) -> None:
+    sink = make_sink(implicit_tls=True)
+    channel = make_channel(sink.port, security="tls")
+
+    receipt = await channel.send(target(), message())
+
+    [mail] = sink.wait_for(1, WAIT)
+    assert mail.tls
+    assert receipt.provider_message_id == message_id(mail)
+
+
+async def test_envelope_goes_to_the_target_only_whatever_the_headers_say(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    """A Cc or Bcc passed through ``Message.headers`` must not add envelope recipients."""
+    sink = make_sink()
+    channel = make_channel(sink.port)
+
+    await channel.send(
+        target(), message(headers={"Cc": "boss@example.com", "Bcc": "spy@example.com"})
+    )
+
+    [mail] = sink.wait_for(1, WAIT)
+    assert mail.recipients == ("customer1@example.com",)
+
+
+# -- the pool -----------------------------------------------------------------------------
+
+
+async def test_pool_of_one_reuses_one_connection(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    sink = make_sink()
+    channel = make_channel(sink.port, pool_size=1)
+
+    for n in range(5):
+        await channel.send(target(n), message(f"r1/c{n}/email"))
+
+    mails = sink.wait_for(5, WAIT)
+    assert sink.connections == 1
+    assert {mail.connection for mail in mails} == {1}
+
+
+async def test_pool_of_four_sends_concurrently_each_exactly_once(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    sink = make_sink(delay=0.02)
+    channel = make_channel(sink.port, pool_size=4)
+    count = 40
+
+    receipts = await asyncio.gather(
+        *(channel.send(target(n), message(f"r1/c{n}/email")) for n in range(count))
+    )
+
+    mails = await sink.wait_for_async(count, WAIT)
+    assert len(mails) == count
+    assert sorted(r for mail in mails for r in mail.recipients) == sorted(
+        f"customer{n}@example.com" for n in range(count)
+    )
+    assert {message_id(mail) for mail in mails} == {r.provider_message_id for r in receipts}
+    # The semaphore lets four sends in at once and none finds an idle connection.
+    assert sink.connections == 4
+    assert {mail.connection for mail in mails} == {1, 2, 3, 4}
+
+
+async def test_aclose_closes_every_connection(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    sink = make_sink()
+    channel = make_channel(sink.port, pool_size=2)
+    await asyncio.gather(*(channel.send(target(n), message(f"k{n}")) for n in range(2)))
+    assert sink.open_connections == 2
+
+    await channel.aclose()
+
+    sink.wait_all_closed(WAIT)
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(target(), message())
+    assert caught.value.retryable
+
+
+async def test_aclose_during_a_send_closes_that_connection_too(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    sink = make_sink(delay=0.3)
+    channel = make_channel(sink.port, pool_size=1)
+
+    sending = asyncio.create_task(channel.send(target(), message()))
+    await eventually(lambda: sink.open_connections == 1)  # the send holds the connection
+    await channel.aclose()
+    await sending
+
+    sink.wait_all_closed(WAIT)
+
+
+# -- failures and the retry contract -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "retryable", "contact_point"),
+    [
+        ("550 5.1.1 mailbox unavailable", False, ContactPointState.DISABLED),
+        ("451 4.3.0 try later", True, None),
+    ],
+)
+async def test_recipient_reply_maps_to_the_retry_contract(
+    make_sink: SinkFactory,
+    make_channel: ChannelFactory,
+    reply: str,
+    retryable: bool,
+    contact_point: ContactPointState | None,
+) -> None:
+    sink = make_sink(reject={"customer1@example.com": reply})
+    channel = make_channel(sink.port, pool_size=1)
+
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(target(1), message())
+
+    assert caught.value.retryable is retryable
+    assert caught.value.contact_point is contact_point
+    assert reply.split()[0] in caught.value.reason
+    # The channel is still usable for the next customer.
+    await channel.send(target(2), message())
+    [mail] = sink.wait_for(1, WAIT)
+    assert mail.recipients == ("customer2@example.com",)
+
+
+async def test_server_not_listening_is_retryable(make_channel: ChannelFactory) -> None:
+    sink = SmtpSink(port=free_port())  # never started: nothing listens on that port
+    channel = make_channel(sink.port, timeout=2.0)
+
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(target(), message())
+
+    assert caught.value.retryable
+    assert caught.value.contact_point is None
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_untrusted_certificate_is_retryable(
+    make_sink: SinkFactory, make_channel: ChannelFactory, security: str
+) -> None:
+    """A certificate we cannot verify says nothing about the customer's address or the
+    message: it is the relay's or our configuration (missing CA, expired or swapped
+    certificate, interception). Once an operator fixes it, every waiting delivery can
+    go, so the error is retryable and condemns no contact point; failing it for good
+    would drop every customer's update over an infrastructure fault."""
+    sink = make_sink(implicit_tls=security == "tls")
+    channel = make_channel(sink.port, security=security, ca_file=None)
+
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(target(), message())
+
+    assert caught.value.retryable
+    assert caught.value.contact_point is None
+    assert "certificate" in caught.value.reason.lower()
+    assert sink.messages == []
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+async def test_auth_over_starttls(
+    make_sink: SinkFactory, make_channel: ChannelFactory, mechanism: str
+) -> None:
+    sink = make_sink(
+        require_starttls=True, credentials={"relay-user": "s3cret"}, auth_mechanisms=[mechanism]
+    )
+    channel = make_channel(sink.port, username="relay-user", password="s3cret")
+
+    await channel.send(target(), message())
+
+    [mail] = sink.wait_for(1, WAIT)
+    assert mail.tls
+    assert (mail.auth_login, mail.auth_mechanism) == ("relay-user", mechanism)
+
+
+async def test_auth_over_implicit_tls(make_sink: SinkFactory, make_channel: ChannelFactory) -> None:
+    sink = make_sink(implicit_tls=True, credentials={"relay-user": "s3cret"})
+    channel = make_channel(sink.port, security="tls", username="relay-user", password="s3cret")
+
+    await channel.send(target(), message())
+
+    [mail] = sink.wait_for(1, WAIT)
+    assert mail.auth_login == "relay-user"
+
+
+async def test_wrong_password_is_retryable(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    """A refused login (535) is the channel's configuration, not the customer's address
+    or the message: nothing in this delivery can change it, and the same delivery goes
+    through once an operator fixes the secret. So it is retryable (the dispatcher's
+    backoff and attempt limit bound the retries) and condemns no contact point."""
+    sink = make_sink(require_starttls=True, credentials={"relay-user": "s3cret"})
+    channel = make_channel(sink.port, username="relay-user", password="wrong")
+
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(target(), message())
+
+    assert caught.value.retryable
+    assert caught.value.contact_point is None
+    assert "535" in caught.value.reason
+    assert sink.messages == []
+    sink.wait_all_closed(WAIT)
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["", "no-domain", "a@@example.com", "<a@example.com>"])
+async def test_invalid_address_disables_the_contact_point(
+    make_sink: SinkFactory, make_channel: ChannelFactory, address: str
+) -> None:
+    sink = make_sink()
+    channel = make_channel(sink.port)
+
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(Target(address=address, name="X"), message())
+
+    assert not caught.value.retryable
+    assert caught.value.contact_point is ContactPointState.DISABLED
+    assert sink.connections == 0
+
+
+async def test_bad_header_fails_the_message_not_the_address(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    sink = make_sink()
+    channel = make_channel(sink.port)
+
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(target(), message(headers={"X-Note": "two\nlines"}))
+
+    assert not caught.value.retryable
+    assert caught.value.contact_point is None
+
+
+async def test_line_break_in_the_customer_name_does_not_block_the_email(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    sink = make_sink()
+    channel = make_channel(sink.port)
+
+    await channel.send(target(name="Ada\r\nLovelace"), message())
+
+    [mail] = sink.wait_for(1, WAIT)
+    assert mail.message["To"].addresses[0].display_name == "Ada Lovelace"

@@ -1,0 +1,246 @@
+"""Templates: golden output per kind × part × language, safety, personalisation, fallback."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jinja2.exceptions import SecurityError, UndefinedError
+
+from broadcaster.compose.check import check_templates
+from broadcaster.compose.context import Personal
+from broadcaster.compose.render import Renderer, RenderRequest
+from broadcaster.compose.samples import (
+    SAMPLE_FOLLOWUP,
+    SAMPLE_NOW,
+    SAMPLE_TASK,
+    sample_facts,
+    sample_personal,
+)
+from broadcaster.compose.templates import FORMS, KINDS, PARTS, SHIPPED_LANGUAGES, TemplateSet
+from channels.sms_segments import segments
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "templates"
+UPDATE = os.environ.get("UPDATE_GOLDENS") == "1"
+
+
+def renderer(override: Path | None = None) -> Renderer:
+    return Renderer(
+        TemplateSet(override),
+        organisation="Example Transit",
+        public_url="https://status.example.org",
+    )
+
+
+def request(kind: str, form: str, language: str = "en", **changes: object) -> RenderRequest:
+    base = RenderRequest(
+        kind=kind,
+        form=form,
+        facts=sample_facts(kind),
+        language=language,
+        timezone="Europe/Amsterdam",
+        now=SAMPLE_NOW,
+        personal=sample_personal(),
+        cache_key=("golden", kind),
+        followup=SAMPLE_FOLLOWUP,
+        task=SAMPLE_TASK,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+CASES = [
+    (language, kind, part) for language in SHIPPED_LANGUAGES for kind in KINDS for part in PARTS
+]
+
+
+@pytest.mark.parametrize(("language", "kind", "part"), CASES)
+def test_golden(language: str, kind: str, part: str) -> None:
+    form = next(f for f, parts in FORMS.items() if part in parts)
+    out = renderer().render(request(kind, form, language))[part]
+    golden = GOLDEN / language / kind / f"{part}.txt"
+    if UPDATE:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(out, encoding="utf-8")
+    assert golden.exists(), f"no golden file {golden}; run with UPDATE_GOLDENS=1 and review"
+    assert out == golden.read_text(encoding="utf-8")
+
+
+def test_every_non_final_customer_message_promises_the_next_update() -> None:
+    r = renderer()
+    for language in SHIPPED_LANGUAGES:
+        for kind in ("first", "update", "no_news"):
+            for form in FORMS:
+                parts = r.render(request(kind, form, language))
+                assert any("09:15 CET" in text for text in parts.values()), (language, kind, form)
+
+
+def test_resolution_has_all_five_elements_and_the_compensation() -> None:
+    facts = sample_facts("resolution")
+    text = renderer().render(request("resolution", "email"))["email_text"]
+    for element in (
+        facts.responsibility,
+        facts.regret,
+        facts.cause,
+        facts.remedy,
+        facts.prevention,
+        facts.compensation,
+    ):
+        assert element is not None and element in text
+    assert "next update" not in text.lower()
+
+
+def test_resolution_without_apology_fields_still_apologises_truthfully() -> None:
+    bare = replace(
+        sample_facts("resolution"),
+        responsibility=None,
+        regret=None,
+        remedy=None,
+        prevention=None,
+        compensation=None,
+        cause=None,
+    )
+    text = renderer().render(request("resolution", "email", facts=bare))["email_text"]
+    assert "our responsibility" in text
+    assert "sorry" in text
+    assert "still establishing the cause" in text
+    assert "make up for it" not in text  # no compensation promised that nobody offered
+
+
+def test_staff_text_is_escaped_in_html_but_never_evaluated() -> None:
+    facts = replace(sample_facts("update"), summary="<script>alert(1)</script> {{ 7*7 }}")
+    parts = renderer().render(request("update", "email", facts=facts))
+    assert "<script>" not in parts["email_html"]
+    assert "&lt;script&gt;" in parts["email_html"]
+    assert "{{ 7*7 }}" in parts["email_text"] and "49" not in parts["email_text"]
+
+
+SSTI = [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ customer.__class__ }}",
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+    "{{ self._TemplateReference__context }}",
+    "{{ lipsum.__globals__['os'].listdir('/') }}",
+    "{% for x in ().__class__.__base__.__subclasses__() %}{{ x }}{% endfor %}",
+    "{{ incident.components.append('x') }}",
+    "{{ config }}",
+    "{% include '/etc/passwd' %}",
+    "{% import '../../pyproject.toml' as x %}",
+]
+
+
+@pytest.mark.parametrize("payload", SSTI)
+def test_template_injection_payloads_fail(tmp_path: Path, payload: str) -> None:
+    target = tmp_path / "en" / "update" / "email_text.j2"
+    target.parent.mkdir(parents=True)
+    target.write_text(payload, encoding="utf-8")
+    with pytest.raises((SecurityError, UndefinedError, Exception)) as caught:
+        out = renderer(tmp_path).render(request("update", "email"))["email_text"]
+        # Reaching here means it rendered: it must not have leaked anything.
+        assert "root" not in out and "class" not in out and "[project]" not in out
+        raise AssertionError(f"payload rendered harmlessly: {out!r}")
+    assert not isinstance(caught.value, AssertionError) or "harmlessly" in str(caught.value)
+
+
+def test_admin_override_wins_and_can_extend_the_shipped_file(tmp_path: Path) -> None:
+    target = tmp_path / "en" / "first" / "email_subject.j2"
+    target.parent.mkdir(parents=True)
+    target.write_text("OUTAGE: {{ incident.title }}", encoding="utf-8")
+    subject = renderer(tmp_path).render(request("first", "email"))["email_subject"]
+    assert subject == "OUTAGE: Card payments failing"
+    extend = tmp_path / "en" / "update" / "email_subject.j2"
+    extend.parent.mkdir(parents=True)
+    extend.write_text('{% include "default/en/update/email_subject.j2" %} (1/3)', encoding="utf-8")
+    assert renderer(tmp_path).render(request("update", "email"))["email_subject"] == (
+        "Update: Card payments failing (1/3)"
+    )
+
+
+def test_missing_translation_falls_back_and_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    r = renderer()
+    with caplog.at_level(logging.WARNING, logger="broadcaster.compose"):
+        for _ in range(3):
+            out = r.render(request("first", "email", language="de", cache_key=None))
+    assert out["email_subject"].startswith("[Major disruption]")
+    warnings = [rec for rec in caplog.records if "no de translation" in rec.getMessage()]
+    assert len(warnings) == 3  # once per part (subject, text, html), not once per message
+
+
+def test_regional_language_uses_its_base_without_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="broadcaster.compose"):
+        out = renderer().render(request("first", "email", language="nl-BE"))
+    assert out["email_text"].startswith("Beste")
+    assert not caplog.records
+
+
+def test_personalisation_is_cached_per_round_and_matches_a_full_render() -> None:
+    r = renderer()
+    names = ["Ann", "Bob <b>&", "Zoë", "O'Neil"]
+    for name in names:
+        personal = Personal(name, f"https://x/u/{name}", f"https://x/p/{name}")
+        cached = r.render(request("update", "email", personal=personal))
+        fresh = renderer().render(request("update", "email", personal=personal, cache_key=None))
+        assert cached == fresh
+        assert f"Dear {name}," in cached["email_text"]
+    # Three parts rendered once each, plus the one-time check of each template.
+    assert r.full_renders == 3 + 3 * 2
+
+
+def test_a_template_that_transforms_the_name_is_rendered_in_full(tmp_path: Path) -> None:
+    target = tmp_path / "en" / "update" / "email_subject.j2"
+    target.parent.mkdir(parents=True)
+    target.write_text("{{ customer.name|upper }}: {{ incident.title }}", encoding="utf-8")
+    r = renderer(tmp_path)
+    subject = r.render(request("update", "email", personal=sample_personal("Zoë")))
+    assert subject["email_subject"] == "ZOË: Card payments failing"
+
+
+names = st.text(min_size=1, max_size=60).filter(lambda s: s.strip() != "")
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=names, language=st.sampled_from(SHIPPED_LANGUAGES), kind=st.sampled_from(KINDS))
+def test_any_unicode_name_renders_without_leftovers(name: str, language: str, kind: str) -> None:
+    personal = Personal(name, "https://x/u/t", "https://x/p/t")
+    for form in FORMS:
+        parts = renderer().render(request(kind, form, language, personal=personal))
+        for part, text in parts.items():
+            assert "\ue000" not in text and "{{" not in text.replace(name, "")
+            if part == "sms":
+                assert segments(text).segments <= 3
+
+
+def test_shipped_templates_pass_the_check() -> None:
+    r = renderer()
+    report = check_templates(r.templates, r, 3)
+    assert report.errors == []
+    assert report.checked == len(SHIPPED_LANGUAGES) * len(KINDS) * len(PARTS)
+
+
+def test_check_finds_each_kind_of_problem(tmp_path: Path) -> None:
+    bad = {
+        "en/update/email_text.j2": "Hi {{ customer.nmae }} {{ weather }}",
+        "en/resolution/email_text.j2": "{{ resolution.regret }} {{ resolution.cause }}",
+        "en/first/sms.j2": "{{ update.summary }} " * 12,
+        "en/no_news/push_title.j2": "{% if %}",
+    }
+    for name, source in bad.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source, encoding="utf-8")
+    r = renderer(tmp_path)
+    errors = "\n".join(check_templates(r.templates, r, 3).errors)
+    assert "unknown field customer.nmae" in errors
+    assert "unknown variable 'weather'" in errors
+    for element in ("responsibility", "remedy", "prevention"):
+        assert f"apology lacks its {element}" in errors
+    assert "segments with typical values" in errors
+    assert "no_news/push_title.j2:1" in errors
