@@ -8,6 +8,7 @@ timeline and what each customer received.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +81,16 @@ SCRIPT: tuple[tuple[int, str, str | None, str | None, str], ...] = (
 )
 
 
+RESOLUTION = {
+    "responsibility": "Keeping that certificate valid was our job, and we missed it.",
+    "regret": "We are sorry: for over an hour you could not pay us when you needed to.",
+    "remedy": "The certificate is renewed and every payment since 10:10 went through.",
+    "prevention": "Certificates now renew automatically 30 days before they expire, "
+    "and we are alerted when one is within 14 days.",
+    "compensation": "A EUR 5 credit on your next order, applied automatically.",
+}
+
+
 def _demo_settings(base: Settings, workdir: Path, smtp_port: int) -> Settings:
     settings = base.model_copy(deep=True)
     settings.database.url = f"sqlite+aiosqlite:///{workdir / 'demo.db'}"
@@ -123,6 +134,7 @@ async def play(
                     components=["payments"],
                     regions=["nl-north"],
                     message="Card payments in our web shop and app fail. We are investigating.",
+                    workaround="You can still pay by bank transfer.",
                     author="demo operator",
                 ),
             )
@@ -140,6 +152,15 @@ async def play(
                     cause=cause,
                     author="demo operator",
                 )
+                if action == "resolve":
+                    request = dataclasses.replace(
+                        request,
+                        responsibility=RESOLUTION["responsibility"],
+                        regret=RESOLUTION["regret"],
+                        remedy=RESOLUTION["remedy"],
+                        prevention=RESOLUTION["prevention"],
+                        compensation=RESOLUTION["compensation"],
+                    )
                 if action == "resolve":
                     await service.resolve(database, clock, incident.id, request)
                 else:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from datetime import UTC
 from email.errors import HeaderParseError, MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate, make_msgid, parseaddr
+from email.utils import format_datetime, formataddr, formatdate, make_msgid, parseaddr
 from pathlib import Path
 from typing import Literal
 
@@ -106,7 +107,11 @@ class EmailChannel:
         if self._settings.reply_to:
             email["Reply-To"] = self._settings.reply_to
         email["Subject"] = message.subject
-        email["Date"] = formatdate(localtime=False, usegmt=True)
+        # The daemon's clock (message.created_at) dates the message, so a fake clock shows.
+        if message.created_at is not None:
+            email["Date"] = format_datetime(message.created_at.astimezone(UTC), usegmt=True)
+        else:
+            email["Date"] = formatdate(localtime=False, usegmt=True)
         idstring = message.idempotency_key.replace("/", ".") or None
         email["Message-ID"] = make_msgid(idstring=idstring, domain=self._domain)
         for key, value in message.headers.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -20,6 +21,24 @@ Message = Annotated[str, typer.Option("--message", "-m", help="what customers re
 CauseKind = Annotated[str | None, typer.Option("--cause-kind", help="known | suspected | unknown")]
 Cause = Annotated[str | None, typer.Option("--cause", help="the cause, as customers read it")]
 Author = Annotated[str, typer.Option("--author", help="who does this (default: your login)")]
+Actions = Annotated[str | None, typer.Option("--actions", help="what is being done about it")]
+Workaround = Annotated[
+    str | None, typer.Option("--workaround", help="what customers can do meanwhile")
+]
+Expected = Annotated[
+    datetime | None,
+    typer.Option(
+        "--expected-resolution",
+        help="when you expect it resolved (ISO time, UTC unless it has an offset)",
+        formats=["%Y-%m-%dT%H:%M%z", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"],
+    ),
+]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _author(value: str) -> str:
@@ -51,6 +70,9 @@ def declare(
     ),
     cause_kind: CauseKind = None,
     cause: Cause = None,
+    actions: Actions = None,
+    workaround: Workaround = None,
+    expected_resolution: Expected = None,
     author: Author = "",
     config: ConfigOption = None,
 ) -> None:
@@ -66,6 +88,9 @@ def declare(
         cause_kind=cause_kind or "unknown",
         cause=cause,
         author=_author(author),
+        actions=actions,
+        workaround=workaround,
+        expected_resolution_at=_utc(expected_resolution),
     )
 
     async def work(db: Database) -> int:
@@ -88,12 +113,27 @@ def update(
     ] = None,
     cause_kind: CauseKind = None,
     cause: Cause = None,
+    actions: Actions = None,
+    workaround: Workaround = None,
+    expected_resolution: Expected = None,
     author: Author = "",
     config: ConfigOption = None,
 ) -> None:
-    """Post an update: it goes out to the audience at once (reopens a resolved incident)."""
+    """Post an update: it goes out to the audience at once (reopens a resolved incident).
+
+    Cause, actions, workaround and expected resolution carry over from the previous
+    update unless given; give an empty string to clear one."""
     settings = settings_or_exit(config)
-    request = service.UpdateRequest(message, status, cause_kind, cause, _author(author))
+    request = service.UpdateRequest(
+        message,
+        status,
+        cause_kind,
+        cause,
+        _author(author),
+        actions=actions,
+        workaround=workaround,
+        expected_resolution_at=_utc(expected_resolution),
+    )
 
     async def work(db: Database) -> None:
         await service.post_update(db, RealClock(), incident_id, request)
@@ -111,12 +151,34 @@ def resolve(
     message: Message,
     cause_kind: CauseKind = None,
     cause: Cause = None,
+    responsibility: Annotated[
+        str | None, typer.Option(help="the apology: whose responsibility it was")
+    ] = None,
+    regret: Annotated[str | None, typer.Option(help="the apology: what we regret")] = None,
+    remedy: Annotated[str | None, typer.Option(help="the apology: what we did to fix it")] = None,
+    prevention: Annotated[
+        str | None, typer.Option(help="the apology: what stops it happening again")
+    ] = None,
+    compensation: Annotated[
+        str | None, typer.Option(help="what we offer to make it right (e.g. a credit)")
+    ] = None,
     author: Author = "",
     config: ConfigOption = None,
 ) -> None:
-    """Resolve: the resolution message goes out and the rounds stop."""
+    """Resolve: the resolution (a five-part apology) goes out and the rounds stop."""
     settings = settings_or_exit(config)
-    request = service.UpdateRequest(message, None, cause_kind, cause, _author(author))
+    request = service.UpdateRequest(
+        message,
+        None,
+        cause_kind,
+        cause,
+        _author(author),
+        responsibility=responsibility,
+        regret=regret,
+        remedy=remedy,
+        prevention=prevention,
+        compensation=compensation,
+    )
 
     async def work(db: Database) -> None:
         await service.resolve(db, RealClock(), incident_id, request)

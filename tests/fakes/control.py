@@ -67,6 +67,8 @@ class ResettingServer:
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self._sock.close()
         self._thread.join(timeout=5)
 
