@@ -1,0 +1,268 @@
+"""Push over Apple Push Notification service: HTTP/2, token (ES256 JWT) auth, APNs' reasons.
+
+How one send goes:
+
+1. The provider token (a JWT signed ES256 with the team's .p8 key; header ``kid``, claims
+   ``iss`` = team id and ``iat``) is reused until it is :data:`TOKEN_REFRESH` seconds old.
+   APNs rejects tokens older than an hour and refreshes more often than every 20 minutes
+   (TooManyProviderTokenUpdates), so 50 minutes sits inside both limits.
+2. ``POST {base_url}/3/device/{token}`` over one multiplexed HTTP/2 connection
+   (``httpx.AsyncClient(http2=True)``; APNs speaks nothing else) with the ``apns-*`` headers
+   and ``{"aps": {"alert": {...}, "sound": ...}, "delivery": <delivery id>}``.
+3. ``200`` returns the ``apns-id`` response header as the receipt. ``403
+   ExpiredProviderToken`` signs a fresh token and retries once, inside this send. Every other
+   failure maps onto :class:`~channels.base.DeliveryError` by :func:`apns_error`.
+
+``apns-id`` is a UUID derived (uuid5) from the delivery id, so every retry of one delivery
+carries the same id. APNs does not de-duplicate on it, but it is what APNs echoes back and
+what Apple's delivery logs and Push Notification Console search by: one delivery, one id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, EllipticCurvePrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.push_common import BODY_LIMIT, parse_retry_after, shorten
+
+PRODUCTION_URL = "https://api.push.apple.com"
+SANDBOX_URL = "https://api.sandbox.push.apple.com"
+TOKEN_REFRESH = 50 * 60.0
+"""Seconds a provider token is reused (APNs: at most 60 minutes, at least 20)."""
+PAYLOAD_LIMIT = 4096
+"""Bytes APNs accepts for an alert notification's JSON payload."""
+TITLE_LIMIT = 200
+APNS_ID_NAMESPACE = uuid.UUID("6f1c3d2e-8a4b-5c6d-9e0f-a1b2c3d4e5f6")
+"""uuid5 namespace of ``apns-id``: fixed forever, or retries would change their ids."""
+_DEVICE_TOKEN = re.compile(r"[0-9a-fA-F]{8,400}")
+_DISABLING_REASONS = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"})
+
+
+class ApnsSettings(BaseModel):
+    """Settings of the APNs push channel (token-based authentication)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["apns"] = "apns"
+    contact: str = "apns"
+    team_id: str = Field(min_length=1)
+    key_id: str = Field(min_length=1)
+    private_key_file: Path | None = None
+    """The ``AuthKey_<key id>.p8`` file downloaded from the Apple developer account."""
+    private_key: SecretStr | None = None
+    """The same PEM text (from a secret); exclusive with the file."""
+    topic: str = Field(min_length=1)
+    """The app's bundle id."""
+    environment: Literal["production", "sandbox"] = "production"
+    base_url: str | None = Field(default=None, pattern=r"^https?://")
+    """Overrides the environment's URL (a local fake, a proxy)."""
+    ca_file: Path | None = None
+    """Trust this CA bundle instead of the system's (tests)."""
+    push_type: Literal["alert"] = "alert"
+    priority: Literal[5, 10] = 10
+    expiration: int = Field(default=3600, ge=0)
+    """Seconds APNs keeps trying an offline device; 0 = now or never."""
+    sound: str | None = "default"
+    timeout: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ApnsSettings:
+        if (self.private_key_file is None) == (self.private_key is None):
+            raise ValueError("set exactly one of private_key_file and private_key")
+        return self
+
+    @property
+    def url(self) -> str:
+        """The base URL requests go to."""
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        return PRODUCTION_URL if self.environment == "production" else SANDBOX_URL
+
+
+def load_signing_key(settings: ApnsSettings) -> EllipticCurvePrivateKey:
+    """The P-256 key of the .p8 file or PEM; errors name the problem, never the key."""
+    if settings.private_key_file is not None:
+        source = str(settings.private_key_file)
+        try:
+            pem = settings.private_key_file.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read private key file {source}: {exc}") from None
+    else:
+        source = "private_key"
+        pem = settings.private_key.get_secret_value().encode() if settings.private_key else b""
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise ValueError(f"{source} is not an unencrypted PEM private key") from None
+    if not isinstance(key, EllipticCurvePrivateKey) or not isinstance(key.curve, SECP256R1):
+        raise ValueError(f"{source} is not an ES256 (P-256) key")
+    return key
+
+
+def apns_id_for(delivery_id: str) -> str:
+    """The ``apns-id`` of a delivery: stable across retries, random without a delivery id."""
+    if not delivery_id:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(APNS_ID_NAMESPACE, delivery_id))
+
+
+@dataclass(frozen=True)
+class _ProviderToken:
+    value: str = field(repr=False)
+    issued_at: float
+
+
+class ApnsChannel:
+    """Sends one APNs alert per call over a shared HTTP/2 connection.
+
+    ``now`` is the clock the provider token and ``apns-expiration`` read (tests inject one);
+    ``transport`` replaces the HTTP/2 transport (rarely needed).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: ApnsSettings,
+        *,
+        now: Callable[[], float] = time.time,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        self.contact = settings.contact
+        self._settings = settings
+        try:
+            self._key = load_signing_key(settings)
+        except ValueError as exc:
+            raise ValueError(f"apns channel {name!r}: {exc}") from None
+        self._now = now
+        self._base = settings.url
+        self._token: _ProviderToken | None = None
+        verify = ssl.create_default_context(
+            cafile=str(settings.ca_file) if settings.ca_file else None
+        )
+        self._client = httpx.AsyncClient(
+            http2=True, verify=verify, timeout=settings.timeout, transport=transport
+        )
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ApnsChannel(name={self.name!r}, topic={self._settings.topic!r})"
+
+    def payload(self, message: Message) -> bytes:
+        """The JSON payload, its body shortened until it fits APNs' 4 KB."""
+        title = shorten(message.subject, TITLE_LIMIT)
+        limit = BODY_LIMIT
+        while True:
+            aps: dict[str, Any] = {"alert": {"title": title, "body": shorten(message.text, limit)}}
+            if self._settings.sound:
+                aps["sound"] = self._settings.sound
+            document = {"aps": aps, "delivery": message.idempotency_key}
+            encoded = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+            if len(encoded) <= PAYLOAD_LIMIT:
+                return encoded
+            if limit <= 16:
+                raise DeliveryError("APNs payload too large even when shortened", retryable=False)
+            limit = limit * 3 // 4
+
+    def headers(self, provider_token: str, apns_id: str) -> dict[str, str]:
+        """The request headers (public so tests can inspect them)."""
+        s = self._settings
+        expiration = int(self._now()) + s.expiration if s.expiration else 0
+        return {
+            "authorization": f"bearer {provider_token}",
+            "apns-topic": s.topic,
+            "apns-push-type": s.push_type,
+            "apns-priority": str(s.priority),
+            "apns-expiration": str(expiration),
+            "apns-id": apns_id,
+            "content-type": "application/json",
+        }
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        if self._closed:
+            raise DeliveryError("apns channel is closed", retryable=True)
+        device = target.address.strip()
+        if not _DEVICE_TOKEN.fullmatch(device):
+            raise DeliveryError(
+                "not an APNs device token (hexadecimal expected)",
+                retryable=False,
+                contact_point=ContactPointState.DISABLED,
+            )
+        payload = self.payload(message)
+        apns_id = apns_id_for(message.idempotency_key)
+        provider = self._provider_token()
+        response = await self._post(device, payload, self.headers(provider, apns_id))
+        if response.status_code == 403 and _reason(response) == "ExpiredProviderToken":
+            provider = self._provider_token(stale=provider)
+            response = await self._post(device, payload, self.headers(provider, apns_id))
+        if response.status_code == 200:
+            return Receipt(provider_message_id=response.headers.get("apns-id") or apns_id)
+        retry_after = parse_retry_after(response.headers.get("retry-after"), self._now())
+        raise apns_error(response.status_code, _reason(response), retry_after)
+
+    def _provider_token(self, *, stale: str | None = None) -> str:
+        """The current provider token; a new one when it is 50 minutes old or ``stale``."""
+        now = self._now()
+        token = self._token
+        if token is None or token.value == stale or not 0 <= now - token.issued_at < TOKEN_REFRESH:
+            value = jwt.encode(
+                {"iss": self._settings.team_id, "iat": int(now)},
+                self._key,
+                algorithm="ES256",
+                headers={"kid": self._settings.key_id},
+            )
+            token = self._token = _ProviderToken(value=value, issued_at=now)
+        return token.value
+
+    async def _post(self, device: str, payload: bytes, headers: dict[str, str]) -> httpx.Response:
+        try:
+            return await self._client.post(
+                f"{self._base}/3/device/{device}", content=payload, headers=headers
+            )
+        except httpx.TimeoutException as exc:
+            raise DeliveryError(
+                f"APNs request timed out ({type(exc).__name__})", retryable=True
+            ) from exc
+        except httpx.TransportError as exc:
+            detail = str(exc) or type(exc).__name__
+            raise DeliveryError(f"APNs connection failed: {detail}", retryable=True) from exc
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._client.aclose()
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        reason = json.loads(response.content).get("reason", "")
+    except (ValueError, AttributeError):
+        return ""
+    return reason if isinstance(reason, str) else ""
+
+
+def apns_error(status: int, reason: str, retry_after: float | None = None) -> DeliveryError:
+    """Map one APNs error response onto the retry contract (see docs/channels/push-apns.md)."""
+    text = f"APNs {status} {reason[:100] or 'no reason'}"
+    if status == 410 or reason in _DISABLING_REASONS:
+        return DeliveryError(text, retryable=False, contact_point=ContactPointState.DISABLED)
+    if status in (408, 429) or status >= 500:
+        return DeliveryError(text, retryable=True, retry_after=retry_after)
+    if status == 403:
+        # InvalidProviderToken, a second ExpiredProviderToken (our clock is off), Forbidden:
+        # the key, team or topic is wrong; no retry helps until an admin fixes it.
+        return DeliveryError(text + " (configuration)", retryable=False)
+    return DeliveryError(text, retryable=False)

@@ -1,0 +1,370 @@
+"""Push over Firebase Cloud Messaging, HTTP v1: service-account OAuth2 tokens and FCM's errors.
+
+How one send goes:
+
+1. An OAuth2 access token is taken from the cache, or obtained by signing a JWT (RS256,
+   the service account's private key; ``iss`` = client email, ``scope`` = firebase.messaging,
+   ``aud`` = token URI) and exchanging it at the token URI (``jwt-bearer`` grant). It is kept
+   until :data:`REFRESH_MARGIN` seconds before it expires; one exchange (and its failure)
+   is shared by every concurrent send.
+2. ``POST {base_url}/v1/projects/{project}/messages:send`` with a notification (subject as
+   title, text shortened at a sentence boundary as body), the delivery id in ``data`` (FCM
+   has no idempotency key, so the app de-duplicates on ``data.delivery``) and high Android
+   priority. A 401 (our access token was refused) fetches a new token and retries once.
+3. ``200`` returns the message name as the receipt; anything else maps onto
+   :class:`~channels.base.DeliveryError` by :func:`fcm_error`, which says per FCM error code
+   whether a retry can help and whether the registration token is dead.
+
+Configuration problems (a refused service account, SENDER_ID_MISMATCH, THIRD_PARTY_AUTH_ERROR,
+PERMISSION_DENIED) are permanent and never condemn the customer's token: the dispatcher fails
+over to the next channel instead of retrying a send that cannot work until an admin acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.push_common import parse_retry_after, shorten
+
+FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
+ASSERTION_LIFETIME = 3600
+"""Seconds the signed JWT assertion is valid; Google accepts at most one hour."""
+REFRESH_MARGIN = 300.0
+"""An access token is replaced this many seconds before it expires (at most half its life)."""
+QUOTA_DEFAULT_WAIT = 60.0
+"""FCM asks for at least a minute of back-off on QUOTA_EXCEEDED without a Retry-After."""
+_FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+_BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+
+
+class FcmSettings(BaseModel):
+    """Settings of the FCM HTTP v1 push channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["fcm"] = "fcm"
+    contact: str = "fcm"
+    project_id: str | None = None
+    """The Firebase project; defaults to the service account's ``project_id``."""
+    service_account_file: Path | None = None
+    service_account_json: SecretStr | None = None
+    """The service-account key JSON itself (from a secret); exclusive with the file."""
+    token_uri: str | None = None
+    """OAuth2 token endpoint; defaults to the service account's ``token_uri``."""
+    base_url: str = Field(default="https://fcm.googleapis.com", pattern=r"^https?://")
+    timeout: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> FcmSettings:
+        if (self.service_account_file is None) == (self.service_account_json is None):
+            raise ValueError("set exactly one of service_account_file and service_account_json")
+        return self
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    """The parts of a service-account key the channel uses; the key never shows in repr."""
+
+    client_email: str
+    private_key: RSAPrivateKey = field(repr=False)
+    private_key_id: str
+    token_uri: str
+    project_id: str
+
+
+def load_service_account(settings: FcmSettings) -> ServiceAccount:
+    """Parse the configured service-account JSON; errors name the problem, never the key."""
+    if settings.service_account_file is not None:
+        source = str(settings.service_account_file)
+        try:
+            raw = settings.service_account_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read service account file {source}: {exc}") from None
+    else:
+        source = "service_account_json"
+        raw = (
+            settings.service_account_json.get_secret_value()
+            if settings.service_account_json
+            else ""
+        )
+    try:
+        info = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        # ``from None``: a JSONDecodeError keeps the whole document (the key) in ``.doc``.
+        detail = f"line {exc.lineno} column {exc.colno}"
+        raise ValueError(f"{source} is not valid JSON ({detail})") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{source} is not a service-account key (not a JSON object)")
+    email, pem = info.get("client_email"), info.get("private_key")
+    if not isinstance(email, str) or not isinstance(pem, str):
+        raise ValueError(f"{source} is not a service-account key (no client_email/private_key)")
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise ValueError(f"{source}: private_key is not an unencrypted PEM key") from None
+    if not isinstance(key, RSAPrivateKey):
+        raise ValueError(f"{source}: private_key is not an RSA key")
+    return ServiceAccount(
+        client_email=email,
+        private_key=key,
+        private_key_id=str(info.get("private_key_id") or ""),
+        token_uri=str(info.get("token_uri") or GOOGLE_TOKEN_URI),
+        project_id=str(info.get("project_id") or ""),
+    )
+
+
+@dataclass(frozen=True)
+class _AccessToken:
+    value: str = field(repr=False)
+    refresh_at: float
+
+
+class FcmChannel:
+    """Sends one FCM notification per call; caches the OAuth2 access token.
+
+    ``now`` is the clock the token cache and the JWT claims read (tests inject one);
+    ``transport`` lets the daemon give the HTTP/1.1 client a faster transport.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: FcmSettings,
+        *,
+        now: Callable[[], float] = time.time,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        self.contact = settings.contact
+        try:
+            self._account = load_service_account(settings)
+        except ValueError as exc:
+            raise ValueError(f"fcm channel {name!r}: {exc}") from None
+        self._project = settings.project_id or self._account.project_id
+        if not self._project:
+            raise ValueError(f"fcm channel {name!r}: no project_id (settings or service account)")
+        base = settings.base_url.rstrip("/")
+        self._send_url = f"{base}/v1/projects/{quote(self._project, safe='')}/messages:send"
+        self._token_uri = settings.token_uri or self._account.token_uri
+        self._now = now
+        self._client = httpx.AsyncClient(timeout=settings.timeout, transport=transport)
+        self._token: _AccessToken | None = None
+        self._exchanging: asyncio.Task[_AccessToken] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"FcmChannel(name={self.name!r}, project={self._project!r})"
+
+    def build(self, target: Target, message: Message) -> dict[str, Any]:
+        """The ``messages:send`` request body (public so tests and previews can inspect it)."""
+        return {
+            "message": {
+                "token": target.address.strip(),
+                "notification": {"title": message.subject, "body": shorten(message.text)},
+                "data": {"delivery": message.idempotency_key},
+                "android": {"priority": "high"},
+            }
+        }
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        if self._closed:
+            raise DeliveryError("fcm channel is closed", retryable=True)
+        if not target.address.strip():
+            raise DeliveryError(
+                "empty FCM registration token",
+                retryable=False,
+                contact_point=ContactPointState.DISABLED,
+            )
+        body = self.build(target, message)
+        access = await self._access_token()
+        response = await self._post(body, access)
+        if response.status_code == 401 and _fcm_error_code(response) != "THIRD_PARTY_AUTH_ERROR":
+            # Our token was refused (revoked, or the clocks disagree): one fresh token, once.
+            access = await self._access_token(stale=access)
+            response = await self._post(body, access)
+        if response.is_success:
+            try:
+                name = response.json().get("name")
+            except (ValueError, AttributeError):
+                name = None
+            return Receipt(provider_message_id=name if isinstance(name, str) else None)
+        retry_after = parse_retry_after(response.headers.get("retry-after"), self._now())
+        raise fcm_error(response.status_code, response.content, retry_after)
+
+    async def _post(self, body: dict[str, Any], access: str) -> httpx.Response:
+        try:
+            return await self._client.post(
+                self._send_url, json=body, headers={"authorization": f"Bearer {access}"}
+            )
+        except httpx.TimeoutException as exc:
+            raise DeliveryError(
+                f"FCM request timed out ({type(exc).__name__})", retryable=True
+            ) from exc
+        except httpx.TransportError as exc:
+            raise DeliveryError(f"FCM connection failed: {_describe(exc)}", retryable=True) from exc
+
+    async def _access_token(self, *, stale: str | None = None) -> str:
+        """The cached access token, or a new one when it is due, missing, or ``stale``.
+
+        Single flight: concurrent sends share one exchange and its outcome, so a token
+        endpoint that is down costs one timeout for all of them, not one each in turn.
+        """
+        cached = self._token
+        if cached is not None and cached.value != stale and self._now() < cached.refresh_at:
+            return cached.value
+        if self._exchanging is None or self._exchanging.done():
+            self._exchanging = asyncio.get_running_loop().create_task(self._exchange())
+            self._exchanging.add_done_callback(self._exchanged)
+        # Shielded: one cancelled send must not cancel the exchange the others wait for.
+        token = await asyncio.shield(self._exchanging)
+        return token.value
+
+    def _exchanged(self, task: asyncio.Task[_AccessToken]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self._token = task.result()
+
+    async def _exchange(self) -> _AccessToken:
+        now = self._now()
+        account = self._account
+        claims = {
+            "iss": account.client_email,
+            "scope": FCM_SCOPE,
+            "aud": self._token_uri,
+            "iat": int(now),
+            "exp": int(now) + ASSERTION_LIFETIME,
+        }
+        headers = {"kid": account.private_key_id} if account.private_key_id else None
+        assertion = jwt.encode(claims, account.private_key, algorithm="RS256", headers=headers)
+        try:
+            response = await self._client.post(
+                self._token_uri, data={"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
+            )
+        except httpx.TimeoutException as exc:
+            raise DeliveryError("OAuth2 token exchange timed out", retryable=True) from exc
+        except httpx.TransportError as exc:
+            reason = f"OAuth2 token exchange failed: {_describe(exc)}"
+            raise DeliveryError(reason, retryable=True) from exc
+        if not response.is_success:
+            raise _token_error(
+                response, parse_retry_after(response.headers.get("retry-after"), now)
+            )
+        try:
+            payload = response.json()
+            value, expires_in = payload["access_token"], float(payload.get("expires_in", 3600))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise DeliveryError(
+                "OAuth2 token endpoint sent no access token", retryable=True
+            ) from None
+        if not isinstance(value, str) or not value:
+            raise DeliveryError("OAuth2 token endpoint sent no access token", retryable=True)
+        margin = min(REFRESH_MARGIN, expires_in / 2)
+        return _AccessToken(value=value, refresh_at=now + expires_in - margin)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._exchanging is not None and not self._exchanging.done():
+            self._exchanging.cancel()
+            with contextlib.suppress(asyncio.CancelledError, DeliveryError):
+                await self._exchanging
+        await self._client.aclose()
+
+
+def _token_error(response: httpx.Response, retry_after: float | None) -> DeliveryError:
+    """The token endpoint refused: 5xx/429 may pass, a refused account needs an admin."""
+    try:
+        payload = response.json()
+        detail = f"{payload.get('error')}: {payload.get('error_description', '')}"[:200]
+    except (ValueError, AttributeError):
+        detail = response.text[:200]
+    reason = f"OAuth2 token exchange refused: HTTP {response.status_code} {detail}".strip()
+    if response.status_code >= 500 or response.status_code in (408, 429):
+        return DeliveryError(reason, retryable=True, retry_after=retry_after)
+    return DeliveryError(reason + " (check the service account)", retryable=False)
+
+
+@dataclass(frozen=True)
+class GoogleError:
+    """The parts of a Google API error body that decide what a failure means."""
+
+    status: str = ""
+    """The canonical status, e.g. ``NOT_FOUND``, ``INVALID_ARGUMENT``."""
+    error_code: str = ""
+    """FCM's own ``FcmError.errorCode``, e.g. ``UNREGISTERED``."""
+    message: str = ""
+    token_field: bool = False
+    """A ``BadRequest`` field violation names ``message.token``."""
+    parsed: bool = False
+    """The body was a Google API error at all (not, say, a proxy's HTML page)."""
+
+
+def parse_google_error(body: bytes) -> GoogleError:
+    try:
+        error = json.loads(body)["error"]
+        status, message = str(error.get("status", "")), str(error.get("message", ""))
+        details = error.get("details") or []
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return GoogleError()
+    code, token_field = "", False
+    for detail in details if isinstance(details, list) else []:
+        if not isinstance(detail, dict):
+            continue
+        if detail.get("@type") == _FCM_ERROR_TYPE:
+            code = str(detail.get("errorCode", ""))
+        elif detail.get("@type") == _BAD_REQUEST_TYPE:
+            violations = detail.get("fieldViolations") or []
+            token_field = token_field or any(
+                isinstance(v, dict) and v.get("field") == "message.token" for v in violations
+            )
+    return GoogleError(status, code, message, token_field, parsed=True)
+
+
+def _fcm_error_code(response: httpx.Response) -> str:
+    return parse_google_error(response.content).error_code
+
+
+def fcm_error(status: int, body: bytes, retry_after: float | None = None) -> DeliveryError:
+    """Map one FCM v1 error response onto the retry contract (see docs/channels/push-fcm.md)."""
+    error = parse_google_error(body)
+    code = error.error_code or error.status or "no error body"
+    reason = f"FCM {status} {code}: {error.message[:200]}".rstrip(": ")
+    disabled = ContactPointState.DISABLED
+    if error.error_code == "UNREGISTERED" or (status == 404 and error.parsed):
+        return DeliveryError(reason, retryable=False, contact_point=disabled)
+    if error.error_code in ("SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"):
+        return DeliveryError(reason + " (configuration)", retryable=False)
+    if status == 400 or error.status == "INVALID_ARGUMENT":
+        # INVALID_ARGUMENT covers both a malformed token and a malformed message; only a
+        # field violation on message.token (or FCM's wording for it) condemns the token.
+        if error.token_field or "registration token" in error.message.lower():
+            return DeliveryError(reason, retryable=False, contact_point=disabled)
+        return DeliveryError(reason, retryable=False)
+    if status in (401, 403):
+        # 401 here came after a fresh token; 403 PERMISSION_DENIED: the account lacks the role.
+        return DeliveryError(reason + " (configuration)", retryable=False)
+    if status == 429 or error.error_code == "QUOTA_EXCEEDED":
+        wait = retry_after if retry_after is not None else QUOTA_DEFAULT_WAIT
+        return DeliveryError(reason, retryable=True, retry_after=wait)
+    if status >= 500 or status == 408:
+        return DeliveryError(reason, retryable=True, retry_after=retry_after)
+    return DeliveryError(reason, retryable=False)
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,291 @@
+"""ntfy channel: publish one message to one ntfy topic (``POST {base_url}/{topic}``).
+
+The target's address is the topic name. The body is the message text (cut to ntfy's
+4,096-byte message limit, beyond which ntfy would turn it into an attachment); title,
+priority, tags, click link and icon travel in ntfy's ``X-`` headers, RFC 2047-encoded when
+they are not ASCII (ntfy decodes them). ``X-Priority`` rather than ``Priority``: proxies
+such as Cloudflare set the latter for RFC 9218 and ntfy then ignores it.
+
+Idempotency: ntfy has no idempotency key. Since ntfy 2.16, messages that share an
+``X-Sequence-ID`` are one notification that clients update in place, so the delivery id is
+sent as the sequence id: a retry after a lost response replaces the first notification on
+the phone instead of adding a second. Older servers ignore the header.
+
+Errors follow ntfy's JSON body ``{"code": 42901, "http": 429, "error": "...", "link": ...}``:
+429 and 5xx are retryable (with ``Retry-After``); 401 and 403 are permanent configuration
+errors (token, or access to the topic); 404 is permanent too (``base_url`` does not lead to
+an ntfy server's publish endpoint); 400 for an invalid or disallowed topic disables the
+contact point; any other 4xx (413 included) is permanent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Annotated, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+
+TOPIC = re.compile(r"^[-_A-Za-z0-9]{1,64}$")
+"""ntfy's own topic rule (``topicRegex`` in its server)."""
+DISALLOWED_TOPICS = frozenset(
+    {"docs", "static", "file", "app", "account", "settings", "pricing", "signup", "login"}
+    | {"reset-password"}
+)
+"""Names ntfy reserves for its web app and API."""
+_SEQUENCE_ID = TOPIC
+_TOPIC_ERRORS = {40009, 40010}  # topic invalid, topic disallowed
+_LINK_HEADER = "X-Broadcaster-Link"
+_SEVERITY_HEADER = "X-Broadcaster-Severity"
+_KIND_HEADER = "X-Broadcaster-Kind"
+_ELLIPSIS = "…"
+
+Priority = Annotated[int, Field(ge=1, le=5)]
+
+
+class NtfySettings(BaseModel):
+    """Settings of the ntfy channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["ntfy"] = "ntfy"
+    contact: str = "ntfy"
+    base_url: str = "https://ntfy.sh"
+    token: SecretStr | None = None
+    """An access token (``tk_...``), sent as ``Authorization: Bearer``."""
+    username: str | None = None
+    password: SecretStr | None = None
+    default_priority: Priority = 4
+    priority_by_severity: dict[str, Priority] = Field(
+        default_factory=lambda: {"minor": 3, "major": 4, "critical": 5}
+    )
+    """ntfy priority (1 min .. 5 max) per incident severity (``X-Broadcaster-Severity``)."""
+    resolution_priority: Priority = 3
+    tags: list[str] = Field(default_factory=lambda: ["warning"])
+    resolution_tags: list[str] = Field(default_factory=lambda: ["white_check_mark"])
+    icon: str | None = None
+    sequence_id: bool = True
+    """Send the delivery id as ``X-Sequence-ID`` (retries update, not duplicate)."""
+    max_message_bytes: int = Field(default=4096, ge=64, le=1_000_000)
+    timeout: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=50, ge=1, le=1000)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            raise ValueError("base_url is not a URL") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("base_url must be an absolute http(s) URL")
+        if url.userinfo:
+            raise ValueError("put credentials in token or username/password, not in base_url")
+        if url.query or url.fragment:
+            raise ValueError("base_url takes no query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> NtfySettings:
+        if self.token is not None and self.username is not None:
+            raise ValueError("set either token or username/password, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+class NtfyChannel:
+    """Publishes to ntfy over HTTP."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: NtfySettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.contact = settings.contact
+        self._settings = settings
+        self._clock = clock
+        self._client = httpx.AsyncClient(
+            timeout=settings.timeout,
+            limits=httpx.Limits(max_connections=settings.max_connections),
+            follow_redirects=False,
+            transport=transport,
+        )
+        self._closed = False
+
+    def request_headers(self, message: Message) -> dict[str, str]:
+        """The publish headers for ``message``, authorization excluded (public for tests)."""
+        s = self._settings
+        kind = message.headers.get(_KIND_HEADER, "")
+        if kind == "resolution":
+            priority, tags = s.resolution_priority, s.resolution_tags
+        else:
+            severity = message.headers.get(_SEVERITY_HEADER, "")
+            priority, tags = s.priority_by_severity.get(severity, s.default_priority), s.tags
+        headers = {
+            "Content-Type": "text/plain; charset=utf-8",
+            "X-Title": header_value(message.subject),
+            "X-Priority": str(priority),
+        }
+        if tags:
+            headers["X-Tags"] = header_value(",".join(tags))
+        link = message.headers.get(_LINK_HEADER)
+        if link:
+            headers["X-Click"] = header_value(link)
+        if s.icon:
+            headers["X-Icon"] = header_value(s.icon)
+        if s.sequence_id and message.idempotency_key:
+            headers["X-Sequence-ID"] = sequence_id(message.idempotency_key)
+        return headers
+
+    def _authorization(self) -> str | None:
+        s = self._settings
+        if s.token is not None:
+            return f"Bearer {s.token.get_secret_value()}"
+        if s.username is not None and s.password is not None:
+            pair = f"{s.username}:{s.password.get_secret_value()}".encode()
+            return f"Basic {base64.b64encode(pair).decode('ascii')}"
+        return None
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        if self._closed:
+            raise DeliveryError("ntfy channel is closed", retryable=True)
+        topic = target.address
+        if not TOPIC.match(topic) or topic in DISALLOWED_TOPICS:
+            raise DeliveryError(
+                "not a usable ntfy topic name (1-64 of A-Z a-z 0-9 _ -, not reserved)",
+                retryable=False,
+                contact_point=ContactPointState.DISABLED,
+            )
+        headers = self.request_headers(message)
+        authorization = self._authorization()
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        body = truncate_utf8(message.text, self._settings.max_message_bytes)
+        url = f"{self._settings.base_url}/{topic}"
+        try:
+            response = await self._client.post(url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise DeliveryError("ntfy timed out", retryable=True) from exc
+        except httpx.TransportError as exc:
+            raise DeliveryError(
+                f"ntfy connection failed: {type(exc).__name__}: {exc}", retryable=True
+            ) from exc
+        if response.status_code == 200:
+            return Receipt(provider_message_id=_message_id(response), detail="HTTP 200")
+        raise self._error(response)
+
+    def _error(self, response: httpx.Response) -> DeliveryError:
+        status = response.status_code
+        code, text = _ntfy_error(response)
+        reason = f"ntfy {status}" + (f" ({code})" if code else "") + (f": {text}" if text else "")
+        if status == 429 or status >= 500:
+            return DeliveryError(
+                reason, retryable=True, retry_after=_retry_after(response, self._clock())
+            )
+        if status == 408:
+            return DeliveryError(reason, retryable=True)
+        if status == 400 and code in _TOPIC_ERRORS:
+            return DeliveryError(reason, retryable=False, contact_point=ContactPointState.DISABLED)
+        if status in (401, 403):
+            return DeliveryError(
+                f"{reason} (check token/credentials and topic access)", retryable=False
+            )
+        if status == 404:
+            return DeliveryError(f"{reason} (check base_url)", retryable=False)
+        return DeliveryError(reason, retryable=False)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._client.aclose()
+
+
+def sequence_id(key: str) -> str:
+    """The delivery id as an ntfy sequence id (ntfy's topic alphabet, at most 64 long)."""
+    if _SEQUENCE_ID.match(key):
+        return key
+    cleaned = re.sub(r"[^-_A-Za-z0-9]", "_", key)[:40]
+    digest = base64.urlsafe_b64encode(hashlib.sha256(key.encode("utf-8")).digest()).decode("ascii")[
+        :22
+    ]
+    return f"{cleaned}_{digest}".replace("=", "")
+
+
+def truncate_utf8(text: str, limit: int) -> bytes:
+    """``text`` as UTF-8, cut on a character boundary with an ellipsis to fit ``limit`` bytes."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return data
+    room = limit - len(_ELLIPSIS.encode("utf-8"))
+    cut = data[:room].decode("utf-8", "ignore").rstrip()
+    return (cut + _ELLIPSIS).encode("utf-8")
+
+
+def header_value(value: str) -> str:
+    """One header line: ASCII as it is, anything else as RFC 2047 encoded words."""
+    value = " ".join(value.split())
+    if value.isascii():
+        return value
+    words: list[str] = []
+    chunk = ""
+    for char in value:
+        if len((chunk + char).encode("utf-8")) > 45:
+            words.append(chunk)
+            chunk = ""
+        chunk += char
+    words.append(chunk)
+    return " ".join(
+        f"=?utf-8?b?{base64.b64encode(w.encode('utf-8')).decode('ascii')}?=" for w in words
+    )
+
+
+def _message_id(response: httpx.Response) -> str | None:
+    try:
+        document = response.json()
+    except ValueError:
+        return None
+    if isinstance(document, dict) and isinstance(document.get("id"), str):
+        message_id: str = document["id"]
+        return message_id
+    return None
+
+
+def _ntfy_error(response: httpx.Response) -> tuple[int | None, str]:
+    """ntfy's error code and text from its JSON body, or the raw text when it is not JSON."""
+    try:
+        document = response.json()
+    except ValueError:
+        return None, " ".join(response.text[:200].split())
+    if not isinstance(document, dict):
+        return None, ""
+    code = document.get("code")
+    text = document.get("error")
+    return (code if isinstance(code, int) else None), (text if isinstance(text, str) else "")
+
+
+def _retry_after(response: httpx.Response, now: float) -> float | None:
+    """Seconds from a ``Retry-After`` header (delay or HTTP date), or None."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)

@@ -1,0 +1,399 @@
+"""SMS channel over Twilio's Messages API, plus the pure helpers its HTTP endpoints need.
+
+Sending goes through the ``twilio`` library's REST client (``messages.create_async``) on
+our :class:`HttpxTwilioClient` (one shared ``httpx.AsyncClient``), which sends requests
+for ``https://api.twilio.com`` to ``base_url`` instead (a local fake, in tests).
+
+The body is ``Message.text`` fitted to ``max_segments`` with the incident link from
+``Message.headers["X-Broadcaster-Link"]`` (none when absent) by :func:`~channels.sms_segments.fit`,
+which is idempotent: text the composer already fitted keeps its one link.
+
+Twilio's answers map onto the retry contract (:func:`twilio_error`): error 21610 (STOP)
+is permanent and marks the number ``OPTED_OUT``; 21211 (invalid) and 21614 (not a mobile)
+mark it ``DISABLED``; HTTP 429 / error 20429 is retried after ``Retry-After``; 5xx,
+timeouts and connection errors are retried; 401/403 (credentials) and other 4xx fail the
+message only. The auth token (a ``SecretStr``) appears in no reason, repr or log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from email.utils import parsedate_to_datetime
+from types import MappingProxyType
+from typing import Literal, Protocol
+from urllib.parse import urlencode
+
+import httpx
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.http import AsyncHttpClient
+from twilio.http.response import Response
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+
+from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.sms_segments import fit
+
+TWILIO_API = "https://api.twilio.com"
+LINK_HEADER = "X-Broadcaster-Link"
+"""``Message.headers`` key carrying the incident link appended to every SMS."""
+
+log = logging.getLogger(__name__)
+
+DeliveryState = Literal["queued", "sent", "delivered", "undelivered", "failed"]
+
+STATUS_MAP: Mapping[str, DeliveryState] = MappingProxyType(
+    {
+        "accepted": "queued",  # a Messaging Service took it, no sender chosen yet
+        "scheduled": "queued",
+        "queued": "queued",
+        "sending": "queued",  # being handed to the carrier, not yet accepted by it
+        "sent": "sent",  # the carrier accepted it
+        "delivered": "delivered",
+        "read": "delivered",  # a read receipt implies delivery (WhatsApp, RCS)
+        "partially_delivered": "undelivered",
+        "undelivered": "undelivered",
+        "failed": "failed",
+        "canceled": "failed",  # a scheduled message cancelled before it went out
+    }
+)
+"""Twilio ``MessageStatus`` (status callbacks) to our delivery state. Callbacks can come
+out of order (``sent`` after ``delivered``): never move a delivery backwards."""
+
+CONTACT_POINT_ERRORS: Mapping[int, ContactPointState] = MappingProxyType(
+    {
+        21610: ContactPointState.OPTED_OUT,  # the recipient replied STOP
+        21211: ContactPointState.DISABLED,  # the To number is not a valid phone number
+        21614: ContactPointState.DISABLED,  # the To number is not a mobile number
+    }
+)
+"""Twilio error codes that condemn the address itself."""
+
+Keyword = Literal["stop", "start", "help"]
+_STOP: Keyword = "stop"
+_START: Keyword = "start"
+_HELP: Keyword = "help"
+KEYWORDS: Mapping[str, Keyword] = MappingProxyType(
+    dict.fromkeys(("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"), _STOP)
+    | dict.fromkeys(("START", "UNSTOP", "YES"), _START)
+    | dict.fromkeys(("HELP", "INFO"), _HELP)
+)
+"""Inbound SMS bodies (upper case) that are opt-out keywords."""
+_NO_TWILIO_ENVIRONMENT = {"TWILIO_EDGE": "", "TWILIO_REGION": ""}
+"""Given to the twilio client so that TWILIO_* variables cannot redirect it: settings rule."""
+
+_response_headers: ContextVar[list[httpx.Headers] | None] = ContextVar(
+    "twilio_response_headers", default=None
+)
+"""Per send, the response headers (Retry-After): twilio's exceptions do not carry them."""
+
+
+class TwilioSettings(BaseModel):
+    """Settings of the Twilio SMS channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["twilio"] = "twilio"
+    contact: str = "sms"
+    account_sid: str
+    """``AC`` followed by 32 hex digits (Twilio Console, Account Info)."""
+    auth_token: SecretStr
+    messaging_service_sid: str | None = None
+    """``MG…``: Twilio picks the sender from the service's pool. Exclusive with from_number."""
+    from_number: str | None = None
+    """A Twilio number (E.164), short code or alphanumeric sender ID."""
+    base_url: str = TWILIO_API
+    """Where ``https://api.twilio.com`` requests go instead (a local fake in tests)."""
+    status_callback_url: str | None = None
+    """Public URL of the daemon's status-callback endpoint, passed as ``StatusCallback``."""
+    max_segments: int = Field(default=3, ge=1, le=10)
+    timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("messaging_service_sid", "from_number", "status_callback_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        """``${TWILIO_FROM:-}`` left empty means unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("account_sid", "messaging_service_sid")
+    @classmethod
+    def _sid(cls, value: str | None, info: ValidationInfo) -> str | None:
+        prefix = "AC" if info.field_name == "account_sid" else "MG"
+        if value is not None and not re.fullmatch(prefix + "[0-9a-fA-F]{32}", value.strip()):
+            raise ValueError(f"{info.field_name} must be {prefix!r} followed by 32 hex digits")
+        return value.strip() if value is not None else None
+
+    @field_validator("base_url", "status_callback_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _one_sender(self) -> TwilioSettings:
+        if (self.messaging_service_sid is None) == (self.from_number is None):
+            got = "both" if self.messaging_service_sid else "neither"
+            raise ValueError(
+                "set exactly one of 'messaging_service_sid' (MG…, Twilio picks the sender "
+                f"from the service's pool) or 'from_number' (a Twilio number); got {got}"
+            )
+        return self
+
+
+class HttpxTwilioClient(AsyncHttpClient):
+    """The twilio library's async HTTP client interface over one shared httpx client.
+
+    ``https://api.twilio.com`` URLs go to ``base_url``. Only method and URL are logged:
+    bodies hold phone numbers and text, the Authorization header the token.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str = TWILIO_API,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(log, is_async=True, timeout=timeout)
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+
+    # twilio's own AsyncHttpClient overrides the sync HttpClient.request with a coroutine;
+    # mypy checks us against both. The timeout parameter is twilio's interface.
+    async def request(  # type: ignore[override]
+        self,
+        method: str,
+        uri: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        allow_redirects: bool = False,
+    ) -> Response:
+        url = self.base_url + uri[len(TWILIO_API) :] if uri.startswith(TWILIO_API + "/") else uri
+        log.debug("twilio request", extra={"method": method, "url": url})
+        response = await self._client.request(
+            method.upper(),
+            url,
+            params=_form(params),
+            data=_form(data),
+            headers=headers,
+            auth=httpx.BasicAuth(*auth) if auth is not None else None,
+            timeout=timeout if timeout is not None else self.timeout,
+            follow_redirects=allow_redirects,
+        )
+        sink = _response_headers.get()
+        if sink is not None:
+            sink.append(response.headers)
+        return Response(response.status_code, response.text, response.headers)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _form(values: dict[str, object] | None) -> dict[str, str | list[str]] | None:
+    if values is None:
+        return None
+    return {
+        key: [str(v) for v in value] if isinstance(value, list) else str(value)
+        for key, value in values.items()
+    }
+
+
+def _new_client(account_sid: str, auth_token: str, http_client: HttpxTwilioClient) -> Client:
+    make: Callable[..., Client] = Client  # twilio's Client.__init__ is not annotated
+    return make(
+        username=account_sid,
+        password=auth_token,
+        account_sid=account_sid,
+        http_client=http_client,
+        environment=_NO_TWILIO_ENVIRONMENT,
+    )
+
+
+class TwilioSmsChannel:
+    """Sends one SMS per call through Twilio; one HTTP connection pool for all sends."""
+
+    def __init__(self, name: str, settings: TwilioSettings) -> None:
+        self.name = name
+        self.contact = settings.contact
+        self._settings = settings
+        self._http = HttpxTwilioClient(base_url=settings.base_url, timeout=settings.timeout)
+        client = _new_client(
+            settings.account_sid, settings.auth_token.get_secret_value(), self._http
+        )
+        # Resolving the resource now loads twilio's lazily imported modules at startup,
+        # not during the first send.
+        self._messages = client.messages
+        self._closed = False
+
+    def __repr__(self) -> str:
+        sender = self._settings.messaging_service_sid or self._settings.from_number
+        return (
+            f"TwilioSmsChannel(name={self.name!r}, account_sid={self._settings.account_sid!r}, "
+            f"sender={sender!r})"
+        )
+
+    def body(self, message: Message) -> str:
+        """The SMS text for ``message``: shortened to ``max_segments``, ending with the link."""
+        return fit(message.text, message.headers.get(LINK_HEADER, ""), self._settings.max_segments)
+
+    def status_callback(self, message: Message) -> str | None:
+        """``status_callback_url?delivery=<idempotency key>``: the callback endpoint finds
+        the delivery even when Twilio calls before the daemon has recorded the SID."""
+        url = self._settings.status_callback_url
+        if url is None or not message.idempotency_key:
+            return url
+        joiner = "&" if "?" in url else "?"
+        return f"{url}{joiner}{urlencode({'delivery': message.idempotency_key})}"
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        if self._closed:
+            raise DeliveryError("SMS channel is closed", retryable=True)
+        to = target.address.strip()
+        if not to:
+            raise DeliveryError(
+                "no phone number", retryable=False, contact_point=ContactPointState.DISABLED
+            )
+        try:
+            body = self.body(message)
+        except ValueError as exc:
+            raise DeliveryError(
+                f"cannot fit the message into an SMS: {exc}", retryable=False
+            ) from exc
+        if not body.strip():
+            raise DeliveryError("the message is empty", retryable=False)
+        s = self._settings
+        answers: list[httpx.Headers] = []
+        token = _response_headers.set(answers)
+        try:
+            sent = await self._messages.create_async(
+                to=to,
+                body=body,
+                from_=s.from_number,
+                messaging_service_sid=s.messaging_service_sid,
+                status_callback=self.status_callback(message),
+            )
+        except (TwilioRestException, TwilioServiceException) as exc:
+            last = answers[-1] if answers else None
+            code = exc.code if exc.code != exc.status else None  # twilio's "no code" fallback
+            raise twilio_error(exc.status, code, _detail(exc), last) from exc
+        except httpx.TimeoutException as exc:
+            raise DeliveryError(
+                f"Twilio did not answer within {s.timeout:g}s ({type(exc).__name__}); "
+                "the message may or may not have been accepted",
+                retryable=True,
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"cannot reach Twilio: {_describe(exc)}", retryable=True) from exc
+        except ValueError as exc:  # a 2xx whose body is not Twilio's JSON (a proxy, say)
+            raise DeliveryError(f"unreadable answer from Twilio: {exc}", retryable=True) from exc
+        finally:
+            _response_headers.reset(token)
+        return Receipt(
+            provider_message_id=sent.sid,
+            detail=f"{sent.status}, {sent.num_segments} segment(s)",
+        )
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._http.close()
+
+
+def _detail(exc: TwilioRestException | TwilioServiceException) -> str:
+    if isinstance(exc, TwilioRestException):
+        return exc.msg.removeprefix("Unable to create record: ")
+    return f"{exc.title}: {exc.detail}" if exc.detail else exc.title  # RFC 9457 bodies
+
+
+def _describe(exc: BaseException) -> str:
+    """``ReadError: [Errno 104] Connection reset by peer``: httpx's own text is often empty."""
+    cause, text = exc.__cause__ or exc.__context__, str(exc)
+    while cause is not None and not text:
+        text, cause = str(cause), cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def twilio_error(
+    status: int, code: int | None, detail: str, headers: Mapping[str, str] | None = None
+) -> DeliveryError:
+    """The :class:`DeliveryError` for one error answer of the Messages API (pure)."""
+    reason = f"Twilio HTTP {status}" + (f", error {code}" if code else "") + f": {detail}"
+    contact_point = CONTACT_POINT_ERRORS.get(code) if code is not None else None
+    if contact_point is not None:
+        return DeliveryError(reason, retryable=False, contact_point=contact_point)
+    if status == 429 or code == 20429:
+        retry_after = None
+        if headers is not None:
+            retry_after = parse_retry_after(headers.get("retry-after"), headers.get("date"))
+        return DeliveryError(reason, retryable=True, retry_after=retry_after)
+    if status >= 500:
+        return DeliveryError(reason, retryable=True)
+    if status in (401, 403):
+        reason += (
+            " (Twilio refused our credentials or permissions: check account_sid and auth_token;"
+            " not retried, every message fails alike until the settings are fixed; the phone"
+            " number is not at fault)"
+        )
+    return DeliveryError(reason, retryable=False)
+
+
+def parse_retry_after(value: str | None, date: str | None = None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds, or an HTTP-date measured against
+    the response's own ``Date`` (no clock is read; no Date, no answer). Garbage: ``None``."""
+    if value is None or not value.strip():
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        if not date:
+            return None
+        try:
+            seconds = (parsedate_to_datetime(value) - parsedate_to_datetime(date)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+class _Validator(Protocol):
+    def validate(self, uri: str, params: Mapping[str, str], signature: str) -> bool: ...
+
+
+def verify_twilio_signature(
+    auth_token: str | SecretStr, url: str, params: Mapping[str, str], signature: str | None
+) -> bool:
+    """Is ``X-Twilio-Signature`` right for this request (HMAC-SHA1 over URL and params)?
+
+    ``url`` is the full URL Twilio requested, query string included (as configured in
+    ``status_callback_url``, behind any proxy); ``params`` the form fields of the POST.
+    """
+    if not signature:
+        return False
+    token = auth_token.get_secret_value() if isinstance(auth_token, SecretStr) else auth_token
+    make: Callable[[str], _Validator] = RequestValidator  # not annotated in twilio
+    return bool(make(token).validate(url, params, signature))
+
+
+def parse_inbound_keyword(body: str) -> Keyword | None:
+    """The opt-out keyword an inbound SMS is, if the whole body is one (case-insensitive).
+
+    STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT stop; START, UNSTOP, YES start again;
+    HELP, INFO ask for help. Only ASCII matches, so look-alike letters never do.
+    """
+    return KEYWORDS.get(body.strip().upper()) if body.isascii() else None

@@ -1,0 +1,231 @@
+"""The pure parts of the FCM and APNs channels: settings, key loading, error tables, text.
+
+Everything that needs no server; the HTTP behaviour is in tests/integration/test_fcm.py
+and tests/integration/test_apns.py.
+"""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import SecretStr, ValidationError
+
+from channels.apns import (
+    PRODUCTION_URL,
+    SANDBOX_URL,
+    ApnsChannel,
+    ApnsSettings,
+    apns_error,
+    apns_id_for,
+)
+from channels.base import Channel, ContactPointState, DeliveryError, Message, Target
+from channels.fcm import FcmChannel, FcmSettings, fcm_error
+from channels.push_common import parse_retry_after, shorten
+from tests.fakes.fcm import INVALID_TOKEN_MESSAGE, error_body
+from tests.fakes.mobile_push import make_p8_key, make_service_account
+
+DISABLED = ContactPointState.DISABLED
+
+# --- FCM --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "kwargs", "retryable", "contact_point"),
+    [
+        (400, {"field_violation": ("message.token", "bad")}, False, DISABLED),
+        (400, {"fcm_code": "", "message": INVALID_TOKEN_MESSAGE}, False, DISABLED),
+        (400, {"field_violation": ("message.data", "bad")}, False, None),
+        (401, {"fcm_code": "THIRD_PARTY_AUTH_ERROR"}, False, None),
+        (403, {"fcm_code": "SENDER_ID_MISMATCH"}, False, None),
+        (404, {"fcm_code": ""}, False, DISABLED),
+        (404, {}, False, DISABLED),
+        (429, {}, True, None),
+        (500, {}, True, None),
+        (503, {}, True, None),
+    ],
+)
+def test_fcm_error_reads_the_details(
+    status: int, kwargs: dict[str, Any], retryable: bool, contact_point: ContactPointState | None
+) -> None:
+    error = fcm_error(status, error_body(status, **kwargs))
+    assert (error.retryable, error.contact_point) == (retryable, contact_point)
+
+
+def test_fcm_error_without_a_google_body_never_disables() -> None:
+    error = fcm_error(404, b"<html>Not Found</html>")
+    assert (error.retryable, error.contact_point) == (False, None)
+    assert error.reason == "FCM 404 no error body"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("12", 12.0),
+        ("1.5", 1.5),
+        ("-3", 0.0),
+        ("Tue, 14 Nov 2023 22:15:20 GMT", 100.0),
+        ("Tue, 14 Nov 2023 22:11:00 GMT", 0.0),
+        ("soon", None),
+        ("nan", None),
+        ("1e400", None),
+    ],
+)
+def test_parse_retry_after(value: str | None, expected: float | None) -> None:
+    assert parse_retry_after(value, 1_700_000_020.0) == expected
+
+
+def test_fcm_settings_need_exactly_one_credential(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="exactly one"):
+        FcmSettings()
+    with pytest.raises(ValidationError, match="exactly one"):
+        FcmSettings(service_account_file=tmp_path / "a.json", service_account_json=SecretStr("{}"))
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        '{"client_email": "x", "private_key": "-----BEGIN PRIVATE KEY-----\\nAAAA\\n"',
+        '{"client_email": "x", "private_key": "-----BEGIN PRIVATE KEY-----\\nAAAA\\n"}',
+        "[]",
+        "{}",
+    ],
+)
+def test_a_broken_service_account_fails_at_construction_without_echoing_it(document: str) -> None:
+    settings = FcmSettings(service_account_json=SecretStr(document), project_id="p")
+    with pytest.raises(ValueError, match="fcm channel 'push'") as info:
+        FcmChannel("push", settings)
+    assert "AAAA" not in "".join(traceback.format_exception(info.value))
+
+
+def test_a_missing_service_account_file_fails_at_construction(tmp_path: Path) -> None:
+    settings = FcmSettings(service_account_file=tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="cannot read service account file"):
+        FcmChannel("push", settings)
+
+
+# --- APNs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "retryable", "contact_point"),
+    [
+        (400, "BadDeviceToken", False, DISABLED),
+        (400, "DeviceTokenNotForTopic", False, DISABLED),
+        (400, "BadTopic", False, None),
+        (400, "", False, None),
+        (403, "ExpiredProviderToken", False, None),
+        (403, "InvalidProviderToken", False, None),
+        (410, "Unregistered", False, DISABLED),
+        (410, "ExpiredToken", False, DISABLED),
+        (413, "PayloadTooLarge", False, None),
+        (429, "TooManyProviderTokenUpdates", True, None),
+        (429, "TooManyRequests", True, None),
+        (500, "InternalServerError", True, None),
+        (503, "ServiceUnavailable", True, None),
+        (503, "Shutdown", True, None),
+    ],
+)
+def test_apns_error_table(
+    status: int, reason: str, retryable: bool, contact_point: ContactPointState | None
+) -> None:
+    error = apns_error(status, reason, retry_after=5.0)
+    assert (error.retryable, error.contact_point) == (retryable, contact_point)
+    assert error.retry_after == (5.0 if retryable else None)
+    assert error.reason.startswith(f"APNs {status} {reason or 'no reason'}")
+
+
+def test_environment_picks_the_base_url() -> None:
+    common: dict[str, Any] = {"team_id": "T", "key_id": "K", "private_key": SecretStr("x")}
+    assert ApnsSettings(topic="x", **common).url == PRODUCTION_URL
+    assert ApnsSettings(topic="x", environment="sandbox", **common).url == SANDBOX_URL
+    override = ApnsSettings(topic="x", base_url="https://127.0.0.1:9/", **common)
+    assert override.url == "https://127.0.0.1:9"
+
+
+def test_apns_id_is_stable_per_delivery() -> None:
+    assert apns_id_for("d-1") == apns_id_for("d-1") != apns_id_for("d-2")
+    assert apns_id_for("") != apns_id_for("")
+    assert str(uuid.UUID(apns_id_for("d-1"))) == apns_id_for("d-1")
+
+
+def test_apns_settings_need_exactly_one_key(tmp_path: Path) -> None:
+    common: dict[str, Any] = {"team_id": "T", "key_id": "K", "topic": "x"}
+    with pytest.raises(ValidationError, match="exactly one"):
+        ApnsSettings(**common)
+    with pytest.raises(ValidationError, match="exactly one"):
+        ApnsSettings(private_key_file=tmp_path / "k.p8", private_key=SecretStr("x"), **common)
+
+
+def _p384_pem() -> str:
+    key = ec.generate_private_key(ec.SECP384R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+@pytest.mark.parametrize("pem", ["not a key AAAA", _p384_pem()])
+def test_a_wrong_key_fails_at_construction_without_echoing_it(pem: str) -> None:
+    settings = ApnsSettings(team_id="T", key_id="K", private_key=SecretStr(pem), topic="x")
+    with pytest.raises(ValueError, match="apns channel 'apns'") as info:
+        ApnsChannel("apns", settings)
+    shown = "".join(traceback.format_exception(info.value))
+    assert all(line not in shown for line in pem.splitlines() if "-----" not in line)
+
+
+def test_a_missing_key_file_fails_at_construction(tmp_path: Path) -> None:
+    settings = ApnsSettings(team_id="T", key_id="K", private_key_file=tmp_path / "k.p8", topic="x")
+    with pytest.raises(ValueError, match="cannot read private key file"):
+        ApnsChannel("apns", settings)
+
+
+async def test_closed_channels_refuse_to_send_retryably() -> None:
+    apns_settings = ApnsSettings(
+        team_id="T", key_id="K", private_key=SecretStr(make_p8_key().pem), topic="x"
+    )
+    account = make_service_account("p").json("http://127.0.0.1:9/token")
+    fcm_settings = FcmSettings(service_account_json=SecretStr(account))
+    channels: list[Channel] = [ApnsChannel("apns", apns_settings), FcmChannel("fcm", fcm_settings)]
+    assert [repr(c) for c in channels] == [
+        "ApnsChannel(name='apns', topic='x')",
+        "FcmChannel(name='fcm', project='p')",
+    ]
+    for channel in channels:
+        await channel.aclose()
+        with pytest.raises(DeliveryError, match="closed") as info:
+            await channel.send(Target("ab" * 32), Message(subject="s", text="t"))
+        assert info.value.retryable
+
+
+# --- text -------------------------------------------------------------------------------------
+
+
+def test_shorten_keeps_whole_sentences_or_cuts_at_a_word() -> None:
+    assert shorten("One. Two. Three.", 10) == "One. Two."
+    assert shorten("Short.", 10) == "Short."
+    assert shorten("a" * 30, 10) == "a" * 9 + "…"
+    assert shorten("word " * 10, 12) == "word word…"
+    assert shorten("止まっています。再開は未定です。", 10) == "止まっています。"
+    assert shorten("Version 3.14 is out today and more", 12) == "Version…"
+
+
+@given(st.text(), st.integers(min_value=1, max_value=200))
+def test_shorten_fits_and_is_a_prefix(text: str, limit: int) -> None:
+    result = shorten(text, limit)
+    stripped = text.strip()
+    assert len(result) <= limit
+    if len(stripped) <= limit:
+        assert result == stripped
+    else:
+        assert stripped.startswith(result.removesuffix("…"))
