@@ -32,7 +32,8 @@ _TIMEZONES = ("UTC", "Europe/Amsterdam", "Europe/London", "America/New_York", "A
 
 
 def write_customers_csv(path: Path, n: int) -> None:
-    """n realistic customers: email and phone each, push tokens for half, 2 components, 1 region."""
+    """n realistic customers: email and phone each, FCM tokens for half, 2 components, 1 region,
+    a preferred channel order for a third."""
     with path.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
         writer.writerow(CSV_COLUMNS)
@@ -45,9 +46,10 @@ def write_customers_csv(path: Path, n: int) -> None:
                     _TIMEZONES[i % len(_TIMEZONES)],
                     f"customer.{i}@example.com",
                     f"+316{10_000_000 + i:08d}",
-                    f"token-{i}-a;token-{i}-b" if i % 2 else "",
+                    f"fcm:token-{i}-a;fcm:token-{i}-b" if i % 2 else "",
                     f"line-{i % 20};line-{(i + 7) % 20}",
                     f"region-{i % 5}",
+                    "sms;email" if i % 3 == 0 else "",
                 ]
             )
 

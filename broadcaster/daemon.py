@@ -24,6 +24,8 @@ from broadcaster.config.settings import Settings
 from broadcaster.dispatch.channels import build_channels
 from broadcaster.engine import Engine
 from broadcaster.store import Database
+from broadcaster.web.app import StartupError, bind, create_app, make_server
+from broadcaster.web.state import WebState
 from channels.base import Channel
 
 log = logging.getLogger("broadcaster.daemon")
@@ -54,11 +56,25 @@ class Daemon:
         self.clock = clock or RealClock()
         self._channels = channels
         self.ready = asyncio.Event()
+        self.http_port: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         database = Database(self.settings.database.url, echo=self.settings.database.echo)
-        channels = self._channels or build_channels(self.settings)
+        channels = self._channels or build_channels(self.settings, self.clock)
         engine = await Engine.create(self.settings, database, self.clock, channels)
+        web = WebState(self.settings, database, self.clock, engine.dispatcher.link_secret)
+        server = None
+        listener = None
+        if self.settings.http.enabled:
+            http = self.settings.http
+            try:
+                listener = bind(http.host, http.port)
+            except StartupError:
+                await engine.aclose()
+                await database.dispose()
+                raise
+            server = make_server(create_app(web), http.host, http.port)
+            self.http_port = listener.getsockname()[1]
         rounds_due = asyncio.Event()
         work_ready = asyncio.Event()
         scheduler = AsyncIOScheduler(timezone=UTC)
@@ -71,6 +87,7 @@ class Daemon:
             max_instances=1,
         )
         scheduler.start()
+        web.scheduler_running = True
         log.info(
             "daemon started",
             extra={"owner": engine.owner, "channels": list(channels), "store": database.dialect},
@@ -82,14 +99,22 @@ class Daemon:
             asyncio.create_task(self._worker(engine, work_ready, stop, index))
             for index in range(self.settings.delivery.workers)
         ]
+        if server is not None and listener is not None:
+            tasks.append(asyncio.create_task(server.serve(sockets=[listener])))
+            log.info(
+                "http listening", extra={"address": f"{self.settings.http.host}:{self.http_port}"}
+            )
         self.ready.set()
         try:
             await stop.wait()
             log.info("stopping: finishing what is in flight")
         finally:
             stop.set()
+            if server is not None:
+                server.should_exit = True
             await asyncio.gather(*tasks, return_exceptions=True)
             scheduler.shutdown(wait=False)
+            web.scheduler_running = False
             with contextlib.suppress(Exception):
                 released = await engine.dispatcher.release()
                 if released:

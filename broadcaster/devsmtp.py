@@ -1,31 +1,27 @@
 """A local SMTP sink (aiosmtpd) that keeps what it receives, for ``broadcaster demo`` and tests.
 
-It lets the demo and the tests exercise the real email channel (SMTP, STARTTLS or
-implicit TLS, AUTH, a connection pool) against a real server, and lets them simulate
-the awkward relays: slow ones (``delay``) and ones that refuse chosen recipients with a
-chosen reply (``reject``).
+The demo and the tests drive the real email channel (SMTP, STARTTLS or implicit TLS,
+AUTH, the connection pool) against a real server, and simulate awkward relays: slow ones
+(``delay``) and ones that refuse chosen recipients with a chosen reply (``reject``).
 
-Why its own thread and event loop, and why not ``aiosmtpd.controller.Controller``:
+Why a thread and event loop of its own, and not ``aiosmtpd.controller.Controller``:
 
 - ``start()``/``stop()`` are synchronous, so the sink works the same from sync tests,
-  from async tests, from end-to-end tests where the daemon is another process, and inside
+  async tests, end-to-end tests where the daemon is another process, and inside
   ``broadcaster demo`` next to the daemon. A server in the caller's loop would freeze
-  whenever the caller blocks (``wait_for`` in an async test would deadlock), and the
-  demo daemon's load would slow the sink and the other way round.
-- Port 0: the listening socket is bound here, in the calling thread, before the server
-  thread starts, so ``.port`` is known at once and there is no "find a free port, then
-  hope it is still free" race. ``Controller`` needs a concrete port (its readiness probe
-  connects to the configured port), its probe is one extra client session that would
-  spoil connection counting, and its ``stop()`` cancels tasks without awaiting them.
-  Running aiosmtpd's ``SMTP`` protocol on our own ``asyncio.run()`` loop avoids all three,
-  and ``asyncio.run()`` cancels and awaits what is left at shutdown.
+  whenever the caller blocks (``wait_for`` in an async test would deadlock).
+- Port 0: the socket is bound in the calling thread before the server thread starts,
+  so ``.port`` is known at once, with no "find a free port, hope it stays free" race.
+  ``Controller`` needs a concrete port (its readiness probe connects to it), the probe
+  is an extra session that would spoil connection counts, and its ``stop()`` cancels
+  tasks without awaiting them. aiosmtpd's ``SMTP`` protocol on our own
+  ``asyncio.run()`` loop avoids all three.
 
-No warnings, so tests can run with ``-W error``: the protocol gets the loop explicitly
-(no ``get_event_loop()`` deprecation), AUTH is enforced by our MAIL hook instead of
+No warnings, so tests run with ``-W error``: the protocol gets its loop explicitly (no
+``get_event_loop()`` deprecation); AUTH is enforced in our MAIL hook, not with
 ``auth_required`` (aiosmtpd warns when AUTH is required without ``auth_require_tls``,
-which implicit TLS needs because aiosmtpd only counts STARTTLS as TLS), and the legacy
-``Session.login_data`` setter, which logs a deprecation on every successful AUTH, is
-replaced.
+which implicit TLS needs since aiosmtpd counts only STARTTLS as TLS); and the legacy
+``Session.login_data`` setter, which logs a deprecation on every AUTH, is replaced.
 """
 
 from __future__ import annotations
@@ -59,21 +55,14 @@ _STOP_TIMEOUT = 10.0
 class ReceivedMail:
     """One message the sink accepted, with its envelope and how it arrived."""
 
-    sender: str
-    """Envelope sender (MAIL FROM), not the From header."""
-    recipients: tuple[str, ...]
-    """Envelope recipients (RCPT TO) that the sink accepted."""
+    sender: str  # envelope MAIL FROM, not the From header
+    recipients: tuple[str, ...]  # envelope RCPT TO the sink accepted
     message: EmailMessage
-    received_at: datetime
-    """When the sink accepted the message (UTC)."""
-    tls: bool
-    """Whether the session was encrypted (STARTTLS or implicit TLS)."""
-    connection: int
-    """Which connection carried it (1, 2, ... in accept order): shows pooling and reuse."""
-    auth_login: str | None = None
-    """The user the session authenticated as, when it did."""
-    auth_mechanism: str | None = None
-    """The AUTH mechanism it used (``PLAIN``, ``LOGIN``)."""
+    received_at: datetime  # UTC
+    tls: bool  # STARTTLS or implicit TLS
+    connection: int  # 1, 2, ... in accept order: shows pooling and reuse
+    auth_login: str | None = None  # the user the session authenticated as
+    auth_mechanism: str | None = None  # PLAIN or LOGIN
 
 
 class _QuietSession(Session):
@@ -104,11 +93,17 @@ class _SinkProtocol(SMTP):
         # Called again with the TLS transport after STARTTLS; keep the socket's own.
         if self.raw_transport is None:
             self.raw_transport = transport
-            self._sink._track(self)
+            with self._sink._cond:
+                self._sink._live.add(self)
+                self._sink._drained.clear()
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
-        self._sink._forget(self)
+        with self._sink._cond:
+            self._sink._live.discard(self)
+            self._sink._cond.notify_all()
+            if not self._sink._live:
+                self._sink._drained.set()  # on the sink's loop, as connection_lost is
         super().connection_lost(error)
 
 
@@ -218,6 +213,7 @@ class SmtpSink:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
+        self._drained = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -225,7 +221,8 @@ class SmtpSink:
         """Bind, start serving on the sink's thread, and return once it accepts connections."""
         if self._thread is not None:
             raise RuntimeError("SmtpSink already started")
-        sock = _bind(self.host, self.port)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.create_server((self.host, self.port), family=family)  # SO_REUSEADDR
         self.port = sock.getsockname()[1]
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(
@@ -322,15 +319,6 @@ class SmtpSink:
 
     # -- the sink's thread ---------------------------------------------------------------
 
-    def _track(self, protocol: _SinkProtocol) -> None:
-        with self._cond:
-            self._live.add(protocol)
-
-    def _forget(self, protocol: _SinkProtocol) -> None:
-        with self._cond:
-            self._live.discard(protocol)
-            self._cond.notify_all()
-
     def _record(self, mail: ReceivedMail) -> None:
         with self._cond:
             self._messages.append(mail)
@@ -351,6 +339,7 @@ class SmtpSink:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stop_event = asyncio.Event()
+        self._drained = asyncio.Event()  # one per loop: start() after stop() gets a new loop
         server = await loop.create_server(
             lambda: self._protocol(loop),
             sock=sock,
@@ -369,13 +358,16 @@ class SmtpSink:
                     transport.abort()
                 elif transport is not None:
                     transport.close()
+            if self.open_connections:  # let the aborted sessions finish closing
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._drained.wait(), _STOP_TIMEOUT)
             await server.wait_closed()
 
     def _protocol(self, loop: asyncio.AbstractEventLoop) -> _SinkProtocol:
         with self._cond:
             self._connections += 1
             number = next(self._numbers)
-        protocol = _SinkProtocol(
+        return _SinkProtocol(
             self,
             number,
             loop=loop,
@@ -389,7 +381,6 @@ class SmtpSink:
             auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN") if m not in self._mechanisms],
             authenticator=self._authenticate,
         )
-        return protocol
 
     def _authenticate(
         self,
@@ -405,20 +396,3 @@ class SmtpSink:
         if self._credentials.get(login) != auth_data.password.decode(errors="replace"):
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=(mechanism, login))
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (port 0: the kernel picks a free one)."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock

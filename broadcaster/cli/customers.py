@@ -69,9 +69,12 @@ def import_command(
 ) -> None:
     """Import customers (upsert; re-importing the same file changes nothing).
 
-    Columns / keys: id, name, language, timezone, email, phone, push_tokens, components, regions.
+    Columns / keys: id, name, language, timezone, email, phone, push_tokens, components,
+    regions, channels.
 
     Lists are separated by ';' in CSV and are arrays in JSON Lines (one object per line).
+    Push tokens name their provider: fcm:TOKEN, apns:HEX, ntfy:TOPIC, webpush:{JSON}.
+    channels is the customer's preferred channel order for failover (e.g. sms;email).
 
     Known contact points keep their opt-out and disabled flags; subscriptions are replaced.
     """

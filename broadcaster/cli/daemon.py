@@ -6,10 +6,11 @@ import asyncio
 import logging
 import signal
 
-from broadcaster.cli.common import ConfigOption, settings_or_exit
+from broadcaster.cli.common import ConfigOption, fail, settings_or_exit
 from broadcaster.daemon import Daemon
 from broadcaster.logs import configure_logging
 from broadcaster.store.migrate import upgrade_async
+from broadcaster.web.app import StartupError
 
 log = logging.getLogger("broadcaster.cli")
 
@@ -27,4 +28,7 @@ def run(config: ConfigOption = None) -> None:
         await upgrade_async(settings.database.url)
         await Daemon(settings).run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except StartupError as exc:
+        raise fail(str(exc), 2) from None

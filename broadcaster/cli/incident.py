@@ -251,6 +251,14 @@ def show(
                     .group_by(Delivery.round_id, Delivery.state)
                 )
             ).all()
+            by_channel = (
+                await session.execute(
+                    select(Delivery.channel, Delivery.state, func.count())
+                    .where(Delivery.incident_id == incident_id)
+                    .group_by(Delivery.channel, Delivery.state)
+                    .order_by(Delivery.channel, Delivery.state)
+                )
+            ).all()
             promises = (
                 await session.execute(
                     select(Promise.state, func.count(), func.max(Promise.lateness_seconds))
@@ -282,6 +290,13 @@ def show(
                 f"  #{r.number:<3} {r.kind:<10} {r.state:<12} due {r.due_at:%H:%M:%S}Z"
                 f"{promise}  [{states or 'no deliveries'}]"
             )
+        channels: dict[str, list[str]] = {}
+        for channel, state, count in by_channel:
+            channels.setdefault(channel, []).append(f"{state} {count}")
+        out.append("deliveries by channel:")
+        out += [f"  {name:<10} {', '.join(states)}" for name, states in channels.items()]
+        if not channels:
+            out.append("  none yet")
         summary = ", ".join(
             f"{state} {count}" + (f" (worst {late:.0f}s late)" if state == "late" and late else "")
             for state, count, late in promises

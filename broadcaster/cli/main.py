@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from broadcaster import __version__
-from broadcaster.cli import customers, daemon, database, demo, incident, templates
+from broadcaster.cli import channels, customers, daemon, database, demo, incident, templates
 
 app = typer.Typer(
     help="Broadcaster: tells every affected customer about a disruption, on a promised schedule.",
@@ -19,6 +19,7 @@ app.add_typer(database.app, name="db")
 app.add_typer(incident.app, name="incident")
 app.add_typer(customers.app, name="customers")
 app.add_typer(templates.app, name="templates")
+app.add_typer(channels.app, name="channels")
 
 
 def _version(value: bool) -> None:

@@ -9,10 +9,26 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from broadcaster.config.durations import Duration
+from channels.apns import ApnsSettings
 from channels.console import ConsoleSettings
 from channels.email import EmailSettings
+from channels.fcm import FcmSettings
+from channels.ntfy import NtfySettings
+from channels.twilio_sms import TwilioSettings
+from channels.webhook import WebhookSettings
+from channels.webpush import WebPushSettings
 
-ChannelSettings = Annotated[ConsoleSettings | EmailSettings, Field(discriminator="type")]
+AnyChannelSettings = (
+    ConsoleSettings
+    | EmailSettings
+    | TwilioSettings
+    | FcmSettings
+    | ApnsSettings
+    | WebPushSettings
+    | NtfySettings
+    | WebhookSettings
+)
+ChannelSettings = Annotated[AnyChannelSettings, Field(discriminator="type")]
 Severity = Literal["minor", "major", "critical"]
 
 
@@ -55,9 +71,30 @@ class BackoffSettings(_Section):
     jitter: float = Field(default=0.2, ge=0.0, le=1.0)
 
 
+class RateLimit(_Section):
+    """A token bucket for one provider account (one channel)."""
+
+    per_second: float = Field(gt=0)
+    burst: int = Field(default=1, ge=1)
+
+
+class Throttle(_Section):
+    """At most ``max`` messages per customer per ``per`` on a channel; beyond that the
+    message goes to the ``fallback`` channel instead (never skipped)."""
+
+    max: int = Field(ge=0)
+    per: Duration
+    fallback: str | None = None
+
+
 class DeliverySettings(_Section):
     channels: list[str] = Field(default_factory=lambda: ["console"], min_length=1)
     """The channels every round goes out on (names from ``channels``)."""
+    failover: list[str] = Field(default_factory=list)
+    """Default channel order for failover; a customer's own order (import column
+    ``channels``) wins. A permanent failure moves the message to the next channel."""
+    rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
+    throttle: dict[str, Throttle] = Field(default_factory=dict)
     workers: int = Field(default=4, ge=1, le=256)
     batch_size: int = Field(default=50, ge=1, le=10_000)
     lease: Duration = timedelta(seconds=60)
@@ -80,12 +117,20 @@ class MessageSettings(_Section):
     sms_max_segments: int = Field(default=3, ge=1, le=10)
 
 
+class HttpSettings(_Section):
+    """The daemon's HTTP server: provider callbacks, inbound SMS, unsubscribe, health."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
 
 
-def _default_channels() -> dict[str, ConsoleSettings | EmailSettings]:
+def _default_channels() -> dict[str, AnyChannelSettings]:
     return {"console": ConsoleSettings()}
 
 
@@ -97,16 +142,33 @@ class Settings(_Section):
     delivery: DeliverySettings = DeliverySettings()
     channels: dict[str, ChannelSettings] = Field(default_factory=_default_channels)
     messages: MessageSettings = MessageSettings()
+    http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
 
 
 def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
     """Checks that span sections; each problem with the path of the key at fault."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
-    for index, name in enumerate(settings.delivery.channels):
-        if name not in settings.channels:
-            known = ", ".join(sorted(settings.channels)) or "none"
+    known = ", ".join(sorted(settings.channels)) or "none"
+    delivery = settings.delivery
+    for key, names in (("channels", delivery.channels), ("failover", delivery.failover)):
+        for index, name in enumerate(names):
+            if name not in settings.channels:
+                problems.append(
+                    (("delivery", key, index), f"unknown channel {name!r} (defined: {known})")
+                )
+    for key, mapping in (("rate_limits", delivery.rate_limits), ("throttle", delivery.throttle)):
+        for name in mapping:
+            if name not in settings.channels:
+                problems.append(
+                    (("delivery", key, name), f"unknown channel {name!r} (defined: {known})")
+                )
+    for name, throttle in delivery.throttle.items():
+        if throttle.fallback is not None and throttle.fallback not in settings.channels:
             problems.append(
-                (("delivery", "channels", index), f"unknown channel {name!r} (defined: {known})")
+                (
+                    ("delivery", "throttle", name, "fallback"),
+                    f"unknown channel {throttle.fallback!r} (defined: {known})",
+                )
             )
     return problems

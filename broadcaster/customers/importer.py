@@ -9,9 +9,10 @@ Why it is shaped this way:
   customers, then diff their contact points and subscriptions); the ORM unit of work is ~60x
   slower for this (see DESIGN.md, hot paths).
 - **Idempotent.** Re-importing a file changes nothing the file did not change: customers are
-  upserted (``created_at`` only set on first insert), a contact point that is still listed
-  keeps its row and therefore its ``opted_out`` / ``disabled`` flags, ones no longer listed are
-  deleted, new ones inserted; subscriptions become exactly the file's set.
+  upserted (``created_at`` only set on first insert; name, language, time zone and channel
+  order become the file's), a contact point that is still listed keeps its row and therefore
+  its ``opted_out`` / ``disabled`` flags, ones no longer listed are deleted, new ones inserted;
+  subscriptions become exactly the file's set.
 - **Bad rows do not stop good ones.** A row that fails validation is reported (file, line,
   field, reason) and skipped; the rest is imported. Only unusable input (missing file, unknown
   format, bad CSV header) fails the import, and it does so before anything is written.
@@ -301,13 +302,16 @@ async def _write_batch(
     """Apply one batch in the caller's transaction: upsert customers, then diff their children."""
     latest = {row.id: row for row in rows}  # a repeated id: the later row wins
     await connection.execute(
-        database.upsert(_CUSTOMERS, ["id"], ["name", "language", "timezone", "updated_at"]),
+        database.upsert(
+            _CUSTOMERS, ["id"], ["name", "language", "timezone", "channel_order", "updated_at"]
+        ),
         [
             {
                 "id": row.id,
                 "name": row.name,
                 "language": row.language,
                 "timezone": row.timezone,
+                "channel_order": row.channel_order(),
                 "created_at": now,
                 "updated_at": now,
             }

@@ -32,12 +32,26 @@ CSV_COLUMNS: tuple[str, ...] = (
     "push_tokens",
     "components",
     "regions",
+    "channels",
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "name")
-LIST_FIELDS = frozenset({"push_tokens", "components", "regions"})
+LIST_FIELDS = frozenset({"push_tokens", "components", "regions", "channels"})
 LIST_SEPARATOR = ";"
+PUSH_PROVIDERS: tuple[str, ...] = ("fcm", "apns", "webpush", "ntfy")
+"""The prefixes of ``push_tokens`` entries; each is also the contact point's kind."""
+MAX_ADDRESS = 2048
+"""``contact_points.address`` is ``varchar(2048)``: the longest address any kind may have."""
 
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
+_CHANNEL = re.compile(r"[a-z0-9_-]{1,32}")
+_APNS = re.compile(r"[0-9A-Fa-f]{8,400}")
+_NTFY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Visible ASCII: FCM registration tokens are, and (unlike arbitrary text) a 2048-character one
+# always fits a PostgreSQL btree entry of the (customer_id, kind, address) unique index.
+_FCM = re.compile(r"[!-~]+")
+_URL = re.compile(r"https?://[!-~]+")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+_NEEDS_PROVIDER = "a push token needs its provider: fcm:, apns:, webpush: or ntfy:"
 
 
 class Problem(NamedTuple):
@@ -164,14 +178,110 @@ def _phone(value: str) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def _push_token(value: str) -> str:
+    """``provider:token``, checked the way that provider's channel will use it, normalised.
+
+    The provider is the part before the *first* colon (an FCM token may contain colons).
+    Normalised so that re-imports match: an APNs token in lower case, a Web Push subscription
+    as compact ASCII JSON of just its endpoint and keys.
+    """
+    provider, colon, token = value.partition(":")
+    if not colon or provider not in PUSH_PROVIDERS:
+        hint = " (in lower case)" if colon and provider.lower() in PUSH_PROVIDERS else ""
+        raise PydanticCustomError("push_provider", _NEEDS_PROVIDER + hint)
+    token = token.strip()
+    if not token:
+        raise PydanticCustomError(
+            "push_token", "nothing follows '{provider}:'", {"provider": provider}
+        )
+    if provider == "fcm":
+        if len(token) > MAX_ADDRESS:  # FCM allows 4096; the address column holds 2048
+            raise PydanticCustomError(
+                "push_token", "an fcm token is at most {limit} characters", {"limit": MAX_ADDRESS}
+            )
+        if not _FCM.fullmatch(token):
+            raise PydanticCustomError(
+                "push_token", "an fcm token is printable ASCII without spaces"
+            )
+    elif provider == "apns":
+        if not _APNS.fullmatch(token):
+            raise PydanticCustomError(
+                "push_token", "an apns device token is 8 to 400 hexadecimal digits"
+            )
+        token = token.lower()
+    elif provider == "ntfy":
+        if not _NTFY.fullmatch(token):
+            raise PydanticCustomError(
+                "push_token", "an ntfy topic is 1 to 64 of A-Z, a-z, 0-9, _ and -"
+            )
+    else:
+        token = _web_push_subscription(token)
+    return f"{provider}:{token}"
+
+
+def _web_push_subscription(text: str) -> str:
+    """A browser's ``PushSubscription`` JSON, reduced to ``{"endpoint", "keys": {...}}``.
+
+    Only the shape is checked (http(s) endpoint, base64url keys); the Web Push channel decodes
+    the keys when it sends, and decides whether a plain ``http:`` endpoint is allowed.
+    """
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        raise PydanticCustomError(
+            "push_token", "a webpush subscription must be the browser's PushSubscription JSON"
+        ) from None
+    if not isinstance(document, dict):
+        raise PydanticCustomError("push_token", "a webpush subscription must be a JSON object")
+    endpoint, keys = document.get("endpoint"), document.get("keys")
+    if not isinstance(endpoint, str) or not _URL.fullmatch(endpoint):
+        raise PydanticCustomError(
+            "push_token", "a webpush subscription needs its endpoint URL (https://...)"
+        )
+    if not isinstance(keys, dict):
+        raise PydanticCustomError(
+            "push_token", "a webpush subscription needs its keys (p256dh and auth)"
+        )
+    for name in ("p256dh", "auth"):
+        key = keys.get(name)
+        if not isinstance(key, str) or not _BASE64URL.fullmatch(key):
+            raise PydanticCustomError(
+                "push_token",
+                "a webpush subscription needs keys.{name} (base64url text)",
+                {"name": name},
+            )
+    canonical = json.dumps(
+        {"endpoint": endpoint, "keys": {"p256dh": keys["p256dh"], "auth": keys["auth"]}},
+        separators=(",", ":"),
+    )
+    if len(canonical) > MAX_ADDRESS:
+        raise PydanticCustomError(
+            "push_token",
+            "a webpush subscription is at most {limit} characters (as compact JSON)",
+            {"limit": MAX_ADDRESS},
+        )
+    return canonical
+
+
+def _channel(value: str) -> str:
+    if not _CHANNEL.fullmatch(value):
+        raise PydanticCustomError(
+            "channel",
+            "'{value}' is not a channel name (1 to 32 of a-z, 0-9, _ and -)",
+            {"value": value},
+        )
+    return value
+
+
 def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
     """Drop empty items and repeats (keeping order): the store has one row per value."""
     return tuple(dict.fromkeys(value for value in values if value))
 
 
 NoNul = AfterValidator(_no_nul)
-PushToken = Annotated[str, Field(max_length=512), NoNul]
+PushToken = Annotated[str, NoNul, AfterValidator(_push_token)]
 Topic = Annotated[str, Field(max_length=200), NoNul]
+Channel = Annotated[str, AfterValidator(_channel)]
 
 
 class CustomerRow(BaseModel):
@@ -188,10 +298,13 @@ class CustomerRow(BaseModel):
     push_tokens: Annotated[tuple[PushToken, ...], AfterValidator(_unique)] = ()
     components: Annotated[tuple[Topic, ...], AfterValidator(_unique)] = ()
     regions: Annotated[tuple[Topic, ...], AfterValidator(_unique)] = ()
+    channels: Annotated[tuple[Channel, ...], AfterValidator(_unique)] = ()
+    """The customer's preferred channel order for failover (names from the configuration)."""
 
     def contact_points(self) -> list[tuple[str, str]]:
-        """``(kind, address)`` pairs, the kinds the channels know: email, sms, push."""
-        points = [("push", token) for token in self.push_tokens]
+        """``(kind, address)`` pairs, the kinds the channels know: email, sms and the push
+        providers (fcm, apns, webpush, ntfy: a push token's prefix is its kind)."""
+        points = [_split_push_token(token) for token in self.push_tokens]
         if self.phone:
             points.insert(0, ("sms", self.phone))
         if self.email:
@@ -203,6 +316,15 @@ class CustomerRow(BaseModel):
         return [("component", value) for value in self.components] + [
             ("region", value) for value in self.regions
         ]
+
+    def channel_order(self) -> str | None:
+        """``channels`` as stored in ``customers.channel_order``: comma-joined, None if empty."""
+        return ",".join(self.channels) or None
+
+
+def _split_push_token(token: str) -> tuple[str, str]:
+    provider, _, address = token.partition(":")
+    return provider, address
 
 
 def split_list(cell: str) -> list[str]:

@@ -1,11 +1,11 @@
 """The dispatcher: claim a batch of due deliveries under a lease, send them, record outcomes.
 
-A delivery is ``pending`` until claimed; the claim sets ``sending`` with a lease and
-counts the attempt. Outcomes are written in bulk, only while we still own the lease:
-``sent`` with the provider's id; ``pending`` again with a backoff for a retryable error;
-``failed`` with the reason for a permanent one or when attempts run out. A delivery whose
-lease expired (its worker died mid-send) is claimed again: the only way a message can go
-out twice.
+A delivery is ``pending`` until claimed; the claim sets ``sending`` with a lease, counts
+the attempt and writes a history event. Each job is rendered for its customer, checked
+against the per-customer throttle, paced by the provider's rate limit, and sent. Outcomes
+are written in bulk (see :mod:`broadcaster.dispatch.outcomes`). A delivery whose lease
+expired (its worker died mid-send) is claimed again: the only way a message can go out
+twice.
 """
 
 from __future__ import annotations
@@ -13,58 +13,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 
 from broadcaster.clock import Clock
-from broadcaster.compose.context import IncidentFacts, Personal
+from broadcaster.compose.context import Personal
 from broadcaster.compose.forms import form_for
 from broadcaster.compose.links import link_url
 from broadcaster.compose.render import Renderer, RenderRequest
 from broadcaster.config.settings import DeliverySettings, MessageSettings
 from broadcaster.dispatch.backoff import retry_delay
-from broadcaster.store import (
-    ContactPoint,
-    Customer,
-    Database,
-    Delivery,
-    Incident,
-    IncidentScope,
-    IncidentUpdate,
-    Round,
-)
+from broadcaster.dispatch.content import RoundContents
+from broadcaster.dispatch.limits import Limits
+from broadcaster.dispatch.outcomes import Job, Outcome, record_outcomes
+from broadcaster.store import Customer, Database, Delivery, DeliveryEvent
 from broadcaster.store.models import table_of
-from channels.base import Channel, ContactPointState, DeliveryError, Receipt, Target
+from channels.base import Channel, DeliveryError, Target
 
 log = logging.getLogger("broadcaster.dispatch")
 
-
-@dataclass(frozen=True)
-class Job:
-    """A claimed delivery with what is needed to render it."""
-
-    delivery_id: int
-    round_id: int
-    channel: str
-    address: str
-    attempts: int
-    contact_point_id: int | None
-    customer_id: str
-    customer_name: str
-    language: str
-    timezone: str
-    reclaimed: bool
-
-
-@dataclass(frozen=True)
-class RoundContent:
-    number: int
-    kind: str
-    facts: IncidentFacts
+COUNTED_STATES = ("sending", "sent", "delivered", "undelivered")
 
 
 @dataclass
@@ -72,15 +43,10 @@ class DispatchStats:
     sent: int = 0
     retried: int = 0
     failed: int = 0
+    rerouted: int = 0
+    failovers: int = 0
     reclaimed: int = 0
     by_channel: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    job: Job
-    receipt: Receipt | None = None
-    error: DeliveryError | None = None
 
 
 class Dispatcher:
@@ -99,7 +65,7 @@ class Dispatcher:
         rng: random.Random | None = None,
     ) -> None:
         self._renderer = renderer
-        self._link_secret = link_secret
+        self.link_secret = link_secret
         self._db = database
         self._clock = clock
         self._channels = channels
@@ -107,7 +73,9 @@ class Dispatcher:
         self._messages = messages
         self._owner = owner
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
-        self._rounds: OrderedDict[int, RoundContent] = OrderedDict()
+        self._contents = RoundContents(database)
+        self._limits = Limits(settings.rate_limits)
+        self._contact_kinds = {name: channel.contact for name, channel in channels.items()}
         self.stats = DispatchStats()
 
     async def run_once(self) -> int:
@@ -116,7 +84,23 @@ class Dispatcher:
         if not jobs:
             return 0
         outcomes = await asyncio.gather(*(self._send(job) for job in jobs))
-        await self.record(list(outcomes))
+        recorded = await record_outcomes(
+            self._db,
+            self._owner,
+            list(outcomes),
+            self._clock.now(),
+            failover=self._settings.failover,
+            contact_kinds=self._contact_kinds,
+        )
+        self.stats.sent += recorded.sent
+        self.stats.retried += recorded.retried
+        self.stats.failed += recorded.failed
+        self.stats.rerouted += recorded.rerouted
+        self.stats.failovers += recorded.failovers
+        for outcome in outcomes:
+            if outcome.error is None and outcome.reroute_to is None:
+                name = outcome.job.channel
+                self.stats.by_channel[name] = self.stats.by_channel.get(name, 0) + 1
         return len(jobs)
 
     async def claim(self, limit: int) -> list[Job]:
@@ -154,6 +138,7 @@ class Dispatcher:
                 select(
                     Delivery.id,
                     Delivery.round_id,
+                    Delivery.incident_id,
                     Delivery.channel,
                     Delivery.address,
                     Delivery.attempts,
@@ -162,12 +147,27 @@ class Dispatcher:
                     Customer.name,
                     Customer.language,
                     Customer.timezone,
+                    Customer.channel_order,
+                    Delivery.failover_from_id,
                 )
                 .join(Customer, Customer.id == Delivery.customer_id)
                 .where(Delivery.id.in_(ids))
                 .order_by(Delivery.id)
             )
-            jobs = [Job(*row, reclaimed=row[0] in reclaimed) for row in rows]  # type: ignore[misc]
+            jobs = [Job(*row, reclaimed=row[0] in reclaimed) for row in rows]  # type: ignore[call-arg]
+            await session.execute(
+                insert(table_of(DeliveryEvent)),
+                [
+                    {
+                        "delivery_id": job.delivery_id,
+                        "at": now,
+                        "state": "sending",
+                        "detail": f"attempt {job.attempts}"
+                        + (" (lease expired: may repeat)" if job.reclaimed else ""),
+                    }
+                    for job in jobs
+                ],
+            )
         if reclaimed:
             self.stats.reclaimed += len(reclaimed)
             log.warning(
@@ -176,78 +176,53 @@ class Dispatcher:
             )
         return jobs
 
-    async def _content(self, round_id: int) -> RoundContent:
-        cached = self._rounds.get(round_id)
-        if cached is not None:
-            self._rounds.move_to_end(round_id)
-            return cached
-        async with self._db.session() as session:
-            row = (
-                await session.execute(
-                    select(Round, Incident, IncidentUpdate)
-                    .join(Incident, Incident.id == Round.incident_id)
-                    .join(IncidentUpdate, IncidentUpdate.id == Round.update_id)
-                    .where(Round.id == round_id)
-                )
-            ).one()
-            rnd, incident, upd = row
-            scopes = (
-                await session.execute(
-                    select(IncidentScope.kind, IncidentScope.value)
-                    .where(IncidentScope.incident_id == incident.id)
-                    .order_by(IncidentScope.id)
-                )
-            ).all()
-        content = RoundContent(
-            number=rnd.number,
-            kind=rnd.kind,
-            facts=IncidentFacts(
-                incident_id=incident.id,
-                title=incident.title,
-                severity=incident.severity,
-                status=upd.status,
-                components=tuple(v for k, v in scopes if k == "component"),
-                regions=tuple(v for k, v in scopes if k == "region"),
-                summary=upd.message,
-                cause_kind=upd.cause_kind,
-                cause=upd.cause,
-                actions=upd.actions,
-                workaround=upd.workaround,
-                expected_resolution_at=upd.expected_resolution_at,
-                posted_at=upd.created_at,
-                next_update_at=rnd.next_due_at,
-                responsibility=upd.responsibility,
-                regret=upd.regret,
-                remedy=upd.remedy,
-                prevention=upd.prevention,
-                compensation=upd.compensation,
-            ),
-        )
-        self._rounds[round_id] = content
-        if len(self._rounds) > 512:
-            self._rounds.popitem(last=False)
-        return content
-
     def _personal(self, job: Job, now: datetime) -> Personal:
         expires = now + self._messages.link_lifetime
         base = self._messages.public_url
-        secret = self._link_secret
+        secret = self.link_secret
         return Personal(
             name=job.customer_name,
             unsubscribe_url=link_url(base, secret, job.customer_id, "unsubscribe", expires),
             preferences_url=link_url(base, secret, job.customer_id, "preferences", expires),
         )
 
-    async def _send(self, job: Job) -> _Outcome:
+    async def _throttled(self, job: Job, now: datetime) -> str | None:
+        """The fallback channel when the customer had enough on this one lately, else None."""
+        throttle = self._settings.throttle.get(job.channel)
+        if throttle is None:
+            return None
+        async with self._db.session() as session:
+            recent = (
+                await session.execute(
+                    select(func.count())
+                    .select_from(Delivery)
+                    .where(
+                        Delivery.customer_id == job.customer_id,
+                        Delivery.channel == job.channel,
+                        Delivery.id != job.delivery_id,
+                        Delivery.state.in_(COUNTED_STATES),
+                        Delivery.created_at >= now - throttle.per,
+                    )
+                )
+            ).scalar_one()
+        if recent < throttle.max:
+            return None
+        return throttle.fallback or ""
+
+    async def _send(self, job: Job) -> Outcome:
         channel = self._channels.get(job.channel)
         if channel is None:
-            return _Outcome(
-                job,
-                error=DeliveryError(f"channel {job.channel!r} is not configured", retryable=True),
-            )
+            missing = DeliveryError(f"channel {job.channel!r} is not configured", retryable=True)
+            return self._failure(job, missing)
         try:
-            content = await self._content(job.round_id)
             now = self._clock.now()
+            fallback = await self._throttled(job, now)
+            if fallback:
+                return Outcome(job, reroute_to=fallback)
+            if fallback == "":
+                limit = DeliveryError("per-customer throttle reached", retryable=False)
+                return Outcome(job, error=limit)
+            content = await self._contents.get(job.round_id)
             request = RenderRequest(
                 kind=content.kind,
                 form=form_for(channel.contact),
@@ -264,126 +239,35 @@ class Dispatcher:
                     "X-Broadcaster-Delivery": str(job.delivery_id),
                     "X-Broadcaster-Round": f"{content.facts.incident_id}/{content.number}",
                     "X-Broadcaster-Kind": content.kind,
+                    "X-Broadcaster-Severity": content.facts.severity,
                 }
             )
+            await self._limits.acquire(job.channel)
             target = Target(
                 address=job.address, name=job.customer_name, customer_id=job.customer_id
             )
             receipt = await channel.send(target, message)
         except DeliveryError as error:
-            return _Outcome(job, error=error)
+            return self._failure(job, error)
         except Exception as exc:  # a channel bug must not kill the worker
             log.exception("channel %s raised unexpectedly", job.channel)
-            return _Outcome(job, error=DeliveryError(f"unexpected error: {exc!r}", retryable=True))
-        return _Outcome(job, receipt=receipt)
+            return self._failure(job, DeliveryError(f"unexpected error: {exc!r}", retryable=True))
+        return Outcome(job, receipt=receipt)
 
-    async def record(self, outcomes: list[_Outcome]) -> None:
-        now = self._clock.now()
-        sent: list[dict[str, object]] = []
-        retry: list[dict[str, object]] = []
-        failed: list[dict[str, object]] = []
-        points: list[dict[str, object]] = []
-        for outcome in outcomes:
-            job = outcome.job
-            if outcome.error is None:
-                pmid = outcome.receipt.provider_message_id if outcome.receipt else None
-                sent.append({"b_id": job.delivery_id, "b_pmid": pmid})
-                self.stats.sent += 1
-                self.stats.by_channel[job.channel] = self.stats.by_channel.get(job.channel, 0) + 1
-                continue
-            error = outcome.error
-            if error.retryable and job.attempts < self._settings.max_attempts:
-                delay = retry_delay(
-                    job.attempts,
-                    initial=self._settings.backoff.initial,
-                    maximum=self._settings.backoff.maximum,
-                    multiplier=self._settings.backoff.multiplier,
-                    jitter=self._settings.backoff.jitter,
-                    retry_after=error.retry_after,
-                    rng=self._rng,
-                )
-                retry.append(
-                    {"b_id": job.delivery_id, "b_next": now + delay, "b_err": error.reason}
-                )
-                self.stats.retried += 1
-                continue
-            reason = error.reason
-            if error.retryable:
-                reason = f"gave up after {job.attempts} attempts: {reason}"
-            failed.append({"b_id": job.delivery_id, "b_err": reason})
-            self.stats.failed += 1
-            if error.contact_point is not None and job.contact_point_id is not None:
-                points.append(
-                    {
-                        "b_cp": job.contact_point_id,
-                        "b_opted_out": error.contact_point is ContactPointState.OPTED_OUT,
-                        "b_disabled": error.contact_point is ContactPointState.DISABLED,
-                        "b_reason": error.reason,
-                    }
-                )
-            log.warning(
-                "delivery failed",
-                extra={"delivery": job.delivery_id, "channel": job.channel, "reason": reason},
+    def _failure(self, job: Job, error: DeliveryError) -> Outcome:
+        if error.retryable and job.attempts < self._settings.max_attempts:
+            backoff = self._settings.backoff
+            delay = retry_delay(
+                job.attempts,
+                initial=backoff.initial,
+                maximum=backoff.maximum,
+                multiplier=backoff.multiplier,
+                jitter=backoff.jitter,
+                retry_after=error.retry_after,
+                rng=self._rng,
             )
-        d = table_of(Delivery)
-        cp = table_of(ContactPoint)
-        mine = and_(
-            d.c.id == bindparam("b_id"),
-            d.c.lease_owner == self._owner,
-            d.c.state == "sending",
-        )
-        async with self._db.session() as session, session.begin():
-            if sent:
-                await session.execute(
-                    update(d)
-                    .where(mine)
-                    .values(
-                        state="sent",
-                        sent_at=now,
-                        provider_message_id=bindparam("b_pmid"),
-                        last_error=None,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                    ),
-                    sent,
-                )
-            if retry:
-                await session.execute(
-                    update(d)
-                    .where(mine)
-                    .values(
-                        state="pending",
-                        next_attempt_at=bindparam("b_next"),
-                        last_error=bindparam("b_err"),
-                        lease_owner=None,
-                        lease_expires_at=None,
-                    ),
-                    retry,
-                )
-            if failed:
-                await session.execute(
-                    update(d)
-                    .where(mine)
-                    .values(
-                        state="failed",
-                        last_error=bindparam("b_err"),
-                        lease_owner=None,
-                        lease_expires_at=None,
-                    ),
-                    failed,
-                )
-            if points:
-                await session.execute(
-                    update(cp)
-                    .where(cp.c.id == bindparam("b_cp"))
-                    .values(
-                        opted_out=or_(cp.c.opted_out, bindparam("b_opted_out")),
-                        disabled=or_(cp.c.disabled, bindparam("b_disabled")),
-                        disabled_reason=bindparam("b_reason"),
-                        updated_at=now,
-                    ),
-                    points,
-                )
+            return Outcome(job, error=error, retry_at=self._clock.now() + delay)
+        return Outcome(job, error=error)
 
     async def release(self) -> int:
         """Give back every delivery we hold (clean shutdown); returns how many."""

@@ -56,6 +56,8 @@ class Customer(Base):
     name: Mapped[str] = mapped_column(String(200))
     language: Mapped[str] = mapped_column(String(16), default="en")
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    channel_order: Mapped[str | None] = mapped_column(Text, default=None)
+    """Preferred channels for failover, comma-separated; the configured order when unset."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -71,7 +73,7 @@ class ContactPoint(Base):
         ForeignKey("customers.id", ondelete="CASCADE"), index=True
     )
     kind: Mapped[str] = mapped_column(String(16))
-    address: Mapped[str] = mapped_column(String(512))
+    address: Mapped[str] = mapped_column(String(2048))
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     disabled_reason: Mapped[str | None] = mapped_column(Text, default=None)
@@ -193,6 +195,7 @@ class Delivery(Base):
         UniqueConstraint("round_id", "customer_id", "channel"),
         Index("ix_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
         Index("ix_deliveries_customer_id", "customer_id"),
+        Index("ix_deliveries_provider_message_id", "provider_message_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -203,9 +206,11 @@ class Delivery(Base):
     contact_point_id: Mapped[int | None] = mapped_column(
         ForeignKey("contact_points.id", ondelete="SET NULL"), default=None
     )
-    address: Mapped[str] = mapped_column(String(512))
+    address: Mapped[str] = mapped_column(String(2048))
     state: Mapped[str] = mapped_column(String(16), default="pending")
-    # pending -> sending -> sent | failed   (pending again, later, on a retryable error)
+    # pending -> sending -> sent | failed   (pending again, later, on a retryable error);
+    # sent -> delivered | undelivered when the provider reports back (SMS status callbacks);
+    # rerouted when a per-customer throttle moved it to a lighter channel.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
     lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -214,6 +219,27 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    failover_from_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL"), default=None
+    )
+    """The delivery on another channel whose permanent failure (or throttle) led here."""
+    failover_to: Mapped[str | None] = mapped_column(String(32), default=None)
+    """The channel this delivery failed over (or was rerouted) to."""
+
+
+class DeliveryEvent(Base):
+    """One step in a delivery's history: claimed, sent, retried, failed, delivered, …"""
+
+    __tablename__ = "delivery_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    state: Mapped[str] = mapped_column(String(16))
+    provider_message_id: Mapped[str | None] = mapped_column(String(300), default=None)
+    detail: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class Promise(Base):

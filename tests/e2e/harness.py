@@ -49,6 +49,8 @@ channels:
     pool_size: 1
 messages:
   organisation: Test Transit
+http:
+  port: 0
 log:
   level: INFO
   format: json

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +26,8 @@ from broadcaster.store import ContactPoint, Customer, Database, Subscription
 HEADER = "id,name,language,timezone,email,phone,push_tokens,components,regions\n"
 MIXED = (
     HEADER
-    + "c1,Jane Doe,nl,Europe/Amsterdam,jane@example.com,+31612345678,t1;t2,line-1;line-2,north\n"
+    + "c1,Jane Doe,nl,Europe/Amsterdam,jane@example.com,+31612345678,fcm:t1;ntfy:t2,line-1;line-2,"
+    + "north\n"
     + 'c2,"Multi\nline name",en,UTC,not-an-email,,,,\n'  # lines 3-4
     + "\n"  # line 5: blank, skipped
     + "c3,Bob,,,,,,line-1,\n"  # line 6
@@ -72,6 +75,19 @@ async def subscriptions(database: Database) -> set[tuple[str, str, str]]:
         return {(row.customer_id, row.kind, row.value) for row in rows}
 
 
+async def channel_orders(database: Database) -> dict[str, str | None]:
+    async with database.engine.connect() as connection:
+        rows = await connection.execute(select(Customer.id, Customer.channel_order))
+        return {row.id: row.channel_order for row in rows}
+
+
+def csv_text(*rows: list[str]) -> str:
+    """Rows written by the csv module: cells with commas or quotes come out quoted."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
 async def count(database: Database, model: Any) -> int:
     async with database.engine.connect() as connection:
         return int((await connection.execute(select(func.count()).select_from(model))).scalar_one())
@@ -102,8 +118,8 @@ async def test_bad_rows_are_reported_with_their_line_and_good_rows_kept(
     assert set(await contact_points(database)) == {
         ("c1", "email", "jane@example.com"),
         ("c1", "sms", "+31612345678"),
-        ("c1", "push", "t1"),
-        ("c1", "push", "t2"),
+        ("c1", "fcm", "t1"),
+        ("c1", "ntfy", "t2"),
         ("c8", "email", "ann@example.org"),
     }
     assert await subscriptions(database) == {
@@ -143,7 +159,9 @@ async def test_reimporting_the_same_file_changes_nothing(
 async def test_flags_survive_and_changed_lists_are_replaced(
     database: Database, tmp_path: Path
 ) -> None:
-    before = HEADER + "c1,Jane,en,UTC,jane@example.com,+31612345678,t1;t2,line-1;line-2,north\n"
+    before = (
+        HEADER + "c1,Jane,en,UTC,jane@example.com,+31612345678,fcm:t1;fcm:t2,line-1;line-2,north\n"
+    )
     await run_import(database, write(tmp_path, "customers.csv", before))
     async with database.engine.begin() as connection:
         await connection.execute(
@@ -156,7 +174,9 @@ async def test_flags_survive_and_changed_lists_are_replaced(
         )
     ids = {key: value[0] for key, value in (await contact_points(database)).items()}
 
-    after = HEADER + "c1,Jane Q,de,Europe/Berlin,jane@example.com,+31612345678,t2;t3,line-3,\n"
+    after = (
+        HEADER + "c1,Jane Q,de,Europe/Berlin,jane@example.com,+31612345678,fcm:t2;ntfy:t3,line-3,\n"
+    )
     result = await run_import(database, write(tmp_path, "customers.csv", after))
 
     assert (result.imported, result.rejected) == (1, 0)
@@ -165,12 +185,12 @@ async def test_flags_survive_and_changed_lists_are_replaced(
     assert set(points) == {
         ("c1", "email", "jane@example.com"),
         ("c1", "sms", "+31612345678"),
-        ("c1", "push", "t2"),
-        ("c1", "push", "t3"),
+        ("c1", "fcm", "t2"),
+        ("c1", "ntfy", "t3"),
     }
     assert points[("c1", "email", "jane@example.com")][1:] == (True, False)  # still opted out
     assert points[("c1", "sms", "+31612345678")][1:] == (False, True)  # still disabled
-    for kept in [("c1", "email", "jane@example.com"), ("c1", "push", "t2")]:
+    for kept in [("c1", "email", "jane@example.com"), ("c1", "fcm", "t2")]:
         assert points[kept][0] == ids[kept]
     assert await subscriptions(database) == {("c1", "component", "line-3")}
 
@@ -181,7 +201,9 @@ async def test_json_lines(database: Database, tmp_path: Path) -> None:
         "",
         json.dumps({"id": "j2", "name": "Al", "fax": "+31201234567"}),
         "{not json",
-        json.dumps({"id": "j3", "name": "Li", "timezone": "Asia/Tokyo", "push_tokens": ["p1"]}),
+        json.dumps(
+            {"id": "j3", "name": "Li", "timezone": "Asia/Tokyo", "push_tokens": ["ntfy:p1"]}
+        ),
     ]
     path = write(tmp_path, "customers.ndjson", "\n".join(lines) + "\n")
     result = await run_import(database, path)
@@ -192,8 +214,113 @@ async def test_json_lines(database: Database, tmp_path: Path) -> None:
     assert set(await customers(database)) == {"j1", "j3"}
     assert set(await contact_points(database)) == {
         ("j1", "email", "jo@example.com"),
-        ("j3", "push", "p1"),
+        ("j3", "ntfy", "p1"),
     }
+
+
+SUBSCRIPTION = {
+    "endpoint": "https://push.example.net/wpush/v2/gAAAAABk",
+    "expirationTime": None,
+    "keys": {"p256dh": "BNcRdreALRFXTkOOUHK1EtK2", "auth": "tBHItJI5svbpez7KI4CCXg"},
+}
+STORED_SUBSCRIPTION = (
+    '{"endpoint":"https://push.example.net/wpush/v2/gAAAAABk",'
+    '"keys":{"p256dh":"BNcRdreALRFXTkOOUHK1EtK2","auth":"tBHItJI5svbpez7KI4CCXg"}}'
+)
+
+
+async def test_push_tokens_are_stored_under_their_provider(
+    database: Database, tmp_path: Path
+) -> None:
+    tokens = [
+        "fcm:dKx3:APA91bH-x_y",
+        "apns:0123456789ABCDEF",
+        "ntfy:alerts_jane",
+        "webpush:" + json.dumps(SUBSCRIPTION),  # commas and quotes: the csv module quotes it
+    ]
+    text = csv_text(
+        ["id", "name", "push_tokens", "channels"],
+        ["p1", "Pia", ";".join(tokens), "webpush;email"],
+        ["p2", "Bad", "fcm:ok;tok-without-provider", ""],
+        ["p3", "Bad too", 'webpush:{"endpoint": "https://push.example.net/x"}', ""],
+        ["p4", "Ok", "fcm:" + "f" * 2048, ""],  # the longest address the store takes
+    )
+    path = write(tmp_path, "push.csv", text)
+    result = await run_import(database, path)
+
+    assert (result.imported, result.rejected) == (2, 2)
+    assert [str(error) for error in result.errors] == [
+        f"{path}:3: push_tokens[1]: a push token needs its provider: "
+        "fcm:, apns:, webpush: or ntfy:",
+        f"{path}:4: push_tokens[0]: a webpush subscription needs its keys (p256dh and auth)",
+    ]
+    assert set(await contact_points(database)) == {
+        ("p1", "fcm", "dKx3:APA91bH-x_y"),
+        ("p1", "apns", "0123456789abcdef"),
+        ("p1", "ntfy", "alerts_jane"),
+        ("p1", "webpush", STORED_SUBSCRIPTION),
+        ("p4", "fcm", "f" * 2048),
+    }
+    assert await channel_orders(database) == {"p1": "webpush,email", "p4": None}
+
+
+async def test_a_web_push_subscription_written_differently_keeps_its_contact_point(
+    database: Database, tmp_path: Path
+) -> None:
+    compact = json.dumps(
+        {"id": "w1", "name": "W", "push_tokens": ["webpush:" + json.dumps(SUBSCRIPTION)]}
+    )
+    await run_import(database, write(tmp_path, "a.jsonl", compact + "\n"))
+    async with database.engine.begin() as connection:
+        await connection.execute(update(ContactPoint).values(opted_out=True))
+    before = await contact_points(database)
+
+    reordered = dict(reversed(SUBSCRIPTION.items())) | {"expirationTime": 1_700_000_000_000}
+    entry = "webpush: " + json.dumps(reordered, indent=2)
+    line = json.dumps({"id": "w1", "name": "W", "push_tokens": [entry]})
+    result = await run_import(database, write(tmp_path, "b.jsonl", line + "\n"))
+
+    assert (result.imported, result.rejected) == (1, 0)
+    assert await contact_points(database) == before  # same row, still opted out
+    assert set(before) == {("w1", "webpush", STORED_SUBSCRIPTION)}
+
+
+async def test_reimport_updates_the_channel_order_and_keeps_flags(
+    database: Database, tmp_path: Path
+) -> None:
+    header = "id,name,email,push_tokens,channels\n"
+    first = header + "k1,Kim,kim@example.com,fcm:t1,fcm;email\nk2,Lou,,,\n"
+    await run_import(database, write(tmp_path, "k.csv", first))
+    assert await channel_orders(database) == {"k1": "fcm,email", "k2": None}
+    async with database.engine.begin() as connection:
+        await connection.execute(update(ContactPoint).values(disabled=True))
+    points = await contact_points(database)
+
+    second = header + "k1,Kim,kim@example.com,fcm:t1, email ;sms;email\nk2,Lou,,,ntfy\n"
+    result = await run_import(database, write(tmp_path, "k.csv", second))
+    assert (result.imported, result.rejected) == (2, 0)
+    assert await channel_orders(database) == {"k1": "email,sms", "k2": "ntfy"}
+    assert await contact_points(database) == points  # flags and ids untouched
+
+    third = header + "k1,Kim,kim@example.com,fcm:t1,\nk2,Lou,,,ntfy\n"
+    await run_import(database, write(tmp_path, "k.csv", third))
+    assert await channel_orders(database) == {"k1": None, "k2": "ntfy"}
+
+
+async def test_channels_in_json_lines(database: Database, tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"id": "n1", "name": "N", "channels": ["sms", "email", "sms"]}),
+        json.dumps({"id": "n2", "name": "M", "channels": ["SMS"]}),
+        json.dumps({"id": "n3", "name": "O", "channels": "sms;email"}),
+        json.dumps({"id": "n4", "name": "P", "channels": []}),
+    ]
+    path = write(tmp_path, "c.jsonl", "\n".join(lines) + "\n")
+    result = await run_import(database, path)
+    assert [str(error) for error in result.errors] == [
+        f"{path}:2: channels[0]: 'SMS' is not a channel name (1 to 32 of a-z, 0-9, _ and -)",
+        f"{path}:3: channels: must be a list of strings",
+    ]
+    assert await channel_orders(database) == {"n1": "sms,email", "n4": None}
 
 
 @pytest.mark.parametrize("batch_size", [1, 1000])

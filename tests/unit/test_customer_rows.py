@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 from broadcaster.customers.rows import (
     CSV_COLUMNS,
     LIST_FIELDS,
+    MAX_ADDRESS,
     CustomerRow,
     HeaderError,
     Problem,
@@ -29,15 +32,33 @@ GOOD = {
     "timezone": "Europe/Amsterdam",
     "email": "Jane.Doe@EXAMPLE.com",
     "phone": "+31 6 1234 5678",
-    "push_tokens": "tok-a; tok-b;;tok-a",
+    "push_tokens": "fcm:tok-a; apns: ABCDEF0123 ;;fcm:tok-a;apns:abcdef0123",
     "components": "line-1;line-2",
     "regions": " north ",
+    "channels": " sms ; email;;sms",
 }
+SUBSCRIPTION = {
+    "endpoint": "https://push.example.net/wpush/v2/gAAAAABk",
+    "expirationTime": None,
+    "keys": {
+        "p256dh": "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u",
+        "auth": "tBHItJI5svbpez7KI4CCXg",
+    },
+}
+CANONICAL_SUBSCRIPTION = json.dumps(
+    {"endpoint": SUBSCRIPTION["endpoint"], "keys": SUBSCRIPTION["keys"]}, separators=(",", ":")
+)
 
 
 def rejected(record: dict[str, str]) -> list[Problem]:
     with pytest.raises(RowRejected) as caught:
         from_csv_record(record)
+    return list(caught.value.problems)
+
+
+def json_rejected(record: dict[str, object]) -> list[Problem]:
+    with pytest.raises(RowRejected) as caught:
+        from_json_line(json.dumps(record))
     return list(caught.value.problems)
 
 
@@ -50,16 +71,18 @@ def test_a_good_csv_row_is_normalised() -> None:
         timezone="Europe/Amsterdam",
         email="Jane.Doe@example.com",
         phone="+31612345678",
-        push_tokens=("tok-a", "tok-b"),
+        push_tokens=("fcm:tok-a", "apns:abcdef0123"),
         components=("line-1", "line-2"),
         regions=("north",),
+        channels=("sms", "email"),
     )
     assert row.contact_points() == [
         ("email", "Jane.Doe@example.com"),
         ("sms", "+31612345678"),
-        ("push", "tok-a"),
-        ("push", "tok-b"),
+        ("fcm", "tok-a"),
+        ("apns", "abcdef0123"),
     ]
+    assert row.channel_order() == "sms,email"
     assert row.subscriptions() == [
         ("component", "line-1"),
         ("component", "line-2"),
@@ -71,6 +94,7 @@ def test_empty_cells_take_the_defaults() -> None:
     row = from_csv_record({column: "" for column in CSV_COLUMNS} | {"id": "c", "name": "N"})
     assert (row.language, row.timezone, row.email, row.phone) == ("en", "UTC", None, None)
     assert row.contact_points() == [] and row.subscriptions() == []
+    assert row.channels == () and row.channel_order() is None
 
 
 @pytest.mark.parametrize(
@@ -120,12 +144,164 @@ def test_each_bad_field_is_named_with_its_reason(field: str, value: str, message
 
 def test_list_items_are_named_by_position() -> None:
     problems = rejected(
-        {"id": "c", "name": "N", "push_tokens": "ok;" + "t" * 513, "components": "a;b\x00"}
+        {
+            "id": "c",
+            "name": "N",
+            "push_tokens": "fcm:ok;fcm:" + "t" * (MAX_ADDRESS + 1),
+            "components": "a;b\x00",
+            "channels": "sms;SMS",
+        }
     )
     assert problems == [
-        Problem("push_tokens[1]", "String should have at most 512 characters"),
+        Problem("push_tokens[1]", "an fcm token is at most 2048 characters"),
         Problem("components[1]", "contains a NUL character"),
+        Problem("channels[1]", "'SMS' is not a channel name (1 to 32 of a-z, 0-9, _ and -)"),
     ]
+
+
+# --- push tokens: provider:token ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "point"),
+    [
+        ("fcm:dKx3:APA91bH-x_y", ("fcm", "dKx3:APA91bH-x_y")),  # FCM tokens contain colons
+        ("fcm: spaced ", ("fcm", "spaced")),
+        ("fcm:" + "f" * MAX_ADDRESS, ("fcm", "f" * MAX_ADDRESS)),
+        ("apns:0123456789ABCDEF", ("apns", "0123456789abcdef")),  # lower case: re-imports match
+        ("apns:" + "a" * 8, ("apns", "a" * 8)),
+        ("apns:" + "F" * 400, ("apns", "f" * 400)),
+        ("ntfy:alerts_Jane-42", ("ntfy", "alerts_Jane-42")),
+        ("ntfy:" + "t" * 64, ("ntfy", "t" * 64)),
+        ("webpush:" + json.dumps(SUBSCRIPTION), ("webpush", CANONICAL_SUBSCRIPTION)),
+        (
+            "webpush:" + json.dumps(SUBSCRIPTION, indent=2).replace('"https', '"http'),
+            ("webpush", CANONICAL_SUBSCRIPTION.replace('"https', '"http')),  # a local test service
+        ),
+    ],
+)
+def test_each_push_provider_is_its_own_contact_kind(entry: str, point: tuple[str, str]) -> None:
+    row = from_json_line(json.dumps({"id": "c", "name": "N", "push_tokens": [entry]}))
+    assert row.contact_points() == [point]
+    assert from_csv_record({"id": "c", "name": "N", "push_tokens": entry}) == row
+
+
+def test_one_web_push_subscription_written_two_ways_is_one_contact_point() -> None:
+    compact = "webpush:" + json.dumps(SUBSCRIPTION, separators=(",", ":"))
+    spaced = "webpush: " + json.dumps(dict(reversed(SUBSCRIPTION.items())), indent=1)
+    row = from_json_line(json.dumps({"id": "c", "name": "N", "push_tokens": [compact, spaced]}))
+    assert row.contact_points() == [("webpush", CANONICAL_SUBSCRIPTION)]
+
+
+def _subscription(**changes: object) -> str:
+    """``SUBSCRIPTION`` with some keys changed (``...`` leaves the key out), as an entry."""
+    document = json.loads(json.dumps(SUBSCRIPTION)) | changes
+    return "webpush:" + json.dumps({k: v for k, v in document.items() if v is not ...})
+
+
+_NEEDS_PROVIDER = "a push token needs its provider: fcm:, apns:, webpush: or ntfy:"
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("tok-a", _NEEDS_PROVIDER),
+        ("dKx3:APA91bH", _NEEDS_PROVIDER),  # a bare FCM token: its colon is no provider
+        ("gcm:tok", _NEEDS_PROVIDER),
+        ("push:tok", _NEEDS_PROVIDER),
+        ("FCM:tok", _NEEDS_PROVIDER + " (in lower case)"),
+        ("fcm:", "nothing follows 'fcm:'"),
+        ("ntfy:  ", "nothing follows 'ntfy:'"),
+        ("fcm:two words", "an fcm token is printable ASCII without spaces"),
+        ("fcm:tökén", "an fcm token is printable ASCII without spaces"),
+        ("fcm:" + "t" * (MAX_ADDRESS + 1), "an fcm token is at most 2048 characters"),
+        ("apns:abcdefg1", "an apns device token is 8 to 400 hexadecimal digits"),
+        ("apns:abcdef1", "an apns device token is 8 to 400 hexadecimal digits"),
+        ("apns:" + "a" * 401, "an apns device token is 8 to 400 hexadecimal digits"),
+        ("ntfy:alerts/jane", "an ntfy topic is 1 to 64 of A-Z, a-z, 0-9, _ and -"),
+        ("ntfy:" + "t" * 65, "an ntfy topic is 1 to 64 of A-Z, a-z, 0-9, _ and -"),
+        ("webpush:https://push.example.net/x", "a webpush subscription must be the browser's"),
+        ("webpush:{'endpoint': 'https://x'}", "a webpush subscription must be the browser's"),
+        ('webpush:["https://push.example.net/x"]', "a webpush subscription must be a JSON object"),
+        (_subscription(keys=...), "a webpush subscription needs its keys (p256dh and auth)"),
+        (_subscription(keys="abc"), "a webpush subscription needs its keys (p256dh and auth)"),
+        (
+            _subscription(keys={"p256dh": "BNcR"}),
+            "a webpush subscription needs keys.auth (base64url text)",
+        ),
+        (
+            _subscription(keys={"auth": "tBHI", "p256dh": 7}),
+            "a webpush subscription needs keys.p256dh (base64url text)",
+        ),
+        (
+            _subscription(keys={"auth": "not base64!", "p256dh": "BNcR"}),
+            "a webpush subscription needs keys.auth (base64url text)",
+        ),
+        (_subscription(endpoint=...), "a webpush subscription needs its endpoint URL"),
+        (_subscription(endpoint="push.example.net"), "a webpush subscription needs its endpoint"),
+        (_subscription(endpoint="https://a b"), "a webpush subscription needs its endpoint URL"),
+        (
+            _subscription(endpoint="https://push.example.net/" + "x" * MAX_ADDRESS),
+            "a webpush subscription is at most 2048 characters (as compact JSON)",
+        ),
+    ],
+)
+def test_bad_push_tokens_are_named_with_their_reason(entry: str, message: str) -> None:
+    for problems in (
+        rejected({"id": "c", "name": "N", "push_tokens": "fcm:ok;" + entry}),
+        json_rejected({"id": "c", "name": "N", "push_tokens": ["fcm:ok", entry]}),
+    ):
+        [problem] = problems
+        assert problem.field == "push_tokens[1]"
+        assert problem.message.startswith(message), problem.message
+
+
+def test_a_web_push_subscription_in_a_csv_cell_needs_the_usual_quoting() -> None:
+    entry = "webpush:" + json.dumps(SUBSCRIPTION)
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([["id", "name", "push_tokens"], ["c", "N", f"fcm:a;{entry}"]])
+    header, cells = csv.reader(io.StringIO(buffer.getvalue()))
+    row = from_csv_record(dict(zip(check_csv_header(header), cells, strict=True)))
+    assert row.contact_points() == [("fcm", "a"), ("webpush", CANONICAL_SUBSCRIPTION)]
+
+
+# --- channels: the preferred order ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "channels"),
+    [
+        ({"channels": "sms;email"}, ("sms", "email")),
+        ({"channels": " push-fcm ; email ;sms;email;"}, ("push-fcm", "email", "sms")),
+        ({"channels": "a_1;" + "x" * 32}, ("a_1", "x" * 32)),
+        ({"channels": ";"}, ()),
+    ],
+)
+def test_channels_are_an_ordered_list_of_names(
+    record: dict[str, str], channels: tuple[str, ...]
+) -> None:
+    row = from_csv_record({"id": "c", "name": "N"} | record)
+    assert row.channels == channels
+    assert row.channel_order() == (",".join(channels) or None)
+    line = json.dumps({"id": "c", "name": "N", "channels": list(channels)})
+    assert from_json_line(line) == row
+
+
+@pytest.mark.parametrize(
+    ("channels", "problem"),
+    [
+        (["Email"], Problem("channels[0]", "'Email' is not a channel name")),
+        (["sms", "e mail"], Problem("channels[1]", "'e mail' is not a channel name")),
+        (["x" * 33], Problem("channels[0]", "'" + "x" * 33 + "' is not a channel name")),
+        (["sms,email"], Problem("channels[0]", "'sms,email' is not a channel name")),
+        ("sms;email", Problem("channels", "must be a list of strings")),
+        ([1], Problem("channels[0]", "must be a string")),
+    ],
+)
+def test_bad_channel_names_are_named_by_position(channels: object, problem: Problem) -> None:
+    [found] = json_rejected({"id": "c", "name": "N", "channels": channels})
+    assert found.field == problem.field
+    assert found.message.startswith(problem.message), found.message
 
 
 def test_every_bad_field_of_a_row_is_reported_at_once() -> None:
@@ -178,14 +354,17 @@ def test_a_good_json_line() -> None:
             "language": "nl",
             "email": None,
             "phone": "",
-            "push_tokens": ["t1", "t2"],
+            "push_tokens": ["fcm:t1", "ntfy:t2"],
             "components": [],
             "regions": ["south"],
+            "channels": ["ntfy", "email"],
         }
     )
     row = from_json_line(line)
     assert row.email is None and row.phone is None
-    assert row.push_tokens == ("t1", "t2") and row.regions == ("south",)
+    assert row.push_tokens == ("fcm:t1", "ntfy:t2") and row.regions == ("south",)
+    assert row.contact_points() == [("fcm", "t1"), ("ntfy", "t2")]
+    assert row.channels == ("ntfy", "email")
     assert from_json_line(line.encode()) == row
 
 
@@ -242,6 +421,7 @@ def test_row_error_reads_like_a_compiler_message() -> None:
 _cells = st.one_of(
     st.text(max_size=80),
     st.sampled_from(["", "en", "nl-BE", "UTC", "Asia/Tokyo", "a@example.com", "+31612345678"]),
+    st.sampled_from(["fcm:t", "apns:0123abcd", "ntfy:t;fcm:", "sms;email", "webpush:{}"]),
 )
 
 
@@ -264,9 +444,27 @@ def test_a_csv_record_either_parses_or_is_a_row_error(record: dict[str, str]) ->
 _items = st.lists(st.text(min_size=1, max_size=30).filter(lambda s: ";" not in s), max_size=6)
 
 
-@given(components=_items, regions=_items, tokens=_items)
+def _web_push_entry(path: str, p256dh: str, auth: str) -> str:
+    keys = {"p256dh": p256dh, "auth": auth}
+    return "webpush:" + json.dumps({"endpoint": f"https://push.example.net/{path}", "keys": keys})
+
+
+_base64url = st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True)
+_push_tokens = st.lists(  # valid ones: rejection is the property above
+    st.one_of(
+        st.builds("fcm:{}".format, st.from_regex(r"[!-:<-~]{1,30}", fullmatch=True)),  # no ;
+        st.builds("apns:{}".format, st.from_regex(r"[0-9A-Fa-f]{8,40}", fullmatch=True)),
+        st.builds("ntfy:{}".format, st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)),
+        st.builds(_web_push_entry, _base64url, _base64url, _base64url),
+    ),
+    max_size=6,
+)
+_channels = st.lists(st.from_regex(r"[a-z0-9_-]{1,32}", fullmatch=True), max_size=4)
+
+
+@given(components=_items, regions=_items, tokens=_push_tokens, channels=_channels)
 def test_accepted_rows_round_trip_through_csv_and_json(
-    components: list[str], regions: list[str], tokens: list[str]
+    components: list[str], regions: list[str], tokens: list[str], channels: list[str]
 ) -> None:
     record = {
         "id": "c",
@@ -274,6 +472,7 @@ def test_accepted_rows_round_trip_through_csv_and_json(
         "components": ";".join(components),
         "regions": ";".join(regions),
         "push_tokens": ";".join(tokens),
+        "channels": ";".join(channels),
     }
     try:
         row = from_csv_record(record)
@@ -281,6 +480,8 @@ def test_accepted_rows_round_trip_through_csv_and_json(
         return  # e.g. a NUL character: rejected, which the property above allows
     expected = tuple(dict.fromkeys(item.strip() for item in components if item.strip()))
     assert row.components == expected
+    assert row.channels == tuple(dict.fromkeys(channels))
+    assert [kind for kind, _ in row.contact_points()] == [t.split(":")[0] for t in row.push_tokens]
     # Writing the accepted row back out, as CSV or as JSON, reads in as the same row.
     as_csv = {
         name: ";".join(value) if name in LIST_FIELDS else (value or "")

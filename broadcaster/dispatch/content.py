@@ -1,0 +1,80 @@
+"""What a round says, loaded once per round and kept in a small cache by the dispatcher.
+
+A round's content does not change once it is claimed (its kind and update are fixed at
+claim time), so caching it by round id is safe.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from broadcaster.compose.context import IncidentFacts
+from broadcaster.store import Database, Incident, IncidentScope, IncidentUpdate, Round
+
+
+@dataclass(frozen=True)
+class RoundContent:
+    number: int
+    kind: str
+    facts: IncidentFacts
+
+
+class RoundContents:
+    def __init__(self, database: Database, size: int = 512) -> None:
+        self._db = database
+        self._size = size
+        self._cache: OrderedDict[int, RoundContent] = OrderedDict()
+
+    async def get(self, round_id: int) -> RoundContent:
+        cached = self._cache.get(round_id)
+        if cached is not None:
+            self._cache.move_to_end(round_id)
+            return cached
+        async with self._db.session() as session:
+            rnd, incident, upd = (
+                await session.execute(
+                    select(Round, Incident, IncidentUpdate)
+                    .join(Incident, Incident.id == Round.incident_id)
+                    .join(IncidentUpdate, IncidentUpdate.id == Round.update_id)
+                    .where(Round.id == round_id)
+                )
+            ).one()
+            scopes = (
+                await session.execute(
+                    select(IncidentScope.kind, IncidentScope.value)
+                    .where(IncidentScope.incident_id == incident.id)
+                    .order_by(IncidentScope.id)
+                )
+            ).all()
+        content = RoundContent(
+            number=rnd.number,
+            kind=rnd.kind,
+            facts=IncidentFacts(
+                incident_id=incident.id,
+                title=incident.title,
+                severity=incident.severity,
+                status=upd.status,
+                components=tuple(v for k, v in scopes if k == "component"),
+                regions=tuple(v for k, v in scopes if k == "region"),
+                summary=upd.message,
+                cause_kind=upd.cause_kind,
+                cause=upd.cause,
+                actions=upd.actions,
+                workaround=upd.workaround,
+                expected_resolution_at=upd.expected_resolution_at,
+                posted_at=upd.created_at,
+                next_update_at=rnd.next_due_at,
+                responsibility=upd.responsibility,
+                regret=upd.regret,
+                remedy=upd.remedy,
+                prevention=upd.prevention,
+                compensation=upd.compensation,
+            ),
+        )
+        self._cache[round_id] = content
+        if len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return content

@@ -1,0 +1,286 @@
+"""Recording what happened to a batch of sends, in bulk, under the lease.
+
+One transaction per batch writes: the deliveries' new states (only rows we still lease),
+one history event per delivery, contact points that a permanent error condemned, and the
+follow-on deliveries: a permanent failure *fails over* to the customer's next channel for
+the same round (once: a failover delivery does not fail over again), and a throttled
+message is *rerouted* to the throttle's lighter channel. Both are new delivery rows under
+the same (round, customer, channel) key, so recording twice creates nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from broadcaster.store import ContactPoint, Database, Delivery, DeliveryEvent
+from broadcaster.store.models import table_of
+from channels.base import ContactPointState, DeliveryError, Receipt
+
+log = logging.getLogger("broadcaster.dispatch")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed delivery with what is needed to render and route it."""
+
+    delivery_id: int
+    round_id: int
+    incident_id: int
+    channel: str
+    address: str
+    attempts: int
+    contact_point_id: int | None
+    customer_id: str
+    customer_name: str
+    language: str
+    timezone: str
+    channel_order: str | None
+    failover_from_id: int | None
+    reclaimed: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job: Job
+    receipt: Receipt | None = None
+    error: DeliveryError | None = None
+    retry_at: datetime | None = None
+    """Set for a retryable error with attempts left: when to try again."""
+    reroute_to: str | None = None
+    """Set when a throttle moved the message to a lighter channel instead of sending it."""
+
+
+@dataclass
+class Follow:
+    """A follow-on delivery to create: failover after a failure, or a throttle reroute."""
+
+    job: Job
+    channel: str
+    contact_kind: str
+    reason: str
+
+
+@dataclass
+class Recorded:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    rerouted: int = 0
+    failovers: int = 0
+    follows: list[Follow] = field(default_factory=list)
+
+
+def _next_channel(job: Job, failover: list[str]) -> str | None:
+    """The channel after ``job.channel`` in the customer's order (or the default order)."""
+    order = [c for c in (job.channel_order or "").split(",") if c] or failover
+    rest = order[order.index(job.channel) + 1 :] if job.channel in order else order
+    return rest[0] if rest else None
+
+
+async def _create_follow(session: AsyncSession, follow: Follow, now: datetime) -> bool:
+    """Insert the follow-on delivery if the customer can be reached on that channel."""
+    job = follow.job
+    point = (
+        await session.execute(
+            select(ContactPoint.id, ContactPoint.address)
+            .where(
+                ContactPoint.customer_id == job.customer_id,
+                ContactPoint.kind == follow.contact_kind,
+                ContactPoint.opted_out.is_(False),
+                ContactPoint.disabled.is_(False),
+            )
+            .order_by(ContactPoint.id)
+            .limit(1)
+        )
+    ).first()
+    if point is None:
+        return False
+    existing = (
+        await session.execute(
+            select(Delivery.id).where(
+                Delivery.round_id == job.round_id,
+                Delivery.customer_id == job.customer_id,
+                Delivery.channel == follow.channel,
+            )
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        return False  # the customer already gets this round on that channel
+    created = await session.execute(
+        insert(Delivery)
+        .values(
+            round_id=job.round_id,
+            incident_id=job.incident_id,
+            customer_id=job.customer_id,
+            channel=follow.channel,
+            contact_point_id=point[0],
+            address=point[1],
+            state="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            failover_from_id=job.delivery_id,
+        )
+        .returning(Delivery.id)
+    )
+    new_id = created.scalar_one()
+    await session.execute(
+        update(Delivery).where(Delivery.id == job.delivery_id).values(failover_to=follow.channel)
+    )
+    session.add_all(
+        [
+            DeliveryEvent(
+                delivery_id=new_id,
+                at=now,
+                state="pending",
+                detail=f"{follow.reason} from {job.channel} (delivery {job.delivery_id})",
+            ),
+        ]
+    )
+    return True
+
+
+async def record_outcomes(
+    database: Database,
+    owner: str,
+    outcomes: list[Outcome],
+    now: datetime,
+    *,
+    failover: list[str],
+    contact_kinds: dict[str, str],
+) -> Recorded:
+    """Write a batch's outcomes; returns the counts (for stats and logs)."""
+    d = table_of(Delivery)
+    cp = table_of(ContactPoint)
+    result = Recorded()
+    sent: list[dict[str, object]] = []
+    retry: list[dict[str, object]] = []
+    failed: list[dict[str, object]] = []
+    rerouted: list[dict[str, object]] = []
+    points: list[dict[str, object]] = []
+    events: list[dict[str, object]] = []
+    for outcome in outcomes:
+        job = outcome.job
+        if outcome.reroute_to is not None:
+            rerouted.append({"b_id": job.delivery_id, "b_to": outcome.reroute_to})
+            events.append(_event(job, now, "rerouted", None, f"throttled; to {outcome.reroute_to}"))
+            kind = contact_kinds.get(outcome.reroute_to)
+            if kind is not None:
+                result.follows.append(Follow(job, outcome.reroute_to, kind, "rerouted"))
+            result.rerouted += 1
+            continue
+        if outcome.error is None:
+            pmid = outcome.receipt.provider_message_id if outcome.receipt else None
+            sent.append({"b_id": job.delivery_id, "b_pmid": pmid})
+            events.append(_event(job, now, "sent", pmid, None))
+            result.sent += 1
+            continue
+        error = outcome.error
+        if outcome.retry_at is not None:
+            retry.append(
+                {"b_id": job.delivery_id, "b_next": outcome.retry_at, "b_err": error.reason}
+            )
+            events.append(_event(job, now, "retry", None, error.reason))
+            result.retried += 1
+            continue
+        reason = error.reason
+        if error.retryable:
+            reason = f"gave up after {job.attempts} attempts: {reason}"
+        failed.append({"b_id": job.delivery_id, "b_err": reason})
+        events.append(_event(job, now, "failed", None, reason))
+        result.failed += 1
+        if error.contact_point is not None and job.contact_point_id is not None:
+            points.append(
+                {
+                    "b_cp": job.contact_point_id,
+                    "b_opted_out": error.contact_point is ContactPointState.OPTED_OUT,
+                    "b_disabled": error.contact_point is ContactPointState.DISABLED,
+                    "b_reason": error.reason,
+                }
+            )
+        if job.failover_from_id is None:
+            target = _next_channel(job, failover)
+            kind = contact_kinds.get(target) if target else None
+            if target is not None and kind is not None:
+                result.follows.append(Follow(job, target, kind, "failover"))
+        log.warning(
+            "delivery failed",
+            extra={"delivery": job.delivery_id, "channel": job.channel, "reason": reason},
+        )
+    mine = and_(d.c.id == bindparam("b_id"), d.c.lease_owner == owner, d.c.state == "sending")
+    released = {"lease_owner": None, "lease_expires_at": None}
+    async with database.session() as session, session.begin():
+        if sent:
+            await session.execute(
+                update(d)
+                .where(mine)
+                .values(
+                    state="sent",
+                    sent_at=now,
+                    provider_message_id=bindparam("b_pmid"),
+                    last_error=None,
+                    **released,
+                ),
+                sent,
+            )
+        if retry:
+            await session.execute(
+                update(d)
+                .where(mine)
+                .values(
+                    state="pending",
+                    next_attempt_at=bindparam("b_next"),
+                    last_error=bindparam("b_err"),
+                    **released,
+                ),
+                retry,
+            )
+        if failed:
+            await session.execute(
+                update(d)
+                .where(mine)
+                .values(state="failed", last_error=bindparam("b_err"), **released),
+                failed,
+            )
+        if rerouted:
+            await session.execute(
+                update(d)
+                .where(mine)
+                .values(state="rerouted", failover_to=bindparam("b_to"), **released),
+                rerouted,
+            )
+        if points:
+            await session.execute(
+                update(cp)
+                .where(cp.c.id == bindparam("b_cp"))
+                .values(
+                    opted_out=or_(cp.c.opted_out, bindparam("b_opted_out")),
+                    disabled=or_(cp.c.disabled, bindparam("b_disabled")),
+                    disabled_reason=bindparam("b_reason"),
+                    updated_at=now,
+                ),
+                points,
+            )
+        if events:
+            await session.execute(insert(table_of(DeliveryEvent)), events)
+        for follow in result.follows:
+            if await _create_follow(session, follow, now):
+                result.failovers += 1
+    return result
+
+
+def _event(
+    job: Job, now: datetime, state: str, pmid: str | None, detail: str | None
+) -> dict[str, object]:
+    return {
+        "delivery_id": job.delivery_id,
+        "at": now,
+        "state": state,
+        "provider_message_id": pmid,
+        "detail": detail,
+    }

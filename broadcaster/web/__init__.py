@@ -1,0 +1,1 @@
+"""The daemon's HTTP server: provider callbacks, inbound messages, public links, health."""

@@ -1,0 +1,62 @@
+"""The FastAPI application and the uvicorn server that runs it inside the daemon's loop."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+from broadcaster import __version__
+from broadcaster.web import public, twilio
+from broadcaster.web.state import WebState
+
+
+def create_app(state: WebState) -> FastAPI:
+    app = FastAPI(title="Broadcaster", version=__version__, docs_url=None, redoc_url=None)
+    app.state.broadcaster = state
+    app.include_router(public.router)
+    app.include_router(twilio.router)
+    return app
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn in an existing event loop; the daemon owns the signals, not uvicorn."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start as configured (e.g. its HTTP port is taken)."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Listen before anything else starts, so a taken port fails start-up with a clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"http: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def make_server(app: FastAPI, host: str, port: int) -> EmbeddedServer:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
+    return EmbeddedServer(config)

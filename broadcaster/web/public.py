@@ -1,0 +1,86 @@
+"""Public endpoints reached from messages: one-click unsubscribe (RFC 8058) and health.
+
+``GET /u/{token}`` shows a confirmation page (link scanners follow GETs, so a GET never
+unsubscribes); ``POST /u/{token}`` unsubscribes: it is what mail clients send for
+``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` and what the page's button sends.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from sqlalchemy import text, update
+
+from broadcaster.compose.links import InvalidLink, verify_token
+from broadcaster.store import ContactPoint
+from broadcaster.web.state import state_of
+
+router = APIRouter(tags=["public"])
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
+        f'</title><meta name="viewport" content="width=device-width"></head>'
+        f'<body style="font-family:sans-serif;max-width:36em;margin:2em auto">'
+        f"<h1>{escape(title)}</h1>{body}</body></html>",
+        status_code=status,
+    )
+
+
+@router.get("/u/{token}")
+async def unsubscribe_page(token: str, request: Request) -> Response:
+    state = state_of(request)
+    try:
+        verify_token(state.link_secret, token, "unsubscribe", state.clock.now())
+    except InvalidLink as exc:
+        return _page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
+    org = escape(state.settings.messages.organisation)
+    return _page(
+        "Unsubscribe",
+        f"<p>Stop all disruption updates from {org}?</p>"
+        f'<form method="post"><button type="submit">Unsubscribe</button></form>',
+    )
+
+
+@router.post("/u/{token}")
+async def unsubscribe(token: str, request: Request) -> Response:
+    state = state_of(request)
+    try:
+        claims = verify_token(state.link_secret, token, "unsubscribe", state.clock.now())
+    except InvalidLink as exc:
+        return _page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
+    async with state.database.session() as session, session.begin():
+        await session.execute(
+            update(ContactPoint)
+            .where(ContactPoint.customer_id == claims.customer_id)
+            .values(opted_out=True, updated_at=state.clock.now())
+        )
+    state.count("unsubscribed")
+    return _page(
+        "You are unsubscribed",
+        "<p>You will receive no more disruption updates. Changed your mind? "
+        "Contact us and we will switch them back on.</p>",
+    )
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> Response:
+    state = state_of(request)
+    store_ok = True
+    try:
+        async with state.database.session() as session:
+            await session.execute(text("SELECT 1"))
+    except Exception:  # any failure means the store is not reachable
+        store_ok = False
+    healthy = store_ok and state.scheduler_running
+    return JSONResponse(
+        {
+            "status": "ok" if healthy else "failing",
+            "store": "ok" if store_ok else "unreachable",
+            "scheduler": "running" if state.scheduler_running else "stopped",
+        },
+        status_code=200 if healthy else 503,
+    )

@@ -1,0 +1,42 @@
+"""What the HTTP handlers share: the store, the clock, the settings, the link secret."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from broadcaster.clock import Clock
+from broadcaster.config.settings import Settings
+from broadcaster.store import Database
+from channels.twilio_sms import TwilioSettings
+
+
+@dataclass
+class WebState:
+    settings: Settings
+    database: Database
+    clock: Clock
+    link_secret: str
+    scheduler_running: bool = False
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def twilio_accounts(self) -> list[TwilioSettings]:
+        return [s for s in self.settings.channels.values() if isinstance(s, TwilioSettings)]
+
+    def public_url_for(self, request: Request) -> str:
+        """The URL the provider called, as it saw it: our public base + path + query.
+
+        Signatures (Twilio's) are computed over the public URL, not the one the request
+        reached us on behind a proxy."""
+        base = self.settings.messages.public_url.rstrip("/")
+        query = f"?{request.url.query}" if request.url.query else ""
+        return f"{base}{request.url.path}{query}"
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+
+def state_of(request: Request) -> WebState:
+    state: WebState = request.app.state.broadcaster
+    return state

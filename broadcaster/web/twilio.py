@@ -1,0 +1,136 @@
+"""Twilio webhooks: delivery status callbacks and inbound SMS (STOP / START / HELP).
+
+Both verify ``X-Twilio-Signature`` with the Twilio library's request validator against the
+configured public URL; a missing or forged signature gets 403 and changes nothing.
+Status callbacks move a delivery forward only (queued → sent → delivered | undelivered |
+failed): callbacks arrive out of order, and a late "sent" must not undo "delivered".
+"""
+
+from __future__ import annotations
+
+import logging
+from xml.sax.saxutils import escape
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy import or_, select, update
+
+from broadcaster.store import ContactPoint, Delivery, DeliveryEvent
+from broadcaster.web.state import WebState, state_of
+from channels.twilio_sms import STATUS_MAP, parse_inbound_keyword, verify_twilio_signature
+
+log = logging.getLogger("broadcaster.web")
+router = APIRouter(prefix="/hooks/twilio", tags=["twilio"])
+
+RANK = {"pending": 0, "sending": 1, "queued": 1, "sent": 2, "delivered": 3, "undelivered": 3}
+FINAL_FAILED = 3
+OPTED_OUT_CODES = {"21610"}
+DISABLED_CODES = {"21211", "21614", "30005", "30006"}
+
+
+async def _verified(request: Request, state: WebState) -> dict[str, str] | None:
+    form = await request.form()
+    params = {key: str(value) for key, value in form.items()}
+    signature = request.headers.get("X-Twilio-Signature")
+    url = state.public_url_for(request)
+    for account in state.twilio_accounts():
+        if params.get("AccountSid") not in (None, account.account_sid):
+            continue
+        if verify_twilio_signature(account.auth_token, url, params, signature):
+            return params
+    state.count("twilio_forged")
+    log.warning("rejected a Twilio request with a missing or invalid signature", extra={"url": url})
+    return None
+
+
+def _forbidden() -> Response:
+    return Response(
+        '{"error": "invalid or missing X-Twilio-Signature"}', 403, media_type="application/json"
+    )
+
+
+@router.post("/status")
+async def status_callback(request: Request) -> Response:
+    state = state_of(request)
+    params = await _verified(request, state)
+    if params is None:
+        return _forbidden()
+    sid = params.get("MessageSid", "")
+    reported = params.get("MessageStatus", "")
+    new_state = STATUS_MAP.get(reported)
+    key = request.query_params.get("delivery", "")
+    delivery_id = (
+        int(key.removeprefix("delivery-")) if key.removeprefix("delivery-").isdigit() else -1
+    )
+    error_code = params.get("ErrorCode") or None
+    now = state.clock.now()
+    async with state.database.session() as session, session.begin():
+        row = (
+            await session.execute(
+                select(Delivery)
+                .where(or_(Delivery.provider_message_id == sid, Delivery.id == delivery_id))
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if row is None or new_state is None:
+            state.count("twilio_status_unmatched")
+            return Response(status_code=204)
+        session.add(
+            DeliveryEvent(
+                delivery_id=row.id,
+                at=now,
+                state=new_state,
+                provider_message_id=sid,
+                detail=f"Twilio {reported}" + (f", error {error_code}" if error_code else ""),
+            )
+        )
+        current = RANK.get(row.state, FINAL_FAILED if row.state == "failed" else 0)
+        if RANK.get(new_state, FINAL_FAILED) > current and new_state not in ("queued", "sending"):
+            row.state = new_state
+            row.provider_message_id = row.provider_message_id or sid
+            if new_state in ("undelivered", "failed"):
+                row.last_error = f"Twilio {reported}" + (
+                    f" (error {error_code})" if error_code else ""
+                )
+        if error_code in OPTED_OUT_CODES | DISABLED_CODES and row.contact_point_id is not None:
+            point = await session.get(ContactPoint, row.contact_point_id)
+            if point is not None:
+                point.opted_out = point.opted_out or error_code in OPTED_OUT_CODES
+                point.disabled = point.disabled or error_code in DISABLED_CODES
+                point.disabled_reason = f"Twilio error {error_code}"
+                point.updated_at = now
+    state.count(f"twilio_status_{new_state}")
+    return Response(status_code=204)
+
+
+def _twiml(message: str | None = None) -> Response:
+    body = f"<Message>{escape(message)}</Message>" if message else ""
+    return Response(
+        f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>',
+        media_type="application/xml",
+    )
+
+
+@router.post("/inbound")
+async def inbound_sms(request: Request) -> Response:
+    state = state_of(request)
+    params = await _verified(request, state)
+    if params is None:
+        return _forbidden()
+    sender = params.get("From", "")
+    keyword = parse_inbound_keyword(params.get("Body", ""))
+    messages = state.settings.messages
+    if keyword == "help":
+        return _twiml(
+            f"{messages.organisation}: updates about disruptions that affect you. "
+            f"Reply STOP to stop them, START to resume. {messages.public_url}"
+        )
+    if keyword in ("stop", "start"):
+        async with state.database.session() as session, session.begin():
+            await session.execute(
+                update(ContactPoint)
+                .where(ContactPoint.kind == "sms", ContactPoint.address == sender)
+                .values(opted_out=keyword == "stop", updated_at=state.clock.now())
+            )
+        state.count(f"twilio_inbound_{keyword}")
+        log.info("inbound SMS keyword", extra={"keyword": keyword})
+    return _twiml()

@@ -1,0 +1,212 @@
+"""Dispatch: delivery history, failover to the next channel, per-customer throttles."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import insert, select, update
+
+from broadcaster.clock import FakeClock
+from broadcaster.config.settings import Settings
+from broadcaster.dispatch.limits import TokenBucket
+from broadcaster.engine import Engine
+from broadcaster.incidents import service
+from broadcaster.store import (
+    ContactPoint,
+    Customer,
+    Database,
+    Delivery,
+    DeliveryEvent,
+    Subscription,
+)
+from channels.base import ContactPointState, DeliveryError, Message, Target
+from channels.memory import MemoryChannel
+
+START = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
+
+
+def settings(**delivery: object) -> Settings:
+    return Settings.model_validate(
+        {
+            "delivery": {
+                "channels": ["sms"],
+                "failover": ["sms", "mail"],
+                "backoff": {"jitter": 0},
+                **delivery,
+            },
+            "channels": {
+                "sms": {"type": "console", "contact": "sms"},
+                "mail": {"type": "console", "contact": "email"},
+            },
+        }
+    )
+
+
+async def customer(db: Database, cid: str, order: str | None = None) -> None:
+    now = START
+    async with db.session() as session, session.begin():
+        await session.execute(
+            insert(Customer).values(
+                id=cid,
+                name=cid,
+                language="en",
+                timezone="UTC",
+                channel_order=order,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        for kind, address in (("sms", f"+3161234{cid[-4:]}"), ("email", f"{cid}@example.org")):
+            await session.execute(
+                insert(ContactPoint).values(
+                    customer_id=cid,
+                    kind=kind,
+                    address=address,
+                    opted_out=False,
+                    disabled=False,
+                    updated_at=now,
+                )
+            )
+        await session.execute(
+            insert(Subscription).values(customer_id=cid, kind="component", value="rail")
+        )
+
+
+async def declare(db: Database, clock: FakeClock) -> int:
+    incident = await service.declare(
+        db, clock, service.Declaration("Rail", "major", "Trains stopped.", components=["rail"])
+    )
+    return incident.id
+
+
+async def test_permanent_failure_fails_over_once_and_both_record_it(database: Database) -> None:
+    clock = FakeClock(START)
+    await customer(database, "c0001")
+
+    def refuse(target: Target, _m: Message) -> DeliveryError | None:
+        return DeliveryError(
+            "21211 invalid number", retryable=False, contact_point=ContactPointState.DISABLED
+        )
+
+    sms = MemoryChannel(name="sms", contact="sms", fail=refuse)
+    mail = MemoryChannel(name="mail", contact="email")
+    engine = await Engine.create(settings(), database, clock, {"sms": sms, "mail": mail})
+    await declare(database, clock)
+    await engine.process_due_rounds()
+    await engine.dispatch_all()
+    async with database.session() as session:
+        rows = {d.channel: d for d in (await session.execute(select(Delivery))).scalars()}
+        events = (
+            await session.execute(
+                select(DeliveryEvent.delivery_id, DeliveryEvent.state).order_by(DeliveryEvent.id)
+            )
+        ).all()
+        point = (
+            await session.execute(select(ContactPoint).where(ContactPoint.kind == "sms"))
+        ).scalar_one()
+    assert rows["sms"].state == "failed" and rows["sms"].failover_to == "mail"
+    assert rows["mail"].state == "sent" and rows["mail"].failover_from_id == rows["sms"].id
+    assert [m.target.address for m in mail.sent] == ["c0001@example.org"]
+    assert point.disabled
+    assert [s for d, s in events if d == rows["sms"].id] == ["sending", "failed"]
+    assert [s for d, s in events if d == rows["mail"].id] == ["pending", "sending", "sent"]
+
+
+async def test_failover_follows_the_customers_own_order(database: Database) -> None:
+    clock = FakeClock(START)
+    await customer(database, "c0002", order="mail,sms")
+    mail = MemoryChannel(
+        name="mail",
+        contact="email",
+        fail=lambda t, m: DeliveryError("550 no such user", retryable=False),
+    )
+    sms = MemoryChannel(name="sms", contact="sms")
+    engine = await Engine.create(
+        settings(channels=["mail"]), database, clock, {"sms": sms, "mail": mail}
+    )
+    await declare(database, clock)
+    await engine.process_due_rounds()
+    await engine.dispatch_all()
+    assert len(sms.sent) == 1  # mail failed, so the customer's next channel: sms
+
+
+async def test_a_failover_delivery_that_fails_does_not_fail_over_again(database: Database) -> None:
+    clock = FakeClock(START)
+    await customer(database, "c0003")
+    never = lambda t, m: DeliveryError("refused", retryable=False)  # noqa: E731
+    sms = MemoryChannel(name="sms", contact="sms", fail=never)
+    mail = MemoryChannel(name="mail", contact="email", fail=never)
+    engine = await Engine.create(
+        settings(failover=["sms", "mail", "sms"]), database, clock, {"sms": sms, "mail": mail}
+    )
+    await declare(database, clock)
+    await engine.process_due_rounds()
+    await engine.dispatch_all()
+    async with database.session() as session:
+        states = sorted((await session.execute(select(Delivery.channel, Delivery.state))).all())
+    assert states == [("mail", "failed"), ("sms", "failed")]
+
+
+async def test_throttle_reroutes_to_the_lighter_channel(database: Database) -> None:
+    clock = FakeClock(START)
+    await customer(database, "c0004")
+    sms = MemoryChannel(name="sms", contact="sms")
+    mail = MemoryChannel(name="mail", contact="email")
+    config = settings(throttle={"sms": {"max": 2, "per": "1h", "fallback": "mail"}})
+    engine = await Engine.create(config, database, clock, {"sms": sms, "mail": mail})
+    incident_id = await declare(database, clock)
+    for minute in (0, 10, 20, 30):
+        clock.set(START + timedelta(minutes=minute))
+        if minute:
+            await service.post_update(
+                database, clock, incident_id, service.UpdateRequest(f"news {minute}")
+            )
+        await engine.process_due_rounds()
+        await engine.dispatch_all()
+    assert len(sms.sent) == 2  # at most 2 SMS an hour
+    assert len(mail.sent) == 2  # the rest by email: rerouted, not skipped
+    async with database.session() as session:
+        rerouted = (
+            (await session.execute(select(Delivery).where(Delivery.state == "rerouted")))
+            .scalars()
+            .all()
+        )
+    assert len(rerouted) == 2 and all(d.failover_to == "mail" for d in rerouted)
+    # An hour later SMS is allowed again.
+    clock.set(START + timedelta(minutes=95))
+    await service.post_update(database, clock, incident_id, service.UpdateRequest("later"))
+    await engine.process_due_rounds()
+    await engine.dispatch_all()
+    assert len(sms.sent) == 3
+
+
+async def test_token_bucket_paces_to_the_configured_rate() -> None:
+    now = [0.0]
+    waits: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    bucket = TokenBucket(10.0, burst=2, monotonic=lambda: now[0], sleep=fake_sleep)
+    for _ in range(12):
+        await bucket.acquire()
+    # 2 from the burst, then 10 more at 10/s: one second of pacing in all.
+    assert sum(waits) == pytest.approx(1.0)
+
+
+async def test_contact_point_marked_by_failure_is_not_used_again(database: Database) -> None:
+    clock = FakeClock(START)
+    await customer(database, "c0005")
+    async with database.session() as session, session.begin():
+        await session.execute(
+            update(ContactPoint).where(ContactPoint.kind == "sms").values(opted_out=True)
+        )
+    sms = MemoryChannel(name="sms", contact="sms")
+    mail = MemoryChannel(name="mail", contact="email")
+    engine = await Engine.create(settings(), database, clock, {"sms": sms, "mail": mail})
+    await declare(database, clock)
+    await engine.process_due_rounds()
+    await engine.dispatch_all()
+    assert sms.sent == []  # opted out: never materialised on SMS

@@ -1,0 +1,256 @@
+"""The daemon's HTTP endpoints: Twilio callbacks and inbound SMS, unsubscribe, health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import insert, select
+
+from broadcaster.clock import FakeClock
+from broadcaster.compose.links import make_token
+from broadcaster.config.settings import Settings
+from broadcaster.incidents import service
+from broadcaster.store import ContactPoint, Customer, Database, Delivery, DeliveryEvent, Round
+from broadcaster.web.app import create_app
+from broadcaster.web.state import WebState
+from tests.fakes.twilio import twilio_signature
+
+START = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
+TOKEN = "a" * 32
+SID = "AC" + "1" * 32
+PUBLIC = "https://status.example.org"
+SECRET = "link-secret-for-tests"
+
+
+def settings() -> Settings:
+    return Settings.model_validate(
+        {
+            "delivery": {"channels": ["sms"]},
+            "channels": {
+                "sms": {
+                    "type": "twilio",
+                    "account_sid": SID,
+                    "auth_token": TOKEN,
+                    "from_number": "+15005550006",
+                }
+            },
+            "messages": {"public_url": PUBLIC, "organisation": "Example Transit"},
+        }
+    )
+
+
+@pytest.fixture
+async def client(database: Database) -> AsyncIterator[tuple[httpx.AsyncClient, WebState]]:
+    state = WebState(settings(), database, FakeClock(START), SECRET, scheduler_running=True)
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as http:
+        yield http, state
+
+
+async def _seed(db: Database) -> int:
+    async with db.session() as session, session.begin():
+        await session.execute(
+            insert(Customer).values(
+                id="c1",
+                name="Ann",
+                language="en",
+                timezone="UTC",
+                created_at=START,
+                updated_at=START,
+            )
+        )
+        point = await session.execute(
+            insert(ContactPoint)
+            .values(
+                customer_id="c1",
+                kind="sms",
+                address="+31612345678",
+                opted_out=False,
+                disabled=False,
+                updated_at=START,
+            )
+            .returning(ContactPoint.id)
+        )
+        point_id = point.scalar_one()
+
+    incident = await service.declare(
+        db, FakeClock(START), service.Declaration("t", "minor", "m", components=["x"])
+    )
+    async with db.session() as session, session.begin():
+        round_id = (await session.execute(select(Round.id))).scalar_one()
+        created = await session.execute(
+            insert(Delivery)
+            .values(
+                round_id=round_id,
+                incident_id=incident.id,
+                customer_id="c1",
+                channel="sms",
+                contact_point_id=point_id,
+                address="+31612345678",
+                state="sent",
+                attempts=1,
+                next_attempt_at=START,
+                created_at=START,
+                provider_message_id="SM" + "f" * 32,
+            )
+            .returning(Delivery.id)
+        )
+        return int(created.scalar_one())
+
+
+def _signed(path: str, params: dict[str, str]) -> dict[str, str]:
+    return {"X-Twilio-Signature": twilio_signature(TOKEN, PUBLIC + path, params)}
+
+
+async def _status(http: httpx.AsyncClient, status: str, **extra: str) -> httpx.Response:
+    params = {"AccountSid": SID, "MessageSid": "SM" + "f" * 32, "MessageStatus": status, **extra}
+    path = "/hooks/twilio/status"
+    return await http.post(path, data=params, headers=_signed(path, params))
+
+
+async def test_status_callbacks_move_forward_only_and_are_recorded(
+    client: tuple[httpx.AsyncClient, WebState], database: Database
+) -> None:
+    http, _ = client
+    delivery_id = await _seed(database)
+    assert (await _status(http, "delivered")).status_code == 204
+    assert (await _status(http, "sent")).status_code == 204  # late, out of order
+    async with database.session() as session:
+        row = await session.get(Delivery, delivery_id)
+        events = (await session.execute(select(DeliveryEvent.state))).scalars().all()
+    assert row is not None and row.state == "delivered"
+    assert list(events) == ["delivered", "sent"]
+
+
+async def test_undelivered_with_opt_out_code_marks_the_number(
+    client: tuple[httpx.AsyncClient, WebState], database: Database
+) -> None:
+    http, _ = client
+    delivery_id = await _seed(database)
+    assert (await _status(http, "undelivered", ErrorCode="21610")).status_code == 204
+    async with database.session() as session:
+        row = await session.get(Delivery, delivery_id)
+        point = (await session.execute(select(ContactPoint))).scalar_one()
+    assert row is not None and row.state == "undelivered" and "21610" in (row.last_error or "")
+    assert point.opted_out
+
+
+@pytest.mark.parametrize("signature", [None, "forged", "AAAA"])
+async def test_forged_or_missing_signature_is_refused_and_changes_nothing(
+    client: tuple[httpx.AsyncClient, WebState], database: Database, signature: str | None
+) -> None:
+    http, _ = client
+    delivery_id = await _seed(database)
+    params = {"AccountSid": SID, "MessageSid": "SM" + "f" * 32, "MessageStatus": "failed"}
+    headers = {"X-Twilio-Signature": signature} if signature else {}
+    response = await http.post("/hooks/twilio/status", data=params, headers=headers)
+    assert response.status_code == 403
+    async with database.session() as session:
+        row = await session.get(Delivery, delivery_id)
+        events = (await session.execute(select(DeliveryEvent))).scalars().all()
+    assert row is not None and row.state == "sent" and events == []
+
+
+async def test_signature_over_other_params_is_refused(
+    client: tuple[httpx.AsyncClient, WebState], database: Database
+) -> None:
+    http, _ = client
+    await _seed(database)
+    params = {"AccountSid": SID, "MessageSid": "SM" + "f" * 32, "MessageStatus": "delivered"}
+    headers = _signed("/hooks/twilio/status", params)
+    tampered = {**params, "MessageStatus": "failed"}
+    response = await http.post("/hooks/twilio/status", data=tampered, headers=headers)
+    assert response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("body", "opted_out"),
+    [
+        ("STOP", True),
+        ("stopall", True),
+        (" Unsubscribe ", True),
+        ("cancel", True),
+        ("END", True),
+        ("quit", True),
+    ],
+)
+async def test_inbound_stop_words_opt_the_number_out(
+    client: tuple[httpx.AsyncClient, WebState], database: Database, body: str, opted_out: bool
+) -> None:
+    http, _ = client
+    await _seed(database)
+    params = {"AccountSid": SID, "From": "+31612345678", "Body": body}
+    path = "/hooks/twilio/inbound"
+    response = await http.post(path, data=params, headers=_signed(path, params))
+    assert response.status_code == 200
+    async with database.session() as session:
+        point = (await session.execute(select(ContactPoint))).scalar_one()
+    assert point.opted_out is opted_out
+
+
+async def test_inbound_start_opts_back_in_and_help_answers(
+    client: tuple[httpx.AsyncClient, WebState], database: Database
+) -> None:
+    http, _ = client
+    await _seed(database)
+    path = "/hooks/twilio/inbound"
+    for body in ("STOP", "UNSTOP"):
+        params = {"AccountSid": SID, "From": "+31612345678", "Body": body}
+        await http.post(path, data=params, headers=_signed(path, params))
+    async with database.session() as session:
+        point = (await session.execute(select(ContactPoint))).scalar_one()
+    assert not point.opted_out
+    params = {"AccountSid": SID, "From": "+31612345678", "Body": "HELP"}
+    answer = await http.post(path, data=params, headers=_signed(path, params))
+    assert "<Message>Example Transit" in answer.text and "STOP" in answer.text
+
+
+async def test_one_click_unsubscribe(
+    client: tuple[httpx.AsyncClient, WebState], database: Database
+) -> None:
+    http, _ = client
+    await _seed(database)
+    token = make_token(SECRET, "c1", "unsubscribe", START + timedelta(days=1))
+    page = await http.get(f"/u/{token}")
+    assert page.status_code == 200 and "<form" in page.text
+    async with database.session() as session:
+        assert not (await session.execute(select(ContactPoint))).scalar_one().opted_out
+    done = await http.post(
+        f"/u/{token}",
+        content="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert done.status_code == 200
+    async with database.session() as session:
+        assert (await session.execute(select(ContactPoint))).scalar_one().opted_out
+
+
+@pytest.mark.parametrize("mutate", ["forge", "expire", "purpose"])
+async def test_bad_unsubscribe_links_are_refused(
+    client: tuple[httpx.AsyncClient, WebState], database: Database, mutate: str
+) -> None:
+    http, _ = client
+    await _seed(database)
+    if mutate == "forge":
+        token = make_token("another-secret", "c1", "unsubscribe", START + timedelta(days=1))
+    elif mutate == "expire":
+        token = make_token(SECRET, "c1", "unsubscribe", START - timedelta(seconds=1))
+    else:
+        token = make_token(SECRET, "c1", "preferences", START + timedelta(days=1))
+    assert (await http.post(f"/u/{token}")).status_code == 400
+    async with database.session() as session:
+        assert not (await session.execute(select(ContactPoint))).scalar_one().opted_out
+
+
+async def test_healthz(client: tuple[httpx.AsyncClient, WebState]) -> None:
+    http, state = client
+    assert (await http.get("/healthz")).json() == {
+        "status": "ok",
+        "store": "ok",
+        "scheduler": "running",
+    }
+    state.scheduler_running = False
+    assert (await http.get("/healthz")).status_code == 503
