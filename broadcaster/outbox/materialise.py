@@ -22,6 +22,11 @@ from broadcaster.store import ContactPoint, Database, Delivery, Round
 from broadcaster.store.models import table_of
 
 
+EVERY_CUSTOMER = "customer"
+"""A channel whose contact kind is ``customer`` reaches every affected customer, addressed by
+id (a fixed-URL webhook into a CRM, say); no contact point is needed."""
+
+
 @dataclass(frozen=True)
 class ChannelRoute:
     """A channel a round goes out on, and the contact-point kind it addresses."""
@@ -86,13 +91,15 @@ async def materialise_round(
                 )
                 .order_by(ContactPoint.customer_id, ContactPoint.id)
             )
-            first: dict[tuple[str, str], tuple[int, str]] = {}
+            first: dict[tuple[str, str], tuple[int | None, str]] = {}
             for customer_id, kind, point_id, address in contacts:
                 first.setdefault((customer_id, kind), (point_id, address))
             rows = []
             for customer_id in customers:
                 for route in routes:
                     point = first.get((customer_id, route.contact))
+                    if route.contact == EVERY_CUSTOMER:
+                        point = (None, customer_id)
                     if point is None:
                         continue
                     rows.append(
