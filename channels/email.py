@@ -3,12 +3,15 @@
 Messages are multipart text + HTML with a Message-ID, Date, From, To (with the
 customer's name) and, when configured, Reply-To. SMTP replies map onto the retry
 contract: 4xx and connection trouble are retryable, 5xx on the recipient is permanent
-and disables the address.
+and disables the address. Failures while setting up a connection (TLS verification,
+AUTH) are retryable whatever their code: they are the relay's or our configuration's
+fault, the same for every message, and deliveries should go once it is fixed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from datetime import UTC
 from email.errors import HeaderParseError, MessageError
@@ -16,7 +19,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, formatdate, make_msgid, parseaddr
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import aiosmtplib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -40,6 +43,9 @@ class EmailSettings(BaseModel):
     sender: str = Field(default="Broadcaster <noreply@localhost>", alias="from")
     reply_to: str | None = None
     pool_size: int = Field(default=4, ge=1, le=64)
+    messages_per_connection: int = Field(default=100, ge=1, le=100_000)
+    """Relays limit messages per session; after this many the connection is closed and a
+    new one opened."""
     timeout: float = Field(default=30.0, gt=0)
     ca_file: Path | None = None
     """Trust this CA bundle instead of the system's (private relays, tests)."""
@@ -56,6 +62,7 @@ class EmailChannel:
         self._settings = settings
         self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
         self._slots = asyncio.Semaphore(settings.pool_size)
+        self._used: dict[int, int] = {}
         sender_name, sender_addr = parseaddr(settings.sender)
         if "@" not in sender_addr:
             raise ValueError(f"email channel {name!r}: 'from' is not an address: {settings.sender}")
@@ -91,10 +98,14 @@ class EmailChannel:
             if s.username:
                 password = s.password.get_secret_value() if s.password else ""
                 await client.login(s.username, password)
-        except BaseException:
+        except Exception:
             # Without this a failed STARTTLS or login leaves an open socket behind.
-            client.close()
+            await _discard(client)
             raise
+        except BaseException:
+            _abort(client)
+            raise
+        self._used[id(client)] = 0  # a new connection; forget any reused id
         return client
 
     def build(self, target: Target, message: Message) -> EmailMessage:
@@ -141,6 +152,7 @@ class EmailChannel:
         async with self._slots:
             client = self._idle.get_nowait() if not self._idle.empty() else None
             if client is not None and not client.is_connected:
+                await _discard(client)  # the relay closed it while it was idle
                 client = None
             if client is None:
                 try:
@@ -166,7 +178,7 @@ class EmailChannel:
                 raise DeliveryError(f"SMTP connection failed: {exc}", retryable=True) from exc
             except ValueError as exc:
                 # aiosmtplib refused to put the address on the wire; nothing was sent.
-                self._release(client)
+                await self._checkin(client)
                 raise DeliveryError(
                     f"cannot address {target.address!r}: {exc}",
                     retryable=False,
@@ -174,36 +186,75 @@ class EmailChannel:
                 ) from exc
             except BaseException:
                 # Cancelled mid-transaction: the session state is unknown, drop it.
-                client.close()
+                _abort(client)
                 raise
-            self._release(client)
+            await self._checkin(client)
         return Receipt(provider_message_id=str(email["Message-ID"]))
 
-    def _release(self, client: aiosmtplib.SMTP) -> None:
-        if not client.is_connected:
-            return
-        if self._closed:
-            # aclose() ran while this send was in flight; it could not close this one.
-            client.close()
-            return
-        self._idle.put_nowait(client)
+    async def _checkin(self, client: aiosmtplib.SMTP) -> None:
+        """Back to the pool; closed instead if it broke, aclose() ran during the send, or it
+        carried ``messages_per_connection`` messages."""
+        used = self._used.get(id(client), 0) + 1
+        if (
+            client.is_connected
+            and not self._closed
+            and used < self._settings.messages_per_connection
+        ):
+            self._used[id(client)] = used
+            self._idle.put_nowait(client)
+        else:
+            self._used.pop(id(client), None)
+            await _discard(client, polite=client.is_connected)
 
     async def aclose(self) -> None:
         self._closed = True
+        idle: list[aiosmtplib.SMTP] = []
         while not self._idle.empty():
-            await _discard(self._idle.get_nowait(), polite=True)
+            idle.append(self._idle.get_nowait())
+        await asyncio.gather(*(_discard(client, polite=True) for client in idle))
 
 
-async def _discard(client: aiosmtplib.SMTP | None, *, polite: bool = False) -> None:
-    if client is None or not client.is_connected:
-        return
-    try:
-        if polite:
+_CLOSE_GRACE = 2.0
+"""Seconds a connection gets to finish a polite close (QUIT, TLS close_notify)."""
+
+
+async def _discard(client: aiosmtplib.SMTP, *, polite: bool = False) -> None:
+    """Close a connection and return once its socket is closed.
+
+    Only a clean session ends politely (QUIT, then the TLS close handshake); after an
+    error the connection is aborted. Waiting for the socket matters at shutdown:
+    aiosmtplib's close() only starts closing, and a loop that ends before the TLS
+    close handshake finishes leaves the socket open (a ResourceWarning here, a
+    half-closed connection on the relay).
+    """
+    transport = client.transport  # quit() and close() forget it
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if polite and client.is_connected:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
             await client.quit()
-        else:
-            client.close()
-    except (aiosmtplib.SMTPException, OSError, TimeoutError):
-        client.close()
+    if sock is not None and not await _socket_closed(sock, _CLOSE_GRACE if polite else 0.0):
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+        await _socket_closed(sock, _CLOSE_GRACE)
+    client.close()
+
+
+def _abort(client: aiosmtplib.SMTP) -> None:
+    """Drop a connection at once (no await: for cancellation and failed setup)."""
+    if isinstance(client.transport, asyncio.Transport):
+        client.transport.abort()
+    client.close()
+
+
+async def _socket_closed(sock: Any, grace: float) -> bool:
+    """Poll until the socket is closed (fileno -1) or ``grace`` seconds have passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while sock.fileno() != -1:
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
 
 
 def _recipient(target: Target) -> str:
