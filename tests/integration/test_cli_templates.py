@@ -1,0 +1,104 @@
+"""``broadcaster templates check | preview`` through the command line."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from broadcaster.cli.main import app
+from broadcaster.clock import RealClock
+from broadcaster.incidents import service
+from broadcaster.store import Database
+from broadcaster.store.migrate import upgrade
+
+runner = CliRunner()
+
+
+def _config(tmp_path: Path, extra: str = "") -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f'database: {{url: "sqlite+aiosqlite:///{tmp_path / "s.db"}"}}\n{extra}', encoding="utf-8"
+    )
+    return config
+
+
+def test_check_passes_on_the_shipped_templates(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["templates", "check", "--config", str(_config(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "checked 72 templates: 0 errors" in result.output
+
+
+def test_check_fails_on_a_broken_override(tmp_path: Path) -> None:
+    broken = tmp_path / "tpl" / "en" / "resolution" / "email_text.j2"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("Sorry, {{ customer.name }}. {{ resolution.regret }}", encoding="utf-8")
+    config = _config(tmp_path, f'messages: {{templates_dir: "{tmp_path / "tpl"}"}}\n')
+    result = runner.invoke(app, ["templates", "check", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "apology lacks its prevention" in result.output
+
+
+def test_preview_sms_shows_segments(tmp_path: Path) -> None:
+    args = ["templates", "preview", "update", "--channel", "sms", "--language", "nl"]
+    result = runner.invoke(app, [*args, "--config", str(_config(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "Volgende update uiterlijk" in result.output and "GSM-7 segments" in result.output
+
+
+def test_preview_with_a_real_incident_and_customer(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    url = f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
+    upgrade(url)
+    people = tmp_path / "c.jsonl"
+    people.write_text(
+        '{"id": "K1", "name": "Kees", "language": "nl", "timezone": "Europe/Amsterdam",'
+        ' "email": "kees@example.nl", "components": ["rail"]}\n',
+        encoding="utf-8",
+    )
+    assert (
+        runner.invoke(app, ["customers", "import", str(people), "--config", str(config)]).exit_code
+        == 0
+    )
+
+    async def declare() -> int:
+        db = Database(url)
+        try:
+            incident = await service.declare(
+                db,
+                RealClock(),
+                service.Declaration(
+                    "Geen treinen", "major", "Er rijden geen treinen.", components=["rail"]
+                ),
+            )
+            return incident.id
+        finally:
+            await db.dispose()
+
+    incident_id = asyncio.run(declare())
+    result = runner.invoke(
+        app,
+        [
+            "templates",
+            "preview",
+            "first",
+            "--incident",
+            str(incident_id),
+            "--customer",
+            "K1",
+            "--config",
+            str(config),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Beste Kees," in result.output
+    assert "Er rijden geen treinen." in result.output
+    assert "List-Unsubscribe: <http://127.0.0.1:8080/u/" in result.output
+
+
+def test_preview_refuses_an_unknown_kind(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["templates", "preview", "gossip", "--config", str(_config(tmp_path))]
+    )
+    assert result.exit_code == 1 and "unknown kind" in result.output
