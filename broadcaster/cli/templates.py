@@ -23,6 +23,7 @@ from broadcaster.compose.samples import (
 )
 from broadcaster.compose.templates import FORMS, KINDS
 from broadcaster.config import Settings
+from broadcaster.dispatch.content import facts_of
 from broadcaster.engine import link_secret, make_renderer
 from broadcaster.incidents.service import latest_update
 from broadcaster.store import Customer, Database, Incident, IncidentScope
@@ -72,28 +73,8 @@ async def _facts(db: Database, incident_id: int, kind: str) -> IncidentFacts:
                 )
             )
         ).all()
-    sample = sample_facts(kind)
-    return IncidentFacts(
-        incident_id=incident.id,
-        title=incident.title,
-        severity=incident.severity,
-        status=update.status,
-        components=tuple(v for k, v in scopes if k == "component"),
-        regions=tuple(v for k, v in scopes if k == "region"),
-        summary=update.message,
-        cause_kind=update.cause_kind,
-        cause=update.cause,
-        actions=update.actions,
-        workaround=update.workaround,
-        expected_resolution_at=update.expected_resolution_at,
-        posted_at=update.created_at,
-        next_update_at=None if kind == "resolution" else sample.next_update_at,
-        responsibility=update.responsibility,
-        regret=update.regret,
-        remedy=update.remedy,
-        prevention=update.prevention,
-        compensation=update.compensation,
-    )
+    next_update = None if kind == "resolution" else sample_facts(kind).next_update_at
+    return facts_of(incident, update, [(k, v) for k, v in scopes], next_update)
 
 
 @app.command("preview")

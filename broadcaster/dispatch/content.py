@@ -7,7 +7,9 @@ claim time), so caching it by round id is safe.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 
@@ -20,6 +22,36 @@ class RoundContent:
     number: int
     kind: str
     facts: IncidentFacts
+
+
+def facts_of(
+    incident: Incident,
+    update: IncidentUpdate,
+    scopes: Sequence[tuple[str, str]],
+    next_update_at: datetime | None,
+) -> IncidentFacts:
+    """What templates may say about an incident at one timeline entry."""
+    return IncidentFacts(
+        incident_id=incident.id,
+        title=incident.title,
+        severity=incident.severity,
+        status=update.status,
+        components=tuple(v for k, v in scopes if k == "component"),
+        regions=tuple(v for k, v in scopes if k == "region"),
+        summary=update.message,
+        cause_kind=update.cause_kind,
+        cause=update.cause,
+        actions=update.actions,
+        workaround=update.workaround,
+        expected_resolution_at=update.expected_resolution_at,
+        posted_at=update.created_at,
+        next_update_at=next_update_at,
+        responsibility=update.responsibility,
+        regret=update.regret,
+        remedy=update.remedy,
+        prevention=update.prevention,
+        compensation=update.compensation,
+    )
 
 
 class RoundContents:
@@ -52,27 +84,7 @@ class RoundContents:
         content = RoundContent(
             number=rnd.number,
             kind=rnd.kind,
-            facts=IncidentFacts(
-                incident_id=incident.id,
-                title=incident.title,
-                severity=incident.severity,
-                status=upd.status,
-                components=tuple(v for k, v in scopes if k == "component"),
-                regions=tuple(v for k, v in scopes if k == "region"),
-                summary=upd.message,
-                cause_kind=upd.cause_kind,
-                cause=upd.cause,
-                actions=upd.actions,
-                workaround=upd.workaround,
-                expected_resolution_at=upd.expected_resolution_at,
-                posted_at=upd.created_at,
-                next_update_at=rnd.next_due_at,
-                responsibility=upd.responsibility,
-                regret=upd.regret,
-                remedy=upd.remedy,
-                prevention=upd.prevention,
-                compensation=upd.compensation,
-            ),
+            facts=facts_of(incident, upd, scopes, rnd.next_due_at),
         )
         self._cache[round_id] = content
         if len(self._cache) > self._size:
