@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
-from channels.push_common import BODY_LIMIT, parse_retry_after, shorten
+from channels.http_common import parse_retry_after
+from channels.push_common import BODY_LIMIT, shorten
 
 PRODUCTION_URL = "https://api.push.apple.com"
 SANDBOX_URL = "https://api.sandbox.push.apple.com"
@@ -211,7 +212,7 @@ class ApnsChannel:
             response = await self._post(device, payload, self.headers(provider, apns_id))
         if response.status_code == 200:
             return Receipt(provider_message_id=response.headers.get("apns-id") or apns_id)
-        retry_after = parse_retry_after(response.headers.get("retry-after"), self._now())
+        retry_after = parse_retry_after(response.headers.get("retry-after"), now=self._now())
         raise apns_error(response.status_code, _reason(response), retry_after)
 
     def _provider_token(self, *, stale: str | None = None) -> str:

@@ -12,12 +12,15 @@ How one send goes:
    has no idempotency key, so the app de-duplicates on ``data.delivery``) and high Android
    priority. A 401 (our access token was refused) fetches a new token and retries once.
 3. ``200`` returns the message name as the receipt; anything else maps onto
-   :class:`~channels.base.DeliveryError` by :func:`fcm_error`, which says per FCM error code
-   whether a retry can help and whether the registration token is dead.
+   :class:`~channels.base.DeliveryError` by :func:`~channels.fcm_errors.fcm_error`, which
+   says per FCM error code whether a retry can help and whether the registration token is dead.
 
 Configuration problems (a refused service account, SENDER_ID_MISMATCH, THIRD_PARTY_AUTH_ERROR,
-PERMISSION_DENIED) are permanent and never condemn the customer's token: the dispatcher fails
-over to the next channel instead of retrying a send that cannot work until an admin acts.
+PERMISSION_DENIED, 404 NOT_FOUND without ``UNREGISTERED``: a wrong project_id) are permanent
+and never condemn the token: the dispatcher fails over instead of retrying a send that cannot
+work until an admin acts. Only FCM's ``UNREGISTERED`` (or an ``INVALID_ARGUMENT`` naming
+``message.token``) disables it. Reasons quote Google's error fields, never a raw body, and
+are redacted against the access token and the signed assertion.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
-from channels.push_common import parse_retry_after, shorten
+from channels.fcm_errors import fcm_error, parse_google_error, token_error
+from channels.http_common import parse_retry_after
+from channels.push_common import shorten
+from channels.redact import redact
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -48,10 +54,6 @@ ASSERTION_LIFETIME = 3600
 """Seconds the signed JWT assertion is valid; Google accepts at most one hour."""
 REFRESH_MARGIN = 300.0
 """An access token is replaced this many seconds before it expires (at most half its life)."""
-QUOTA_DEFAULT_WAIT = 60.0
-"""FCM asks for at least a minute of back-off on QUOTA_EXCEEDED without a Retry-After."""
-_FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
-_BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 
 
 class FcmSettings(BaseModel):
@@ -195,7 +197,10 @@ class FcmChannel:
         body = self.build(target, message)
         access = await self._access_token()
         response = await self._post(body, access)
-        if response.status_code == 401 and _fcm_error_code(response) != "THIRD_PARTY_AUTH_ERROR":
+        if (
+            response.status_code == 401
+            and parse_google_error(response.content).error_code != "THIRD_PARTY_AUTH_ERROR"
+        ):
             # Our token was refused (revoked, or the clocks disagree): one fresh token, once.
             access = await self._access_token(stale=access)
             response = await self._post(body, access)
@@ -205,8 +210,14 @@ class FcmChannel:
             except (ValueError, AttributeError):
                 name = None
             return Receipt(provider_message_id=name if isinstance(name, str) else None)
-        retry_after = parse_retry_after(response.headers.get("retry-after"), self._now())
-        raise fcm_error(response.status_code, response.content, retry_after)
+        retry_after = parse_retry_after(response.headers.get("retry-after"), now=self._now())
+        raise fcm_error(
+            response.status_code,
+            response.content,
+            retry_after,
+            content_type=response.headers.get("content-type"),
+            secrets=(access,),
+        )
 
     async def _post(self, body: dict[str, Any], access: str) -> httpx.Response:
         try:
@@ -218,7 +229,8 @@ class FcmChannel:
                 f"FCM request timed out ({type(exc).__name__})", retryable=True
             ) from exc
         except httpx.TransportError as exc:
-            raise DeliveryError(f"FCM connection failed: {_describe(exc)}", retryable=True) from exc
+            reason = redact(f"FCM connection failed: {_describe(exc)}", (access,))
+            raise DeliveryError(reason, retryable=True) from exc
 
     async def _access_token(self, *, stale: str | None = None) -> str:
         """The cached access token, or a new one when it is due, missing, or ``stale``.
@@ -259,12 +271,11 @@ class FcmChannel:
         except httpx.TimeoutException as exc:
             raise DeliveryError("OAuth2 token exchange timed out", retryable=True) from exc
         except httpx.TransportError as exc:
-            reason = f"OAuth2 token exchange failed: {_describe(exc)}"
+            reason = redact(f"OAuth2 token exchange failed: {_describe(exc)}", (assertion,))
             raise DeliveryError(reason, retryable=True) from exc
         if not response.is_success:
-            raise _token_error(
-                response, parse_retry_after(response.headers.get("retry-after"), now)
-            )
+            retry_after = parse_retry_after(response.headers.get("retry-after"), now=now)
+            raise token_error(response, retry_after, secrets=(assertion,))
         try:
             payload = response.json()
             value, expires_in = payload["access_token"], float(payload.get("expires_in", 3600))
@@ -284,86 +295,6 @@ class FcmChannel:
             with contextlib.suppress(asyncio.CancelledError, DeliveryError):
                 await self._exchanging
         await self._client.aclose()
-
-
-def _token_error(response: httpx.Response, retry_after: float | None) -> DeliveryError:
-    """The token endpoint refused: 5xx/429 may pass, a refused account needs an admin."""
-    try:
-        payload = response.json()
-        detail = f"{payload.get('error')}: {payload.get('error_description', '')}"[:200]
-    except (ValueError, AttributeError):
-        detail = response.text[:200]
-    reason = f"OAuth2 token exchange refused: HTTP {response.status_code} {detail}".strip()
-    if response.status_code >= 500 or response.status_code in (408, 429):
-        return DeliveryError(reason, retryable=True, retry_after=retry_after)
-    return DeliveryError(reason + " (check the service account)", retryable=False)
-
-
-@dataclass(frozen=True)
-class GoogleError:
-    """The parts of a Google API error body that decide what a failure means."""
-
-    status: str = ""
-    """The canonical status, e.g. ``NOT_FOUND``, ``INVALID_ARGUMENT``."""
-    error_code: str = ""
-    """FCM's own ``FcmError.errorCode``, e.g. ``UNREGISTERED``."""
-    message: str = ""
-    token_field: bool = False
-    """A ``BadRequest`` field violation names ``message.token``."""
-    parsed: bool = False
-    """The body was a Google API error at all (not, say, a proxy's HTML page)."""
-
-
-def parse_google_error(body: bytes) -> GoogleError:
-    try:
-        error = json.loads(body)["error"]
-        status, message = str(error.get("status", "")), str(error.get("message", ""))
-        details = error.get("details") or []
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return GoogleError()
-    code, token_field = "", False
-    for detail in details if isinstance(details, list) else []:
-        if not isinstance(detail, dict):
-            continue
-        if detail.get("@type") == _FCM_ERROR_TYPE:
-            code = str(detail.get("errorCode", ""))
-        elif detail.get("@type") == _BAD_REQUEST_TYPE:
-            violations = detail.get("fieldViolations") or []
-            token_field = token_field or any(
-                isinstance(v, dict) and v.get("field") == "message.token" for v in violations
-            )
-    return GoogleError(status, code, message, token_field, parsed=True)
-
-
-def _fcm_error_code(response: httpx.Response) -> str:
-    return parse_google_error(response.content).error_code
-
-
-def fcm_error(status: int, body: bytes, retry_after: float | None = None) -> DeliveryError:
-    """Map one FCM v1 error response onto the retry contract (see docs/channels/push-fcm.md)."""
-    error = parse_google_error(body)
-    code = error.error_code or error.status or "no error body"
-    reason = f"FCM {status} {code}: {error.message[:200]}".rstrip(": ")
-    disabled = ContactPointState.DISABLED
-    if error.error_code == "UNREGISTERED" or (status == 404 and error.parsed):
-        return DeliveryError(reason, retryable=False, contact_point=disabled)
-    if error.error_code in ("SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"):
-        return DeliveryError(reason + " (configuration)", retryable=False)
-    if status == 400 or error.status == "INVALID_ARGUMENT":
-        # INVALID_ARGUMENT covers both a malformed token and a malformed message; only a
-        # field violation on message.token (or FCM's wording for it) condemns the token.
-        if error.token_field or "registration token" in error.message.lower():
-            return DeliveryError(reason, retryable=False, contact_point=disabled)
-        return DeliveryError(reason, retryable=False)
-    if status in (401, 403):
-        # 401 here came after a fresh token; 403 PERMISSION_DENIED: the account lacks the role.
-        return DeliveryError(reason + " (configuration)", retryable=False)
-    if status == 429 or error.error_code == "QUOTA_EXCEEDED":
-        wait = retry_after if retry_after is not None else QUOTA_DEFAULT_WAIT
-        return DeliveryError(reason, retryable=True, retry_after=wait)
-    if status >= 500 or status == 408:
-        return DeliveryError(reason, retryable=True, retry_after=retry_after)
-    return DeliveryError(reason, retryable=False)
 
 
 def _describe(exc: Exception) -> str:

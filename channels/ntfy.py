@@ -12,10 +12,12 @@ sent as the sequence id: a retry after a lost response replaces the first notifi
 the phone instead of adding a second. Older servers ignore the header.
 
 Errors follow ntfy's JSON body ``{"code": 42901, "http": 429, "error": "...", "link": ...}``:
-429 and 5xx are retryable (with ``Retry-After``); 401 and 403 are permanent configuration
-errors (token, or access to the topic); 404 is permanent too (``base_url`` does not lead to
-an ntfy server's publish endpoint); 400 for an invalid or disallowed topic disables the
-contact point; any other 4xx (413 included) is permanent.
+408, 429 and 5xx are retryable (with ``Retry-After``); 401 and 403 are permanent
+configuration errors (token, or access to the topic); 404 is permanent too (``base_url``
+does not lead to an ntfy server's publish endpoint); 400 for an invalid or disallowed topic
+disables the contact point; any other 4xx (413 included) is permanent. Reasons quote only
+ntfy's ``code`` and ``error`` (cut short), or the type and length of any other body, and
+are redacted against the token or password, should a proxy echo the request.
 """
 
 from __future__ import annotations
@@ -25,14 +27,20 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from typing import Annotated, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.http_common import (
+    clip,
+    describe_body,
+    json_object,
+    parse_retry_after,
+    retryable_status,
+)
+from channels.redact import redact
 
 TOPIC = re.compile(r"^[-_A-Za-z0-9]{1,64}$")
 """ntfy's own topic rule (``topicRegex`` in its server)."""
@@ -159,6 +167,15 @@ class NtfyChannel:
             return f"Basic {base64.b64encode(pair).decode('ascii')}"
         return None
 
+    def _secrets(self) -> tuple[str, ...]:
+        """What no reason may show: the token or password, and the credentials sent."""
+        s = self._settings
+        found = [secret.get_secret_value() for secret in (s.token, s.password) if secret]
+        authorization = self._authorization()
+        if authorization is not None:
+            found.append(authorization.split(" ", 1)[1])
+        return tuple(found)
+
     async def send(self, target: Target, message: Message) -> Receipt:
         if self._closed:
             raise DeliveryError("ntfy channel is closed", retryable=True)
@@ -180,23 +197,20 @@ class NtfyChannel:
         except httpx.TimeoutException as exc:
             raise DeliveryError("ntfy timed out", retryable=True) from exc
         except httpx.TransportError as exc:
-            raise DeliveryError(
-                f"ntfy connection failed: {type(exc).__name__}: {exc}", retryable=True
-            ) from exc
+            reason = redact(f"ntfy connection failed: {type(exc).__name__}: {exc}", self._secrets())
+            raise DeliveryError(reason, retryable=True) from exc
         if response.status_code == 200:
             return Receipt(provider_message_id=_message_id(response), detail="HTTP 200")
         raise self._error(response)
 
     def _error(self, response: httpx.Response) -> DeliveryError:
         status = response.status_code
-        code, text = _ntfy_error(response)
+        code, text = _ntfy_error(response, self._secrets())
         reason = f"ntfy {status}" + (f" ({code})" if code else "") + (f": {text}" if text else "")
-        if status == 429 or status >= 500:
-            return DeliveryError(
-                reason, retryable=True, retry_after=_retry_after(response, self._clock())
-            )
-        if status == 408:
-            return DeliveryError(reason, retryable=True)
+        reason = redact(reason, self._secrets())
+        if retryable_status(status):
+            wait = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
+            return DeliveryError(reason, retryable=True, retry_after=wait)
         if status == 400 and code in _TOPIC_ERRORS:
             return DeliveryError(reason, retryable=False, contact_point=ContactPointState.DISABLED)
         if status in (401, 403):
@@ -262,30 +276,12 @@ def _message_id(response: httpx.Response) -> str | None:
     return None
 
 
-def _ntfy_error(response: httpx.Response) -> tuple[int | None, str]:
-    """ntfy's error code and text from its JSON body, or the raw text when it is not JSON."""
-    try:
-        document = response.json()
-    except ValueError:
-        return None, " ".join(response.text[:200].split())
-    if not isinstance(document, dict):
-        return None, ""
-    code = document.get("code")
-    text = document.get("error")
-    return (code if isinstance(code, int) else None), (text if isinstance(text, str) else "")
-
-
-def _retry_after(response: httpx.Response, now: float) -> float | None:
-    """Seconds from a ``Retry-After`` header (delay or HTTP date), or None."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
+def _ntfy_error(response: httpx.Response, secrets: tuple[str, ...]) -> tuple[int | None, str]:
+    """ntfy's error code and text (cut short) from its JSON body; for any other body, no
+    code and only the body's type and length."""
+    document = json_object(response.content)
+    if document is None:
+        return None, describe_body(response)
+    code, text = document.get("code"), document.get("error")
+    code = code if isinstance(code, int) and not isinstance(code, bool) else None
+    return code, clip(text, secrets=secrets) if isinstance(text, str) else ""

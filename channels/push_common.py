@@ -1,36 +1,15 @@
-"""What the FCM and APNs channels share: notification text that fits, and Retry-After.
+"""What the FCM and APNs channels share: notification text that fits.
 
-Kept apart from both so neither provider module depends on the other.
+Kept apart from both so neither provider module depends on the other. Retry-After parsing
+lives in :mod:`channels.http_common`, shared by every HTTP channel.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from email.utils import parsedate_to_datetime
 
 BODY_LIMIT = 1000
 """Characters of notification body; longer texts are cut at a sentence boundary."""
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’»)\]]*(?=\s)|[。！？]|\n")

@@ -10,19 +10,18 @@ which is idempotent: text the composer already fitted keeps its one link.
 
 Twilio's answers map onto the retry contract (:func:`twilio_error`): error 21610 (STOP)
 is permanent and marks the number ``OPTED_OUT``; 21211 (invalid) and 21614 (not a mobile)
-mark it ``DISABLED``; HTTP 429 / error 20429 is retried after ``Retry-After``; 5xx,
-timeouts and connection errors are retried; 401/403 (credentials) and other 4xx fail the
-message only. The auth token (a ``SecretStr``) appears in no reason, repr or log.
+mark it ``DISABLED``; HTTP 408, 429 (or error 20429), 5xx, timeouts and connection errors
+are retried (after ``Retry-After`` when given); 401/403 and other 4xx fail the message only.
+Reasons: Twilio's code and message, never a raw body; no reason, repr or log has the token.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
-import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
-from email.utils import parsedate_to_datetime
 from types import MappingProxyType
 from typing import Literal, Protocol
 from urllib.parse import urlencode
@@ -43,7 +42,9 @@ from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
+from channels import http_common
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.redact import redact
 from channels.sms_segments import fit
 
 TWILIO_API = "https://api.twilio.com"
@@ -94,10 +95,8 @@ KEYWORDS: Mapping[str, Keyword] = MappingProxyType(
 _NO_TWILIO_ENVIRONMENT = {"TWILIO_EDGE": "", "TWILIO_REGION": ""}
 """Given to the twilio client so that TWILIO_* variables cannot redirect it: settings rule."""
 
-_response_headers: ContextVar[list[httpx.Headers] | None] = ContextVar(
-    "twilio_response_headers", default=None
-)
-"""Per send, the response headers (Retry-After): twilio's exceptions do not carry them."""
+_responses: ContextVar[list[httpx.Response] | None] = ContextVar("twilio_responses", default=None)
+"""Per send, the raw responses (Retry-After, content type): twilio's exceptions lack them."""
 
 
 class TwilioSettings(BaseModel):
@@ -196,9 +195,9 @@ class HttpxTwilioClient(AsyncHttpClient):
             timeout=timeout if timeout is not None else self.timeout,
             follow_redirects=allow_redirects,
         )
-        sink = _response_headers.get()
+        sink = _responses.get()
         if sink is not None:
-            sink.append(response.headers)
+            sink.append(response)
         return Response(response.status_code, response.text, response.headers)
 
     async def close(self) -> None:
@@ -233,9 +232,10 @@ class TwilioSmsChannel:
         self.contact = settings.contact
         self._settings = settings
         self._http = HttpxTwilioClient(base_url=settings.base_url, timeout=settings.timeout)
-        client = _new_client(
-            settings.account_sid, settings.auth_token.get_secret_value(), self._http
-        )
+        token = settings.auth_token.get_secret_value()
+        client = _new_client(settings.account_sid, token, self._http)
+        basic = base64.b64encode(f"{settings.account_sid}:{token}".encode()).decode("ascii")
+        self._secrets = (token, basic)  # what no reason may show
         # Resolving the resource now loads twilio's lazily imported modules at startup,
         # not during the first send.
         self._messages = client.messages
@@ -278,8 +278,8 @@ class TwilioSmsChannel:
         if not body.strip():
             raise DeliveryError("the message is empty", retryable=False)
         s = self._settings
-        answers: list[httpx.Headers] = []
-        token = _response_headers.set(answers)
+        answers: list[httpx.Response] = []
+        token = _responses.set(answers)
         try:
             sent = await self._messages.create_async(
                 to=to,
@@ -291,7 +291,9 @@ class TwilioSmsChannel:
         except (TwilioRestException, TwilioServiceException) as exc:
             last = answers[-1] if answers else None
             code = exc.code if exc.code != exc.status else None  # twilio's "no code" fallback
-            raise twilio_error(exc.status, code, _detail(exc), last) from exc
+            detail = _detail(exc, last, self._secrets)
+            headers = last.headers if last is not None else None
+            raise twilio_error(exc.status, code, detail, headers, secrets=self._secrets) from exc
         except httpx.TimeoutException as exc:
             raise DeliveryError(
                 f"Twilio did not answer within {s.timeout:g}s ({type(exc).__name__}); "
@@ -299,11 +301,13 @@ class TwilioSmsChannel:
                 retryable=True,
             ) from exc
         except httpx.HTTPError as exc:
-            raise DeliveryError(f"cannot reach Twilio: {_describe(exc)}", retryable=True) from exc
+            reason = redact(f"cannot reach Twilio: {_describe(exc)}", self._secrets)
+            raise DeliveryError(reason, retryable=True) from exc
         except ValueError as exc:  # a 2xx whose body is not Twilio's JSON (a proxy, say)
-            raise DeliveryError(f"unreadable answer from Twilio: {exc}", retryable=True) from exc
+            body = http_common.describe_body(answers[-1]) if answers else type(exc).__name__
+            raise DeliveryError(f"unreadable answer from Twilio: {body}", retryable=True) from exc
         finally:
-            _response_headers.reset(token)
+            _responses.reset(token)
         return Receipt(
             provider_message_id=sent.sid,
             detail=f"{sent.status}, {sent.num_segments} segment(s)",
@@ -314,10 +318,19 @@ class TwilioSmsChannel:
         await self._http.close()
 
 
-def _detail(exc: TwilioRestException | TwilioServiceException) -> str:
+def _detail(
+    exc: TwilioRestException | TwilioServiceException,
+    response: httpx.Response | None,
+    secrets: tuple[str, ...],
+) -> str:
+    """Twilio's error message (legacy, or RFC 9457), cut short; else the body's type, length."""
+    if response is not None and http_common.json_object(response.content) is None:
+        return http_common.describe_body(response)
     if isinstance(exc, TwilioRestException):
-        return exc.msg.removeprefix("Unable to create record: ")
-    return f"{exc.title}: {exc.detail}" if exc.detail else exc.title  # RFC 9457 bodies
+        text = exc.msg.removeprefix("Unable to create record: ")
+    else:  # RFC 9457 bodies
+        text = f"{exc.title}: {exc.detail}" if exc.detail else exc.title
+    return http_common.clip(text, secrets=secrets)
 
 
 def _describe(exc: BaseException) -> str:
@@ -329,20 +342,26 @@ def _describe(exc: BaseException) -> str:
 
 
 def twilio_error(
-    status: int, code: int | None, detail: str, headers: Mapping[str, str] | None = None
+    status: int,
+    code: int | None,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    secrets: Iterable[str] = (),
 ) -> DeliveryError:
-    """The :class:`DeliveryError` for one error answer of the Messages API (pure)."""
+    """The :class:`DeliveryError` for one error answer of the Messages API (pure); every
+    retryable one carries the answer's ``Retry-After``. Redacted against ``secrets``."""
     reason = f"Twilio HTTP {status}" + (f", error {code}" if code else "") + f": {detail}"
+    reason = redact(reason, secrets)
     contact_point = CONTACT_POINT_ERRORS.get(code) if code is not None else None
     if contact_point is not None:
         return DeliveryError(reason, retryable=False, contact_point=contact_point)
-    if status == 429 or code == 20429:
+    if http_common.retryable_status(status) or code == 20429:
         retry_after = None
         if headers is not None:
-            retry_after = parse_retry_after(headers.get("retry-after"), headers.get("date"))
+            value, date = headers.get("retry-after"), headers.get("date")
+            retry_after = http_common.parse_retry_after(value, date)
         return DeliveryError(reason, retryable=True, retry_after=retry_after)
-    if status >= 500:
-        return DeliveryError(reason, retryable=True)
     if status in (401, 403):
         reason += (
             " (Twilio refused our credentials or permissions: check account_sid and auth_token;"
@@ -350,25 +369,6 @@ def twilio_error(
             " number is not at fault)"
         )
     return DeliveryError(reason, retryable=False)
-
-
-def parse_retry_after(value: str | None, date: str | None = None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds, or an HTTP-date measured against
-    the response's own ``Date`` (no clock is read; no Date, no answer). Garbage: ``None``."""
-    if value is None or not value.strip():
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        if not date:
-            return None
-        try:
-            seconds = (parsedate_to_datetime(value) - parsedate_to_datetime(date)).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return max(seconds, 0.0)
 
 
 class _Validator(Protocol):

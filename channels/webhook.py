@@ -18,7 +18,11 @@ written in Python and for tests.
 Every retry is signed afresh (new timestamp) and carries the same idempotency key.
 Statuses map onto the retry contract: 2xx is success; 408, 429 and 5xx are retryable (with
 ``Retry-After``); 410 disables the contact point; any other 4xx is permanent; timeouts and
-connection errors are retryable.
+connection errors are retryable. Reasons quote only a JSON error body's ``code`` and
+``error``/``message``/``title``/``detail`` (RFC 9457 problem details included), cut short,
+or the type and length of any other body; they are redacted against the secret, the
+request's signature and the URL's path and query, should the receiver (or a proxy) echo
+the request.
 """
 
 from __future__ import annotations
@@ -29,14 +33,20 @@ import json
 import re
 import time
 from collections.abc import Callable
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.http_common import (
+    describe_body,
+    json_object,
+    parse_retry_after,
+    retryable_status,
+    text_field,
+)
+from channels.redact import redact
 
 SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE = 300
@@ -187,31 +197,33 @@ class WebhookChannel:
         if message.idempotency_key:
             headers[s.idempotency_header] = _ascii(message.idempotency_key)
         where = _origin(url)
+        # Not the whole URL: without a path it is the origin, which reasons do name.
+        path = httpx.URL(url).raw_path.decode("ascii")  # paths and queries often hold tokens
+        secrets = (s.secret.get_secret_value(), headers[s.signature_header], path)
         try:
             response = await self._client.post(url, content=body, headers=headers)
         except httpx.TimeoutException as exc:
             raise DeliveryError(f"webhook {where} timed out", retryable=True) from exc
         except httpx.TransportError as exc:
-            raise DeliveryError(
-                f"webhook {where} connection failed: {type(exc).__name__}: {exc}", retryable=True
-            ) from exc
+            reason = f"webhook {where} connection failed: {type(exc).__name__}: {exc}"
+            raise DeliveryError(redact(reason, secrets), retryable=True) from exc
         if 200 <= response.status_code < 300:
             return Receipt(
                 provider_message_id=message.idempotency_key or None,
                 detail=f"HTTP {response.status_code}",
             )
-        raise self._error(where, response)
+        raise self._error(where, response, secrets)
 
-    def _error(self, where: str, response: httpx.Response) -> DeliveryError:
+    def _error(
+        self, where: str, response: httpx.Response, secrets: tuple[str, ...]
+    ) -> DeliveryError:
         status = response.status_code
-        reason = f"webhook {where} answered {status}"
-        snippet = " ".join(response.text[:200].split())
-        if snippet:
-            reason = f"{reason}: {snippet}"
-        if status in (408, 429) or status >= 500:
-            return DeliveryError(
-                reason, retryable=True, retry_after=_retry_after(response, self._clock())
-            )
+        reason = redact(
+            f"webhook {where} answered {status}{_receiver_error(response, secrets)}", secrets
+        )
+        if retryable_status(status):
+            wait = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
+            return DeliveryError(reason, retryable=True, retry_after=wait)
         if status == 410:
             return DeliveryError(reason, retryable=False, contact_point=ContactPointState.DISABLED)
         return DeliveryError(reason, retryable=False)
@@ -221,20 +233,16 @@ class WebhookChannel:
         await self._client.aclose()
 
 
-def _retry_after(response: httpx.Response, now: float) -> float | None:
-    """Seconds from a ``Retry-After`` header (delay or HTTP date), or None."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
+def _receiver_error(response: httpx.Response, secrets: tuple[str, ...]) -> str:
+    """``: (code) message`` from a JSON error body, else ``: <type> body, <n> bytes, not
+    shown``; never the body's text as such."""
+    document = json_object(response.content)
+    if document is None:
+        return f": {describe_body(response)}"
+    code = text_field(document, "code", limit=32, secrets=secrets)
+    said = text_field(document, "error", "message", "title", "detail", secrets=secrets)
+    text = (f"({code}) " if code else "") + said
+    return f": {text.strip()}" if text else ""
 
 
 def _url_problem(url: str) -> str | None:

@@ -10,7 +10,10 @@ origin; one JWT per origin is cached until an hour before it expires (12 h lifet
 
 Statuses map onto the retry contract: 404 and 410 say the subscription is gone (disable
 the contact point); 413 and the configuration errors 400, 401 and 403 are permanent;
-429 and 5xx are retryable with ``Retry-After``; so are timeouts and connection errors.
+408, 429 and 5xx are retryable with ``Retry-After``; so are timeouts and connection errors.
+Reasons quote only the push service's JSON error fields (``errno``, ``message``/``reason``/
+``error``, cut short), or the type and length of any other body, and are redacted against
+the VAPID private key, the VAPID JWT and the endpoint's path, should a proxy echo the request.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,14 @@ from py_vapid import Vapid
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.http_common import (
+    describe_body,
+    json_object,
+    parse_retry_after,
+    retryable_status,
+    text_field,
+)
+from channels.redact import redact
 
 MAX_BODY = 4096
 """The largest encrypted body every push service must accept (RFC 8030 section 7.2)."""
@@ -223,6 +232,7 @@ class WebPushChannel:
             self._key = load_vapid_key(text)
         except ValueError as exc:
             raise ValueError(f"webpush channel {name!r}: {exc}") from None
+        self._key_text = text.strip()  # redacted from every reason
         self.application_server_key = application_server_key(self._key)
         self._jwts: dict[str, tuple[str, int]] = {}
         self._client = httpx.AsyncClient(
@@ -269,21 +279,21 @@ class WebPushChannel:
         topic = _topic(message) if s.topic else None
         if topic:
             headers["Topic"] = topic
+        path = httpx.URL(subscription.endpoint).raw_path.decode("ascii")  # a capability
+        secrets = (self._key_text, self._jwts[origin][0], path)
         try:
             response = await self._client.post(subscription.endpoint, content=body, headers=headers)
         except httpx.TimeoutException as exc:
             raise DeliveryError(f"push service {origin} timed out", retryable=True) from exc
         except httpx.TransportError as exc:
-            raise DeliveryError(
-                f"push service {origin} connection failed: {type(exc).__name__}: {exc}",
-                retryable=True,
-            ) from exc
+            reason = f"push service {origin} connection failed: {type(exc).__name__}: {exc}"
+            raise DeliveryError(redact(reason, secrets), retryable=True) from exc
         if response.status_code in (200, 201, 202):
             return Receipt(
                 provider_message_id=response.headers.get("Location"),
                 detail=f"HTTP {response.status_code}",
             )
-        raise self._error(origin, response)
+        raise self._error(origin, response, secrets)
 
     def _origin(self, endpoint: str) -> str:
         """The endpoint's origin (the JWT audience); ValueError when it is not acceptable."""
@@ -301,20 +311,21 @@ class WebPushChannel:
         shown = f"[{host}]" if ":" in host else host
         return f"{url.scheme}://{shown}" + (f":{url.port}" if url.port else "")
 
-    def _error(self, origin: str, response: httpx.Response) -> DeliveryError:
+    def _error(
+        self, origin: str, response: httpx.Response, secrets: tuple[str, ...]
+    ) -> DeliveryError:
         status = response.status_code
-        snippet = " ".join(response.text[:200].split())
-        reason = f"push service {origin} answered {status}" + (f": {snippet}" if snippet else "")
+        said = _service_error(response, secrets)
+        reason = redact(f"push service {origin} answered {status}{said}", secrets)
         if status in (404, 410):
             return DeliveryError(
                 f"{reason} (subscription gone)",
                 retryable=False,
                 contact_point=ContactPointState.DISABLED,
             )
-        if status == 429 or status >= 500:
-            return DeliveryError(
-                reason, retryable=True, retry_after=_retry_after(response, self._clock())
-            )
+        if retryable_status(status):
+            wait = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
+            return DeliveryError(reason, retryable=True, retry_after=wait)
         if status in (401, 403):
             # Sign afresh next time: a rejected token must not be reused from the cache.
             self._jwts.pop(origin, None)
@@ -370,17 +381,14 @@ def _topic(message: Message) -> str | None:
     return topic if incident and _TOPIC.match(topic) else None
 
 
-def _retry_after(response: httpx.Response, now: float) -> float | None:
-    """Seconds from a ``Retry-After`` header (delay or HTTP date), or None."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
+def _service_error(response: httpx.Response, secrets: tuple[str, ...]) -> str:
+    """``: errno 106: <message>`` from a push service's JSON error (autopush ``errno`` and
+    ``message``, Apple's ``reason``), else ``: <type> body, <n> bytes, not shown``."""
+    document = json_object(response.content)
+    if document is None:
+        return f": {describe_body(response)}"
+    errno = text_field(document, "errno", limit=16, secrets=secrets)
+    said = text_field(document, "message", "reason", "error", secrets=secrets)
+    parts = (f"errno {errno}" if errno else "", said)
+    said = ": ".join(part for part in parts if part)
+    return f": {said}" if said else ""

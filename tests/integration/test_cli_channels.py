@@ -182,15 +182,14 @@ def test_a_throttled_ntfy_reports_retry_after(config: Path, ntfy: NtfyServer) ->
 
 
 def test_a_secret_echoed_by_the_server_is_redacted(config: Path, ntfy: NtfyServer) -> None:
-    """A proxy that echoes the request in a plain-text error puts the token in the reason."""
+    """A proxy that echoes the request in a plain-text error: the channel describes such a
+    body instead of quoting it, so the token never reaches the reason."""
     echo = f"bad request: Authorization: Bearer {NTFY_TOKEN}".encode()
     ntfy.faults.push(Scripted(400, body=echo))
     result = invoke(config, "ntfy", "--to", "ops-alerts")
 
     assert result.exit_code == 1
-    assert (
-        lines(result.stderr)["reason"] == f"ntfy 400: bad request: Authorization: Bearer {REDACTED}"
-    )
+    assert lines(result.stderr)["reason"] == f"ntfy 400: untyped body, {len(echo)} bytes, not shown"
     assert_no_secrets(result)
 
 

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from channels.base import Channel, ContactPointState, DeliveryError, Message, Target
 from channels.fcm import FCM_SCOPE, FcmChannel, FcmSettings
 from tests.fakes.control import ResettingServer, Scripted
-from tests.fakes.fcm import FakeFcm
+from tests.fakes.fcm import FakeFcm, error_body
 from tests.fakes.http import serve
 from tests.fakes.mobile_push import ManualClock, ServiceAccountKey, make_service_account
 
@@ -251,9 +251,11 @@ async def test_token_states(
     [
         (Scripted(400), False, None, None),
         (Scripted(403), False, None, None),
-        (Scripted(404), False, DISABLED, None),
+        (Scripted(404), False, DISABLED, None),  # NOT_FOUND with errorCode UNREGISTERED
+        (Scripted(404, body=error_body(404, fcm_code="")), False, None, None),  # bad project
         (Scripted(404, body=b"<html>Not Found</html>"), False, None, None),
         (Scripted(408, body=b""), True, None, None),
+        (Scripted(408), True, None, None),
         (Scripted(409), False, None, None),
         (Scripted(429), True, None, 60.0),
         (Scripted(429, headers={"Retry-After": "7"}), True, None, 7.0),
@@ -273,11 +275,8 @@ async def test_status_mapping(
 ) -> None:
     fake.faults.push(scripted)
     error = await failure(make_channel())
-    assert (error.retryable, error.contact_point, error.retry_after) == (
-        retryable,
-        contact_point,
-        retry_after,
-    )
+    got = (error.retryable, error.contact_point, error.retry_after)
+    assert got == (retryable, contact_point, retry_after)
     assert f"FCM {scripted.status}" in error.reason
 
 

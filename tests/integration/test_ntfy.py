@@ -189,7 +189,7 @@ async def test_an_unusable_topic_disables_without_a_request(
 RETRY_TABLE: list[tuple[Scripted, bool, ContactPointState | None, str]] = [
     (Scripted(429), True, None, "42901"),
     (Scripted(500), True, None, "50001"),
-    (Scripted(502, body=b"<html>bad gateway</html>"), True, None, "bad gateway"),
+    (Scripted(502, body=b"<html>bad gateway</html>"), True, None, "502: untyped body, 24 bytes"),
     (Scripted(503), True, None, "503"),
     (Scripted(507), True, None, "507"),
     (Scripted(408), True, None, "408"),
@@ -233,6 +233,25 @@ async def test_429_retry_after(make_channel: ChannelFactory, server: NtfyServer)
     with pytest.raises(DeliveryError) as unavailable:
         await make_channel().send(TOPIC, message())
     assert unavailable.value.retry_after is None
+
+
+@pytest.mark.parametrize("status", [408, 429, 503])
+async def test_every_retryable_answer_honours_retry_after(
+    make_channel: ChannelFactory, server: NtfyServer, status: int
+) -> None:
+    server.faults.push(Scripted(status, headers={"Retry-After": "5"}))
+    with pytest.raises(DeliveryError) as caught:
+        await make_channel().send(TOPIC, message())
+    assert (caught.value.retryable, caught.value.retry_after) == (True, 5.0)
+
+
+async def test_a_body_that_is_not_json_is_described_not_quoted(
+    make_channel: ChannelFactory, server: NtfyServer
+) -> None:
+    server.faults.push(Scripted(400, body=b"bad request: Authorization: Bearer tk_whatever"))
+    with pytest.raises(DeliveryError) as caught:
+        await make_channel().send(TOPIC, message())
+    assert caught.value.reason == "ntfy 400: untyped body, 46 bytes, not shown"
 
 
 async def test_timeout_reset_and_refused_are_retryable(

@@ -11,10 +11,12 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.redact import REDACTED
 from channels.sms_segments import segments
 from channels.twilio_sms import (
     LINK_HEADER,
@@ -22,7 +24,6 @@ from channels.twilio_sms import (
     TwilioSettings,
     TwilioSmsChannel,
     parse_inbound_keyword,
-    parse_retry_after,
     twilio_error,
     verify_twilio_signature,
 )
@@ -204,8 +205,13 @@ TOO_LONG = b'{"code": 21617, "message": "The concatenated message body exceeds t
         (Scripted(502), True, "HTTP 502, error 20502"),
         (Scripted(503), True, "HTTP 503, error 20503: Service Unavailable"),
         (Scripted(504), True, "HTTP 504"),
-        (Scripted(502, body=b"<html>Bad gateway</html>"), True, "HTTP 502: Unable to create"),
-        (Scripted(200, body=b"<html>Captive portal</html>"), True, "unreadable answer"),
+        (Scripted(502, body=b"<html>Bad gateway</html>"), True, "HTTP 502: untyped body, 24 b"),
+        (
+            Scripted(200, body=b"<html>Captive portal</html>"),
+            True,
+            "unreadable answer from Twilio: untyped",
+        ),
+        (Scripted(408), True, "HTTP 408, error 20408"),
         (Scripted(403), False, "credentials or permissions"),
         (Scripted(404), False, "HTTP 404, error 20404"),
         (Scripted(400, body=NO_PERMISSION), False, "HTTP 400, error 21408: Permission"),
@@ -215,11 +221,13 @@ TOO_LONG = b'{"code": 21617, "message": "The concatenated message body exceeds t
 async def test_retry_decision_per_answer(
     fake: FakeTwilio, make_channel: ChannelFactory, answer: Scripted, retryable: bool, fragment: str
 ) -> None:
-    """5xx retried; 4xx other than 429 permanent for the message, never blaming the number."""
+    """408 and 5xx retried; other 4xx but 429 permanent for the message, never blaming the
+    number. A body that is not Twilio's JSON is described, never quoted."""
     fake.plan.push(answer)
     error = await _fails(make_channel())
     assert (error.retryable, error.contact_point, error.retry_after) == (retryable, None, None)
     assert fragment in error.reason
+    assert "<html>" not in error.reason and "portal" not in error.reason
 
 
 async def test_bad_credentials_fail_without_blaming_the_number(
@@ -282,6 +290,7 @@ async def test_a_closed_channel_refuses_to_send(make_channel: ChannelFactory) ->
         (400, 21614, False, ContactPointState.DISABLED),
         (429, None, True, None),
         (400, 20429, True, None),  # the code alone says "slow down"
+        (408, 20408, True, None),
         (503, None, True, None),
         (401, 20003, False, None),
         (409, None, False, None),
@@ -292,25 +301,15 @@ def test_retry_table(
 ) -> None:
     error = twilio_error(status, code, "detail")
     assert (error.retryable, error.contact_point) == (retryable, state)
+    waited = twilio_error(status, code, "detail", httpx.Headers({"Retry-After": "3"}))
+    assert waited.retry_after == (3.0 if retryable else None)
 
 
-@pytest.mark.parametrize(
-    ("value", "date", "seconds"),
-    [
-        ("7", None, 7.0),
-        (" 2.5 ", None, 2.5),
-        ("-3", None, 0.0),
-        ("soon", None, None),
-        ("nan", None, None),
-        ("", None, None),
-        (None, None, None),
-        ("Wed, 21 Oct 2026 07:28:30 GMT", "Wed, 21 Oct 2026 07:28:00 GMT", 30.0),
-        ("Wed, 21 Oct 2026 07:28:30 GMT", None, None),
-        ("Wed, 21 Oct 2026 07:28:00 GMT", "Wed, 21 Oct 2026 07:29:00 GMT", 0.0),
-    ],
-)
-def test_parse_retry_after(value: str | None, date: str | None, seconds: float | None) -> None:
-    assert parse_retry_after(value, date) == seconds
+def test_twilio_error_redacts_its_secrets() -> None:
+    token = "0123456789abcdef0123456789abcdef"
+    error = twilio_error(500, None, f"echo: {token}", secrets=(token,))
+    assert token not in error.reason
+    assert error.reason == f"Twilio HTTP 500: echo: {REDACTED}"
 
 
 # Signatures, statuses, keywords ----------------------------------------------------------------

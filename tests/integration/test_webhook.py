@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from channels.base import ContactPointState, DeliveryError, Message, Target
+from channels.redact import REDACTED
 from channels.webhook import WebhookChannel, WebhookSettings, sign, verify
 from tests.fakes.control import ResettingServer, Scripted
 from tests.fakes.http import free_port, serve
@@ -204,19 +205,45 @@ async def test_status_table(
     assert str(status) in caught.value.reason
 
 
-async def test_gone_hook_disables(
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b'{"error": "Service Unavailable"}', ": Service Unavailable"),
+        (b'{"code": "E42", "message": "maintenance"}', ": (E42) maintenance"),
+        (b'{"type": "about:blank", "title": "Busy", "status": 503}', ": Busy"),  # RFC 9457
+        (b'{"unrelated": "fields"}', ""),
+        (b"<html>maintenance</html>", ": untyped body, 24 bytes, not shown"),
+        (b"", ": empty body"),
+    ],
+)
+async def test_reasons_quote_error_fields_never_bodies(
+    make_channel: ChannelFactory, receiver: WebhookReceiver, base_url: str, body: bytes, said: str
+) -> None:
+    receiver.faults.push(Scripted(503, body=body))
+    with pytest.raises(DeliveryError) as caught:
+        await make_channel(url=f"{base_url}/h").send(TARGET, message())
+    assert caught.value.reason == f"webhook {base_url} answered 503{said}"
+
+
+async def test_a_url_without_a_path_is_still_named_by_its_origin(
     make_channel: ChannelFactory, receiver: WebhookReceiver, base_url: str
 ) -> None:
-    receiver.gone.add("/c/9")
+    """The URL's path is redacted from reasons; the origin, which reasons name, is not."""
+    receiver.faults.push(Scripted(503, body=b'{"error": "busy at /h/acct-1-token"}'))
     with pytest.raises(DeliveryError) as caught:
-        await make_channel().send(Target(address=f"{base_url}/c/9"), message())
-    assert caught.value.contact_point is ContactPointState.DISABLED
+        await make_channel(url=base_url).send(TARGET, message())
+    assert caught.value.reason == f"webhook {base_url} answered 503: busy at /h/acct-1-token"
+    receiver.faults.push(Scripted(503, body=b'{"error": "busy at /h/acct-1-token"}'))
+    with pytest.raises(DeliveryError) as caught:
+        await make_channel(url=f"{base_url}/h/acct-1-token").send(TARGET, message())
+    assert caught.value.reason == f"webhook {base_url} answered 503: busy at {REDACTED}"
 
 
 @pytest.mark.parametrize(
     ("header", "expected"),
     [
         ("120", 120.0),
+        ("2.5", 2.5),
         (format_datetime(datetime.fromtimestamp(T0 + 90, UTC), usegmt=True), 90.0),
         (format_datetime(datetime.fromtimestamp(T0 - 90, UTC), usegmt=True), 0.0),
         ("soon", None),

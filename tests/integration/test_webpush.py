@@ -268,7 +268,7 @@ async def test_gone_unknown_and_foreign_key_subscriptions(
         assert caught.value.contact_point is state
 
 
-GONE, PERMANENT, RETRYABLE = (404, 410), (400, 401, 403, 413, 422), (429, 500, 502, 503, 504)
+GONE, PERMANENT, RETRYABLE = (404, 410), (400, 401, 403, 413, 422), (408, 429, *range(500, 505))
 RETRY_TABLE: list[tuple[int, bool, ContactPointState | None]] = [
     *((status, False, ContactPointState.DISABLED) for status in GONE),
     *((status, False, None) for status in PERMANENT),
@@ -292,6 +292,7 @@ async def test_status_table(
     assert caught.value.contact_point is contact_point
     assert str(status) in caught.value.reason
     assert caught.value.retry_after == (42.0 if retryable else None)
+    assert f"answered {status}: errno 999: scripted failure" in caught.value.reason  # autopush
 
 
 async def test_timeout_reset_and_refused_are_retryable(

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
+from channels import http_common
 from channels.apns import (
     PRODUCTION_URL,
     SANDBOX_URL,
@@ -27,8 +29,11 @@ from channels.apns import (
     apns_id_for,
 )
 from channels.base import Channel, ContactPointState, DeliveryError, Message, Target
-from channels.fcm import FcmChannel, FcmSettings, fcm_error
-from channels.push_common import parse_retry_after, shorten
+from channels.fcm import FcmChannel, FcmSettings
+from channels.fcm_errors import fcm_error, token_error
+from channels.http_common import parse_retry_after
+from channels.push_common import shorten
+from channels.redact import REDACTED
 from tests.fakes.fcm import INVALID_TOKEN_MESSAGE, error_body
 from tests.fakes.mobile_push import make_p8_key, make_service_account
 
@@ -45,8 +50,11 @@ DISABLED = ContactPointState.DISABLED
         (400, {"field_violation": ("message.data", "bad")}, False, None),
         (401, {"fcm_code": "THIRD_PARTY_AUTH_ERROR"}, False, None),
         (403, {"fcm_code": "SENDER_ID_MISMATCH"}, False, None),
-        (404, {"fcm_code": ""}, False, DISABLED),
-        (404, {}, False, DISABLED),
+        (404, {"fcm_code": ""}, False, None),  # NOT_FOUND alone: a wrong project_id
+        (404, {"fcm_code": "", "message": "Project not found"}, False, None),
+        (404, {}, False, DISABLED),  # errorCode UNREGISTERED
+        (400, {"fcm_code": "UNREGISTERED"}, False, DISABLED),  # the code decides, not the status
+        (408, {}, True, None),
         (429, {}, True, None),
         (500, {}, True, None),
         (503, {}, True, None),
@@ -60,9 +68,37 @@ def test_fcm_error_reads_the_details(
 
 
 def test_fcm_error_without_a_google_body_never_disables() -> None:
-    error = fcm_error(404, b"<html>Not Found</html>")
+    error = fcm_error(404, b"<html>Not Found</html>", content_type="text/html; charset=utf-8")
     assert (error.retryable, error.contact_point) == (False, None)
-    assert error.reason == "FCM 404 no error body"
+    assert error.reason == (
+        "FCM 404 without a Google error (text/html body, 22 bytes, not shown)"
+        " (configuration: check project_id and base_url)"
+    )
+
+
+def test_fcm_error_quotes_google_fields_cut_short_and_redacted() -> None:
+    access = "ya29.a-long-access-token-0123456789"
+    said = f"echo: Authorization: Bearer {access} " + "x" * 300
+    error = fcm_error(500, error_body(500, message=said), secrets=[access])
+    assert access not in error.reason
+    assert error.reason.startswith(f"FCM 500 INTERNAL: echo: Authorization: Bearer {REDACTED} xxx")
+    assert error.reason.endswith("x…") and len(error.reason) < 250
+
+
+def test_token_error_quotes_oauth_fields_only() -> None:
+    assertion = "eyJhbGciOiJSUzI1NiJ9.claims.signature"
+    described = httpx.Response(400, json={"error": "invalid_grant", "error_description": assertion})
+    error = token_error(described, None, secrets=(assertion,))
+    assert error.reason == (
+        f"OAuth2 token exchange refused: HTTP 400 invalid_grant: {REDACTED}"
+        " (check the service account)"
+    )
+    proxy = httpx.Response(502, text=f"assertion={assertion}", headers={"Retry-After": "4"})
+    error = token_error(proxy, 4.0, secrets=())
+    assert (error.retryable, error.retry_after) == (True, 4.0)
+    assert error.reason == (
+        "OAuth2 token exchange refused: HTTP 502 (text/plain body, 47 bytes, not shown)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -81,7 +117,8 @@ def test_fcm_error_without_a_google_body_never_disables() -> None:
     ],
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    assert parse_retry_after(value, 1_700_000_020.0) == expected
+    assert parse_retry_after(value, now=1_700_000_020.0) == expected
+    assert http_common.parse_retry_after(value, now=1_700_000_020.0) == expected  # for apns
 
 
 def test_fcm_settings_need_exactly_one_credential(tmp_path: Path) -> None:

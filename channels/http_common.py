@@ -1,0 +1,118 @@
+"""What every HTTP channel shares: which statuses a retry can help, Retry-After, and what of
+an error answer may go into a reason.
+
+Reasons end up in delivery rows and logs, so they carry only structured provider fields
+(a code, a status, the provider's error message from its JSON error schema, cut short) or,
+for a body that is not such a document, its content type and length: never the raw body,
+which a proxy echoing the request would fill with our Authorization header.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from channels.redact import redact
+
+FIELD_LIMIT = 200
+"""Characters of one provider field quoted in a reason."""
+
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def retryable_status(status: int) -> bool:
+    """408 Request Timeout, 429 Too Many Requests and every 5xx: trying again can help."""
+    return status in (408, 429) or status >= 500
+
+
+def parse_retry_after(
+    value: str | None, date: str | None = None, *, now: float | None = None
+) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delta-seconds, or an HTTP-date.
+
+    An HTTP-date is measured against ``date`` (the response's own ``Date`` header: no
+    clock skew) when given and readable, else against ``now`` (the caller's clock, unix
+    seconds); with neither, or for anything unreadable, the answer is ``None``. A date
+    without a zone is taken as GMT, as HTTP-dates always are. Never negative.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        when = _timestamp(text)
+        reference = _timestamp(date) if date else None
+        if reference is None:
+            reference = now
+        if when is None or reference is None:
+            return None
+        seconds = when - reference
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+def _timestamp(http_date: str) -> float | None:
+    try:
+        when = parsedate_to_datetime(http_date)
+        return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def clip(text: str, limit: int = FIELD_LIMIT, secrets: Iterable[str] = ()) -> str:
+    """One line of at most ``limit`` characters: ``secrets`` redacted first (so a cut cannot
+    leave part of one behind), whitespace runs and control characters become single spaces,
+    and a cut is marked with an ellipsis."""
+    text = " ".join(_UNPRINTABLE.sub(" ", redact(text, secrets)).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def json_object(content: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or ``None`` when it is not one."""
+    try:
+        document = json.loads(content)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def text_field(
+    document: dict[str, Any],
+    *names: str,
+    limit: int = FIELD_LIMIT,
+    secrets: Iterable[str] = (),
+) -> str:
+    """The first of ``names`` that holds a non-empty string or a number, :func:`clip`-ped;
+    else ``""``."""
+    for name in names:
+        value = document.get(name)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float) or (isinstance(value, str) and value.strip()):
+            return clip(str(value), limit, secrets)
+    return ""
+
+
+def body_summary(content: bytes, content_type: str | None) -> str:
+    """What may be said of a body that is not the provider's error document: its media type
+    and length, never its text (``text/html body, 1234 bytes, not shown``)."""
+    if not content:
+        return "empty body"
+    media = (content_type or "").split(";", 1)[0].strip()
+    kind = f"{media.lower()} body" if _MEDIA_TYPE.fullmatch(media) else "untyped body"
+    return f"{kind}, {len(content)} bytes, not shown"
+
+
+def describe_body(response: httpx.Response) -> str:
+    """:func:`body_summary` of a response."""
+    return body_summary(response.content, response.headers.get("content-type"))
