@@ -27,6 +27,7 @@ from broadcaster.store import Database
 from broadcaster.web.app import StartupError, bind, create_app, make_server
 from broadcaster.web.state import WebState
 from channels.base import Channel
+from rules import RulesError
 
 log = logging.getLogger("broadcaster.daemon")
 
@@ -57,12 +58,22 @@ class Daemon:
         self._channels = channels
         self.ready = asyncio.Event()
         self.http_port: int | None = None
+        self._engine: Engine | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         database = Database(self.settings.database.url, echo=self.settings.database.echo)
         channels = self._channels or build_channels(self.settings, self.clock)
-        engine = await Engine.create(self.settings, database, self.clock, channels)
-        web = WebState(self.settings, database, self.clock, engine.dispatcher.link_secret)
+        try:
+            engine = await Engine.create(self.settings, database, self.clock, channels)
+        except RulesError as exc:
+            await database.dispose()
+            raise StartupError(
+                "the rules file cannot be used:\n  " + "\n  ".join(exc.problems)
+            ) from exc
+        self._engine = engine
+        web = WebState(
+            self.settings, database, self.clock, engine.dispatcher.link_secret, rules=engine.rules
+        )
         server = None
         listener = None
         if self.settings.http.enabled:
@@ -83,6 +94,23 @@ class Daemon:
             "interval",
             seconds=self.settings.schedule.sweep_interval.total_seconds(),
             id="sweep",
+            coalesce=True,
+            max_instances=1,
+        )
+        if engine.rules.path is not None:
+            scheduler.add_job(
+                engine.rules.reload_if_changed,
+                "interval",
+                seconds=self.settings.rules.reload_interval.total_seconds(),
+                id="rules-reload",
+                coalesce=True,
+                max_instances=1,
+            )
+        scheduler.add_job(
+            self._sweep_followups,
+            "interval",
+            seconds=self.settings.rules.followup_sweep.total_seconds(),
+            id="followup-sweep",
             coalesce=True,
             max_instances=1,
         )
@@ -122,6 +150,19 @@ class Daemon:
             await engine.aclose()
             await database.dispose()
             log.info("daemon stopped", extra={"stats": vars(engine.dispatcher.stats)})
+
+    def reload_rules(self) -> None:
+        """SIGHUP: reload the rules now (a bad file keeps the previous rules)."""
+        if self._engine is not None:
+            self._engine.rules.reload()
+
+    async def _sweep_followups(self) -> None:
+        if self._engine is None:
+            return
+        try:
+            await self._engine.sweep_followups()
+        except Exception:  # the store may be down; the next sweep tries again
+            log.exception("follow-up sweep failed")
 
     async def _round_loop(
         self,

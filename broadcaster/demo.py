@@ -105,7 +105,12 @@ def _demo_settings(base: Settings, workdir: Path, smtp_port: int) -> Settings:
         }
     )
     settings.channels = {"email": email}
-    settings.delivery.channels = ["email"]
+    settings.delivery = settings.delivery.model_copy(
+        update={"channels": ["email"], "failover": [], "throttle": {}, "rate_limits": {}}
+    )
+    # The demo plays the basic loop; the rules and follow-ups have their own tests.
+    settings.rules = settings.rules.model_copy(update={"path": None})
+    settings.staff = settings.staff.model_copy(update={"notify_channel": None})
     return settings
 
 

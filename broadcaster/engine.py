@@ -11,19 +11,33 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
 from broadcaster.compose.render import Renderer
 from broadcaster.compose.templates import TemplateSet
 from broadcaster.config.settings import Settings
 from broadcaster.dispatch.worker import Dispatcher
+from broadcaster.escalation.holder import RulesHolder
+from broadcaster.escalation.plan import Escalation
+from broadcaster.followups.directory import Directory
+from broadcaster.followups.notify import send_notices
+from broadcaster.followups.service import Notice, due_notices
 from broadcaster.outbox.materialise import ChannelRoute, materialise_round
-from broadcaster.schedule.rounds import LostLease, claim_due_round, next_wakeup, release_round
-from broadcaster.store import Database
+from broadcaster.schedule.rounds import (
+    ClaimedRound,
+    LostLease,
+    claim_due_round,
+    next_wakeup,
+    release_round,
+)
+from broadcaster.store import Database, Incident, Round
 from broadcaster.store.secrets import get_or_create_secret
-from channels.base import Channel
+from channels.base import Channel, DeliveryError, Message, Target
 
 log = logging.getLogger("broadcaster.engine")
 
@@ -60,8 +74,12 @@ class Engine:
         owner: str | None = None,
         *,
         link_secret: str,
+        rules: RulesHolder | None = None,
     ) -> None:
         self.settings = settings
+        self.rules = rules or RulesHolder(settings)
+        self.directory = Directory(settings.staff)
+        self.escalation = Escalation(settings, self.rules, self.directory)
         self.database = database
         self.clock = clock
         self.channels = channels
@@ -79,6 +97,7 @@ class Engine:
             self.owner,
             self.renderer,
             link_secret,
+            staff_names={sid: p.name for sid, p in settings.staff.people.items()},
         )
 
     @classmethod
@@ -89,8 +108,13 @@ class Engine:
         clock: Clock,
         channels: Mapping[str, Channel],
         owner: str | None = None,
+        rules: RulesHolder | None = None,
     ) -> Engine:
-        """An engine with the link secret from config, or the one kept in the store."""
+        """An engine with the link secret from config (or the store's) and its rules loaded
+        (raises ``rules.RulesError`` when the rules file is bad: start-up fails)."""
+        holder = rules or RulesHolder(settings)
+        if holder.current is None:
+            holder.load()
         return cls(
             settings,
             database,
@@ -98,14 +122,69 @@ class Engine:
             channels,
             owner,
             link_secret=await link_secret(settings, database, clock),
+            rules=holder,
         )
+
+    def routes_for(self, channels: str | None) -> list[ChannelRoute]:
+        """The routes of a round: its escalation step's channels, else the configured ones."""
+        names = [n for n in (channels or "").split(",") if n in self.channels]
+        if not names:
+            return self.routes
+        return [ChannelRoute(name, self.channels[name].contact) for name in names]
+
+    async def notify_staff(self, notices: list[Notice]) -> int:
+        if not notices:
+            return 0
+        name = self.settings.staff.notify_channel
+        channel = self.channels.get(name) if name else None
+        return await send_notices(
+            self.database, channel, self.renderer, self.directory, notices, self.clock.now()
+        )
+
+    async def notify_step(self, claimed: ClaimedRound) -> None:
+        """Tell the staff a new escalation step names (the duty manager at 4 h, say)."""
+        name = self.settings.staff.notify_channel
+        channel = self.channels.get(name) if name else None
+        async with self.database.session() as session:
+            incident = await session.get(Incident, claimed.incident_id)
+        if channel is None or incident is None:
+            log.warning("no staff notification channel for an escalation step")
+            return
+        link = f"{self.settings.messages.public_url.rstrip('/')}/incidents/{incident.id}"
+        age = self.clock.now() - incident.created_at
+        for staff_id in claimed.notify_staff:
+            person = self.directory.person(staff_id)
+            address = None
+            if person is not None:
+                address = person.phone if channel.contact == "sms" else person.email
+            if person is None or not address:
+                continue
+            message = Message(
+                subject=f"[Escalation] {incident.title} ({incident.severity}, "
+                f"open {int(age.total_seconds() // 60)} min)",
+                text=f"{person.name},\n\nIncident {incident.id}, {incident.title}, is "
+                f"{incident.status} and has been open for {int(age.total_seconds() // 60)} "
+                f"minutes. The escalation policy now asks for your attention.\n\n{link}\n",
+                idempotency_key=f"step-{incident.id}-{claimed.number}-{staff_id}",
+                created_at=self.clock.now(),
+            )
+            try:
+                await channel.send(Target(address, person.name, staff_id), message)
+            except DeliveryError as exc:
+                log.warning(
+                    "escalation notice failed", extra={"staff": staff_id, "reason": exc.reason}
+                )
+
+    async def sweep_followups(self) -> int:
+        """Reminders and escalations that are due: tell the people concerned."""
+        return await self.notify_staff(await due_notices(self.database, self.clock, self.directory))
 
     async def process_due_rounds(self, should_stop: Callable[[], bool] = lambda: False) -> int:
         """Claim and materialise every due round; returns how many were completed."""
         done = 0
         while not should_stop():
             claimed = await claim_due_round(
-                self.database, self.clock, self.settings.schedule, self.owner
+                self.database, self.clock, self.settings.schedule, self.owner, self.escalation
             )
             if claimed is None:
                 break
@@ -118,15 +197,22 @@ class Engine:
                     "resumed": claimed.resumed,
                 },
             )
+            if claimed.notify_staff:
+                await self.notify_step(claimed)
+            notices: list[Notice] = []
+            followups = self._followup_hook(notices)
+
             try:
                 inserted = await materialise_round(
                     self.database,
                     self.clock,
                     claimed,
-                    self.routes,
+                    self.routes_for(await self._round_channels(claimed.round_id)),
                     self.settings.schedule,
                     should_stop,
+                    followups,
                 )
+                await self.notify_staff(notices)
             except LostLease as exc:
                 log.warning("round lease lost", extra={"reason": str(exc)})
                 continue
@@ -144,6 +230,31 @@ class Engine:
                 },
             )
         return done
+
+    def _followup_hook(
+        self, notices: list[Notice]
+    ) -> Callable[[AsyncSession, int, int, list[str], datetime], Awaitable[None]]:
+        """The per-batch hook: follow-ups (collecting whom to notify) and quiet hours."""
+
+        async def hook(
+            session: AsyncSession,
+            round_id: int,
+            incident_id: int,
+            customers: list[str],
+            now: datetime,
+        ) -> None:
+            notices.extend(
+                await self.escalation.on_batch(session, round_id, incident_id, customers, now)
+            )
+
+        return hook
+
+    async def _round_channels(self, round_id: int) -> str | None:
+        async with self.database.session() as session:
+            channels: str | None = (
+                await session.execute(select(Round.channels).where(Round.id == round_id))
+            ).scalar_one_or_none()
+            return channels
 
     async def dispatch_all(self) -> int:
         """Send until nothing is due now (the demo and tests; the daemon runs workers)."""

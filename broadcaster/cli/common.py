@@ -10,8 +10,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from broadcaster.config import ConfigError, Settings, load_settings
+from broadcaster.escalation.holder import RulesHolder
+from broadcaster.escalation.plan import Escalation
+from broadcaster.followups.directory import Directory
 from broadcaster.store import Database
 from broadcaster.store.migrate import upgrade_async
+from rules import RulesError
 
 T = TypeVar("T")
 
@@ -55,3 +59,16 @@ async def with_database(settings: Settings, work: Callable[[Database], Awaitable
         return await work(database)
     finally:
         await database.dispose()
+
+
+def escalation_or_exit(settings: Settings) -> Escalation:
+    """The configured rules, loaded and checked; exit 2 listing every problem if bad."""
+    holder = RulesHolder(settings)
+    try:
+        holder.load()
+    except RulesError as exc:
+        typer.echo("error: the rules file cannot be used", err=True)
+        for problem in exc.problems:
+            typer.echo(f"  {problem}", err=True)
+        raise typer.Exit(2) from None
+    return Escalation(settings, holder, Directory(settings.staff))

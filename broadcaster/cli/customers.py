@@ -70,11 +70,13 @@ def import_command(
     """Import customers (upsert; re-importing the same file changes nothing).
 
     Columns / keys: id, name, language, timezone, email, phone, push_tokens, components,
-    regions, channels.
+    regions, channels, tier, tags, region, sla, account_manager.
 
     Lists are separated by ';' in CSV and are arrays in JSON Lines (one object per line).
     Push tokens name their provider: fcm:TOKEN, apns:HEX, ntfy:TOPIC, webpush:{JSON}.
     channels is the customer's preferred channel order for failover (e.g. sms;email).
+    tier (default standard) and tags (a list) are words of a-z, 0-9, _ and -; region and
+    sla are free text; account_manager is a staff id. Re-importing overwrites all of them.
 
     Known contact points keep their opt-out and disabled flags; subscriptions are replaced.
     """

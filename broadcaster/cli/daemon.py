@@ -25,8 +25,10 @@ def run(config: ConfigOption = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        daemon = Daemon(settings)
+        loop.add_signal_handler(signal.SIGHUP, daemon.reload_rules)
         await upgrade_async(settings.database.url)
-        await Daemon(settings).run(stop)
+        await daemon.run(stop)
 
     try:
         asyncio.run(main())

@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 from sqlalchemy import func, select
 
-from broadcaster.cli.common import ConfigOption, fail, run, settings_or_exit, with_database
+from broadcaster.cli.common import (
+    ConfigOption,
+    escalation_or_exit,
+    fail,
+    run,
+    settings_or_exit,
+    with_database,
+)
 from broadcaster.clock import RealClock
 from broadcaster.incidents import service
 from broadcaster.incidents.lifecycle import TransitionError
@@ -180,8 +187,10 @@ def resolve(
         compensation=compensation,
     )
 
+    escalation = escalation_or_exit(settings)
+
     async def work(db: Database) -> None:
-        await service.resolve(db, RealClock(), incident_id, request)
+        await service.resolve(db, RealClock(), incident_id, request, escalation)
 
     try:
         run(with_database(settings, work))

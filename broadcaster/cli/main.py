@@ -5,7 +5,17 @@ from __future__ import annotations
 import typer
 
 from broadcaster import __version__
-from broadcaster.cli import channels, customers, daemon, database, demo, incident, templates
+from broadcaster.cli import (
+    channels,
+    customers,
+    daemon,
+    database,
+    demo,
+    followups,
+    incident,
+    rules,
+    templates,
+)
 
 app = typer.Typer(
     help="Broadcaster: tells every affected customer about a disruption, on a promised schedule.",
@@ -20,6 +30,8 @@ app.add_typer(incident.app, name="incident")
 app.add_typer(customers.app, name="customers")
 app.add_typer(templates.app, name="templates")
 app.add_typer(channels.app, name="channels")
+app.add_typer(rules.app, name="rules")
+app.add_typer(followups.app, name="followups")
 
 
 def _version(value: bool) -> None:

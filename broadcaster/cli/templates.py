@@ -130,8 +130,8 @@ def preview(
         timezone=zone,
         now=SAMPLE_NOW if incident is None else RealClock().now(),
         personal=personal,
-        followup=SAMPLE_FOLLOWUP,
-        task=SAMPLE_TASK,
+        followup=SAMPLE_FOLLOWUP if kind == "followup_announcement" else None,
+        task=SAMPLE_TASK if kind == "followup_task" else None,
     )
     _print(renderer.message(request), form)
 

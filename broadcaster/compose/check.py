@@ -119,8 +119,10 @@ def _render_check(
             timezone="Europe/Amsterdam",
             now=SAMPLE_NOW,
             personal=sample_personal(),
-            followup=SAMPLE_FOLLOWUP,
-            task=SAMPLE_TASK,
+            # Typical: a follow-up is announced to few customers; the check of the
+            # announcement kind itself has it.
+            followup=SAMPLE_FOLLOWUP if kind == "followup_announcement" else None,
+            task=SAMPLE_TASK if kind == "followup_task" else None,
         )
         for part in parts:
             try:

@@ -101,6 +101,14 @@ def load_settings(
     if crossed:
         raise ConfigError(crossed)
     settings.database.url = resolve_sqlite_url(settings.database.url, file.resolve().parent)
+    base = file.resolve().parent
+    if settings.rules.path is not None and not settings.rules.path.is_absolute():
+        settings.rules.path = base / settings.rules.path
+    if (
+        settings.messages.templates_dir is not None
+        and not settings.messages.templates_dir.is_absolute()
+    ):
+        settings.messages.templates_dir = base / settings.messages.templates_dir
     return settings
 
 

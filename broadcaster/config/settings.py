@@ -117,6 +117,38 @@ class MessageSettings(_Section):
     sms_max_segments: int = Field(default=3, ge=1, le=10)
 
 
+class StaffMember(_Section):
+    name: str
+    email: str | None = None
+    phone: str | None = None
+    manager: str | None = None
+    """Staff id of their manager: overdue follow-ups escalate there; managers may waive."""
+    admin: bool = False
+
+
+class StaffGroup(_Section):
+    members: list[str] = Field(default_factory=list)
+    on_call: str | None = None
+
+
+class StaffSettings(_Section):
+    """The staff directory the rules name: people, groups, managers, on-call."""
+
+    people: dict[str, StaffMember] = Field(default_factory=dict)
+    groups: dict[str, StaffGroup] = Field(default_factory=dict)
+    notify_channel: str | None = None
+    """The channel (an email or console channel) that tells staff about their tasks."""
+
+
+class RulesSettings(_Section):
+    path: Path | None = None
+    """The rules YAML (docs/rules.md); relative to the config file. None: no rules, the
+    severity cadence applies and nobody is assigned follow-ups."""
+    reload_interval: Duration = timedelta(seconds=2)
+    followup_sweep: Duration = timedelta(seconds=30)
+    history_window: Duration = timedelta(days=30)
+
+
 class HttpSettings(_Section):
     """The daemon's HTTP server: provider callbacks, inbound SMS, unsubscribe, health."""
 
@@ -143,6 +175,8 @@ class Settings(_Section):
     channels: dict[str, ChannelSettings] = Field(default_factory=_default_channels)
     messages: MessageSettings = MessageSettings()
     http: HttpSettings = HttpSettings()
+    staff: StaffSettings = StaffSettings()
+    rules: RulesSettings = RulesSettings()
     log: LogSettings = LogSettings()
 
 
@@ -163,6 +197,27 @@ def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
                 problems.append(
                     (("delivery", key, name), f"unknown channel {name!r} (defined: {known})")
                 )
+    people = settings.staff.people
+    for name, member in people.items():
+        if member.manager is not None and member.manager not in people:
+            problems.append(
+                (("staff", "people", name, "manager"), f"unknown staff {member.manager!r}")
+            )
+    for name, group in settings.staff.groups.items():
+        for index, member_id in enumerate(group.members):
+            if member_id not in people:
+                problems.append(
+                    (("staff", "groups", name, "members", index), f"unknown staff {member_id!r}")
+                )
+        if group.on_call is not None and group.on_call not in people:
+            problems.append(
+                (("staff", "groups", name, "on_call"), f"unknown staff {group.on_call!r}")
+            )
+    notify = settings.staff.notify_channel
+    if notify is not None and notify not in settings.channels:
+        problems.append(
+            (("staff", "notify_channel"), f"unknown channel {notify!r} (defined: {known})")
+        )
     for name, throttle in delivery.throttle.items():
         if throttle.fallback is not None and throttle.fallback not in settings.channels:
             problems.append(

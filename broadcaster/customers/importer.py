@@ -64,6 +64,19 @@ _IN_CHUNK = 1000  # ids per IN (...) list: well under SQLite's and asyncpg's par
 _CUSTOMERS = cast(Table, Customer.__table__)
 _CONTACT_POINTS = cast(Table, ContactPoint.__table__)
 _SUBSCRIPTIONS = cast(Table, Subscription.__table__)
+_UPDATED_COLUMNS = [
+    "name",
+    "language",
+    "timezone",
+    "channel_order",
+    "tier",
+    "tags",
+    "region",
+    "sla",
+    "account_manager",
+    "updated_at",
+]
+"""What a re-import overwrites: every column the file describes (``created_at`` is kept)."""
 
 
 class ImportInputError(Exception):
@@ -302,9 +315,7 @@ async def _write_batch(
     """Apply one batch in the caller's transaction: upsert customers, then diff their children."""
     latest = {row.id: row for row in rows}  # a repeated id: the later row wins
     await connection.execute(
-        database.upsert(
-            _CUSTOMERS, ["id"], ["name", "language", "timezone", "channel_order", "updated_at"]
-        ),
+        database.upsert(_CUSTOMERS, ["id"], _UPDATED_COLUMNS),
         [
             {
                 "id": row.id,
@@ -312,6 +323,11 @@ async def _write_batch(
                 "language": row.language,
                 "timezone": row.timezone,
                 "channel_order": row.channel_order(),
+                "tier": row.tier,
+                "tags": row.stored_tags(),
+                "region": row.region,
+                "sla": row.sla,
+                "account_manager": row.account_manager,
                 "created_at": now,
                 "updated_at": now,
             }

@@ -13,7 +13,7 @@ import functools
 import json
 import re
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, NamedTuple
 
@@ -33,9 +33,14 @@ CSV_COLUMNS: tuple[str, ...] = (
     "components",
     "regions",
     "channels",
+    "tier",
+    "tags",
+    "region",
+    "sla",
+    "account_manager",
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "name")
-LIST_FIELDS = frozenset({"push_tokens", "components", "regions", "channels"})
+LIST_FIELDS = frozenset({"push_tokens", "components", "regions", "channels", "tags"})
 LIST_SEPARATOR = ";"
 PUSH_PROVIDERS: tuple[str, ...] = ("fcm", "apns", "webpush", "ntfy")
 """The prefixes of ``push_tokens`` entries; each is also the contact point's kind."""
@@ -44,6 +49,8 @@ MAX_ADDRESS = 2048
 
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
 _CHANNEL = re.compile(r"[a-z0-9_-]{1,32}")
+_WORD = _CHANNEL  # tier and tags: the same alphabet as channel names
+_STAFF_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _APNS = re.compile(r"[0-9A-Fa-f]{8,400}")
 _NTFY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Visible ASCII: FCM registration tokens are, and (unlike arbitrary text) a 2048-character one
@@ -273,6 +280,31 @@ def _channel(value: str) -> str:
     return value
 
 
+def _word(what: str) -> Callable[[str], str]:
+    """A validator of a lower-case word (a tier, a tag), named ``what`` in its message."""
+
+    def check(value: str) -> str:
+        if not _WORD.fullmatch(value):
+            raise PydanticCustomError(
+                what,
+                "'{value}' is not a {what} (1 to 32 of a-z, 0-9, _ and -)",
+                {"value": value, "what": what},
+            )
+        return value
+
+    return check
+
+
+def _staff_id(value: str) -> str:
+    if not _STAFF_ID.fullmatch(value):
+        raise PydanticCustomError(
+            "staff_id",
+            "'{value}' is not a staff id (1 to 64 of A-Z, a-z, 0-9, _, . and -)",
+            {"value": value},
+        )
+    return value
+
+
 def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
     """Drop empty items and repeats (keeping order): the store has one row per value."""
     return tuple(dict.fromkeys(value for value in values if value))
@@ -282,6 +314,7 @@ NoNul = AfterValidator(_no_nul)
 PushToken = Annotated[str, NoNul, AfterValidator(_push_token)]
 Topic = Annotated[str, Field(max_length=200), NoNul]
 Channel = Annotated[str, AfterValidator(_channel)]
+Tag = Annotated[str, AfterValidator(_word("tag"))]
 
 
 class CustomerRow(BaseModel):
@@ -300,6 +333,14 @@ class CustomerRow(BaseModel):
     regions: Annotated[tuple[Topic, ...], AfterValidator(_unique)] = ()
     channels: Annotated[tuple[Channel, ...], AfterValidator(_unique)] = ()
     """The customer's preferred channel order for failover (names from the configuration)."""
+    tier: Annotated[str, AfterValidator(_word("tier"))] = "standard"
+    tags: Annotated[tuple[Tag, ...], AfterValidator(_unique)] = ()
+    """Labels the rules can match; stored comma-joined (see :meth:`stored_tags`)."""
+    region: Annotated[str, Field(max_length=200), NoNul] | None = None
+    """Where the customer is (free text), unlike ``regions``, the regions it subscribes to."""
+    sla: Annotated[str, Field(max_length=64), NoNul] | None = None
+    account_manager: Annotated[str, AfterValidator(_staff_id)] | None = None
+    """The staff id of the customer's account manager."""
 
     def contact_points(self) -> list[tuple[str, str]]:
         """``(kind, address)`` pairs, the kinds the channels know: email, sms and the push
@@ -320,6 +361,10 @@ class CustomerRow(BaseModel):
     def channel_order(self) -> str | None:
         """``channels`` as stored in ``customers.channel_order``: comma-joined, None if empty."""
         return ",".join(self.channels) or None
+
+    def stored_tags(self) -> str | None:
+        """``tags`` as stored in ``customers.tags``: comma-joined, None if empty."""
+        return ",".join(self.tags) or None
 
 
 def _split_push_token(token: str) -> tuple[str, str]:

@@ -56,5 +56,6 @@ def build_channels(
 
 
 def used_channels(settings: Settings) -> list[str]:
-    """``delivery.channels`` then the failover order's channels, each once."""
-    return list(dict.fromkeys([*settings.delivery.channels, *settings.delivery.failover]))
+    """Every configured channel: rounds use ``delivery.channels`` or their escalation step's,
+    failover and staff notices use others."""
+    return list(settings.channels)

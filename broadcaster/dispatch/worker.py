@@ -23,13 +23,14 @@ from broadcaster.clock import Clock
 from broadcaster.compose.context import Personal
 from broadcaster.compose.forms import form_for
 from broadcaster.compose.links import link_url
+from broadcaster.compose.locale import format_when
 from broadcaster.compose.render import Renderer, RenderRequest
 from broadcaster.config.settings import DeliverySettings, MessageSettings
 from broadcaster.dispatch.backoff import retry_delay
 from broadcaster.dispatch.content import RoundContents
 from broadcaster.dispatch.limits import Limits
 from broadcaster.dispatch.outcomes import Job, Outcome, record_outcomes
-from broadcaster.store import Customer, Database, Delivery, DeliveryEvent
+from broadcaster.store import Customer, Database, Delivery, DeliveryEvent, Followup
 from broadcaster.store.models import table_of
 from channels.base import Channel, DeliveryError, Target
 
@@ -63,7 +64,9 @@ class Dispatcher:
         renderer: Renderer,
         link_secret: str,
         rng: random.Random | None = None,
+        staff_names: Mapping[str, str] | None = None,
     ) -> None:
+        self._staff_names = dict(staff_names or {})
         self._renderer = renderer
         self.link_secret = link_secret
         self._db = database
@@ -83,7 +86,10 @@ class Dispatcher:
         jobs = await self.claim(self._settings.batch_size)
         if not jobs:
             return 0
-        outcomes = await asyncio.gather(*(self._send(job) for job in jobs))
+        announced = await self._announcements(jobs)
+        outcomes = await asyncio.gather(
+            *(self._send(job, announced.get((job.incident_id, job.customer_id))) for job in jobs)
+        )
         recorded = await record_outcomes(
             self._db,
             self._owner,
@@ -209,7 +215,36 @@ class Dispatcher:
             return None
         return throttle.fallback or ""
 
-    async def _send(self, job: Job) -> Outcome:
+    async def _announcements(
+        self, jobs: list[Job]
+    ) -> dict[tuple[int, str], tuple[str, str, datetime]]:
+        """Open follow-ups of these customers for these incidents: their messages say that
+        a named person will contact them (doctrine 6)."""
+        customers = {job.customer_id for job in jobs}
+        incidents = {job.incident_id for job in jobs}
+        async with self._db.session() as session:
+            rows = await session.execute(
+                select(
+                    Followup.incident_id,
+                    Followup.customer_id,
+                    Followup.owner,
+                    Followup.kind,
+                    Followup.deadline_at,
+                )
+                .where(
+                    Followup.customer_id.in_(customers),
+                    Followup.incident_id.in_(incidents),
+                    Followup.state.in_(("open", "claimed")),
+                )
+                .order_by(Followup.deadline_at)
+            )
+            found: dict[tuple[int, str], tuple[str, str, datetime]] = {}
+            for incident_id, customer_id, owner, kind, deadline in rows:
+                name = self._staff_names.get(owner, owner)
+                found.setdefault((incident_id, customer_id), (name, kind, deadline))
+        return found
+
+    async def _send(self, job: Job, followup: tuple[str, str, datetime] | None = None) -> Outcome:
         channel = self._channels.get(job.channel)
         if channel is None:
             missing = DeliveryError(f"channel {job.channel!r} is not configured", retryable=True)
@@ -231,7 +266,14 @@ class Dispatcher:
                 timezone=job.timezone,
                 now=now,
                 personal=self._personal(job, now),
-                cache_key=job.round_id,
+                cache_key=(job.round_id, followup),
+                followup=None
+                if followup is None
+                else {
+                    "owner": followup[0],
+                    "kind": followup[1],
+                    "deadline": format_when(followup[2], job.timezone, job.language, now),
+                },
             )
             message = self._renderer.message(request, idempotency_key=f"delivery-{job.delivery_id}")
             message.headers.update(

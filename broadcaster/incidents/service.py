@@ -10,13 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
 from broadcaster.incidents import lifecycle
-from broadcaster.store import Database, Incident, IncidentScope, IncidentUpdate, Round
+
+if TYPE_CHECKING:
+    from broadcaster.escalation.plan import Escalation
+    from rules import Compensation
+
+from broadcaster.store import Database, Followup, Incident, IncidentScope, IncidentUpdate, Round
 
 
 class IncidentNotFound(LookupError):
@@ -232,8 +238,16 @@ async def post_update(
     return update
 
 
+class ResolutionRefused(ValueError):
+    """The rules require fields this resolution lacks."""
+
+
 async def resolve(
-    database: Database, clock: Clock, incident_id: int, request: UpdateRequest
+    database: Database,
+    clock: Clock,
+    incident_id: int,
+    request: UpdateRequest,
+    escalation: Escalation | None = None,
 ) -> IncidentUpdate:
     """Resolve: the final round (the resolution message) goes out now; no rounds after it."""
     if not request.message.strip():
@@ -246,11 +260,31 @@ async def resolve(
         lifecycle.check_resolve(incident.status)
         last = await latest_update(session, incident_id)
         update = _entry(incident_id, "resolved", "resolved", request, last, now)
+        decision = await escalation.decide(session, incident, now) if escalation else None
+        if decision is not None:
+            given = {
+                "cause": update.cause if update.cause_kind != "unknown" else None,
+                "remedy": request.remedy,
+                "prevention": request.prevention,
+                "responsibility": request.responsibility,
+                "regret": request.regret,
+            }
+            missing = sorted(f for f in decision.required_for_resolution if not given.get(f))
+            if missing:
+                raise ResolutionRefused(
+                    f"the rules ({', '.join(decision.matched_rules) or 'policy'}) require "
+                    f"{', '.join(missing)} before this incident can be resolved; give "
+                    + " ".join(
+                        f"--{f}" if f != "cause" else "--cause-kind known --cause" for f in missing
+                    )
+                )
         update.responsibility = _carry(request.responsibility, None)
         update.regret = _carry(request.regret, None)
         update.remedy = _carry(request.remedy, None)
         update.prevention = _carry(request.prevention, None)
         update.compensation = _carry(request.compensation, None)
+        if update.compensation is None and decision is not None and decision.compensation:
+            update.compensation = "; ".join(_offer(c) for c in decision.compensation)
         session.add(update)
         await session.flush()
         incident.status = "resolved"
@@ -260,12 +294,44 @@ async def resolve(
     return update
 
 
+class CloseRefused(lifecycle.TransitionError):
+    """Forced follow-ups are still open."""
+
+
+def _offer(compensation: Compensation) -> str:
+    return f"a {compensation.kind} of {compensation.amount} {compensation.currency}"
+
+
 async def close(database: Database, clock: Clock, incident_id: int, author: str = "") -> Incident:
-    """Close a resolved incident: a timeline entry, no message to customers."""
+    """Close a resolved incident: a timeline entry, no message to customers. Refused while
+    forced follow-ups are open (a manager can waive them)."""
     now = clock.now()
     async with database.session() as session, session.begin():
         incident = await _locked_incident(session, incident_id)
         lifecycle.check_close(incident.status)
+        open_tasks = (
+            (
+                await session.execute(
+                    select(Followup)
+                    .where(
+                        Followup.incident_id == incident_id, Followup.state.in_(("open", "claimed"))
+                    )
+                    .order_by(Followup.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if open_tasks:
+            listed = "; ".join(
+                f"#{t.id} {t.kind} {t.customer_id} by {t.owner} "
+                f"(due {t.deadline_at:%Y-%m-%d %H:%M}Z)"
+                for t in open_tasks
+            )
+            raise CloseRefused(
+                f"{len(open_tasks)} forced follow-up(s) still open: {listed}. Record them with "
+                "'followups done' or have a manager waive them"
+            )
         incident.status = "closed"
         incident.closed_at = now
         incident.updated_at = now

@@ -9,10 +9,12 @@ claimer resumes at the cursor, and a replayed batch inserts nothing twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.audience.query import audience_batch
 from broadcaster.clock import Clock
@@ -21,10 +23,14 @@ from broadcaster.schedule.rounds import ClaimedRound, extend_lease
 from broadcaster.store import ContactPoint, Database, Delivery, Round
 from broadcaster.store.models import table_of
 
-
 EVERY_CUSTOMER = "customer"
 """A channel whose contact kind is ``customer`` reaches every affected customer, addressed by
 id (a fixed-URL webhook into a CRM, say); no contact point is needed."""
+
+
+BatchHook = Callable[[AsyncSession, int, int, list[str], datetime], Awaitable[object]]
+"""Called inside each batch's transaction, after its deliveries are written, with
+(session, round id, incident id, customers, now): follow-ups and quiet hours."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ async def materialise_round(
     routes: Sequence[ChannelRoute],
     settings: ScheduleSettings,
     should_stop: Callable[[], bool] = lambda: False,
+    on_batch: BatchHook | None = None,
 ) -> int | None:
     """Write the round's deliveries; returns how many rows this call inserted, or None
     when ``should_stop`` said to stop between batches (the caller releases the round).
@@ -119,6 +126,8 @@ async def materialise_round(
             if rows:
                 result = await session.execute(insert, rows)
                 inserted += max(getattr(result, "rowcount", 0), 0)
+            if on_batch is not None:
+                await on_batch(session, claimed.round_id, claimed.incident_id, customers, now)
             await extend_lease(
                 session,
                 claimed,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +23,9 @@ from broadcaster.incidents import lifecycle
 from broadcaster.incidents.service import latest_update
 from broadcaster.schedule.cadence import is_late, lateness, next_due
 from broadcaster.store import Database, Incident, Promise, Round
+
+if TYPE_CHECKING:
+    from broadcaster.escalation.plan import Escalation
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ class ClaimedRound:
     owner: str
     resumed: bool
     """True when this claim took over an expired lease (a crash or a stuck worker)."""
+    notify_staff: tuple[str, ...] = ()
+    """Staff to tell: the incident entered an escalation step that names them."""
 
 
 class LostLease(RuntimeError):
@@ -45,6 +51,7 @@ async def claim_due_round(
     clock: Clock,
     settings: ScheduleSettings,
     owner: str,
+    escalation: Escalation | None = None,
 ) -> ClaimedRound | None:
     """Claim the earliest due round (or one whose lease expired); None when nothing is due."""
     now = clock.now()
@@ -69,8 +76,9 @@ async def claim_due_round(
         found.fence += 1
         found.lease_owner = owner
         found.lease_expires_at = now + settings.round_lease
+        notify_staff: list[str] = []
         if not resumed:
-            await _start_round(session, found, now, settings)
+            await _start_round(session, found, now, settings, escalation, notify_staff)
         return ClaimedRound(
             round_id=found.id,
             incident_id=found.incident_id,
@@ -79,11 +87,17 @@ async def claim_due_round(
             fence=found.fence,
             owner=owner,
             resumed=resumed,
+            notify_staff=tuple(notify_staff),
         )
 
 
 async def _start_round(
-    session: AsyncSession, current: Round, now: datetime, settings: ScheduleSettings
+    session: AsyncSession,
+    current: Round,
+    now: datetime,
+    settings: ScheduleSettings,
+    escalation: Escalation | None,
+    notify_staff: list[str],
 ) -> None:
     incident = await session.get(Incident, current.incident_id, with_for_update=True)
     if incident is None:  # the foreign key makes this impossible; say so if it happens
@@ -116,10 +130,17 @@ async def _start_round(
         )
         .values(state="cancelled")
     )
+    tell: list[str] = []
+    if escalation is not None:
+        cadence, channels, tell = await escalation.cadence(session, incident, now)
+        current.channels = ",".join(channels) if channels else None
+    else:
+        cadence = settings.cadence.for_severity(incident.severity)
+    notify_staff.extend(tell)
     if current.kind == "resolution" or not lifecycle.is_open(incident.status):
         current.next_due_at = None
         return
-    due = next_due(now, settings.cadence.for_severity(incident.severity))
+    due = next_due(now, cadence)
     incident.rounds_made = max(incident.rounds_made, current.number) + 1
     session.add(
         Round(

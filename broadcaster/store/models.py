@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     ForeignKey,
@@ -58,6 +59,13 @@ class Customer(Base):
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     channel_order: Mapped[str | None] = mapped_column(Text, default=None)
     """Preferred channels for failover, comma-separated; the configured order when unset."""
+    tier: Mapped[str] = mapped_column(String(32), default="standard", server_default="standard")
+    tags: Mapped[str | None] = mapped_column(Text, default=None)
+    """Comma-separated tags the rules can match."""
+    region: Mapped[str | None] = mapped_column(String(200), default=None)
+    sla: Mapped[str | None] = mapped_column(String(64), default=None)
+    account_manager: Mapped[str | None] = mapped_column(String(64), default=None)
+    """Staff id of the customer's account manager."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -112,6 +120,10 @@ class Incident(Base):
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     rounds_made: Mapped[int] = mapped_column(Integer, default=0)
     """Highest round number created so far (round numbers start at 1)."""
+    plan: Mapped[dict[str, object] | None] = mapped_column(JSON, default=None)
+    """The escalation plan snapshotted when escalation started (rules.PlanSnapshot)."""
+    steps_notified: Mapped[list[int] | None] = mapped_column(JSON, default=None)
+    """Ladder steps (seconds after the start) whose staff have been told."""
 
 
 class IncidentScope(Base):
@@ -185,6 +197,9 @@ class Round(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     fence: Mapped[int] = mapped_column(Integer, default=0)
     """Fencing token: bumped at each claim; a stale worker's writes match no row."""
+    channels: Mapped[str | None] = mapped_column(Text, default=None)
+    """Channels of the escalation step this round belongs to (comma-separated); the
+    configured ``delivery.channels`` when unset."""
 
 
 class Delivery(Base):
@@ -270,3 +285,48 @@ class AppSecret(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Followup(Base):
+    """A forced human follow-up: a named person must call, visit or write to a customer."""
+
+    __tablename__ = "followups"
+    __table_args__ = (UniqueConstraint("incident_id", "customer_id", "rule"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("incidents.id", ondelete="CASCADE"), index=True
+    )
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    rule: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))  # call | visit | personal_email
+    owner: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="open")
+    # open -> claimed -> done; open | claimed -> waived (by a manager or admin)
+    deadline_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    reminder_every_s: Mapped[float | None] = mapped_column(default=None)
+    next_reminder_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    escalation: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    escalation_interval_s: Mapped[float | None] = mapped_column(default=None)
+    escalation_level: Mapped[int] = mapped_column(Integer, default=0)
+    next_escalation_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    outcome: Mapped[str | None] = mapped_column(String(32), default=None)
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    closed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class FollowupEvent(Base):
+    """What happened to a follow-up: created, notified, reminded, escalated, claimed, …"""
+
+    __tablename__ = "followup_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    followup_id: Mapped[int] = mapped_column(
+        ForeignKey("followups.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    kind: Mapped[str] = mapped_column(String(16))
+    staff: Mapped[str | None] = mapped_column(String(64), default=None)
+    detail: Mapped[str | None] = mapped_column(Text, default=None)

@@ -76,11 +76,16 @@ async def healthz(request: Request) -> Response:
     except Exception:  # any failure means the store is not reachable
         store_ok = False
     healthy = store_ok and state.scheduler_running
-    return JSONResponse(
-        {
-            "status": "ok" if healthy else "failing",
-            "store": "ok" if store_ok else "unreachable",
-            "scheduler": "running" if state.scheduler_running else "stopped",
-        },
-        status_code=200 if healthy else 503,
-    )
+    body: dict[str, object] = {
+        "status": "ok" if healthy else "failing",
+        "store": "ok" if store_ok else "unreachable",
+        "scheduler": "running" if state.scheduler_running else "stopped",
+    }
+    holder = state.rules
+    if holder is not None and holder.path is not None:
+        body["rules"] = {
+            "loaded": holder.current is not None,
+            "last_reload_error": holder.error,
+            "reloads": holder.reloads,
+        }
+    return JSONResponse(body, status_code=200 if healthy else 503)

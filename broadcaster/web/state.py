@@ -8,6 +8,7 @@ from fastapi import Request
 
 from broadcaster.clock import Clock
 from broadcaster.config.settings import Settings
+from broadcaster.escalation.holder import RulesHolder
 from broadcaster.store import Database
 from channels.twilio_sms import TwilioSettings
 
@@ -19,6 +20,7 @@ class WebState:
     clock: Clock
     link_secret: str
     scheduler_running: bool = False
+    rules: RulesHolder | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
     def twilio_accounts(self) -> list[TwilioSettings]:

@@ -307,6 +307,80 @@ async def test_reimport_updates_the_channel_order_and_keeps_flags(
     assert await channel_orders(database) == {"k1": None, "k2": "ntfy"}
 
 
+async def profiles(database: Database) -> dict[str, tuple[str | None, ...]]:
+    """id -> (tier, tags, region, sla, account_manager) as stored."""
+    async with database.engine.connect() as connection:
+        rows = await connection.execute(
+            select(
+                Customer.id,
+                Customer.tier,
+                Customer.tags,
+                Customer.region,
+                Customer.sla,
+                Customer.account_manager,
+            )
+        )
+        return {row.id: tuple(row[1:]) for row in rows}
+
+
+async def test_profile_columns_are_stored_and_updated_on_reimport(
+    database: Database, tmp_path: Path
+) -> None:
+    header = ["id", "name", "tier", "tags", "region", "sla", "account_manager"]
+    first = csv_text(
+        header,
+        ["t1", "Tia", "gold", "vip; beta;vip", "EU West, Amsterdam", "24x7", "j.doe-42"],
+        ["t2", "Tom", "", "", "", "", ""],
+        ["t3", "Bad", "Gold", "", "", "", ""],
+        ["t4", "Bad", "", "ok;not ok", "", "", ""],
+        ["t5", "Bad", "", "", "r" * 201, "", ""],
+        ["t6", "Bad", "", "", "", "s" * 65, ""],
+        ["t7", "Bad", "", "", "", "", "jane doe"],
+        ["t8", "Edge", "t" * 32, "x" * 32, "r" * 200, "s" * 64, "a" * 64],
+    )
+    path = write(tmp_path, "p.csv", first)
+    result = await run_import(database, path)
+    assert (result.imported, result.rejected) == (3, 5)
+    assert [(error.line, error.field) for error in result.errors] == [
+        (4, "tier"),
+        (5, "tags[1]"),
+        (6, "region"),
+        (7, "sla"),
+        (8, "account_manager"),
+    ]
+    assert str(result.errors[0]) == (
+        f"{path}:4: tier: 'Gold' is not a tier (1 to 32 of a-z, 0-9, _ and -)"
+    )
+    assert await profiles(database) == {
+        "t1": ("gold", "vip,beta", "EU West, Amsterdam", "24x7", "j.doe-42"),
+        "t2": ("standard", None, None, None, None),
+        "t8": ("t" * 32, "x" * 32, "r" * 200, "s" * 64, "a" * 64),
+    }
+
+    second = csv_text(
+        header,
+        ["t1", "Tia", "", "", "", "", ""],  # emptied: back to the defaults
+        ["t2", "Tom", "silver", "new", "APAC", "business hours", "m.smith"],
+    )
+    result = await run_import(database, write(tmp_path, "p.csv", second))
+    assert (result.imported, result.rejected) == (2, 0)
+    assert (await profiles(database))["t1"] == ("standard", None, None, None, None)
+    assert (await profiles(database))["t2"] == (
+        "silver",
+        "new",
+        "APAC",
+        "business hours",
+        "m.smith",
+    )
+
+    line = {"id": "t2", "name": "Tom", "tier": "gold", "tags": ["b", "a", "b"], "sla": "24x7"}
+    lines = [json.dumps(line), json.dumps({"id": "t9", "name": "N", "tags": "a;b"})]
+    path = write(tmp_path, "p.jsonl", "\n".join(lines) + "\n")
+    result = await run_import(database, path)
+    assert [str(error) for error in result.errors] == [f"{path}:2: tags: must be a list of strings"]
+    assert (await profiles(database))["t2"] == ("gold", "b,a", None, "24x7", None)
+
+
 async def test_channels_in_json_lines(database: Database, tmp_path: Path) -> None:
     lines = [
         json.dumps({"id": "n1", "name": "N", "channels": ["sms", "email", "sms"]}),

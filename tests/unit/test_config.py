@@ -59,10 +59,14 @@ def test_shipped_config_loads() -> None:
     assert settings.schedule.sweep_interval == timedelta(seconds=1)
     assert settings.schedule.cadence.critical == timedelta(minutes=15)
     assert settings.schedule.cadence.for_severity("minor") == timedelta(hours=2)
-    assert settings.delivery.channels == ["console"]
+    assert settings.delivery.channels == ["email"]
     assert settings.delivery.backoff.maximum == timedelta(minutes=10)
-    assert isinstance(settings.channels["console"], ConsoleSettings)
-    email = settings.channels["email"]
+    # The embedded default prints: every channel the example rules name is a local sink.
+    for name in ("email", "sms", "push"):
+        assert isinstance(settings.channels[name], ConsoleSettings)
+    assert settings.rules.path == REPO / "rules" / "examples" / "default.yaml"
+    assert set(settings.staff.groups) == {"account-managers", "care", "duty-managers"}
+    email = settings.channels["smtp"]
     assert isinstance(email, EmailSettings)
     assert email.port == 1025
     assert email.security == "none"
@@ -77,7 +81,7 @@ def test_shipped_config_loads() -> None:
 
 def test_shipped_config_takes_smtp_secrets_from_the_environment() -> None:
     settings = load_settings(SHIPPED, {"SMTP_USERNAME": "relay-user", "SMTP_PASSWORD": "s3cret"})
-    email = settings.channels["email"]
+    email = settings.channels["smtp"]
     assert isinstance(email, EmailSettings)
     assert email.username == "relay-user"
     assert email.password is not None
@@ -186,20 +190,20 @@ def test_env_override_values_are_yaml_typed() -> None:
         SHIPPED,
         {
             "BROADCASTER_DELIVERY__WORKERS": "8",
-            "BROADCASTER_DELIVERY__CHANNELS": "[console, email]",
+            "BROADCASTER_DELIVERY__CHANNELS": "[email, smtp]",
             "BROADCASTER_DELIVERY__BACKOFF": "{initial: 1s, multiplier: 3}",
             "BROADCASTER_DATABASE__ECHO": "true",
             "BROADCASTER_LOG__LEVEL": "DEBUG",
-            "BROADCASTER_CHANNELS__EMAIL__PORT": "2525",
+            "BROADCASTER_CHANNELS__SMTP__PORT": "2525",
         },
     )
     assert settings.delivery.workers == 8
-    assert settings.delivery.channels == ["console", "email"]
+    assert settings.delivery.channels == ["email", "smtp"]
     assert settings.delivery.backoff.initial == timedelta(seconds=1)
     assert settings.delivery.backoff.multiplier == 3.0
     assert settings.database.echo is True
     assert settings.log.level == "DEBUG"
-    email = settings.channels["email"]
+    email = settings.channels["smtp"]
     assert isinstance(email, EmailSettings)
     assert email.port == 2525
     assert email.host == "127.0.0.1"  # the rest of the channel comes from the file
@@ -325,7 +329,7 @@ def test_locate_falls_back_to_the_shipped_default(
     assert found.is_absolute()
     assert found.exists()
     assert found.name in {"config.yaml", "_default_config.yaml"}
-    assert load_settings(None, {}).delivery.channels == ["console"]
+    assert load_settings(None, {}).delivery.channels == ["email"]
 
 
 def test_load_settings_uses_broadcaster_config_from_its_environ(

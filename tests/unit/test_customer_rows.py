@@ -36,6 +36,11 @@ GOOD = {
     "components": "line-1;line-2",
     "regions": " north ",
     "channels": " sms ; email;;sms",
+    "tier": " gold ",
+    "tags": "vip; beta;;vip",
+    "region": " EU West ",
+    "sla": "24x7, 1 h response",
+    "account_manager": "j.doe-42",
 }
 SUBSCRIPTION = {
     "endpoint": "https://push.example.net/wpush/v2/gAAAAABk",
@@ -75,7 +80,13 @@ def test_a_good_csv_row_is_normalised() -> None:
         components=("line-1", "line-2"),
         regions=("north",),
         channels=("sms", "email"),
+        tier="gold",
+        tags=("vip", "beta"),
+        region="EU West",
+        sla="24x7, 1 h response",
+        account_manager="j.doe-42",
     )
+    assert row.stored_tags() == "vip,beta"
     assert row.contact_points() == [
         ("email", "Jane.Doe@example.com"),
         ("sms", "+31612345678"),
@@ -95,6 +106,8 @@ def test_empty_cells_take_the_defaults() -> None:
     assert (row.language, row.timezone, row.email, row.phone) == ("en", "UTC", None, None)
     assert row.contact_points() == [] and row.subscriptions() == []
     assert row.channels == () and row.channel_order() is None
+    assert (row.tier, row.tags, row.stored_tags()) == ("standard", (), None)
+    assert (row.region, row.sla, row.account_manager) == (None, None, None)
 
 
 @pytest.mark.parametrize(
@@ -131,6 +144,18 @@ def test_language_tags_are_written_canonically(language: str, canonical: str) ->
         ("phone", "+abc", "'+abc' is not a phone number: "),
         ("name", "bad\x00name", "contains a NUL character"),
         ("name", "bad\udcffbytes", "is not valid UTF-8 text"),
+        ("tier", "Gold", "'Gold' is not a tier (1 to 32 of a-z, 0-9, _ and -)"),
+        ("tier", "t" * 33, f"'{'t' * 33}' is not a tier"),
+        ("region", "r" * 201, "String should have at most 200 characters"),
+        ("region", "a\x00b", "contains a NUL character"),
+        ("sla", "s" * 65, "String should have at most 64 characters"),
+        (
+            "account_manager",
+            "j doe",
+            "'j doe' is not a staff id (1 to 64 of A-Z, a-z, 0-9, _, . and -)",
+        ),
+        ("account_manager", "a" * 65, f"'{'a' * 65}' is not a staff id"),
+        ("account_manager", "jane@example.com", "'jane@example.com' is not a staff id"),
     ],
 )
 def test_each_bad_field_is_named_with_its_reason(field: str, value: str, message: str) -> None:
@@ -150,12 +175,14 @@ def test_list_items_are_named_by_position() -> None:
             "push_tokens": "fcm:ok;fcm:" + "t" * (MAX_ADDRESS + 1),
             "components": "a;b\x00",
             "channels": "sms;SMS",
+            "tags": "vip;has space",
         }
     )
     assert problems == [
         Problem("push_tokens[1]", "an fcm token is at most 2048 characters"),
         Problem("components[1]", "contains a NUL character"),
         Problem("channels[1]", "'SMS' is not a channel name (1 to 32 of a-z, 0-9, _ and -)"),
+        Problem("tags[1]", "'has space' is not a tag (1 to 32 of a-z, 0-9, _ and -)"),
     ]
 
 
@@ -358,9 +385,20 @@ def test_a_good_json_line() -> None:
             "components": [],
             "regions": ["south"],
             "channels": ["ntfy", "email"],
+            "tier": "enterprise",
+            "tags": ["vip", "eu-only", "vip"],
+            "region": "Benelux",
+            "sla": "",
+            "account_manager": None,
         }
     )
     row = from_json_line(line)
+    assert (row.tier, row.tags, row.stored_tags()) == (
+        "enterprise",
+        ("vip", "eu-only"),
+        "vip,eu-only",
+    )
+    assert (row.region, row.sla, row.account_manager) == ("Benelux", None, None)
     assert row.email is None and row.phone is None
     assert row.push_tokens == ("fcm:t1", "ntfy:t2") and row.regions == ("south",)
     assert row.contact_points() == [("fcm", "t1"), ("ntfy", "t2")]
@@ -381,6 +419,15 @@ def test_a_good_json_line() -> None:
             [Problem("regions[1]", "must be a string")],
         ),
         ('{"id": 7, "name": "N"}', [Problem("id", "must be a string")]),
+        (
+            '{"id": "c", "name": "N", "tags": "vip;beta"}',
+            [Problem("tags", "must be a list of strings")],
+        ),
+        (
+            '{"id": "c", "name": "N", "tags": ["vip", "VIP"], "tier": 2}',
+            [Problem("tier", "must be a string"), Problem("tags[1]", "'VIP' is not a tag")],
+        ),
+        ('{"id": "c", "name": "N", "sla": 24}', [Problem("sla", "must be a string")]),
         ('{"name": "N"}', [Problem("id", "is required")]),
         ('["c", "N"]', [Problem(None, "expected a JSON object")]),
         (
@@ -462,9 +509,13 @@ _push_tokens = st.lists(  # valid ones: rejection is the property above
 _channels = st.lists(st.from_regex(r"[a-z0-9_-]{1,32}", fullmatch=True), max_size=4)
 
 
-@given(components=_items, regions=_items, tokens=_push_tokens, channels=_channels)
+@given(components=_items, regions=_items, tokens=_push_tokens, channels=_channels, tags=_channels)
 def test_accepted_rows_round_trip_through_csv_and_json(
-    components: list[str], regions: list[str], tokens: list[str], channels: list[str]
+    components: list[str],
+    regions: list[str],
+    tokens: list[str],
+    channels: list[str],
+    tags: list[str],
 ) -> None:
     record = {
         "id": "c",
@@ -473,6 +524,7 @@ def test_accepted_rows_round_trip_through_csv_and_json(
         "regions": ";".join(regions),
         "push_tokens": ";".join(tokens),
         "channels": ";".join(channels),
+        "tags": ";".join(tags),
     }
     try:
         row = from_csv_record(record)
@@ -481,6 +533,7 @@ def test_accepted_rows_round_trip_through_csv_and_json(
     expected = tuple(dict.fromkeys(item.strip() for item in components if item.strip()))
     assert row.components == expected
     assert row.channels == tuple(dict.fromkeys(channels))
+    assert row.tags == tuple(dict.fromkeys(tags))
     assert [kind for kind, _ in row.contact_points()] == [t.split(":")[0] for t in row.push_tokens]
     # Writing the accepted row back out, as CSV or as JSON, reads in as the same row.
     as_csv = {

@@ -47,8 +47,8 @@ def request(kind: str, form: str, language: str = "en", **changes: object) -> Re
         now=SAMPLE_NOW,
         personal=sample_personal(),
         cache_key=("golden", kind),
-        followup=SAMPLE_FOLLOWUP,
-        task=SAMPLE_TASK,
+        followup=SAMPLE_FOLLOWUP if kind == "followup_announcement" else None,
+        task=SAMPLE_TASK if kind == "followup_task" else None,
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 
@@ -244,3 +244,16 @@ def test_check_finds_each_kind_of_problem(tmp_path: Path) -> None:
         assert f"apology lacks its {element}" in errors
     assert "segments with typical values" in errors
     assert "no_news/push_title.j2:1" in errors
+
+
+@pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
+@pytest.mark.parametrize("kind", ["first", "update", "no_news", "resolution"])
+def test_a_customer_with_a_forced_follow_up_reads_who_will_contact_them(
+    language: str, kind: str
+) -> None:
+    for form in FORMS:
+        parts = renderer().render(
+            request(kind, form, language, followup=SAMPLE_FOLLOWUP, cache_key=None)
+        )
+        text = parts.get("email_text") or parts.get("sms") or parts["push_body"]
+        assert "Pieter Bakker" in text and "10:00 CET" in text, (kind, form)

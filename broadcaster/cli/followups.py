@@ -1,0 +1,112 @@
+"""``broadcaster followups``: the queue of forced human follow-ups."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from broadcaster.cli.common import ConfigOption, fail, run, settings_or_exit, with_database
+from broadcaster.clock import RealClock
+from broadcaster.followups import service
+from broadcaster.followups.directory import Directory
+from broadcaster.store import Database
+
+app = typer.Typer(help="Forced follow-ups: list, claim, done, waive.", no_args_is_help=True)
+
+Staff = Annotated[str, typer.Option("--as", help="your staff id (from the staff directory)")]
+
+
+def _known(settings_staff: set[str], staff: str) -> None:
+    if staff not in settings_staff:
+        raise fail(f"unknown staff id {staff!r}; see staff.people in the config", 2)
+
+
+@app.command("list")
+def list_(
+    state: Annotated[str | None, typer.Option(help="open (default), done, waived, all")] = "open",
+    owner: Annotated[str | None, typer.Option(help="only this owner's tasks")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Follow-ups, soonest deadline first."""
+    settings = settings_or_exit(config)
+
+    async def work(db: Database) -> list[str]:
+        tasks = await service.list_followups(
+            db, state=None if state == "all" else state, owner=owner
+        )
+        now = RealClock().now()
+        return [
+            f"{t.id:>5}  {t.state:<8} {t.kind:<15} {t.customer_id:<12} {t.owner:<12} "
+            f"due {t.deadline_at:%Y-%m-%d %H:%M}Z"
+            + ("  OVERDUE" if t.state in service.OPEN_STATES and t.deadline_at < now else "")
+            + f"  incident {t.incident_id} ({t.rule})"
+            for t in tasks
+        ]
+
+    lines = run(with_database(settings, work))
+    typer.echo(f"{'id':>5}  {'state':<8} {'kind':<15} {'customer':<12} {'owner':<12} deadline")
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command("claim")
+def claim(
+    followup_id: Annotated[int, typer.Argument()], staff: Staff, config: ConfigOption = None
+) -> None:
+    """Take a follow-up: it becomes yours."""
+    settings = settings_or_exit(config)
+    _known(set(settings.staff.people), staff)
+
+    async def work(db: Database) -> None:
+        await service.claim(db, RealClock(), followup_id, staff)
+
+    try:
+        run(with_database(settings, work))
+    except (service.FollowupError, LookupError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"follow-up {followup_id} claimed by {staff}")
+
+
+@app.command("done")
+def done(
+    followup_id: Annotated[int, typer.Argument()],
+    outcome: Annotated[str, typer.Option(help=" | ".join(service.OUTCOMES))],
+    note: Annotated[str, typer.Option(help="what was said or agreed")],
+    staff: Staff,
+    config: ConfigOption = None,
+) -> None:
+    """Record the outcome of a follow-up."""
+    settings = settings_or_exit(config)
+    _known(set(settings.staff.people), staff)
+
+    async def work(db: Database) -> None:
+        await service.done(db, RealClock(), followup_id, staff, outcome, note)
+
+    try:
+        run(with_database(settings, work))
+    except (service.FollowupError, LookupError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"follow-up {followup_id} done: {outcome}")
+
+
+@app.command("waive")
+def waive(
+    followup_id: Annotated[int, typer.Argument()],
+    reason: Annotated[str, typer.Option(help="why no one will follow up")],
+    staff: Staff,
+    config: ConfigOption = None,
+) -> None:
+    """Waive a follow-up (a manager of its owner, or an admin, only)."""
+    settings = settings_or_exit(config)
+    _known(set(settings.staff.people), staff)
+    directory = Directory(settings.staff)
+
+    async def work(db: Database) -> None:
+        await service.waive(db, RealClock(), followup_id, staff, reason, directory)
+
+    try:
+        run(with_database(settings, work))
+    except (service.FollowupError, LookupError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"follow-up {followup_id} waived by {staff}")

@@ -1,0 +1,140 @@
+"""The rules at work in the engine: plans snapshotted, cadence and channels by step,
+follow-ups created as rounds reach customers, and what a resolution must carry.
+
+Snapshot semantics (docs/rules.md): an incident's policy ladder is fixed at its first
+round; later edits of the rules file do not change it. Customer-level actions (follow-ups,
+compensation, resolution requirements) use the rules active when they are evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from broadcaster.config.settings import Settings
+from broadcaster.escalation.facts import customer_facts, incident_facts
+from broadcaster.escalation.holder import RulesHolder
+from broadcaster.followups.directory import Directory
+from broadcaster.followups.service import Notice, create_for_customer
+from broadcaster.store import Customer, Delivery, Incident
+from rules import Decision, PlanSnapshot, SnapshotError, hold_until
+
+log = logging.getLogger("broadcaster.rules")
+
+
+class Escalation:
+    def __init__(self, settings: Settings, holder: RulesHolder, directory: Directory) -> None:
+        self.settings = settings
+        self.holder = holder
+        self.directory = directory
+
+    def _plan(self, incident: Incident) -> PlanSnapshot | None:
+        if incident.plan is None:
+            return None
+        try:
+            return PlanSnapshot.from_dict(incident.plan)
+        except SnapshotError:
+            log.exception("stored plan of incident %s is unreadable; using the rules", incident.id)
+            return None
+
+    async def cadence(
+        self, session: AsyncSession, incident: Incident, now: datetime
+    ) -> tuple[timedelta, list[str] | None, list[str]]:
+        """The next update's cadence, the step's channels, and the staff to tell because the
+        incident just entered that step (each step once); snapshots the plan first."""
+        fallback = self.settings.schedule.cadence.for_severity(incident.severity)
+        ruleset = self.holder.current
+        if incident.plan is None and ruleset is not None:
+            decision = ruleset.evaluate(await incident_facts(session, incident), None, now=now)
+            if decision.policy is not None:
+                incident.plan = PlanSnapshot.from_ruleset(ruleset, decision.policy).to_dict()
+                log.info(
+                    "escalation plan fixed",
+                    extra={"incident": incident.id, "policy": decision.policy},
+                )
+        plan = self._plan(incident)
+        if plan is None:
+            return fallback, None, []
+        step = plan.step_at(max(now - incident.created_at, timedelta(0)))
+        channels = [c for c in step.channels if c in self.settings.channels] or None
+        tell: list[str] = []
+        key = int(step.after.total_seconds())
+        notified = list(incident.steps_notified or [])
+        if step.notify and key not in notified:
+            for ref in step.notify:
+                tell += self.directory.members(ref)
+            incident.steps_notified = [*notified, key]  # a new list: the column is written
+        return step.every, channels, list(dict.fromkeys(tell))
+
+    async def decide(
+        self, session: AsyncSession, incident: Incident, now: datetime
+    ) -> Decision | None:
+        """The incident's own decision now (resolution requirements, compensation)."""
+        ruleset = self.holder.current
+        if ruleset is None:
+            return None
+        return ruleset.evaluate(
+            await incident_facts(session, incident), None, now=now, plan=self._plan(incident)
+        )
+
+    async def on_batch(
+        self,
+        session: AsyncSession,
+        round_id: int,
+        incident_id: int,
+        customer_ids: Sequence[str],
+        now: datetime,
+    ) -> list[Notice]:
+        """For a batch of affected customers: create the follow-ups the rules require, and
+        hold non-critical messages of customers in their quiet hours until the window ends."""
+        ruleset = self.holder.current
+        if ruleset is None or not customer_ids:
+            return []
+        incident = await session.get(Incident, incident_id)
+        if incident is None:
+            return []
+        facts = await incident_facts(session, incident)
+        plan = self._plan(incident)
+        window = max(ruleset.history_window, self.settings.rules.history_window)
+        people = await customer_facts(session, customer_ids, now, window)
+        rows = {
+            c.id: c
+            for c in (
+                await session.execute(select(Customer).where(Customer.id.in_(customer_ids)))
+            ).scalars()
+        }
+        notices: list[Notice] = []
+        for customer_id in customer_ids:
+            person = people.get(customer_id)
+            if person is None:
+                continue
+            if incident.created_at not in person.incident_history:
+                history = tuple(sorted((*person.incident_history, incident.created_at)))
+                person = dataclasses.replace(person, incident_history=history)
+            decision = ruleset.evaluate(facts, person, now=now, plan=plan)
+            held = hold_until(decision.quiet_hours, person.timezone, now, incident.severity)
+            if held is not None:
+                await session.execute(
+                    update(Delivery)
+                    .where(
+                        Delivery.round_id == round_id,
+                        Delivery.customer_id == customer_id,
+                        Delivery.state == "pending",
+                    )
+                    .values(next_attempt_at=held)
+                )
+            if decision.followups:
+                notices += await create_for_customer(
+                    session,
+                    incident_id,
+                    rows[customer_id],
+                    decision.followups,
+                    now,
+                    self.directory,
+                )
+        return notices

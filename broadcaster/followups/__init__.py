@@ -1,0 +1,1 @@
+"""Forced human follow-up: tasks for named staff, reminders, escalation, outcomes."""

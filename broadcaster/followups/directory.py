@@ -1,0 +1,67 @@
+"""The staff directory: who a rule's owner reference means for one customer."""
+
+from __future__ import annotations
+
+from broadcaster.config.settings import StaffMember, StaffSettings
+from rules import StaffRef
+
+
+class NoOwner(LookupError):
+    """The reference names nobody (no account manager, an empty group)."""
+
+
+class Directory:
+    def __init__(self, staff: StaffSettings) -> None:
+        self.staff = staff
+
+    def person(self, staff_id: str) -> StaffMember | None:
+        return self.staff.people.get(staff_id)
+
+    def resolve(self, ref: StaffRef, account_manager: str | None) -> str:
+        """One staff id: the account manager, a group's on-call person (or first member)."""
+        if ref.kind == "account_manager":
+            if account_manager and account_manager in self.staff.people:
+                return account_manager
+            raise NoOwner("the customer has no account manager in the staff directory")
+        if ref.kind == "staff" and ref.name in self.staff.people:
+            return ref.name
+        if ref.kind in ("group", "on_call") and ref.name in self.staff.groups:
+            group = self.staff.groups[ref.name]
+            if group.on_call:
+                return group.on_call
+            if group.members:
+                return group.members[0]
+            raise NoOwner(f"group {ref.name} has no members")
+        raise NoOwner(f"{ref} names nobody in the staff directory")
+
+    def members(self, ref: StaffRef) -> list[str]:
+        """Everyone a notification reference means: a group's members, its on-call person,
+        or one named person (an account manager is per customer: nobody here)."""
+        if ref.kind == "staff" and ref.name in self.staff.people:
+            return [ref.name]
+        group = self.staff.groups.get(ref.name or "")
+        if group is None:
+            return []
+        if ref.kind == "on_call":
+            return [group.on_call] if group.on_call else list(group.members[:1])
+        return list(group.members)
+
+    def manager_of(self, staff_id: str) -> str | None:
+        person = self.staff.people.get(staff_id)
+        return person.manager if person is not None else None
+
+    def may_waive(self, actor: str, owner: str) -> bool:
+        """A manager of the owner (any level up) or an admin may waive a follow-up."""
+        person = self.staff.people.get(actor)
+        if person is None:
+            return False
+        if person.admin:
+            return True
+        seen: set[str] = set()
+        current: str | None = owner
+        while current is not None and current not in seen:
+            seen.add(current)
+            current = self.manager_of(current)
+            if current == actor:
+                return True
+        return False

@@ -1,0 +1,276 @@
+"""Follow-up tasks: created idempotently from the rules, claimed, done or waived; reminders
+and escalation when they run late.
+
+One task per (incident, customer, rule). Its owner is named when it is created (the
+customer's account manager, a group's on-call person, ...). Overdue tasks remind the owner
+every ``reminder_every`` until the deadline, then escalate along the rule's chain (or, when
+the rule names none, up the owner's managers), one link every ``escalation_interval``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from broadcaster.clock import Clock
+from broadcaster.followups.directory import Directory, NoOwner
+from broadcaster.store import Customer, Database, Followup, FollowupEvent
+from rules import FollowupRequirement, StaffRef
+
+OUTCOMES = ("reached", "voicemail", "declined", "unreachable")
+OPEN_STATES = ("open", "claimed")
+DEFAULT_ESCALATION_INTERVAL = timedelta(hours=1)
+MAX_ESCALATIONS = 3
+
+
+class FollowupError(ValueError):
+    """An operation the task's state or the caller's role does not allow."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Somebody must be told about a task: ``assigned``, ``reminder`` or ``escalation``."""
+
+    followup_id: int
+    staff: str
+    kind: str
+
+
+async def create_for_customer(
+    session: AsyncSession,
+    incident_id: int,
+    customer: Customer,
+    requirements: list[FollowupRequirement],
+    now: datetime,
+    directory: Directory,
+) -> list[Notice]:
+    """Create the tasks the rules require for one customer (once each); who to tell."""
+    notices: list[Notice] = []
+    for req in requirements:
+        exists = (
+            await session.execute(
+                select(Followup.id).where(
+                    Followup.incident_id == incident_id,
+                    Followup.customer_id == customer.id,
+                    Followup.rule == req.rule,
+                )
+            )
+        ).scalar_one_or_none()
+        if exists is not None:
+            continue
+        owner: str | None
+        try:
+            owner = directory.resolve(req.owner, customer.account_manager)
+        except NoOwner:
+            owner = _fallback_owner(directory, req)
+        if owner is None:
+            continue
+        every = req.reminder_every.total_seconds() if req.reminder_every else None
+        task = Followup(
+            incident_id=incident_id,
+            customer_id=customer.id,
+            rule=req.rule,
+            kind=req.kind,
+            owner=owner,
+            state="open",
+            deadline_at=now + req.deadline,
+            reminder_every_s=every,
+            next_reminder_at=now + req.reminder_every if req.reminder_every else None,
+            escalation=[str(ref) for ref in req.escalation] or None,
+            escalation_interval_s=(
+                req.escalation_interval.total_seconds() if req.escalation_interval else None
+            ),
+            escalation_level=0,
+            next_escalation_at=now + req.deadline,
+            created_at=now,
+        )
+        session.add(task)
+        await session.flush()
+        session.add(
+            FollowupEvent(
+                followup_id=task.id,
+                at=now,
+                kind="created",
+                staff=owner,
+                detail=f"rule {req.rule}: {req.kind} by {task.deadline_at:%Y-%m-%d %H:%M}Z",
+            )
+        )
+        notices.append(Notice(task.id, owner, "assigned"))
+    return notices
+
+
+def _fallback_owner(directory: Directory, req: FollowupRequirement) -> str | None:
+    """When the owner names nobody (no account manager), the first escalation link owns it:
+    a forced follow-up must never silently disappear."""
+    for ref in req.escalation:
+        try:
+            return directory.resolve(ref, None)
+        except NoOwner:
+            continue
+    return None
+
+
+async def due_notices(database: Database, clock: Clock, directory: Directory) -> list[Notice]:
+    """Reminders and escalations due now; their times move on in the same transaction."""
+    now = clock.now()
+    notices: list[Notice] = []
+    async with database.session() as session, session.begin():
+        tasks = (
+            (await session.execute(select(Followup).where(Followup.state.in_(OPEN_STATES))))
+            .scalars()
+            .all()
+        )
+        for task in tasks:
+            if now < task.deadline_at:
+                if task.next_reminder_at is not None and task.next_reminder_at <= now:
+                    notices.append(Notice(task.id, task.owner, "reminder"))
+                    session.add(
+                        FollowupEvent(
+                            followup_id=task.id, at=now, kind="reminded", staff=task.owner
+                        )
+                    )
+                    every = timedelta(seconds=task.reminder_every_s or 0)
+                    task.next_reminder_at = now + every if every else None
+                continue
+            if task.next_escalation_at is None or task.next_escalation_at > now:
+                continue
+            target = _escalation_target(task, directory)
+            if target is None:
+                task.next_escalation_at = None
+                continue
+            task.escalation_level += 1
+            interval = (
+                timedelta(seconds=task.escalation_interval_s or 0) or DEFAULT_ESCALATION_INTERVAL
+            )
+            task.next_escalation_at = now + interval
+            notices.append(Notice(task.id, target, "escalation"))
+            session.add(
+                FollowupEvent(
+                    followup_id=task.id,
+                    at=now,
+                    kind="escalated",
+                    staff=target,
+                    detail=f"overdue since {task.deadline_at:%Y-%m-%d %H:%M}Z",
+                )
+            )
+    return notices
+
+
+def _escalation_target(task: Followup, directory: Directory) -> str | None:
+    chain = task.escalation or []
+    level = task.escalation_level
+    if chain:
+        if level >= len(chain):
+            return None
+        try:
+            return directory.resolve(StaffRef.parse(chain[level]), None)
+        except NoOwner:
+            return None
+    if level >= MAX_ESCALATIONS:
+        return None
+    current: str | None = task.owner
+    for _ in range(level + 1):
+        current = directory.manager_of(current) if current else None
+    return current
+
+
+async def _task(session: AsyncSession, followup_id: int) -> Followup:
+    task = await session.get(Followup, followup_id, with_for_update=True)
+    if task is None:
+        raise LookupError(f"no follow-up with id {followup_id}")
+    return task
+
+
+async def claim(database: Database, clock: Clock, followup_id: int, staff: str) -> Followup:
+    async with database.session() as session, session.begin():
+        task = await _task(session, followup_id)
+        if task.state != "open":
+            raise FollowupError(f"follow-up {followup_id} is {task.state}, not open")
+        task.state, task.owner = "claimed", staff
+        session.add(FollowupEvent(followup_id=task.id, at=clock.now(), kind="claimed", staff=staff))
+        return task
+
+
+async def done(
+    database: Database, clock: Clock, followup_id: int, staff: str, outcome: str, note: str
+) -> Followup:
+    if outcome not in OUTCOMES:
+        raise FollowupError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+    if not note.strip():
+        raise FollowupError("note: say what happened, for the customer's history")
+    async with database.session() as session, session.begin():
+        task = await _task(session, followup_id)
+        if task.state not in OPEN_STATES:
+            raise FollowupError(f"follow-up {followup_id} is already {task.state}")
+        now = clock.now()
+        task.state, task.outcome, task.note = "done", outcome, note.strip()
+        task.closed_at, task.closed_by = now, staff
+        session.add(
+            FollowupEvent(
+                followup_id=task.id,
+                at=now,
+                kind="done",
+                staff=staff,
+                detail=f"{outcome}: {note.strip()}",
+            )
+        )
+        return task
+
+
+async def waive(
+    database: Database,
+    clock: Clock,
+    followup_id: int,
+    staff: str,
+    reason: str,
+    directory: Directory,
+) -> Followup:
+    if not reason.strip():
+        raise FollowupError("reason: a waiver needs a reason")
+    async with database.session() as session, session.begin():
+        task = await _task(session, followup_id)
+        if task.state not in OPEN_STATES:
+            raise FollowupError(f"follow-up {followup_id} is already {task.state}")
+        if not directory.may_waive(staff, task.owner):
+            raise FollowupError(
+                f"only a manager of {task.owner} or an admin may waive follow-up {followup_id}"
+            )
+        now = clock.now()
+        task.state, task.note, task.closed_at, task.closed_by = "waived", reason.strip(), now, staff
+        session.add(
+            FollowupEvent(
+                followup_id=task.id, at=now, kind="waived", staff=staff, detail=reason.strip()
+            )
+        )
+        return task
+
+
+async def open_for_incident(session: AsyncSession, incident_id: int) -> list[Followup]:
+    return list(
+        (
+            await session.execute(
+                select(Followup)
+                .where(Followup.incident_id == incident_id, Followup.state.in_(OPEN_STATES))
+                .order_by(Followup.id)
+            )
+        )
+        .scalars()
+        .all()
+    )
+
+
+async def list_followups(
+    database: Database, *, state: str | None = None, owner: str | None = None
+) -> list[Followup]:
+    query = select(Followup).order_by(Followup.deadline_at, Followup.id)
+    if state == "open":
+        query = query.where(Followup.state.in_(OPEN_STATES))
+    elif state is not None:
+        query = query.where(Followup.state == state)
+    if owner is not None:
+        query = query.where(Followup.owner == owner)
+    async with database.session() as session:
+        return list((await session.execute(query)).scalars().all())

@@ -1,0 +1,306 @@
+"""The example rules at work in the engine, on a fake clock: the critical ladder, forced
+follow-ups (created, announced, reminded, escalated, done or waived), resolution
+requirements, compensation, closure refused then allowed, snapshots and safe reloads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select, update
+
+from broadcaster.clock import FakeClock
+from broadcaster.config.settings import Settings
+from broadcaster.engine import Engine
+from broadcaster.escalation.holder import RulesHolder
+from broadcaster.followups import service as followups
+from broadcaster.incidents import service
+from broadcaster.incidents.lifecycle import TransitionError
+from broadcaster.store import (
+    ContactPoint,
+    Customer,
+    Database,
+    Followup,
+    FollowupEvent,
+    Incident,
+    Round,
+    Subscription,
+)
+from channels.memory import MemoryChannel
+from rules import EXAMPLE_RULES
+
+START = datetime(2026, 1, 6, 10, 0, tzinfo=UTC)  # 11:00 in Amsterdam: no quiet hours
+
+
+def settings(rules_path: Path = EXAMPLE_RULES) -> Settings:
+    return Settings.model_validate(
+        {
+            "delivery": {"channels": ["email"], "backoff": {"jitter": 0}},
+            "channels": {
+                "email": {"type": "console", "contact": "email"},
+                "sms": {"type": "console", "contact": "sms"},
+                "push": {"type": "console", "contact": "fcm"},
+            },
+            "staff": {
+                "notify_channel": "email",
+                "people": {
+                    "ann": {"name": "Ann Visser", "email": "ann@example.org", "manager": "maria"},
+                    "bram": {
+                        "name": "Bram de Jong",
+                        "email": "bram@example.org",
+                        "manager": "maria",
+                    },
+                    "carla": {"name": "Carla Smit", "email": "carla@example.org"},
+                    "maria": {"name": "Maria Jansen", "email": "maria@example.org"},
+                },
+                "groups": {
+                    "account-managers": {"members": ["ann", "bram"]},
+                    "care": {"members": ["carla"], "on_call": "carla"},
+                    "duty-managers": {"members": ["maria"], "on_call": "maria"},
+                },
+            },
+            "rules": {"path": str(rules_path)},
+        }
+    )
+
+
+async def seed(db: Database) -> None:
+    people = [("V1", "vip", "ann"), ("B1", "business", "bram"), ("S1", "standard", None)]
+    async with db.session() as session, session.begin():
+        for cid, tier, manager in people:
+            await session.execute(
+                insert(Customer).values(
+                    id=cid,
+                    name=f"Customer {cid}",
+                    language="en",
+                    timezone="Europe/Amsterdam",
+                    tier=tier,
+                    account_manager=manager,
+                    created_at=START,
+                    updated_at=START,
+                )
+            )
+            await session.execute(
+                insert(ContactPoint).values(
+                    customer_id=cid,
+                    kind="email",
+                    address=f"{cid.lower()}@example.org",
+                    opted_out=False,
+                    disabled=False,
+                    updated_at=START,
+                )
+            )
+            await session.execute(
+                insert(Subscription).values(customer_id=cid, kind="component", value="rail")
+            )
+
+
+def channels() -> dict[str, MemoryChannel]:
+    return {
+        "email": MemoryChannel(name="email", contact="email"),
+        "sms": MemoryChannel(name="sms", contact="sms"),
+        "push": MemoryChannel(name="push", contact="fcm"),
+    }
+
+
+async def run_until(engine: Engine, clock: FakeClock, until: datetime) -> None:
+    while True:
+        await engine.process_due_rounds()
+        await engine.dispatch_all()
+        await engine.sweep_followups()
+        wake = await engine.next_wakeup()
+        step = min(wake or until, clock.now() + timedelta(minutes=5), until)
+        if clock.now() >= until:
+            return
+        clock.set(max(step, clock.now() + timedelta(seconds=1)) if step <= until else until)
+
+
+def staff_mail(email: MemoryChannel, address: str) -> list[str]:
+    return [m.message.subject for m in email.sent if m.target.address == address]
+
+
+async def test_critical_incident_with_forced_follow_up(database: Database) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    sinks = channels()
+    engine = await Engine.create(settings(), database, clock, sinks)
+    incident = await service.declare(
+        database,
+        clock,
+        service.Declaration("Trains stopped", "critical", "No trains.", components=["rail"]),
+    )
+    await run_until(engine, clock, START)
+    async with database.session() as session:
+        stored = await session.get(Incident, incident.id)
+        first = (await session.execute(select(Round).where(Round.number == 1))).scalar_one()
+        tasks = (await session.execute(select(Followup))).scalars().all()
+    assert stored is not None and stored.plan is not None and stored.plan["policy"] == "critical"
+    assert first.channels == "push,email,sms" and first.next_due_at == START + timedelta(minutes=15)
+    assert [(t.customer_id, t.kind, t.owner, t.rule) for t in tasks] == [
+        ("V1", "call", "ann", "vip-critical-call")
+    ]
+    email = sinks["email"]
+    assert any("Follow-up" in s for s in staff_mail(email, "ann@example.org"))
+    to_vip = [m.message.text for m in email.sent if m.target.address == "v1@example.org"]
+    assert "Ann Visser of Example Transit will call you personally" in to_vip[0]
+    to_standard = [m.message.text for m in email.sent if m.target.address == "s1@example.org"]
+    assert "personally" not in to_standard[0]
+
+    # Reminders every 30 minutes until the deadline (2 h), then escalation to the duty manager.
+    await run_until(engine, clock, START + timedelta(hours=2, minutes=5))
+    reminders = [s for s in staff_mail(email, "ann@example.org") if s.startswith("Reminder")]
+    assert len(reminders) == 3  # at 30, 60 and 90 minutes
+    assert any(s.startswith("Overdue") for s in staff_mail(email, "maria@example.org"))
+    async with database.session() as session:
+        kinds = (await session.execute(select(FollowupEvent.kind))).scalars().all()
+        cadence = (
+            await session.execute(
+                select(Round.started_at, Round.next_due_at)
+                .where(Round.state == "dispatched")
+                .order_by(Round.number.desc())
+                .limit(1)
+            )
+        ).one()
+    assert {"created", "notified", "reminded", "escalated"} <= set(kinds)
+    assert cadence[0] is not None and cadence[1] is not None
+    assert cadence[1] - cadence[0] <= timedelta(minutes=10, seconds=59)  # the 2 h step: 10 min
+
+    # After 4 hours the business customer's account manager must follow up too.
+    await run_until(engine, clock, START + timedelta(hours=4, minutes=15))
+    async with database.session() as session:
+        owners = dict((await session.execute(select(Followup.customer_id, Followup.owner))).all())
+    assert owners == {"V1": "ann", "B1": "bram"}
+
+    # A critical incident cannot be resolved without cause, remedy and prevention.
+    with pytest.raises(service.ResolutionRefused, match="cause, prevention, remedy"):
+        await service.resolve(
+            database, clock, incident.id, service.UpdateRequest("Trains run."), engine.escalation
+        )
+    fixed = service.UpdateRequest(
+        "Trains run.",
+        cause_kind="known",
+        cause="A signal failure.",
+        remedy="The signal was replaced.",
+        prevention="Signals are now monitored.",
+    )
+    update_row = await service.resolve(database, clock, incident.id, fixed, engine.escalation)
+    assert update_row.compensation == "a credit of 10.00 EUR"  # open longer than 2 h
+    await run_until(engine, clock, clock.now())
+    resolution = [m.message.text for m in email.sent if m.target.address == "s1@example.org"][-1]
+    assert "To make up for it: a credit of 10.00 EUR" in resolution
+
+    # Closing is refused while follow-ups are open; a waiver needs a manager.
+    with pytest.raises(TransitionError, match="2 forced follow-up"):
+        await service.close(database, clock, incident.id)
+    vip, business = sorted(
+        (await followups.list_followups(database, state="open")), key=lambda t: t.customer_id
+    )[::-1]
+    await followups.done(database, clock, vip.id, "ann", "reached", "Apologised; credit noted.")
+    with pytest.raises(followups.FollowupError, match="only a manager"):
+        await followups.waive(database, clock, business.id, "ann", "no", engine.directory)
+    await followups.waive(
+        database, clock, business.id, "maria", "Customer asked not to be called.", engine.directory
+    )
+    closed = await service.close(database, clock, incident.id)
+    assert closed.status == "closed"
+
+
+async def test_the_plan_is_fixed_when_escalation_starts(database: Database, tmp_path: Path) -> None:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(EXAMPLE_RULES.read_text(encoding="utf-8"), encoding="utf-8")
+    clock = FakeClock(START)
+    await seed(database)
+    engine = await Engine.create(settings(rules_file), database, clock, channels())
+    await service.declare(
+        database, clock, service.Declaration("Slow", "minor", "Delays.", components=["rail"])
+    )
+    await run_until(engine, clock, START)
+    # An admin makes the default policy much faster mid-incident.
+    rules_file.write_text(
+        rules_file.read_text(encoding="utf-8").replace("every: 30m", "every: 5m"),
+        encoding="utf-8",
+    )
+    assert engine.rules.reload()
+    await run_until(engine, clock, START + timedelta(minutes=40))
+    async with database.session() as session:
+        rounds = (
+            await session.execute(
+                select(Round.number, Round.started_at)
+                .where(Round.state == "dispatched")
+                .order_by(Round.number)
+            )
+        ).all()
+    # The running incident keeps its 30-minute ladder: rounds at 0 and 30 minutes only.
+    assert [r[1] for r in rounds] == [START, START + timedelta(minutes=30)]
+
+
+async def test_a_bad_rules_edit_keeps_the_previous_rules(tmp_path: Path) -> None:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(EXAMPLE_RULES.read_text(encoding="utf-8"), encoding="utf-8")
+    holder = RulesHolder(settings(rules_file))
+    good = holder.load()
+    rules_file.write_text("policies: {default: {steps: [{after: soon}]}}\nrules: []\n")
+    assert not holder.reload()
+    assert holder.current is good
+    assert holder.error is not None and "rules.yaml:1:" in holder.error
+    rules_file.write_text(EXAMPLE_RULES.read_text(encoding="utf-8"), encoding="utf-8")
+    assert holder.reload() and holder.error is None
+
+
+async def test_quiet_hours_hold_non_critical_updates(database: Database) -> None:
+    night = datetime(2026, 1, 6, 22, 30, tzinfo=UTC)  # 23:30 in Amsterdam
+    clock = FakeClock(night)
+    await seed(database)
+    sinks = channels()
+    engine = await Engine.create(settings(), database, clock, sinks)
+    await service.declare(
+        database, clock, service.Declaration("Slow", "minor", "Delays.", components=["rail"])
+    )
+    await engine.process_due_rounds()
+    await engine.dispatch_all()
+    assert sinks["email"].sent == []  # held until 07:00 local
+    clock.set(datetime(2026, 1, 7, 6, 0, tzinfo=UTC))  # 07:00 in Amsterdam
+    await engine.dispatch_all()
+    assert len(sinks["email"].sent) == 3
+
+
+async def test_no_follow_up_without_an_owner_is_lost(database: Database) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    async with database.session() as session, session.begin():
+        await session.execute(
+            update(Customer).where(Customer.id == "V1").values(account_manager=None)
+        )
+    engine = await Engine.create(settings(), database, clock, channels())
+    await service.declare(
+        database, clock, service.Declaration("Down", "critical", "Down.", components=["rail"])
+    )
+    await run_until(engine, clock, START)
+    async with database.session() as session:
+        owner = (await session.execute(select(Followup.owner))).scalar_one()
+    assert owner == "maria"  # no account manager: the escalation chain's first link owns it
+
+
+async def test_the_ladder_changes_cadence_and_channels_with_age(database: Database) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    engine = await Engine.create(settings(), database, clock, channels())
+    await service.declare(
+        database, clock, service.Declaration("Slow", "minor", "Delays.", components=["rail"])
+    )
+    await run_until(engine, clock, START + timedelta(hours=1, minutes=30))
+    async with database.session() as session:
+        rounds = (
+            await session.execute(
+                select(Round.started_at, Round.channels, Round.next_due_at)
+                .where(Round.state == "dispatched")
+                .order_by(Round.number)
+            )
+        ).all()
+    assert [(r[0] - START, r[1]) for r in rounds] == [
+        (timedelta(0), "push,email"),
+        (timedelta(minutes=30), "push,email"),
+        (timedelta(hours=1), "push,email,sms"),
+        (timedelta(hours=1, minutes=20), "push,email,sms"),
+    ]
