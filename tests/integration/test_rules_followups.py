@@ -298,7 +298,7 @@ async def test_the_ladder_changes_cadence_and_channels_with_age(database: Databa
                 .order_by(Round.number)
             )
         ).all()
-    assert [(r[0] - START, r[1]) for r in rounds] == [
+    assert [((r[0] or START) - START, r[1]) for r in rounds] == [
         (timedelta(0), "push,email"),
         (timedelta(minutes=30), "push,email"),
         (timedelta(hours=1), "push,email,sms"),
