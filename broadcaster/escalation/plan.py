@@ -13,16 +13,17 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.config.settings import Settings
+from broadcaster.dispatch.worker import COUNTED_STATES
 from broadcaster.escalation.facts import customer_facts, incident_facts
 from broadcaster.escalation.holder import RulesHolder
 from broadcaster.followups.directory import Directory
 from broadcaster.followups.service import Notice, create_for_customer
-from broadcaster.store import Customer, Delivery, Incident
-from rules import Decision, PlanSnapshot, SnapshotError, hold_until
+from broadcaster.store import ContactPoint, Customer, Delivery, DeliveryEvent, Incident
+from rules import Decision, PlanSnapshot, SnapshotError, Throttle, hold_until
 
 log = logging.getLogger("broadcaster.rules")
 
@@ -128,6 +129,8 @@ class Escalation:
                     )
                     .values(next_attempt_at=held)
                 )
+            if decision.throttle is not None:
+                await self._throttle(session, round_id, customer_id, decision.throttle, now)
             if decision.followups:
                 notices += await create_for_customer(
                     session,
@@ -138,3 +141,79 @@ class Escalation:
                     self.directory,
                 )
         return notices
+
+    async def _throttle(
+        self, session: AsyncSession, round_id: int, customer_id: str, rule: Throttle, now: datetime
+    ) -> None:
+        """A rule's per-customer throttle: beyond ``max`` messages per ``per`` on a channel,
+        this round's message moves to the rule's fallback channel (or fails, saying why)."""
+        pending = (
+            (
+                await session.execute(
+                    select(Delivery).where(
+                        Delivery.round_id == round_id,
+                        Delivery.customer_id == customer_id,
+                        Delivery.state == "pending",
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        taken = {d.channel for d in pending}
+        for delivery in pending:
+            if rule.channels and delivery.channel not in rule.channels:
+                continue
+            recent = (
+                await session.execute(
+                    select(func.count())
+                    .select_from(Delivery)
+                    .where(
+                        Delivery.customer_id == customer_id,
+                        Delivery.channel == delivery.channel,
+                        Delivery.id != delivery.id,
+                        Delivery.state.in_(COUNTED_STATES),
+                        Delivery.created_at >= now - rule.per,
+                    )
+                )
+            ).scalar_one()
+            if recent < rule.max:
+                continue
+            point = None
+            fallback = rule.fallback
+            spec = self.settings.channels.get(fallback) if fallback else None
+            if fallback and spec is not None and fallback not in taken:
+                point = (
+                    await session.execute(
+                        select(ContactPoint)
+                        .where(
+                            ContactPoint.customer_id == customer_id,
+                            ContactPoint.kind == spec.contact,
+                            ContactPoint.opted_out.is_(False),
+                            ContactPoint.disabled.is_(False),
+                        )
+                        .order_by(ContactPoint.id)
+                        .limit(1)
+                    )
+                ).scalar_one_or_none()
+            if fallback and point is not None:
+                session.add(
+                    DeliveryEvent(
+                        delivery_id=delivery.id,
+                        at=now,
+                        state="rerouted",
+                        detail=f"rule {rule.rule}: throttled on "
+                        f"{delivery.channel}; sent on {fallback}",
+                    )
+                )
+                delivery.channel, delivery.address = fallback, point.address
+                delivery.contact_point_id = point.id
+                taken.add(fallback)
+            else:
+                delivery.state = "failed"
+                delivery.last_error = f"rule {rule.rule}: at most {rule.max} per {rule.per}"
+                session.add(
+                    DeliveryEvent(
+                        delivery_id=delivery.id, at=now, state="failed", detail=delivery.last_error
+                    )
+                )

@@ -304,3 +304,44 @@ async def test_the_ladder_changes_cadence_and_channels_with_age(database: Databa
         (timedelta(hours=1), "push,email,sms"),
         (timedelta(hours=1, minutes=20), "push,email,sms"),
     ]
+
+
+async def test_a_rule_throttle_moves_sms_to_email(database: Database, tmp_path: Path) -> None:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(
+        """
+policies:
+  fast:
+    steps: [{after: 0m, every: 10m, channels: [sms]}]
+rules:
+  - name: sms-budget
+    match: {customer: {tier: vip}}
+    throttle: {max: 1, per: 1h, channels: [sms], fallback: email}
+    continue: true
+  - name: everything
+    policy: fast
+""",
+        encoding="utf-8",
+    )
+    clock = FakeClock(START)
+    await seed(database)
+    async with database.session() as session, session.begin():
+        await session.execute(
+            insert(ContactPoint).values(
+                customer_id="V1",
+                kind="sms",
+                address="+31612345678",
+                opted_out=False,
+                disabled=False,
+                updated_at=START,
+            )
+        )
+    sinks = channels()
+    engine = await Engine.create(settings(rules_file), database, clock, sinks)
+    await service.declare(
+        database, clock, service.Declaration("Slow", "minor", "Delays.", components=["rail"])
+    )
+    await run_until(engine, clock, START + timedelta(minutes=25))
+    assert len(sinks["sms"].sent) == 1  # the first round; then the budget is spent
+    vip_mail = [m for m in sinks["email"].sent if m.target.address == "v1@example.org"]
+    assert len(vip_mail) == 2  # the next two rounds, by email instead
