@@ -596,7 +596,7 @@ def test_parse_duration(text: object, expected: timedelta) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "soon", "5", "5x", "m5", "-5s", "1h-5m", -1, True, None, [1], "9" * 400 + "s"]
+    "text", ["", "soon", "5x", "m5", "-5s", "1h-5m", -1, True, None, [1], "9" * 400 + "s"]
 )
 def test_parse_duration_rejects(text: object) -> None:
     with pytest.raises(ValueError, match=r"duration|true/false"):
