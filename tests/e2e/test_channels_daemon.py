@@ -11,7 +11,9 @@ import pytest
 
 from broadcaster.devsmtp import SmtpSink
 from tests.e2e.harness import Daemon, cli, query, wait_until
+from tests.fakes.fcm import FakeFcm
 from tests.fakes.http import serve
+from tests.fakes.mobile_push import make_service_account
 from tests.fakes.ntfy import NtfyServer
 from tests.fakes.twilio import FakeTwilio, twilio_signature
 from tests.fakes.webhook import WebhookReceiver
@@ -25,7 +27,13 @@ GOOD, BAD = "+31612345678", "+31612345670"
 
 
 def _config(
-    folder: Path, smtp: int, twilio: FakeTwilio, twilio_url: str, ntfy: str, hook: str
+    folder: Path,
+    smtp: int,
+    twilio: FakeTwilio,
+    twilio_url: str,
+    ntfy: str,
+    hook: str,
+    fcm: tuple[Path, str],
 ) -> Path:
     config = folder / "config.yaml"
     config.write_text(
@@ -36,7 +44,7 @@ schedule:
   round_lease: 2s
   cadence: {{critical: 1h, major: 1h, minor: 1h}}
 delivery:
-  channels: [sms, ntfy, hook]
+  channels: [sms, ntfy, hook, push]
   failover: [sms, email]
   workers: 2
   lease: 2s
@@ -51,6 +59,7 @@ channels:
     base_url: {twilio_url}
   ntfy: {{type: ntfy, base_url: "{ntfy}", token: "${{E2E_NTFY_TOKEN}}"}}
   hook: {{type: webhook, url: "{hook}/incoming", contact: customer, secret: "${{E2E_HOOK_SECRET}}"}}
+  push: {{type: fcm, service_account_file: "{fcm[0]}", base_url: "{fcm[1]}"}}
   email:
     type: email
     port: {smtp}
@@ -64,7 +73,7 @@ log: {{level: DEBUG, format: json}}
     )
     (folder / "customers.jsonl").write_text(
         f'{{"id": "C1", "name": "Good Phone", "email": "good@example.org", "phone": "{GOOD}",'
-        ' "push_tokens": ["ntfy:good-topic"], "components": ["rail"]}\n'
+        ' "push_tokens": ["ntfy:good-topic", "fcm:good-device-token"], "components": ["rail"]}\n'
         f'{{"id": "C2", "name": "Bad Phone", "email": "bad@example.org", "phone": "{BAD}",'
         ' "push_tokens": ["ntfy:bad-topic"], "components": ["rail"]}\n',
         encoding="utf-8",
@@ -93,15 +102,25 @@ def test_every_channel_in_the_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("E2E_TWILIO_TOKEN", twilio.auth_token)
     monkeypatch.setenv("E2E_NTFY_TOKEN", NTFY_TOKEN)
     monkeypatch.setenv("E2E_HOOK_SECRET", HOOK_SECRET)
-    secrets = (twilio.auth_token, NTFY_TOKEN, HOOK_SECRET)
+    account = make_service_account()
+    fcm = FakeFcm(
+        account.public_key,
+        client_email=account.client_email,
+        private_key_id=account.private_key_id,
+    )
+    secrets = [twilio.auth_token, NTFY_TOKEN, HOOK_SECRET, account.private_pem.splitlines()[2]]
     outputs: list[str] = []
     with (
         SmtpSink() as sink,
         serve(twilio.app) as twilio_url,
         serve(ntfy.app) as ntfy_url,
         serve(hook.app) as hook_url,
+        serve(fcm.app) as fcm_url,
     ):
-        config = _config(tmp_path, sink.port, twilio, twilio_url, ntfy_url, hook_url)
+        key_file = account.write(tmp_path / "service-account.json", f"{fcm_url}/token")
+        config = _config(
+            tmp_path, sink.port, twilio, twilio_url, ntfy_url, hook_url, (key_file, fcm_url)
+        )
         db = tmp_path / "store.db"
         outputs.append(cli(config, "customers", "import", str(tmp_path / "customers.jsonl")).stdout)
         daemon = Daemon(config, tmp_path / "daemon.log").start()
@@ -131,6 +150,10 @@ def test_every_channel_in_the_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyP
             assert sms[0].form["StatusCallback"].startswith(PUBLIC + "/hooks/twilio/status")
             wait_until(lambda: len(ntfy.published) == 2 and len(hook.accepted) == 2, 10, "push")
             assert {p.topic for p in ntfy.published} == {"good-topic", "bad-topic"}
+            wait_until(lambda: len(fcm.delivered) == 1, 10, "FCM push")
+            pushed = fcm.delivered[0].body["message"]
+            assert pushed["token"] == "good-device-token"
+            assert pushed["notification"]["title"].endswith("Trains stopped")
             bad_point = query(db, "select disabled from contact_points where address = ?", BAD)
             assert bad_point == [(1,)]
             # Twilio reports delivery to our callback, signed; a forged one is refused.
@@ -174,6 +197,7 @@ def test_every_channel_in_the_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyP
         finally:
             assert daemon.stop() == 0, daemon.log()
         outputs.append(daemon.log())
+    secrets += fcm.issued  # the OAuth2 access tokens the daemon was given
     everything = "\n".join(outputs)
     for secret in secrets:
         assert secret not in everything, "a secret reached the logs or the CLI output"
