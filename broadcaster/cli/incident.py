@@ -20,7 +20,7 @@ from broadcaster.cli.common import (
 from broadcaster.clock import RealClock
 from broadcaster.incidents import service
 from broadcaster.incidents.lifecycle import TransitionError
-from broadcaster.store import Database, Delivery, Promise
+from broadcaster.store import Database, Delivery, Followup, Promise
 
 app = typer.Typer(help="Declare and run incidents.", no_args_is_help=True)
 
@@ -268,6 +268,17 @@ def show(
                     .order_by(Delivery.channel, Delivery.state)
                 )
             ).all()
+            tasks = (
+                (
+                    await session.execute(
+                        select(Followup)
+                        .where(Followup.incident_id == incident_id)
+                        .order_by(Followup.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
             promises = (
                 await session.execute(
                     select(Promise.state, func.count(), func.max(Promise.lateness_seconds))
@@ -306,6 +317,13 @@ def show(
         out += [f"  {name:<10} {', '.join(states)}" for name, states in channels.items()]
         if not channels:
             out.append("  none yet")
+        out.append("follow-ups:" if tasks else "follow-ups: none")
+        out += [
+            f"  #{t.id:<4} {t.state:<8} {t.kind:<14} {t.customer_id:<12} owner {t.owner:<10} "
+            f"due {t.deadline_at:%Y-%m-%d %H:%M}Z  ({t.rule})"
+            + (f"  outcome {t.outcome}" if t.outcome else "")
+            for t in tasks
+        ]
         summary = ", ".join(
             f"{state} {count}" + (f" (worst {late:.0f}s late)" if state == "late" and late else "")
             for state, count, late in promises

@@ -158,3 +158,5 @@ def test_followup_queue_done_and_waive_rights_and_close(tmp_path: Path) -> None:
     )
     assert code == 0, out
     assert invoke("incident", "close", incident, "--config", str(config))[0] == 0
+    code, out = invoke("incident", "show", incident, "--config", str(config))
+    assert code == 0 and "done" in out and "outcome reached" in out and "vip-critical-call" in out
