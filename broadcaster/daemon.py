@@ -23,6 +23,7 @@ from broadcaster.clock import Clock, RealClock
 from broadcaster.config.settings import Settings
 from broadcaster.dispatch.channels import build_channels
 from broadcaster.engine import Engine
+from broadcaster.intake.watch import FeedWatcher, start_watchers
 from broadcaster.store import Database
 from broadcaster.web.app import StartupError, bind, create_app, make_server
 from broadcaster.web.state import WebState
@@ -127,6 +128,9 @@ class Daemon:
             asyncio.create_task(self._worker(engine, work_ready, stop, index))
             for index in range(self.settings.delivery.workers)
         ]
+        watchers, feed_tasks = start_watchers(self.settings.feeds, database, self.clock, stop)
+        self.feed_watchers: list[FeedWatcher] = watchers
+        tasks += feed_tasks
         if server is not None and listener is not None:
             tasks.append(asyncio.create_task(server.serve(sockets=[listener])))
             log.info(

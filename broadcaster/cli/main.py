@@ -11,6 +11,7 @@ from broadcaster.cli import (
     daemon,
     database,
     demo,
+    feeds,
     followups,
     incident,
     rules,
@@ -32,6 +33,7 @@ app.add_typer(templates.app, name="templates")
 app.add_typer(channels.app, name="channels")
 app.add_typer(rules.app, name="rules")
 app.add_typer(followups.app, name="followups")
+app.add_typer(feeds.app, name="feeds")
 
 
 def _version(value: bool) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from broadcaster.config.durations import Duration
+from broadcaster.intake.watch import FeedSettings, HookSettings
 from channels.apns import ApnsSettings
 from channels.console import ConsoleSettings
 from channels.email import EmailSettings
@@ -177,12 +178,31 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     staff: StaffSettings = StaffSettings()
     rules: RulesSettings = RulesSettings()
+    feeds: list[FeedSettings] = Field(default_factory=list)
+    """Sources the daemon polls (docs/intake.md)."""
+    webhook_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    """Per webhook source: the Alertmanager bearer token or the signed-webhook secret."""
+    hooks: dict[str, HookSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
 
 
 def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
     """Checks that span sections; each problem with the path of the key at fault."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
+    seen_feeds: set[str] = set()
+    for index, feed in enumerate(settings.feeds):
+        if feed.name in seen_feeds:
+            problems.append((("feeds", index, "name"), f"feed name {feed.name!r} is used twice"))
+        elif feed.name in settings.webhook_secrets:
+            problems.append(
+                (("feeds", index, "name"), f"{feed.name!r} is also a webhook source; rename one")
+            )
+        seen_feeds.add(feed.name)
+    for name in settings.hooks:
+        if name not in settings.webhook_secrets:
+            problems.append(
+                (("hooks", name), f"webhook source {name!r} has no webhook_secrets entry")
+            )
     known = ", ".join(sorted(settings.channels)) or "none"
     delivery = settings.delivery
     for key, names in (("channels", delivery.channels), ("failover", delivery.failover)):

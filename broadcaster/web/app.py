@@ -10,7 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from broadcaster import __version__
-from broadcaster.web import public, twilio
+from broadcaster.web import intake, public, twilio
 from broadcaster.web.state import WebState
 
 
@@ -19,6 +19,7 @@ def create_app(state: WebState) -> FastAPI:
     app.state.broadcaster = state
     app.include_router(public.router)
     app.include_router(twilio.router)
+    app.include_router(intake.router)
     return app
 
 

@@ -1,0 +1,400 @@
+"""Polling configured feeds: fetch (conditional GET), parse, apply; one watcher per source.
+
+A :class:`FeedWatcher` owns one :class:`FeedSettings` entry. Each runs in its own task
+(:meth:`FeedWatcher.run`), so a slow or dead source never delays another. A poll that
+fails (network error, HTTP error status, a document the parser refuses) is logged,
+recorded in ``last_error`` and retried with exponential backoff (``interval`` doubled per
+consecutive failure, capped at ``max_backoff``). ``ETag`` / ``Last-Modified`` are kept in
+memory and sent back (``If-None-Match`` / ``If-Modified-Since``); they are remembered only
+after a document was applied without errors, so an event that failed is retried.
+
+A snapshot document (a GTFS-rt full dataset, or any feed with ``snapshot: true``, such as
+Statuspage's ``unresolved.json``) lists every current item: an open incident of the source
+missing from it for ``grace`` is resolved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Final, Literal
+
+import httpx
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
+from sqlalchemy import select
+
+from broadcaster.clock import Clock
+from broadcaster.incidents.lifecycle import OPEN_STATUSES
+from broadcaster.intake import cap, cap_index, gtfs_rt, rss, statuspage
+from broadcaster.intake.apply import Applied, apply_event, base_external_id, resolve_vanished
+from broadcaster.intake.events import FeedError, ParseResult, SkippedItem, SourceMapping
+from broadcaster.store import Database, Incident
+
+log = logging.getLogger("broadcaster.intake")
+
+Severity = Literal["minor", "major", "critical"]
+FeedKind = Literal["statuspage", "rss", "gtfs_rt", "cap", "cap_index"]
+MAX_INDEX_LINKS: Final = 50
+"""Alerts fetched from one CAP index poll at most (the newest first)."""
+Parser = Callable[..., ParseResult]
+
+PARSERS: Final[Mapping[str, Parser]] = {
+    "statuspage": statuspage.parse,
+    "rss": rss.parse,
+    "gtfs_rt": gtfs_rt.parse,
+    "cap": cap.parse,
+}
+USER_AGENT: Final = "broadcaster-feeds/1"
+
+
+def _parse_duration(value: object) -> timedelta:
+    # Imported when used: broadcaster.config.settings imports this module, and importing
+    # broadcaster.config here would make that a cycle.
+    from broadcaster.config.durations import parse_duration
+
+    return parse_duration(value)
+
+
+def _format_duration(value: timedelta) -> str:
+    from broadcaster.config.durations import format_duration
+
+    return format_duration(value)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_parse_duration),
+    PlainSerializer(_format_duration, return_type=str),
+]
+"""``broadcaster.config.durations.Duration``, without importing the config package here."""
+
+
+class MappingSettings(BaseModel):
+    """A source's vocabulary (see docs/intake.md, "Mapping")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    components: dict[str, str] = Field(default_factory=dict)
+    regions: dict[str, str] = Field(default_factory=dict)
+    severities: dict[str, Severity] = Field(default_factory=dict)
+    default_severity: Severity = "minor"
+
+    def source_mapping(self) -> SourceMapping:
+        return SourceMapping(
+            components=self.components,
+            regions=self.regions,
+            severities=dict(self.severities),
+            default_severity=self.default_severity,
+        )
+
+
+class HookSettings(BaseModel):
+    """An inbound webhook source (``hooks:`` in config.yaml); all optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mapping: MappingSettings = Field(default_factory=MappingSettings)
+    hold: Duration = timedelta(0)
+    """0 by default: senders such as Alertmanager already wait (group_wait) before sending."""
+    reopen_within: Duration = timedelta(hours=1)
+
+
+class FeedSettings(BaseModel):
+    """One polled source (``feeds:`` in config.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    """The source name: incidents from this feed carry it; it must stay stable."""
+    kind: FeedKind
+    url: str
+    interval: Duration = timedelta(seconds=60)
+    timeout: Duration = timedelta(seconds=10)
+    mapping: MappingSettings = Field(default_factory=MappingSettings)
+    hold: Duration = timedelta(seconds=30)
+    """How long a new incident's first round waits (like Alertmanager's group_wait)."""
+    reopen_within: Duration = timedelta(hours=1)
+    """A resolved item open again within this is reopened; later it is a new incident."""
+    grace: Duration = timedelta(minutes=5)
+    """Snapshot feeds: how long an incident may be missing before it is resolved."""
+    snapshot: bool | None = None
+    """Treat every document as a full list of current items (None: as the parser says)."""
+    max_backoff: Duration = timedelta(minutes=15)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("a feed URL must be http:// or https://")
+        return value
+
+    @field_validator("interval", "timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be more than 0s")
+        return value
+
+
+class FetchError(Exception):
+    """The document could not be fetched (network, timeout, or an HTTP error status)."""
+
+
+@dataclass
+class FeedWatcher:
+    """Polls one source; its attributes are what ``/healthz`` and the CLI report."""
+
+    feed: FeedSettings
+    database: Database
+    clock: Clock
+    client: httpx.AsyncClient | None = None
+    last_poll: datetime | None = None
+    last_success: datetime | None = None
+    last_error: str | None = None
+    failures: int = 0
+    """Consecutive failed polls (drives the backoff)."""
+    counters: dict[str, int] = field(default_factory=dict)
+    etag: str | None = None
+    last_modified: str | None = None
+    _missing_since: dict[int, datetime] = field(default_factory=dict, init=False)
+    _last_snapshot_ids: set[str] | None = field(default=None, init=False)
+    _pending_validators: tuple[str | None, str | None] = field(default=(None, None), init=False)
+    _index_seen: dict[str, datetime | None] = field(default_factory=dict, init=False)
+
+    @property
+    def name(self) -> str:
+        return self.feed.name
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+    def next_delay(self) -> timedelta:
+        """The wait before the next poll: the interval, or the backoff after failures."""
+        if self.failures == 0:
+            return self.feed.interval
+        cap_at = max(self.feed.max_backoff, self.feed.interval)
+        exponent = min(self.failures, 30)
+        delay: timedelta = self.feed.interval * (2**exponent)
+        return min(delay, cap_at)
+
+    async def fetch(self) -> bytes | None:
+        """The document, or None when the server says it has not changed (304)."""
+        headers = {"User-Agent": USER_AGENT}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        timeout = httpx.Timeout(self.feed.timeout.total_seconds())
+        try:
+            if self.client is not None:
+                response = await self.client.get(
+                    self.feed.url, headers=headers, timeout=timeout, follow_redirects=True
+                )
+            else:
+                async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
+                    response = await client.get(self.feed.url, headers=headers)
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        if response.status_code == 304:
+            return None
+        if response.status_code != 200:
+            raise FetchError(f"HTTP {response.status_code} from {self.feed.url}")
+        self._pending_validators = (
+            response.headers.get("ETag"),
+            response.headers.get("Last-Modified"),
+        )
+        return response.content
+
+    async def _get(self, url: str) -> bytes:
+        timeout = httpx.Timeout(self.feed.timeout.total_seconds())
+        try:
+            if self.client is not None:
+                response = await self.client.get(url, timeout=timeout, follow_redirects=True)
+            else:
+                async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
+                    response = await client.get(url, headers={"User-Agent": USER_AGENT})
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        if response.status_code != 200:
+            raise FetchError(f"HTTP {response.status_code} from {url}")
+        return response.content
+
+    async def parse_index(self, data: bytes) -> ParseResult:
+        """A CAP index: fetch the alerts it links that are new or updated since the last
+        poll, and parse each; an alert that cannot be fetched or parsed is skipped."""
+        index = cap_index.parse_index(data)
+        result = ParseResult(events=[], skipped=list(index.skipped))
+        links = sorted(
+            index.links, key=lambda link: link.updated or datetime.min.replace(tzinfo=UTC)
+        )[-MAX_INDEX_LINKS:]
+        for link in links:
+            key = link.entry_id or link.url
+            if key in self._index_seen and self._index_seen[key] == link.updated:
+                continue
+            try:
+                alert = cap.parse(
+                    await self._get(link.url),
+                    self.feed.mapping.source_mapping(),
+                    source=self.name,
+                    now=self.clock.now(),
+                )
+            except (FetchError, FeedError) as exc:
+                reason = exc.args[0] if isinstance(exc, FetchError) else exc.reason
+                result.skipped.append(SkippedItem(f"alert {link.url}: {reason}", key))
+                continue
+            self._index_seen[key] = link.updated
+            result.events.extend(alert.events)
+            result.skipped.extend(alert.skipped)
+        return result
+
+    def parse(self, data: bytes) -> ParseResult:
+        parser = PARSERS[self.feed.kind]
+        result: ParseResult = parser(
+            data, self.feed.mapping.source_mapping(), source=self.name, now=self.clock.now()
+        )
+        return result
+
+    def _fail(self, reason: str) -> None:
+        self.failures += 1
+        self.last_error = reason
+        self._count("failures")
+        log.warning(
+            "feed poll failed",
+            extra={
+                "source": self.name,
+                "error": reason,
+                "retry_in_s": self.next_delay().total_seconds(),
+            },
+        )
+
+    async def poll_once(self) -> list[Applied]:
+        """One fetch-parse-apply cycle; never raises (failures are recorded)."""
+        self.last_poll = self.clock.now()
+        self._count("polls")
+        self._pending_validators = (None, None)
+        try:
+            data = await self.fetch()
+        except FetchError as exc:
+            self._fail(exc.args[0])
+            return []
+        if data is None:
+            self._count("not_modified")
+            self._succeed()
+            if self._last_snapshot_ids is not None:
+                return await self._resolve_vanished(self._last_snapshot_ids)
+            return []
+        try:
+            if self.feed.kind == "cap_index":
+                result = await self.parse_index(data)
+            else:
+                result = self.parse(data)
+        except FeedError as exc:
+            self._fail(f"document refused: {exc.reason}")
+            return []
+        except Exception as exc:  # a parser bug must not kill the watcher
+            self._fail(f"parser error: {type(exc).__name__}: {exc}")
+            return []
+        for skipped in result.skipped:
+            self._count("skipped")
+            log.warning(
+                "feed item skipped",
+                extra={"source": self.name, "item": skipped.item_id, "reason": skipped.reason},
+            )
+        applied: list[Applied] = []
+        for event in result.events:
+            outcome = await apply_event(
+                self.database,
+                self.clock,
+                event,
+                hold=self.feed.hold,
+                reopen_within=self.feed.reopen_within,
+            )
+            self._count(outcome.kind)
+            if outcome.kind == "error":
+                log.warning(
+                    "feed event failed",
+                    extra={
+                        "source": self.name,
+                        "item": event.external_id,
+                        "reason": outcome.reason,
+                    },
+                )
+            applied.append(outcome)
+        snapshot = result.snapshot if self.feed.snapshot is None else self.feed.snapshot
+        if snapshot:
+            present = {e.external_id for e in result.events}
+            present |= {s.item_id for s in result.skipped if s.item_id}
+            self._last_snapshot_ids = present
+            applied.extend(await self._resolve_vanished(present))
+        errors = [a for a in applied if a.kind == "error"]
+        if errors:
+            # Keep the validators unset: the next poll fetches again and retries them.
+            self.last_error = f"{len(errors)} event(s) not applied: {errors[0].reason}"
+            self.last_success = self.clock.now()
+            self.failures = 0
+        else:
+            self.etag, self.last_modified = self._pending_validators
+            self._succeed()
+        return applied
+
+    def _succeed(self) -> None:
+        self.failures = 0
+        self.last_error = None
+        self.last_success = self.clock.now()
+
+    async def _resolve_vanished(self, present: set[str]) -> list[Applied]:
+        now = self.clock.now()
+        async with self.database.session() as session:
+            rows = (
+                await session.execute(
+                    select(Incident.id, Incident.external_id).where(
+                        Incident.source == self.name, Incident.status.in_(OPEN_STATUSES)
+                    )
+                )
+            ).all()
+        open_missing: set[int] = set()
+        applied: list[Applied] = []
+        for incident_id, external_id in rows:
+            if external_id is None or base_external_id(external_id, present) in present:
+                continue
+            open_missing.add(incident_id)
+            since = self._missing_since.setdefault(incident_id, now)
+            if now - since >= self.feed.grace:
+                outcome = await resolve_vanished(
+                    self.database,
+                    self.clock,
+                    self.name,
+                    incident_id,
+                    f"missing from the feed since {since:%Y-%m-%d %H:%M:%S}Z",
+                )
+                self._count(outcome.kind)
+                applied.append(outcome)
+                open_missing.discard(incident_id)
+        self._missing_since = {k: v for k, v in self._missing_since.items() if k in open_missing}
+        return applied
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set: at the interval, or backing off after failures."""
+        log.info("feed watcher started", extra={"source": self.name, "url": self.feed.url})
+        while not stop.is_set():
+            await self.poll_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.next_delay().total_seconds())
+        log.info("feed watcher stopped", extra={"source": self.name})
+
+
+def start_watchers(
+    feeds: list[FeedSettings],
+    database: Database,
+    clock: Clock,
+    stop: asyncio.Event,
+    client: httpx.AsyncClient | None = None,
+) -> tuple[list[FeedWatcher], list[asyncio.Task[None]]]:
+    """One watcher and one task per configured feed (for the daemon)."""
+    watchers = [FeedWatcher(feed, database, clock, client) for feed in feeds]
+    tasks = [asyncio.create_task(w.run(stop), name=f"feed:{w.name}") for w in watchers]
+    return watchers, tasks

@@ -1,0 +1,86 @@
+"""A CAP index feed: the watcher fetches each linked alert once, and again when updated."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from broadcaster.clock import FakeClock
+from broadcaster.intake.watch import FeedSettings, FeedWatcher
+from broadcaster.store import Database, Incident
+from tests.conftest import FIXTURES
+from tests.fakes.http import serve
+
+START = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
+ALERTS = {
+    "a1": FIXTURES / "cap" / "oasis-cap12-appendix-a1.xml",
+    "a3": FIXTURES / "cap" / "oasis-cap12-appendix-a3.xml",
+}
+
+
+def index(base: str, updated: str) -> bytes:
+    entries = "".join(
+        f"<entry><id>urn:{name}</id><title>{name}</title><updated>{updated}</updated>"
+        f'<link rel="alternate" type="application/cap+xml" href="{base}/alerts/{name}.xml"/>'
+        "</entry>"
+        for name in ALERTS
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+        f"<id>urn:index</id><title>alerts</title><updated>{updated}</updated>{entries}</feed>"
+    ).encode()
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[dict[str, int], str]]:
+    fetched: dict[str, int] = {}
+    state = {"updated": "2026-01-06T08:00:00Z", "base": ""}
+
+    async def idx(request: Request) -> Response:
+        return Response(index(state["base"], state["updated"]), media_type="application/atom+xml")
+
+    async def alert(request: Request) -> Response:
+        name = request.path_params["name"]
+        fetched[name] = fetched.get(name, 0) + 1
+        return Response(ALERTS[name].read_bytes(), media_type="application/cap+xml")
+
+    app = Starlette(routes=[Route("/index.atom", idx), Route("/alerts/{name}.xml", alert)])
+    with serve(app) as base:
+        state["base"] = base
+        yield fetched, base
+
+
+async def test_index_alerts_are_fetched_once_each(
+    database: Database, served: tuple[dict[str, int], str]
+) -> None:
+    fetched, base = served
+    feed = FeedSettings.model_validate(
+        {
+            "name": "cap-feed",
+            "kind": "cap_index",
+            "url": f"{base}/index.atom",
+            "mapping": {"regions": {"*": "*"}, "components": {"*": "*"}},
+            "hold": "0s",
+        }
+    )
+    watcher = FeedWatcher(feed, database, FakeClock(START))
+    first = await watcher.poll_once()
+    assert fetched.get("a1") == 1 and fetched.get("a3") == 1
+    assert any(a.kind == "created" for a in first), first
+    again = await watcher.poll_once()
+    assert fetched.get("a1") == 1 and fetched.get("a3") == 1  # unchanged entries: not refetched
+    assert all(a.kind in ("unchanged", "ignored") for a in again)
+    async with database.session() as session:
+        count = (
+            await session.execute(
+                select(func.count()).select_from(Incident).where(Incident.source == "cap-feed")
+            )
+        ).scalar_one()
+    assert count >= 1
