@@ -130,6 +130,7 @@ class Daemon:
         ]
         watchers, feed_tasks = start_watchers(self.settings.feeds, database, self.clock, stop)
         self.feed_watchers: list[FeedWatcher] = watchers
+        web.feeds = watchers
         tasks += feed_tasks
         if server is not None and listener is not None:
             tasks.append(asyncio.create_task(server.serve(sockets=[listener])))

@@ -88,4 +88,14 @@ async def healthz(request: Request) -> Response:
             "last_reload_error": holder.error,
             "reloads": holder.reloads,
         }
+    if state.feeds:
+        body["feeds"] = {
+            watcher.name: {
+                "last_poll": watcher.last_poll.isoformat() if watcher.last_poll else None,
+                "last_success": watcher.last_success.isoformat() if watcher.last_success else None,
+                "last_error": watcher.last_error,
+                "counts": dict(watcher.counters),
+            }
+            for watcher in state.feeds
+        }
     return JSONResponse(body, status_code=200 if healthy else 503)

@@ -9,6 +9,7 @@ from fastapi import Request
 from broadcaster.clock import Clock
 from broadcaster.config.settings import Settings
 from broadcaster.escalation.holder import RulesHolder
+from broadcaster.intake.watch import FeedWatcher
 from broadcaster.store import Database
 from channels.twilio_sms import TwilioSettings
 
@@ -21,6 +22,7 @@ class WebState:
     link_secret: str
     scheduler_running: bool = False
     rules: RulesHolder | None = None
+    feeds: list[FeedWatcher] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
 
     def twilio_accounts(self) -> list[TwilioSettings]:

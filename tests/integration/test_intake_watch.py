@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,6 +24,8 @@ from broadcaster.incidents import service
 from broadcaster.intake.watch import FeedSettings, FeedWatcher
 from broadcaster.store import Database
 from broadcaster.store.migrate import upgrade_async
+from broadcaster.web.app import create_app
+from broadcaster.web.state import WebState
 from tests.fakes.http import serve
 
 START = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
@@ -239,3 +242,19 @@ def test_feeds_check_prints_the_plan_and_writes_nothing(
     assert missing.exit_code == 2
     feed.status_code = 500
     assert CliRunner().invoke(feeds_cli.app, ["check"]).exit_code == 1
+
+
+async def test_healthz_reports_each_feed(served: tuple[Feed, str], database: Database) -> None:
+    feed, url = served
+    feed.raw = b"{not json"
+    watcher = FeedWatcher(settings(url), database, FakeClock(START))
+    await watcher.poll_once()
+    state = WebState(
+        Settings(), database, FakeClock(START), "secret", scheduler_running=True, feeds=[watcher]
+    )
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as http:
+        body = (await http.get("/healthz")).json()
+    report = body["feeds"][watcher.name]
+    assert report["last_poll"] is not None and "document refused" in report["last_error"]
+    assert report["counts"]["failures"] == 1
