@@ -24,6 +24,7 @@ from broadcaster.config.settings import Settings
 from broadcaster.dispatch.channels import build_channels
 from broadcaster.engine import Engine
 from broadcaster.intake.watch import FeedWatcher, start_watchers
+from broadcaster.schedule.leader import Leadership
 from broadcaster.store import Database
 from broadcaster.web.app import StartupError, bind, create_app, make_server
 from broadcaster.web.state import WebState
@@ -60,6 +61,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self.http_port: int | None = None
         self._engine: Engine | None = None
+        self.leadership: Leadership
 
     async def run(self, stop: asyncio.Event) -> None:
         database = Database(self.settings.database.url, echo=self.settings.database.echo)
@@ -72,6 +74,7 @@ class Daemon:
                 "the rules file cannot be used:\n  " + "\n  ".join(exc.problems)
             ) from exc
         self._engine = engine
+        self.leadership = Leadership(database, engine.owner)
         web = WebState(
             self.settings, database, self.clock, engine.dispatcher.link_secret, rules=engine.rules
         )
@@ -148,6 +151,7 @@ class Daemon:
             await asyncio.gather(*tasks, return_exceptions=True)
             scheduler.shutdown(wait=False)
             web.scheduler_running = False
+            await self.leadership.release()
             with contextlib.suppress(Exception):
                 released = await engine.dispatcher.release()
                 if released:
@@ -162,7 +166,7 @@ class Daemon:
             self._engine.rules.reload()
 
     async def _sweep_followups(self) -> None:
-        if self._engine is None:
+        if self._engine is None or not self.leadership.leading:
             return
         try:
             await self._engine.sweep_followups()
@@ -179,6 +183,10 @@ class Daemon:
     ) -> None:
         while not stop.is_set():
             rounds_due.clear()
+            if not await self.leadership.ensure():
+                # A follower: dispatch only; try again at the next sweep.
+                await _wait(rounds_due, stop, None)
+                continue
             try:
                 if await engine.process_due_rounds(stop.is_set):
                     work_ready.set()
