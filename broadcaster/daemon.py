@@ -76,7 +76,12 @@ class Daemon:
         self._engine = engine
         self.leadership = Leadership(database, engine.owner)
         web = WebState(
-            self.settings, database, self.clock, engine.dispatcher.link_secret, rules=engine.rules
+            self.settings,
+            database,
+            self.clock,
+            engine.dispatcher.link_secret,
+            rules=engine.rules,
+            capacity=lambda: engine.capacity_warnings,
         )
         server = None
         listener = None

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
@@ -28,6 +28,7 @@ from broadcaster.followups.directory import Directory
 from broadcaster.followups.notify import send_notices
 from broadcaster.followups.service import Notice, due_notices
 from broadcaster.outbox.materialise import ChannelRoute, materialise_round
+from broadcaster.schedule.capacity import check_round
 from broadcaster.schedule.rounds import (
     ClaimedRound,
     LostLease,
@@ -35,7 +36,7 @@ from broadcaster.schedule.rounds import (
     next_wakeup,
     release_round,
 )
-from broadcaster.store import Database, Incident, Round
+from broadcaster.store import Database, Delivery, Incident, Round
 from broadcaster.store.secrets import get_or_create_secret
 from channels.base import Channel, DeliveryError, Message, Target
 
@@ -78,6 +79,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.rules = rules or RulesHolder(settings)
+        self._capacity: dict[int, list[str]] = {}
         self.directory = Directory(settings.staff)
         self.escalation = Escalation(settings, self.rules, self.directory)
         self.database = database
@@ -221,6 +223,7 @@ class Engine:
                 log.info("round released at shutdown", extra={"round": claimed.number})
                 break
             done += 1
+            await self._check_capacity(claimed)
             log.info(
                 "round materialised",
                 extra={
@@ -248,6 +251,38 @@ class Engine:
             )
 
         return hook
+
+    async def _check_capacity(self, claimed: ClaimedRound) -> None:
+        async with self.database.session() as session:
+            counts = dict(
+                (
+                    await session.execute(
+                        select(Delivery.channel, func.count())
+                        .where(Delivery.round_id == claimed.round_id)
+                        .group_by(Delivery.channel)
+                    )
+                ).all()
+            )
+            started, promised = (
+                await session.execute(
+                    select(Round.started_at, Round.next_due_at).where(Round.id == claimed.round_id)
+                )
+            ).one()
+        cadence = promised - started if promised and started else None
+        warnings = check_round(
+            claimed.incident_id, claimed.number, counts, cadence, self.settings.delivery
+        )
+        if warnings:
+            self._capacity[claimed.incident_id] = [str(w) for w in warnings]
+        else:
+            self._capacity.pop(claimed.incident_id, None)
+        for warning in warnings:
+            log.warning("round cannot finish within its cadence", extra={"detail": str(warning)})
+
+    @property
+    def capacity_warnings(self) -> list[str]:
+        """The latest round of each incident that cannot finish within its cadence."""
+        return [w for warnings in self._capacity.values() for w in warnings]
 
     async def _round_channels(self, round_id: int) -> str | None:
         async with self.database.session() as session:

@@ -20,6 +20,7 @@ from broadcaster.cli.common import (
 from broadcaster.clock import RealClock
 from broadcaster.incidents import service
 from broadcaster.incidents.lifecycle import TransitionError
+from broadcaster.schedule.capacity import check_round
 from broadcaster.store import Database, Delivery, Followup, Promise
 
 app = typer.Typer(help="Declare and run incidents.", no_args_is_help=True)
@@ -268,6 +269,18 @@ def show(
                     .order_by(Delivery.channel, Delivery.state)
                 )
             ).all()
+            last = next((r for r in reversed(view.rounds) if r.state == "dispatched"), None)
+            last_counts: dict[str, int] = {}
+            if last is not None:
+                last_counts = dict(
+                    (
+                        await session.execute(
+                            select(Delivery.channel, func.count())
+                            .where(Delivery.round_id == last.id)
+                            .group_by(Delivery.channel)
+                        )
+                    ).all()
+                )
             tasks = (
                 (
                     await session.execute(
@@ -317,6 +330,15 @@ def show(
         out += [f"  {name:<10} {', '.join(states)}" for name, states in channels.items()]
         if not channels:
             out.append("  none yet")
+        if last is not None and last.started_at and last.next_due_at:
+            for warning in check_round(
+                i.id,
+                last.number,
+                last_counts,
+                last.next_due_at - last.started_at,
+                settings.delivery,
+            ):
+                out.append(f"capacity warning: {warning}")
         out.append("follow-ups:" if tasks else "follow-ups: none")
         out += [
             f"  #{t.id:<4} {t.state:<8} {t.kind:<14} {t.customer_id:<12} owner {t.owner:<10} "

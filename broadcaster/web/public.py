@@ -88,6 +88,8 @@ async def healthz(request: Request) -> Response:
             "last_reload_error": holder.error,
             "reloads": holder.reloads,
         }
+    if state.capacity is not None and state.capacity():
+        body["capacity_warnings"] = state.capacity()
     if state.feeds:
         body["feeds"] = {
             watcher.name: {

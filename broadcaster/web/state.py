@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -23,6 +24,7 @@ class WebState:
     scheduler_running: bool = False
     rules: RulesHolder | None = None
     feeds: list[FeedWatcher] = field(default_factory=list)
+    capacity: Callable[[], list[str]] | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
     def twilio_accounts(self) -> list[TwilioSettings]:

@@ -210,3 +210,17 @@ async def test_contact_point_marked_by_failure_is_not_used_again(database: Datab
     await engine.process_due_rounds()
     await engine.dispatch_all()
     assert sms.sent == []  # opted out: never materialised on SMS
+
+
+async def test_a_round_too_big_for_its_rate_is_flagged(database: Database) -> None:
+    clock = FakeClock(START)
+    for n in range(5):
+        await customer(database, f"c100{n}")
+    config = settings(rate_limits={"sms": {"per_second": 0.001}})
+    sms = MemoryChannel(name="sms", contact="sms")
+    mail = MemoryChannel(name="mail", contact="email")
+    engine = await Engine.create(config, database, clock, {"sms": sms, "mail": mail})
+    await declare(database, clock)
+    await engine.process_due_rounds()
+    [warning] = engine.capacity_warnings
+    assert "5 sms messages at 0.001/s" in warning and "longer than the 30m cadence" in warning

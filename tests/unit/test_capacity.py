@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from broadcaster.config.settings import DeliverySettings
+from broadcaster.schedule.capacity import check_round
+
+
+def delivery(**limits: dict[str, float]) -> DeliverySettings:
+    return DeliverySettings.model_validate({"rate_limits": limits})
+
+
+def test_100k_sms_at_100_per_second_miss_a_15_minute_cadence() -> None:
+    [warning] = check_round(
+        7,
+        3,
+        {"sms": 100_000, "email": 100_000},
+        timedelta(minutes=15),
+        delivery(sms={"per_second": 100, "burst": 100}),
+    )
+    assert warning.needs == timedelta(seconds=999)
+    text = str(warning)
+    assert "100000 sms messages at 100/s take 16m39s" in text
+    assert "longer than the 15m cadence" in text and "delivery.rate_limits.sms" in text
+
+
+def test_no_warning_when_the_rate_carries_the_round_or_is_unlimited() -> None:
+    limits = delivery(sms={"per_second": 200, "burst": 1})
+    assert check_round(1, 1, {"sms": 100_000}, timedelta(minutes=15), limits) == []
+    assert check_round(1, 1, {"email": 10**7}, timedelta(minutes=15), limits) == []
+    assert check_round(1, 1, {"sms": 10**7}, None, limits) == []  # the final round
