@@ -46,13 +46,11 @@ Parser = Callable[..., ParseResult]
 
 
 def webhook_secret(state: WebState, source: str) -> SecretStr | None:
-    secrets: dict[str, SecretStr] = getattr(state.settings, "webhook_secrets", None) or {}
-    return secrets.get(source)
+    return state.settings.webhook_secrets.get(source)
 
 
 def hook_settings(state: WebState, source: str) -> HookSettings:
-    hooks: dict[str, HookSettings] = getattr(state.settings, "hooks", None) or {}
-    return hooks.get(source) or HookSettings()
+    return state.settings.hooks.get(source) or HookSettings()
 
 
 def _error(status: int, reason: str, **extra: object) -> JSONResponse:
