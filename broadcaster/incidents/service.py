@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
@@ -45,6 +45,11 @@ class Declaration:
     actions: str | None = None
     workaround: str | None = None
     expected_resolution_at: datetime | None = None
+    source: str = "operator"
+    external_id: str | None = None
+    """Feeds set these (unique together): the declaration fails if the item exists."""
+    hold: timedelta = timedelta(0)
+    """Delay of the first round (a feed's flapping guard); operators send at once."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,8 @@ async def declare(database: Database, clock: Clock, decl: Declaration) -> Incide
             severity=decl.severity,
             status=decl.status,
             declared_by=decl.author,
+            source=decl.source,
+            external_id=decl.external_id,
             created_at=now,
             updated_at=now,
             rounds_made=1,
@@ -134,7 +141,13 @@ async def declare(database: Database, clock: Clock, decl: Declaration) -> Incide
         session.add(update)
         await session.flush()
         session.add(
-            Round(incident_id=incident.id, number=1, kind="first", due_at=now, update_id=update.id)
+            Round(
+                incident_id=incident.id,
+                number=1,
+                kind="first",
+                due_at=now + decl.hold,
+                update_id=update.id,
+            )
         )
     return incident
 

@@ -20,10 +20,10 @@ Where the feed's state lives (no schema change):
   gets a generation suffix: ``<id>#2``, ``<id>#3``… Events for ``<id>`` always go to the
   highest generation.
 * The first round of an incident declared from a feed is held ``hold`` (like
-  Alertmanager's ``group_wait``, so a flapping alert does not page everyone): right after
-  :func:`service.declare` commits, an UPDATE moves round 1's ``due_at`` to ``now + hold``
-  (only while it is still pending). The round exists, due now, for the instant between
-  the two transactions; a scheduler that claims it in that instant sends it unheld.
+  Alertmanager's ``group_wait``, so a flapping alert does not page everyone): the
+  declaration writes round 1 due at ``now + hold``, with the incident's source and external
+  id, in one transaction; a concurrent duplicate fails on the unique key and changes
+  nothing.
 * Title and severity changes of an open incident are written to the incident row directly
   (the service has no operation for them); the scope (components, regions) is the one
   the incident was declared with.
@@ -38,14 +38,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
 from broadcaster.incidents import lifecycle, service
 from broadcaster.intake.events import IncidentEvent
-from broadcaster.store import Database, Incident, IncidentUpdate, Round
+from broadcaster.store import Database, Incident, IncidentUpdate
 
 log = logging.getLogger("broadcaster.intake")
 
@@ -266,41 +266,26 @@ async def _create(
 ) -> Applied:
     components, regions = _scope(event)
     title = _title(event)
-    incident = await service.declare(
-        database,
-        clock,
-        service.Declaration(
-            title=title,
-            severity=event.severity,
-            message=event.message.strip() or title,
-            components=components,
-            regions=regions,
-            status=event.status,
-            author=author_tag(event),
-        ),
-    )
     external_id = generation_id(event.external_id, generation)
     try:
-        async with database.session() as session, session.begin():
-            await session.execute(
-                update(Incident)
-                .where(Incident.id == incident.id)
-                .values(source=event.source, external_id=external_id)
-            )
-            if hold > timedelta(0):
-                await session.execute(
-                    update(Round)
-                    .where(
-                        Round.incident_id == incident.id,
-                        Round.number == 1,
-                        Round.state == "pending",
-                    )
-                    .values(due_at=clock.now() + hold)
-                )
+        incident = await service.declare(
+            database,
+            clock,
+            service.Declaration(
+                title=title,
+                severity=event.severity,
+                message=event.message.strip() or title,
+                components=components,
+                regions=regions,
+                status=event.status,
+                author=author_tag(event),
+                source=event.source,
+                external_id=external_id,
+                hold=max(hold, timedelta(0)),
+            ),
+        )
     except IntegrityError:
-        # Another writer declared the same item first: drop our duplicate.
-        async with database.session() as session, session.begin():
-            await session.execute(delete(Incident).where(Incident.id == incident.id))
+        # Another writer declared the same item first (unique source + external id).
         return Applied(
             "unchanged", event.source, event.external_id, None, "declared concurrently elsewhere"
         )
