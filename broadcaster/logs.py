@@ -8,7 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
+"""Record attributes that are not extras (uvicorn adds ``color_message``: ANSI noise)."""
 
 
 class JsonFormatter(logging.Formatter):
