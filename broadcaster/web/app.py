@@ -10,7 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from broadcaster import __version__
-from broadcaster.web import intake, public, twilio
+from broadcaster.web import intake, pages, public, twilio
 from broadcaster.web.state import WebState
 
 
@@ -18,6 +18,7 @@ def create_app(state: WebState) -> FastAPI:
     app = FastAPI(title="Broadcaster", version=__version__, docs_url=None, redoc_url=None)
     app.state.broadcaster = state
     app.include_router(public.router)
+    app.include_router(pages.router)
     app.include_router(twilio.router)
     app.include_router(intake.router)
     return app

@@ -254,3 +254,30 @@ async def test_healthz(client: tuple[httpx.AsyncClient, WebState]) -> None:
     }
     state.scheduler_running = False
     assert (await http.get("/healthz")).status_code == 503
+
+
+async def test_the_public_incident_page_shows_the_timeline_and_no_customer_data(
+    client: tuple[httpx.AsyncClient, WebState], database: Database
+) -> None:
+    http, _ = client
+    await _seed(database)  # customer "Ann", +31612345678; incident 1, "t"
+    clock = FakeClock(START + timedelta(minutes=5))
+    await service.post_update(
+        database,
+        clock,
+        1,
+        service.UpdateRequest(
+            "We found it <b>now</b>.",
+            status="identified",
+            cause_kind="known",
+            cause="A broken switch.",
+            workaround="Take the bus.",
+        ),
+    )
+    page = await http.get("/incidents/1")
+    assert page.status_code == 200
+    text = page.text
+    assert "Cause identified" in text and "A broken switch." in text and "Take the bus." in text
+    assert "We found it &lt;b&gt;now&lt;/b&gt;." in text
+    assert "Ann" not in text and "+31612345678" not in text
+    assert (await http.get("/incidents/999")).status_code == 404
