@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +16,32 @@ from broadcaster.store import Database
 from broadcaster.store.migrate import upgrade_async
 
 POSTGRES_ENV = "BROADCASTER_TEST_POSTGRES_URL"
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _find_fixtures() -> Path:
+    """``shared/fixtures`` beside the checkout; for a clone made elsewhere (a scratch CI
+    run), beside the local repository it was cloned from; ``$BROADCASTER_FIXTURES`` wins."""
+    explicit = os.environ.get("BROADCASTER_FIXTURES")
+    if explicit:
+        return Path(explicit)
+    beside = REPO.parent / "shared" / "fixtures"
+    if beside.is_dir():
+        return beside
+    origin = subprocess.run(
+        ["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if origin and Path(origin).is_dir():
+        cloned_from = Path(origin).resolve().parent / "shared" / "fixtures"
+        if cloned_from.is_dir():
+            return cloned_from
+    return beside
+
+
+FIXTURES = _find_fixtures()
 
 
 def postgres_admin_url() -> str | None:
