@@ -28,6 +28,19 @@ _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def pooled_client(
+    timeout: float, max_connections: int, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """The HTTP client of a channel that posts to one provider: pooled, never following a
+    redirect (a redirected provider is a configuration error, not a hop to make blindly)."""
+    return httpx.AsyncClient(
+        timeout=timeout,
+        limits=httpx.Limits(max_connections=max_connections),
+        follow_redirects=False,
+        transport=transport,
+    )
+
+
 def retryable_status(status: int) -> bool:
     """408 Request Timeout, 429 Too Many Requests and every 5xx: trying again can help."""
     return status in (408, 429) or status >= 500

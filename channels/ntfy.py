@@ -38,6 +38,7 @@ from channels.http_common import (
     describe_body,
     json_object,
     parse_retry_after,
+    pooled_client,
     retryable_status,
 )
 from channels.redact import redact
@@ -125,12 +126,7 @@ class NtfyChannel:
         self.contact = settings.contact
         self._settings = settings
         self._clock = clock
-        self._client = httpx.AsyncClient(
-            timeout=settings.timeout,
-            limits=httpx.Limits(max_connections=settings.max_connections),
-            follow_redirects=False,
-            transport=transport,
-        )
+        self._client = pooled_client(settings.timeout, settings.max_connections, transport)
         self._closed = False
 
     def request_headers(self, message: Message) -> dict[str, str]:

@@ -42,6 +42,7 @@ from channels.http_common import (
     describe_body,
     json_object,
     parse_retry_after,
+    pooled_client,
     retryable_status,
     text_field,
 )
@@ -235,12 +236,7 @@ class WebPushChannel:
         self._key_text = text.strip()  # redacted from every reason
         self.application_server_key = application_server_key(self._key)
         self._jwts: dict[str, tuple[str, int]] = {}
-        self._client = httpx.AsyncClient(
-            timeout=settings.timeout,
-            limits=httpx.Limits(max_connections=settings.max_connections),
-            follow_redirects=False,
-            transport=transport,
-        )
+        self._client = pooled_client(settings.timeout, settings.max_connections, transport)
         self._closed = False
 
     def authorization(self, origin: str) -> str:

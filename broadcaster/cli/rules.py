@@ -9,7 +9,7 @@ import typer
 
 from broadcaster.cli.common import ConfigOption, fail, run, settings_or_exit, with_database
 from broadcaster.clock import RealClock
-from broadcaster.escalation.facts import customer_facts, incident_facts
+from broadcaster.escalation.facts import customer_facts, incident_facts, load_customers
 from broadcaster.escalation.holder import load_file
 from broadcaster.store import Database, Incident
 from rules import PlanSnapshot, RulesError, SnapshotError, explain
@@ -62,7 +62,8 @@ def explain_(
             facts = await incident_facts(session, incident)
             person = None
             if customer is not None:
-                found = await customer_facts(session, [customer], now, ruleset.history_window)
+                loaded = await load_customers(session, [customer])
+                found = await customer_facts(session, loaded, now, ruleset.history_window)
                 if customer not in found:
                     raise LookupError(f"no customer with id {customer!r}")
                 person = found[customer]

@@ -35,19 +35,20 @@ async def incident_facts(session: AsyncSession, incident: Incident) -> IncidentF
     )
 
 
+async def load_customers(session: AsyncSession, customer_ids: Sequence[str]) -> list[Customer]:
+    result = await session.execute(select(Customer).where(Customer.id.in_(customer_ids)))
+    return list(result.scalars().all())
+
+
 async def customer_facts(
     session: AsyncSession,
-    customer_ids: Sequence[str],
+    customers: Sequence[Customer],
     now: datetime,
     window: timedelta,
 ) -> dict[str, CustomerFacts]:
-    """Facts for a batch of customers: profile, incidents that hit them in the window
-    (those they were sent something about), open follow-ups."""
-    customers = (
-        (await session.execute(select(Customer).where(Customer.id.in_(customer_ids))))
-        .scalars()
-        .all()
-    )
+    """Facts for a batch of (loaded) customers: profile, incidents that hit them in the
+    window (those they were sent something about), open follow-ups."""
+    customer_ids = [c.id for c in customers]
     hits = await session.execute(
         select(Delivery.customer_id, Incident.created_at)
         .join(Incident, Incident.id == Delivery.incident_id)

@@ -18,12 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.config.settings import Settings
 from broadcaster.dispatch.worker import COUNTED_STATES
-from broadcaster.escalation.facts import customer_facts, incident_facts
+from broadcaster.escalation.facts import customer_facts, incident_facts, load_customers
 from broadcaster.escalation.holder import RulesHolder
 from broadcaster.followups.directory import Directory
 from broadcaster.followups.service import Notice, create_for_customer
-from broadcaster.store import ContactPoint, Customer, Delivery, DeliveryEvent, Incident
-from rules import Decision, PlanSnapshot, SnapshotError, Throttle, hold_until
+from broadcaster.store import ContactPoint, Delivery, DeliveryEvent, Incident
+from rules import Decision, IncidentFacts, PlanSnapshot, SnapshotError, Throttle, hold_until
 
 log = logging.getLogger("broadcaster.rules")
 
@@ -33,6 +33,9 @@ class Escalation:
         self.settings = settings
         self.holder = holder
         self.directory = directory
+        # One round's incident facts, for all of its batches: counting the audience once
+        # per round, not once per batch of 1,000 customers.
+        self._round_facts: tuple[int, IncidentFacts] | None = None
 
     def _plan(self, incident: Incident) -> PlanSnapshot | None:
         if incident.plan is None:
@@ -99,16 +102,16 @@ class Escalation:
         incident = await session.get(Incident, incident_id)
         if incident is None:
             return []
-        facts = await incident_facts(session, incident)
+        if self._round_facts is not None and self._round_facts[0] == round_id:
+            facts = self._round_facts[1]
+        else:
+            facts = await incident_facts(session, incident)
+            self._round_facts = (round_id, facts)
         plan = self._plan(incident)
         window = max(ruleset.history_window, self.settings.rules.history_window)
-        people = await customer_facts(session, customer_ids, now, window)
-        rows = {
-            c.id: c
-            for c in (
-                await session.execute(select(Customer).where(Customer.id.in_(customer_ids)))
-            ).scalars()
-        }
+        loaded = await load_customers(session, customer_ids)
+        people = await customer_facts(session, loaded, now, window)
+        rows = {c.id: c for c in loaded}
         notices: list[Notice] = []
         for customer_id in customer_ids:
             person = people.get(customer_id)
