@@ -1,0 +1,1 @@
+"""Fault injection: providers, SMTP, PostgreSQL, SIGKILL and disks failing mid-run."""
