@@ -82,6 +82,8 @@ class Daemon:
             engine.dispatcher.link_secret,
             rules=engine.rules,
             capacity=lambda: engine.capacity_warnings,
+            escalation=engine.escalation,
+            directory=engine.directory,
         )
         server = None
         listener = None

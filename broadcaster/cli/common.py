@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from sqlalchemy import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 
+from broadcaster.access.credentials import Principal
 from broadcaster.config import ConfigError, Settings, load_settings
 from broadcaster.escalation.holder import RulesHolder
 from broadcaster.escalation.plan import Escalation
@@ -53,9 +57,17 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 async def with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
     """Open the store (bringing its schema up to date first) and run ``work`` on it."""
-    await upgrade_async(settings.database.url)
-    database = Database(settings.database.url, echo=settings.database.echo)
+    where = make_url(settings.database.url).render_as_string(hide_password=True)
     try:
+        database = Database(settings.database.url, echo=settings.database.echo)  # makes the dir
+    except OSError as exc:
+        raise fail(f"cannot open the store {where}: {exc}", 2) from None
+    try:
+        try:
+            await upgrade_async(settings.database.url)
+        except (OperationalError, InterfaceError, OSError) as exc:
+            reason = getattr(exc, "orig", None) or exc
+            raise fail(f"cannot open the store {where}: {reason}", 2) from None
         return await work(database)
     finally:
         await database.dispose()
@@ -72,3 +84,16 @@ def escalation_or_exit(settings: Settings) -> Escalation:
             typer.echo(f"  {problem}", err=True)
         raise typer.Exit(2) from None
     return Escalation(settings, holder, Directory(settings.staff))
+
+
+def login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
+
+
+def cli_principal() -> Principal:
+    """Whoever runs the CLI: it reaches the store directly, so it acts as an admin; the
+    audit log records the login (``cli:<login>``)."""
+    return Principal("cli", login_name(), "admin")

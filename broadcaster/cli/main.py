@@ -6,6 +6,7 @@ import typer
 
 from broadcaster import __version__
 from broadcaster.cli import (
+    access,
     channels,
     customers,
     daemon,
@@ -34,6 +35,9 @@ app.add_typer(channels.app, name="channels")
 app.add_typer(rules.app, name="rules")
 app.add_typer(followups.app, name="followups")
 app.add_typer(feeds.app, name="feeds")
+app.add_typer(access.tokens, name="tokens")
+app.add_typer(access.accounts, name="accounts")
+app.add_typer(access.audit_app, name="audit")
 
 
 def _version(value: bool) -> None:

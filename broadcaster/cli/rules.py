@@ -9,10 +9,10 @@ import typer
 
 from broadcaster.cli.common import ConfigOption, fail, run, settings_or_exit, with_database
 from broadcaster.clock import RealClock
-from broadcaster.escalation.facts import customer_facts, incident_facts, load_customers
+from broadcaster.escalation.explaining import explain_incident
 from broadcaster.escalation.holder import load_file
-from broadcaster.store import Database, Incident
-from rules import PlanSnapshot, RulesError, SnapshotError, explain
+from broadcaster.store import Database
+from rules import RulesError
 
 app = typer.Typer(help="Escalation rules: check and explain.", no_args_is_help=True)
 
@@ -54,26 +54,10 @@ def explain_(
         raise fail("the rules file cannot be used:\n  " + "\n  ".join(exc.problems), 2) from None
 
     async def work(db: Database) -> str:
-        now = RealClock().now()
-        async with db.session() as session:
-            incident = await session.get(Incident, incident_id)
-            if incident is None:
-                raise LookupError(f"no incident with id {incident_id}")
-            facts = await incident_facts(session, incident)
-            person = None
-            if customer is not None:
-                loaded = await load_customers(session, [customer])
-                found = await customer_facts(session, loaded, now, ruleset.history_window)
-                if customer not in found:
-                    raise LookupError(f"no customer with id {customer!r}")
-                person = found[customer]
-        plan = None
-        if incident.plan is not None:
-            try:
-                plan = PlanSnapshot.from_dict(incident.plan)
-            except SnapshotError:
-                plan = None
-        text = explain(ruleset, facts, person, now=now, plan=plan).render_text()
+        explanation, plan = await explain_incident(
+            db, ruleset, incident_id, customer, RealClock().now()
+        )
+        text = explanation.render_text()
         if plan is not None:
             text += f"\n(escalation plan fixed at the first round: policy {plan.policy})"
         return text

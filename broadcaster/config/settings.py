@@ -99,7 +99,9 @@ class DeliverySettings(_Section):
     workers: int = Field(default=4, ge=1, le=256)
     batch_size: int = Field(default=50, ge=1, le=10_000)
     lease: Duration = timedelta(seconds=60)
-    max_attempts: int = Field(default=5, ge=1, le=100)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    """With the default backoff, 8 tries span about 10 minutes (at least 8.5 with jitter):
+    a provider or SMTP server that is down for minutes loses nothing."""
     backoff: BackoffSettings = BackoffSettings()
     poll_interval: Duration = timedelta(milliseconds=500)
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from broadcaster.store.db import Database
 from broadcaster.store.models import (
+    Account,
+    ApiToken,
+    AuditEntry,
     Base,
+    ConsoleSession,
     ContactPoint,
     Customer,
     Delivery,
@@ -20,7 +24,11 @@ from broadcaster.store.models import (
 )
 
 __all__ = [
+    "Account",
+    "ApiToken",
+    "AuditEntry",
     "Base",
+    "ConsoleSession",
     "ContactPoint",
     "Customer",
     "Database",

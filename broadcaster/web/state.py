@@ -7,10 +7,14 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from broadcaster.access.credentials import Principal
 from broadcaster.clock import Clock
 from broadcaster.config.settings import Settings
 from broadcaster.escalation.holder import RulesHolder
+from broadcaster.escalation.plan import Escalation
+from broadcaster.followups.directory import Directory
 from broadcaster.intake.watch import FeedWatcher
+from broadcaster.operations import Actor
 from broadcaster.store import Database
 from channels.twilio_sms import TwilioSettings
 
@@ -26,6 +30,8 @@ class WebState:
     feeds: list[FeedWatcher] = field(default_factory=list)
     capacity: Callable[[], list[str]] | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    escalation: Escalation | None = None
+    directory: Directory | None = None
 
     def twilio_accounts(self) -> list[TwilioSettings]:
         return [s for s in self.settings.channels.values() if isinstance(s, TwilioSettings)]
@@ -41,6 +47,17 @@ class WebState:
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+    def actor(self, request: Request, principal: Principal) -> Actor:
+        """The caller of one request, for :mod:`broadcaster.operations`."""
+        return Actor(
+            self.database,
+            self.clock,
+            principal,
+            request.client.host if request.client else "",
+            self.escalation,
+            self.directory or Directory(self.settings.staff),
+        )
 
 
 def state_of(request: Request) -> WebState:

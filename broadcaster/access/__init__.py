@@ -1,0 +1,1 @@
+"""Who may do what: roles, API tokens, console accounts and sessions, and the audit log."""

@@ -1,0 +1,234 @@
+"""API tokens, console accounts (scrypt passwords) and console sessions, kept hashed.
+
+Tokens and session ids are 256-bit random strings: a SHA-256 of them is enough to look
+them up without keeping them. Passwords are low-entropy, so they get scrypt with a salt.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from broadcaster.access.roles import Role, check_role
+from broadcaster.clock import Clock
+from broadcaster.store import Account, ApiToken, ConsoleSession, Database
+
+TOKEN_PREFIX = "bct_"  # noqa: S105 - a marker, not a secret
+SESSION_LIFETIME = timedelta(hours=12)
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+class CredentialError(ValueError):
+    """A credential cannot be created or changed as asked."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: the audit log's actor and the role that decides what they may do."""
+
+    kind: str  # token | account | cli
+    name: str
+    role: Role
+    csrf_token: str | None = None
+    """Console sessions only: the token every state-changing form must echo."""
+
+    @property
+    def actor(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    key = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${_b64(salt)}${_b64(key)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, key = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        computed = hashlib.scrypt(
+            password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p), dklen=32
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(computed, _unb64(key))
+
+
+# A fixed hash to verify against when the account does not exist, so a login for an
+# unknown name takes as long as one for a known name with a wrong password.
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+# --- API tokens --------------------------------------------------------------------------
+
+
+async def create_token(
+    database: Database,
+    clock: Clock,
+    *,
+    name: str,
+    role: str,
+    created_by: str = "",
+    lifetime: timedelta | None = None,
+) -> tuple[ApiToken, str]:
+    """A new token; the secret is returned once and never stored."""
+    checked = check_role(role)
+    if not name.strip():
+        raise CredentialError("name: say who or what holds the token")
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    now = clock.now()
+    row = ApiToken(
+        name=name.strip(),
+        role=checked,
+        token_hash=digest(secret),
+        prefix=secret[: len(TOKEN_PREFIX) + 6],
+        created_at=now,
+        created_by=created_by,
+        expires_at=now + lifetime if lifetime else None,
+    )
+    async with database.session() as session, session.begin():
+        session.add(row)
+    return row, secret
+
+
+async def list_tokens(database: Database) -> list[ApiToken]:
+    async with database.session() as session:
+        return list((await session.execute(select(ApiToken).order_by(ApiToken.id))).scalars())
+
+
+async def revoke_token(database: Database, clock: Clock, token_id: int) -> ApiToken:
+    async with database.session() as session, session.begin():
+        row = await session.get(ApiToken, token_id)
+        if row is None:
+            raise CredentialError(f"no token with id {token_id}")
+        if row.revoked_at is None:
+            row.revoked_at = clock.now()
+        return row
+
+
+async def authenticate_token(database: Database, clock: Clock, secret: str) -> Principal | None:
+    """The principal of a valid, unrevoked, unexpired token; None otherwise."""
+    if not secret.startswith(TOKEN_PREFIX):
+        return None
+    now = clock.now()
+    async with database.session() as session, session.begin():
+        row = (
+            await session.execute(select(ApiToken).where(ApiToken.token_hash == digest(secret)))
+        ).scalar_one_or_none()
+        if row is None or row.revoked_at is not None:
+            return None
+        if row.expires_at is not None and row.expires_at <= now:
+            return None
+        # Recorded at most once a minute, so a busy client does not write on every call.
+        if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
+            row.last_used_at = now
+        return Principal("token", row.name, check_role(row.role))
+
+
+# --- Console accounts and sessions -------------------------------------------------------
+
+
+async def set_account(
+    database: Database, clock: Clock, *, name: str, role: str, password: str
+) -> Account:
+    """Create the account, or change its role and password (and enable it again)."""
+    checked = check_role(role)
+    if not name.strip():
+        raise CredentialError("name: the account's staff id must not be empty")
+    if len(password) < 12:
+        raise CredentialError("password: use at least 12 characters")
+    async with database.session() as session, session.begin():
+        account = await session.get(Account, name)
+        if account is None:
+            account = Account(name=name, created_at=clock.now())
+            session.add(account)
+        account.role = checked
+        account.password_hash = hash_password(password)
+        account.disabled_at = None
+        return account
+
+
+async def disable_account(database: Database, clock: Clock, name: str) -> None:
+    """Disable the account and end its sessions."""
+    async with database.session() as session, session.begin():
+        account = await session.get(Account, name)
+        if account is None:
+            raise CredentialError(f"no account named {name!r}")
+        account.disabled_at = clock.now()
+        await session.execute(
+            update(ConsoleSession)
+            .where(ConsoleSession.account == name)
+            .values(expires_at=clock.now())
+        )
+
+
+async def list_accounts(database: Database) -> list[Account]:
+    async with database.session() as session:
+        return list((await session.execute(select(Account).order_by(Account.name))).scalars())
+
+
+async def login(
+    database: Database, clock: Clock, name: str, password: str, source: str = ""
+) -> tuple[str, Principal] | None:
+    """A new session (its cookie value and principal) when the password matches."""
+    async with database.session() as session:
+        account = await session.get(Account, name)
+    stored = account.password_hash if account is not None else _DUMMY_HASH
+    ok = verify_password(password, stored)
+    if account is None or account.disabled_at is not None or not ok:
+        return None
+    session_id = secrets.token_urlsafe(32)
+    csrf = secrets.token_urlsafe(32)
+    now = clock.now()
+    async with database.session() as session, session.begin():
+        session.add(
+            ConsoleSession(
+                id_hash=digest(session_id),
+                account=name,
+                csrf_token=csrf,
+                created_at=now,
+                expires_at=now + SESSION_LIFETIME,
+                source=source[:100],
+            )
+        )
+    return session_id, Principal("account", name, check_role(account.role), csrf)
+
+
+async def session_principal(database: Database, clock: Clock, session_id: str) -> Principal | None:
+    async with database.session() as session:
+        row = await session.get(ConsoleSession, digest(session_id))
+        if row is None or row.expires_at <= clock.now():
+            return None
+        account = await session.get(Account, row.account)
+        if account is None or account.disabled_at is not None:
+            return None
+        return Principal("account", account.name, check_role(account.role), row.csrf_token)
+
+
+async def logout(database: Database, clock: Clock, session_id: str) -> None:
+    async with database.session() as session, session.begin():
+        await session.execute(
+            update(ConsoleSession)
+            .where(ConsoleSession.id_hash == digest(session_id))
+            .values(expires_at=clock.now())
+        )

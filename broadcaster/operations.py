@@ -1,0 +1,158 @@
+"""What staff do, for the API and the console alike: each action runs the service and
+writes the audit log, refused or not (who, what, when, from where, the outcome).
+
+The CLI audits the same actions as ``cli:<login>`` (see ``broadcaster.cli.common``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from broadcaster.access import audit
+from broadcaster.access.credentials import Principal
+from broadcaster.clock import Clock
+from broadcaster.config.settings import StaffSettings
+from broadcaster.escalation.plan import Escalation
+from broadcaster.followups import service as followups
+from broadcaster.followups.directory import Directory
+from broadcaster.incidents import service as incidents
+from broadcaster.store import Database, Followup, Incident, IncidentUpdate
+
+T = TypeVar("T")
+
+REFUSALS: tuple[type[Exception], ...] = (ValueError, LookupError)
+"""What a service raises when it refuses an action (bad input, wrong state, unknown id)."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """One caller's request: who, from where, and what they act with."""
+
+    database: Database
+    clock: Clock
+    principal: Principal
+    source: str
+    escalation: Escalation | None = None
+    directory: Directory | None = None
+
+    async def run(
+        self,
+        action: str,
+        target: str,
+        work: Callable[[], Awaitable[T]],
+        detail: Mapping[str, object] | None = None,
+        describe: Callable[[T], str] | None = None,
+    ) -> T:
+        try:
+            result = await work()
+        except REFUSALS as exc:
+            await audit.record(
+                self.database,
+                self.clock,
+                self.principal,
+                action,
+                target,
+                self.source,
+                outcome="refused",
+                detail={**(detail or {}), "reason": str(exc)},
+            )
+            raise
+        await audit.record(
+            self.database,
+            self.clock,
+            self.principal,
+            action,
+            describe(result) if describe else target,
+            self.source,
+            detail=detail,
+        )
+        return result
+
+
+async def declare(actor: Actor, decl: incidents.Declaration) -> Incident:
+    return await actor.run(
+        "incident.declare",
+        "incident:new",
+        lambda: incidents.declare(actor.database, actor.clock, decl),
+        {"title": decl.title, "severity": decl.severity},
+        lambda incident: f"incident:{incident.id}",
+    )
+
+
+async def post_update(
+    actor: Actor, incident_id: int, request: incidents.UpdateRequest
+) -> IncidentUpdate:
+    return await actor.run(
+        "incident.update",
+        f"incident:{incident_id}",
+        lambda: incidents.post_update(actor.database, actor.clock, incident_id, request),
+        {"status": request.status} if request.status else None,
+    )
+
+
+async def resolve(
+    actor: Actor, incident_id: int, request: incidents.UpdateRequest
+) -> IncidentUpdate:
+    return await actor.run(
+        "incident.resolve",
+        f"incident:{incident_id}",
+        lambda: incidents.resolve(
+            actor.database, actor.clock, incident_id, request, actor.escalation
+        ),
+    )
+
+
+async def close(actor: Actor, incident_id: int) -> Incident:
+    return await actor.run(
+        "incident.close",
+        f"incident:{incident_id}",
+        lambda: incidents.close(actor.database, actor.clock, incident_id, actor.principal.name),
+    )
+
+
+def _staff(actor: Actor, staff: str | None) -> str:
+    """Whom a follow-up action is recorded for: the caller, or (admins only) someone else."""
+    if staff is None or staff == actor.principal.name:
+        return actor.principal.name
+    if actor.principal.role != "admin":
+        raise followups.FollowupError(
+            f"staff: only an admin may act for {staff!r}; you are {actor.principal.name!r}"
+        )
+    return staff
+
+
+async def claim_followup(actor: Actor, followup_id: int, staff: str | None = None) -> Followup:
+    async def work() -> Followup:
+        return await followups.claim(actor.database, actor.clock, followup_id, _staff(actor, staff))
+
+    return await actor.run("followup.claim", f"followup:{followup_id}", work)
+
+
+async def followup_done(
+    actor: Actor, followup_id: int, outcome: str, note: str, staff: str | None = None
+) -> Followup:
+    async def work() -> Followup:
+        return await followups.done(
+            actor.database, actor.clock, followup_id, _staff(actor, staff), outcome, note
+        )
+
+    return await actor.run("followup.done", f"followup:{followup_id}", work, {"outcome": outcome})
+
+
+async def waive_followup(
+    actor: Actor, followup_id: int, reason: str, staff: str | None = None
+) -> Followup:
+    async def work() -> Followup:
+        return await followups.waive(
+            actor.database,
+            actor.clock,
+            followup_id,
+            _staff(actor, staff),
+            reason,
+            actor.directory or Directory(StaffSettings()),
+            admin=actor.principal.role == "admin",
+        )
+
+    return await actor.run("followup.waive", f"followup:{followup_id}", work)

@@ -1,0 +1,83 @@
+"""Every route's guard: a bearer token or a console session, a role, and CSRF for forms.
+
+``Depends(require("operator"))`` on a route gives it the caller's :class:`Principal`, or
+answers 401 (no or bad credentials) or 403 (a role too low). Requests that carry the console's
+session cookie and change something must echo the session's CSRF token, in the
+``X-CSRF-Token`` header or a ``csrf_token`` form field; bearer tokens are not sent by
+browsers on their own, so they need none.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request
+
+from broadcaster.access import credentials
+from broadcaster.access.credentials import Principal
+from broadcaster.access.roles import Role, allows
+from broadcaster.web.errors import ApiError
+from broadcaster.web.state import state_of
+
+SESSION_COOKIE = "bc_session"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def client_source(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+async def principal_of(request: Request) -> Principal | None:
+    """The caller, from the Authorization header or else the session cookie; cached."""
+    if "principal" in request.scope.get("state", {}):
+        cached: Principal | None = request.state.principal
+        return cached
+    state = state_of(request)
+    principal: Principal | None = None
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if header:
+        if scheme.lower() != "bearer" or not value.strip():
+            raise ApiError(401, "use 'Authorization: Bearer <token>'", field="Authorization")
+        principal = await credentials.authenticate_token(state.database, state.clock, value.strip())
+        if principal is None:
+            raise ApiError(401, "the token is unknown, revoked or expired", field="Authorization")
+    elif cookie := request.cookies.get(SESSION_COOKIE):
+        principal = await credentials.session_principal(state.database, state.clock, cookie)
+    request.state.principal = principal
+    return principal
+
+
+async def check_csrf(request: Request, principal: Principal) -> None:
+    if request.method in SAFE_METHODS or principal.csrf_token is None:
+        return
+    sent = request.headers.get("x-csrf-token")
+    if sent is None and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        form = await request.form()
+        field = form.get("csrf_token")
+        sent = field if isinstance(field, str) else None
+    if not sent or not hmac.compare_digest(sent, principal.csrf_token):
+        raise ApiError(403, "the form's CSRF token is missing or wrong; reload the page")
+
+
+def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
+    async def guard(request: Request) -> Principal:
+        principal = await principal_of(request)
+        if principal is None:
+            raise ApiError(
+                401,
+                "authentication required: an API token (Authorization: Bearer) or a console login",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not allows(principal.role, role):
+            raise ApiError(
+                403, f"this needs the {role} role; {principal.actor} has {principal.role}"
+            )
+        await check_csrf(request, principal)
+        return principal
+
+    guard.__name__ = f"require_{role}"
+    return guard
