@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from sqlalchemy import func, select
 
 from broadcaster.cli.common import (
     ConfigOption,
@@ -20,8 +19,9 @@ from broadcaster.cli.common import (
 from broadcaster.clock import RealClock
 from broadcaster.incidents import service
 from broadcaster.incidents.lifecycle import TransitionError
+from broadcaster.reports import incident_report
 from broadcaster.schedule.capacity import check_round
-from broadcaster.store import Database, Delivery, Followup, Promise
+from broadcaster.store import Database
 
 app = typer.Typer(help="Declare and run incidents.", no_args_is_help=True)
 
@@ -252,56 +252,8 @@ def show(
     settings = settings_or_exit(config)
 
     async def work(db: Database) -> list[str]:
-        view = await service.show(db, incident_id)
-        async with db.session() as session:
-            counts = (
-                await session.execute(
-                    select(Delivery.round_id, Delivery.state, func.count())
-                    .where(Delivery.incident_id == incident_id)
-                    .group_by(Delivery.round_id, Delivery.state)
-                )
-            ).all()
-            by_channel = (
-                await session.execute(
-                    select(Delivery.channel, Delivery.state, func.count())
-                    .where(Delivery.incident_id == incident_id)
-                    .group_by(Delivery.channel, Delivery.state)
-                    .order_by(Delivery.channel, Delivery.state)
-                )
-            ).all()
-            last = next((r for r in reversed(view.rounds) if r.state == "dispatched"), None)
-            last_counts: dict[str, int] = {}
-            if last is not None:
-                last_counts = dict(
-                    (
-                        await session.execute(
-                            select(Delivery.channel, func.count())
-                            .where(Delivery.round_id == last.id)
-                            .group_by(Delivery.channel)
-                        )
-                    ).all()
-                )
-            tasks = (
-                (
-                    await session.execute(
-                        select(Followup)
-                        .where(Followup.incident_id == incident_id)
-                        .order_by(Followup.id)
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            promises = (
-                await session.execute(
-                    select(Promise.state, func.count(), func.max(Promise.lateness_seconds))
-                    .where(Promise.incident_id == incident_id)
-                    .group_by(Promise.state)
-                )
-            ).all()
-        per_round: dict[int, dict[str, int]] = {}
-        for round_id, state, count in counts:
-            per_round.setdefault(round_id, {})[state] = count
+        report = await incident_report(db, incident_id)
+        view, per_round, last = report.view, report.per_round, report.last_dispatched
         i = view.incident
         out = [
             f"incident {i.id}: {i.title}",
@@ -323,9 +275,10 @@ def show(
                 f"  #{r.number:<3} {r.kind:<10} {r.state:<12} due {r.due_at:%H:%M:%S}Z"
                 f"{promise}  [{states or 'no deliveries'}]"
             )
-        channels: dict[str, list[str]] = {}
-        for channel, state, count in by_channel:
-            channels.setdefault(channel, []).append(f"{state} {count}")
+        channels = {
+            channel: [f"{state} {count}" for state, count in states.items()]
+            for channel, states in report.by_channel.items()
+        }
         out.append("deliveries by channel:")
         out += [f"  {name:<10} {', '.join(states)}" for name, states in channels.items()]
         if not channels:
@@ -334,11 +287,12 @@ def show(
             for warning in check_round(
                 i.id,
                 last.number,
-                last_counts,
+                report.last_round_per_channel,
                 last.next_due_at - last.started_at,
                 settings.delivery,
             ):
                 out.append(f"capacity warning: {warning}")
+        tasks = report.followups
         out.append("follow-ups:" if tasks else "follow-ups: none")
         out += [
             f"  #{t.id:<4} {t.state:<8} {t.kind:<14} {t.customer_id:<12} owner {t.owner:<10} "
@@ -347,8 +301,13 @@ def show(
             for t in tasks
         ]
         summary = ", ".join(
-            f"{state} {count}" + (f" (worst {late:.0f}s late)" if state == "late" and late else "")
-            for state, count, late in promises
+            f"{p.state} {p.count}"
+            + (
+                f" (worst {p.worst_lateness_s:.0f}s late)"
+                if p.state == "late" and p.worst_lateness_s
+                else ""
+            )
+            for p in report.promises
         )
         out.append(f"promises: {summary or 'none'}")
         return out

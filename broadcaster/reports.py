@@ -1,0 +1,91 @@
+"""What staff look at: one incident with its timeline, rounds, delivery counts, promises
+and follow-ups, read in one go for the CLI, the API and the console alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from broadcaster.incidents import service
+from broadcaster.incidents.service import IncidentView
+from broadcaster.store import Database, Delivery, Followup, Promise, Round
+
+
+@dataclass(frozen=True)
+class PromiseCount:
+    state: str  # open | kept | late
+    count: int
+    worst_lateness_s: float | None
+
+
+@dataclass
+class IncidentReport:
+    view: IncidentView
+    per_round: dict[int, dict[str, int]] = field(default_factory=dict)
+    """Round id → delivery state → count."""
+    by_channel: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Channel → delivery state → count (the console's chart)."""
+    last_dispatched: Round | None = None
+    last_round_per_channel: dict[str, int] = field(default_factory=dict)
+    followups: list[Followup] = field(default_factory=list)
+    promises: list[PromiseCount] = field(default_factory=list)
+    next_update_due: datetime | None = None
+    """The pending round's due time: the next update customers were promised."""
+
+    def promise_summary(self) -> dict[str, int]:
+        return {p.state: p.count for p in self.promises}
+
+
+async def incident_report(database: Database, incident_id: int) -> IncidentReport:
+    """The report; :class:`service.IncidentNotFound` for an unknown id."""
+    view = await service.show(database, incident_id)
+    report = IncidentReport(view=view)
+    async with database.session() as session:
+        for round_id, state, count in await session.execute(
+            select(Delivery.round_id, Delivery.state, func.count())
+            .where(Delivery.incident_id == incident_id)
+            .group_by(Delivery.round_id, Delivery.state)
+        ):
+            report.per_round.setdefault(round_id, {})[state] = count
+        for channel, state, count in await session.execute(
+            select(Delivery.channel, Delivery.state, func.count())
+            .where(Delivery.incident_id == incident_id)
+            .group_by(Delivery.channel, Delivery.state)
+            .order_by(Delivery.channel, Delivery.state)
+        ):
+            report.by_channel.setdefault(channel, {})[state] = count
+        last = next((r for r in reversed(view.rounds) if r.state == "dispatched"), None)
+        report.last_dispatched = last
+        if last is not None:
+            report.last_round_per_channel = {
+                channel: count
+                for channel, count in await session.execute(
+                    select(Delivery.channel, func.count())
+                    .where(Delivery.round_id == last.id)
+                    .group_by(Delivery.channel)
+                )
+            }
+        report.followups = list(
+            (
+                await session.execute(
+                    select(Followup)
+                    .where(Followup.incident_id == incident_id)
+                    .order_by(Followup.id)
+                )
+            ).scalars()
+        )
+        report.promises = [
+            PromiseCount(state, count, late)
+            for state, count, late in await session.execute(
+                select(Promise.state, func.count(), func.max(Promise.lateness_seconds))
+                .where(Promise.incident_id == incident_id)
+                .group_by(Promise.state)
+                .order_by(Promise.state)
+            )
+        ]
+    pending = [r for r in view.rounds if r.state == "pending"]
+    if pending and view.incident.status not in ("resolved", "closed"):
+        report.next_update_due = min(r.due_at for r in pending)
+    return report
