@@ -24,6 +24,7 @@ from broadcaster.config.settings import Settings
 from broadcaster.dispatch.channels import build_channels
 from broadcaster.engine import Engine
 from broadcaster.intake.watch import FeedWatcher, start_watchers
+from broadcaster.logs import Redaction, secret_values, set_redaction
 from broadcaster.schedule.leader import Leadership
 from broadcaster.store import Database
 from broadcaster.web.app import StartupError, bind, create_app, make_server
@@ -64,6 +65,11 @@ class Daemon:
         self.leadership: Leadership
 
     async def run(self, stop: asyncio.Event) -> None:
+        redact = self.settings.log.redact
+        set_redaction(
+            Redaction(secrets=redact.secrets, phones=redact.phones, emails=redact.emails),
+            secret_values(self.settings),
+        )
         database = Database(self.settings.database.url, echo=self.settings.database.echo)
         channels = self._channels or build_channels(self.settings, self.clock)
         try:

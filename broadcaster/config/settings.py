@@ -160,9 +160,21 @@ class HttpSettings(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+class RedactSettings(_Section):
+    """What the logs hide (broadcaster.logs): all of it unless turned off, e.g. to debug."""
+
+    secrets: bool = True
+    """Configured secrets, credentials by their shape, extras named like a secret."""
+    phones: bool = True
+    """Phone numbers in international form: ``+…78``."""
+    emails: bool = True
+    """Email addresses: ``j…@….org``."""
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
+    redact: RedactSettings = RedactSettings()
 
 
 def _default_channels() -> dict[str, AnyChannelSettings]:
