@@ -223,12 +223,25 @@ class Daemon:
         self, engine: Engine, work_ready: asyncio.Event, stop: asyncio.Event, index: int
     ) -> None:
         poll = self.settings.delivery.poll_interval.total_seconds()
+        failures = 0
         while not stop.is_set():
             try:
                 handled = await engine.dispatcher.run_once()
-            except Exception:
-                log.exception("dispatch worker %d failed; retrying", index)
-                handled = 0
+            except Exception as exc:  # the store may be down: pause, then try again
+                failures += 1
+                if failures == 1:
+                    log.exception("dispatch worker %d failed; retrying", index)
+                else:  # one traceback per outage, not one per poll
+                    log.warning(
+                        "dispatch worker %d still failing; retrying",
+                        index,
+                        extra={"failures": failures, "reason": repr(exc)},
+                    )
+                await _wait(asyncio.Event(), stop, _ERROR_PAUSE.total_seconds())
+                continue
+            if failures:
+                log.info("dispatch worker %d recovered", index, extra={"failures": failures})
+                failures = 0
             if handled == 0:
                 await _wait(work_ready, stop, poll)
                 work_ready.clear()
