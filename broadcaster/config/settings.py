@@ -153,11 +153,17 @@ class RulesSettings(_Section):
 
 
 class HttpSettings(_Section):
-    """The daemon's HTTP server: provider callbacks, inbound SMS, unsubscribe, health."""
+    """The daemon's HTTP server: the API, the console, public pages, provider callbacks,
+    inbound SMS, health and metrics."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    """Larger request bodies are refused with 413 (customer imports have their own limit)."""
+    public_metrics: bool = False
+    """Serve /metrics without a token (default: a viewer token, e.g. Prometheus's
+    ``authorization: {credentials_file: …}``)."""
 
 
 class RedactSettings(_Section):

@@ -396,3 +396,10 @@ __all__ = [
     "detect_format",
     "import_customers",
 ]
+
+
+async def upsert_customers(database: Database, rows: list[CustomerRow], now: datetime) -> None:
+    """Create or replace these customers (with their contact points and subscriptions) in
+    one transaction, exactly as an import of the same rows would."""
+    async with database.engine.begin() as connection:
+        await _write_batch(database, connection, rows, now)

@@ -10,17 +10,57 @@ import uvicorn
 from fastapi import FastAPI
 
 from broadcaster import __version__
-from broadcaster.web import intake, pages, public, twilio
+from broadcaster.web import (
+    console,
+    errors,
+    intake,
+    metrics,
+    pages,
+    preferences,
+    public,
+    statuspage,
+    twilio,
+)
+from broadcaster.web.api import customers, incidents, work
+from broadcaster.web.limits import BodyLimit
 from broadcaster.web.state import WebState
+
+DESCRIPTION = """Tells every affected customer about a disruption, on a promised schedule.
+
+Authenticate with `Authorization: Bearer <token>` (`broadcaster tokens create --role
+viewer|operator|admin`). Errors are JSON: `{"error": {"message": ..., "field": ...}}`.
+"""
 
 
 def create_app(state: WebState) -> FastAPI:
-    app = FastAPI(title="Broadcaster", version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Broadcaster",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.broadcaster = state
-    app.include_router(public.router)
-    app.include_router(pages.router)
-    app.include_router(twilio.router)
-    app.include_router(intake.router)
+    errors.install(app)
+    app.add_middleware(
+        BodyLimit,
+        limit=state.settings.http.max_body_bytes,
+        exempt=("/api/v1/customers/import",),
+    )
+    for router in (
+        incidents.router,
+        customers.router,
+        work.router,
+        statuspage.router,
+        metrics.router,
+        public.router,
+        preferences.router,
+        pages.router,
+        twilio.router,
+        intake.router,
+        console.router,
+    ):
+        app.include_router(router)
     return app
 
 

@@ -20,7 +20,7 @@ from broadcaster.web.state import state_of
 router = APIRouter(tags=["public"])
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+def page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
         f'</title><meta name="viewport" content="width=device-width"></head>'
@@ -36,9 +36,9 @@ async def unsubscribe_page(token: str, request: Request) -> Response:
     try:
         verify_token(state.link_secret, token, "unsubscribe", state.clock.now())
     except InvalidLink as exc:
-        return _page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
+        return page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
     org = escape(state.settings.messages.organisation)
-    return _page(
+    return page(
         "Unsubscribe",
         f"<p>Stop all disruption updates from {org}?</p>"
         f'<form method="post"><button type="submit">Unsubscribe</button></form>',
@@ -51,7 +51,7 @@ async def unsubscribe(token: str, request: Request) -> Response:
     try:
         claims = verify_token(state.link_secret, token, "unsubscribe", state.clock.now())
     except InvalidLink as exc:
-        return _page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
+        return page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
     async with state.database.session() as session, session.begin():
         await session.execute(
             update(ContactPoint)
@@ -59,7 +59,7 @@ async def unsubscribe(token: str, request: Request) -> Response:
             .values(opted_out=True, updated_at=state.clock.now())
         )
     state.count("unsubscribed")
-    return _page(
+    return page(
         "You are unsubscribed",
         "<p>You will receive no more disruption updates. Changed your mind? "
         "Contact us and we will switch them back on.</p>",

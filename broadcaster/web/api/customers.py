@@ -1,0 +1,291 @@
+"""``/api/v1/customers``: create, update, delete, import; their contact points and
+subscriptions. Operators read (the data is personal); admins write."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import delete, or_, select
+
+from broadcaster.access import audit
+from broadcaster.access.credentials import Principal
+from broadcaster.customers.importer import (
+    ImportInputError,
+    import_customers,
+    upsert_customers,
+)
+from broadcaster.customers.rows import CustomerRow
+from broadcaster.store import ContactPoint, Customer, Subscription
+from broadcaster.web.api.schemas import Page
+from broadcaster.web.auth import client_source, require
+from broadcaster.web.errors import ApiError
+from broadcaster.web.state import WebState, state_of
+
+router = APIRouter(prefix="/api/v1/customers", tags=["customers"])
+
+Operator = Annotated[Principal, Depends(require("operator"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+IMPORT_MAX_BYTES = 512 * 1024 * 1024
+IMPORT_ERRORS_SHOWN = 100
+
+
+class ContactPointOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    address: str
+    opted_out: bool
+    disabled: bool
+    disabled_reason: str | None
+
+
+class SubscriptionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    kind: str
+    value: str
+
+
+class CustomerOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    language: str
+    timezone: str
+    channel_order: str | None
+    tier: str
+    tags: str | None
+    region: str | None
+    sla: str | None
+    account_manager: str | None
+
+
+class CustomerDetailOut(CustomerOut):
+    contact_points: list[ContactPointOut]
+    subscriptions: list[SubscriptionOut]
+
+
+class ImportErrorOut(BaseModel):
+    line: int
+    field: str | None
+    message: str
+
+
+class ImportOut(BaseModel):
+    imported: int
+    rejected: int
+    errors: list[ImportErrorOut]
+    """The first rejected rows, each with its line and field."""
+
+
+async def _detail(web: WebState, customer_id: str) -> CustomerDetailOut:
+    async with web.database.session() as session:
+        customer = await session.get(Customer, customer_id)
+        if customer is None:
+            raise ApiError(404, f"no customer with id {customer_id!r}", field="path.customer_id")
+        points = (
+            await session.execute(
+                select(ContactPoint)
+                .where(ContactPoint.customer_id == customer_id)
+                .order_by(ContactPoint.id)
+            )
+        ).scalars()
+        topics = (
+            await session.execute(
+                select(Subscription)
+                .where(Subscription.customer_id == customer_id)
+                .order_by(Subscription.id)
+            )
+        ).scalars()
+        return CustomerDetailOut(
+            **CustomerOut.model_validate(customer).model_dump(),
+            contact_points=[ContactPointOut.model_validate(p) for p in points],
+            subscriptions=[SubscriptionOut.model_validate(t) for t in topics],
+        )
+
+
+@router.get("", response_model=Page[CustomerOut], summary="Customers by id")
+async def list_customers(
+    request: Request,
+    _: Operator,
+    q: Annotated[str | None, Query(max_length=200, description="id or name contains")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> Page[CustomerOut]:
+    query = select(Customer).order_by(Customer.id).limit(limit + 1)
+    if q:
+        escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
+        query = query.where(
+            or_(Customer.id.ilike(pattern, escape="\\"), Customer.name.ilike(pattern, escape="\\"))
+        )
+    if cursor is not None:
+        query = query.where(Customer.id > cursor)
+    async with state_of(request).database.session() as session:
+        rows = list((await session.execute(query)).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page[CustomerOut](
+        items=[CustomerOut.model_validate(r) for r in rows],
+        next_cursor=rows[-1].id if more else None,
+    )
+
+
+@router.post("", response_model=CustomerDetailOut, status_code=201, summary="Create a customer")
+async def create(body: CustomerRow, request: Request, principal: Admin) -> CustomerDetailOut:
+    web = state_of(request)
+    async with web.database.session() as session:
+        if await session.get(Customer, body.id) is not None:
+            raise ApiError(
+                409, f"customer {body.id!r} exists; PUT /api/v1/customers/{{id}}", field="body.id"
+            )
+    await upsert_customers(web.database, [body], web.clock.now())
+    await audit.record(
+        web.database,
+        web.clock,
+        principal,
+        "customer.create",
+        f"customer:{body.id}",
+        client_source(request),
+    )
+    return await _detail(web, body.id)
+
+
+@router.get("/{customer_id}", response_model=CustomerDetailOut, summary="One customer")
+async def show(customer_id: str, request: Request, _: Operator) -> CustomerDetailOut:
+    return await _detail(state_of(request), customer_id)
+
+
+@router.put(
+    "/{customer_id}",
+    response_model=CustomerDetailOut,
+    summary="Replace a customer: its contact points and subscriptions become the body's",
+)
+async def replace(
+    customer_id: str, body: CustomerRow, request: Request, principal: Admin
+) -> CustomerDetailOut:
+    if body.id != customer_id:
+        raise ApiError(
+            422, f"id: the body's id {body.id!r} is not {customer_id!r}", field="body.id"
+        )
+    web = state_of(request)
+    await upsert_customers(web.database, [body], web.clock.now())
+    await audit.record(
+        web.database,
+        web.clock,
+        principal,
+        "customer.update",
+        f"customer:{customer_id}",
+        client_source(request),
+    )
+    return await _detail(web, customer_id)
+
+
+@router.delete("/{customer_id}", status_code=204, summary="Delete a customer and its history")
+async def remove(customer_id: str, request: Request, principal: Admin) -> Response:
+    web = state_of(request)
+    async with web.database.session() as session, session.begin():
+        customer = await session.get(Customer, customer_id)
+        if customer is None:
+            raise ApiError(404, f"no customer with id {customer_id!r}", field="path.customer_id")
+        # Contact points, subscriptions, deliveries and follow-ups go with it (ON DELETE
+        # CASCADE): a deletion is an erasure.
+        await session.execute(delete(Customer).where(Customer.id == customer_id))
+    await audit.record(
+        web.database,
+        web.clock,
+        principal,
+        "customer.delete",
+        f"customer:{customer_id}",
+        client_source(request),
+    )
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{customer_id}/contact-points", response_model=list[ContactPointOut], summary="Addresses"
+)
+async def contact_points(customer_id: str, request: Request, _: Operator) -> list[ContactPointOut]:
+    return (await _detail(state_of(request), customer_id)).contact_points
+
+
+@router.get(
+    "/{customer_id}/subscriptions",
+    response_model=list[SubscriptionOut],
+    summary="The components and regions it follows",
+)
+async def subscriptions(customer_id: str, request: Request, _: Operator) -> list[SubscriptionOut]:
+    return (await _detail(state_of(request), customer_id)).subscriptions
+
+
+@router.post(
+    "/import",
+    response_model=ImportOut,
+    summary="Import CSV or JSON Lines (the body); valid rows are kept, bad ones reported",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+            "required": True,
+        }
+    },
+)
+async def import_(
+    request: Request,
+    principal: Admin,
+    format: Annotated[
+        str | None, Query(pattern="^(csv|jsonl)$", description="default: from Content-Type")
+    ] = None,
+) -> ImportOut:
+    web = state_of(request)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    fmt = format or {
+        "text/csv": "csv",
+        "application/x-ndjson": "jsonl",
+        "application/jsonl": "jsonl",
+        "application/json-lines": "jsonl",
+    }.get(content_type)
+    if fmt is None:
+        raise ApiError(
+            415,
+            "send text/csv or application/x-ndjson, or say ?format=csv|jsonl",
+            field="header.Content-Type",
+        )
+    with tempfile.TemporaryDirectory(prefix="broadcaster-import-") as folder:
+        path = Path(folder) / f"upload.{fmt}"
+        size = 0
+        with path.open("wb") as sink:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > IMPORT_MAX_BYTES:
+                    raise ApiError(413, f"the import is larger than {IMPORT_MAX_BYTES} bytes")
+                sink.write(chunk)
+        try:
+            result = await import_customers(web.database, path, clock=web.clock, fmt=fmt)
+        except ImportInputError as exc:
+            raise ApiError(422, str(exc).replace(str(path), "body"), field="body") from None
+    await audit.record(
+        web.database,
+        web.clock,
+        principal,
+        "customer.import",
+        "customers",
+        client_source(request),
+        detail={"imported": result.imported, "rejected": result.rejected, "format": fmt},
+    )
+    return ImportOut(
+        imported=result.imported,
+        rejected=result.rejected,
+        errors=[
+            ImportErrorOut(line=e.line, field=e.field, message=e.reason)
+            for e in result.errors[:IMPORT_ERRORS_SHOWN]
+        ],
+    )

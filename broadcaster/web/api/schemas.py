@@ -1,0 +1,240 @@
+"""Request and response bodies of the API (they make its OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+Text = Annotated[str, Field(max_length=10_000)]
+Short = Annotated[str, Field(max_length=300)]
+Topic = Annotated[str, Field(min_length=1, max_length=200)]
+Severity = Literal["minor", "major", "critical"]
+OpenStatus = Literal["investigating", "identified", "monitoring"]
+CauseKind = Literal["known", "suspected", "unknown"]
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: int | str | None = Field(
+        None, description="pass as ?cursor= for the next page; null on the last"
+    )
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class DeclareIn(_Strict):
+    title: Annotated[str, Field(min_length=1, max_length=300)]
+    severity: Severity
+    message: Annotated[str, Field(min_length=1, max_length=10_000)]
+    components: list[Topic] = Field(default_factory=list, max_length=200)
+    regions: list[Topic] = Field(default_factory=list, max_length=200)
+    status: OpenStatus = "investigating"
+    cause_kind: CauseKind = "unknown"
+    cause: Text | None = None
+    actions: Text | None = None
+    workaround: Text | None = None
+    expected_resolution_at: datetime | None = None
+
+
+class UpdateIn(_Strict):
+    message: Annotated[str, Field(min_length=1, max_length=10_000)]
+    status: OpenStatus | None = None
+    cause_kind: CauseKind | None = None
+    cause: Text | None = None
+    actions: Text | None = None
+    workaround: Text | None = None
+    expected_resolution_at: datetime | None = None
+
+
+class ResolveIn(_Strict):
+    message: Annotated[str, Field(min_length=1, max_length=10_000)]
+    cause_kind: CauseKind | None = None
+    cause: Text | None = None
+    responsibility: Text | None = None
+    regret: Text | None = None
+    remedy: Text | None = None
+    prevention: Text | None = None
+    compensation: Text | None = None
+
+
+class IncidentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    title: str
+    severity: str
+    status: str
+    source: str
+    external_id: str | None
+    declared_by: str
+    created_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None
+    closed_at: datetime | None
+    rounds_made: int
+
+
+class TimelineEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    status: str
+    message: str
+    cause_kind: str
+    cause: str | None
+    actions: str | None
+    workaround: str | None
+    expected_resolution_at: datetime | None
+    responsibility: str | None
+    regret: str | None
+    remedy: str | None
+    prevention: str | None
+    compensation: str | None
+    author: str
+    created_at: datetime
+
+
+class RoundOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    number: int
+    kind: str
+    state: str
+    due_at: datetime
+    started_at: datetime | None
+    materialised_at: datetime | None
+    next_due_at: datetime | None
+    audience_size: int
+    deliveries: dict[str, int] = Field(default_factory=dict)
+
+
+class PromisesOut(BaseModel):
+    kept: int = 0
+    late: int = 0
+    open: int = 0
+    worst_lateness_seconds: float | None = None
+
+
+class FollowupOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    incident_id: int
+    customer_id: str
+    rule: str
+    kind: str
+    owner: str
+    state: str
+    deadline_at: datetime
+    escalation_level: int
+    outcome: str | None
+    note: str | None
+    created_at: datetime
+    closed_at: datetime | None
+    closed_by: str | None
+
+
+class IncidentDetailOut(IncidentOut):
+    components: list[str]
+    regions: list[str]
+    timeline: list[TimelineEntryOut]
+    rounds: list[RoundOut]
+    deliveries_by_channel: dict[str, dict[str, int]]
+    promises: PromisesOut
+    next_update_due: datetime | None
+    followups: list[FollowupOut]
+
+
+class DeliveryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    incident_id: int
+    round_id: int
+    customer_id: str
+    channel: str
+    address: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    provider_message_id: str | None
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    failover_from_id: int | None
+    failover_to: str | None
+
+
+class ClaimIn(_Strict):
+    staff: Annotated[str, Field(max_length=64)] | None = Field(
+        None, description="act for this staff id (admins only); default: the caller"
+    )
+
+
+class DoneIn(ClaimIn):
+    outcome: Literal["reached", "voicemail", "declined", "unreachable"]
+    note: Annotated[str, Field(min_length=1, max_length=10_000)]
+
+
+class WaiveIn(ClaimIn):
+    reason: Annotated[str, Field(min_length=1, max_length=10_000)]
+
+
+class RulesOut(BaseModel):
+    path: str | None
+    loaded: bool
+    policies: int
+    rules: int
+    digest: str | None
+    reloads: int
+    last_reload_error: str | None
+
+
+class RulesCheckIn(_Strict):
+    text: Annotated[str, Field(max_length=1_000_000)] | None = Field(
+        None, description="rules YAML to check; omit to check the configured file"
+    )
+
+
+class RulesCheckOut(BaseModel):
+    ok: bool
+    problems: list[str]
+    policies: int = 0
+    rules: int = 0
+
+
+class ReloadOut(BaseModel):
+    reloaded: bool
+    error: str | None
+
+
+class ExplainOut(BaseModel):
+    text: str
+    policy: str | None
+    matched_rules: list[str]
+    required_for_resolution: list[str]
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    target: str
+    source: str
+    outcome: str
+    detail: dict[str, object]
+
+
+class MeOut(BaseModel):
+    actor: str
+    role: str

@@ -1,0 +1,349 @@
+"""``/api/v1``: deliveries, follow-ups, rules, the audit log, and who the caller is."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy import func, select
+
+from broadcaster import operations
+from broadcaster.access import audit
+from broadcaster.access.credentials import Principal
+from broadcaster.clock import Clock
+from broadcaster.escalation.explaining import explain_incident
+from broadcaster.escalation.holder import load_file
+from broadcaster.followups import service as followups
+from broadcaster.store import Delivery, Followup
+from broadcaster.web.api.schemas import (
+    AuditOut,
+    ClaimIn,
+    DeliveryOut,
+    DoneIn,
+    ExplainOut,
+    FollowupOut,
+    MeOut,
+    Page,
+    ReloadOut,
+    RulesCheckIn,
+    RulesCheckOut,
+    RulesOut,
+    WaiveIn,
+)
+from broadcaster.web.auth import client_source, require
+from broadcaster.web.errors import ApiError, from_value_error
+from broadcaster.web.state import WebState, state_of
+from rules import RulesError, load_rules
+
+router = APIRouter(prefix="/api/v1")
+
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Operator = Annotated[Principal, Depends(require("operator"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+Cursor = Annotated[int | None, Query(ge=1, description="next_cursor of the previous page")]
+Word = Annotated[str | None, Query(max_length=64)]
+
+
+@router.get("/me", response_model=MeOut, tags=["access"], summary="Who the caller is")
+async def me(principal: Viewer) -> MeOut:
+    return MeOut(actor=principal.actor, role=principal.role)
+
+
+# --- Deliveries --------------------------------------------------------------------------
+
+
+@router.get(
+    "/deliveries",
+    response_model=Page[DeliveryOut],
+    tags=["deliveries"],
+    summary="Deliveries by incident, customer, channel and state (newest first)",
+)
+async def deliveries(
+    request: Request,
+    _: Operator,
+    incident_id: Annotated[int | None, Query(ge=1)] = None,
+    customer_id: Word = None,
+    channel: Annotated[str | None, Query(max_length=32)] = None,
+    state: Annotated[
+        str | None,
+        Query(pattern="^(pending|sending|sent|failed|delivered|undelivered|rerouted)$"),
+    ] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Page[DeliveryOut]:
+    web = state_of(request)
+    query = select(Delivery).order_by(Delivery.id.desc()).limit(limit + 1)
+    if incident_id is not None:
+        query = query.where(Delivery.incident_id == incident_id)
+    if customer_id is not None:
+        query = query.where(Delivery.customer_id == customer_id)
+    if channel is not None:
+        query = query.where(Delivery.channel == channel)
+    if state is not None:
+        query = query.where(Delivery.state == state)
+    if cursor is not None:
+        query = query.where(Delivery.id < cursor)
+    async with web.database.session() as session:
+        rows = list((await session.execute(query)).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page[DeliveryOut](
+        items=[DeliveryOut.model_validate(r) for r in rows],
+        next_cursor=rows[-1].id if more else None,
+    )
+
+
+@router.get(
+    "/deliveries/counts",
+    response_model=dict[str, dict[str, int]],
+    tags=["deliveries"],
+    summary="Delivery counts: channel → state → count (no addresses)",
+)
+async def delivery_counts(
+    request: Request,
+    _: Viewer,
+    incident_id: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, dict[str, int]]:
+    query = select(Delivery.channel, Delivery.state, func.count()).group_by(
+        Delivery.channel, Delivery.state
+    )
+    if incident_id is not None:
+        query = query.where(Delivery.incident_id == incident_id)
+    out: dict[str, dict[str, int]] = {}
+    async with state_of(request).database.session() as session:
+        for channel, state, count in await session.execute(query):
+            out.setdefault(channel, {})[state] = count
+    return out
+
+
+# --- Follow-ups --------------------------------------------------------------------------
+
+
+@router.get(
+    "/followups",
+    response_model=list[FollowupOut],
+    tags=["followups"],
+    summary="The follow-up queue, soonest deadline first",
+)
+async def list_followups(
+    request: Request,
+    _: Viewer,
+    state: Annotated[str, Query(pattern="^(open|claimed|done|waived|all)$")] = "open",
+    owner: Word = None,
+    incident_id: Annotated[int | None, Query(ge=1)] = None,
+    limit: Limit = 200,
+) -> list[FollowupOut]:
+    query = select(Followup).order_by(Followup.deadline_at, Followup.id).limit(limit)
+    if state == "open":
+        query = query.where(Followup.state.in_(followups.OPEN_STATES))
+    elif state != "all":
+        query = query.where(Followup.state == state)
+    if owner is not None:
+        query = query.where(Followup.owner == owner)
+    if incident_id is not None:
+        query = query.where(Followup.incident_id == incident_id)
+    async with state_of(request).database.session() as session:
+        return [FollowupOut.model_validate(f) for f in (await session.execute(query)).scalars()]
+
+
+def _followup_error(exc: Exception) -> ApiError:
+    if isinstance(exc, LookupError):
+        return ApiError(404, str(exc), field="path.followup_id")
+    message = str(exc)
+    if "is already" in message or ", not open" in message:
+        return ApiError(409, message)
+    if message.startswith("only a manager"):
+        return ApiError(403, message)
+    return from_value_error(exc)
+
+
+@router.post(
+    "/followups/{followup_id}/claim",
+    response_model=FollowupOut,
+    tags=["followups"],
+    summary="Claim a follow-up: you will make the call or visit",
+)
+async def claim(
+    followup_id: int, request: Request, principal: Operator, body: ClaimIn | None = None
+) -> FollowupOut:
+    actor = state_of(request).actor(request, principal)
+    try:
+        task = await operations.claim_followup(actor, followup_id, body.staff if body else None)
+    except (ValueError, LookupError) as exc:
+        raise _followup_error(exc) from None
+    return FollowupOut.model_validate(task)
+
+
+@router.post(
+    "/followups/{followup_id}/done",
+    response_model=FollowupOut,
+    tags=["followups"],
+    summary="Record the outcome of a follow-up",
+)
+async def done(
+    followup_id: int, body: DoneIn, request: Request, principal: Operator
+) -> FollowupOut:
+    actor = state_of(request).actor(request, principal)
+    try:
+        task = await operations.followup_done(
+            actor, followup_id, body.outcome, body.note, body.staff
+        )
+    except (ValueError, LookupError) as exc:
+        raise _followup_error(exc) from None
+    return FollowupOut.model_validate(task)
+
+
+@router.post(
+    "/followups/{followup_id}/waive",
+    response_model=FollowupOut,
+    tags=["followups"],
+    summary="Waive a follow-up (a manager of its owner, or an admin)",
+)
+async def waive(
+    followup_id: int, body: WaiveIn, request: Request, principal: Operator
+) -> FollowupOut:
+    actor = state_of(request).actor(request, principal)
+    try:
+        task = await operations.waive_followup(actor, followup_id, body.reason, body.staff)
+    except (ValueError, LookupError) as exc:
+        raise _followup_error(exc) from None
+    return FollowupOut.model_validate(task)
+
+
+# --- Rules -------------------------------------------------------------------------------
+
+
+def _rules_out(web: WebState) -> RulesOut:
+    holder = web.rules
+    current = holder.current if holder else None
+    return RulesOut(
+        path=str(holder.path) if holder and holder.path else None,
+        loaded=current is not None,
+        policies=len(current.policies) if current else 0,
+        rules=len(current.rules) if current else 0,
+        digest=current.digest if current else None,
+        reloads=holder.reloads if holder else 0,
+        last_reload_error=holder.error if holder else None,
+    )
+
+
+@router.get("/rules", response_model=RulesOut, tags=["rules"], summary="The active rules")
+async def rules_status(request: Request, _: Viewer) -> RulesOut:
+    return _rules_out(state_of(request))
+
+
+@router.post(
+    "/rules/check",
+    response_model=RulesCheckOut,
+    tags=["rules"],
+    summary="Check rules YAML (or the configured file) against channels and staff",
+)
+async def rules_check(body: RulesCheckIn, request: Request, _: Operator) -> RulesCheckOut:
+    web = state_of(request)
+    settings = web.settings
+    try:
+        if body.text is not None:
+            ruleset = load_rules(
+                body.text,
+                "<request>",
+                channels=set(settings.channels),
+                staff=set(settings.staff.people),
+                groups=set(settings.staff.groups),
+            )
+        elif settings.rules.path is not None:
+            ruleset = load_file(settings.rules.path, settings)
+        else:
+            raise ApiError(
+                422, "no rules file is configured; send the YAML as text", field="body.text"
+            )
+    except RulesError as exc:
+        return RulesCheckOut(ok=False, problems=list(exc.problems))
+    return RulesCheckOut(
+        ok=True, problems=[], policies=len(ruleset.policies), rules=len(ruleset.rules)
+    )
+
+
+@router.post(
+    "/rules/reload",
+    response_model=ReloadOut,
+    tags=["rules"],
+    summary="Reload the rules file now (a bad file keeps the active rules)",
+)
+async def rules_reload(request: Request, principal: Admin) -> ReloadOut:
+    web = state_of(request)
+    if web.rules is None or web.rules.path is None:
+        raise ApiError(409, "no rules file is configured (rules.path)")
+    reloaded = web.rules.reload()
+    await audit.record(
+        web.database,
+        web.clock,
+        principal,
+        "rules.reload",
+        str(web.rules.path),
+        client_source(request),
+        outcome="ok" if reloaded else "refused",
+        detail={"error": web.rules.error} if web.rules.error else None,
+    )
+    return ReloadOut(reloaded=reloaded, error=web.rules.error)
+
+
+@router.get(
+    "/rules/explain",
+    response_model=ExplainOut,
+    tags=["rules"],
+    summary="Why the rules decide what they do for an incident (and a customer)",
+)
+async def rules_explain(
+    request: Request,
+    _: Operator,
+    incident_id: Annotated[int, Query(ge=1)],
+    customer_id: Word = None,
+) -> ExplainOut:
+    web = state_of(request)
+    ruleset = web.rules.current if web.rules else None
+    if ruleset is None:
+        raise ApiError(409, "no rules are loaded (rules.path)")
+    clock: Clock = web.clock
+    try:
+        explanation, plan = await explain_incident(
+            web.database, ruleset, incident_id, customer_id, clock.now()
+        )
+    except LookupError as exc:
+        raise ApiError(404, str(exc)) from None
+    decision = explanation.decision
+    return ExplainOut(
+        text=explanation.render_text(),
+        policy=plan.policy if plan else decision.policy,
+        matched_rules=list(decision.matched_rules),
+        required_for_resolution=sorted(decision.required_for_resolution),
+    )
+
+
+# --- Audit -------------------------------------------------------------------------------
+
+
+@router.get(
+    "/audit",
+    response_model=Page[AuditOut],
+    tags=["access"],
+    summary="The audit log, newest first",
+)
+async def audit_log(
+    request: Request,
+    _: Admin,
+    actor: Annotated[str | None, Query(max_length=120)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Page[AuditOut]:
+    async with state_of(request).database.session() as session:
+        rows = await audit.recent(
+            session, limit=limit + 1, before_id=cursor, actor=actor, action=action
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page[AuditOut](
+        items=[AuditOut.model_validate(audit.as_dict(r)) for r in rows],
+        next_cursor=rows[-1].id if more else None,
+    )

@@ -1,0 +1,215 @@
+"""``/metrics`` in Prometheus's text format, read from the store at scrape time.
+
+The store is the truth, so every daemon on one database reports the same delivery,
+round, promise and follow-up figures (scrape one, or aggregate with ``max``); the feed
+and web counters are this process's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, select
+
+from broadcaster.followups.service import OPEN_STATES
+from broadcaster.incidents.lifecycle import OPEN_STATUSES
+from broadcaster.store import Delivery, Followup, Incident, Promise, Round
+from broadcaster.web.auth import require
+from broadcaster.web.state import WebState, state_of
+
+router = APIRouter(tags=["operations"])
+
+LATENESS_BUCKETS = (0.0, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
+"""Seconds a promised update came after its "next update by" (kept promises count as 0)."""
+
+
+@dataclass
+class Snapshot:
+    deliveries: list[tuple[str, str, int]] = field(default_factory=list)
+    rounds: list[tuple[str, str, int]] = field(default_factory=list)
+    incidents_open: list[tuple[str, int]] = field(default_factory=list)
+    promises: list[tuple[str, int]] = field(default_factory=list)
+    lateness_buckets: list[int] = field(default_factory=list)
+    lateness_count: int = 0
+    lateness_sum: float = 0.0
+    followups_open: int = 0
+    followups_overdue: int = 0
+
+
+async def take(web: WebState) -> Snapshot:
+    snap = Snapshot()
+    now = web.clock.now()
+    lateness = func.coalesce(Promise.lateness_seconds, 0.0)
+    settled = Promise.state.in_(("kept", "late"))
+    async with web.database.session() as session:
+        snap.deliveries = [
+            (c, s, n)
+            for c, s, n in await session.execute(
+                select(Delivery.channel, Delivery.state, func.count()).group_by(
+                    Delivery.channel, Delivery.state
+                )
+            )
+        ]
+        snap.rounds = [
+            (k, s, n)
+            for k, s, n in await session.execute(
+                select(Round.kind, Round.state, func.count()).group_by(Round.kind, Round.state)
+            )
+        ]
+        snap.incidents_open = [
+            (sev, n)
+            for sev, n in await session.execute(
+                select(Incident.severity, func.count())
+                .where(Incident.status.in_(OPEN_STATUSES))
+                .group_by(Incident.severity)
+            )
+        ]
+        snap.promises = [
+            (s, n)
+            for s, n in await session.execute(
+                select(Promise.state, func.count()).group_by(Promise.state)
+            )
+        ]
+        row = (
+            await session.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(lateness), 0.0),
+                    *(
+                        func.sum(case((lateness <= bound, 1), else_=0))
+                        for bound in LATENESS_BUCKETS
+                    ),
+                ).where(settled)
+            )
+        ).one()
+        snap.lateness_count = int(row[0] or 0)
+        snap.lateness_sum = float(row[1] or 0.0)
+        snap.lateness_buckets = [int(v or 0) for v in row[2:]]
+        open_tasks = Followup.state.in_(OPEN_STATES)
+        snap.followups_open = int(
+            (await session.execute(select(func.count()).where(open_tasks))).scalar_one()
+        )
+        snap.followups_overdue = int(
+            (
+                await session.execute(
+                    select(func.count()).where(open_tasks, Followup.deadline_at < now)
+                )
+            ).scalar_one()
+        )
+    return snap
+
+
+class _Collector(Collector):
+    def __init__(self, web: WebState, snap: Snapshot) -> None:
+        self.web = web
+        self.snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        snap, web = self.snap, self.web
+        deliveries = GaugeMetricFamily(
+            "broadcaster_deliveries", "Deliveries in the store", labels=["channel", "state"]
+        )
+        for channel, state, count in snap.deliveries:
+            deliveries.add_metric([channel, state], count)
+        yield deliveries
+        depth = GaugeMetricFamily(
+            "broadcaster_outbox_depth", "Deliveries waiting to be sent (pending or sending)"
+        )
+        depth.add_metric([], sum(n for _, s, n in snap.deliveries if s in ("pending", "sending")))
+        yield depth
+        rounds = GaugeMetricFamily("broadcaster_rounds", "Rounds", labels=["kind", "state"])
+        for kind, state, count in snap.rounds:
+            rounds.add_metric([kind, state], count)
+        yield rounds
+        incidents = GaugeMetricFamily(
+            "broadcaster_incidents_open", "Open incidents", labels=["severity"]
+        )
+        for severity, count in snap.incidents_open:
+            incidents.add_metric([severity], count)
+        yield incidents
+        promises = GaugeMetricFamily(
+            "broadcaster_promises", "Promised updates by state", labels=["state"]
+        )
+        for state, count in snap.promises:
+            promises.add_metric([state], count)
+        yield promises
+        cumulative = [
+            (str(bound), count)
+            for bound, count in zip(LATENESS_BUCKETS, snap.lateness_buckets, strict=True)
+        ]
+        cumulative.append(("+Inf", snap.lateness_count))
+        yield HistogramMetricFamily(
+            "broadcaster_promise_lateness_seconds",
+            "How late promised updates went out (0 for kept promises)",
+            buckets=cumulative,
+            sum_value=snap.lateness_sum,
+        )
+        followups = GaugeMetricFamily("broadcaster_followups_open", "Open forced follow-ups")
+        followups.add_metric([], snap.followups_open)
+        yield followups
+        overdue = GaugeMetricFamily(
+            "broadcaster_followups_overdue", "Open forced follow-ups past their deadline"
+        )
+        overdue.add_metric([], snap.followups_overdue)
+        yield overdue
+        feed_polls = CounterMetricFamily(
+            "broadcaster_feed_events", "Feed watcher events by kind", labels=["feed", "event"]
+        )
+        feed_errors = CounterMetricFamily(
+            "broadcaster_feed_errors", "Failed polls of a feed", labels=["feed"]
+        )
+        last_success = GaugeMetricFamily(
+            "broadcaster_feed_last_success_timestamp_seconds",
+            "When each feed was last read successfully",
+            labels=["feed"],
+        )
+        for watcher in web.feeds:
+            for event, count in sorted(watcher.counters.items()):
+                feed_polls.add_metric([watcher.name, event], count)
+            feed_errors.add_metric([watcher.name], watcher.counters.get("failures", 0))
+            if watcher.last_success is not None:
+                last_success.add_metric([watcher.name], watcher.last_success.timestamp())
+        yield feed_polls
+        yield feed_errors
+        yield last_success
+        rules = GaugeMetricFamily(
+            "broadcaster_rules_reload_failing", "1 while the last rules reload was rejected"
+        )
+        rules.add_metric([], 1 if web.rules is not None and web.rules.error else 0)
+        yield rules
+        scheduler = GaugeMetricFamily(
+            "broadcaster_scheduler_running", "1 while this daemon's scheduler runs"
+        )
+        scheduler.add_metric([], 1 if web.scheduler_running else 0)
+        yield scheduler
+        events = CounterMetricFamily(
+            "broadcaster_web_events", "Web endpoint events of this process", labels=["event"]
+        )
+        for name, count in sorted(web.counters.items()):
+            events.add_metric([name], count)
+        yield events
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def metrics(request: Request) -> Response:
+    web = state_of(request)
+    if not web.settings.http.public_metrics:
+        await require("viewer")(request)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(web, await take(web)))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
