@@ -1,0 +1,95 @@
+"""``python -m bench [SCENARIO ...] [--quick] [--out DIR]``: the benchmark suite (issue #8).
+
+Scenarios: ``fanout``, ``latency``, ``scale``, ``promises``; none named runs them all. Each
+prints a table and writes ``<out>/<scenario>.json`` (default ``bench/results``). ``--quick``
+runs small sizes (the whole suite in a few minutes); without it, the issue's sizes.
+PostgreSQL comes from ``$BENCH_POSTGRES_URL`` (default the local ``postgres`` superuser);
+when it cannot be reached, only SQLite is measured and the JSON says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench import fanout, latency, promises, scale
+from bench.report import table, write
+from bench.store import BACKENDS, postgres_available
+
+SCENARIOS = ("fanout", "latency", "scale", "promises")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sizes(scenario: str, quick: bool) -> dict[str, Any]:
+    """The parameters of a scenario: the issue's sizes, or small ones with ``--quick``."""
+    if scenario == "fanout":
+        return {
+            "sizes": [1_000] if quick else [10_000, 100_000],
+            "apprise_count": 500 if quick else 10_000,
+        }
+    if scenario == "latency":
+        return {"incidents": 30 if quick else 200, "audience": 5}
+    if scenario == "scale":
+        return {"customers": 20_000 if quick else 1_000_000}
+    if scenario == "promises":
+        return {"customers": 300 if quick else 10_000, "hours": 24, "restarts": 3}
+    raise ValueError(scenario)
+
+
+async def run_scenario(
+    scenario: str, workdir: Path, params: dict[str, Any], backends: list[str]
+) -> dict[str, Any]:
+    runners: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
+        "fanout": fanout.run,
+        "latency": latency.run,
+        "scale": scale.run,
+        "promises": promises.run,
+    }
+    return await runners[scenario](workdir, backends=backends, **params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=", ".join(SCENARIOS))
+    parser.add_argument("--quick", action="store_true", help="small sizes: minutes, not hours")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
+    parser.add_argument(
+        "--backend", action="append", choices=BACKENDS, help="only this store (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    backends = list(args.backend or BACKENDS)
+    skipped: list[str] = []
+    if "postgresql" in backends and not asyncio.run(postgres_available()):
+        backends.remove("postgresql")
+        skipped.append("postgresql (not reachable)")
+    for scenario in args.scenarios or SCENARIOS:
+        params = sizes(scenario, args.quick)
+        print(f"\n== {scenario} ({'quick' if args.quick else 'full'}: {params}) ==", flush=True)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="broadcaster-bench-") as tmp:
+            result = asyncio.run(run_scenario(scenario, Path(tmp), params, backends))
+        result["params"] = params
+        result["backends"] = backends
+        result["skipped_backends"] = skipped
+        result["wall_seconds"] = round(time.perf_counter() - started, 1)
+        path = args.out / f"{scenario}.json"
+        write(path, scenario, args.quick, result)
+        print(table(result["rows"]))
+        for note in result.get("notes", []):
+            print(f"note: {note}")
+        print(f"({result['wall_seconds']:.0f} s; results in {path})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""The baselines: the same messages sent to the same sinks with no persistence.
+
+Each replays, ``n`` times, the very request the pipeline's channel last sent to a sink
+(method, path, headers and body bytes; for SMTP the envelope and the message bytes), so
+size and shape are the pipeline's own. ``raw_httpx`` and ``raw_smtp`` use the client stack
+the channels use (an ``httpx.AsyncClient`` with the channel's pool limits; ``aiosmtplib``
+on as many connections as the email channel's pool); ``raw_aiohttp`` is the fastest
+Python HTTP client, the practical limit; ``apprise_json`` is Apprise's ``json://``
+notifier, one ``notify()`` per message, as an application using Apprise would send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import aiosmtplib
+import httpx
+
+DEFAULT_CONCURRENCY = 200
+"""Requests in flight: the daemon's default ``delivery.workers`` × ``delivery.batch_size``."""
+
+_HOP_HEADERS = {
+    "host",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+    "accept",
+    "accept-encoding",
+    "keep-alive",
+}
+
+
+@dataclass(frozen=True)
+class Timed:
+    """``ok`` of ``count`` messages accepted by the sink in ``seconds``."""
+
+    count: int
+    ok: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "count": self.count,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "rate": round(self.rate, 1),
+        }
+
+
+def replay_headers(sample: dict[str, Any]) -> dict[str, str]:
+    """The request headers worth replaying (the client adds its own hop-by-hop ones)."""
+    return {k: v for k, v in sample["headers"] if k.lower() not in _HOP_HEADERS}
+
+
+async def _blast(n: int, concurrency: int, one: Callable[[], Awaitable[bool]]) -> Timed:
+    todo: Iterator[int] = iter(range(n))
+    ok = 0
+
+    async def worker() -> None:
+        nonlocal ok
+        for _ in todo:
+            if await one():
+                ok += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
+    return Timed(n, ok, time.perf_counter() - started)
+
+
+async def raw_aiohttp(
+    url: str,
+    sample: dict[str, Any],
+    n: int,
+    *,
+    connections: int = 50,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> Timed:
+    headers = replay_headers(sample)
+    body: bytes = sample["body"]
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> bool:
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                return 200 <= response.status < 300
+
+        return await _blast(n, concurrency, one)
+
+
+async def raw_httpx(
+    url: str,
+    sample: dict[str, Any],
+    n: int,
+    *,
+    connections: int | None = 50,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> Timed:
+    """``connections=None``: httpx's default limits (what the Twilio channel uses)."""
+    headers = replay_headers(sample)
+    body: bytes = sample["body"]
+    limits = httpx.Limits(max_connections=connections) if connections else httpx.Limits()
+    async with httpx.AsyncClient(timeout=10, limits=limits, follow_redirects=False) as client:
+
+        async def one() -> bool:
+            response = await client.post(url, content=body, headers=headers)
+            return response.is_success
+
+        return await _blast(n, concurrency, one)
+
+
+async def raw_smtp(port: int, sample: dict[str, Any], n: int, *, connections: int = 4) -> Timed:
+    sender: str = sample["from"]
+    recipients: list[str] = sample["to"]
+    content: bytes = sample["body"]
+    todo: Iterator[int] = iter(range(n))
+    ok = 0
+
+    async def connection() -> None:
+        nonlocal ok
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=30)
+        await client.connect()
+        try:
+            for _ in todo:
+                errors, _reply = await client.sendmail(sender, recipients, content)
+                if not errors:
+                    ok += 1
+        finally:
+            await client.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(connections)))
+    return Timed(n, ok, time.perf_counter() - started)
+
+
+def apprise_json(url: str, title: str, body: str, n: int) -> Timed:
+    """Apprise's ``json://`` notifier to ``url`` (``json://host:port/path``), ``n`` times."""
+    import apprise
+
+    notifier = apprise.Apprise()
+    if not notifier.add(url):
+        raise ValueError(f"Apprise does not accept {url!r}")
+    ok = 0
+    started = time.perf_counter()
+    for _ in range(n):
+        if notifier.notify(body=body, title=title):
+            ok += 1
+    return Timed(n, ok, time.perf_counter() - started)

@@ -1,0 +1,222 @@
+"""Fan-out: one round to N customers, from round start to every delivery recorded as sent.
+
+For each channel (push = the webhook channel, email = SMTP, sms = Twilio) and each store
+(SQLite, PostgreSQL), N customers are written to a fresh store, the daemon is started, an
+incident is declared for all of them, and the clock runs from the round's ``started_at``
+(the daemon's claim) until the dispatcher has recorded N deliveries as sent. Beside it, in
+the same run: the raw client stack replaying the same request N times to the same sink
+(no store), raw aiohttp for the HTTP channels, and Apprise (``json://``) for the push sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from bench.baselines import Timed, apprise_json, raw_aiohttp, raw_httpx, raw_smtp
+from bench.pipeline import (
+    COMPONENT,
+    CONTACT_KIND,
+    bench_settings,
+    channel_specs,
+    running_daemon,
+)
+from bench.report import Row
+from bench.sinks import Sinks
+from bench.store import add_customers, store_url
+from broadcaster.clock import RealClock
+from broadcaster.incidents import service
+from broadcaster.store import Database, Delivery, Round
+
+CHANNELS = ("push", "email", "sms")
+SINK_OF = {"push": "hook", "email": "smtp", "sms": "twilio"}
+MESSAGE = (
+    "Trains on line 1 are not running between Central and Harbour because of a signal "
+    "failure. Replacement buses run every 10 minutes from the station forecourt."
+)
+
+
+async def pipeline_run(
+    sinks: Sinks, backend: str, channel: str, n: int, workdir: Path
+) -> dict[str, Any]:
+    """One round of ``n`` deliveries on ``channel`` through the daemon, on ``backend``."""
+    specs = channel_specs(
+        hook_url=sinks.hook_url,
+        smtp_port=sinks.smtp_port,
+        twilio_url=sinks.base_url,
+        twilio_sid=sinks.twilio_sid,
+        twilio_token=sinks.twilio_token,
+    )
+    async with store_url(backend, workdir) as url:
+        database = Database(url)
+        try:
+            await add_customers(
+                database,
+                n,
+                components=[COMPONENT],
+                kinds=[CONTACT_KIND[channel]],
+                hook_url=sinks.hook_url,
+            )
+            settings = bench_settings(url, {channel: specs[channel]}, [channel], sweep="100ms")
+            await sinks.reset()
+            async with running_daemon(settings) as running:
+                clock = RealClock()
+                declared = clock.now()
+                await service.declare(
+                    database,
+                    clock,
+                    service.Declaration(
+                        "Line 1: no trains", "major", MESSAGE, components=[COMPONENT]
+                    ),
+                )
+                deadline = time.monotonic() + 120 + n / 50
+                # Polls a counter of the dispatcher: there is no event to wait on.
+                while running.sent < n and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+                finished = datetime.now(UTC)
+                stats = vars(running.engine.dispatcher.stats).copy()
+            async with database.session() as session:
+                started = (
+                    await session.execute(select(Round.started_at).where(Round.number == 1))
+                ).scalar_one()
+                states = dict(
+                    (
+                        await session.execute(
+                            select(Delivery.state, func.count()).group_by(Delivery.state)
+                        )
+                    ).all()
+                )
+        finally:
+            await database.dispose()
+    if started is None:
+        raise RuntimeError("the round was never started")
+    received = (await sinks.stats()).get(SINK_OF[channel], 0)
+    seconds = (finished - started).total_seconds()
+    sent = int(states.get("sent", 0))
+    return {
+        "backend": backend,
+        "channel": channel,
+        "customers": n,
+        "sent": sent,
+        "states": states,
+        "received_by_sink": received,
+        "claim_delay_seconds": round((started - declared).total_seconds(), 3),
+        "seconds": round(seconds, 3),
+        "rate": round(sent / seconds, 1) if seconds > 0 else 0.0,
+        "dispatch_stats": {k: v for k, v in stats.items() if k != "by_channel"},
+    }
+
+
+async def raw_runs(sinks: Sinks, channel: str, n: int) -> dict[str, Timed]:
+    """The baselines for ``channel``, replaying what the pipeline last sent."""
+    sample = await sinks.sample(SINK_OF[channel])
+    if channel == "email":
+        return {"aiosmtplib": await raw_smtp(sinks.smtp_port, sample, n, connections=4)}
+    url = sinks.base_url + sample["path"]
+    # The channels' pools: webhook max_connections 50; Twilio httpx's defaults.
+    connections = 50 if channel == "push" else None
+    return {
+        "httpx": await raw_httpx(url, sample, n, connections=connections),
+        "aiohttp": await raw_aiohttp(url, sample, n, connections=connections or 100),
+    }
+
+
+async def run(
+    workdir: Path,
+    *,
+    sizes: list[int],
+    backends: list[str],
+    channels: list[str] | None = None,
+    apprise_count: int,
+) -> dict[str, Any]:
+    results: list[dict[str, Any]] = []
+    rows: list[Row] = []
+    baselines: dict[str, Any] = {}
+    with Sinks() as sinks:
+        apprise_rate: float | None = None
+        for n in sizes:
+            for channel in channels or list(CHANNELS):
+                raws: dict[str, list[Timed]] = {}
+                runs: list[dict[str, Any]] = []
+                for backend in backends:
+                    runs.append(await pipeline_run(sinks, backend, channel, n, workdir))
+                    for name, timed in (await raw_runs(sinks, channel, n)).items():
+                        raws.setdefault(name, []).append(timed)
+                if channel == "push" and apprise_rate is None and apprise_count:
+                    sample = await sinks.sample("hook")
+                    document = json.loads(sample["body"])
+                    port = sinks.http_port
+                    apprised = await asyncio.to_thread(
+                        apprise_json,
+                        f"json://127.0.0.1:{port}/hook",
+                        document["subject"],
+                        document["text"],
+                        apprise_count,
+                    )
+                    apprise_rate = apprised.rate
+                    baselines["apprise_json"] = apprised.as_dict()
+                raw_rates = {k: statistics.median(t.rate for t in v) for k, v in raws.items()}
+                baselines[f"{channel}/{n}"] = {k: [t.as_dict() for t in v] for k, v in raws.items()}
+                same = "aiosmtplib" if channel == "email" else "httpx"
+                for result in runs:
+                    result["raw_rates"] = raw_rates
+                    results.append(result)
+                    rows.extend(_rows(result, raw_rates[same], same, raw_rates, apprise_rate))
+    return {"runs": results, "baselines": baselines, "rows": [r.as_dict() for r in rows]}
+
+
+def _rows(
+    result: dict[str, Any],
+    same_rate: float,
+    same: str,
+    raw_rates: dict[str, float],
+    apprise_rate: float | None,
+) -> list[Row]:
+    label = f"{result['channel']} {result['customers']:,} {result['backend']}"
+    rate = float(result["rate"])
+    complete = result["sent"] == result["customers"]
+    note = "" if complete else f"only {result['sent']:,} of {result['customers']:,} sent"
+    rows = [
+        Row(
+            f"fan-out {label}",
+            rate,
+            "msg/s",
+            baseline=f"raw {same} {same_rate:,.0f}/s",
+            ratio=rate / same_rate if same_rate else None,
+            target=0.8,
+            note=note,
+        )
+    ]
+    if result["channel"] == "push":
+        aio = raw_rates["aiohttp"]
+        rows.append(
+            Row(
+                f"fan-out {label}",
+                rate,
+                "msg/s",
+                baseline=f"raw aiohttp {aio:,.0f}/s",
+                ratio=rate / aio if aio else None,
+                target=0.5,
+                note=note,
+            )
+        )
+        if apprise_rate:
+            rows.append(
+                Row(
+                    f"fan-out {label}",
+                    rate,
+                    "msg/s",
+                    baseline=f"Apprise json:// {apprise_rate:,.0f}/s",
+                    ratio=rate / apprise_rate,
+                    target=5.0,
+                    note=note,
+                )
+            )
+    return rows

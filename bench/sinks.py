@@ -1,0 +1,273 @@
+"""The local sinks every benchmark sends to, in a process of their own.
+
+``python -m bench.sinks`` serves, on 127.0.0.1:
+
+- one uvicorn HTTP server: ``POST /hook`` (a webhook receiver that reads the body and
+  answers 200 with a small JSON document), the fake Twilio Messages API of
+  :mod:`tests.fakes.twilio` under ``/2010-04-01/`` (real wire protocol: basic auth, form
+  parameters, a 201 with the Message resource), ``GET /_stats`` (requests counted per sink)
+  and ``POST /_reset``;
+- one aiosmtpd SMTP server (no TLS, no auth) that counts the messages it accepts.
+
+It prints one JSON line with both ports, then serves until its standard input closes or it
+is terminated. The sinks run in their own process so that they do not share the sender's
+interpreter lock: sender and sink each get a core, as in the issue's reference figures.
+:class:`Sinks` starts and stops that process from a benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, MutableMapping
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+TWILIO_PREFIX = "/2010-04-01/"
+HOOK_ANSWER = b'{"status":"accepted"}'
+
+
+class _Counts:
+    """Requests per sink, and the last request each sink received (a sample the raw
+    baselines replay: the same bytes the pipeline sent)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self.samples: dict[str, dict[str, Any]] = {}
+
+    def add(self, kind: str, sample: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            self._counts[kind] += 1
+            if sample is not None:
+                self.samples[kind] = sample
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def build_app(counts: _Counts, twilio_app: Any) -> App:
+    """The ASGI app of the HTTP sink: a bare webhook receiver, the fake Twilio, stats."""
+
+    async def respond(send: Send, status: int, body: bytes) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path.startswith(TWILIO_PREFIX):
+            chunks: list[bytes] = []
+
+            async def tapped() -> MutableMapping[str, Any]:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                return message
+
+            await twilio_app(scope, tapped, send)
+            if scope["method"] == "POST":
+                counts.add("twilio", _sample(scope, b"".join(chunks)))
+            return
+        body = b""
+        more = True
+        while more:  # read the whole body, as a real receiver must
+            message = await receive()
+            body += message.get("body", b"")
+            more = bool(message.get("more_body", False))
+        if path == "/_stats":
+            await respond(send, 200, json.dumps(counts.snapshot()).encode())
+        elif path.startswith("/_sample/"):
+            found = counts.samples.get(path.removeprefix("/_sample/"))
+            await respond(send, 200 if found else 404, json.dumps(found).encode())
+        elif path == "/_reset":
+            counts.reset()
+            await respond(send, 200, b"{}")
+        elif scope["method"] == "POST":
+            counts.add("hook", _sample(scope, body))
+            await respond(send, 200, HOOK_ANSWER)
+        else:
+            await respond(send, 404, b'{"error":"not found"}')
+
+    return app
+
+
+def _sample(scope: Scope, body: bytes) -> dict[str, Any]:
+    headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
+    return {"path": scope["path"], "headers": headers, "body": base64.b64encode(body).decode()}
+
+
+def _serve() -> None:
+    import socket
+
+    import uvicorn
+    from aiosmtpd.controller import Controller
+
+    from tests.fakes.twilio import FakeTwilio
+
+    counts = _Counts()
+    twilio = FakeTwilio()
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            content = envelope.original_content or envelope.content
+            counts.add(
+                "smtp",
+                {
+                    "from": envelope.mail_from,
+                    "to": list(envelope.rcpt_tos),
+                    "body": base64.b64encode(content).decode(),
+                },
+            )
+            return "250 OK"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        smtp_port = probe.getsockname()[1]
+    controller = Controller(Handler(), hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    http_port = listener.getsockname()[1]
+    config = uvicorn.Config(
+        build_app(counts, twilio.app),
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        backlog=4096,
+    )
+    server = uvicorn.Server(config)
+
+    def watch_stdin() -> None:
+        sys.stdin.read()
+        server.should_exit = True
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    print(
+        json.dumps(
+            {
+                "http": http_port,
+                "smtp": smtp_port,
+                "twilio_sid": twilio.account_sid,
+                "twilio_token": twilio.auth_token,
+            }
+        ),
+        flush=True,
+    )
+    try:
+        asyncio.run(server.serve(sockets=[listener]))
+    finally:
+        controller.stop()
+
+
+class Sinks:
+    """The sink process, started on entry and stopped on exit."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
+        self.http_port = 0
+        self.smtp_port = 0
+        self.twilio_sid = ""
+        self.twilio_token = ""
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def hook_url(self) -> str:
+        return f"{self.base_url}/hook"
+
+    def __enter__(self) -> Sinks:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.sinks"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError("the sink process did not start")
+        ports = json.loads(line)
+        self.http_port = int(ports["http"])
+        self.smtp_port = int(ports["smtp"])
+        self.twilio_sid = str(ports["twilio_sid"])
+        self.twilio_token = str(ports["twilio_token"])
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{self.base_url}/_stats", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        process = self._process
+        if process is None:
+            return
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            process.wait(timeout=10)
+
+    async def stats(self) -> dict[str, int]:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"{self.base_url}/_stats")
+            counts: dict[str, int] = response.json()
+            return counts
+
+    async def sample(self, kind: str) -> dict[str, Any]:
+        """The last request the ``kind`` sink received (hook, twilio, smtp)."""
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"{self.base_url}/_sample/{kind}")
+            response.raise_for_status()
+            found: dict[str, Any] = response.json()
+            found["body"] = base64.b64decode(found["body"])
+            return found
+
+    async def reset(self) -> None:
+        async with httpx.AsyncClient() as client:
+            await client.post(f"{self.base_url}/_reset")
+
+
+if __name__ == "__main__":
+    _serve()
