@@ -1,11 +1,15 @@
 """What a round says, loaded once per round and kept in a small cache by the dispatcher.
 
 A round's content does not change once it is claimed (its kind and update are fixed at
-claim time), so caching it by round id is safe.
+claim time), so caching it by round id is safe. A dispatcher sends a whole batch at once,
+so the jobs of a round not yet cached would all miss together and each load it (one
+transaction per job: on SQLite, where each is ``BEGIN IMMEDIATE``, that serialised whole
+batches); one load per round runs at a time, and the others wait for its result.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,12 +63,30 @@ class RoundContents:
         self._db = database
         self._size = size
         self._cache: OrderedDict[int, RoundContent] = OrderedDict()
+        self._loading: dict[int, asyncio.Lock] = {}
+        self.loads = 0
+        """How many times a round's content was read from the store."""
 
     async def get(self, round_id: int) -> RoundContent:
         cached = self._cache.get(round_id)
         if cached is not None:
             self._cache.move_to_end(round_id)
             return cached
+        lock = self._loading.setdefault(round_id, asyncio.Lock())
+        async with lock:
+            cached = self._cache.get(round_id)  # loaded while this job waited
+            if cached is not None:
+                return cached
+            content = await self._load(round_id)
+            self._cache[round_id] = content
+            if len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        if self._loading.get(round_id) is lock:
+            del self._loading[round_id]  # cached now: later jobs never reach the lock
+        return content
+
+    async def _load(self, round_id: int) -> RoundContent:
+        self.loads += 1
         async with self._db.session() as session:
             rnd, incident, upd = (
                 await session.execute(
@@ -81,12 +103,8 @@ class RoundContents:
                     .order_by(IncidentScope.id)
                 )
             ).all()
-        content = RoundContent(
+        return RoundContent(
             number=rnd.number,
             kind=rnd.kind,
             facts=facts_of(incident, upd, scopes, rnd.next_due_at),
         )
-        self._cache[round_id] = content
-        if len(self._cache) > self._size:
-            self._cache.popitem(last=False)
-        return content
