@@ -1,0 +1,33 @@
+// Broadcaster console: live refresh of the parts marked data-live="<fragment url>".
+// Every data-every seconds (3 by default) the fragment is fetched again and swapped in,
+// while the tab is visible. A 401 means the session ended: go to the login page.
+(function () {
+  "use strict";
+  function refresh(el) {
+    if (document.hidden) return Promise.resolve();
+    return fetch(el.dataset.live, { credentials: "same-origin", headers: { Accept: "text/html" } })
+      .then(function (res) {
+        if (res.status === 401) {
+          window.location.assign("/console/login?next=" + encodeURIComponent(window.location.pathname));
+          return null;
+        }
+        return res.ok ? res.text() : null;
+      })
+      .then(function (html) {
+        if (html !== null && html !== undefined && el.innerHTML !== html) {
+          el.innerHTML = html;
+          el.dataset.refreshed = String(Date.now());
+        }
+      })
+      .catch(function () { /* the daemon may be restarting: try again next time */ });
+  }
+  function start() {
+    document.querySelectorAll("[data-live]").forEach(function (el) {
+      var every = Math.max(1, Number(el.dataset.every) || 3) * 1000;
+      var tick = function () { refresh(el).then(function () { window.setTimeout(tick, every); }); };
+      window.setTimeout(tick, every);
+    });
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

@@ -1,0 +1,586 @@
+"""The staff console over ASGI, on both stores: sign-in, CSRF, roles, declaring, the
+resolution the rules require, the follow-up queue, rules and audit pages."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import insert, select
+
+from broadcaster.access import credentials
+from broadcaster.clock import FakeClock
+from broadcaster.config.settings import Settings
+from broadcaster.engine import Engine
+from broadcaster.store import (
+    AuditEntry,
+    ContactPoint,
+    Customer,
+    Database,
+    Followup,
+    Incident,
+    Subscription,
+)
+from broadcaster.web import console
+from broadcaster.web.app import create_app
+from broadcaster.web.state import WebState
+from channels.memory import MemoryChannel
+
+START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+PASSWORD = "correct horse battery"
+RULES = """\
+version: 1
+policies:
+  default:
+    steps:
+      - after: 0m
+        every: 30m
+        channels: [email]
+rules:
+  - name: critical-call
+    match:
+      incident:
+        severity: critical
+      customer:
+        tier: vip
+    followup:
+      kind: call
+      owner: account_manager
+      deadline: 2h
+    continue: true
+  - name: critical-apology
+    match:
+      incident:
+        severity: critical
+    require_for_resolution: [cause, remedy, prevention]
+    continue: true
+  - name: default-policy
+    policy: default
+"""
+
+
+def make_settings(rules: Path, public_url: str = "http://127.0.0.1:8080") -> Settings:
+    return Settings.model_validate(
+        {
+            "delivery": {"channels": ["email"], "backoff": {"jitter": 0}},
+            "channels": {"email": {"type": "console", "contact": "email"}},
+            "staff": {
+                "people": {
+                    "ann": {"name": "Ann Visser", "manager": "maria"},
+                    "maria": {"name": "Maria Jansen"},
+                    "vera": {"name": "Vera Kok"},
+                },
+            },
+            "rules": {"path": str(rules)},
+            "messages": {"public_url": public_url, "organisation": "Example Rail"},
+        }
+    )
+
+
+@dataclass
+class Console:
+    http: httpx.AsyncClient
+    state: WebState
+    engine: Engine
+    clock: FakeClock
+    email: MemoryChannel
+    rules: Path
+
+
+async def seed_customers(db: Database) -> None:
+    async with db.session() as session, session.begin():
+        for cid, tier in (("V1", "vip"), ("V2", "vip"), ("S1", "standard")):
+            await session.execute(
+                insert(Customer).values(
+                    id=cid,
+                    name=f"Customer {cid}",
+                    language="en",
+                    timezone="Europe/Amsterdam",
+                    tier=tier,
+                    account_manager="ann",
+                    created_at=START,
+                    updated_at=START,
+                )
+            )
+            await session.execute(
+                insert(ContactPoint).values(
+                    customer_id=cid,
+                    kind="email",
+                    address=f"{cid.lower()}@example.org",
+                    opted_out=False,
+                    disabled=False,
+                    updated_at=START,
+                )
+            )
+            await session.execute(
+                insert(Subscription).values(customer_id=cid, kind="component", value="rail")
+            )
+
+
+async def build(database: Database, tmp_path: Path, public_url: str) -> Console:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES, encoding="utf-8")
+    settings = make_settings(rules, public_url)
+    clock = FakeClock(START)
+    email = MemoryChannel(name="email", contact="email")
+    engine = await Engine.create(settings, database, clock, {"email": email})
+    state = WebState(
+        settings,
+        database,
+        clock,
+        "link-secret",
+        scheduler_running=True,
+        rules=engine.rules,
+        escalation=engine.escalation,
+        directory=engine.directory,
+    )
+    for name, role in (("ann", "operator"), ("vera", "viewer"), ("root", "admin")):
+        await credentials.set_account(database, clock, name=name, role=role, password=PASSWORD)
+    await seed_customers(database)
+    transport = httpx.ASGITransport(app=create_app(state))
+    scheme = "https" if public_url.startswith("https") else "http"
+    http = httpx.AsyncClient(transport=transport, base_url=f"{scheme}://daemon")
+    return Console(http, state, engine, clock, email, rules)
+
+
+@pytest.fixture
+async def app(database: Database, tmp_path: Path) -> AsyncIterator[Console]:
+    built = await build(database, tmp_path, "http://127.0.0.1:8080")
+    async with built.http:
+        yield built
+    await built.engine.aclose()
+
+
+def hidden(html: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert found, f"no {name} field in:\n{html[:2000]}"
+    return found.group(1)
+
+
+async def sign_in(http: httpx.AsyncClient, name: str, password: str = PASSWORD) -> httpx.Response:
+    page = await http.get("/console/login")
+    assert page.status_code == 200
+    return await http.post(
+        "/console/login",
+        data={"name": name, "password": password, "login_token": hidden(page.text, "login_token")},
+    )
+
+
+async def signed_in(http: httpx.AsyncClient, name: str) -> str:
+    """Sign in; the session's CSRF token."""
+    response = await sign_in(http, name)
+    assert response.status_code == 303, response.text
+    page = await http.get("/console/incidents")
+    assert page.status_code == 200
+    return hidden(page.text, "csrf_token")
+
+
+async def audit_rows(db: Database, action: str) -> list[AuditEntry]:
+    async with db.session() as session:
+        query = select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id)
+        return list((await session.execute(query)).scalars())
+
+
+async def incidents_in(db: Database) -> list[Incident]:
+    async with db.session() as session:
+        return list((await session.execute(select(Incident).order_by(Incident.id))).scalars())
+
+
+DECLARE = {
+    "title": "Trains stopped between A and B",
+    "severity": "critical",
+    "status": "investigating",
+    "message": "No trains run between A and B; buses are on their way.",
+    "components": "rail",
+    "regions": "",
+    "cause_kind": "unknown",
+}
+
+
+async def declare(app: Console, csrf: str, **changes: str) -> int:
+    response = await app.http.post(
+        "/console/incidents", data={**DECLARE, **changes, "csrf_token": csrf}
+    )
+    assert response.status_code == 303, response.text
+    found = re.fullmatch(r"/console/incidents/(\d+)\?ok=declared", response.headers["location"])
+    assert found, response.headers["location"]
+    return int(found.group(1))
+
+
+async def run_rounds(app: Console) -> None:
+    await app.engine.process_due_rounds()
+    await app.engine.dispatch_all()
+
+
+# --- Sign-in ------------------------------------------------------------------------------
+
+
+async def test_login_sets_a_strict_http_only_session_and_is_audited(app: Console) -> None:
+    response = await sign_in(app.http, "ann")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/console/incidents"
+    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("bc_session="))
+    flags = {part.strip().lower() for part in cookie.split(";")}
+    assert "httponly" in flags and "samesite=strict" in flags and "path=/" in flags
+    assert "secure" not in flags  # the public URL is http here
+    page = await app.http.get("/console/incidents")
+    assert page.status_code == 200 and "ann" in page.text and "operator" in page.text
+    assert "Content-Security-Policy" in page.headers
+    [entry] = await audit_rows(app.state.database, "console.login")
+    assert (entry.actor, entry.role, entry.outcome) == ("account:ann", "operator", "ok")
+
+
+async def test_session_cookie_is_secure_behind_an_https_public_url(
+    database: Database, tmp_path: Path
+) -> None:
+    built = await build(database, tmp_path, "https://status.example.org")
+    async with built.http:
+        response = await sign_in(built.http, "ann")
+    await built.engine.aclose()
+    assert response.status_code == 303
+    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("bc_session="))
+    assert "secure" in {part.strip().lower() for part in cookie.split(";")}
+
+
+async def test_wrong_password_and_unknown_name_get_the_same_answer(app: Console) -> None:
+    wrong = await sign_in(app.http, "ann", "not the password at all")
+    unknown = await sign_in(app.http, "nobody", PASSWORD)
+    for response in (wrong, unknown):
+        assert response.status_code == 401
+        assert "Wrong name or password." in response.text
+        assert not any(c.startswith("bc_session=") for c in response.headers.get_list("set-cookie"))
+    assert 'value="ann"' in wrong.text  # the name typed is kept, the password is not
+    assert (await app.http.get("/console/incidents")).status_code == 303
+    entries = await audit_rows(app.state.database, "console.login")
+    assert [(e.actor, e.role, e.outcome) for e in entries] == [
+        ("account:ann", "operator", "refused"),
+        ("account:nobody", "", "refused"),
+    ]
+
+
+async def test_login_without_the_form_token_is_refused(app: Console) -> None:
+    response = await app.http.post("/console/login", data={"name": "ann", "password": PASSWORD})
+    assert response.status_code == 403
+    assert not any(c.startswith("bc_session=") for c in response.headers.get_list("set-cookie"))
+
+
+async def test_signed_out_visitors_are_sent_to_the_login(app: Console) -> None:
+    page = await app.http.get("/console/followups")
+    assert page.status_code == 303
+    assert page.headers["location"] == "/console/login?next=/console/followups"
+    fragment = await app.http.get("/console/incidents/rows")
+    assert fragment.status_code == 401
+    login = await app.http.get("/console/login?next=https://evil.example/")
+    assert 'name="next" value="/console/incidents"' in login.text
+
+
+async def test_logout_needs_the_csrf_token_and_ends_the_session(app: Console) -> None:
+    csrf = await signed_in(app.http, "ann")
+    assert (await app.http.post("/console/logout")).status_code == 403
+    assert (await app.http.get("/console/incidents")).status_code == 200
+    out = await app.http.post("/console/logout", data={"csrf_token": csrf})
+    assert out.status_code == 303 and out.headers["location"] == "/console/login"
+    assert (await app.http.get("/console/incidents")).status_code == 303
+    assert [e.outcome for e in await audit_rows(app.state.database, "console.logout")] == ["ok"]
+
+
+# --- Declaring ------------------------------------------------------------------------------
+
+
+async def test_a_post_without_or_with_a_wrong_csrf_token_is_refused(app: Console) -> None:
+    await signed_in(app.http, "ann")
+    missing = await app.http.post("/console/incidents", data=DECLARE)
+    wrong = await app.http.post("/console/incidents", data={**DECLARE, "csrf_token": "x" * 43})
+    for response in (missing, wrong):
+        assert response.status_code == 403
+        assert "CSRF" in response.text
+    assert await incidents_in(app.state.database) == []
+
+
+async def test_a_viewer_reads_but_cannot_declare(app: Console) -> None:
+    csrf = await signed_in(app.http, "vera")
+    listing = await app.http.get("/console/incidents")
+    assert "Declare an incident" not in listing.text
+    assert (await app.http.get("/console/incidents/new")).status_code == 403
+    response = await app.http.post("/console/incidents", data={**DECLARE, "csrf_token": csrf})
+    assert response.status_code == 403
+    assert "operator role" in response.text
+    assert await incidents_in(app.state.database) == []
+
+
+async def test_an_operator_declares_and_the_action_is_audited(app: Console) -> None:
+    csrf = await signed_in(app.http, "ann")
+    form = await app.http.get("/console/incidents/new")
+    assert form.status_code == 200 and 'name="csrf_token"' in form.text
+    incident_id = await declare(
+        app, csrf, title="<script>alert(1)</script> Trains stopped", actions="Buses ordered"
+    )
+    [incident] = await incidents_in(app.state.database)
+    assert (incident.id, incident.severity, incident.declared_by) == (
+        incident_id,
+        "critical",
+        "ann",
+    )
+    [entry] = await audit_rows(app.state.database, "incident.declare")
+    assert (entry.actor, entry.target, entry.outcome) == (
+        "account:ann",
+        f"incident:{incident_id}",
+        "ok",
+    )
+    page = await app.http.get(f"/console/incidents/{incident_id}")
+    assert page.status_code == 200
+    assert "<script>alert(1)</script>" not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; Trains stopped" in page.text
+    assert "Buses ordered" in page.text
+    listing = await app.http.get("/console/incidents")
+    assert f'data-incident="{incident_id}"' in listing.text
+
+
+async def test_a_refused_declaration_shows_why_and_keeps_what_was_typed(app: Console) -> None:
+    csrf = await signed_in(app.http, "ann")
+    response = await app.http.post(
+        "/console/incidents",
+        data={**DECLARE, "components": "", "title": "Lifts out", "csrf_token": csrf},
+    )
+    assert response.status_code == 422
+    assert "scope: name at least one component or region" in response.text
+    assert 'value="Lifts out"' in response.text
+    assert "No trains run between A and B" in response.text
+    assert await incidents_in(app.state.database) == []
+    [entry] = await audit_rows(app.state.database, "incident.declare")
+    assert entry.outcome == "refused"
+
+
+# --- Live state, resolution, follow-ups ----------------------------------------------------
+
+
+async def test_deliveries_show_in_the_list_and_the_chart(app: Console) -> None:
+    csrf = await signed_in(app.http, "ann")
+    incident_id = await declare(app, csrf)
+    before = await app.http.get(f"/console/incidents/{incident_id}/live")
+    assert before.status_code == 200 and 'id="no-deliveries"' in before.text
+    await run_rounds(app)
+    assert len(app.email.sent) == 3
+    live = await app.http.get(f"/console/incidents/{incident_id}/live")
+    assert 'data-channel="email" data-sent="3" data-total="3"' in live.text
+    assert "<svg" in live.text
+    rows = await app.http.get("/console/incidents/rows?status=open")
+    assert 'data-sent="3"' in rows.text
+
+
+async def test_resolution_refused_without_what_the_rules_require_then_accepted(
+    app: Console,
+) -> None:
+    csrf = await signed_in(app.http, "ann")
+    incident_id = await declare(app, csrf)
+    page = await app.http.get(f"/console/incidents/{incident_id}")
+    assert "critical-apology" in page.text
+    assert "cause, prevention, remedy" in page.text
+
+    refused = await app.http.post(
+        f"/console/incidents/{incident_id}/resolve",
+        data={"message": "Trains run again.", "remedy": "Replaced the switch", "csrf_token": csrf},
+    )
+    assert refused.status_code == 422
+    assert "require cause, prevention before this incident can be resolved" in refused.text
+    assert "Trains run again." in refused.text and "Replaced the switch" in refused.text
+    [incident] = await incidents_in(app.state.database)
+    assert incident.status == "investigating"
+
+    accepted = await app.http.post(
+        f"/console/incidents/{incident_id}/resolve",
+        data={
+            "message": "Trains run again.",
+            "cause_kind": "known",
+            "cause": "A broken switch at B",
+            "remedy": "Replaced the switch",
+            "prevention": "Switches are now inspected weekly",
+            "regret": "We are sorry.",
+            "csrf_token": csrf,
+        },
+    )
+    assert accepted.status_code == 303, accepted.text
+    [incident] = await incidents_in(app.state.database)
+    assert incident.status == "resolved"
+    outcomes = [e.outcome for e in await audit_rows(app.state.database, "incident.resolve")]
+    assert outcomes == ["refused", "ok"]
+    page = await app.http.get(f"/console/incidents/{incident_id}")
+    assert "Switches are now inspected weekly" in page.text
+    assert 'id="resolve-form"' not in page.text and 'id="close-form"' in page.text
+
+
+async def test_follow_ups_are_claimed_done_and_only_then_the_incident_closes(
+    app: Console,
+) -> None:
+    csrf = await signed_in(app.http, "ann")
+    incident_id = await declare(app, csrf)
+    await run_rounds(app)
+    async with app.state.database.session() as session:
+        tasks = list((await session.execute(select(Followup).order_by(Followup.id))).scalars())
+    assert [(t.customer_id, t.owner, t.state) for t in tasks] == [
+        ("V1", "ann", "open"),
+        ("V2", "ann", "open"),
+    ]
+    first, second = tasks[0].id, tasks[1].id
+
+    app.clock.advance(timedelta(hours=3))  # past the 2 h deadline
+    queue = await app.http.get("/console/followups")
+    assert queue.text.count('class="overdue"') == 2
+    assert "reason for waiving" not in queue.text  # ann is nobody's manager
+
+    assert (
+        await app.http.post(f"/console/followups/{first}/claim", data={"csrf_token": csrf})
+    ).status_code == 303
+    no_note = await app.http.post(
+        f"/console/followups/{first}/done",
+        data={"outcome": "reached", "note": "", "csrf_token": csrf},
+    )
+    assert no_note.status_code == 422 and "note: say what happened" in no_note.text
+    done = await app.http.post(
+        f"/console/followups/{first}/done",
+        data={"outcome": "reached", "note": "Called, apologised", "csrf_token": csrf},
+    )
+    assert done.status_code == 303
+    waive = await app.http.post(
+        f"/console/followups/{second}/waive", data={"reason": "duplicate", "csrf_token": csrf}
+    )
+    assert waive.status_code == 422 and "only a manager of ann or an admin" in waive.text
+
+    async with app.state.database.session() as session:
+        one = await session.get(Followup, first)
+        two = await session.get(Followup, second)
+    assert one is not None and (one.state, one.outcome, one.closed_by) == ("done", "reached", "ann")
+    assert two is not None and two.state == "open"
+
+    resolved = await app.http.post(
+        f"/console/incidents/{incident_id}/resolve",
+        data={
+            "message": "Fixed.",
+            "cause_kind": "known",
+            "cause": "switch",
+            "remedy": "replaced",
+            "prevention": "inspections",
+            "csrf_token": csrf,
+        },
+    )
+    assert resolved.status_code == 303
+    refused = await app.http.post(
+        f"/console/incidents/{incident_id}/close", data={"csrf_token": csrf}
+    )
+    assert refused.status_code == 422 and "forced follow-up(s) still open" in refused.text
+
+    admin = httpx.AsyncClient(transport=app.http._transport, base_url="http://daemon")
+    async with admin:
+        admin_csrf = await signed_in(admin, "root")
+        waived = await admin.post(
+            f"/console/followups/{second}/waive",
+            data={"reason": "customer already called us", "csrf_token": admin_csrf},
+        )
+        assert waived.status_code == 303
+    closed = await app.http.post(
+        f"/console/incidents/{incident_id}/close", data={"csrf_token": csrf}
+    )
+    assert closed.status_code == 303
+    [incident] = await incidents_in(app.state.database)
+    assert incident.status == "closed"
+    actions = [
+        (e.action, e.actor, e.outcome)
+        for action in ("followup.claim", "followup.done", "followup.waive")
+        for e in await audit_rows(app.state.database, action)
+    ]
+    assert actions == [
+        ("followup.claim", "account:ann", "ok"),
+        ("followup.done", "account:ann", "refused"),
+        ("followup.done", "account:ann", "ok"),
+        ("followup.waive", "account:ann", "refused"),
+        ("followup.waive", "account:root", "ok"),
+    ]
+
+
+async def test_an_update_is_posted_and_a_bad_one_refused(app: Console) -> None:
+    csrf = await signed_in(app.http, "ann")
+    incident_id = await declare(app, csrf)
+    bad = await app.http.post(
+        f"/console/incidents/{incident_id}/update",
+        data={"message": "Cause found", "cause_kind": "known", "cause": "", "csrf_token": csrf},
+    )
+    assert bad.status_code == 422 and "cause: a known cause needs a description" in bad.text
+    assert "Cause found" in bad.text
+    good = await app.http.post(
+        f"/console/incidents/{incident_id}/update",
+        data={
+            "message": "Cause found",
+            "status": "identified",
+            "cause_kind": "known",
+            "cause": "A broken switch",
+            "csrf_token": csrf,
+        },
+    )
+    assert good.status_code == 303
+    [incident] = await incidents_in(app.state.database)
+    assert incident.status == "identified"
+
+
+# --- Rules and audit -------------------------------------------------------------------------
+
+
+async def test_rules_page_checks_the_file_and_only_admins_reload(app: Console) -> None:
+    csrf = await signed_in(app.http, "ann")
+    page = await app.http.get("/console/rules")
+    assert page.status_code == 200 and "ok: the file loads without problems." in page.text
+    app.rules.write_text(RULES.replace("owner: account_manager", "owner: staff:nobody"))
+    page = await app.http.get("/console/rules")
+    assert re.search(rf"{re.escape(str(app.rules))}:\d+:\d+", page.text), page.text
+    assert "Reload the rules now" not in page.text
+    denied = await app.http.post("/console/rules/reload", data={"csrf_token": csrf})
+    assert denied.status_code == 403
+
+    admin = httpx.AsyncClient(transport=app.http._transport, base_url="http://daemon")
+    async with admin:
+        admin_csrf = await signed_in(admin, "root")
+        rejected = await admin.post("/console/rules/reload", data={"csrf_token": admin_csrf})
+        assert rejected.status_code == 422
+        assert "previous rules stay active" in rejected.text
+        assert 'id="reload-error"' in rejected.text and "nobody" in rejected.text
+        app.rules.write_text(RULES)
+        reloaded = await admin.post("/console/rules/reload", data={"csrf_token": admin_csrf})
+        assert reloaded.status_code == 303
+    assert app.state.rules is not None and app.state.rules.error is None
+    outcomes = [e.outcome for e in await audit_rows(app.state.database, "rules.reload")]
+    assert outcomes == ["refused", "ok"]
+
+
+async def test_only_admins_read_the_audit_log(app: Console) -> None:
+    await signed_in(app.http, "ann")
+    assert (await app.http.get("/console/audit")).status_code == 403
+    admin = httpx.AsyncClient(transport=app.http._transport, base_url="http://daemon")
+    async with admin:
+        await signed_in(admin, "root")
+        page = await admin.get("/console/audit")
+    assert page.status_code == 200
+    assert 'data-action="console.login"' in page.text and "account:root" in page.text
+
+
+async def test_static_files_are_served_and_nothing_else(app: Console) -> None:
+    css = await app.http.get("/console/static/console.css")
+    js = await app.http.get("/console/static/console.js")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert js.status_code == 200 and "data-live" in js.text
+    assert (await app.http.get("/console/static/..%2Fconsole.py")).status_code == 404
+    assert (await app.http.get("/console/static/missing.css")).status_code == 404
+
+
+def test_chart_bars_scale_to_the_busiest_channel() -> None:
+    bars = console.chart({"sms": {"sent": 2}, "email": {"pending": 1, "sent": 3}}, width=100)
+    assert [b.channel for b in bars] == ["email", "sms"]
+    email, sms = bars
+    assert [(s.state, s.x, s.width) for s in email.segments] == [
+        ("sent", 0.0, 75.0),
+        ("pending", 75.0, 25.0),
+    ]
+    assert (email.sent, email.total, sms.segments[0].width) == (3, 4, 50.0)
