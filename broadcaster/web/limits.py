@@ -13,10 +13,6 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     def __init__(self, app: ASGIApp, limit: int, exempt: Iterable[str] = ()) -> None:
         self.app = app
@@ -39,27 +35,33 @@ class BodyLimit:
                     return
         seen = 0
         started = False
+        refused = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise BodyTooLarge
+                    # Answer 413 now and tell the app the client has gone: whatever it
+                    # does about that is not sent.
+                    refused = True
+                    if not started:
+                        await _refuse(send, 413, self._message())
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracked(message: Message) -> None:
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, counted, tracked)
-        except BodyTooLarge:
-            if not started:
-                await _refuse(send, 413, self._message())
+        await self.app(scope, counted, tracked)
 
     def _message(self) -> str:
         return f"the request body is larger than {self.limit} bytes (http.max_body_bytes)"

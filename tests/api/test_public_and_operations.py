@@ -1,0 +1,252 @@
+"""Statuspage-compatible documents, /metrics, the preferences page and body limits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import insert, select
+
+from broadcaster.compose.links import make_token
+from broadcaster.intake import SourceMapping
+from broadcaster.intake.statuspage import parse
+from broadcaster.store import ContactPoint, Customer, Database, Delivery, Promise, Round
+from tests.api.support import SECRET, START, api_client, settings
+
+DECLARE = {
+    "title": "Card payments failing",
+    "severity": "critical",
+    "message": "Card payments fail for some customers.",
+    "components": ["payments"],
+}
+
+
+async def test_statuspage_documents_read_back_through_a_statuspage_reader(
+    database: Database,
+) -> None:
+    async with api_client(database) as api:
+        first = (await api.call("POST", "/api/v1/incidents", json=DECLARE)).json()["id"]
+        minor = {**DECLARE, "title": "Slow logins", "severity": "minor", "components": ["login"]}
+        second = (await api.call("POST", "/api/v1/incidents", json=minor)).json()["id"]
+        await api.call(
+            "POST", f"/api/v1/incidents/{second}/resolve", json={"message": "Logins are fast."}
+        )
+        listing = await api.call("GET", "/api/v2/incidents.json", None)
+        assert listing.status_code == 200
+        document = listing.json()
+        assert document["page"]["name"] == "Example Transit"
+        by_id = {i["id"]: i for i in document["incidents"]}
+        assert by_id[str(first)]["status"] == "investigating"
+        assert by_id[str(first)]["impact"] == "critical"
+        assert by_id[str(first)]["shortlink"] == f"https://status.example.org/incidents/{first}"
+        assert by_id[str(second)]["status"] == "resolved"
+        assert [u["body"] for u in by_id[str(second)]["incident_updates"]] == [
+            "Logins are fast.",
+            minor["message"],
+        ]
+        # Our own Statuspage reader (the one feeds use) understands what we publish.
+        events = parse(
+            listing.content,
+            SourceMapping(components={"*": "*"}),
+            source="mirror",
+            now=START + timedelta(minutes=1),
+        ).events
+        assert {(e.external_id, e.status, e.severity) for e in events} == {
+            (str(first), "investigating", "critical"),
+            (str(second), "resolved", "minor"),
+        }
+
+        summary = (await api.call("GET", "/api/v2/summary.json", None)).json()
+        assert [i["id"] for i in summary["incidents"]] == [str(first)]
+        assert summary["status"] == {"indicator": "critical", "description": "Major System Outage"}
+        components = {c["name"]: c["status"] for c in summary["components"]}
+        assert components == {"payments": "major_outage", "login": "operational"}
+        status = (await api.call("GET", "/api/v2/status.json", None)).json()
+        assert status["status"]["indicator"] == "critical"
+        text = json.dumps(summary) + listing.text
+        assert "@" not in text  # no customer data at all (there is none to leak here)
+
+
+async def _seed_customer(database: Database, customer_id: str, email: str, phone: str) -> None:
+    async with database.session() as session, session.begin():
+        await session.execute(
+            insert(Customer).values(
+                id=customer_id,
+                name="Ann",
+                language="en",
+                timezone="UTC",
+                created_at=START,
+                updated_at=START,
+            )
+        )
+        for kind, address in (("email", email), ("sms", phone)):
+            await session.execute(
+                insert(ContactPoint).values(
+                    customer_id=customer_id,
+                    kind=kind,
+                    address=address,
+                    opted_out=False,
+                    disabled=False,
+                    updated_at=START,
+                )
+            )
+
+
+async def test_metrics_report_the_store(database: Database) -> None:
+    async with api_client(database) as api:
+        await _seed_customer(database, "c1", "ann@example.org", "+31612345678")
+        await _seed_customer(database, "c2", "bob@example.org", "+31687654321")
+        number = (await api.call("POST", "/api/v1/incidents", json=DECLARE)).json()["id"]
+        async with database.session() as session, session.begin():
+            round_id = (await session.execute(select(Round.id))).scalar_one()
+            for customer, state, channel in (
+                ("c1", "sent", "email"),
+                ("c1", "pending", "sms"),
+                ("c2", "failed", "email"),
+            ):
+                session.add(
+                    Delivery(
+                        round_id=round_id,
+                        incident_id=number,
+                        customer_id=customer,
+                        channel=channel,
+                        address="x",
+                        state=state,
+                        next_attempt_at=START,
+                        created_at=START,
+                    )
+                )
+            session.add(
+                Promise(
+                    incident_id=number,
+                    made_by_round_id=round_id,
+                    due_at=START,
+                    state="late",
+                    lateness_seconds=42.0,
+                )
+            )
+        anonymous = await api.call("GET", "/metrics", None)
+        assert anonymous.status_code == 401
+        response = await api.call("GET", "/metrics", "viewer")
+        assert response.status_code == 200
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text)
+            for s in family.samples
+        }
+        assert samples[("broadcaster_deliveries", (("channel", "email"), ("state", "sent")))] == 1
+        assert samples[("broadcaster_deliveries", (("channel", "sms"), ("state", "pending")))] == 1
+        assert samples[("broadcaster_outbox_depth", ())] == 1
+        assert samples[("broadcaster_incidents_open", (("severity", "critical"),))] == 1
+        assert samples[("broadcaster_promise_lateness_seconds_count", ())] == 1
+        assert samples[("broadcaster_promise_lateness_seconds_sum", ())] == 42.0
+        assert samples[("broadcaster_promise_lateness_seconds_bucket", (("le", "15.0"),))] == 0
+        assert samples[("broadcaster_promise_lateness_seconds_bucket", (("le", "60.0"),))] == 1
+        assert samples[("broadcaster_followups_overdue", ())] == 0
+        assert samples[("broadcaster_scheduler_running", ())] == 1
+
+
+async def test_metrics_can_be_public(database: Database) -> None:
+    async with api_client(database, settings(public_metrics=True)) as api:
+        assert (await api.call("GET", "/metrics", None)).status_code == 200
+
+
+async def test_the_preferences_page_changes_only_its_own_customer(database: Database) -> None:
+    async with api_client(database) as api:
+        await _seed_customer(database, "c1", "ann@example.org", "+31612345678")
+        await _seed_customer(database, "c2", "bob@example.org", "+31687654321")
+        token = make_token(SECRET, "c1", "preferences", START + timedelta(days=30))
+        shown = await api.call("GET", f"/preferences/{token}", None)
+        assert shown.status_code == 200
+        assert "a•••@example.org" in shown.text and "+31•••78" in shown.text
+        assert "ann@example.org" not in shown.text and "+31612345678" not in shown.text
+
+        async with database.session() as session:
+            points = {
+                (p.customer_id, p.kind): p.id
+                for p in (await session.execute(select(ContactPoint))).scalars()
+            }
+        # Keep email only, switch to Dutch; the form also names another customer's address.
+        saved = await api.http.post(
+            f"/preferences/{token}",
+            data={
+                "point": [str(points[("c1", "email")]), str(points[("c2", "sms")])],
+                "language": "nl",
+                "action": "save",
+            },
+        )
+        assert saved.status_code == 200 and "Saved." in saved.text
+        async with database.session() as session:
+            opted = {
+                (p.customer_id, p.kind): p.opted_out
+                for p in (await session.execute(select(ContactPoint))).scalars()
+            }
+            language = (await session.get(Customer, "c1")).language  # type: ignore[union-attr]
+        assert opted == {
+            ("c1", "email"): False,
+            ("c1", "sms"): True,
+            ("c2", "email"): False,
+            ("c2", "sms"): False,
+        }
+        assert language == "nl"
+
+        everything = await api.http.post(f"/preferences/{token}", data={"action": "unsubscribe"})
+        assert "unsubscribed" in everything.text
+        async with database.session() as session:
+            c1 = (
+                await session.execute(
+                    select(ContactPoint.opted_out).where(ContactPoint.customer_id == "c1")
+                )
+            ).scalars()
+            assert all(c1)
+
+        bad_language = await api.http.post(
+            f"/preferences/{token}", data={"language": "xx", "action": "save"}
+        )
+        assert bad_language.status_code == 422
+
+
+async def test_preference_links_are_signed_scoped_and_expire(database: Database) -> None:
+    async with api_client(database) as api:
+        await _seed_customer(database, "c1", "ann@example.org", "+31612345678")
+        good = make_token(SECRET, "c1", "preferences", START + timedelta(hours=1))
+        forged = make_token("another-secret", "c1", "preferences", START + timedelta(hours=1))
+        other_purpose = make_token(SECRET, "c1", "unsubscribe", START + timedelta(hours=1))
+        payload, _, signature = good.rpartition(".")
+        tampered = payload.replace(payload.split(".")[0], "YzI") + "." + signature  # "c2"
+        for token, reason in (
+            (forged, "signature"),
+            (tampered, "signature"),
+            (other_purpose, "unsubscribe"),
+            ("garbage", "malformed"),
+        ):
+            response = await api.call("GET", f"/preferences/{token}", None)
+            assert response.status_code == 400, token
+            assert reason in response.text
+            post = await api.http.post(f"/preferences/{token}", data={"action": "unsubscribe"})
+            assert post.status_code == 400
+        api.clock.advance(timedelta(hours=2))
+        expired = await api.call("GET", f"/preferences/{good}", None)
+        assert expired.status_code == 400 and "expired" in expired.text
+
+
+async def test_oversized_bodies_are_refused_with_413(database: Database) -> None:
+    async with api_client(database, settings(max_body_bytes=4096)) as api:
+        big = {**DECLARE, "message": "x" * 5000}
+        declared = await api.call("POST", "/api/v1/incidents", json=big)
+        assert declared.status_code == 413
+        assert "4096" in declared.json()["error"]["message"]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(10):
+                yield b"x" * 1000
+
+        streamed = await api.http.post(
+            "/api/v1/incidents",
+            content=chunks(),
+            headers={**api.auth("admin"), "Content-Type": "application/json"},
+        )
+        assert streamed.status_code == 413, streamed.text
+        assert (await api.call("GET", "/api/v1/incidents")).json()["items"] == []
