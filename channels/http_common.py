@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from channels.http_transport import aiohttp_transport
 from channels.redact import redact
 
 FIELD_LIMIT = 200
@@ -32,12 +33,16 @@ def pooled_client(
     timeout: float, max_connections: int, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
     """The HTTP client of a channel that posts to one provider: pooled, never following a
-    redirect (a redirected provider is a configuration error, not a hop to make blindly)."""
+    redirect (a redirected provider is a configuration error, not a hop to make blindly).
+
+    Without an explicit ``transport`` it sends over aiohttp's pool when aiohttp is installed
+    (:mod:`channels.http_transport`: several times the rate of httpx's own pool with
+    hundreds of sends in flight), else over httpx's."""
     return httpx.AsyncClient(
         timeout=timeout,
         limits=httpx.Limits(max_connections=max_connections),
         follow_redirects=False,
-        transport=transport,
+        transport=transport or aiohttp_transport(max_connections),
     )
 
 

@@ -1,0 +1,135 @@
+"""An httpx transport that sends over aiohttp: httpx's API, aiohttp's connection pool.
+
+httpx 0.28's own pool (httpcore) rescans every connection for every queued request, so a
+channel with a few hundred sends in flight spends its CPU there: the benchmarks measured
+about 100-400 requests/s through it against several thousand through aiohttp, with the same
+sink (docs/performance.md). The channels keep httpx as their one HTTP API (requests,
+responses, errors, the mock transport in tests); only the wire below changes.
+
+What this transport promises the channels:
+
+- requests go out as built by httpx (method, URL, headers, body), never following redirects;
+- the response body is handed back undecoded, so httpx decodes it per ``Content-Encoding``
+  exactly as with its own transport;
+- failures are httpx's exceptions: :class:`httpx.ConnectTimeout` / :class:`httpx.ReadTimeout`
+  (both :class:`httpx.TimeoutException`), :class:`httpx.ConnectError`,
+  :class:`httpx.RemoteProtocolError`, :class:`httpx.ReadError`, all
+  :class:`httpx.TransportError`, as the channels' retry contracts expect;
+- timeouts are httpx's per request: ``connect`` bounds opening a connection, ``pool``
+  waiting for a free one, ``read`` each wait for response data.
+
+aiohttp is optional: :func:`aiohttp_transport` returns None when it is not installed, and
+the caller keeps httpx's default transport.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    import aiohttp
+
+_NOT_FORWARDED = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+"""Headers aiohttp sets itself from the URL and the body."""
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """One aiohttp session (created on first use, in the running loop) with a pool of at
+    most ``max_connections`` connections."""
+
+    def __init__(self, max_connections: int = 100) -> None:
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _client(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        import aiohttp
+
+        if self._closed:
+            raise httpx.ConnectError("the transport is closed", request=request)
+        body = await request.aread()
+        headers = [
+            (name, value)
+            for name, value in request.headers.multi_items()
+            if name.lower() not in _NOT_FORWARDED
+        ]
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=_sum(timeouts.get("pool"), timeouts.get("connect")),
+            sock_connect=timeouts.get("connect"),
+            sock_read=timeouts.get("read"),
+        )
+        try:
+            async with self._client().request(
+                request.method,
+                str(request.url),
+                data=body or None,
+                headers=headers,
+                allow_redirects=False,
+                timeout=timeout,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            ) as response:
+                content = await response.read()
+                status = response.status
+                raw_headers = [
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers
+                ]
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise httpx.ConnectTimeout(_text(exc, "connect timed out"), request=request) from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise httpx.ReadTimeout(_text(exc, "read timed out"), request=request) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise httpx.ConnectError(_text(exc, "connection failed"), request=request) from exc
+        except aiohttp.ServerDisconnectedError as exc:
+            raise httpx.RemoteProtocolError(
+                _text(exc, "server disconnected"), request=request
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise httpx.ReadError(_text(exc, type(exc).__name__), request=request) from exc
+        return httpx.Response(
+            status,
+            headers=raw_headers,
+            stream=httpx.ByteStream(content),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def aclose(self) -> None:
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def _sum(*values: float | None) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+def _text(exc: BaseException, fallback: str) -> str:
+    return str(exc) or fallback
+
+
+def aiohttp_transport(max_connections: int) -> AiohttpTransport | None:
+    """The aiohttp transport when aiohttp is installed, else None (httpx's own)."""
+    try:
+        import aiohttp  # noqa: F401 - only whether it can be imported
+    except ImportError:
+        return None
+    return AiohttpTransport(max_connections)

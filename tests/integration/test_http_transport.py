@@ -1,0 +1,117 @@
+"""The aiohttp transport under the HTTP channels' httpx clients, against a real local server:
+requests arrive as httpx built them, answers come back as httpx would give them, failures
+are httpx's exceptions (which the channels' retry contracts are written against)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from channels.http_common import pooled_client
+from channels.http_transport import AiohttpTransport
+from tests.fakes.http import serve
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    path = scope["path"]
+    headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+    status = 200
+    if path == "/echo":
+        answer = json.dumps(
+            {
+                "method": scope["method"],
+                "query": scope["query_string"].decode(),
+                "headers": {k.decode(): v.decode() for k, v in scope["headers"]},
+                "body": body.decode(),
+            }
+        ).encode()
+    elif path == "/gzip":
+        answer = gzip.compress(b'{"zipped": true}')
+        headers.append((b"content-encoding", b"gzip"))
+    elif path == "/redirect":
+        status, answer = 302, b"{}"
+        headers.append((b"location", b"/echo"))
+    elif path == "/slow":
+        await asyncio.sleep(2)
+        answer = b"{}"
+    else:
+        status, answer = 404, b'{"error": "no such path"}'
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer})
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    with serve(_app) as url:
+        yield url
+
+
+async def test_pooled_client_sends_over_aiohttp(base_url: str) -> None:
+    client = pooled_client(5.0, 10)
+    try:
+        assert isinstance(client._transport, AiohttpTransport)
+        response = await client.post(
+            f"{base_url}/echo?a=1",
+            content=b'{"x": 1}',
+            headers={"Content-Type": "application/json", "X-Broadcaster-Delivery": "42"},
+        )
+    finally:
+        await client.aclose()
+    assert response.status_code == 200
+    seen = response.json()
+    assert seen["method"] == "POST"
+    assert seen["query"] == "a=1"
+    assert seen["body"] == '{"x": 1}'
+    assert seen["headers"]["x-broadcaster-delivery"] == "42"
+    assert seen["headers"]["content-type"] == "application/json"
+    assert seen["headers"]["content-length"] == "8"
+    assert seen["headers"]["user-agent"].startswith("python-httpx/")
+
+
+async def test_answers_are_decoded_and_redirects_not_followed(base_url: str) -> None:
+    async with httpx.AsyncClient(transport=AiohttpTransport(4)) as client:
+        zipped = await client.get(f"{base_url}/gzip")
+        assert zipped.json() == {"zipped": True}
+        moved = await client.get(f"{base_url}/redirect")
+        assert moved.status_code == 302
+        assert moved.headers["location"] == "/echo"
+        missing = await client.get(f"{base_url}/nowhere")
+        assert missing.status_code == 404
+        assert missing.json() == {"error": "no such path"}
+
+
+async def test_failures_are_httpx_exceptions(base_url: str) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    async with httpx.AsyncClient(transport=AiohttpTransport(4), timeout=0.3) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(f"{base_url}/slow")
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"http://127.0.0.1:{closed_port}/")
+    transport = AiohttpTransport(4)
+    await transport.aclose()
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(httpx.TransportError):
+            await client.get(f"{base_url}/echo")
+
+
+async def test_many_requests_in_flight_share_the_pool(base_url: str) -> None:
+    async with httpx.AsyncClient(transport=AiohttpTransport(5)) as client:
+        answers = await asyncio.gather(
+            *(client.post(f"{base_url}/echo", content=str(i).encode()) for i in range(200))
+        )
+    assert sorted(int(a.json()["body"]) for a in answers) == list(range(200))
