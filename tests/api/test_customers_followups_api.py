@@ -1,0 +1,305 @@
+"""Customers (create, read, replace, delete, import), deliveries, follow-ups and rules
+through the API."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import insert, select
+
+from broadcaster.store import AuditEntry, Database, Delivery, Followup, Round
+from tests.api.support import START, api_client, settings
+
+ANN = {
+    "id": "c-ann",
+    "name": "Ann Example",
+    "email": "ann@example.org",
+    "phone": "+31612345678",
+    "components": ["north-line"],
+    "language": "nl",
+    "timezone": "Europe/Amsterdam",
+}
+
+
+async def test_customers_are_created_replaced_and_deleted(database: Database) -> None:
+    async with api_client(database) as api:
+        made = await api.call("POST", "/api/v1/customers", json=ANN)
+        assert made.status_code == 201, made.text
+        body = made.json()
+        assert [(p["kind"], p["address"]) for p in body["contact_points"]] == [
+            ("email", "ann@example.org"),
+            ("sms", "+31612345678"),
+        ]
+        assert body["subscriptions"] == [{"kind": "component", "value": "north-line"}]
+        again = await api.call("POST", "/api/v1/customers", json=ANN)
+        assert again.status_code == 409
+
+        replaced = await api.call(
+            "PUT",
+            "/api/v1/customers/c-ann",
+            json={**ANN, "phone": None, "regions": ["north"], "name": "Ann E."},
+        )
+        assert replaced.status_code == 200, replaced.text
+        assert replaced.json()["name"] == "Ann E."
+        points = (await api.call("GET", "/api/v1/customers/c-ann/contact-points")).json()
+        assert [p["kind"] for p in points] == ["email"]
+        topics = (await api.call("GET", "/api/v1/customers/c-ann/subscriptions")).json()
+        assert {(t["kind"], t["value"]) for t in topics} == {
+            ("component", "north-line"),
+            ("region", "north"),
+        }
+        mismatch = await api.call("PUT", "/api/v1/customers/c-ann", json={**ANN, "id": "other"})
+        assert mismatch.status_code == 422 and mismatch.json()["error"]["field"] == "body.id"
+
+        bad = await api.call("POST", "/api/v1/customers", json={**ANN, "id": "c2", "email": "x@"})
+        assert bad.status_code == 422
+        assert bad.json()["error"]["field"] == "body.email"
+
+        listed = (
+            await api.call("GET", "/api/v1/customers", "operator", params={"q": "Ann"})
+        ).json()
+        assert [c["id"] for c in listed["items"]] == ["c-ann"]
+        assert (await api.call("GET", "/api/v1/customers", "viewer")).status_code == 403
+
+        deleted = await api.call("DELETE", "/api/v1/customers/c-ann")
+        assert deleted.status_code == 204
+        assert (await api.call("GET", "/api/v1/customers/c-ann")).status_code == 404
+        assert (await api.call("DELETE", "/api/v1/customers/c-ann")).status_code == 404
+        async with database.session() as session:
+            actions = [
+                a.action
+                for a in (
+                    await session.execute(select(AuditEntry).order_by(AuditEntry.id))
+                ).scalars()
+            ]
+        assert actions == ["customer.create", "customer.update", "customer.delete"]
+
+
+async def test_an_import_keeps_good_rows_and_locates_bad_ones(database: Database) -> None:
+    async with api_client(database) as api:
+        csv = (
+            "id,name,email,phone,components\n"
+            "c1,Ann,ann@example.org,,north\n"
+            "c2,Bob,not-an-email,,north\n"
+            "c3,Cy,,+31612345678,south\n"
+        )
+        result = await api.call(
+            "POST",
+            "/api/v1/customers/import",
+            content=csv.encode(),
+            headers={"Content-Type": "text/csv"},
+        )
+        assert result.status_code == 200, result.text
+        body = result.json()
+        assert body["imported"] == 2 and body["rejected"] == 1
+        assert body["errors"] == [
+            {"line": 3, "field": "email", "message": body["errors"][0]["message"]}
+        ]
+        assert "email" in body["errors"][0]["message"]
+        jsonl = b'{"id": "c4", "name": "Di", "email": "di@example.org", "regions": ["x"]}\n'
+        as_lines = await api.call(
+            "POST",
+            "/api/v1/customers/import",
+            content=jsonl,
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+        assert as_lines.json()["imported"] == 1
+        unknown = await api.call(
+            "POST",
+            "/api/v1/customers/import",
+            content=b"x",
+            headers={"Content-Type": "application/pdf"},
+        )
+        assert unknown.status_code == 415
+        header = await api.call(
+            "POST",
+            "/api/v1/customers/import",
+            content=b"nope,nothing\n1,2\n",
+            headers={"Content-Type": "text/csv"},
+        )
+        assert header.status_code == 422
+        assert "body" in header.json()["error"]["message"]
+        ids = [c["id"] for c in (await api.call("GET", "/api/v1/customers")).json()["items"]]
+        assert ids == ["c1", "c3", "c4"]
+
+
+async def _followup(database: Database, incident_id: int, owner: str, rule: str) -> int:
+    async with database.session() as session, session.begin():
+        result = await session.execute(
+            insert(Followup)
+            .values(
+                incident_id=incident_id,
+                customer_id="c1",
+                rule=rule,
+                kind="call",
+                owner=owner,
+                state="open",
+                deadline_at=START + timedelta(hours=2),
+                escalation_level=0,
+                created_at=START,
+            )
+            .returning(Followup.id)
+        )
+        return int(result.scalar_one())
+
+
+async def test_follow_ups_are_claimed_done_and_waived_by_the_right_people(
+    database: Database,
+) -> None:
+    async with api_client(database) as api:
+        await api.call("POST", "/api/v1/customers", json={**ANN, "id": "c1"})
+        number = (
+            await api.call(
+                "POST",
+                "/api/v1/incidents",
+                json={
+                    "title": "Outage",
+                    "severity": "critical",
+                    "message": "Down.",
+                    "components": ["north-line"],
+                },
+            )
+        ).json()["id"]
+        first = await _followup(database, number, "operator-bot", "vip-call")
+        claimed = await api.call("POST", f"/api/v1/followups/{first}/claim", "operator")
+        assert claimed.status_code == 200 and claimed.json()["state"] == "claimed"
+        twice = await api.call("POST", f"/api/v1/followups/{first}/claim", "operator")
+        assert twice.status_code == 409
+        no_note = await api.call(
+            "POST", f"/api/v1/followups/{first}/done", "operator", json={"outcome": "reached"}
+        )
+        assert no_note.status_code == 422 and no_note.json()["error"]["field"] == "body.note"
+        done = await api.call(
+            "POST",
+            f"/api/v1/followups/{first}/done",
+            "operator",
+            json={"outcome": "reached", "note": "Called; she understands."},
+        )
+        assert done.status_code == 200 and done.json()["state"] == "done"
+
+        second = await _followup(database, number, "ann", "vip-visit")
+        for_someone = await api.call(
+            "POST", f"/api/v1/followups/{second}/claim", "operator", json={"staff": "ann"}
+        )
+        assert for_someone.status_code == 422  # only admins act for someone else
+        # An operator who is not ann's manager may not waive her task; an admin may.
+        refused = await api.call(
+            "POST", f"/api/v1/followups/{second}/waive", "operator", json={"reason": "dup"}
+        )
+        assert refused.status_code == 403
+        waived = await api.call(
+            "POST", f"/api/v1/followups/{second}/waive", "admin", json={"reason": "Duplicate."}
+        )
+        assert waived.status_code == 200 and waived.json()["state"] == "waived"
+        queue = (
+            await api.call("GET", "/api/v1/followups", "viewer", params={"state": "all"})
+        ).json()
+        assert [(f["id"], f["state"]) for f in queue] == [(first, "done"), (second, "waived")]
+        assert (await api.call("GET", "/api/v1/followups/999/claim")).status_code == 405
+        missing = await api.call("POST", "/api/v1/followups/999/claim", "operator")
+        assert missing.status_code == 404
+
+        audit = (await api.call("GET", "/api/v1/audit")).json()["items"]
+        waives = [(a["actor"], a["outcome"]) for a in audit if a["action"] == "followup.waive"]
+        assert waives == [("token:admin-bot", "ok"), ("token:operator-bot", "refused")]
+
+
+async def test_deliveries_filter_by_incident_customer_channel_and_state(
+    database: Database,
+) -> None:
+    async with api_client(database) as api:
+        for cid in ("c1", "c2"):
+            await api.call("POST", "/api/v1/customers", json={**ANN, "id": cid})
+        number = (
+            await api.call(
+                "POST",
+                "/api/v1/incidents",
+                json={"title": "t", "severity": "minor", "message": "m", "components": ["x"]},
+            )
+        ).json()["id"]
+        async with database.session() as session, session.begin():
+            round_id = (await session.execute(select(Round.id))).scalar_one()
+            for customer, channel, state in (
+                ("c1", "email", "sent"),
+                ("c1", "sms", "failed"),
+                ("c2", "email", "pending"),
+            ):
+                session.add(
+                    Delivery(
+                        round_id=round_id,
+                        incident_id=number,
+                        customer_id=customer,
+                        channel=channel,
+                        address="a",
+                        state=state,
+                        next_attempt_at=START,
+                        created_at=START,
+                    )
+                )
+        found = (
+            await api.call(
+                "GET", "/api/v1/deliveries", "operator", params={"customer_id": "c1", "limit": 1}
+            )
+        ).json()
+        assert [(d["channel"], d["state"]) for d in found["items"]] == [("sms", "failed")]
+        rest = (
+            await api.call(
+                "GET",
+                "/api/v1/deliveries",
+                "operator",
+                params={"customer_id": "c1", "limit": 1, "cursor": found["next_cursor"]},
+            )
+        ).json()
+        assert [(d["channel"], d["state"]) for d in rest["items"]] == [("email", "sent")]
+        assert rest["next_cursor"] is None
+        emails = (
+            await api.call(
+                "GET",
+                "/api/v1/deliveries",
+                params={"incident_id": number, "channel": "email", "state": "pending"},
+            )
+        ).json()
+        assert [d["customer_id"] for d in emails["items"]] == ["c2"]
+        counts = (
+            await api.call(
+                "GET", "/api/v1/deliveries/counts", "viewer", params={"incident_id": number}
+            )
+        ).json()
+        assert counts == {"email": {"pending": 1, "sent": 1}, "sms": {"failed": 1}}
+
+
+GOOD = """\
+version: 1
+policies:
+  standard:
+    steps:
+      - after: 0m
+        every: 30m
+        channels: [console]
+"""
+
+
+async def test_rules_are_checked_and_reloaded(database: Database, tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(GOOD)
+    async with api_client(database, settings(path)) as api:
+        status = (await api.call("GET", "/api/v1/rules", "viewer")).json()
+        assert status["loaded"] and status["policies"] == 1
+        checked = (
+            await api.call("POST", "/api/v1/rules/check", "operator", json={"text": "rules: 5\n"})
+        ).json()
+        assert not checked["ok"]
+        assert checked["problems"][0].startswith("<request>:1:")
+        assert (await api.call("POST", "/api/v1/rules/check", json={})).json()["ok"]
+
+        path.write_text(GOOD.replace("30m", "thirty minutes"))
+        refused = (await api.call("POST", "/api/v1/rules/reload")).json()
+        assert refused["reloaded"] is False and "rules.yaml:6" in refused["error"]
+        after = (await api.call("GET", "/api/v1/rules", "viewer")).json()
+        assert after["loaded"] and after["last_reload_error"] == refused["error"]
+        path.write_text(GOOD.replace("30m", "20m"))
+        ok = (await api.call("POST", "/api/v1/rules/reload")).json()
+        assert ok == {"reloaded": True, "error": None}
+        audit = (await api.call("GET", "/api/v1/audit", params={"action": "rules.reload"})).json()
+        assert [a["outcome"] for a in audit["items"]] == ["ok", "refused"]
