@@ -44,6 +44,7 @@ from twilio.rest import Client
 
 from channels import http_common
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.http_transport import aiohttp_transport
 from channels.redact import redact
 from channels.sms_segments import fit
 
@@ -168,7 +169,11 @@ class HttpxTwilioClient(AsyncHttpClient):
     ) -> None:
         super().__init__(log, is_async=True, timeout=timeout)
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        # aiohttp's pool when installed (channels.http_transport): httpx's own pool is
+        # CPU-bound with many sends in flight. 100 connections: httpx's default limit.
+        self._client = httpx.AsyncClient(
+            timeout=timeout, transport=transport or aiohttp_transport(100)
+        )
 
     # twilio's own AsyncHttpClient overrides the sync HttpClient.request with a coroutine;
     # mypy checks us against both. The timeout parameter is twilio's interface.
