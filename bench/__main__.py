@@ -62,6 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backend", action="append", choices=BACKENDS, help="only this store (repeatable)"
     )
+    parser.add_argument(
+        "--size",
+        type=int,
+        action="append",
+        help="fanout: customers per round (repeatable); scale, promises, latency: the size",
+    )
+    parser.add_argument(
+        "--channel", action="append", choices=fanout.CHANNELS, help="fanout: only this channel"
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
@@ -74,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         skipped.append("postgresql (not reachable)")
     for scenario in args.scenarios or SCENARIOS:
         params = sizes(scenario, args.quick)
+        if args.size:
+            key = {
+                "fanout": "sizes",
+                "latency": "incidents",
+                "scale": "customers",
+                "promises": "customers",
+            }[scenario]
+            params[key] = list(args.size) if scenario == "fanout" else args.size[0]
+        if scenario == "fanout" and args.channel:
+            params["channels"] = list(args.channel)
         print(f"\n== {scenario} ({'quick' if args.quick else 'full'}: {params}) ==", flush=True)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="broadcaster-bench-") as tmp:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -144,11 +145,13 @@ async def raw_smtp(port: int, sample: dict[str, Any], n: int, *, connections: in
 
 def apprise_json(url: str, title: str, body: str, n: int) -> Timed:
     """Apprise's ``json://`` notifier to ``url`` (``json://host:port/path``), ``n`` times."""
-    import apprise
+    with warnings.catch_warnings():  # Apprise 2.2's plugins import imghdr (deprecated)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import apprise
 
-    notifier = apprise.Apprise()
-    if not notifier.add(url):
-        raise ValueError(f"Apprise does not accept {url!r}")
+        notifier = apprise.Apprise()
+        if not notifier.add(url):  # loads the plugins
+            raise ValueError(f"Apprise does not accept {url!r}")
     ok = 0
     started = time.perf_counter()
     for _ in range(n):

@@ -248,6 +248,9 @@ class Sinks:
         except subprocess.TimeoutExpired:
             process.terminate()
             process.wait(timeout=10)
+        finally:
+            if process.stdout is not None:
+                process.stdout.close()
 
     async def stats(self) -> dict[str, int]:
         async with httpx.AsyncClient() as client:

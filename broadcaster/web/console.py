@@ -263,7 +263,12 @@ def _secure(state: WebState) -> bool:
 
 
 def _login_form(
-    request: Request, status: int = 200, *, error: str | None = None, name: str = ""
+    request: Request,
+    status: int = 200,
+    *,
+    error: str | None = None,
+    name: str = "",
+    after: str | None = None,
 ) -> HTMLResponse:
     token = secrets.token_urlsafe(24)
     response = _render(
@@ -272,7 +277,7 @@ def _login_form(
         None,
         status,
         login_token=token,
-        next=_safe_next(request.query_params.get("next", "")),
+        next=_safe_next(after if after is not None else request.query_params.get("next", "")),
         error=error,
         name=name,
     )
@@ -327,7 +332,11 @@ async def login(request: Request) -> Response:
     expected = request.cookies.get(LOGIN_COOKIE, "")
     if not sent or not expected or not hmac.compare_digest(sent, expected):
         return _login_form(
-            request, 403, error="The login form expired; please try again.", name=name
+            request,
+            403,
+            error="The login form expired; please try again.",
+            name=name,
+            after=_text(form, "next"),
         )
     source = client_source(request)
     made = None
@@ -335,7 +344,9 @@ async def login(request: Request) -> Response:
         made = await credentials.login(state.database, state.clock, name, password, source)
     await _audit_login(state, name, source, made is not None)
     if made is None:
-        return _login_form(request, 401, error="Wrong name or password.", name=name)
+        return _login_form(
+            request, 401, error="Wrong name or password.", name=name, after=_text(form, "next")
+        )
     session_id, _principal = made
     response = _redirect(_safe_next(_text(form, "next")))
     response.set_cookie(

@@ -263,6 +263,25 @@ async def test_wrong_password_and_unknown_name_get_the_same_answer(app: Console)
     ]
 
 
+async def test_a_failed_login_keeps_where_it_was_going(app: Console) -> None:
+    page = await app.http.get("/console/login?next=/console/followups")
+    form = {"name": "ann", "login_token": hidden(page.text, "login_token")}
+    wrong = await app.http.post(
+        "/console/login", data={**form, "password": "nope", "next": "/console/followups"}
+    )
+    assert wrong.status_code == 401
+    right = await app.http.post(
+        "/console/login",
+        data={
+            "name": "ann",
+            "password": PASSWORD,
+            "next": hidden(wrong.text, "next"),
+            "login_token": hidden(wrong.text, "login_token"),
+        },
+    )
+    assert right.status_code == 303 and right.headers["location"] == "/console/followups"
+
+
 async def test_login_without_the_form_token_is_refused(app: Console) -> None:
     response = await app.http.post("/console/login", data={"name": "ann", "password": PASSWORD})
     assert response.status_code == 403

@@ -1,0 +1,33 @@
+"""The benchmark suite still runs: one tiny fan-out through ``python -m bench``'s entry point
+(sinks process, daemon, baselines, table, JSON). Behaviour only: no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import main
+
+
+def test_fanout_runs_end_to_end_and_writes_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["fanout", "--quick", "--size", "40", "--channel", "push", "--backend", "sqlite"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+
+    result = json.loads((tmp_path / "fanout.json").read_text(encoding="utf-8"))
+    assert result["scenario"] == "fanout" and result["quick"] is True
+    assert result["machine"]["cpus"] >= 1
+    (run,) = result["runs"]
+    assert run["backend"] == "sqlite" and run["channel"] == "push"
+    assert run["sent"] == 40 and run["received_by_sink"] == 40
+    assert run["rate"] > 0
+    assert set(run["raw_rates"]) == {"httpx", "aiohttp"}
+    assert result["baselines"]["apprise_json"]["ok"] > 0
+    baselines = {row["baseline"].split(" ")[1] for row in result["rows"]}
+    assert baselines == {"httpx", "aiohttp", "json://"}
+    assert all(row["ratio"] > 0 for row in result["rows"])
+    printed = capsys.readouterr().out
+    assert "fan-out push 40 sqlite" in printed
