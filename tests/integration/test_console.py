@@ -85,11 +85,16 @@ def make_settings(rules: Path, public_url: str = "http://127.0.0.1:8080") -> Set
 @dataclass
 class Console:
     http: httpx.AsyncClient
+    transport: httpx.ASGITransport
     state: WebState
     engine: Engine
     clock: FakeClock
     email: MemoryChannel
     rules: Path
+
+    def another_browser(self) -> httpx.AsyncClient:
+        """A second client with its own cookies, on the same app."""
+        return httpx.AsyncClient(transport=self.transport, base_url=str(self.http.base_url))
 
 
 async def seed_customers(db: Database) -> None:
@@ -145,7 +150,7 @@ async def build(database: Database, tmp_path: Path, public_url: str) -> Console:
     transport = httpx.ASGITransport(app=create_app(state))
     scheme = "https" if public_url.startswith("https") else "http"
     http = httpx.AsyncClient(transport=transport, base_url=f"{scheme}://daemon")
-    return Console(http, state, engine, clock, email, rules)
+    return Console(http, transport, state, engine, clock, email, rules)
 
 
 @pytest.fixture
@@ -493,7 +498,7 @@ async def test_follow_ups_are_claimed_done_and_only_then_the_incident_closes(
     )
     assert refused.status_code == 422 and "forced follow-up(s) still open" in refused.text
 
-    admin = httpx.AsyncClient(transport=app.http._transport, base_url="http://daemon")
+    admin = app.another_browser()
     async with admin:
         admin_csrf = await signed_in(admin, "root")
         waived = await admin.post(
@@ -559,7 +564,7 @@ async def test_rules_page_checks_the_file_and_only_admins_reload(app: Console) -
     denied = await app.http.post("/console/rules/reload", data={"csrf_token": csrf})
     assert denied.status_code == 403
 
-    admin = httpx.AsyncClient(transport=app.http._transport, base_url="http://daemon")
+    admin = app.another_browser()
     async with admin:
         admin_csrf = await signed_in(admin, "root")
         rejected = await admin.post("/console/rules/reload", data={"csrf_token": admin_csrf})
@@ -577,7 +582,7 @@ async def test_rules_page_checks_the_file_and_only_admins_reload(app: Console) -
 async def test_only_admins_read_the_audit_log(app: Console) -> None:
     await signed_in(app.http, "ann")
     assert (await app.http.get("/console/audit")).status_code == 403
-    admin = httpx.AsyncClient(transport=app.http._transport, base_url="http://daemon")
+    admin = app.another_browser()
     async with admin:
         await signed_in(admin, "root")
         page = await admin.get("/console/audit")
@@ -603,3 +608,19 @@ def test_chart_bars_scale_to_the_busiest_channel() -> None:
         ("pending", 75.0, 25.0),
     ]
     assert (email.sent, email.total, sms.segments[0].width) == (3, 4, 50.0)
+
+
+async def test_a_viewer_sees_an_incident_without_its_forms(app: Console) -> None:
+    csrf = await signed_in(app.http, "ann")
+    incident_id = await declare(app, csrf)
+    viewer = app.another_browser()
+    async with viewer:
+        await signed_in(viewer, "vera")
+        page = await viewer.get(f"/console/incidents/{incident_id}")
+        assert page.status_code == 200 and DECLARE["title"] in page.text
+        assert 'id="update-form"' not in page.text and 'id="resolve-form"' not in page.text
+        missing = await viewer.get(f"/console/incidents/{incident_id + 100}")
+        assert missing.status_code == 404 and "There is no incident" in missing.text
+        assert (await viewer.get(f"/console/incidents/{incident_id + 100}/live")).status_code == 404
+    operator_page = await app.http.get(f"/console/incidents/{incident_id}")
+    assert 'id="update-form"' in operator_page.text and 'id="resolve-form"' in operator_page.text

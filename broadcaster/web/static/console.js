@@ -3,6 +3,7 @@
 // while the tab is visible. A 401 means the session ended: go to the login page.
 (function () {
   "use strict";
+  var last = new WeakMap();  // element -> the HTML it was last given
   function refresh(el) {
     if (document.hidden) return Promise.resolve();
     return fetch(el.dataset.live, { credentials: "same-origin", headers: { Accept: "text/html" } })
@@ -14,7 +15,8 @@
         return res.ok ? res.text() : null;
       })
       .then(function (html) {
-        if (html !== null && html !== undefined && el.innerHTML !== html) {
+        if (typeof html === "string" && last.get(el) !== html) {
+          last.set(el, html);
           el.innerHTML = html;
           el.dataset.refreshed = String(Date.now());
         }
