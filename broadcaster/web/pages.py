@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from broadcaster.incidents import service
 from broadcaster.store import Round
+from broadcaster.web.api.schemas import IncidentId
 from broadcaster.web.state import state_of
 
 router = APIRouter(tags=["public"])
@@ -26,7 +27,7 @@ KIND = {"declared": "Reported", "update": "Update", "reopened": "Reopened", "res
 
 
 @router.get("/incidents/{incident_id}", response_class=HTMLResponse)
-async def incident_page(incident_id: int, request: Request) -> Response:
+async def incident_page(incident_id: IncidentId, request: Request) -> Response:
     state = state_of(request)
     try:
         view = await service.show(state.database, incident_id)

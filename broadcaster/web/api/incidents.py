@@ -15,9 +15,11 @@ from broadcaster.incidents.lifecycle import OPEN_STATUSES, TransitionError
 from broadcaster.reports import incident_report
 from broadcaster.store import Incident, IncidentUpdate
 from broadcaster.web.api.schemas import (
+    Cursor,
     DeclareIn,
     FollowupOut,
     IncidentDetailOut,
+    IncidentId,
     IncidentOut,
     Page,
     PromisesOut,
@@ -35,7 +37,6 @@ router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
-Cursor = Annotated[int | None, Query(ge=1, description="next_cursor of the previous page")]
 StatusFilter = Annotated[
     str | None,
     Query(
@@ -128,7 +129,7 @@ async def declare(body: DeclareIn, request: Request, principal: Operator) -> Inc
 
 
 @router.get("/{incident_id}", response_model=IncidentDetailOut, summary="One incident, in full")
-async def show(incident_id: int, request: Request, _: Viewer) -> IncidentDetailOut:
+async def show(incident_id: IncidentId, request: Request, _: Viewer) -> IncidentDetailOut:
     state = state_of(request)
     try:
         report = await incident_report(state.database, incident_id)
@@ -161,7 +162,7 @@ async def show(incident_id: int, request: Request, _: Viewer) -> IncidentDetailO
 @router.get(
     "/{incident_id}/timeline", response_model=list[TimelineEntryOut], summary="The timeline"
 )
-async def timeline(incident_id: int, request: Request, _: Viewer) -> list[TimelineEntryOut]:
+async def timeline(incident_id: IncidentId, request: Request, _: Viewer) -> list[TimelineEntryOut]:
     state = state_of(request)
     async with state.database.session() as session:
         if await session.get(Incident, incident_id) is None:
@@ -183,7 +184,7 @@ async def timeline(incident_id: int, request: Request, _: Viewer) -> list[Timeli
     summary="Post an update: it goes out at once",
 )
 async def post_update(
-    incident_id: int, body: UpdateIn, request: Request, principal: Operator
+    incident_id: IncidentId, body: UpdateIn, request: Request, principal: Operator
 ) -> TimelineEntryOut:
     state = state_of(request)
     update = service.UpdateRequest(
@@ -210,7 +211,7 @@ async def post_update(
     summary="Resolve: the apology goes out; refused without what the rules require",
 )
 async def resolve(
-    incident_id: int, body: ResolveIn, request: Request, principal: Operator
+    incident_id: IncidentId, body: ResolveIn, request: Request, principal: Operator
 ) -> TimelineEntryOut:
     state = state_of(request)
     update = service.UpdateRequest(
@@ -238,7 +239,7 @@ async def resolve(
     response_model=IncidentOut,
     summary="Close a resolved incident; refused while follow-ups are open",
 )
-async def close(incident_id: int, request: Request, principal: Operator) -> IncidentOut:
+async def close(incident_id: IncidentId, request: Request, principal: Operator) -> IncidentOut:
     state = state_of(request)
     try:
         incident = await operations.close(state.actor(request, principal), incident_id)
@@ -248,7 +249,9 @@ async def close(incident_id: int, request: Request, principal: Operator) -> Inci
 
 
 @router.get("/{incident_id}/followups", response_model=list[FollowupOut], summary="Its follow-ups")
-async def incident_followups(incident_id: int, request: Request, _: Viewer) -> list[FollowupOut]:
+async def incident_followups(
+    incident_id: IncidentId, request: Request, _: Viewer
+) -> list[FollowupOut]:
     state = state_of(request)
     try:
         report = await incident_report(state.database, incident_id)

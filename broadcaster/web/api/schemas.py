@@ -5,9 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 T = TypeVar("T")
+
+MAX_ID = 2**63 - 1
+"""Row ids are 64-bit: a larger number is refused as input, never sent to the store."""
+IncidentId = Annotated[int, Path(ge=1, le=MAX_ID)]
+FollowupId = Annotated[int, Path(ge=1, le=MAX_ID)]
+IdFilter = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+Cursor = Annotated[
+    int | None, Query(ge=1, le=MAX_ID, description="next_cursor of the previous page")
+]
 
 Text = Annotated[str, Field(max_length=10_000)]
 Short = Annotated[str, Field(max_length=300)]

@@ -16,12 +16,16 @@ from broadcaster.escalation.holder import load_file
 from broadcaster.followups import service as followups
 from broadcaster.store import Delivery, Followup
 from broadcaster.web.api.schemas import (
+    MAX_ID,
     AuditOut,
     ClaimIn,
+    Cursor,
     DeliveryOut,
     DoneIn,
     ExplainOut,
+    FollowupId,
     FollowupOut,
+    IdFilter,
     MeOut,
     Page,
     ReloadOut,
@@ -41,7 +45,6 @@ Viewer = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
-Cursor = Annotated[int | None, Query(ge=1, description="next_cursor of the previous page")]
 Word = Annotated[str | None, Query(max_length=64)]
 
 
@@ -62,7 +65,7 @@ async def me(principal: Viewer) -> MeOut:
 async def deliveries(
     request: Request,
     _: Operator,
-    incident_id: Annotated[int | None, Query(ge=1)] = None,
+    incident_id: IdFilter = None,
     customer_id: Word = None,
     channel: Annotated[str | None, Query(max_length=32)] = None,
     state: Annotated[
@@ -103,7 +106,7 @@ async def deliveries(
 async def delivery_counts(
     request: Request,
     _: Viewer,
-    incident_id: Annotated[int | None, Query(ge=1)] = None,
+    incident_id: IdFilter = None,
 ) -> dict[str, dict[str, int]]:
     query = select(Delivery.channel, Delivery.state, func.count()).group_by(
         Delivery.channel, Delivery.state
@@ -131,7 +134,7 @@ async def list_followups(
     _: Viewer,
     state: Annotated[str, Query(pattern="^(open|claimed|done|waived|all)$")] = "open",
     owner: Word = None,
-    incident_id: Annotated[int | None, Query(ge=1)] = None,
+    incident_id: IdFilter = None,
     limit: Limit = 200,
 ) -> list[FollowupOut]:
     query = select(Followup).order_by(Followup.deadline_at, Followup.id).limit(limit)
@@ -165,7 +168,7 @@ def _followup_error(exc: Exception) -> ApiError:
     summary="Claim a follow-up: you will make the call or visit",
 )
 async def claim(
-    followup_id: int, request: Request, principal: Operator, body: ClaimIn | None = None
+    followup_id: FollowupId, request: Request, principal: Operator, body: ClaimIn | None = None
 ) -> FollowupOut:
     actor = state_of(request).actor(request, principal)
     try:
@@ -182,7 +185,7 @@ async def claim(
     summary="Record the outcome of a follow-up",
 )
 async def done(
-    followup_id: int, body: DoneIn, request: Request, principal: Operator
+    followup_id: FollowupId, body: DoneIn, request: Request, principal: Operator
 ) -> FollowupOut:
     actor = state_of(request).actor(request, principal)
     try:
@@ -201,7 +204,7 @@ async def done(
     summary="Waive a follow-up (a manager of its owner, or an admin)",
 )
 async def waive(
-    followup_id: int, body: WaiveIn, request: Request, principal: Operator
+    followup_id: FollowupId, body: WaiveIn, request: Request, principal: Operator
 ) -> FollowupOut:
     actor = state_of(request).actor(request, principal)
     try:
@@ -297,7 +300,7 @@ async def rules_reload(request: Request, principal: Admin) -> ReloadOut:
 async def rules_explain(
     request: Request,
     _: Operator,
-    incident_id: Annotated[int, Query(ge=1)],
+    incident_id: Annotated[int, Query(ge=1, le=MAX_ID)],
     customer_id: Word = None,
 ) -> ExplainOut:
     web = state_of(request)
