@@ -43,6 +43,13 @@ class Principal:
         return f"{self.kind}:{self.name}"
 
 
+def _role(value: str) -> Role:
+    try:
+        return check_role(value)
+    except ValueError as exc:
+        raise CredentialError(str(exc)) from None
+
+
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -92,7 +99,7 @@ async def create_token(
     lifetime: timedelta | None = None,
 ) -> tuple[ApiToken, str]:
     """A new token; the secret is returned once and never stored."""
-    checked = check_role(role)
+    checked = _role(role)
     if not name.strip():
         raise CredentialError("name: say who or what holds the token")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -152,7 +159,7 @@ async def set_account(
     database: Database, clock: Clock, *, name: str, role: str, password: str
 ) -> Account:
     """Create the account, or change its role and password (and enable it again)."""
-    checked = check_role(role)
+    checked = _role(role)
     if not name.strip():
         raise CredentialError("name: the account's staff id must not be empty")
     if len(password) < 12:

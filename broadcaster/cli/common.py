@@ -13,10 +13,12 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from broadcaster.access.credentials import Principal
+from broadcaster.clock import RealClock
 from broadcaster.config import ConfigError, Settings, load_settings
 from broadcaster.escalation.holder import RulesHolder
 from broadcaster.escalation.plan import Escalation
 from broadcaster.followups.directory import Directory
+from broadcaster.operations import Actor
 from broadcaster.store import Database
 from broadcaster.store.migrate import upgrade_async
 from rules import RulesError
@@ -97,3 +99,21 @@ def cli_principal() -> Principal:
     """Whoever runs the CLI: it reaches the store directly, so it acts as an admin; the
     audit log records the login (``cli:<login>``)."""
     return Principal("cli", login_name(), "admin")
+
+
+def cli_actor(
+    database: Database,
+    name: str,
+    escalation: Escalation | None = None,
+    directory: Directory | None = None,
+) -> Actor:
+    """A staff action from the CLI, audited as ``cli:<name>`` from ``cli (<login>)``; it
+    acts with the operator role, so a waiver still needs a manager (staff.people)."""
+    return Actor(
+        database,
+        RealClock(),
+        Principal("cli", name, "operator"),
+        f"cli ({login_name()})",
+        escalation,
+        directory,
+    )

@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from broadcaster.cli.common import ConfigOption, fail, run, settings_or_exit, with_database
+from broadcaster import operations
+from broadcaster.cli.common import (
+    ConfigOption,
+    cli_actor,
+    fail,
+    run,
+    settings_or_exit,
+    with_database,
+)
 from broadcaster.clock import RealClock
 from broadcaster.followups import service
 from broadcaster.followups.directory import Directory
@@ -59,7 +67,7 @@ def claim(
     _known(set(settings.staff.people), staff)
 
     async def work(db: Database) -> None:
-        await service.claim(db, RealClock(), followup_id, staff)
+        await operations.claim_followup(cli_actor(db, staff), followup_id)
 
     try:
         run(with_database(settings, work))
@@ -81,7 +89,7 @@ def done(
     _known(set(settings.staff.people), staff)
 
     async def work(db: Database) -> None:
-        await service.done(db, RealClock(), followup_id, staff, outcome, note)
+        await operations.followup_done(cli_actor(db, staff), followup_id, outcome, note)
 
     try:
         run(with_database(settings, work))
@@ -103,7 +111,9 @@ def waive(
     directory = Directory(settings.staff)
 
     async def work(db: Database) -> None:
-        await service.waive(db, RealClock(), followup_id, staff, reason, directory)
+        await operations.waive_followup(
+            cli_actor(db, staff, directory=directory), followup_id, reason
+        )
 
     try:
         run(with_database(settings, work))

@@ -8,15 +8,16 @@ from typing import Annotated
 
 import typer
 
+from broadcaster import operations
 from broadcaster.cli.common import (
     ConfigOption,
+    cli_actor,
     escalation_or_exit,
     fail,
     run,
     settings_or_exit,
     with_database,
 )
-from broadcaster.clock import RealClock
 from broadcaster.incidents import service
 from broadcaster.incidents.lifecycle import TransitionError
 from broadcaster.reports import incident_report
@@ -102,7 +103,7 @@ def declare(
     )
 
     async def work(db: Database) -> int:
-        incident = await service.declare(db, RealClock(), decl)
+        incident = await operations.declare(cli_actor(db, decl.author), decl)
         return incident.id
 
     try:
@@ -144,7 +145,7 @@ def update(
     )
 
     async def work(db: Database) -> None:
-        await service.post_update(db, RealClock(), incident_id, request)
+        await operations.post_update(cli_actor(db, request.author), incident_id, request)
 
     try:
         run(with_database(settings, work))
@@ -191,7 +192,7 @@ def resolve(
     escalation = escalation_or_exit(settings)
 
     async def work(db: Database) -> None:
-        await service.resolve(db, RealClock(), incident_id, request, escalation)
+        await operations.resolve(cli_actor(db, request.author, escalation), incident_id, request)
 
     try:
         run(with_database(settings, work))
@@ -210,7 +211,7 @@ def close(
     settings = settings_or_exit(config)
 
     async def work(db: Database) -> None:
-        await service.close(db, RealClock(), incident_id, _author(author))
+        await operations.close(cli_actor(db, _author(author)), incident_id)
 
     try:
         run(with_database(settings, work))
