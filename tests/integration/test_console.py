@@ -624,3 +624,29 @@ async def test_a_viewer_sees_an_incident_without_its_forms(app: Console) -> None
         assert (await viewer.get(f"/console/incidents/{incident_id + 100}/live")).status_code == 404
     operator_page = await app.http.get(f"/console/incidents/{incident_id}")
     assert 'id="update-form"' in operator_page.text and 'id="resolve-form"' in operator_page.text
+
+
+async def test_without_a_rules_file_the_pages_say_so(database: Database) -> None:
+    settings = Settings.model_validate(
+        {
+            "delivery": {"channels": ["email"]},
+            "channels": {"email": {"type": "console", "contact": "email"}},
+        }
+    )
+    clock = FakeClock(START)
+    state = WebState(settings, database, clock, "link-secret", scheduler_running=True)
+    await credentials.set_account(database, clock, name="root", role="admin", password=PASSWORD)
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as http:
+        assert (await http.get("/console")).headers["location"] == "/console/incidents"
+        csrf = await signed_in(http, "root")
+        rules = await http.get("/console/rules")
+        assert rules.status_code == 200 and "No rules file is configured" in rules.text
+        reload = await http.post("/console/rules/reload", data={"csrf_token": csrf})
+        assert reload.status_code == 409
+        roles = await http.get("/console/help")
+        assert roles.status_code == 200 and "admin (you)" in roles.text
+        filtered = await http.get("/console/audit?action=console.login&actor=account:root")
+        assert filtered.status_code == 200 and filtered.text.count("<tr data-action=") == 1
+        empty = await http.get("/console/followups?state=all")
+        assert empty.status_code == 200 and "No follow-ups here." in empty.text
