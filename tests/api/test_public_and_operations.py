@@ -27,6 +27,7 @@ async def test_statuspage_documents_read_back_through_a_statuspage_reader(
     database: Database,
 ) -> None:
     async with api_client(database) as api:
+        await _seed_customer(database, "cust-7731", "ann.private@example.org", "+31612345678")
         first = (await api.call("POST", "/api/v1/incidents", json=DECLARE)).json()["id"]
         minor = {**DECLARE, "title": "Slow logins", "severity": "minor", "components": ["login"]}
         second = (await api.call("POST", "/api/v1/incidents", json=minor)).json()["id"]
@@ -65,8 +66,10 @@ async def test_statuspage_documents_read_back_through_a_statuspage_reader(
         assert components == {"payments": "major_outage", "login": "operational"}
         status = (await api.call("GET", "/api/v2/status.json", None)).json()
         assert status["status"]["indicator"] == "critical"
-        text = json.dumps(summary) + listing.text
-        assert "@" not in text  # no customer data at all (there is none to leak here)
+        page = await api.call("GET", f"/incidents/{first}", None)
+        text = json.dumps(summary) + listing.text + json.dumps(status) + page.text
+        for private in ("cust-7731", "ann.private", "+31612345678", "612345678"):
+            assert private not in text
 
 
 async def _seed_customer(database: Database, customer_id: str, email: str, phone: str) -> None:
