@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import func, select
 
 from bench.baselines import Timed, apprise_json, raw_aiohttp, raw_httpx, raw_smtp
@@ -34,8 +35,12 @@ from bench.store import add_customers, store_url
 from broadcaster.clock import RealClock
 from broadcaster.incidents import service
 from broadcaster.store import Database, Delivery, Round
+from channels.http_common import pooled_client
+from channels.http_transport import aiohttp_transport
 
 CHANNELS = ("push", "email", "sms")
+STACK = "httpx+aiohttp-transport"
+"""The HTTP channels' client stack: httpx over :mod:`channels.http_transport`."""
 SINK_OF = {"push": "hook", "email": "smtp", "sms": "twilio"}
 MESSAGE = (
     "Trains on line 1 are not running between Central and Harbour because of a signal "
@@ -114,18 +119,33 @@ async def pipeline_run(
     }
 
 
+PLAIN_HTTPX_UP_TO = 10_000
+"""Plain httpx (its own pool) is measured up to this many messages: at a few hundred per
+second, 100,000 would take minutes and say nothing new."""
+
+
 async def raw_runs(sinks: Sinks, channel: str, n: int) -> dict[str, Timed]:
     """The baselines for ``channel``, replaying what the pipeline last sent."""
     sample = await sinks.sample(SINK_OF[channel])
     if channel == "email":
         return {"aiosmtplib": await raw_smtp(sinks.smtp_port, sample, n, connections=4)}
-    url = sinks.base_url + sample["path"]
-    # The channels' pools: webhook max_connections 50; Twilio httpx's defaults.
-    connections = 50 if channel == "push" else None
-    return {
-        "httpx": await raw_httpx(url, sample, n, connections=connections),
-        "aiohttp": await raw_aiohttp(url, sample, n, connections=connections or 100),
+    base = f"http://127.0.0.1:{sinks.hook_port}" if channel == "push" else sinks.base_url
+    url = base + sample["path"]
+    # The channels' own clients: webhook 50 connections; Twilio 100 (httpx's default).
+    connections = 50 if channel == "push" else 100
+    stack = (
+        pooled_client(10.0, connections)
+        if channel == "push"
+        else httpx.AsyncClient(timeout=10.0, transport=aiohttp_transport(connections))
+    )
+    runs = {
+        STACK: await raw_httpx(url, sample, n, client=stack),
+        "aiohttp": await raw_aiohttp(url, sample, n, connections=connections),
     }
+    if n <= PLAIN_HTTPX_UP_TO:
+        plain = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=connections))
+        runs["httpx"] = await raw_httpx(url, sample, n, client=plain)
+    return runs
 
 
 async def run(
@@ -152,7 +172,7 @@ async def run(
                 if channel == "push" and apprise_rate is None and apprise_count:
                     sample = await sinks.sample("hook")
                     document = json.loads(sample["body"])
-                    port = sinks.http_port
+                    port = sinks.hook_port
                     apprised = await asyncio.to_thread(
                         apprise_json,
                         f"json://127.0.0.1:{port}/hook",
@@ -164,7 +184,7 @@ async def run(
                     baselines["apprise_json"] = apprised.as_dict()
                 raw_rates = {k: statistics.median(t.rate for t in v) for k, v in raws.items()}
                 baselines[f"{channel}/{n}"] = {k: [t.as_dict() for t in v] for k, v in raws.items()}
-                same = "aiosmtplib" if channel == "email" else "httpx"
+                same = "aiosmtplib" if channel == "email" else STACK
                 for result in runs:
                     result["raw_rates"] = raw_rates
                     results.append(result)
@@ -194,6 +214,17 @@ def _rows(
             note=note,
         )
     ]
+    if "httpx" in raw_rates:
+        rows.append(
+            Row(
+                f"fan-out {label}",
+                rate,
+                "msg/s",
+                baseline=f"raw httpx, own pool {raw_rates['httpx']:,.0f}/s",
+                ratio=rate / raw_rates["httpx"] if raw_rates["httpx"] else None,
+                note=note or "for comparison: no target",
+            )
+        )
     if result["channel"] == "push":
         aio = raw_rates["aiohttp"]
         rows.append(
