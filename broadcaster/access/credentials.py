@@ -6,12 +6,14 @@ them up without keeping them. Passwords are low-entropy, so they get scrypt with
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
-from datetime import timedelta
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
@@ -201,7 +203,7 @@ async def login(
     async with database.session() as session:
         account = await session.get(Account, name)
     stored = account.password_hash if account is not None else _DUMMY_HASH
-    ok = verify_password(password, stored)
+    ok = await asyncio.to_thread(verify_password, password, stored)  # scrypt: ~50 ms of CPU
     if account is None or account.disabled_at is not None or not ok:
         return None
     session_id = secrets.token_urlsafe(32)
@@ -239,3 +241,34 @@ async def logout(database: Database, clock: Clock, session_id: str) -> None:
             .where(ConsoleSession.id_hash == digest(session_id))
             .values(expires_at=clock.now())
         )
+
+
+@dataclass
+class LoginThrottle:
+    """At most ``limit`` failed sign-ins per account name within ``window``; then that name
+    is refused until the oldest failure leaves the window. Kept in memory per daemon."""
+
+    limit: int = 5
+    window: timedelta = timedelta(minutes=15)
+    _failures: dict[str, deque[datetime]] = field(default_factory=dict)
+
+    def _recent(self, name: str, now: datetime) -> deque[datetime]:
+        times = self._failures.setdefault(name.lower(), deque())
+        while times and now - times[0] >= self.window:
+            times.popleft()
+        return times
+
+    def wait(self, name: str, now: datetime) -> timedelta | None:
+        """How long this name must wait before trying again; None if it may try now."""
+        times = self._recent(name, now)
+        if len(times) < self.limit:
+            return None
+        return times[0] + self.window - now
+
+    def failed(self, name: str, now: datetime) -> None:
+        self._recent(name, now).append(now)
+        if len(self._failures) > 10_000:  # bounded memory under a name-spraying attack
+            self._failures.pop(next(iter(self._failures)))
+
+    def succeeded(self, name: str) -> None:
+        self._failures.pop(name.lower(), None)

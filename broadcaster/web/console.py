@@ -339,14 +339,27 @@ async def login(request: Request) -> Response:
             after=_text(form, "next"),
         )
     source = client_source(request)
+    wait = state.logins.wait(name, state.clock.now())
+    if wait is not None:
+        await _audit_login(state, name, source, False)
+        minutes = max(1, int(wait.total_seconds() // 60) + 1)
+        return _login_form(
+            request,
+            429,
+            error=f"Too many failed sign-ins for this name; try again in {minutes} min.",
+            name=name,
+            after=_text(form, "next"),
+        )
     made = None
     if name and isinstance(password, str) and password:
         made = await credentials.login(state.database, state.clock, name, password, source)
     await _audit_login(state, name, source, made is not None)
     if made is None:
+        state.logins.failed(name, state.clock.now())
         return _login_form(
             request, 401, error="Wrong name or password.", name=name, after=_text(form, "next")
         )
+    state.logins.succeeded(name)
     session_id, _principal = made
     response = _redirect(_safe_next(_text(form, "next")))
     response.set_cookie(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from broadcaster.access.credentials import Principal
+from broadcaster.access.credentials import LoginThrottle, Principal
 from broadcaster.clock import Clock
 from broadcaster.config.settings import Settings
 from broadcaster.escalation.holder import RulesHolder
@@ -32,6 +32,7 @@ class WebState:
     counters: dict[str, int] = field(default_factory=dict)
     escalation: Escalation | None = None
     directory: Directory | None = None
+    logins: LoginThrottle = field(default_factory=LoginThrottle)
 
     def twilio_accounts(self) -> list[TwilioSettings]:
         return [s for s in self.settings.channels.values() if isinstance(s, TwilioSettings)]

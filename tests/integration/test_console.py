@@ -287,6 +287,20 @@ async def test_a_failed_login_keeps_where_it_was_going(app: Console) -> None:
     assert right.status_code == 303 and right.headers["location"] == "/console/followups"
 
 
+async def test_repeated_failed_logins_lock_the_name_for_a_while(app: Console) -> None:
+    for _ in range(5):
+        assert (await sign_in(app.http, "ann", "guess")).status_code == 401
+    locked = await sign_in(app.http, "ann")  # even the right password
+    assert locked.status_code == 429
+    assert "Too many failed sign-ins" in locked.text
+    assert not any(c.startswith("bc_session=") for c in locked.headers.get_list("set-cookie"))
+    assert (await sign_in(app.http, "vera")).status_code == 303  # other names are not locked
+    app.clock.advance(timedelta(minutes=16))
+    assert (await sign_in(app.http, "ann")).status_code == 303
+    outcomes = [e.outcome for e in await audit_rows(app.state.database, "console.login")]
+    assert outcomes.count("refused") == 6
+
+
 async def test_login_without_the_form_token_is_refused(app: Console) -> None:
     response = await app.http.post("/console/login", data={"name": "ann", "password": PASSWORD})
     assert response.status_code == 403
