@@ -7,7 +7,9 @@ the shipped files stay reachable under the ``default/`` prefix for ``{% extends 
 
 The sandbox (:class:`ImmutableSandboxedEnvironment`) refuses attribute access outside what
 the context gives (no ``__class__``, no ``__globals__``, no mutating methods), and
-:class:`StrictUndefined` turns a misspelt variable into an error instead of a blank.
+:class:`StrictUndefined` turns a misspelt variable into an error instead of a blank. It also
+refuses arithmetic that would build a huge value (``"x" * 10**12``, ``9 ** 10**9``): a
+typo in an admin's template must not exhaust the daemon's memory or time.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from jinja2 import (
     Template,
     TemplateNotFound,
 )
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 log = logging.getLogger("broadcaster.compose")
@@ -45,6 +49,37 @@ FORMS: Final[dict[str, tuple[str, ...]]] = {
     "push": ("push_title", "push_body"),
 }
 SHIPPED_LANGUAGES: Final = ("en", "nl")
+MAX_REPEAT: Final = 100_000
+"""The longest string or list a template may build with ``*`` (characters or items)."""
+MAX_EXPONENT_BITS: Final = 4096
+"""The largest number (in bits) a template may compute with ``**``."""
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, with ``*`` and ``**`` bounded (see the module's docstring)."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*" and any(
+            isinstance(seq, str | list | tuple)
+            and isinstance(times, int)
+            and len(seq) * max(times, 0) > MAX_REPEAT
+            for seq, times in ((left, right), (right, left))
+        ):
+            raise SecurityError(
+                f"a template may not repeat a value to more than {MAX_REPEAT} characters or items"
+            )
+        if (
+            operator == "**"
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and right > 0
+            and abs(left) > 1
+            and abs(left).bit_length() * right > MAX_EXPONENT_BITS
+        ):
+            raise SecurityError(f"a template may not compute numbers over {MAX_EXPONENT_BITS} bits")
+        return super().call_binop(context, operator, left, right)
 
 
 def part_file(part: str) -> str:
@@ -70,7 +105,7 @@ class TemplateSet:
         loaders.append(shipped)
         self.override_dir = override_dir
         self.default_language = default_language
-        self.env = ImmutableSandboxedEnvironment(
+        self.env = _Sandbox(
             loader=ChoiceLoader([*loaders, PrefixLoader({"default": shipped})]),
             undefined=StrictUndefined,
             autoescape=_autoescape,

@@ -120,6 +120,12 @@ def resolve_sqlite_url(url: str, base: Path) -> str:
     return f"{match.group(1)}:///{(base / match.group(2)).resolve()}"
 
 
+MAX_VALUES = 100_000
+"""The most values (keys, items, scalars) a configuration may expand to. YAML aliases can
+make a few lines stand for billions of values (the "billion laughs"); every value is
+visited here and copied later, so such a file would hang the loader."""
+
+
 def _parse_yaml(text: str, filename: str, origins: dict[Path_, _Origin]) -> Any:
     loader = yaml.SafeLoader(text)
     loader.name = filename
@@ -127,10 +133,25 @@ def _parse_yaml(text: str, filename: str, origins: dict[Path_, _Origin]) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        _record_marks(node, (), origins, filename)
+        try:
+            _record_marks(node, (), origins, filename, budget=[MAX_VALUES])
+        except _TooLarge as exc:
+            where = f"{filename}:{exc.mark.line + 1}:{exc.mark.column + 1}"
+            raise ConfigError(
+                [
+                    f"{where}: the document expands to more than {MAX_VALUES} values "
+                    "(YAML aliases repeating aliases?)"
+                ]
+            ) from None
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+class _TooLarge(Exception):
+    def __init__(self, mark: yaml.Mark) -> None:
+        super().__init__()
+        self.mark = mark
 
 
 def _record_marks(
@@ -139,7 +160,12 @@ def _record_marks(
     origins: dict[Path_, _Origin],
     name: str,
     mark: yaml.Mark | None = None,
+    *,
+    budget: list[int],
 ) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge(node.start_mark)
     mark = mark or node.start_mark
     origins[path] = _Origin(f"{name}:{mark.line + 1}:{mark.column + 1}")
     if isinstance(node, yaml.MappingNode):
@@ -147,10 +173,10 @@ def _record_marks(
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
             # A block mapping or list starts on the line after its key; point at the key.
             at_key = key_node.start_mark if isinstance(value_node, yaml.CollectionNode) else None
-            _record_marks(value_node, (*path, str(key)), origins, name, at_key)
+            _record_marks(value_node, (*path, str(key)), origins, name, at_key, budget=budget)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _record_marks(item, (*path, index), origins, name)
+            _record_marks(item, (*path, index), origins, name, budget=budget)
 
 
 def _substitute(
