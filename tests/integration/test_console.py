@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from broadcaster.access import credentials
+from broadcaster.access.roles import ROLES, Role, allows
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import Settings
 from broadcaster.engine import Engine
@@ -664,3 +665,71 @@ async def test_without_a_rules_file_the_pages_say_so(database: Database) -> None
         assert filtered.status_code == 200 and filtered.text.count("<tr data-action=") == 1
         empty = await http.get("/console/followups?state=all")
         assert empty.status_code == 200 and "No follow-ups here." in empty.text
+
+
+# --- Role x route matrix over every console route ------------------------------------------
+
+CONSOLE_ROLES: dict[tuple[str, str], Role | None] = {
+    ("GET", "/console/static/{name}"): None,
+    ("GET", "/console"): None,  # a redirect to the incident list
+    ("GET", "/console/login"): None,
+    ("POST", "/console/login"): None,
+    ("GET", "/console/help"): "viewer",
+    ("POST", "/console/logout"): "viewer",
+    ("GET", "/console/incidents"): "viewer",
+    ("GET", "/console/incidents/rows"): "viewer",
+    ("GET", "/console/incidents/new"): "operator",
+    ("POST", "/console/incidents"): "operator",
+    ("GET", "/console/incidents/{incident_id}"): "viewer",
+    ("GET", "/console/incidents/{incident_id}/live"): "viewer",
+    ("POST", "/console/incidents/{incident_id}/update"): "operator",
+    ("POST", "/console/incidents/{incident_id}/resolve"): "operator",
+    ("POST", "/console/incidents/{incident_id}/close"): "operator",
+    ("GET", "/console/followups"): "viewer",
+    ("POST", "/console/followups/{followup_id}/claim"): "operator",
+    ("POST", "/console/followups/{followup_id}/done"): "operator",
+    ("POST", "/console/followups/{followup_id}/waive"): "operator",
+    ("GET", "/console/rules"): "viewer",
+    ("POST", "/console/rules/reload"): "admin",
+    ("GET", "/console/audit"): "admin",
+}
+
+
+async def test_every_console_route_enforces_its_role(app: Console) -> None:
+    served = {
+        (method, route.path)
+        for route in console.router.routes
+        for method in getattr(route, "methods", ()) or ()
+        if method != "HEAD"
+    }
+    assert served == set(CONSOLE_ROLES), served ^ set(CONSOLE_ROLES)
+    clients: dict[str, tuple[httpx.AsyncClient, str]] = {}
+    for name, role in (("vera", "viewer"), ("ann", "operator"), ("root", "admin")):
+        client = httpx.AsyncClient(transport=app.transport, base_url="http://daemon")
+        clients[role] = (client, await signed_in(client, name))
+    anonymous = httpx.AsyncClient(transport=app.transport, base_url="http://daemon")
+    try:
+        for (method, template), need in CONSOLE_ROLES.items():
+            if need is None or template == "/console/logout":
+                continue
+            path = template.replace("{incident_id}", "1").replace("{followup_id}", "1")
+            answer = await anonymous.request(method, path, data={} if method == "POST" else None)
+            assert answer.status_code in (303, 401), (method, template, answer.status_code)
+            if answer.status_code == 303:
+                assert answer.headers["location"].startswith("/console/login")
+            for role in ROLES:
+                client, csrf = clients[role]
+                data = {"csrf_token": csrf} if method == "POST" else None
+                answer = await client.request(method, path, data=data)
+                where = (method, template, role, answer.status_code)
+                if allows(role, need):
+                    assert answer.status_code != 403, where
+                    location = answer.headers.get("location", "")
+                    assert not location.startswith("/console/login"), where
+                    assert answer.status_code < 500, where
+                else:
+                    assert answer.status_code == 403, where
+    finally:
+        for client, _ in clients.values():
+            await client.aclose()
+        await anonymous.aclose()
