@@ -697,7 +697,7 @@ CONSOLE_ROLES: dict[tuple[str, str], Role | None] = {
 
 async def test_every_console_route_enforces_its_role(app: Console) -> None:
     served = {
-        (method, route.path)
+        (method, str(getattr(route, "path", "")))
         for route in console.router.routes
         for method in getattr(route, "methods", ()) or ()
         if method != "HEAD"
