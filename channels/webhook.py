@@ -27,6 +27,7 @@ the request.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -192,9 +193,9 @@ class WebhookChannel:
         }
         if message.idempotency_key:
             headers[s.idempotency_header] = _ascii(message.idempotency_key)
-        where = _origin(url)
-        # Not the whole URL: without a path it is the origin, which reasons do name.
-        path = httpx.URL(url).raw_path.decode("ascii")  # paths and queries often hold tokens
+        # Not the whole URL: without a path it is the origin, which reasons do name;
+        # paths and queries often hold tokens.
+        where, path = _url_parts(url)
         secrets = (s.secret.get_secret_value(), headers[s.signature_header], path)
         try:
             response = await self._client.post(url, content=body, headers=headers)
@@ -251,11 +252,15 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-def _origin(url: str) -> str:
-    """Scheme, host and port only: paths and queries of webhook URLs often hold tokens."""
+@functools.lru_cache(maxsize=1024)
+def _url_parts(url: str) -> tuple[str, str]:
+    """The origin (scheme, host and port only: paths and queries of webhook URLs often hold
+    tokens) and the raw path with query of ``url``; cached, as most deliveries go to
+    one or a few URLs and parsing one costs as much as signing the body."""
     parsed = httpx.URL(url)
     host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
-    return f"{parsed.scheme}://{host}" + (f":{parsed.port}" if parsed.port else "")
+    origin = f"{parsed.scheme}://{host}" + (f":{parsed.port}" if parsed.port else "")
+    return origin, parsed.raw_path.decode("ascii")
 
 
 def _ascii(value: str) -> str:
