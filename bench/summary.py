@@ -1,0 +1,77 @@
+"""``python -m bench.summary DIR``: one markdown table of every result file under ``DIR``.
+
+It reads the JSON files ``python -m bench`` wrote (in ``DIR`` and its sub-folders) and
+prints their rows as a markdown table, with the machine they ran on: what the README's
+performance section and ``docs/performance.md`` quote, copied rather than retyped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _figure(row: dict[str, Any]) -> str:
+    value = row.get("value")
+    unit = row["unit"]
+    if value is None:
+        return "not measured"
+    if unit == "msg/s":
+        return f"{value:,.0f} msg/s"
+    if unit == "%":
+        return f"{value:.1f} %"
+    if unit == "MiB":
+        return f"{value:,.0f} MiB"
+    return f"{value:,.2f} {unit}"
+
+
+def _target(row: dict[str, Any]) -> str:
+    if row.get("target") is not None:
+        return f"≥ {row['target']:g}×"
+    if row.get("limit") is not None:
+        return f"< {row['limit']:g} {row['unit']}"
+    if row.get("at_least") is not None:
+        return f"≥ {row['at_least']:g} {row['unit']}"
+    return ""
+
+
+def markdown(documents: list[dict[str, Any]]) -> str:
+    lines = [
+        "| what | figure | baseline | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for document in documents:
+        for row in document["rows"]:
+            ratio = f"{row['ratio']:.2f}×" if row.get("ratio") is not None else ""
+            met = {True: "yes", False: "**no**", None: ""}[row.get("met")]
+            what = row["what"] + (f" ({row['note']})" if row.get("note") else "")
+            lines.append(
+                f"| {what} | {_figure(row)} | {row.get('baseline', '')} | {ratio} "
+                f"| {_target(row)} | {met} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args()
+    documents = [
+        json.loads(path.read_text(encoding="utf-8")) for path in sorted(args.folder.rglob("*.json"))
+    ]
+    order = {"fanout": 0, "latency": 1, "scale": 2, "promises": 3}
+    documents.sort(key=lambda d: order.get(d["scenario"], 9))
+    machines = {
+        (d["machine"]["cpus"], d["machine"]["cpu_model"], d["machine"]["date"][:10])
+        for d in documents
+    }
+    for cpus, model, date in sorted(machines):
+        print(f"Machine: {cpus} CPUs, {model}, {date}")
+    print()
+    print(markdown(documents))
+
+
+if __name__ == "__main__":
+    main()
