@@ -57,19 +57,28 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+STORE_ERRORS = (OperationalError, InterfaceError, OSError)
+"""What opening or migrating an unreachable or unwritable store raises."""
+
+
+def store_problem(url: str, exc: BaseException) -> str:
+    """One line for an unusable store: its URL (no password) and the driver's reason."""
+    where = make_url(url).render_as_string(hide_password=True)
+    reason = getattr(exc, "orig", None) or exc
+    return f"cannot open the store {where}: {reason}"
+
+
 async def with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
     """Open the store (bringing its schema up to date first) and run ``work`` on it."""
-    where = make_url(settings.database.url).render_as_string(hide_password=True)
     try:
         database = Database(settings.database.url, echo=settings.database.echo)  # makes the dir
     except OSError as exc:
-        raise fail(f"cannot open the store {where}: {exc}", 2) from None
+        raise fail(store_problem(settings.database.url, exc), 2) from None
     try:
         try:
             await upgrade_async(settings.database.url)
-        except (OperationalError, InterfaceError, OSError) as exc:
-            reason = getattr(exc, "orig", None) or exc
-            raise fail(f"cannot open the store {where}: {reason}", 2) from None
+        except STORE_ERRORS as exc:
+            raise fail(store_problem(settings.database.url, exc), 2) from None
         return await work(database)
     finally:
         await database.dispose()

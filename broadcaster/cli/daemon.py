@@ -6,7 +6,13 @@ import asyncio
 import logging
 import signal
 
-from broadcaster.cli.common import ConfigOption, fail, settings_or_exit
+from broadcaster.cli.common import (
+    STORE_ERRORS,
+    ConfigOption,
+    fail,
+    settings_or_exit,
+    store_problem,
+)
 from broadcaster.daemon import Daemon
 from broadcaster.logs import configure_logging
 from broadcaster.store.migrate import upgrade_async
@@ -27,7 +33,10 @@ def run(config: ConfigOption = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         daemon = Daemon(settings)
         loop.add_signal_handler(signal.SIGHUP, daemon.reload_rules)
-        await upgrade_async(settings.database.url)
+        try:
+            await upgrade_async(settings.database.url)
+        except STORE_ERRORS as exc:
+            raise StartupError(store_problem(settings.database.url, exc)) from None
         await daemon.run(stop)
 
     try:

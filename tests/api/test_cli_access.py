@@ -116,3 +116,16 @@ def test_an_unopenable_store_is_a_clear_error(tmp_path: Path) -> None:
     assert code == 2
     assert err.startswith("error: cannot open the store sqlite+aiosqlite:///")
     assert "Traceback" not in err
+
+
+def test_the_daemon_refuses_an_unopenable_store_in_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f'database: {{url: "sqlite+aiosqlite:///{blocker / "sub" / "s.db"}"}}\nhttp: {{port: 0}}\n'
+    )
+    code, _, err = invoke("run", "-c", str(config))
+    assert code == 2
+    assert err.startswith("error: cannot open the store sqlite+aiosqlite:///")
+    assert "Traceback" not in err
