@@ -80,7 +80,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # FULL: each commit syncs the WAL. With NORMAL a commit is durable only at the next
+    # checkpoint, so an OS crash, a power cut or a disk error that remounts the file system
+    # read-only loses the last committed incidents, rounds and receipts (seen in
+    # tests/reliability/test_sqlite_disk.py). One fsync per transaction; the daemon writes
+    # in batches.
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
