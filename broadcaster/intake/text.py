@@ -129,6 +129,8 @@ def safe_url(value: str | None, *, limit: int) -> str | None:
         port_ok = parts.port is None or 0 < parts.port < 65536
     except ValueError:
         return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or not port_ok:
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or not port_ok:
         return None
-    return value
+    # Schemes are case-insensitive (RFC 3986): write it the canonical way.
+    return scheme + value[len(parts.scheme) :]

@@ -173,6 +173,12 @@ def test_safe_url_keeps_only_absolute_http_urls(url: str, kept: bool) -> None:
     assert (safe_url(url, limit=2048) is not None) is kept
 
 
+def test_safe_url_writes_the_scheme_in_lower_case() -> None:
+    # Found by the fuzzer: schemes are case-insensitive, links should not vary with them.
+    assert safe_url("HTTPS://Example.com/A", limit=100) == "https://Example.com/A"
+    assert safe_url("Http://x.org", limit=100) == "http://x.org"
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
