@@ -40,22 +40,27 @@ _HOP_HEADERS = {
 
 @dataclass(frozen=True)
 class Timed:
-    """``ok`` of ``count`` messages accepted by the sink in ``seconds``."""
+    """``ok`` of ``count`` messages accepted by the sink in ``seconds``; ``errors`` raised
+    (a timeout, a refused connection: counted, not fatal, and named in ``first_error``)."""
 
     count: int
     ok: int
     seconds: float
+    errors: int = 0
+    first_error: str = ""
 
     @property
     def rate(self) -> float:
         return self.ok / self.seconds if self.seconds > 0 else 0.0
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | str]:
         return {
             "count": self.count,
             "ok": self.ok,
             "seconds": round(self.seconds, 3),
             "rate": round(self.rate, 1),
+            "errors": self.errors,
+            "first_error": self.first_error,
         }
 
 
@@ -67,16 +72,21 @@ def replay_headers(sample: dict[str, Any]) -> dict[str, str]:
 async def _blast(n: int, concurrency: int, one: Callable[[], Awaitable[bool]]) -> Timed:
     todo: Iterator[int] = iter(range(n))
     ok = 0
+    errors: list[str] = []
 
     async def worker() -> None:
         nonlocal ok
         for _ in todo:
-            if await one():
-                ok += 1
+            try:
+                if await one():
+                    ok += 1
+            except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
-    return Timed(n, ok, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return Timed(n, ok, seconds, len(errors), errors[0] if errors else "")
 
 
 async def raw_aiohttp(

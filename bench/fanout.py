@@ -159,6 +159,7 @@ async def run(
     results: list[dict[str, Any]] = []
     rows: list[Row] = []
     baselines: dict[str, Any] = {}
+    notes: list[str] = []
     with Sinks() as sinks:
         apprise_rate: float | None = None
         for n in sizes:
@@ -183,13 +184,25 @@ async def run(
                     apprise_rate = apprised.rate
                     baselines["apprise_json"] = apprised.as_dict()
                 raw_rates = {k: statistics.median(t.rate for t in v) for k, v in raws.items()}
+                notes += [
+                    f"{channel} {n:,} raw {name}: {t.errors} of {t.count} requests failed "
+                    f"(first: {t.first_error})"
+                    for name, timed in raws.items()
+                    for t in timed
+                    if t.errors
+                ]
                 baselines[f"{channel}/{n}"] = {k: [t.as_dict() for t in v] for k, v in raws.items()}
                 same = "aiosmtplib" if channel == "email" else STACK
                 for result in runs:
                     result["raw_rates"] = raw_rates
                     results.append(result)
                     rows.extend(_rows(result, raw_rates[same], same, raw_rates, apprise_rate))
-    return {"runs": results, "baselines": baselines, "rows": [r.as_dict() for r in rows]}
+    return {
+        "runs": results,
+        "baselines": baselines,
+        "rows": [r.as_dict() for r in rows],
+        "notes": notes,
+    }
 
 
 def _rows(
