@@ -36,7 +36,7 @@ def sizes(scenario: str, quick: bool) -> dict[str, Any]:
     if scenario == "latency":
         return {"incidents": 30 if quick else 200, "audience": 5}
     if scenario == "scale":
-        return {"customers": 20_000 if quick else 1_000_000}
+        return {"customers": 20_000 if quick else 1_000_000, "batches": [1_000, 5_000]}
     if scenario == "promises":
         return {"customers": 300 if quick else 10_000, "hours": 24, "restarts": 3}
     raise ValueError(scenario)

@@ -9,7 +9,8 @@ Three phases, each in a process of its own so that its peak memory is its own:
 2. ``materialise``: an incident is declared for all of them; the audience is counted
    (``audience_size``: one COUNT over the subscriptions join) and its first page read
    (audience resolution), then the round is claimed and materialised into one delivery
-   row per customer, in keyset batches (``schedule.audience_batch``, default 1,000);
+   row per customer, in keyset batches (``schedule.audience_batch``: the default 1,000, and
+   5,000 to show what the batch size buys);
 3. the figures: seconds and peak RSS of the materialising process.
 
 The 5-minute target (the first round of a 1M incident handed to local sinks, several
@@ -45,6 +46,7 @@ from broadcaster.store import Database, Delivery
 COMPONENT = "network"
 MEMORY_LIMIT_MIB = 400.0
 TIME_LIMIT_S = 60.0
+DEFAULT_BATCH = ScheduleSettings().audience_batch
 
 
 async def populate(url: str, customers: int) -> dict[str, float]:
@@ -71,10 +73,10 @@ async def populate(url: str, customers: int) -> dict[str, float]:
     }
 
 
-async def materialise(url: str) -> dict[str, float]:
+async def materialise(url: str, batch: int = DEFAULT_BATCH) -> dict[str, float]:
     database = Database(url)
     clock = RealClock()
-    settings = ScheduleSettings()
+    settings = ScheduleSettings(audience_batch=batch)
     try:
         incident = await service.declare(
             database,
@@ -113,7 +115,9 @@ async def materialise(url: str) -> dict[str, float]:
     }
 
 
-async def _phase(phase: str, url: str, customers: int) -> dict[str, float]:
+async def _phase(
+    phase: str, url: str, customers: int, batch: int = DEFAULT_BATCH
+) -> dict[str, float]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -124,6 +128,8 @@ async def _phase(phase: str, url: str, customers: int) -> dict[str, float]:
         url,
         "--customers",
         str(customers),
+        "--audience-batch",
+        str(batch),
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await process.communicate()
@@ -133,15 +139,20 @@ async def _phase(phase: str, url: str, customers: int) -> dict[str, float]:
     return figures
 
 
-async def run(workdir: Path, *, backends: list[str], customers: int) -> dict[str, Any]:
+async def run(
+    workdir: Path, *, backends: list[str], customers: int, batches: list[int]
+) -> dict[str, Any]:
+    """``batches``: the ``schedule.audience_batch`` values to measure (the default first)."""
     runs = []
     rows: list[Row] = []
-    for backend in backends:
+    for backend, batch in [(b, n) for b in backends for n in batches]:
         async with store_url(backend, workdir) as url:
             populated = await _phase("populate", url, customers)
-            measured = await _phase("materialise", url, customers)
+            measured = await _phase("materialise", url, customers, batch)
         runs.append({"backend": backend, "customers": customers, **populated, **measured})
-        label = f"{customers:,} customers, {backend}"
+        label = f"{customers:,} customers, {backend}" + (
+            "" if batch == DEFAULT_BATCH else f", audience_batch {batch:,}"
+        )
         complete = measured["deliveries"] == customers
         note = "" if complete else f"{measured['deliveries']:,.0f} deliveries written"
         rows += [
@@ -189,11 +200,12 @@ def main() -> None:
     parser.add_argument("--phase", choices=["populate", "materialise"], required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--customers", type=int, required=True)
+    parser.add_argument("--audience-batch", type=int, default=DEFAULT_BATCH)
     args = parser.parse_args()
     if args.phase == "populate":
         print(json.dumps(asyncio.run(populate(args.url, args.customers))))
     else:
-        print(json.dumps(asyncio.run(materialise(args.url))))
+        print(json.dumps(asyncio.run(materialise(args.url, args.audience_batch))))
 
 
 if __name__ == "__main__":
