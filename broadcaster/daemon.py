@@ -194,19 +194,33 @@ class Daemon:
         work_ready: asyncio.Event,
         stop: asyncio.Event,
     ) -> None:
+        failures = 0
         while not stop.is_set():
             rounds_due.clear()
-            if not await self.leadership.ensure():
+            wake = None
+            try:  # leadership too: whatever fails, this loop must not end (rounds would stop)
+                leading = await self.leadership.ensure()
+                if leading:
+                    if await engine.process_due_rounds(stop.is_set):
+                        work_ready.set()
+                    wake = await engine.next_wakeup()
+            except Exception as exc:  # the store may be down; keep the daemon alive and retry
+                failures += 1
+                if failures == 1:
+                    log.exception("round processing failed; retrying")
+                else:  # one traceback per outage, not one per attempt
+                    log.warning(
+                        "round processing still failing; retrying",
+                        extra={"failures": failures, "reason": repr(exc)},
+                    )
+                await _wait(asyncio.Event(), stop, _ERROR_PAUSE.total_seconds())
+                continue
+            if failures:
+                log.info("round processing recovered", extra={"failures": failures})
+                failures = 0
+            if not leading:
                 # A follower: dispatch only; try again at the next sweep.
                 await _wait(rounds_due, stop, None)
-                continue
-            try:
-                if await engine.process_due_rounds(stop.is_set):
-                    work_ready.set()
-                wake = await engine.next_wakeup()
-            except Exception:  # the store may be down; keep the daemon alive and retry
-                log.exception("round processing failed; retrying")
-                await _wait(rounds_due, stop, _ERROR_PAUSE.total_seconds())
                 continue
             if wake is not None:
                 scheduler.add_job(
