@@ -18,6 +18,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -269,3 +270,37 @@ def test_disk_turns_read_only_under_the_daemon(tmp_path: Path, ext4_disk: tuple[
         f"{dispatched} rounds sent after the repair and restart; repeats {repeats}; integrity ok"
     )
     assert repeats <= 2 * 5
+
+
+def test_read_only_at_start_is_one_clear_line_then_a_restart_works(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """The disk is read-only when the daemon starts (it came back so after a reboot, say):
+    ``broadcaster run`` stops with exit code 2 and one line naming the store, no traceback.
+    Once the disk is writable again, the next start sends what is due."""
+    db = small_disk / "store.db"
+    with SmtpSink() as sink:
+        config = _setup(tmp_path, db, sink, cadence="1h")
+        _declare(config)  # round 1 is due; nothing sent yet
+        gc.collect()
+        assert _mount("-o", "remount,ro", str(small_disk)).returncode == 0
+        started = subprocess.run(
+            [sys.executable, "-m", "broadcaster", "run", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert started.returncode == 2, started.stdout + started.stderr
+        output = started.stdout + started.stderr
+        assert "Traceback" not in output, output
+        assert f"cannot open the store sqlite+aiosqlite:///{db}" in output, output
+        assert _mount("-o", "remount,rw", str(small_disk)).returncode == 0
+        daemon = Daemon(config, tmp_path / "daemon.log").start()
+        try:
+            wait_until(lambda: _round_sent(db, 1), 20, "round 1 once the disk is writable")
+        finally:
+            assert daemon.stop() == 0
+    assert len(sink.messages) == CUSTOMERS
+    assert _integrity(db) == "ok"
+    print(f"\nread-only at start: exit 2, {output.strip().splitlines()[-1]!r}")
