@@ -19,7 +19,8 @@ with SIGTERM and checks, from the store and the fakes:
 
 - memory: the median RSS of the last minute is within 10% of the median of the first minute
   after warm-up (the first third of the run, at least one minute);
-- no delivery stuck: none ``pending`` or ``sending`` once drained, none ``failed``;
+- no delivery stuck: none ``pending`` or ``sending`` once drained, none ``failed``, none that
+  took over five minutes from its round to its send (the median, p99 and max are printed);
 - every promise kept: no promise ``late`` or left ``open``;
 - every delivery the store calls sent was received by its provider, once per key (repeats
   from late answers are counted and reported, not hidden).
@@ -60,6 +61,9 @@ SEVERITIES = ("critical", "major", "minor")
 SECRET = "whsec-soak-0123456789abcdef0123"  # noqa: S105 - the fake receiver's
 CLIENT_TIMEOUT = 1.0
 SAMPLE_EVERY = 5.0
+STUCK_AFTER = 300.0
+"""A delivery that took longer than this from its round to its send counts as stuck (the
+retry budget here — 12 tries, backoff capped at 10 s — spans under two minutes)."""
 
 
 @dataclass
@@ -309,13 +313,18 @@ async def soak(minutes: float, customers: int, every: float, fault_rate: float, 
         f"{report['states']}; attempts {report['attempts']}"
     )
     print(
-        f"  provider requests {requests}, faults {faults} ({faults / max(requests, 1):.1%}): "
+        f"  provider requests {requests}, faults incl. slow answers {faults} "
+        f"({faults / max(requests, 1):.1%}): "
         f"{ {k: counts[k] for k in KINDS} } resets {resets}"
     )
     print(
         f"  received once per key: {report['received']} of {report['sent']} sent; lost "
         f"{report['lost']}; repeats dropped by key {report['repeats']}"
     )
+    waits: list[float] = report["waits"]
+    if waits:
+        p50, p99 = waits[len(waits) // 2], waits[min(len(waits) - 1, int(len(waits) * 0.99))]
+        print(f"  created -> sent: median {p50:.1f} s, p99 {p99:.1f} s, max {waits[-1]:.1f} s")
     print(f"  promises {report['promises']}")
     print(
         f"  daemon RSS MiB: first {first:.1f}, after warm-up {baseline:.1f}, last minute "
@@ -329,6 +338,9 @@ async def soak(minutes: float, customers: int, every: float, fault_rate: float, 
         problems.append(f"memory grew {growth:+.1%} after warm-up (limit +10%)")
     if report["stuck"]:
         problems.append(f"{report['stuck']} deliveries stuck (pending or sending)")
+    slow = sum(1 for wait in waits if wait > STUCK_AFTER)
+    if slow:
+        problems.append(f"{slow} deliveries took over {STUCK_AFTER:.0f} s from round to send")
     if report["states"].get("failed"):
         problems.append(f"{report['states']['failed']} deliveries failed")
     if report["promises"].get("late") or report["promises"].get("open"):
@@ -368,6 +380,13 @@ async def _report(
             )
         ).all()
         incidents = (await session.execute(select(func.count()).select_from(Incident))).scalar_one()
+        waits = sorted(
+            (sent_at - created_at).total_seconds()
+            for created_at, sent_at in await session.execute(
+                select(Delivery.created_at, Delivery.sent_at).where(Delivery.sent_at.is_not(None))
+            )
+            if sent_at is not None
+        )
     received: Counter[str] = Counter()
     for hook in receiver.accepted:
         received[hook.headers["idempotency-key"]] += 1
@@ -392,6 +411,7 @@ async def _report(
         "received": len(sent & keys),
         "lost": len(sent - keys),
         "repeats": repeats,
+        "waits": waits,
     }
 
 
