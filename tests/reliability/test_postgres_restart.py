@@ -138,8 +138,10 @@ def test_daemon_rides_out_a_postgres_restart(tmp_path: Path, cluster: Cluster) -
         f"{len(dispatched)} rounds x {CUSTOMERS} customers, in-flight repeats: {dups}"
     )
     assert dups <= IN_FLIGHT
-    # One traceback per worker per outage, not one per poll (57 in 3 s before the fix).
-    assert errors <= 2 * 2, f"{errors} errors logged for one outage"
+    # One traceback per loop (two workers, the round loop) per outage, not one per poll (57
+    # in 3 s before the fix); twice that leaves room for a loop that recovers early and
+    # fails once more while the server finishes starting.
+    assert errors <= 2 * 3, f"{errors} errors logged for one outage"
     assert "recovered" in log
 
 
