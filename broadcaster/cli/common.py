@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -68,10 +69,26 @@ def store_problem(url: str, exc: BaseException) -> str:
     return f"cannot open the store {where}: {reason}"
 
 
+def check_sqlite_path(url: str) -> None:
+    """For a SQLite store, make its folder and open the file once, synchronously: a path
+    that cannot be opened fails here with sqlite's reason, before the async driver's worker
+    threads are involved (they report a failed open late, as noise on a closed loop)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sqlite3.connect(path).close()
+    except sqlite3.Error as exc:
+        raise OSError(str(exc)) from None
+
+
 async def with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
     """Open the store (bringing its schema up to date first) and run ``work`` on it."""
     try:
         database = Database(settings.database.url, echo=settings.database.echo)  # makes the dir
+        check_sqlite_path(settings.database.url)
     except OSError as exc:
         raise fail(store_problem(settings.database.url, exc), 2) from None
     try:

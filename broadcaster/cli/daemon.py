@@ -9,6 +9,7 @@ import signal
 from broadcaster.cli.common import (
     STORE_ERRORS,
     ConfigOption,
+    check_sqlite_path,
     fail,
     settings_or_exit,
     store_problem,
@@ -34,6 +35,7 @@ def run(config: ConfigOption = None) -> None:
         daemon = Daemon(settings)
         loop.add_signal_handler(signal.SIGHUP, daemon.reload_rules)
         try:
+            check_sqlite_path(settings.database.url)
             await upgrade_async(settings.database.url)
         except STORE_ERRORS as exc:
             raise StartupError(store_problem(settings.database.url, exc)) from None
