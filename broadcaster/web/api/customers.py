@@ -20,7 +20,7 @@ from broadcaster.customers.importer import (
 )
 from broadcaster.customers.rows import CustomerRow
 from broadcaster.store import ContactPoint, Customer, Subscription
-from broadcaster.web.api.schemas import Page
+from broadcaster.web.api.schemas import Page, page_of
 from broadcaster.web.auth import client_source, require
 from broadcaster.web.errors import ApiError
 from broadcaster.web.state import WebState, state_of
@@ -129,12 +129,7 @@ async def list_customers(
         query = query.where(Customer.id > cursor)
     async with state_of(request).database.session() as session:
         rows = list((await session.execute(query)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page[CustomerOut](
-        items=[CustomerOut.model_validate(r) for r in rows],
-        next_cursor=rows[-1].id if more else None,
-    )
+    return page_of(rows, limit, CustomerOut, lambda row: row.id)
 
 
 @router.post("", response_model=CustomerDetailOut, status_code=201, summary="Create a customer")

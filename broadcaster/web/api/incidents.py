@@ -27,6 +27,7 @@ from broadcaster.web.api.schemas import (
     RoundOut,
     TimelineEntryOut,
     UpdateIn,
+    page_of,
 )
 from broadcaster.web.auth import require
 from broadcaster.web.errors import ApiError, from_value_error
@@ -94,12 +95,7 @@ async def list_incidents(
         query = query.where(Incident.id < cursor)
     async with state.database.session() as session:
         rows = list((await session.execute(query)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page[IncidentOut](
-        items=[IncidentOut.model_validate(r) for r in rows],
-        next_cursor=rows[-1].id if more else None,
-    )
+    return page_of(rows, limit, IncidentOut, lambda row: row.id)
 
 
 @router.post(

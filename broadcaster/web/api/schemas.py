@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
@@ -31,6 +32,26 @@ class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: int | str | None = Field(
         None, description="pass as ?cursor= for the next page; null on the last"
+    )
+
+
+R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
+
+
+def page_of(
+    rows: list[R],
+    limit: int,
+    model: type[M],
+    cursor: Callable[[R], int | str],
+    dump: Callable[[R], object] = lambda row: row,
+) -> Page[M]:
+    """One keyset page from ``limit + 1`` rows: the extra row only says there is more."""
+    more = len(rows) > limit
+    shown = rows[:limit]
+    return Page[model](  # type: ignore[valid-type]
+        items=[model.model_validate(dump(row)) for row in shown],
+        next_cursor=cursor(shown[-1]) if more else None,
     )
 
 

@@ -33,6 +33,7 @@ from broadcaster.web.api.schemas import (
     RulesCheckOut,
     RulesOut,
     WaiveIn,
+    page_of,
 )
 from broadcaster.web.auth import client_source, require
 from broadcaster.web.errors import ApiError, from_value_error
@@ -89,12 +90,7 @@ async def deliveries(
         query = query.where(Delivery.id < cursor)
     async with web.database.session() as session:
         rows = list((await session.execute(query)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page[DeliveryOut](
-        items=[DeliveryOut.model_validate(r) for r in rows],
-        next_cursor=rows[-1].id if more else None,
-    )
+    return page_of(rows, limit, DeliveryOut, lambda row: row.id)
 
 
 @router.get(
@@ -344,9 +340,4 @@ async def audit_log(
         rows = await audit.recent(
             session, limit=limit + 1, before_id=cursor, actor=actor, action=action
         )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page[AuditOut](
-        items=[AuditOut.model_validate(audit.as_dict(r)) for r in rows],
-        next_cursor=rows[-1].id if more else None,
-    )
+    return page_of(rows, limit, AuditOut, lambda row: row.id, audit.as_dict)
