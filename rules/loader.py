@@ -45,6 +45,8 @@ def load_rules(
     problems = Problems(filename)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise RulesError([f"{filename}: the YAML is nested too deeply to read"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = location(filename, mark) if mark is not None else filename

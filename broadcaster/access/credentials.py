@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from broadcaster.access.roles import Role, check_role
 from broadcaster.clock import Clock
@@ -174,6 +174,12 @@ async def set_account(
         account.role = checked
         account.password_hash = hash_password(password)
         account.disabled_at = None
+        # A new password (or role) ends every session of the old one.
+        await session.execute(
+            update(ConsoleSession)
+            .where(ConsoleSession.account == name, ConsoleSession.expires_at > clock.now())
+            .values(expires_at=clock.now())
+        )
         return account
 
 
@@ -210,6 +216,7 @@ async def login(
     csrf = secrets.token_urlsafe(32)
     now = clock.now()
     async with database.session() as session, session.begin():
+        await session.execute(delete(ConsoleSession).where(ConsoleSession.expires_at <= now))
         session.add(
             ConsoleSession(
                 id_hash=digest(session_id),
@@ -245,30 +252,46 @@ async def logout(database: Database, clock: Clock, session_id: str) -> None:
 
 @dataclass
 class LoginThrottle:
-    """At most ``limit`` failed sign-ins per account name within ``window``; then that name
-    is refused until the oldest failure leaves the window. Kept in memory per daemon."""
+    """At most ``limit`` sign-in attempts that did not succeed per account name within
+    ``window``; then that name is refused until the oldest leaves the window. An attempt
+    counts from the moment it starts (so parallel guesses cannot slip past the check) and
+    is forgotten when it succeeds. Kept in memory, per daemon."""
 
     limit: int = 5
     window: timedelta = timedelta(minutes=15)
-    _failures: dict[str, deque[datetime]] = field(default_factory=dict)
+    max_names: int = 10_000
+    _attempts: dict[str, deque[datetime]] = field(default_factory=dict)
 
-    def _recent(self, name: str, now: datetime) -> deque[datetime]:
-        times = self._failures.setdefault(name.lower(), deque())
+    def _prune(self, key: str, now: datetime) -> deque[datetime] | None:
+        times = self._attempts.get(key)
+        if times is None:
+            return None
         while times and now - times[0] >= self.window:
             times.popleft()
+        if not times:
+            del self._attempts[key]
+            return None
         return times
 
-    def wait(self, name: str, now: datetime) -> timedelta | None:
-        """How long this name must wait before trying again; None if it may try now."""
-        times = self._recent(name, now)
-        if len(times) < self.limit:
-            return None
-        return times[0] + self.window - now
-
-    def failed(self, name: str, now: datetime) -> None:
-        self._recent(name, now).append(now)
-        if len(self._failures) > 10_000:  # bounded memory under a name-spraying attack
-            self._failures.pop(next(iter(self._failures)))
+    def begin(self, name: str, now: datetime) -> timedelta | None:
+        """Count an attempt for ``name``; or, when it has used its attempts, how long it
+        must wait (the attempt is then not counted)."""
+        key = name.lower()
+        times = self._prune(key, now)
+        if times is not None and len(times) >= self.limit:
+            return times[0] + self.window - now
+        if times is None:
+            if len(self._attempts) >= self.max_names:
+                # Under a name-spraying attack, forget names whose attempts have expired,
+                # then the one with the fewest recent attempts (never a locked one first).
+                for stale in [k for k in self._attempts if self._prune(k, now) is None]:
+                    self._attempts.pop(stale, None)
+                if len(self._attempts) >= self.max_names:
+                    fewest = min(self._attempts, key=lambda k: len(self._attempts[k]))
+                    del self._attempts[fewest]
+            times = self._attempts.setdefault(key, deque())
+        times.append(now)
+        return None
 
     def succeeded(self, name: str) -> None:
-        self._failures.pop(name.lower(), None)
+        self._attempts.pop(name.lower(), None)

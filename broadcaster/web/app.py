@@ -45,7 +45,7 @@ def create_app(state: WebState) -> FastAPI:
     app.add_middleware(
         BodyLimit,
         limit=state.settings.http.max_body_bytes,
-        exempt=("/api/v1/customers/import",),
+        exempt=[("POST", "/api/v1/customers/import")],
     )
     for router in (
         incidents.router,

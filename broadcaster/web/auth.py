@@ -39,10 +39,20 @@ async def principal_of(request: Request) -> Principal | None:
     scheme, _, value = header.partition(" ")
     if header:
         if scheme.lower() != "bearer" or not value.strip():
-            raise ApiError(401, "use 'Authorization: Bearer <token>'", field="Authorization")
+            raise ApiError(
+                401,
+                "use 'Authorization: Bearer <token>'",
+                field="Authorization",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
+            )
         principal = await credentials.authenticate_token(state.database, state.clock, value.strip())
         if principal is None:
-            raise ApiError(401, "the token is unknown, revoked or expired", field="Authorization")
+            raise ApiError(
+                401,
+                "the token is unknown, revoked or expired",
+                field="Authorization",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
     elif cookie := request.cookies.get(SESSION_COOKIE):
         principal = await credentials.session_principal(state.database, state.clock, cookie)
     request.state.principal = principal
@@ -59,7 +69,7 @@ async def check_csrf(request: Request, principal: Principal) -> None:
         form = await request.form()
         field = form.get("csrf_token")
         sent = field if isinstance(field, str) else None
-    if not sent or not hmac.compare_digest(sent, principal.csrf_token):
+    if not sent or not hmac.compare_digest(sent.encode(), principal.csrf_token.encode()):
         raise ApiError(403, "the form's CSRF token is missing or wrong; reload the page")
 
 

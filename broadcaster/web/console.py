@@ -330,7 +330,7 @@ async def login(request: Request) -> Response:
     password = form.get("password")
     sent = _text(form, "login_token")
     expected = request.cookies.get(LOGIN_COOKIE, "")
-    if not sent or not expected or not hmac.compare_digest(sent, expected):
+    if not sent or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
         return _login_form(
             request,
             403,
@@ -339,7 +339,7 @@ async def login(request: Request) -> Response:
             after=_text(form, "next"),
         )
     source = client_source(request)
-    wait = state.logins.wait(name, state.clock.now())
+    wait = state.logins.begin(name, state.clock.now())
     if wait is not None:
         await _audit_login(state, name, source, False)
         minutes = max(1, int(wait.total_seconds() // 60) + 1)
@@ -355,7 +355,6 @@ async def login(request: Request) -> Response:
         made = await credentials.login(state.database, state.clock, name, password, source)
     await _audit_login(state, name, source, made is not None)
     if made is None:
-        state.logins.failed(name, state.clock.now())
         return _login_form(
             request, 401, error="Wrong name or password.", name=name, after=_text(form, "next")
         )

@@ -14,13 +14,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, limit: int, exempt: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, limit: int, exempt: Iterable[tuple[str, str]] = ()) -> None:
         self.app = app
         self.limit = limit
-        self.exempt = tuple(exempt)
+        self.exempt = frozenset(exempt)
+        """(method, exact path) pairs that count their own bodies."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
+        if scope["type"] != "http" or (scope["method"], scope["path"]) in self.exempt:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):

@@ -137,6 +137,9 @@ async def save_preferences(token: str, request: Request) -> Response:
         ).scalars()
         for point in points:
             # Only this customer's own addresses are touched, whatever ids the form sent.
+            # A disabled address has no checkbox a browser submits: leave its choice alone.
+            if point.disabled and action != "unsubscribe":
+                continue
             point.opted_out = action == "unsubscribe" or point.id not in wanted
             point.updated_at = now
     web.count("preferences_saved" if action != "unsubscribe" else "unsubscribed")

@@ -89,6 +89,7 @@ async def _incidents(web: WebState, *, unresolved: bool) -> list[dict[str, Any]]
                 .order_by(IncidentScope.id)
             ):
                 scopes[incident_id].append(value)
+    ranks = await _ranks(web) if incidents else {}
     out = []
     for incident in incidents:
         monitoring = next(
@@ -122,7 +123,9 @@ async def _incidents(web: WebState, *, unresolved: bool) -> list[dict[str, Any]]
                     }
                     for u in updates[incident.id]
                 ],
-                "components": [_component(web, name, 0) for name in scopes[incident.id]],
+                "components": [
+                    _component(web, name, ranks.get(name, 0)) for name in scopes[incident.id]
+                ],
             }
         )
     return out
@@ -143,7 +146,8 @@ def _component(web: WebState, name: str, rank: int) -> dict[str, Any]:
     }
 
 
-async def _components(web: WebState) -> list[dict[str, Any]]:
+async def _ranks(web: WebState) -> dict[str, int]:
+    """Each component our incidents named → the rank of the worst open incident on it."""
     worst: dict[str, int] = {}
     async with web.database.session() as session:
         for value, severity, status in await session.execute(
@@ -153,6 +157,11 @@ async def _components(web: WebState) -> list[dict[str, Any]]:
         ):
             rank = _RANK.get(severity, 1) if status in OPEN_STATUSES else 0
             worst[value] = max(worst.get(value, 0), rank)
+    return worst
+
+
+async def _components(web: WebState) -> list[dict[str, Any]]:
+    worst = await _ranks(web)
     components = [_component(web, name, rank) for name, rank in sorted(worst.items())]
     for position, component in enumerate(components, start=1):
         component["position"] = position

@@ -49,6 +49,9 @@ async def test_customers_are_created_replaced_and_deleted(database: Database) ->
             ("component", "north-line"),
             ("region", "north"),
         }
+        fresh = await api.call("PUT", "/api/v1/customers/c-new", json={**ANN, "id": "c-new"})
+        assert fresh.status_code == 201
+        assert (await api.call("DELETE", "/api/v1/customers/c-new")).status_code == 204
         mismatch = await api.call("PUT", "/api/v1/customers/c-ann", json={**ANN, "id": "other"})
         assert mismatch.status_code == 422 and mismatch.json()["error"]["field"] == "body.id"
 
@@ -73,7 +76,13 @@ async def test_customers_are_created_replaced_and_deleted(database: Database) ->
                     await session.execute(select(AuditEntry).order_by(AuditEntry.id))
                 ).scalars()
             ]
-        assert actions == ["customer.create", "customer.update", "customer.delete"]
+        assert actions == [
+            "customer.create",
+            "customer.update",
+            "customer.create",
+            "customer.delete",
+            "customer.delete",
+        ]
 
 
 async def test_an_import_keeps_good_rows_and_locates_bad_ones(database: Database) -> None:
@@ -182,7 +191,7 @@ async def test_follow_ups_are_claimed_done_and_waived_by_the_right_people(
         for_someone = await api.call(
             "POST", f"/api/v1/followups/{second}/claim", "operator", json={"staff": "ann"}
         )
-        assert for_someone.status_code == 422  # only admins act for someone else
+        assert for_someone.status_code == 403  # only admins act for someone else
         # An operator who is not ann's manager may not waive her task; an admin may.
         refused = await api.call(
             "POST", f"/api/v1/followups/{second}/waive", "operator", json={"reason": "dup"}
@@ -286,6 +295,8 @@ async def test_rules_are_checked_and_reloaded(database: Database, tmp_path: Path
     async with api_client(database, settings(path)) as api:
         status = (await api.call("GET", "/api/v1/rules", "viewer")).json()
         assert status["loaded"] and status["policies"] == 1
+        deep = await api.call("POST", "/api/v1/rules/check", "operator", json={"text": "[" * 5000})
+        assert deep.status_code == 200 and "nested too deeply" in deep.json()["problems"][0]
         checked = (
             await api.call("POST", "/api/v1/rules/check", "operator", json={"text": "rules: 5\n"})
         ).json()

@@ -12,7 +12,15 @@ from sqlalchemy import insert, select
 from broadcaster.compose.links import make_token
 from broadcaster.intake import SourceMapping
 from broadcaster.intake.statuspage import parse
-from broadcaster.store import ContactPoint, Customer, Database, Delivery, Promise, Round
+from broadcaster.store import (
+    ContactPoint,
+    Customer,
+    Database,
+    Delivery,
+    Promise,
+    Round,
+    Subscription,
+)
 from tests.api.support import SECRET, START, api_client, settings
 
 DECLARE = {
@@ -28,7 +36,23 @@ async def test_statuspage_documents_read_back_through_a_statuspage_reader(
 ) -> None:
     async with api_client(database) as api:
         await _seed_customer(database, "cust-7731", "ann.private@example.org", "+31612345678")
+        async with database.session() as session, session.begin():
+            session.add(Subscription(customer_id="cust-7731", kind="component", value="payments"))
         first = (await api.call("POST", "/api/v1/incidents", json=DECLARE)).json()["id"]
+        async with database.session() as session, session.begin():
+            round_id = (await session.execute(select(Round.id))).scalar_one()
+            session.add(
+                Delivery(
+                    round_id=round_id,
+                    incident_id=first,
+                    customer_id="cust-7731",
+                    channel="email",
+                    address="ann.private@example.org",
+                    state="sent",
+                    next_attempt_at=START,
+                    created_at=START,
+                )
+            )
         minor = {**DECLARE, "title": "Slow logins", "severity": "minor", "components": ["login"]}
         second = (await api.call("POST", "/api/v1/incidents", json=minor)).json()["id"]
         await api.call(
@@ -43,6 +67,7 @@ async def test_statuspage_documents_read_back_through_a_statuspage_reader(
         assert by_id[str(first)]["impact"] == "critical"
         assert by_id[str(first)]["shortlink"] == f"https://status.example.org/incidents/{first}"
         assert by_id[str(second)]["status"] == "resolved"
+        assert by_id[str(first)]["components"][0]["status"] == "major_outage"
         assert [u["body"] for u in by_id[str(second)]["incident_updates"]] == [
             "Logins are fast.",
             minor["message"],
@@ -121,15 +146,28 @@ async def test_metrics_report_the_store(database: Database) -> None:
                         created_at=START,
                     )
                 )
-            session.add(
-                Promise(
+            # Promises need a round each (one promise per round): kept, 42 s and 400 s late.
+            for number_in_incident, (state, lateness) in enumerate(
+                (("kept", None), ("late", 42.0), ("late", 400.0)), start=2
+            ):
+                made = Round(
                     incident_id=number,
-                    made_by_round_id=round_id,
+                    number=number_in_incident,
+                    kind="update",
+                    state="dispatched",
                     due_at=START,
-                    state="late",
-                    lateness_seconds=42.0,
                 )
-            )
+                session.add(made)
+                await session.flush()
+                session.add(
+                    Promise(
+                        incident_id=number,
+                        made_by_round_id=made.id,
+                        due_at=START,
+                        state=state,
+                        lateness_seconds=lateness,
+                    )
+                )
         anonymous = await api.call("GET", "/metrics", None)
         assert anonymous.status_code == 401
         response = await api.call("GET", "/metrics", "viewer")
@@ -143,10 +181,15 @@ async def test_metrics_report_the_store(database: Database) -> None:
         assert samples[("broadcaster_deliveries", (("channel", "sms"), ("state", "pending")))] == 1
         assert samples[("broadcaster_outbox_depth", ())] == 1
         assert samples[("broadcaster_incidents_open", (("severity", "critical"),))] == 1
-        assert samples[("broadcaster_promise_lateness_seconds_count", ())] == 1
-        assert samples[("broadcaster_promise_lateness_seconds_sum", ())] == 42.0
-        assert samples[("broadcaster_promise_lateness_seconds_bucket", (("le", "15.0"),))] == 0
-        assert samples[("broadcaster_promise_lateness_seconds_bucket", (("le", "60.0"),))] == 1
+        histogram = "broadcaster_promise_lateness_seconds"
+        assert samples[(f"{histogram}_count", ())] == 3
+        assert samples[(f"{histogram}_sum", ())] == 442.0
+        buckets = {
+            bound: samples[(f"{histogram}_bucket", (("le", bound),))]
+            for bound in ("0.0", "15.0", "60.0", "300.0", "900.0", "+Inf")
+        }
+        assert buckets == {"0.0": 1, "15.0": 1, "60.0": 2, "300.0": 2, "900.0": 3, "+Inf": 3}
+        assert samples[("broadcaster_promises", (("state", "late"),))] == 2
         assert samples[("broadcaster_followups_overdue", ())] == 0
         assert samples[("broadcaster_scheduler_running", ())] == 1
 
@@ -171,6 +214,18 @@ async def test_the_preferences_page_changes_only_its_own_customer(database: Data
                 (p.customer_id, p.kind): p.id
                 for p in (await session.execute(select(ContactPoint))).scalars()
             }
+        async with database.session() as session, session.begin():
+            await session.execute(
+                insert(ContactPoint).values(
+                    customer_id="c1",
+                    kind="ntfy",
+                    address="https://ntfy.example/ann-topic",
+                    opted_out=False,
+                    disabled=True,
+                    disabled_reason="gone",
+                    updated_at=START,
+                )
+            )
         # Keep email only, switch to Dutch; the form also names another customer's address.
         saved = await api.http.post(
             f"/preferences/{token}",
@@ -190,6 +245,7 @@ async def test_the_preferences_page_changes_only_its_own_customer(database: Data
         assert opted == {
             ("c1", "email"): False,
             ("c1", "sms"): True,
+            ("c1", "ntfy"): False,  # disabled: its (unsubmittable) checkbox changes nothing
             ("c2", "email"): False,
             ("c2", "sms"): False,
         }
@@ -252,4 +308,11 @@ async def test_oversized_bodies_are_refused_with_413(database: Database) -> None
             headers={**api.auth("admin"), "Content-Type": "application/json"},
         )
         assert streamed.status_code == 413, streamed.text
+        # Only the import's own POST counts its body itself; no other method on that path.
+        anonymous = await api.http.put(
+            "/api/v1/customers/import",
+            content=b"x" * 10_000,
+            headers={"Content-Type": "application/json"},
+        )
+        assert anonymous.status_code == 413
         assert (await api.call("GET", "/api/v1/incidents")).json()["items"] == []

@@ -3,6 +3,7 @@ resolution the rules require, the follow-up queue, rules and audit pages."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -300,6 +301,47 @@ async def test_repeated_failed_logins_lock_the_name_for_a_while(app: Console) ->
     assert (await sign_in(app.http, "ann")).status_code == 303
     outcomes = [e.outcome for e in await audit_rows(app.state.database, "console.login")]
     assert outcomes.count("refused") == 6
+
+
+async def test_parallel_guesses_do_not_slip_past_the_lock(app: Console) -> None:
+    page = await app.http.get("/console/login")
+    token = hidden(page.text, "login_token")
+
+    async def guess(n: int) -> int:
+        answer = await app.http.post(
+            "/console/login",
+            data={"name": "ann", "password": f"guess {n}", "login_token": token},
+        )
+        return answer.status_code
+
+    codes = await asyncio.gather(*(guess(n) for n in range(30)))
+    assert codes.count(401) <= 5 and codes.count(429) >= 25, codes
+
+
+async def test_non_ascii_tokens_are_refused_not_crashing(app: Console) -> None:
+    page = await app.http.get("/console/login")
+    bad_login = await app.http.post(
+        "/console/login", data={"name": "ann", "password": PASSWORD, "login_token": "é"}
+    )
+    assert bad_login.status_code == 403
+    assert hidden(page.text, "login_token")
+    await signed_in(app.http, "ann")
+    declared = await app.http.post(
+        "/api/v1/incidents",
+        json={"title": "t", "severity": "minor", "message": "m", "components": ["x"]},
+        headers={"X-CSRF-Token": "é".encode()},
+    )
+    assert declared.status_code == 403
+    assert "CSRF" in declared.json()["error"]["message"]
+
+
+async def test_a_new_password_ends_the_old_sessions(app: Console) -> None:
+    await signed_in(app.http, "ann")
+    assert (await app.http.get("/console/incidents")).status_code == 200
+    await credentials.set_account(
+        app.state.database, app.clock, name="ann", role="operator", password="another long one"
+    )
+    assert (await app.http.get("/console/incidents")).status_code == 303
 
 
 async def test_login_without_the_form_token_is_refused(app: Console) -> None:

@@ -160,22 +160,28 @@ async def show(customer_id: str, request: Request, _: Operator) -> CustomerDetai
 @router.put(
     "/{customer_id}",
     response_model=CustomerDetailOut,
-    summary="Replace a customer: its contact points and subscriptions become the body's",
+    summary="Replace a customer: its contact points and subscriptions become the body's "
+    "(201 when it is new)",
+    responses={201: {"model": CustomerDetailOut, "description": "Created"}},
 )
 async def replace(
-    customer_id: str, body: CustomerRow, request: Request, principal: Admin
+    customer_id: str, body: CustomerRow, request: Request, response: Response, principal: Admin
 ) -> CustomerDetailOut:
     if body.id != customer_id:
         raise ApiError(
             422, f"id: the body's id {body.id!r} is not {customer_id!r}", field="body.id"
         )
     web = state_of(request)
+    async with web.database.session() as session:
+        new = await session.get(Customer, customer_id) is None
     await upsert_customers(web.database, [body], web.clock.now())
+    if new:
+        response.status_code = 201
     await audit.record(
         web.database,
         web.clock,
         principal,
-        "customer.update",
+        "customer.create" if new else "customer.update",
         f"customer:{customer_id}",
         client_source(request),
     )

@@ -230,7 +230,7 @@ class RulesOut(BaseModel):
 
 
 class RulesCheckIn(_Strict):
-    text: Annotated[str, Field(max_length=1_000_000)] | None = Field(
+    text: Annotated[str, Field(max_length=262_144)] | None = Field(
         None, description="rules YAML to check; omit to check the configured file"
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -152,7 +153,7 @@ def _followup_error(exc: Exception) -> ApiError:
     message = str(exc)
     if "is already" in message or ", not open" in message:
         return ApiError(409, message)
-    if message.startswith("only a manager"):
+    if message.startswith(("only a manager", "staff: only an admin")):
         return ApiError(403, message)
     return from_value_error(exc)
 
@@ -242,8 +243,10 @@ async def rules_check(body: RulesCheckIn, request: Request, _: Operator) -> Rule
     web = state_of(request)
     settings = web.settings
     try:
+        # Parsing is CPU work: off the event loop, so other requests keep being served.
         if body.text is not None:
-            ruleset = load_rules(
+            ruleset = await asyncio.to_thread(
+                load_rules,
                 body.text,
                 "<request>",
                 channels=set(settings.channels),
@@ -251,7 +254,7 @@ async def rules_check(body: RulesCheckIn, request: Request, _: Operator) -> Rule
                 groups=set(settings.staff.groups),
             )
         elif settings.rules.path is not None:
-            ruleset = load_file(settings.rules.path, settings)
+            ruleset = await asyncio.to_thread(load_file, settings.rules.path, settings)
         else:
             raise ApiError(
                 422, "no rules file is configured; send the YAML as text", field="body.text"
