@@ -329,7 +329,7 @@ async def test_non_ascii_tokens_are_refused_not_crashing(app: Console) -> None:
     declared = await app.http.post(
         "/api/v1/incidents",
         json={"title": "t", "severity": "minor", "message": "m", "components": ["x"]},
-        headers={"X-CSRF-Token": "é".encode()},
+        headers={b"X-CSRF-Token": "é".encode()},
     )
     assert declared.status_code == 403
     assert "CSRF" in declared.json()["error"]["message"]
