@@ -115,3 +115,17 @@ async def test_many_requests_in_flight_share_the_pool(base_url: str) -> None:
             *(client.post(f"{base_url}/echo", content=str(i).encode()) for i in range(200))
         )
     assert sorted(int(a.json()["body"]) for a in answers) == list(range(200))
+
+
+async def test_waiting_for_a_free_connection_is_bounded_by_the_pool_timeout(
+    base_url: str,
+) -> None:
+    timeout = httpx.Timeout(5.0, pool=0.2)
+    async with httpx.AsyncClient(transport=AiohttpTransport(1), timeout=timeout) as client:
+        busy = asyncio.ensure_future(client.get(f"{base_url}/slow"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get(f"{base_url}/echo")
+        assert (await busy).status_code == 200
+        # The slot the slow request held is free again.
+        assert (await client.get(f"{base_url}/echo")).status_code == 200
