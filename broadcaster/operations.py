@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.access import audit
 from broadcaster.access.credentials import Principal
@@ -18,7 +20,7 @@ from broadcaster.escalation.plan import Escalation
 from broadcaster.followups import service as followups
 from broadcaster.followups.directory import Directory
 from broadcaster.incidents import service as incidents
-from broadcaster.store import Database, Followup, Incident, IncidentUpdate
+from broadcaster.store import Also, Database, Followup, Incident, IncidentUpdate
 
 T = TypeVar("T")
 
@@ -41,12 +43,28 @@ class Actor:
         self,
         action: str,
         target: str,
-        work: Callable[[], Awaitable[T]],
+        work: Callable[[Also], Awaitable[T]],
         detail: Mapping[str, object] | None = None,
         describe: Callable[[T], str] | None = None,
     ) -> T:
+        """Run ``work``, which writes the audit entry inside its own transaction through the
+        hook it is given (an action is never stored without its entry); a refusal is
+        recorded on its own, since nothing else was written."""
+
+        def audited(session: AsyncSession, result: object) -> None:
+            session.add(
+                audit.entry(
+                    self.principal,
+                    action,
+                    describe(cast(T, result)) if describe else target,
+                    self.source,
+                    self.clock.now(),
+                    detail=detail,
+                )
+            )
+
         try:
-            result = await work()
+            return await work(audited)
         except REFUSALS as exc:
             await audit.record(
                 self.database,
@@ -59,23 +77,13 @@ class Actor:
                 detail={**(detail or {}), "reason": str(exc)},
             )
             raise
-        await audit.record(
-            self.database,
-            self.clock,
-            self.principal,
-            action,
-            describe(result) if describe else target,
-            self.source,
-            detail=detail,
-        )
-        return result
 
 
 async def declare(actor: Actor, decl: incidents.Declaration) -> Incident:
     return await actor.run(
         "incident.declare",
         "incident:new",
-        lambda: incidents.declare(actor.database, actor.clock, decl),
+        lambda also: incidents.declare(actor.database, actor.clock, decl, also=also),
         {"title": decl.title, "severity": decl.severity},
         lambda incident: f"incident:{incident.id}",
     )
@@ -87,7 +95,9 @@ async def post_update(
     return await actor.run(
         "incident.update",
         f"incident:{incident_id}",
-        lambda: incidents.post_update(actor.database, actor.clock, incident_id, request),
+        lambda also: incidents.post_update(
+            actor.database, actor.clock, incident_id, request, also=also
+        ),
         {"status": request.status} if request.status else None,
     )
 
@@ -98,8 +108,8 @@ async def resolve(
     return await actor.run(
         "incident.resolve",
         f"incident:{incident_id}",
-        lambda: incidents.resolve(
-            actor.database, actor.clock, incident_id, request, actor.escalation
+        lambda also: incidents.resolve(
+            actor.database, actor.clock, incident_id, request, actor.escalation, also=also
         ),
     )
 
@@ -108,7 +118,9 @@ async def close(actor: Actor, incident_id: int) -> Incident:
     return await actor.run(
         "incident.close",
         f"incident:{incident_id}",
-        lambda: incidents.close(actor.database, actor.clock, incident_id, actor.principal.name),
+        lambda also: incidents.close(
+            actor.database, actor.clock, incident_id, actor.principal.name, also=also
+        ),
     )
 
 
@@ -124,8 +136,10 @@ def _staff(actor: Actor, staff: str | None) -> str:
 
 
 async def claim_followup(actor: Actor, followup_id: int, staff: str | None = None) -> Followup:
-    async def work() -> Followup:
-        return await followups.claim(actor.database, actor.clock, followup_id, _staff(actor, staff))
+    async def work(also: Also) -> Followup:
+        return await followups.claim(
+            actor.database, actor.clock, followup_id, _staff(actor, staff), also=also
+        )
 
     return await actor.run("followup.claim", f"followup:{followup_id}", work)
 
@@ -133,9 +147,15 @@ async def claim_followup(actor: Actor, followup_id: int, staff: str | None = Non
 async def followup_done(
     actor: Actor, followup_id: int, outcome: str, note: str, staff: str | None = None
 ) -> Followup:
-    async def work() -> Followup:
+    async def work(also: Also) -> Followup:
         return await followups.done(
-            actor.database, actor.clock, followup_id, _staff(actor, staff), outcome, note
+            actor.database,
+            actor.clock,
+            followup_id,
+            _staff(actor, staff),
+            outcome,
+            note,
+            also=also,
         )
 
     return await actor.run("followup.done", f"followup:{followup_id}", work, {"outcome": outcome})
@@ -144,7 +164,7 @@ async def followup_done(
 async def waive_followup(
     actor: Actor, followup_id: int, reason: str, staff: str | None = None
 ) -> Followup:
-    async def work() -> Followup:
+    async def work(also: Also) -> Followup:
         return await followups.waive(
             actor.database,
             actor.clock,
@@ -153,6 +173,7 @@ async def waive_followup(
             reason,
             actor.directory or Directory(StaffSettings()),
             admin=actor.principal.role == "admin",
+            also=also,
         )
 
     return await actor.run("followup.waive", f"followup:{followup_id}", work)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
 from broadcaster.followups.directory import Directory, NoOwner
-from broadcaster.store import Customer, Database, Followup, FollowupEvent
+from broadcaster.store import Also, Customer, Database, Followup, FollowupEvent
 from rules import FollowupRequirement, StaffRef
 
 OUTCOMES = ("reached", "voicemail", "declined", "unreachable")
@@ -184,18 +184,29 @@ async def _task(session: AsyncSession, followup_id: int) -> Followup:
     return task
 
 
-async def claim(database: Database, clock: Clock, followup_id: int, staff: str) -> Followup:
+async def claim(
+    database: Database, clock: Clock, followup_id: int, staff: str, *, also: Also | None = None
+) -> Followup:
     async with database.session() as session, session.begin():
         task = await _task(session, followup_id)
         if task.state != "open":
             raise FollowupError(f"follow-up {followup_id} is {task.state}, not open")
         task.state, task.owner = "claimed", staff
         session.add(FollowupEvent(followup_id=task.id, at=clock.now(), kind="claimed", staff=staff))
+        if also is not None:
+            also(session, task)
         return task
 
 
 async def done(
-    database: Database, clock: Clock, followup_id: int, staff: str, outcome: str, note: str
+    database: Database,
+    clock: Clock,
+    followup_id: int,
+    staff: str,
+    outcome: str,
+    note: str,
+    *,
+    also: Also | None = None,
 ) -> Followup:
     if outcome not in OUTCOMES:
         raise FollowupError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
@@ -217,6 +228,8 @@ async def done(
                 detail=f"{outcome}: {note.strip()}",
             )
         )
+        if also is not None:
+            also(session, task)
         return task
 
 
@@ -229,6 +242,7 @@ async def waive(
     directory: Directory,
     *,
     admin: bool = False,
+    also: Also | None = None,
 ) -> Followup:
     """Waive a follow-up: ``staff`` must be a manager of its owner or a directory admin;
     ``admin`` is for callers the console or API already know to hold the admin role."""
@@ -249,6 +263,8 @@ async def waive(
                 followup_id=task.id, at=now, kind="waived", staff=staff, detail=reason.strip()
             )
         )
+        if also is not None:
+            also(session, task)
         return task
 
 

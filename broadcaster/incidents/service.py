@@ -22,7 +22,15 @@ if TYPE_CHECKING:
     from broadcaster.escalation.plan import Escalation
     from rules import Compensation
 
-from broadcaster.store import Database, Followup, Incident, IncidentScope, IncidentUpdate, Round
+from broadcaster.store import (
+    Also,
+    Database,
+    Followup,
+    Incident,
+    IncidentScope,
+    IncidentUpdate,
+    Round,
+)
 
 
 class IncidentNotFound(LookupError):
@@ -104,7 +112,9 @@ def _validate_declaration(decl: Declaration) -> None:
         raise ValueError(f"cause: a {decl.cause_kind} cause needs a description")
 
 
-async def declare(database: Database, clock: Clock, decl: Declaration) -> Incident:
+async def declare(
+    database: Database, clock: Clock, decl: Declaration, *, also: Also | None = None
+) -> Incident:
     """Create the incident, its first timeline entry and its first round, due now."""
     _validate_declaration(decl)
     now = clock.now()
@@ -149,6 +159,8 @@ async def declare(database: Database, clock: Clock, decl: Declaration) -> Incide
                 update_id=update.id,
             )
         )
+        if also is not None:
+            also(session, incident)
     return incident
 
 
@@ -225,7 +237,12 @@ async def _round_now(
 
 
 async def post_update(
-    database: Database, clock: Clock, incident_id: int, request: UpdateRequest
+    database: Database,
+    clock: Clock,
+    incident_id: int,
+    request: UpdateRequest,
+    *,
+    also: Also | None = None,
 ) -> IncidentUpdate:
     """Add a timeline entry and send it to the audience at once (reopens a resolved one)."""
     if not request.message.strip():
@@ -248,6 +265,8 @@ async def post_update(
         if reopened:
             incident.resolved_at = None
         await _round_now(session, incident, "update", update.id, now)
+        if also is not None:
+            also(session, update)
     return update
 
 
@@ -261,6 +280,8 @@ async def resolve(
     incident_id: int,
     request: UpdateRequest,
     escalation: Escalation | None = None,
+    *,
+    also: Also | None = None,
 ) -> IncidentUpdate:
     """Resolve: the final round (the resolution message) goes out now; no rounds after it."""
     if not request.message.strip():
@@ -304,6 +325,8 @@ async def resolve(
         incident.updated_at = now
         incident.resolved_at = now
         await _round_now(session, incident, "resolution", update.id, now)
+        if also is not None:
+            also(session, update)
     return update
 
 
@@ -315,7 +338,14 @@ def _offer(compensation: Compensation) -> str:
     return f"a {compensation.kind} of {compensation.amount} {compensation.currency}"
 
 
-async def close(database: Database, clock: Clock, incident_id: int, author: str = "") -> Incident:
+async def close(
+    database: Database,
+    clock: Clock,
+    incident_id: int,
+    author: str = "",
+    *,
+    also: Also | None = None,
+) -> Incident:
     """Close a resolved incident: a timeline entry, no message to customers. Refused while
     forced follow-ups are open (a manager can waive them)."""
     now = clock.now()
@@ -358,6 +388,8 @@ async def close(database: Database, clock: Clock, incident_id: int, author: str 
                 created_at=now,
             )
         )
+        if also is not None:
+            also(session, incident)
     return incident
 
 

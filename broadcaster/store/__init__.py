@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broadcaster.store.db import Database
+from broadcaster.store.db import Also, Database
 from broadcaster.store.models import (
     Account,
     ApiToken,
@@ -25,6 +25,7 @@ from broadcaster.store.models import (
 
 __all__ = [
     "Account",
+    "Also",
     "ApiToken",
     "AuditEntry",
     "Base",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.sql.dml import Insert
+
+Also = Callable[[AsyncSession, object], None]
+"""Called with the session and the result inside an operation's transaction, just before
+it commits: what must be written with it or not at all (the audit entry)."""
 
 
 class Database:
