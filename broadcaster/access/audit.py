@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from broadcaster.access.credentials import Principal
 from broadcaster.clock import Clock
@@ -36,6 +36,32 @@ def entry(
         source=source[:100],
         outcome=outcome,
         detail=dict(detail) if detail else None,
+    )
+
+
+async def record_with(
+    connection: AsyncConnection,
+    principal: Principal,
+    action: str,
+    target: str,
+    source: str,
+    now: datetime,
+    *,
+    detail: Mapping[str, object] | None = None,
+) -> None:
+    """Write an entry through a Core connection, inside the caller's transaction."""
+    row = entry(principal, action, target, source, now, detail=detail)
+    await connection.execute(
+        insert(AuditEntry).values(
+            at=row.at,
+            actor=row.actor,
+            role=row.role,
+            action=row.action,
+            target=row.target,
+            source=row.source,
+            outcome=row.outcome,
+            detail=row.detail,
+        )
     )
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -398,8 +398,16 @@ __all__ = [
 ]
 
 
-async def upsert_customers(database: Database, rows: list[CustomerRow], now: datetime) -> None:
+async def upsert_customers(
+    database: Database,
+    rows: list[CustomerRow],
+    now: datetime,
+    also: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+) -> None:
     """Create or replace these customers (with their contact points and subscriptions) in
-    one transaction, exactly as an import of the same rows would."""
+    one transaction, exactly as an import of the same rows would; ``also`` writes in the
+    same transaction (the audit entry)."""
     async with database.engine.begin() as connection:
         await _write_batch(database, connection, rows, now)
+        if also is not None:
+            await also(connection)

@@ -4,12 +4,14 @@ subscriptions. Operators read (the data is personal); admins write."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broadcaster.access import audit
 from broadcaster.access.credentials import Principal
@@ -84,6 +86,24 @@ class ImportOut(BaseModel):
     """The first rejected rows, each with its line and field."""
 
 
+def _audited(
+    web: WebState, principal: Principal, request: Request, action: str, customer_id: str
+) -> Callable[[AsyncConnection], Awaitable[None]]:
+    """The audit entry of a customer write, made in that write's transaction."""
+
+    async def write(connection: AsyncConnection) -> None:
+        await audit.record_with(
+            connection,
+            principal,
+            action,
+            f"customer:{customer_id}",
+            client_source(request),
+            web.clock.now(),
+        )
+
+    return write
+
+
 async def _detail(web: WebState, customer_id: str) -> CustomerDetailOut:
     async with web.database.session() as session:
         customer = await session.get(Customer, customer_id)
@@ -140,14 +160,11 @@ async def create(body: CustomerRow, request: Request, principal: Admin) -> Custo
             raise ApiError(
                 409, f"customer {body.id!r} exists; PUT /api/v1/customers/{{id}}", field="body.id"
             )
-    await upsert_customers(web.database, [body], web.clock.now())
-    await audit.record(
+    await upsert_customers(
         web.database,
-        web.clock,
-        principal,
-        "customer.create",
-        f"customer:{body.id}",
-        client_source(request),
+        [body],
+        web.clock.now(),
+        _audited(web, principal, request, "customer.create", body.id),
     )
     return await _detail(web, body.id)
 
@@ -174,17 +191,12 @@ async def replace(
     web = state_of(request)
     async with web.database.session() as session:
         new = await session.get(Customer, customer_id) is None
-    await upsert_customers(web.database, [body], web.clock.now())
+    action = "customer.create" if new else "customer.update"
+    await upsert_customers(
+        web.database, [body], web.clock.now(), _audited(web, principal, request, action, body.id)
+    )
     if new:
         response.status_code = 201
-    await audit.record(
-        web.database,
-        web.clock,
-        principal,
-        "customer.create" if new else "customer.update",
-        f"customer:{customer_id}",
-        client_source(request),
-    )
     return await _detail(web, customer_id)
 
 
@@ -198,14 +210,15 @@ async def remove(customer_id: str, request: Request, principal: Admin) -> Respon
         # Contact points, subscriptions, deliveries and follow-ups go with it (ON DELETE
         # CASCADE): a deletion is an erasure.
         await session.execute(delete(Customer).where(Customer.id == customer_id))
-    await audit.record(
-        web.database,
-        web.clock,
-        principal,
-        "customer.delete",
-        f"customer:{customer_id}",
-        client_source(request),
-    )
+        session.add(
+            audit.entry(
+                principal,
+                "customer.delete",
+                f"customer:{customer_id}",
+                client_source(request),
+                web.clock.now(),
+            )
+        )
     return Response(status_code=204)
 
 
