@@ -37,6 +37,7 @@ from broadcaster.followups.directory import Directory
 from broadcaster.incidents import lifecycle
 from broadcaster.incidents import service as incidents
 from broadcaster.store import Account, Delivery, Followup, Incident, Round
+from broadcaster.web.api.schemas import FollowupId, IncidentId
 from broadcaster.web.auth import SESSION_COOKIE, check_csrf, client_source, principal_of
 from broadcaster.web.errors import ApiError
 from broadcaster.web.state import WebState, state_of
@@ -668,14 +669,14 @@ async def _incident_page(
 
 @router.get("/incidents/{incident_id}")
 @_stoppable
-async def incident_page(incident_id: int, request: Request) -> Response:
+async def incident_page(incident_id: IncidentId, request: Request) -> Response:
     principal = await _who(request, "viewer")
     return await _incident_page(request, principal, incident_id)
 
 
 @router.get("/incidents/{incident_id}/live")
 @_stoppable
-async def incident_live(incident_id: int, request: Request) -> Response:
+async def incident_live(incident_id: IncidentId, request: Request) -> Response:
     """The incident page's live part (status, rounds, chart, promises, follow-ups)."""
     principal = await _who(request, "viewer", fragment=True)
     try:
@@ -707,7 +708,7 @@ def _update_request(form: FormData, author: str, *, resolution: bool) -> inciden
 
 @router.post("/incidents/{incident_id}/update")
 @_stoppable
-async def post_update(incident_id: int, request: Request) -> Response:
+async def post_update(incident_id: IncidentId, request: Request) -> Response:
     principal = await _who(request, "operator", write=True)
     state = state_of(request)
     form = await request.form()
@@ -729,7 +730,7 @@ async def post_update(incident_id: int, request: Request) -> Response:
 
 @router.post("/incidents/{incident_id}/resolve")
 @_stoppable
-async def resolve(incident_id: int, request: Request) -> Response:
+async def resolve(incident_id: IncidentId, request: Request) -> Response:
     principal = await _who(request, "operator", write=True)
     state = state_of(request)
     form = await request.form()
@@ -751,7 +752,7 @@ async def resolve(incident_id: int, request: Request) -> Response:
 
 @router.post("/incidents/{incident_id}/close")
 @_stoppable
-async def close(incident_id: int, request: Request) -> Response:
+async def close(incident_id: IncidentId, request: Request) -> Response:
     principal = await _who(request, "operator", write=True)
     state = state_of(request)
     try:
@@ -838,7 +839,7 @@ async def _followup_action(
 
 @router.post("/followups/{followup_id}/claim")
 @_stoppable
-async def claim(followup_id: int, request: Request) -> Response:
+async def claim(followup_id: FollowupId, request: Request) -> Response:
     async def act(actor: operations.Actor, form: FormData) -> Followup:
         return await operations.claim_followup(actor, followup_id)
 
@@ -847,7 +848,7 @@ async def claim(followup_id: int, request: Request) -> Response:
 
 @router.post("/followups/{followup_id}/done")
 @_stoppable
-async def done(followup_id: int, request: Request) -> Response:
+async def done(followup_id: FollowupId, request: Request) -> Response:
     async def act(actor: operations.Actor, form: FormData) -> Followup:
         return await operations.followup_done(
             actor, followup_id, _text(form, "outcome"), _text(form, "note")
@@ -858,7 +859,7 @@ async def done(followup_id: int, request: Request) -> Response:
 
 @router.post("/followups/{followup_id}/waive")
 @_stoppable
-async def waive(followup_id: int, request: Request) -> Response:
+async def waive(followup_id: FollowupId, request: Request) -> Response:
     async def act(actor: operations.Actor, form: FormData) -> Followup:
         return await operations.waive_followup(actor, followup_id, _text(form, "reason"))
 

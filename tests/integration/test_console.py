@@ -775,3 +775,12 @@ async def test_every_console_route_enforces_its_role(app: Console) -> None:
         for client, _ in clients.values():
             await client.aclose()
         await anonymous.aclose()
+
+
+async def test_ids_beyond_64_bits_are_refused_not_a_server_error(app: Console) -> None:
+    csrf = await signed_in(app.http, "ann")
+    huge = str(2**70)
+    page = await app.http.get(f"/console/incidents/{huge}")
+    assert page.status_code == 422
+    posted = await app.http.post(f"/console/followups/{huge}/claim", data={"csrf_token": csrf})
+    assert posted.status_code == 422
