@@ -69,8 +69,11 @@ class _Counts:
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def build_app(counts: _Counts, twilio_app: Any) -> App:
-    """The ASGI app of the HTTP sink: a bare webhook receiver, the fake Twilio, stats."""
+def build_app(counts: _Counts, twilio: Any) -> App:
+    """The ASGI app of the HTTP sink: the fake Twilio, stats, samples. The fake keeps every
+    request it answers; the sink forgets them past 1,000 (a 100,000-message run would hold
+    gigabytes)."""
+    twilio_app = twilio.app
 
     async def respond(send: Send, status: int, body: bytes) -> None:
         await send(
@@ -95,6 +98,8 @@ def build_app(counts: _Counts, twilio_app: Any) -> App:
                 return message
 
             await twilio_app(scope, tapped, send)
+            if len(twilio.requests) > 1000:
+                twilio.reset()
             if scope["method"] == "POST":
                 counts.add("twilio", _sampler(scope["path"], scope["headers"], b"".join(chunks)))
             return
@@ -184,7 +189,7 @@ def _serve() -> None:
     listener.bind(("127.0.0.1", 0))
     http_port = listener.getsockname()[1]
     config = uvicorn.Config(
-        build_app(counts, twilio.app),
+        build_app(counts, twilio),
         log_level="warning",
         lifespan="off",
         access_log=False,

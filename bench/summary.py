@@ -1,6 +1,7 @@
-"""``python -m bench.summary DIR``: one markdown table of every result file under ``DIR``.
+"""``python -m bench.summary PATH ...``: one markdown table of the result files given.
 
-It reads the JSON files ``python -m bench`` wrote (in ``DIR`` and its sub-folders) and
+It reads the JSON files ``python -m bench`` wrote (each PATH a file, or a folder searched
+with its sub-folders) and
 prints their rows as a markdown table, with the machine they ran on: what the README's
 performance section and ``docs/performance.md`` quote, copied rather than retyped.
 """
@@ -56,11 +57,10 @@ def markdown(documents: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("paths", type=Path, nargs="+")
     args = parser.parse_args()
-    documents = [
-        json.loads(path.read_text(encoding="utf-8")) for path in sorted(args.folder.rglob("*.json"))
-    ]
+    files = [p for path in args.paths for p in ([path] if path.is_file() else path.rglob("*.json"))]
+    documents = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(files)]
     order = {"fanout": 0, "latency": 1, "scale": 2, "promises": 3}
     documents.sort(key=lambda d: order.get(d["scenario"], 9))
     machines = {
