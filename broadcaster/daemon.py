@@ -104,6 +104,7 @@ class Daemon:
             server = make_server(create_app(web), http.host, http.port)
             self.http_port = listener.getsockname()[1]
         rounds_due = asyncio.Event()
+        web.wake = rounds_due.set  # a declaration through the API or console
         work_ready = asyncio.Event()
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(

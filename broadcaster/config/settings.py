@@ -56,7 +56,7 @@ class CadenceSettings(_Section):
 
 
 class ScheduleSettings(_Section):
-    sweep_interval: Duration = timedelta(seconds=1)
+    sweep_interval: Duration = timedelta(milliseconds=250)
     """Safety sweep: how often the store is checked for due rounds written by others."""
     cadence: CadenceSettings = CadenceSettings()
     promise_grace: Duration = timedelta(seconds=60)

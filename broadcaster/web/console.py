@@ -527,6 +527,7 @@ async def declare(request: Request) -> Response:
             expected_resolution_at=_moment(form, "expected_resolution_at"),
         )
         incident = await operations.declare(state.actor(request, principal), declaration)
+        state.wake()
     except operations.REFUSALS as exc:
         return _declare_form(request, principal, 422, _values(form), str(exc))
     return _redirect(f"/console/incidents/{incident.id}?ok=declared")
@@ -715,6 +716,7 @@ async def post_update(incident_id: IncidentId, request: Request) -> Response:
     try:
         change = _update_request(form, principal.name, resolution=False)
         await operations.post_update(state.actor(request, principal), incident_id, change)
+        state.wake()
     except operations.REFUSALS as exc:
         return await _incident_page(
             request,
@@ -737,6 +739,7 @@ async def resolve(incident_id: IncidentId, request: Request) -> Response:
     try:
         change = _update_request(form, principal.name, resolution=True)
         await operations.resolve(state.actor(request, principal), incident_id, change)
+        state.wake()
     except operations.REFUSALS as exc:
         return await _incident_page(
             request,

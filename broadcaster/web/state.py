@@ -33,6 +33,8 @@ class WebState:
     escalation: Escalation | None = None
     directory: Directory | None = None
     logins: LoginThrottle = field(default_factory=LoginThrottle)
+    wake: Callable[[], None] = lambda: None
+    """Tells this daemon's round loop that a round is due now (set by the daemon)."""
 
     def twilio_accounts(self) -> list[TwilioSettings]:
         return [s for s in self.settings.channels.values() if isinstance(s, TwilioSettings)]

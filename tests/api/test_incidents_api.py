@@ -70,6 +70,18 @@ async def test_an_incident_runs_from_declaration_to_close(database: Database) ->
         assert ("incident.close", "token:operator-bot", f"incident:{number}", "ok") in actions
 
 
+async def test_api_changes_wake_the_daemon_at_once(database: Database) -> None:
+    async with api_client(database) as api:
+        wakes: list[str] = []
+        api.state.wake = lambda: wakes.append("now")
+        number = (await api.call("POST", "/api/v1/incidents", json=DECLARE)).json()["id"]
+        await api.call("POST", f"/api/v1/incidents/{number}/updates", json={"message": "More."})
+        await api.call("POST", f"/api/v1/incidents/{number}/resolve", json={"message": "Done."})
+        refused = await api.call("POST", "/api/v1/incidents", json={**DECLARE, "title": ""})
+        assert refused.status_code == 422
+        assert wakes == ["now", "now", "now"]
+
+
 async def test_bad_input_names_the_field_and_changes_nothing(database: Database) -> None:
     async with api_client(database) as api:
         missing = await api.call("POST", "/api/v1/incidents", json={**DECLARE, "title": ""})

@@ -56,7 +56,7 @@ def test_shipped_config_loads() -> None:
 
     assert isinstance(settings, Settings)
     assert settings.database.url == f"sqlite+aiosqlite:///{REPO / 'data' / 'broadcaster.db'}"
-    assert settings.schedule.sweep_interval == timedelta(seconds=1)
+    assert settings.schedule.sweep_interval == timedelta(milliseconds=250)
     assert settings.schedule.cadence.critical == timedelta(minutes=15)
     assert settings.schedule.cadence.for_severity("minor") == timedelta(hours=2)
     assert settings.delivery.channels == ["email"]

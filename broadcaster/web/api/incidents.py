@@ -119,6 +119,7 @@ async def declare(body: DeclareIn, request: Request, principal: Operator) -> Inc
     )
     try:
         incident = await operations.declare(state.actor(request, principal), decl)
+        state.wake()
     except (ValueError, LookupError) as exc:
         raise _refused(exc) from None
     return IncidentOut.model_validate(incident)
@@ -195,6 +196,7 @@ async def post_update(
     )
     try:
         entry = await operations.post_update(state.actor(request, principal), incident_id, update)
+        state.wake()
     except (ValueError, LookupError) as exc:
         raise _refused(exc) from None
     return TimelineEntryOut.model_validate(entry)
@@ -223,6 +225,7 @@ async def resolve(
     )
     try:
         entry = await operations.resolve(state.actor(request, principal), incident_id, update)
+        state.wake()
     except service.ResolutionRefused as exc:
         raise ApiError(422, str(exc), field="body") from None
     except (ValueError, LookupError) as exc:
