@@ -62,7 +62,7 @@ class ScheduleSettings(_Section):
     promise_grace: Duration = timedelta(seconds=60)
     """A round that starts later than its promise plus this grace is counted as late."""
     round_lease: Duration = timedelta(seconds=60)
-    audience_batch: int = Field(default=1000, ge=1, le=100_000)
+    audience_batch: int = Field(default=5000, ge=1, le=100_000)
 
 
 class BackoffSettings(_Section):
