@@ -94,6 +94,14 @@ def _autoescape(name: str | None) -> bool:
     return bool(name and name.endswith(".html.j2"))
 
 
+def available_languages(override_dir: Path | None) -> list[str]:
+    """The shipped languages and those an admin's override folder adds."""
+    found = set(SHIPPED_LANGUAGES)
+    if override_dir is not None and override_dir.is_dir():
+        found |= {p.name for p in override_dir.iterdir() if p.is_dir()}
+    return sorted(found)
+
+
 class TemplateSet:
     """Loads and caches templates; resolves a customer's language with fallback."""
 
@@ -118,10 +126,7 @@ class TemplateSet:
         self._lock = threading.Lock()
 
     def languages(self) -> list[str]:
-        found = set(SHIPPED_LANGUAGES)
-        if self.override_dir is not None and self.override_dir.is_dir():
-            found |= {p.name for p in self.override_dir.iterdir() if p.is_dir()}
-        return sorted(found)
+        return available_languages(self.override_dir)
 
     def resolve_language(self, language: str) -> list[str]:
         """Candidates in order: ``en-gb``, ``en``, then the default language."""

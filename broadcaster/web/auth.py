@@ -18,14 +18,11 @@ from broadcaster.access import credentials
 from broadcaster.access.credentials import Principal
 from broadcaster.access.roles import Role, allows
 from broadcaster.web.errors import ApiError
-from broadcaster.web.state import state_of
+from broadcaster.web.state import client_source, state_of
 
 SESSION_COOKIE = "bc_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def client_source(request: Request) -> str:
-    return request.client.host if request.client else ""
+__all__ = ["SESSION_COOKIE", "check_csrf", "client_source", "principal_of", "require"]
 
 
 async def principal_of(request: Request) -> Principal | None:

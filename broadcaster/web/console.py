@@ -707,15 +707,15 @@ def _update_request(form: FormData, author: str, *, resolution: bool) -> inciden
     )
 
 
-@router.post("/incidents/{incident_id}/update")
-@_stoppable
-async def post_update(incident_id: IncidentId, request: Request) -> Response:
+async def _change(request: Request, incident_id: int, *, resolution: bool) -> Response:
+    """An update or the resolution from the incident page's forms."""
     principal = await _who(request, "operator", write=True)
     state = state_of(request)
     form = await request.form()
+    send = operations.resolve if resolution else operations.post_update
     try:
-        change = _update_request(form, principal.name, resolution=False)
-        await operations.post_update(state.actor(request, principal), incident_id, change)
+        change = _update_request(form, principal.name, resolution=resolution)
+        await send(state.actor(request, principal), incident_id, change)
         state.wake()
     except operations.REFUSALS as exc:
         return await _incident_page(
@@ -723,34 +723,24 @@ async def post_update(incident_id: IncidentId, request: Request) -> Response:
             principal,
             incident_id,
             422,
-            form="update",
+            form="resolve" if resolution else "update",
             values=_values(form),
             error=str(exc),
         )
-    return _redirect(f"/console/incidents/{incident_id}?ok=updated")
+    done = "resolved" if resolution else "updated"
+    return _redirect(f"/console/incidents/{incident_id}?ok={done}")
+
+
+@router.post("/incidents/{incident_id}/update")
+@_stoppable
+async def post_update(incident_id: IncidentId, request: Request) -> Response:
+    return await _change(request, incident_id, resolution=False)
 
 
 @router.post("/incidents/{incident_id}/resolve")
 @_stoppable
 async def resolve(incident_id: IncidentId, request: Request) -> Response:
-    principal = await _who(request, "operator", write=True)
-    state = state_of(request)
-    form = await request.form()
-    try:
-        change = _update_request(form, principal.name, resolution=True)
-        await operations.resolve(state.actor(request, principal), incident_id, change)
-        state.wake()
-    except operations.REFUSALS as exc:
-        return await _incident_page(
-            request,
-            principal,
-            incident_id,
-            422,
-            form="resolve",
-            values=_values(form),
-            error=str(exc),
-        )
-    return _redirect(f"/console/incidents/{incident_id}?ok=resolved")
+    return await _change(request, incident_id, resolution=True)
 
 
 @router.post("/incidents/{incident_id}/close")

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
 from broadcaster.compose.links import InvalidLink, LinkClaims, verify_token
-from broadcaster.compose.templates import SHIPPED_LANGUAGES
+from broadcaster.compose.templates import available_languages
 from broadcaster.store import ContactPoint, Customer
 from broadcaster.web.public import page
 from broadcaster.web.state import WebState, state_of
@@ -49,11 +49,7 @@ def _claims(web: WebState, token: str) -> LinkClaims | Response:
 
 
 def _languages(web: WebState) -> list[str]:
-    extra = web.settings.messages.templates_dir
-    found = set(SHIPPED_LANGUAGES)
-    if extra is not None and extra.is_dir():
-        found |= {p.name for p in extra.iterdir() if p.is_dir()}
-    return sorted(found)
+    return available_languages(web.settings.messages.templates_dir)
 
 
 async def _form(web: WebState, customer_id: str, notice: str = "") -> Response:

@@ -57,10 +57,15 @@ class WebState:
             self.database,
             self.clock,
             principal,
-            request.client.host if request.client else "",
+            client_source(request),
             self.escalation,
             self.directory or Directory(self.settings.staff),
         )
+
+
+def client_source(request: Request) -> str:
+    """Where a request came from, for the audit log: the client's address."""
+    return request.client.host if request.client else ""
 
 
 def state_of(request: Request) -> WebState:
