@@ -3,12 +3,13 @@
 Each replays, ``n`` times, the very request the pipeline's channel last sent to a sink
 (method, path, headers and body bytes; for SMTP the envelope and the message bytes), so
 size and shape are the pipeline's own. ``raw_httpx`` with the channel's own client and
-``raw_smtp`` use the client stack the channels use (an ``httpx.AsyncClient`` on the
-aiohttp transport with the channel's pool limits; ``aiosmtplib`` on as many connections as
-the email channel's pool); ``raw_httpx`` with its default client is plain httpx, for
-comparison; ``raw_aiohttp`` is the fastest Python HTTP client, the practical limit;
-``apprise_json`` is Apprise's ``json://`` notifier, one ``notify()`` per message, as an
-application using Apprise would send.
+``raw_smtp`` use the client stack the channels use (the webhook channel's ``PostClient``,
+the Twilio channel's ``httpx.AsyncClient`` on the aiohttp transport, each with the
+channel's pool limits; ``aiosmtplib`` on as many connections as the email channel's
+pool); ``raw_httpx`` with its default client is plain httpx, for comparison;
+``raw_aiohttp`` is the fastest Python HTTP client, the practical limit; ``apprise_json``
+is Apprise's ``json://`` notifier, one ``notify()`` per message, as an application using
+Apprise would send.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 import aiohttp
 import aiosmtplib
 import httpx
+
+from channels.http_common import PostClient
 
 DEFAULT_CONCURRENCY = 200
 """Requests in flight: the daemon's default ``delivery.workers`` × ``delivery.batch_size``."""
@@ -115,22 +118,23 @@ async def raw_httpx(
     sample: dict[str, Any],
     n: int,
     *,
-    client: httpx.AsyncClient | None = None,
+    client: httpx.AsyncClient | PostClient | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
 ) -> Timed:
     """Through ``client`` (closed afterwards); by default httpx with its own transport and
     the webhook channel's pool size (50)."""
     headers = replay_headers(sample)
     body: bytes = sample["body"]
-    if client is None:
-        client = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=50))
-    async with client:
+    sender = client or httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=50))
 
-        async def one() -> bool:
-            response = await client.post(url, content=body, headers=headers)
-            return response.is_success
+    async def one() -> bool:
+        response = await sender.post(url, content=body, headers=headers)
+        return response.is_success
 
+    try:
         return await _blast(n, concurrency, one)
+    finally:
+        await sender.aclose()
 
 
 async def raw_smtp(port: int, sample: dict[str, Any], n: int, *, connections: int = 4) -> Timed:

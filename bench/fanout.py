@@ -39,8 +39,10 @@ from channels.http_common import pooled_client
 from channels.http_transport import aiohttp_transport
 
 CHANNELS = ("push", "email", "sms")
-STACK = "httpx+aiohttp-transport"
-"""The HTTP channels' client stack: httpx over :mod:`channels.http_transport`."""
+STACK = "channel-client"
+"""The HTTP channel's own client stack, replaying without a store: for push the webhook
+channel's :class:`~channels.http_common.PostClient` (posting straight over aiohttp's pool),
+for SMS httpx over :mod:`channels.http_transport` (the Twilio channel's client)."""
 SINK_OF = {"push": "hook", "email": "smtp", "sms": "twilio"}
 MESSAGE = (
     "Trains on line 1 are not running between Central and Harbour because of a signal "
@@ -145,6 +147,15 @@ async def raw_runs(sinks: Sinks, channel: str, n: int) -> dict[str, Timed]:
     if n <= PLAIN_HTTPX_UP_TO:
         plain = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=connections))
         runs["httpx"] = await raw_httpx(url, sample, n, client=plain)
+    if channel == "push":  # the stack the HTTP channels used before PostClient
+        runs["httpx+aiohttp-transport"] = await raw_httpx(
+            url,
+            sample,
+            n,
+            client=httpx.AsyncClient(
+                timeout=10.0, transport=aiohttp_transport(connections), follow_redirects=False
+            ),
+        )
     return runs
 
 

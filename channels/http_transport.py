@@ -32,12 +32,15 @@ the caller keeps httpx's default transport.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 if TYPE_CHECKING:
     import aiohttp
+    import yarl
 
 _NOT_FORWARDED = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 """Headers aiohttp sets itself from the URL and the body."""
@@ -67,8 +70,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        import aiohttp
-
         if self._closed:
             raise httpx.ConnectError("the transport is closed", request=request)
         body = await request.aread()
@@ -78,40 +79,71 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             if name.lower() not in _NOT_FORWARDED
         ]
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        deadlines = aiohttp.ClientTimeout(
-            total=None,
-            connect=timeouts.get("connect"),
-            sock_connect=timeouts.get("connect"),
-            sock_read=timeouts.get("read"),
+        return await self._exchange(
+            request.method, str(request.url), body, headers, _deadlines(timeouts), request
         )
+
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        timeout: httpx.Timeout,  # noqa: ASYNC109 - httpx's per-phase timeouts, as httpx takes them
+    ) -> httpx.Response:
+        """POST ``body`` to ``url`` with exactly ``headers`` (plus Host and Content-Length),
+        without building an httpx request: the channels' hot path (see :class:`PostClient`).
+        The answer, the failures and the timeouts are as :meth:`handle_async_request`'s."""
+        if self._closed:
+            raise httpx.ConnectError("the transport is closed")
+        response = await self._exchange("POST", url, body, headers, _deadlines(timeout.as_dict()))
+        await response.aread()  # decoded per Content-Encoding, as httpx's client does
+        return response
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str] | list[tuple[str, str]],
+        deadlines: tuple[float | None, aiohttp.ClientTimeout],
+        request: httpx.Request | None = None,
+    ) -> httpx.Response:
+        pool, timeout = deadlines
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(pool):
+                    await self._slots.acquire()
+            except TimeoutError as exc:
+                raise httpx.PoolTimeout(
+                    "no connection became free in time", request=request
+                ) from exc
+        else:
+            await self._slots.acquire()  # a free slot is taken at once: no timer needed
         try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await self._slots.acquire()
-        except TimeoutError as exc:
-            raise httpx.PoolTimeout("no connection became free in time", request=request) from exc
-        try:
-            return await self._send(request, body, headers, deadlines)
+            return await self._send(method, url, body, headers, timeout, request)
         finally:
             self._slots.release()
 
     async def _send(
         self,
-        request: httpx.Request,
+        method: str,
+        url: str,
         body: bytes,
-        headers: list[tuple[str, str]],
+        headers: Mapping[str, str] | list[tuple[str, str]],
         deadlines: aiohttp.ClientTimeout,
+        request: httpx.Request | None,
     ) -> httpx.Response:
         import aiohttp
 
         try:
             async with self._client().request(
-                request.method,
-                str(request.url),
+                method,
+                _url(url),
                 data=body or None,
                 headers=headers,
                 allow_redirects=False,
                 timeout=deadlines,
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+                skip_auto_headers=_SKIPPED,
             ) as response:
                 content = await response.read()
                 status = response.status
@@ -147,6 +179,36 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
 def _text(exc: BaseException, fallback: str) -> str:
     return str(exc) or fallback
+
+
+_SKIPPED = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
+"""Headers aiohttp would add of its own: only the caller's go out."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _url(url: str) -> yarl.URL:
+    """The parsed URL, cached: channels post to one or a few, and parsing one costs as much
+    as sending."""
+    import yarl
+
+    return yarl.URL(url)
+
+
+def _deadlines(timeouts: Mapping[str, float | None]) -> tuple[float | None, Any]:
+    """httpx's per-request timeouts as (pool, aiohttp's ClientTimeout)."""
+    key = (timeouts.get("pool"), timeouts.get("connect"), timeouts.get("read"))
+    return _deadline_of(*key)
+
+
+@functools.lru_cache(maxsize=64)
+def _deadline_of(
+    pool: float | None, connect: float | None, read: float | None
+) -> tuple[float | None, Any]:
+    import aiohttp
+
+    return pool, aiohttp.ClientTimeout(
+        total=None, connect=connect, sock_connect=connect, sock_read=read
+    )
 
 
 def aiohttp_transport(max_connections: int) -> AiohttpTransport | None:

@@ -24,11 +24,16 @@ def test_fanout_runs_end_to_end_and_writes_results(
     assert run["backend"] == "sqlite" and run["channel"] == "push"
     assert run["sent"] == 40 and run["received_by_sink"] == 40
     assert run["rate"] > 0
-    assert set(run["raw_rates"]) == {"httpx+aiohttp-transport", "aiohttp", "httpx"}
+    assert set(run["raw_rates"]) == {
+        "channel-client",
+        "httpx+aiohttp-transport",
+        "aiohttp",
+        "httpx",
+    }
     assert result["baselines"]["apprise_json"]["ok"] > 0
     baselines = {row["baseline"].rsplit(" ", 1)[0] for row in result["rows"]}
     assert {b.split(" ")[1] for b in baselines} == {
-        "httpx+aiohttp-transport",
+        "channel-client",
         "httpx,",
         "aiohttp",
         "json://",

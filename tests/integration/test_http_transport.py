@@ -59,10 +59,10 @@ def base_url() -> Iterator[str]:
         yield url
 
 
-async def test_pooled_client_sends_over_aiohttp(base_url: str) -> None:
+async def test_pooled_client_posts_straight_over_aiohttp(base_url: str) -> None:
     client = pooled_client(5.0, 10)
     try:
-        assert isinstance(client._transport, AiohttpTransport)
+        assert isinstance(client._direct, AiohttpTransport)
         response = await client.post(
             f"{base_url}/echo?a=1",
             content=b'{"x": 1}',
@@ -78,7 +78,74 @@ async def test_pooled_client_sends_over_aiohttp(base_url: str) -> None:
     assert seen["headers"]["x-broadcaster-delivery"] == "42"
     assert seen["headers"]["content-type"] == "application/json"
     assert seen["headers"]["content-length"] == "8"
-    assert seen["headers"]["user-agent"].startswith("python-httpx/")
+    # Only the channel's headers (and Host, Content-Length): no client defaults.
+    assert set(seen["headers"]) == {
+        "host",
+        "content-length",
+        "content-type",
+        "x-broadcaster-delivery",
+    }
+
+
+async def test_pooled_client_answers_and_fails_as_httpx_does(base_url: str) -> None:
+    client = pooled_client(0.3, 2)
+    try:
+        zipped = await client.post(f"{base_url}/gzip", content=b"", headers={})
+        assert zipped.json() == {"zipped": True}  # decoded per Content-Encoding
+        moved = await client.post(f"{base_url}/redirect", content=b"{}", headers={})
+        assert moved.status_code == 302  # not followed
+        assert moved.headers["location"] == "/echo"
+        missing = await client.post(f"{base_url}/nowhere", content=b"{}", headers={})
+        assert missing.status_code == 404
+        assert missing.json() == {"error": "no such path"}
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post(f"{base_url}/slow", content=b"{}", headers={})
+        with pytest.raises(httpx.ConnectError):
+            await client.post(f"http://127.0.0.1:{_closed_port()}/", content=b"", headers={})
+    finally:
+        await client.aclose()
+    with pytest.raises(httpx.TransportError):  # closed: nothing more goes out
+        await client.post(f"{base_url}/echo", content=b"{}", headers={})
+
+
+async def test_pooled_client_with_a_transport_goes_through_httpx() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json={"ok": True})
+
+    client = pooled_client(5.0, 10, httpx.MockTransport(answer))
+    try:
+        response = await client.post(
+            "https://hooks.example/x", content=b"{}", headers={"X-Test": "1"}
+        )
+    finally:
+        await client.aclose()
+    assert response.status_code == 202
+    assert [str(r.url) for r in seen] == ["https://hooks.example/x"]
+    assert seen[0].headers["x-test"] == "1"
+
+
+async def test_a_full_pool_bounds_direct_posts_by_the_pool_timeout(base_url: str) -> None:
+    transport = AiohttpTransport(1)
+    timeout = httpx.Timeout(5.0, pool=0.2)
+    try:
+        busy = asyncio.ensure_future(transport.post(f"{base_url}/slow", b"", {}, timeout))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.PoolTimeout):
+            await transport.post(f"{base_url}/echo", b"", {}, timeout)
+        assert (await busy).status_code == 200
+        assert (await transport.post(f"{base_url}/echo", b"", {}, timeout)).status_code == 200
+    finally:
+        await transport.aclose()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 async def test_answers_are_decoded_and_redirects_not_followed(base_url: str) -> None:
@@ -94,9 +161,7 @@ async def test_answers_are_decoded_and_redirects_not_followed(base_url: str) -> 
 
 
 async def test_failures_are_httpx_exceptions(base_url: str) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = _closed_port()
     async with httpx.AsyncClient(transport=AiohttpTransport(4), timeout=0.3) as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.get(f"{base_url}/slow")
