@@ -11,13 +11,21 @@ fault, the same for every message, and deliveries should go once it is fixed.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import email.policy
+import functools
+import os
+import re
 import ssl
-from datetime import UTC
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import message_from_bytes, message_from_string
 from email.errors import HeaderParseError, MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, formatdate, make_msgid, parseaddr
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +77,21 @@ class EmailChannel:
         self._sender_addr = sender_addr
         self._sender = formataddr((sender_name, sender_addr))
         self._domain = settings.message_id_domain or sender_addr.rsplit("@", 1)[1]
+        if not _DOMAIN.fullmatch(self._domain):
+            raise ValueError(f"email channel {name!r}: not a Message-ID domain: {self._domain!r}")
+        # The headers every message carries the same, rendered once.
+        self._sender_utf8 = not sender_addr.isascii()
+        try:
+            self._from = _stdlib_header("From", self._sender, utf8=self._sender_utf8)
+            self._reply_to = (
+                _stdlib_header("Reply-To", settings.reply_to, utf8=not settings.reply_to.isascii())
+                if settings.reply_to
+                else ""
+            )
+        except ValueError as exc:
+            raise ValueError(f"email channel {name!r}: {exc}") from exc
+        reserved = ["from", "to", "subject", "date", "message-id"]
+        self._reserved = (*reserved, "reply-to") if settings.reply_to else tuple(reserved)
         self._closed = False
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -108,29 +131,62 @@ class EmailChannel:
         self._used[id(client)] = 0  # a new connection; forget any reused id
         return client
 
-    def build(self, target: Target, message: Message) -> EmailMessage:
-        """The MIME message for one target (public so tests and previews can inspect it)."""
-        email = EmailMessage()
-        email["From"] = self._sender
+    def build(self, target: Target, message: Message) -> OutgoingEmail:
+        """The message for one target as it goes on the wire (public so tests and previews
+        can inspect it: :meth:`OutgoingEmail.parse`).
+
+        Serialised here rather than through :class:`email.message.EmailMessage`: the
+        standard library's header registry parses and refolds every header it is given,
+        several milliseconds a message, most of a round's CPU. What varies per message
+        (To, Date, Message-ID, the delivery headers, the bodies) is written directly;
+        what does not (From, Reply-To) is rendered once by the standard library, and
+        anything unusual (a non-ASCII subject, say) goes through it too, cached.
+        """
+        recipient = _recipient(target)
         # A line break in a stored name must not stop the email (or condemn the address).
         name = " ".join(target.name.split())
-        email["To"] = Address(display_name=name, addr_spec=_recipient(target))
-        if self._settings.reply_to:
-            email["Reply-To"] = self._settings.reply_to
-        email["Subject"] = message.subject
+        smtputf8 = self._sender_utf8 or not recipient.isascii()
+        parts = [self._from, _to_header(name, recipient)]
+        if self._reply_to:
+            parts.append(self._reply_to)
+        parts.append(_header("Subject", message.subject))
         # The daemon's clock (message.created_at) dates the message, so a fake clock shows.
-        if message.created_at is not None:
-            email["Date"] = format_datetime(message.created_at.astimezone(UTC), usegmt=True)
-        else:
-            email["Date"] = formatdate(localtime=False, usegmt=True)
-        idstring = message.idempotency_key.replace("/", ".") or None
-        email["Message-ID"] = make_msgid(idstring=idstring, domain=self._domain)
+        created = message.created_at if message.created_at is not None else datetime.now(UTC)
+        parts.append(f"Date: {format_datetime(created.astimezone(UTC))}\r\n")
+        message_id = make_msgid(idstring=_id_string(message.idempotency_key), domain=self._domain)
+        parts.append(f"Message-ID: {message_id}\r\n")
+        counts = dict.fromkeys(self._reserved, 1)
         for key, value in message.headers.items():
-            email[key] = value
-        email.set_content(message.text)
-        if message.html is not None:
-            email.add_alternative(message.html, subtype="html")
-        return email
+            lowered = key.lower()
+            if lowered in _DROPPED or lowered.startswith("content-"):
+                # Bcc is never transmitted; the MIME structure is the channel's to write.
+                continue
+            header = _header(key, value)  # validates the name and the value
+            limit = _max_count(lowered)
+            if limit is not None and counts.get(lowered, 0) >= limit:
+                raise ValueError(f"There may be at most {limit} {key} headers in a message")
+            counts[lowered] = counts.get(lowered, 0) + 1
+            parts.append(header)
+        head = "".join(parts).encode("utf-8" if smtputf8 else "ascii")
+        text = _text_part("plain", message.text)
+        if message.html is None:
+            data = head + _MIME_VERSION + text
+        else:
+            html = _text_part("html", message.html)
+            boundary = _boundary(text, html)
+            data = b"".join(
+                (
+                    head,
+                    _MIME_VERSION,
+                    b'Content-Type: multipart/alternative;\r\n boundary="%s"\r\n\r\n' % boundary,
+                    b"--%s\r\n" % boundary,
+                    text,
+                    b"\r\n--%s\r\n" % boundary,
+                    html,
+                    b"\r\n--%s--\r\n" % boundary,
+                )
+            )
+        return OutgoingEmail(data, message_id, smtputf8)
 
     async def send(self, target: Target, message: Message) -> Receipt:
         if self._closed:
@@ -144,7 +200,7 @@ class EmailChannel:
                 contact_point=ContactPointState.DISABLED,
             ) from exc
         try:
-            email = self.build(target, message)
+            outgoing = self.build(target, message)
         except (ValueError, MessageError) as exc:
             # The message is at fault (a header with a line break, a duplicate unique
             # header), not the address: fail it without condemning the contact point.
@@ -166,7 +222,13 @@ class EmailChannel:
             try:
                 # The envelope names the target only: headers (Cc, Bcc passed through
                 # Message.headers) must not add recipients.
-                await client.send_message(email, sender=self._sender_addr, recipients=[recipient])
+                # sendmail, not send_message: the bytes are ready, nothing to re-flatten.
+                await client.sendmail(
+                    self._sender_addr,
+                    [recipient],
+                    outgoing.data,
+                    mail_options=["SMTPUTF8"] if outgoing.smtputf8 else None,
+                )
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 await _discard(client)
                 raise _refused(exc.recipients) from exc
@@ -189,7 +251,7 @@ class EmailChannel:
                 _abort(client)
                 raise
             await self._checkin(client)
-        return Receipt(provider_message_id=str(email["Message-ID"]))
+        return Receipt(provider_message_id=outgoing.message_id)
 
     async def _checkin(self, client: aiosmtplib.SMTP) -> None:
         """Back to the pool; closed instead if it broke, aclose() ran during the send, or it
@@ -257,8 +319,196 @@ async def _socket_closed(sock: Any, grace: float) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class OutgoingEmail:
+    """One message ready for the wire: RFC 5322 bytes with CRLF line endings, 7-bit clean
+    unless ``smtputf8`` (an address that is not ASCII, sent with the SMTPUTF8 extension)."""
+
+    data: bytes
+    message_id: str
+    smtputf8: bool = False
+
+    def parse(self) -> EmailMessage:
+        """The message as a receiver's standard library reads it (wire CRLFs as local
+        line endings, as a mail store keeps them)."""
+        data = self.data.replace(b"\r\n", b"\n")
+        if self.smtputf8:  # UTF-8 headers: read as text, as an SMTPUTF8 receiver does
+            return message_from_string(data.decode("utf-8"), policy=email.policy.default)
+        return message_from_bytes(data, policy=email.policy.default)
+
+
+_SHOULD = 78
+"""RFC 5322 2.1.1: lines SHOULD be at most 78 characters (folded where a space allows)..."""
+_MUST = 998
+"""...and MUST be at most 998."""
+_ATEXT = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~"
+_FIELD_NAME = re.compile(r"[!-9;-~]+")
+"""RFC 5322 ftext: printable ASCII but the colon."""
+_ATOMS = re.compile(rf"[{_ATEXT}]+(?: [{_ATEXT}]+)*")
+"""A display name that needs no quoting: atoms separated by single spaces."""
+_DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
+_SIMPLE_ADDRESS = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
+_DOMAIN = re.compile(rf"{_DOT_ATOM}|\[[!-Z^-~]*\]")
+_ID_UNSAFE = re.compile(rf"[^{_ATEXT}.]")
+_DROPPED = frozenset({"bcc", "resent-bcc", "mime-version"})
+_MIME_VERSION = b"MIME-Version: 1.0\r\n"
+_ADDRESS_MAX = 254
+"""RFC 5321 4.5.3.1.3: a path is at most 256 octets with its angle brackets."""
+_ENCODED_WORD_BYTES = 45
+"""UTF-8 bytes per RFC 2047 encoded word: 60 base64 characters, 72 with the markers."""
+
+
+def _check_value(value: str) -> None:
+    # Every line boundary str.splitlines knows (CR, LF, VT, FF, NEL, U+2028...), as the
+    # standard library's header policy refuses them: nothing may start a new header.
+    if "".join(value.splitlines()) != value:
+        raise ValueError("Header values may not contain linefeed or carriage return characters")
+
+
+def _fold(line: str) -> str | None:
+    """A header line folded before spaces so that lines keep to 78 characters where a
+    space allows it; None if a line would still pass 998. Unfolding (removing each CRLF)
+    gives ``line`` back.
+
+    A word too long for any 78-character line stays where it is if the line can take it
+    (a long URL in List-Unsubscribe goes on the header's own line, as RFC 2369 shows it).
+    """
+    if len(line) <= _SHOULD:
+        return line
+    words = line.split(" ")
+    lines: list[str] = []
+    current = words[0]
+    for word in words[1:]:
+        length = len(current) + 1 + len(word)
+        # An empty word is one of a run of spaces: never folded, so no blank lines.
+        if not word or length <= _SHOULD or (len(word) >= _SHOULD and length <= _MUST):
+            current += " " + word
+        else:
+            lines.append(current)
+            current = " " + word
+    lines.append(current)
+    if any(len(folded) > _MUST for folded in lines):
+        return None
+    return "\r\n".join(lines)
+
+
+@functools.lru_cache(maxsize=1024)
+def _stdlib_header(name: str, value: str, *, utf8: bool = False) -> str:
+    """``name: value`` rendered by the standard library's SMTP policy (RFC 2047 for
+    non-ASCII text, structured headers refolded), ending in CRLF. Slow; cached."""
+    _check_value(value)
+    policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
+    return str(policy.fold(*policy.header_store_parse(name, value)))
+
+
+def _header(name: str, value: str) -> str:
+    """One header line (folded, ending in CRLF); ValueError for a name that is not a
+    field name or a value with a line break."""
+    if not _FIELD_NAME.fullmatch(name):
+        raise ValueError(f"not a header field name: {name!r}")
+    _check_value(value)
+    if value.isascii() and value.isprintable():
+        folded = _fold(f"{name}: {value}")
+        if folded is not None:
+            return folded + "\r\n"
+    return _stdlib_header(name, value)
+
+
+@functools.lru_cache(maxsize=256)
+def _max_count(name: str) -> int | None:
+    """How many ``name`` headers a message may carry (the standard library's registry)."""
+    return email.policy.default.header_max_count(name)
+
+
+def _encoded_words(text: str) -> list[str]:
+    """``text`` as RFC 2047 'B' encoded words, each of whole characters and at most 75
+    characters long."""
+    data = text.encode("utf-8")
+    if len(data) <= _ENCODED_WORD_BYTES:
+        chunks = [data]
+    else:
+        chunks, chunk = [], b""
+        for char in text:
+            encoded = char.encode("utf-8")
+            if len(chunk) + len(encoded) > _ENCODED_WORD_BYTES:
+                chunks.append(chunk)
+                chunk = b""
+            chunk += encoded
+        chunks.append(chunk)
+    return [f"=?utf-8?b?{base64.b64encode(chunk).decode('ascii')}?=" for chunk in chunks]
+
+
+def _to_header(name: str, address: str) -> str:
+    """The To header: the customer's name (atoms, a quoted string, or RFC 2047 encoded
+    words if it is not printable ASCII) and the address."""
+    if not name:
+        line: str | None = f"To: {address}"
+    else:
+        line = None
+        if name.isascii() and name.isprintable() and "=?" not in name:
+            if _ATOMS.fullmatch(name):
+                phrase = name
+            else:
+                phrase = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            line = _fold(f"To: {phrase} <{address}>")
+        if line is None:  # not printable ASCII, or a word too long for one line
+            line = _fold(f"To: {' '.join(_encoded_words(name))} <{address}>")
+    if line is None:
+        raise ValueError("the To header does not fit in 998 characters")
+    return line + "\r\n"
+
+
+def _id_string(key: str) -> str | None:
+    """The idempotency key as Message-ID text: '/' and anything outside dot-atom text
+    become '.', so a key can neither break the header nor the msg-id syntax."""
+    if not key:
+        return None
+    return _ID_UNSAFE.sub(".", key.replace("/", "."))
+
+
+def _text_part(subtype: str, text: str) -> bytes:
+    """A text/<subtype> UTF-8 body part: its headers, a blank line, the body ending in CRLF.
+
+    Line endings are normalised and a final one added, as the standard library's
+    ``set_content`` does. ASCII with lines of at most 78 octets goes as 7bit; anything
+    else as quoted-printable or base64, whichever is shorter (as the standard library
+    chooses), so the message is 7-bit clean and every line within 76 octets.
+    """
+    data = text.encode("utf-8")
+    lines = data.splitlines()
+    if data.isascii() and max(map(len, lines), default=0) <= _SHOULD:
+        encoding, body = b"7bit", b"\r\n".join(lines) + b"\r\n"
+    else:
+        normal = b"\n".join(lines) + b"\n"
+        quoted = binascii.b2a_qp(normal, istext=True)
+        base64_length = (len(normal) + 2) // 3 * 4
+        base64_length += (base64_length + 75) // 76  # a newline per 76 characters
+        if len(quoted) <= base64_length:
+            encoding, body = b"quoted-printable", quoted.replace(b"\n", b"\r\n")
+        else:
+            encoding, body = b"base64", base64.encodebytes(normal).replace(b"\n", b"\r\n")
+    return b'Content-Type: text/%s; charset="utf-8"\r\nContent-Transfer-Encoding: %s\r\n\r\n%s' % (
+        subtype.encode("ascii"),
+        encoding,
+        body,
+    )
+
+
+def _boundary(*parts: bytes) -> bytes:
+    """A multipart boundary found in none of ``parts``. The '=_' cannot occur in quoted-
+    printable or base64, so only a 7bit body could ever collide; checked all the same."""
+    while True:
+        boundary = b"=_" + os.urandom(12).hex().encode("ascii")
+        if not any(b"--" + boundary in part for part in parts):
+            return boundary
+
+
 def _recipient(target: Target) -> str:
     """The target's address as an addr-spec; raises on anything that is not one."""
+    if len(target.address) > _ADDRESS_MAX:
+        raise ValueError(f"an email address has at most {_ADDRESS_MAX} characters")
+    if _SIMPLE_ADDRESS.fullmatch(target.address):
+        return target.address  # dot-atom@dot-atom: what the parser below would return
     address = Address(addr_spec=target.address)
     if not address.username or not address.domain:
         raise ValueError("an email address needs a local part and a domain")

@@ -177,6 +177,37 @@ async def test_text_only_message_and_the_envelope(
     assert mail.recipients == ("customer1@example.com",)
 
 
+async def test_non_ascii_name_subject_and_bodies_arrive_intact(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    sink = make_sink()
+    channel = make_channel(sink.port)
+    msg = message(
+        subject="[Störung] Linie 4: keine Züge",
+        text="Die Züge fahren nicht. " * 10 + "\n地铁停运。\n",
+        html="<p>Die Züge fahren nicht · 地铁停运</p>\n",
+    )
+
+    await channel.send(target(name="Jürgen Müller"), msg)
+
+    [mail] = sink.wait_for(1, WAIT)
+    assert mail.message["Subject"] == msg.subject
+    assert mail.message["To"].addresses[0].display_name == "Jürgen Müller"
+    assert parts(mail) == {"text/plain": msg.text, "text/html": msg.html}
+
+
+async def test_a_non_ascii_address_goes_with_smtputf8(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    sink = make_sink()
+    channel = make_channel(sink.port)
+
+    await channel.send(Target(address="kunde@bücher.example", name="Kunde"), message())
+
+    [mail] = sink.wait_for(1, WAIT)
+    assert mail.recipients == ("kunde@bücher.example",)
+
+
 async def test_implicit_tls(make_sink: SinkFactory, make_channel: ChannelFactory) -> None:
     sink = make_sink(implicit_tls=True)
     channel = make_channel(sink.port, security="tls")
