@@ -79,14 +79,12 @@ class EmailChannel:
         self._domain = settings.message_id_domain or sender_addr.rsplit("@", 1)[1]
         if not _DOMAIN.fullmatch(self._domain):
             raise ValueError(f"email channel {name!r}: not a Message-ID domain: {self._domain!r}")
-        # The headers every message carries the same, rendered once.
-        self._sender_utf8 = not sender_addr.isascii()
+        # The headers every message carries the same, rendered once. (formataddr above
+        # refuses a sender address that is not ASCII, so From never needs SMTPUTF8.)
         try:
-            self._from = _stdlib_header("From", self._sender, utf8=self._sender_utf8)
+            self._from = _stdlib_header("From", self._sender)
             self._reply_to = (
-                _stdlib_header("Reply-To", settings.reply_to, utf8=not settings.reply_to.isascii())
-                if settings.reply_to
-                else ""
+                _stdlib_header("Reply-To", settings.reply_to) if settings.reply_to else ""
             )
         except ValueError as exc:
             raise ValueError(f"email channel {name!r}: {exc}") from exc
@@ -145,7 +143,7 @@ class EmailChannel:
         recipient = _recipient(target)
         # A line break in a stored name must not stop the email (or condemn the address).
         name = " ".join(target.name.split())
-        smtputf8 = self._sender_utf8 or not recipient.isascii()
+        smtputf8 = not recipient.isascii()
         parts = [self._from, _to_header(name, recipient)]
         if self._reply_to:
             parts.append(self._reply_to)
@@ -395,11 +393,11 @@ def _fold(line: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _stdlib_header(name: str, value: str, *, utf8: bool = False) -> str:
+def _stdlib_header(name: str, value: str) -> str:
     """``name: value`` rendered by the standard library's SMTP policy (RFC 2047 for
     non-ASCII text, structured headers refolded), ending in CRLF. Slow; cached."""
     _check_value(value)
-    policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
+    policy = email.policy.SMTP
     return str(policy.fold(*policy.header_store_parse(name, value)))
 
 
