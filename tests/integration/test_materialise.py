@@ -9,7 +9,12 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broadcaster.audience.query import audience_batch, audience_page_query, audience_query
+from broadcaster.audience.query import (
+    audience_batch,
+    audience_page_query,
+    audience_query,
+    audience_size,
+)
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import ScheduleSettings
 from broadcaster.incidents import service
@@ -268,6 +273,7 @@ async def test_pages_are_the_definitions_pages(database: Database) -> None:
         assert sorted(stored) == sorted(scopes)
         everyone = list((await session.execute(audience_query(incident.id, None, 10**6))).scalars())
         assert 30 < len(everyone) < 120  # some customers are outside the scopes
+        assert await audience_size(session, incident.id) == len(everyone)
         for limit in (1, 2, 7, 50, 1000):
             after: str | None = None
             read: list[str] = []
