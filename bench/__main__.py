@@ -1,6 +1,8 @@
 """``python -m bench [SCENARIO ...] [--quick] [--out DIR]``: the benchmark suite (issue #8).
 
-Scenarios: ``fanout``, ``latency``, ``scale``, ``promises``; none named runs them all. Each
+Scenarios: ``fanout``, ``latency``, ``scale``, ``promises``, ``firstround`` (PostgreSQL
+only: the first round of one incident handed to the local sinks by ``--daemons`` daemon
+processes); none named runs them all. Each
 prints a table and writes ``<out>/<scenario>.json`` (default ``bench/results``). ``--quick``
 runs small sizes (the whole suite in a few minutes); without it, the issue's sizes.
 PostgreSQL comes from ``$BENCH_POSTGRES_URL`` (default the local ``postgres`` superuser);
@@ -18,11 +20,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import fanout, latency, promises, scale
+from bench import fanout, firstround, latency, promises, scale
 from bench.report import table, write
 from bench.store import BACKENDS, postgres_available
 
-SCENARIOS = ("fanout", "latency", "scale", "promises")
+SCENARIOS = ("fanout", "latency", "scale", "promises", "firstround")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -39,6 +41,8 @@ def sizes(scenario: str, quick: bool) -> dict[str, Any]:
         return {"customers": 20_000 if quick else 1_000_000, "batches": [1_000, 5_000]}
     if scenario == "promises":
         return {"customers": 300 if quick else 10_000, "hours": 24, "restarts": 3}
+    if scenario == "firstround":
+        return {"customers": 20_000 if quick else 1_000_000, "daemons": 2 if quick else 3}
     raise ValueError(scenario)
 
 
@@ -50,6 +54,7 @@ async def run_scenario(
         "latency": latency.run,
         "scale": scale.run,
         "promises": promises.run,
+        "firstround": firstround.run,
     }
     return await runners[scenario](workdir, backends=backends, **params)
 
@@ -66,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         "--size",
         type=int,
         action="append",
-        help="fanout: customers per round (repeatable); scale, promises, latency: the size",
+        help="fanout: customers per round (repeatable); scale, promises, latency, "
+        "firstround: the size",
+    )
+    parser.add_argument(
+        "--daemons", type=int, help="firstround: daemon processes (default 3; 2 with --quick)"
     )
     parser.add_argument(
         "--channel", action="append", choices=fanout.CHANNELS, help="fanout: only this channel"
@@ -89,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
                 "latency": "incidents",
                 "scale": "customers",
                 "promises": "customers",
+                "firstround": "customers",
             }[scenario]
             params[key] = list(args.size) if scenario == "fanout" else args.size[0]
+        if scenario == "firstround" and args.daemons:
+            params["daemons"] = args.daemons
         if scenario == "fanout" and args.channel:
             params["channels"] = list(args.channel)
         print(f"\n== {scenario} ({'quick' if args.quick else 'full'}: {params}) ==", flush=True)

@@ -4,10 +4,11 @@
 
 - one uvicorn HTTP server: the fake Twilio Messages API of :mod:`tests.fakes.twilio` under
   ``/2010-04-01/`` (real wire protocol: basic auth, form parameters, a 201 with the Message
-  resource), ``GET /_stats`` (requests counted per sink), ``GET /_sample/<sink>`` and
-  ``POST /_reset``;
-- one aiohttp server: ``POST /hook``, a webhook receiver that reads the body and answers
-  200 with a small JSON document. Not uvicorn: without ``httptools`` (not installed here)
+  resource), ``GET /_stats`` (requests counted per sink), ``GET /_hook`` (the webhook
+  sink's requests per path, distinct ``Idempotency-Key`` values, first and last arrival),
+  ``GET /_sample/<sink>`` and ``POST /_reset``;
+- one aiohttp server: ``POST /hook`` (any path), a webhook receiver that reads the body and
+  answers 200 with a small JSON document. Not uvicorn: without ``httptools`` (not installed here)
   uvicorn parses HTTP with ``h11`` in pure Python and tops out near 1,000 requests/s on one
   core, below what the clients under test can send; aiohttp's server parses in C;
 - one aiosmtpd SMTP server (no TLS, no auth) that counts the messages it accepts.
@@ -50,6 +51,10 @@ class _Counts:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self.samples: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._hook_paths: Counter[str] = Counter()
+        self._hook_keys: set[int | str] = set()
+        self._hook_first: float | None = None
+        self._hook_last: float | None = None
 
     def add(self, kind: str, sample: Callable[[], dict[str, Any]] | None = None) -> None:
         with self._lock:
@@ -57,13 +62,39 @@ class _Counts:
             if sample is not None:
                 self.samples[kind] = sample
 
+    def add_hook(self, path: str, key: str | None) -> None:
+        """A webhook request: counted per path (a sender can be told apart by the path it
+        posts to), its idempotency key kept (a delivery's ``delivery-<id>`` as the id, so
+        that a million keys stay small), and the wall-clock time of the first and last."""
+        now = time.time()
+        with self._lock:
+            self._hook_paths[path] += 1
+            if key is not None:
+                number = key.removeprefix("delivery-")
+                self._hook_keys.add(int(number) if number.isdigit() else key)
+            if self._hook_first is None:
+                self._hook_first = now
+            self._hook_last = now
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
 
+    def hook_snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "paths": dict(self._hook_paths),
+                "distinct_keys": len(self._hook_keys),
+                "first_at": self._hook_first,
+                "last_at": self._hook_last,
+            }
+
     def reset(self) -> None:
         with self._lock:
             self._counts.clear()
+            self._hook_paths.clear()
+            self._hook_keys.clear()
+            self._hook_first = self._hook_last = None
 
 
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -111,6 +142,8 @@ def build_app(counts: _Counts, twilio: Any) -> App:
             more = bool(message.get("more_body", False))
         if path == "/_stats":
             await respond(send, 200, json.dumps(counts.snapshot()).encode())
+        elif path == "/_hook":
+            await respond(send, 200, json.dumps(counts.hook_snapshot()).encode())
         elif path.startswith("/_sample/"):
             make = counts.samples.get(path.removeprefix("/_sample/"))
             found = make() if make is not None else None
@@ -143,6 +176,7 @@ def _hook_app(counts: _Counts) -> Any:
     async def hook(request: web.Request) -> web.Response:
         body = await request.read()
         counts.add("hook", _sampler(request.path, list(request.headers.items()), body))
+        counts.add_hook(request.path, request.headers.get("Idempotency-Key"))
         return web.Response(body=HOOK_ANSWER, content_type="application/json")
 
     app = web.Application()
@@ -304,6 +338,15 @@ class Sinks:
             response = await client.get(f"{self.base_url}/_stats")
             counts: dict[str, int] = response.json()
             return counts
+
+    async def hook_stats(self) -> dict[str, Any]:
+        """The webhook sink's requests per path, distinct idempotency keys, and the unix
+        times of the first and last request since the last reset (None before any)."""
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"{self.base_url}/_hook")
+            response.raise_for_status()
+            found: dict[str, Any] = response.json()
+            return found
 
     async def sample(self, kind: str) -> dict[str, Any]:
         """The last request the ``kind`` sink received (hook, twilio, smtp)."""
