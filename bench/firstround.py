@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -94,7 +95,12 @@ async def _serve_daemon(settings: Settings) -> dict[str, Any]:
     await task
     engine = daemon._engine
     stats = vars(engine.dispatcher.stats) if engine is not None else {}
-    return {"stats": stats, "peak_rss_mib": peak_rss_mib()}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "stats": stats,
+        "peak_rss_mib": peak_rss_mib(),
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+    }
 
 
 def daemon_main(url: str, hook_url: str) -> None:
@@ -161,8 +167,9 @@ class DaemonProcess:
             with contextlib.suppress(json.JSONDecodeError):
                 self.final = json.loads(lines[-1])
 
-    def led(self) -> bool:
-        return LEADER_LOG in self.log_path.read_text(encoding="utf-8", errors="replace")
+    def times_led(self) -> int:
+        """How often this daemon has logged that it became the leader, so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace").count(LEADER_LOG)
 
     def log_tail(self, lines: int = 5) -> str:
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -174,6 +181,18 @@ def _loadavg() -> list[float]:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return []
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a running process so far (Linux ``/proc``)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
 def _at(unix: float | None) -> datetime | None:
@@ -226,7 +245,7 @@ async def firstround_run(
             clock,
             service.Declaration("Line 1: no trains", "major", MESSAGE, components=[COMPONENT]),
         )
-        deadline = time.monotonic() + 120 + customers / 1000
+        deadline = time.monotonic() + 120 + customers / 500
         progress: list[list[float]] = []
         step = max(0.05, min(2.0, customers / 200_000))
         received = 0
@@ -272,9 +291,12 @@ async def firstround_run(
                     )
                 ).all()
             )
+        # Before the daemons stop: a daemon that stops releases the lock, and another then
+        # becomes the leader on its way out.
+        led = [proc.times_led() for proc in procs]
+        sink_cpu = _cpu_seconds(sinks.pid)
     finally:
-        for proc in procs:
-            await proc.stop()
+        await asyncio.gather(*(proc.stop() for proc in procs))
         await database.dispose()
     round_started, materialised, audience = round_row
     requests = sum(hook["paths"].values())
@@ -284,13 +306,15 @@ async def firstround_run(
         per_daemon.append(
             {
                 "daemon": proc.index,
-                "leader": proc.led(),
+                "leader": led[proc.index] > 0,
+                "became_leader_times": led[proc.index],
                 "handed_to_sink": int(hook["paths"].get(f"/hook/d{proc.index}", 0)),
                 "sent_by_dispatcher": stats.get("sent"),
                 "retried": stats.get("retried"),
                 "failed": stats.get("failed"),
                 "reclaimed": stats.get("reclaimed"),
                 "peak_rss_mib": proc.final.get("peak_rss_mib"),
+                "cpu_seconds": proc.final.get("cpu_seconds"),
                 "exit_code": proc.process.returncode if proc.process else None,
             }
         )
@@ -328,6 +352,7 @@ async def firstround_run(
             _since(all_at_sink, materialised) if materialised is not None else None
         ),
         "daemon_died": died,
+        "sink_cpu_seconds": sink_cpu,
         "per_daemon": per_daemon,
         "progress": progress,
     }
@@ -423,12 +448,20 @@ def _rows(result: dict[str, Any], label: str) -> list[Row]:
                 share,
                 "%",
                 note=f"{daemon['handed_to_sink']:,} at the sink, "
-                f"{daemon['sent_by_dispatcher']} recorded by its dispatcher",
+                f"{daemon['sent_by_dispatcher']:,} recorded by its dispatcher",
             )
         )
         rows.append(
             Row(f"  daemon {daemon['daemon']} ({role}): peak RSS", daemon["peak_rss_mib"], "MiB")
         )
+        rows.append(
+            Row(
+                f"  daemon {daemon['daemon']} ({role}): CPU, start to stop",
+                daemon["cpu_seconds"],
+                "s",
+            )
+        )
+    rows.append(Row("  sink process: CPU, start to end of round", result["sink_cpu_seconds"], "s"))
     rows.append(
         Row(
             f"  populate (Core executemany, not part of the round) {n:,} customers",

@@ -278,6 +278,11 @@ class Sinks:
         self.twilio_token = ""
 
     @property
+    def pid(self) -> int | None:
+        """The sink process's id while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 

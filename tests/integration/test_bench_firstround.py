@@ -60,6 +60,7 @@ def test_firstround_hands_every_delivery_over_once_and_reports_the_phases(
     assert all(d["handed_to_sink"] == d["sent_by_dispatcher"] for d in daemons)
     assert sum(d["leader"] for d in daemons) == 1, "exactly one daemon scheduled the round"
     assert all(d["exit_code"] == 0 and d["peak_rss_mib"] > 0 for d in daemons)
+    assert all(d["cpu_seconds"] > 0 for d in daemons) and run["sink_cpu_seconds"] > 0
     assert run["load_average_before"] and run["load_average_after"]
     (target,) = [row for row in result["rows"] if row["limit"] == firstround.TARGET_SECONDS]
     assert target["value"] == at["all_at_sink"] and target["note"] == "exactly once"
