@@ -1,10 +1,11 @@
 """Recording what happened to a batch of sends, in bulk, under the lease.
 
-One transaction per batch writes: the deliveries' new states (only rows we still lease),
-one history event per delivery, contact points that a permanent error condemned, and the
-follow-on deliveries: a permanent failure *fails over* to the customer's next channel for
-the same round (once: a failover delivery does not fail over again), and a throttled
-message is *rerouted* to the throttle's lighter channel. Both are new delivery rows under
+One transaction per batch (:meth:`~broadcaster.store.Database.transact`) writes: the
+deliveries' new states (only rows we still lease), one history event per delivery,
+contact points that a permanent error condemned, and the follow-on deliveries: a
+permanent failure *fails over* to the customer's next channel for the same round (once: a
+failover delivery does not fail over again), and a throttled message is *rerouted* to the
+throttle's lighter channel. Both are new delivery rows under
 the same (round, customer, channel) key, so recording twice creates nothing twice.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import and_, bindparam, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from broadcaster.store import ContactPoint, Database, Delivery, DeliveryEvent
 from broadcaster.store.models import table_of
@@ -82,11 +83,11 @@ def _next_channel(job: Job, failover: list[str]) -> str | None:
     return rest[0] if rest else None
 
 
-async def _create_follow(session: AsyncSession, follow: Follow, now: datetime) -> bool:
+def _create_follow(session: Session, follow: Follow, now: datetime) -> bool:
     """Insert the follow-on delivery if the customer can be reached on that channel."""
     job = follow.job
     point = (
-        await session.execute(
+        session.execute(
             select(ContactPoint.id, ContactPoint.address)
             .where(
                 ContactPoint.customer_id == job.customer_id,
@@ -101,7 +102,7 @@ async def _create_follow(session: AsyncSession, follow: Follow, now: datetime) -
     if point is None:
         return False
     existing = (
-        await session.execute(
+        session.execute(
             select(Delivery.id).where(
                 Delivery.round_id == job.round_id,
                 Delivery.customer_id == job.customer_id,
@@ -111,7 +112,7 @@ async def _create_follow(session: AsyncSession, follow: Follow, now: datetime) -
     ).scalar_one_or_none()
     if existing is not None:
         return False  # the customer already gets this round on that channel
-    created = await session.execute(
+    created = session.execute(
         insert(Delivery)
         .values(
             round_id=job.round_id,
@@ -129,7 +130,7 @@ async def _create_follow(session: AsyncSession, follow: Follow, now: datetime) -
         .returning(Delivery.id)
     )
     new_id = created.scalar_one()
-    await session.execute(
+    session.execute(
         update(Delivery).where(Delivery.id == job.delivery_id).values(failover_to=follow.channel)
     )
     session.add_all(
@@ -214,9 +215,10 @@ async def record_outcomes(
         )
     mine = and_(d.c.id == bindparam("b_id"), d.c.lease_owner == owner, d.c.state == "sending")
     released = {"lease_owner": None, "lease_expires_at": None}
-    async with database.session() as session, session.begin():
+
+    def write(session: Session) -> None:
         if sent:
-            await session.execute(
+            session.execute(
                 update(d)
                 .where(mine)
                 .values(
@@ -229,7 +231,7 @@ async def record_outcomes(
                 sent,
             )
         if retry:
-            await session.execute(
+            session.execute(
                 update(d)
                 .where(mine)
                 .values(
@@ -241,21 +243,21 @@ async def record_outcomes(
                 retry,
             )
         if failed:
-            await session.execute(
+            session.execute(
                 update(d)
                 .where(mine)
                 .values(state="failed", last_error=bindparam("b_err"), **released),
                 failed,
             )
         if rerouted:
-            await session.execute(
+            session.execute(
                 update(d)
                 .where(mine)
                 .values(state="rerouted", failover_to=bindparam("b_to"), **released),
                 rerouted,
             )
         if points:
-            await session.execute(
+            session.execute(
                 update(cp)
                 .where(cp.c.id == bindparam("b_cp"))
                 .values(
@@ -267,10 +269,12 @@ async def record_outcomes(
                 points,
             )
         if events:
-            await session.execute(insert(table_of(DeliveryEvent)), events)
+            session.execute(insert(table_of(DeliveryEvent)), events)
         for follow in result.follows:
-            if await _create_follow(session, follow, now):
+            if _create_follow(session, follow, now):
                 result.failovers += 1
+
+    await database.transact(write)
     return result
 
 

@@ -15,9 +15,11 @@ import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from broadcaster.clock import Clock
 from broadcaster.compose.context import Personal
@@ -37,6 +39,15 @@ from channels.base import Channel, DeliveryError, Target
 log = logging.getLogger("broadcaster.dispatch")
 
 COUNTED_STATES = ("sending", "sent", "delivered", "undelivered")
+
+EXPIRED_LOOK_INTERVAL = timedelta(seconds=1)
+"""How often a claim also looks for deliveries whose lease expired (their worker died): a
+lease runs for a minute, so a second more costs nothing, and the other claims save a
+query."""
+
+Announcements = dict[tuple[int, str], tuple[str, str, datetime]]
+"""(incident, customer) → (owner's name, kind, deadline) of the open follow-up that the
+customer's message announces."""
 
 
 @dataclass
@@ -80,13 +91,13 @@ class Dispatcher:
         self._limits = Limits(settings.rate_limits)
         self._contact_kinds = {name: channel.contact for name, channel in channels.items()}
         self.stats = DispatchStats()
+        self._look_for_expired_at = datetime.min.replace(tzinfo=UTC)
 
     async def run_once(self) -> int:
         """Claim, send and record one batch; returns how many deliveries it handled."""
-        jobs = await self.claim(self._settings.batch_size)
+        jobs, announced = await self._claim(self._settings.batch_size)
         if not jobs:
             return 0
-        announced = await self._announcements(jobs)
         outcomes = await asyncio.gather(
             *(self._send(job, announced.get((job.incident_id, job.customer_id))) for job in jobs)
         )
@@ -110,86 +121,40 @@ class Dispatcher:
         return len(jobs)
 
     async def claim(self, limit: int) -> list[Job]:
+        """Claim up to ``limit`` due deliveries (expired leases first) under our lease."""
+        jobs, _announced = await self._claim(limit)
+        return jobs
+
+    async def _claim(self, limit: int) -> tuple[list[Job], Announcements]:
+        """The claimed jobs, and the open follow-ups their messages announce: one
+        transaction (:meth:`Database.transact`, on SQLite a thread of its own)."""
         now = self._clock.now()
-        async with self._db.session() as session, session.begin():
-            # Two queries, not one with OR: each walks the (state, next_attempt_at) index
-            # in order and stops at ``limit``. With OR, SQLite and PostgreSQL gathered
-            # every due row and sorted them all for each claim, so a round of 100,000
-            # got slower the more of it was still waiting.
-            expired = (
-                select(Delivery.id, Delivery.state)
-                .where(Delivery.state == "sending", Delivery.lease_expires_at <= now)
-                .order_by(Delivery.next_attempt_at, Delivery.id)
-                .limit(limit)
+        expired_too = now >= self._look_for_expired_at
+        if expired_too:
+            self._look_for_expired_at = now + EXPIRED_LOOK_INTERVAL
+        jobs, followups = await self._db.transact(
+            lambda session: _claim(
+                session,
+                limit,
+                now,
+                owner=self._owner,
+                lease=self._settings.lease,
+                skip_locked=self._db.skip_locked,
+                expired_too=expired_too,
             )
-            due = (
-                select(Delivery.id, Delivery.state)
-                .where(Delivery.state == "pending", Delivery.next_attempt_at <= now)
-                .order_by(Delivery.next_attempt_at, Delivery.id)
-            )
-            if self._db.skip_locked:
-                expired = expired.with_for_update(skip_locked=True)
-            found = list((await session.execute(expired)).all())
-            if len(found) < limit:
-                due = due.limit(limit - len(found))
-                if self._db.skip_locked:
-                    due = due.with_for_update(skip_locked=True)
-                found += (await session.execute(due)).all()
-            if not found:
-                return []
-            ids = [row[0] for row in found]
-            reclaimed = {row[0] for row in found if row[1] == "sending"}
-            await session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(ids))
-                .values(
-                    state="sending",
-                    lease_owner=self._owner,
-                    lease_expires_at=now + self._settings.lease,
-                    attempts=Delivery.attempts + 1,
-                )
-            )
-            rows = await session.execute(
-                select(
-                    Delivery.id,
-                    Delivery.round_id,
-                    Delivery.incident_id,
-                    Delivery.channel,
-                    Delivery.address,
-                    Delivery.attempts,
-                    Delivery.contact_point_id,
-                    Customer.id,
-                    Customer.name,
-                    Customer.language,
-                    Customer.timezone,
-                    Customer.channel_order,
-                    Delivery.failover_from_id,
-                )
-                .join(Customer, Customer.id == Delivery.customer_id)
-                .where(Delivery.id.in_(ids))
-                .order_by(Delivery.id)
-            )
-            jobs = [Job(*row, reclaimed=row[0] in reclaimed) for row in rows]  # type: ignore[call-arg]
-            await session.execute(
-                insert(table_of(DeliveryEvent)),
-                [
-                    {
-                        "delivery_id": job.delivery_id,
-                        "at": now,
-                        "state": "sending",
-                        "detail": f"attempt {job.attempts}"
-                        + (" (lease expired: may repeat)" if job.reclaimed else ""),
-                    }
-                    for job in jobs
-                ],
-            )
+        )
+        announced: Announcements = {}
+        for incident_id, customer_id, owner, kind, deadline in followups:  # earliest first
+            name = self._staff_names.get(owner, owner)
+            announced.setdefault((incident_id, customer_id), (name, kind, deadline))
+        reclaimed = sum(1 for job in jobs if job.reclaimed)
         if reclaimed:
-            self.stats.reclaimed += len(reclaimed)
+            self.stats.reclaimed += reclaimed
             log.warning(
                 "reclaimed deliveries whose lease expired; they may be sent twice",
-                extra={"count": len(reclaimed)},
+                extra={"count": reclaimed},
             )
-        return jobs
+        return jobs, announced
 
     def _personal(self, job: Job, now: datetime) -> Personal:
         expires = now + self._messages.link_lifetime
@@ -223,35 +188,6 @@ class Dispatcher:
         if recent < throttle.max:
             return None
         return throttle.fallback or ""
-
-    async def _announcements(
-        self, jobs: list[Job]
-    ) -> dict[tuple[int, str], tuple[str, str, datetime]]:
-        """Open follow-ups of these customers for these incidents: their messages say that
-        a named person will contact them (doctrine 6)."""
-        customers = {job.customer_id for job in jobs}
-        incidents = {job.incident_id for job in jobs}
-        async with self._db.session() as session:
-            rows = await session.execute(
-                select(
-                    Followup.incident_id,
-                    Followup.customer_id,
-                    Followup.owner,
-                    Followup.kind,
-                    Followup.deadline_at,
-                )
-                .where(
-                    Followup.customer_id.in_(customers),
-                    Followup.incident_id.in_(incidents),
-                    Followup.state.in_(("open", "claimed")),
-                )
-                .order_by(Followup.deadline_at)
-            )
-            found: dict[tuple[int, str], tuple[str, str, datetime]] = {}
-            for incident_id, customer_id, owner, kind, deadline in rows:
-                name = self._staff_names.get(owner, owner)
-                found.setdefault((incident_id, customer_id), (name, kind, deadline))
-        return found
 
     async def _send(self, job: Job, followup: tuple[str, str, datetime] | None = None) -> Outcome:
         channel = self._channels.get(job.channel)
@@ -334,3 +270,125 @@ class Dispatcher:
                 )
             )
             return max(getattr(result, "rowcount", 0), 0)
+
+
+def _claim(
+    session: Session,
+    limit: int,
+    now: datetime,
+    *,
+    owner: str,
+    lease: timedelta,
+    skip_locked: bool,
+    expired_too: bool,
+) -> tuple[list[Job], list[tuple[int, str, str, str, datetime]]]:
+    """Take up to ``limit`` deliveries under ``owner``'s lease: those whose lease expired
+    first (their worker died; looked for only when ``expired_too``), then due pending
+    ones; count the attempt and note it in the history. Returns them with what rendering
+    and routing need, and the open follow-ups of their customers for their incidents,
+    earliest deadline first: the messages say that a named person will contact them
+    (doctrine 6)."""
+
+    def take(state: Any, n: int) -> list[Any]:
+        # One query per state, not one with OR: each walks the (state, next_attempt_at)
+        # index in order and stops at ``n``. With OR, SQLite and PostgreSQL gathered
+        # every due row and sorted them all for each claim, so a round of 100,000 got
+        # slower the more of it was still waiting.
+        query = (
+            select(*_JOB_COLUMNS)
+            .join(Customer, Customer.id == Delivery.customer_id)
+            .where(state)
+            .order_by(Delivery.next_attempt_at, Delivery.id)
+            .limit(n)
+        )
+        if skip_locked:
+            query = query.with_for_update(of=Delivery, skip_locked=True)
+        return list(session.execute(query).all())
+
+    found = (
+        take(and_(Delivery.state == "sending", Delivery.lease_expires_at <= now), limit)
+        if expired_too
+        else []
+    )
+    if len(found) < limit:
+        due = and_(Delivery.state == "pending", Delivery.next_attempt_at <= now)
+        found += take(due, limit - len(found))
+    if not found:
+        return [], []
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_([row[0] for row in found]))
+        .values(
+            state="sending",
+            lease_owner=owner,
+            lease_expires_at=now + lease,
+            attempts=Delivery.attempts + 1,
+        )
+    )
+    jobs = [
+        Job(
+            delivery_id=row[0],
+            round_id=row[1],
+            incident_id=row[2],
+            channel=row[3],
+            address=row[4],
+            attempts=row[5] + 1,  # the attempt this claim counts
+            contact_point_id=row[6],
+            customer_id=row[7],
+            customer_name=row[8],
+            language=row[9],
+            timezone=row[10],
+            channel_order=row[11],
+            failover_from_id=row[12],
+            reclaimed=row[13] == "sending",
+        )
+        for row in found
+    ]
+    session.execute(
+        insert(table_of(DeliveryEvent)),
+        [
+            {
+                "delivery_id": job.delivery_id,
+                "at": now,
+                "state": "sending",
+                "detail": f"attempt {job.attempts}"
+                + (" (lease expired: may repeat)" if job.reclaimed else ""),
+            }
+            for job in jobs
+        ],
+    )
+    followups = session.execute(
+        select(
+            Followup.incident_id,
+            Followup.customer_id,
+            Followup.owner,
+            Followup.kind,
+            Followup.deadline_at,
+        )
+        .where(
+            Followup.customer_id.in_({job.customer_id for job in jobs}),
+            Followup.incident_id.in_({job.incident_id for job in jobs}),
+            Followup.state.in_(("open", "claimed")),
+        )
+        .order_by(Followup.deadline_at)
+    )
+    return jobs, [(row[0], row[1], row[2], row[3], row[4]) for row in followups]
+
+
+_JOB_COLUMNS = (
+    Delivery.id,
+    Delivery.round_id,
+    Delivery.incident_id,
+    Delivery.channel,
+    Delivery.address,
+    Delivery.attempts,
+    Delivery.contact_point_id,
+    Customer.id,
+    Customer.name,
+    Customer.language,
+    Customer.timezone,
+    Customer.channel_order,
+    Delivery.failover_from_id,
+    Delivery.state,
+)
+"""A claimed delivery: what :class:`Job` holds, in its order, then the state it had."""

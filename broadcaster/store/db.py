@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -15,7 +15,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert
+
+T = TypeVar("T")
 
 Also = Callable[[AsyncSession, object], None]
 """Called with the session and the result inside an operation's transaction, just before
@@ -45,6 +48,13 @@ class Database:
 
     def session(self) -> AsyncSession:
         return self.sessions()
+
+    async def transact(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` with a (synchronous-style) session in one transaction, committed
+        when it returns and rolled back when it raises, and return what it returned: for
+        transactions of several statements written as one plain function."""
+        async with self.session() as session, session.begin():
+            return await session.run_sync(work)
 
     def insert_ignoring_duplicates(self, table: Table, *conflict_columns: str) -> Insert:
         """``INSERT … ON CONFLICT DO NOTHING`` for this dialect (the idempotent write)."""
