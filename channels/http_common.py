@@ -59,9 +59,24 @@ class PostClient:
     async def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> httpx.Response:
         """POST ``content`` with ``headers`` (and nothing else: no default Accept or
         User-Agent of the client's own)."""
+        return await self.request("POST", url, content=content, headers=headers)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes = b"",
+        headers: dict[str, str],
+        timeout: float | None = None,  # noqa: ASYNC109 - httpx's, per request
+    ) -> httpx.Response:
+        """Any method, the same way; ``timeout`` instead of the client's for this one."""
+        limits = self._timeout if timeout is None else httpx.Timeout(timeout)
         if self._direct is not None:
-            return await self._direct.post(url, content, headers, self._timeout)
-        return await self._client.post(url, content=content, headers=headers)
+            return await self._direct.send(method, url, content, headers, limits)
+        return await self._client.request(
+            method, url, content=content, headers=headers, timeout=limits
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()  # closes the aiohttp transport too

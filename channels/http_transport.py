@@ -83,19 +83,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             request.method, str(request.url), body, headers, _deadlines(timeouts), request
         )
 
-    async def post(
+    async def send(
         self,
+        method: str,
         url: str,
         body: bytes,
         headers: Mapping[str, str],
         timeout: httpx.Timeout,  # noqa: ASYNC109 - httpx's per-phase timeouts, as httpx takes them
     ) -> httpx.Response:
-        """POST ``body`` to ``url`` with exactly ``headers`` (plus Host and Content-Length),
-        without building an httpx request: the channels' hot path (see :class:`PostClient`).
-        The answer, the failures and the timeouts are as :meth:`handle_async_request`'s."""
+        """Send ``body`` to ``url`` with exactly ``headers`` (plus Host and Content-Length),
+        without building an httpx request: the channels' hot path (see
+        :class:`~channels.http_common.PostClient`). The answer, the failures and the
+        timeouts are as :meth:`handle_async_request`'s."""
         if self._closed:
             raise httpx.ConnectError("the transport is closed")
-        response = await self._exchange("POST", url, body, headers, _deadlines(timeout.as_dict()))
+        response = await self._exchange(method, url, body, headers, _deadlines(timeout.as_dict()))
         await response.aread()  # decoded per Content-Encoding, as httpx's client does
         return response
 

@@ -1,8 +1,9 @@
 """SMS channel over Twilio's Messages API, plus the pure helpers its HTTP endpoints need.
 
 Sending goes through the ``twilio`` library's REST client (``messages.create_async``) on
-our :class:`HttpxTwilioClient` (one shared ``httpx.AsyncClient``), which sends requests
-for ``https://api.twilio.com`` to ``base_url`` instead (a local fake, in tests).
+our :class:`HttpxTwilioClient` (one shared :class:`~channels.http_common.PostClient`: an
+httpx-shaped client over aiohttp's pool), which sends requests for
+``https://api.twilio.com`` to ``base_url`` instead (a local fake, in tests).
 
 The body is ``Message.text`` fitted to ``max_segments`` with the incident link from
 ``Message.headers["X-Broadcaster-Link"]`` (none when absent) by :func:`~channels.sms_segments.fit`,
@@ -44,7 +45,6 @@ from twilio.rest import Client
 
 from channels import http_common
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
-from channels.http_transport import aiohttp_transport
 from channels.redact import redact
 from channels.sms_segments import fit
 
@@ -154,7 +154,7 @@ class TwilioSettings(BaseModel):
 
 
 class HttpxTwilioClient(AsyncHttpClient):
-    """The twilio library's async HTTP client interface over one shared httpx client.
+    """The twilio library's async HTTP client interface over one shared pooled client.
 
     ``https://api.twilio.com`` URLs go to ``base_url``. Only method and URL are logged:
     bodies hold phone numbers and text, the Authorization header the token.
@@ -169,11 +169,10 @@ class HttpxTwilioClient(AsyncHttpClient):
     ) -> None:
         super().__init__(log, is_async=True, timeout=timeout)
         self.base_url = base_url.rstrip("/")
-        # aiohttp's pool when installed (channels.http_transport): httpx's own pool is
-        # CPU-bound with many sends in flight. 100 connections: httpx's default limit.
-        self._client = httpx.AsyncClient(
-            timeout=timeout, transport=transport or aiohttp_transport(100)
-        )
+        # Straight over aiohttp's pool when installed (http_common.PostClient): httpx's own
+        # pool is CPU-bound with many sends in flight, and its request models cost as much
+        # as the send. 100 connections: httpx's default limit.
+        self._client = http_common.pooled_client(timeout, 100, transport)
 
     # twilio's own AsyncHttpClient overrides the sync HttpClient.request with a coroutine;
     # mypy checks us against both. The timeout parameter is twilio's interface.
@@ -190,15 +189,23 @@ class HttpxTwilioClient(AsyncHttpClient):
     ) -> Response:
         url = self.base_url + uri[len(TWILIO_API) :] if uri.startswith(TWILIO_API + "/") else uri
         log.debug("twilio request", extra={"method": method, "url": url})
+        # What httpx did with params, data and auth, done here: the pooled client sends
+        # bytes. Redirects are never followed (the library asks for none).
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode(_form(params) or {}, doseq=True)
+        sent = dict(headers or {})
+        body = b""
+        if data is not None:
+            body = urlencode(_form(data) or {}, doseq=True).encode("ascii")
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
+        if auth is not None:
+            sent["Authorization"] = _basic(*auth)
         response = await self._client.request(
             method.upper(),
             url,
-            params=_form(params),
-            data=_form(data),
-            headers=headers,
-            auth=httpx.BasicAuth(*auth) if auth is not None else None,
+            content=body,
+            headers=sent,
             timeout=timeout if timeout is not None else self.timeout,
-            follow_redirects=allow_redirects,
         )
         sink = _responses.get()
         if sink is not None:
@@ -207,6 +214,11 @@ class HttpxTwilioClient(AsyncHttpClient):
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _basic(username: str, password: str) -> str:
+    """An HTTP Basic ``Authorization`` value (RFC 7617, UTF-8)."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
 def _form(values: dict[str, object] | None) -> dict[str, str | list[str]] | None:

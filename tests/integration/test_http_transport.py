@@ -131,12 +131,14 @@ async def test_a_full_pool_bounds_direct_posts_by_the_pool_timeout(base_url: str
     transport = AiohttpTransport(1)
     timeout = httpx.Timeout(5.0, pool=0.2)
     try:
-        busy = asyncio.ensure_future(transport.post(f"{base_url}/slow", b"", {}, timeout))
+        slow = transport.send("POST", f"{base_url}/slow", b"", {}, timeout)
+        busy = asyncio.ensure_future(slow)
         await asyncio.sleep(0.05)
         with pytest.raises(httpx.PoolTimeout):
-            await transport.post(f"{base_url}/echo", b"", {}, timeout)
+            await transport.send("POST", f"{base_url}/echo", b"", {}, timeout)
         assert (await busy).status_code == 200
-        assert (await transport.post(f"{base_url}/echo", b"", {}, timeout)).status_code == 200
+        echo = await transport.send("GET", f"{base_url}/echo", b"", {}, timeout)
+        assert echo.json()["method"] == "GET"
     finally:
         await transport.aclose()
 
