@@ -17,6 +17,7 @@ Everything here is pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -89,6 +90,7 @@ def fits(text: str, max_segments: int) -> bool:
     return segments(text).segments <= max_segments
 
 
+@functools.lru_cache(maxsize=1024)
 def fit(text: str, link: str, max_segments: int) -> str:
     """``text``, then ``link`` on its own line, in at most ``max_segments`` parts.
 
@@ -106,6 +108,9 @@ def fit(text: str, link: str, max_segments: int) -> str:
     An empty ``link`` means: no link, only the (shortened) text. Raises ``ValueError``
     when ``max_segments`` is below 1, when the link alone does not fit, or when there is
     no link and not even the first word fits (cutting inside a word is never done).
+
+    Cached: the composer fits each message and the channel fits it again, and a round's
+    messages are mostly the same text.
     """
     if max_segments < 1:
         raise ValueError(f"max_segments must be at least 1, not {max_segments}")
