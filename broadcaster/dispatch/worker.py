@@ -40,6 +40,24 @@ log = logging.getLogger("broadcaster.dispatch")
 
 COUNTED_STATES = ("sending", "sent", "delivered", "undelivered")
 
+
+def claim_size(settings: DeliverySettings) -> int:
+    """Deliveries one worker claims at a time: ``batch_size``, unless a rate-limited
+    channel could not send that many within half the lease.
+
+    A claimed batch is sent at the provider's pace; what is still unsent when the lease
+    runs out is claimed again by another worker, and sent twice. With a limit of one
+    message a second, 4 workers claiming 200 each would need 800 s against a 60 s lease.
+    So the batch is cut to what the slowest limit sends in half the lease, shared by the
+    workers that may all be waiting on it (at least one)."""
+    if not settings.rate_limits:
+        return settings.batch_size
+    slowest = min(limit.per_second for limit in settings.rate_limits.values())
+    burst = min(limit.burst for limit in settings.rate_limits.values())
+    fits = (slowest * settings.lease.total_seconds() / 2 + burst) / settings.workers
+    return max(1, min(settings.batch_size, int(fits)))
+
+
 EXPIRED_LOOK_INTERVAL = timedelta(seconds=1)
 """How often a claim also looks for deliveries whose lease expired (their worker died): a
 lease runs for a minute, so a second more costs nothing, and the other claims save a
@@ -91,11 +109,12 @@ class Dispatcher:
         self._limits = Limits(settings.rate_limits)
         self._contact_kinds = {name: channel.contact for name, channel in channels.items()}
         self.stats = DispatchStats()
+        self.batch_size = claim_size(settings)
         self._look_for_expired_at = datetime.min.replace(tzinfo=UTC)
 
     async def run_once(self) -> int:
         """Claim, send and record one batch; returns how many deliveries it handled."""
-        jobs, announced = await self._claim(self._settings.batch_size)
+        jobs, announced = await self._claim(self.batch_size)
         if not jobs:
             return 0
         outcomes = await asyncio.gather(
