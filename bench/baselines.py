@@ -25,9 +25,10 @@ import aiohttp
 import aiosmtplib
 import httpx
 
+from broadcaster.config.settings import DeliverySettings
 from channels.http_common import PostClient
 
-DEFAULT_CONCURRENCY = 200
+DEFAULT_CONCURRENCY = DeliverySettings().workers * DeliverySettings().batch_size
 """Requests in flight: the daemon's default ``delivery.workers`` × ``delivery.batch_size``."""
 
 _HOP_HEADERS = {

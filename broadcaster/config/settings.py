@@ -97,7 +97,11 @@ class DeliverySettings(_Section):
     rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
     throttle: dict[str, Throttle] = Field(default_factory=dict)
     workers: int = Field(default=4, ge=1, le=256)
-    batch_size: int = Field(default=50, ge=1, le=10_000)
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+    """Deliveries one worker claims, sends and records at a time. Larger batches cost less
+    per delivery (fewer transactions and commits: 200 took a quarter less CPU per delivery
+    than 50 in the benchmarks); ``workers × batch_size`` is also the most a crash can send
+    twice."""
     lease: Duration = timedelta(seconds=60)
     max_attempts: int = Field(default=8, ge=1, le=100)
     """With the default backoff, 8 tries span about 10 minutes (at least 8.5 with jitter):
