@@ -309,7 +309,7 @@ def _claim(
     (doctrine 6)."""
 
     def take(state: Any, n: int) -> list[Any]:
-        # One query per state, not one with OR: each walks the (state, next_attempt_at)
+        # One query per state, not one with OR: each walks the (state, next_attempt_at, id)
         # index in order and stops at ``n``. With OR, SQLite and PostgreSQL gathered
         # every due row and sorted them all for each claim, so a round of 100,000 got
         # slower the more of it was still waiting.

@@ -53,6 +53,11 @@ EVERY_CUSTOMER = "customer"
 id (a fixed-URL webhook into a CRM, say); no contact point is needed."""
 
 
+ANALYSE_FROM = 5_000
+"""Deliveries a round has written before the store's planner statistics are refreshed
+(and again each time the round's count doubles): see :meth:`Database.refresh_statistics`."""
+
+
 BatchHook = Callable[[AsyncSession, int, int, list[str], datetime], Awaitable[object]]
 """Called inside each batch's transaction, after its deliveries are written, with
 (session, round id, incident id, customers, now): follow-ups and quiet hours."""
@@ -82,9 +87,13 @@ async def materialise_round(
     round over; what was committed before stays (it is idempotent).
     """
     inserted = 0
+    analysed = 0
     while True:
         if should_stop():
             return None
+        if inserted >= max(2 * analysed, ANALYSE_FROM):
+            await database.refresh_statistics("deliveries")
+            analysed = inserted
         async with database.session() as session, session.begin():
             now = clock.now()
             cursor = (

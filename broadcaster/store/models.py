@@ -208,7 +208,7 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("round_id", "customer_id", "channel"),
-        Index("ix_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+        Index("ix_deliveries_state_next_attempt_at_id", "state", "next_attempt_at", "id"),
         Index("ix_deliveries_customer_id", "customer_id"),
         Index("ix_deliveries_provider_message_id", "provider_message_id"),
     )

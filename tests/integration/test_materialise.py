@@ -6,7 +6,7 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.audience.query import (
@@ -291,3 +291,46 @@ async def test_an_incident_without_scopes_has_no_audience(database: Database) ->
     async with database.session() as session:
         assert await audience_batch(session, 12345, after=None, limit=10) == []
         assert (await session.execute(audience_page_query([], None, 10))).all() == []
+
+
+async def test_a_growing_round_refreshes_the_planner_statistics(
+    database: Database, monkeypatch: Any
+) -> None:
+    """Each time the round's rows double past ANALYSE_FROM the store's statistics are
+    refreshed (PostgreSQL: ANALYZE), so claims are planned for the table as it is."""
+    import broadcaster.outbox.materialise as materialise
+
+    monkeypatch.setattr(materialise, "ANALYSE_FROM", 2)
+    refreshed: list[tuple[str, int]] = []
+    original = database.refresh_statistics
+
+    async def counting(table: str) -> None:
+        refreshed.append((table, len(await delivery_rows(database))))
+        await original(table)
+
+    monkeypatch.setattr(database, "refresh_statistics", counting)
+    clock = FakeClock(START)
+    async with database.session() as session, session.begin():
+        for n in range(9):
+            await add_customer(
+                session,
+                f"A{n}",
+                [("component", "payments")],
+                [("email", f"a{n}@example.org", False, False)],
+            )
+    await service.declare(
+        database, clock, service.Declaration("t", "major", "m", components=["payments"])
+    )
+    claimed = await claim(database, clock, batch=2)
+    routes = [ChannelRoute("mail", "email")]
+    settings = ScheduleSettings(audience_batch=2)
+    assert await materialise_round(database, clock, claimed, routes, settings) == 9
+    assert refreshed == [("deliveries", 2), ("deliveries", 4), ("deliveries", 8)]
+    if database.dialect == "postgresql":
+        async with database.session() as session:
+            estimate = (
+                await session.execute(
+                    text("SELECT reltuples FROM pg_class WHERE relname = 'deliveries'")
+                )
+            ).scalar_one()
+        assert estimate == 8  # as ANALYZE counted them before the last batch
