@@ -34,7 +34,7 @@ class PostClient:
     redirect (a redirected provider is a configuration error, not a hop to make blindly).
 
     Without an explicit ``transport`` it posts straight over aiohttp's pool when aiohttp is
-    installed (:meth:`channels.http_transport.AiohttpTransport.post`): several times the
+    installed (:meth:`channels.http_transport.AiohttpTransport.send`): several times the
     rate of httpx's own pool with hundreds of sends in flight, and without the cost of
     building httpx's request, URL and header models for each send, which the benchmarks
     found to be the largest share of a webhook send. Answers and failures are httpx's either
@@ -57,8 +57,8 @@ class PostClient:
         )
 
     async def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> httpx.Response:
-        """POST ``content`` with ``headers`` (and nothing else: no default Accept or
-        User-Agent of the client's own)."""
+        """POST ``content`` with ``headers`` (over aiohttp, nothing else: no default Accept
+        or User-Agent of the client's own)."""
         return await self.request("POST", url, content=content, headers=headers)
 
     async def request(

@@ -146,7 +146,7 @@ class Dispatcher:
 
     async def _claim(self, limit: int) -> tuple[list[Job], Announcements]:
         """The claimed jobs, and the open follow-ups their messages announce: one
-        transaction (:meth:`Database.transact`, on SQLite a thread of its own)."""
+        transaction (:meth:`~broadcaster.store.Database.transact`)."""
         now = self._clock.now()
         expired_too = now >= self._look_for_expired_at
         if expired_too:
