@@ -74,6 +74,22 @@ async def add_customer(
     return ids
 
 
+async def payments_round(database: Database, clock: FakeClock, prefix: str, n: int) -> None:
+    """``n`` customers ``<prefix>0``… subscribed to the payments component, one email each,
+    and a major incident declared for them."""
+    async with database.session() as session, session.begin():
+        for i in range(n):
+            await add_customer(
+                session,
+                f"{prefix}{i}",
+                [("component", "payments")],
+                [("email", f"{prefix.lower()}{i}@example.org", False, False)],
+            )
+    await service.declare(
+        database, clock, service.Declaration("t", "major", "m", components=["payments"])
+    )
+
+
 async def claim(database: Database, clock: FakeClock, batch: int) -> ClaimedRound:
     claimed = await claim_due_round(database, clock, ScheduleSettings(audience_batch=batch), "t")
     assert claimed is not None
@@ -181,17 +197,7 @@ async def test_rows_are_the_first_usable_contact_point_per_route(database: Datab
 
 async def test_a_replayed_round_counts_only_the_rows_it_wrote(database: Database) -> None:
     clock = FakeClock(START)
-    async with database.session() as session, session.begin():
-        for n in range(7):
-            await add_customer(
-                session,
-                f"K{n}",
-                [("component", "payments")],
-                [("email", f"k{n}@example.org", False, False)],
-            )
-    await service.declare(
-        database, clock, service.Declaration("t", "major", "m", components=["payments"])
-    )
+    await payments_round(database, clock, "K", 7)
     claimed = await claim(database, clock, batch=2)
     routes = [ChannelRoute("mail", "email"), ChannelRoute("crm", EVERY_CUSTOMER)]
     settings = ScheduleSettings(audience_batch=2)
@@ -217,17 +223,7 @@ async def test_a_replayed_round_counts_only_the_rows_it_wrote(database: Database
 
 async def test_stopping_between_batches_resumes_at_the_cursor(database: Database) -> None:
     clock = FakeClock(START)
-    async with database.session() as session, session.begin():
-        for n in range(5):
-            await add_customer(
-                session,
-                f"S{n}",
-                [("component", "payments")],
-                [("email", f"s{n}@example.org", False, False)],
-            )
-    await service.declare(
-        database, clock, service.Declaration("t", "major", "m", components=["payments"])
-    )
+    await payments_round(database, clock, "S", 5)
     claimed = await claim(database, clock, batch=2)
     settings = ScheduleSettings(audience_batch=2)
     calls = 0
@@ -310,17 +306,7 @@ async def test_a_growing_round_refreshes_the_planner_statistics(
 
     monkeypatch.setattr(database, "refresh_statistics", counting)
     clock = FakeClock(START)
-    async with database.session() as session, session.begin():
-        for n in range(9):
-            await add_customer(
-                session,
-                f"A{n}",
-                [("component", "payments")],
-                [("email", f"a{n}@example.org", False, False)],
-            )
-    await service.declare(
-        database, clock, service.Declaration("t", "major", "m", components=["payments"])
-    )
+    await payments_round(database, clock, "A", 9)
     claimed = await claim(database, clock, batch=2)
     routes = [ChannelRoute("mail", "email")]
     settings = ScheduleSettings(audience_batch=2)
