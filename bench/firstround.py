@@ -47,7 +47,13 @@ from typing import Any
 from sqlalchemy import func, select
 
 from bench.customers_bench import peak_rss_mib
-from bench.pipeline import COMPONENT, CONTACT_KIND, WEBHOOK_SECRET, bench_settings
+from bench.pipeline import (
+    COMPONENT,
+    CONTACT_KIND,
+    WEBHOOK_SECRET,
+    bench_settings,
+    start_daemon,
+)
 from bench.report import Row
 from bench.sinks import Sinks
 from bench.store import add_customers, store_url
@@ -98,13 +104,7 @@ async def _serve_daemon(settings: Settings) -> dict[str, Any]:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     daemon = Daemon(settings)
-    task = asyncio.create_task(daemon.run(stop))
-    ready = asyncio.create_task(daemon.ready.wait())
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        ready.cancel()
-        task.result()  # raises the start-up error
-        raise RuntimeError("the daemon stopped during start-up")
+    task = await start_daemon(daemon, stop)
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
     await task
     engine = daemon._engine

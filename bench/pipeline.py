@@ -90,13 +90,9 @@ class RunningDaemon:
         return self.engine.dispatcher.stats.sent
 
 
-@asynccontextmanager
-async def running_daemon(
-    settings: Settings, channels: Mapping[str, Channel] | None = None
-) -> AsyncIterator[RunningDaemon]:
-    """The daemon, started and ready; stopped cleanly (in-flight work recorded) on exit."""
-    stop = asyncio.Event()
-    daemon = Daemon(settings, channels=channels)
+async def start_daemon(daemon: Daemon, stop: asyncio.Event) -> asyncio.Task[None]:
+    """``daemon`` running until ``stop`` is set: its task, once the daemon is ready (its
+    start-up error raised, should it stop before)."""
     task = asyncio.create_task(daemon.run(stop))
     ready = asyncio.create_task(daemon.ready.wait())
     await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -104,6 +100,17 @@ async def running_daemon(
         ready.cancel()
         task.result()  # raises the start-up error
         raise RuntimeError("the daemon stopped during start-up")
+    return task
+
+
+@asynccontextmanager
+async def running_daemon(
+    settings: Settings, channels: Mapping[str, Channel] | None = None
+) -> AsyncIterator[RunningDaemon]:
+    """The daemon, started and ready; stopped cleanly (in-flight work recorded) on exit."""
+    stop = asyncio.Event()
+    daemon = Daemon(settings, channels=channels)
+    task = await start_daemon(daemon, stop)
     try:
         yield RunningDaemon(daemon)
     finally:

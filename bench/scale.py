@@ -4,9 +4,10 @@ Three phases, each in a process of its own so that its peak memory is its own:
 
 1. ``populate``: the customers, one email contact point and one subscription each, are
    written with SQLAlchemy Core executemany (not the validating importer, which does about
-   6,000 customers/s: too slow to build a million-customer store in a benchmark); with
-   ``BENCH_ANALYZE=1`` PostgreSQL's tables are then ANALYZEd, as autovacuum would be some
-   time after such a load;
+   6,000 customers/s: too slow to build a million-customer store in a benchmark), and the
+   planner statistics of the customer tables refreshed, as the importer does; with
+   ``BENCH_ANALYZE=1`` all of PostgreSQL's tables are then ANALYZEd, as autovacuum would be
+   some time after such a load;
 2. ``materialise``: an incident is declared for all of them; the audience is counted
    (``audience_size``: one COUNT(DISTINCT) over the subscriptions join) and its first page
    read (audience resolution), then the round is claimed and materialised into one delivery

@@ -24,6 +24,7 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy import insert
 
+from broadcaster.customers.importer import CUSTOMER_TABLES
 from broadcaster.store import ContactPoint, Customer, Database, Subscription
 from broadcaster.store.migrate import upgrade_async
 from broadcaster.store.models import table_of
@@ -114,7 +115,8 @@ async def add_customers(
     batch: int = 5000,
 ) -> int:
     """``count`` customers subscribed to every one of ``components``, each with one contact
-    point of each of ``kinds``; Core executemany per batch. Returns the rows written."""
+    point of each of ``kinds``; Core executemany per batch, then the planner statistics
+    refreshed as the importer does. Returns the rows written."""
     rows_written = 0
     for first in range(start, start + count, batch):
         last = min(first + batch, start + count)
@@ -156,4 +158,6 @@ async def add_customers(
             await conn.execute(insert(table_of(ContactPoint)), points)
             await conn.execute(insert(table_of(Subscription)), subscriptions)
         rows_written += len(customers) + len(points) + len(subscriptions)
+    for table in CUSTOMER_TABLES:  # as `customers import` does after writing
+        await database.refresh_statistics(table)
     return rows_written

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from typer.testing import CliRunner
 
 from broadcaster.cli import customers as customers_cli
@@ -553,3 +553,33 @@ def test_cli_shows_progress_on_a_terminal(
     assert result.stdout == "imported 1 customers, rejected 1 rows\n"
     assert f"{path}:3: email: value is not a valid email address" in result.stderr
     assert "importing" in result.stderr
+
+
+async def test_an_import_refreshes_the_planner_statistics_of_what_it_wrote(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refreshed: list[str] = []
+    original = database.refresh_statistics
+
+    async def noting(table: str) -> None:
+        refreshed.append(table)
+        await original(table)
+
+    monkeypatch.setattr(database, "refresh_statistics", noting)
+    result = await run_import(database, write(tmp_path, "customers.csv", MIXED))
+    assert result.imported == 3
+    assert refreshed == ["customers", "contact_points", "subscriptions"]
+    if database.dialect == "postgresql":  # ANALYZE counted the rows (-1: never analysed)
+        async with database.session() as session:
+            counted = dict(
+                (
+                    await session.execute(
+                        text(
+                            "SELECT relname, reltuples FROM pg_class WHERE relname IN "
+                            "('customers', 'contact_points', 'subscriptions')"
+                        )
+                    )
+                ).all()
+            )
+        assert counted["customers"] == 3
+        assert counted["contact_points"] > 0 and counted["subscriptions"] > 0
