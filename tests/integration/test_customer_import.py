@@ -571,7 +571,7 @@ async def test_an_import_refreshes_the_planner_statistics_of_what_it_wrote(
     assert refreshed == ["customers", "contact_points", "subscriptions"]
     if database.dialect == "postgresql":  # ANALYZE counted the rows (-1: never analysed)
         async with database.session() as session:
-            counted = dict(
+            counted: dict[str, float] = dict(
                 (
                     await session.execute(
                         text(
