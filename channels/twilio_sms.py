@@ -205,7 +205,7 @@ class HttpxTwilioClient(AsyncHttpClient):
             url,
             content=body,
             headers=sent,
-            timeout=timeout if timeout is not None else self.timeout,
+            timeout=timeout,  # None: the client's own, built once (self.timeout)
         )
         sink = _responses.get()
         if sink is not None:
