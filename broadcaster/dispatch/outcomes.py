@@ -1,7 +1,8 @@
 """Recording what happened to a batch of sends, in bulk, under the lease.
 
 One transaction per batch (:meth:`~broadcaster.store.Database.transact`) writes: the
-deliveries' new states (only rows we still lease), one history event per delivery,
+deliveries' new states (only rows we still lease; the sent ones, nearly all, with one
+set-based statement), one history event per delivery naming its attempt,
 contact points that a permanent error condemned, and the follow-on deliveries: a
 permanent failure *fails over* to the customer's next channel for the same round (once: a
 failover delivery does not fail over again), and a throttled message is *rerouted* to the
@@ -14,12 +15,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import BigInteger, String, and_, bindparam, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.types import TypeEngine
 
 from broadcaster.store import ContactPoint, Database, Delivery, DeliveryEvent
+from broadcaster.store.bulk import joined_by_key, rows_table
 from broadcaster.store.models import table_of
+from broadcaster.store.types import UTCDateTime
 from channels.base import ContactPointState, DeliveryError, Receipt
 
 log = logging.getLogger("broadcaster.dispatch")
@@ -159,17 +165,17 @@ async def record_outcomes(
     d = table_of(Delivery)
     cp = table_of(ContactPoint)
     result = Recorded()
-    sent: list[dict[str, object]] = []
+    sent: list[tuple[int, str | None]] = []
     retry: list[dict[str, object]] = []
     failed: list[dict[str, object]] = []
     rerouted: list[dict[str, object]] = []
     points: list[dict[str, object]] = []
-    events: list[dict[str, object]] = []
+    events: list[History] = []
     for outcome in outcomes:
         job = outcome.job
         if outcome.reroute_to is not None:
             rerouted.append({"b_id": job.delivery_id, "b_to": outcome.reroute_to})
-            events.append(_event(job, now, "rerouted", None, f"throttled; to {outcome.reroute_to}"))
+            events.append(_event(job, "rerouted", None, f"throttled; to {outcome.reroute_to}"))
             kind = contact_kinds.get(outcome.reroute_to)
             if kind is not None:
                 result.follows.append(Follow(job, outcome.reroute_to, kind, "rerouted"))
@@ -177,8 +183,8 @@ async def record_outcomes(
             continue
         if outcome.error is None:
             pmid = outcome.receipt.provider_message_id if outcome.receipt else None
-            sent.append({"b_id": job.delivery_id, "b_pmid": pmid})
-            events.append(_event(job, now, "sent", pmid, None))
+            sent.append((job.delivery_id, pmid))
+            events.append(_event(job, "sent", pmid, None))
             result.sent += 1
             continue
         error = outcome.error
@@ -186,14 +192,14 @@ async def record_outcomes(
             retry.append(
                 {"b_id": job.delivery_id, "b_next": outcome.retry_at, "b_err": error.reason}
             )
-            events.append(_event(job, now, "retry", None, error.reason))
+            events.append(_event(job, "retry", None, error.reason))
             result.retried += 1
             continue
         reason = error.reason
         if error.retryable:
             reason = f"gave up after {job.attempts} attempts: {reason}"
         failed.append({"b_id": job.delivery_id, "b_err": reason})
-        events.append(_event(job, now, "failed", None, reason))
+        events.append(_event(job, "failed", None, reason))
         result.failed += 1
         if error.contact_point is not None and job.contact_point_id is not None:
             points.append(
@@ -215,20 +221,27 @@ async def record_outcomes(
         )
     mine = and_(d.c.id == bindparam("b_id"), d.c.lease_owner == owner, d.c.state == "sending")
     released = {"lease_owner": None, "lease_expires_at": None}
+    dialect = database.dialect
 
     def write(session: Session) -> None:
         if sent:
+            # One set-based statement for the common case, not one per row (see
+            # broadcaster.store.bulk): the batch's ids and provider ids as one parameter.
+            done = rows_table(dialect, "sent", _SENT_COLUMNS, sent)
             session.execute(
                 update(d)
-                .where(mine)
+                .where(
+                    d.c.id == done.c.id,
+                    d.c.lease_owner == owner,
+                    joined_by_key(dialect, d.c.state == "sending"),
+                )
                 .values(
                     state="sent",
                     sent_at=now,
-                    provider_message_id=bindparam("b_pmid"),
+                    provider_message_id=done.c.pmid,
                     last_error=None,
                     **released,
-                ),
-                sent,
+                )
             )
         if retry:
             session.execute(
@@ -269,7 +282,7 @@ async def record_outcomes(
                 points,
             )
         if events:
-            session.execute(insert(table_of(DeliveryEvent)), events)
+            session.execute(history_insert(dialect, "outcomes", events, now))
         for follow in result.follows:
             if _create_follow(session, follow, now):
                 result.failovers += 1
@@ -278,13 +291,36 @@ async def record_outcomes(
     return result
 
 
-def _event(
-    job: Job, now: datetime, state: str, pmid: str | None, detail: str | None
-) -> dict[str, object]:
-    return {
-        "delivery_id": job.delivery_id,
-        "at": now,
-        "state": state,
-        "provider_message_id": pmid,
-        "detail": detail,
-    }
+def _event(job: Job, state: str, pmid: str | None, detail: str | None) -> History:
+    """A history row for an attempt's outcome; it names the attempt (a first attempt's
+    claim writes no row of its own: see :func:`broadcaster.dispatch.worker._claim`)."""
+    said = f"attempt {job.attempts}"
+    return (job.delivery_id, state, pmid, f"{said}: {detail}" if detail else said)
+
+
+History = tuple[int, str, str | None, str | None]
+"""A delivery history row to write: (delivery id, state, provider message id, detail)."""
+
+_HISTORY_COLUMNS: list[tuple[str, TypeEngine[Any]]] = [
+    ("delivery_id", BigInteger()),
+    ("state", String()),
+    ("pmid", String()),
+    ("detail", String()),
+]
+_SENT_COLUMNS: list[tuple[str, TypeEngine[Any]]] = [("id", BigInteger()), ("pmid", String())]
+
+
+def history_insert(dialect: str, name: str, rows: list[History], now: datetime) -> Insert:
+    """``INSERT INTO delivery_events … SELECT`` the rows, all at ``now``: one statement and
+    one parameter for a batch."""
+    source = rows_table(dialect, name, _HISTORY_COLUMNS, rows)
+    return insert(table_of(DeliveryEvent)).from_select(
+        ["delivery_id", "at", "state", "provider_message_id", "detail"],
+        select(
+            source.c.delivery_id,
+            literal(now, UTCDateTime()),
+            source.c.state,
+            source.c.pmid,
+            source.c.detail,
+        ),
+    )

@@ -16,10 +16,10 @@ column per row, and asyncpg's executemany reported no row count.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -27,7 +27,6 @@ from sqlalchemy import (
     FromClause,
     Integer,
     String,
-    bindparam,
     cast,
     func,
     literal,
@@ -36,15 +35,16 @@ from sqlalchemy import (
     true,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.types import TypeEngine
 
 from broadcaster.audience.query import audience_batch
 from broadcaster.clock import Clock
 from broadcaster.config.settings import ScheduleSettings
 from broadcaster.schedule.rounds import ClaimedRound, extend_lease
 from broadcaster.store import ContactPoint, Database, Delivery, Round
+from broadcaster.store.bulk import rows_table
 from broadcaster.store.models import table_of
 from broadcaster.store.types import UTCDateTime
 
@@ -132,12 +132,10 @@ async def materialise_round(
 
 def _page(database: Database, customers: list[str]) -> FromClause:
     """The page's customer ids as a one-column table (``customer_id``), one parameter."""
-    if database.dialect == "postgresql":
-        ids = bindparam("page_customers", customers, type_=ARRAY(String()))
-        return func.unnest(ids).table_valued("customer_id").render_derived()
-    rows = func.json_each(bindparam("page_customers", json.dumps(customers), type_=String()))
-    values = rows.table_valued("value").alias()
-    return select(values.c.value.label("customer_id")).subquery()
+    return rows_table(database.dialect, "page", _PAGE_COLUMNS, [(c,) for c in customers])
+
+
+_PAGE_COLUMNS: list[tuple[str, TypeEngine[Any]]] = [("customer_id", String())]
 
 
 def _deliveries_insert(

@@ -1,15 +1,20 @@
-"""Claiming deliveries: expired leases first, then due pending ones, never more than asked."""
+"""Claiming deliveries (expired leases first, then due pending ones, never more than asked)
+and recording their outcomes (history, fencing)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy import select, update
+
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import RateLimit
+from broadcaster.dispatch.outcomes import Outcome, record_outcomes
 from broadcaster.dispatch.worker import claim_size
 from broadcaster.engine import Engine
 from broadcaster.incidents import service
-from broadcaster.store import Database
+from broadcaster.store import Database, Delivery, DeliveryEvent
+from channels.base import DeliveryError, Message, Receipt, Target
 from channels.memory import MemoryChannel
 from tests.integration.test_broadcast_loop import START, add_customers, make_settings
 
@@ -79,3 +84,106 @@ async def test_the_daemons_dispatcher_claims_batches_of_its_claim_size(
     settings.delivery.rate_limits = {"mail": RateLimit(per_second=0.05)}
     slow = await Engine.create(settings, database, clock, channels, owner="b")
     assert slow.dispatcher.batch_size == 2  # 0.05/s × 30 s + 1 = 2.5
+
+
+async def history(database: Database) -> list[tuple[int, str, str | None, str | None]]:
+    async with database.session() as session:
+        rows = await session.execute(
+            select(
+                DeliveryEvent.delivery_id,
+                DeliveryEvent.state,
+                DeliveryEvent.provider_message_id,
+                DeliveryEvent.detail,
+            ).order_by(DeliveryEvent.id)
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+async def test_the_history_names_each_attempt_and_every_reclaim(database: Database) -> None:
+    clock = FakeClock(START)
+    await add_customers(database, clock, [(f"C{i}", ["component:rail"]) for i in range(3)])
+    mail = MemoryChannel(name="mail")
+    engine = await Engine.create(make_settings(), database, clock, {"mail": mail}, owner="a")
+    await service.declare(
+        database, clock, service.Declaration("t", "minor", "m", components=["rail"])
+    )
+    await engine.process_due_rounds()
+    dying = await Engine.create(make_settings(), database, clock, {"mail": mail}, owner="b")
+    held = await dying.dispatcher.claim(1)  # "b" dies holding one delivery
+    assert len(held) == 1
+    reclaimed = held[0].customer_id
+    busy = min({"C0", "C1", "C2"} - {reclaimed})
+    calls: list[str] = []
+
+    def once_busy(target: Target, _message: Message) -> DeliveryError | None:
+        calls.append(target.customer_id)
+        if target.customer_id == busy and calls.count(busy) == 1:
+            return DeliveryError("421 busy", retryable=True, retry_after=5)
+        return None
+
+    mail.fail = once_busy
+    await engine.dispatch_all()  # the busy one fails once (retry in 5 s); the free one is sent
+    clock.advance(timedelta(seconds=61))  # b's lease expired, the retry is due
+    await engine.dispatch_all()
+
+    events = await history(database)
+    async with database.session() as session:
+        ids = {
+            cid: did
+            for did, cid in await session.execute(select(Delivery.id, Delivery.customer_id))
+        }
+    by = {cid: [(s, d) for did, s, _p, d in events if did == ids[cid]] for cid in ids}
+    assert by[busy] == [("retry", "attempt 1: 421 busy"), ("sent", "attempt 2")]
+    assert by[reclaimed] == [
+        ("sending", "attempt 2 (lease expired: may repeat)"),
+        ("sent", "attempt 2"),
+    ]
+    others = set(ids) - {busy, reclaimed}
+    assert all(by[cid] == [("sent", "attempt 1")] for cid in others)
+    # Each sent row carries the channel's provider id into the history and the delivery.
+    async with database.session() as session:
+        sent = dict(
+            (await session.execute(select(Delivery.id, Delivery.provider_message_id))).all()
+        )
+    assert {did: p for did, s, p, _d in events if s == "sent"} == sent
+
+
+async def test_outcomes_only_touch_deliveries_still_under_our_lease(database: Database) -> None:
+    """A batch's set-based "sent" write leaves alone a delivery another worker took over
+    and one a provider's callback already moved on (``delivered``)."""
+    clock = FakeClock(START)
+    await add_customers(database, clock, [(f"C{i}", ["component:rail"]) for i in range(4)])
+    engine = await Engine.create(
+        make_settings(), database, clock, {"mail": MemoryChannel(name="mail")}, owner="a"
+    )
+    await service.declare(
+        database, clock, service.Declaration("t", "minor", "m", components=["rail"])
+    )
+    await engine.process_due_rounds()
+    jobs = await engine.dispatcher.claim(4)
+    taken, delivered = jobs[0].delivery_id, jobs[1].delivery_id
+    async with database.session() as session, session.begin():
+        await session.execute(update(Delivery).where(Delivery.id == taken).values(lease_owner="b"))
+        await session.execute(
+            update(Delivery).where(Delivery.id == delivered).values(state="delivered")
+        )
+    outcomes = [
+        Outcome(job, receipt=Receipt(provider_message_id=f"p{job.delivery_id}")) for job in jobs
+    ]
+    recorded = await record_outcomes(
+        database, "a", outcomes, clock.now(), failover=[], contact_kinds={}
+    )
+    assert recorded.sent == 4
+    async with database.session() as session:
+        rows = {
+            r[0]: (r[1], r[2], r[3])
+            for r in await session.execute(
+                select(
+                    Delivery.id, Delivery.state, Delivery.lease_owner, Delivery.provider_message_id
+                )
+            )
+        }
+    assert rows[taken] == ("sending", "b", None)
+    assert rows[delivered] == ("delivered", "a", None)
+    for job in jobs[2:]:
+        assert rows[job.delivery_id] == ("sent", None, f"p{job.delivery_id}")

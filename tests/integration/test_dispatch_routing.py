@@ -99,7 +99,9 @@ async def test_permanent_failure_fails_over_once_and_both_record_it(database: Da
         rows = {d.channel: d for d in (await session.execute(select(Delivery))).scalars()}
         events = (
             await session.execute(
-                select(DeliveryEvent.delivery_id, DeliveryEvent.state).order_by(DeliveryEvent.id)
+                select(
+                    DeliveryEvent.delivery_id, DeliveryEvent.state, DeliveryEvent.detail
+                ).order_by(DeliveryEvent.id)
             )
         ).all()
         point = (
@@ -109,8 +111,11 @@ async def test_permanent_failure_fails_over_once_and_both_record_it(database: Da
     assert rows["mail"].state == "sent" and rows["mail"].failover_from_id == rows["sms"].id
     assert [m.target.address for m in mail.sent] == ["c0001@example.org"]
     assert point.disabled
-    assert [s for d, s in events if d == rows["sms"].id] == ["sending", "failed"]
-    assert [s for d, s in events if d == rows["mail"].id] == ["pending", "sending", "sent"]
+    # One history row per attempt's outcome, naming the attempt (a first claim writes none).
+    assert [(s, t) for d, s, t in events if d == rows["sms"].id] == [
+        ("failed", "attempt 1: 21211 invalid number")
+    ]
+    assert [s for d, s, _ in events if d == rows["mail"].id] == ["pending", "sent"]
 
 
 async def test_failover_follows_the_customers_own_order(database: Database) -> None:
