@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--channel", action="append", choices=fanout.CHANNELS, help="fanout: only this channel"
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        action="append",
+        help="fanout: delivery.processes of the daemon (repeatable; default 1)",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
@@ -105,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             params["daemons"] = args.daemons
         if scenario == "fanout" and args.channel:
             params["channels"] = list(args.channel)
+        if scenario == "fanout" and args.processes:
+            params["processes"] = list(args.processes)
         print(f"\n== {scenario} ({'quick' if args.quick else 'full'}: {params}) ==", flush=True)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="broadcaster-bench-") as tmp:

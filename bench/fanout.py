@@ -51,9 +51,10 @@ MESSAGE = (
 
 
 async def pipeline_run(
-    sinks: Sinks, backend: str, channel: str, n: int, workdir: Path
+    sinks: Sinks, backend: str, channel: str, n: int, workdir: Path, processes: int = 1
 ) -> dict[str, Any]:
-    """One round of ``n`` deliveries on ``channel`` through the daemon, on ``backend``."""
+    """One round of ``n`` deliveries on ``channel`` through the daemon, on ``backend``, with
+    ``processes`` dispatch processes (``delivery.processes``)."""
     specs = channel_specs(
         hook_url=sinks.hook_url,
         smtp_port=sinks.smtp_port,
@@ -71,7 +72,13 @@ async def pipeline_run(
                 kinds=[CONTACT_KIND[channel]],
                 hook_url=sinks.hook_url,
             )
-            settings = bench_settings(url, {channel: specs[channel]}, [channel], sweep="100ms")
+            settings = bench_settings(
+                url,
+                {channel: specs[channel]},
+                [channel],
+                sweep="100ms",
+                delivery={"processes": processes},
+            )
             await sinks.reset()
             async with running_daemon(settings) as running:
                 clock = RealClock()
@@ -84,9 +91,13 @@ async def pipeline_run(
                     ),
                 )
                 deadline = time.monotonic() + 120 + n / 50
-                # Polls a counter of the dispatcher: there is no event to wait on.
-                while running.sent < n and time.monotonic() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
+                if processes == 1:
+                    # Polls a counter of the dispatcher: there is no event to wait on.
+                    while running.sent < n and time.monotonic() < deadline:  # noqa: ASYNC110
+                        await asyncio.sleep(0.02)
+                else:  # the other processes' counters are theirs: ask the store
+                    while await _sent(database) < n and time.monotonic() < deadline:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
                 finished = datetime.now(UTC)
                 stats = vars(running.engine.dispatcher.stats).copy()
             async with database.session() as session:
@@ -117,8 +128,15 @@ async def pipeline_run(
         "claim_delay_seconds": round((started - declared).total_seconds(), 3),
         "seconds": round(seconds, 3),
         "rate": round(sent / seconds, 1) if seconds > 0 else 0.0,
+        "processes": processes,
         "dispatch_stats": {k: v for k, v in stats.items() if k != "by_channel"},
     }
+
+
+async def _sent(database: Database) -> int:
+    async with database.session() as session:
+        query = select(func.count()).select_from(Delivery).where(Delivery.state == "sent")
+        return int((await session.execute(query)).scalar_one())
 
 
 PLAIN_HTTPX_UP_TO = 10_000
@@ -162,6 +180,7 @@ async def run(
     backends: list[str],
     channels: list[str] | None = None,
     apprise_count: int,
+    processes: list[int] | None = None,
 ) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     rows: list[Row] = []
@@ -174,7 +193,8 @@ async def run(
                 raws: dict[str, list[Timed]] = {}
                 runs: list[dict[str, Any]] = []
                 for backend in backends:
-                    runs.append(await pipeline_run(sinks, backend, channel, n, workdir))
+                    for count in processes or [1]:
+                        runs.append(await pipeline_run(sinks, backend, channel, n, workdir, count))
                     for name, timed in (await raw_runs(sinks, channel, n)).items():
                         raws.setdefault(name, []).append(timed)
                 if channel == "push" and apprise_rate is None and apprise_count:
@@ -220,6 +240,8 @@ def _rows(
     apprise_rate: float | None,
 ) -> list[Row]:
     label = f"{result['channel']} {result['customers']:,} {result['backend']}"
+    if result.get("processes", 1) > 1:
+        label += f" {result['processes']}p"
     rate = float(result["rate"])
     complete = result["sent"] == result["customers"]
     note = "" if complete else f"only {result['sent']:,} of {result['customers']:,} sent"

@@ -1,4 +1,5 @@
-"""The daemon: APScheduler wake-ups, one round loop and N dispatch workers in one event loop.
+"""The daemon: APScheduler wake-ups, one round loop and N dispatch workers in one event loop
+(and, with ``delivery.processes`` above 1, more dispatch workers in child processes).
 
 APScheduler (3.11, asyncio scheduler, in-memory job store) only sets events: a precise
 ``date`` job for the next due round and an ``interval`` safety sweep that notices rounds
@@ -15,13 +16,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from datetime import UTC, timedelta
+from datetime import UTC
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from broadcaster.clock import Clock, RealClock
 from broadcaster.config.settings import Settings
 from broadcaster.dispatch.channels import build_channels
+from broadcaster.dispatch.loop import ERROR_PAUSE, dispatch_worker, wait_for
+from broadcaster.dispatch.processes import DispatchProcesses
 from broadcaster.engine import Engine
 from broadcaster.intake.watch import FeedWatcher, start_watchers
 from broadcaster.logs import Redaction, secret_values, set_redaction
@@ -33,19 +36,6 @@ from channels.base import Channel
 from rules import RulesError
 
 log = logging.getLogger("broadcaster.daemon")
-
-_ERROR_PAUSE = timedelta(seconds=2)
-
-
-async def _wait(event: asyncio.Event, stop: asyncio.Event, seconds: float | None) -> None:
-    """Return when ``event`` or ``stop`` is set, or after ``seconds``."""
-    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())}
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
 
 
 class Daemon:
@@ -141,10 +131,17 @@ class Daemon:
         tasks = [
             asyncio.create_task(self._round_loop(engine, scheduler, rounds_due, work_ready, stop))
         ]
+        delivery = self.settings.delivery
         tasks += [
-            asyncio.create_task(self._worker(engine, work_ready, stop, index))
-            for index in range(self.settings.delivery.workers)
+            asyncio.create_task(
+                dispatch_worker(engine.dispatcher, work_ready, stop, index, delivery.poll_interval)
+            )
+            for index in range(delivery.workers)
         ]
+        processes = self._extra_processes()
+        if processes is not None:
+            await processes.start()
+            tasks.append(asyncio.create_task(processes.supervise(stop)))
         watchers, feed_tasks = start_watchers(self.settings.feeds, database, self.clock, stop)
         self.feed_watchers: list[FeedWatcher] = watchers
         web.feeds = watchers
@@ -163,6 +160,8 @@ class Daemon:
             if server is not None:
                 server.should_exit = True
             await asyncio.gather(*tasks, return_exceptions=True)
+            if processes is not None:
+                await processes.stop()
             scheduler.shutdown(wait=False)
             web.scheduler_running = False
             await self.leadership.release()
@@ -173,6 +172,21 @@ class Daemon:
             await engine.aclose()
             await database.dispose()
             log.info("daemon stopped", extra={"stats": vars(engine.dispatcher.stats)})
+
+    def _extra_processes(self) -> DispatchProcesses | None:
+        """The extra dispatch processes ``delivery.processes`` asks for, if any. They build
+        their channels from the settings and read the real clock, so a daemon given its
+        own channels or clock (tests, benchmarks) dispatches in its own process only."""
+        extra = self.settings.delivery.processes - 1
+        if extra < 1:
+            return None
+        if self._channels is not None or not isinstance(self.clock, RealClock):
+            log.warning(
+                "delivery.processes ignored: this daemon was given its own channels or clock",
+                extra={"processes": self.settings.delivery.processes},
+            )
+            return None
+        return DispatchProcesses(self.settings, extra)
 
     def reload_rules(self) -> None:
         """SIGHUP: reload the rules now (a bad file keeps the previous rules)."""
@@ -214,14 +228,14 @@ class Daemon:
                         "round processing still failing; retrying",
                         extra={"failures": failures, "reason": repr(exc)},
                     )
-                await _wait(asyncio.Event(), stop, _ERROR_PAUSE.total_seconds())
+                await wait_for(asyncio.Event(), stop, ERROR_PAUSE.total_seconds())
                 continue
             if failures:
                 log.info("round processing recovered", extra={"failures": failures})
                 failures = 0
             if not leading:
                 # A follower: dispatch only; try again at the next sweep.
-                await _wait(rounds_due, stop, None)
+                await wait_for(rounds_due, stop, None)
                 continue
             if wake is not None:
                 scheduler.add_job(
@@ -232,31 +246,4 @@ class Daemon:
                     replace_existing=True,
                     misfire_grace_time=None,
                 )
-            await _wait(rounds_due, stop, None)
-
-    async def _worker(
-        self, engine: Engine, work_ready: asyncio.Event, stop: asyncio.Event, index: int
-    ) -> None:
-        poll = self.settings.delivery.poll_interval.total_seconds()
-        failures = 0
-        while not stop.is_set():
-            try:
-                handled = await engine.dispatcher.run_once()
-            except Exception as exc:  # the store may be down: pause, then try again
-                failures += 1
-                if failures == 1:
-                    log.exception("dispatch worker %d failed; retrying", index)
-                else:  # one traceback per outage, not one per poll
-                    log.warning(
-                        "dispatch worker %d still failing; retrying",
-                        index,
-                        extra={"failures": failures, "reason": repr(exc)},
-                    )
-                await _wait(asyncio.Event(), stop, _ERROR_PAUSE.total_seconds())
-                continue
-            if failures:
-                log.info("dispatch worker %d recovered", index, extra={"failures": failures})
-                failures = 0
-            if handled == 0:
-                await _wait(work_ready, stop, poll)
-                work_ready.clear()
+            await wait_for(rounds_due, stop, None)

@@ -80,6 +80,23 @@ def verify_token(secret: str, token: str, purpose: str, now: datetime) -> LinkCl
     return LinkClaims(customer_id=customer_id, purpose=purpose, expires_at=expires_at)
 
 
+def personal_links(
+    public_url: str, secret: str, customer_id: str, expires: datetime
+) -> tuple[str, str]:
+    """The customer's unsubscribe and preferences links (what every message carries): the
+    same as two :func:`link_url` calls, with the shared parts worked out once."""
+    if not secret:
+        raise ValueError("the link secret is empty; set messages.link_secret")
+    base = public_url.rstrip("/")
+    head = f"{_b64(customer_id.encode())}.{int(expires.timestamp())}."
+    unsubscribe = head + "unsubscribe"
+    preferences = head + "preferences"
+    return (
+        f"{base}/u/{unsubscribe}.{_signature(secret, unsubscribe)}",
+        f"{base}/preferences/{preferences}.{_signature(secret, preferences)}",
+    )
+
+
 def link_url(
     public_url: str, secret: str, customer_id: str, purpose: str, expires: datetime
 ) -> str:

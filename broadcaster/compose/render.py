@@ -1,10 +1,11 @@
 """Rendering a round's messages: once per (round, kind, form, language, zone), then personalised.
 
 The expensive part (Jinja2 in the sandbox) runs with placeholders in place of the personal
-values (the customer's name and their signed links); each customer's copy is then a few
-string replacements. A template that transforms a personal value (``name|upper``) cannot be
-personalised that way: that is detected once per template, by rendering it both ways with a
-probe customer, and such templates are rendered in full for every customer.
+values (the customer's name and their signed links), and each rendered part is kept cut at
+its placeholders; each customer's copy is then one join of those pieces and their values.
+A template that transforms a personal value (``name|upper``) cannot be personalised that
+way: that is detected once per template, by rendering it both ways with a probe customer,
+and such templates are rendered in full for every customer.
 """
 
 from __future__ import annotations
@@ -50,6 +51,33 @@ def tidy(part: str, text: str) -> str:
     return text if part in ("sms", "push_body") else text + "\n"
 
 
+_SLOT = re.compile("\ue000(name|unsubscribe|preferences)\ue001")
+_SLOT_INDEX: Final = {"name": 0, "unsubscribe": 1, "preferences": 2}
+
+Pieces = tuple[str | int, ...]
+"""A rendered part cut at its placeholders: text, or the index of a personal value (name,
+unsubscribe link, preferences link)."""
+
+
+def _pieces(text: str) -> Pieces | None:
+    """``text`` cut at its placeholders; None when a placeholder was transformed (a mark
+    is left over), so the part needs a full render per customer."""
+    cut = _SLOT.split(text)
+    pieces: list[str | int] = []
+    for index, piece in enumerate(cut):
+        if index % 2:
+            pieces.append(_SLOT_INDEX[piece])
+        elif piece:
+            if _MARK in piece:
+                return None
+            pieces.append(piece)
+    return tuple(pieces)
+
+
+def _fill(pieces: Pieces, values: tuple[str, str, str]) -> str:
+    return "".join(values[p] if isinstance(p, int) else p for p in pieces)
+
+
 def _personalise(text: str, personal: Personal, *, escape: bool) -> str:
     for placeholder, value in (
         (_PLACEHOLDERS.name, personal.name),
@@ -89,7 +117,7 @@ class Renderer:
         self.organisation = organisation
         self.public_url = public_url
         self.sms_max_segments = sms_max_segments
-        self._cache: OrderedDict[Hashable, dict[str, str]] = OrderedDict()
+        self._cache: OrderedDict[Hashable, dict[str, Pieces | None]] = OrderedDict()
         self._cache_size = cache_size
         self._cacheable: dict[tuple[str, str, str], bool] = {}
         self._lock = threading.Lock()
@@ -157,9 +185,9 @@ class Renderer:
         if skeleton is None:
             placeholder_context = self._context(request, _PLACEHOLDERS)
             skeleton = {
-                part: self._render_part(request, part, placeholder_context)
+                part: _pieces(self._render_part(request, part, placeholder_context))
                 if self._is_cacheable(request, part)
-                else ""
+                else None
                 for part in parts
             }
             if key is not None:
@@ -169,15 +197,24 @@ class Renderer:
                         self._cache.popitem(last=False)
         out: dict[str, str] = {}
         full_context: dict[str, Any] | None = None
+        personal = request.personal
+        values = (personal.name, personal.unsubscribe_url, personal.preferences_url)
+        escaped: tuple[str, str, str] | None = None
         for part in parts:
-            text = skeleton[part]
-            personalised = (
-                _personalise(text, request.personal, escape=part == "email_html") if text else ""
-            )
-            if not text or _MARK in personalised:
-                full_context = full_context or self._context(request, request.personal)
-                personalised = self._render_part(request, part, full_context)
-            out[part] = personalised
+            pieces = skeleton[part]
+            if pieces is None:  # a template that transforms a personal value
+                full_context = full_context or self._context(request, personal)
+                out[part] = self._render_part(request, part, full_context)
+            elif part == "email_html":
+                if escaped is None:
+                    escaped = (
+                        str(markupsafe.escape(values[0])),
+                        str(markupsafe.escape(values[1])),
+                        str(markupsafe.escape(values[2])),
+                    )
+                out[part] = _fill(pieces, escaped)
+            else:
+                out[part] = _fill(pieces, values)
         if "sms" in out:
             out["sms"] = fit(out["sms"], self.incident_link(request), self.sms_max_segments)
         return out

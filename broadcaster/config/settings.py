@@ -97,6 +97,12 @@ class DeliverySettings(_Section):
     rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
     throttle: dict[str, Throttle] = Field(default_factory=dict)
     workers: int = Field(default=4, ge=1, le=256)
+    """Concurrent dispatch workers in each dispatch process."""
+    processes: int = Field(default=1, ge=1, le=64)
+    """Dispatch processes: the daemon's own and ``processes - 1`` more, each with
+    ``workers`` workers (:mod:`broadcaster.dispatch.processes`). Dispatch is CPU-bound in
+    Python, one core per process: a daemon with spare cores sends faster with one process
+    per core. ``processes × workers × batch_size`` is the most a crash can send twice."""
     batch_size: int = Field(default=200, ge=1, le=10_000)
     """Deliveries one worker claims, sends and records at a time. Larger batches cost less
     per delivery (fewer transactions and commits: 200 took a quarter less CPU per delivery

@@ -25,7 +25,7 @@ from sqlalchemy.types import TypeEngine
 from broadcaster.clock import Clock
 from broadcaster.compose.context import Personal
 from broadcaster.compose.forms import form_for
-from broadcaster.compose.links import link_url
+from broadcaster.compose.links import personal_links
 from broadcaster.compose.locale import format_when
 from broadcaster.compose.render import Renderer, RenderRequest
 from broadcaster.config.settings import DeliverySettings, MessageSettings
@@ -180,12 +180,11 @@ class Dispatcher:
 
     def _personal(self, job: Job, now: datetime) -> Personal:
         expires = now + self._messages.link_lifetime
-        base = self._messages.public_url
-        secret = self.link_secret
+        unsubscribe, preferences = personal_links(
+            self._messages.public_url, self.link_secret, job.customer_id, expires
+        )
         return Personal(
-            name=job.customer_name,
-            unsubscribe_url=link_url(base, secret, job.customer_id, "unsubscribe", expires),
-            preferences_url=link_url(base, secret, job.customer_id, "preferences", expires),
+            name=job.customer_name, unsubscribe_url=unsubscribe, preferences_url=preferences
         )
 
     async def _throttled(self, job: Job, now: datetime) -> str | None:

@@ -1,0 +1,62 @@
+"""The dispatch worker loop, shared by the daemon and its extra dispatch processes.
+
+A worker claims, sends and records batches until there is nothing due, then waits for the
+round loop's wake-up (in the daemon's own process) or ``delivery.poll_interval`` (in any
+process). A failure (the store down, say) pauses it and it tries again: it never ends
+before ``stop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from broadcaster.dispatch.worker import Dispatcher
+
+log = logging.getLogger("broadcaster.daemon")
+
+ERROR_PAUSE = timedelta(seconds=2)
+
+
+async def wait_for(event: asyncio.Event, stop: asyncio.Event, seconds: float | None) -> None:
+    """Return when ``event`` or ``stop`` is set, or after ``seconds``."""
+    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def dispatch_worker(
+    dispatcher: Dispatcher,
+    work_ready: asyncio.Event,
+    stop: asyncio.Event,
+    index: int,
+    poll: timedelta,
+) -> None:
+    """One worker: batches until ``stop``; when idle, waits for ``work_ready`` or ``poll``."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            handled = await dispatcher.run_once()
+        except Exception as exc:  # the store may be down: pause, then try again
+            failures += 1
+            if failures == 1:
+                log.exception("dispatch worker %d failed; retrying", index)
+            else:  # one traceback per outage, not one per poll
+                log.warning(
+                    "dispatch worker %d still failing; retrying",
+                    index,
+                    extra={"failures": failures, "reason": repr(exc)},
+                )
+            await wait_for(asyncio.Event(), stop, ERROR_PAUSE.total_seconds())
+            continue
+        if failures:
+            log.info("dispatch worker %d recovered", index, extra={"failures": failures})
+            failures = 0
+        if handled == 0:
+            await wait_for(work_ready, stop, poll.total_seconds())
+            work_ready.clear()

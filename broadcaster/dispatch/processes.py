@@ -1,0 +1,225 @@
+"""Extra dispatch processes: ``delivery.processes - 1`` children that claim, send and record.
+
+Dispatch is CPU-bound in Python (rendering, signing, HTTP, the store's statements), so one
+process uses one core however many workers it runs. With ``delivery.processes`` above 1
+the daemon starts that many more processes of ``python -m broadcaster.dispatch.processes``
+beside its own workers; each is a dispatcher only (no round loop, HTTP server or feeds),
+with its own lease owner, claiming from the same store as every other: deliveries are
+claimed under leases (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, SQLite's write lock), so
+the processes share the work and never send a claimed delivery twice. The store stays the
+truth: a child keeps nothing that the store does not have.
+
+The parent hands a child its settings (secrets included) as a pickle on the child's
+standard input, never on the command line, and keeps that pipe open: when the parent
+dies, even by SIGKILL, the child reads end-of-file and stops as on SIGTERM (finishes and
+records what is in flight, gives back its leases). The parent stops its children with
+SIGTERM when it stops, and starts again one that died, after a pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+from datetime import timedelta
+
+from broadcaster.clock import RealClock
+from broadcaster.config.settings import Settings
+
+log = logging.getLogger("broadcaster.daemon")
+
+RESTART_PAUSE = timedelta(seconds=2)
+READY_TIMEOUT = timedelta(seconds=30)
+"""How long the daemon's start waits for a child to be ready to claim."""
+STOP_TIMEOUT = timedelta(seconds=30)
+"""How long a child may take to finish its batch at shutdown before it is killed."""
+
+_LENGTH = struct.Struct(">Q")
+
+
+class DispatchProcesses:
+    """The daemon's extra dispatch processes: started, restarted when they die, stopped."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self._payload = pickle.dumps(settings)
+        self._count = count
+        self._children: list[asyncio.subprocess.Process | None] = [None] * count
+        self.started = 0
+        """Processes started so far, restarts included."""
+
+    @property
+    def pids(self) -> list[int]:
+        return [child.pid for child in self._children if child is not None]
+
+    async def start(self) -> None:
+        """Start the children and wait (up to ``READY_TIMEOUT``) until each is ready to
+        claim: a daemon that says it is ready has its whole dispatch capacity."""
+        for index in range(self._count):
+            self._children[index] = await self._spawn(index, wait_ready=True)
+
+    async def _spawn(self, index: int, *, wait_ready: bool = False) -> asyncio.subprocess.Process:
+        ready_read, ready_write = os.pipe()
+        try:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "broadcaster.dispatch.processes",
+                str(ready_write),
+                stdin=asyncio.subprocess.PIPE,
+                pass_fds=(ready_write,),
+            )
+        finally:
+            os.close(ready_write)
+        if child.stdin is None:  # cannot happen with stdin=PIPE; for the type checker
+            raise RuntimeError("the dispatch process has no standard input")
+        child.stdin.write(_LENGTH.pack(len(self._payload)) + self._payload)
+        await child.stdin.drain()  # the pipe stays open: its end tells the child we died
+        self.started += 1
+        log.info("dispatch process started", extra={"index": index + 1, "pid": child.pid})
+        try:
+            if wait_ready:
+                ready = await asyncio.wait_for(
+                    asyncio.to_thread(os.read, ready_read, 1), READY_TIMEOUT.total_seconds()
+                )
+                if not ready:
+                    log.error("dispatch process stopped while starting", extra={"pid": child.pid})
+        except TimeoutError:
+            log.warning("dispatch process is slow to start", extra={"pid": child.pid})
+        finally:
+            os.close(ready_read)
+        return child
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: start again, after a pause, any child that died."""
+        while not stop.is_set():
+            waits = {
+                asyncio.ensure_future(child.wait()): index
+                for index, child in enumerate(self._children)
+                if child is not None
+            }
+            stopping = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({stopping, *waits}, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in (stopping, *waits):
+                if waiter not in done:
+                    waiter.cancel()
+            if stop.is_set():
+                return
+            for waiter in done & waits.keys():
+                index = waits[waiter]
+                log.error(
+                    "dispatch process died; starting it again",
+                    extra={"index": index + 1, "exit_code": waiter.result()},
+                )
+                await asyncio.sleep(RESTART_PAUSE.total_seconds())
+                if stop.is_set():
+                    return
+                self._children[index] = await self._spawn(index)
+
+    async def stop(self) -> None:
+        """SIGTERM every child, wait for each to finish its batch; kill any that hangs."""
+        running = [child for child in self._children if child is not None]
+        for child in running:
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.terminate()
+        for child in running:
+            try:
+                await asyncio.wait_for(child.wait(), STOP_TIMEOUT.total_seconds())
+            except TimeoutError:
+                log.error("dispatch process did not stop; killing it", extra={"pid": child.pid})
+                with contextlib.suppress(ProcessLookupError):
+                    child.kill()
+                await child.wait()
+            if child.stdin is not None:
+                child.stdin.close()
+
+
+async def run_child(settings: Settings, ready_fd: int | None = None) -> None:
+    """A dispatch process: the daemon's workers, and nothing else, until SIGTERM, SIGINT or
+    the parent's end (end-of-file on standard input). Writes a byte to ``ready_fd`` (and
+    closes it) once it can claim."""
+    from broadcaster.dispatch.channels import build_channels
+    from broadcaster.dispatch.loop import dispatch_worker
+    from broadcaster.engine import Engine
+    from broadcaster.logs import Redaction, secret_values, set_redaction
+    from broadcaster.store import Database
+
+    redact = settings.log.redact
+    set_redaction(
+        Redaction(secrets=redact.secrets, phones=redact.phones, emails=redact.emails),
+        secret_values(settings),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def parent_gone() -> None:
+        if not os.read(sys.stdin.fileno(), 4096):
+            loop.remove_reader(sys.stdin.fileno())
+            log.warning("the daemon that started this dispatch process is gone; stopping")
+            stop.set()
+
+    loop.add_reader(sys.stdin.fileno(), parent_gone)
+    clock = RealClock()
+    database = Database(settings.database.url, echo=settings.database.echo)
+    channels = build_channels(settings, clock)
+    engine = await Engine.create(settings, database, clock, channels)
+    delivery = settings.delivery
+    log.info("dispatch process ready", extra={"owner": engine.owner, "pid": os.getpid()})
+    if ready_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, b"r")
+            os.close(ready_fd)
+    never = asyncio.Event()  # no round loop here to wake the workers: they poll
+    try:
+        await asyncio.gather(
+            *(
+                dispatch_worker(engine.dispatcher, never, stop, index, delivery.poll_interval)
+                for index in range(delivery.workers)
+            )
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            released = await engine.dispatcher.release()
+            if released:
+                log.info("released delivery leases", extra={"count": released})
+        await engine.aclose()
+        await database.dispose()
+        log.info(
+            "dispatch process stopped",
+            extra={"pid": os.getpid(), "stats": vars(engine.dispatcher.stats)},
+        )
+
+
+def read_settings() -> Settings:
+    """The settings the parent wrote on standard input (length, then the pickle)."""
+    stream = sys.stdin.buffer
+    header = stream.read(_LENGTH.size)
+    if len(header) != _LENGTH.size:
+        raise SystemExit("broadcaster.dispatch.processes: started without settings")
+    (size,) = _LENGTH.unpack(header)
+    payload = stream.read(size)
+    # Our own parent's bytes over a private pipe, not input from anyone else.
+    settings = pickle.loads(payload)  # noqa: S301
+    if not isinstance(settings, Settings):
+        raise SystemExit("broadcaster.dispatch.processes: not a Settings pickle")
+    return settings
+
+
+def main() -> None:
+    from broadcaster.logs import configure_logging
+
+    settings = read_settings()
+    configure_logging(settings.log.level, settings.log.format)
+    ready_fd = int(sys.argv[1]) if len(sys.argv) > 1 else None
+    asyncio.run(run_child(settings, ready_fd))
+
+
+if __name__ == "__main__":
+    main()
