@@ -1,0 +1,113 @@
+"""``delivery.processes``: the daemon's extra dispatch processes share the work, are started
+again when they die, and stop when the daemon stops or dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from broadcaster.devsmtp import SmtpSink
+from tests.e2e.harness import Daemon, cli, duplicates, query, wait_until, write_config
+from tests.e2e.test_daemon import _declare
+
+pytestmark = pytest.mark.e2e
+
+
+def _config(tmp_path: Path, smtp_port: int) -> Path:
+    config = write_config(tmp_path, smtp_port, cadence="1h")
+    text = config.read_text(encoding="utf-8").replace(
+        "delivery:\n", "delivery:\n  processes: 2\n", 1
+    )
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+def _customers(path: Path, count: int) -> list[str]:
+    lines = ["id,name,language,timezone,email,components"]
+    addresses = [f"cust{n:03d}@example.org" for n in range(count)]
+    lines += [f"C{n:03d},Customer {n},en,UTC,{a},payments" for n, a in enumerate(addresses)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return addresses
+
+
+def _logged(log: str, message: str) -> list[dict[str, object]]:
+    found = []
+    for line in log.splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("msg") == message:
+                found.append(entry)
+    return found
+
+
+def _child_pids(log: str) -> list[int]:
+    return [int(str(e["pid"])) for e in _logged(log, "dispatch process started")]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by a parent that is gone) counts as stopped.
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:  # reaped in between
+        return False
+    return re.search(r"\) Z ", status) is None
+
+
+def test_two_processes_share_a_round_exactly_once(tmp_path: Path) -> None:
+    with SmtpSink() as sink:
+        config = _config(tmp_path, sink.port)
+        addresses = _customers(tmp_path / "customers.csv", 150)
+        cli(config, "db", "upgrade")
+        cli(config, "customers", "import", str(tmp_path / "customers.csv"))
+        daemon = Daemon(config, tmp_path / "daemon.log").start()
+        try:
+            wait_until(lambda: _logged(daemon.log(), "dispatch process ready"), 30, "child")
+            _declare(config)
+            wait_until(lambda: len(sink.messages) >= len(addresses), 30, "every message")
+        finally:
+            assert daemon.stop() == 0
+        log = daemon.log()
+    assert sorted(r for m in sink.messages for r in m.recipients) == addresses
+    assert duplicates(sink.messages) == 0
+    parent = _logged(log, "daemon stopped")[0]["stats"]
+    child = _logged(log, "dispatch process stopped")[0]["stats"]
+    assert isinstance(parent, dict) and isinstance(child, dict)
+    assert parent["sent"] > 0 and child["sent"] > 0, (parent, child)
+    assert parent["sent"] + child["sent"] == len(addresses)
+    assert query(tmp_path / "store.db", "SELECT count(*) FROM deliveries WHERE state = 'sent'") == [
+        (len(addresses),)
+    ]
+
+
+def test_a_dead_child_is_started_again_and_a_dead_daemon_takes_its_children_along(
+    tmp_path: Path,
+) -> None:
+    with SmtpSink() as sink:
+        config = _config(tmp_path, sink.port)
+        cli(config, "db", "upgrade")
+        daemon = Daemon(config, tmp_path / "daemon.log").start()
+        try:
+            wait_until(lambda: _logged(daemon.log(), "dispatch process ready"), 30, "child")
+            (first,) = _child_pids(daemon.log())
+            os.kill(first, signal.SIGKILL)
+            wait_until(lambda: len(_child_pids(daemon.log())) == 2, 30, "a new child")
+            assert _logged(daemon.log(), "dispatch process died; starting it again")
+            second = _child_pids(daemon.log())[1]
+            wait_until(
+                lambda: len(_logged(daemon.log(), "dispatch process ready")) == 2, 30, "ready"
+            )
+            assert _alive(second)
+        finally:
+            daemon.kill()  # SIGKILL: the child must notice on its own
+        wait_until(lambda: not _alive(second), 20, "the orphaned child to stop")
+    gone = "the daemon that started this dispatch process is gone; stopping"
+    assert _logged(daemon.log(), gone)
