@@ -70,7 +70,7 @@ def test_two_processes_share_a_round_exactly_once(tmp_path: Path) -> None:
         cli(config, "customers", "import", str(tmp_path / "customers.csv"))
         daemon = Daemon(config, tmp_path / "daemon.log").start()
         try:
-            wait_until(lambda: _logged(daemon.log(), "dispatch process ready"), 30, "child")
+            wait_until(lambda: bool(_logged(daemon.log(), "dispatch process ready")), 30, "child")
             _declare(config)
             wait_until(lambda: len(sink.messages) >= len(addresses), 30, "every message")
         finally:
@@ -96,7 +96,7 @@ def test_a_dead_child_is_started_again_and_a_dead_daemon_takes_its_children_alon
         cli(config, "db", "upgrade")
         daemon = Daemon(config, tmp_path / "daemon.log").start()
         try:
-            wait_until(lambda: _logged(daemon.log(), "dispatch process ready"), 30, "child")
+            wait_until(lambda: bool(_logged(daemon.log(), "dispatch process ready")), 30, "child")
             (first,) = _child_pids(daemon.log())
             os.kill(first, signal.SIGKILL)
             wait_until(lambda: len(_child_pids(daemon.log())) == 2, 30, "a new child")
