@@ -61,8 +61,15 @@ _UNSAFE = re.compile(r"[^\x20-\x7e]")
 def sign(secret: str | bytes, timestamp: int | str, body: bytes) -> str:
     """The ``X-Broadcaster-Signature`` value for ``body`` signed at ``timestamp``."""
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
-    signed = str(timestamp).encode("ascii") + b"." + body
-    return f"{SIGNATURE_VERSION}={hmac.new(key, signed, hashlib.sha256).hexdigest()}"
+    mac = _keyed(key).copy()
+    mac.update(str(timestamp).encode("ascii") + b"." + body)
+    return f"{SIGNATURE_VERSION}={mac.hexdigest()}"
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """An HMAC-SHA256 already keyed with ``key``, to copy for each signature."""
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def verify(

@@ -51,6 +51,18 @@ class TokenBucket:
         return waited
 
 
+def per_process(limits: Mapping[str, RateLimit], processes: int) -> dict[str, RateLimit]:
+    """Each dispatch process's share of the limits: a provider account's rate is split
+    evenly between the daemon's ``processes`` (``delivery.processes``), each with its own
+    bucket, so that together they never outrun the account (burst at least 1 each)."""
+    return {
+        name: RateLimit(
+            per_second=limit.per_second / processes, burst=max(1, limit.burst // processes)
+        )
+        for name, limit in limits.items()
+    }
+
+
 class Limits:
     """The buckets of all rate-limited channels; channels without a limit pass freely."""
 

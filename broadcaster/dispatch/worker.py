@@ -31,7 +31,7 @@ from broadcaster.compose.render import Renderer, RenderRequest
 from broadcaster.config.settings import DeliverySettings, MessageSettings
 from broadcaster.dispatch.backoff import retry_delay
 from broadcaster.dispatch.content import RoundContents
-from broadcaster.dispatch.limits import Limits
+from broadcaster.dispatch.limits import Limits, per_process
 from broadcaster.dispatch.outcomes import History, Job, Outcome, history_insert, record_outcomes
 from broadcaster.store import Customer, Database, Delivery, Followup
 from broadcaster.store.bulk import rows_table
@@ -51,11 +51,13 @@ def claim_size(settings: DeliverySettings) -> int:
     runs out is claimed again by another worker, and sent twice. With a limit of one
     message a second, 4 workers claiming 200 each would need 800 s against a 60 s lease.
     So the batch is cut to what the slowest limit sends in half the lease, shared by the
-    workers that may all be waiting on it (at least one)."""
+    workers that may all be waiting on it (at least one); with several dispatch processes,
+    what this process's share of the limit sends."""
     if not settings.rate_limits:
         return settings.batch_size
-    slowest = min(limit.per_second for limit in settings.rate_limits.values())
-    burst = min(limit.burst for limit in settings.rate_limits.values())
+    limits = per_process(settings.rate_limits, settings.processes).values()
+    slowest = min(limit.per_second for limit in limits)
+    burst = min(limit.burst for limit in limits)
     fits = (slowest * settings.lease.total_seconds() / 2 + burst) / settings.workers
     return max(1, min(settings.batch_size, int(fits)))
 
@@ -108,7 +110,7 @@ class Dispatcher:
         self._owner = owner
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self._contents = RoundContents(database)
-        self._limits = Limits(settings.rate_limits)
+        self._limits = Limits(per_process(settings.rate_limits, settings.processes))
         self._contact_kinds = {name: channel.contact for name, channel in channels.items()}
         self.stats = DispatchStats()
         self.batch_size = claim_size(settings)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import RateLimit
+from broadcaster.dispatch.limits import per_process
 from broadcaster.dispatch.outcomes import Outcome, record_outcomes
 from broadcaster.dispatch.worker import claim_size
 from broadcaster.engine import Engine
@@ -69,6 +71,17 @@ def test_a_slow_rate_limit_shrinks_the_claims_to_what_the_lease_can_send() -> No
     assert claim_size(crawling) == 1
     fast = settings.model_copy(update={"rate_limits": {"mail": RateLimit(per_second=1000)}})
     assert claim_size(fast) == 200
+    # Two dispatch processes share the account's rate: 0.5 message/s each, 15 in half the
+    # lease, plus the burst of 1 (at least 1 each), over 4 workers: 4 each.
+    assert claim_size(limited.model_copy(update={"processes": 2})) == 4
+
+
+def test_dispatch_processes_split_a_rate_limit_between_them() -> None:
+    limits = {"sms": RateLimit(per_second=90, burst=10), "mail": RateLimit(per_second=1)}
+    assert per_process(limits, 1) == limits
+    shares = per_process(limits, 3)
+    assert shares["sms"] == RateLimit(per_second=30, burst=3)
+    assert shares["mail"].per_second == pytest.approx(1 / 3) and shares["mail"].burst == 1
 
 
 async def test_the_daemons_dispatcher_claims_batches_of_its_claim_size(
