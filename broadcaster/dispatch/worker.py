@@ -1,11 +1,11 @@
 """The dispatcher: claim a batch of due deliveries under a lease, send them, record outcomes.
 
 A delivery is ``pending`` until claimed; the claim sets ``sending`` with a lease and counts
-the attempt (a reclaim also writes a history event). Each job is rendered for its customer, checked
-against the per-customer throttle, paced by the provider's rate limit, and sent. Outcomes
-are written in bulk (see :mod:`broadcaster.dispatch.outcomes`). A delivery whose lease
-expired (its worker died mid-send) is claimed again: the only way a message can go out
-twice.
+the attempt (a reclaim also writes a history event). Each job is rendered for its
+customer, checked against the per-customer throttle, paced by the provider's rate limit,
+and sent. Outcomes are written in bulk (see :mod:`broadcaster.dispatch.outcomes`). A
+delivery whose lease expired (its worker died mid-send) is claimed again: the only way a
+message can go out twice.
 """
 
 from __future__ import annotations
@@ -308,8 +308,8 @@ def _claim(
 ) -> tuple[list[Job], list[tuple[int, str, str, str, datetime]]]:
     """Take up to ``limit`` deliveries under ``owner``'s lease: those whose lease expired
     first (their worker died; looked for only when ``expired_too``), then due pending
-    ones; count the attempt (noting a reclaim in the history). Returns them with what rendering
-    and routing need, and the open follow-ups of their customers for their incidents,
+    ones; count the attempt (noting a reclaim in the history). Returns them with what
+    rendering and routing need, and the open follow-ups of their customers for their incidents,
     earliest deadline first: the messages say that a named person will contact them
     (doctrine 6)."""
 
