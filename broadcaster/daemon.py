@@ -26,6 +26,7 @@ from broadcaster.dispatch.channels import build_channels
 from broadcaster.dispatch.loop import ERROR_PAUSE, dispatch_worker, wait_for
 from broadcaster.dispatch.processes import DispatchProcesses
 from broadcaster.engine import Engine
+from broadcaster.heap import settle
 from broadcaster.intake.watch import FeedWatcher, start_watchers
 from broadcaster.logs import Redaction, secret_values, set_redaction
 from broadcaster.schedule.leader import Leadership
@@ -151,6 +152,8 @@ class Daemon:
             log.info(
                 "http listening", extra={"address": f"{self.settings.http.host}:{self.http_port}"}
             )
+        frozen = settle()  # everything kept is built: freeze it out of the collector's way
+        log.info("daemon ready", extra={"frozen_objects": frozen})
         self.ready.set()
         try:
             await stop.wait()

@@ -146,6 +146,7 @@ async def run_child(settings: Settings, ready_fd: int | None = None) -> None:
     from broadcaster.dispatch.channels import build_channels
     from broadcaster.dispatch.loop import dispatch_worker
     from broadcaster.engine import Engine
+    from broadcaster.heap import settle
     from broadcaster.logs import Redaction, secret_values, set_redaction
     from broadcaster.store import Database
 
@@ -171,7 +172,11 @@ async def run_child(settings: Settings, ready_fd: int | None = None) -> None:
     channels = build_channels(settings, clock)
     engine = await Engine.create(settings, database, clock, channels)
     delivery = settings.delivery
-    log.info("dispatch process ready", extra={"owner": engine.owner, "pid": os.getpid()})
+    frozen = settle()
+    log.info(
+        "dispatch process ready",
+        extra={"owner": engine.owner, "pid": os.getpid(), "frozen_objects": frozen},
+    )
     if ready_fd is not None:
         with contextlib.suppress(OSError):
             os.write(ready_fd, b"r")

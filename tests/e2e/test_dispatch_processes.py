@@ -83,6 +83,10 @@ def test_two_processes_share_a_round_exactly_once(tmp_path: Path) -> None:
     assert isinstance(parent, dict) and isinstance(child, dict)
     assert parent["sent"] > 0 and child["sent"] > 0, (parent, child)
     assert parent["sent"] + child["sent"] == len(addresses)
+    # Both processes froze what they built at start-up out of the collector's way.
+    for ready in ("daemon ready", "dispatch process ready"):
+        (entry,) = _logged(log, ready)
+        assert int(str(entry["frozen_objects"])) > 10_000, entry
     assert query(tmp_path / "store.db", "SELECT count(*) FROM deliveries WHERE state = 'sent'") == [
         (len(addresses),)
     ]
