@@ -47,9 +47,21 @@ class Daemon:
         clock: Clock | None = None,
         channels: Mapping[str, Channel] | None = None,
     ) -> None:
-        self.settings = settings
         self.clock = clock or RealClock()
         self._channels = channels
+        if settings.delivery.processes > 1 and (
+            channels is not None or not isinstance(self.clock, RealClock)
+        ):
+            # Extra processes build their channels from the settings and read the real
+            # clock: a daemon given its own (tests, benchmarks) dispatches in its own
+            # process, with the whole of each rate limit.
+            log.warning(
+                "delivery.processes ignored: this daemon was given its own channels or clock",
+                extra={"processes": settings.delivery.processes},
+            )
+            delivery = settings.delivery.model_copy(update={"processes": 1})
+            settings = settings.model_copy(update={"delivery": delivery})
+        self.settings = settings
         self.ready = asyncio.Event()
         self.http_port: int | None = None
         self._engine: Engine | None = None
@@ -123,6 +135,9 @@ class Daemon:
             coalesce=True,
             max_instances=1,
         )
+        # Everything kept is built and nothing is in flight yet: freeze it out of the
+        # collector's way (broadcaster/heap.py).
+        frozen = settle()
         scheduler.start()
         web.scheduler_running = True
         log.info(
@@ -140,22 +155,22 @@ class Daemon:
             for index in range(delivery.workers)
         ]
         processes = self._extra_processes()
-        if processes is not None:
-            await processes.start()
-            tasks.append(asyncio.create_task(processes.supervise(stop)))
-        watchers, feed_tasks = start_watchers(self.settings.feeds, database, self.clock, stop)
-        self.feed_watchers: list[FeedWatcher] = watchers
-        web.feeds = watchers
-        tasks += feed_tasks
-        if server is not None and listener is not None:
-            tasks.append(asyncio.create_task(server.serve(sockets=[listener])))
-            log.info(
-                "http listening", extra={"address": f"{self.settings.http.host}:{self.http_port}"}
-            )
-        frozen = settle()  # everything kept is built: freeze it out of the collector's way
-        log.info("daemon ready", extra={"frozen_objects": frozen})
-        self.ready.set()
         try:
+            if processes is not None:
+                await processes.start()
+                tasks.append(asyncio.create_task(processes.supervise(stop)))
+            watchers, feed_tasks = start_watchers(self.settings.feeds, database, self.clock, stop)
+            self.feed_watchers: list[FeedWatcher] = watchers
+            web.feeds = watchers
+            tasks += feed_tasks
+            if server is not None and listener is not None:
+                tasks.append(asyncio.create_task(server.serve(sockets=[listener])))
+                log.info(
+                    "http listening",
+                    extra={"address": f"{self.settings.http.host}:{self.http_port}"},
+                )
+            log.info("daemon ready", extra={"frozen_objects": frozen})
+            self.ready.set()
             await stop.wait()
             log.info("stopping: finishing what is in flight")
         finally:
@@ -177,19 +192,9 @@ class Daemon:
             log.info("daemon stopped", extra={"stats": vars(engine.dispatcher.stats)})
 
     def _extra_processes(self) -> DispatchProcesses | None:
-        """The extra dispatch processes ``delivery.processes`` asks for, if any. They build
-        their channels from the settings and read the real clock, so a daemon given its
-        own channels or clock (tests, benchmarks) dispatches in its own process only."""
+        """The extra dispatch processes ``delivery.processes`` asks for, if any."""
         extra = self.settings.delivery.processes - 1
-        if extra < 1:
-            return None
-        if self._channels is not None or not isinstance(self.clock, RealClock):
-            log.warning(
-                "delivery.processes ignored: this daemon was given its own channels or clock",
-                extra={"processes": self.settings.delivery.processes},
-            )
-            return None
-        return DispatchProcesses(self.settings, extra)
+        return DispatchProcesses(self.settings, extra) if extra >= 1 else None
 
     def reload_rules(self) -> None:
         """SIGHUP: reload the rules now (a bad file keeps the previous rules)."""

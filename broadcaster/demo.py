@@ -106,7 +106,13 @@ def _demo_settings(base: Settings, workdir: Path, smtp_port: int) -> Settings:
     )
     settings.channels = {"email": email}
     settings.delivery = settings.delivery.model_copy(
-        update={"channels": ["email"], "failover": [], "throttle": {}, "rate_limits": {}}
+        update={
+            "channels": ["email"],
+            "failover": [],
+            "throttle": {},
+            "rate_limits": {},
+            "processes": 1,  # one process on a fake clock
+        }
     )
     # The demo plays the basic loop; the rules and follow-ups have their own tests.
     settings.rules = settings.rules.model_copy(update={"path": None})

@@ -54,7 +54,9 @@ class TokenBucket:
 def per_process(limits: Mapping[str, RateLimit], processes: int) -> dict[str, RateLimit]:
     """Each dispatch process's share of the limits: a provider account's rate is split
     evenly between the daemon's ``processes`` (``delivery.processes``), each with its own
-    bucket, so that together they never outrun the account (burst at least 1 each)."""
+    bucket, so that together they never go faster than the account's rate. Each keeps a
+    burst of at least one message, so with a burst smaller than ``processes`` up to
+    ``processes`` messages can leave at once at the start."""
     return {
         name: RateLimit(
             per_second=limit.per_second / processes, burst=max(1, limit.burst // processes)

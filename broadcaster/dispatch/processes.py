@@ -34,6 +34,10 @@ from broadcaster.config.settings import Settings
 log = logging.getLogger("broadcaster.daemon")
 
 RESTART_PAUSE = timedelta(seconds=2)
+"""The pause before starting again a child that died; doubled for each child in a row that
+died within ``STEADY_AFTER`` of its start (a bad rules file, say), up to ``RESTART_PAUSE_MAX``."""
+RESTART_PAUSE_MAX = timedelta(seconds=60)
+STEADY_AFTER = timedelta(seconds=30)
 READY_TIMEOUT = timedelta(seconds=30)
 """How long the daemon's start waits for a child to be ready to claim."""
 STOP_TIMEOUT = timedelta(seconds=30)
@@ -49,6 +53,8 @@ class DispatchProcesses:
         self._payload = pickle.dumps(settings)
         self._count = count
         self._children: list[asyncio.subprocess.Process | None] = [None] * count
+        self._started_at: list[float] = [0.0] * count
+        self._pause = RESTART_PAUSE.total_seconds()
         self.started = 0
         """Processes started so far, restarts included."""
 
@@ -63,6 +69,7 @@ class DispatchProcesses:
             self._children[index] = await self._spawn(index, wait_ready=True)
 
     async def _spawn(self, index: int, *, wait_ready: bool = False) -> asyncio.subprocess.Process:
+        loop = asyncio.get_running_loop()
         ready_read, ready_write = os.pipe()
         try:
             child = await asyncio.create_subprocess_exec(
@@ -80,17 +87,26 @@ class DispatchProcesses:
         child.stdin.write(_LENGTH.pack(len(self._payload)) + self._payload)
         await child.stdin.drain()  # the pipe stays open: its end tells the child we died
         self.started += 1
+        self._started_at[index] = loop.time()
         log.info("dispatch process started", extra={"index": index + 1, "pid": child.pid})
+        if not wait_ready:
+            os.close(ready_read)
+            return child
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(ready_read, wake)
         try:
-            if wait_ready:
-                ready = await asyncio.wait_for(
-                    asyncio.to_thread(os.read, ready_read, 1), READY_TIMEOUT.total_seconds()
-                )
-                if not ready:
-                    log.error("dispatch process stopped while starting", extra={"pid": child.pid})
+            await asyncio.wait_for(readable, READY_TIMEOUT.total_seconds())
+            if not os.read(ready_read, 1):  # end of file: the child ended without a byte
+                log.error("dispatch process stopped while starting", extra={"pid": child.pid})
         except TimeoutError:
             log.warning("dispatch process is slow to start", extra={"pid": child.pid})
         finally:
+            loop.remove_reader(ready_read)
             os.close(ready_read)
         return child
 
@@ -111,14 +127,38 @@ class DispatchProcesses:
                 return
             for waiter in done & waits.keys():
                 index = waits[waiter]
+                dead, self._children[index] = self._children[index], None
+                if dead is not None and dead.stdin is not None:
+                    dead.stdin.close()
+                lived = asyncio.get_running_loop().time() - self._started_at[index]
+                if lived >= STEADY_AFTER.total_seconds():
+                    self._pause = RESTART_PAUSE.total_seconds()
                 log.error(
                     "dispatch process died; starting it again",
-                    extra={"index": index + 1, "exit_code": waiter.result()},
+                    extra={
+                        "index": index + 1,
+                        "exit_code": waiter.result(),
+                        "after_seconds": round(lived, 1),
+                        "pause_seconds": self._pause,
+                    },
                 )
-                await asyncio.sleep(RESTART_PAUSE.total_seconds())
-                if stop.is_set():
+                if not await self._restart(index, stop):
                     return
+
+    async def _restart(self, index: int, stop: asyncio.Event) -> bool:
+        """Start child ``index`` again after the current pause, trying again (with the
+        pause doubled) while starting it fails; False once ``stop`` is set."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._pause)
+            if stop.is_set():
+                return False
+            self._pause = min(self._pause * 2, RESTART_PAUSE_MAX.total_seconds())
+            try:
                 self._children[index] = await self._spawn(index)
+                return True
+            except Exception:  # fork or pipe failing (out of memory, say): not the end
+                log.exception("could not start a dispatch process", extra={"index": index + 1})
 
     async def stop(self) -> None:
         """SIGTERM every child, wait for each to finish its batch; kill any that hangs."""
@@ -178,8 +218,10 @@ async def run_child(settings: Settings, ready_fd: int | None = None) -> None:
         extra={"owner": engine.owner, "pid": os.getpid(), "frozen_objects": frozen},
     )
     if ready_fd is not None:
-        with contextlib.suppress(OSError):
-            os.write(ready_fd, b"r")
+        try:
+            with contextlib.suppress(OSError):  # a restarted child has no reader
+                os.write(ready_fd, b"r")
+        finally:
             os.close(ready_fd)
     never = asyncio.Event()  # no round loop here to wake the workers: they poll
     try:
@@ -223,7 +265,16 @@ def main() -> None:
     settings = read_settings()
     configure_logging(settings.log.level, settings.log.format)
     ready_fd = int(sys.argv[1]) if len(sys.argv) > 1 else None
-    asyncio.run(run_child(settings, ready_fd))
+    from rules import RulesError
+
+    try:
+        asyncio.run(run_child(settings, ready_fd))
+    except RulesError as exc:  # the daemon keeps its last good rules; a new process has none
+        log.error(
+            "dispatch process cannot start: the rules file cannot be used",
+            extra={"problems": exc.problems},
+        )
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from tests.e2e.test_daemon import _declare
 pytestmark = pytest.mark.e2e
 
 
-def _config(tmp_path: Path, smtp_port: int) -> Path:
-    config = write_config(tmp_path, smtp_port, cadence="1h")
+def _config(tmp_path: Path, smtp_port: int, extra: str = "") -> Path:
+    config = write_config(tmp_path, smtp_port, cadence="1h", extra=extra)
     text = config.read_text(encoding="utf-8").replace(
         "delivery:\n", "delivery:\n  processes: 2\n", 1
     )
@@ -115,3 +115,43 @@ def test_a_dead_child_is_started_again_and_a_dead_daemon_takes_its_children_alon
         wait_until(lambda: not _alive(second), 20, "the orphaned child to stop")
     gone = "the daemon that started this dispatch process is gone; stopping"
     assert _logged(daemon.log(), gone)
+
+
+RULES = """\
+version: 1
+policies:
+  default:
+    steps:
+      - after: 0m
+        every: 1h
+        channels: [email]
+rules:
+  - name: default-policy
+    policy: default
+"""
+
+
+def test_a_child_that_cannot_start_is_tried_again_less_and_less_often(tmp_path: Path) -> None:
+    """A rules file made unusable after the daemon started (the daemon keeps its last good
+    rules) stops a restarted child at its start: the supervisor says why, and doubles its
+    pause for each child in a row that dies young, instead of starting one every 2 s."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES, encoding="utf-8")
+    with SmtpSink() as sink:
+        config = _config(tmp_path, sink.port, extra=f"rules:\n  path: {rules}\n")
+        cli(config, "db", "upgrade")
+        daemon = Daemon(config, tmp_path / "daemon.log").start()
+        try:
+            wait_until(lambda: bool(_logged(daemon.log(), "dispatch process ready")), 30, "child")
+            rules.write_text("version: 1\nrules: [\n", encoding="utf-8")
+            (first,) = _child_pids(daemon.log())
+            os.kill(first, signal.SIGKILL)
+            died = "dispatch process died; starting it again"
+            wait_until(lambda: len(_logged(daemon.log(), died)) >= 3, 40, "two failed restarts")
+        finally:
+            assert daemon.stop() == 0
+        log = daemon.log()
+    assert _logged(log, "dispatch process cannot start: the rules file cannot be used")
+    pauses = [float(str(e["pause_seconds"])) for e in _logged(log, died)]
+    assert pauses[:3] == [2.0, 4.0, 8.0], pauses
+    assert len(_logged(log, "dispatch process ready")) == 1  # none of the restarts got there

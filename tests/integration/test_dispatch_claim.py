@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import RateLimit
+from broadcaster.daemon import Daemon
 from broadcaster.dispatch.limits import per_process
 from broadcaster.dispatch.outcomes import Outcome, record_outcomes
 from broadcaster.dispatch.worker import claim_size
@@ -97,6 +98,21 @@ async def test_the_daemons_dispatcher_claims_batches_of_its_claim_size(
     settings.delivery.rate_limits = {"mail": RateLimit(per_second=0.05)}
     slow = await Engine.create(settings, database, clock, channels, owner="b")
     assert slow.dispatcher.batch_size == 2  # 0.05/s × 30 s + 1 = 2.5
+
+
+def test_a_daemon_that_runs_no_extra_process_keeps_the_whole_rate() -> None:
+    """Given its own channels (tests, benchmarks), a daemon dispatches in its own process
+    only: its dispatcher takes the whole of each rate limit, not a share of processes that
+    never start."""
+    settings = make_settings()
+    settings.delivery.workers = 1
+    settings.delivery.processes = 3
+    settings.delivery.rate_limits = {"mail": RateLimit(per_second=0.05)}
+    daemon = Daemon(settings, clock=FakeClock(START), channels={"mail": MemoryChannel("mail")})
+    assert daemon.settings.delivery.processes == 1
+    assert settings.delivery.processes == 3  # the caller's settings are left alone
+    assert claim_size(daemon.settings.delivery) == 2  # 0.05/s × 30 s + 1 = 2.5
+    assert claim_size(settings.delivery) == 1  # a third of the rate: 0.5 + 1
 
 
 async def history(database: Database) -> list[tuple[int, str, str | None, str | None]]:
