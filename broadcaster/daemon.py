@@ -13,7 +13,6 @@ start claims what the dead process held once its leases expire.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from datetime import UTC
@@ -23,7 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from broadcaster.clock import Clock, RealClock
 from broadcaster.config.settings import Settings
 from broadcaster.dispatch.channels import build_channels
-from broadcaster.dispatch.loop import ERROR_PAUSE, dispatch_worker, wait_for
+from broadcaster.dispatch.loop import ERROR_PAUSE, dispatch_worker, wait_for, wind_down
 from broadcaster.dispatch.processes import DispatchProcesses
 from broadcaster.engine import Engine
 from broadcaster.heap import settle
@@ -183,12 +182,7 @@ class Daemon:
             scheduler.shutdown(wait=False)
             web.scheduler_running = False
             await self.leadership.release()
-            with contextlib.suppress(Exception):
-                released = await engine.dispatcher.release()
-                if released:
-                    log.info("released delivery leases", extra={"count": released})
-            await engine.aclose()
-            await database.dispose()
+            await wind_down(engine, database)
             log.info("daemon stopped", extra={"stats": vars(engine.dispatcher.stats)})
 
     def _extra_processes(self) -> DispatchProcesses | None:

@@ -9,10 +9,16 @@ before ``stop``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from broadcaster.dispatch.worker import Dispatcher
+
+if TYPE_CHECKING:
+    from broadcaster.engine import Engine
+    from broadcaster.store import Database
 
 log = logging.getLogger("broadcaster.daemon")
 
@@ -60,3 +66,14 @@ async def dispatch_worker(
         if handled == 0:
             await wait_for(work_ready, stop, poll.total_seconds())
             work_ready.clear()
+
+
+async def wind_down(engine: Engine, database: Database) -> None:
+    """After the workers stopped: give back the leases of whatever was claimed and not
+    sent (best effort: they expire anyway), close the channels and the store."""
+    with contextlib.suppress(Exception):
+        released = await engine.dispatcher.release()
+        if released:
+            log.info("released delivery leases", extra={"count": released})
+    await engine.aclose()
+    await database.dispose()

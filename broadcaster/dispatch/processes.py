@@ -184,7 +184,7 @@ async def run_child(settings: Settings, ready_fd: int | None = None) -> None:
     the parent's end (end-of-file on standard input). Writes a byte to ``ready_fd`` (and
     closes it) once it can claim."""
     from broadcaster.dispatch.channels import build_channels
-    from broadcaster.dispatch.loop import dispatch_worker
+    from broadcaster.dispatch.loop import dispatch_worker, wind_down
     from broadcaster.engine import Engine
     from broadcaster.heap import settle
     from broadcaster.logs import Redaction, secret_values, set_redaction
@@ -232,12 +232,7 @@ async def run_child(settings: Settings, ready_fd: int | None = None) -> None:
             )
         )
     finally:
-        with contextlib.suppress(Exception):
-            released = await engine.dispatcher.release()
-            if released:
-                log.info("released delivery leases", extra={"count": released})
-        await engine.aclose()
-        await database.dispose()
+        await wind_down(engine, database)
         log.info(
             "dispatch process stopped",
             extra={"pid": os.getpid(), "stats": vars(engine.dispatcher.stats)},

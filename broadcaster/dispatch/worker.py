@@ -396,11 +396,11 @@ def _claim(
     return jobs, [(row[0], row[1], row[2], row[3], row[4]) for row in followups]
 
 
+# The tables, not the mapped classes: Core statements skip the ORM's compile and result
+# layers (and an update's session synchronisation), a large share of a claim's CPU.
 _D = table_of(Delivery)
 _C = table_of(Customer)
 _F = table_of(Followup)
-"""The tables, not the mapped classes: Core statements skip the ORM's compile and result
-layers (and an update's session synchronisation), a large share of a claim's CPU."""
 
 _ID_COLUMN: list[tuple[str, TypeEngine[Any]]] = [("id", BigInteger())]
 
