@@ -13,8 +13,9 @@ start-up left behind, then freezes every surviving object into the collector's p
 generation (``gc.freeze``), which later passes skip, and raises the young generation's
 threshold so that a batch's hundreds of short-lived objects are not scanned several times
 over. Cycles made after that are still collected as before; what stays out of reach is
-only a cycle among objects that were alive at the freeze and are dropped later (an
-old rules file's objects, say), a few kilobytes at most.
+only a cycle among objects that were alive at the freeze and are dropped later (the
+start-up rules after a reload, say): memory that start-up already held, kept once, never
+a growing leak, since everything made after the freeze is collected as usual.
 """
 
 from __future__ import annotations
