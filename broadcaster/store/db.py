@@ -38,6 +38,14 @@ class Database:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
+            if database and database != ":memory:":
+                # One connection per process. Every transaction holds the write lock
+                # (BEGIN IMMEDIATE), so several connections bought no concurrency; their
+                # transactions waited in SQLite's busy handler, which sleeps and retries
+                # instead of queueing, and under load a claim waited seconds while others
+                # went first. The pool queues them in order; the busy timeout is left to
+                # other processes (the CLI, dispatch processes).
+                kwargs.update(pool_size=1, max_overflow=0, pool_timeout=30)
         else:
             kwargs["pool_pre_ping"] = True
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)

@@ -318,6 +318,50 @@ async def test_recipient_reply_maps_to_the_retry_contract(
     assert mail.recipients == ("customer2@example.com",)
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_refused_connection_is_dropped_at_once_on_either_event_loop(
+    make_sink: SinkFactory, ca_file: Path, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """After a refused recipient the connection is aborted, not left to time out: the
+    send returns long before the close grace (made a minute here). uvloop's transports
+    are not ``asyncio.Transport`` subclasses; a check for that class skipped the abort
+    and each refusal held its pool slot for the whole grace."""
+    import channels.email as email_module
+
+    monkeypatch.setattr(email_module, "_CLOSE_GRACE", 60.0)
+    sink = make_sink(reject={"customer1@example.com": "550 5.1.1 mailbox unavailable"})
+
+    async def refuse_then_send() -> None:
+        channel = EmailChannel(
+            "email",
+            EmailSettings.model_validate(
+                {
+                    "host": "127.0.0.1",
+                    "port": sink.port,
+                    "ca_file": ca_file,
+                    "pool_size": 1,
+                    "timeout": WAIT,
+                    "from": "Operations <ops@example.com>",
+                }
+            ),
+        )
+        try:
+            async with asyncio.timeout(WAIT):
+                with pytest.raises(DeliveryError):
+                    await channel.send(target(1), message())
+                await channel.send(target(2), message())
+        finally:
+            await channel.aclose()
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(refuse_then_send())
+    else:
+        asyncio.run(refuse_then_send())
+    [mail] = sink.wait_for(1, WAIT)
+    assert mail.recipients == ("customer2@example.com",)
+
+
 async def test_server_not_listening_is_retryable(make_channel: ChannelFactory) -> None:
     channel = make_channel(free_port(), timeout=2.0)
 
