@@ -23,6 +23,8 @@ from typing import Any
 from bench import fanout, firstround, latency, promises, scale
 from bench.report import table, write
 from bench.store import BACKENDS, postgres_available
+from broadcaster import eventloop
+from broadcaster.eventloop import EventLoopChoice, loop_name
 
 SCENARIOS = ("fanout", "latency", "scale", "promises", "firstround")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,7 +49,11 @@ def sizes(scenario: str, quick: bool) -> dict[str, Any]:
 
 
 async def run_scenario(
-    scenario: str, workdir: Path, params: dict[str, Any], backends: list[str]
+    scenario: str,
+    workdir: Path,
+    params: dict[str, Any],
+    backends: list[str],
+    event_loop: EventLoopChoice = "auto",
 ) -> dict[str, Any]:
     runners: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
         "fanout": fanout.run,
@@ -56,7 +62,13 @@ async def run_scenario(
         "promises": promises.run,
         "firstround": firstround.run,
     }
-    return await runners[scenario](workdir, backends=backends, **params)
+    kwargs = dict(params)
+    if scenario == "firstround":  # its daemons are processes of their own
+        kwargs["event_loop"] = event_loop
+    result = await runners[scenario](workdir, backends=backends, **kwargs)
+    # The loop the daemon under test (fanout, latency) and the baselines ran on.
+    result["event_loop"] = loop_name()
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         action="append",
         help="fanout: delivery.processes of the daemon (repeatable; default 1)",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="the event loop of the daemons under test and of the baselines beside them "
+        "(the daemon's event_loop setting; default auto: uvloop where installed)",
     )
     args = parser.parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
@@ -116,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== {scenario} ({'quick' if args.quick else 'full'}: {params}) ==", flush=True)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="broadcaster-bench-") as tmp:
-            result = asyncio.run(run_scenario(scenario, Path(tmp), params, backends))
+            result = eventloop.run(
+                run_scenario(scenario, Path(tmp), params, backends, args.event_loop),
+                args.event_loop,
+            )
         result["params"] = params
         result["backends"] = backends
         result["skipped_backends"] = skipped

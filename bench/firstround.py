@@ -57,9 +57,11 @@ from bench.pipeline import (
 from bench.report import Row
 from bench.sinks import Sinks
 from bench.store import add_customers, store_url
+from broadcaster import eventloop
 from broadcaster.clock import RealClock
 from broadcaster.config.settings import ScheduleSettings, Settings
 from broadcaster.daemon import Daemon
+from broadcaster.eventloop import EventLoopChoice, loop_name
 from broadcaster.incidents import service
 from broadcaster.logs import configure_logging
 from broadcaster.store import Database, Delivery, Round
@@ -114,13 +116,15 @@ async def _serve_daemon(settings: Settings) -> dict[str, Any]:
         "stats": stats,
         "peak_rss_mib": own_peak_rss_mib(),
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "event_loop": loop_name(),
     }
 
 
-def daemon_main(url: str, hook_url: str) -> None:
-    settings = daemon_settings(url, hook_url)
+def daemon_main(url: str, hook_url: str, event_loop: EventLoopChoice = "auto") -> None:
+    settings = daemon_settings(url, hook_url).model_copy(update={"event_loop": event_loop})
     configure_logging(settings.log.level, settings.log.format)  # as ``broadcaster run``
-    print(json.dumps(asyncio.run(_serve_daemon(settings)), default=str), flush=True)
+    report = eventloop.run(_serve_daemon(settings), settings.event_loop)  # as ``broadcaster run``
+    print(json.dumps(report, default=str), flush=True)
 
 
 # --- the scenario -------------------------------------------------------------------------
@@ -129,8 +133,16 @@ def daemon_main(url: str, hook_url: str) -> None:
 class DaemonProcess:
     """One ``python -m bench.firstround --daemon`` child; its log (stderr) goes to a file."""
 
-    def __init__(self, index: int, url: str, hook_url: str, log_path: Path) -> None:
+    def __init__(
+        self,
+        index: int,
+        url: str,
+        hook_url: str,
+        log_path: Path,
+        event_loop: EventLoopChoice = "auto",
+    ) -> None:
         self.index = index
+        self.event_loop = event_loop
         self.url = url
         self.hook_url = hook_url
         self.log_path = log_path
@@ -148,6 +160,8 @@ class DaemonProcess:
                 self.url,
                 "--hook-url",
                 self.hook_url,
+                "--event-loop",
+                self.event_loop,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
             )
@@ -226,7 +240,12 @@ async def _sent_count(database: Database) -> int:
 
 
 async def firstround_run(
-    sinks: Sinks, url: str, customers: int, daemons: int, workdir: Path
+    sinks: Sinks,
+    url: str,
+    customers: int,
+    daemons: int,
+    workdir: Path,
+    event_loop: EventLoopChoice = "auto",
 ) -> dict[str, Any]:
     """Populate ``url``, start ``daemons`` daemons, declare, wait for every delivery."""
     database = Database(url)
@@ -244,7 +263,7 @@ async def firstround_run(
         populate_seconds = time.perf_counter() - started
         await sinks.reset()
         procs = [
-            DaemonProcess(i, url, f"{sinks.hook_url}/d{i}", workdir / f"daemon{i}.log")
+            DaemonProcess(i, url, f"{sinks.hook_url}/d{i}", workdir / f"daemon{i}.log", event_loop)
             for i in range(daemons)
         ]
         started = time.perf_counter()
@@ -329,6 +348,7 @@ async def firstround_run(
                 "reclaimed": stats.get("reclaimed"),
                 "peak_rss_mib": proc.final.get("peak_rss_mib"),
                 "cpu_seconds": proc.final.get("cpu_seconds"),
+                "event_loop": proc.final.get("event_loop"),
                 "exit_code": proc.process.returncode if proc.process else None,
             }
         )
@@ -373,7 +393,12 @@ async def firstround_run(
 
 
 async def run(
-    workdir: Path, *, backends: list[str], customers: int, daemons: int
+    workdir: Path,
+    *,
+    backends: list[str],
+    customers: int,
+    daemons: int,
+    event_loop: EventLoopChoice = "auto",
 ) -> dict[str, Any]:
     label = f"{customers:,} customers, {daemons} daemons, PostgreSQL"
     if "postgresql" not in backends:
@@ -395,7 +420,7 @@ async def run(
     load_before = _loadavg()
     with Sinks() as sinks:
         async with store_url("postgresql", workdir) as url:
-            result = await firstround_run(sinks, url, customers, daemons, workdir)
+            result = await firstround_run(sinks, url, customers, daemons, workdir, event_loop)
     load_after = _loadavg()
     result["load_average_before"] = load_before
     result["load_average_after"] = load_after
@@ -506,8 +531,9 @@ def main() -> None:
     parser.add_argument("--daemon", action="store_true", required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--hook-url", required=True)
+    parser.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     args = parser.parse_args()
-    daemon_main(args.url, args.hook_url)
+    daemon_main(args.url, args.hook_url, args.event_loop)
 
 
 if __name__ == "__main__":

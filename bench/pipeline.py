@@ -15,6 +15,7 @@ from typing import Any
 from broadcaster.config.settings import Settings
 from broadcaster.daemon import Daemon
 from broadcaster.engine import Engine
+from broadcaster.eventloop import loop_name
 from channels.base import Channel
 
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"  # noqa: S105 - a local sink's key
@@ -69,8 +70,17 @@ def bench_settings(
             "channels": dict(channels),
             "http": {"enabled": False},
             "messages": {"link_secret": LINK_SECRET},
+            # Dispatch processes (``delivery.processes``) on the loop the benchmark runs on.
+            "event_loop": _running_loop(),
         }
     )
+
+
+def _running_loop() -> str:
+    try:
+        return loop_name()
+    except RuntimeError:  # no loop running: the daemon's default
+        return "auto"
 
 
 class RunningDaemon:

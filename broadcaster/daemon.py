@@ -25,6 +25,7 @@ from broadcaster.dispatch.channels import build_channels
 from broadcaster.dispatch.loop import ERROR_PAUSE, dispatch_worker, wait_for, wind_down
 from broadcaster.dispatch.processes import DispatchProcesses
 from broadcaster.engine import Engine
+from broadcaster.eventloop import loop_name
 from broadcaster.heap import settle
 from broadcaster.intake.watch import FeedWatcher, start_watchers
 from broadcaster.logs import Redaction, secret_values, set_redaction
@@ -141,7 +142,12 @@ class Daemon:
         web.scheduler_running = True
         log.info(
             "daemon started",
-            extra={"owner": engine.owner, "channels": list(channels), "store": database.dialect},
+            extra={
+                "owner": engine.owner,
+                "channels": list(channels),
+                "store": database.dialect,
+                "event_loop": loop_name(),
+            },
         )
         tasks = [
             asyncio.create_task(self._round_loop(engine, scheduler, rounds_due, work_ready, stop))

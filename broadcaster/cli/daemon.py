@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from broadcaster import eventloop
 from broadcaster.cli.common import (
     STORE_ERRORS,
     ConfigOption,
@@ -42,6 +43,8 @@ def run(config: ConfigOption = None) -> None:
         await daemon.run(stop)
 
     try:
-        asyncio.run(main())
+        eventloop.run(main(), settings.event_loop)
+    except eventloop.EventLoopError as exc:
+        raise fail(str(exc), 2) from None
     except StartupError as exc:
         raise fail(str(exc), 2) from None

@@ -30,6 +30,7 @@ from datetime import timedelta
 
 from broadcaster.clock import RealClock
 from broadcaster.config.settings import Settings
+from broadcaster.eventloop import loop_name
 
 log = logging.getLogger("broadcaster.daemon")
 
@@ -215,7 +216,12 @@ async def run_child(settings: Settings, ready_fd: int | None = None) -> None:
     frozen = settle()
     log.info(
         "dispatch process ready",
-        extra={"owner": engine.owner, "pid": os.getpid(), "frozen_objects": frozen},
+        extra={
+            "owner": engine.owner,
+            "pid": os.getpid(),
+            "frozen_objects": frozen,
+            "event_loop": loop_name(),
+        },
     )
     if ready_fd is not None:
         try:
@@ -263,7 +269,9 @@ def main() -> None:
     from rules import RulesError
 
     try:
-        asyncio.run(run_child(settings, ready_fd))
+        from broadcaster import eventloop
+
+        eventloop.run(run_child(settings, ready_fd), settings.event_loop)
     except RulesError as exc:  # the daemon keeps its last good rules; a new process has none
         log.error(
             "dispatch process cannot start: the rules file cannot be used",

@@ -87,6 +87,10 @@ def test_two_processes_share_a_round_exactly_once(tmp_path: Path) -> None:
     for ready in ("daemon ready", "dispatch process ready"):
         (entry,) = _logged(log, ready)
         assert int(str(entry["frozen_objects"])) > 10_000, entry
+    # Both run on uvloop: the default (event_loop: auto) where it is installed.
+    for started in ("daemon started", "dispatch process ready"):
+        (entry,) = _logged(log, started)
+        assert entry["event_loop"] == "uvloop", entry
     assert query(tmp_path / "store.db", "SELECT count(*) FROM deliveries WHERE state = 'sent'") == [
         (len(addresses),)
     ]

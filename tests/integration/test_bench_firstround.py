@@ -61,6 +61,8 @@ def test_firstround_hands_every_delivery_over_once_and_reports_the_phases(
     assert sum(d["leader"] for d in daemons) == 1, "exactly one daemon scheduled the round"
     assert all(d["exit_code"] == 0 and d["peak_rss_mib"] > 0 for d in daemons)
     assert all(d["cpu_seconds"] > 0 for d in daemons) and run["sink_cpu_seconds"] > 0
+    # as `broadcaster run` by default: on uvloop
+    assert [d["event_loop"] for d in daemons] == ["uvloop", "uvloop"]
     assert run["load_average_before"] and run["load_average_after"]
     (target,) = [row for row in result["rows"] if row["limit"] == firstround.TARGET_SECONDS]
     assert target["value"] == at["all_at_sink"] and target["note"] == "exactly once"

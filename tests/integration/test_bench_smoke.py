@@ -15,10 +15,11 @@ def test_fanout_runs_end_to_end_and_writes_results(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["fanout", "--quick", "--size", "40", "--channel", "push", "--backend", "sqlite"]
-    assert main([*argv, "--out", str(tmp_path)]) == 0
+    assert main([*argv, "--event-loop", "asyncio", "--out", str(tmp_path)]) == 0
 
     result = json.loads((tmp_path / "fanout.json").read_text(encoding="utf-8"))
     assert result["scenario"] == "fanout" and result["quick"] is True
+    assert result["event_loop"] == "asyncio"
     assert result["machine"]["cpus"] >= 1
     (run,) = result["runs"]
     assert run["backend"] == "sqlite" and run["channel"] == "push"

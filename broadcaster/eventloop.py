@@ -1,0 +1,59 @@
+"""The event loop the daemon and its dispatch processes run on (``event_loop`` setting).
+
+``auto`` (the default) takes uvloop where it is installed (a dependency everywhere but
+Windows) and asyncio's own loop otherwise; ``uvloop`` insists on it; ``asyncio`` never uses
+it. uvloop runs the same code with less CPU per callback, socket read and write, which is
+most of what a dispatcher does between its own steps (docs/performance.md: the push
+fan-out and the 1,000,000-customer first round measured on both). The CLI's one-shot
+commands stay on asyncio's loop: they do too little for it to matter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+EventLoopChoice = Literal["auto", "uvloop", "asyncio"]
+
+
+class EventLoopError(RuntimeError):
+    """The configured event loop is not available."""
+
+
+def loop_factory(choice: EventLoopChoice) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """What :class:`asyncio.Runner` should build the loop with: uvloop's factory, or
+    ``None`` for asyncio's own."""
+    if choice == "asyncio":
+        return None
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError as exc:
+        if choice == "uvloop":
+            raise EventLoopError(
+                "event_loop: uvloop is configured but not installed "
+                "(pip install uvloop, or set event_loop: auto)"
+            ) from exc
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(main: Coroutine[Any, Any, T], choice: EventLoopChoice = "auto") -> T:
+    """``asyncio.run(main)`` on the loop ``choice`` names."""
+    try:
+        factory = loop_factory(choice)
+    except EventLoopError:
+        main.close()  # never awaited: say nothing about it
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def loop_name(loop: asyncio.AbstractEventLoop | None = None) -> str:
+    """``uvloop`` or ``asyncio``: which loop this is (the running one by default)."""
+    loop = loop or asyncio.get_running_loop()
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
