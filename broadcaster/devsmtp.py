@@ -354,9 +354,8 @@ class SmtpSink:
                 live = list(self._live)
             for protocol in live:
                 transport = protocol.raw_transport
-                abort = getattr(transport, "abort", None)  # uvloop's lack asyncio.Transport
-                if callable(abort):
-                    abort()
+                if isinstance(transport, asyncio.Transport):
+                    transport.abort()
                 elif transport is not None:
                     transport.close()
             if self.open_connections:  # let the aborted sessions finish closing

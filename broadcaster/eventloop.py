@@ -2,10 +2,13 @@
 
 ``auto`` (the default) takes uvloop where it is installed (a dependency everywhere but
 Windows) and asyncio's own loop otherwise; ``uvloop`` insists on it; ``asyncio`` never uses
-it. uvloop runs the same code with less CPU per callback, socket read and write, which is
-most of what a dispatcher does between its own steps (docs/performance.md: the push
-fan-out and the 1,000,000-customer first round measured on both). The CLI's one-shot
-commands stay on asyncio's loop: they do too little for it to matter.
+it. uvloop does the event loop's own work (callbacks, timers, socket reads and writes) in C,
+which is a large share of what a dispatcher does between its own steps; what it gained here
+is in docs/performance.md. The setting applies where Broadcaster makes the loop:
+``broadcaster run`` and its dispatch processes. A program that runs
+:class:`~broadcaster.daemon.Daemon` on a loop of its own (the benchmarks, the tests) keeps
+that loop, and its dispatch processes follow the setting. The CLI's one-shot commands stay
+on asyncio's loop: they do too little for it to matter.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from sqlalchemy import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from broadcaster.access.credentials import Principal
 from broadcaster.clock import RealClock
@@ -58,7 +59,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-STORE_ERRORS = (OperationalError, InterfaceError, OSError)
+STORE_ERRORS = (OperationalError, InterfaceError, OSError, PoolTimeoutError)
 """What opening or migrating an unreachable or unwritable store raises."""
 
 

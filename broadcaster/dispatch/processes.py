@@ -266,12 +266,14 @@ def main() -> None:
     settings = read_settings()
     configure_logging(settings.log.level, settings.log.format)
     ready_fd = int(sys.argv[1]) if len(sys.argv) > 1 else None
+    from broadcaster import eventloop
     from rules import RulesError
 
     try:
-        from broadcaster import eventloop
-
         eventloop.run(run_child(settings, ready_fd), settings.event_loop)
+    except eventloop.EventLoopError as exc:
+        log.error("dispatch process cannot start", extra={"reason": str(exc)})
+        raise SystemExit(1) from None
     except RulesError as exc:  # the daemon keeps its last good rules; a new process has none
         log.error(
             "dispatch process cannot start: the rules file cannot be used",

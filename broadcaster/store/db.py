@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +22,10 @@ from sqlalchemy.sql.dml import Insert
 
 T = TypeVar("T")
 
+SQLITE_WAIT = 30.0
+"""Seconds a SQLite transaction waits for its turn (in this process, as in SQLite's busy
+timeout for the others) before it fails."""
+
 Also = Callable[[AsyncSession, object], None]
 """Called with the session and the result inside an operation's transaction, just before
 it commits: what must be written with it or not at all (the audit entry)."""
@@ -30,6 +36,8 @@ class Database:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
+        self._queue_sessions = False
+        self._gates: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo}
@@ -37,15 +45,16 @@ class Database:
             database = parsed.database or ""
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["connect_args"] = {"timeout": SQLITE_WAIT}
             if database and database != ":memory:":
-                # One connection per process. Every transaction holds the write lock
-                # (BEGIN IMMEDIATE), so several connections bought no concurrency; their
-                # transactions waited in SQLite's busy handler, which sleeps and retries
-                # instead of queueing, and under load a claim waited seconds while others
-                # went first. The pool queues them in order; the busy timeout is left to
-                # other processes (the CLI, dispatch processes).
-                kwargs.update(pool_size=1, max_overflow=0, pool_timeout=30)
+                # One connection per process, taken in turn (see _gate). Every transaction
+                # holds the write lock (BEGIN IMMEDIATE), so more connections bought no
+                # concurrency: their transactions waited in SQLite's busy handler, which
+                # sleeps and retries instead of queueing, and under load a claim waited
+                # seconds while later ones went first. The busy timeout is left to other
+                # processes (the CLI, dispatch processes).
+                kwargs.update(pool_size=1, max_overflow=0, pool_timeout=SQLITE_WAIT)
+                self._queue_sessions = True
         else:
             kwargs["pool_pre_ping"] = True
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
@@ -54,8 +63,42 @@ class Database:
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
-    def session(self) -> AsyncSession:
-        return self.sessions()
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A unit of work (``async with database.session() as session``). On a SQLite file
+        the sessions of this process take turns in the order they asked: see ``_gate``."""
+        if not self._queue_sessions:
+            async with self.sessions() as session:
+                yield session
+            return
+        gate = self._gate()
+        try:
+            async with asyncio.timeout(SQLITE_WAIT):
+                await gate.acquire()
+        except TimeoutError:
+            raise TimeoutError(
+                f"the SQLite store was busy in this process for {SQLITE_WAIT:.0f} s "
+                "(another transaction held it)"
+            ) from None
+        try:
+            async with self.sessions() as session:
+                yield session
+        finally:
+            gate.release()
+
+    def _gate(self) -> asyncio.Lock:
+        """The queue of this process's SQLite sessions on the running loop.
+
+        A lock, not the pool's own queue: asyncio's lock hands itself to the longest
+        waiter, while a connection returned to the pool goes to whoever asks next, so a
+        session started in the meantime overtook one that had been waiting, which then
+        queued again at the back."""
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            self._gates = {loop: asyncio.Lock()}  # a loop of the past is done with
+            gate = self._gates[loop]
+        return gate
 
     async def transact(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` with a (synchronous-style) session in one transaction, committed
