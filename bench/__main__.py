@@ -53,7 +53,7 @@ async def run_scenario(
     workdir: Path,
     params: dict[str, Any],
     backends: list[str],
-    event_loop: EventLoopChoice = "auto",
+    event_loop: EventLoopChoice = "asyncio",
 ) -> dict[str, Any]:
     runners: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
         "fanout": fanout.run,
@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--event-loop",
-        choices=["auto", "uvloop", "asyncio"],
-        default="auto",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
         help="the event loop of the daemons under test and of the baselines beside them "
-        "(the daemon's event_loop setting; default auto: uvloop where installed)",
+        "(the daemon's event_loop setting; default asyncio)",
     )
     args = parser.parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]

@@ -120,7 +120,7 @@ async def _serve_daemon(settings: Settings) -> dict[str, Any]:
     }
 
 
-def daemon_main(url: str, hook_url: str, event_loop: EventLoopChoice = "auto") -> None:
+def daemon_main(url: str, hook_url: str, event_loop: EventLoopChoice = "asyncio") -> None:
     settings = daemon_settings(url, hook_url).model_copy(update={"event_loop": event_loop})
     configure_logging(settings.log.level, settings.log.format)  # as ``broadcaster run``
     report = eventloop.run(_serve_daemon(settings), settings.event_loop)  # as ``broadcaster run``
@@ -139,7 +139,7 @@ class DaemonProcess:
         url: str,
         hook_url: str,
         log_path: Path,
-        event_loop: EventLoopChoice = "auto",
+        event_loop: EventLoopChoice = "asyncio",
     ) -> None:
         self.index = index
         self.event_loop = event_loop
@@ -245,7 +245,7 @@ async def firstround_run(
     customers: int,
     daemons: int,
     workdir: Path,
-    event_loop: EventLoopChoice = "auto",
+    event_loop: EventLoopChoice = "asyncio",
 ) -> dict[str, Any]:
     """Populate ``url``, start ``daemons`` daemons, declare, wait for every delivery."""
     database = Database(url)
@@ -398,7 +398,7 @@ async def run(
     backends: list[str],
     customers: int,
     daemons: int,
-    event_loop: EventLoopChoice = "auto",
+    event_loop: EventLoopChoice = "asyncio",
 ) -> dict[str, Any]:
     label = f"{customers:,} customers, {daemons} daemons, PostgreSQL"
     if "postgresql" not in backends:
@@ -531,7 +531,7 @@ def main() -> None:
     parser.add_argument("--daemon", action="store_true", required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--hook-url", required=True)
-    parser.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
+    parser.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio")
     args = parser.parse_args()
     daemon_main(args.url, args.hook_url, args.event_loop)
 

@@ -80,7 +80,7 @@ def _running_loop() -> str:
     try:
         return loop_name()
     except RuntimeError:  # no loop running: the daemon's default
-        return "auto"
+        return "asyncio"
 
 
 class RunningDaemon:

@@ -214,9 +214,8 @@ class Settings(_Section):
     """Per webhook source: the Alertmanager bearer token or the signed-webhook secret."""
     hooks: dict[str, HookSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
-    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
-    """The daemon's event loop: ``auto`` takes uvloop where installed, else asyncio's own
-    (:mod:`broadcaster.eventloop`)."""
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """The daemon's event loop: asyncio's own or uvloop (:mod:`broadcaster.eventloop`)."""
 
 
 def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:

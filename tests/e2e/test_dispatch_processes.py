@@ -64,7 +64,7 @@ def _alive(pid: int) -> bool:
 
 def test_two_processes_share_a_round_exactly_once(tmp_path: Path) -> None:
     with SmtpSink() as sink:
-        config = _config(tmp_path, sink.port)
+        config = _config(tmp_path, sink.port, extra="event_loop: uvloop\n")
         addresses = _customers(tmp_path / "customers.csv", 150)
         cli(config, "db", "upgrade")
         cli(config, "customers", "import", str(tmp_path / "customers.csv"))
@@ -87,7 +87,7 @@ def test_two_processes_share_a_round_exactly_once(tmp_path: Path) -> None:
     for ready in ("daemon ready", "dispatch process ready"):
         (entry,) = _logged(log, ready)
         assert int(str(entry["frozen_objects"])) > 10_000, entry
-    # Both run on uvloop: the default (event_loop: auto) where it is installed.
+    # Both run on the loop the config names (event_loop: uvloop here).
     for started in ("daemon started", "dispatch process ready"):
         (entry,) = _logged(log, started)
         assert entry["event_loop"] == "uvloop", entry

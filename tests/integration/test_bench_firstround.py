@@ -34,6 +34,7 @@ def test_firstround_hands_every_delivery_over_once_and_reports_the_phases(
             pytest.fail(reason)
         pytest.skip(reason)
     argv = ["firstround", "--size", str(CUSTOMERS), "--daemons", "2", "--out", str(tmp_path)]
+    argv += ["--event-loop", "uvloop"]
     assert main(argv) == 0
 
     result = json.loads((tmp_path / "firstround.json").read_text(encoding="utf-8"))
@@ -61,7 +62,7 @@ def test_firstround_hands_every_delivery_over_once_and_reports_the_phases(
     assert sum(d["leader"] for d in daemons) == 1, "exactly one daemon scheduled the round"
     assert all(d["exit_code"] == 0 and d["peak_rss_mib"] > 0 for d in daemons)
     assert all(d["cpu_seconds"] > 0 for d in daemons) and run["sink_cpu_seconds"] > 0
-    # as `broadcaster run` by default: on uvloop
+    # on the loop asked for, as `broadcaster run` with event_loop: uvloop
     assert [d["event_loop"] for d in daemons] == ["uvloop", "uvloop"]
     assert run["load_average_before"] and run["load_average_after"]
     (target,) = [row for row in result["rows"] if row["limit"] == firstround.TARGET_SECONDS]

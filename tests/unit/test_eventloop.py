@@ -17,9 +17,8 @@ async def _which() -> str:
     return eventloop.loop_name()
 
 
-def test_auto_runs_on_uvloop_where_it_is_installed() -> None:
+def test_uvloop_runs_on_uvloop() -> None:
     pytest.importorskip("uvloop")
-    assert eventloop.run(_which(), "auto") == "uvloop"
     assert eventloop.run(_which(), "uvloop") == "uvloop"
 
 
@@ -28,11 +27,11 @@ def test_asyncio_runs_on_the_standard_loop() -> None:
     assert eventloop.loop_factory("asyncio") is None
 
 
-def test_without_uvloop_auto_falls_back_and_uvloop_refuses(
+def test_without_uvloop_asyncio_still_runs_and_uvloop_refuses(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
-    assert eventloop.run(_which(), "auto") == "asyncio"
+    assert eventloop.run(_which(), "asyncio") == "asyncio"
     with pytest.raises(eventloop.EventLoopError, match="uvloop is configured but not installed"):
         eventloop.run(_which(), "uvloop")
 
@@ -57,9 +56,7 @@ def test_an_unknown_event_loop_is_a_located_config_error(tmp_path: Path) -> None
     config.write_text("event_loop: trio\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["run", "--config", str(config)])
     assert result.exit_code == 2
-    assert "config.yaml:1:13: event_loop: Input should be 'auto', 'uvloop' or 'asyncio'" in (
-        result.output
-    )
+    assert "config.yaml:1:13: event_loop: Input should be 'asyncio' or 'uvloop'" in result.output
 
 
 def test_the_running_loop_is_named() -> None:
