@@ -4,91 +4,88 @@ Every SQLite transaction is ``BEGIN IMMEDIATE`` (the write lock). With a pool of
 connections, transactions of one process that wanted the lock at once waited in SQLite's
 busy handler, which sleeps and retries (up to 100 ms a try) rather than queueing: under
 load a dispatch claim waited 2–4 s while others went ahead of it. The engine now keeps one
-connection per process for a SQLite file, so they queue for it in order; the busy timeout
-is left to other processes (the CLI, dispatch processes).
+connection per process for a SQLite file, and its sessions take turns for it through a
+lock, so they queue in order; the busy timeout is left to other processes (the CLI,
+dispatch processes).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from broadcaster.store import Database
 
 
-async def test_waiting_transactions_are_served_in_the_order_they_came(tmp_path: Path) -> None:
+class Turns:
+    """A store whose ``turns`` table records the order in which transactions wrote."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def hold(self) -> None:
+        """Write ``first``, then keep the transaction open until ``release``."""
+        async with self.database.session() as session, session.begin():
+            await session.execute(text("INSERT INTO turns VALUES ('first')"))
+            self.holding.set()
+            await self.release.wait()
+
+    async def write(self, name: str) -> None:
+        async with self.database.session() as session, session.begin():
+            await session.execute(text("INSERT INTO turns VALUES (:who)"), {"who": name})
+
+    async def order(self) -> list[str]:
+        async with self.database.session() as session:
+            rows = (await session.execute(text("SELECT who FROM turns ORDER BY rowid"))).all()
+        return [row[0] for row in rows]
+
+
+@pytest.fixture
+async def turns(tmp_path: Path) -> AsyncIterator[Turns]:
     database = Database(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
     try:
         async with database.engine.begin() as connection:
             await connection.execute(text("CREATE TABLE turns (who TEXT)"))
-        holding = asyncio.Event()
-        release = asyncio.Event()
-
-        async def first() -> None:
-            async with database.session() as session, session.begin():
-                await session.execute(text("INSERT INTO turns VALUES ('first')"))
-                holding.set()
-                await release.wait()
-
-        async def writer(name: str) -> None:
-            async with database.session() as session, session.begin():
-                await session.execute(text("INSERT INTO turns VALUES (:who)"), {"who": name})
-
-        holder = asyncio.create_task(first())
-        await holding.wait()
-        names = [f"w{n}" for n in range(6)]
-        waiting = []
-        for name in names:
-            waiting.append(asyncio.create_task(writer(name)))
-            await asyncio.sleep(0.03)  # each asks for the lock after the one before
-        release.set()
-        await asyncio.gather(holder, *waiting)
-
-        async with database.session() as session:
-            turns = (await session.execute(text("SELECT who FROM turns ORDER BY rowid"))).all()
-        assert [row[0] for row in turns] == ["first", *names]
+        yield Turns(database)
     finally:
         await database.dispose()
 
 
-async def test_a_waiting_transaction_is_not_overtaken_by_later_ones(tmp_path: Path) -> None:
+async def test_waiting_transactions_are_served_in_the_order_they_came(turns: Turns) -> None:
+    holder = asyncio.create_task(turns.hold())
+    await turns.holding.wait()
+    names = [f"w{n}" for n in range(6)]
+    waiting = []
+    for name in names:
+        waiting.append(asyncio.create_task(turns.write(name)))
+        await asyncio.sleep(0.03)  # each asks for the lock after the one before
+    turns.release.set()
+    await asyncio.gather(holder, *waiting)
+
+    assert await turns.order() == ["first", *names]
+
+
+async def test_a_waiting_transaction_is_not_overtaken_by_later_ones(turns: Turns) -> None:
     """Transactions keep arriving, one per turn of the loop, as 200 sends of a batch
     checking their throttle would: the one that was waiting still goes next. (The pool's
     own queue gave a returned connection to whoever asked first after, so the waiter went
     161st of 202 here.)"""
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
-    try:
-        async with database.engine.begin() as connection:
-            await connection.execute(text("CREATE TABLE turns (who TEXT)"))
-        holding = asyncio.Event()
-        release = asyncio.Event()
+    holder = asyncio.create_task(turns.hold())
+    await turns.holding.wait()
+    waiter = asyncio.create_task(turns.write("waiter"))
+    await asyncio.sleep(0.03)
+    turns.release.set()
+    later = []
+    for n in range(100):
+        later.append(asyncio.create_task(turns.write(f"later{n}")))
+        await asyncio.sleep(0)
+    await asyncio.gather(holder, waiter, *later)
 
-        async def first() -> None:
-            async with database.session() as session, session.begin():
-                await session.execute(text("INSERT INTO turns VALUES ('first')"))
-                holding.set()
-                await release.wait()
-
-        async def writer(name: str) -> None:
-            async with database.session() as session, session.begin():
-                await session.execute(text("INSERT INTO turns VALUES (:who)"), {"who": name})
-
-        holder = asyncio.create_task(first())
-        await holding.wait()
-        waiter = asyncio.create_task(writer("waiter"))
-        await asyncio.sleep(0.03)
-        release.set()
-        later = []
-        for n in range(100):
-            later.append(asyncio.create_task(writer(f"later{n}")))
-            await asyncio.sleep(0)
-        await asyncio.gather(holder, waiter, *later)
-
-        async with database.session() as session:
-            turns = (await session.execute(text("SELECT who FROM turns ORDER BY rowid"))).all()
-        assert [row[0] for row in turns][:2] == ["first", "waiter"]
-        assert len(turns) == 102
-    finally:
-        await database.dispose()
+    order = await turns.order()
+    assert order[:2] == ["first", "waiter"] and len(order) == 102
