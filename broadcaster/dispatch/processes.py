@@ -30,7 +30,8 @@ from datetime import timedelta
 
 from broadcaster.clock import RealClock
 from broadcaster.config.settings import Settings
-from broadcaster.eventloop import loop_name
+from broadcaster.eventloop import EventLoopError, loop_name
+from broadcaster.eventloop import run as run_on_loop
 
 log = logging.getLogger("broadcaster.daemon")
 
@@ -266,12 +267,11 @@ def main() -> None:
     settings = read_settings()
     configure_logging(settings.log.level, settings.log.format)
     ready_fd = int(sys.argv[1]) if len(sys.argv) > 1 else None
-    from broadcaster import eventloop
     from rules import RulesError
 
     try:
-        eventloop.run(run_child(settings, ready_fd), settings.event_loop)
-    except eventloop.EventLoopError as exc:
+        run_on_loop(run_child(settings, ready_fd), settings.event_loop)
+    except EventLoopError as exc:
         log.error("dispatch process cannot start", extra={"reason": str(exc)})
         raise SystemExit(1) from None
     except RulesError as exc:  # the daemon keeps its last good rules; a new process has none
