@@ -99,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         help="fanout: delivery.processes of the daemon (repeatable; default 1)",
     )
     parser.add_argument(
+        "--pipeline-only",
+        action="store_true",
+        help="fanout: the project's rounds alone, without the baselines (rates and CPU per "
+        "delivery, for alternating runs of two builds or two event loops)",
+    )
+    parser.add_argument(
         "--event-loop",
         choices=["asyncio", "uvloop"],
         default="asyncio",
@@ -132,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             params["channels"] = list(args.channel)
         if scenario == "fanout" and args.processes:
             params["processes"] = list(args.processes)
+        if scenario == "fanout" and args.pipeline_only:
+            params["pipeline_only"] = True
         print(f"\n== {scenario} ({'quick' if args.quick else 'full'}: {params}) ==", flush=True)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="broadcaster-bench-") as tmp:

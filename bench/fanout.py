@@ -82,6 +82,7 @@ async def pipeline_run(
             await sinks.reset()
             async with running_daemon(settings) as running:
                 clock = RealClock()
+                cpu_before = time.process_time()
                 declared = clock.now()
                 await service.declare(
                     database,
@@ -99,6 +100,7 @@ async def pipeline_run(
                     while await _sent(database) < n and time.monotonic() < deadline:  # noqa: ASYNC110
                         await asyncio.sleep(0.05)
                 finished = datetime.now(UTC)
+                cpu = time.process_time() - cpu_before
                 stats = vars(running.engine.dispatcher.stats).copy()
             async with database.session() as session:
                 started = (
@@ -129,6 +131,9 @@ async def pipeline_run(
         "seconds": round(seconds, 3),
         "rate": round(sent / seconds, 1) if seconds > 0 else 0.0,
         "processes": processes,
+        # This process's CPU from declaration to the last outcome, per delivery sent: the
+        # daemon's (its dispatch processes' not counted when there are several).
+        "cpu_per_delivery_us": round(cpu / sent * 1e6, 1) if sent and processes == 1 else None,
         "dispatch_stats": {k: v for k, v in stats.items() if k != "by_channel"},
     }
 
@@ -181,7 +186,10 @@ async def run(
     channels: list[str] | None = None,
     apprise_count: int,
     processes: list[int] | None = None,
+    pipeline_only: bool = False,
 ) -> dict[str, Any]:
+    """The scenario; with ``pipeline_only`` the project's rounds alone, without the baselines
+    (for comparing two builds or two event loops in alternating runs: no ratio, no target)."""
     results: list[dict[str, Any]] = []
     rows: list[Row] = []
     baselines: dict[str, Any] = {}
@@ -195,8 +203,14 @@ async def run(
                 for backend in backends:
                     for count in processes or [1]:
                         runs.append(await pipeline_run(sinks, backend, channel, n, workdir, count))
+                    if pipeline_only:
+                        continue
                     for name, timed in (await raw_runs(sinks, channel, n)).items():
                         raws.setdefault(name, []).append(timed)
+                if pipeline_only:
+                    results += runs
+                    rows += [_pipeline_row(result) for result in runs]
+                    continue
                 if channel == "push" and apprise_rate is None and apprise_count:
                     sample = await sinks.sample("hook")
                     document = json.loads(sample["body"])
@@ -230,6 +244,15 @@ async def run(
         "rows": [r.as_dict() for r in rows],
         "notes": notes,
     }
+
+
+def _pipeline_row(result: dict[str, Any]) -> Row:
+    label = f"{result['channel']} {result['customers']:,} {result['backend']}"
+    if result.get("processes", 1) > 1:
+        label += f" {result['processes']}p"
+    cpu = result.get("cpu_per_delivery_us")
+    note = f"pipeline only; {cpu:,.0f} µs CPU per delivery" if cpu else "pipeline only"
+    return Row(f"fan-out {label}", float(result["rate"]), "msg/s", note=note)
 
 
 def _rows(

@@ -42,3 +42,16 @@ def test_fanout_runs_end_to_end_and_writes_results(
     assert all(row["ratio"] > 0 for row in result["rows"])
     printed = capsys.readouterr().out
     assert "fan-out push 40 sqlite" in printed
+
+
+def test_fanout_pipeline_only_runs_no_baseline(tmp_path: Path) -> None:
+    argv = ["fanout", "--quick", "--size", "40", "--channel", "push", "--backend", "sqlite"]
+    assert main([*argv, "--pipeline-only", "--out", str(tmp_path)]) == 0
+
+    result = json.loads((tmp_path / "fanout.json").read_text(encoding="utf-8"))
+    (run,) = result["runs"]
+    assert run["sent"] == 40 and run["received_by_sink"] == 40
+    assert run["cpu_per_delivery_us"] > 0
+    assert result["baselines"] == {}
+    (row,) = result["rows"]
+    assert row["ratio"] is None and row["note"].startswith("pipeline only; ")
