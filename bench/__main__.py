@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from bench import fanout, firstround, latency, promises, scale
 from bench.report import table, write
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--event-loop",
-        choices=["asyncio", "uvloop"],
+        choices=get_args(EventLoopChoice),
         default="asyncio",
         help="the event loop of the daemons under test and of the baselines beside them "
         "(the daemon's event_loop setting; default asyncio)",

@@ -246,10 +246,15 @@ async def run(
     }
 
 
-def _pipeline_row(result: dict[str, Any]) -> Row:
+def _label(result: dict[str, Any]) -> str:
     label = f"{result['channel']} {result['customers']:,} {result['backend']}"
     if result.get("processes", 1) > 1:
         label += f" {result['processes']}p"
+    return label
+
+
+def _pipeline_row(result: dict[str, Any]) -> Row:
+    label = _label(result)
     cpu = result.get("cpu_per_delivery_us")
     note = f"pipeline only; {cpu:,.0f} µs CPU per delivery" if cpu else "pipeline only"
     return Row(f"fan-out {label}", float(result["rate"]), "msg/s", note=note)
@@ -262,9 +267,7 @@ def _rows(
     raw_rates: dict[str, float],
     apprise_rate: float | None,
 ) -> list[Row]:
-    label = f"{result['channel']} {result['customers']:,} {result['backend']}"
-    if result.get("processes", 1) > 1:
-        label += f" {result['processes']}p"
+    label = _label(result)
     rate = float(result["rate"])
     complete = result["sent"] == result["customers"]
     note = "" if complete else f"only {result['sent']:,} of {result['customers']:,} sent"

@@ -42,7 +42,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import func, select
 
@@ -531,7 +531,7 @@ def main() -> None:
     parser.add_argument("--daemon", action="store_true", required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--hook-url", required=True)
-    parser.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--event-loop", choices=get_args(EventLoopChoice), default="asyncio")
     args = parser.parse_args()
     daemon_main(args.url, args.hook_url, args.event_loop)
 

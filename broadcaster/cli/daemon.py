@@ -44,7 +44,5 @@ def run(config: ConfigOption = None) -> None:
 
     try:
         eventloop.run(main(), settings.event_loop)
-    except eventloop.EventLoopError as exc:
-        raise fail(str(exc), 2) from None
-    except StartupError as exc:
+    except (eventloop.EventLoopError, StartupError) as exc:
         raise fail(str(exc), 2) from None

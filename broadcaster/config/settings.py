@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from broadcaster.config.durations import Duration
+from broadcaster.eventloop import EventLoopChoice
 from broadcaster.intake.watch import FeedSettings, HookSettings
 from channels.apns import ApnsSettings
 from channels.console import ConsoleSettings
@@ -214,7 +215,7 @@ class Settings(_Section):
     """Per webhook source: the Alertmanager bearer token or the signed-webhook secret."""
     hooks: dict[str, HookSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
-    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    event_loop: EventLoopChoice = "asyncio"
     """The daemon's event loop: asyncio's own or uvloop (:mod:`broadcaster.eventloop`)."""
 
 

@@ -12,12 +12,14 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import trustme
 
+from broadcaster import eventloop
 from broadcaster.devsmtp import ReceivedMail, SmtpSink
+from broadcaster.eventloop import EventLoopChoice
 from channels.base import ContactPointState, DeliveryError, Message, Target
 from channels.email import EmailChannel, EmailSettings
 
@@ -318,9 +320,9 @@ async def test_recipient_reply_maps_to_the_retry_contract(
     assert mail.recipients == ("customer2@example.com",)
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("loop", get_args(EventLoopChoice))
 def test_a_refused_connection_is_dropped_at_once_on_either_event_loop(
-    make_sink: SinkFactory, ca_file: Path, monkeypatch: pytest.MonkeyPatch, loop: str
+    make_sink: SinkFactory, ca_file: Path, monkeypatch: pytest.MonkeyPatch, loop: EventLoopChoice
 ) -> None:
     """After a refused recipient the connection is aborted, not left to time out: the
     send returns long before the close grace (made a minute here). uvloop's transports
@@ -354,10 +356,8 @@ def test_a_refused_connection_is_dropped_at_once_on_either_event_loop(
             await channel.aclose()
 
     if loop == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        uvloop.run(refuse_then_send())
-    else:
-        asyncio.run(refuse_then_send())
+        pytest.importorskip("uvloop")
+    eventloop.run(refuse_then_send(), loop)
     [mail] = sink.wait_for(1, WAIT)
     assert mail.recipients == ("customer2@example.com",)
 
