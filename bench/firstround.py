@@ -223,6 +223,42 @@ def _cpu_seconds(pid: int | None) -> float | None:
     return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _server_cpu_seconds(postmaster: int | None) -> float | None:
+    """CPU seconds of a PostgreSQL server on this host so far: the postmaster's own, its
+    ended children's (reaped: counted in its ``cutime``/``cstime``) and its live
+    children's, so that connections closed during the run still count. None when the
+    server's processes cannot be read (another host, another user)."""
+    if postmaster is None:
+        return None
+    own = _proc_stat(postmaster)
+    if own is None:
+        return None
+    ticks = sum(int(own[i]) for i in (11, 12, 13, 14))
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            child = _proc_stat(int(entry.name))
+            if child is not None and child[1] == str(postmaster):
+                ticks += int(child[11]) + int(child[12])
+    return round(ticks / os.sysconf("SC_CLK_TCK"), 2)
+
+
+async def _postmaster_pid(database: Database) -> int | None:
+    """The pid of the server process our connection talks to's parent: the postmaster."""
+    async with database.session() as session:
+        backend = int((await session.execute(select(func.pg_backend_pid()))).scalar_one())
+    fields = _proc_stat(backend)
+    return None if fields is None else int(fields[1])
+
+
 def _at(unix: float | None) -> datetime | None:
     return None if unix is None else datetime.fromtimestamp(unix, UTC)
 
@@ -262,6 +298,8 @@ async def firstround_run(
         )
         populate_seconds = time.perf_counter() - started
         await sinks.reset()
+        postmaster = await _postmaster_pid(database)
+        server_cpu_before = _server_cpu_seconds(postmaster)
         procs = [
             DaemonProcess(i, url, f"{sinks.hook_url}/d{i}", workdir / f"daemon{i}.log", event_loop)
             for i in range(daemons)
@@ -328,6 +366,7 @@ async def firstround_run(
         # becomes the leader on its way out.
         led = [proc.times_led() for proc in procs]
         sink_cpu = _cpu_seconds(sinks.pid)
+        server_cpu_after = _server_cpu_seconds(postmaster)
     finally:
         await asyncio.gather(*(proc.stop() for proc in procs))
         await database.dispose()
@@ -387,6 +426,11 @@ async def firstround_run(
         ),
         "daemon_died": died,
         "sink_cpu_seconds": sink_cpu,
+        "postgresql_cpu_seconds": (
+            None
+            if server_cpu_before is None or server_cpu_after is None
+            else round(server_cpu_after - server_cpu_before, 2)
+        ),
         "per_daemon": per_daemon,
         "progress": progress,
     }
@@ -501,6 +545,14 @@ def _rows(result: dict[str, Any], label: str) -> list[Row]:
             )
         )
     rows.append(Row("  sink process: CPU, start to end of round", result["sink_cpu_seconds"], "s"))
+    rows.append(
+        Row(
+            "  PostgreSQL server: CPU, daemons' start to end of round",
+            result["postgresql_cpu_seconds"],
+            "s",
+            note="" if result["postgresql_cpu_seconds"] is not None else "not readable here",
+        )
+    )
     rows.append(
         Row(
             f"  populate (Core executemany, not part of the round) {n:,} customers",

@@ -224,11 +224,13 @@ async def record_outcomes(
     dialect = database.dialect
 
     def write(session: Session) -> None:
+        # Core on the session's connection: no ORM result layer for set-based writes.
+        connection = session.connection()
         if sent:
             # One set-based statement for the common case, not one per row (see
             # broadcaster.store.bulk): the batch's ids and provider ids as one parameter.
             done = rows_table(dialect, "sent", _SENT_COLUMNS, sent)
-            session.execute(
+            connection.execute(
                 update(d)
                 .where(
                     d.c.id == done.c.id,
@@ -244,7 +246,7 @@ async def record_outcomes(
                 )
             )
         if retry:
-            session.execute(
+            connection.execute(
                 update(d)
                 .where(mine)
                 .values(
@@ -256,21 +258,21 @@ async def record_outcomes(
                 retry,
             )
         if failed:
-            session.execute(
+            connection.execute(
                 update(d)
                 .where(mine)
                 .values(state="failed", last_error=bindparam("b_err"), **released),
                 failed,
             )
         if rerouted:
-            session.execute(
+            connection.execute(
                 update(d)
                 .where(mine)
                 .values(state="rerouted", failover_to=bindparam("b_to"), **released),
                 rerouted,
             )
         if points:
-            session.execute(
+            connection.execute(
                 update(cp)
                 .where(cp.c.id == bindparam("b_cp"))
                 .values(
@@ -282,7 +284,7 @@ async def record_outcomes(
                 points,
             )
         if events:
-            session.execute(history_insert(dialect, "outcomes", events, now))
+            connection.execute(history_insert(dialect, "outcomes", events, now))
         for follow in result.follows:
             if _create_follow(session, follow, now):
                 result.failovers += 1

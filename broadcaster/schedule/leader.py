@@ -31,50 +31,61 @@ class Leadership:
         self.leading = database.dialect != "postgresql"
 
     async def ensure(self) -> bool:
-        """True while this daemon leads; tries to become leader when it does not."""
+        """True while this daemon leads; tries to become leader when it does not.
+
+        Every daemon keeps one connection for this, in autocommit: the leader holds the
+        lock on it and checks it is alive; the others ask for the lock on it at each
+        sweep. No transaction stays open on it (an idle-in-transaction session is what
+        ``idle_in_transaction_session_timeout`` ends, and what monitoring flags), and a
+        follower does not connect and disconnect at every sweep."""
         if self.database.dialect != "postgresql":
             return True
-        if self._conn is not None:
-            try:
-                await self._conn.execute(text("SELECT 1"))
+        if self.leading:
+            if await self._ask("SELECT 1") is not None:
                 return True
-            except (DBAPIError, SQLAlchemyError, OSError):
-                log.warning("lost the leader connection", extra={"owner": self.owner})
-                await self._drop()
-        try:
-            conn = await self.database.engine.connect()
-        except (DBAPIError, SQLAlchemyError, OSError):
-            return False
-        try:
-            got = (
-                await conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY})
-            ).scalar_one()
-            await conn.commit()
-        except (DBAPIError, SQLAlchemyError, OSError):
-            await conn.close()
-            return False
+            log.warning("lost the leader connection", extra={"owner": self.owner})
+        got = await self._ask("SELECT pg_try_advisory_lock(:key)")
         if not got:
-            await conn.close()
             self.leading = False
             return False
-        self._conn = conn
         self.leading = True
         log.info("became the leader: scheduling rounds", extra={"owner": self.owner})
         return True
 
+    async def _ask(self, query: str) -> bool | None:
+        """Whether ``query``'s one value is true, on the leadership connection (opened when there is
+        none), or None when the server could not be reached; the connection is then
+        dropped, and with it the lock, if it held it."""
+        try:
+            if self._conn is None:
+                conn = await self.database.engine.connect()
+                try:
+                    self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                except BaseException:
+                    await conn.close()
+                    raise
+            result = await self._conn.execute(
+                text(query), {"key": LOCK_KEY} if ":key" in query else {}
+            )
+            return bool(result.scalar_one())
+        except (DBAPIError, SQLAlchemyError, OSError):
+            await self._drop()
+            return None
+
     async def _drop(self) -> None:
+        """Close the leadership connection for good, not back into the pool: a session
+        that may hold the lock must end with it."""
         conn, self._conn = self._conn, None
         self.leading = False
         if conn is not None:
+            with contextlib.suppress(DBAPIError, SQLAlchemyError, OSError):
+                await conn.invalidate()
             with contextlib.suppress(DBAPIError, SQLAlchemyError, OSError):
                 await conn.close()
 
     async def release(self) -> None:
         """Give leadership up (clean shutdown): another daemon takes over at once."""
         if self._conn is not None:
-            try:
+            with contextlib.suppress(DBAPIError, SQLAlchemyError, OSError):
                 await self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
-                await self._conn.commit()
-            except (DBAPIError, SQLAlchemyError, OSError):
-                pass
         await self._drop()
