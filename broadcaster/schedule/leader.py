@@ -53,9 +53,9 @@ class Leadership:
         return True
 
     async def _ask(self, query: str) -> bool | None:
-        """Whether ``query``'s one value is true, on the leadership connection (opened when there is
-        none), or None when the server could not be reached; the connection is then
-        dropped, and with it the lock, if it held it."""
+        """Whether ``query``'s one value is true, asked on the leadership connection
+        (opened when there is none); None when the server could not be reached: the
+        connection is then dropped, and with it the lock, if it held it."""
         try:
             if self._conn is None:
                 conn = await self.database.engine.connect()
