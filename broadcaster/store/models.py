@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -208,9 +209,21 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("round_id", "customer_id", "channel"),
-        Index("ix_deliveries_state_next_attempt_at_id", "state", "next_attempt_at", "id"),
+        # Partial on PostgreSQL (migration 0007): a state change adds an entry to every
+        # index there, and these are read only for claimable deliveries and known ids.
+        Index(
+            "ix_deliveries_state_next_attempt_at_id",
+            "state",
+            "next_attempt_at",
+            "id",
+            postgresql_where=text("state IN ('pending', 'sending')"),
+        ),
         Index("ix_deliveries_customer_id", "customer_id"),
-        Index("ix_deliveries_provider_message_id", "provider_message_id"),
+        Index(
+            "ix_deliveries_provider_message_id",
+            "provider_message_id",
+            postgresql_where=text("provider_message_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
