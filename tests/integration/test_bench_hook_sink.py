@@ -1,0 +1,131 @@
+"""The benchmarks' webhook sink (:class:`bench.sinks.HookProtocol`) speaks enough HTTP/1.1
+for every sender under test, counts what it accepted, and refuses what it cannot read."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import httpx
+import pytest
+
+from bench.sinks import HookProtocol, _Counts
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[tuple[int, _Counts]]:
+    counts = _Counts()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: HookProtocol(counts), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port, counts
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _exchange(port: int, raw: bytes, *, pieces: int = 1) -> bytes:
+    """Write ``raw`` in ``pieces`` writes, then read until the server closes or goes quiet."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    step = max(1, len(raw) // pieces)
+    for start in range(0, len(raw), step):
+        writer.write(raw[start : start + step])
+        await writer.drain()
+        await asyncio.sleep(0.01)
+    answer = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), 0.5):
+            answer += chunk
+    except TimeoutError:
+        pass
+    writer.close()
+    return answer
+
+
+def _post(path: str, key: str, body: bytes, *extra: str) -> bytes:
+    head = [
+        f"POST {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Content-Type: application/json",
+        f"Idempotency-Key: {key}",
+        f"Content-Length: {len(body)}",
+        *extra,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def test_the_clients_under_test_post_over_kept_alive_connections(
+    sink: tuple[int, _Counts],
+) -> None:
+    port, counts = sink
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2)) as session:
+        for i in range(20):
+            async with session.post(
+                f"http://127.0.0.1:{port}/hook/d{i % 2}",
+                data=b'{"n": %d}' % i,
+                headers={"Idempotency-Key": f"delivery-{i}"},
+            ) as response:
+                assert response.status == 200
+                assert await response.json() == {"status": "accepted"}
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"http://127.0.0.1:{port}/hook/d0?x=1",
+            content=b"{}",
+            headers={"Idempotency-Key": "delivery-3"},  # a repeat
+        )
+        assert response.status_code == 200
+    stats = counts.hook_snapshot()
+    assert stats["paths"] == {"/hook/d0": 11, "/hook/d1": 10}
+    assert stats["distinct_keys"] == 20  # the repeat is one key, two requests
+    sample = counts.samples["hook"]()
+    assert sample["path"] == "/hook/d0"
+    assert ["Idempotency-Key", "delivery-3"] in [list(pair) for pair in sample["headers"]]
+
+
+async def test_requests_split_across_writes_or_sent_back_to_back_are_each_read_whole(
+    sink: tuple[int, _Counts],
+) -> None:
+    port, counts = sink
+    body = b'{"text": "' + b"x" * 5000 + b'"}'
+    answer = await _exchange(port, _post("/hook/a", "delivery-1", body), pieces=7)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    two = _post("/hook/a", "delivery-2", b"{}") + _post("/hook/b", "delivery-3", b"{}")
+    answer = await _exchange(port, two)
+    assert answer.count(b"HTTP/1.1 200 OK") == 2
+    assert counts.hook_snapshot()["paths"] == {"/hook/a": 2, "/hook/b": 1}
+    assert counts.samples["hook"]()["body"] == "e30="  # b"{}", base64
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"POST /hook\r\nContent-Length: 0\r\n\r\n", b"400"),  # no HTTP version
+        (b"POST /hook HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),
+        (b"POST /hook HTTP/1.1\r\nContent-Length: ten\r\n\r\n", b"400"),
+        (b"POST /hook HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", b"411"),
+        (b"POST /hook HTTP/1.1\r\nX: " + b"y" * 70_000, b"431"),
+    ],
+)
+async def test_what_it_cannot_read_is_refused_and_not_counted(
+    sink: tuple[int, _Counts], raw: bytes, status: bytes
+) -> None:
+    port, counts = sink
+    answer = await _exchange(port, raw)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+    assert b"Connection: close" in answer
+    assert counts.hook_snapshot()["paths"] == {}
+
+
+async def test_other_methods_get_405_and_connection_close_is_honoured(
+    sink: tuple[int, _Counts],
+) -> None:
+    port, counts = sink
+    answer = await _exchange(port, b"GET /hook HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 405")
+    raw = _post("/hook", "delivery-9", b"{}", "Connection: close") + _post("/hook", "k", b"{}")
+    answer = await _exchange(port, raw)
+    assert answer.count(b"HTTP/1.1 200 OK") == 1  # the second came after the close
+    assert b"Connection: close" in answer
+    assert counts.hook_snapshot()["paths"] == {"/hook": 1}
