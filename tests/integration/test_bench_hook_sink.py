@@ -70,12 +70,12 @@ async def test_the_clients_under_test_post_over_kept_alive_connections(
                 assert response.status == 200
                 assert await response.json() == {"status": "accepted"}
     async with httpx.AsyncClient() as client:
-        response = await client.post(
+        repeat = await client.post(
             f"http://127.0.0.1:{port}/hook/d0?x=1",
             content=b"{}",
             headers={"Idempotency-Key": "delivery-3"},  # a repeat
         )
-        assert response.status_code == 200
+        assert repeat.status_code == 200
     stats = counts.hook_snapshot()
     assert stats["paths"] == {"/hook/d0": 11, "/hook/d1": 10}
     assert stats["distinct_keys"] == 20  # the repeat is one key, two requests
