@@ -210,13 +210,20 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("round_id", "customer_id", "channel"),
         # Partial on PostgreSQL (migration 0007): a state change adds an entry to every
-        # index there, and these are read only for claimable deliveries and known ids.
+        # index there, and these are read only for due deliveries, expired leases and
+        # known ids. SQLite updates in place and keeps them whole.
         Index(
             "ix_deliveries_state_next_attempt_at_id",
             "state",
             "next_attempt_at",
             "id",
-            postgresql_where=text("state IN ('pending', 'sending')"),
+            postgresql_where=text("state = 'pending'"),
+        ),
+        Index(
+            "ix_deliveries_lease_expires_at_id",
+            "lease_expires_at",
+            "id",
+            postgresql_where=text("state = 'sending'"),
         ),
         Index("ix_deliveries_customer_id", "customer_id"),
         Index(
