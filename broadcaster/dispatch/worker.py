@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, String, and_, func, literal_column, select, update
+from sqlalchemy import BigInteger, String, and_, func, literal_column, select, tuple_, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ColumnClause
 from sqlalchemy.types import TypeEngine
@@ -64,9 +64,13 @@ def claim_size(settings: DeliverySettings) -> int:
 
 
 EXPIRED_LOOK_INTERVAL = timedelta(seconds=1)
-"""How often a claim also looks for deliveries whose lease expired (their worker died): a
-lease runs for a minute, so a second more costs nothing, and the other claims save a
-query."""
+"""How often a claim also looks for deliveries whose lease expired (their worker died), and,
+on PostgreSQL, for due deliveries from the start of the claim index rather than from the
+dispatcher's floor: a lease runs for a minute, so a second more costs nothing, and the other
+claims save a query and a walk over dead index entries."""
+
+Floor = tuple[datetime, int]
+"""The (next_attempt_at, id) of the last due delivery a dispatcher claimed."""
 
 Announcements = dict[tuple[int, str], tuple[str, str, datetime]]
 """(incident, customer) → (owner's name, kind, deadline) of the open follow-up that the
@@ -116,6 +120,7 @@ class Dispatcher:
         self.stats = DispatchStats()
         self.batch_size = claim_size(settings)
         self._look_for_expired_at = datetime.min.replace(tzinfo=UTC)
+        self._floor: Floor | None = None
 
     async def run_once(self) -> int:
         """Claim, send and record one batch; returns how many deliveries it handled."""
@@ -156,7 +161,14 @@ class Dispatcher:
         expired_too = now >= self._look_for_expired_at
         if expired_too:
             self._look_for_expired_at = now + EXPIRED_LOOK_INTERVAL
-        jobs, followups = await self._db.transact(
+        # On PostgreSQL the claim index keeps an entry for every due delivery already
+        # claimed, dead until VACUUM, ahead of those still due: a claim from its start
+        # steps over all of them, more the further a large round has gone. Between full
+        # looks a claim starts after the last one this dispatcher took. What lies behind
+        # that floor (a delivery given back by a daemon that stopped, one another claimer
+        # held and let go) is taken at the next full look, within EXPIRED_LOOK_INTERVAL.
+        after = None if expired_too or self._db.dialect != "postgresql" else self._floor
+        jobs, followups, last = await self._db.transact(
             lambda session: _claim(
                 session,
                 limit,
@@ -166,8 +178,11 @@ class Dispatcher:
                 skip_locked=self._db.skip_locked,
                 expired_too=expired_too,
                 dialect=self._db.dialect,
+                after=after,
             )
         )
+        if last is not None and (self._floor is None or last > self._floor):
+            self._floor = last
         announced: Announcements = {}
         for incident_id, customer_id, owner, kind, deadline in followups:  # earliest first
             name = self._staff_names.get(owner, owner)
@@ -306,13 +321,15 @@ def _claim(
     skip_locked: bool,
     expired_too: bool,
     dialect: str,
-) -> tuple[list[Job], list[tuple[int, str, str, str, datetime]]]:
+    after: Floor | None = None,
+) -> tuple[list[Job], list[tuple[int, str, str, str, datetime]], Floor | None]:
     """Take up to ``limit`` deliveries under ``owner``'s lease: those whose lease expired
     first (their worker died; looked for only when ``expired_too``), then due pending
-    ones; count the attempt (noting a reclaim in the history). Returns them with what
-    rendering and routing need, and the open follow-ups of their customers for their incidents,
-    earliest deadline first: the messages say that a named person will contact them
-    (doctrine 6).
+    ones, those after ``after`` in claim order when it is given; count the attempt (noting a
+    reclaim in the history). Returns them with what rendering and routing need, the open
+    follow-ups of their customers for their incidents, earliest deadline first (the messages
+    say that a named person will contact them: doctrine 6), and the claim-order key of the
+    last due delivery taken (None when none was).
 
     Its statements run on the session's connection: Core, without the ORM's result layer,
     which built an ORM loading context for every claimed row."""
@@ -349,11 +366,17 @@ def _claim(
             connection.exec_driver_sql("SET LOCAL enable_bitmapscan = on")
         else:
             found = take(expired, (_D.c.lease_expires_at, _D.c.id), limit)
+    last: Floor | None = None
     if len(found) < limit:
         due = and_(_D.c.state == _PENDING, _D.c.next_attempt_at <= now)
-        found += take(due, (_D.c.next_attempt_at, _D.c.id), limit - len(found))
+        if after is not None:
+            due = and_(due, tuple_(_D.c.next_attempt_at, _D.c.id) > tuple_(*after))
+        taken = take(due, (_D.c.next_attempt_at, _D.c.id), limit - len(found))
+        if taken:
+            last = (taken[-1][14], taken[-1][0])
+        found += taken
     if not found:
-        return [], []
+        return [], [], None
     claimed = rows_table(dialect, "claimed", _ID_COLUMN, [(row[0],) for row in found])
     connection.execute(
         update(_D)
@@ -413,7 +436,7 @@ def _claim(
         )
         .order_by(_F.c.deadline_at)
     )
-    return jobs, [(row[0], row[1], row[2], row[3], row[4]) for row in followups]
+    return jobs, [(row[0], row[1], row[2], row[3], row[4]) for row in followups], last
 
 
 # The tables, not the mapped classes: Core statements skip the ORM's compile and result
@@ -446,5 +469,7 @@ _JOB_COLUMNS = (
     _C.c.channel_order,
     _D.c.failover_from_id,
     _D.c.state,
+    _D.c.next_attempt_at,
 )
-"""A claimed delivery: what :class:`Job` holds, in its order, then the state it had."""
+"""A claimed delivery: what :class:`Job` holds, in its order, then the state it had and
+when it was due (its claim-order key is that and the id)."""

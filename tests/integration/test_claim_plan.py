@@ -111,6 +111,26 @@ async def test_each_claim_query_walks_its_partial_index(postgres_url: str) -> No
                 due_plan = await plan(*due)
             assert f"Index Scan using {CLAIM_INDEX}" in due_plan, due_plan
             assert "Sort" not in due_plan, due_plan  # claim order comes from the index
+
+            # Until the next full look (same clock), a claim starts after the last one
+            # taken, inside the index: it does not step over what was claimed before.
+            seen.clear()
+            event.listen(database.engine.sync_engine, "before_cursor_execute", capture)
+            try:
+                more = await engine.dispatcher.claim(50)
+            finally:
+                event.remove(database.engine.sync_engine, "before_cursor_execute", capture)
+            assert len(more) == 50
+            taken = max(job.delivery_id for job in jobs if not job.reclaimed)
+            assert min(job.delivery_id for job in more) > taken
+            floored = [pair for pair in seen if "FOR UPDATE" in pair[0]]
+            assert len(floored) == 1 and "'sending'" not in floored[0][0]
+            async with admin.transaction():
+                await admin.execute("SET LOCAL enable_seqscan = off")
+                await admin.execute("SET LOCAL enable_bitmapscan = off")
+                floor_plan = await plan(*floored[0])
+            condition = floor_plan.split("Index Cond:")[1].splitlines()[0]
+            assert "ROW(next_attempt_at, id) > ROW(" in condition, floor_plan
         finally:
             await admin.close()
     finally:

@@ -216,3 +216,40 @@ async def test_outcomes_only_touch_deliveries_still_under_our_lease(database: Da
     assert rows[delivered] == ("delivered", "a", None)
     for job in jobs[2:]:
         assert rows[job.delivery_id] == ("sent", None, f"p{job.delivery_id}")
+
+
+@pytest.mark.postgres
+async def test_between_full_looks_a_claim_starts_after_its_last_and_nothing_is_left_behind(
+    postgres_url: str,
+) -> None:
+    """On PostgreSQL a claim starts after the last delivery its dispatcher took; what is
+    given back behind that floor is taken at the next full look (a second later)."""
+    from broadcaster.store.migrate import upgrade_async
+
+    await upgrade_async(postgres_url)
+    database = Database(postgres_url)
+    try:
+        clock = FakeClock(START)
+        await add_customers(database, clock, [(f"C{i}", ["component:rail"]) for i in range(8)])
+        engine = await Engine.create(
+            make_settings(), database, clock, {"mail": MemoryChannel(name="mail")}, owner="a"
+        )
+        await service.declare(
+            database, clock, service.Declaration("t", "minor", "m", components=["rail"])
+        )
+        await engine.process_due_rounds()
+        dispatcher = engine.dispatcher
+        first = await dispatcher.claim(2)  # a full look: from the start of the index
+        assert await dispatcher.release() == 2  # given back, behind the floor
+        second = await dispatcher.claim(3)  # same second: from the floor
+        assert {job.delivery_id for job in second}.isdisjoint(job.delivery_id for job in first)
+        assert min(job.delivery_id for job in second) > max(job.delivery_id for job in first)
+        clock.advance(timedelta(seconds=1))  # the next full look
+        rest = await dispatcher.claim(10)
+        assert {job.delivery_id for job in first} <= {job.delivery_id for job in rest}
+        assert len(rest) == 8 - 3
+        async with database.session() as session:
+            states = (await session.execute(select(Delivery.state))).scalars().all()
+        assert sorted(states) == ["sending"] * 8
+    finally:
+        await database.dispose()
