@@ -44,7 +44,7 @@ def sizes(scenario: str, quick: bool) -> dict[str, Any]:
     if scenario == "promises":
         return {"customers": 300 if quick else 10_000, "hours": 24, "restarts": 3}
     if scenario == "firstround":
-        return {"customers": 20_000 if quick else 1_000_000, "daemons": 2 if quick else 3}
+        return {"customers": 20_000 if quick else 1_000_000, "daemons": 2}
     raise ValueError(scenario)
 
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "firstround: the size",
     )
     parser.add_argument(
-        "--daemons", type=int, help="firstround: daemon processes (default 3; 2 with --quick)"
+        "--daemons", type=int, help="firstround: daemon processes (default 2: one per core here)"
     )
     parser.add_argument(
         "--channel", action="append", choices=fanout.CHANNELS, help="fanout: only this channel"

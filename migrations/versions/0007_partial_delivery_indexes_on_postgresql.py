@@ -18,10 +18,11 @@ one adds an entry to every index of the table, and leaves the old entries behind
 - The provider message id index is only looked up for a known id; partial, a delivery
   without one (every delivery until it is sent) is not in it.
 
-On PostgreSQL, per message: four index entries at materialisation, five at the claim,
-four when sent, where it was five each time. SQLite updates rows in place and leaves
-nothing dead: it keeps its indexes whole, and gets the lease index whole too (one schema;
-the lease search walks it in lease order there as well).
+On PostgreSQL a message now adds four index entries when it is written, four when it is
+claimed and four when it is sent (for a channel that gives a provider id), where it was
+five each time. SQLite updates rows in place and leaves nothing dead: it keeps its indexes
+whole, and gets the lease index whole too (one schema; the lease search walks it in lease
+order there as well).
 
 The claim queries name their state as a constant, not a parameter, so that even a generic
 plan of the prepared statement can prove it implies an index's condition.

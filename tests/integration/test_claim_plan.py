@@ -4,6 +4,8 @@ deliveries are in neither."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +27,21 @@ pytestmark = pytest.mark.postgres
 CLAIM_INDEX = "ix_deliveries_state_next_attempt_at_id"
 LEASE_INDEX = "ix_deliveries_lease_expires_at_id"
 CUSTOMERS = 3000
+
+
+@contextmanager
+def _statements(database: Database) -> Iterator[list[tuple[str, Any]]]:
+    """The SQL statements (and their parameters) run on ``database`` inside the block."""
+    seen: list[tuple[str, Any]] = []
+
+    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        yield seen
+    finally:
+        event.remove(database.engine.sync_engine, "before_cursor_execute", capture)
 
 
 async def test_each_claim_query_walks_its_partial_index(postgres_url: str) -> None:
@@ -70,16 +87,8 @@ async def test_each_claim_query_walks_its_partial_index(postgres_url: str) -> No
             )
             assert 0 < in_claim_index < CUSTOMERS // 5  # the sent ones are not in it
 
-            seen: list[tuple[str, Any]] = []
-
-            def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-                seen.append((statement, parameters))
-
-            event.listen(database.engine.sync_engine, "before_cursor_execute", capture)
-            try:
+            with _statements(database) as seen:
                 jobs = await engine.dispatcher.claim(200)
-            finally:
-                event.remove(database.engine.sync_engine, "before_cursor_execute", capture)
             assert len(jobs) == 200
             assert sum(job.reclaimed for job in jobs) == CUSTOMERS // 50
             statements = [statement for statement, _ in seen]
@@ -114,12 +123,8 @@ async def test_each_claim_query_walks_its_partial_index(postgres_url: str) -> No
 
             # Until the next full look (same clock), a claim starts after the last one
             # taken, inside the index: it does not step over what was claimed before.
-            seen.clear()
-            event.listen(database.engine.sync_engine, "before_cursor_execute", capture)
-            try:
+            with _statements(database) as seen:
                 more = await engine.dispatcher.claim(50)
-            finally:
-                event.remove(database.engine.sync_engine, "before_cursor_execute", capture)
             assert len(more) == 50
             taken = max(job.delivery_id for job in jobs if not job.reclaimed)
             assert min(job.delivery_id for job in more) > taken

@@ -22,11 +22,11 @@ from channels.memory import MemoryChannel
 from tests.integration.test_broadcast_loop import START, add_customers, make_settings
 
 
-async def test_claim_takes_expired_leases_then_due_pending_up_to_the_limit(
-    database: Database,
-) -> None:
-    clock = FakeClock(START)
-    await add_customers(database, clock, [(f"C{i}", ["component:rail"]) for i in range(6)])
+async def _one_round(database: Database, clock: FakeClock, customers: int) -> Engine:
+    """An engine whose one round for ``customers`` customers is materialised (one email
+    delivery each, pending)."""
+    specs = [(f"C{i}", ["component:rail"]) for i in range(customers)]
+    await add_customers(database, clock, specs)
     engine = await Engine.create(
         make_settings(), database, clock, {"mail": MemoryChannel(name="mail")}, owner="a"
     )
@@ -34,7 +34,14 @@ async def test_claim_takes_expired_leases_then_due_pending_up_to_the_limit(
         database, clock, service.Declaration("t", "minor", "m", components=["rail"])
     )
     await engine.process_due_rounds()
-    dispatcher = engine.dispatcher
+    return engine
+
+
+async def test_claim_takes_expired_leases_then_due_pending_up_to_the_limit(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    dispatcher = (await _one_round(database, clock, 6)).dispatcher
 
     first = await dispatcher.claim(2)  # then this worker "dies" holding them
     assert [job.reclaimed for job in first] == [False, False]
@@ -230,15 +237,7 @@ async def test_between_full_looks_a_claim_starts_after_its_last_and_nothing_is_l
     database = Database(postgres_url)
     try:
         clock = FakeClock(START)
-        await add_customers(database, clock, [(f"C{i}", ["component:rail"]) for i in range(8)])
-        engine = await Engine.create(
-            make_settings(), database, clock, {"mail": MemoryChannel(name="mail")}, owner="a"
-        )
-        await service.declare(
-            database, clock, service.Declaration("t", "minor", "m", components=["rail"])
-        )
-        await engine.process_due_rounds()
-        dispatcher = engine.dispatcher
+        dispatcher = (await _one_round(database, clock, 8)).dispatcher
         first = await dispatcher.claim(2)  # a full look: from the start of the index
         assert await dispatcher.release() == 2  # given back, behind the floor
         second = await dispatcher.claim(3)  # same second: from the floor
