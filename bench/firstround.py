@@ -213,12 +213,8 @@ def _loadavg() -> list[float]:
 
 def _cpu_seconds(pid: int | None) -> float | None:
     """User + system CPU seconds of a running process so far (Linux ``/proc``)."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = None if pid is None else _proc_stat(pid)
+    if fields is None:
         return None
     return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
@@ -252,10 +248,21 @@ def _server_cpu_seconds(postmaster: int | None) -> float | None:
 
 
 async def _postmaster_pid(database: Database) -> int | None:
-    """The pid of the server process our connection talks to's parent: the postmaster."""
+    """The postmaster's pid: the parent of the server process that serves our connection,
+    when that is a PostgreSQL process on this host (else None: a remote server's pid may
+    be some other local process's)."""
     async with database.session() as session:
         backend = int((await session.execute(select(func.pg_backend_pid()))).scalar_one())
-    fields = _proc_stat(backend)
+    return _postgres_parent(backend)
+
+
+def _postgres_parent(pid: int) -> int | None:
+    """The parent of ``pid`` if ``pid`` is a PostgreSQL process on this host, else None."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = _proc_stat(pid) if name.startswith("postgres") else None
     return None if fields is None else int(fields[1])
 
 

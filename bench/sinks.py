@@ -331,8 +331,9 @@ def _serve() -> None:
 
     async def serve_both() -> None:
         loop = asyncio.get_running_loop()
-        hook_listener.listen(4096)
-        hooks = await loop.create_server(lambda: HookProtocol(counts), sock=hook_listener)
+        hooks = await loop.create_server(
+            lambda: HookProtocol(counts), sock=hook_listener, backlog=4096
+        )
         try:
             await server.serve(sockets=[listener])
         finally:

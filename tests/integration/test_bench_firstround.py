@@ -62,6 +62,8 @@ def test_firstround_hands_every_delivery_over_once_and_reports_the_phases(
     assert sum(d["leader"] for d in daemons) == 1, "exactly one daemon scheduled the round"
     assert all(d["exit_code"] == 0 and d["peak_rss_mib"] > 0 for d in daemons)
     assert all(d["cpu_seconds"] > 0 for d in daemons) and run["sink_cpu_seconds"] > 0
+    # The test's PostgreSQL runs on this host: its server's CPU for the round is read too.
+    assert run["postgresql_cpu_seconds"] is not None and run["postgresql_cpu_seconds"] > 0
     # on the loop asked for, as `broadcaster run` with event_loop: uvloop
     assert [d["event_loop"] for d in daemons] == ["uvloop", "uvloop"]
     assert run["load_average_before"] and run["load_average_after"]
