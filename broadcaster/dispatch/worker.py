@@ -362,10 +362,9 @@ def _claim(
             # reads every dead row's page again at every look: in a round of 1,000,000
             # that was over half of PostgreSQL's work.
             connection.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
-            found = take(expired, (_D.c.lease_expires_at, _D.c.id), limit)
+        found = take(expired, (_D.c.lease_expires_at, _D.c.id), limit)
+        if dialect == "postgresql":
             connection.exec_driver_sql("SET LOCAL enable_bitmapscan = on")
-        else:
-            found = take(expired, (_D.c.lease_expires_at, _D.c.id), limit)
     last: Floor | None = None
     if len(found) < limit:
         due = and_(_D.c.state == _PENDING, _D.c.next_attempt_at <= now)
@@ -373,7 +372,7 @@ def _claim(
             due = and_(due, tuple_(_D.c.next_attempt_at, _D.c.id) > tuple_(*after))
         taken = take(due, (_D.c.next_attempt_at, _D.c.id), limit - len(found))
         if taken:
-            last = (taken[-1][14], taken[-1][0])
+            last = (taken[-1][_DUE_AT], taken[-1][0])
         found += taken
     if not found:
         return [], [], None
@@ -473,3 +472,4 @@ _JOB_COLUMNS = (
 )
 """A claimed delivery: what :class:`Job` holds, in its order, then the state it had and
 when it was due (its claim-order key is that and the id)."""
+_DUE_AT = len(_JOB_COLUMNS) - 1

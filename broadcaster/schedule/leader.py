@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -21,6 +21,9 @@ from broadcaster.store import Database
 log = logging.getLogger("broadcaster.leader")
 
 LOCK_KEY = 0x62726F61  # "broa": the advisory lock every broadcaster daemon contends for
+
+_ALIVE = text("SELECT 1")
+_TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")
 
 
 class Leadership:
@@ -41,10 +44,10 @@ class Leadership:
         if self.database.dialect != "postgresql":
             return True
         if self.leading:
-            if await self._ask("SELECT 1") is not None:
+            if await self._ask(_ALIVE) is not None:
                 return True
             log.warning("lost the leader connection", extra={"owner": self.owner})
-        got = await self._ask("SELECT pg_try_advisory_lock(:key)")
+        got = await self._ask(_TRY_LOCK, {"key": LOCK_KEY})
         if not got:
             self.leading = False
             return False
@@ -52,7 +55,7 @@ class Leadership:
         log.info("became the leader: scheduling rounds", extra={"owner": self.owner})
         return True
 
-    async def _ask(self, query: str) -> bool | None:
+    async def _ask(self, query: TextClause, params: dict[str, int] | None = None) -> bool | None:
         """Whether ``query``'s one value is true, asked on the leadership connection
         (opened when there is none); None when the server could not be reached: the
         connection is then dropped, and with it the lock, if it held it."""
@@ -64,9 +67,7 @@ class Leadership:
                 except BaseException:
                     await conn.close()
                     raise
-            result = await self._conn.execute(
-                text(query), {"key": LOCK_KEY} if ":key" in query else {}
-            )
+            result = await self._conn.execute(query, params or {})
             return bool(result.scalar_one())
         except (DBAPIError, SQLAlchemyError, OSError):
             await self._drop()
