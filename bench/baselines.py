@@ -3,11 +3,12 @@
 Each replays, ``n`` times, the very request the pipeline's channel last sent to a sink
 (method, path, headers and body bytes; for SMTP the envelope and the message bytes), so
 size and shape are the pipeline's own. ``raw_httpx`` with the channel's own client and
-``raw_smtp`` use the client stack the channels use (the webhook channel's ``PostClient``,
-the Twilio channel's ``httpx.AsyncClient`` on the aiohttp transport, each with the
-channel's pool limits; ``aiosmtplib`` on as many connections as the email channel's
-pool); ``raw_httpx`` with its default client is plain httpx, for comparison;
-``raw_aiohttp`` is the fastest Python HTTP client, the practical limit; ``apprise_json``
+``raw_smtp`` use the client stack the channels use (the ``PostClient`` of the webhook and
+Twilio channels, over pyreqwest, each with the channel's pool limit; ``aiosmtplib`` on as
+many connections as the email channel's pool); ``raw_httpx`` with its default client is
+plain httpx, for comparison; ``raw_aiohttp`` is the fastest pure-Python-API client the
+issue names as the practical limit (pyreqwest, whose work is done in Rust, is faster
+still); ``apprise_json``
 is Apprise's ``json://`` notifier, one ``notify()`` per message, as an application using
 Apprise would send.
 """

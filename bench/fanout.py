@@ -36,13 +36,12 @@ from broadcaster.clock import RealClock
 from broadcaster.incidents import service
 from broadcaster.store import Database, Delivery, Round
 from channels.http_common import pooled_client
-from channels.http_transport import aiohttp_transport
 
 CHANNELS = ("push", "email", "sms")
 STACK = "channel-client"
 """The HTTP channels' own client stack, replaying without a store: the
 :class:`~channels.http_common.PostClient` of the webhook and Twilio channels (sending
-straight over aiohttp's pool)."""
+straight through pyreqwest's pool)."""
 SINK_OF = {"push": "hook", "email": "smtp", "sms": "twilio"}
 MESSAGE = (
     "Trains on line 1 are not running between Central and Harbour because of a signal "
@@ -166,15 +165,6 @@ async def raw_runs(sinks: Sinks, channel: str, n: int) -> dict[str, Timed]:
     if n <= PLAIN_HTTPX_UP_TO:
         plain = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=connections))
         runs["httpx"] = await raw_httpx(url, sample, n, client=plain)
-    # The stack the HTTP channels used before PostClient, for comparison.
-    runs["httpx+aiohttp-transport"] = await raw_httpx(
-        url,
-        sample,
-        n,
-        client=httpx.AsyncClient(
-            timeout=10.0, transport=aiohttp_transport(connections), follow_redirects=False
-        ),
-    )
     return runs
 
 

@@ -2,7 +2,7 @@
 
 Sending goes through the ``twilio`` library's REST client (``messages.create_async``) on
 our :class:`HttpxTwilioClient` (one shared :class:`~channels.http_common.PostClient`: an
-httpx-shaped client over aiohttp's pool), which sends requests for
+httpx-shaped client over pyreqwest's pool), which sends requests for
 ``https://api.twilio.com`` to ``base_url`` instead (a local fake, in tests).
 
 The body is ``Message.text`` fitted to ``max_segments`` with the incident link from
@@ -169,7 +169,7 @@ class HttpxTwilioClient(AsyncHttpClient):
     ) -> None:
         super().__init__(log, is_async=True, timeout=timeout)
         self.base_url = base_url.rstrip("/")
-        # Straight over aiohttp's pool when installed (http_common.PostClient): httpx's own
+        # Straight over pyreqwest's pool (http_common.PostClient): httpx's own
         # pool is CPU-bound with many sends in flight, and its request models cost as much
         # as the send. 100 connections: httpx's default limit.
         self._client = http_common.pooled_client(timeout, 100, transport)

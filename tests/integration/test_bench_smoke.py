@@ -27,7 +27,6 @@ def test_fanout_runs_end_to_end_and_writes_results(
     assert run["rate"] > 0
     assert set(run["raw_rates"]) == {
         "channel-client",
-        "httpx+aiohttp-transport",
         "aiohttp",
         "httpx",
     }

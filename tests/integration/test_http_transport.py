@@ -1,6 +1,7 @@
-"""The aiohttp transport under the HTTP channels' httpx clients, against a real local server:
-requests arrive as httpx built them, answers come back as httpx would give them, failures
-are httpx's exceptions (which the channels' retry contracts are written against)."""
+"""The pyreqwest sender under the HTTP channels' clients, against a real local server:
+requests arrive with exactly the channel's headers, answers come back as httpx would give
+them, failures are httpx's exceptions (which the channels' retry contracts are written
+against)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from channels.http_common import pooled_client
-from channels.http_transport import AiohttpTransport
+from channels.http_transport import DirectSender
 from tests.fakes.http import serve
 
 
@@ -47,6 +48,9 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/slow":
         await asyncio.sleep(2)
         answer = b"{}"
+    elif path == "/pause":
+        await asyncio.sleep(0.5)
+        answer = b"{}"
     else:
         status, answer = 404, b'{"error": "no such path"}'
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -59,17 +63,19 @@ def base_url() -> Iterator[str]:
         yield url
 
 
-async def test_pooled_client_posts_straight_over_aiohttp(base_url: str) -> None:
+async def test_pooled_client_posts_straight_through_pyreqwest(base_url: str) -> None:
     client = pooled_client(5.0, 10)
     try:
-        assert isinstance(client._direct, AiohttpTransport)
+        assert isinstance(client._direct, DirectSender)
         response = await client.post(
             f"{base_url}/echo?a=1",
             content=b'{"x": 1}',
             headers={"Content-Type": "application/json", "X-Broadcaster-Delivery": "42"},
         )
+        own = await client.post(f"{base_url}/echo", content=b"", headers={"User-Agent": "x/2"})
     finally:
         await client.aclose()
+    assert own.json()["headers"]["user-agent"] == "x/2"
     assert response.status_code == 200
     seen = response.json()
     assert seen["method"] == "POST"
@@ -78,13 +84,18 @@ async def test_pooled_client_posts_straight_over_aiohttp(base_url: str) -> None:
     assert seen["headers"]["x-broadcaster-delivery"] == "42"
     assert seen["headers"]["content-type"] == "application/json"
     assert seen["headers"]["content-length"] == "8"
-    # Only the channel's headers (and Host, Content-Length): no client defaults.
+    # Only the channel's headers (and Host, Content-Length, our User-Agent where the
+    # channel sets none, and reqwest's Accept: */*): no Accept-Encoding of its own.
     assert set(seen["headers"]) == {
+        "accept",
         "host",
         "content-length",
         "content-type",
+        "user-agent",
         "x-broadcaster-delivery",
     }
+    assert seen["headers"]["user-agent"] == "broadcaster"
+    assert seen["headers"]["accept"] == "*/*"
 
 
 async def test_pooled_client_answers_and_fails_as_httpx_does(base_url: str) -> None:
@@ -100,12 +111,26 @@ async def test_pooled_client_answers_and_fails_as_httpx_does(base_url: str) -> N
         assert missing.json() == {"error": "no such path"}
         with pytest.raises(httpx.ReadTimeout):
             await client.post(f"{base_url}/slow", content=b"{}", headers={})
-        with pytest.raises(httpx.ConnectError):
-            await client.post(f"http://127.0.0.1:{_closed_port()}/", content=b"", headers={})
+        port = _closed_port()
+        with pytest.raises(httpx.ConnectError) as refused:
+            await client.post(f"http://127.0.0.1:{port}/token-in-path", content=b"", headers={})
+        assert "refused" in str(refused.value).lower()
+        assert "token-in-path" not in str(refused.value)  # the root cause, not the URL
     finally:
         await client.aclose()
     with pytest.raises(httpx.TransportError):  # closed: nothing more goes out
         await client.post(f"{base_url}/echo", content=b"{}", headers={})
+
+
+async def test_a_request_of_its_own_timeout_gets_it_as_a_deadline(base_url: str) -> None:
+    client = pooled_client(5.0, 2)
+    try:
+        with pytest.raises(httpx.TimeoutException):
+            await client.request("POST", f"{base_url}/pause", headers={}, timeout=0.1)
+        answer = await client.request("POST", f"{base_url}/pause", headers={}, timeout=3.0)
+        assert answer.status_code == 200
+    finally:
+        await client.aclose()
 
 
 async def test_pooled_client_with_a_transport_goes_through_httpx() -> None:
@@ -117,6 +142,7 @@ async def test_pooled_client_with_a_transport_goes_through_httpx() -> None:
 
     client = pooled_client(5.0, 10, httpx.MockTransport(answer))
     try:
+        assert client._direct is None
         response = await client.post(
             "https://hooks.example/x", content=b"{}", headers={"X-Test": "1"}
         )
@@ -127,20 +153,19 @@ async def test_pooled_client_with_a_transport_goes_through_httpx() -> None:
     assert seen[0].headers["x-test"] == "1"
 
 
-async def test_a_full_pool_bounds_direct_posts_by_the_pool_timeout(base_url: str) -> None:
-    transport = AiohttpTransport(1)
-    timeout = httpx.Timeout(5.0, pool=0.2)
+async def test_a_full_pool_bounds_waiting_by_the_pool_timeout(base_url: str) -> None:
+    sender = DirectSender(1, httpx.Timeout(5.0, pool=0.2))
     try:
-        slow = transport.send("POST", f"{base_url}/slow", b"", {}, timeout)
-        busy = asyncio.ensure_future(slow)
+        busy = asyncio.ensure_future(sender.send("POST", f"{base_url}/slow", b"", {}))
         await asyncio.sleep(0.05)
         with pytest.raises(httpx.PoolTimeout):
-            await transport.send("POST", f"{base_url}/echo", b"", {}, timeout)
+            await sender.send("POST", f"{base_url}/echo", b"", {})
         assert (await busy).status_code == 200
-        echo = await transport.send("GET", f"{base_url}/echo", b"", {}, timeout)
+        # The slot the slow request held is free again.
+        echo = await sender.send("GET", f"{base_url}/echo", b"", {})
         assert echo.json()["method"] == "GET"
     finally:
-        await transport.aclose()
+        await sender.aclose()
 
 
 def _closed_port() -> int:
@@ -150,49 +175,31 @@ def _closed_port() -> int:
     return port
 
 
-async def test_answers_are_decoded_and_redirects_not_followed(base_url: str) -> None:
-    async with httpx.AsyncClient(transport=AiohttpTransport(4)) as client:
-        zipped = await client.get(f"{base_url}/gzip")
-        assert zipped.json() == {"zipped": True}
-        moved = await client.get(f"{base_url}/redirect")
-        assert moved.status_code == 302
-        assert moved.headers["location"] == "/echo"
-        missing = await client.get(f"{base_url}/nowhere")
-        assert missing.status_code == 404
-        assert missing.json() == {"error": "no such path"}
-
-
-async def test_failures_are_httpx_exceptions(base_url: str) -> None:
-    closed_port = _closed_port()
-    async with httpx.AsyncClient(transport=AiohttpTransport(4), timeout=0.3) as client:
-        with pytest.raises(httpx.ReadTimeout):
-            await client.get(f"{base_url}/slow")
-        with pytest.raises(httpx.ConnectError):
-            await client.get(f"http://127.0.0.1:{closed_port}/")
-    transport = AiohttpTransport(4)
-    await transport.aclose()
-    async with httpx.AsyncClient(transport=transport) as client:
-        with pytest.raises(httpx.TransportError):
-            await client.get(f"{base_url}/echo")
-
-
 async def test_many_requests_in_flight_share_the_pool(base_url: str) -> None:
-    async with httpx.AsyncClient(transport=AiohttpTransport(5)) as client:
+    sender = DirectSender(5, httpx.Timeout(10.0))
+    try:
         answers = await asyncio.gather(
-            *(client.post(f"{base_url}/echo", content=str(i).encode()) for i in range(200))
+            *(sender.send("POST", f"{base_url}/echo", str(i).encode(), {}) for i in range(200))
         )
+    finally:
+        await sender.aclose()
     assert sorted(int(a.json()["body"]) for a in answers) == list(range(200))
 
 
-async def test_waiting_for_a_free_connection_is_bounded_by_the_pool_timeout(
-    base_url: str,
-) -> None:
-    timeout = httpx.Timeout(5.0, pool=0.2)
-    async with httpx.AsyncClient(transport=AiohttpTransport(1), timeout=timeout) as client:
-        busy = asyncio.ensure_future(client.get(f"{base_url}/slow"))
-        await asyncio.sleep(0.05)
-        with pytest.raises(httpx.PoolTimeout):
-            await client.get(f"{base_url}/echo")
-        assert (await busy).status_code == 200
-        # The slot the slow request held is free again.
-        assert (await client.get(f"{base_url}/echo")).status_code == 200
+async def test_slots_are_given_in_the_order_asked(base_url: str) -> None:
+    """A sender that sends again at once does not overtake requests already waiting."""
+    sender = DirectSender(1, httpx.Timeout(10.0))
+    order: list[int] = []
+
+    async def one(i: int) -> None:
+        await sender.send("POST", f"{base_url}/echo", str(i).encode(), {})
+        order.append(i)
+
+    try:
+        first = asyncio.ensure_future(one(0))
+        await asyncio.sleep(0.01)
+        rest = [asyncio.ensure_future(one(i)) for i in range(1, 20)]
+        await asyncio.gather(first, *rest)
+    finally:
+        await sender.aclose()
+    assert order == list(range(20))
