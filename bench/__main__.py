@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -22,9 +23,32 @@ from typing import Any, get_args
 
 from bench import fanout, firstround, latency, promises, scale
 from bench.report import table, write
+from bench.sinks import SINK_CPU_ENV
 from bench.store import BACKENDS, postgres_available
 from broadcaster import eventloop
 from broadcaster.eventloop import EventLoopChoice, loop_name
+
+
+def pin(spec: str) -> dict[str, int]:
+    """Pin this process to the sender CPU of ``SENDER,SINK`` and have the sinks pin
+    themselves to the other; threads started later (the HTTP client's, SQLite's) inherit
+    it. Raises SystemExit with what is wrong in ``spec``."""
+    try:
+        sender, sink = (int(part) for part in spec.split(","))
+    except ValueError:
+        raise SystemExit(
+            f"--pin {spec!r}: expected two CPU numbers, SENDER,SINK (e.g. 0,1)"
+        ) from None
+    allowed = os.sched_getaffinity(0)
+    for cpu in (sender, sink):
+        if cpu not in allowed:
+            raise SystemExit(f"--pin {spec!r}: CPU {cpu} is not one of {sorted(allowed)}")
+    if sender == sink:
+        raise SystemExit(f"--pin {spec!r}: the sender and the sinks need a CPU each")
+    os.sched_setaffinity(0, {sender})
+    os.environ[SINK_CPU_ENV] = str(sink)
+    return {"sender_cpu": sender, "sink_cpu": sink}
+
 
 SCENARIOS = ("fanout", "latency", "scale", "promises", "firstround")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         "delivery, for alternating runs of two builds or two event loops)",
     )
     parser.add_argument(
+        "--pin",
+        metavar="SENDER,SINK",
+        help="run the benchmark's process (the daemon under test and the baselines beside it) "
+        "on CPU SENDER and the sinks on CPU SINK, as the issue's reference figures were "
+        "measured (for example 0,1); other processes, PostgreSQL included, stay where the "
+        "kernel puts them. Default: unpinned",
+    )
+    parser.add_argument(
         "--event-loop",
         choices=get_args(EventLoopChoice),
         default="asyncio",
@@ -112,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "(the daemon's event_loop setting; default asyncio)",
     )
     args = parser.parse_args(argv)
+    placement = pin(args.pin) if args.pin else None
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})")
@@ -151,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         result["backends"] = backends
         result["skipped_backends"] = skipped
         result["wall_seconds"] = round(time.perf_counter() - started, 1)
+        result["placement"] = placement or "unpinned: the kernel places every process"
         path = args.out / f"{scenario}.json"
         write(path, scenario, args.quick, result)
         print(table(result["rows"]))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -264,8 +265,16 @@ class HookProtocol(asyncio.Protocol):
         self._buffer.clear()
 
 
+SINK_CPU_ENV = "BENCH_SINK_CPU"
+"""The CPU the sink process runs on, when set (``python -m bench --pin``)."""
+
+
 def _serve() -> None:
     import socket
+
+    cpu = os.environ.get(SINK_CPU_ENV)
+    if cpu:  # first, so that every thread of the sinks inherits it
+        os.sched_setaffinity(0, {int(cpu)})
 
     import uvicorn
     from aiosmtpd.controller import Controller

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,31 @@ def test_fanout_pipeline_only_runs_no_baseline(tmp_path: Path) -> None:
     assert result["baselines"] == {}
     (row,) = result["rows"]
     assert row["ratio"] is None and row["note"].startswith("pipeline only; ")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pin needs two CPUs")
+def test_pinned_runs_record_their_placement(tmp_path: Path) -> None:
+    """``--pin SENDER,SINK`` (in a process of its own: it pins the process it runs in)."""
+    sender, sink = sorted(os.sched_getaffinity(0))[:2]
+    argv = ["fanout", "--quick", "--size", "20", "--channel", "push", "--backend", "sqlite"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *argv, "--pin", f"{sender},{sink}", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "fanout.json").read_text(encoding="utf-8"))
+    assert result["placement"] == {"sender_cpu": sender, "sink_cpu": sink}
+    assert result["runs"][0]["received_by_sink"] == 20
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [("0", "expected two CPU numbers"), ("0,0", "need a CPU each"), ("0,4096", "CPU 4096")],
+)
+def test_a_bad_pin_is_refused_before_anything_runs(spec: str, says: str) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["fanout", "--pin", spec])
+    assert says in str(refused.value)
