@@ -114,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         "--daemons", type=int, help="firstround: daemon processes (default 2: one per core here)"
     )
     parser.add_argument(
+        "--pin-daemons",
+        action="store_true",
+        help="firstround: each daemon process on a CPU of its own (daemon i on the i-th "
+        "allowed CPU, round robin); the sink and PostgreSQL stay where the kernel puts them",
+    )
+    parser.add_argument(
         "--channel", action="append", choices=fanout.CHANNELS, help="fanout: only this channel"
     )
     parser.add_argument(
@@ -144,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         "(the daemon's event_loop setting; default asyncio)",
     )
     args = parser.parse_args(argv)
+    if args.pin and args.pin_daemons:
+        parser.error("--pin and --pin-daemons: choose one (the first pins this process)")
     placement = pin(args.pin) if args.pin else None
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
@@ -167,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             params[key] = list(args.size) if scenario == "fanout" else args.size[0]
         if scenario == "firstround" and args.daemons:
             params["daemons"] = args.daemons
+        if scenario == "firstround" and args.pin_daemons:
+            params["pin_daemons"] = True
         if scenario == "fanout" and args.channel:
             params["channels"] = list(args.channel)
         if scenario == "fanout" and args.processes:

@@ -131,7 +131,7 @@ async def raw_httpx(
 
     async def one() -> bool:
         response = await sender.post(url, content=body, headers=headers)
-        return response.is_success
+        return 200 <= response.status_code < 300
 
     try:
         return await _blast(n, concurrency, one)

@@ -140,9 +140,11 @@ class DaemonProcess:
         hook_url: str,
         log_path: Path,
         event_loop: EventLoopChoice = "asyncio",
+        cpu: int | None = None,
     ) -> None:
         self.index = index
         self.event_loop = event_loop
+        self.cpu = cpu
         self.url = url
         self.hook_url = hook_url
         self.log_path = log_path
@@ -162,6 +164,7 @@ class DaemonProcess:
                 self.hook_url,
                 "--event-loop",
                 self.event_loop,
+                *(["--cpu", str(self.cpu)] if self.cpu is not None else []),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
             )
@@ -289,8 +292,10 @@ async def firstround_run(
     daemons: int,
     workdir: Path,
     event_loop: EventLoopChoice = "asyncio",
+    cpus: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Populate ``url``, start ``daemons`` daemons, declare, wait for every delivery."""
+    """Populate ``url``, start ``daemons`` daemons, declare, wait for every delivery; with
+    ``cpus``, daemon i runs on CPU ``cpus[i % len(cpus)]`` alone."""
     database = Database(url)
     procs: list[DaemonProcess] = []
     try:
@@ -308,7 +313,14 @@ async def firstround_run(
         postmaster = await _postmaster_pid(database)
         server_cpu_before = _server_cpu_seconds(postmaster)
         procs = [
-            DaemonProcess(i, url, f"{sinks.hook_url}/d{i}", workdir / f"daemon{i}.log", event_loop)
+            DaemonProcess(
+                i,
+                url,
+                f"{sinks.hook_url}/d{i}",
+                workdir / f"daemon{i}.log",
+                event_loop,
+                cpus[i % len(cpus)] if cpus else None,
+            )
             for i in range(daemons)
         ]
         started = time.perf_counter()
@@ -450,8 +462,12 @@ async def run(
     customers: int,
     daemons: int,
     event_loop: EventLoopChoice = "asyncio",
+    pin_daemons: bool = False,
 ) -> dict[str, Any]:
     label = f"{customers:,} customers, {daemons} daemons, PostgreSQL"
+    cpus = sorted(os.sched_getaffinity(0)) if pin_daemons else None
+    if cpus:
+        label += ", one CPU each"
     if "postgresql" not in backends:
         return {
             "runs": [],
@@ -471,8 +487,9 @@ async def run(
     load_before = _loadavg()
     with Sinks() as sinks:
         async with store_url("postgresql", workdir) as url:
-            result = await firstround_run(sinks, url, customers, daemons, workdir, event_loop)
+            result = await firstround_run(sinks, url, customers, daemons, workdir, event_loop, cpus)
     load_after = _loadavg()
+    result["daemon_cpus"] = [cpus[i % len(cpus)] for i in range(daemons)] if cpus else "unpinned"
     result["load_average_before"] = load_before
     result["load_average_after"] = load_after
     return {
@@ -591,7 +608,10 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--hook-url", required=True)
     parser.add_argument("--event-loop", choices=get_args(EventLoopChoice), default="asyncio")
+    parser.add_argument("--cpu", type=int, help="run on this CPU alone (every thread)")
     args = parser.parse_args()
+    if args.cpu is not None:  # first, so that every thread the daemon starts inherits it
+        os.sched_setaffinity(0, {args.cpu})
     daemon_main(args.url, args.hook_url, args.event_loop)
 
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -27,6 +27,25 @@ FIELD_LIMIT = 200
 
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class HttpAnswer(Protocol):
+    """What the channels read of an HTTP answer: an :class:`httpx.Response`, or the
+    :class:`~channels.http_transport.Answer` of the direct sender."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> httpx.Headers: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self, **kwargs: Any) -> Any: ...
 
 
 class PostClient:
@@ -56,7 +75,7 @@ class PostClient:
             transport=transport,
         )
 
-    async def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> httpx.Response:
+    async def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> HttpAnswer:
         """POST ``content`` with ``headers`` (nothing else: no default Accept or User-Agent
         of the client's own)."""
         return await self.request("POST", url, content=content, headers=headers)
@@ -69,7 +88,7 @@ class PostClient:
         content: bytes = b"",
         headers: dict[str, str],
         timeout: float | None = None,  # noqa: ASYNC109 - httpx's, per request
-    ) -> httpx.Response:
+    ) -> HttpAnswer:
         """Any method, the same way; ``timeout`` instead of the client's for this one."""
         if self._direct is not None:
             return await self._direct.send(method, url, content, headers, timeout)
@@ -176,6 +195,6 @@ def body_summary(content: bytes, content_type: str | None) -> str:
     return f"{kind}, {len(content)} bytes, not shown"
 
 
-def describe_body(response: httpx.Response) -> str:
+def describe_body(response: HttpAnswer) -> str:
     """:func:`body_summary` of a response."""
     return body_summary(response.content, response.headers.get("content-type"))

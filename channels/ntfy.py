@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
 from channels.http_common import (
+    HttpAnswer,
     clip,
     describe_body,
     json_object,
@@ -199,7 +200,7 @@ class NtfyChannel:
             return Receipt(provider_message_id=_message_id(response), detail="HTTP 200")
         raise self._error(response)
 
-    def _error(self, response: httpx.Response) -> DeliveryError:
+    def _error(self, response: HttpAnswer) -> DeliveryError:
         status = response.status_code
         code, text = _ntfy_error(response, self._secrets())
         reason = f"ntfy {status}" + (f" ({code})" if code else "") + (f": {text}" if text else "")
@@ -261,7 +262,7 @@ def header_value(value: str) -> str:
     )
 
 
-def _message_id(response: httpx.Response) -> str | None:
+def _message_id(response: HttpAnswer) -> str | None:
     try:
         document = response.json()
     except ValueError:
@@ -272,7 +273,7 @@ def _message_id(response: httpx.Response) -> str | None:
     return None
 
 
-def _ntfy_error(response: httpx.Response, secrets: tuple[str, ...]) -> tuple[int | None, str]:
+def _ntfy_error(response: HttpAnswer, secrets: tuple[str, ...]) -> tuple[int | None, str]:
     """ntfy's error code and text (cut short) from its JSON body; for any other body, no
     code and only the body's type and length."""
     document = json_object(response.content)

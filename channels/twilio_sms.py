@@ -96,7 +96,9 @@ KEYWORDS: Mapping[str, Keyword] = MappingProxyType(
 _NO_TWILIO_ENVIRONMENT = {"TWILIO_EDGE": "", "TWILIO_REGION": ""}
 """Given to the twilio client so that TWILIO_* variables cannot redirect it: settings rule."""
 
-_responses: ContextVar[list[httpx.Response] | None] = ContextVar("twilio_responses", default=None)
+_responses: ContextVar[list[http_common.HttpAnswer] | None] = ContextVar(
+    "twilio_responses", default=None
+)
 """Per send, the raw responses (Retry-After, content type): twilio's exceptions lack them."""
 
 
@@ -295,7 +297,7 @@ class TwilioSmsChannel:
         if not body.strip():
             raise DeliveryError("the message is empty", retryable=False)
         s = self._settings
-        answers: list[httpx.Response] = []
+        answers: list[http_common.HttpAnswer] = []
         token = _responses.set(answers)
         try:
             sent = await self._messages.create_async(
@@ -337,7 +339,7 @@ class TwilioSmsChannel:
 
 def _detail(
     exc: TwilioRestException | TwilioServiceException,
-    response: httpx.Response | None,
+    response: http_common.HttpAnswer | None,
     secrets: tuple[str, ...],
 ) -> str:
     """Twilio's error message (legacy, or RFC 9457), cut short; else the body's type, length."""

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
 from channels.http_common import (
+    HttpAnswer,
     describe_body,
     json_object,
     parse_retry_after,
@@ -218,9 +219,7 @@ class WebhookChannel:
             )
         raise self._error(where, response, secrets)
 
-    def _error(
-        self, where: str, response: httpx.Response, secrets: tuple[str, ...]
-    ) -> DeliveryError:
+    def _error(self, where: str, response: HttpAnswer, secrets: tuple[str, ...]) -> DeliveryError:
         status = response.status_code
         reason = redact(
             f"webhook {where} answered {status}{_receiver_error(response, secrets)}", secrets
@@ -237,7 +236,7 @@ class WebhookChannel:
         await self._client.aclose()
 
 
-def _receiver_error(response: httpx.Response, secrets: tuple[str, ...]) -> str:
+def _receiver_error(response: HttpAnswer, secrets: tuple[str, ...]) -> str:
     """``: (code) message`` from a JSON error body, else ``: <type> body, <n> bytes, not
     shown``; never the body's text as such."""
     document = json_object(response.content)

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
 from channels.http_common import (
+    HttpAnswer,
     describe_body,
     json_object,
     parse_retry_after,
@@ -307,9 +308,7 @@ class WebPushChannel:
         shown = f"[{host}]" if ":" in host else host
         return f"{url.scheme}://{shown}" + (f":{url.port}" if url.port else "")
 
-    def _error(
-        self, origin: str, response: httpx.Response, secrets: tuple[str, ...]
-    ) -> DeliveryError:
+    def _error(self, origin: str, response: HttpAnswer, secrets: tuple[str, ...]) -> DeliveryError:
         status = response.status_code
         said = _service_error(response, secrets)
         reason = redact(f"push service {origin} answered {status}{said}", secrets)
@@ -377,7 +376,7 @@ def _topic(message: Message) -> str | None:
     return topic if incident and _TOPIC.match(topic) else None
 
 
-def _service_error(response: httpx.Response, secrets: tuple[str, ...]) -> str:
+def _service_error(response: HttpAnswer, secrets: tuple[str, ...]) -> str:
     """``: errno 106: <message>`` from a push service's JSON error (autopush ``errno`` and
     ``message``, Apple's ``reason``), else ``: <type> body, <n> bytes, not shown``."""
     document = json_object(response.content)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from channels.http_common import pooled_client
-from channels.http_transport import DirectSender
+from channels.http_transport import Answer, DirectSender
 from tests.fakes.http import serve
 
 
@@ -48,6 +48,9 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/slow":
         await asyncio.sleep(2)
         answer = b"{}"
+    elif path == "/latin":
+        answer = "café".encode("latin-1")
+        headers = [(b"content-type", b"text/plain; charset=iso-8859-1"), (b"X-Trace", b"t-1")]
     elif path == "/pause":
         await asyncio.sleep(0.5)
         answer = b"{}"
@@ -203,3 +206,21 @@ async def test_slots_are_given_in_the_order_asked(base_url: str) -> None:
     finally:
         await sender.aclose()
     assert order == list(range(20))
+
+
+async def test_answers_read_as_httpx_responses_do(base_url: str) -> None:
+    sender = DirectSender(2, httpx.Timeout(5.0))
+    try:
+        latin = await sender.send("GET", f"{base_url}/latin", b"", {})
+        echo = await sender.send("POST", f"{base_url}/echo", b"[1]", {})
+        zipped = await sender.send("GET", f"{base_url}/gzip", b"", {})
+    finally:
+        await sender.aclose()
+    assert isinstance(latin, Answer)  # no httpx.Response built for a plain answer
+    assert latin.text == "café"  # the charset of its Content-Type, as httpx reads it
+    assert latin.content == "café".encode("latin-1")
+    assert latin.headers.get("x-trace") == latin.headers["X-Trace"] == "t-1"
+    assert echo.json()["body"] == "[1]"
+    # An encoded answer is decoded by httpx and comes back as its response.
+    assert isinstance(zipped, httpx.Response)
+    assert zipped.json() == {"zipped": True}
