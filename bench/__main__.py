@@ -27,6 +27,7 @@ from bench.sinks import SINK_CPU_ENV
 from bench.store import BACKENDS, postgres_available
 from broadcaster import eventloop
 from broadcaster.eventloop import EventLoopChoice, loop_name
+from channels import http_transport
 
 
 def pin(spec: str) -> dict[str, int]:
@@ -205,4 +206,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main()
+    http_transport.exit_now(status)  # pyreqwest's threads: see channels.http_transport
+    raise SystemExit(status)

@@ -65,6 +65,7 @@ from broadcaster.eventloop import EventLoopChoice, loop_name
 from broadcaster.incidents import service
 from broadcaster.logs import configure_logging
 from broadcaster.store import Database, Delivery, Round
+from channels import http_transport
 
 TARGET_SECONDS = 300.0
 CHANNEL = "push"
@@ -613,6 +614,7 @@ def main() -> None:
     if args.cpu is not None:  # first, so that every thread the daemon starts inherits it
         os.sched_setaffinity(0, {args.cpu})
     daemon_main(args.url, args.hook_url, args.event_loop)
+    http_transport.exit_now(0)  # pyreqwest's threads: see channels.http_transport
 
 
 if __name__ == "__main__":

@@ -32,12 +32,25 @@ What this sender promises the channels:
   whole exchange;
 - requests get a slot in the order they asked for one (Tokio's semaphore is fair), so a
   task that sends again at once cannot starve those already waiting.
+
+One hazard comes with it, and :func:`exit_now` contains it. pyreqwest's native threads
+take the GIL from time to time (a TLS connection's teardown, say), and CPython 3.11 aborts
+the process (``Fatal Python error: PyGILState_Release``, SIGABRT) when one does so while
+the interpreter finalizes: measured here, most processes that had made one HTTPS request
+and exited right after aborted, and now and then one that had made only plain HTTP
+requests. A process that has started pyreqwest therefore ends with :func:`exit_now` once
+its own shutdown is done (the CLI, the dispatch processes, the benchmarks, the test
+session), which flushes what it has to say and leaves without finalizing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
+import os
+import sys
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -53,6 +66,36 @@ USER_AGENT = "broadcaster"
 _IDLE = timedelta(seconds=15)
 """How long an idle pooled connection is kept: below the keep-alive timeouts of most
 servers, so a connection the server is about to close is seldom reused."""
+
+
+_started = False
+"""Whether this process has built a pyreqwest client (and so has its threads)."""
+
+
+def started() -> bool:
+    """Whether pyreqwest's threads run in this process (see :func:`exit_now`)."""
+    return _started
+
+
+def exit_now(code: object = 0) -> None:
+    """End the process with ``code`` (as ``SystemExit`` takes it) without finalizing the
+    interpreter, if pyreqwest started in it; else return, for the usual exit. Log handlers
+    and the standard streams are flushed first; everything else of the process's must be
+    closed already."""
+    if not _started:
+        return
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # SystemExit("message"): printed, status 1, as the interpreter would
+        print(code, file=sys.stderr)
+        status = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or gone: nothing to say
+            stream.flush()
+    os._exit(status)
 
 
 class DirectSender:
@@ -90,6 +133,8 @@ class DirectSender:
             if t.pool is not None:
                 builder = builder.pool_timeout(timedelta(seconds=t.pool))
             self._client = builder.build()
+            global _started  # noqa: PLW0603 - one flag per process, read at its exit
+            _started = True
         return self._client
 
     async def send(

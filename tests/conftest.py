@@ -14,8 +14,26 @@ import pytest
 
 from broadcaster.store import Database
 from broadcaster.store.migrate import upgrade_async
+from channels import http_transport
 
 POSTGRES_ENV = "BROADCASTER_TEST_POSTGRES_URL"
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Last of all: a session whose tests started pyreqwest's threads ends with its exit
+    status without the interpreter's finalization, which those threads can abort
+    (:func:`channels.http_transport.exit_now`)."""
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is not None:
+        http_transport.exit_now(status)
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -18,6 +18,7 @@ from broadcaster.cli import (
     rules,
     templates,
 )
+from channels import http_transport
 
 app = typer.Typer(
     help="Broadcaster: tells every affected customer about a disruption, on a promised schedule.",
@@ -56,4 +57,11 @@ def _root(
 
 
 def main() -> None:
-    app()
+    """The CLI; a command that sent through an HTTP channel ends without the interpreter's
+    finalization (:func:`channels.http_transport.exit_now`)."""
+    try:
+        app()
+    except SystemExit as done:
+        http_transport.exit_now(done.code)
+        raise
+    http_transport.exit_now(0)

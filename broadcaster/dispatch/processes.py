@@ -262,6 +262,19 @@ def read_settings() -> Settings:
 
 
 def main() -> None:
+    """The child's entry point; it ends without the interpreter's finalization once its
+    channels have sent (:func:`channels.http_transport.exit_now`)."""
+    from channels import http_transport
+
+    try:
+        _main()
+    except SystemExit as done:
+        http_transport.exit_now(done.code)
+        raise
+    http_transport.exit_now(0)
+
+
+def _main() -> None:
     from broadcaster.logs import configure_logging
 
     settings = read_settings()

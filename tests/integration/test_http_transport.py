@@ -8,12 +8,17 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 
 from channels.http_common import pooled_client
 from channels.http_transport import Answer, DirectSender
@@ -224,3 +229,51 @@ async def test_answers_read_as_httpx_responses_do(base_url: str) -> None:
     # An encoded answer is decoded by httpx and comes back as its response.
     assert isinstance(zipped, httpx.Response)
     assert zipped.json() == {"zipped": True}
+
+
+_TLS_PROBE = """
+import asyncio, sys
+import httpx
+from channels.http_transport import DirectSender
+
+async def main() -> None:
+    sender = DirectSender(2, httpx.Timeout(5.0))
+    try:
+        answer = await sender.send("POST", sys.argv[1] + "/echo", b"{}", {})
+        print(answer.status_code)
+    except httpx.ConnectError as exc:
+        print("refused:", exc)
+    finally:
+        await sender.aclose()
+
+asyncio.run(main())
+"""
+
+
+def test_https_is_verified_against_the_systems_trust_store(tmp_path: Path) -> None:
+    """TLS goes through rustls with the platform's trust store: a server whose CA is not
+    trusted is refused; the operator's usual ``SSL_CERT_FILE`` adds one. (Each in a process
+    of its own: the trust store is read once per process.)"""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    root = Path(__file__).resolve().parents[2]
+    with serve(_app, certfile=str(tmp_path / "cert.pem"), keyfile=str(tmp_path / "key.pem")) as url:
+
+        def probe(**env: str) -> str:
+            done = subprocess.run(
+                [sys.executable, "-c", _TLS_PROBE, url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=root,
+                env={**os.environ, **env},
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout.strip()
+
+        assert probe().startswith("refused:")
+        assert probe(SSL_CERT_FILE=str(tmp_path / "ca.pem")) == "200"
