@@ -133,7 +133,7 @@ class DirectSender:
             if t.pool is not None:
                 builder = builder.pool_timeout(timedelta(seconds=t.pool))
             self._client = builder.build()
-            global _started  # noqa: PLW0603 - one flag per process, read at its exit
+            global _started  # one flag per process, read at its exit
             _started = True
         return self._client
 
