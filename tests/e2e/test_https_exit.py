@@ -1,12 +1,10 @@
-"""A process that sent over HTTPS exits with its own status, every time.
-
-pyreqwest's native threads can take the GIL while CPython 3.11 finalizes, which aborts the
-process (SIGABRT, ``Fatal Python error: PyGILState_Release``): measured here, most
-processes that had made one HTTPS request died that way at exit. The CLI (like the
-dispatch processes, the benchmarks and the test session) ends without finalizing once
-pyreqwest has started (:func:`channels.http_transport.exit_now`). Here the real command,
-``broadcaster channels test``, posts to an HTTPS webhook receiver (a trustme certificate,
-trusted through ``SSL_CERT_FILE``) in processes of their own, several times over.
+"""HTTPS through the real command, ``broadcaster channels test``, in processes of their
+own: a webhook receiver with a trustme certificate, trusted through ``SSL_CERT_FILE`` (the
+system's trust store otherwise), posted to several times over. Each process exits with the
+command's own status, never the abort pyreqwest's threads can cause in CPython 3.11's
+finalization (:func:`channels.http_transport.exit_now`; the probe in
+``tests/integration/test_http_transport.py`` exits right after its send, where that abort
+was most likely).
 """
 
 from __future__ import annotations
@@ -73,7 +71,7 @@ channels:
     )
 
 
-def test_https_sends_exit_zero_every_time(
+def test_https_sends_are_verified_and_exit_zero(
     tls: tuple[str, Path, WebhookReceiver], tmp_path: Path
 ) -> None:
     url, ca_file, receiver = tls
