@@ -254,10 +254,10 @@ http_transport.exit_now(0)  # as the CLI and the daemon's processes end
 
 def test_https_is_verified_against_the_systems_trust_store(tmp_path: Path) -> None:
     """TLS goes through rustls with the platform's trust store: a server whose CA is not
-    trusted is refused; the operator's usual ``SSL_CERT_FILE`` adds one. Each in a process
-    of its own (the trust store is read once per process) that exits right after its send,
-    through :func:`~channels.http_transport.exit_now`: without it, most such processes
-    aborted in the interpreter's finalization (SIGABRT, exit status -6)."""
+    trusted is refused; ``SSL_CERT_FILE`` names the CAs to trust instead, as with OpenSSL.
+    Each in a process of its own (the trust store is read once per process) that exits
+    right after its send, through :func:`~channels.http_transport.exit_now`: without it,
+    most such processes aborted in the interpreter's finalization (SIGABRT, status -6)."""
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
