@@ -51,7 +51,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +96,17 @@ def exit_now(code: object = 0) -> None:
         with contextlib.suppress(OSError, ValueError):  # closed or gone: nothing to say
             stream.flush()
     os._exit(status)
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a process's ``main``, then end as :func:`exit_now` does (with its ``SystemExit``
+    status, or 0), once pyreqwest started; else as usual."""
+    try:
+        main()
+    except SystemExit as done:
+        exit_now(done.code)
+        raise
+    exit_now(0)
 
 
 class DirectSender:

@@ -59,9 +59,4 @@ def _root(
 def main() -> None:
     """The CLI; a command that sent through an HTTP channel ends without the interpreter's
     finalization (:func:`channels.http_transport.exit_now`)."""
-    try:
-        app()
-    except SystemExit as done:
-        http_transport.exit_now(done.code)
-        raise
-    http_transport.exit_now(0)
+    http_transport.run_main(app)

@@ -266,12 +266,7 @@ def main() -> None:
     channels have sent (:func:`channels.http_transport.exit_now`)."""
     from channels import http_transport
 
-    try:
-        _main()
-    except SystemExit as done:
-        http_transport.exit_now(done.code)
-        raise
-    http_transport.exit_now(0)
+    http_transport.run_main(_main)
 
 
 def _main() -> None:

@@ -282,3 +282,43 @@ def test_https_is_verified_against_the_systems_trust_store(tmp_path: Path) -> No
         for _ in range(5):
             assert probe().startswith("refused:")
             assert probe(SSL_CERT_FILE=str(tmp_path / "ca.pem")) == "200"
+
+
+_EXIT_PROBE = """
+import sys
+from channels import http_transport
+http_transport._started = {started}  # as after a send through pyreqwest
+
+def main() -> None:
+    print("said before the end")  # buffered: stdout is a pipe
+    {ending}
+
+http_transport.run_main(main)
+print("after run_main")
+"""
+
+
+@pytest.mark.parametrize(
+    ("ending", "status", "err"),
+    [("pass", 0, ""), ("sys.exit(3)", 3, ""), ("sys.exit('cannot go on')", 1, "cannot go on\n")],
+)
+@pytest.mark.parametrize("started", [True, False])
+def test_a_process_ends_with_its_own_status_and_output(
+    ending: str, status: int, err: str, started: bool
+) -> None:
+    """With pyreqwest started, :func:`run_main` ends the process itself (nothing after it
+    runs) with the status ``SystemExit`` carried and everything printed; without, the
+    process goes on to its usual exit."""
+    source = _EXIT_PROBE.format(started=started, ending=ending)
+    done = subprocess.run(
+        [sys.executable, "-c", source],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    assert done.returncode == status
+    assert done.stderr == err
+    after = "after run_main\n" if started is False and status == 0 else ""
+    assert done.stdout == "said before the end\n" + after
