@@ -1,7 +1,8 @@
 """The wire under the HTTP channels: pyreqwest (Rust's reqwest and hyper), behind httpx's API.
 
-The channels speak httpx: requests as bytes and headers, answers as :class:`httpx.Response`,
-failures as httpx's exceptions, a mock transport in tests. Below that, the bytes go out
+The channels speak httpx: requests as bytes and headers, answers read as an
+:class:`httpx.Response` is read, failures as httpx's exceptions, a mock transport in tests.
+Below that, the bytes go out
 through pyreqwest, whose connection pool, HTTP/1.1 codec and TLS (rustls, with the system's
 trust store) run in Rust, off the interpreter: the benchmarks measured about 50 µs of CPU
 per request through it against about 110 µs through aiohttp and several hundred through
@@ -18,14 +19,14 @@ What this sender promises the channels:
   an :class:`httpx.Response` for every send cost about 10 µs, a twentieth of a delivery's
   CPU. An answer with a ``Content-Encoding`` is handed to httpx to decode and comes back
   as its :class:`httpx.Response`;
-- failures are httpx's exceptions: :class:`httpx.ReadTimeout`, :class:`httpx.WriteTimeout`
-  and :class:`httpx.PoolTimeout` (all :class:`httpx.TimeoutException`; reqwest reports a
+- failures are httpx's exceptions, all :class:`httpx.TransportError`, as the channels'
+  retry contracts expect: :class:`httpx.ReadTimeout`, :class:`httpx.WriteTimeout` and
+  :class:`httpx.PoolTimeout` (the :class:`httpx.TimeoutException` kinds; reqwest reports a
   read that timed out as a connect timeout, so a connect timeout is a read timeout here,
   the reading under which the request may have arrived), :class:`httpx.ConnectError`,
-  :class:`httpx.ReadError`,
-  :class:`httpx.WriteError`, :class:`httpx.RemoteProtocolError`, all
-  :class:`httpx.TransportError`, as the channels' retry contracts expect. Their text names
-  the failure and its root cause, not the URL (paths often hold tokens);
+  :class:`httpx.ReadError`, :class:`httpx.WriteError` and
+  :class:`httpx.RemoteProtocolError`. Their text names the failure and its root cause, not
+  the URL (paths often hold tokens);
 - timeouts are httpx's, set once per sender: ``connect`` bounds opening a connection, ``read``
   each wait for response data, ``pool`` waiting for one of the ``max_connections`` slots
   (requests in flight); a request given a timeout of its own gets it as a deadline for the
@@ -70,11 +71,6 @@ servers, so a connection the server is about to close is seldom reused."""
 
 _started = False
 """Whether this process has built a pyreqwest client (and so has its threads)."""
-
-
-def started() -> bool:
-    """Whether pyreqwest's threads run in this process (see :func:`exit_now`)."""
-    return _started
 
 
 def exit_now(code: object = 0) -> None:
