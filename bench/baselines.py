@@ -6,9 +6,9 @@ size and shape are the pipeline's own. ``raw_httpx`` with the channel's own clie
 ``raw_smtp`` use the client stack the channels use (the ``PostClient`` of the webhook and
 Twilio channels, over pyreqwest, each with the channel's pool limit; ``aiosmtplib`` on as
 many connections as the email channel's pool); ``raw_httpx`` with its default client is
-plain httpx, for comparison; ``raw_aiohttp`` is the fastest pure-Python-API client the
-issue names as the practical limit (pyreqwest, whose work is done in Rust, is faster
-still); ``apprise_json``
+plain httpx, for comparison; ``raw_aiohttp`` is aiohttp, which the issue names the
+fastest Python client and the practical limit (pyreqwest, whose work is done in Rust, is
+faster still); ``apprise_json``
 is Apprise's ``json://`` notifier, one ``notify()`` per message, as an application using
 Apprise would send.
 """

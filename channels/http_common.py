@@ -56,9 +56,9 @@ class PostClient:
     (:class:`channels.http_transport.DirectSender`): its pool, codec and TLS run in Rust,
     at a fraction of the CPU of aiohttp or of httpx's own pool with hundreds of sends in
     flight, and without the cost of building httpx's request, URL and header models for
-    each send. Answers and failures are httpx's either way, so the channels are written
-    against httpx alone; with a ``transport`` (a mock in tests) every request goes through
-    httpx."""
+    each send. Failures are httpx's exceptions either way and answers are read as an
+    :class:`httpx.Response` is (:class:`HttpAnswer`), so the channels are written against
+    httpx alone; with a ``transport`` (a mock in tests) every request goes through httpx."""
 
     def __init__(
         self,
@@ -68,12 +68,14 @@ class PostClient:
     ) -> None:
         self._timeout = httpx.Timeout(timeout)
         self._direct = direct_sender(max_connections, self._timeout) if transport is None else None
-        self._client = httpx.AsyncClient(
-            timeout=self._timeout,
-            limits=httpx.Limits(max_connections=max_connections),
-            follow_redirects=False,
-            transport=transport,
-        )
+        self._client: httpx.AsyncClient | None = None
+        if self._direct is None:  # a transport given (or pyreqwest missing): httpx's client
+            self._client = httpx.AsyncClient(
+                timeout=self._timeout,
+                limits=httpx.Limits(max_connections=max_connections),
+                follow_redirects=False,
+                transport=transport,
+            )
 
     async def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> HttpAnswer:
         """POST ``content`` with ``headers`` (nothing else: no default Accept or User-Agent
@@ -92,6 +94,8 @@ class PostClient:
         """Any method, the same way; ``timeout`` instead of the client's for this one."""
         if self._direct is not None:
             return await self._direct.send(method, url, content, headers, timeout)
+        if self._client is None:  # cannot happen: one of the two is always set
+            raise RuntimeError("PostClient has neither a direct sender nor an httpx client")
         limits = self._timeout if timeout is None else httpx.Timeout(timeout)
         return await self._client.request(
             method, url, content=content, headers=headers, timeout=limits
@@ -100,7 +104,8 @@ class PostClient:
     async def aclose(self) -> None:
         if self._direct is not None:
             await self._direct.aclose()
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
 
 def pooled_client(
