@@ -118,6 +118,7 @@ async def _serve_daemon(settings: Settings) -> dict[str, Any]:
         "peak_rss_mib": own_peak_rss_mib(),
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "event_loop": loop_name(),
+        "cpus": sorted(os.sched_getaffinity(0)),
     }
 
 
@@ -408,6 +409,7 @@ async def firstround_run(
                 "peak_rss_mib": proc.final.get("peak_rss_mib"),
                 "cpu_seconds": proc.final.get("cpu_seconds"),
                 "event_loop": proc.final.get("event_loop"),
+                "cpus": proc.final.get("cpus"),
                 "exit_code": proc.process.returncode if proc.process else None,
             }
         )

@@ -35,6 +35,10 @@ def test_firstround_hands_every_delivery_over_once_and_reports_the_phases(
         pytest.skip(reason)
     argv = ["firstround", "--size", str(CUSTOMERS), "--daemons", "2", "--out", str(tmp_path)]
     argv += ["--event-loop", "uvloop"]
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = len(cpus) >= 2
+    if pinned:  # each daemon on a CPU of its own (the placement is not what is timed here)
+        argv.append("--pin-daemons")
     assert main(argv) == 0
 
     result = json.loads((tmp_path / "firstround.json").read_text(encoding="utf-8"))
@@ -57,6 +61,9 @@ def test_firstround_hands_every_delivery_over_once_and_reports_the_phases(
     # the share: what the sink saw per daemon is what each daemon's dispatcher recorded
     daemons = run["per_daemon"]
     assert [d["daemon"] for d in daemons] == [0, 1]
+    if pinned:
+        assert run["daemon_cpus"] == cpus[:2]
+        assert [d["cpus"] for d in daemons] == [[cpus[0]], [cpus[1]]]  # as each saw itself
     assert sum(d["handed_to_sink"] for d in daemons) == CUSTOMERS
     assert all(d["handed_to_sink"] == d["sent_by_dispatcher"] for d in daemons)
     assert sum(d["leader"] for d in daemons) == 1, "exactly one daemon scheduled the round"
