@@ -615,8 +615,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpu is not None:  # first, so that every thread the daemon starts inherits it
         os.sched_setaffinity(0, {args.cpu})
-    daemon_main(args.url, args.hook_url, args.event_loop)
-    http_transport.exit_now(0)  # pyreqwest's threads: see channels.http_transport
+    # pyreqwest's threads: see channels.http_transport
+    http_transport.run_main(lambda: daemon_main(args.url, args.hook_url, args.event_loop))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from channels.http_transport import direct_sender
+from channels.http_transport import DirectSender
 from channels.redact import redact
 
 FIELD_LIMIT = 200
@@ -67,9 +67,9 @@ class PostClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._timeout = httpx.Timeout(timeout)
-        self._direct = direct_sender(max_connections, self._timeout) if transport is None else None
+        self._direct = DirectSender(max_connections, self._timeout) if transport is None else None
         self._client: httpx.AsyncClient | None = None
-        if self._direct is None:  # a transport given (or pyreqwest missing): httpx's client
+        if self._direct is None:  # a transport given: httpx's client over it
             self._client = httpx.AsyncClient(
                 timeout=self._timeout,
                 limits=httpx.Limits(max_connections=max_connections),

@@ -47,19 +47,17 @@ session), which flushes what it has to say and leaves without finalizing.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
-
-if TYPE_CHECKING:
-    from pyreqwest.client import Client
+from pyreqwest import exceptions as reqwest_errors
+from pyreqwest.client import Client, ClientBuilder
 
 USER_AGENT = "broadcaster"
 """Sent when a channel names no User-Agent of its own (instead of pyreqwest's)."""
@@ -116,8 +114,6 @@ class DirectSender:
         self._closed = False
 
     def _get(self) -> Client:
-        from pyreqwest.client import ClientBuilder
-
         if self._client is None:
             t = self._timeout
             builder = (
@@ -153,8 +149,6 @@ class DirectSender:
         timeout: float | None = None,  # noqa: ASYNC109 - a deadline for this request only
     ) -> Answer | httpx.Response:
         """Send ``body`` to ``url`` with exactly ``headers``; the answer read whole."""
-        from pyreqwest import exceptions
-
         if self._closed:
             raise httpx.ConnectError("the HTTP client is closed")
         builder = self._get().request(method, url).headers(headers)
@@ -165,7 +159,7 @@ class DirectSender:
         try:
             response = await builder.build().send()
             content = bytes(await response.bytes())
-        except exceptions.PyreqwestError as exc:
+        except reqwest_errors.PyreqwestError as exc:
             raise _translated(exc) from exc
         pairs = list(response.headers.items())
         if response.headers.get("content-encoding") is None:
@@ -218,27 +212,27 @@ class Answer:
         return f"<Answer [{self.status_code}]>"
 
 
+_TRANSLATED: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (reqwest_errors.PoolTimeoutError, httpx.PoolTimeout),
+    # reqwest times reads in its connector, so a read that timed out on an open connection
+    # comes back as a connect timeout too: both are read timeouts here, the safe reading
+    # (the request may have arrived).
+    (reqwest_errors.WriteTimeoutError, httpx.WriteTimeout),
+    (reqwest_errors.RequestTimeoutError, httpx.ReadTimeout),
+    (reqwest_errors.ConnectError, httpx.ConnectError),
+    (reqwest_errors.WriteError, httpx.WriteError),
+    (reqwest_errors.ReadError, httpx.ReadError),
+    (reqwest_errors.ClientClosedError, httpx.ConnectError),
+)
+"""pyreqwest's failures and the httpx exceptions they become, the first match winning."""
+
+
 def _translated(exc: Exception) -> httpx.TransportError:
     """pyreqwest's failure as the httpx exception the channels' retry contracts expect."""
-    from pyreqwest import exceptions as e
-
-    text = _text(exc)
-    kinds: list[tuple[type[Exception], type[httpx.TransportError]]] = [
-        (e.PoolTimeoutError, httpx.PoolTimeout),
-        # reqwest times reads in its connector, so a read that timed out on an open
-        # connection comes back as a connect timeout too: both are read timeouts here,
-        # the safe reading (the request may have arrived).
-        (e.WriteTimeoutError, httpx.WriteTimeout),
-        (e.RequestTimeoutError, httpx.ReadTimeout),
-        (e.ConnectError, httpx.ConnectError),
-        (e.WriteError, httpx.WriteError),
-        (e.ReadError, httpx.ReadError),
-        (e.ClientClosedError, httpx.ConnectError),
-    ]
-    for theirs, ours in kinds:
+    for theirs, ours in _TRANSLATED:
         if isinstance(exc, theirs):
-            return ours(text)
-    return httpx.RemoteProtocolError(text)
+            return ours(_text(exc))
+    return httpx.RemoteProtocolError(_text(exc))
 
 
 def _text(exc: Exception) -> str:
@@ -249,18 +243,3 @@ def _text(exc: Exception) -> str:
     causes = details.get("causes") or []
     root = causes[-1].get("message", "") if causes else ""
     return f"{message}: {root}" if root and root != message else message
-
-
-@functools.cache
-def available() -> bool:
-    """Whether pyreqwest can be imported (a dependency; absent only in a broken install)."""
-    try:
-        import pyreqwest.client  # noqa: F401 - only whether it can be imported
-    except ImportError:
-        return False
-    return True
-
-
-def direct_sender(max_connections: int, timeout: httpx.Timeout) -> DirectSender | None:
-    """The pyreqwest sender when pyreqwest is installed, else None (httpx's own transport)."""
-    return DirectSender(max_connections, timeout) if available() else None
