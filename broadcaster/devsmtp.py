@@ -63,6 +63,8 @@ class ReceivedMail:
     connection: int  # 1, 2, ... in accept order: shows pooling and reuse
     auth_login: str | None = None  # the user the session authenticated as
     auth_mechanism: str | None = None  # PLAIN or LOGIN
+    mail_options: tuple[str, ...] = ()  # MAIL FROM parameters (SIZE=…, SMTPUTF8)
+    size: int = 0  # octets of the message as received (CRLF line endings, dots unstuffed)
 
 
 class _QuietSession(Session):
@@ -88,6 +90,12 @@ class _SinkProtocol(SMTP):
 
     def _create_session(self) -> Session:
         return _QuietSession(self.loop)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not self._sink.esmtp:  # an old relay: HELO only, no extensions
+            await self.push("502 5.5.1 Command not implemented")
+            return
+        await super().smtp_EHLO(hostname)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Called again with the TLS transport after STARTTLS; keep the socket's own.
@@ -158,6 +166,8 @@ class _Handler:
             connection=server.connection_number,
             auth_mechanism=auth[0],
             auth_login=auth[1],
+            mail_options=tuple(envelope.mail_options),
+            size=len(envelope.original_content or b""),
         )
         self._sink._record(mail)
         return "250 2.0.0 OK: queued"
@@ -171,7 +181,8 @@ class SmtpSink:
     speaks TLS from the first byte. ``credentials`` (user -> password) makes AUTH
     mandatory, offered only over TLS, with the ``auth_mechanisms`` listed. ``reject``
     maps a recipient address to the reply RCPT gets instead of 250, e.g.
-    ``"550 5.1.1 mailbox unavailable"`` or ``"451 4.3.0 try later"``.
+    ``"550 5.1.1 mailbox unavailable"`` or ``"451 4.3.0 try later"``. With ``esmtp``
+    False it plays an old relay that refuses EHLO: HELO only, no extensions.
     """
 
     def __init__(
@@ -186,6 +197,7 @@ class SmtpSink:
         reject: Mapping[str, str] | None = None,
         credentials: Mapping[str, str] | None = None,
         auth_mechanisms: Iterable[str] = ("PLAIN", "LOGIN"),
+        esmtp: bool = True,
     ) -> None:
         if (implicit_tls or require_starttls) and tls_context is None:
             raise ValueError("implicit_tls and require_starttls need a tls_context")
@@ -203,6 +215,7 @@ class SmtpSink:
         self.implicit_tls = implicit_tls
         self.delay = delay
         self.reject: dict[str, str] = {k.lower(): v for k, v in (reject or {}).items()}
+        self.esmtp = esmtp
         self._credentials = dict(credentials) if credentials is not None else None
         self._mechanisms = {m.upper() for m in auth_mechanisms}
         self._cond = threading.Condition()

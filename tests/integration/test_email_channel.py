@@ -210,6 +210,54 @@ async def test_a_non_ascii_address_goes_with_smtputf8(
     assert mail.recipients == ("kunde@bücher.example",)
 
 
+async def test_the_envelope_declares_the_exact_size_and_smtputf8_only_when_needed(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    """MAIL FROM carries SIZE (RFC 1870: the octets as transmitted, CRLF included, the
+    terminating dot and stuffed dots not) and SMTPUTF8 only for a non-ASCII address. A
+    body line that starts with a dot arrives intact (dot-stuffed on the wire)."""
+    sink = make_sink()
+    channel = make_channel(sink.port)
+
+    await channel.send(target(1), message(html=None, text="Line one\n.hidden dot\n..two"))
+    await channel.send(Target(address="kunde@bücher.example", name="Kunde"), message())
+
+    plain, utf8 = sink.wait_for(2, WAIT)
+    assert plain.sender == "ops@example.com"
+    assert plain.mail_options == (f"SIZE={plain.size}",)
+    assert plain.message.get_content() == "Line one\n.hidden dot\n..two\n"
+    assert sorted(utf8.mail_options) == sorted(("SMTPUTF8", f"SIZE={utf8.size}"))
+
+
+async def test_a_relay_that_refuses_ehlo_gets_helo_and_the_message(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    sink = make_sink(tls_context=None, esmtp=False)
+    channel = make_channel(sink.port, security="none")
+
+    await channel.send(target(), message())
+
+    [mail] = sink.wait_for(1, WAIT)
+    assert mail.recipients == ("customer1@example.com",)
+    assert mail.mail_options == ()  # no extensions were offered: no SIZE
+
+
+async def test_a_refused_sender_fails_the_message_not_the_address(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    """A relay that wants AUTH refuses MAIL FROM (530): the customer's address is not
+    at fault, so the contact point stays enabled."""
+    sink = make_sink(credentials={"relay-user": "s3cret"})
+    channel = make_channel(sink.port)
+
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(target(), message())
+
+    assert caught.value.contact_point is None
+    assert "530" in caught.value.reason
+    assert sink.messages == []
+
+
 async def test_implicit_tls(make_sink: SinkFactory, make_channel: ChannelFactory) -> None:
     sink = make_sink(implicit_tls=True)
     channel = make_channel(sink.port, security="tls")
@@ -432,7 +480,17 @@ async def test_wrong_password_is_retryable(
 # -- bad input ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("address", ["", "no-domain", "a@@example.com", "<a@example.com>"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "",
+        "no-domain",
+        "a@@example.com",
+        "<a@example.com>",
+        "a@example.com> SIZE=1",
+        '"x\\\r\\\nRCPT TO:<y@example.com>"@example.com',
+    ],
+)
 async def test_invalid_address_disables_the_contact_point(
     make_sink: SinkFactory, make_channel: ChannelFactory, address: str
 ) -> None:
