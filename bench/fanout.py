@@ -57,7 +57,7 @@ async def pipeline_run(
     specs = channel_specs(
         hook_url=sinks.hook_url,
         smtp_port=sinks.smtp_port,
-        twilio_url=sinks.base_url,
+        twilio_url=sinks.twilio_url,
         twilio_sid=sinks.twilio_sid,
         twilio_token=sinks.twilio_token,
     )
@@ -153,7 +153,7 @@ async def raw_runs(sinks: Sinks, channel: str, n: int) -> dict[str, Timed]:
     sample = await sinks.sample(SINK_OF[channel])
     if channel == "email":
         return {"aiosmtplib": await raw_smtp(sinks.smtp_port, sample, n, connections=4)}
-    base = f"http://127.0.0.1:{sinks.hook_port}" if channel == "push" else sinks.base_url
+    base = f"http://127.0.0.1:{sinks.hook_port}" if channel == "push" else sinks.twilio_url
     url = base + sample["path"]
     # The channels' own clients (PostClient): webhook 50 connections; Twilio 100 (httpx's
     # default, which it kept).

@@ -110,7 +110,7 @@ class FakeTwilio:
         with self._lock:
             self.requests.append(request)
 
-    def _authorised(self, header: str | None) -> str | None:
+    def authorised(self, header: str | None) -> str | None:
         """The account the Authorization header proves, if it does."""
         if not header or not header.startswith("Basic "):
             return None
@@ -152,7 +152,7 @@ class FakeTwilio:
             "uri": f"{uri}.json",
         }
 
-    def _answer(self, account_sid: str, form: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    def answer(self, account_sid: str, form: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
         to = form.get("To", "")
         if not to:
             return 400, error_body(400, 21604, "A 'To' phone number is required.")
@@ -179,7 +179,7 @@ def _build_app(fake: FakeTwilio) -> FastAPI:
     @app.post("/2010-04-01/Accounts/{account_sid}/Messages.json")
     async def create_message(account_sid: str, request: Request) -> Response:
         form = {key: str(value) for key, value in (await request.form()).items()}
-        user = fake._authorised(request.headers.get("authorization"))
+        user = fake.authorised(request.headers.get("authorization"))
         fake._record(ReceivedRequest(account_sid, form, dict(request.headers), user is not None))
         scripted = fake.plan.next()
         if scripted is not None:
@@ -191,7 +191,7 @@ def _build_app(fake: FakeTwilio) -> FastAPI:
             return JSONResponse(error_body(401), status_code=401)
         if user != account_sid:
             return JSONResponse(error_body(404), status_code=404)
-        status, payload = fake._answer(account_sid, form)
+        status, payload = fake.answer(account_sid, form)
         headers = scripted.headers if scripted is not None else None
         return JSONResponse(payload, status_code=status, headers=headers)
 

@@ -1,16 +1,25 @@
-"""The benchmarks' webhook sink (:class:`bench.sinks.HookProtocol`) speaks enough HTTP/1.1
-for every sender under test, counts what it accepted, and refuses what it cannot read."""
+"""The benchmarks' lean HTTP sinks: the webhook sink (:class:`bench.sinks.HookProtocol`)
+speaks enough HTTP/1.1 for every sender under test, counts what it accepted, and refuses
+what it cannot read; the fake Twilio API on the same protocol
+(:class:`bench.sinks.TwilioProtocol`) answers as Twilio does."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import httpx
 import pytest
+from pydantic import SecretStr
 
-from bench.sinks import HookProtocol, _Counts
+from bench.sinks import HookProtocol, TwilioProtocol, _Counts
+from channels.base import DeliveryError, Message, Target
+from channels.twilio_sms import TwilioSettings, TwilioSmsChannel
+from tests.fakes.twilio import FakeTwilio
 
 
 @pytest.fixture
@@ -129,3 +138,93 @@ async def test_other_methods_get_405_and_connection_close_is_honoured(
     assert answer.count(b"HTTP/1.1 200 OK") == 1  # the second came after the close
     assert b"Connection: close" in answer
     assert counts.hook_snapshot()["paths"] == {"/hook": 1}
+
+
+# -- the fake Twilio Messages API (bench.sinks.TwilioProtocol) ------------------------------
+
+
+@pytest.fixture
+async def twilio_sink() -> AsyncIterator[tuple[int, _Counts, FakeTwilio]]:
+    counts = _Counts()
+    fake = FakeTwilio()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: TwilioProtocol(counts, fake), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port, counts, fake
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_sms_channel_sends_through_the_lean_twilio_sink(
+    twilio_sink: tuple[int, _Counts, FakeTwilio],
+) -> None:
+    """The real channel (basic auth, form body) gets Twilio's 201 and the Message SID; a
+    number the fake knows as invalid gets Twilio's 21211, which the channel reads as a
+    permanent failure of that address."""
+    port, counts, fake = twilio_sink
+    fake.invalid.add("+15005550001")
+    channel = TwilioSmsChannel(
+        "sms",
+        TwilioSettings(
+            account_sid=fake.account_sid,
+            auth_token=SecretStr(fake.auth_token),
+            from_number="+15005550006",
+            base_url=f"http://127.0.0.1:{port}",
+        ),
+    )
+    try:
+        receipt = await channel.send(
+            Target("+15005550009", "Ada"), Message("", "Line 4: no trains")
+        )
+        with pytest.raises(DeliveryError) as caught:
+            await channel.send(Target("+15005550001", "Bob"), Message("", "Line 4: no trains"))
+    finally:
+        await channel.aclose()
+    assert receipt.provider_message_id.startswith("SM")
+    assert "21211" in caught.value.reason and not caught.value.retryable
+    assert counts.snapshot() == {"twilio": 2}
+    sample = counts.samples["twilio"]()
+    assert sample["path"] == f"/2010-04-01/Accounts/{fake.account_sid}/Messages.json"
+    assert b"To=%2B15005550001" in base64.b64decode(sample["body"])
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code"),
+    [
+        ({"auth": ("AC" + "0" * 32, "wrong")}, 401, 20003),
+        ({"path": "/2010-04-01/Accounts/AC{other}/Messages.json"}, 404, 20404),
+        ({"path": "/2010-04-01/Accounts/{sid}/Calls.json"}, 404, 20404),
+        ({"method": "GET"}, 405, None),
+        ({"form": {"From": "+15005550006", "Body": "hi"}}, 400, 21604),
+        ({"form": {"To": "+15005550009", "From": "+15005550006"}}, 400, 21602),
+        ({"content_type": "application/json"}, 400, 20001),
+    ],
+)
+async def test_the_twilio_sink_answers_twilio_errors(
+    twilio_sink: tuple[int, _Counts, FakeTwilio],
+    change: dict[str, Any],
+    status: int,
+    code: int | None,
+) -> None:
+    port, _counts, fake = twilio_sink
+    path = change.get("path", "/2010-04-01/Accounts/{sid}/Messages.json").format(
+        sid=fake.account_sid, other="f" * 32
+    )
+    form = change.get("form", {"To": "+15005550009", "From": "+15005550006", "Body": "hi"})
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        response = await client.request(
+            change.get("method", "POST"),
+            path,
+            content=urlencode(form).encode(),
+            headers={
+                "Content-Type": change.get("content_type", "application/x-www-form-urlencoded")
+            },
+            auth=change.get("auth", (fake.account_sid, fake.auth_token)),
+        )
+    assert response.status_code == status
+    document = response.json()
+    assert document["status"] == status
+    if code is not None:
+        assert document["code"] == code
