@@ -202,7 +202,11 @@ class Answer:
     @property
     def text(self) -> str:
         """The body as text, decoded as httpx decodes it (the charset of its
-        ``Content-Type``, else UTF-8)."""
+        ``Content-Type``, else UTF-8, undecodable bytes replaced). UTF-8, what the
+        providers answer, is decoded here directly: through an httpx.Response it cost
+        about 18 µs an answer."""
+        if _utf8(self._pairs):
+            return self.content.decode("utf-8", errors="replace")
         return httpx.Response(self.status_code, headers=self._pairs, content=self.content).text
 
     def json(self, **kwargs: Any) -> Any:
@@ -210,6 +214,22 @@ class Answer:
 
     def __repr__(self) -> str:
         return f"<Answer [{self.status_code}]>"
+
+
+def _utf8(pairs: list[tuple[str, str]]) -> bool:
+    """Does httpx decode a body with these headers as UTF-8: a ``Content-Type`` without
+    a charset parameter (or none at all), or one that names UTF-8? Anything less plain
+    (another charset, a malformed parameter list) is left to httpx."""
+    for name, value in pairs:
+        if name.lower() == "content-type":
+            params = value.split(";")[1:]
+            charsets = [
+                v.strip().strip('"').lower()
+                for k, _, v in (param.partition("=") for param in params)
+                if k.strip().lower() == "charset"
+            ]
+            return not charsets or charsets == ["utf-8"] or charsets == ["utf8"]
+    return True
 
 
 _TRANSLATED: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
