@@ -17,11 +17,19 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 from sqlalchemy import func, select
 
-from bench.baselines import Timed, apprise_json, raw_aiohttp, raw_httpx, raw_smtp
+from bench.baselines import (
+    Timed,
+    apprise_json,
+    raw_aiohttp,
+    raw_httpx,
+    raw_smtp,
+    raw_twilio_sdk,
+)
 from bench.pipeline import (
     COMPONENT,
     CONTACT_KIND,
@@ -42,6 +50,8 @@ STACK = "channel-client"
 """The HTTP channels' own client stack, replaying without a store: the
 :class:`~channels.http_common.PostClient` of the webhook and Twilio channels (sending
 straight through pyreqwest's pool)."""
+SDK = "twilio-sdk"
+"""The Twilio SDK on its own async client (aiohttp), for comparison with the SMS channel."""
 SINK_OF = {"push": "hook", "email": "smtp", "sms": "twilio"}
 MESSAGE = (
     "Trains on line 1 are not running between Central and Harbour because of a signal "
@@ -165,6 +175,11 @@ async def raw_runs(sinks: Sinks, channel: str, n: int) -> dict[str, Timed]:
     if n <= PLAIN_HTTPX_UP_TO:
         plain = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=connections))
         runs["httpx"] = await raw_httpx(url, sample, n, client=plain)
+        if channel == "sms":
+            form = dict(parse_qsl(sample["body"].decode("utf-8")))
+            runs[SDK] = await raw_twilio_sdk(
+                sinks.twilio_url, sinks.twilio_sid, sinks.twilio_token, form, n
+            )
     return runs
 
 
@@ -280,6 +295,17 @@ def _rows(
                 "msg/s",
                 baseline=f"raw httpx, own pool {raw_rates['httpx']:,.0f}/s",
                 ratio=rate / raw_rates["httpx"] if raw_rates["httpx"] else None,
+                note=note or "for comparison: no target",
+            )
+        )
+    if SDK in raw_rates:
+        rows.append(
+            Row(
+                f"fan-out {label}",
+                rate,
+                "msg/s",
+                baseline=f"Twilio SDK, own client {raw_rates[SDK]:,.0f}/s",
+                ratio=rate / raw_rates[SDK] if raw_rates[SDK] else None,
                 note=note or "for comparison: no target",
             )
         )

@@ -46,6 +46,25 @@ def test_fanout_runs_end_to_end_and_writes_results(
     assert "fan-out push 40 sqlite" in printed
 
 
+def test_sms_fanout_goes_through_the_fake_twilio_beside_the_sdk_and_the_client(
+    tmp_path: Path,
+) -> None:
+    """The SMS round goes to the lean fake Twilio API, every message accepted there, and
+    the baselines (the channels' client replaying the request, plain httpx, the Twilio SDK
+    on its own client) send the same message there without an error."""
+    argv = ["fanout", "--quick", "--size", "30", "--channel", "sms", "--backend", "sqlite"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+
+    result = json.loads((tmp_path / "fanout.json").read_text(encoding="utf-8"))
+    (run,) = result["runs"]
+    assert run["sent"] == 30 and run["received_by_sink"] == 30
+    assert set(run["raw_rates"]) == {"channel-client", "aiohttp", "httpx", "twilio-sdk"}
+    for timed in result["baselines"]["sms/30"].values():
+        assert [(t["ok"], t["errors"]) for t in timed] == [(30, 0)]
+    assert any(row["baseline"].startswith("Twilio SDK, own client") for row in result["rows"])
+    assert result["notes"] == []
+
+
 def test_fanout_pipeline_only_runs_no_baseline(tmp_path: Path) -> None:
     argv = ["fanout", "--quick", "--size", "40", "--channel", "push", "--backend", "sqlite"]
     assert main([*argv, "--pipeline-only", "--out", str(tmp_path)]) == 0
