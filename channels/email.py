@@ -258,12 +258,18 @@ class EmailChannel:
         Message.headers) must not add recipients. aiosmtplib's ``sendmail`` would parse
         each address twice with the standard library's lenient parser and scan the
         whole message an extra time for SIZE, about 60 µs a message; the addresses are
-        checked once here instead (the sender when the channel is built, the recipient
-        by :func:`_recipient` and aiosmtplib's own check where it is not a plain
-        dot-atom address), and the message is already in canonical form (CRLF line
-        endings), so its length is its SIZE (RFC 1870). Every command still goes through
-        ``execute_command``, which refuses control characters in arguments.
+        checked once instead (the sender when the channel is built, the recipient by
+        :func:`_recipient` and here, with aiosmtplib's own check where it is not a plain
+        dot-atom address), before anything is sent, so that a bad one leaves no
+        half-open transaction on a pooled connection (a ValueError, as from
+        ``sendmail``). The message is already in canonical form (CRLF line endings), so
+        its length is its SIZE (RFC 1870).
         """
+        path = recipient if _SIMPLE_ADDRESS.fullmatch(recipient) else None
+        quoted = f"<{path}>" if path is not None else quote_address(recipient)
+        if _CONTROL.search(quoted):  # a quoted local part may hide one from quote_address
+            raise ValueError("the address holds a control character")
+        rcpt_to = b"TO:" + quoted.encode("utf-8" if outgoing.smtputf8 else "ascii")
         options: list[bytes] = []
         if client.supports_extension("size"):
             options.append(b"SIZE=%d" % len(outgoing.data))
@@ -274,11 +280,7 @@ class EmailChannel:
         reply = await client.execute_command(b"MAIL", self._mail_from, *options)
         if reply.code != aiosmtplib.SMTPStatus.completed:
             raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, self._sender_addr)
-        path = recipient if _SIMPLE_ADDRESS.fullmatch(recipient) else None
-        quoted = f"<{path}>" if path is not None else quote_address(recipient)
-        reply = await client.execute_command(
-            b"RCPT", b"TO:" + quoted.encode("utf-8" if outgoing.smtputf8 else "ascii")
-        )
+        reply = await client.execute_command(b"RCPT", rcpt_to)
         if reply.code not in (
             aiosmtplib.SMTPStatus.completed,
             aiosmtplib.SMTPStatus.will_forward,
@@ -404,6 +406,9 @@ _DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
 _SIMPLE_ADDRESS = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
 _DOMAIN = re.compile(rf"{_DOT_ATOM}|\[[!-Z^-~]*\]")
 _ID_UNSAFE = re.compile(rf"[^{_ATEXT}.]")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+"""What an SMTP command line must not carry (aiosmtplib refuses it too, but only when the
+command is sent)."""
 _LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 """The line boundaries of str.splitlines."""
 _DROPPED = frozenset({"bcc", "resent-bcc", "mime-version"})

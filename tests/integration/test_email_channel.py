@@ -229,6 +229,22 @@ async def test_the_envelope_declares_the_exact_size_and_smtputf8_only_when_neede
     assert sorted(utf8.mail_options) == sorted(("SMTPUTF8", f"SIZE={utf8.size}"))
 
 
+async def test_a_quoted_local_part_goes_into_the_envelope_as_it_is(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    """Not a plain local@domain: quoted by aiosmtplib's own rules, after its checks."""
+    sink = make_sink()
+    channel = make_channel(sink.port, pool_size=1)
+
+    await channel.send(Target(address='"ada lovelace"@example.com', name="Ada"), message())
+    await channel.send(target(2), message())
+
+    first, second = sink.wait_for(2, WAIT)
+    assert first.recipients == ('"ada lovelace"@example.com',)
+    assert second.recipients == ("customer2@example.com",)
+    assert first.connection == second.connection
+
+
 async def test_a_relay_that_refuses_ehlo_gets_helo_and_the_message(
     make_sink: SinkFactory, make_channel: ChannelFactory
 ) -> None:
