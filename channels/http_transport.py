@@ -219,17 +219,17 @@ class Answer:
 def _utf8(pairs: list[tuple[str, str]]) -> bool:
     """Does httpx decode a body with these headers as UTF-8: a ``Content-Type`` without
     a charset parameter (or none at all), or one that names UTF-8? Anything less plain
-    (another charset, a malformed parameter list) is left to httpx."""
-    for name, value in pairs:
-        if name.lower() == "content-type":
-            params = value.split(";")[1:]
-            charsets = [
-                v.strip().strip('"').lower()
-                for k, _, v in (param.partition("=") for param in params)
-                if k.strip().lower() == "charset"
-            ]
-            return not charsets or charsets == ["utf-8"] or charsets == ["utf8"]
-    return True
+    (another charset, a malformed parameter list, several Content-Type headers, which
+    httpx joins) is left to httpx."""
+    types = [value for name, value in pairs if name.lower() == "content-type"]
+    if len(types) != 1:
+        return not types
+    charsets = [
+        v.strip().strip('"').lower()
+        for k, _, v in (param.partition("=") for param in types[0].split(";")[1:])
+        if k.strip().lower() == "charset"
+    ]
+    return not charsets or charsets == ["utf-8"] or charsets == ["utf8"]
 
 
 _TRANSLATED: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (

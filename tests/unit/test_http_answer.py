@@ -26,11 +26,16 @@ CONTENT_TYPES = [
     "text/plain; charset=",
     "text/plain; charset=utf-8; charset=latin-1",
     "text/plain; foo=bar",
+    "text/plain; charset=latin-1 | application/json",
+    "application/json | text/plain; charset=utf-8",
 ]
 
 
 def _pairs(content_type: str | None) -> list[tuple[str, str]]:
-    return [] if content_type is None else [("Content-Type", content_type)]
+    if content_type is None:
+        return []
+    # Several Content-Type headers, which httpx joins with a comma.
+    return [("Content-Type", part) for part in content_type.split(" | ")]
 
 
 def _decoded(read: Callable[[], str]) -> tuple[str, str]:
