@@ -47,7 +47,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from tests.fakes.twilio import error_body
+from tests.fakes.twilio import FakeTwilio, error_body
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -302,7 +302,7 @@ class TwilioProtocol(LeanHttpProtocol):
     a second, below the channel's client, so the SMS ratio measured the sink, not the
     pipeline. Every POST to the Messages resource is counted, as a real API bills it."""
 
-    def __init__(self, counts: _Counts, twilio: Any) -> None:
+    def __init__(self, counts: _Counts, twilio: FakeTwilio) -> None:
         super().__init__()
         self._counts = counts
         self._twilio = twilio
@@ -357,7 +357,6 @@ def _serve() -> None:
     import uvicorn
     from aiosmtpd.controller import Controller
 
-    from tests.fakes.twilio import FakeTwilio
 
     counts = _Counts()
     twilio = FakeTwilio()
