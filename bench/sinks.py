@@ -357,7 +357,6 @@ def _serve() -> None:
     import uvicorn
     from aiosmtpd.controller import Controller
 
-
     counts = _Counts()
     twilio = FakeTwilio()
 

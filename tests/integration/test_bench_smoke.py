@@ -104,3 +104,23 @@ def test_a_bad_pin_is_refused_before_anything_runs(spec: str, says: str) -> None
     with pytest.raises(SystemExit) as refused:
         main(["fanout", "--pin", spec])
     assert says in str(refused.value)
+
+
+def test_email_build_compares_the_transactions(tmp_path: Path) -> None:
+    """``python -m bench.email_build`` runs end to end: builds, sends through the sink, and
+    the channel's own transaction beside the old ``sendmail`` one. No timing asserted."""
+    out = tmp_path / "email.json"
+    argv = ["--count", "40", "--rounds", "1", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.email_build", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text(encoding="utf-8"))
+    runs = result["transaction_runs_cpu_us"]
+    assert len(runs["channel"]) == len(runs["sendmail"]) == 1
+    assert all(value > 0 for value in runs["channel"] + runs["sendmail"])
+    assert "send, own transaction" in done.stdout
