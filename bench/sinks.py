@@ -42,7 +42,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import httpx
@@ -184,6 +184,17 @@ _ACCEPTED = _answer("200 OK", HOOK_ANSWER, close=False)
 _ACCEPTED_CLOSE = _answer("200 OK", HOOK_ANSWER, close=True)
 
 
+class Request(NamedTuple):
+    """One request a lean sink read whole."""
+
+    method: str
+    path: str  # the target without its query
+    headers: list[tuple[str, str]]  # as sent, in order
+    named: dict[str, str]  # the values by lower-case name (the last of a repeated one)
+    body: bytes
+    close: bool  # the connection closes after the answer
+
+
 class LeanHttpProtocol(asyncio.Protocol):
     """One connection to a lean HTTP sink: HTTP/1.1 requests with a ``Content-Length``
     body (how every sender under test posts), any number in a row on one connection, each
@@ -199,17 +210,8 @@ class LeanHttpProtocol(asyncio.Protocol):
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
 
-    def answer(
-        self,
-        method: str,
-        path: str,
-        headers: list[tuple[str, str]],
-        named: dict[str, str],
-        body: bytes,
-        close: bool,
-    ) -> bytes:
-        """The whole HTTP answer to one request (``named``: header values by lower-case
-        name; ``close``: the connection closes after it)."""
+    def answer(self, request: Request) -> bytes:
+        """The whole HTTP answer to one request."""
         raise NotImplementedError
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -253,7 +255,8 @@ class LeanHttpProtocol(asyncio.Protocol):
             method, target, version = request
             close = named.get("connection", "").lower() == "close" or version == "HTTP/1.0"
             path = target.split("?", 1)[0]
-            self._transport.write(self.answer(method, path, headers, named, body, close))
+            answer = self.answer(Request(method, path, headers, named, body, close))
+            self._transport.write(answer)
             if close:
                 self._transport.close()
 
@@ -273,20 +276,12 @@ class HookProtocol(LeanHttpProtocol):
         super().__init__()
         self._counts = counts
 
-    def answer(
-        self,
-        method: str,
-        path: str,
-        headers: list[tuple[str, str]],
-        named: dict[str, str],
-        body: bytes,
-        close: bool,
-    ) -> bytes:
-        if method != "POST":
-            return _answer("405 Method Not Allowed", b"{}", close=close)
-        self._counts.add("hook", _sampler(path, headers, body))
-        self._counts.add_hook(path, named.get("idempotency-key"))
-        return _ACCEPTED_CLOSE if close else _ACCEPTED
+    def answer(self, request: Request) -> bytes:
+        if request.method != "POST":
+            return _answer("405 Method Not Allowed", b"{}", close=request.close)
+        self._counts.add("hook", _sampler(request.path, request.headers, request.body))
+        self._counts.add_hook(request.path, request.named.get("idempotency-key"))
+        return _ACCEPTED_CLOSE if request.close else _ACCEPTED
 
 
 _MESSAGES_PATH = re.compile(r"/2010-04-01/Accounts/([^/]+)/Messages\.json")
@@ -307,28 +302,21 @@ class TwilioProtocol(LeanHttpProtocol):
         self._counts = counts
         self._twilio = twilio
 
-    def answer(
-        self,
-        method: str,
-        path: str,
-        headers: list[tuple[str, str]],
-        named: dict[str, str],
-        body: bytes,
-        close: bool,
-    ) -> bytes:
-        found = _MESSAGES_PATH.fullmatch(path)
+    def answer(self, request: Request) -> bytes:
+        close = request.close
+        found = _MESSAGES_PATH.fullmatch(request.path)
         if found is None:
             return _json_answer(404, error_body(404), close)
-        if method != "POST":
+        if request.method != "POST":
             return _json_answer(405, error_body(405), close)
-        self._counts.add("twilio", _sampler(path, headers, body))
-        if named.get("content-type", "").split(";")[0].strip().lower() != _FORM:
+        self._counts.add("twilio", _sampler(request.path, request.headers, request.body))
+        if request.named.get("content-type", "").split(";")[0].strip().lower() != _FORM:
             return _json_answer(400, error_body(400, 20001, "Expected a form body"), close)
         try:
-            form = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+            form = dict(parse_qsl(request.body.decode("utf-8"), keep_blank_values=True))
         except UnicodeDecodeError:
             return _json_answer(400, error_body(400, 20001, "The form is not UTF-8"), close)
-        user = self._twilio.authorised(named.get("authorization"))
+        user = self._twilio.authorised(request.named.get("authorization"))
         if user is None:
             return _json_answer(401, error_body(401), close)
         account = found.group(1)
