@@ -3,6 +3,8 @@ passes on when the leader's session ends."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
@@ -40,6 +42,15 @@ async def _lock_holder(url: str) -> int | None:
         return pid
     finally:
         await conn.close()
+
+
+async def _until_freed(url: str, holder: int, timeout: float = 10.0) -> None:
+    """Return once session ``holder`` no longer holds the lock; fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while await _lock_holder(url) == holder:
+        assert loop.time() < deadline, f"session {holder} still holds the lock"
+        await asyncio.sleep(0.02)
 
 
 async def test_every_daemon_keeps_one_idle_connection_and_no_open_transaction(
@@ -80,6 +91,9 @@ async def test_the_lock_passes_on_when_the_leaders_session_ends(postgres_url: st
             assert await admin.fetchval("SELECT pg_terminate_backend($1)", holder)
         finally:
             await admin.close()
+        # pg_terminate_backend only signals the session: it ends, and its lock is freed, a
+        # moment later (longer on a loaded machine). Wait for that, then ask once.
+        await _until_freed(postgres_url, holder)
         assert await follower.ensure(), "the follower did not take the free lock"
         assert follower.leading
         # The old leader finds out at its next sweep, and does not claim to lead.
