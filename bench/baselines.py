@@ -32,6 +32,7 @@ from twilio.rest import Client as TwilioClient
 
 from broadcaster.config.settings import DeliverySettings
 from channels.http_common import PostClient
+from channels.twilio_sms import NO_TWILIO_ENVIRONMENT
 
 DEFAULT_CONCURRENCY = DeliverySettings().workers * DeliverySettings().batch_size
 """Requests in flight: the daemon's default ``delivery.workers`` × ``delivery.batch_size``."""
@@ -202,7 +203,7 @@ async def raw_twilio_sdk(
         account_sid,
         auth_token,
         http_client=http,
-        environment={"TWILIO_EDGE": "", "TWILIO_REGION": ""},
+        environment=NO_TWILIO_ENVIRONMENT,
     )
     client.api.base_url = base_url
 

@@ -265,10 +265,11 @@ class EmailChannel:
         ``sendmail``). The message is already in canonical form (CRLF line endings), so
         its length is its SIZE (RFC 1870).
         """
-        path = recipient if _SIMPLE_ADDRESS.fullmatch(recipient) else None
-        quoted = f"<{path}>" if path is not None else quote_address(recipient)
-        if _CONTROL.search(quoted):  # a quoted local part may hide one from quote_address
-            raise ValueError("the address holds a control character")
+        # _recipient has refused control characters, which no SMTP command may carry.
+        if _SIMPLE_ADDRESS.fullmatch(recipient):
+            quoted = f"<{recipient}>"
+        else:
+            quoted = quote_address(recipient)
         rcpt_to = b"TO:" + quoted.encode("utf-8" if outgoing.smtputf8 else "ascii")
         options: list[bytes] = []
         if client.supports_extension("size"):
@@ -407,8 +408,6 @@ _SIMPLE_ADDRESS = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
 _DOMAIN = re.compile(rf"{_DOT_ATOM}|\[[!-Z^-~]*\]")
 _ID_UNSAFE = re.compile(rf"[^{_ATEXT}.]")
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
-"""What an SMTP command line must not carry (aiosmtplib refuses it too, but only when the
-command is sent)."""
 _LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 """The line boundaries of str.splitlines."""
 _DROPPED = frozenset({"bcc", "resent-bcc", "mime-version"})
@@ -579,6 +578,8 @@ def _recipient(target: Target) -> str:
         raise ValueError(f"an email address has at most {_ADDRESS_MAX} characters")
     if _SIMPLE_ADDRESS.fullmatch(target.address):
         return target.address  # dot-atom@dot-atom: what the parser below would return
+    if _CONTROL.search(target.address):  # the parser lets a tab in a quoted local part by
+        raise ValueError("an email address cannot hold a control character")
     address = Address(addr_spec=target.address)
     if not address.username or not address.domain:
         raise ValueError("an email address needs a local part and a domain")

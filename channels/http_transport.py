@@ -205,7 +205,7 @@ class Answer:
         ``Content-Type``, else UTF-8, undecodable bytes replaced). UTF-8, what the
         providers answer, is decoded here directly: through an httpx.Response it cost
         about 18 µs an answer."""
-        if _utf8(self._pairs):
+        if _utf8(self.headers.get("content-type")):
             return self.content.decode("utf-8", errors="replace")
         return httpx.Response(self.status_code, headers=self._pairs, content=self.content).text
 
@@ -216,17 +216,15 @@ class Answer:
         return f"<Answer [{self.status_code}]>"
 
 
-def _utf8(pairs: list[tuple[str, str]]) -> bool:
-    """Does httpx decode a body with these headers as UTF-8: a ``Content-Type`` without
-    a charset parameter (or none at all), or one that names UTF-8? Anything less plain
-    (another charset, a malformed parameter list, several Content-Type headers, which
-    httpx joins) is left to httpx."""
-    types = [value for name, value in pairs if name.lower() == "content-type"]
-    if len(types) != 1:
-        return not types
+def _utf8(content_type: str | None) -> bool:
+    """Does httpx decode a body of this ``Content-Type`` (as httpx's headers give it,
+    repeated headers joined) as UTF-8: none, one without a charset parameter, or one that
+    names UTF-8? Anything else (another charset, an odd parameter list) is left to httpx."""
+    if content_type is None:
+        return True
     charsets = [
         v.strip().strip('"').lower()
-        for k, _, v in (param.partition("=") for param in types[0].split(";")[1:])
+        for k, _, v in (param.partition("=") for param in content_type.split(";")[1:])
         if k.strip().lower() == "charset"
     ]
     return not charsets or charsets == ["utf-8"] or charsets == ["utf8"]

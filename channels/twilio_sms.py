@@ -93,7 +93,7 @@ KEYWORDS: Mapping[str, Keyword] = MappingProxyType(
     | dict.fromkeys(("HELP", "INFO"), _HELP)
 )
 """Inbound SMS bodies (upper case) that are opt-out keywords."""
-_NO_TWILIO_ENVIRONMENT = {"TWILIO_EDGE": "", "TWILIO_REGION": ""}
+NO_TWILIO_ENVIRONMENT = {"TWILIO_EDGE": "", "TWILIO_REGION": ""}
 """Given to the twilio client so that TWILIO_* variables cannot redirect it: settings rule."""
 
 _responses: ContextVar[list[http_common.HttpAnswer] | None] = ContextVar(
@@ -239,7 +239,7 @@ def _new_client(account_sid: str, auth_token: str, http_client: HttpxTwilioClien
         password=auth_token,
         account_sid=account_sid,
         http_client=http_client,
-        environment=_NO_TWILIO_ENVIRONMENT,
+        environment=NO_TWILIO_ENVIRONMENT,
     )
 
 

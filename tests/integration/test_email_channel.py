@@ -505,6 +505,7 @@ async def test_wrong_password_is_retryable(
         "<a@example.com>",
         "a@example.com> SIZE=1",
         '"x\\\r\\\nRCPT TO:<y@example.com>"@example.com',
+        '"tab\there"@example.com',
     ],
 )
 async def test_invalid_address_disables_the_contact_point(
