@@ -26,7 +26,7 @@ from bench.report import table, write
 from bench.sinks import SINK_CPU_ENV
 from bench.store import BACKENDS, postgres_available
 from broadcaster import eventloop
-from broadcaster.eventloop import EventLoopChoice, loop_name
+from broadcaster.eventloop import DEFAULT_EVENT_LOOP, EventLoopChoice, loop_name
 from channels import http_transport
 
 
@@ -78,7 +78,7 @@ async def run_scenario(
     workdir: Path,
     params: dict[str, Any],
     backends: list[str],
-    event_loop: EventLoopChoice = "asyncio",
+    event_loop: EventLoopChoice = DEFAULT_EVENT_LOOP,
 ) -> dict[str, Any]:
     runners: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
         "fanout": fanout.run,
@@ -146,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--event-loop",
         choices=get_args(EventLoopChoice),
-        default="asyncio",
+        default=DEFAULT_EVENT_LOOP,
         help="the event loop of the daemons under test and of the baselines beside them "
-        "(the daemon's event_loop setting; default asyncio)",
+        f"(the daemon's event_loop setting; default {DEFAULT_EVENT_LOOP}, the setting's)",
     )
     args = parser.parse_args(argv)
     if args.pin and args.pin_daemons:

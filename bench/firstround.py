@@ -61,7 +61,7 @@ from broadcaster import eventloop
 from broadcaster.clock import RealClock
 from broadcaster.config.settings import ScheduleSettings, Settings
 from broadcaster.daemon import Daemon
-from broadcaster.eventloop import EventLoopChoice, loop_name
+from broadcaster.eventloop import DEFAULT_EVENT_LOOP, EventLoopChoice, loop_name
 from broadcaster.incidents import service
 from broadcaster.logs import configure_logging
 from broadcaster.store import Database, Delivery, Round
@@ -122,7 +122,7 @@ async def _serve_daemon(settings: Settings) -> dict[str, Any]:
     }
 
 
-def daemon_main(url: str, hook_url: str, event_loop: EventLoopChoice = "asyncio") -> None:
+def daemon_main(url: str, hook_url: str, event_loop: EventLoopChoice = DEFAULT_EVENT_LOOP) -> None:
     settings = daemon_settings(url, hook_url).model_copy(update={"event_loop": event_loop})
     configure_logging(settings.log.level, settings.log.format)  # as ``broadcaster run``
     report = eventloop.run(_serve_daemon(settings), settings.event_loop)  # as ``broadcaster run``
@@ -141,7 +141,7 @@ class DaemonProcess:
         url: str,
         hook_url: str,
         log_path: Path,
-        event_loop: EventLoopChoice = "asyncio",
+        event_loop: EventLoopChoice = DEFAULT_EVENT_LOOP,
         cpu: int | None = None,
     ) -> None:
         self.index = index
@@ -293,7 +293,7 @@ async def firstround_run(
     customers: int,
     daemons: int,
     workdir: Path,
-    event_loop: EventLoopChoice = "asyncio",
+    event_loop: EventLoopChoice = DEFAULT_EVENT_LOOP,
     cpus: list[int] | None = None,
 ) -> dict[str, Any]:
     """Populate ``url``, start ``daemons`` daemons, declare, wait for every delivery; with
@@ -464,7 +464,7 @@ async def run(
     backends: list[str],
     customers: int,
     daemons: int,
-    event_loop: EventLoopChoice = "asyncio",
+    event_loop: EventLoopChoice = DEFAULT_EVENT_LOOP,
     pin_daemons: bool = False,
 ) -> dict[str, Any]:
     label = f"{customers:,} customers, {daemons} daemons, PostgreSQL"
@@ -610,7 +610,9 @@ def main() -> None:
     parser.add_argument("--daemon", action="store_true", required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--hook-url", required=True)
-    parser.add_argument("--event-loop", choices=get_args(EventLoopChoice), default="asyncio")
+    parser.add_argument(
+        "--event-loop", choices=get_args(EventLoopChoice), default=DEFAULT_EVENT_LOOP
+    )
     parser.add_argument("--cpu", type=int, help="run on this CPU alone (every thread)")
     args = parser.parse_args()
     if args.cpu is not None:  # first, so that every thread the daemon starts inherits it

@@ -15,7 +15,7 @@ from typing import Any
 from broadcaster.config.settings import Settings
 from broadcaster.daemon import Daemon
 from broadcaster.engine import Engine
-from broadcaster.eventloop import loop_name
+from broadcaster.eventloop import DEFAULT_EVENT_LOOP, loop_name
 from channels.base import Channel
 
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"  # noqa: S105 - a local sink's key
@@ -80,7 +80,7 @@ def _running_loop() -> str:
     try:
         return loop_name()
     except RuntimeError:  # no loop running: the daemon's default
-        return "asyncio"
+        return DEFAULT_EVENT_LOOP
 
 
 class RunningDaemon:

@@ -1,12 +1,17 @@
 """The event loop the daemon and its dispatch processes run on (``event_loop`` setting).
 
-``asyncio`` (the default) is the standard library's loop; ``uvloop`` is uvloop (a
-dependency everywhere but Windows), which does the loop's own work (callbacks, timers,
-socket reads and writes) in C. Neither wins everywhere. Measured here (docs/performance.md,
-fourth round), uvloop sent a push round on SQLite 15 % faster (median of three alternating
-pairs) and an email round about 10 % faster, but a push round on PostgreSQL 10 % slower
-with more CPU per delivery, so it is not the default; the shipped ``config.yaml`` (SQLite)
-turns it on.
+``uvloop`` (the default, a dependency everywhere but Windows) does the loop's own work
+(callbacks, timers, socket reads and writes, wake-ups from other threads) in C; ``asyncio``
+is the standard library's loop, and the default on Windows, where uvloop does not exist.
+
+uvloop became the default in the eighth round of measurements (docs/performance.md). Since
+the HTTP channels send through pyreqwest, every answer reaches the loop from pyreqwest's
+thread, and asyncio's loop writes a byte to its self-pipe for each (a system call and a
+wake-up per message) where uvloop coalesces them: in alternating pairs of pipeline-only push
+rounds of 40,000, uvloop spent 7–9 % less CPU per delivery on SQLite and 11–14 % less on
+PostgreSQL, email rounds 11–14 % less, and the first round of 1,000,000 on two daemons
+used 5 % less CPU. (In the fourth round, when the channels sent through aiohttp inside the
+loop, uvloop had been 10 % slower on PostgreSQL, which is why asyncio was the default then.)
 
 The setting applies where Broadcaster makes the loop: ``broadcaster run`` and its dispatch
 processes. A program that runs :class:`~broadcaster.daemon.Daemon` on a loop of its own
@@ -18,12 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
 EventLoopChoice = Literal["asyncio", "uvloop"]
+
+DEFAULT_EVENT_LOOP: EventLoopChoice = "asyncio" if sys.platform == "win32" else "uvloop"
+"""The ``event_loop`` setting's default: uvloop wherever it is a dependency."""
 
 
 class EventLoopError(RuntimeError):
@@ -39,8 +48,8 @@ def loop_factory(choice: EventLoopChoice) -> Callable[[], asyncio.AbstractEventL
         uvloop = importlib.import_module("uvloop")
     except ImportError as exc:
         raise EventLoopError(
-            "event_loop: uvloop is configured but not installed "
-            "(pip install uvloop, or set event_loop: asyncio)"
+            "event_loop is uvloop (the default, or set so) but uvloop is not installed: "
+            "pip install uvloop, or set event_loop: asyncio"
         ) from exc
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from broadcaster.config.durations import Duration
-from broadcaster.eventloop import EventLoopChoice
+from broadcaster.eventloop import DEFAULT_EVENT_LOOP, EventLoopChoice
 from broadcaster.intake.watch import FeedSettings, HookSettings
 from channels.apns import ApnsSettings
 from channels.console import ConsoleSettings
@@ -215,8 +215,9 @@ class Settings(_Section):
     """Per webhook source: the Alertmanager bearer token or the signed-webhook secret."""
     hooks: dict[str, HookSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
-    event_loop: EventLoopChoice = "asyncio"
-    """The daemon's event loop: asyncio's own or uvloop (:mod:`broadcaster.eventloop`)."""
+    event_loop: EventLoopChoice = DEFAULT_EVENT_LOOP
+    """The daemon's event loop: uvloop (the default, but on Windows) or asyncio's own
+    (:mod:`broadcaster.eventloop`)."""
 
 
 def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from broadcaster.devsmtp import SmtpSink
+from broadcaster.eventloop import DEFAULT_EVENT_LOOP
 from tests.e2e.harness import Daemon, cli, duplicates, query, wait_until, write_config
 from tests.e2e.test_daemon import _declare
 
@@ -64,7 +65,8 @@ def _alive(pid: int) -> bool:
 
 def test_two_processes_share_a_round_exactly_once(tmp_path: Path) -> None:
     with SmtpSink() as sink:
-        config = _config(tmp_path, sink.port, extra="event_loop: uvloop\n")
+        # asyncio's loop, the choice other than the default (uvloop): processes follow it.
+        config = _config(tmp_path, sink.port, extra="event_loop: asyncio\n")
         addresses = _customers(tmp_path / "customers.csv", 150)
         cli(config, "db", "upgrade")
         cli(config, "customers", "import", str(tmp_path / "customers.csv"))
@@ -87,10 +89,10 @@ def test_two_processes_share_a_round_exactly_once(tmp_path: Path) -> None:
     for ready in ("daemon ready", "dispatch process ready"):
         (entry,) = _logged(log, ready)
         assert int(str(entry["frozen_objects"])) > 10_000, entry
-    # Both run on the loop the config names (event_loop: uvloop here).
+    # Both run on the loop the config names (event_loop: asyncio here).
     for started in ("daemon started", "dispatch process ready"):
         (entry,) = _logged(log, started)
-        assert entry["event_loop"] == "uvloop", entry
+        assert entry["event_loop"] == "asyncio", entry
     assert query(tmp_path / "store.db", "SELECT count(*) FROM deliveries WHERE state = 'sent'") == [
         (len(addresses),)
     ]
@@ -114,6 +116,12 @@ def test_a_dead_child_is_started_again_and_a_dead_daemon_takes_its_children_alon
                 lambda: len(_logged(daemon.log(), "dispatch process ready")) == 2, 30, "ready"
             )
             assert _alive(second)
+            # No event_loop in the config: the daemon and its children run on the default.
+            for entry in (
+                *_logged(daemon.log(), "daemon started"),
+                *_logged(daemon.log(), "dispatch process ready"),
+            ):
+                assert entry["event_loop"] == DEFAULT_EVENT_LOOP, entry
         finally:
             daemon.kill()  # SIGKILL: the child must notice on its own
         wait_until(lambda: not _alive(second), 20, "the orphaned child to stop")

@@ -32,7 +32,7 @@ def test_without_uvloop_asyncio_still_runs_and_uvloop_refuses(
 ) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
     assert eventloop.run(_which(), "asyncio") == "asyncio"
-    with pytest.raises(eventloop.EventLoopError, match="uvloop is configured but not installed"):
+    with pytest.raises(eventloop.EventLoopError, match="uvloop is not installed"):
         eventloop.run(_which(), "uvloop")
 
 
@@ -48,7 +48,7 @@ def test_the_daemon_refuses_to_start_on_a_missing_uvloop_and_says_why(
     )
     result = CliRunner().invoke(app, ["run", "--config", str(config)])
     assert result.exit_code == 2, result.output
-    assert "event_loop: uvloop is configured but not installed" in result.output
+    assert "but uvloop is not installed" in result.output
 
 
 def test_an_unknown_event_loop_is_a_located_config_error(tmp_path: Path) -> None:
@@ -65,3 +65,32 @@ def test_the_running_loop_is_named() -> None:
         assert eventloop.loop_name(loop) == "asyncio"
     finally:
         loop.close()
+
+
+def test_the_default_is_uvloop_wherever_it_is_a_dependency() -> None:
+    """uvloop is the default (docs/performance.md, eighth round), but on Windows, where the
+    package does not exist and pyproject.toml does not ask for it."""
+    from broadcaster.config.settings import Settings
+
+    expected = "asyncio" if sys.platform == "win32" else "uvloop"
+    assert eventloop.DEFAULT_EVENT_LOOP == expected
+    assert Settings().event_loop == expected
+
+
+def test_a_config_without_event_loop_runs_the_daemon_on_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With uvloop missing, a config that does not name a loop refuses as one naming uvloop
+    does, and says how to choose asyncio instead: nothing falls back silently."""
+    if sys.platform == "win32":
+        pytest.skip("the default is asyncio on Windows")
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"database:\n  url: sqlite+aiosqlite:///{tmp_path / 'store.db'}\n"
+        "http:\n  enabled: false\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "or set event_loop: asyncio" in result.output
