@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
-from channels.http_common import parse_retry_after
+from channels.http_common import json_bytes, parse_retry_after
 from channels.push_common import BODY_LIMIT, shorten
 
 PRODUCTION_URL = "https://api.push.apple.com"
@@ -172,7 +172,7 @@ class ApnsChannel:
             if self._settings.sound:
                 aps["sound"] = self._settings.sound
             document = {"aps": aps, "delivery": message.idempotency_key}
-            encoded = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+            encoded = json_bytes(document)
             if len(encoded) <= PAYLOAD_LIMIT:
                 return encoded
             if limit <= 16:

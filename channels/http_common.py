@@ -18,7 +18,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import httpx
+import orjson
 
+from channels.base import DeliveryError
 from channels.http_transport import DirectSender
 from channels.redact import redact
 
@@ -203,3 +205,20 @@ def body_summary(content: bytes, content_type: str | None) -> str:
 def describe_body(response: HttpAnswer) -> str:
     """:func:`body_summary` of a response."""
     return body_summary(response.content, response.headers.get("content-type"))
+
+
+def json_bytes(document: Any) -> bytes:
+    """``document`` as compact UTF-8 JSON: byte for byte what ``json.dumps(document,
+    ensure_ascii=False, separators=(",", ":")).encode()`` gives for documents of strings,
+    integers, booleans, None, lists and dicts (a property test holds it to that), through
+    orjson. The standard library's encoder built the 2.6 KB body of a push message in
+    about 8 µs, and a push round spent 3–12 % less CPU per delivery with orjson
+    (docs/performance.md, eighth round).
+
+    Text that is not Unicode (a lone surrogate, which JSON input can carry as ``\\ud800``)
+    cannot be sent and no retry will change that: a permanent :class:`DeliveryError`."""
+    try:
+        return orjson.dumps(document)
+    except TypeError as exc:  # orjson.JSONEncodeError
+        reason = f"the message cannot be encoded as JSON: {exc}"
+        raise DeliveryError(reason, retryable=False) from exc

@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import json
 import re
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from channels.base import ContactPointState, DeliveryError, Message, Receipt, Ta
 from channels.http_common import (
     HttpAnswer,
     describe_body,
+    json_bytes,
     json_object,
     parse_retry_after,
     pooled_client,
@@ -175,7 +175,7 @@ class WebhookChannel:
         document["headers"] = dict(message.headers)
         if message.created_at is not None:
             document["created_at"] = message.created_at.isoformat()
-        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return json_bytes(document)
 
     async def send(self, target: Target, message: Message) -> Receipt:
         if self._closed:

@@ -41,6 +41,7 @@ from channels.base import ContactPointState, DeliveryError, Message, Receipt, Ta
 from channels.http_common import (
     HttpAnswer,
     describe_body,
+    json_bytes,
     json_object,
     parse_retry_after,
     pooled_client,
@@ -345,7 +346,7 @@ def _b64url(value: Any, name: str) -> bytes:
 
 
 def _encode(fields: dict[str, str]) -> bytes:
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return json_bytes(fields)
 
 
 def _shorten(fields: dict[str, str], key: str, limit: int) -> None:

@@ -121,6 +121,17 @@ async def test_signed_post_reaches_the_receiver(
     }
 
 
+async def test_a_message_that_is_not_unicode_fails_for_good_without_a_request(
+    make_channel: ChannelFactory, receiver: WebhookReceiver, base_url: str
+) -> None:
+    """A lone surrogate (JSON input can carry one as an escape) cannot be sent as UTF-8."""
+    channel = make_channel(url=f"{base_url}/hooks/broadcaster")
+    with pytest.raises(DeliveryError, match="cannot be encoded as JSON") as caught:
+        await channel.send(TARGET, message(text="Line 4 \ud83d stopped"))
+    assert caught.value.retryable is False
+    assert receiver.accepted == []
+
+
 async def test_without_a_fixed_url_the_address_is_the_url(
     make_channel: ChannelFactory, receiver: WebhookReceiver, base_url: str
 ) -> None:

@@ -73,7 +73,7 @@ def test_the_default_is_uvloop_wherever_it_is_a_dependency() -> None:
     from broadcaster.config.settings import Settings
 
     expected = "asyncio" if sys.platform == "win32" else "uvloop"
-    assert eventloop.DEFAULT_EVENT_LOOP == expected
+    assert expected == eventloop.DEFAULT_EVENT_LOOP
     assert Settings().event_loop == expected
 
 
@@ -87,8 +87,7 @@ def test_a_config_without_event_loop_runs_the_daemon_on_the_default(
     monkeypatch.setitem(sys.modules, "uvloop", None)
     config = tmp_path / "config.yaml"
     config.write_text(
-        f"database:\n  url: sqlite+aiosqlite:///{tmp_path / 'store.db'}\n"
-        "http:\n  enabled: false\n",
+        f"database:\n  url: sqlite+aiosqlite:///{tmp_path / 'store.db'}\nhttp:\n  enabled: false\n",
         encoding="utf-8",
     )
     result = CliRunner().invoke(app, ["run", "--config", str(config)])

@@ -3,16 +3,19 @@ error answer a reason may quote (channels/redact.py, channels/http_common.py).""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from channels.base import DeliveryError
 from channels.http_common import (
     FIELD_LIMIT,
     body_summary,
     clip,
+    json_bytes,
     json_object,
     parse_retry_after,
     retryable_status,
@@ -191,3 +194,28 @@ def test_body_summary_says_type_and_length_only(
     content: bytes, content_type: str | None, expected: str
 ) -> None:
     assert body_summary(content, content_type) == expected
+
+
+# --- json_bytes --------------------------------------------------------------------------------
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_DOCUMENTS = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(_DOCUMENTS)
+def test_json_bytes_are_the_standard_encoders_compact_utf8(document: Any) -> None:
+    """Receivers verify signatures over these bytes: the same bytes as the standard
+    library's compact, non-ASCII-escaping encoding, control characters, quotes, non-BMP
+    characters and nesting included."""
+    expected = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    assert json_bytes(document) == expected
+
+
+def test_json_bytes_refuse_text_that_is_not_unicode_for_good() -> None:
+    with pytest.raises(DeliveryError, match="cannot be encoded as JSON") as caught:
+        json_bytes({"text": "broken \ud800 half"})
+    assert caught.value.retryable is False
