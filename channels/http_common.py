@@ -212,8 +212,7 @@ def json_bytes(document: Any) -> bytes:
     ensure_ascii=False, separators=(",", ":")).encode()`` gives for documents of strings,
     integers, booleans, None, lists and dicts (a property test holds it to that), through
     orjson. The standard library's encoder built the 2.6 KB body of a push message in
-    about 8 µs, and a push round spent 3–12 % less CPU per delivery with orjson
-    (docs/performance.md, eighth round).
+    8.5 µs, orjson builds it in 1.6 µs (docs/performance.md, eighth round).
 
     Text that is not Unicode (a lone surrogate, which JSON input can carry as ``\\ud800``)
     cannot be sent and no retry will change that: a permanent :class:`DeliveryError`."""

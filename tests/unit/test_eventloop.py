@@ -77,7 +77,7 @@ def test_the_default_is_uvloop_wherever_it_is_a_dependency() -> None:
     assert Settings().event_loop == expected
 
 
-def test_a_config_without_event_loop_runs_the_daemon_on_the_default(
+def test_a_config_without_event_loop_needs_uvloop_and_says_how_to_choose_asyncio(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With uvloop missing, a config that does not name a loop refuses as one naming uvloop
