@@ -10,8 +10,8 @@ thread, and asyncio's loop writes a byte to its self-pipe for each (a system cal
 wake-up per message) where uvloop coalesces them: in alternating pairs of pipeline-only push
 rounds of 40,000, uvloop spent 7–9 % less CPU per delivery on SQLite and 11–14 % less on
 PostgreSQL, in email rounds of 20,000 11–14 % less, and the first round of 1,000,000 on two
-daemons used 5 % less CPU. (In the fourth round, when the channels sent through aiohttp inside the
-loop, uvloop had been 10 % slower on PostgreSQL, which is why asyncio was the default then.)
+daemons used 5 % less CPU. (In the fourth round, when the channels sent through aiohttp
+inside the loop, uvloop had been 10 % slower on PostgreSQL: why asyncio was the default.)
 
 The setting applies where Broadcaster makes the loop: ``broadcaster run`` and its dispatch
 processes. A program that runs :class:`~broadcaster.daemon.Daemon` on a loop of its own

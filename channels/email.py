@@ -408,6 +408,7 @@ _SIMPLE_ADDRESS = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
 _DOMAIN = re.compile(rf"{_DOT_ATOM}|\[[!-Z^-~]*\]")
 _ID_UNSAFE = re.compile(rf"[^{_ATEXT}.]")
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+"""What no address may carry: no SMTP command line can hold it."""
 _LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 """The line boundaries of str.splitlines."""
 _DROPPED = frozenset({"bcc", "resent-bcc", "mime-version"})

@@ -177,14 +177,14 @@ def build_payload(message: Message, limit: int = MAX_PLAINTEXT) -> bytes:
     if link:
         fields["url"] = link
     fields["delivery"] = message.idempotency_key
-    if link and len(_encode(fields)) > limit // 2:
+    if link and len(json_bytes(fields)) > limit // 2:
         del fields["url"]  # an absurd link must not crowd out the words
     fields["title"], fields["body"] = message.subject, message.text
     for key in ("body", "title"):
-        if len(_encode(fields)) <= limit:
+        if len(json_bytes(fields)) <= limit:
             break
         _shorten(fields, key, limit)
-    payload = _encode(fields)
+    payload = json_bytes(fields)
     if len(payload) > limit:
         raise DeliveryError("the push payload does not fit in 4096 bytes", retryable=False)
     return payload
@@ -345,17 +345,13 @@ def _b64url(value: Any, name: str) -> bytes:
         raise ValueError(f"{name} is not base64url") from None
 
 
-def _encode(fields: dict[str, str]) -> bytes:
-    return json_bytes(fields)
-
-
 def _shorten(fields: dict[str, str], key: str, limit: int) -> None:
     """Cut ``fields[key]`` (with an ellipsis) to the longest prefix that fits, or empty it."""
     full = fields[key]
 
     def fits(keep: int) -> bool:
         fields[key] = full[:keep].rstrip() + _ELLIPSIS
-        return len(_encode(fields)) <= limit
+        return len(json_bytes(fields)) <= limit
 
     if not fits(0):
         fields[key] = ""
