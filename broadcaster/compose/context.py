@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from broadcaster.compose.locale import format_when
 
@@ -62,8 +62,10 @@ class IncidentFacts:
     compensation: str | None = None
 
 
-@dataclass(frozen=True)
-class Personal:
+class Personal(NamedTuple):
+    """The personal values of one customer's message (one per delivery: a named tuple,
+    immutable and cheaper to build than a frozen dataclass)."""
+
     name: str
     unsubscribe_url: str
     preferences_url: str

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, String, and_, func, literal_column, select, tuple_, update
+from sqlalchemy import BigInteger, and_, func, literal_column, select, tuple_, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ColumnClause
 from sqlalchemy.types import TypeEngine
@@ -415,25 +415,15 @@ def _claim(
     ]
     if repeats:
         connection.execute(history_insert(dialect, "reclaimed", repeats, now))
-    # The batch's customers as one parameter (see broadcaster.store.bulk), not an IN list
-    # of up to batch_size: one statement text for every claim, nothing to expand per row.
-    customers = rows_table(
-        dialect, "customers", _CUSTOMER_COLUMN, [(cid,) for cid in {j.customer_id for j in jobs}]
-    )
+    # The follow-up each message announces came with its row (_FOLLOWUP, nearly always
+    # none); only the few claimed with one need a look at the follow-ups themselves.
+    announced = [row[_FOLLOWUP_AT] for row in found if row[_FOLLOWUP_AT] is not None]
+    if not announced:
+        return jobs, [], last
     followups = connection.execute(
-        select(
-            _F.c.incident_id,
-            _F.c.customer_id,
-            _F.c.owner,
-            _F.c.kind,
-            _F.c.deadline_at,
-        )
-        .where(
-            _F.c.customer_id.in_(select(customers.c.id)),
-            _F.c.incident_id.in_({job.incident_id for job in jobs}),
-            _F.c.state.in_(("open", "claimed")),
-        )
-        .order_by(_F.c.deadline_at)
+        select(_F.c.incident_id, _F.c.customer_id, _F.c.owner, _F.c.kind, _F.c.deadline_at)
+        .where(_F.c.id.in_(announced))
+        .order_by(_F.c.deadline_at, _F.c.id)
     )
     return jobs, [(row[0], row[1], row[2], row[3], row[4]) for row in followups], last
 
@@ -451,7 +441,28 @@ _PENDING: ColumnClause[str] = literal_column("'pending'")
 _SENDING: ColumnClause[str] = literal_column("'sending'")
 
 _ID_COLUMN: list[tuple[str, TypeEngine[Any]]] = [("id", BigInteger())]
-_CUSTOMER_COLUMN: list[tuple[str, TypeEngine[Any]]] = [("id", String())]
+
+_OPEN_FOLLOWUP: tuple[ColumnClause[str], ...] = (
+    literal_column("'open'"),
+    literal_column("'claimed'"),
+)
+
+_FOLLOWUP = (
+    select(_F.c.id)
+    .where(
+        _F.c.incident_id == _D.c.incident_id,
+        _F.c.customer_id == _D.c.customer_id,
+        _F.c.state.in_(_OPEN_FOLLOWUP),
+    )
+    .order_by(_F.c.deadline_at, _F.c.id)
+    .limit(1)
+    .correlate(_D)
+    .scalar_subquery()
+)
+"""The open follow-up of a delivery's customer for its incident with the earliest deadline,
+if any: its message says that a named person will contact them (doctrine 6). Looked up
+per claimed row by the (incident, customer, rule) unique index; a statement of its own for
+the batch's customers had cost a claim as much as its select of the deliveries."""
 
 _JOB_COLUMNS = (
     _D.c.id,
@@ -469,7 +480,9 @@ _JOB_COLUMNS = (
     _D.c.failover_from_id,
     _D.c.state,
     _D.c.next_attempt_at,
+    _FOLLOWUP,
 )
-"""A claimed delivery: what :class:`Job` holds, in its order, then the state it had and
-when it was due (its claim-order key is that and the id)."""
-_DUE_AT = len(_JOB_COLUMNS) - 1
+"""A claimed delivery: what :class:`Job` holds, in its order, then the state it had, when it
+was due (its claim-order key is that and the id) and the follow-up it announces."""
+_DUE_AT = len(_JOB_COLUMNS) - 2
+_FOLLOWUP_AT = len(_JOB_COLUMNS) - 1

@@ -19,10 +19,10 @@ from tests.e2e.test_daemon import _declare
 pytestmark = pytest.mark.e2e
 
 
-def _config(tmp_path: Path, smtp_port: int, extra: str = "") -> Path:
+def _config(tmp_path: Path, smtp_port: int, extra: str = "", delivery: str = "") -> Path:
     config = write_config(tmp_path, smtp_port, cadence="1h", extra=extra)
     text = config.read_text(encoding="utf-8").replace(
-        "delivery:\n", "delivery:\n  processes: 2\n", 1
+        "delivery:\n", f"delivery:\n  processes: 2\n{delivery}", 1
     )
     config.write_text(text, encoding="utf-8")
     return config
@@ -66,7 +66,15 @@ def _alive(pid: int) -> bool:
 def test_two_processes_share_a_round_exactly_once(tmp_path: Path) -> None:
     with SmtpSink() as sink:
         # asyncio's loop, the choice other than the default (uvloop): processes follow it.
-        config = _config(tmp_path, sink.port, extra="event_loop: asyncio\n")
+        # The rate limit is split between the processes (50 messages a second each): one
+        # process alone would need 3 s for the round, so both must take part even when the
+        # machine is busy and one of them is slow to look for work.
+        config = _config(
+            tmp_path,
+            sink.port,
+            extra="event_loop: asyncio\n",
+            delivery="  rate_limits: {email: {per_second: 100, burst: 4}}\n",
+        )
         addresses = _customers(tmp_path / "customers.csv", 150)
         cli(config, "db", "upgrade")
         cli(config, "customers", "import", str(tmp_path / "customers.csv"))

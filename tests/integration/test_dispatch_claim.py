@@ -16,7 +16,7 @@ from broadcaster.dispatch.outcomes import Outcome, record_outcomes
 from broadcaster.dispatch.worker import claim_size
 from broadcaster.engine import Engine
 from broadcaster.incidents import service
-from broadcaster.store import Database, Delivery, DeliveryEvent
+from broadcaster.store import Database, Delivery, DeliveryEvent, Followup
 from channels.base import DeliveryError, Message, Receipt, Target
 from channels.memory import MemoryChannel
 from tests.integration.test_broadcast_loop import START, add_customers, make_settings
@@ -252,3 +252,48 @@ async def test_between_full_looks_a_claim_starts_after_its_last_and_nothing_is_l
         assert sorted(states) == ["sending"] * 8
     finally:
         await database.dispose()
+
+
+async def test_a_claim_brings_the_earliest_open_follow_up_of_each_customer(
+    database: Database,
+) -> None:
+    """The follow-up a message announces comes with its delivery's claim: the customer's
+    open or claimed one for that incident with the earliest deadline; one that is done, or
+    for another incident, is not announced."""
+    clock = FakeClock(START)
+    engine = await _one_round(database, clock, 3)
+    other = await service.declare(
+        database, clock, service.Declaration("u", "minor", "m", components=["elsewhere"])
+    )
+    async with database.session() as session:
+        incident_id = (await session.execute(select(Delivery.incident_id).limit(1))).scalar_one()
+
+    def followup(incident: int, customer: str, rule: str, state: str, hours: int) -> Followup:
+        return Followup(
+            incident_id=incident,
+            customer_id=customer,
+            rule=rule,
+            kind="call",
+            owner=rule,
+            state=state,
+            deadline_at=START + timedelta(hours=hours),
+            created_at=START,
+        )
+
+    async with database.session() as session, session.begin():
+        session.add_all(
+            [
+                followup(incident_id, "C0", "late", "open", 3),
+                followup(incident_id, "C0", "early", "claimed", 1),
+                followup(incident_id, "C0", "done", "done", 0),
+                followup(other.id, "C1", "elsewhere", "open", 1),
+                followup(incident_id, "C2", "only", "open", 2),
+            ]
+        )
+    jobs, announced = await engine.dispatcher._claim(10)
+    customers = {job.customer_id for job in jobs}
+    assert customers == {"C0", "C1", "C2"}
+    assert announced == {
+        (incident_id, "C0"): ("early", "call", START + timedelta(hours=1)),
+        (incident_id, "C2"): ("only", "call", START + timedelta(hours=2)),
+    }

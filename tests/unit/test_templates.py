@@ -50,7 +50,7 @@ def request(kind: str, form: str, language: str = "en", **changes: object) -> Re
         followup=SAMPLE_FOLLOWUP if kind == "followup_announcement" else None,
         task=SAMPLE_TASK if kind == "followup_task" else None,
     )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return base._replace(**changes)  # type: ignore[arg-type]
 
 
 CASES = [
