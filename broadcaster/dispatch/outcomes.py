@@ -12,18 +12,19 @@ the same (round, customer, channel) key, so recording twice creates nothing twic
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, String, and_, bindparam, insert, literal, or_, select, update
+from sqlalchemy import BigInteger, Connection, String, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.types import TypeEngine
 
 from broadcaster.store import ContactPoint, Database, Delivery, DeliveryEvent
-from broadcaster.store.bulk import joined_by_key, rows_table
+from broadcaster.store.bulk import joined_by_key, rows_params, rows_table
 from broadcaster.store.models import table_of
 from broadcaster.store.types import UTCDateTime
 from channels.base import ContactPointState, DeliveryError, Receipt
@@ -166,8 +167,6 @@ async def record_outcomes(
     contact_kinds: dict[str, str],
 ) -> Recorded:
     """Write a batch's outcomes; returns the counts (for stats and logs)."""
-    d = table_of(Delivery)
-    cp = table_of(ContactPoint)
     result = Recorded()
     sent: list[tuple[int, str | None]] = []
     retry: list[dict[str, object]] = []
@@ -178,7 +177,7 @@ async def record_outcomes(
     for outcome in outcomes:
         job = outcome.job
         if outcome.reroute_to is not None:
-            rerouted.append({"b_id": job.delivery_id, "b_to": outcome.reroute_to})
+            rerouted.append({"b_id": job.delivery_id, "b_to": outcome.reroute_to, "b_owner": owner})
             events.append(_event(job, "rerouted", None, f"throttled; to {outcome.reroute_to}"))
             kind = contact_kinds.get(outcome.reroute_to)
             if kind is not None:
@@ -194,7 +193,12 @@ async def record_outcomes(
         error = outcome.error
         if outcome.retry_at is not None:
             retry.append(
-                {"b_id": job.delivery_id, "b_next": outcome.retry_at, "b_err": error.reason}
+                {
+                    "b_id": job.delivery_id,
+                    "b_next": outcome.retry_at,
+                    "b_err": error.reason,
+                    "b_owner": owner,
+                }
             )
             events.append(_event(job, "retry", None, error.reason))
             result.retried += 1
@@ -202,7 +206,7 @@ async def record_outcomes(
         reason = error.reason
         if error.retryable:
             reason = f"gave up after {job.attempts} attempts: {reason}"
-        failed.append({"b_id": job.delivery_id, "b_err": reason})
+        failed.append({"b_id": job.delivery_id, "b_err": reason, "b_owner": owner})
         events.append(_event(job, "failed", None, reason))
         result.failed += 1
         if error.contact_point is not None and job.contact_point_id is not None:
@@ -212,6 +216,7 @@ async def record_outcomes(
                     "b_opted_out": error.contact_point is ContactPointState.OPTED_OUT,
                     "b_disabled": error.contact_point is ContactPointState.DISABLED,
                     "b_reason": error.reason,
+                    "b_now": now,
                 }
             )
         if job.failover_from_id is None:
@@ -223,9 +228,8 @@ async def record_outcomes(
             "delivery failed",
             extra={"delivery": job.delivery_id, "channel": job.channel, "reason": reason},
         )
-    mine = and_(d.c.id == bindparam("b_id"), d.c.lease_owner == owner, d.c.state == "sending")
-    released = {"lease_owner": None, "lease_expires_at": None}
     dialect = database.dialect
+    sql = _record_sql(dialect)
 
     def write(session: Session) -> None:
         # Core on the session's connection: no ORM result layer for set-based writes.
@@ -233,62 +237,18 @@ async def record_outcomes(
         if sent:
             # One set-based statement for the common case, not one per row (see
             # broadcaster.store.bulk): the batch's ids and provider ids as one parameter.
-            done = rows_table(dialect, "sent", _SENT_COLUMNS, sent)
-            connection.execute(
-                update(d)
-                .where(
-                    d.c.id == done.c.id,
-                    d.c.lease_owner == owner,
-                    joined_by_key(dialect, d.c.state == "sending"),
-                )
-                .values(
-                    state="sent",
-                    sent_at=now,
-                    provider_message_id=done.c.pmid,
-                    last_error=None,
-                    **released,
-                )
-            )
+            rows = rows_params(dialect, "sent", _SENT_COLUMNS, sent)
+            connection.execute(sql.sent, {**rows, "b_owner": owner, "b_now": now})
         if retry:
-            connection.execute(
-                update(d)
-                .where(mine)
-                .values(
-                    state="pending",
-                    next_attempt_at=bindparam("b_next"),
-                    last_error=bindparam("b_err"),
-                    **released,
-                ),
-                retry,
-            )
+            connection.execute(sql.retry, retry)
         if failed:
-            connection.execute(
-                update(d)
-                .where(mine)
-                .values(state="failed", last_error=bindparam("b_err"), **released),
-                failed,
-            )
+            connection.execute(sql.failed, failed)
         if rerouted:
-            connection.execute(
-                update(d)
-                .where(mine)
-                .values(state="rerouted", failover_to=bindparam("b_to"), **released),
-                rerouted,
-            )
+            connection.execute(sql.rerouted, rerouted)
         if points:
-            connection.execute(
-                update(cp)
-                .where(cp.c.id == bindparam("b_cp"))
-                .values(
-                    opted_out=or_(cp.c.opted_out, bindparam("b_opted_out")),
-                    disabled=or_(cp.c.disabled, bindparam("b_disabled")),
-                    disabled_reason=bindparam("b_reason"),
-                    updated_at=now,
-                ),
-                points,
-            )
+            connection.execute(sql.points, points)
         if events:
-            connection.execute(history_insert(dialect, "outcomes", events, now))
+            write_history(connection, dialect, events, now)
         for follow in result.follows:
             if _create_follow(session, follow, now):
                 result.failovers += 1
@@ -316,17 +276,86 @@ _HISTORY_COLUMNS: list[tuple[str, TypeEngine[Any]]] = [
 _SENT_COLUMNS: list[tuple[str, TypeEngine[Any]]] = [("id", BigInteger()), ("pmid", String())]
 
 
-def history_insert(dialect: str, name: str, rows: list[History], now: datetime) -> Insert:
+def write_history(connection: Connection, dialect: str, rows: list[History], now: datetime) -> None:
     """``INSERT INTO delivery_events … SELECT`` the rows, all at ``now``: one statement and
     one parameter for a batch."""
-    source = rows_table(dialect, name, _HISTORY_COLUMNS, rows)
+    connection.execute(
+        _history_insert(dialect),
+        {**rows_params(dialect, "events", _HISTORY_COLUMNS, rows), "b_at": now},
+    )
+
+
+@functools.cache
+def _history_insert(dialect: str) -> Insert:
+    source = rows_table(dialect, "events", _HISTORY_COLUMNS)
     return insert(table_of(DeliveryEvent)).from_select(
         ["delivery_id", "at", "state", "provider_message_id", "detail"],
         select(
             source.c.delivery_id,
-            literal(now, UTCDateTime()),
+            bindparam("b_at", type_=UTCDateTime()),
             source.c.state,
             source.c.pmid,
             source.c.detail,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class _RecordSql:
+    """The statements that record outcomes, built once per dialect: built for each batch,
+    they cost as much of the interpreter's time as executing them. The deliveries' writes
+    take ``b_owner`` (only the lease holder's rows are written); each row's values come as
+    parameters."""
+
+    sent: Update
+    retry: Update
+    failed: Update
+    rerouted: Update
+    points: Update
+
+
+@functools.cache
+def _record_sql(dialect: str) -> _RecordSql:
+    d = table_of(Delivery)
+    cp = table_of(ContactPoint)
+    owner = bindparam("b_owner", type_=String())
+    mine = and_(d.c.id == bindparam("b_id"), d.c.lease_owner == owner, d.c.state == "sending")
+    released = {"lease_owner": None, "lease_expires_at": None}
+    done = rows_table(dialect, "sent", _SENT_COLUMNS)
+    return _RecordSql(
+        sent=update(d)
+        .where(
+            d.c.id == done.c.id,
+            d.c.lease_owner == owner,
+            joined_by_key(dialect, d.c.state == "sending"),
+        )
+        .values(
+            state="sent",
+            sent_at=bindparam("b_now", type_=UTCDateTime()),
+            provider_message_id=done.c.pmid,
+            last_error=None,
+            **released,
+        ),
+        retry=update(d)
+        .where(mine)
+        .values(
+            state="pending",
+            next_attempt_at=bindparam("b_next"),
+            last_error=bindparam("b_err"),
+            **released,
+        ),
+        failed=update(d)
+        .where(mine)
+        .values(state="failed", last_error=bindparam("b_err"), **released),
+        rerouted=update(d)
+        .where(mine)
+        .values(state="rerouted", failover_to=bindparam("b_to"), **released),
+        points=update(cp)
+        .where(cp.c.id == bindparam("b_cp"))
+        .values(
+            opted_out=or_(cp.c.opted_out, bindparam("b_opted_out")),
+            disabled=or_(cp.c.disabled, bindparam("b_disabled")),
+            disabled_reason=bindparam("b_reason"),
+            updated_at=bindparam("b_now", type_=UTCDateTime()),
         ),
     )

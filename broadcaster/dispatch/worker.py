@@ -11,6 +11,7 @@ message can go out twice.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Mapping
@@ -18,8 +19,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, func, literal_column, select, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    and_,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.expression import ColumnClause
 from sqlalchemy.types import TypeEngine
 
@@ -33,10 +48,11 @@ from broadcaster.config.settings import DeliverySettings, MessageSettings
 from broadcaster.dispatch.backoff import retry_delay
 from broadcaster.dispatch.content import RoundContents
 from broadcaster.dispatch.limits import Limits, per_process
-from broadcaster.dispatch.outcomes import History, Job, Outcome, history_insert, record_outcomes
+from broadcaster.dispatch.outcomes import History, Job, Outcome, record_outcomes, write_history
 from broadcaster.store import Customer, Database, Delivery, Followup
-from broadcaster.store.bulk import rows_table
+from broadcaster.store.bulk import rows_params, rows_table
 from broadcaster.store.models import table_of
+from broadcaster.store.types import UTCDateTime
 from channels.base import Channel, DeliveryError, Target
 
 log = logging.getLogger("broadcaster.dispatch")
@@ -334,26 +350,13 @@ def _claim(
     Its statements run on the session's connection: Core, without the ORM's result layer,
     which built an ORM loading context for every claimed row."""
     connection = session.connection()
+    sql = _claim_sql(dialect, skip_locked)
 
-    def take(state: Any, order: tuple[Any, ...], n: int) -> list[Any]:
-        # One query per state, not one with OR: each walks its index in order and stops
-        # at ``n``. With OR, SQLite and PostgreSQL gathered every due row and sorted them
-        # all for each claim, so a round of 100,000 got slower the more of it was still
-        # waiting.
-        query = (
-            select(*_JOB_COLUMNS)
-            .select_from(_D.join(_C, _C.c.id == _D.c.customer_id))
-            .where(state)
-            .order_by(*order)
-            .limit(n)
-        )
-        if skip_locked:
-            query = query.with_for_update(of=_D, skip_locked=True)
-        return list(connection.execute(query).all())
+    def take(query: Select[Any], n: int, **parameters: Any) -> list[Any]:
+        return list(connection.execute(query, {"b_now": now, "b_limit": n, **parameters}).all())
 
     found: list[Any] = []
     if expired_too:
-        expired = and_(_D.c.state == _SENDING, _D.c.lease_expires_at <= now)
         if dialect == "postgresql":
             # Oldest lease first, from the lease index (migration 0007), by an index scan:
             # every delivery sent since the last VACUUM left a dead entry there, and only
@@ -362,30 +365,29 @@ def _claim(
             # reads every dead row's page again at every look: in a round of 1,000,000
             # that was over half of PostgreSQL's work.
             connection.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
-        found = take(expired, (_D.c.lease_expires_at, _D.c.id), limit)
+        found = take(sql.expired, limit)
         if dialect == "postgresql":
             connection.exec_driver_sql("SET LOCAL enable_bitmapscan = on")
     last: Floor | None = None
     if len(found) < limit:
-        due = and_(_D.c.state == _PENDING, _D.c.next_attempt_at <= now)
-        if after is not None:
-            due = and_(due, tuple_(_D.c.next_attempt_at, _D.c.id) > tuple_(*after))
-        taken = take(due, (_D.c.next_attempt_at, _D.c.id), limit - len(found))
+        if after is None:
+            taken = take(sql.due, limit - len(found))
+        else:
+            taken = take(
+                sql.due_after, limit - len(found), b_after_at=after[0], b_after_id=after[1]
+            )
         if taken:
             last = (taken[-1][_DUE_AT], taken[-1][0])
         found += taken
     if not found:
         return [], [], None
-    claimed = rows_table(dialect, "claimed", _ID_COLUMN, [(row[0],) for row in found])
     connection.execute(
-        update(_D)
-        .where(_D.c.id.in_(select(claimed.c.id)))
-        .values(
-            state="sending",
-            lease_owner=owner,
-            lease_expires_at=now + lease,
-            attempts=_D.c.attempts + 1,
-        )
+        sql.take,
+        {
+            **rows_params(dialect, "claimed", _ID_COLUMN, [(row[0],) for row in found]),
+            "b_owner": owner,
+            "b_expires": now + lease,
+        },
     )
     jobs = [
         Job(
@@ -414,7 +416,7 @@ def _claim(
         if job.reclaimed
     ]
     if repeats:
-        connection.execute(history_insert(dialect, "reclaimed", repeats, now))
+        write_history(connection, dialect, repeats, now)
     # The follow-up each message announces came with its row (_FOLLOWUP, nearly always
     # none); only the few claimed with one need a look at the follow-ups themselves.
     announced = [row[_FOLLOWUP_AT] for row in found if row[_FOLLOWUP_AT] is not None]
@@ -486,3 +488,62 @@ _JOB_COLUMNS = (
 was due (its claim-order key is that and the id) and the follow-up it announces."""
 _DUE_AT = len(_JOB_COLUMNS) - 2
 _FOLLOWUP_AT = len(_JOB_COLUMNS) - 1
+
+
+@dataclass(frozen=True)
+class _ClaimSql:
+    """A claim's statements, built once per dialect (building them for every claim cost
+    about as much of the interpreter's time as running them). Parameters: ``b_now``,
+    ``b_limit``; ``b_after_at`` and ``b_after_id`` (the floor); ``b_owner``, ``b_expires``
+    and the claimed ids (:func:`~broadcaster.store.bulk.rows_params`) for ``take``."""
+
+    expired: Select[Any]
+    due: Select[Any]
+    due_after: Select[Any]
+    take: Update
+
+
+@functools.cache
+def _claim_sql(dialect: str, skip_locked: bool) -> _ClaimSql:
+    now = bindparam("b_now", type_=UTCDateTime())
+
+    def taking(state: ColumnElement[bool], order: tuple[Any, ...]) -> Select[Any]:
+        # One query per state, not one with OR: each walks its index in order and stops
+        # at the limit. With OR, SQLite and PostgreSQL gathered every due row and sorted
+        # them all for each claim, so a round of 100,000 got slower the more of it was
+        # still waiting.
+        query = (
+            select(*_JOB_COLUMNS)
+            .select_from(_D.join(_C, _C.c.id == _D.c.customer_id))
+            .where(state)
+            .order_by(*order)
+            .limit(bindparam("b_limit", type_=Integer()))
+        )
+        if skip_locked:
+            query = query.with_for_update(of=_D, skip_locked=True)
+        return query
+
+    due = and_(_D.c.state == _PENDING, _D.c.next_attempt_at <= now)
+    floor = tuple_(
+        bindparam("b_after_at", type_=UTCDateTime()), bindparam("b_after_id", type_=BigInteger())
+    )
+    claimed = rows_table(dialect, "claimed", _ID_COLUMN)
+    return _ClaimSql(
+        expired=taking(
+            and_(_D.c.state == _SENDING, _D.c.lease_expires_at <= now),
+            (_D.c.lease_expires_at, _D.c.id),
+        ),
+        due=taking(due, (_D.c.next_attempt_at, _D.c.id)),
+        due_after=taking(
+            and_(due, tuple_(_D.c.next_attempt_at, _D.c.id) > floor),
+            (_D.c.next_attempt_at, _D.c.id),
+        ),
+        take=update(_D)
+        .where(_D.c.id.in_(select(claimed.c.id)))
+        .values(
+            state="sending",
+            lease_owner=bindparam("b_owner", type_=String()),
+            lease_expires_at=bindparam("b_expires", type_=UTCDateTime()),
+            attempts=_D.c.attempts + 1,
+        ),
+    )

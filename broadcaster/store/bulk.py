@@ -26,13 +26,16 @@ def rows_table(
     dialect: str,
     name: str,
     columns: Sequence[tuple[str, TypeEngine[Any]]],
-    rows: list[tuple[Any, ...]],
+    rows: list[tuple[Any, ...]] | None = None,
 ) -> FromClause:
     """``rows`` as a table with ``columns`` (name, type), bound as parameters named after
-    ``name`` (unique within one statement)."""
+    ``name`` (unique within one statement). Without ``rows`` the parameters are left
+    unbound, for a statement built once and executed with :func:`rows_params` each time."""
     if dialect == "postgresql":
         arrays = [
-            bindparam(f"{name}_{column}", [row[i] for row in rows], type_=ARRAY(kind))
+            bindparam(f"{name}_{column}", type_=ARRAY(kind))
+            if rows is None
+            else bindparam(f"{name}_{column}", [row[i] for row in rows], type_=ARRAY(kind))
             for i, (column, kind) in enumerate(columns)
         ]
         return (
@@ -40,7 +43,11 @@ def rows_table(
             .table_valued(*(column for column, _ in columns))
             .render_derived(name=name)
         )
-    document = bindparam(f"{name}_rows", json.dumps(rows), type_=String())
+    document = (
+        bindparam(f"{name}_rows", type_=String())
+        if rows is None
+        else bindparam(f"{name}_rows", json.dumps(rows), type_=String())
+    )
     each = func.json_each(document).table_valued("value").alias(f"{name}_json")
     return select(
         *(
@@ -48,6 +55,20 @@ def rows_table(
             for i, (column, kind) in enumerate(columns)
         )
     ).subquery(name)
+
+
+def rows_params(
+    dialect: str,
+    name: str,
+    columns: Sequence[tuple[str, TypeEngine[Any]]],
+    rows: list[tuple[Any, ...]],
+) -> dict[str, Any]:
+    """The parameters of an unbound :func:`rows_table` of that ``name`` holding ``rows``."""
+    if dialect == "postgresql":
+        return {
+            f"{name}_{column}": [row[i] for row in rows] for i, (column, _) in enumerate(columns)
+        }
+    return {f"{name}_rows": json.dumps(rows)}
 
 
 def joined_by_key(dialect: str, condition: ColumnElement[bool]) -> ColumnElement[bool]:
