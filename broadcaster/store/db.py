@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -55,9 +57,9 @@ class Database:
                 # processes (the CLI, dispatch processes).
                 kwargs.update(pool_size=1, max_overflow=0, pool_timeout=SQLITE_WAIT)
                 self._queue_sessions = True
-        else:
-            kwargs["pool_pre_ping"] = True
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.dialect != "sqlite":
+            _ping_when_idle(self.engine)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
@@ -150,6 +152,45 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+PING_AFTER_IDLE = 1.0
+"""Seconds a pooled server connection may lie idle before it is checked (pinged) on its way
+out of the pool; see :func:`_ping_when_idle`."""
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Check a pooled connection before use if it lay idle for ``PING_AFTER_IDLE`` or more.
+
+    A connection can die in the pool: the server restarted, an administrator ended its
+    session, a firewall dropped it. SQLAlchemy's ``pool_pre_ping`` checks every connection
+    at every checkout, and on asyncpg a check is three round trips (BEGIN, an empty query,
+    ROLLBACK): the dispatcher takes a connection for each claim and each batch of
+    outcomes, several times a second, so the checks cost more of a batch's waiting than
+    its statements (pushes went 4-11 % faster without them, measured). A connection in
+    steady use was used a moment ago, and is known to be alive; one that lay idle longer
+    is checked as before. Should the check fail, the pool replaces the connection (a
+    :class:`~sqlalchemy.exc.DisconnectionError` from a checkout listener) and the caller
+    never sees it; a connection that dies in use fails that transaction, as it would have
+    with ``pool_pre_ping``."""
+    pool = engine.sync_engine.pool
+    dialect = engine.sync_engine.dialect
+
+    def checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["returned_at"] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get("returned_at")
+        if returned is None or time.monotonic() - returned < PING_AFTER_IDLE:
+            return  # new, or in use a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the connection is dead: the pool takes a new one
+            raise DisconnectionError(f"a pooled connection failed its check: {exc}") from exc
+
+    event.listen(pool, "checkin", checkin)
+    event.listen(pool, "checkout", checkout)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
