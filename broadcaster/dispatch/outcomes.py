@@ -234,11 +234,18 @@ async def record_outcomes(
     def write(session: Session) -> None:
         # Core on the session's connection: no ORM result layer for set-based writes.
         connection = session.connection()
+        history = events
         if sent:
             # One set-based statement for the common case, not one per row (see
             # broadcaster.store.bulk): the batch's ids and provider ids as one parameter.
-            rows = rows_params(dialect, "sent", _SENT_COLUMNS, sent)
-            connection.execute(sql.sent, {**rows, "b_owner": owner, "b_now": now})
+            done = rows_params(dialect, "sent", _SENT_COLUMNS, sent)
+            done.update(b_owner=owner, b_now=now)
+            if sql.sent_and_history is not None:  # with the history rows: one round trip
+                done.update(_history_params(dialect, events, now))
+                connection.execute(sql.sent_and_history, done)
+                history = []
+            else:
+                connection.execute(sql.sent, done)
         if retry:
             connection.execute(sql.retry, retry)
         if failed:
@@ -247,8 +254,8 @@ async def record_outcomes(
             connection.execute(sql.rerouted, rerouted)
         if points:
             connection.execute(sql.points, points)
-        if events:
-            write_history(connection, dialect, events, now)
+        if history:
+            write_history(connection, dialect, history, now)
         for follow in result.follows:
             if _create_follow(session, follow, now):
                 result.failovers += 1
@@ -279,10 +286,11 @@ _SENT_COLUMNS: list[tuple[str, TypeEngine[Any]]] = [("id", BigInteger()), ("pmid
 def write_history(connection: Connection, dialect: str, rows: list[History], now: datetime) -> None:
     """``INSERT INTO delivery_events … SELECT`` the rows, all at ``now``: one statement and
     one parameter for a batch."""
-    connection.execute(
-        _history_insert(dialect),
-        {**rows_params(dialect, "events", _HISTORY_COLUMNS, rows), "b_at": now},
-    )
+    connection.execute(_history_insert(dialect), _history_params(dialect, rows, now))
+
+
+def _history_params(dialect: str, rows: list[History], now: datetime) -> dict[str, Any]:
+    return {**rows_params(dialect, "events", _HISTORY_COLUMNS, rows), "b_at": now}
 
 
 @functools.cache
@@ -308,6 +316,10 @@ class _RecordSql:
     parameters."""
 
     sent: Update
+    sent_and_history: Insert | None
+    """PostgreSQL: ``sent`` as a data-modifying ``WITH`` of the history insert, so that the
+    common batch writes both in one statement (one round trip to the server, not two);
+    each takes the other's parameters. SQLite has no such ``WITH``."""
     retry: Update
     failed: Update
     rerouted: Update
@@ -322,8 +334,8 @@ def _record_sql(dialect: str) -> _RecordSql:
     mine = and_(d.c.id == bindparam("b_id"), d.c.lease_owner == owner, d.c.state == "sending")
     released = {"lease_owner": None, "lease_expires_at": None}
     done = rows_table(dialect, "sent", _SENT_COLUMNS)
-    return _RecordSql(
-        sent=update(d)
+    sent = (
+        update(d)
         .where(
             d.c.id == done.c.id,
             d.c.lease_owner == owner,
@@ -335,7 +347,14 @@ def _record_sql(dialect: str) -> _RecordSql:
             provider_message_id=done.c.pmid,
             last_error=None,
             **released,
-        ),
+        )
+    )
+    both = None
+    if dialect == "postgresql":
+        both = _history_insert(dialect).add_cte(sent.cte("sent_update"))
+    return _RecordSql(
+        sent=sent,
+        sent_and_history=both,
         retry=update(d)
         .where(mine)
         .values(
