@@ -21,10 +21,9 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    Column,
     ColumnElement,
-    Executable,
     Integer,
+    Select,
     String,
     and_,
     bindparam,
@@ -353,13 +352,8 @@ def _claim(
     connection = session.connection()
     sql = _claim_sql(dialect, skip_locked)
 
-    lease_params = {"b_owner": owner, "b_expires": now + lease}
-
-    def take(query: Executable, n: int, **parameters: Any) -> list[Any]:
-        params = {"b_now": now, "b_limit": n, **parameters}
-        if sql.take is None:  # the statement leases what it finds (PostgreSQL)
-            params.update(lease_params)
-        return list(connection.execute(query, params).all())
+    def take(query: Select[Any], n: int, **parameters: Any) -> list[Any]:
+        return list(connection.execute(query, {"b_now": now, "b_limit": n, **parameters}).all())
 
     found: list[Any] = []
     if expired_too:
@@ -382,16 +376,19 @@ def _claim(
             taken = take(
                 sql.due_after, limit - len(found), b_after_at=after[0], b_after_id=after[1]
             )
-        if sql.take is None:  # UPDATE … RETURNING: the rows come in no particular order
-            taken.sort(key=lambda row: (row[_DUE_AT], row[0]))
         if taken:
             last = (taken[-1][_DUE_AT], taken[-1][0])
         found += taken
     if not found:
         return [], [], None
-    if sql.take is not None:
-        claimed = rows_params(dialect, "claimed", _ID_COLUMN, [(row[0],) for row in found])
-        connection.execute(sql.take, {**claimed, **lease_params})
+    connection.execute(
+        sql.take,
+        {
+            **rows_params(dialect, "claimed", _ID_COLUMN, [(row[0],) for row in found]),
+            "b_owner": owner,
+            "b_expires": now + lease,
+        },
+    )
     jobs = [
         Job(
             delivery_id=row[0],
@@ -497,79 +494,40 @@ _FOLLOWUP_AT = len(_JOB_COLUMNS) - 1
 class _ClaimSql:
     """A claim's statements, built once per dialect (building them for every claim cost
     about as much of the interpreter's time as running them). Parameters: ``b_now``,
-    ``b_limit``; ``b_after_at`` and ``b_after_id`` (the floor); ``b_owner`` and
-    ``b_expires`` (the lease) and, for ``take``, the claimed ids
-    (:func:`~broadcaster.store.bulk.rows_params`). Each of the three finds rows in the
-    layout of ``_JOB_COLUMNS``, with the state, attempts and due time they had before the
-    claim."""
+    ``b_limit``; ``b_after_at`` and ``b_after_id`` (the floor); ``b_owner``, ``b_expires``
+    and the claimed ids (:func:`~broadcaster.store.bulk.rows_params`) for ``take``."""
 
-    expired: Executable
-    due: Executable
-    due_after: Executable
-    take: Update | None
-    """SQLite: the update that leases the rows the selects found. On PostgreSQL each of
-    the three leases its rows itself (``UPDATE … FROM`` the rows it locked ``… RETURNING``):
-    one statement and one round trip to the server instead of two."""
+    expired: Select[Any]
+    due: Select[Any]
+    due_after: Select[Any]
+    take: Update
 
 
 @functools.cache
 def _claim_sql(dialect: str, skip_locked: bool) -> _ClaimSql:
     now = bindparam("b_now", type_=UTCDateTime())
-    limit = bindparam("b_limit", type_=Integer())
-    leased = {
-        "state": "sending",
-        "lease_owner": bindparam("b_owner", type_=String()),
-        "lease_expires_at": bindparam("b_expires", type_=UTCDateTime()),
-        "attempts": _D.c.attempts + 1,
-    }
-    returning = dialect == "postgresql"
 
-    def taking(state: ColumnElement[bool], order: tuple[Any, ...]) -> Executable:
+    def taking(state: ColumnElement[bool], order: tuple[Any, ...]) -> Select[Any]:
         # One query per state, not one with OR: each walks its index in order and stops
         # at the limit. With OR, SQLite and PostgreSQL gathered every due row and sorted
         # them all for each claim, so a round of 100,000 got slower the more of it was
         # still waiting.
-        if not returning:
-            query = (
-                select(*_JOB_COLUMNS)
-                .select_from(_D.join(_C, _C.c.id == _D.c.customer_id))
-                .where(state)
-                .order_by(*order)
-                .limit(limit)
-            )
-            return query.with_for_update(of=_D, skip_locked=True) if skip_locked else query
-        picked = (
-            select(_D.c.id, _D.c.state, _D.c.attempts, _D.c.next_attempt_at)
+        query = (
+            select(*_JOB_COLUMNS)
+            .select_from(_D.join(_C, _C.c.id == _D.c.customer_id))
             .where(state)
             .order_by(*order)
-            .limit(limit)
-            .with_for_update(skip_locked=skip_locked)
-            .subquery("picked")
+            .limit(bindparam("b_limit", type_=Integer()))
         )
-        # The picked rows' columns are their values before this update.
-        before = {"attempts": picked.c.attempts, "state": picked.c.state}
-        before["next_attempt_at"] = picked.c.next_attempt_at
-        columns: list[Any] = [
-            before.get(column.name, column)
-            if isinstance(column, Column) and column.table is _D
-            else column
-            for column in _JOB_COLUMNS
-        ]
-        return (
-            update(_D)
-            .where(_D.c.id == picked.c.id, _C.c.id == _D.c.customer_id)
-            .values(**leased)
-            .returning(*columns)
-        )
+        if skip_locked:
+            query = query.with_for_update(of=_D, skip_locked=True)
+        return query
 
     due = and_(_D.c.state == _PENDING, _D.c.next_attempt_at <= now)
     floor = tuple_(
         bindparam("b_after_at", type_=UTCDateTime()), bindparam("b_after_id", type_=BigInteger())
     )
-    take = None
-    if not returning:
-        claimed = rows_table(dialect, "claimed", _ID_COLUMN)
-        take = update(_D).where(_D.c.id.in_(select(claimed.c.id))).values(**leased)
+    claimed = rows_table(dialect, "claimed", _ID_COLUMN)
     return _ClaimSql(
         expired=taking(
             and_(_D.c.state == _SENDING, _D.c.lease_expires_at <= now),
@@ -580,5 +538,12 @@ def _claim_sql(dialect: str, skip_locked: bool) -> _ClaimSql:
             and_(due, tuple_(_D.c.next_attempt_at, _D.c.id) > floor),
             (_D.c.next_attempt_at, _D.c.id),
         ),
-        take=take,
+        take=update(_D)
+        .where(_D.c.id.in_(select(claimed.c.id)))
+        .values(
+            state="sending",
+            lease_owner=bindparam("b_owner", type_=String()),
+            lease_expires_at=bindparam("b_expires", type_=UTCDateTime()),
+            attempts=_D.c.attempts + 1,
+        ),
     )
