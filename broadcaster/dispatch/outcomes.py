@@ -319,7 +319,7 @@ class _RecordSql:
     sent_and_history: Insert | None
     """PostgreSQL: ``sent`` as a data-modifying ``WITH`` of the history insert, so that the
     common batch writes both in one statement (one round trip to the server, not two);
-    each takes the other's parameters. SQLite has no such ``WITH``."""
+    it takes both statements' parameters. SQLite has no such ``WITH``."""
     retry: Update
     failed: Update
     rerouted: Update
