@@ -166,13 +166,13 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
     session, a firewall dropped it. SQLAlchemy's ``pool_pre_ping`` checks every connection
     at every checkout, and on asyncpg a check is three round trips (BEGIN, an empty query,
     ROLLBACK): the dispatcher takes a connection for each claim and each batch of
-    outcomes, several times a second, transactions of four round trips each, which the
-    checks made seven (pipeline-only push rounds went 11-16 % faster without them). A
-    connection in steady use was used a moment ago, and is known to be alive; one that lay
-    idle longer is checked as before. Should the check fail, the pool replaces the
-    connection (a :class:`~sqlalchemy.exc.DisconnectionError` from a checkout listener) and
-    the caller never sees it. A connection that dies in use fails that transaction, as it
-    would have with ``pool_pre_ping``; so now does one that died within
+    outcomes, several times a second, transactions of three or four round trips, which
+    the checks made six or seven (pipeline-only push rounds went 11-16 % faster without
+    them). A connection in steady use was used a moment ago, and is known to be alive; one
+    that lay idle longer is checked as before. Should the check fail, the pool replaces
+    the connection (a :class:`~sqlalchemy.exc.DisconnectionError` from a checkout
+    listener) and the caller never sees it. A connection that dies in use fails that
+    transaction, as it would have with ``pool_pre_ping``; so now does one that died within
     ``PING_AFTER_IDLE`` of its last use, as when the server restarts under load (the
     dispatcher and the round loop try again after a pause)."""
     pool = engine.sync_engine.pool
