@@ -43,6 +43,7 @@ from bench.store import add_customers, store_url
 from broadcaster.clock import RealClock
 from broadcaster.incidents import service
 from broadcaster.store import Database, Delivery, Round
+from channels.email import EmailSettings
 from channels.http_common import pooled_client
 
 CHANNELS = ("push", "email", "sms")
@@ -162,7 +163,10 @@ async def raw_runs(sinks: Sinks, channel: str, n: int) -> dict[str, Timed]:
     """The baselines for ``channel``, replaying what the pipeline last sent."""
     sample = await sinks.sample(SINK_OF[channel])
     if channel == "email":
-        return {"aiosmtplib": await raw_smtp(sinks.smtp_port, sample, n, connections=4)}
+        # As many connections as the email channel's pool (its default: the bench's
+        # channel leaves pool_size alone).
+        pool = EmailSettings().pool_size
+        return {"aiosmtplib": await raw_smtp(sinks.smtp_port, sample, n, connections=pool)}
     base = f"http://127.0.0.1:{sinks.hook_port}" if channel == "push" else sinks.twilio_url
     url = base + sample["path"]
     # The channels' own clients (PostClient): webhook 50 connections; Twilio 100 (httpx's

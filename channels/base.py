@@ -91,7 +91,13 @@ class DeliveryError(Exception):
 
 @runtime_checkable
 class Channel(Protocol):
-    """A way to reach a customer. ``contact`` names the contact-point kind it addresses."""
+    """A way to reach a customer. ``contact`` names the contact-point kind it addresses.
+
+    A channel may also carry ``concurrency``: how many sends it has on the wire at once
+    (its connection pool), further sends waiting inside it. The dispatcher then prepares
+    only a few messages ahead of each free connection, so that a batch's rendering does
+    not keep the loop from answering the connections (see :func:`concurrency_of`).
+    """
 
     name: str
     contact: str
@@ -103,3 +109,14 @@ class Channel(Protocol):
     async def aclose(self) -> None:
         """Release connections; called once at shutdown."""
         ...
+
+
+def concurrency_of(channel: object) -> int | None:
+    """The channel's ``concurrency`` (sends on the wire at once), or None when it declares
+    none. Optional, so that a channel without a small pool need not say anything."""
+    value = getattr(channel, "concurrency", None)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"channel {getattr(channel, 'name', channel)!r}: concurrency {value!r}")
+    return value

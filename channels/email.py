@@ -69,6 +69,8 @@ class EmailChannel:
         self.name = name
         self.contact = settings.contact
         self._settings = settings
+        self.concurrency = settings.pool_size
+        """Sends on the wire at once: one per pooled connection (see channels.base)."""
         self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
         self._slots = asyncio.Semaphore(settings.pool_size)
         self._used: dict[int, int] = {}

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,7 +53,7 @@ from broadcaster.store import Customer, Database, Delivery, Followup
 from broadcaster.store.bulk import rows_params, rows_table
 from broadcaster.store.models import table_of
 from broadcaster.store.types import UTCDateTime
-from channels.base import Channel, DeliveryError, Target
+from channels.base import Channel, DeliveryError, Target, concurrency_of
 
 log = logging.getLogger("broadcaster.dispatch")
 
@@ -84,6 +84,14 @@ EXPIRED_LOOK_INTERVAL = timedelta(seconds=1)
 on PostgreSQL, for due deliveries from the start of the claim index rather than from the
 dispatcher's floor: a lease runs for a minute, so a second more costs nothing, and the other
 claims save a query and a walk over dead index entries."""
+
+SENDS_AHEAD = 2
+"""For a channel that declares its ``concurrency`` (the email channel's pool), how many
+sends per connection a dispatcher prepares at once: one on the wire and one rendered and
+waiting. A worker's batch used to be rendered all at once, 200 messages for 4 SMTP
+connections; their replies waited behind it, and the relay sat idle a fifth of the time.
+Prepared just ahead, rendering interleaves with the replies (docs/performance.md, tenth
+round)."""
 
 Floor = tuple[datetime, int]
 """The (next_attempt_at, id) of the last due delivery a dispatcher claimed."""
@@ -133,6 +141,13 @@ class Dispatcher:
         self._contents = RoundContents(database)
         self._limits = Limits(per_process(settings.rate_limits, settings.processes))
         self._contact_kinds = {name: channel.contact for name, channel in channels.items()}
+        self._gates = {
+            name: asyncio.Semaphore(SENDS_AHEAD * limit)
+            for name, channel in channels.items()
+            if (limit := concurrency_of(channel)) is not None
+        }
+        """Per channel with a declared concurrency: the sends being prepared or sent, shared
+        by the workers."""
         self.stats = DispatchStats()
         self.batch_size = claim_size(settings)
         self._look_for_expired_at = datetime.min.replace(tzinfo=UTC)
@@ -144,7 +159,7 @@ class Dispatcher:
         if not jobs:
             return 0
         outcomes = await asyncio.gather(
-            *(self._send(job, announced.get((job.incident_id, job.customer_id))) for job in jobs)
+            *(self._paced(job, announced.get((job.incident_id, job.customer_id))) for job in jobs)
         )
         recorded = await record_outcomes(
             self._db,
@@ -243,6 +258,21 @@ class Dispatcher:
         if recent < throttle.max:
             return None
         return throttle.fallback or ""
+
+    def _paced(
+        self, job: Job, followup: tuple[str, str, datetime] | None
+    ) -> Coroutine[Any, Any, Outcome]:
+        """The send of ``job``, behind its channel's gate where it has one."""
+        gate = self._gates.get(job.channel)
+        if gate is None:
+            return self._send(job, followup)
+        return self._gated(gate, job, followup)
+
+    async def _gated(
+        self, gate: asyncio.Semaphore, job: Job, followup: tuple[str, str, datetime] | None
+    ) -> Outcome:
+        async with gate:
+            return await self._send(job, followup)
 
     async def _send(self, job: Job, followup: tuple[str, str, datetime] | None = None) -> Outcome:
         channel = self._channels.get(job.channel)
