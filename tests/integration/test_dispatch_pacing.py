@@ -47,7 +47,7 @@ async def _round_of(database: Database, clock: FakeClock, channel: HeldChannel) 
 async def _entered_while_held(engine: Engine, channel: HeldChannel) -> int:
     batch = asyncio.create_task(engine.dispatcher.run_once())
     async with asyncio.timeout(10):  # the claim and the round's contents come from the store
-        while not channel.entered:  # noqa: ASYNC110 - the fake channel has no event for this
+        while not channel.entered:  # the fake channel has no event for this
             await asyncio.sleep(0.01)
     await asyncio.sleep(0.2)  # then every other send that may start reaches the channel
     entered = channel.entered
