@@ -3,14 +3,16 @@
 A delivery is ``pending`` until claimed; the claim sets ``sending`` with a lease and counts
 the attempt (a reclaim also writes a history event). Each job is rendered for its
 customer, checked against the per-customer throttle, paced by the provider's rate limit,
-and sent. Outcomes are written in bulk (see :mod:`broadcaster.dispatch.outcomes`). A
-delivery whose lease expired (its worker died mid-send) is claimed again: the only way a
-message can go out twice.
+and sent. Outcomes are written in bulk (see :mod:`broadcaster.dispatch.outcomes`). While a
+batch is sending, its leases are renewed every third of a lease, so a slow relay does not
+let them run out. A delivery whose lease expired (its worker died mid-send, or its process
+stalled for a whole lease) is claimed again: the only way a message can go out twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -64,12 +66,14 @@ def claim_size(settings: DeliverySettings) -> int:
     """Deliveries one worker claims at a time: ``batch_size``, unless a rate-limited
     channel could not send that many within half the lease.
 
-    A claimed batch is sent at the provider's pace; what is still unsent when the lease
-    runs out is claimed again by another worker, and sent twice. With a limit of one
-    message a second, 4 workers claiming 200 each would need 800 s against a 60 s lease.
-    So the batch is cut to what the slowest limit sends in half the lease, shared by the
-    workers that may all be waiting on it (at least one); with several dispatch processes,
-    what this process's share of the limit sends."""
+    A claimed batch is sent at the provider's pace. Its leases are renewed while it sends,
+    but what is still unsent when a lease runs out (a renewal failed) is claimed again by
+    another worker, and sent twice; and a worker should not hold deliveries for many
+    minutes that another could send. With a limit of one message a second, 4 workers
+    claiming 200 each would need 800 s against a 60 s lease. So the batch is cut to what
+    the slowest limit sends in half the lease, shared by the workers that may all be
+    waiting on it (at least one); with several dispatch processes, what this process's
+    share of the limit sends."""
     if not settings.rate_limits:
         return settings.batch_size
     limits = per_process(settings.rate_limits, settings.processes).values()
@@ -150,6 +154,8 @@ class Dispatcher:
         by the workers."""
         self.stats = DispatchStats()
         self.batch_size = claim_size(settings)
+        self.lease_renewal = settings.lease / 3
+        """How often (in real time) a batch still sending renews its leases."""
         self._look_for_expired_at = datetime.min.replace(tzinfo=UTC)
         self._floor: Floor | None = None
 
@@ -158,9 +164,21 @@ class Dispatcher:
         jobs, announced = await self._claim(self.batch_size)
         if not jobs:
             return 0
-        outcomes = await asyncio.gather(
-            *(self._paced(job, announced.get((job.incident_id, job.customer_id))) for job in jobs)
+        sent = asyncio.Event()
+        keeper = asyncio.create_task(
+            self._keep_leases([job.delivery_id for job in jobs], sent),
+            name=f"leases {self._owner}",
         )
+        try:
+            outcomes = await asyncio.gather(
+                *(
+                    self._paced(job, announced.get((job.incident_id, job.customer_id)))
+                    for job in jobs
+                )
+            )
+        finally:
+            sent.set()  # a renewal under way finishes, rather than be cut off mid-statement
+            await keeper
         recorded = await record_outcomes(
             self._db,
             self._owner,
@@ -340,6 +358,43 @@ class Dispatcher:
             )
             return Outcome(job, error=error, retry_at=self._clock.now() + delay)
         return Outcome(job, error=error)
+
+    async def _keep_leases(self, ids: list[int], sent: asyncio.Event) -> None:
+        """Renew the leases of a batch's deliveries every :attr:`lease_renewal` until
+        ``sent`` is set. A claim sizes a batch to what rate limits send in half a lease,
+        but a relay can be slower than its limit: 800 emails on 4 SMTP connections at
+        250 ms each (four round trips to a distant relay) take 50 s. A failed renewal is
+        logged and tried again at the next turn; the sends go on."""
+        failures = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sent.wait(), self.lease_renewal.total_seconds())
+            if sent.is_set():
+                return
+            try:
+                await self._renew_leases(ids)
+            except Exception as exc:  # the store may be down: the sends go on
+                failures += 1
+                log.warning(
+                    "could not renew the leases of a batch still sending",
+                    extra={"count": len(ids), "failures": failures, "reason": repr(exc)},
+                )
+
+    async def _renew_leases(self, ids: list[int]) -> int:
+        """Move the lease of those of ``ids`` we still hold to a whole lease from now;
+        returns how many."""
+        expires = self._clock.now() + self._settings.lease
+        async with self._db.session() as session, session.begin():
+            result = await session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.id.in_(ids),
+                    Delivery.lease_owner == self._owner,
+                    Delivery.state == "sending",
+                )
+                .values(lease_expires_at=expires)
+            )
+            return max(getattr(result, "rowcount", 0), 0)
 
     async def release(self) -> int:
         """Give back every delivery we hold (clean shutdown); returns how many."""

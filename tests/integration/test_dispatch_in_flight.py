@@ -1,0 +1,170 @@
+"""A batch in flight: a channel that declares its concurrency (a small connection pool)
+gets its sends prepared just ahead of its connections, not a whole batch at once; and the
+deliveries of a batch that is still sending keep their leases, however slow the channel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from broadcaster.clock import FakeClock
+from broadcaster.dispatch.worker import SENDS_AHEAD
+from broadcaster.engine import Engine
+from broadcaster.incidents import service
+from broadcaster.store import Database, Delivery
+from channels.base import Message, Receipt, Target, concurrency_of
+from channels.email import EmailChannel, EmailSettings
+from channels.memory import MemoryChannel
+from tests.integration.test_broadcast_loop import START, add_customers, make_settings
+
+
+@dataclass
+class HeldChannel(MemoryChannel):
+    """Holds every send until ``go`` is set; counts the sends that reached it."""
+
+    concurrency: int | None = None
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+    entered: int = 0
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        self.entered += 1
+        await self.go.wait()
+        return await super().send(target, message)
+
+
+async def _round_of(database: Database, clock: FakeClock, channel: HeldChannel) -> Engine:
+    settings = make_settings()  # batch_size 4
+    await add_customers(database, clock, [(f"C{i}", ["component:rail"]) for i in range(4)])
+    engine = await Engine.create(settings, database, clock, {"mail": channel}, owner="a")
+    await service.declare(
+        database, clock, service.Declaration("t", "minor", "m", components=["rail"])
+    )
+    await engine.process_due_rounds()
+    return engine
+
+
+async def _entered_while_held(engine: Engine, channel: HeldChannel) -> int:
+    batch = asyncio.create_task(engine.dispatcher.run_once())
+    async with asyncio.timeout(10):  # the claim and the round's contents come from the store
+        while not channel.entered:  # the fake channel has no event for this
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # then every other send that may start reaches the channel
+    entered = channel.entered
+    channel.go.set()
+    assert await batch == 4
+    assert len(channel.sent) == 4
+    return entered
+
+
+async def test_a_channel_of_one_connection_gets_its_sends_prepared_just_ahead(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    channel = HeldChannel(name="mail", concurrency=1)
+    engine = await _round_of(database, clock, channel)
+    assert await _entered_while_held(engine, channel) == SENDS_AHEAD * 1 < 4
+
+
+async def test_a_channel_without_a_declared_concurrency_gets_the_whole_batch_at_once(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    channel = HeldChannel(name="mail")
+    engine = await _round_of(database, clock, channel)
+    assert await _entered_while_held(engine, channel) == 4
+
+
+def test_the_email_channel_declares_its_pool_as_its_concurrency() -> None:
+    channel = EmailChannel("mail", EmailSettings(pool_size=3))
+    assert concurrency_of(channel) == 3
+    assert concurrency_of(MemoryChannel()) is None
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "4", True])
+def test_a_concurrency_that_is_not_a_positive_whole_number_is_refused(bad: object) -> None:
+    channel = HeldChannel(name="odd", concurrency=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"channel 'odd': concurrency"):
+        concurrency_of(channel)
+
+
+async def _until(condition: object, what: str) -> None:
+    """Wait (up to 10 s) until the awaitable-returning ``condition()`` is true."""
+    async with asyncio.timeout(10):
+        while not await condition():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+
+async def _earliest_lease(database: Database) -> datetime | None:
+    async with database.session() as session:
+        query = select(func.min(Delivery.lease_expires_at)).where(Delivery.state == "sending")
+        return (await session.execute(query)).scalar_one()
+
+
+async def test_a_batch_still_sending_keeps_its_leases_and_nobody_reclaims_it(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    channel = HeldChannel(name="mail")  # a relay that takes three leases' time to answer
+    engine = await _round_of(database, clock, channel)
+    engine.dispatcher.lease_renewal = timedelta(milliseconds=20)
+    lease = engine.settings.delivery.lease
+    rival = await Engine.create(
+        make_settings(), database, clock, {"mail": MemoryChannel(name="mail")}, owner="b"
+    )
+    batch = asyncio.create_task(engine.dispatcher.run_once())
+
+    async def all_in() -> bool:
+        return channel.entered == 4
+
+    await _until(all_in, "the sends")
+    for _ in range(4):
+        clock.advance(lease * 2 / 3)  # 40 s at a time: past the first lease by the second
+
+        async def renewed() -> bool:
+            earliest = await _earliest_lease(database)
+            return earliest is not None and earliest >= clock.now() + lease
+
+        await _until(renewed, "a renewal")
+        assert await rival.dispatcher.claim(10) == []
+    channel.go.set()
+    assert await batch == 4
+    assert len(channel.sent) == 4
+    async with database.session() as session:
+        states = (await session.execute(select(Delivery.state, Delivery.lease_owner))).all()
+    assert sorted(states) == [("sent", None)] * 4
+    assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("leases ")]
+
+
+async def test_a_failed_renewal_is_logged_and_the_batch_goes_on(
+    database: Database, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock(START)
+    channel = HeldChannel(name="mail")
+    engine = await _round_of(database, clock, channel)
+    dispatcher = engine.dispatcher
+    dispatcher.lease_renewal = timedelta(milliseconds=20)
+    tries = 0
+
+    async def broken(ids: list[int]) -> int:
+        nonlocal tries
+        tries += 1
+        raise OSError("the store went away")
+
+    monkeypatch.setattr(dispatcher, "_renew_leases", broken)
+    batch = asyncio.create_task(dispatcher.run_once())
+
+    async def tried_twice() -> bool:
+        return tries >= 2
+
+    with caplog.at_level(logging.WARNING, logger="broadcaster.dispatch"):
+        await _until(tried_twice, "two renewals")
+    channel.go.set()
+    assert await batch == 4
+    assert len(channel.sent) == 4
+    failures = [r for r in caplog.records if "could not renew" in r.getMessage()]
+    assert failures and "the store went away" in str(failures[0].__dict__.get("reason"))
