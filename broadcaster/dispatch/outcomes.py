@@ -230,6 +230,17 @@ async def record_outcomes(
         )
     dialect = database.dialect
     sql = _record_sql(dialect)
+    if (
+        sql.sent_and_history is not None
+        and sent
+        and not (retry or failed or rerouted or points or result.follows)
+    ):
+        # All sent (nearly every batch): one statement, atomic by itself, so no
+        # transaction around it (on PostgreSQL one round trip instead of three).
+        done = rows_params(dialect, "sent", _SENT_COLUMNS, sent)
+        done.update(b_owner=owner, b_now=now, **_history_params(dialect, events, now))
+        await database.execute_alone(sql.sent_and_history, done)
+        return result
 
     def write(session: Session) -> None:
         # Core on the session's connection: no ORM result layer for set-based writes.
