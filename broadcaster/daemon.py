@@ -224,7 +224,9 @@ class Daemon:
             try:  # leadership too: whatever fails, this loop must not end (rounds would stop)
                 leading = await self.leadership.ensure()
                 if leading:
-                    if await engine.process_due_rounds(stop.is_set):
+                    # The workers start on each batch of a round's deliveries as soon as it
+                    # is committed, not when the whole round is written.
+                    if await engine.process_due_rounds(stop.is_set, work_ready.set):
                         work_ready.set()
                     wake = await engine.next_wakeup()
             except Exception as exc:  # the store may be down; keep the daemon alive and retry

@@ -181,8 +181,14 @@ class Engine:
         """Reminders and escalations that are due: tell the people concerned."""
         return await self.notify_staff(await due_notices(self.database, self.clock, self.directory))
 
-    async def process_due_rounds(self, should_stop: Callable[[], bool] = lambda: False) -> int:
-        """Claim and materialise every due round; returns how many were completed."""
+    async def process_due_rounds(
+        self,
+        should_stop: Callable[[], bool] = lambda: False,
+        committed: Callable[[], object] | None = None,
+    ) -> int:
+        """Claim and materialise every due round; returns how many were completed.
+        ``committed`` is called whenever a batch of a round's deliveries has committed (the
+        daemon wakes its dispatch workers with it)."""
         done = 0
         while not should_stop():
             claimed = await claim_due_round(
@@ -213,6 +219,7 @@ class Engine:
                     self.settings.schedule,
                     should_stop,
                     followups,
+                    committed,
                 )
                 await self.notify_staff(notices)
             except LostLease as exc:

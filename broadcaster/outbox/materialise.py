@@ -79,9 +79,12 @@ async def materialise_round(
     settings: ScheduleSettings,
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: BatchHook | None = None,
+    committed: Callable[[], object] | None = None,
 ) -> int | None:
     """Write the round's deliveries; returns how many rows this call inserted, or None
     when ``should_stop`` said to stop between batches (the caller releases the round).
+    ``committed`` is called after each batch that wrote deliveries has committed, so that
+    dispatch can start on them while the rest of a large round is still being written.
 
     Raises :class:`~broadcaster.schedule.rounds.LostLease` if another worker took the
     round over; what was committed before stays (it is idempotent).
@@ -113,11 +116,13 @@ async def materialise_round(
                     lease_owner=None,
                 )
                 return inserted
+            wrote = 0
             if routes:
                 result = await session.execute(
                     _deliveries_insert(database, claimed, routes, customers, now)
                 )
-                inserted += max(getattr(result, "rowcount", 0), 0)
+                wrote = max(getattr(result, "rowcount", 0), 0)
+                inserted += wrote
             if on_batch is not None:
                 await on_batch(session, claimed.round_id, claimed.incident_id, customers, now)
             await extend_lease(
@@ -128,6 +133,8 @@ async def materialise_round(
                 cursor=customers[-1],
                 audience_size=Round.audience_size + len(customers),
             )
+        if wrote and committed is not None:
+            committed()
 
 
 def _page(database: Database, customers: list[str]) -> FromClause:

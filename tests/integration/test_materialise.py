@@ -320,3 +320,44 @@ async def test_a_growing_round_refreshes_the_planner_statistics(
                 )
             ).scalar_one()
         assert estimate == 8  # as ANALYZE counted them before the last batch
+
+
+async def test_each_batch_that_wrote_deliveries_is_announced_once_committed(
+    database: Database,
+) -> None:
+    """The daemon wakes its dispatch workers with ``committed``: after each batch's
+    transaction, so a large round's first deliveries go out while the rest is written."""
+    clock = FakeClock(START)
+    await payments_round(database, clock, "W", 7)
+    claimed = await claim(database, clock, batch=2)
+    settings = ScheduleSettings(audience_batch=2)
+    calls: list[tuple[str, int]] = []
+
+    def in_use() -> int:
+        checked_out: int = database.engine.pool.checkedout()  # type: ignore[attr-defined]
+        return checked_out
+
+    async def on_batch(*_: object) -> None:
+        calls.append(("batch", in_use()))
+
+    def committed() -> None:
+        calls.append(("committed", in_use()))
+
+    routes = [ChannelRoute("mail", "email")]
+    assert (
+        await materialise_round(
+            database, clock, claimed, routes, settings, on_batch=on_batch, committed=committed
+        )
+        == 7
+    )
+    # Four batches (2 + 2 + 2 + 1 customers), each announced after its transaction let go
+    # of its connection; the last, empty page announces nothing.
+    assert calls == [("batch", 1), ("committed", 0)] * 4
+
+    # A round whose routes reach nobody writes no deliveries and wakes nobody.
+    calls.clear()
+    await payments_round(database, clock, "N", 3)
+    clock.advance(1)
+    quiet = await claim(database, clock, batch=2)
+    assert await materialise_round(database, clock, quiet, [], settings, committed=committed) == 0
+    assert calls == []
