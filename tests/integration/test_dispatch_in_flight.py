@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -92,11 +93,14 @@ def test_a_concurrency_that_is_not_a_positive_whole_number_is_refused(bad: objec
         concurrency_of(channel)
 
 
-async def _until(condition: object, what: str) -> None:
-    """Wait (up to 10 s) until the awaitable-returning ``condition()`` is true."""
-    async with asyncio.timeout(10):
-        while not await condition():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
+async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait (up to 10 s) until ``condition()`` is true."""
+    try:
+        async with asyncio.timeout(10):
+            while not await condition():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"waited 10 s for {what}") from None
 
 
 async def _earliest_lease(database: Database) -> datetime | None:
