@@ -224,8 +224,9 @@ class Daemon:
             try:  # leadership too: whatever fails, this loop must not end (rounds would stop)
                 leading = await self.leadership.ensure()
                 if leading:
-                    # The workers start on each batch of a round's deliveries as soon as it
-                    # is committed, not when the whole round is written.
+                    # This daemon's workers start on each batch of a round's deliveries as
+                    # soon as it is committed, not when the whole round is written (other
+                    # processes find it at their poll).
                     if await engine.process_due_rounds(stop.is_set, work_ready.set):
                         work_ready.set()
                     wake = await engine.next_wakeup()

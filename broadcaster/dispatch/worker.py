@@ -17,6 +17,7 @@ import functools
 import logging
 import random
 from collections.abc import Coroutine, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -97,6 +98,11 @@ connections; their replies waited behind it, and the relay sat idle a fifth of t
 Prepared just ahead, rendering interleaves with the replies (docs/performance.md, tenth
 round)."""
 
+LEASES_KEPT = 10
+"""How many leases' time a batch still sending keeps its leases at most (ten minutes by
+default); after that they are left to expire, and the batch's deliveries are claimed again:
+a send that never returns (a channel without a timeout) must not hold them for ever."""
+
 Floor = tuple[datetime, int]
 """The (next_attempt_at, id) of the last due delivery a dispatcher claimed."""
 
@@ -156,6 +162,9 @@ class Dispatcher:
         self.batch_size = claim_size(settings)
         self.lease_renewal = settings.lease / 3
         """How often (in real time) a batch still sending renews its leases."""
+        self.max_renewals = LEASES_KEPT * 3
+        """Renewals a batch gets at most: a send that never returns must not hold its batch
+        (already sent messages included, unrecorded) for ever."""
         self._look_for_expired_at = datetime.min.replace(tzinfo=UTC)
         self._floor: Floor | None = None
 
@@ -165,24 +174,26 @@ class Dispatcher:
         if not jobs:
             return 0
         sent = asyncio.Event()
+        lost: set[int] = set()
         keeper = asyncio.create_task(
-            self._keep_leases([job.delivery_id for job in jobs], sent),
+            self._keep_leases([job.delivery_id for job in jobs], sent, lost),
             name=f"leases {self._owner}",
         )
         try:
-            outcomes = await asyncio.gather(
+            attempts = await asyncio.gather(
                 *(
-                    self._paced(job, announced.get((job.incident_id, job.customer_id)))
+                    self._paced(job, announced.get((job.incident_id, job.customer_id)), lost)
                     for job in jobs
                 )
             )
         finally:
             sent.set()  # a renewal under way finishes, rather than be cut off mid-statement
             await keeper
+        outcomes = [outcome for outcome in attempts if outcome is not None]
         recorded = await record_outcomes(
             self._db,
             self._owner,
-            list(outcomes),
+            outcomes,
             self._clock.now(),
             failover=self._settings.failover,
             contact_kinds=self._contact_kinds,
@@ -278,21 +289,32 @@ class Dispatcher:
         return throttle.fallback or ""
 
     def _paced(
-        self, job: Job, followup: tuple[str, str, datetime] | None
-    ) -> Coroutine[Any, Any, Outcome]:
+        self, job: Job, followup: tuple[str, str, datetime] | None, lost: AbstractSet[int]
+    ) -> Coroutine[Any, Any, Outcome | None]:
         """The send of ``job``, behind its channel's gate where it has one."""
         gate = self._gates.get(job.channel)
         if gate is None:
-            return self._send(job, followup)
-        return self._gated(gate, job, followup)
+            return self._send(job, followup, lost)
+        return self._gated(gate, job, followup, lost)
 
     async def _gated(
-        self, gate: asyncio.Semaphore, job: Job, followup: tuple[str, str, datetime] | None
-    ) -> Outcome:
+        self,
+        gate: asyncio.Semaphore,
+        job: Job,
+        followup: tuple[str, str, datetime] | None,
+        lost: AbstractSet[int],
+    ) -> Outcome | None:
         async with gate:
-            return await self._send(job, followup)
+            return await self._send(job, followup, lost)
 
-    async def _send(self, job: Job, followup: tuple[str, str, datetime] | None = None) -> Outcome:
+    async def _send(
+        self,
+        job: Job,
+        followup: tuple[str, str, datetime] | None = None,
+        lost: AbstractSet[int] = frozenset(),
+    ) -> Outcome | None:
+        """Render and send ``job``; None when its lease was lost before it went out (its
+        new holder sends it)."""
         channel = self._channels.get(job.channel)
         if channel is None:
             missing = DeliveryError(f"channel {job.channel!r} is not configured", retryable=True)
@@ -336,6 +358,8 @@ class Dispatcher:
             target = Target(
                 address=job.address, name=job.customer_name, customer_id=job.customer_id
             )
+            if job.delivery_id in lost:
+                return None
             receipt = await channel.send(target, message)
         except DeliveryError as error:
             return self._failure(job, error)
@@ -359,30 +383,49 @@ class Dispatcher:
             return Outcome(job, error=error, retry_at=self._clock.now() + delay)
         return Outcome(job, error=error)
 
-    async def _keep_leases(self, ids: list[int], sent: asyncio.Event) -> None:
+    async def _keep_leases(self, ids: list[int], sent: asyncio.Event, lost: set[int]) -> None:
         """Renew the leases of a batch's deliveries every :attr:`lease_renewal` until
-        ``sent`` is set. A claim sizes a batch to what rate limits send in half a lease,
-        but a relay can be slower than its limit: 800 emails on 4 SMTP connections at
-        250 ms each (four round trips to a distant relay) take 50 s. A failed renewal is
-        logged and tried again at the next turn; the sends go on."""
+        ``sent`` is set, at most :attr:`max_renewals` times. A claim sizes a batch to what
+        rate limits send in half a lease, but a relay can be slower than its limit: 800
+        emails on 4 SMTP connections at 250 ms each (four round trips to a distant relay)
+        take 50 s. A failed renewal is logged and tried again at the next turn; the sends
+        go on. A delivery no longer ours (this process stalled for a whole lease, and
+        another claimed it) goes into ``lost``, and is not sent here if it has not gone
+        out yet."""
         failures = 0
-        while True:
+        for _ in range(self.max_renewals):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sent.wait(), self.lease_renewal.total_seconds())
             if sent.is_set():
                 return
             try:
-                await self._renew_leases(ids)
+                held = await self._renew_leases(ids)
             except Exception as exc:  # the store may be down: the sends go on
                 failures += 1
                 log.warning(
                     "could not renew the leases of a batch still sending",
                     extra={"count": len(ids), "failures": failures, "reason": repr(exc)},
                 )
+                continue
+            gone = [delivery for delivery in ids if delivery not in held]
+            if gone:
+                lost.update(gone)
+                ids = [delivery for delivery in ids if delivery in held]
+                log.warning(
+                    "leases of a batch still sending were lost; another holder sends those "
+                    "not yet sent",
+                    extra={"count": len(gone)},
+                )
+        if not sent.is_set():
+            log.warning(
+                "a batch has been sending for %d leases; its leases are left to expire",
+                LEASES_KEPT,
+                extra={"count": len(ids)},
+            )
 
-    async def _renew_leases(self, ids: list[int]) -> int:
+    async def _renew_leases(self, ids: list[int]) -> set[int]:
         """Move the lease of those of ``ids`` we still hold to a whole lease from now;
-        returns how many."""
+        returns their ids."""
         expires = self._clock.now() + self._settings.lease
         async with self._db.session() as session, session.begin():
             result = await session.execute(
@@ -393,8 +436,9 @@ class Dispatcher:
                     Delivery.state == "sending",
                 )
                 .values(lease_expires_at=expires)
+                .returning(Delivery.id)
             )
-            return max(getattr(result, "rowcount", 0), 0)
+            return set(result.scalars())
 
     async def release(self) -> int:
         """Give back every delivery we hold (clean shutdown); returns how many."""

@@ -49,12 +49,14 @@ async def _round_of(database: Database, clock: FakeClock, channel: HeldChannel) 
     return engine
 
 
-async def _entered_while_held(engine: Engine, channel: HeldChannel) -> int:
+async def _entered_while_held(engine: Engine, channel: HeldChannel, expected: int) -> int:
+    """How many sends reached the held channel: waits for ``expected``, then a little
+    longer in case more come."""
     batch = asyncio.create_task(engine.dispatcher.run_once())
     async with asyncio.timeout(10):  # the claim and the round's contents come from the store
-        while not channel.entered:  # the fake channel has no event for this
+        while channel.entered < expected:  # the fake channel has no event for this
             await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)  # then every other send that may start reaches the channel
+    await asyncio.sleep(0.1)
     entered = channel.entered
     channel.go.set()
     assert await batch == 4
@@ -68,7 +70,7 @@ async def test_a_channel_of_one_connection_gets_its_sends_prepared_just_ahead(
     clock = FakeClock(START)
     channel = HeldChannel(name="mail", concurrency=1)
     engine = await _round_of(database, clock, channel)
-    assert await _entered_while_held(engine, channel) == SENDS_AHEAD * 1 < 4
+    assert await _entered_while_held(engine, channel, SENDS_AHEAD * 1) == SENDS_AHEAD * 1 < 4
 
 
 async def test_a_channel_without_a_declared_concurrency_gets_the_whole_batch_at_once(
@@ -77,7 +79,7 @@ async def test_a_channel_without_a_declared_concurrency_gets_the_whole_batch_at_
     clock = FakeClock(START)
     channel = HeldChannel(name="mail")
     engine = await _round_of(database, clock, channel)
-    assert await _entered_while_held(engine, channel) == 4
+    assert await _entered_while_held(engine, channel, 4) == 4
 
 
 def test_the_email_channel_declares_its_pool_as_its_concurrency() -> None:
@@ -126,8 +128,8 @@ async def test_a_batch_still_sending_keeps_its_leases_and_nobody_reclaims_it(
         return channel.entered == 4
 
     await _until(all_in, "the sends")
-    for _ in range(4):
-        clock.advance(lease * 2 / 3)  # 40 s at a time: past the first lease by the second
+    for _ in range(5):  # 200 s: past the first lease by the second step
+        clock.advance(lease * 2 / 3)
 
         async def renewed() -> bool:
             earliest = await _earliest_lease(database)
@@ -172,3 +174,72 @@ async def test_a_failed_renewal_is_logged_and_the_batch_goes_on(
     assert len(channel.sent) == 4
     failures = [r for r in caplog.records if "could not renew" in r.getMessage()]
     assert failures and "the store went away" in str(failures[0].__dict__.get("reason"))
+
+
+async def test_leases_lost_while_the_process_stalled_leave_the_unsent_messages_to_their_new_holder(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock(START)
+    channel = HeldChannel(name="mail", concurrency=1)  # two sends out, two waiting
+    engine = await _round_of(database, clock, channel)
+    dispatcher = engine.dispatcher
+    dispatcher.lease_renewal = timedelta(milliseconds=20)
+    renew = dispatcher._renew_leases
+    may_renew, renewed = asyncio.Event(), asyncio.Event()
+
+    async def stalled(ids: list[int]) -> set[int]:  # the process "stalls" until told
+        await may_renew.wait()
+        held = await renew(ids)
+        renewed.set()
+        return held
+
+    dispatcher._renew_leases = stalled  # type: ignore[method-assign]
+    rival_channel = MemoryChannel(name="mail")
+    rival = await Engine.create(
+        make_settings(), database, clock, {"mail": rival_channel}, owner="b"
+    )
+    batch = asyncio.create_task(dispatcher.run_once())
+
+    async def two_out() -> bool:
+        return channel.entered == 2
+
+    await _until(two_out, "the first two sends")
+    clock.advance(engine.settings.delivery.lease * 2)  # the stall outlasted the lease
+    taken = await rival.dispatcher.claim(10)
+    assert len(taken) == 4 and all(job.reclaimed for job in taken)
+    with caplog.at_level(logging.WARNING, logger="broadcaster.dispatch"):
+        may_renew.set()
+        async with asyncio.timeout(10):
+            await renewed.wait()
+        channel.go.set()
+        assert await batch == 4
+    # The two already on the wire went out (the rival sends them again: a stall that
+    # outlasts the lease repeats what was in flight); the two that had not, did not.
+    assert len(channel.sent) == 2
+    assert any("were lost" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_batch_keeps_its_leases_for_a_bounded_time(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock(START)
+    channel = HeldChannel(name="mail")  # a send that never returns
+    engine = await _round_of(database, clock, channel)
+    dispatcher = engine.dispatcher
+    dispatcher.lease_renewal = timedelta(milliseconds=10)
+    dispatcher.max_renewals = 3
+    lease = engine.settings.delivery.lease
+    with caplog.at_level(logging.WARNING, logger="broadcaster.dispatch"):
+        batch = asyncio.create_task(dispatcher.run_once())
+
+        async def gave_up() -> bool:
+            return any("left to expire" in record.getMessage() for record in caplog.records)
+
+        await _until(gave_up, "the renewals to stop")
+    clock.advance(lease * 2)
+    rival = await Engine.create(
+        make_settings(), database, clock, {"mail": MemoryChannel(name="mail")}, owner="b"
+    )
+    assert len(await rival.dispatcher.claim(10)) == 4  # left to expire, and claimed again
+    channel.go.set()
+    assert await batch == 4

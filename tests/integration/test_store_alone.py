@@ -44,6 +44,7 @@ async def test_on_postgresql_it_takes_no_begin_or_commit_and_leaves_transactions
             raw: Any = await connection.get_raw_connection()
             raw.driver_connection.add_query_logger(lambda record: seen.append(record.query))
         await database.execute_alone(_INSERT, {"n": 1})
+        assert database.engine.pool.checkedin() == 1  # type: ignore[attr-defined]  # the same one
         assert not [query for query in seen if query.startswith(("BEGIN", "COMMIT"))]
         async with database.session() as session:  # a transaction again: rolled back
             await session.begin()
