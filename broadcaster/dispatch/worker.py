@@ -416,10 +416,12 @@ class Dispatcher:
                     "not yet sent",
                     extra={"count": len(gone)},
                 )
+                if not ids:
+                    return
         if not sent.is_set():
             log.warning(
-                "a batch has been sending for %d leases; its leases are left to expire",
-                LEASES_KEPT,
+                "a batch is still sending after %d renewals of its leases; they are left to expire",
+                self.max_renewals,
                 extra={"count": len(ids)},
             )
 
