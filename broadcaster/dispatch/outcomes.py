@@ -230,6 +230,15 @@ async def record_outcomes(
         )
     dialect = database.dialect
     sql = _record_sql(dialect)
+
+    def sent_params(with_history: bool) -> dict[str, Any]:
+        # The batch's ids and provider ids as one parameter (see broadcaster.store.bulk).
+        done = rows_params(dialect, "sent", _SENT_COLUMNS, sent)
+        done.update(b_owner=owner, b_now=now)
+        if with_history:
+            done.update(_history_params(dialect, events, now))
+        return done
+
     if (
         sql.sent_and_history is not None
         and sent
@@ -237,9 +246,7 @@ async def record_outcomes(
     ):
         # All sent (nearly every batch): one statement, atomic by itself, so no
         # transaction around it (on PostgreSQL one round trip instead of three).
-        done = rows_params(dialect, "sent", _SENT_COLUMNS, sent)
-        done.update(b_owner=owner, b_now=now, **_history_params(dialect, events, now))
-        await database.execute_alone(sql.sent_and_history, done)
+        await database.execute_alone(sql.sent_and_history, sent_params(with_history=True))
         return result
 
     def write(session: Session) -> None:
@@ -247,16 +254,12 @@ async def record_outcomes(
         connection = session.connection()
         history = events
         if sent:
-            # One set-based statement for the common case, not one per row (see
-            # broadcaster.store.bulk): the batch's ids and provider ids as one parameter.
-            done = rows_params(dialect, "sent", _SENT_COLUMNS, sent)
-            done.update(b_owner=owner, b_now=now)
+            # One set-based statement for the common case, not one per row.
             if sql.sent_and_history is not None:  # with the history rows: one round trip
-                done.update(_history_params(dialect, events, now))
-                connection.execute(sql.sent_and_history, done)
+                connection.execute(sql.sent_and_history, sent_params(with_history=True))
                 history = []
             else:
-                connection.execute(sql.sent, done)
+                connection.execute(sql.sent, sent_params(with_history=False))
         if retry:
             connection.execute(sql.retry, retry)
         if failed:

@@ -98,6 +98,9 @@ connections; their replies waited behind it, and the relay sat idle a fifth of t
 Prepared just ahead, rendering interleaves with the replies (docs/performance.md, tenth
 round)."""
 
+RENEWALS_PER_LEASE = 3
+"""A batch still sending renews its leases this many times per lease."""
+
 LEASES_KEPT = 10
 """How many leases' time a batch still sending keeps its leases at most (ten minutes by
 default); after that they are left to expire, and the batch's deliveries are claimed again:
@@ -160,9 +163,9 @@ class Dispatcher:
         by the workers."""
         self.stats = DispatchStats()
         self.batch_size = claim_size(settings)
-        self.lease_renewal = settings.lease / 3
+        self.lease_renewal = settings.lease / RENEWALS_PER_LEASE
         """How often (in real time) a batch still sending renews its leases."""
-        self.max_renewals = LEASES_KEPT * 3
+        self.max_renewals = LEASES_KEPT * RENEWALS_PER_LEASE
         """Renewals a batch gets at most: a send that never returns must not hold its batch
         (already sent messages included, unrecorded) for ever."""
         self._look_for_expired_at = datetime.min.replace(tzinfo=UTC)
