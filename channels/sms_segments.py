@@ -38,6 +38,8 @@ GSM7_BASIC: frozenset[str] = frozenset(
 GSM7_EXTENSION: frozenset[str] = frozenset("\f^{}\\[~]|€")
 """The extension table: each costs two septets (escape + code)."""
 
+_GSM7: frozenset[str] = GSM7_BASIC | GSM7_EXTENSION
+
 SINGLE_LIMIT: dict[Encoding, int] = {"GSM-7": 160, "UCS-2": 70}
 MULTI_LIMIT: dict[Encoding, int] = {"GSM-7": 153, "UCS-2": 67}
 
@@ -64,15 +66,24 @@ class SegmentInfo:
 
 def is_gsm7(text: str) -> bool:
     """True when every character is in the GSM 03.38 basic or extension table."""
-    return all(c in GSM7_BASIC or c in GSM7_EXTENSION for c in text)
+    return _GSM7.issuperset(text)
 
 
 def segments(text: str) -> SegmentInfo:
     """Encoding, size and number of parts of ``text`` (an empty text is one SMS)."""
     encoding: Encoding = "GSM-7" if is_gsm7(text) else "UCS-2"
     if encoding == "GSM-7":
+        # Counted in C: the escape of each extension character is its second septet.
+        units = len(text) + sum(map(text.count, GSM7_EXTENSION))
+        if units <= SINGLE_LIMIT["GSM-7"]:
+            return SegmentInfo("GSM-7", units, 1)
+        if units == len(text):  # one septet each: no escape to keep with its code
+            return SegmentInfo("GSM-7", units, -(-units // MULTI_LIMIT["GSM-7"]))
         costs = [2 if c in GSM7_EXTENSION else 1 for c in text]
     else:
+        units = len(text.encode("utf-16-le", "surrogatepass")) // 2
+        if units <= SINGLE_LIMIT["UCS-2"]:
+            return SegmentInfo("UCS-2", units, 1)
         costs = []
         for cluster in _clusters(text):
             size = _utf16_units(cluster)
