@@ -126,17 +126,17 @@ def fit(text: str, link: str, max_segments: int) -> str:
     if max_segments < 1:
         raise ValueError(f"max_segments must be at least 1, not {max_segments}")
     link = link.strip()
+    text = text.rstrip()
+    if link and text.endswith(link):  # fitted before (by the composer): fit again, not twice
+        text = text.removesuffix(link).rstrip()
+    whole = _join(text, link)
+    if fits(whole, max_segments):  # then the link alone fits too
+        return whole
     if link and not fits(link, max_segments):
         raise ValueError(
             f"the link alone needs {segments(link).segments} SMS segments, "
             f"more than max_segments={max_segments}"
         )
-    text = text.rstrip()
-    if link and text.endswith(link):  # fitted before (by the composer): fit again, not twice
-        text = text.removesuffix(link).rstrip()
-    whole = _join(text, link)
-    if fits(whole, max_segments):
-        return whole
     for end in sorted(_sentence_ends(text), reverse=True):
         candidate = _join(text[:end].rstrip(), link)
         if fits(candidate, max_segments):
