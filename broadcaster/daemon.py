@@ -3,7 +3,11 @@
 
 APScheduler (3.11, asyncio scheduler, in-memory job store) only sets events: a precise
 ``date`` job for the next due round and an ``interval`` safety sweep that notices rounds
-written by the CLI or another process. The due times themselves live in the store.
+written by the CLI or another process, and the intervals of the follow-up sweep and the
+rules file check. The due times themselves live in the store. Every job is the coroutine
+:func:`wake`, which APScheduler runs on the event loop (a plain function would run in a
+worker thread, where an asyncio event must not be set); the work each wake-up asks for
+runs in the daemon's own tasks, which finish what is in flight at shutdown.
 
 Shutdown (SIGTERM/SIGINT): stop claiming, let in-flight sends finish and be recorded,
 release the round and delivery leases, close channels, exit 0. After a SIGKILL, the next
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -37,6 +41,33 @@ from channels.base import Channel
 from rules import RulesError
 
 log = logging.getLogger("broadcaster.daemon")
+
+
+async def wake(event: asyncio.Event) -> None:
+    """A scheduler job: set ``event``, on the event loop.
+
+    APScheduler's asyncio executor runs a coroutine function as a task on the loop and a
+    plain one in the loop's thread pool, where ``event.set()`` would touch the loop from
+    another thread (neither asyncio's loop nor uvloop's is thread-safe), and where a job
+    still pending at shutdown is cancelled and logged as an error."""
+    event.set()
+
+
+async def each_wake(
+    due: asyncio.Event, stop: asyncio.Event, work: Callable[[], Awaitable[object]], what: str
+) -> None:
+    """Run ``work`` each time ``due`` is set, one run at a time, until ``stop``; a run in
+    progress when ``stop`` is set finishes. A failing run is logged, and the next wake-up
+    runs it again."""
+    while True:
+        await wait_for(due, stop, None)
+        if stop.is_set():
+            return
+        due.clear()
+        try:
+            await work()
+        except Exception:
+            log.exception("%s failed; trying again at the next wake-up", what)
 
 
 class Daemon:
@@ -109,32 +140,25 @@ class Daemon:
         rounds_due = asyncio.Event()
         web.wake = rounds_due.set  # a declaration through the API or console
         work_ready = asyncio.Event()
+        followups_due = asyncio.Event()
+        rules_due = asyncio.Event()
         scheduler = AsyncIOScheduler(timezone=UTC)
-        scheduler.add_job(
-            rounds_due.set,
-            "interval",
-            seconds=self.settings.schedule.sweep_interval.total_seconds(),
-            id="sweep",
-            coalesce=True,
-            max_instances=1,
-        )
-        if engine.rules.path is not None:
+        for job, event, every in (
+            ("sweep", rounds_due, self.settings.schedule.sweep_interval),
+            ("followup-sweep", followups_due, self.settings.rules.followup_sweep),
+            ("rules-reload", rules_due, self.settings.rules.reload_interval),
+        ):
+            if job == "rules-reload" and engine.rules.path is None:
+                continue
             scheduler.add_job(
-                engine.rules.reload_if_changed,
+                wake,
                 "interval",
-                seconds=self.settings.rules.reload_interval.total_seconds(),
-                id="rules-reload",
+                args=[event],
+                seconds=every.total_seconds(),
+                id=job,
                 coalesce=True,
                 max_instances=1,
             )
-        scheduler.add_job(
-            self._sweep_followups,
-            "interval",
-            seconds=self.settings.rules.followup_sweep.total_seconds(),
-            id="followup-sweep",
-            coalesce=True,
-            max_instances=1,
-        )
         # Everything kept is built and nothing is in flight yet: freeze it out of the
         # collector's way (broadcaster/heap.py).
         frozen = settle()
@@ -150,8 +174,19 @@ class Daemon:
             },
         )
         tasks = [
-            asyncio.create_task(self._round_loop(engine, scheduler, rounds_due, work_ready, stop))
+            asyncio.create_task(self._round_loop(engine, scheduler, rounds_due, work_ready, stop)),
+            asyncio.create_task(
+                each_wake(followups_due, stop, self._sweep_followups, "follow-up sweep")
+            ),
         ]
+        if engine.rules.path is not None:
+            # Reading and checking the file stays off the loop, as before.
+            reload = engine.rules.reload_if_changed
+            tasks.append(
+                asyncio.create_task(
+                    each_wake(rules_due, stop, lambda: asyncio.to_thread(reload), "rules check")
+                )
+            )
         delivery = self.settings.delivery
         tasks += [
             asyncio.create_task(
@@ -220,7 +255,7 @@ class Daemon:
         failures = 0
         while not stop.is_set():
             rounds_due.clear()
-            wake = None
+            due = None
             try:  # leadership too: whatever fails, this loop must not end (rounds would stop)
                 leading = await self.leadership.ensure()
                 if leading:
@@ -229,7 +264,7 @@ class Daemon:
                     # processes find it at their poll).
                     if await engine.process_due_rounds(stop.is_set, work_ready.set):
                         work_ready.set()
-                    wake = await engine.next_wakeup()
+                    due = await engine.next_wakeup()
             except Exception as exc:  # the store may be down; keep the daemon alive and retry
                 failures += 1
                 if failures == 1:
@@ -248,11 +283,12 @@ class Daemon:
                 # A follower: dispatch only; try again at the next sweep.
                 await wait_for(rounds_due, stop, None)
                 continue
-            if wake is not None:
+            if due is not None:
                 scheduler.add_job(
-                    rounds_due.set,
+                    wake,
                     "date",
-                    run_date=max(wake, self.clock.now()),
+                    args=[rounds_due],
+                    run_date=max(due, self.clock.now()),
                     id="next-round",
                     replace_existing=True,
                     misfire_grace_time=None,
