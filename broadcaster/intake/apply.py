@@ -351,10 +351,14 @@ async def apply_event(
 async def resolve_vanished(
     database: Database, clock: Clock, source: str, incident_id: int, reason: str
 ) -> Applied:
-    """Resolve an open incident of ``source`` that its (snapshot) feed no longer lists."""
-    async with database.session() as session:
-        incident = await session.get(Incident, incident_id)
-        last = await service.latest_update(session, incident_id)
+    """Resolve an open incident of ``source`` that its (snapshot) feed no longer lists;
+    never raises (``kind="error"`` says why)."""
+    try:
+        async with database.session() as session:
+            incident = await session.get(Incident, incident_id)
+            last = await service.latest_update(session, incident_id)
+    except Exception as exc:  # the store may be down: the next poll tries again
+        return Applied("error", source, "", incident_id, _describe(exc))
     external_id = (incident.external_id if incident else None) or ""
     if incident is None or not lifecycle.is_open(incident.status):
         return Applied("unchanged", source, external_id, incident_id, "no longer open")

@@ -197,7 +197,7 @@ class FeedWatcher:
             else:
                 async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
                     response = await client.get(self.feed.url, headers=headers)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError
             raise FetchError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
         if response.status_code == 304:
             return None
@@ -217,7 +217,7 @@ class FeedWatcher:
             else:
                 async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
                     response = await client.get(url, headers={"User-Agent": USER_AGENT})
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError
             raise FetchError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
         if response.status_code != 200:
             raise FetchError(f"HTTP {response.status_code} from {url}")
@@ -244,6 +244,10 @@ class FeedWatcher:
                 )
             except (FetchError, FeedError) as exc:
                 reason = exc.args[0] if isinstance(exc, FetchError) else exc.reason
+                result.skipped.append(SkippedItem(f"alert {link.url}: {reason}", key))
+                continue
+            except Exception as exc:  # one link must not keep the index's other alerts out
+                reason = f"{type(exc).__name__}: {exc}"
                 result.skipped.append(SkippedItem(f"alert {link.url}: {reason}", key))
                 continue
             self._index_seen[key] = link.updated
@@ -284,9 +288,11 @@ class FeedWatcher:
         if data is None:
             self._count("not_modified")
             self._succeed()
-            if self._last_snapshot_ids is not None:
-                return await self._resolve_vanished(self._last_snapshot_ids)
-            return []
+            if self._last_snapshot_ids is None:
+                return []
+            vanished = await self._resolve_vanished(self._last_snapshot_ids)
+            self._note_errors(vanished)
+            return vanished
         try:
             if self.feed.kind == "cap_index":
                 result = await self.parse_index(data)
@@ -330,16 +336,19 @@ class FeedWatcher:
             present |= {s.item_id for s in result.skipped if s.item_id}
             self._last_snapshot_ids = present
             applied.extend(await self._resolve_vanished(present))
+        self._succeed()
+        if not self._note_errors(applied):
+            # Validators only once all is applied: else the next poll fetches again and
+            # retries what failed.
+            self.etag, self.last_modified = self._pending_validators
+        return applied
+
+    def _note_errors(self, applied: list[Applied]) -> bool:
+        """Keep the first of the events not applied as the feed's last error; True if any."""
         errors = [a for a in applied if a.kind == "error"]
         if errors:
-            # Keep the validators unset: the next poll fetches again and retries them.
             self.last_error = f"{len(errors)} event(s) not applied: {errors[0].reason}"
-            self.last_success = self.clock.now()
-            self.failures = 0
-        else:
-            self.etag, self.last_modified = self._pending_validators
-            self._succeed()
-        return applied
+        return bool(errors)
 
     def _succeed(self) -> None:
         self.failures = 0
@@ -348,14 +357,20 @@ class FeedWatcher:
 
     async def _resolve_vanished(self, present: set[str]) -> list[Applied]:
         now = self.clock.now()
-        async with self.database.session() as session:
-            rows = (
-                await session.execute(
-                    select(Incident.id, Incident.external_id).where(
-                        Incident.source == self.name, Incident.status.in_(OPEN_STATUSES)
+        try:
+            async with self.database.session() as session:
+                rows = (
+                    await session.execute(
+                        select(Incident.id, Incident.external_id).where(
+                            Incident.source == self.name, Incident.status.in_(OPEN_STATUSES)
+                        )
                     )
-                )
-            ).all()
+                ).all()
+        except Exception as exc:  # the store may be down: the next poll looks again
+            self._count("error")
+            reason = f"cannot read the feed's open incidents: {type(exc).__name__}: {exc}"
+            log.warning("feed event failed", extra={"source": self.name, "reason": reason})
+            return [Applied("error", self.name, "", None, reason)]
         open_missing: set[int] = set()
         applied: list[Applied] = []
         for incident_id, external_id in rows:
@@ -381,7 +396,11 @@ class FeedWatcher:
         """Poll until ``stop`` is set: at the interval, or backing off after failures."""
         log.info("feed watcher started", extra={"source": self.name, "url": self.feed.url})
         while not stop.is_set():
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception as exc:  # poll_once records its failures; this is for its bugs
+                log.exception("feed poll raised", extra={"source": self.name})
+                self._fail(f"unexpected error: {type(exc).__name__}: {exc}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.next_delay().total_seconds())
         log.info("feed watcher stopped", extra={"source": self.name})

@@ -84,3 +84,39 @@ async def test_index_alerts_are_fetched_once_each(
             )
         ).scalar_one()
     assert count >= 1
+
+
+async def test_a_link_no_client_can_fetch_is_skipped_and_the_others_applied(
+    database: Database, served: tuple[dict[str, int], str]
+) -> None:
+    """An entry whose link httpx cannot even parse (a host that is no IPv4 address) is
+    skipped with its reason; the index's other alerts are still fetched and applied."""
+    fetched, base = served
+    good = index(base, "2026-01-06T08:00:00Z").decode()
+    bad_entry = (
+        "<entry><id>urn:bad</id><title>bad</title><updated>2026-01-06T08:00:00Z</updated>"
+        '<link rel="alternate" type="application/cap+xml" href="http://999.1.1.1/a.xml"/>'
+        "</entry>"
+    )
+    document = good.replace("</feed>", bad_entry + "</feed>").encode()
+
+    async def idx(request: Request) -> Response:
+        return Response(document, media_type="application/atom+xml")
+
+    app = Starlette(routes=[Route("/index.atom", idx)])
+    with serve(app) as index_base:
+        feed = FeedSettings.model_validate(
+            {
+                "name": "cap-feed",
+                "kind": "cap_index",
+                "url": f"{index_base}/index.atom",
+                "mapping": {"regions": {"*": "*"}, "components": {"*": "*"}},
+                "hold": "0s",
+            }
+        )
+        watcher = FeedWatcher(feed, database, FakeClock(START))
+        applied = await watcher.poll_once()
+    assert fetched.get("a1") == 1 and fetched.get("a3") == 1
+    assert any(a.kind == "created" for a in applied), applied
+    assert watcher.last_error is None and watcher.failures == 0
+    assert watcher.counters["skipped"] >= 1

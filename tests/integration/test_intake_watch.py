@@ -21,6 +21,7 @@ from broadcaster.cli import feeds as feeds_cli
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import Settings
 from broadcaster.incidents import service
+from broadcaster.intake.apply import resolve_vanished
 from broadcaster.intake.watch import FeedSettings, FeedWatcher
 from broadcaster.store import Database
 from broadcaster.store.migrate import upgrade_async
@@ -258,3 +259,50 @@ async def test_healthz_reports_each_feed(served: tuple[Feed, str], database: Dat
     report = body["feeds"][watcher.name]
     assert report["last_poll"] is not None and "document refused" in report["last_error"]
     assert report["counts"]["failures"] == 1
+
+
+async def test_a_store_outage_during_a_snapshot_poll_is_recorded_and_the_watcher_goes_on(
+    database: Database, served: tuple[Feed, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open incidents a snapshot feed may resolve are read from the store at every
+    poll, a 304 included; the store failing there is the feed's last error (the feed is
+    fetched again at the next poll), not the end of the watcher's task, which nothing
+    would start again."""
+    feed, url = served
+    clock = FakeClock(START)
+    config = settings(url).model_copy(update={"snapshot": True, "grace": timedelta(0)})
+    watcher = FeedWatcher(config, database, clock)
+    feed.incidents = [incident("2026-01-06T07:55:00Z")]
+    [created] = await watcher.poll_once()
+    feed.incidents = []
+    feed.etag_version = 1
+
+    real_session = database.session
+
+    def broken() -> object:
+        raise OSError("the store is down")
+
+    monkeypatch.setattr(database, "session", broken)
+    stop = asyncio.Event()
+    task = asyncio.create_task(watcher.run(stop))
+    async with asyncio.timeout(10):
+        while watcher.last_error is None:
+            await asyncio.sleep(0.01)
+    assert not task.done()
+    assert "store is down" in watcher.last_error
+    monkeypatch.setattr(database, "session", real_session)
+    [gone] = await watcher.poll_once()
+    assert (gone.kind, gone.incident_id) == ("resolved", created.incident_id)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_resolving_a_vanished_incident_never_raises(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> object:
+        raise OSError("the store is down")
+
+    monkeypatch.setattr(database, "session", broken)
+    outcome = await resolve_vanished(database, FakeClock(START), "payments-status", 7, "gone")
+    assert outcome.kind == "error" and "store is down" in outcome.reason
