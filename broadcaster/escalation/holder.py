@@ -7,6 +7,7 @@ logged, kept in ``error`` and reported by ``/healthz``.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from broadcaster.config.settings import Settings
@@ -21,6 +22,14 @@ def load_file(path: Path, settings: Settings) -> RuleSet:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RulesError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise RulesError(
+            [
+                f"{path}:{line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset "
+                f"{exc.start}); save the file as UTF-8"
+            ]
+        ) from exc
     return load_rules(
         text,
         str(path),
@@ -38,6 +47,9 @@ class RulesHolder:
         self.error: str | None = None
         self.loaded_mtime: float | None = None
         self.reloads = 0
+        # The periodic check reloads in a worker thread, SIGHUP and the API on the loop:
+        # one at a time, so an older file read cannot replace a newer one.
+        self._reloading = threading.Lock()
 
     def load(self) -> RuleSet | None:
         """First load; raises :class:`RulesError` (start-up fails on bad rules)."""
@@ -57,9 +69,13 @@ class RulesHolder:
         """Reload now; False (and the old rules kept) when the new file is bad."""
         if self.path is None:
             return False
+        with self._reloading:
+            return self._reload(self.path)
+
+    def _reload(self, path: Path) -> bool:
         mtime = self._mtime()
         try:
-            fresh = load_file(self.path, self.settings)
+            fresh = load_file(path, self.settings)
         except RulesError as exc:
             self.error = "\n".join(exc.problems)
             self.loaded_mtime = mtime
@@ -72,7 +88,7 @@ class RulesHolder:
         self.error = None
         self.loaded_mtime = mtime
         self.reloads += 1
-        log.info("rules reloaded", extra={"path": str(self.path)})
+        log.info("rules reloaded", extra={"path": str(path)})
         return True
 
     def reload_if_changed(self) -> bool:

@@ -873,7 +873,8 @@ def _rules_page(
     checked = False
     if path is not None:
         try:
-            text = path.read_text(encoding="utf-8")[:RULES_TEXT_LIMIT]
+            # Shown even when not UTF-8 (load_file below says so, with the line).
+            text = path.read_bytes().decode("utf-8", errors="replace")[:RULES_TEXT_LIMIT]
         except OSError as exc:
             problems = [f"{path}: cannot read: {exc.strerror or exc}"]
         else:

@@ -636,6 +636,14 @@ async def test_rules_page_checks_the_file_and_only_admins_reload(app: Console) -
     assert outcomes == ["refused", "ok"]
 
 
+async def test_rules_page_shows_a_file_that_is_not_utf8_and_says_so(app: Console) -> None:
+    await signed_in(app.http, "ann")
+    app.rules.write_bytes(RULES.encode("utf-8") + "# Réseau\n".encode("latin-1"))
+    page = await app.http.get("/console/rules")
+    assert page.status_code == 200
+    assert "not UTF-8" in page.text and "R\ufffdseau" in page.text
+
+
 async def test_only_admins_read_the_audit_log(app: Console) -> None:
     await signed_in(app.http, "ann")
     assert (await app.http.get("/console/audit")).status_code == 403

@@ -28,7 +28,7 @@ from broadcaster.store import (
     Subscription,
 )
 from channels.memory import MemoryChannel
-from rules import EXAMPLE_RULES
+from rules import EXAMPLE_RULES, RulesError
 
 START = datetime(2026, 1, 6, 10, 0, tzinfo=UTC)  # 11:00 in Amsterdam: no quiet hours
 
@@ -246,6 +246,24 @@ async def test_a_bad_rules_edit_keeps_the_previous_rules(tmp_path: Path) -> None
     assert holder.error is not None and "rules.yaml:1:" in holder.error
     rules_file.write_text(EXAMPLE_RULES.read_text(encoding="utf-8"), encoding="utf-8")
     assert holder.reload() and holder.error is None
+
+
+async def test_a_rules_file_saved_in_another_encoding_is_a_bad_edit(tmp_path: Path) -> None:
+    """Not UTF-8 (an editor's Latin-1 "é"): refused like any bad edit, with the line, and
+    at start-up a RulesError, not a traceback."""
+    rules_file = tmp_path / "rules.yaml"
+    text = EXAMPLE_RULES.read_text(encoding="utf-8")
+    rules_file.write_text(text, encoding="utf-8")
+    holder = RulesHolder(settings(rules_file))
+    good = holder.load()
+    rules_file.write_bytes(text.encode("utf-8") + "# Réseau\n".encode("latin-1"))
+    assert not holder.reload()
+    assert holder.current is good
+    line = text.count("\n") + 1
+    assert holder.error is not None
+    assert holder.error.startswith(f"{rules_file}:{line}: not UTF-8 (byte 0xe9")
+    with pytest.raises(RulesError, match="not UTF-8"):
+        RulesHolder(settings(rules_file)).load()
 
 
 async def test_quiet_hours_hold_non_critical_updates(database: Database) -> None:
