@@ -94,8 +94,11 @@ def _next_channel(job: Job, failover: list[str]) -> str | None:
     return rest[0] if rest else None
 
 
-def _create_follow(session: Session, follow: Follow, now: datetime) -> bool:
-    """Insert the follow-on delivery if the customer can be reached on that channel."""
+def _create_follow(session: Session, database: Database, follow: Follow, now: datetime) -> bool:
+    """Insert the follow-on delivery if the customer can be reached on that channel and
+    has none for the round there yet (another worker's failover in the same round may
+    have made it a moment ago: the insert then does nothing, it does not fail the
+    batch's outcomes)."""
     job = follow.job
     point = (
         session.execute(
@@ -124,7 +127,9 @@ def _create_follow(session: Session, follow: Follow, now: datetime) -> bool:
     if existing is not None:
         return False  # the customer already gets this round on that channel
     created = session.execute(
-        insert(Delivery)
+        database.insert_ignoring_duplicates(
+            table_of(Delivery), "round_id", "customer_id", "channel"
+        )
         .values(
             round_id=job.round_id,
             incident_id=job.incident_id,
@@ -138,9 +143,11 @@ def _create_follow(session: Session, follow: Follow, now: datetime) -> bool:
             created_at=now,
             failover_from_id=job.delivery_id,
         )
-        .returning(Delivery.id)
+        .returning(table_of(Delivery).c.id)
     )
-    new_id = created.scalar_one()
+    new_id = created.scalar_one_or_none()
+    if new_id is None:
+        return False
     session.execute(
         update(Delivery).where(Delivery.id == job.delivery_id).values(failover_to=follow.channel)
     )
@@ -262,16 +269,23 @@ async def record_outcomes(
                 connection.execute(sql.sent, sent_params(with_history=False))
         if retry:
             connection.execute(sql.retry, retry)
-        if failed:
-            connection.execute(sql.failed, failed)
-        if rerouted:
-            connection.execute(sql.rerouted, rerouted)
+        # A failover or reroute follows only a row this worker still held: one whose
+        # lease was lost (a stall longer than the lease) is its new holder's to decide.
+        follows = {follow.job.delivery_id for follow in result.follows}
+        held: set[int] = set()
+        for statement, rows in ((sql.failed, failed), (sql.rerouted, rerouted)):
+            plain = [row for row in rows if row["b_id"] not in follows]
+            if plain:
+                connection.execute(statement, plain)
+            for row in rows:
+                if row["b_id"] in follows and connection.execute(statement, row).rowcount == 1:
+                    held.add(row["b_id"])
         if points:
             connection.execute(sql.points, points)
         if history:
             write_history(connection, dialect, history, now)
         for follow in result.follows:
-            if _create_follow(session, follow, now):
+            if follow.job.delivery_id in held and _create_follow(session, database, follow, now):
                 result.failovers += 1
 
     await database.transact(write)

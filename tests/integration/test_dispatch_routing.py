@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import Settings
 from broadcaster.dispatch.limits import TokenBucket
+from broadcaster.dispatch.outcomes import Job, Outcome, record_outcomes
 from broadcaster.engine import Engine
 from broadcaster.incidents import service
 from broadcaster.store import (
@@ -20,7 +22,7 @@ from broadcaster.store import (
     DeliveryEvent,
     Subscription,
 )
-from channels.base import ContactPointState, DeliveryError, Message, Target
+from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
 from channels.memory import MemoryChannel
 
 START = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
@@ -229,3 +231,120 @@ async def test_a_round_too_big_for_its_rate_is_flagged(database: Database) -> No
     await engine.process_due_rounds()
     [warning] = engine.capacity_warnings
     assert "5 sms messages at 0.001/s" in warning and "longer than the 30m cadence" in warning
+
+
+class TakenWhileSending(MemoryChannel):
+    """Fails every send permanently, after another daemon took the delivery's lease (as
+    after a stall longer than the lease)."""
+
+    database: Database | None = None
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        assert self.database is not None
+        async with self.database.session() as session, session.begin():
+            await session.execute(
+                update(Delivery).values(
+                    lease_owner="another-daemon", lease_expires_at=START + timedelta(hours=1)
+                )
+            )
+        raise DeliveryError("21211 invalid number", retryable=False)
+
+
+async def test_no_failover_from_a_delivery_whose_lease_was_lost(database: Database) -> None:
+    """The new holder decides what becomes of it: a failover made by the old one would send
+    the message a second time, on another channel."""
+    clock = FakeClock(START)
+    await customer(database, "c0007")
+    sms = TakenWhileSending(name="sms", contact="sms")
+    sms.database = database
+    mail = MemoryChannel(name="mail", contact="email")
+    engine = await Engine.create(settings(), database, clock, {"sms": sms, "mail": mail})
+    await declare(database, clock)
+    await engine.process_due_rounds()
+    await engine.dispatch_all()
+    async with database.session() as session:
+        rows = (await session.execute(select(Delivery.channel, Delivery.state))).all()
+    assert rows == [("sms", "sending")]  # still the other daemon's
+    assert mail.sent == [] and engine.dispatcher.stats.failovers == 0
+
+
+async def test_a_failover_racing_another_for_the_same_channel_does_not_fail_the_batch(
+    database: Database,
+) -> None:
+    """Two workers failing over two of a customer's deliveries of one round to the same
+    channel at once: the second insert finds the first's row once it commits, and does
+    nothing, instead of failing the whole batch's outcomes on the unique key."""
+    if database.dialect != "postgresql":
+        pytest.skip("needs two concurrent writers: PostgreSQL")
+    clock = FakeClock(START)
+    await customer(database, "c0008")
+    engine = await Engine.create(
+        settings(), database, clock, {"sms": MemoryChannel(name="sms", contact="sms")}
+    )
+    await declare(database, clock)
+    await engine.process_due_rounds()
+    async with database.session() as session, session.begin():
+        row = (await session.execute(select(Delivery))).scalar_one()
+        row.state, row.lease_owner = "sending", "me"
+        row.lease_expires_at = START + timedelta(minutes=1)
+    job = Job(
+        row.id,
+        row.round_id,
+        row.incident_id,
+        "sms",
+        row.address,
+        1,
+        row.contact_point_id,
+        "c0008",
+        "c0008",
+        "en",
+        "UTC",
+        None,
+        None,
+    )
+    failure = Outcome(job, error=DeliveryError("21211 invalid number", retryable=False))
+    async with database.engine.connect() as rival:
+        await rival.execute(
+            insert(Delivery).values(
+                round_id=row.round_id,
+                incident_id=row.incident_id,
+                customer_id="c0008",
+                channel="mail",
+                address="c0008@example.org",
+                state="pending",
+                attempts=0,
+                next_attempt_at=START,
+                created_at=START,
+            )
+        )  # not committed yet: the failover below cannot see it, and waits on its key
+        recording = asyncio.create_task(
+            record_outcomes(
+                database,
+                "me",
+                [failure],
+                START,
+                failover=["sms", "mail"],
+                contact_kinds={"sms": "sms", "mail": "email"},
+            )
+        )
+        async with asyncio.timeout(10):
+            while not await _waits_on_a_lock(database):
+                assert not recording.done(), recording
+                await asyncio.sleep(0.02)
+        await rival.commit()
+    recorded = await asyncio.wait_for(recording, 10)
+    assert recorded.failed == 1 and recorded.failovers == 0
+    async with database.session() as session:
+        states = sorted((await session.execute(select(Delivery.channel, Delivery.state))).all())
+    assert states == [("mail", "pending"), ("sms", "failed")]
+
+
+async def _waits_on_a_lock(database: Database) -> bool:
+    async with database.session() as session:
+        waiting = await session.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+        return bool(waiting.scalar_one())
