@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC
+from datetime import UTC, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -51,6 +51,36 @@ async def wake(event: asyncio.Event) -> None:
     another thread (neither asyncio's loop nor uvloop's is thread-safe), and where a job
     still pending at shutdown is cancelled and logged as an error."""
     event.set()
+
+
+SKEW_SHARE_OF_LEASE = 10
+"""A clock further than a tenth of the lease from the database's is warned of at start."""
+
+
+async def warn_of_clock_skew(database: Database, clock: Clock, lease: timedelta) -> float | None:
+    """Log a warning when this host's clock is far from the database server's; returns the
+    offset in seconds (None on SQLite, or when the server cannot be asked).
+
+    Leases are written and compared with each daemon's own clock: a daemon whose clock
+    runs ahead of the one holding a batch sees its leases expire early (with the default
+    60 s lease, renewed every 20 s, from 40 s ahead) and sends the batch again. Daemons
+    on several hosts need their clocks kept together (NTP); the database server's is the
+    one reference they all can see."""
+    try:
+        offset = await database.clock_offset(clock.now)
+    except Exception as exc:  # the store may be down at start: leadership retries later
+        log.warning("cannot compare this host's clock with the database's: %r", exc)
+        return None
+    if offset is not None and abs(offset) > lease.total_seconds() / SKEW_SHARE_OF_LEASE:
+        log.warning(
+            "this host's clock is %.1f s %s the database server's: daemons on hosts whose "
+            "clocks differ by more than two thirds of the lease send batches twice; keep "
+            "every host on NTP",
+            abs(offset),
+            "behind" if offset > 0 else "ahead of",
+            extra={"clock_offset_s": round(offset, 3), "lease_s": lease.total_seconds()},
+        )
+    return offset
 
 
 async def each_wake(
@@ -115,6 +145,8 @@ class Daemon:
             ) from exc
         self._engine = engine
         self.leadership = Leadership(database, engine.owner)
+        if isinstance(self.clock, RealClock):
+            await warn_of_clock_skew(database, self.clock, self.settings.delivery.lease)
         web = WebState(
             self.settings,
             database,

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -121,6 +122,19 @@ class Database:
         async with self.engine.connect() as connection:
             alone = await connection.execution_options(isolation_level="AUTOCOMMIT")
             await alone.execute(statement, parameters)
+
+    async def clock_offset(self, now: Callable[[], datetime]) -> float | None:
+        """Seconds the database server's clock is ahead of ``now`` (behind when negative),
+        taken at the middle of one round trip; None on SQLite, whose clock is ours."""
+        if self.dialect != "postgresql":
+            return None
+        async with self.engine.connect() as connection:
+            before = now()
+            server: datetime = (
+                await connection.exec_driver_sql("SELECT clock_timestamp()")
+            ).scalar_one()
+            after = now()
+        return (server - (before + (after - before) / 2)).total_seconds()
 
     async def refresh_statistics(self, table: str) -> None:
         """Refresh the planner's statistics of ``table`` (PostgreSQL ``ANALYZE``; nothing on
