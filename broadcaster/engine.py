@@ -309,5 +309,10 @@ class Engine:
         return await next_wakeup(self.database)
 
     async def aclose(self) -> None:
-        for channel in self.channels.values():
-            await channel.aclose()
+        """Close every channel; one that fails to close is logged, and the others (and the
+        store, after this) are still closed."""
+        for name, channel in self.channels.items():
+            try:
+                await channel.aclose()
+            except Exception:
+                log.exception("channel %s did not close cleanly", name)

@@ -70,15 +70,24 @@ async def send_notices(
                     "follow-up notice failed",
                     extra={"followup": notice.followup_id, "reason": exc.reason},
                 )
-        async with database.session() as session, session.begin():
-            session.add(
-                FollowupEvent(
-                    followup_id=notice.followup_id,
-                    at=now,
-                    kind="notified",
-                    staff=notice.staff,
-                    detail=detail,
+            except Exception as exc:  # one notice's fault must not keep the others unsent
+                detail = f"{notice.kind} failed: unexpected error: {exc!r}"
+                log.exception("follow-up notice failed", extra={"followup": notice.followup_id})
+        try:
+            async with database.session() as session, session.begin():
+                session.add(
+                    FollowupEvent(
+                        followup_id=notice.followup_id,
+                        at=now,
+                        kind="notified",
+                        staff=notice.staff,
+                        detail=detail,
+                    )
                 )
+        except Exception:
+            log.exception(
+                "could not record a follow-up notice",
+                extra={"followup": notice.followup_id, "detail": detail},
             )
     return sent
 

@@ -15,6 +15,8 @@ from broadcaster.config.settings import Settings
 from broadcaster.engine import Engine
 from broadcaster.escalation.holder import RulesHolder
 from broadcaster.followups import service as followups
+from broadcaster.followups.notify import send_notices
+from broadcaster.followups.service import Notice
 from broadcaster.incidents import service
 from broadcaster.incidents.lifecycle import TransitionError
 from broadcaster.store import (
@@ -27,6 +29,7 @@ from broadcaster.store import (
     Round,
     Subscription,
 )
+from channels.base import DeliveryError, Message, Target
 from channels.memory import MemoryChannel
 from rules import EXAMPLE_RULES, RulesError
 
@@ -233,6 +236,65 @@ async def test_the_plan_is_fixed_when_escalation_starts(database: Database, tmp_
         ).all()
     # The running incident keeps its 30-minute ladder: rounds at 0 and 30 minutes only.
     assert [r[1] for r in rounds] == [START, START + timedelta(minutes=30)]
+
+
+async def test_one_notice_that_raises_does_not_keep_the_others_unsent(database: Database) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    sinks = channels()
+    engine = await Engine.create(settings(), database, clock, sinks)
+    await service.declare(
+        database,
+        clock,
+        service.Declaration("Trains stopped", "critical", "No trains.", components=["rail"]),
+    )
+    await run_until(engine, clock, START)
+    async with database.session() as session:
+        task = (await session.execute(select(Followup))).scalar_one()
+    calls: list[str] = []
+
+    def first_breaks(target: Target, message: Message) -> DeliveryError | None:
+        calls.append(target.address)
+        if len(calls) == 1:
+            raise RuntimeError("a template bug")
+        return None
+
+    broken = MemoryChannel(name="email", contact="email", fail=first_breaks)
+    notices = [Notice(task.id, "ann", "reminder"), Notice(task.id, "maria", "escalation")]
+    sent = await send_notices(
+        database, broken, engine.renderer, engine.directory, notices, clock.now()
+    )
+    assert sent == 1 and calls == ["ann@example.org", "maria@example.org"]
+    assert [m.target.address for m in broken.sent] == ["maria@example.org"]
+    async with database.session() as session:
+        details = (
+            await session.execute(
+                select(FollowupEvent.staff, FollowupEvent.detail)
+                .where(FollowupEvent.kind == "notified", FollowupEvent.at == clock.now())
+                .order_by(FollowupEvent.id)
+            )
+        ).all()
+    (ann, ann_detail), (maria, maria_detail) = details[-2:]
+    assert ann == "ann" and "unexpected error" in str(ann_detail)
+    assert maria == "maria" and str(maria_detail).startswith("escalation sent")
+
+
+async def test_closing_the_channels_goes_on_past_one_that_fails(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    closed: list[str] = []
+
+    class Closing(MemoryChannel):
+        async def aclose(self) -> None:
+            closed.append(self.name)
+            if self.name == "email":
+                raise OSError("the relay hung up")
+
+    sinks = {name: Closing(name=name, contact=c.contact) for name, c in channels().items()}
+    engine = await Engine.create(settings(), database, FakeClock(START), sinks)
+    await engine.aclose()
+    assert sorted(closed) == ["email", "push", "sms"]
+    assert any("email did not close cleanly" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_bad_rules_edit_keeps_the_previous_rules(tmp_path: Path) -> None:
