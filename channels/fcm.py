@@ -26,7 +26,6 @@ are redacted against the access token and the signed assertion.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -291,9 +290,12 @@ class FcmChannel:
     async def aclose(self) -> None:
         self._closed = True
         if self._exchanging is not None and not self._exchanging.done():
-            self._exchanging.cancel()
-            with contextlib.suppress(asyncio.CancelledError, DeliveryError):
-                await self._exchanging
+            exchanging = self._exchanging
+            exchanging.cancel()
+            # Waited for, not awaited: a cancellation of aclose itself still propagates.
+            await asyncio.wait({exchanging})
+            if not exchanging.cancelled():
+                exchanging.exception()  # retrieved: no "never retrieved" warning
         await self._client.aclose()
 
 

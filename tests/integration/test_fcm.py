@@ -176,6 +176,22 @@ async def test_a_cancelled_send_does_not_cancel_the_shared_exchange(
     assert (fake.token_calls, len(fake.delivered)) == (1, 1)
 
 
+async def test_cancelling_aclose_while_it_stops_an_exchange_is_not_swallowed(
+    make_channel: ChannelFactory, fake: FakeFcm
+) -> None:
+    channel = make_channel()
+    fake.token_faults.push(Scripted(200, hang=2))
+    sending = asyncio.ensure_future(channel.send(Target(TOKEN), MESSAGE))
+    await asyncio.sleep(0.2)  # the exchange is on the wire
+    closing = asyncio.ensure_future(channel.aclose())
+    await asyncio.sleep(0)  # aclose has cancelled the exchange and waits for it to end
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert closing.cancelled()
+    await asyncio.gather(sending, return_exceptions=True)
+
+
 async def test_token_is_replaced_shortly_before_it_expires(
     make_channel: ChannelFactory, fake: FakeFcm, clock: ManualClock
 ) -> None:
