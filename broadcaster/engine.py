@@ -176,6 +176,8 @@ class Engine:
                 log.warning(
                     "escalation notice failed", extra={"staff": staff_id, "reason": exc.reason}
                 )
+            except Exception:  # one person's notice must not keep the others' (or the round)
+                log.exception("escalation notice failed", extra={"staff": staff_id})
 
     async def sweep_followups(self) -> int:
         """Reminders and escalations that are due: tell the people concerned."""

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import Settings
@@ -277,6 +277,43 @@ async def test_one_notice_that_raises_does_not_keep_the_others_unsent(database: 
     (ann, ann_detail), (maria, maria_detail) = details[-2:]
     assert ann == "ann" and "unexpected error" in str(ann_detail)
     assert maria == "maria" and str(maria_detail).startswith("escalation sent")
+
+
+async def test_an_escalation_notice_that_raises_does_not_keep_the_others_or_the_round(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    config = settings()
+    config.staff.groups["duty-managers"].members = ["maria", "carla"]
+
+    def maria_breaks(target: Target, message: Message) -> DeliveryError | None:
+        if message.subject.startswith("[Escalation]") and target.address.startswith("maria"):
+            raise RuntimeError("a template bug")
+        return None
+
+    sinks = channels()
+    sinks["email"] = MemoryChannel(name="email", contact="email", fail=maria_breaks)
+    engine = await Engine.create(config, database, clock, sinks)
+    await service.declare(
+        database,
+        clock,
+        service.Declaration("Trains stopped", "critical", "No trains.", components=["rail"]),
+    )
+    await run_until(engine, clock, START + timedelta(hours=2, minutes=1))
+    escalations = [
+        m.target.address for m in sinks["email"].sent if m.message.subject.startswith("[Esc")
+    ]
+    assert escalations == ["carla@example.org"]  # the 2 h step's group: maria's raised
+    async with database.session() as session:
+        late = (
+            await session.execute(
+                select(func.count())
+                .select_from(Round)
+                .where(Round.started_at >= START + timedelta(hours=2))
+            )
+        ).scalar_one()
+    assert late == 1  # the round of that step went on
 
 
 async def test_closing_the_channels_goes_on_past_one_that_fails(
