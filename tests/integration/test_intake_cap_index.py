@@ -38,6 +38,18 @@ def index(base: str, updated: str) -> bytes:
     ).encode()
 
 
+def cap_feed(url: str) -> FeedSettings:
+    return FeedSettings.model_validate(
+        {
+            "name": "cap-feed",
+            "kind": "cap_index",
+            "url": url,
+            "mapping": {"regions": {"*": "*"}, "components": {"*": "*"}},
+            "hold": "0s",
+        }
+    )
+
+
 @pytest.fixture
 def served() -> Iterator[tuple[dict[str, int], str]]:
     fetched: dict[str, int] = {}
@@ -61,16 +73,7 @@ async def test_index_alerts_are_fetched_once_each(
     database: Database, served: tuple[dict[str, int], str]
 ) -> None:
     fetched, base = served
-    feed = FeedSettings.model_validate(
-        {
-            "name": "cap-feed",
-            "kind": "cap_index",
-            "url": f"{base}/index.atom",
-            "mapping": {"regions": {"*": "*"}, "components": {"*": "*"}},
-            "hold": "0s",
-        }
-    )
-    watcher = FeedWatcher(feed, database, FakeClock(START))
+    watcher = FeedWatcher(cap_feed(f"{base}/index.atom"), database, FakeClock(START))
     first = await watcher.poll_once()
     assert fetched.get("a1") == 1 and fetched.get("a3") == 1
     assert any(a.kind == "created" for a in first), first
@@ -105,16 +108,7 @@ async def test_a_link_no_client_can_fetch_is_skipped_and_the_others_applied(
 
     app = Starlette(routes=[Route("/index.atom", idx)])
     with serve(app) as index_base:
-        feed = FeedSettings.model_validate(
-            {
-                "name": "cap-feed",
-                "kind": "cap_index",
-                "url": f"{index_base}/index.atom",
-                "mapping": {"regions": {"*": "*"}, "components": {"*": "*"}},
-                "hold": "0s",
-            }
-        )
-        watcher = FeedWatcher(feed, database, FakeClock(START))
+        watcher = FeedWatcher(cap_feed(f"{index_base}/index.atom"), database, FakeClock(START))
         applied = await watcher.poll_once()
     assert fetched.get("a1") == 1 and fetched.get("a3") == 1
     assert any(a.kind == "created" for a in applied), applied
