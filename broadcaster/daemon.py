@@ -175,13 +175,13 @@ class Daemon:
         followups_due = asyncio.Event()
         rules_due = asyncio.Event()
         scheduler = AsyncIOScheduler(timezone=UTC)
-        for job, event, every in (
+        jobs = [
             ("sweep", rounds_due, self.settings.schedule.sweep_interval),
             ("followup-sweep", followups_due, self.settings.rules.followup_sweep),
-            ("rules-reload", rules_due, self.settings.rules.reload_interval),
-        ):
-            if job == "rules-reload" and engine.rules.path is None:
-                continue
+        ]
+        if engine.rules.path is not None:
+            jobs.append(("rules-reload", rules_due, self.settings.rules.reload_interval))
+        for job, event, every in jobs:
             scheduler.add_job(
                 wake,
                 "interval",
@@ -271,10 +271,8 @@ class Daemon:
     async def _sweep_followups(self) -> None:
         if self._engine is None or not self.leadership.leading:
             return
-        try:
-            await self._engine.sweep_followups()
-        except Exception:  # the store may be down; the next sweep tries again
-            log.exception("follow-up sweep failed")
+        # A failure (the store may be down) is logged by each_wake; the next sweep tries again.
+        await self._engine.sweep_followups()
 
     async def _round_loop(
         self,

@@ -226,8 +226,6 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _FORM_BYTES: tuple[str, ...] = tuple(
     chr(b) if b in _UNRESERVED else "+" if b == 0x20 else f"%{b:02X}" for b in range(256)
 )
-
-
 _FORM_ASCII: dict[int, str] = dict(enumerate(_FORM_BYTES[:128]))
 
 

@@ -96,9 +96,9 @@ def _next_channel(job: Job, failover: list[str]) -> str | None:
 
 def _create_follow(session: Session, database: Database, follow: Follow, now: datetime) -> bool:
     """Insert the follow-on delivery if the customer can be reached on that channel and
-    has none for the round there yet (another worker's failover in the same round may
-    have made it a moment ago: the insert then does nothing, it does not fail the
-    batch's outcomes)."""
+    has none for the round there yet: the insert then does nothing (another worker's
+    failover in the same round may have made it a moment ago, uncommitted: the insert
+    waits for it, and does not fail the batch's outcomes on the unique key)."""
     job = follow.job
     point = (
         session.execute(
@@ -115,17 +115,6 @@ def _create_follow(session: Session, database: Database, follow: Follow, now: da
     ).first()
     if point is None:
         return False
-    existing = (
-        session.execute(
-            select(Delivery.id).where(
-                Delivery.round_id == job.round_id,
-                Delivery.customer_id == job.customer_id,
-                Delivery.channel == follow.channel,
-            )
-        )
-    ).scalar_one_or_none()
-    if existing is not None:
-        return False  # the customer already gets this round on that channel
     created = session.execute(
         database.insert_ignoring_duplicates(
             table_of(Delivery), "round_id", "customer_id", "channel"
@@ -147,7 +136,7 @@ def _create_follow(session: Session, database: Database, follow: Follow, now: da
     )
     new_id = created.scalar_one_or_none()
     if new_id is None:
-        return False
+        return False  # the customer already gets this round on that channel
     session.execute(
         update(Delivery).where(Delivery.id == job.delivery_id).values(failover_to=follow.channel)
     )
