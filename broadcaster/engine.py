@@ -25,7 +25,7 @@ from broadcaster.dispatch.worker import Dispatcher
 from broadcaster.escalation.holder import RulesHolder
 from broadcaster.escalation.plan import Escalation
 from broadcaster.followups.directory import Directory
-from broadcaster.followups.notify import send_notices
+from broadcaster.followups.notify import send_due_notices
 from broadcaster.followups.service import Notice, due_notices
 from broadcaster.outbox.materialise import ChannelRoute, materialise_round
 from broadcaster.schedule.capacity import check_round
@@ -36,9 +36,9 @@ from broadcaster.schedule.rounds import (
     next_wakeup,
     release_round,
 )
-from broadcaster.store import Database, Delivery, Incident, Round
+from broadcaster.store import Database, Delivery, Round
 from broadcaster.store.secrets import get_or_create_secret
-from channels.base import Channel, DeliveryError, Message, Target
+from channels.base import Channel
 
 log = logging.getLogger("broadcaster.engine")
 
@@ -134,54 +134,35 @@ class Engine:
             return self.routes
         return [ChannelRoute(name, self.channels[name].contact) for name in names]
 
-    async def notify_staff(self, notices: list[Notice]) -> int:
-        if not notices:
-            return 0
+    async def send_staff_notices(self) -> int:
+        """Send the staff notices that are due (queued in the transactions that made them
+        due: follow-ups assigned, reminders, escalations, escalation steps), and those to
+        try again; returns how many went out."""
         name = self.settings.staff.notify_channel
-        channel = self.channels.get(name) if name else None
-        return await send_notices(
-            self.database, channel, self.renderer, self.directory, notices, self.clock.now()
+        return await send_due_notices(
+            self.database,
+            self.clock,
+            self.channels.get(name) if name else None,
+            self.renderer,
+            self.directory,
+            owner=self.owner,
+            settings=self.settings.delivery,
+            public_url=self.settings.messages.public_url,
         )
 
-    async def notify_step(self, claimed: ClaimedRound) -> None:
-        """Tell the staff a new escalation step names (the duty manager at 4 h, say)."""
-        name = self.settings.staff.notify_channel
-        channel = self.channels.get(name) if name else None
-        async with self.database.session() as session:
-            incident = await session.get(Incident, claimed.incident_id)
-        if channel is None or incident is None:
-            log.warning("no staff notification channel for an escalation step")
-            return
-        link = f"{self.settings.messages.public_url.rstrip('/')}/incidents/{incident.id}"
-        age = self.clock.now() - incident.created_at
-        for staff_id in claimed.notify_staff:
-            person = self.directory.person(staff_id)
-            address = None
-            if person is not None:
-                address = person.phone if channel.contact == "sms" else person.email
-            if person is None or not address:
-                continue
-            message = Message(
-                subject=f"[Escalation] {incident.title} ({incident.severity}, "
-                f"open {int(age.total_seconds() // 60)} min)",
-                text=f"{person.name},\n\nIncident {incident.id}, {incident.title}, is "
-                f"{incident.status} and has been open for {int(age.total_seconds() // 60)} "
-                f"minutes. The escalation policy now asks for your attention.\n\n{link}\n",
-                idempotency_key=f"step-{incident.id}-{claimed.number}-{staff_id}",
-                created_at=self.clock.now(),
-            )
-            try:
-                await channel.send(Target(address, person.name, staff_id), message)
-            except DeliveryError as exc:
-                log.warning(
-                    "escalation notice failed", extra={"staff": staff_id, "reason": exc.reason}
-                )
-            except Exception:  # one person's notice must not keep the others' (or the round)
-                log.exception("escalation notice failed", extra={"staff": staff_id})
+    async def _tell_staff(self) -> None:
+        """Send the notices a round just queued, rather than at the next follow-up sweep. A
+        failure (the store may be down) is logged; they stay queued for the sweep."""
+        try:
+            await self.send_staff_notices()
+        except Exception:
+            log.exception("could not send staff notices; the follow-up sweep tries again")
 
     async def sweep_followups(self) -> int:
-        """Reminders and escalations that are due: tell the people concerned."""
-        return await self.notify_staff(await due_notices(self.database, self.clock, self.directory))
+        """Queue the reminders and escalations that are due, then send every due notice;
+        returns how many went out."""
+        await due_notices(self.database, self.clock, self.directory)
+        return await self.send_staff_notices()
 
     async def process_due_rounds(
         self,
@@ -207,8 +188,8 @@ class Engine:
                     "resumed": claimed.resumed,
                 },
             )
-            if claimed.notify_staff:
-                await self.notify_step(claimed)
+            if claimed.notify_staff:  # queued with the claim: the step's people
+                await self._tell_staff()
             notices: list[Notice] = []
             followups = self._followup_hook(notices)
 
@@ -223,7 +204,8 @@ class Engine:
                     followups,
                     committed,
                 )
-                await self.notify_staff(notices)
+                if notices:  # queued with the follow-ups: their owners
+                    await self._tell_staff()
             except LostLease as exc:
                 log.warning("round lease lost", extra={"reason": str(exc)})
                 continue

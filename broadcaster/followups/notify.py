@@ -1,25 +1,41 @@
-"""Telling staff about their follow-up tasks, over the staff notification channel.
+"""Telling staff: follow-up tasks assigned, reminders, escalations, and an incident's
+escalation steps, over the staff notification channel.
 
-The message is the ``followup_task`` template: whom to contact, how to reach them, their
-recent history and what to say. A failed notice is logged and recorded; the reminders that
-follow are the retry.
+A notice is a row of ``staff_notices`` (:class:`~broadcaster.store.StaffNotice`), written
+in the transaction that made it due (:func:`~broadcaster.followups.service.queue_notice`),
+so a daemon that stops before sending it, or a relay that fails for a moment, loses
+nothing. :func:`send_due_notices` claims the due ones under a lease (``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL), sends them, and records each outcome: sent; a retryable failure
+tried again with the delivery backoff, up to ``delivery.max_attempts``; a permanent one
+failed. A follow-up's notice also goes into its history (``notified``). A notice whose
+follow-up was closed, or whose incident ended, before it went out is cancelled.
+
+A follow-up's message is the ``followup_task`` template: whom to contact, how to reach
+them, their recent history and what to say.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import random
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select, update
 
+from broadcaster.clock import Clock
 from broadcaster.compose.context import Personal
 from broadcaster.compose.forms import form_for
 from broadcaster.compose.locale import format_when
 from broadcaster.compose.render import Renderer, RenderRequest
+from broadcaster.config.settings import DeliverySettings
+from broadcaster.dispatch.backoff import retry_delay
 from broadcaster.dispatch.content import facts_of
 from broadcaster.followups.directory import Directory
-from broadcaster.followups.service import Notice
+from broadcaster.followups.service import OPEN_STATES
+from broadcaster.incidents import lifecycle
 from broadcaster.incidents.service import latest_update
 from broadcaster.store import (
     ContactPoint,
@@ -30,6 +46,7 @@ from broadcaster.store import (
     FollowupEvent,
     Incident,
     IncidentScope,
+    StaffNotice,
 )
 from channels.base import Channel, DeliveryError, Message, Target
 
@@ -41,61 +58,233 @@ SAY = {
     "escalation": "Overdue, escalated to you: ",
 }
 
+CLAIM_BATCH = 50
+"""Notices one claim takes (and sends at once): staff notices come by the handful, or by
+the hundred when a round reaches many customers whose rules ask for a follow-up."""
 
-async def send_notices(
+
+class Cancelled(Exception):
+    """The notice is moot: its follow-up was closed or its incident ended before it went out."""
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    id: int
+    key: str
+    kind: str
+    staff: str
+    incident_id: int
+    followup_id: int | None
+    round_number: int | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    state: str  # sent | pending (to try again) | failed | cancelled
+    detail: str
+    retry_at: datetime | None = None
+
+
+async def send_due_notices(
     database: Database,
+    clock: Clock,
     channel: Channel | None,
     renderer: Renderer,
     directory: Directory,
-    notices: list[Notice],
-    now: datetime,
+    *,
+    owner: str,
+    settings: DeliverySettings,
+    public_url: str,
+    rng: random.Random | None = None,
 ) -> int:
-    """Send each notice; returns how many went out."""
+    """Send every staff notice that is due (and any whose sender's lease ran out); returns
+    how many went out. One notice's failure, whatever it is, does not keep the others."""
     sent = 0
-    for notice in notices:
-        person = directory.person(notice.staff)
-        address = None
-        if person is not None and channel is not None:
-            address = person.phone if channel.contact == "sms" else person.email
-        detail = "no staff notification channel or address"
-        if person is not None and channel is not None and address:
-            try:
-                message = await _message(database, renderer, notice, person.name, channel, now)
-                receipt = await channel.send(Target(address, person.name, notice.staff), message)
-                detail = f"{notice.kind} sent ({receipt.provider_message_id or 'ok'})"
-                sent += 1
-            except DeliveryError as exc:
-                detail = f"{notice.kind} failed: {exc.reason}"
+
+    async def one(notice: _Claimed) -> bool:
+        outcome = await _attempt(
+            database, clock, channel, renderer, directory, notice, settings, public_url, rng
+        )
+        await _record(database, clock.now(), owner, notice, outcome)
+        return outcome.state == "sent"
+
+    while True:
+        claimed = await _claim(database, clock.now(), owner, settings)
+        # At once, as a round's messages are: the channel's own pool limits the connections,
+        # and a batch sent one by one through a slow relay could outlast its leases.
+        sent += sum(await asyncio.gather(*(one(notice) for notice in claimed)))
+        if len(claimed) < CLAIM_BATCH:
+            return sent
+
+
+async def _claim(
+    database: Database, now: datetime, owner: str, settings: DeliverySettings
+) -> list[_Claimed]:
+    due = or_(
+        and_(StaffNotice.state == "pending", StaffNotice.next_attempt_at <= now),
+        and_(StaffNotice.state == "sending", StaffNotice.lease_expires_at <= now),
+    )
+    query = select(StaffNotice).where(due).order_by(StaffNotice.next_attempt_at, StaffNotice.id)
+    query = query.limit(CLAIM_BATCH)
+    if database.skip_locked:
+        query = query.with_for_update(skip_locked=True)
+    async with database.session() as session, session.begin():
+        rows = (await session.execute(query)).scalars().all()
+        claimed = []
+        for row in rows:
+            if row.state == "sending":
                 log.warning(
-                    "follow-up notice failed",
-                    extra={"followup": notice.followup_id, "reason": exc.reason},
+                    "a staff notice's sender stopped before recording it; it may go out twice",
+                    extra={"notice": row.key},
                 )
-            except Exception as exc:  # one notice's fault must not keep the others unsent
-                detail = f"{notice.kind} failed: unexpected error: {exc!r}"
-                log.exception("follow-up notice failed", extra={"followup": notice.followup_id})
-        try:
-            async with database.session() as session, session.begin():
+            row.state = "sending"
+            row.lease_owner = owner
+            row.lease_expires_at = now + settings.lease
+            row.attempts += 1
+            claimed.append(
+                _Claimed(
+                    row.id,
+                    row.key,
+                    row.kind,
+                    row.staff,
+                    row.incident_id,
+                    row.followup_id,
+                    row.round_number,
+                    row.attempts,
+                )
+            )
+    return claimed
+
+
+async def _attempt(
+    database: Database,
+    clock: Clock,
+    channel: Channel | None,
+    renderer: Renderer,
+    directory: Directory,
+    notice: _Claimed,
+    settings: DeliverySettings,
+    public_url: str,
+    rng: random.Random | None,
+) -> _Outcome:
+    person = directory.person(notice.staff)
+    if channel is None:
+        return _Outcome("failed", f"{notice.kind} failed: no staff notification channel")
+    address = None
+    if person is not None:
+        address = person.phone if channel.contact == "sms" else person.email
+    if person is None or not address:
+        reason = f"no {'phone' if channel.contact == 'sms' else 'email'} for {notice.staff!r}"
+        return _Outcome("failed", f"{notice.kind} failed: {reason}")
+    now = clock.now()
+    try:
+        if notice.kind == "step":
+            message = await _step_message(database, notice, person.name, public_url, now)
+        else:
+            message = await _message(database, renderer, notice, person.name, channel, now)
+        receipt = await channel.send(Target(address, person.name, notice.staff), message)
+    except Cancelled as moot:
+        return _Outcome("cancelled", f"{notice.kind} cancelled: {moot}")
+    except Exception as exc:  # one notice's fault must not keep the others
+        error = exc if isinstance(exc, DeliveryError) else None
+        if error is None:
+            log.exception("staff notice failed", extra={"notice": notice.key})
+        reason = error.reason if error is not None else f"unexpected error: {exc!r}"
+        if (error is None or error.retryable) and notice.attempts < settings.max_attempts:
+            backoff = settings.backoff
+            delay = retry_delay(
+                notice.attempts,
+                initial=backoff.initial,
+                maximum=backoff.maximum,
+                multiplier=backoff.multiplier,
+                jitter=backoff.jitter,
+                retry_after=error.retry_after if error is not None else None,
+                rng=rng,
+            )
+            retry_at = clock.now() + delay
+            detail = f"{notice.kind} failed: {reason}; trying again at {retry_at:%H:%M:%S}Z"
+            return _Outcome("pending", detail, retry_at)
+        if error is None or error.retryable:
+            reason = f"gave up after {notice.attempts} attempts: {reason}"
+        return _Outcome("failed", f"{notice.kind} failed: {reason}")
+    return _Outcome("sent", f"{notice.kind} sent ({receipt.provider_message_id or 'ok'})")
+
+
+async def _record(
+    database: Database, now: datetime, owner: str, notice: _Claimed, outcome: _Outcome
+) -> None:
+    """Write ``outcome`` if the notice is still ours (another sender may have taken it over
+    after our lease ran out); a follow-up's also into its history. A failure to write is
+    logged: the lease runs out and the notice is tried again."""
+    if outcome.state != "sent":
+        log.warning(
+            "staff notice not sent",
+            extra={"notice": notice.key, "staff": notice.staff, "detail": outcome.detail},
+        )
+    try:
+        async with database.session() as session, session.begin():
+            result = await session.execute(
+                update(StaffNotice)
+                .where(
+                    StaffNotice.id == notice.id,
+                    StaffNotice.lease_owner == owner,
+                    StaffNotice.state == "sending",
+                )
+                .values(
+                    state=outcome.state,
+                    next_attempt_at=outcome.retry_at or now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    last_error=None if outcome.state == "sent" else outcome.detail,
+                    sent_at=now if outcome.state == "sent" else None,
+                )
+            )
+            if not getattr(result, "rowcount", 0):
+                log.warning("a staff notice's lease was lost", extra={"notice": notice.key})
+                return
+            if notice.followup_id is not None:
                 session.add(
                     FollowupEvent(
                         followup_id=notice.followup_id,
                         at=now,
                         kind="notified",
                         staff=notice.staff,
-                        detail=detail,
+                        detail=outcome.detail,
                     )
                 )
-        except Exception:
-            log.exception(
-                "could not record a follow-up notice",
-                extra={"followup": notice.followup_id, "detail": detail},
-            )
-    return sent
+    except Exception:
+        log.exception(
+            "could not record a staff notice",
+            extra={"notice": notice.key, "detail": outcome.detail},
+        )
+
+
+async def _step_message(
+    database: Database, notice: _Claimed, staff_name: str, public_url: str, now: datetime
+) -> Message:
+    """An incident's escalation step asks for this person's attention (the duty manager at
+    4 h, say)."""
+    async with database.session() as session:
+        incident = await session.get(Incident, notice.incident_id)
+    if incident is None or not lifecycle.is_open(incident.status):
+        raise Cancelled("the incident is over")
+    minutes = int((now - incident.created_at).total_seconds() // 60)
+    link = f"{public_url.rstrip('/')}/incidents/{incident.id}"
+    return Message(
+        subject=f"[Escalation] {incident.title} ({incident.severity}, open {minutes} min)",
+        text=f"{staff_name},\n\nIncident {incident.id}, {incident.title}, is "
+        f"{incident.status} and has been open for {minutes} minutes. The escalation policy "
+        f"now asks for your attention.\n\n{link}\n",
+        idempotency_key=notice.key,
+        created_at=now,
+    )
 
 
 async def _message(
     database: Database,
     renderer: Renderer,
-    notice: Notice,
+    notice: _Claimed,
     staff_name: str,
     channel: Channel,
     now: datetime,
@@ -103,11 +292,13 @@ async def _message(
     async with database.session() as session:
         task = await session.get(Followup, notice.followup_id)
         if task is None:
-            raise DeliveryError(f"follow-up {notice.followup_id} is gone", retryable=False)
+            raise Cancelled(f"follow-up {notice.followup_id} is gone")
+        if task.state not in OPEN_STATES:
+            raise Cancelled(f"follow-up {task.id} is {task.state}")
         incident = await session.get(Incident, task.incident_id)
         customer = await session.get(Customer, task.customer_id)
-        update = await latest_update(session, task.incident_id)
-        if incident is None or customer is None or update is None:
+        latest = await latest_update(session, task.incident_id)
+        if incident is None or customer is None or latest is None:
             raise DeliveryError(f"follow-up {task.id} lost its incident", retryable=False)
         scopes = (
             await session.execute(
@@ -130,7 +321,7 @@ async def _message(
                 )
             )
         ).scalar_one()
-    facts = facts_of(incident, update, [(k, v) for k, v in scopes], None)
+    facts = facts_of(incident, latest, [(k, v) for k, v in scopes], None)
     language = renderer.templates.default_language
     task_context = {
         "customer": customer.name,
@@ -152,7 +343,7 @@ async def _message(
             personal=Personal(staff_name, "", ""),
             task=task_context,
         ),
-        idempotency_key=f"followup-{task.id}-{notice.kind}",
+        idempotency_key=notice.key,
     )
     if SAY[notice.kind]:
         message = dataclasses.replace(message, subject=SAY[notice.kind] + message.subject)

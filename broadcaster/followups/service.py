@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
 from broadcaster.followups.directory import Directory, NoOwner
-from broadcaster.store import Also, Customer, Database, Followup, FollowupEvent
+from broadcaster.store import Also, Customer, Database, Followup, FollowupEvent, StaffNotice
 from rules import FollowupRequirement, StaffRef
 
 OUTCOMES = ("reached", "voicemail", "declined", "unreachable")
@@ -37,6 +37,48 @@ class Notice:
     followup_id: int
     staff: str
     kind: str
+
+
+def queue_notice(
+    session: AsyncSession,
+    *,
+    key: str,
+    kind: str,
+    staff: str,
+    incident_id: int,
+    now: datetime,
+    followup_id: int | None = None,
+    round_number: int | None = None,
+) -> None:
+    """Queue a notice to ``staff`` in the caller's transaction: it is sent (and tried again
+    when sending fails) by :func:`broadcaster.followups.notify.send_due_notices`. ``key``
+    names it once: the same notice is never queued twice."""
+    session.add(
+        StaffNotice(
+            key=key,
+            kind=kind,
+            staff=staff,
+            incident_id=incident_id,
+            followup_id=followup_id,
+            round_number=round_number,
+            state="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
+
+
+def _queue(session: AsyncSession, task: Followup, notice: Notice, key: str, now: datetime) -> None:
+    queue_notice(
+        session,
+        key=key,
+        kind=notice.kind,
+        staff=notice.staff,
+        incident_id=task.incident_id,
+        now=now,
+        followup_id=task.id,
+    )
 
 
 async def create_for_customer(
@@ -98,7 +140,9 @@ async def create_for_customer(
                 detail=f"rule {req.rule}: {req.kind} by {task.deadline_at:%Y-%m-%d %H:%M}Z",
             )
         )
-        notices.append(Notice(task.id, owner, "assigned"))
+        notice = Notice(task.id, owner, "assigned")
+        _queue(session, task, notice, f"followup-{task.id}-assigned", now)
+        notices.append(notice)
     return notices
 
 
@@ -114,19 +158,23 @@ def _fallback_owner(directory: Directory, req: FollowupRequirement) -> str | Non
 
 
 async def due_notices(database: Database, clock: Clock, directory: Directory) -> list[Notice]:
-    """Reminders and escalations due now; their times move on in the same transaction."""
+    """Reminders and escalations due now, queued (:func:`queue_notice`); their times move on
+    in the same transaction. On PostgreSQL the tasks are locked as they are read, so two
+    sweeps at once (a leader handing over) do not both remind."""
     now = clock.now()
     notices: list[Notice] = []
+    query = select(Followup).where(Followup.state.in_(OPEN_STATES))
+    if database.skip_locked:
+        query = query.with_for_update(skip_locked=True)
     async with database.session() as session, session.begin():
-        tasks = (
-            (await session.execute(select(Followup).where(Followup.state.in_(OPEN_STATES))))
-            .scalars()
-            .all()
-        )
+        tasks = (await session.execute(query)).scalars().all()
         for task in tasks:
             if now < task.deadline_at:
                 if task.next_reminder_at is not None and task.next_reminder_at <= now:
-                    notices.append(Notice(task.id, task.owner, "reminder"))
+                    reminder = Notice(task.id, task.owner, "reminder")
+                    key = f"followup-{task.id}-reminder-{int(now.timestamp())}"
+                    _queue(session, task, reminder, key, now)
+                    notices.append(reminder)
                     session.add(
                         FollowupEvent(
                             followup_id=task.id, at=now, kind="reminded", staff=task.owner
@@ -146,7 +194,10 @@ async def due_notices(database: Database, clock: Clock, directory: Directory) ->
                 timedelta(seconds=task.escalation_interval_s or 0) or DEFAULT_ESCALATION_INTERVAL
             )
             task.next_escalation_at = now + interval
-            notices.append(Notice(task.id, target, "escalation"))
+            escalation = Notice(task.id, target, "escalation")
+            key = f"followup-{task.id}-escalation-{task.escalation_level}"
+            _queue(session, task, escalation, key, now)
+            notices.append(escalation)
             session.add(
                 FollowupEvent(
                     followup_id=task.id,

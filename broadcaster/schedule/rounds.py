@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
 from broadcaster.config.settings import ScheduleSettings
+from broadcaster.followups.service import queue_notice
 from broadcaster.incidents import lifecycle
 from broadcaster.incidents.service import latest_update
 from broadcaster.schedule.cadence import is_late, lateness, next_due
@@ -137,6 +138,16 @@ async def _start_round(
     else:
         cadence = settings.cadence.for_severity(incident.severity)
     notify_staff.extend(tell)
+    for staff in dict.fromkeys(tell):
+        queue_notice(
+            session,
+            key=f"step-{incident.id}-{current.number}-{staff}",
+            kind="step",
+            staff=staff,
+            incident_id=incident.id,
+            now=now,
+            round_number=current.number,
+        )
     if current.kind == "resolution" or not lifecycle.is_open(incident.status):
         current.next_due_at = None
         return

@@ -20,6 +20,7 @@ from broadcaster.store.models import (
     IncidentUpdate,
     Promise,
     Round,
+    StaffNotice,
     Subscription,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "IncidentUpdate",
     "Promise",
     "Round",
+    "StaffNotice",
     "Subscription",
 ]

@@ -352,6 +352,37 @@ class FollowupEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text, default=None)
 
 
+class StaffNotice(Base):
+    """A message to a member of staff, queued in the transaction that made it due: a
+    follow-up assigned, a reminder, an escalation, an escalation step of an incident. The
+    follow-up sweep sends what is due, under a lease, and tries a retryable failure again
+    with the delivery backoff (:mod:`broadcaster.followups.notify`)."""
+
+    __tablename__ = "staff_notices"
+    __table_args__ = (Index("ix_staff_notices_state_next_attempt_at", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    """Idempotency key, also the message's: a notice is queued once."""
+    kind: Mapped[str] = mapped_column(String(16))  # assigned | reminder | escalation | step
+    staff: Mapped[str] = mapped_column(String(64))
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    followup_id: Mapped[int | None] = mapped_column(
+        ForeignKey("followups.id", ondelete="CASCADE"), default=None
+    )
+    round_number: Mapped[int | None] = mapped_column(Integer, default=None)
+    """The round whose escalation step this notice announces (``step`` notices)."""
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    # pending -> sending -> sent | failed   (pending again, later, on a retryable error)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
 class ApiToken(Base):
     """A bearer token for the HTTP API; only its SHA-256 is kept."""
 

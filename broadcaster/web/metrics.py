@@ -23,7 +23,7 @@ from sqlalchemy import case, func, select
 
 from broadcaster.followups.service import OPEN_STATES
 from broadcaster.incidents.lifecycle import OPEN_STATUSES
-from broadcaster.store import Delivery, Followup, Incident, Promise, Round
+from broadcaster.store import Delivery, Followup, Incident, Promise, Round, StaffNotice
 from broadcaster.web.auth import require
 from broadcaster.web.state import WebState, state_of
 
@@ -44,6 +44,7 @@ class Snapshot:
     lateness_sum: float = 0.0
     followups_open: int = 0
     followups_overdue: int = 0
+    staff_notices: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 async def take(web: WebState) -> Snapshot:
@@ -106,6 +107,14 @@ async def take(web: WebState) -> Snapshot:
                 )
             ).scalar_one()
         )
+        snap.staff_notices = [
+            (k, s, n)
+            for k, s, n in await session.execute(
+                select(StaffNotice.kind, StaffNotice.state, func.count()).group_by(
+                    StaffNotice.kind, StaffNotice.state
+                )
+            )
+        ]
     return snap
 
 
@@ -162,6 +171,14 @@ class _Collector(Collector):
         )
         overdue.add_metric([], snap.followups_overdue)
         yield overdue
+        notices = GaugeMetricFamily(
+            "broadcaster_staff_notices",
+            "Notices to staff (follow-ups, reminders, escalations, steps) by state",
+            labels=["kind", "state"],
+        )
+        for kind, state, count in snap.staff_notices:
+            notices.add_metric([kind, state], count)
+        yield notices
         feed_polls = CounterMetricFamily(
             "broadcaster_feed_events", "Feed watcher events by kind", labels=["feed", "event"]
         )

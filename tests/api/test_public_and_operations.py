@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from broadcaster.compose.links import make_token
+from broadcaster.followups.service import queue_notice
 from broadcaster.intake import SourceMapping
 from broadcaster.intake.statuspage import parse
 from broadcaster.store import (
@@ -19,6 +20,7 @@ from broadcaster.store import (
     Delivery,
     Promise,
     Round,
+    StaffNotice,
     Subscription,
 )
 from tests.api.support import SECRET, START, api_client, settings
@@ -146,6 +148,14 @@ async def test_metrics_report_the_store(database: Database) -> None:
                         created_at=START,
                     )
                 )
+            for key, state in (("step-a", "failed"), ("step-b", "sent"), ("step-c", "failed")):
+                queue_notice(
+                    session, key=key, kind="step", staff="ann", incident_id=number, now=START
+                )
+                await session.flush()
+                await session.execute(
+                    update(StaffNotice).where(StaffNotice.key == key).values(state=state)
+                )
             # Promises need a round each (one promise per round): kept, 42 s and 400 s late.
             for number_in_incident, (state, lateness) in enumerate(
                 (("kept", None), ("late", 42.0), ("late", 400.0)), start=2
@@ -191,6 +201,9 @@ async def test_metrics_report_the_store(database: Database) -> None:
         assert buckets == {"0.0": 1, "15.0": 1, "60.0": 2, "300.0": 2, "900.0": 3, "+Inf": 3}
         assert samples[("broadcaster_promises", (("state", "late"),))] == 2
         assert samples[("broadcaster_followups_overdue", ())] == 0
+        notices = "broadcaster_staff_notices"
+        assert samples[(notices, (("kind", "step"), ("state", "failed")))] == 2
+        assert samples[(notices, (("kind", "step"), ("state", "sent")))] == 1
         assert samples[("broadcaster_scheduler_running", ())] == 1
 
 

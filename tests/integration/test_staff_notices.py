@@ -1,0 +1,248 @@
+"""Staff notices are queued in the store with what made them due, and sent, tried again and
+recorded by the follow-up sweep: a relay that fails for a moment, or a daemon that stops
+between the commit and the send, loses no follow-up assignment, reminder, escalation or
+escalation step (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from broadcaster.clock import FakeClock
+from broadcaster.engine import Engine
+from broadcaster.followups import service as followups
+from broadcaster.followups.notify import send_due_notices
+from broadcaster.followups.service import queue_notice
+from broadcaster.incidents import service
+from broadcaster.store import Database, Followup, FollowupEvent, StaffNotice
+from channels.base import DeliveryError, Message, Receipt, Target
+from channels.memory import MemoryChannel
+from tests.integration.test_rules_followups import START, channels, run_until, seed, settings
+
+RELAY_DOWN = DeliveryError("421 relay busy, try later", retryable=True)
+
+
+async def notices(database: Database) -> list[tuple[str, str, str, int]]:
+    async with database.session() as session:
+        rows = (await session.execute(select(StaffNotice).order_by(StaffNotice.id))).scalars()
+        return [(n.key, n.staff, n.state, n.attempts) for n in rows]
+
+
+async def history(database: Database) -> list[str]:
+    async with database.session() as session:
+        query = (
+            select(FollowupEvent.detail)
+            .where(FollowupEvent.kind == "notified")
+            .order_by(FollowupEvent.id)
+        )
+        return [str(detail) for detail in (await session.execute(query)).scalars()]
+
+
+async def declare_critical(database: Database, clock: FakeClock) -> int:
+    incident = await service.declare(
+        database,
+        clock,
+        service.Declaration("Trains stopped", "critical", "No trains.", components=["rail"]),
+    )
+    return incident.id
+
+
+def to_staff(message: Message, target: Target) -> bool:
+    return target.address.endswith("@example.org") and target.address[0] not in "vbs"
+
+
+async def test_an_assignment_the_relay_refused_is_sent_at_a_later_sweep(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    sinks = channels()
+    down = {"relay": True}
+
+    def refuse_staff(target: Target, message: Message) -> DeliveryError | None:
+        return RELAY_DOWN if down["relay"] and target.address == "ann@example.org" else None
+
+    sinks["email"] = MemoryChannel(name="email", contact="email", fail=refuse_staff)
+    engine = await Engine.create(settings(), database, clock, sinks)
+    await declare_critical(database, clock)
+    await run_until(engine, clock, START)
+    assert await notices(database) == [
+        ("step-1-1-maria", "maria", "sent", 1),  # the critical policy's first step
+        ("followup-1-assigned", "ann", "pending", 1),
+    ]
+    assert "421 relay busy" in (await history(database))[0]
+
+    # Not before its backoff (jitter 0: 5 s), then sent once the relay is back.
+    clock.advance(timedelta(seconds=4))
+    assert await engine.sweep_followups() == 0
+    down["relay"] = False
+    clock.advance(timedelta(seconds=1))
+    assert await engine.sweep_followups() == 1
+    assert await engine.sweep_followups() == 0
+    assigned = [m for m in sinks["email"].sent if m.target.address == "ann@example.org"]
+    assert len(assigned) == 1 and assigned[0].message.idempotency_key == "followup-1-assigned"
+    assert (await notices(database))[1] == ("followup-1-assigned", "ann", "sent", 2)
+    assert (await history(database))[-1].startswith("assigned sent (mem-")
+
+
+async def test_a_notice_is_given_up_after_max_attempts_and_a_permanent_failure_at_once(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    config = settings()
+    config.delivery.max_attempts = 3
+
+    def refuse(target: Target, message: Message) -> DeliveryError | None:
+        if target.address == "ann@example.org":
+            return RELAY_DOWN
+        if target.address == "maria@example.org":
+            return DeliveryError("550 no such mailbox", retryable=False)
+        return None
+
+    sinks = channels()
+    sinks["email"] = MemoryChannel(name="email", contact="email", fail=refuse)
+    engine = await Engine.create(config, database, clock, sinks)
+    await declare_critical(database, clock)
+    await run_until(engine, clock, START)
+    for _ in range(5):
+        clock.advance(timedelta(minutes=1))
+        await engine.sweep_followups()
+    assert await notices(database) == [
+        ("step-1-1-maria", "maria", "failed", 1),
+        ("followup-1-assigned", "ann", "failed", 3),
+    ]
+    assert (await history(database))[-1].startswith("assigned failed: gave up after 3 attempts")
+    async with database.session() as session:
+        step = (
+            await session.execute(select(StaffNotice).where(StaffNotice.kind == "step"))
+        ).scalar_one()
+    assert step.last_error == "step failed: 550 no such mailbox"
+
+
+async def test_notices_queued_by_a_daemon_that_stopped_before_sending_go_out_from_another(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    first = await Engine.create(settings(), database, clock, channels())
+
+    calls = []
+
+    async def stopped() -> int:  # after the round's commit, before the follow-up's notice
+        calls.append(1)
+        if len(calls) == 2:
+            raise asyncio.CancelledError  # the daemon stopped
+        return 0
+
+    first.send_staff_notices = stopped  # type: ignore[method-assign]
+    await declare_critical(database, clock)
+    with pytest.raises(asyncio.CancelledError):
+        await first.process_due_rounds()
+    assert [(key, state) for key, _, state, _ in await notices(database)] == [
+        ("step-1-1-maria", "pending"),
+        ("followup-1-assigned", "pending"),
+    ]
+
+    sinks = channels()
+    second = await Engine.create(settings(), database, clock, sinks)
+    await run_until(second, clock, START)
+    told = sorted(m.target.address for m in sinks["email"].sent if to_staff(m.message, m.target))
+    assert told == ["ann@example.org", "maria@example.org"]
+
+
+async def test_a_notice_held_by_a_sender_that_died_is_taken_over_when_its_lease_ends(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    sinks = channels()
+    engine = await Engine.create(settings(), database, clock, sinks)
+    incident = await declare_critical(database, clock)
+    await run_until(engine, clock, START)
+    async with database.session() as session, session.begin():
+        queue_notice(
+            session, key="held", kind="step", staff="carla", incident_id=incident, now=clock.now()
+        )
+        await session.flush()
+        held = (await session.execute(select(StaffNotice).where(StaffNotice.key == "held"))).one()[
+            0
+        ]
+        held.state, held.lease_owner, held.attempts = "sending", "dead-daemon", 1
+        held.lease_expires_at = clock.now() + timedelta(seconds=60)
+    assert await engine.sweep_followups() == 0
+    clock.advance(timedelta(seconds=60))
+    assert await engine.sweep_followups() == 1
+    to_carla = [m for m in sinks["email"].sent if m.target.address == "carla@example.org"]
+    assert [m.message.idempotency_key for m in to_carla] == ["held"]
+    assert ("held", "carla", "sent", 2) in await notices(database)
+
+
+async def test_notices_made_moot_before_they_go_out_are_cancelled(database: Database) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    down = {"relay": True}
+
+    def refuse(target: Target, message: Message) -> DeliveryError | None:
+        return RELAY_DOWN if down["relay"] and to_staff(message, target) else None
+
+    sinks = channels()
+    sinks["email"] = MemoryChannel(name="email", contact="email", fail=refuse)
+    engine = await Engine.create(settings(), database, clock, sinks)
+    incident = await declare_critical(database, clock)
+    await run_until(engine, clock, START)
+    async with database.session() as session:
+        task = (await session.execute(select(Followup))).scalar_one()
+    await followups.done(database, clock, task.id, "ann", "reached", "Called; all fine.")
+    await service.resolve(database, clock, incident, service.UpdateRequest("Trains run again."))
+    down["relay"] = False
+    clock.advance(timedelta(minutes=1))
+    assert await engine.sweep_followups() == 0
+    assert [state for _, _, state, _ in await notices(database)] == ["cancelled", "cancelled"]
+    assert not [m for m in sinks["email"].sent if to_staff(m.message, m.target)]
+    assert (await history(database))[-1] == (f"assigned cancelled: follow-up {task.id} is done")
+
+
+class SlowChannel(MemoryChannel):
+    async def send(self, target: Target, message: Message) -> Receipt:
+        await asyncio.sleep(0.01)  # the other sender claims while this one sends
+        return await super().send(target, message)
+
+
+async def test_two_senders_at_once_send_each_notice_once(database: Database) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    engine = await Engine.create(settings(), database, clock, channels())
+    incident = await declare_critical(database, clock)
+    await run_until(engine, clock, START)
+    async with database.session() as session, session.begin():
+        for n in range(120):
+            queue_notice(
+                session,
+                key=f"many-{n}",
+                kind="step",
+                staff=("maria", "carla", "ann")[n % 3],
+                incident_id=incident,
+                now=clock.now(),
+            )
+    channel = SlowChannel(name="email", contact="email")
+
+    async def sender(owner: str) -> int:
+        return await send_due_notices(
+            database,
+            clock,
+            channel,
+            engine.renderer,
+            engine.directory,
+            owner=owner,
+            settings=engine.settings.delivery,
+            public_url="http://example.org",
+        )
+
+    counts = await asyncio.gather(sender("a"), sender("b"))
+    keys = [m.message.idempotency_key for m in channel.sent]
+    assert sum(counts) == 120 and len(keys) == 120 and len(set(keys)) == 120
+    assert {state for _, _, state, _ in await notices(database)} == {"sent"}
