@@ -206,7 +206,9 @@ class Daemon:
             },
         )
         tasks = [
-            asyncio.create_task(self._round_loop(engine, scheduler, rounds_due, work_ready, stop)),
+            asyncio.create_task(
+                self._round_loop(engine, scheduler, rounds_due, work_ready, stop, followups_due)
+            ),
             asyncio.create_task(
                 each_wake(followups_due, stop, self._sweep_followups, "follow-up sweep")
             ),
@@ -281,6 +283,7 @@ class Daemon:
         rounds_due: asyncio.Event,
         work_ready: asyncio.Event,
         stop: asyncio.Event,
+        followups_due: asyncio.Event,
     ) -> None:
         failures = 0
         while not stop.is_set():
@@ -292,7 +295,9 @@ class Daemon:
                     # This daemon's workers start on each batch of a round's deliveries as
                     # soon as it is committed, not when the whole round is written (other
                     # processes find it at their poll).
-                    if await engine.process_due_rounds(stop.is_set, work_ready.set):
+                    if await engine.process_due_rounds(
+                        stop.is_set, work_ready.set, followups_due.set
+                    ):
                         work_ready.set()
                     due = await engine.next_wakeup()
             except Exception as exc:  # the store may be down; keep the daemon alive and retry

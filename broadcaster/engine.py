@@ -161,17 +161,24 @@ class Engine:
     async def sweep_followups(self) -> int:
         """Queue the reminders and escalations that are due, then send every due notice;
         returns how many went out."""
-        await due_notices(self.database, self.clock, self.directory)
+        try:
+            await due_notices(self.database, self.clock, self.directory)
+        except Exception:  # the notices already queued (retries among them) still go out
+            log.exception("could not queue the reminders and escalations that are due")
         return await self.send_staff_notices()
 
     async def process_due_rounds(
         self,
         should_stop: Callable[[], bool] = lambda: False,
         committed: Callable[[], object] | None = None,
+        notices_queued: Callable[[], object] | None = None,
     ) -> int:
         """Claim and materialise every due round; returns how many were completed.
         ``committed`` is called whenever a batch of a round's deliveries has committed (the
-        daemon wakes its dispatch workers with it)."""
+        daemon wakes its dispatch workers with it). ``notices_queued`` is called when a
+        round queued staff notices (an escalation step's, new follow-ups' owners): the
+        daemon wakes its follow-up sweep with it, so that a slow staff relay never holds up
+        the rounds. Without it they are sent here, when the round is written."""
         done = 0
         while not should_stop():
             claimed = await claim_due_round(
@@ -188,8 +195,6 @@ class Engine:
                     "resumed": claimed.resumed,
                 },
             )
-            if claimed.notify_staff:  # queued with the claim: the step's people
-                await self._tell_staff()
             notices: list[Notice] = []
             followups = self._followup_hook(notices)
 
@@ -204,8 +209,11 @@ class Engine:
                     followups,
                     committed,
                 )
-                if notices:  # queued with the follow-ups: their owners
-                    await self._tell_staff()
+                if claimed.notify_staff or notices:  # queued with the claim and follow-ups
+                    if notices_queued is not None:
+                        notices_queued()
+                    else:
+                        await self._tell_staff()
             except LostLease as exc:
                 log.warning("round lease lost", extra={"reason": str(exc)})
                 continue

@@ -131,6 +131,11 @@ class MessageSettings(_Section):
     sms_max_segments: int = Field(default=3, ge=1, le=10)
 
 
+STAFF_ID_MAX = 64
+"""The longest staff id: the store keeps follow-up owners and staff notices' recipients in
+columns of this size, and a longer one would fail the transaction that queues them."""
+
+
 class StaffMember(_Section):
     name: str
     email: str | None = None
@@ -253,6 +258,14 @@ def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
                 )
     people = settings.staff.people
     for name, member in people.items():
+        if len(name) > STAFF_ID_MAX:
+            problems.append(
+                (
+                    ("staff", "people", name),
+                    f"staff id {name!r} is {len(name)} characters long; at most "
+                    f"{STAFF_ID_MAX} (the store's follow-up owners and staff notices)",
+                )
+            )
         if member.manager is not None and member.manager not in people:
             problems.append(
                 (("staff", "people", name, "manager"), f"unknown staff {member.manager!r}")

@@ -48,7 +48,7 @@ from broadcaster.store import (
     IncidentScope,
     StaffNotice,
 )
-from channels.base import Channel, DeliveryError, Message, Target
+from channels.base import Channel, DeliveryError, Message, Target, concurrency_of
 
 log = logging.getLogger("broadcaster.followups")
 
@@ -58,9 +58,11 @@ SAY = {
     "escalation": "Overdue, escalated to you: ",
 }
 
-CLAIM_BATCH = 50
-"""Notices one claim takes (and sends at once): staff notices come by the handful, or by
-the hundred when a round reaches many customers whose rules ask for a follow-up."""
+CLAIM_BATCH = 10
+"""Notices one claim takes and sends at once, for a channel that declares no concurrency
+(the email channel's is its pool): no more than the channel sends side by side, so that a
+batch through a relay that hangs is over within a send's timeout, well inside its lease
+(leases are not renewed here, as they are for a round's deliveries)."""
 
 
 class Cancelled(Exception):
@@ -101,6 +103,7 @@ async def send_due_notices(
     """Send every staff notice that is due (and any whose sender's lease ran out); returns
     how many went out. One notice's failure, whatever it is, does not keep the others."""
     sent = 0
+    batch = concurrency_of(channel) or CLAIM_BATCH
 
     async def one(notice: _Claimed) -> bool:
         outcome = await _attempt(
@@ -110,23 +113,21 @@ async def send_due_notices(
         return outcome.state == "sent"
 
     while True:
-        claimed = await _claim(database, clock.now(), owner, settings)
-        # At once, as a round's messages are: the channel's own pool limits the connections,
-        # and a batch sent one by one through a slow relay could outlast its leases.
+        claimed = await _claim(database, clock.now(), owner, settings, batch)
         sent += sum(await asyncio.gather(*(one(notice) for notice in claimed)))
-        if len(claimed) < CLAIM_BATCH:
+        if len(claimed) < batch:
             return sent
 
 
 async def _claim(
-    database: Database, now: datetime, owner: str, settings: DeliverySettings
+    database: Database, now: datetime, owner: str, settings: DeliverySettings, limit: int
 ) -> list[_Claimed]:
     due = or_(
         and_(StaffNotice.state == "pending", StaffNotice.next_attempt_at <= now),
         and_(StaffNotice.state == "sending", StaffNotice.lease_expires_at <= now),
     )
     query = select(StaffNotice).where(due).order_by(StaffNotice.next_attempt_at, StaffNotice.id)
-    query = query.limit(CLAIM_BATCH)
+    query = query.limit(limit)
     if database.skip_locked:
         query = query.with_for_update(skip_locked=True)
     async with database.session() as session, session.begin():
@@ -214,9 +215,11 @@ async def _attempt(
 async def _record(
     database: Database, now: datetime, owner: str, notice: _Claimed, outcome: _Outcome
 ) -> None:
-    """Write ``outcome`` if the notice is still ours (another sender may have taken it over
-    after our lease ran out); a follow-up's also into its history. A failure to write is
-    logged: the lease runs out and the notice is tried again."""
+    """Write ``outcome`` if the notice is still ours: held by ``owner`` for this very attempt
+    (the attempt count is the fence: after our lease ran out, another sender, or another
+    task of this daemon under the same owner, may have claimed it again); a follow-up's also
+    into its history. A failure to write is logged: the lease runs out and the notice is
+    tried again."""
     if outcome.state != "sent":
         log.warning(
             "staff notice not sent",
@@ -230,6 +233,7 @@ async def _record(
                     StaffNotice.id == notice.id,
                     StaffNotice.lease_owner == owner,
                     StaffNotice.state == "sending",
+                    StaffNotice.attempts == notice.attempts,
                 )
                 .values(
                     state=outcome.state,

@@ -130,13 +130,8 @@ async def test_notices_queued_by_a_daemon_that_stopped_before_sending_go_out_fro
     await seed(database)
     first = await Engine.create(settings(), database, clock, channels())
 
-    calls = []
-
-    async def stopped() -> int:  # after the round's commit, before the follow-up's notice
-        calls.append(1)
-        if len(calls) == 2:
-            raise asyncio.CancelledError  # the daemon stopped
-        return 0
+    async def stopped() -> int:  # the daemon stopped after the round's commits, before this
+        raise asyncio.CancelledError
 
     first.send_staff_notices = stopped  # type: ignore[method-assign]
     await declare_critical(database, clock)
@@ -246,3 +241,111 @@ async def test_two_senders_at_once_send_each_notice_once(database: Database) -> 
     keys = [m.message.idempotency_key for m in channel.sent]
     assert sum(counts) == 120 and len(keys) == 120 and len(set(keys)) == 120
     assert {state for _, _, state, _ in await notices(database)} == {"sent"}
+
+
+class GatedChannel(MemoryChannel):
+    """Each send waits for its own go-ahead (``go[n]`` for the n-th call, from 0): the first
+    then fails, the others go through."""
+
+    def __init__(self) -> None:
+        super().__init__(name="email", contact="email")
+        self.go = [asyncio.Event(), asyncio.Event()]
+        self.calls = 0
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        call, self.calls = self.calls, self.calls + 1
+        await self.go[call].wait()
+        if call == 0:
+            raise RELAY_DOWN
+        return await super().send(target, message)
+
+
+async def test_a_late_outcome_of_an_attempt_whose_lease_ran_out_does_not_overwrite_the_next(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    engine = await Engine.create(settings(), database, clock, channels())
+    incident = await declare_critical(database, clock)
+    await run_until(engine, clock, START)
+    async with database.session() as session, session.begin():
+        queue_notice(
+            session, key="slow", kind="step", staff="carla", incident_id=incident, now=clock.now()
+        )
+    channel = GatedChannel()
+
+    async def sender() -> int:  # the same owner: two tasks of one daemon
+        return await send_due_notices(
+            database,
+            clock,
+            channel,
+            engine.renderer,
+            engine.directory,
+            owner="daemon-1",
+            settings=engine.settings.delivery,
+            public_url="http://example.org",
+        )
+
+    async def calls(n: int) -> None:
+        while channel.calls < n:
+            await asyncio.sleep(0.01)
+
+    first = asyncio.create_task(sender())
+    await calls(1)
+    clock.advance(engine.settings.delivery.lease)  # the first attempt's lease runs out
+    second = asyncio.create_task(sender())  # claims it again: attempt 2
+    await calls(2)
+    channel.go[0].set()  # attempt 1 fails, late: its outcome must not land on attempt 2
+    assert await first == 0
+    channel.go[1].set()
+    assert await second == 1
+    assert ("slow", "carla", "sent", 2) in await notices(database)
+    assert await sender() == 0
+    assert [m.message.idempotency_key for m in channel.sent] == ["slow"]
+
+
+async def test_the_daemon_s_rounds_do_not_wait_for_a_staff_relay_that_hangs(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    hung = asyncio.Event()
+
+    class Hanging(MemoryChannel):
+        async def send(self, target: Target, message: Message) -> Receipt:
+            if to_staff(message, target):
+                await hung.wait()
+            return await super().send(target, message)
+
+    sinks = channels()
+    sinks["email"] = Hanging(name="email", contact="email")
+    engine = await Engine.create(settings(), database, clock, sinks)
+    await declare_critical(database, clock)
+    woken: list[int] = []
+    done = await asyncio.wait_for(
+        engine.process_due_rounds(notices_queued=lambda: woken.append(1)), timeout=10
+    )
+    assert done == 1 and woken == [1]
+    assert [state for _, _, state, _ in await notices(database)] == ["pending", "pending"]
+
+
+async def test_a_sweep_that_cannot_queue_reminders_still_sends_what_is_queued(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock(START)
+    await seed(database)
+    sinks = channels()
+    engine = await Engine.create(settings(), database, clock, sinks)
+    incident = await declare_critical(database, clock)
+    await run_until(engine, clock, START)
+    async with database.session() as session, session.begin():
+        queue_notice(
+            session, key="queued", kind="step", staff="carla", incident_id=incident, now=clock.now()
+        )
+
+    async def broken(*args: object) -> list[object]:
+        raise RuntimeError("the reminders' query failed")
+
+    monkeypatch.setattr("broadcaster.engine.due_notices", broken)
+    assert await engine.sweep_followups() == 1
+    assert ("queued", "carla", "sent", 1) in await notices(database)

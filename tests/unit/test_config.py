@@ -674,3 +674,20 @@ def test_parse_duration_of_non_text_raises_only_value_error(value: object) -> No
     except ValueError:
         return
     assert result >= timedelta(0)
+
+
+def test_a_staff_id_longer_than_the_store_keeps_points_at_the_person(tmp_path: Path) -> None:
+    long_id = "duty-manager-" + "x" * 52  # 65 characters
+    path = write_config(
+        tmp_path,
+        f"""
+        staff:
+          people:
+            ann: {{name: Ann Visser}}
+            {long_id}: {{name: Maria Jansen}}
+        """,
+    )
+    problems = problems_of(path)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{at(path, long_id)}: staff.people.{long_id}: staff id ")
+    assert "65 characters long; at most 64" in problems[0]
