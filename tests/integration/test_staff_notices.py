@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from broadcaster.clock import FakeClock
+from broadcaster.clock import Clock, FakeClock, RealClock
+from broadcaster.daemon import Daemon
 from broadcaster.engine import Engine
 from broadcaster.followups import service as followups
 from broadcaster.followups.notify import send_due_notices
 from broadcaster.followups.service import queue_notice
 from broadcaster.incidents import service
 from broadcaster.store import Database, Followup, FollowupEvent, StaffNotice
+from broadcaster.store.migrate import upgrade_async
 from channels.base import DeliveryError, Message, Receipt, Target
 from channels.memory import MemoryChannel
 from tests.integration.test_rules_followups import START, channels, run_until, seed, settings
@@ -41,7 +44,7 @@ async def history(database: Database) -> list[str]:
         return [str(detail) for detail in (await session.execute(query)).scalars()]
 
 
-async def declare_critical(database: Database, clock: FakeClock) -> int:
+async def declare_critical(database: Database, clock: Clock) -> int:
     incident = await service.declare(
         database,
         clock,
@@ -349,3 +352,33 @@ async def test_a_sweep_that_cannot_queue_reminders_still_sends_what_is_queued(
     monkeypatch.setattr("broadcaster.engine.due_notices", broken)
     assert await engine.sweep_followups() == 1
     assert ("queued", "carla", "sent", 1) in await notices(database)
+
+
+async def test_the_daemon_sends_a_round_s_notices_at_once_not_at_the_next_sweep(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    await upgrade_async(url)
+    database = Database(url)
+    await seed(database)
+    config = settings()
+    config.database.url = url
+    config.http.enabled = False
+    config.rules.followup_sweep = timedelta(hours=1)  # its first run is an hour away
+    sinks = channels()
+    daemon = Daemon(config, clock=RealClock(), channels=dict(sinks))
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 10)
+        await declare_critical(database, RealClock())
+        for _ in range(200):
+            told = {m.target.address for m in sinks["email"].sent if to_staff(m.message, m.target)}
+            if told == {"ann@example.org", "maria@example.org"}:
+                break
+            await asyncio.sleep(0.05)
+        assert told == {"ann@example.org", "maria@example.org"}  # the follow-up's, the step's
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await database.dispose()
