@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from typing import Final
 
+MAX_SCOPE_CHARS: Final = 200
+"""The longest component or region name an incident's scope keeps (the store's column, the
+API's limit); a feed's longer names are cut to it."""
+
 OPEN_STATUSES: Final = ("investigating", "identified", "monitoring")
 STATUSES: Final = (*OPEN_STATUSES, "resolved", "closed")
 SEVERITIES: Final = ("minor", "major", "critical")

@@ -108,6 +108,13 @@ def _validate_declaration(decl: Declaration) -> None:
         raise ValueError(f"status: a new incident is {', '.join(lifecycle.OPEN_STATUSES)}")
     if not decl.components and not decl.regions:
         raise ValueError("scope: name at least one component or region, or nobody is told")
+    for key, names in (("components", decl.components), ("regions", decl.regions)):
+        for index, name in enumerate(names):
+            if len(name.strip()) > lifecycle.MAX_SCOPE_CHARS:
+                raise ValueError(
+                    f"{key}[{index}]: {len(name.strip())} characters; "
+                    f"at most {lifecycle.MAX_SCOPE_CHARS}"
+                )
     if decl.cause_kind != "unknown" and not (decl.cause or "").strip():
         raise ValueError(f"cause: a {decl.cause_kind} cause needs a description")
 

@@ -198,7 +198,8 @@ def _alert(
     urls = _translations(alert.url)
     return Draft(
         external_id=_str(entity.id),
-        version="h:" + content_hash(alert.SerializeToString(deterministic=True).hex(), status),
+        version="h:"
+        + content_hash(alert.SerializePartialToString(deterministic=True).hex(), status),
         title=_pick(headers, preferred),
         message=_pick(descriptions, preferred),
         status=status,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
+from broadcaster.incidents.lifecycle import MAX_SCOPE_CHARS
 from broadcaster.intake.events import (
     FeedError,
     IncidentEvent,
@@ -107,7 +108,8 @@ def map_keys(
             target = value
         if target == "*":
             target = value
-        name = plain_text(target, limit=limits.max_label_chars, single_line=True)
+        cut = min(limits.max_label_chars, MAX_SCOPE_CHARS)  # the store keeps no more
+        name = plain_text(target, limit=cut, single_line=True)
         if name:
             found[name] = None
             if len(found) >= limits.max_keys:
@@ -229,7 +231,9 @@ class Collector:
         self._over = 0
 
     def item(self, item_id: object, read: Callable[[], Draft]) -> None:
-        """Read one item (``read`` raises :class:`ItemError` to skip it) and keep its event."""
+        """Read one item (``read`` raises :class:`ItemError` to skip it) and keep its event.
+        Anything else an item raises (a parser library's own error on its markup, say)
+        skips that item too, named: the document's other items still count."""
         self._count += 1
         if self._count > self.mapping.limits.max_items:
             self._over += 1
@@ -238,6 +242,9 @@ class Collector:
             event = finish(read(), self.mapping, self.source)
         except ItemError as exc:
             self.skip(exc.reason, item_id)
+            return
+        except Exception as exc:
+            self.skip(f"unreadable: {type(exc).__name__}: {exc}", item_id)
             return
         if event.external_id in self._seen:
             self.skip("duplicate id in the same document (the first was kept)", item_id)

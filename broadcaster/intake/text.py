@@ -8,6 +8,7 @@ removed; HTML is reduced to its text, never interpreted; only http(s) URLs are k
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 from html.parser import HTMLParser
@@ -18,6 +19,7 @@ ELLIPSIS: Final = "…"
 _BIDI_CONTROLS: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _LINE_BREAKS: Final = str.maketrans({"\r": "\n", "\u2028": "\n", "\u2029": "\n", "\x85": "\n"})
 _SPACES: Final = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+_TAG: Final = re.compile(r"<[^<>]*>")
 _BLANK_LINES: Final = re.compile(r"\n{3,}")
 _ANY_WHITESPACE: Final = re.compile(r"\s+")
 
@@ -100,10 +102,16 @@ def html_to_text(markup: str, *, limit: int) -> str:
     Nothing is rendered or fetched: links keep their text, images and scripts vanish.
     """
     extractor = _TextExtractor()
-    extractor.feed(markup[: limit * _HTML_INPUT_FACTOR])
-    extractor.close()
+    cut = markup[: limit * _HTML_INPUT_FACTOR]
+    try:
+        extractor.feed(cut)
+        extractor.close()
+        text = "".join(extractor.parts)
+    except (AssertionError, ValueError):
+        # The standard parser gives up on some malformed markup (``<![phase 2]``, an
+        # unknown marked section): keep the text, with tags dropped the plain way.
+        text = html.unescape(_TAG.sub(" ", cut))
     # Inline whitespace in HTML is not significant: fold it, keep the block breaks.
-    text = "".join(extractor.parts)
     text = "\n".join(_SPACES.sub(" ", line) for line in text.replace("\r", " ").split("\n"))
     return truncate(clean_text(text), limit)
 

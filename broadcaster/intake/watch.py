@@ -140,6 +140,11 @@ class FeedSettings(BaseModel):
         return value
 
 
+FETCH_DEADLINE = 3
+"""A feed's whole fetch (connect, answer, body) must end within this many of its
+``timeout``, which httpx applies to each wait on its own."""
+
+
 class FetchError(Exception):
     """The document could not be fetched (network, timeout, or an HTTP error status)."""
 
@@ -188,17 +193,7 @@ class FeedWatcher:
             headers["If-None-Match"] = self.etag
         if self.last_modified:
             headers["If-Modified-Since"] = self.last_modified
-        timeout = httpx.Timeout(self.feed.timeout.total_seconds())
-        try:
-            if self.client is not None:
-                response = await self.client.get(
-                    self.feed.url, headers=headers, timeout=timeout, follow_redirects=True
-                )
-            else:
-                async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
-                    response = await client.get(self.feed.url, headers=headers)
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError
-            raise FetchError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        response, content = await self._download(self.feed.url, headers)
         if response.status_code == 304:
             return None
         if response.status_code != 200:
@@ -207,21 +202,51 @@ class FeedWatcher:
             response.headers.get("ETag"),
             response.headers.get("Last-Modified"),
         )
-        return response.content
+        return content
 
     async def _get(self, url: str) -> bytes:
-        timeout = httpx.Timeout(self.feed.timeout.total_seconds())
-        try:
-            if self.client is not None:
-                response = await self.client.get(url, timeout=timeout, follow_redirects=True)
-            else:
-                async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
-                    response = await client.get(url, headers={"User-Agent": USER_AGENT})
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError
-            raise FetchError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        response, content = await self._download(url, {"User-Agent": USER_AGENT})
         if response.status_code != 200:
             raise FetchError(f"HTTP {response.status_code} from {url}")
-        return response.content
+        return content
+
+    async def _download(self, url: str, headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
+        """The answer to a GET of ``url`` and, for a 200, its body: read as it comes and
+        refused past the mapping's ``max_document_bytes`` (decoded, so a compressed bomb is
+        refused too), the whole fetch within :data:`FETCH_DEADLINE` timeouts (the timeout
+        bounds each wait; a server trickling bytes would otherwise never time out)."""
+        limit = self.feed.mapping.source_mapping().limits.max_document_bytes
+        timeout = httpx.Timeout(self.feed.timeout.total_seconds())
+        deadline = self.feed.timeout.total_seconds() * FETCH_DEADLINE
+
+        async def read(client: httpx.AsyncClient) -> tuple[httpx.Response, bytes]:
+            async with client.stream(
+                "GET", url, headers=headers, timeout=timeout, follow_redirects=True
+            ) as response:
+                if response.status_code != 200:
+                    return response, b""
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise FetchError(
+                            f"document refused: over the limit of {limit} bytes "
+                            f"(stopped reading at {size})"
+                        )
+                    chunks.append(chunk)
+                return response, b"".join(chunks)
+
+        try:
+            async with asyncio.timeout(deadline):
+                if self.client is not None:
+                    return await read(self.client)
+                async with httpx.AsyncClient() as client:
+                    return await read(client)
+        except TimeoutError as exc:
+            raise FetchError(f"the fetch of {url} took over {deadline:g} s") from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError
+            raise FetchError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
 
     async def parse_index(self, data: bytes) -> ParseResult:
         """A CAP index: fetch the alerts it links that are new or updated since the last

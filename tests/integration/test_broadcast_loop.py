@@ -293,6 +293,10 @@ async def test_invalid_operations_are_refused(database: Database) -> None:
         await service.declare(
             database, clock, service.Declaration("t", "huge", "m", components=["x"])
         )
+    with pytest.raises(ValueError, match=r"^regions\[1\]: 201 characters; at most 200$"):
+        await service.declare(
+            database, clock, service.Declaration("t", "minor", "m", regions=["a", "r" * 201])
+        )
     incident = await service.declare(
         database, clock, service.Declaration("t", "minor", "m", components=["x"])
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -306,3 +306,51 @@ async def test_resolving_a_vanished_incident_never_raises(
     monkeypatch.setattr(database, "session", broken)
     outcome = await resolve_vanished(database, FakeClock(START), "payments-status", 7, "gone")
     assert outcome.kind == "error" and "store is down" in outcome.reason
+
+
+class Endless(httpx.AsyncByteStream):
+    """A body that never ends, in 64 KiB chunks (``pause`` seconds apart); counts what
+    was read of it."""
+
+    def __init__(self, pause: float = 0.0) -> None:
+        self.pulled = 0
+        self.pause = pause
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            if self.pause:
+                await asyncio.sleep(self.pause)
+            self.pulled += 65536
+            yield b" " * 65536
+
+
+async def test_a_document_over_the_limit_is_refused_while_it_is_read(database: Database) -> None:
+    body = Endless()
+    client = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, stream=body))
+    )
+    watcher = FeedWatcher(
+        settings("http://feeds.example/big"), database, FakeClock(START), client=client
+    )
+    assert await watcher.poll_once() == []
+    assert watcher.failures == 1
+    assert watcher.last_error is not None and "over the limit of 5242880 bytes" in str(
+        watcher.last_error
+    )
+    assert body.pulled <= 5 * 1024 * 1024 + 65536  # it stopped reading at the limit
+    await client.aclose()
+
+
+async def test_a_source_that_trickles_bytes_for_ever_fails_at_the_fetch_deadline(
+    database: Database,
+) -> None:
+    body = Endless(pause=0.05)
+    client = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, stream=body))
+    )
+    config = settings("http://feeds.example/slow")
+    config.timeout = timedelta(milliseconds=200)  # each wait is short: it never times out
+    watcher = FeedWatcher(config, database, FakeClock(START), client=client)
+    assert await watcher.poll_once() == []
+    assert watcher.last_error is not None and "took over 0.6 s" in str(watcher.last_error)
+    await client.aclose()

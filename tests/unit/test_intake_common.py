@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broadcaster.incidents.lifecycle import MAX_SCOPE_CHARS
 from broadcaster.intake import (
     FeedError,
     IncidentEvent,
@@ -18,7 +19,13 @@ from broadcaster.intake import (
     signed_webhook,
     statuspage,
 )
-from broadcaster.intake.normalise import map_keys, parse_datetime, resolve_severity
+from broadcaster.intake.normalise import (
+    Collector,
+    Draft,
+    map_keys,
+    parse_datetime,
+    resolve_severity,
+)
 from broadcaster.intake.text import clean_text, html_to_text, plain_text, safe_url, truncate
 
 NOW = datetime(2026, 1, 5, 11, 0, tzinfo=UTC)
@@ -267,3 +274,41 @@ def test_datetimes_are_normalised_to_utc() -> None:
     assert starts_at == datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
     assert starts_at is not None and starts_at.utcoffset() == timedelta(0)
     assert starts_at.tzinfo is UTC
+
+
+def test_html_the_standard_parser_gives_up_on_keeps_its_text() -> None:
+    # Atom's default summary type is text; one with "<![" was read as HTML, and
+    # html.parser raised on the unknown marked section.
+    text = html_to_text("Resignalling <![phase 2] starts <b>Monday</b> &amp; runs", limit=300)
+    assert text == "Resignalling <![phase 2] starts Monday & runs"
+
+
+def test_an_item_that_raises_is_skipped_by_name_and_the_others_are_kept() -> None:
+    collector = Collector(SourceMapping(), "s")
+    good = Draft(
+        external_id="good",
+        version="1",
+        title="Fine",
+        message="",
+        status="investigating",
+        severity="minor",
+        keys=[("", "lifts")],
+        pass_through=True,
+    )
+
+    def broken() -> Draft:
+        raise AssertionError("unknown status keyword 'phase ' in marked section")
+
+    collector.item("bad-1", broken)
+    collector.item("good", lambda: good)
+    result = collector.result()
+    assert [e.external_id for e in result.events] == ["good"]
+    assert [(s.item_id, s.reason) for s in result.skipped] == [
+        ("bad-1", "unreadable: AssertionError: unknown status keyword 'phase ' in marked section")
+    ]
+
+
+def test_scope_names_are_cut_to_what_the_store_keeps() -> None:
+    long_name = "Lift " + "x" * 240
+    (name,) = map_keys([("", long_name)], {}, Limits(), pass_through=True)
+    assert len(name) == MAX_SCOPE_CHARS and name.startswith("Lift xxx")

@@ -206,3 +206,19 @@ def test_invalid_utf8_in_strings_is_replaced_not_raised() -> None:
 def test_unusable_documents_raise_feed_error(data: bytes) -> None:
     with pytest.raises(FeedError):
         parse(data, MAPPING, source="t", now=FEED_TIME)
+
+
+def test_an_alert_missing_a_required_text_is_read_and_the_others_too() -> None:
+    broken = _alert(header_text=[("en", "Line closed")], description_text=[("en", "Buses.")])
+    broken.description_text.translation.add(language="fr")  # no text: a required field
+    message = gtfs.FeedMessage()
+    message.header.gtfs_realtime_version = "2.0"
+    message.header.timestamp = int(FEED_TIME.timestamp())
+    for entity_id, alert in (("bad-1", broken), ("good", _alert(header_text=[("", "Fine")]))):
+        entity = message.entity.add()
+        entity.id = entity_id
+        entity.alert.CopyFrom(alert)
+    data = bytes(message.SerializePartialToString())  # as a careless producer writes it
+    result = parse(data, MAPPING, source="t", now=FEED_TIME)
+    assert sorted(e.external_id for e in result.events) == ["bad-1", "good"]
+    assert _event(result, "bad-1").title == "Line closed"
