@@ -261,7 +261,9 @@ class _Reader:
 
 def _open_csv(lines: _Lines, source: str) -> Iterator[CustomerRow | RowError]:
     """Read and check the header (raising :class:`ImportInputError`), then stream records."""
-    reader = csv.reader(lines.text())
+    # Strict: a quote left open is an error at the next quote or at the end of the file,
+    # not a cell that silently takes in every record after it.
+    reader = csv.reader(lines.text(), strict=True)
     try:
         header = next(reader, None)
     except csv.Error as exc:
@@ -273,6 +275,9 @@ def _open_csv(lines: _Lines, source: str) -> Iterator[CustomerRow | RowError]:
     except HeaderError as exc:
         raise ImportInputError(f"{source}:1: {exc}") from None
     return _csv_items(reader, names, lines, source)
+
+
+_RUNS_ON = "; its record runs to line {end}: is a quote opened here and not closed?"
 
 
 def _csv_items(
@@ -290,15 +295,20 @@ def _csv_items(
         except StopIteration:
             return
         except csv.Error as exc:
-            yield RowError(source, start, (Problem(None, f"unreadable CSV: {exc}"),))
+            reason = f"unreadable CSV: {exc}"
+            if reader.line_num > start:
+                reason += f"{_RUNS_ON.format(end=reader.line_num)}"
+            yield RowError(source, start, (Problem(None, reason),))
             continue
         if lines.overlong != overlong:
             yield RowError(source, start, (_TOO_LONG,))
         elif not cells or all(not cell or cell.isspace() for cell in cells):
             continue  # a blank line, or a spreadsheet's empty row
         elif len(cells) != len(names):
-            problem = Problem(None, f"has {len(cells)} fields, the header has {len(names)}")
-            yield RowError(source, start, (problem,))
+            reason = f"has {len(cells)} fields, the header has {len(names)}"
+            if reader.line_num > start:  # a quoted cell ran over several lines
+                reason += _RUNS_ON.format(end=reader.line_num)
+            yield RowError(source, start, (Problem(None, reason),))
         else:
             try:
                 yield from_csv_record(dict(zip(names, cells, strict=True)))

@@ -114,6 +114,21 @@ def _no_nul(value: str) -> str:
     return value
 
 
+def _one_line(value: str) -> str:
+    """Ids and subscriptions are one line. In a CSV file a line break inside one is nearly
+    always a quote opened and not closed, which takes the following records into the cell:
+    refusing it names the record, where storing it would lose them silently. (A name may
+    span lines, as spreadsheets export them; the reader's strict quoting catches a quote
+    left open there.)"""
+    if "\n" in value or "\r" in value:
+        raise PydanticCustomError(
+            "line_break",
+            "contains a line break (in a CSV file: a quote opened here and not closed takes "
+            "in the lines after it)",
+        )
+    return value
+
+
 def _language(value: str) -> str:
     """A BCP-47-ish tag, written canonically (``en_gb`` -> ``en-GB``) so templates match."""
     if not _LANGUAGE.fullmatch(value):
@@ -311,8 +326,9 @@ def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 NoNul = AfterValidator(_no_nul)
+OneLine = AfterValidator(_one_line)
 PushToken = Annotated[str, NoNul, AfterValidator(_push_token)]
-Topic = Annotated[str, Field(max_length=200), NoNul]
+Topic = Annotated[str, Field(max_length=200), NoNul, OneLine]
 Channel = Annotated[str, AfterValidator(_channel)]
 Tag = Annotated[str, AfterValidator(_word("tag"))]
 
@@ -322,7 +338,7 @@ class CustomerRow(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 
-    id: Annotated[str, Field(min_length=1, max_length=64), NoNul]
+    id: Annotated[str, Field(min_length=1, max_length=64), NoNul, OneLine]
     name: Annotated[str, Field(min_length=1, max_length=200), NoNul]
     language: Annotated[str, Field(max_length=16), AfterValidator(_language)] = "en"
     timezone: Annotated[str, Field(max_length=64), AfterValidator(_timezone)] = "UTC"

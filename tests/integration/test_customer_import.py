@@ -583,3 +583,38 @@ async def test_an_import_refreshes_the_planner_statistics_of_what_it_wrote(
             )
         assert counted["customers"] == 3
         assert counted["contact_points"] > 0 and counted["subscriptions"] > 0
+
+
+async def test_an_unclosed_quote_is_reported_not_swallowing_the_records_after_it(
+    database: Database, tmp_path: Path
+) -> None:
+    two = write(tmp_path, "two.csv", 'id,name\nc1,"Acme\nc2,Bob\nc3,Carol\nc4,Dan\n')
+    result = await run_import(database, two)
+    assert (result.imported, result.rejected) == (0, 1)
+    assert [str(error) for error in result.errors] == [
+        f"{two}:2: unreadable CSV: unexpected end of data; its record runs to line 5: is a "
+        "quote opened here and not closed?"
+    ]
+    three = write(tmp_path, "three.csv", 'id,name,tier\nc1,"Acme,gold\nc2,Bob,gold\nc3,Al,gold\n')
+    result = await run_import(database, three)
+    assert [str(error) for error in result.errors] == [
+        f"{three}:2: unreadable CSV: unexpected end of data; its record runs to line 4: is a "
+        "quote opened here and not closed?"
+    ]
+    assert await customers(database) == {}
+    closed_later = write(tmp_path, "later.csv", 'id,name\nc1,"Acme\nc2,"Bob"\nc3,Carol\n')
+    result = await run_import(database, closed_later)
+    assert str(result.errors[0]).startswith(f"{closed_later}:2: unreadable CSV: ")
+    assert "runs to line 3: is a quote opened here and not closed?" in str(result.errors[0])
+    assert "c1" not in await customers(database)
+
+
+async def test_ids_and_subscriptions_are_one_line(database: Database, tmp_path: Path) -> None:
+    path = write(tmp_path, "ids.csv", 'id,name,components\n"c\n1",Ann,x\nc2,Bob,"a\nb"\n')
+    result = await run_import(database, path)
+    assert [str(error) for error in result.errors] == [
+        f"{path}:2: id: contains a line break (in a CSV file: a quote opened here and not "
+        "closed takes in the lines after it)",
+        f"{path}:4: components[0]: contains a line break (in a CSV file: a quote opened here "
+        "and not closed takes in the lines after it)",
+    ]
