@@ -270,6 +270,12 @@ def _open_csv(lines: _Lines, source: str) -> Iterator[CustomerRow | RowError]:
         raise ImportInputError(f"{source}:1: unreadable CSV header: {exc}") from None
     if not header or lines.overlong:
         raise ImportInputError(f"{source}:1: the first line must be the header (id,name,...)")
+    joined = ",".join(header)
+    if "\x00" in joined or joined.startswith(("\udcff\udcfe", "\udcfe\udcff")):
+        raise ImportInputError(
+            f"{source}:1: the file is not UTF-8 but looks like UTF-16 (a byte order mark or "
+            "NUL bytes between the letters); save it as CSV UTF-8"
+        )
     try:
         names = check_csv_header(header)
     except HeaderError as exc:

@@ -22,6 +22,7 @@ from broadcaster.web import (
     twilio,
 )
 from broadcaster.web.api import customers, incidents, work
+from broadcaster.web.inputs import NulGuard
 from broadcaster.web.limits import BodyLimit
 from broadcaster.web.state import WebState
 
@@ -42,6 +43,7 @@ def create_app(state: WebState) -> FastAPI:
     )
     app.state.broadcaster = state
     errors.install(app)
+    app.add_middleware(NulGuard)
     app.add_middleware(
         BodyLimit,
         limit=state.settings.http.max_body_bytes,

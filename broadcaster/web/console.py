@@ -40,6 +40,7 @@ from broadcaster.store import Account, Delivery, Followup, Incident, Round
 from broadcaster.web.api.schemas import FollowupId, IncidentId
 from broadcaster.web.auth import SESSION_COOKIE, check_csrf, client_source, principal_of
 from broadcaster.web.errors import ApiError
+from broadcaster.web.inputs import no_nul_in, row_id
 from broadcaster.web.state import WebState, state_of
 from rules import RulesError
 
@@ -197,8 +198,12 @@ async def _who(
 
 
 def _text(form: FormData, name: str) -> str:
+    """A form field, stripped; raises ``ValueError`` naming it when it holds a NUL
+    character (which no field means, and PostgreSQL cannot keep)."""
     value = form.get(name)
-    return value.strip() if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    return no_nul_in(name, value.strip())
 
 
 def _optional(form: FormData, name: str) -> str | None:
@@ -221,7 +226,10 @@ def _moment(form: FormData, name: str) -> datetime | None:
         parsed = datetime.fromisoformat(raw)
     except ValueError:
         raise ValueError(f"{name}: {raw!r} is not a date and time (YYYY-MM-DD HH:MM)") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{name}: {raw!r} is out of range in UTC") from None
 
 
 def _values(form: FormData) -> dict[str, str]:
@@ -327,9 +335,13 @@ async def _audit_login(state: WebState, name: str, source: str, ok: bool) -> Non
 async def login(request: Request) -> Response:
     state = state_of(request)
     form = await request.form()
-    name = _text(form, "name")
+    try:
+        name = _text(form, "name")
+        sent = _text(form, "login_token")
+        _text(form, "next")
+    except ValueError as exc:
+        return _login_form(request, 422, error=str(exc), name="", after="")
     password = form.get("password")
-    sent = _text(form, "login_token")
     expected = request.cookies.get(LOGIN_COOKIE, "")
     if not sent or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
         return _login_form(
@@ -955,7 +967,7 @@ async def audit_page(request: Request) -> Response:
     principal = await _who(request, "admin")
     state = state_of(request)
     before_raw = request.query_params.get("before", "")
-    before = int(before_raw) if before_raw.isdigit() else None
+    before = row_id(before_raw)
     actor = request.query_params.get("actor", "").strip() or None
     action = request.query_params.get("action", "").strip() or None
     async with state.database.session() as session:

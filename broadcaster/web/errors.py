@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -63,15 +64,37 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, RequestValidationError):  # pragma: no cover
         raise exc
-    errors = [
-        {"field": _location(e.get("loc", ())), "message": str(e.get("msg", ""))}
-        for e in exc.errors()
-    ]
+    errors = [_described(e) for e in exc.errors()]
     if not errors:
         return JSONResponse(body("invalid request"), 422)
     first = errors[0]
     message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
     return JSONResponse(body(message, first["field"] or None, errors), 422)
+
+
+def _described(error: Mapping[str, Any]) -> dict[str, str]:
+    """One validation error as ``{"field", "message"}``. A body that is not JSON says where
+    and why (FastAPI's location is ``body`` and the character offset, its message only
+    "JSON decode error")."""
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":
+        where = f" at character {loc[1]}" if len(loc) > 1 else ""
+        reason = (error.get("ctx") or {}).get("error", "")
+        return {"field": "body", "message": f"not valid JSON{where}: {reason}".rstrip(": ")}
+    return {"field": _location(loc), "message": str(error.get("msg", ""))}
+
+
+async def _store_refused(request: Request, exc: Exception) -> JSONResponse:
+    """A value the store cannot keep that no check caught (PostgreSQL refuses NUL in text):
+    the request's fault, 422, not a server error. Any other database error stays a 500."""
+    if not isinstance(exc, DBAPIError) or not _is_nul(exc):
+        raise exc
+    return JSONResponse(body("a value contains a NUL character, which cannot be stored"), 422)
+
+
+def _is_nul(exc: DBAPIError) -> bool:
+    text = str(exc.orig)
+    return "0x00" in text and ("UTF8" in text or "UTF-8" in text)
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
@@ -86,3 +109,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(DBAPIError, _store_refused)

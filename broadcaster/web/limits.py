@@ -29,10 +29,10 @@ class BodyLimit:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await _refuse(send, 400, "Content-Length is not a number")
+                    await refuse(send, 400, "Content-Length is not a number")
                     return
                 if declared > self.limit:
-                    await _refuse(send, 413, self._message())
+                    await refuse(send, 413, self._message())
                     return
         seen = 0
         started = False
@@ -50,7 +50,7 @@ class BodyLimit:
                     # does about that is not sent.
                     refused = True
                     if not started:
-                        await _refuse(send, 413, self._message())
+                        await refuse(send, 413, self._message())
                     return {"type": "http.disconnect"}
             return message
 
@@ -68,8 +68,13 @@ class BodyLimit:
         return f"the request body is larger than {self.limit} bytes (http.max_body_bytes)"
 
 
-async def _refuse(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"error": {"message": message}}).encode()
+async def refuse(send: Send, status: int, message: str, *, field: str | None = None) -> None:
+    """Answer ``status`` with the API's JSON error body (``field``, when given, names the
+    offending input)."""
+    error: dict[str, str] = {"message": message}
+    if field is not None:
+        error["field"] = field
+    body = json.dumps({"error": error}).encode()
     await send(
         {
             "type": "http.response.start",

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import or_, select, update
 
 from broadcaster.store import ContactPoint, Delivery, DeliveryEvent
+from broadcaster.web.inputs import row_id
 from broadcaster.web.state import WebState, state_of
 from channels.twilio_sms import STATUS_MAP, parse_inbound_keyword, verify_twilio_signature
 
@@ -36,7 +37,8 @@ async def _verified(request: Request, state: WebState) -> dict[str, str] | None:
         if params.get("AccountSid") not in (None, account.account_sid):
             continue
         if verify_twilio_signature(account.auth_token, url, params, signature):
-            return params
+            # Signed as sent; a NUL (never in Twilio's values) can match nothing we keep.
+            return {key: value.replace("\x00", "") for key, value in params.items()}
     state.count("twilio_forged")
     log.warning("rejected a Twilio request with a missing or invalid signature", extra={"url": url})
     return None
@@ -58,9 +60,7 @@ async def status_callback(request: Request) -> Response:
     reported = params.get("MessageStatus", "")
     new_state = STATUS_MAP.get(reported)
     key = request.query_params.get("delivery", "")
-    delivery_id = (
-        int(key.removeprefix("delivery-")) if key.removeprefix("delivery-").isdigit() else -1
-    )
+    delivery_id = row_id(key.removeprefix("delivery-")) or -1
     error_code = params.get("ErrorCode") or None
     now = state.clock.now()
     async with state.database.session() as session, session.begin():

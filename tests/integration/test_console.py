@@ -437,6 +437,21 @@ async def test_a_refused_declaration_shows_why_and_keeps_what_was_typed(app: Con
     assert entry.outcome == "refused"
 
 
+async def test_a_nul_in_a_form_field_is_refused_naming_it(app: Console) -> None:
+    csrf = await signed_in(app.http, "ann")
+    response = await app.http.post(
+        "/console/incidents",
+        data={**DECLARE, "title": "Lifts\x00out", "csrf_token": csrf},
+    )
+    assert response.status_code == 422
+    assert "title: contains a NUL character" in response.text
+    assert await incidents_in(app.state.database) == []
+    expired = await app.http.post("/console/incidents", data={**DECLARE, "title": "x"})
+    assert expired.status_code < 500
+    login = await app.http.post("/console/login", data={"name": "a\x00n", "password": "x"})
+    assert login.status_code == 422 and "name: contains a NUL character" in login.text
+
+
 # --- Live state, resolution, follow-ups ----------------------------------------------------
 
 

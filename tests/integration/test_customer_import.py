@@ -618,3 +618,14 @@ async def test_ids_and_subscriptions_are_one_line(database: Database, tmp_path: 
         f"{path}:4: components[0]: contains a line break (in a CSV file: a quote opened here "
         "and not closed takes in the lines after it)",
     ]
+
+
+async def test_a_utf16_file_is_named_as_such(database: Database, tmp_path: Path) -> None:
+    path = tmp_path / "unicode.csv"
+    path.write_bytes("id,name\nc1,Ann\n".encode("utf-16"))
+    with pytest.raises(ImportInputError) as refused:
+        await run_import(database, path)
+    assert str(refused.value) == (
+        f"{path}:1: the file is not UTF-8 but looks like UTF-16 (a byte order mark or NUL "
+        "bytes between the letters); save it as CSV UTF-8"
+    )

@@ -281,3 +281,18 @@ async def test_the_public_incident_page_shows_the_timeline_and_no_customer_data(
     assert "We found it &lt;b&gt;now&lt;/b&gt;." in text
     assert "Ann" not in text and "+31612345678" not in text
     assert (await http.get("/incidents/999")).status_code == 404
+
+
+@pytest.mark.parametrize("delivery", ["delivery-%C2%B2", "delivery-" + "9" * 30])
+async def test_a_signed_callback_with_odd_values_is_answered_not_a_crash(
+    client: tuple[httpx.AsyncClient, WebState], database: Database, delivery: str
+) -> None:
+    http, _ = client
+    delivery_id = await _seed(database)
+    path = f"/hooks/twilio/status?delivery={delivery}"
+    params = {"AccountSid": SID, "MessageSid": "SM\x00x", "MessageStatus": "failed"}
+    response = await http.post(path, data=params, headers=_signed(path, params))
+    assert response.status_code == 204
+    async with database.session() as session:
+        row = await session.get(Delivery, delivery_id)
+    assert row is not None and row.state == "sent"  # it matched nothing

@@ -31,6 +31,7 @@ from broadcaster.web.api.schemas import (
 )
 from broadcaster.web.auth import require
 from broadcaster.web.errors import ApiError, from_value_error
+from broadcaster.web.inputs import Moment
 from broadcaster.web.state import state_of
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
@@ -71,7 +72,7 @@ async def list_incidents(
     severity: Annotated[str | None, Query(pattern="^(minor|major|critical)$")] = None,
     source: Annotated[str | None, Query(max_length=64)] = None,
     q: Annotated[str | None, Query(max_length=200, description="words in the title")] = None,
-    since: Annotated[datetime | None, Query(description="declared at or after")] = None,
+    since: Annotated[Moment | None, Query(description="declared at or after")] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[IncidentOut]:

@@ -9,10 +9,11 @@ from typing import Annotated, Generic, Literal, TypeVar
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from broadcaster.web.inputs import MAX_ID, Moment, NoNul
+
 T = TypeVar("T")
 
-MAX_ID = 2**63 - 1
-"""Row ids are 64-bit: a larger number is refused as input, never sent to the store."""
+# Row ids are 64-bit (MAX_ID): a larger number is refused as input, never sent to the store.
 IncidentId = Annotated[int, Path(ge=1, le=MAX_ID)]
 FollowupId = Annotated[int, Path(ge=1, le=MAX_ID)]
 IdFilter = Annotated[int | None, Query(ge=1, le=MAX_ID)]
@@ -20,9 +21,9 @@ Cursor = Annotated[
     int | None, Query(ge=1, le=MAX_ID, description="next_cursor of the previous page")
 ]
 
-Text = Annotated[str, Field(max_length=10_000)]
-Short = Annotated[str, Field(max_length=300)]
-Topic = Annotated[str, Field(min_length=1, max_length=200)]
+Text = Annotated[str, Field(max_length=10_000), NoNul]
+Short = Annotated[str, Field(max_length=300), NoNul]
+Topic = Annotated[str, Field(min_length=1, max_length=200), NoNul]
 Severity = Literal["minor", "major", "critical"]
 OpenStatus = Literal["investigating", "identified", "monitoring"]
 CauseKind = Literal["known", "suspected", "unknown"]
@@ -60,9 +61,9 @@ class _Strict(BaseModel):
 
 
 class DeclareIn(_Strict):
-    title: Annotated[str, Field(min_length=1, max_length=300)]
+    title: Annotated[str, Field(min_length=1, max_length=300), NoNul]
     severity: Severity
-    message: Annotated[str, Field(min_length=1, max_length=10_000)]
+    message: Annotated[str, Field(min_length=1, max_length=10_000), NoNul]
     components: list[Topic] = Field(default_factory=list, max_length=200)
     regions: list[Topic] = Field(default_factory=list, max_length=200)
     status: OpenStatus = "investigating"
@@ -70,21 +71,21 @@ class DeclareIn(_Strict):
     cause: Text | None = None
     actions: Text | None = None
     workaround: Text | None = None
-    expected_resolution_at: datetime | None = None
+    expected_resolution_at: Moment | None = None
 
 
 class UpdateIn(_Strict):
-    message: Annotated[str, Field(min_length=1, max_length=10_000)]
+    message: Annotated[str, Field(min_length=1, max_length=10_000), NoNul]
     status: OpenStatus | None = None
     cause_kind: CauseKind | None = None
     cause: Text | None = None
     actions: Text | None = None
     workaround: Text | None = None
-    expected_resolution_at: datetime | None = None
+    expected_resolution_at: Moment | None = None
 
 
 class ResolveIn(_Strict):
-    message: Annotated[str, Field(min_length=1, max_length=10_000)]
+    message: Annotated[str, Field(min_length=1, max_length=10_000), NoNul]
     cause_kind: CauseKind | None = None
     cause: Text | None = None
     responsibility: Text | None = None
@@ -205,18 +206,18 @@ class DeliveryOut(BaseModel):
 
 
 class ClaimIn(_Strict):
-    staff: Annotated[str, Field(max_length=64)] | None = Field(
+    staff: Annotated[str, Field(max_length=64), NoNul] | None = Field(
         None, description="act for this staff id (admins only); default: the caller"
     )
 
 
 class DoneIn(ClaimIn):
     outcome: Literal["reached", "voicemail", "declined", "unreachable"]
-    note: Annotated[str, Field(min_length=1, max_length=10_000)]
+    note: Annotated[str, Field(min_length=1, max_length=10_000), NoNul]
 
 
 class WaiveIn(ClaimIn):
-    reason: Annotated[str, Field(min_length=1, max_length=10_000)]
+    reason: Annotated[str, Field(min_length=1, max_length=10_000), NoNul]
 
 
 class RulesOut(BaseModel):
@@ -230,7 +231,7 @@ class RulesOut(BaseModel):
 
 
 class RulesCheckIn(_Strict):
-    text: Annotated[str, Field(max_length=262_144)] | None = Field(
+    text: Annotated[str, Field(max_length=262_144), NoNul] | None = Field(
         None, description="rules YAML to check; omit to check the configured file"
     )
 

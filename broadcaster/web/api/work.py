@@ -17,7 +17,6 @@ from broadcaster.escalation.holder import load_file
 from broadcaster.followups import service as followups
 from broadcaster.store import Delivery, Followup
 from broadcaster.web.api.schemas import (
-    MAX_ID,
     AuditOut,
     ClaimIn,
     Cursor,
@@ -38,6 +37,7 @@ from broadcaster.web.api.schemas import (
 )
 from broadcaster.web.auth import client_source, require
 from broadcaster.web.errors import ApiError, from_value_error
+from broadcaster.web.inputs import MAX_ID
 from broadcaster.web.state import WebState, state_of
 from rules import RulesError, load_rules
 
