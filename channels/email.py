@@ -230,6 +230,9 @@ class EmailChannel:
             except aiosmtplib.SMTPRecipientRefused as exc:
                 await _discard(client)
                 raise _refused([exc]) from exc
+            except aiosmtplib.SMTPSenderRefused as exc:
+                await _discard(client)
+                raise _sender_refused(exc.code, exc.message) from exc
             except aiosmtplib.SMTPResponseException as exc:
                 await _discard(client)
                 raise _from_reply(exc.code, exc.message) from exc
@@ -591,16 +594,57 @@ def _recipient(target: Target) -> str:
 
 def _from_reply(code: int, text: str) -> DeliveryError:
     reason = f"SMTP {code}: {text}"
-    if 400 <= code < 500:
+    if 400 <= code < 500 or code in _AUTH_CODES:
         return DeliveryError(reason, retryable=True)
     return DeliveryError(reason, retryable=False)
 
 
+_ENHANCED = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})(?!\d)")
+"""An enhanced status code (RFC 3463) at the start of a reply's text: class.subject.detail."""
+
+_AUTH_CODES = frozenset({530, 534, 535, 538})
+"""Authentication required, too weak, failed, or encryption required (RFC 4954): our
+settings, for every message alike."""
+
+_BAD_MAILBOX = frozenset({550, 551, 553})
+"""Without an enhanced code: mailbox unavailable, user not local, mailbox name not allowed."""
+
+
+def _subject(text: str) -> str | None:
+    """The enhanced code's subject (``"1"`` for 5.1.1: addressing), if the reply has one."""
+    found = _ENHANCED.match(text)
+    return found.group(2) if found else None
+
+
+def _ours_to_fix(code: int, text: str) -> bool:
+    """A refusal of the relay's policy towards us rather than of this address or message:
+    authentication, relaying denied, our address or IP on a blocklist (5.7.x, RFC 3463
+    "security or policy status"). Every message meets it alike until an operator acts, so
+    it is retried (up to ``delivery.max_attempts``) and condemns no customer's address."""
+    return code in _AUTH_CODES or _subject(text) == "7" or "relay" in text.lower()
+
+
+def _sender_refused(code: int, text: str) -> DeliveryError:
+    """MAIL FROM refused: our sender address or the relay's settings are at fault, not the
+    customer's (retried), unless the message itself is too large (552, 5.3.4)."""
+    reason = f"SMTP {code} for the sender: {text}"
+    found = _ENHANCED.match(text)
+    too_large = code == 552 or (found is not None and found.group(2, 3) == ("3", "4"))
+    return DeliveryError(reason, retryable=not too_large)
+
+
 def _refused(recipients: list[aiosmtplib.SMTPRecipientRefused]) -> DeliveryError:
+    """RCPT TO refused: a temporary refusal is retried; a permanent one that says the
+    mailbox does not exist (5.1.x, or 550/551/553 without an enhanced code) fails the
+    message and disables the address; the relay's policy towards us is retried
+    (:func:`_ours_to_fix`); anything else fails the message and leaves the address."""
     first = recipients[0] if recipients else None
     if first is None:
         return DeliveryError("recipient refused", retryable=False)
     reason = f"SMTP {first.code} for {first.recipient}: {first.message}"
-    if 400 <= first.code < 500:
+    if 400 <= first.code < 500 or _ours_to_fix(first.code, first.message):
         return DeliveryError(reason, retryable=True)
-    return DeliveryError(reason, retryable=False, contact_point=ContactPointState.DISABLED)
+    subject = _subject(first.message)
+    if subject == "1" or (subject is None and first.code in _BAD_MAILBOX):
+        return DeliveryError(reason, retryable=False, contact_point=ContactPointState.DISABLED)
+    return DeliveryError(reason, retryable=False)

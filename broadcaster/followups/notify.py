@@ -7,8 +7,11 @@ so a daemon that stops before sending it, or a relay that fails for a moment, lo
 nothing. :func:`send_due_notices` claims the due ones under a lease (``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL), sends them, and records each outcome: sent; a retryable failure
 tried again with the delivery backoff, up to ``delivery.max_attempts``; a permanent one
-failed. A follow-up's notice also goes into its history (``notified``). A notice whose
-follow-up was closed, or whose incident ended, before it went out is cancelled.
+failed. A follow-up's notice also goes into its history (``notified``). A follow-up's
+notice whose follow-up was closed before it went out is cancelled, and so is an escalation
+step's whose incident ended. The daemon's follow-up sweep sends them (a round that queued
+some wakes it); the outcome of an attempt is written only if the notice is still held for
+that attempt (owner and attempt count), so a late answer never overwrites a later one.
 
 A follow-up's message is the ``followup_task`` template: whom to contact, how to reach
 them, their recent history and what to say.
@@ -66,7 +69,8 @@ batch through a relay that hangs is over within a send's timeout, well inside it
 
 
 class Cancelled(Exception):
-    """The notice is moot: its follow-up was closed or its incident ended before it went out."""
+    """The notice is moot: its follow-up was closed (or, for a step's, its incident ended)
+    before it went out."""
 
 
 @dataclass(frozen=True)

@@ -270,6 +270,7 @@ async def test_a_refused_sender_fails_the_message_not_the_address(
         await channel.send(target(), message())
 
     assert caught.value.contact_point is None
+    assert caught.value.retryable  # once the relay or our settings are fixed, it goes out
     assert "530" in caught.value.reason
     assert sink.messages == []
 
@@ -360,7 +361,15 @@ async def test_aclose_during_a_send_closes_that_connection_too(
     ("reply", "retryable", "contact_point"),
     [
         ("550 5.1.1 mailbox unavailable", False, ContactPointState.DISABLED),
+        ("550 No such user here", False, ContactPointState.DISABLED),
         ("451 4.3.0 try later", True, None),
+        # The relay's policy towards us: every message alike, no customer's fault.
+        ("554 5.7.1 Relay access denied", True, None),
+        ("550 5.7.1 Client host blocked using zen.spamhaus.org", True, None),
+        ("530 5.7.0 Authentication required", True, None),
+        # Refused for good, but nothing says the mailbox does not exist.
+        ("552 5.2.2 Mailbox full", False, None),
+        ("554 Transaction failed", False, None),
     ],
 )
 async def test_recipient_reply_maps_to_the_retry_contract(
@@ -571,3 +580,22 @@ async def test_connection_is_renewed_after_messages_per_connection() -> None:
             await channel.aclose()
         sink.wait_for(5, timeout=10)
         assert sink.connections == 3  # 2 + 2 + 1
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "retryable"),
+    [
+        (553, "5.1.8 Sender address rejected: domain not found", True),
+        (550, "5.7.1 Sender not allowed to relay", True),
+        (552, "Message size exceeds fixed maximum message size", False),
+        (550, "5.3.4 Message too big for system", False),
+    ],
+)
+def test_a_refused_sender_is_retried_unless_the_message_is_too_large(
+    code: int, text: str, retryable: bool
+) -> None:
+    from channels.email import _sender_refused
+
+    error = _sender_refused(code, text)
+    assert (error.retryable, error.contact_point) == (retryable, None)
+    assert error.reason == f"SMTP {code} for the sender: {text}"
