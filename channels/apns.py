@@ -20,7 +20,6 @@ what Apple's delivery logs and Push Notification Console search by: one delivery
 
 from __future__ import annotations
 
-import json
 import re
 import ssl
 import time
@@ -37,7 +36,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
-from channels.http_common import json_bytes, parse_retry_after
+from channels.http_common import json_bytes, json_object, parse_retry_after
 from channels.push_common import BODY_LIMIT, shorten
 
 PRODUCTION_URL = "https://api.push.apple.com"
@@ -248,10 +247,7 @@ class ApnsChannel:
 
 
 def _reason(response: httpx.Response) -> str:
-    try:
-        reason = json.loads(response.content).get("reason", "")
-    except (ValueError, AttributeError):
-        return ""
+    reason = (json_object(response.content) or {}).get("reason", "")
     return reason if isinstance(reason, str) else ""
 
 

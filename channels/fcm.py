@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
 from channels.fcm_errors import fcm_error, parse_google_error, token_error
-from channels.http_common import parse_retry_after
+from channels.http_common import describe_body, json_object, parse_retry_after
 from channels.push_common import shorten
 from channels.redact import redact
 
@@ -204,11 +204,15 @@ class FcmChannel:
             access = await self._access_token(stale=access)
             response = await self._post(body, access)
         if response.is_success:
-            try:
-                name = response.json().get("name")
-            except (ValueError, AttributeError):
-                name = None
-            return Receipt(provider_message_id=name if isinstance(name, str) else None)
+            name = (json_object(response.content) or {}).get("name")
+            if not isinstance(name, str) or not name:
+                # FCM names every message it accepts: a 2xx without one is not FCM's answer
+                # (a proxy's page, a wrong base URL), and the message may not have gone.
+                raise DeliveryError(
+                    f"unreadable answer from FCM ({describe_body(response)}): no message name",
+                    retryable=True,
+                )
+            return Receipt(provider_message_id=name)
         retry_after = parse_retry_after(response.headers.get("retry-after"), now=self._now())
         raise fcm_error(
             response.status_code,
@@ -276,9 +280,9 @@ class FcmChannel:
             retry_after = parse_retry_after(response.headers.get("retry-after"), now=now)
             raise token_error(response, retry_after, secrets=(assertion,))
         try:
-            payload = response.json()
+            payload = json_object(response.content) or {}
             value, expires_in = payload["access_token"], float(payload.get("expires_in", 3600))
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             raise DeliveryError(
                 "OAuth2 token endpoint sent no access token", retryable=True
             ) from None

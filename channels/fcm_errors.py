@@ -15,7 +15,6 @@ access token, the signed assertion) in case a proxy echoes the request.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -74,10 +73,10 @@ class GoogleError:
 
 def parse_google_error(body: bytes) -> GoogleError:
     try:
-        error = json.loads(body)["error"]
+        error = (json_object(body) or {})["error"]
         status, message = str(error.get("status", "")), str(error.get("message", ""))
         details = error.get("details") or []
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return GoogleError()
     code, token_field = "", False
     for detail in details if isinstance(details, list) else []:

@@ -59,6 +59,8 @@ import httpx
 from pyreqwest import exceptions as reqwest_errors
 from pyreqwest.client import Client, ClientBuilder
 
+from channels.base import DeliveryError
+
 USER_AGENT = "broadcaster"
 """Sent when a channel names no User-Agent of its own (instead of pyreqwest's)."""
 
@@ -151,7 +153,17 @@ class DirectSender:
         """Send ``body`` to ``url`` with exactly ``headers``; the answer read whole."""
         if self._closed:
             raise httpx.ConnectError("the HTTP client is closed")
-        builder = self._get().request(method, url).headers(headers)
+        try:
+            builder = self._get().request(method, url).headers(headers)
+        except ValueError as exc:
+            # pyreqwest names the offending value, which can be a credential (a token
+            # ending in a newline): say what is wrong, never the value. Nothing was sent;
+            # trying again cannot help until the configuration changes.
+            raise DeliveryError(
+                f"the request could not be built: a header {_which(headers, exc)} has a "
+                "character a header cannot carry",
+                retryable=False,
+            ) from None
         if body:
             builder = builder.body_bytes(body)
         if timeout is not None:
@@ -170,7 +182,14 @@ class DirectSender:
             stream=httpx.ByteStream(content),
             extensions={"http_version": b"HTTP/1.1"},
         )
-        await encoded.aread()  # decoded per Content-Encoding, as httpx's client does
+        try:
+            await encoded.aread()  # decoded per Content-Encoding, as httpx's client does
+        except httpx.DecodingError:
+            # A body that does not decode as it says: the status still stands (a receiver
+            # that took the message with a 200 took it), and the body is what came, which
+            # the channel reads as any answer it cannot parse.
+            plain = [(k, v) for k, v in pairs if k.lower() != "content-encoding"]
+            return Answer(response.status, plain, content)
         return encoded
 
     async def aclose(self) -> None:
@@ -178,6 +197,15 @@ class DirectSender:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
+
+
+def _which(headers: Mapping[str, str], exc: ValueError) -> str:
+    """The name of the header whose value pyreqwest refused, if one can be told (never its
+    value)."""
+    for name, value in headers.items():
+        if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+            return repr(name)
+    return "value"
 
 
 class Answer:

@@ -61,6 +61,10 @@ _ELLIPSIS = "…"
 Priority = Annotated[int, Field(ge=1, le=5)]
 
 
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+"""Visible ASCII: what a bearer token may be (RFC 6750's b64token is a subset)."""
+
+
 class NtfySettings(BaseModel):
     """Settings of the ntfy channel."""
 
@@ -102,6 +106,18 @@ class NtfySettings(BaseModel):
         if url.query or url.fragment:
             raise ValueError("base_url takes no query or fragment")
         return value.rstrip("/")
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        # It goes into a header as it is: a space or a line break (a secret file's or an
+        # environment variable's last newline) would fail every send, quoting the token.
+        if value is not None and not _HEADER_SAFE.fullmatch(value.get_secret_value()):
+            raise ValueError(
+                "token has a space, a line break or another character a header cannot carry "
+                "(a newline at the end of the environment variable or secret file?)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_way_to_authenticate(self) -> NtfySettings:
@@ -263,11 +279,8 @@ def header_value(value: str) -> str:
 
 
 def _message_id(response: HttpAnswer) -> str | None:
-    try:
-        document = response.json()
-    except ValueError:
-        return None
-    if isinstance(document, dict) and isinstance(document.get("id"), str):
+    document = json_object(response.content)
+    if document is not None and isinstance(document.get("id"), str):
         message_id: str = document["id"]
         return message_id
     return None

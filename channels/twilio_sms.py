@@ -342,11 +342,20 @@ class TwilioSmsChannel:
         except httpx.HTTPError as exc:
             reason = redact(f"cannot reach Twilio: {_describe(exc)}", self._secrets)
             raise DeliveryError(reason, retryable=True) from exc
-        except ValueError as exc:  # a 2xx whose body is not Twilio's JSON (a proxy, say)
+        except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+            # A 2xx whose body is not Twilio's JSON object (a proxy's page, a list, JSON
+            # nested past the parser's depth): the SDK raises whatever its parsing met.
             body = http_common.describe_body(answers[-1]) if answers else type(exc).__name__
             raise DeliveryError(f"unreadable answer from Twilio: {body}", retryable=True) from exc
         finally:
             _responses.reset(token)
+        if not sent.sid:
+            # Twilio names every message it accepts; an empty 2xx (which the SDK reads as
+            # {}) is not its answer, and the message may not have gone.
+            body = http_common.describe_body(answers[-1]) if answers else "no answer"
+            raise DeliveryError(
+                f"unreadable answer from Twilio: {body}: no message SID", retryable=True
+            )
         return Receipt(
             provider_message_id=sent.sid,
             detail=f"{sent.status}, {sent.num_segments} segment(s)",

@@ -305,6 +305,7 @@ def _reason(reason: str) -> bytes:
         (Scripted(503, headers={"retry-after": "9"}), True, None, 9.0),
         (Scripted(503, body=_reason("Shutdown")), True, None, None),
         (Scripted(502, body=b"<html>bad gateway</html>"), True, None, None),
+        (Scripted(500, body=b"[" * 100_000), True, None, None),  # past the parser's depth
     ],
 )
 async def test_status_mapping(

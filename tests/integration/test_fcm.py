@@ -279,6 +279,7 @@ async def test_token_states(
         (Scripted(502, body=b"<html>bad gateway</html>"), True, None, None),
         (Scripted(503, headers={"Retry-After": "17"}), True, None, 17.0),
         (Scripted(504), True, None, None),
+        (Scripted(500, body=b"[" * 100_000), True, None, None),  # past the parser's depth
     ],
 )
 async def test_status_mapping(
@@ -412,3 +413,18 @@ async def test_secrets_never_show_in_errors_settings_or_reprs(
     for text in shown:
         for value in secrets:
             assert value not in text
+
+
+@pytest.mark.parametrize(
+    "body", [b"<html>Welcome to the proxy</html>", b"", b"[" * 100_000, b'{"name": 7}']
+)
+async def test_a_2xx_that_names_no_message_is_not_recorded_as_sent(
+    make_channel: ChannelFactory, fake: FakeFcm, body: bytes
+) -> None:
+    """FCM names every message it accepts: a 2xx without a name is someone else's answer
+    (a proxy, a wrong base URL), and the message is tried again, not marked sent."""
+    fake.faults.push(Scripted(200, body=body))
+    error = await failure(make_channel())
+    assert error.retryable and error.contact_point is None
+    assert error.reason.startswith("unreadable answer from FCM (")
+    assert "proxy" not in error.reason

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import trustme
 
+from channels.base import DeliveryError
 from channels.http_common import pooled_client
 from channels.http_transport import Answer, DirectSender
 from tests.fakes.http import serve
@@ -46,6 +47,9 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         ).encode()
     elif path == "/gzip":
         answer = gzip.compress(b'{"zipped": true}')
+        headers.append((b"content-encoding", b"gzip"))
+    elif path == "/badgzip":
+        answer = b"not gzip at all"
         headers.append((b"content-encoding", b"gzip"))
     elif path == "/redirect":
         status, answer = 302, b"{}"
@@ -322,3 +326,36 @@ def test_a_process_ends_with_its_own_status_and_output(
     assert done.stderr == err
     after = "after run_main\n" if started is False and status == 0 else ""
     assert done.stdout == "said before the end\n" + after
+
+
+async def test_an_answer_whose_body_does_not_decode_keeps_its_status(base_url: str) -> None:
+    """A receiver that took the message (200) with a body that is not the gzip it claims:
+    the channel sees the 200 and the body as it came, not an exception (which the worker
+    would have retried: the message sent twice)."""
+    client = pooled_client(5.0, 2)
+    try:
+        answer = await client.post(f"{base_url}/badgzip", content=b"{}", headers={})
+    finally:
+        await client.aclose()
+    assert answer.status_code == 200
+    assert answer.content == b"not gzip at all"
+    assert "content-encoding" not in answer.headers
+
+
+async def test_a_header_value_a_header_cannot_carry_fails_for_good_without_the_value(
+    base_url: str,
+) -> None:
+    client = pooled_client(5.0, 2)
+    try:
+        with pytest.raises(DeliveryError) as refused:
+            await client.post(
+                f"{base_url}/echo", content=b"", headers={"Authorization": "Bearer tk_s3cret\n"}
+            )
+    finally:
+        await client.aclose()
+    assert not refused.value.retryable
+    assert refused.value.reason == (
+        "the request could not be built: a header 'Authorization' has a character a header "
+        "cannot carry"
+    )
+    assert "s3cret" not in repr(refused.value)

@@ -317,3 +317,13 @@ def test_header_value_is_ascii_and_one_line() -> None:
     assert header_value("plain\r\ntitle") == "plain title"
     encoded = header_value("é" * 100)
     assert encoded.isascii() and "\n" not in encoded
+
+
+@pytest.mark.parametrize("token", ["tk_AgQdq7mVBoFD\n", "tk_a b", "tk_é"])
+def test_a_token_a_header_cannot_carry_is_refused_at_load(token: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        NtfySettings.model_validate({"token": token})
+    [error] = refused.value.errors(include_input=False)  # as the config loader reports it
+    assert error["loc"] == ("token",)
+    assert "token has a space, a line break or another character" in error["msg"]
+    assert token.strip() not in error["msg"]  # the secret itself is not repeated

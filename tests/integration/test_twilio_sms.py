@@ -211,6 +211,10 @@ TOO_LONG = b'{"code": 21617, "message": "The concatenated message body exceeds t
             True,
             "unreadable answer from Twilio: untyped",
         ),
+        # Not Twilio's JSON object: nested past the parser's depth, a list, nothing at all.
+        (Scripted(201, body=b"[" * 100_000), True, "unreadable answer from Twilio"),
+        (Scripted(201, body=b"[1, 2]"), True, "unreadable answer from Twilio"),
+        (Scripted(204, body=b""), True, "no message SID"),
         (Scripted(408), True, "HTTP 408, error 20408"),
         (Scripted(403), False, "credentials or permissions"),
         (Scripted(404), False, "HTTP 404, error 20404"),
