@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 from rules.durations import format_duration
 from rules.durations import parse_duration as parse_text
@@ -42,3 +42,24 @@ Duration = Annotated[
 ]
 
 __all__ = ["Duration", "format_duration", "parse_duration"]
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be more than 0s")
+    return value
+
+
+def _a_lease(value: timedelta) -> timedelta:
+    if value < timedelta(seconds=1):
+        raise ValueError(
+            "must be at least 1s: a lease that ends before its work can finish hands that "
+            "work to another worker while it is still being done (sent twice)"
+        )
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+"""A duration that must be more than zero (an interval, a cadence)."""
+LeaseDuration = Annotated[Duration, AfterValidator(_a_lease)]
+"""A lease: at least a second."""

@@ -71,6 +71,14 @@ def load_settings(
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            [
+                f"{file}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                f"{exc.start}); save the file as UTF-8"
+            ]
+        ) from None
     origins: dict[Path_, _Origin] = {}
     try:
         data = _parse_yaml(text, str(file), origins)
@@ -235,15 +243,35 @@ def _apply_overrides(
         except yaml.YAMLError as exc:
             problems.append(f"environment {name}: not a valid YAML value: {exc}")
             continue
-        node: dict[str, Any] = data
-        for key in keys[:-1]:
-            child = node.get(key)
-            if not isinstance(child, dict):
+        # A numeric segment indexes a list the file (or an earlier variable) wrote, as in
+        # BROADCASTER_FEEDS__0__URL; anything else makes or replaces a mapping.
+        node: Any = data
+        steps: list[str | int] = []
+        for key in keys:
+            if isinstance(node, list):
+                index = int(key) if key.isascii() and key.isdigit() else None
+                if index is None or index >= len(node):
+                    at = ".".join(str(step) for step in steps)
+                    problems.append(
+                        f"environment {name}: {at} is a list of {len(node)} item(s); "
+                        f"{key!r} is not one of its indexes (0 to {len(node) - 1})"
+                    )
+                    break
+                step: str | int = index
+            else:
+                step = key
+            steps.append(step)
+            if len(steps) == len(keys):
+                node[step] = value
+                break
+            child = node.get(step) if isinstance(node, dict) else node[step]
+            if not isinstance(child, dict | list):
                 child = {}
-                node[key] = child
+                node[step] = child
             node = child
-        node[keys[-1]] = value
-        path: Path_ = tuple(keys)
+        if len(steps) != len(keys):
+            continue
+        path: Path_ = tuple(steps)
         # The file's marks below this key describe the value the environment replaced.
         for stale in [p for p in origins if p[: len(path)] == path]:
             del origins[stale]

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from broadcaster.config.durations import Duration
+from broadcaster.config.durations import Duration, LeaseDuration, PositiveDuration
 from broadcaster.eventloop import DEFAULT_EVENT_LOOP, EventLoopChoice
 from broadcaster.intake.watch import FeedSettings, HookSettings
 from channels.apns import ApnsSettings
@@ -47,9 +47,9 @@ class DatabaseSettings(_Section):
 class CadenceSettings(_Section):
     """How often customers hear from us while an incident of that severity is open."""
 
-    critical: Duration = timedelta(minutes=15)
-    major: Duration = timedelta(minutes=30)
-    minor: Duration = timedelta(hours=2)
+    critical: PositiveDuration = timedelta(minutes=15)
+    major: PositiveDuration = timedelta(minutes=30)
+    minor: PositiveDuration = timedelta(hours=2)
 
     def for_severity(self, severity: str) -> timedelta:
         value: timedelta = getattr(self, severity)
@@ -57,12 +57,12 @@ class CadenceSettings(_Section):
 
 
 class ScheduleSettings(_Section):
-    sweep_interval: Duration = timedelta(milliseconds=250)
+    sweep_interval: PositiveDuration = timedelta(milliseconds=250)
     """Safety sweep: how often the store is checked for due rounds written by others."""
     cadence: CadenceSettings = CadenceSettings()
     promise_grace: Duration = timedelta(seconds=60)
     """A round that starts later than its promise plus this grace is counted as late."""
-    round_lease: Duration = timedelta(seconds=60)
+    round_lease: LeaseDuration = timedelta(seconds=60)
     audience_batch: int = Field(default=5000, ge=1, le=100_000)
 
 
@@ -85,7 +85,7 @@ class Throttle(_Section):
     message goes to the ``fallback`` channel instead (never skipped)."""
 
     max: int = Field(ge=0)
-    per: Duration
+    per: PositiveDuration
     fallback: str | None = None
 
 
@@ -109,12 +109,12 @@ class DeliverySettings(_Section):
     per delivery (fewer transactions and commits: 200 took a quarter less CPU per delivery
     than 50 in the benchmarks); ``workers × batch_size`` is also the most a crash can send
     twice."""
-    lease: Duration = timedelta(seconds=60)
+    lease: LeaseDuration = timedelta(seconds=60)
     max_attempts: int = Field(default=8, ge=1, le=100)
     """With the default backoff, 8 tries span about 10 minutes (at least 8.5 with jitter):
     a provider or SMTP server that is down for minutes loses nothing."""
     backoff: BackoffSettings = BackoffSettings()
-    poll_interval: Duration = timedelta(milliseconds=500)
+    poll_interval: PositiveDuration = timedelta(milliseconds=500)
 
 
 class MessageSettings(_Section):
@@ -127,7 +127,7 @@ class MessageSettings(_Section):
     link_secret: SecretStr | None = None
     """Key that signs unsubscribe and preference links; generated and kept in the store
     when unset."""
-    link_lifetime: Duration = timedelta(days=30)
+    link_lifetime: PositiveDuration = timedelta(days=30)
     sms_max_segments: int = Field(default=3, ge=1, le=10)
 
 
@@ -163,8 +163,8 @@ class RulesSettings(_Section):
     path: Path | None = None
     """The rules YAML (docs/rules.md); relative to the config file. None: no rules, the
     severity cadence applies and nobody is assigned follow-ups."""
-    reload_interval: Duration = timedelta(seconds=2)
-    followup_sweep: Duration = timedelta(seconds=30)
+    reload_interval: PositiveDuration = timedelta(seconds=2)
+    followup_sweep: PositiveDuration = timedelta(seconds=30)
     history_window: Duration = timedelta(days=30)
 
 

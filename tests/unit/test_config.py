@@ -691,3 +691,67 @@ def test_a_staff_id_longer_than_the_store_keeps_points_at_the_person(tmp_path: P
     assert len(problems) == 1
     assert problems[0].startswith(f"{at(path, long_id)}: staff.people.{long_id}: staff id ")
     assert "65 characters long; at most 64" in problems[0]
+
+
+def test_a_lease_under_a_second_and_a_zero_interval_are_refused_where_written(
+    tmp_path: Path,
+) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        delivery:
+          lease: 0s
+        schedule:
+          round_lease: 500ms
+          cadence:
+            critical: 0m
+        rules:
+          followup_sweep: 0s
+        """,
+    )
+    problems = {p.split(": ", 1)[1].split(": ", 1)[0]: p for p in problems_of(path)}
+    assert sorted(problems) == [
+        "delivery.lease",
+        "rules.followup_sweep",
+        "schedule.cadence.critical",
+        "schedule.round_lease",
+    ]
+    assert problems["delivery.lease"].startswith(f"{at(path, '0s', 1)}: delivery.lease: ")
+    assert problems["schedule.round_lease"].startswith(f"{at(path, '500ms')}: ")
+    assert problems["schedule.cadence.critical"].startswith(f"{path}:6:")  # critical: 0m
+    assert problems["rules.followup_sweep"].startswith(f"{at(path, '0s', 2)}: ")
+    assert "must be at least 1s" in problems["delivery.lease"]
+    assert "must be more than 0s" in problems["schedule.cadence.critical"]
+
+
+def test_a_config_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"delivery:\n  workers: 2\nmessages:\n  organisation: Caf\xe9 Transit\n")
+    assert problems_of(path) == [
+        f"{path}:4: not UTF-8 text (byte 0xe9 at offset 52); save the file as UTF-8"
+    ]
+
+
+FEEDS = """
+feeds:
+  - name: status
+    kind: statuspage
+    url: https://status.example.com/api/v2/incidents.json
+"""
+
+
+def test_an_env_override_can_reach_into_a_list_item_and_is_blamed_for_it(
+    tmp_path: Path,
+) -> None:
+    path = write_config(tmp_path, FEEDS)
+    moved = load_settings(path, {"BROADCASTER_FEEDS__0__URL": "https://other.example/x.json"})
+    assert [feed.url for feed in moved.feeds] == ["https://other.example/x.json"]
+    assert moved.feeds[0].name == "status"  # the rest of the item is the file's
+    assert problems_of(path, {"BROADCASTER_FEEDS__0__URL": "ftp://x"}) == [
+        "environment BROADCASTER_FEEDS__0__URL: feeds.0.url: Value error, a feed URL must be "
+        "http:// or https://"
+    ]
+    assert problems_of(path, {"BROADCASTER_FEEDS__3__URL": "https://x"}) == [
+        "environment BROADCASTER_FEEDS__3__URL: feeds is a list of 1 item(s); '3' is not one "
+        "of its indexes (0 to 0)"
+    ]
