@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
 from channels.fcm_errors import fcm_error, parse_google_error, token_error
-from channels.http_common import describe_body, json_object, parse_retry_after
+from channels.http_common import describe_body, json_bytes, json_object, parse_retry_after
 from channels.push_common import shorten
 from channels.redact import redact
 
@@ -225,7 +225,9 @@ class FcmChannel:
     async def _post(self, body: dict[str, Any], access: str) -> httpx.Response:
         try:
             return await self._client.post(
-                self._send_url, json=body, headers={"authorization": f"Bearer {access}"}
+                self._send_url,
+                content=json_bytes(body),  # a permanent DeliveryError for text that is not Unicode
+                headers={"authorization": f"Bearer {access}", "content-type": "application/json"},
             )
         except httpx.TimeoutException as exc:
             raise DeliveryError(

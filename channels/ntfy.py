@@ -199,11 +199,18 @@ class NtfyChannel:
                 retryable=False,
                 contact_point=ContactPointState.DISABLED,
             )
-        headers = self.request_headers(message)
+        try:
+            headers = self.request_headers(message)
+            body = truncate_utf8(message.text, self._settings.max_message_bytes)
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON input can carry one as \ud800): no retry changes it.
+            raise DeliveryError(
+                "the message is not Unicode text (a lone surrogate); it cannot be sent",
+                retryable=False,
+            ) from None
         authorization = self._authorization()
         if authorization is not None:
             headers["Authorization"] = authorization
-        body = truncate_utf8(message.text, self._settings.max_message_bytes)
         url = f"{self._settings.base_url}/{topic}"
         try:
             response = await self._client.post(url, content=body, headers=headers)

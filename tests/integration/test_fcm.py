@@ -428,3 +428,13 @@ async def test_a_2xx_that_names_no_message_is_not_recorded_as_sent(
     assert error.retryable and error.contact_point is None
     assert error.reason.startswith("unreadable answer from FCM (")
     assert "proxy" not in error.reason
+
+
+async def test_text_that_is_not_unicode_fails_for_good_and_sends_nothing(
+    make_channel: ChannelFactory, fake: FakeFcm
+) -> None:
+    broken = Message(subject="Line 4", text="Trains \ud800 stopped", idempotency_key="d-1")
+    with pytest.raises(DeliveryError) as refused:
+        await make_channel().send(Target(TOKEN), broken)
+    assert not refused.value.retryable and refused.value.contact_point is None
+    assert fake.requests == []

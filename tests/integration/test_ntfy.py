@@ -327,3 +327,14 @@ def test_a_token_a_header_cannot_carry_is_refused_at_load(token: str) -> None:
     assert error["loc"] == ("token",)
     assert "token has a space, a line break or another character" in error["msg"]
     assert token.strip() not in error["msg"]  # the secret itself is not repeated
+
+
+@pytest.mark.parametrize("field", ["text", "subject"])
+async def test_text_that_is_not_unicode_fails_for_good_and_sends_nothing(
+    make_channel: ChannelFactory, server: NtfyServer, field: str
+) -> None:
+    with pytest.raises(DeliveryError) as refused:
+        await make_channel().send(TOPIC, message(**{field: "Line 4 \ud800 stopped"}))
+    assert not refused.value.retryable and refused.value.contact_point is None
+    assert "lone surrogate" in refused.value.reason
+    assert server.published == []
