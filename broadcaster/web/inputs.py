@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 from pydantic import AfterValidator
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -72,12 +72,13 @@ class NulGuard:
 
 
 def _nul_field(scope: Scope) -> str | None:
-    if "\x00" in scope.get("path", "") or "%00" in scope.get("raw_path", b"").decode("latin-1"):
+    raw_path = scope.get("raw_path") or b""  # optional in ASGI
+    if "\x00" in scope.get("path", "") or b"%00" in raw_path:
         return "path"
-    query = scope.get("query_string", b"").decode("latin-1")
+    query = (scope.get("query_string") or b"").decode("latin-1")
     if "%00" not in query and "\x00" not in query:
         return None
     for name, value in parse_qsl(query, keep_blank_values=True, encoding="utf-8", errors="replace"):
         if "\x00" in value or "\x00" in name:
-            return f"query.{unquote(name).replace(chr(0), '')}"
+            return f"query.{name.replace(chr(0), '')}"
     return "query"
