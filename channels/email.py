@@ -606,6 +606,9 @@ _AUTH_CODES = frozenset({530, 534, 535, 538})
 """Authentication required, too weak, failed, or encryption required (RFC 4954): our
 settings, for every message alike."""
 
+_RELAY_DENIED = re.compile(r"relay(ing)? (access )?(denied|not permitted|prohibited)", re.I)
+"""The relay refuses to relay for us ("Relay access denied", "Relaying denied")."""
+
 _BAD_MAILBOX = frozenset({550, 551, 553})
 """Without an enhanced code: mailbox unavailable, user not local, mailbox name not allowed."""
 
@@ -621,7 +624,7 @@ def _ours_to_fix(code: int, text: str) -> bool:
     authentication, relaying denied, our address or IP on a blocklist (5.7.x, RFC 3463
     "security or policy status"). Every message meets it alike until an operator acts, so
     it is retried (up to ``delivery.max_attempts``) and condemns no customer's address."""
-    return code in _AUTH_CODES or _subject(text) == "7" or "relay" in text.lower()
+    return code in _AUTH_CODES or _subject(text) == "7" or _RELAY_DENIED.search(text) is not None
 
 
 def _sender_refused(code: int, text: str) -> DeliveryError:
@@ -642,9 +645,13 @@ def _refused(recipients: list[aiosmtplib.SMTPRecipientRefused]) -> DeliveryError
     if first is None:
         return DeliveryError("recipient refused", retryable=False)
     reason = f"SMTP {first.code} for {first.recipient}: {first.message}"
-    if 400 <= first.code < 500 or _ours_to_fix(first.code, first.message):
+    if 400 <= first.code < 500:
         return DeliveryError(reason, retryable=True)
     subject = _subject(first.message)
-    if subject == "1" or (subject is None and first.code in _BAD_MAILBOX):
+    if subject == "1":  # addressing: no such mailbox or domain, whatever else the text says
+        return DeliveryError(reason, retryable=False, contact_point=ContactPointState.DISABLED)
+    if _ours_to_fix(first.code, first.message):
+        return DeliveryError(reason, retryable=True)
+    if subject is None and first.code in _BAD_MAILBOX:
         return DeliveryError(reason, retryable=False, contact_point=ContactPointState.DISABLED)
     return DeliveryError(reason, retryable=False)

@@ -342,6 +342,13 @@ class TwilioSmsChannel:
         except httpx.HTTPError as exc:
             reason = redact(f"cannot reach Twilio: {_describe(exc)}", self._secrets)
             raise DeliveryError(reason, retryable=True) from exc
+        except UnicodeEncodeError:
+            # Our text, not Twilio's answer: a lone surrogate (JSON input can carry one as
+            # \ud800) cannot be encoded, and no retry changes that.
+            raise DeliveryError(
+                "the message is not Unicode text (a lone surrogate); it cannot be sent",
+                retryable=False,
+            ) from None
         except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
             # A 2xx whose body is not Twilio's JSON object (a proxy's page, a list, JSON
             # nested past the parser's depth): the SDK raises whatever its parsing met.

@@ -302,6 +302,10 @@ def _csv_items(
             return
         except csv.Error as exc:
             reason = f"unreadable CSV: {exc}"
+            if "expected after" in str(exc):
+                reason += (
+                    " (something follows a closing quote: a space, say; quote the whole field)"
+                )
             if reader.line_num > start:
                 reason += f"{_RUNS_ON.format(end=reader.line_num)}"
             yield RowError(source, start, (Problem(None, reason),))

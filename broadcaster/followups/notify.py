@@ -20,6 +20,7 @@ them, their recent history and what to say.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -63,9 +64,11 @@ SAY = {
 
 CLAIM_BATCH = 10
 """Notices one claim takes and sends at once, for a channel that declares no concurrency
-(the email channel's is its pool): no more than the channel sends side by side, so that a
-batch through a relay that hangs is over within a send's timeout, well inside its lease
-(leases are not renewed here, as they are for a round's deliveries)."""
+(the email channel's is its pool): no more than the channel sends side by side. Their
+leases are renewed while they send (the channel is shared with a round's deliveries, and a
+notice can wait behind them for a connection)."""
+
+RENEWALS_PER_LEASE = 3
 
 
 class Cancelled(Exception):
@@ -118,9 +121,47 @@ async def send_due_notices(
 
     while True:
         claimed = await _claim(database, clock.now(), owner, settings, batch)
-        sent += sum(await asyncio.gather(*(one(notice) for notice in claimed)))
+        if not claimed:
+            return sent
+        done = asyncio.Event()
+        keeper = asyncio.create_task(_keep_leases(database, clock, owner, claimed, settings, done))
+        try:
+            sent += sum(await asyncio.gather(*(one(notice) for notice in claimed)))
+        finally:
+            done.set()
+            await keeper
         if len(claimed) < batch:
             return sent
+
+
+async def _keep_leases(
+    database: Database,
+    clock: Clock,
+    owner: str,
+    claimed: list[_Claimed],
+    settings: DeliverySettings,
+    done: asyncio.Event,
+) -> None:
+    """Renew the leases of ``claimed`` every third of a lease until ``done``; a renewal that
+    fails is logged and tried at the next turn (the sends go on)."""
+    held = or_(*(and_(StaffNotice.id == n.id, StaffNotice.attempts == n.attempts) for n in claimed))
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), settings.lease.total_seconds() / RENEWALS_PER_LEASE)
+        if done.is_set():
+            return
+        try:
+            async with database.session() as session, session.begin():
+                await session.execute(
+                    update(StaffNotice)
+                    .where(held, StaffNotice.lease_owner == owner, StaffNotice.state == "sending")
+                    .values(lease_expires_at=clock.now() + settings.lease)
+                )
+        except Exception as exc:  # the store may be down: the sends go on
+            log.warning(
+                "could not renew the leases of staff notices still sending",
+                extra={"count": len(claimed), "reason": repr(exc)},
+            )
 
 
 async def _claim(

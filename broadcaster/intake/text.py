@@ -20,6 +20,7 @@ _BIDI_CONTROLS: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2
 _LINE_BREAKS: Final = str.maketrans({"\r": "\n", "\u2028": "\n", "\u2029": "\n", "\x85": "\n"})
 _SPACES: Final = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _TAG: Final = re.compile(r"<[^<>]*>")
+_SCRIPTS: Final = re.compile(r"<(script|style)\b.*?(</\1\s*>|$)", re.I | re.S)
 _BLANK_LINES: Final = re.compile(r"\n{3,}")
 _ANY_WHITESPACE: Final = re.compile(r"\s+")
 
@@ -110,7 +111,7 @@ def html_to_text(markup: str, *, limit: int) -> str:
     except (AssertionError, ValueError):
         # The standard parser gives up on some malformed markup (``<![phase 2]``, an
         # unknown marked section): keep the text, with tags dropped the plain way.
-        text = html.unescape(_TAG.sub(" ", cut))
+        text = html.unescape(_TAG.sub(" ", _SCRIPTS.sub(" ", cut)))
     # Inline whitespace in HTML is not significant: fold it, keep the block breaks.
     text = "\n".join(_SPACES.sub(" ", line) for line in text.replace("\r", " ").split("\n"))
     return truncate(clean_text(text), limit)

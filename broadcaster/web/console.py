@@ -831,12 +831,12 @@ async def _followup_action(
     state = state_of(request)
     form = await request.form()
     try:
+        back = _text(form, "back")  # read first: a bad one refuses the action, not after it
         await act(state.actor(request, principal), form)
     except operations.REFUSALS as exc:
         return await _queue(
             request, principal, 422, task=followup_id, values=_values(form), error=str(exc)
         )
-    back = _text(form, "back")
     target = _safe_next(back) if back else "/console/followups"
     joiner = "&" if "?" in target else "?"
     return _redirect(f"{target}{joiner}ok={ok}")

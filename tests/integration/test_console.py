@@ -529,6 +529,13 @@ async def test_follow_ups_are_claimed_done_and_only_then_the_incident_closes(
     assert queue.text.count('class="overdue"') == 2
     assert "reason for waiving" not in queue.text  # ann is nobody's manager
 
+    odd_back = await app.http.post(
+        f"/console/followups/{first}/claim", data={"csrf_token": csrf, "back": "/x\x00"}
+    )
+    assert odd_back.status_code == 422 and "back: contains a NUL character" in odd_back.text
+    async with app.state.database.session() as session:
+        unclaimed = await session.get(Followup, first)
+    assert unclaimed is not None and unclaimed.state == "open"  # refused before acting
     assert (
         await app.http.post(f"/console/followups/{first}/claim", data={"csrf_token": csrf})
     ).status_code == 303

@@ -629,3 +629,16 @@ async def test_a_utf16_file_is_named_as_such(database: Database, tmp_path: Path)
         f"{path}:1: the file is not UTF-8 but looks like UTF-16 (a byte order mark or NUL "
         "bytes between the letters); save it as CSV UTF-8"
     )
+
+
+async def test_a_row_with_text_after_a_closing_quote_is_reported_and_the_rest_imported(
+    database: Database, tmp_path: Path
+) -> None:
+    path = write(tmp_path, "spaced.csv", 'id,name\nc1,"Doe, Jane" \nc2,Bob\n')
+    result = await run_import(database, path)
+    assert (result.imported, result.rejected) == (1, 1)
+    assert [str(error) for error in result.errors] == [
+        f"{path}:2: unreadable CSV: ',' expected after '\"' (something follows a closing "
+        "quote: a space, say; quote the whole field)"
+    ]
+    assert set(await customers(database)) == {"c2"}

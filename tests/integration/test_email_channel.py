@@ -362,6 +362,11 @@ async def test_aclose_during_a_send_closes_that_connection_too(
     [
         ("550 5.1.1 mailbox unavailable", False, ContactPointState.DISABLED),
         ("550 No such user here", False, ContactPointState.DISABLED),
+        (
+            "550 5.1.1 Recipient address rejected: User unknown in relay recipient table",
+            False,
+            ContactPointState.DISABLED,
+        ),
         ("451 4.3.0 try later", True, None),
         # The relay's policy towards us: every message alike, no customer's fault.
         ("554 5.7.1 Relay access denied", True, None),

@@ -382,3 +382,48 @@ async def test_the_daemon_sends_a_round_s_notices_at_once_not_at_the_next_sweep(
         stop.set()
         await asyncio.wait_for(task, 20)
         await database.dispose()
+
+
+async def test_leases_of_notices_still_sending_are_renewed(database: Database) -> None:
+    """A notice waiting behind a round's messages for a connection keeps its lease: another
+    sender does not take it over (and send it again) while it is still being sent."""
+    clock = FakeClock(START)
+    await seed(database)
+    config = settings()
+    config.delivery.lease = timedelta(seconds=1)  # renewed every third of a second
+    engine = await Engine.create(config, database, clock, channels())
+    incident = await declare_critical(database, clock)
+    await run_until(engine, clock, START)
+    async with database.session() as session, session.begin():
+        queue_notice(
+            session, key="queued", kind="step", staff="carla", incident_id=incident, now=clock.now()
+        )
+    release = asyncio.Event()
+
+    class Busy(MemoryChannel):
+        async def send(self, target: Target, message: Message) -> Receipt:
+            await release.wait()  # the pool is busy with a round's messages
+            return await super().send(target, message)
+
+    channel = Busy(name="email", contact="email")
+
+    async def sender(owner: str) -> int:
+        return await send_due_notices(
+            database,
+            clock,
+            channel,
+            engine.renderer,
+            engine.directory,
+            owner=owner,
+            settings=config.delivery,
+            public_url="http://example.org",
+        )
+
+    first = asyncio.create_task(sender("daemon-1"))
+    for _ in range(3):  # three leases' time on the clock, a renewal in between each
+        await asyncio.sleep(0.5)
+        clock.advance(timedelta(milliseconds=900))
+    assert await asyncio.wait_for(sender("daemon-2"), 5) == 0  # still held: nothing to take
+    release.set()
+    assert await first == 1
+    assert [m.message.idempotency_key for m in channel.sent] == ["queued"]

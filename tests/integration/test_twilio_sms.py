@@ -400,3 +400,14 @@ async def test_the_auth_token_never_shows(fake: FakeTwilio, make_channel: Channe
     assert channel.contact == "sms"
     assert fake.auth_token not in repr(channel)
     assert fake.auth_token not in str(channel)
+
+
+async def test_text_that_is_not_unicode_fails_for_good_and_sends_nothing(
+    fake: FakeTwilio, make_channel: ChannelFactory
+) -> None:
+    broken = Message(subject="", text="Line 4 \ud800 stopped", idempotency_key="d-1")
+    with pytest.raises(DeliveryError) as refused:
+        await make_channel().send(Target(TO), broken)
+    assert not refused.value.retryable and refused.value.contact_point is None
+    assert "lone surrogate" in refused.value.reason
+    assert fake.received() == []

@@ -281,6 +281,9 @@ def test_html_the_standard_parser_gives_up_on_keeps_its_text() -> None:
     # html.parser raised on the unknown marked section.
     text = html_to_text("Resignalling <![phase 2] starts <b>Monday</b> &amp; runs", limit=300)
     assert text == "Resignalling <![phase 2] starts Monday & runs"
+    # Scripts and styles are dropped on that path too, as the parser drops them.
+    text = html_to_text("<p>a</p><![x]> b <script>evil()</script> c <STYLE>p{}</style>", limit=300)
+    assert text == "a b c"
 
 
 def test_an_item_that_raises_is_skipped_by_name_and_the_others_are_kept() -> None:
