@@ -61,6 +61,13 @@ def locate_config(
     return Path(__file__).resolve().parents[2] / "config.yaml"
 
 
+def not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """Where a file that should be UTF-8 is not: ``path:line: not UTF-8 (byte …)``."""
+    line = exc.object[: exc.start].count(b"\n") + 1
+    byte = exc.object[exc.start]
+    return f"{path}:{line}: not UTF-8 (byte 0x{byte:02x} at offset {exc.start}); save it as UTF-8"
+
+
 def load_settings(
     path: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -72,13 +79,7 @@ def load_settings(
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read: {exc.strerror or exc}"]) from exc
     except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            [
-                f"{file}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
-                f"{exc.start}); save the file as UTF-8"
-            ]
-        ) from None
+        raise ConfigError([not_utf8(file, exc)]) from None
     origins: dict[Path_, _Origin] = {}
     try:
         data = _parse_yaml(text, str(file), origins)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
+from typing import Protocol
 
 
 def retry_delay(
@@ -31,3 +32,30 @@ def retry_delay(
     if retry_after is not None:
         delay = max(delay, retry_after)
     return timedelta(seconds=delay)
+
+
+class Backoff(Protocol):
+    """The settings :func:`retry_delay` reads (``delivery.backoff``)."""
+
+    initial: timedelta
+    maximum: timedelta
+    multiplier: float
+    jitter: float
+
+
+def delay_after(
+    attempt: int,
+    backoff: Backoff,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> timedelta:
+    """:func:`retry_delay` with the configured ``backoff``."""
+    return retry_delay(
+        attempt,
+        initial=backoff.initial,
+        maximum=backoff.maximum,
+        multiplier=backoff.multiplier,
+        jitter=backoff.jitter,
+        retry_after=retry_after,
+        rng=rng,
+    )

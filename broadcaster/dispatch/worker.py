@@ -48,7 +48,7 @@ from broadcaster.compose.links import personal_links
 from broadcaster.compose.locale import format_when
 from broadcaster.compose.render import Renderer, RenderRequest
 from broadcaster.config.settings import DeliverySettings, MessageSettings
-from broadcaster.dispatch.backoff import retry_delay
+from broadcaster.dispatch.backoff import delay_after
 from broadcaster.dispatch.content import RoundContents
 from broadcaster.dispatch.limits import Limits, per_process
 from broadcaster.dispatch.outcomes import History, Job, Outcome, record_outcomes, write_history
@@ -373,16 +373,7 @@ class Dispatcher:
 
     def _failure(self, job: Job, error: DeliveryError) -> Outcome:
         if error.retryable and job.attempts < self._settings.max_attempts:
-            backoff = self._settings.backoff
-            delay = retry_delay(
-                job.attempts,
-                initial=backoff.initial,
-                maximum=backoff.maximum,
-                multiplier=backoff.multiplier,
-                jitter=backoff.jitter,
-                retry_after=error.retry_after,
-                rng=self._rng,
-            )
+            delay = delay_after(job.attempts, self._settings.backoff, error.retry_after, self._rng)
             return Outcome(job, error=error, retry_at=self._clock.now() + delay)
         return Outcome(job, error=error)
 

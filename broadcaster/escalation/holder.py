@@ -10,6 +10,7 @@ import logging
 import threading
 from pathlib import Path
 
+from broadcaster.config.loader import not_utf8
 from broadcaster.config.settings import Settings
 from rules import RulesError, RuleSet, load_rules
 
@@ -23,13 +24,7 @@ def load_file(path: Path, settings: Settings) -> RuleSet:
     except OSError as exc:
         raise RulesError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
     except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
-        raise RulesError(
-            [
-                f"{path}:{line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset "
-                f"{exc.start}); save the file as UTF-8"
-            ]
-        ) from exc
+        raise RulesError([not_utf8(path, exc)]) from exc
     return load_rules(
         text,
         str(path),

@@ -35,7 +35,7 @@ from broadcaster.compose.forms import form_for
 from broadcaster.compose.locale import format_when
 from broadcaster.compose.render import Renderer, RenderRequest
 from broadcaster.config.settings import DeliverySettings
-from broadcaster.dispatch.backoff import retry_delay
+from broadcaster.dispatch.backoff import delay_after
 from broadcaster.dispatch.content import facts_of
 from broadcaster.followups.directory import Directory
 from broadcaster.followups.service import OPEN_STATES
@@ -238,16 +238,8 @@ async def _attempt(
             log.exception("staff notice failed", extra={"notice": notice.key})
         reason = error.reason if error is not None else f"unexpected error: {exc!r}"
         if (error is None or error.retryable) and notice.attempts < settings.max_attempts:
-            backoff = settings.backoff
-            delay = retry_delay(
-                notice.attempts,
-                initial=backoff.initial,
-                maximum=backoff.maximum,
-                multiplier=backoff.multiplier,
-                jitter=backoff.jitter,
-                retry_after=error.retry_after if error is not None else None,
-                rng=rng,
-            )
+            retry_after = error.retry_after if error is not None else None
+            delay = delay_after(notice.attempts, settings.backoff, retry_after, rng)
             retry_at = clock.now() + delay
             detail = f"{notice.kind} failed: {reason}; trying again at {retry_at:%H:%M:%S}Z"
             return _Outcome("pending", detail, retry_at)

@@ -6,6 +6,8 @@ escalation step (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from broadcaster.clock import Clock, FakeClock, RealClock
+from broadcaster.config.settings import Settings
 from broadcaster.daemon import Daemon
 from broadcaster.engine import Engine
 from broadcaster.followups import service as followups
@@ -21,7 +24,7 @@ from broadcaster.followups.service import queue_notice
 from broadcaster.incidents import service
 from broadcaster.store import Database, Followup, FollowupEvent, StaffNotice
 from broadcaster.store.migrate import upgrade_async
-from channels.base import DeliveryError, Message, Receipt, Target
+from channels.base import Channel, DeliveryError, Message, Receipt, Target
 from channels.memory import MemoryChannel
 from tests.integration.test_rules_followups import START, channels, run_until, seed, settings
 
@@ -55,6 +58,39 @@ async def declare_critical(database: Database, clock: Clock) -> int:
 
 def to_staff(message: Message, target: Target) -> bool:
     return target.address.endswith("@example.org") and target.address[0] not in "vbs"
+
+
+@dataclass
+class Started:
+    clock: FakeClock
+    engine: Engine
+    incident: int
+
+
+async def started(
+    database: Database, config: Settings | None = None, sinks: Mapping[str, Channel] | None = None
+) -> Started:
+    """A critical incident declared and its first round done (its notices sent)."""
+    clock = FakeClock(START)
+    await seed(database)
+    engine = await Engine.create(config or settings(), database, clock, sinks or channels())
+    incident = await declare_critical(database, clock)
+    await run_until(engine, clock, START)
+    return Started(clock, engine, incident)
+
+
+async def send_now(run: Started, channel: Channel, owner: str) -> int:
+    """One sender's pass over the due notices, through ``channel``."""
+    return await send_due_notices(
+        run.engine.database,
+        run.clock,
+        channel,
+        run.engine.renderer,
+        run.engine.directory,
+        owner=owner,
+        settings=run.engine.settings.delivery,
+        public_url="http://example.org",
+    )
 
 
 async def test_an_assignment_the_relay_refused_is_sent_at_a_later_sweep(
@@ -155,12 +191,9 @@ async def test_notices_queued_by_a_daemon_that_stopped_before_sending_go_out_fro
 async def test_a_notice_held_by_a_sender_that_died_is_taken_over_when_its_lease_ends(
     database: Database,
 ) -> None:
-    clock = FakeClock(START)
-    await seed(database)
     sinks = channels()
-    engine = await Engine.create(settings(), database, clock, sinks)
-    incident = await declare_critical(database, clock)
-    await run_until(engine, clock, START)
+    run = await started(database, sinks=sinks)
+    clock, engine, incident = run.clock, run.engine, run.incident
     async with database.session() as session, session.begin():
         queue_notice(
             session, key="held", kind="step", staff="carla", incident_id=incident, now=clock.now()
@@ -180,8 +213,6 @@ async def test_a_notice_held_by_a_sender_that_died_is_taken_over_when_its_lease_
 
 
 async def test_notices_made_moot_before_they_go_out_are_cancelled(database: Database) -> None:
-    clock = FakeClock(START)
-    await seed(database)
     down = {"relay": True}
 
     def refuse(target: Target, message: Message) -> DeliveryError | None:
@@ -189,9 +220,8 @@ async def test_notices_made_moot_before_they_go_out_are_cancelled(database: Data
 
     sinks = channels()
     sinks["email"] = MemoryChannel(name="email", contact="email", fail=refuse)
-    engine = await Engine.create(settings(), database, clock, sinks)
-    incident = await declare_critical(database, clock)
-    await run_until(engine, clock, START)
+    run = await started(database, sinks=sinks)
+    clock, engine, incident = run.clock, run.engine, run.incident
     async with database.session() as session:
         task = (await session.execute(select(Followup))).scalar_one()
     await followups.done(database, clock, task.id, "ann", "reached", "Called; all fine.")
@@ -211,11 +241,8 @@ class SlowChannel(MemoryChannel):
 
 
 async def test_two_senders_at_once_send_each_notice_once(database: Database) -> None:
-    clock = FakeClock(START)
-    await seed(database)
-    engine = await Engine.create(settings(), database, clock, channels())
-    incident = await declare_critical(database, clock)
-    await run_until(engine, clock, START)
+    run = await started(database)
+    clock, incident = run.clock, run.incident
     async with database.session() as session, session.begin():
         for n in range(120):
             queue_notice(
@@ -229,16 +256,7 @@ async def test_two_senders_at_once_send_each_notice_once(database: Database) -> 
     channel = SlowChannel(name="email", contact="email")
 
     async def sender(owner: str) -> int:
-        return await send_due_notices(
-            database,
-            clock,
-            channel,
-            engine.renderer,
-            engine.directory,
-            owner=owner,
-            settings=engine.settings.delivery,
-            public_url="http://example.org",
-        )
+        return await send_now(run, channel, owner)
 
     counts = await asyncio.gather(sender("a"), sender("b"))
     keys = [m.message.idempotency_key for m in channel.sent]
@@ -266,11 +284,8 @@ class GatedChannel(MemoryChannel):
 async def test_a_late_outcome_of_an_attempt_whose_lease_ran_out_does_not_overwrite_the_next(
     database: Database,
 ) -> None:
-    clock = FakeClock(START)
-    await seed(database)
-    engine = await Engine.create(settings(), database, clock, channels())
-    incident = await declare_critical(database, clock)
-    await run_until(engine, clock, START)
+    run = await started(database)
+    clock, engine, incident = run.clock, run.engine, run.incident
     async with database.session() as session, session.begin():
         queue_notice(
             session, key="slow", kind="step", staff="carla", incident_id=incident, now=clock.now()
@@ -278,16 +293,7 @@ async def test_a_late_outcome_of_an_attempt_whose_lease_ran_out_does_not_overwri
     channel = GatedChannel()
 
     async def sender() -> int:  # the same owner: two tasks of one daemon
-        return await send_due_notices(
-            database,
-            clock,
-            channel,
-            engine.renderer,
-            engine.directory,
-            owner="daemon-1",
-            settings=engine.settings.delivery,
-            public_url="http://example.org",
-        )
+        return await send_now(run, channel, "daemon-1")
 
     async def calls(n: int) -> None:
         while channel.calls < n:
@@ -335,12 +341,9 @@ async def test_the_daemon_s_rounds_do_not_wait_for_a_staff_relay_that_hangs(
 async def test_a_sweep_that_cannot_queue_reminders_still_sends_what_is_queued(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = FakeClock(START)
-    await seed(database)
     sinks = channels()
-    engine = await Engine.create(settings(), database, clock, sinks)
-    incident = await declare_critical(database, clock)
-    await run_until(engine, clock, START)
+    run = await started(database, sinks=sinks)
+    clock, engine, incident = run.clock, run.engine, run.incident
     async with database.session() as session, session.begin():
         queue_notice(
             session, key="queued", kind="step", staff="carla", incident_id=incident, now=clock.now()
@@ -387,13 +390,10 @@ async def test_the_daemon_sends_a_round_s_notices_at_once_not_at_the_next_sweep(
 async def test_leases_of_notices_still_sending_are_renewed(database: Database) -> None:
     """A notice waiting behind a round's messages for a connection keeps its lease: another
     sender does not take it over (and send it again) while it is still being sent."""
-    clock = FakeClock(START)
-    await seed(database)
     config = settings()
     config.delivery.lease = timedelta(seconds=1)  # renewed every third of a second
-    engine = await Engine.create(config, database, clock, channels())
-    incident = await declare_critical(database, clock)
-    await run_until(engine, clock, START)
+    run = await started(database, config)
+    clock, incident = run.clock, run.incident
     async with database.session() as session, session.begin():
         queue_notice(
             session, key="queued", kind="step", staff="carla", incident_id=incident, now=clock.now()
@@ -408,16 +408,7 @@ async def test_leases_of_notices_still_sending_are_renewed(database: Database) -
     channel = Busy(name="email", contact="email")
 
     async def sender(owner: str) -> int:
-        return await send_due_notices(
-            database,
-            clock,
-            channel,
-            engine.renderer,
-            engine.directory,
-            owner=owner,
-            settings=config.delivery,
-            public_url="http://example.org",
-        )
+        return await send_now(run, channel, owner)
 
     first = asyncio.create_task(sender("daemon-1"))
     for _ in range(3):  # three leases' time on the clock, a renewal in between each

@@ -727,9 +727,7 @@ def test_a_lease_under_a_second_and_a_zero_interval_are_refused_where_written(
 def test_a_config_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_bytes(b"delivery:\n  workers: 2\nmessages:\n  organisation: Caf\xe9 Transit\n")
-    assert problems_of(path) == [
-        f"{path}:4: not UTF-8 text (byte 0xe9 at offset 52); save the file as UTF-8"
-    ]
+    assert problems_of(path) == [f"{path}:4: not UTF-8 (byte 0xe9 at offset 52); save it as UTF-8"]
 
 
 FEEDS = """
