@@ -104,8 +104,14 @@ async def create_token(
     checked = _role(role)
     if not name.strip():
         raise CredentialError("name: say who or what holds the token")
-    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    if lifetime is not None and lifetime <= timedelta(0):
+        raise CredentialError("expires: a token's lifetime must be more than 0s")
     now = clock.now()
+    try:
+        now + (lifetime or timedelta(0))
+    except OverflowError:
+        raise CredentialError("expires: that lifetime runs past the calendar's end") from None
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(
         name=name.strip(),
         role=checked,
@@ -113,7 +119,7 @@ async def create_token(
         prefix=secret[: len(TOKEN_PREFIX) + 6],
         created_at=now,
         created_by=created_by,
-        expires_at=now + lifetime if lifetime else None,
+        expires_at=now + lifetime if lifetime is not None else None,
     )
     async with database.session() as session, session.begin():
         session.add(row)

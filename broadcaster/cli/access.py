@@ -24,6 +24,7 @@ from broadcaster.cli.common import (
 from broadcaster.clock import RealClock
 from broadcaster.config.durations import parse_duration
 from broadcaster.store import Database
+from broadcaster.store.ids import MAX_ID
 
 tokens = typer.Typer(help="API tokens: create, list, revoke.", no_args_is_help=True)
 accounts = typer.Typer(help="Console logins: set, disable, list.", no_args_is_help=True)
@@ -101,7 +102,9 @@ def list_tokens(config: ConfigOption = None) -> None:
 
 @tokens.command("revoke")
 def revoke_token(
-    token_id: Annotated[int, typer.Argument(help="token id (see 'tokens list')")],
+    token_id: Annotated[
+        int, typer.Argument(help="token id (see 'tokens list')", min=1, max=MAX_ID)
+    ],
     config: ConfigOption = None,
 ) -> None:
     """Revoke a token: it stops working at once."""
@@ -192,7 +195,7 @@ def list_accounts(config: ConfigOption = None) -> None:
 
 @audit_app.command("list")
 def list_audit(
-    limit: Annotated[int, typer.Option(help="how many, newest first")] = 50,
+    limit: Annotated[int, typer.Option(help="how many, newest first", min=1, max=10_000)] = 50,
     actor: Annotated[str | None, typer.Option(help="e.g. account:alice, token:ci")] = None,
     action: Annotated[str | None, typer.Option(help="e.g. incident.declare")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,

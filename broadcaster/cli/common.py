@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from alembic.util.exc import CommandError
 from sqlalchemy import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DatabaseError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from broadcaster.access.credentials import Principal
@@ -95,9 +96,22 @@ async def with_database(settings: Settings, work: Callable[[Database], Awaitable
     try:
         try:
             await upgrade_async(settings.database.url)
-        except STORE_ERRORS as exc:
+        except (*STORE_ERRORS, DatabaseError) as exc:  # unreachable, locked, not a database
             raise fail(store_problem(settings.database.url, exc), 2) from None
-        return await work(database)
+        except CommandError as exc:  # a revision this version does not know: a newer one's
+            raise fail(
+                store_problem(settings.database.url, exc)
+                + " (was it written by a newer version of Broadcaster?)",
+                2,
+            ) from None
+        try:
+            return await work(database)
+        except STORE_ERRORS as exc:  # locked by another process, gone away
+            raise fail(store_problem(settings.database.url, exc), 2) from None
+        except DatabaseError as exc:
+            if type(exc) is not DatabaseError:  # an integrity or data error: the work's own
+                raise
+            raise fail(store_problem(settings.database.url, exc), 2) from None  # not a database
     finally:
         await database.dispose()
 

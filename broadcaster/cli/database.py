@@ -31,7 +31,10 @@ def downgrade(
 ) -> None:
     """Move the schema back to an earlier revision (drops data of later revisions)."""
     settings = settings_or_exit(config)
-    migrate.downgrade(settings.database.url, revision)
+    try:
+        migrate.downgrade(settings.database.url, revision)
+    except Exception as exc:
+        raise fail(f"downgrade failed on {_safe(settings.database.url)}: {exc}") from None
     typer.echo(f"database at revision {revision}")
 
 

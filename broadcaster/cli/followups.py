@@ -19,6 +19,7 @@ from broadcaster.clock import RealClock
 from broadcaster.followups import service
 from broadcaster.followups.directory import Directory
 from broadcaster.store import Database
+from broadcaster.store.ids import MAX_ID
 
 app = typer.Typer(help="Forced follow-ups: list, claim, done, waive.", no_args_is_help=True)
 
@@ -60,7 +61,9 @@ def list_(
 
 @app.command("claim")
 def claim(
-    followup_id: Annotated[int, typer.Argument()], staff: Staff, config: ConfigOption = None
+    followup_id: Annotated[int, typer.Argument(min=1, max=MAX_ID)],
+    staff: Staff,
+    config: ConfigOption = None,
 ) -> None:
     """Take a follow-up: it becomes yours."""
     settings = settings_or_exit(config)
@@ -78,7 +81,7 @@ def claim(
 
 @app.command("done")
 def done(
-    followup_id: Annotated[int, typer.Argument()],
+    followup_id: Annotated[int, typer.Argument(min=1, max=MAX_ID)],
     outcome: Annotated[str, typer.Option(help=" | ".join(service.OUTCOMES))],
     note: Annotated[str, typer.Option(help="what was said or agreed")],
     staff: Staff,
@@ -100,7 +103,7 @@ def done(
 
 @app.command("waive")
 def waive(
-    followup_id: Annotated[int, typer.Argument()],
+    followup_id: Annotated[int, typer.Argument(min=1, max=MAX_ID)],
     reason: Annotated[str, typer.Option(help="why no one will follow up")],
     staff: Staff,
     config: ConfigOption = None,

@@ -23,6 +23,7 @@ from broadcaster.incidents.lifecycle import TransitionError
 from broadcaster.reports import incident_report
 from broadcaster.schedule.capacity import check_round
 from broadcaster.store import Database
+from broadcaster.store.ids import MAX_ID
 
 app = typer.Typer(help="Declare and run incidents.", no_args_is_help=True)
 
@@ -115,7 +116,7 @@ def declare(
 
 @app.command("update")
 def update(
-    incident_id: Annotated[int, typer.Argument(help="incident id")],
+    incident_id: Annotated[int, typer.Argument(help="incident id", min=1, max=MAX_ID)],
     message: Message,
     status: Annotated[
         str | None, typer.Option(help="investigating | identified | monitoring")
@@ -156,7 +157,7 @@ def update(
 
 @app.command("resolve")
 def resolve(
-    incident_id: Annotated[int, typer.Argument(help="incident id")],
+    incident_id: Annotated[int, typer.Argument(help="incident id", min=1, max=MAX_ID)],
     message: Message,
     cause_kind: CauseKind = None,
     cause: Cause = None,
@@ -203,7 +204,7 @@ def resolve(
 
 @app.command("close")
 def close(
-    incident_id: Annotated[int, typer.Argument(help="incident id")],
+    incident_id: Annotated[int, typer.Argument(help="incident id", min=1, max=MAX_ID)],
     author: Author = "",
     config: ConfigOption = None,
 ) -> None:
@@ -246,7 +247,7 @@ def list_(
 
 @app.command("show")
 def show(
-    incident_id: Annotated[int, typer.Argument(help="incident id")],
+    incident_id: Annotated[int, typer.Argument(help="incident id", min=1, max=MAX_ID)],
     config: ConfigOption = None,
 ) -> None:
     """Show an incident: scope, timeline, rounds, promises and delivery counts."""

@@ -12,6 +12,7 @@ from broadcaster.clock import RealClock
 from broadcaster.escalation.explaining import explain_incident
 from broadcaster.escalation.holder import load_file
 from broadcaster.store import Database
+from broadcaster.store.ids import MAX_ID
 from rules import RulesError
 
 app = typer.Typer(help="Escalation rules: check and explain.", no_args_is_help=True)
@@ -40,7 +41,7 @@ def check(
 
 @app.command("explain")
 def explain_(
-    incident_id: Annotated[int, typer.Argument(help="incident id")],
+    incident_id: Annotated[int, typer.Argument(help="incident id", min=1, max=MAX_ID)],
     customer: Annotated[str | None, typer.Option("--customer", help="customer id")] = None,
     config: ConfigOption = None,
 ) -> None:

@@ -27,6 +27,7 @@ from broadcaster.dispatch.content import facts_of
 from broadcaster.engine import link_secret, make_renderer
 from broadcaster.incidents.service import latest_update
 from broadcaster.store import Customer, Database, Incident, IncidentScope
+from broadcaster.store.ids import MAX_ID
 from channels.base import Message
 from channels.sms_segments import segments
 
@@ -85,7 +86,9 @@ def preview(
     ] = "email",
     language: Annotated[str, typer.Option("--language", help="e.g. en, nl")] = "en",
     timezone: Annotated[str, typer.Option("--timezone", help="IANA zone")] = "Europe/Amsterdam",
-    incident: Annotated[int | None, typer.Option("--incident", help="use this incident")] = None,
+    incident: Annotated[
+        int | None, typer.Option("--incident", help="use this incident", min=1, max=MAX_ID)
+    ] = None,
     customer: Annotated[str | None, typer.Option("--customer", help="use this customer")] = None,
     config: ConfigOption = None,
 ) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -33,8 +33,11 @@ def format_when(when: datetime, zone_name: str, language: str, now: datetime) ->
     Seconds appear only when the time has them (sub-minute cadences in tests). The zone's
     own abbreviation is used, not Babel's, whose short names vary by locale.
     """
-    tz = zone(zone_name)
-    local = when.astimezone(tz)
+    tz: tzinfo = zone(zone_name)
+    try:
+        local = when.astimezone(tz)
+    except OverflowError:  # within hours of the calendar's end (9999-12-31): say it in UTC
+        tz, local = UTC, when.astimezone(UTC)
     pattern = "HH:mm:ss" if local.second else "HH:mm"
     if local.date() != now.astimezone(tz).date():
         pattern = "EEE d MMM " + pattern

@@ -16,12 +16,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from datetime import datetime
 from operator import itemgetter
+from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 import markupsafe
 
 from broadcaster.compose.context import IncidentFacts, Personal, build_context, incident_url
-from broadcaster.compose.templates import FORMS, TemplateSet
+from broadcaster.compose.templates import FORMS, TemplateSet, template_name
 from channels.base import Message
 from channels.sms_segments import fit
 
@@ -139,6 +140,44 @@ class RenderRequest(NamedTuple):
     task: dict[str, Any] | None = None
 
 
+class RenderError(Exception):
+    """A message could not be made: a template failed, or rendered an empty subject or
+    text. The text says which template, and where when it can tell."""
+
+
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "email": ("email_subject", "email_text"),
+    "sms": ("sms",),
+    "push": ("push_title", "push_body"),
+}
+"""Parts that must not be empty, per form: a message without them is not one to send."""
+
+
+def describe_template_error(exc: BaseException) -> str:
+    """``template /srv/templates/en/first/email_text.j2 line 3: UndefinedError: …``: the
+    innermost frame of the traceback in a template file (Jinja runs templates as code whose
+    file is the template's; a shipped one is named from its language folder), else the
+    error alone."""
+    where = ""
+    frame = exc.__traceback__
+    while frame is not None:
+        filename = frame.tb_frame.f_code.co_filename
+        if filename.endswith(".j2"):
+            where = f"template {_short(filename)} line {frame.tb_lineno}: "
+        frame = frame.tb_next
+    name, lineno = getattr(exc, "name", None), getattr(exc, "lineno", None)
+    if not where and name and lineno:  # a syntax error: Jinja names the template and line
+        where = f"template {name} line {lineno}: "
+    return f"{where}{type(exc).__name__}: {exc}"
+
+
+def _short(filename: str) -> str:
+    parts = Path(filename).parts
+    if "templates" in parts:
+        return "/".join(parts[len(parts) - parts[::-1].index("templates") :])
+    return filename
+
+
 class Renderer:
     def __init__(
         self,
@@ -158,6 +197,7 @@ class Renderer:
         self._cacheable: dict[tuple[str, str, str], bool] = {}
         self._lock = threading.Lock()
         self.full_renders = 0
+        self._generation = templates.generation
 
     def incident_link(self, request: RenderRequest) -> str:
         return incident_url(self.public_url, request.facts.incident_id)
@@ -204,6 +244,11 @@ class Renderer:
     def render(self, request: RenderRequest) -> dict[str, str]:
         """The parts of the request's form (``email``, ``sms`` or ``push``), personalised."""
         parts = FORMS[request.form]
+        if self._generation != self.templates.generation:  # an admin edited the templates
+            with self._lock:
+                self._cache.clear()
+                self._cacheable.clear()
+                self._generation = self.templates.generation
         key = None
         if request.cache_key is not None:
             key = (
@@ -252,8 +297,18 @@ class Renderer:
         return out
 
     def message(self, request: RenderRequest, *, idempotency_key: str = "") -> Message:
-        """The channel-ready message for the request's form."""
-        parts = self.render(request)
+        """The channel-ready message for the request's form. Raises :class:`RenderError`
+        naming the template file and line when a template fails, or when it renders an
+        empty subject or text (a condition no sample met in ``templates check``)."""
+        try:
+            parts = self.render(request)
+        except Exception as exc:
+            raise RenderError(f"{describe_template_error(exc)}") from exc
+        for part in _REQUIRED[request.form]:
+            if not parts[part].strip():
+                _template, used = self.templates.get(request.language, request.kind, part)
+                name = template_name(used, request.kind, part)
+                raise RenderError(f"template {name} rendered nothing")
         headers = {"X-Broadcaster-Link": self.incident_link(request)}
         if request.form == "email":
             headers["List-Unsubscribe"] = f"<{request.personal.unsubscribe_url}>"

@@ -14,8 +14,10 @@ typo in an admin's template must not exhaust the daemon's memory or time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,6 +35,9 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 log = logging.getLogger("broadcaster.compose")
+
+RELOAD_CHECK: Final = 2.0
+"""Seconds between looks at the override folder for changed templates."""
 
 KINDS: Final = (
     "first",
@@ -124,6 +129,42 @@ class TemplateSet:
         )
         self._warned: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
+        self.generation = 0
+        """Bumped whenever the override folder changed and the templates were read anew (a
+        renderer drops what it cached from the old ones)."""
+        self._signature = self._scan()
+        self._checked = time.monotonic()
+
+    def _scan(self) -> tuple[tuple[str, int, int], ...]:
+        """Every override file's path, size and modification time (none without a folder)."""
+        if self.override_dir is None or not self.override_dir.is_dir():
+            return ()
+        found = []
+        for path in sorted(self.override_dir.rglob("*")):
+            with contextlib.suppress(OSError):
+                if path.is_file():
+                    stat = path.stat()
+                    found.append((str(path), stat.st_size, stat.st_mtime_ns))
+        return tuple(found)
+
+    def refresh(self) -> bool:
+        """Read the override folder's templates anew if a file was added, changed or removed
+        since the last look (looked at every :data:`RELOAD_CHECK` seconds at most): an admin's
+        fix reaches the running daemon's next round, and the next attempt of deliveries that
+        failed on the old template. Returns whether they were read anew."""
+        if self.override_dir is None or time.monotonic() - self._checked < RELOAD_CHECK:
+            return False
+        with self._lock:
+            self._checked = time.monotonic()
+            signature = self._scan()
+            if signature == self._signature:
+                return False
+            self._signature = signature
+            if self.env.cache is not None:
+                self.env.cache.clear()
+            self.generation += 1
+        log.info("message templates changed; read anew", extra={"folder": str(self.override_dir)})
+        return True
 
     def languages(self) -> list[str]:
         return available_languages(self.override_dir)
@@ -144,6 +185,7 @@ class TemplateSet:
             raise ValueError(f"unknown message kind {kind!r}; kinds: {', '.join(KINDS)}")
         if part not in PARTS:
             raise ValueError(f"unknown template part {part!r}; parts: {', '.join(PARTS)}")
+        self.refresh()
         candidates = self.resolve_language(language)
         for index, candidate in enumerate(candidates):
             try:

@@ -46,7 +46,7 @@ from broadcaster.compose.context import Personal
 from broadcaster.compose.forms import form_for
 from broadcaster.compose.links import personal_links
 from broadcaster.compose.locale import format_when
-from broadcaster.compose.render import Renderer, RenderRequest
+from broadcaster.compose.render import Renderer, RenderError, RenderRequest
 from broadcaster.config.settings import DeliverySettings, MessageSettings
 from broadcaster.dispatch.backoff import delay_after
 from broadcaster.dispatch.content import RoundContents
@@ -366,6 +366,11 @@ class Dispatcher:
             receipt = await channel.send(target, message)
         except DeliveryError as error:
             return self._failure(job, error)
+        except RenderError as exc:
+            # A template that fails (or renders nothing) for this customer: tried again with
+            # the backoff, so that an admin's fix (read at the next round or attempt) sends it.
+            log.warning("message could not be made", extra={"reason": str(exc)})
+            return self._failure(job, DeliveryError(str(exc), retryable=True))
         except Exception as exc:  # a channel bug must not kill the worker
             log.exception("channel %s raised unexpectedly", job.channel)
             return self._failure(job, DeliveryError(f"unexpected error: {exc!r}", retryable=True))

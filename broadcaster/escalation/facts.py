@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -11,6 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from broadcaster.audience.query import audience_size
 from broadcaster.store import Customer, Delivery, Followup, Incident, IncidentScope
 from rules import CustomerFacts, IncidentFacts
+from rules.facts import zone
+
+log = logging.getLogger("broadcaster.escalation")
 
 RULE_STATUS = {"closed": "resolved"}
 
@@ -77,10 +81,24 @@ async def customer_facts(
             tags=frozenset(t for t in (c.tags or "").split(",") if t),
             language=c.language,
             region=c.region,
-            timezone=c.timezone,
+            timezone=_known_zone(c),
             incident_history=tuple(sorted(history.get(c.id, ()))),
             open_followups=int(open_counts.get(c.id, 0)),
             sla=c.sla,
         )
         for c in customers
     }
+
+
+def _known_zone(customer: Customer) -> str:
+    """The customer's time zone, or UTC (with a warning) when this host does not know it: a
+    row imported where the time zone data differs must not stop its whole round."""
+    try:
+        zone(customer.timezone)
+    except ValueError:
+        log.warning(
+            "unknown time zone; the rules take UTC for this customer",
+            extra={"customer": customer.id, "timezone": customer.timezone},
+        )
+        return "UTC"
+    return customer.timezone

@@ -9,6 +9,7 @@ the rule names none, up the owner's managers), one link every ``escalation_inter
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,6 +23,7 @@ from rules import FollowupRequirement, StaffRef
 
 OUTCOMES = ("reached", "voicemail", "declined", "unreachable")
 OPEN_STATES = ("open", "claimed")
+log = logging.getLogger("broadcaster.followups")
 DEFAULT_ESCALATION_INTERVAL = timedelta(hours=1)
 MAX_ESCALATIONS = 3
 
@@ -109,6 +111,12 @@ async def create_for_customer(
         except NoOwner:
             owner = _fallback_owner(directory, req)
         if owner is None:
+            # Nobody to own it: neither the rule's owner nor any escalation link names a
+            # person. Said loudly, since a forced follow-up is the point of the rule.
+            log.warning(
+                "a forced follow-up has nobody to own it; it was not created",
+                extra={"incident": incident_id, "customer": customer.id, "rule": req.rule},
+            )
             continue
         every = req.reminder_every.total_seconds() if req.reminder_every else None
         task = Followup(

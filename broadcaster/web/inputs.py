@@ -15,9 +15,8 @@ from urllib.parse import parse_qsl
 from pydantic import AfterValidator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from broadcaster.store.ids import MAX_ID
 from broadcaster.web.limits import refuse
-
-MAX_ID = 2**63 - 1
 
 
 def no_nul(value: str) -> str:

@@ -11,8 +11,9 @@ import pytest
 
 from broadcaster.access import credentials
 from broadcaster.access.roles import ROLES, allows
+from broadcaster.clock import FakeClock
 from broadcaster.store import Database
-from tests.api.support import api_client
+from tests.api.support import START, api_client
 
 V, OP, A = "viewer", "operator", "admin"
 PUBLIC = "public"  # anyone: no customer data
@@ -169,3 +170,21 @@ async def test_tokens_are_stored_hashed(database: Database) -> None:
             assert row.token_hash not in secrets
             assert len(row.token_hash) == 64
             assert row.token_hash == credentials.digest(api.tokens[row.role])
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "reason"),
+    [
+        (timedelta(0), "must be more than 0s"),
+        (timedelta(days=999_999_999), "past the calendar's end"),
+    ],
+)
+async def test_a_token_lifetime_of_nothing_or_past_the_calendar_is_refused(
+    database: Database, lifetime: timedelta, reason: str
+) -> None:
+    """A zero lifetime made a token that never expired."""
+    with pytest.raises(credentials.CredentialError, match=reason):
+        await credentials.create_token(
+            database, FakeClock(START), name="zero", role="admin", lifetime=lifetime
+        )
+    assert await credentials.list_tokens(database) == []

@@ -4,6 +4,7 @@ requirements, compensation, closure refused then allowed, snapshots and safe rel
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -479,3 +480,54 @@ rules:
     assert len(sinks["sms"].sent) == 1  # the first round; then the budget is spent
     vip_mail = [m for m in sinks["email"].sent if m.target.address == "v1@example.org"]
     assert len(vip_mail) == 2  # the next two rounds, by email instead
+
+
+NOBODY_OWNS = """\
+version: 1
+policies:
+  default:
+    steps:
+      - after: 0m
+        every: 15m
+        channels: [email]
+rules:
+  - name: standard-call
+    match:
+      customer:
+        tier: standard
+    followup:
+      kind: call
+      owner: account_manager
+      deadline: 2h
+    continue: true
+  - name: everyone
+    policy: default
+"""
+
+
+async def test_a_customer_whose_time_zone_is_unknown_here_does_not_stop_the_round(
+    database: Database, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """And a forced follow-up that nobody can own is said, not silently skipped."""
+    clock = FakeClock(START)
+    await seed(database)
+    async with database.session() as session, session.begin():
+        await session.execute(
+            update(Customer).where(Customer.id == "S1").values(timezone="Mars/Olympus")
+        )
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(NOBODY_OWNS)
+    sinks = channels()
+    engine = await Engine.create(settings(rules_file), database, clock, sinks)
+    await service.declare(
+        database,
+        clock,
+        service.Declaration("Trains stopped", "major", "No trains.", components=["rail"]),
+    )
+    with caplog.at_level(logging.WARNING):
+        await run_until(engine, clock, START)
+    told = {m.target.address for m in sinks["email"].sent}
+    assert {"v1@example.org", "b1@example.org", "s1@example.org"} <= told
+    warnings = {r.getMessage() for r in caplog.records}
+    assert "unknown time zone; the rules take UTC for this customer" in warnings
+    assert "a forced follow-up has nobody to own it; it was not created" in warnings

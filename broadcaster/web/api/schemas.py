@@ -9,7 +9,8 @@ from typing import Annotated, Generic, Literal, TypeVar
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from broadcaster.web.inputs import MAX_ID, Moment, NoNul
+from broadcaster.store.ids import MAX_ID
+from broadcaster.web.inputs import Moment, NoNul
 
 T = TypeVar("T")
 

@@ -16,6 +16,7 @@ from broadcaster.escalation.explaining import explain_incident
 from broadcaster.escalation.holder import load_file
 from broadcaster.followups import service as followups
 from broadcaster.store import Delivery, Followup
+from broadcaster.store.ids import MAX_ID
 from broadcaster.web.api.schemas import (
     AuditOut,
     ClaimIn,
@@ -37,7 +38,6 @@ from broadcaster.web.api.schemas import (
 )
 from broadcaster.web.auth import client_source, require
 from broadcaster.web.errors import ApiError, from_value_error
-from broadcaster.web.inputs import MAX_ID
 from broadcaster.web.state import WebState, state_of
 from rules import RulesError, load_rules
 

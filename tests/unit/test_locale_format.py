@@ -1,0 +1,16 @@
+"""``format_when`` at the ends of the calendar."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from broadcaster.compose.locale import format_when
+
+
+def test_a_time_at_the_calendar_s_end_is_said_in_utc_not_an_error() -> None:
+    """An expected resolution of 9999-12-31 23:59 UTC cannot be shown in a zone east of
+    UTC (it would be in the year 10000): every delivery to such customers failed."""
+    late = datetime(9999, 12, 31, 23, 59, tzinfo=UTC)
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    assert format_when(late, "Europe/Amsterdam", "en", now) == "Fri 31 Dec 23:59 UTC"
+    assert format_when(late, "America/New_York", "en", now).endswith(" EST")
