@@ -95,6 +95,9 @@ def check_templates(templates: TemplateSet, renderer: Renderer, max_segments: in
                 except TemplateSyntaxError as exc:
                     report.errors.append(f"{exc.filename or name}:{exc.lineno}: {exc.message}")
                     continue
+                except UnicodeDecodeError as exc:  # the daemon would fail every send with it
+                    report.errors.append(f"{name}: not UTF-8 (byte at offset {exc.start})")
+                    continue
                 report.checked += 1
                 report.errors += _lint_source(templates, name, part, kind)
         for kind in KINDS:
@@ -127,7 +130,7 @@ def _render_check(
         for part in parts:
             try:
                 template, used = templates.get(language, kind, part)
-            except TemplateSyntaxError:
+            except (TemplateSyntaxError, UnicodeDecodeError):
                 continue  # reported by the source lint
             label = template.filename or template_name(used, kind, part)
             try:

@@ -36,6 +36,7 @@ async def incident_facts(session: AsyncSession, incident: Incident) -> IncidentF
         source=incident.source,
         affected_customers=await audience_size(session, incident.id),
         resolved_at=incident.resolved_at,
+        labels=dict(incident.labels or {}),
     )
 
 

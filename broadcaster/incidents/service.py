@@ -7,7 +7,7 @@ pending, creates one. The daemon picks it up from the store.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -58,6 +58,8 @@ class Declaration:
     """Feeds set these (unique together): the declaration fails if the item exists."""
     hold: timedelta = timedelta(0)
     """Delay of the first round (a feed's flapping guard); operators send at once."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """The source's labels (feeds and webhooks), for the rules' ``incident.labels``."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ async def declare(
             created_at=now,
             updated_at=now,
             rounds_made=1,
+            labels=dict(decl.labels) or None,
         )
         session.add(incident)
         await session.flush()

@@ -282,6 +282,7 @@ async def _create(
                 source=event.source,
                 external_id=external_id,
                 hold=max(hold, timedelta(0)),
+                labels=event.labels,
             ),
         )
     except IntegrityError:
@@ -296,7 +297,7 @@ async def _create(
 
 
 async def _retitle(database: Database, incident_id: int, event: IncidentEvent) -> None:
-    values: dict[str, str] = {}
+    values: dict[str, object] = {}
     async with database.session() as session, session.begin():
         incident = await session.get(Incident, incident_id)
         if incident is None:
@@ -306,6 +307,8 @@ async def _retitle(database: Database, incident_id: int, event: IncidentEvent) -
             values["title"] = title[:300]
         if event.severity != incident.severity:
             values["severity"] = event.severity
+        if dict(event.labels) != (incident.labels or {}):
+            values["labels"] = dict(event.labels) or None
         if values:
             await session.execute(
                 update(Incident).where(Incident.id == incident_id).values(**values)

@@ -125,6 +125,9 @@ class Incident(Base):
     """The escalation plan snapshotted when escalation started (rules.PlanSnapshot)."""
     steps_notified: Mapped[list[int] | None] = mapped_column(JSON, default=None)
     """Ladder steps (seconds after the start) whose staff have been told."""
+    labels: Mapped[dict[str, str] | None] = mapped_column(JSON, default=None)
+    """The source's labels (an Alertmanager alert's, ``gtfs.cause``, …), for the rules'
+    ``incident.labels`` conditions; the latest event's."""
 
 
 class IncidentScope(Base):

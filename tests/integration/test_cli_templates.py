@@ -40,6 +40,16 @@ def test_check_fails_on_a_broken_override(tmp_path: Path) -> None:
     assert "apology lacks its prevention" in result.output
 
 
+def test_check_names_an_override_that_is_not_utf8(tmp_path: Path) -> None:
+    latin = tmp_path / "tpl" / "en" / "update" / "email_subject.j2"
+    latin.parent.mkdir(parents=True)
+    latin.write_bytes("Mise à jour: {{ incident.title }}".encode("latin-1"))
+    config = _config(tmp_path, f'messages: {{templates_dir: "{tmp_path / "tpl"}"}}\n')
+    result = runner.invoke(app, ["templates", "check", "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    assert "en/update/email_subject.j2: not UTF-8 (byte at offset 5)" in result.output
+
+
 def test_preview_sms_shows_segments(tmp_path: Path) -> None:
     args = ["templates", "preview", "update", "--channel", "sms", "--language", "nl"]
     result = runner.invoke(app, [*args, "--config", str(_config(tmp_path))])

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
 from broadcaster.clock import Clock, FakeClock
+from broadcaster.escalation.facts import incident_facts
 from broadcaster.incidents import service
 from broadcaster.intake.apply import apply_event, plan_event
 from broadcaster.intake.events import IncidentEvent
 from broadcaster.store import Database, Incident, IncidentScope, IncidentUpdate, Round
+from rules import load_rules
+from rules.evaluate import RuleTrace, evaluate
 
 START = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
 HOLD = timedelta(seconds=30)
@@ -193,3 +197,47 @@ async def test_staff_updates_do_not_make_the_feed_reapply(database: Database) ->
         database, clock, incident_id, service.UpdateRequest(message="We are on it.", author="ann")
     )
     assert (await apply(database, clock, event("v1")))[0] == "unchanged"
+
+
+async def test_an_event_s_labels_reach_the_rules(database: Database) -> None:
+    """``match: {incident: {labels: {test: "true"}}}`` (docs/rules.md) matched nothing: the
+    labels were read and never kept."""
+    clock = FakeClock(START)
+    first = dataclasses.replace(event("1"), labels={"test": "true", "team": "web"})
+    kind, incident_id = await apply(database, clock, first)
+    assert kind == "created" and incident_id is not None
+    async with database.session() as session:
+        stored = await session.get(Incident, incident_id)
+        assert stored is not None
+        facts = await incident_facts(session, stored)
+    assert dict(facts.labels) == {"test": "true", "team": "web"}
+    silent = load_rules(SILENT, "rules.yaml", channels={"email"}, staff=set(), groups=set())
+    trace: list[RuleTrace] = []
+    evaluate(silent, facts, None, clock.now(), trace=trace)
+    assert (trace[0].rule, trace[0].outcome) == ("test-incidents-are-silent", "matched")
+
+    clock.advance(timedelta(minutes=5))
+    later = dataclasses.replace(event("2", message="Still failing."), labels={"team": "web"})
+    assert (await apply(database, clock, later))[0] == "updated"
+    async with database.session() as session:
+        stored = await session.get(Incident, incident_id)
+        assert stored is not None
+        assert dict((await incident_facts(session, stored)).labels) == {"team": "web"}
+
+
+SILENT = """\
+version: 1
+policies:
+  default:
+    steps:
+      - after: 0m
+        every: 15m
+        channels: [email]
+rules:
+  - name: test-incidents-are-silent
+    match:
+      incident:
+        labels: {test: "true"}
+  - name: everyone
+    policy: default
+"""
