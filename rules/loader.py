@@ -191,6 +191,15 @@ class _Loader(ActionReader):
                 f"{what} belong to the incident, so a rule that sets them "
                 "cannot match on customer facts",
             )
+        if rule.compensation is not None and (
+            rule.needs_customer or any(c.on_customer for c in rule.compensation.when)
+        ):
+            self.problems.at(
+                keys["compensation"],
+                "compensation is decided once for the incident, at its resolution (it is in "
+                "the resolution message every affected customer gets), so it cannot depend on "
+                "customer facts; do something for particular customers with a follow-up",
+            )
         return rule if name is not None else None
 
 

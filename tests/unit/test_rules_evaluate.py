@@ -299,11 +299,11 @@ rules:
     followup: {kind: visit, owner: care, deadline: 1d}
     quiet_hours: {from: "21:00", to: "08:00"}
     throttle: {max: 1, per: 1h}
-    compensation: {kind: voucher, amount: 5, currency: EUR}
     continue: true
   - name: severe
     match: {incident: {severity: {gte: major}}}
     require_for_resolution: [cause]
+    compensation: {kind: voucher, amount: 5, currency: EUR}
     continue: true
   - name: all
     require_for_resolution: [remedy, prevention]
@@ -311,12 +311,12 @@ rules:
       kind: refund
       amount: 1
       currency: EUR
-      when: {customer: {open_followups: {gt: 5}}}
+      when: {incident: {age: {gt: 2h}}}
 """
     )
     decision = ruleset.evaluate(incident("major"), PERSON, now=NOW)
     assert [f.rule for f in decision.followups] == ["vip", "press"]
-    assert [c.rule for c in decision.compensation] == ["press"]  # refund's `when` failed
+    assert [c.rule for c in decision.compensation] == ["severe"]  # refund's `when` failed
     assert decision.required_for_resolution == {"cause", "remedy", "prevention"}
     assert decision.quiet_hours is not None and decision.quiet_hours.rule == "vip"
     assert decision.throttle is not None and decision.throttle.max == 5

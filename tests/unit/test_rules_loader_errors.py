@@ -362,3 +362,26 @@ rules:
         f"{at(text, '1.5')}: rules[0].match.customer.open_followups.gt: a whole number is "
         "expected, not '1.5'",
     ]
+
+
+def test_compensation_that_depends_on_customer_facts_is_refused() -> None:
+    """It is decided once, at the resolution, for the incident: a customer condition on it
+    was silently never met (and `explain` said it was)."""
+    text = """\
+rules:
+  - name: vip-voucher
+    match: {customer: {tier: vip}}
+    compensation: {kind: voucher, amount: 5, currency: EUR}
+  - name: loyal-credit
+    compensation:
+      kind: credit
+      amount: 2
+      currency: EUR
+      when: {customer: {incidents: {within: 30d, gte: 3}}}
+"""
+    with pytest.raises(RulesError) as refused:
+        load_rules(text, "rules.yaml", channels=set(), staff=set(), groups=set())
+    problems = refused.value.problems
+    assert len(problems) == 2
+    assert all("compensation is decided once for the incident" in p for p in problems)
+    assert problems[0].startswith("rules.yaml:4:19: rules[0].compensation: ")

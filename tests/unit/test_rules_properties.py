@@ -237,6 +237,7 @@ ACTIONS: dict[str, Any] = {
     "quiet_hours": {"from": "22:00", "to": "07:00"},
     "throttle": {"max": 2, "per": "1h"},
 }
+CUSTOMER_ACTIONS = sorted(set(ACTIONS) - {"compensation"})
 POLICIES = {
     "slow": {"steps": [{"after": "0m", "every": "1h", "channels": ["email"]}]},
     "fast": {
@@ -295,7 +296,15 @@ def drafts(draw: st.DrawFn) -> Draft:
             st.lists(st.sampled_from(INCIDENT_CONDITIONS), max_size=2, unique_by=lambda c: c[0])
         ),
         customer=customer_part,
-        actions=draw(st.lists(st.sampled_from(sorted(ACTIONS)), max_size=2, unique=True)),
+        # Compensation belongs to the incident (decided at the resolution): only rules
+        # without customer conditions may give it.
+        actions=draw(
+            st.lists(
+                st.sampled_from(sorted(ACTIONS) if incident_only else CUSTOMER_ACTIONS),
+                max_size=2,
+                unique=True,
+            )
+        ),
         policy=draw(st.none() | st.sampled_from(sorted(POLICIES))) if incident_only else None,
         require=draw(st.lists(st.sampled_from(["cause", "remedy"]), max_size=2))
         if incident_only
