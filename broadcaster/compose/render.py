@@ -244,6 +244,7 @@ class Renderer:
     def render(self, request: RenderRequest) -> dict[str, str]:
         """The parts of the request's form (``email``, ``sms`` or ``push``), personalised."""
         parts = FORMS[request.form]
+        self.templates.refresh()
         if self._generation != self.templates.generation:  # an admin edited the templates
             with self._lock:
                 self._cache.clear()
