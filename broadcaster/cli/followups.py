@@ -38,6 +38,8 @@ def list_(
     config: ConfigOption = None,
 ) -> None:
     """Follow-ups, soonest deadline first."""
+    if state not in (None, "open", "claimed", "done", "waived", "all"):
+        raise fail(f"--state: {state!r} is not one of open, claimed, done, waived, all", 2)
     settings = settings_or_exit(config)
 
     async def work(db: Database) -> list[str]:

@@ -18,7 +18,7 @@ from broadcaster.cli.common import (
     settings_or_exit,
     with_database,
 )
-from broadcaster.incidents import service
+from broadcaster.incidents import lifecycle, service
 from broadcaster.incidents.lifecycle import TransitionError
 from broadcaster.reports import incident_report
 from broadcaster.schedule.capacity import check_round
@@ -230,6 +230,9 @@ def list_(
     config: ConfigOption = None,
 ) -> None:
     """List incidents, newest first."""
+    if status is not None and status != "open" and status not in lifecycle.STATUSES:
+        known = ", ".join(("open", *lifecycle.STATUSES))
+        raise fail(f"--status: {status!r} is not one of {known}", 2)
     settings = settings_or_exit(config)
 
     async def work(db: Database) -> list[str]:

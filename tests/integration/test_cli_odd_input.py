@@ -77,3 +77,17 @@ def test_a_token_lifetime_of_nothing_is_refused(tmp_path: Path) -> None:
     assert "lifetime must be more than 0s" in out
     code, out = invoke("tokens", "list", "--config", str(path))
     assert code == 0 and "z" not in out.split()
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        (["incident", "list", "--status", "bogus"], "--status"),
+        (["followups", "list", "--state", "x"], "--state"),
+    ],
+)
+def test_a_filter_that_names_nothing_is_refused_not_an_empty_list(
+    tmp_path: Path, command: list[str], option: str
+) -> None:
+    code, out = invoke(*command, "--config", str(config(tmp_path)))
+    assert code == 2 and f"{option}: " in out and "is not one of" in out
