@@ -30,6 +30,7 @@ from broadcaster.store import Customer, Database, Incident, IncidentScope
 from broadcaster.store.ids import MAX_ID
 from channels.base import Message
 from channels.sms_segments import segments
+from rules.facts import zone as time_zone
 
 app = typer.Typer(help="Message templates: check and preview.", no_args_is_help=True)
 
@@ -53,10 +54,16 @@ def check(config: ConfigOption = None) -> None:
 
 
 def _form(settings: Settings, channel: str) -> str:
+    """The message form of ``channel``: a form's own name, or a configured channel's."""
     if channel in FORMS:
         return channel
     spec = settings.channels.get(channel)
-    return form_for(spec.contact if spec is not None else channel)
+    if spec is None:
+        known = ", ".join([*FORMS, *sorted(settings.channels)])
+        raise fail(
+            f"--channel: {channel!r} is neither a form nor a configured channel ({known})", 2
+        )
+    return form_for(spec.contact)
 
 
 async def _facts(db: Database, incident_id: int, kind: str) -> IncidentFacts:
@@ -98,6 +105,10 @@ def preview(
         raise fail(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
     renderer = make_renderer(settings)
     form = _form(settings, channel)
+    try:
+        time_zone(timezone)
+    except ValueError as exc:
+        raise fail(f"--timezone: {exc}", 2) from None
 
     async def load(db: Database) -> tuple[IncidentFacts, Personal, str, str]:
         facts = await _facts(db, incident, kind) if incident is not None else sample_facts(kind)

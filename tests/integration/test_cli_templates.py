@@ -112,3 +112,16 @@ def test_preview_refuses_an_unknown_kind(tmp_path: Path) -> None:
         app, ["templates", "preview", "gossip", "--config", str(_config(tmp_path))]
     )
     assert result.exit_code == 1 and "unknown kind" in result.output
+
+
+def test_preview_refuses_a_zone_or_channel_that_names_nothing(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    zone = runner.invoke(
+        app, ["templates", "preview", "first", "--timezone", "Nowhere/Bad", "--config", config]
+    )
+    assert zone.exit_code == 2 and "--timezone: unknown time zone 'Nowhere/Bad'" in zone.output
+    channel = runner.invoke(
+        app, ["templates", "preview", "first", "--channel", "nosuch", "--config", config]
+    )
+    assert channel.exit_code == 2
+    assert "--channel: 'nosuch' is neither a form nor a configured channel" in channel.output
