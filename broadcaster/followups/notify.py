@@ -84,7 +84,6 @@ class _Claimed:
     staff: str
     incident_id: int
     followup_id: int | None
-    round_number: int | None
     attempts: int
 
 
@@ -196,7 +195,6 @@ async def _claim(
                     row.staff,
                     row.incident_id,
                     row.followup_id,
-                    row.round_number,
                     row.attempts,
                 )
             )

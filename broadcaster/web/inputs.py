@@ -1,7 +1,9 @@
 """Checks every input of the web layer shares: what the store cannot keep is refused as the
 caller's error (4xx, naming the field), not met as a database error (500).
 
-- NUL characters: PostgreSQL text cannot hold them (SQLite would store them).
+- NUL characters: PostgreSQL text cannot hold them (SQLite would store them). Body fields
+  use the customer import's own check (``broadcaster.customers.rows.NoNul``); here are the
+  path, the query and the console's form fields.
 - Dates that leave years 1-9999 once converted to UTC, which the store cannot write.
 - Row ids: ASCII digits within 64 bits (``str.isdigit`` also accepts ``²``).
 """
@@ -17,12 +19,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broadcaster.store.ids import MAX_ID
 from broadcaster.web.limits import refuse
-
-
-def no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("contains a NUL character")
-    return value
 
 
 def no_nul_in(field: str, value: str) -> str:
@@ -42,7 +38,6 @@ def storable(value: datetime) -> datetime:
     return value
 
 
-NoNul = AfterValidator(no_nul)
 Moment = Annotated[datetime, AfterValidator(storable)]
 
 

@@ -79,6 +79,19 @@ async def started(
     return Started(clock, engine, incident)
 
 
+async def queue_step(run: Started, key: str, staff: str) -> None:
+    """Queue an escalation step's notice to ``staff`` for the run's incident, due now."""
+    async with run.engine.database.session() as session, session.begin():
+        queue_notice(
+            session,
+            key=key,
+            kind="step",
+            staff=staff,
+            incident_id=run.incident,
+            now=run.clock.now(),
+        )
+
+
 async def send_now(run: Started, channel: Channel, owner: str) -> int:
     """One sender's pass over the due notices, through ``channel``."""
     return await send_due_notices(
@@ -285,11 +298,8 @@ async def test_a_late_outcome_of_an_attempt_whose_lease_ran_out_does_not_overwri
     database: Database,
 ) -> None:
     run = await started(database)
-    clock, engine, incident = run.clock, run.engine, run.incident
-    async with database.session() as session, session.begin():
-        queue_notice(
-            session, key="slow", kind="step", staff="carla", incident_id=incident, now=clock.now()
-        )
+    clock, engine = run.clock, run.engine
+    await queue_step(run, "slow", "carla")
     channel = GatedChannel()
 
     async def sender() -> int:  # the same owner: two tasks of one daemon
@@ -343,11 +353,8 @@ async def test_a_sweep_that_cannot_queue_reminders_still_sends_what_is_queued(
 ) -> None:
     sinks = channels()
     run = await started(database, sinks=sinks)
-    clock, engine, incident = run.clock, run.engine, run.incident
-    async with database.session() as session, session.begin():
-        queue_notice(
-            session, key="queued", kind="step", staff="carla", incident_id=incident, now=clock.now()
-        )
+    engine = run.engine
+    await queue_step(run, "queued", "carla")
 
     async def broken(*args: object) -> list[object]:
         raise RuntimeError("the reminders' query failed")
@@ -393,11 +400,8 @@ async def test_leases_of_notices_still_sending_are_renewed(database: Database) -
     config = settings()
     config.delivery.lease = timedelta(seconds=1)  # renewed every third of a second
     run = await started(database, config)
-    clock, incident = run.clock, run.incident
-    async with database.session() as session, session.begin():
-        queue_notice(
-            session, key="queued", kind="step", staff="carla", incident_id=incident, now=clock.now()
-        )
+    clock = run.clock
+    await queue_step(run, "queued", "carla")
     release = asyncio.Event()
 
     class Busy(MemoryChannel):

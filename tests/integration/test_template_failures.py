@@ -34,12 +34,21 @@ async def deliveries(database: Database) -> list[tuple[str, str, str | None]]:
         return [(c, s, e) for c, s, e in rows]
 
 
-async def declare(database: Database, clock: FakeClock) -> None:
+async def declared(database: Database, overrides: Path) -> tuple[FakeClock, MemoryChannel, Engine]:
+    """One customer, an engine using the ``overrides`` folder, and a critical incident
+    without regions declared (its first round not yet run)."""
+    clock = FakeClock(START)
+    await add_customers(database, clock, [("A1", ["component:payments"])])
+    mail = MemoryChannel(name="mail")
+    engine = await Engine.create(
+        with_overrides(overrides), database, clock, {"mail": mail}, owner="test"
+    )
     await service.declare(
         database,
         clock,
         service.Declaration("Payments down", "critical", "Failing.", components=["payments"]),
     )
+    return clock, mail, engine
 
 
 @pytest.fixture(autouse=True)
@@ -54,13 +63,7 @@ async def test_a_failing_template_is_named_and_its_fix_is_picked_up(
     subject = tmp_path / "en" / "first" / "email_subject.j2"
     subject.parent.mkdir(parents=True)
     subject.write_text("Update\n[{{ incident.regions[0] | upper }}] {{ incident.title }}\n")
-    clock = FakeClock(START)
-    await add_customers(database, clock, [("A1", ["component:payments"])])
-    mail = MemoryChannel(name="mail")
-    engine = await Engine.create(
-        with_overrides(tmp_path), database, clock, {"mail": mail}, owner="test"
-    )
-    await declare(database, clock)  # no regions: the template fails for this incident
+    clock, mail, engine = await declared(database, tmp_path)  # no regions: the template fails
     await run_until(engine, clock, START)
     [(customer, state, error)] = await deliveries(database)
     assert (customer, state) == ("A1", "pending")  # to be tried again
@@ -81,13 +84,7 @@ async def test_a_template_that_renders_nothing_is_not_sent_empty(
     text = tmp_path / "en" / "first" / "email_text.j2"
     text.parent.mkdir(parents=True)
     text.write_text('{% if incident.severity == "major" %}Trains are late.{% endif %}\n')
-    clock = FakeClock(START)
-    await add_customers(database, clock, [("A1", ["component:payments"])])
-    mail = MemoryChannel(name="mail")
-    engine = await Engine.create(
-        with_overrides(tmp_path), database, clock, {"mail": mail}, owner="test"
-    )
-    await declare(database, clock)  # critical: the condition is not met
+    clock, mail, engine = await declared(database, tmp_path)  # critical: the `if` is not met
     await run_until(engine, clock, START)
     assert mail.sent == []
     [(_, state, error)] = await deliveries(database)

@@ -9,8 +9,9 @@ from typing import Annotated, Generic, Literal, TypeVar
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from broadcaster.customers.rows import NoNul
 from broadcaster.store.ids import MAX_ID
-from broadcaster.web.inputs import Moment, NoNul
+from broadcaster.web.inputs import Moment
 
 T = TypeVar("T")
 
