@@ -1,14 +1,21 @@
-"""Promises: a 24-hour incident on a fake clock, with operator updates and daemon crashes.
+"""Promises: a 24-hour incident on an accelerated clock, with operator updates and crashes.
 
 N customers are affected by one critical incident. The engine (the daemon's own, driven
-in-process as the demo does) runs on a :class:`~broadcaster.clock.FakeClock` that jumps to
-the next thing that can happen: a due round, an expired lease, an operator update, a
-crash. Operator updates come at random times (each pulls the pending round forward). Three
-times, the daemon crashes mid-round: it has claimed the due round, materialised two
-batches of it and claimed a batch of deliveries, and dies without releasing anything; a new
-engine (new lease owner) starts on the same store after a random down time of 5 to 40 s
-and takes the work over when the dead one's leases expire. After 24 hours the incident is
-resolved.
+in-process as the demo does) runs on a :class:`SkippingClock`: time runs as fast as the
+wall clock while the engine works (so rounds, sends and restarts take the time they
+really take) and jumps over the idle spans to the next thing that can happen: a due
+round, an expired lease, an operator update, a crash. Operator updates come at random
+times (each pulls the pending round forward). Three times the daemon crashes, two kinds
+in turn:
+
+- **mid-round**: it has claimed the due round, materialised two batches of it and claimed a
+  batch of deliveries, and dies without releasing anything; a new engine (new lease owner)
+  starts on the same store after a random down time of 5 to 40 s and takes the work over
+  when the dead one's leases expire;
+- **before a round**: it dies idle, up to its down time before a round falls due, so that
+  the round comes due while no daemon runs and is claimed late, when the new one starts.
+
+After 24 hours the incident is resolved.
 
 Two views of "promise kept": the store's (the round that keeps a promise was claimed by its
 due time plus ``schedule.promise_grace``: what ``incident show`` counts), and the
@@ -18,6 +25,7 @@ customers' (the last message of that round was sent by then).
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,6 +67,33 @@ class CountingChannel:
         return None
 
 
+class SkippingClock(FakeClock):
+    """A fake clock that also runs: between two jumps it moves with the wall clock, so that
+    what the engine does takes the time it really takes, and :meth:`set` skips the idle span
+    up to the next thing that can happen."""
+
+    def __init__(self, start: datetime) -> None:
+        super().__init__(start)
+        self._mark = time.monotonic()
+
+    def now(self) -> datetime:
+        return super().now() + timedelta(seconds=time.monotonic() - self._mark)
+
+    def _rebase(self) -> datetime:
+        current = self.now()
+        self._mark = time.monotonic()
+        return super().set(current)
+
+    def advance(self, delta: timedelta | float) -> datetime:
+        self._rebase()
+        return super().advance(delta)
+
+    def set(self, when: datetime) -> datetime:
+        """Jump to ``when``; a time the clock has already run past leaves it where it is."""
+        current = self._rebase()
+        return super().set(max(when, current))
+
+
 def settings_for(url: str) -> Settings:
     return Settings.model_validate(
         {
@@ -93,6 +128,38 @@ async def _crash(engine: Engine, database: Database, clock: FakeClock) -> bool:
     return True
 
 
+async def _crash_and_restart(
+    crashes: list[dict[str, str]],
+    database: Database,
+    clock: SkippingClock,
+    rng: random.Random,
+    engine: Engine,
+) -> dict[str, str]:
+    """Crash the running engine (mid-round or just before a round, in turn) and let its
+    down time pass; the caller starts the new engine. What happened, for the record."""
+    down = timedelta(seconds=rng.uniform(5, 40))
+    due = await next_wakeup(database)
+    if len(crashes) % 2 == 0:
+        # In the middle of the next round, whenever that is.
+        if due is not None:
+            clock.set(due)
+        crashed_at = clock.now()
+        kind = "mid-round" if await _crash(engine, database, clock) else "idle"
+    else:
+        # Idle, shortly before the next round: it falls due while no daemon runs.
+        if due is not None:
+            clock.set(due - down * rng.uniform(0.2, 0.9))
+        crashed_at = clock.now()
+        kind = "before a round"
+    clock.advance(down)
+    return {
+        "at": crashed_at.isoformat(),
+        "kind": kind,
+        "down_seconds": f"{down.total_seconds():.1f}",
+        "round_due": due.isoformat() if due is not None else "",
+    }
+
+
 async def _delivery_lease(database: Database) -> datetime | None:
     async with database.session() as session:
         found = (
@@ -111,7 +178,7 @@ async def simulate(
     backend: str, workdir: Path, customers: int, hours: int, restarts: int, seed: int = 24
 ) -> dict[str, Any]:
     rng = random.Random(seed)
-    clock = FakeClock(START)
+    clock = SkippingClock(START)
     end = START + timedelta(hours=hours)
     span = (end - START).total_seconds()
     events: list[tuple[datetime, str]] = [
@@ -165,19 +232,9 @@ async def simulate(
                             ),
                         )
                         continue
-                    # A crash happens in the middle of the next round, whenever that is.
-                    due = await next_wakeup(database)
-                    if due is not None and due > clock.now():
-                        clock.set(due)
-                    crashed_at = clock.now()
-                    if await _crash(engine, database, clock):
-                        down = timedelta(seconds=rng.uniform(5, 40))
-                        clock.advance(down)
-                        engine = await Engine.create(settings, database, clock, {"mail": channel})
-                        engines += 1
-                        crashes.append(
-                            {"at": crashed_at.isoformat(), "down_seconds": str(down.seconds)}
-                        )
+                    crashes.append(await _crash_and_restart(crashes, database, clock, rng, engine))
+                    engine = await Engine.create(settings, database, clock, {"mail": channel})
+                    engines += 1
             clock.set(max(end, clock.now()))
             await service.resolve(
                 database, clock, incident.id, service.UpdateRequest("Trains run again.")
