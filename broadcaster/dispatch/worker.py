@@ -30,6 +30,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    false,
     func,
     literal_column,
     select,
@@ -52,7 +53,7 @@ from broadcaster.dispatch.backoff import delay_after
 from broadcaster.dispatch.content import RoundContents
 from broadcaster.dispatch.limits import Limits, per_process
 from broadcaster.dispatch.outcomes import History, Job, Outcome, record_outcomes, write_history
-from broadcaster.store import Customer, Database, Delivery, Followup
+from broadcaster.store import ContactPoint, Customer, Database, Delivery, Followup
 from broadcaster.store.bulk import rows_params, rows_table
 from broadcaster.store.models import table_of
 from broadcaster.store.types import UTCDateTime
@@ -122,6 +123,8 @@ class DispatchStats:
     rerouted: int = 0
     failovers: int = 0
     reclaimed: int = 0
+    cancelled: int = 0
+    """Queued deliveries not sent because their address was opted out or disabled."""
     by_channel: dict[str, int] = field(default_factory=dict)
 
 
@@ -173,9 +176,10 @@ class Dispatcher:
 
     async def run_once(self) -> int:
         """Claim, send and record one batch; returns how many deliveries it handled."""
+        cancelled = self.stats.cancelled
         jobs, announced = await self._claim(self.batch_size)
         if not jobs:
-            return 0
+            return self.stats.cancelled - cancelled  # more may be due behind them
         sent = asyncio.Event()
         lost: set[int] = set()
         keeper = asyncio.create_task(
@@ -231,7 +235,7 @@ class Dispatcher:
         # that floor (a delivery given back by a daemon that stopped, one another claimer
         # held and let go) is taken at the next full look, within EXPIRED_LOOK_INTERVAL.
         after = None if expired_too or self._db.dialect != "postgresql" else self._floor
-        jobs, followups, last = await self._db.transact(
+        jobs, followups, last, cancelled = await self._db.transact(
             lambda session: _claim(
                 session,
                 limit,
@@ -246,6 +250,7 @@ class Dispatcher:
         )
         if last is not None and (self._floor is None or last > self._floor):
             self._floor = last
+        self.stats.cancelled += cancelled
         announced: Announcements = {}
         for incident_id, customer_id, owner, kind, deadline in followups:  # earliest first
             name = self._staff_names.get(owner, owner)
@@ -468,14 +473,15 @@ def _claim(
     expired_too: bool,
     dialect: str,
     after: Floor | None = None,
-) -> tuple[list[Job], list[tuple[int, str, str, str, datetime]], Floor | None]:
+) -> tuple[list[Job], list[tuple[int, str, str, str, datetime]], Floor | None, int]:
     """Take up to ``limit`` deliveries under ``owner``'s lease: those whose lease expired
     first (their worker died; looked for only when ``expired_too``), then due pending
     ones, those after ``after`` in claim order when it is given; count the attempt (noting a
     reclaim in the history). Returns them with what rendering and routing need, the open
     follow-ups of their customers for their incidents, earliest deadline first (the messages
-    say that a named person will contact them: doctrine 6), and the claim-order key of the
-    last due delivery taken (None when none was).
+    say that a named person will contact them: doctrine 6), the claim-order key of the
+    last due delivery taken (None when none was), and how many were cancelled instead, their
+    address having been opted out or disabled since they were written.
 
     Its statements run on the session's connection: Core, without the ORM's result layer,
     which built an ORM loading context for every claimed row."""
@@ -510,7 +516,16 @@ def _claim(
             last = (taken[-1][_DUE_AT], taken[-1][0])
         found += taken
     if not found:
-        return [], [], None
+        return [], [], None, 0
+    moot = [row for row in found if row[_OPTED_OUT] or row[_DISABLED]]
+    if moot:
+        # The customer unsubscribed (or the address was disabled) after the round was
+        # written: what is still queued for that address is not sent (RFC 8058 asks that
+        # an unsubscription takes effect; a held or retried message must not follow it).
+        _cancel(connection, dialect, moot, now)
+        found = [row for row in found if not (row[_OPTED_OUT] or row[_DISABLED])]
+        if not found:
+            return [], [], last, len(moot)
     connection.execute(
         sql.take,
         {
@@ -551,13 +566,36 @@ def _claim(
     # none); only the few claimed with one need a look at the follow-ups themselves.
     announced = [row[_FOLLOWUP_AT] for row in found if row[_FOLLOWUP_AT] is not None]
     if not announced:
-        return jobs, [], last
+        return jobs, [], last, len(moot)
     followups = connection.execute(
         select(_F.c.incident_id, _F.c.customer_id, _F.c.owner, _F.c.kind, _F.c.deadline_at)
         .where(_F.c.id.in_(announced))
         .order_by(_F.c.deadline_at, _F.c.id)
     )
-    return jobs, [(row[0], row[1], row[2], row[3], row[4]) for row in followups], last
+    return jobs, [(row[0], row[1], row[2], row[3], row[4]) for row in followups], last, len(moot)
+
+
+def _cancel(connection: Any, dialect: str, rows: list[Any], now: datetime) -> None:
+    """End claimed-to-be deliveries whose contact point was opted out or disabled since
+    they were written: ``cancelled``, with the reason in their history."""
+    reasons = {
+        row[0]: "the customer opted out of this address"
+        if row[_OPTED_OUT]
+        else "this address was disabled"
+        for row in rows
+    }
+    for reason in set(reasons.values()):
+        connection.execute(
+            update(_D)
+            .where(_D.c.id.in_([i for i, why in reasons.items() if why == reason]))
+            .values(state="cancelled", last_error=reason, lease_owner=None, lease_expires_at=None)
+        )
+    write_history(
+        connection, dialect, [(i, "cancelled", None, why) for i, why in reasons.items()], now
+    )
+    log.info(
+        "queued deliveries cancelled: address opted out or disabled", extra={"count": len(rows)}
+    )
 
 
 # The tables, not the mapped classes: Core statements skip the ORM's compile and result
@@ -565,6 +603,7 @@ def _claim(
 _D = table_of(Delivery)
 _C = table_of(Customer)
 _F = table_of(Followup)
+_P = table_of(ContactPoint)
 
 # Constants in the SQL, not parameters: the partial indexes on PostgreSQL (migration 0007)
 # serve a query only when its state provably matches theirs, which a generic plan of a
@@ -611,11 +650,16 @@ _JOB_COLUMNS = (
     _C.c.channel_order,
     _D.c.failover_from_id,
     _D.c.state,
+    func.coalesce(_P.c.opted_out, false()),
+    func.coalesce(_P.c.disabled, false()),
     _D.c.next_attempt_at,
     _FOLLOWUP,
 )
-"""A claimed delivery: what :class:`Job` holds, in its order, then the state it had, when it
-was due (its claim-order key is that and the id) and the follow-up it announces."""
+"""A claimed delivery: what :class:`Job` holds, in its order, then the state it had, whether
+its contact point is opted out or disabled now, when it was due (its claim-order key is that
+and the id) and the follow-up it announces."""
+_OPTED_OUT = 14
+_DISABLED = 15
 _DUE_AT = len(_JOB_COLUMNS) - 2
 _FOLLOWUP_AT = len(_JOB_COLUMNS) - 1
 
@@ -644,7 +688,11 @@ def _claim_sql(dialect: str, skip_locked: bool) -> _ClaimSql:
         # still waiting.
         query = (
             select(*_JOB_COLUMNS)
-            .select_from(_D.join(_C, _C.c.id == _D.c.customer_id))
+            .select_from(
+                _D.join(_C, _C.c.id == _D.c.customer_id).outerjoin(
+                    _P, _P.c.id == _D.c.contact_point_id
+                )
+            )
             .where(state)
             .order_by(*order)
             .limit(bindparam("b_limit", type_=Integer()))
