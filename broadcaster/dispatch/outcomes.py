@@ -18,7 +18,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, Connection, String, and_, bindparam, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.types import TypeEngine
@@ -164,7 +175,7 @@ async def record_outcomes(
 ) -> Recorded:
     """Write a batch's outcomes; returns the counts (for stats and logs)."""
     result = Recorded()
-    sent: list[tuple[int, str | None]] = []
+    sent: list[tuple[int, str | None, int]] = []
     retry: list[dict[str, object]] = []
     failed: list[dict[str, object]] = []
     rerouted: list[dict[str, object]] = []
@@ -173,7 +184,14 @@ async def record_outcomes(
     for outcome in outcomes:
         job = outcome.job
         if outcome.reroute_to is not None:
-            rerouted.append({"b_id": job.delivery_id, "b_to": outcome.reroute_to, "b_owner": owner})
+            rerouted.append(
+                {
+                    "b_id": job.delivery_id,
+                    "b_to": outcome.reroute_to,
+                    "b_owner": owner,
+                    "b_attempts": job.attempts,
+                }
+            )
             events.append(_event(job, "rerouted", None, f"throttled; to {outcome.reroute_to}"))
             kind = contact_kinds.get(outcome.reroute_to)
             if kind is not None:
@@ -182,7 +200,7 @@ async def record_outcomes(
             continue
         if outcome.error is None:
             pmid = outcome.receipt.provider_message_id if outcome.receipt else None
-            sent.append((job.delivery_id, pmid))
+            sent.append((job.delivery_id, pmid, job.attempts))
             events.append(_event(job, "sent", pmid, None))
             result.sent += 1
             continue
@@ -194,6 +212,7 @@ async def record_outcomes(
                     "b_next": outcome.retry_at,
                     "b_err": error.reason,
                     "b_owner": owner,
+                    "b_attempts": job.attempts,
                 }
             )
             events.append(_event(job, "retry", None, error.reason))
@@ -202,7 +221,9 @@ async def record_outcomes(
         reason = error.reason
         if error.retryable:
             reason = f"gave up after {job.attempts} attempts: {reason}"
-        failed.append({"b_id": job.delivery_id, "b_err": reason, "b_owner": owner})
+        failed.append(
+            {"b_id": job.delivery_id, "b_err": reason, "b_owner": owner, "b_attempts": job.attempts}
+        )
         events.append(_event(job, "failed", None, reason))
         result.failed += 1
         if error.contact_point is not None and job.contact_point_id is not None:
@@ -297,7 +318,11 @@ _HISTORY_COLUMNS: list[tuple[str, TypeEngine[Any]]] = [
     ("pmid", String()),
     ("detail", String()),
 ]
-_SENT_COLUMNS: list[tuple[str, TypeEngine[Any]]] = [("id", BigInteger()), ("pmid", String())]
+_SENT_COLUMNS: list[tuple[str, TypeEngine[Any]]] = [
+    ("id", BigInteger()),
+    ("pmid", String()),
+    ("attempts", Integer()),
+]
 
 
 def write_history(connection: Connection, dialect: str, rows: list[History], now: datetime) -> None:
@@ -348,7 +373,14 @@ def _record_sql(dialect: str) -> _RecordSql:
     d = table_of(Delivery)
     cp = table_of(ContactPoint)
     owner = bindparam("b_owner", type_=String())
-    mine = and_(d.c.id == bindparam("b_id"), d.c.lease_owner == owner, d.c.state == "sending")
+    # Fenced by the attempt as well as the owner: every worker of a process shares the
+    # owner, and one of them may have claimed again what another's lease lost.
+    mine = and_(
+        d.c.id == bindparam("b_id"),
+        d.c.lease_owner == owner,
+        d.c.attempts == bindparam("b_attempts", type_=Integer()),
+        d.c.state == "sending",
+    )
     released = {"lease_owner": None, "lease_expires_at": None}
     done = rows_table(dialect, "sent", _SENT_COLUMNS)
     sent = (
@@ -356,6 +388,7 @@ def _record_sql(dialect: str) -> _RecordSql:
         .where(
             d.c.id == done.c.id,
             d.c.lease_owner == owner,
+            d.c.attempts == done.c.attempts,
             joined_by_key(dialect, d.c.state == "sending"),
         )
         .values(

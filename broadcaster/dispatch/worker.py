@@ -52,7 +52,14 @@ from broadcaster.config.settings import DeliverySettings, MessageSettings
 from broadcaster.dispatch.backoff import delay_after
 from broadcaster.dispatch.content import RoundContents
 from broadcaster.dispatch.limits import Limits, per_process
-from broadcaster.dispatch.outcomes import History, Job, Outcome, record_outcomes, write_history
+from broadcaster.dispatch.outcomes import (
+    History,
+    Job,
+    Outcome,
+    Recorded,
+    record_outcomes,
+    write_history,
+)
 from broadcaster.store import ContactPoint, Customer, Database, Delivery, Followup
 from broadcaster.store.bulk import rows_params, rows_table
 from broadcaster.store.models import table_of
@@ -62,6 +69,10 @@ from channels.base import Channel, DeliveryError, Target, concurrency_of
 log = logging.getLogger("broadcaster.dispatch")
 
 COUNTED_STATES = ("sending", "sent", "delivered", "undelivered")
+
+RECORD_RETRY_FIRST = 0.5
+RECORD_RETRY_LONGEST = 8.0
+"""Seconds between tries to write a batch's outcomes when the store fails (doubling)."""
 
 
 def claim_size(settings: DeliverySettings) -> int:
@@ -183,7 +194,7 @@ class Dispatcher:
         sent = asyncio.Event()
         lost: set[int] = set()
         keeper = asyncio.create_task(
-            self._keep_leases([job.delivery_id for job in jobs], sent, lost),
+            self._keep_leases({job.delivery_id: job.attempts for job in jobs}, sent, lost),
             name=f"leases {self._owner}",
         )
         try:
@@ -193,18 +204,13 @@ class Dispatcher:
                     for job in jobs
                 )
             )
+            outcomes = [outcome for outcome in attempts if outcome is not None]
+            # The leases are kept while the outcomes are written: a write that fails is
+            # tried again, so that messages already handed over are not sent twice.
+            recorded = await self._record(outcomes)
         finally:
             sent.set()  # a renewal under way finishes, rather than be cut off mid-statement
             await keeper
-        outcomes = [outcome for outcome in attempts if outcome is not None]
-        recorded = await record_outcomes(
-            self._db,
-            self._owner,
-            outcomes,
-            self._clock.now(),
-            failover=self._settings.failover,
-            contact_kinds=self._contact_kinds,
-        )
         self.stats.sent += recorded.sent
         self.stats.retried += recorded.retried
         self.stats.failed += recorded.failed
@@ -215,6 +221,39 @@ class Dispatcher:
                 name = outcome.job.channel
                 self.stats.by_channel[name] = self.stats.by_channel.get(name, 0) + 1
         return len(jobs)
+
+    async def _record(self, outcomes: list[Outcome]) -> Recorded:
+        """Write a batch's outcomes. A write that fails (the store restarting, a pooled
+        connection that died) is tried again with a growing pause, for up to a lease, while
+        the batch's leases are renewed: given up, the batch's messages, already handed to
+        their provider, would be claimed again when the leases ran out and sent twice."""
+        pause = RECORD_RETRY_FIRST
+        deadline = asyncio.get_running_loop().time() + self._settings.lease.total_seconds()
+        failures = 0
+        while True:
+            try:
+                recorded = await record_outcomes(
+                    self._db,
+                    self._owner,
+                    outcomes,
+                    self._clock.now(),
+                    failover=self._settings.failover,
+                    contact_kinds=self._contact_kinds,
+                )
+            except Exception as exc:
+                failures += 1
+                if asyncio.get_running_loop().time() + pause > deadline:
+                    raise
+                log.warning(
+                    "could not record the outcomes of a batch; trying again",
+                    extra={"count": len(outcomes), "failures": failures, "reason": repr(exc)},
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RECORD_RETRY_LONGEST)
+                continue
+            if failures:
+                log.info("recorded the outcomes of a batch", extra={"failures": failures})
+            return recorded
 
     async def claim(self, limit: int) -> list[Job]:
         """Claim up to ``limit`` due deliveries (expired leases first) under our lease."""
@@ -387,7 +426,7 @@ class Dispatcher:
             return Outcome(job, error=error, retry_at=self._clock.now() + delay)
         return Outcome(job, error=error)
 
-    async def _keep_leases(self, ids: list[int], sent: asyncio.Event, lost: set[int]) -> None:
+    async def _keep_leases(self, ids: dict[int, int], sent: asyncio.Event, lost: set[int]) -> None:
         """Renew the leases of a batch's deliveries every :attr:`lease_renewal` until
         ``sent`` is set, at most :attr:`max_renewals` times. A claim sizes a batch to what
         rate limits send in half a lease, but a relay can be slower than its limit: 800
@@ -414,7 +453,7 @@ class Dispatcher:
             gone = [delivery for delivery in ids if delivery not in held]
             if gone:
                 lost.update(gone)
-                ids = [delivery for delivery in ids if delivery in held]
+                ids = {delivery: ids[delivery] for delivery in ids if delivery in held}
                 log.warning(
                     "leases of a batch still sending were lost; another holder sends those "
                     "not yet sent",
@@ -429,15 +468,17 @@ class Dispatcher:
                 extra={"count": len(ids)},
             )
 
-    async def _renew_leases(self, ids: list[int]) -> set[int]:
-        """Move the lease of those of ``ids`` we still hold to a whole lease from now;
-        returns their ids."""
+    async def _renew_leases(self, ids: dict[int, int]) -> set[int]:
+        """Move the lease of those of ``ids`` (delivery id to the attempt claimed) we still
+        hold, at that attempt, to a whole lease from now; returns their ids. The attempt
+        matters: every worker of this process has the same owner, and another may have
+        claimed some of them again after their lease ran out."""
         expires = self._clock.now() + self._settings.lease
         async with self._db.session() as session, session.begin():
             result = await session.execute(
                 update(Delivery)
                 .where(
-                    Delivery.id.in_(ids),
+                    tuple_(Delivery.id, Delivery.attempts).in_(list(ids.items())),
                     Delivery.lease_owner == self._owner,
                     Delivery.state == "sending",
                 )

@@ -285,7 +285,7 @@ async def test_a_failover_racing_another_for_the_same_channel_does_not_fail_the_
     await engine.process_due_rounds()
     async with database.session() as session, session.begin():
         row = (await session.execute(select(Delivery))).scalar_one()
-        row.state, row.lease_owner = "sending", "me"
+        row.state, row.lease_owner, row.attempts = "sending", "me", 1  # as a claim leaves it
         row.lease_expires_at = START + timedelta(minutes=1)
     job = Job(
         row.id,

@@ -1,0 +1,120 @@
+"""A batch's outcomes are fenced by the attempt, not only by the owner (every worker of a
+process shares it), and a failed write of them is tried again while the leases are kept, so
+that messages already handed over are not claimed again and sent twice."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from broadcaster.clock import FakeClock
+from broadcaster.dispatch import worker
+from broadcaster.dispatch.outcomes import Outcome, record_outcomes
+from broadcaster.engine import Engine
+from broadcaster.incidents import service
+from broadcaster.store import Database, Delivery
+from channels.base import DeliveryError, Receipt
+from channels.memory import MemoryChannel
+from tests.integration.test_broadcast_loop import START, add_customers, make_settings
+
+
+async def _engine(database: Database, clock: FakeClock, channel: MemoryChannel) -> Engine:
+    await add_customers(database, clock, [(f"C{i}", ["component:rail"]) for i in range(3)])
+    engine = await Engine.create(make_settings(), database, clock, {"mail": channel}, owner="a")
+    await service.declare(
+        database, clock, service.Declaration("t", "minor", "m", components=["rail"])
+    )
+    await engine.process_due_rounds()
+    return engine
+
+
+async def _rows(database: Database) -> list[tuple[Any, ...]]:
+    async with database.session() as session:
+        found = await session.execute(
+            select(Delivery.id, Delivery.state, Delivery.attempts).order_by(Delivery.id)
+        )
+        return [tuple(row) for row in found]
+
+
+async def test_a_stale_attempt_of_the_same_owner_neither_renews_nor_records(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    engine = await _engine(database, clock, MemoryChannel(name="mail"))
+    dispatcher = engine.dispatcher
+    stale = await dispatcher.claim(3)  # worker 0 of this process; then it stalls
+    clock.advance(timedelta(seconds=61))  # past the 60 s lease
+    fresh = await dispatcher.claim(3)  # worker 1 of the same process takes them again
+    assert [job.attempts for job in fresh] == [2, 2, 2]
+
+    renewed = await dispatcher._renew_leases({job.delivery_id: job.attempts for job in stale})
+    assert renewed == set()  # worker 0 learns it lost them: it does not send them
+    failed = DeliveryError("boom", retryable=False)
+    await record_outcomes(
+        database,
+        "a",
+        [Outcome(stale[0], receipt=Receipt(provider_message_id="late"))]
+        + [Outcome(job, error=failed) for job in stale[1:]],
+        clock.now(),
+        failover=[],
+        contact_kinds={},
+    )
+    assert [row[1:] for row in await _rows(database)] == [("sending", 2)] * 3
+
+    await record_outcomes(
+        database,
+        "a",
+        [Outcome(job, receipt=Receipt(provider_message_id="ok")) for job in fresh],
+        clock.now(),
+        failover=[],
+        contact_kinds={},
+    )
+    assert [row[1:] for row in await _rows(database)] == [("sent", 2)] * 3
+
+
+async def test_a_failed_write_of_the_outcomes_is_tried_again_not_sent_again(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock(START)
+    channel = MemoryChannel(name="mail")
+    engine = await _engine(database, clock, channel)
+    calls = 0
+    real = worker.record_outcomes
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:  # the store restarts under the first two writes
+            raise OperationalError("UPDATE deliveries", {}, ConnectionResetError("reset"))
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "record_outcomes", flaky)
+    monkeypatch.setattr(worker, "RECORD_RETRY_FIRST", 0.01)
+
+    handled = await engine.dispatcher.run_once()
+
+    assert handled == 3 and calls == 3
+    assert [row[1:] for row in await _rows(database)] == [("sent", 1)] * 3
+    clock.advance(timedelta(minutes=5))  # long past any lease: nothing is claimed again
+    await engine.dispatch_all()
+    assert len(channel.sent) == 3
+
+
+async def test_a_store_that_stays_away_for_a_whole_lease_fails_the_batch(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock(START)
+    engine = await _engine(database, clock, MemoryChannel(name="mail"))
+    engine.dispatcher._settings.lease = timedelta(seconds=0.2)
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("UPDATE deliveries", {}, ConnectionResetError("reset"))
+
+    monkeypatch.setattr(worker, "record_outcomes", down)
+    monkeypatch.setattr(worker, "RECORD_RETRY_FIRST", 0.05)
+    with pytest.raises(OperationalError):
+        await engine.dispatcher.run_once()
