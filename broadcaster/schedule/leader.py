@@ -5,10 +5,18 @@ keeps open. When the leader dies its connection closes, PostgreSQL releases the 
 the next daemon to try takes over (the others try at every safety sweep). Claims are
 fenced and use SKIP LOCKED anyway, so a brief overlap could not send a round twice; the
 lock keeps the scheduling work in one place. With SQLite there is one daemon: it leads.
+
+A leader whose host dies or drops off the network closes nothing: its session, and the
+lock, would stay on the server until TCP gives up on it (over two hours with the usual
+keepalive settings), and no round would be scheduled meanwhile. So the leadership session
+asks the server for short keepalives and a user timeout (:data:`KEEPALIVE`: a silent peer is
+dropped within about :data:`SERVER_NOTICES` seconds), and the leader gives up leading when
+its check does not answer within :data:`ANSWER_WITHIN` seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -21,6 +29,21 @@ from broadcaster.store import Database
 log = logging.getLogger("broadcaster.leader")
 
 LOCK_KEY = 0x62726F61  # "broa": the advisory lock every broadcaster daemon contends for
+
+ANSWER_WITHIN = 5.0
+"""Seconds the leadership connection has to answer a check before it is given up."""
+
+KEEPALIVE = {
+    "tcp_keepalives_idle": "5",
+    "tcp_keepalives_interval": "2",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
+"""Server-side settings of the leadership session: the server probes an idle client after
+5 s, every 2 s, and drops it after 3 unanswered probes (or 10 s of unacknowledged data)."""
+
+SERVER_NOTICES = 11
+"""About how many seconds the server takes to drop a silent leader's session: 5 + 3 × 2."""
 
 _ALIVE = text("SELECT 1")
 _TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")
@@ -60,18 +83,41 @@ class Leadership:
         (opened when there is none); None when the server could not be reached: the
         connection is then dropped, and with it the lock, if it held it."""
         try:
-            if self._conn is None:
-                conn = await self.database.engine.connect()
-                try:
-                    self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                except BaseException:
-                    await conn.close()
-                    raise
-            result = await self._conn.execute(query, params or {})
-            return bool(result.scalar_one())
-        except (DBAPIError, SQLAlchemyError, OSError):
+            async with asyncio.timeout(ANSWER_WITHIN):
+                if self._conn is None:
+                    self._conn = await self._connect()
+                result = await self._conn.execute(query, params or {})
+                return bool(result.scalar_one())
+        except (DBAPIError, SQLAlchemyError, OSError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                log.warning(
+                    "the leadership connection did not answer within %.0f s; dropping it",
+                    ANSWER_WITHIN,
+                    extra={"owner": self.owner},
+                )
             await self._drop()
             return None
+
+    async def _connect(self) -> AsyncConnection:
+        """A pooled connection set to autocommit, with the keepalives of :data:`KEEPALIVE`
+        (it never goes back to the pool: :meth:`_drop` closes it for good)."""
+        conn = await self.database.engine.connect()
+        try:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            for name, value in KEEPALIVE.items():
+                # From pg_settings: a server without one of them (tcp_user_timeout came in
+                # PostgreSQL 12) sets the others.
+                await conn.execute(
+                    text(
+                        "SELECT set_config(name, :value, false) FROM pg_settings WHERE name = :name"
+                    ),
+                    {"name": name, "value": value},
+                )
+        except BaseException:
+            await conn.invalidate()
+            await conn.close()
+            raise
+        return conn
 
     async def _drop(self) -> None:
         """Close the leadership connection for good, not back into the pool: a session

@@ -7,7 +7,9 @@ import asyncio
 
 import asyncpg
 import pytest
+from sqlalchemy import make_url, text
 
+from broadcaster.schedule import leader as leader_module
 from broadcaster.schedule.leader import LOCK_KEY, Leadership
 from broadcaster.store import Database
 
@@ -107,3 +109,66 @@ async def test_the_lock_passes_on_when_the_leaders_session_ends(postgres_url: st
         await follower.release()
         await first.dispose()
         await second.dispose()
+
+
+class _Proxy:
+    """A TCP relay to PostgreSQL that can go silent (a host or network that died without
+    closing anything): while ``silent`` it forwards nothing and closes nothing."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.silent = False
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                while self.silent:
+                    await asyncio.sleep(0.05)
+                sink.write(data)
+                await sink.drain()
+
+        await asyncio.gather(
+            pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True
+        )
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_leader_whose_connection_goes_silent_stops_leading(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader cut off without its connection closing gives up leading when its check
+    does not answer, and its session asks the server for short keepalives, so that the
+    server drops it (and the lock) instead of keeping it for hours."""
+    monkeypatch.setattr(leader_module, "ANSWER_WITHIN", 0.5)
+    parsed = make_url(postgres_url)
+    proxy = _Proxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+    relayed = parsed.set(host="127.0.0.1", port=await proxy.start())
+    database = Database(relayed.render_as_string(hide_password=False))
+    leader = Leadership(database, "a")
+    try:
+        assert await leader.ensure()
+        assert leader._conn is not None
+        settings = await leader._conn.execute(
+            text("SELECT name, setting FROM pg_settings WHERE name = ANY(:names)"),
+            {"names": list(leader_module.KEEPALIVE)},
+        )
+        assert {name: value for name, value in settings.all()} == leader_module.KEEPALIVE
+        proxy.silent = True
+        assert not await asyncio.wait_for(leader.ensure(), 10)
+        assert not leader.leading
+    finally:
+        proxy.silent = False
+        await leader.release()
+        await database.dispose()
+        await proxy.close()
