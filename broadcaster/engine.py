@@ -7,6 +7,7 @@ code.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -217,6 +218,13 @@ class Engine:
             except LostLease as exc:
                 log.warning("round lease lost", extra={"reason": str(exc)})
                 continue
+            except Exception:
+                # The store failed mid-round: give the round back, so that the next pass
+                # takes it up at once instead of after the round lease. Best effort: with
+                # the store still away, the lease runs out as before.
+                with contextlib.suppress(Exception):
+                    await release_round(self.database, claimed)
+                raise
             if inserted is None:
                 await release_round(self.database, claimed)
                 log.info("round released at shutdown", extra={"round": claimed.number})

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from broadcaster import engine as engine_module
 from broadcaster.clock import FakeClock
 from broadcaster.dispatch import worker
 from broadcaster.dispatch.outcomes import Outcome, record_outcomes
@@ -118,3 +119,31 @@ async def test_a_store_that_stays_away_for_a_whole_lease_fails_the_batch(
     monkeypatch.setattr(worker, "RECORD_RETRY_FIRST", 0.05)
     with pytest.raises(OperationalError):
         await engine.dispatcher.run_once()
+
+
+async def test_a_round_whose_writing_failed_is_taken_up_again_at_once(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store error mid-round gives the round back: the next pass (a couple of seconds
+    later in the daemon) writes it, instead of waiting out the round lease."""
+    clock = FakeClock(START)
+    channel = MemoryChannel(name="mail")
+    await add_customers(database, clock, [(f"C{i}", ["component:rail"]) for i in range(3)])
+    engine = await Engine.create(make_settings(), database, clock, {"mail": channel}, owner="a")
+    await service.declare(
+        database, clock, service.Declaration("t", "minor", "m", components=["rail"])
+    )
+    real = engine_module.materialise_round
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("INSERT INTO deliveries", {}, ConnectionResetError("reset"))
+
+    monkeypatch.setattr(engine_module, "materialise_round", broken)
+    with pytest.raises(OperationalError):
+        await engine.process_due_rounds()
+    monkeypatch.setattr(engine_module, "materialise_round", real)
+
+    clock.advance(timedelta(seconds=2))  # the daemon's pause after an error
+    assert await engine.process_due_rounds() == 1
+    await engine.dispatch_all()
+    assert len(channel.sent) == 3
