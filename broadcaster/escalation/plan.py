@@ -113,6 +113,7 @@ class Escalation:
         people = await customer_facts(session, loaded, now, window)
         rows = {c.id: c for c in loaded}
         notices: list[Notice] = []
+        held_customers: list[str] = []
         for customer_id in customer_ids:
             person = people.get(customer_id)
             if person is None:
@@ -132,6 +133,7 @@ class Escalation:
                     )
                     .values(next_attempt_at=held)
                 )
+                held_customers.append(customer_id)
             if decision.throttle is not None:
                 await self._throttle(session, round_id, customer_id, decision.throttle, now)
             if decision.followups:
@@ -143,6 +145,8 @@ class Escalation:
                     now,
                     self.directory,
                 )
+        if held_customers:
+            await _supersede_held(session, incident_id, round_id, held_customers, now)
         return notices
 
     async def _throttle(
@@ -220,3 +224,35 @@ class Escalation:
                         delivery_id=delivery.id, at=now, state="failed", detail=delivery.last_error
                     )
                 )
+
+
+async def _supersede_held(
+    session: AsyncSession, incident_id: int, round_id: int, customers: list[str], now: datetime
+) -> int:
+    """Customers whose message of this round is held for their quiet hours: their messages
+    of the incident's earlier rounds that still wait (held too, or waiting for a retry) are
+    cancelled, superseded by this one. A night of rounds would otherwise arrive as a flood of
+    stale updates when the window ends, each promising a time already past. Returns how many
+    were cancelled."""
+    reason = f"superseded by round {round_id} (held for the customer's quiet hours)"
+    ids = list(
+        (
+            await session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.incident_id == incident_id,
+                    Delivery.round_id < round_id,
+                    Delivery.customer_id.in_(customers),
+                    Delivery.state == "pending",
+                    Delivery.next_attempt_at > now,
+                )
+                .values(state="cancelled", last_error=reason)
+                .returning(Delivery.id)
+                .execution_options(synchronize_session=False)
+            )
+        ).scalars()
+    )
+    session.add_all(
+        [DeliveryEvent(delivery_id=i, at=now, state="cancelled", detail=reason) for i in ids]
+    )
+    return len(ids)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select, update
@@ -24,6 +25,7 @@ from broadcaster.store import (
     ContactPoint,
     Customer,
     Database,
+    Delivery,
     Followup,
     FollowupEvent,
     Incident,
@@ -398,6 +400,45 @@ async def test_quiet_hours_hold_non_critical_updates(database: Database) -> None
     clock.set(datetime(2026, 1, 7, 6, 0, tzinfo=UTC))  # 07:00 in Amsterdam
     await engine.dispatch_all()
     assert len(sinks["email"].sent) == 3
+
+
+async def test_a_night_of_held_updates_arrives_as_the_latest_one_only(database: Database) -> None:
+    """Every round of a night held for quiet hours supersedes the customer's earlier held
+    ones: at 07:00 each customer gets one message, the latest, not a flood of stale ones."""
+    night = datetime(2026, 1, 6, 22, 30, tzinfo=UTC)  # 23:30 in Amsterdam
+    clock = FakeClock(night)
+    await seed(database)
+    sinks = channels()
+    engine = await Engine.create(settings(), database, clock, sinks)
+    await service.declare(
+        database, clock, service.Declaration("Slow", "minor", "Delays.", components=["rail"])
+    )
+    await run_until(engine, clock, datetime(2026, 1, 7, 5, 59, tzinfo=UTC))
+    assert customers_mail(sinks["email"]) == []  # staff step notices go out at night
+    async with database.session() as session:
+        rounds = (
+            await session.execute(
+                select(func.count()).select_from(Round).where(Round.state == "dispatched")
+            )
+        ).scalar_one()
+        waiting = (
+            await session.execute(
+                select(func.count()).select_from(Delivery).where(Delivery.state == "pending")
+            )
+        ).scalar_one()
+    assert rounds >= 3  # rounds through the night, each held
+    assert waiting == 3  # one per customer: the latest round's
+
+    clock.set(datetime(2026, 1, 7, 6, 0, tzinfo=UTC))  # 07:00 in Amsterdam
+    await engine.dispatch_all()
+    mail = customers_mail(sinks["email"])
+    assert len(mail) == 3
+    assert len({m.target.customer_id for m in mail}) == 3
+
+
+def customers_mail(email: MemoryChannel) -> list[Any]:
+    """The messages to customers (deliveries), not the notices to staff."""
+    return [m for m in email.sent if (m.message.idempotency_key or "").startswith("delivery-")]
 
 
 async def test_no_follow_up_without_an_owner_is_lost(database: Database) -> None:
