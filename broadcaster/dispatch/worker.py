@@ -313,7 +313,9 @@ class Dispatcher:
         )
 
     async def _throttled(self, job: Job, now: datetime) -> str | None:
-        """The fallback channel when the customer had enough on this one lately, else None."""
+        """The fallback channel when the customer had enough on this one lately, else None
+        (also when the customer has no usable address for the fallback); "" when the
+        throttle has no fallback (the message is not sent)."""
         throttle = self._settings.throttle.get(job.channel)
         if throttle is None:
             return None
@@ -333,7 +335,31 @@ class Dispatcher:
             ).scalar_one()
         if recent < throttle.max:
             return None
-        return throttle.fallback or ""
+        if not throttle.fallback:
+            return ""
+        kind = self._contact_kinds.get(throttle.fallback)
+        async with self._db.session() as session:
+            reachable = (
+                await session.execute(
+                    select(ContactPoint.id)
+                    .where(
+                        ContactPoint.customer_id == job.customer_id,
+                        ContactPoint.kind == kind,
+                        ContactPoint.opted_out.is_(False),
+                        ContactPoint.disabled.is_(False),
+                    )
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+        if reachable is None:
+            # Nowhere to move it: the throttle must not silence the customer (a resolution
+            # or a promised update would be lost), so it goes on its own channel.
+            log.info(
+                "throttle reached but the fallback is unreachable; sending on the channel",
+                extra={"delivery": job.delivery_id, "fallback": throttle.fallback},
+            )
+            return None
+        return throttle.fallback
 
     def _paced(
         self, job: Job, followup: tuple[str, str, datetime] | None, lost: AbstractSet[int]

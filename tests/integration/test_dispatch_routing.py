@@ -188,6 +188,38 @@ async def test_throttle_reroutes_to_the_lighter_channel(database: Database) -> N
     assert len(sms.sent) == 3
 
 
+async def test_a_throttle_whose_fallback_the_customer_lacks_still_sends(
+    database: Database,
+) -> None:
+    """A customer with no usable email is not silenced by the SMS throttle: with nowhere to
+    move the message (a resolution, a promised update), it goes by SMS."""
+    clock = FakeClock(START)
+    await customer(database, "c0005")
+    async with database.session() as session, session.begin():
+        await session.execute(
+            update(ContactPoint)
+            .where(ContactPoint.customer_id == "c0005", ContactPoint.kind == "email")
+            .values(opted_out=True)
+        )
+    sms = MemoryChannel(name="sms", contact="sms")
+    mail = MemoryChannel(name="mail", contact="email")
+    config = settings(throttle={"sms": {"max": 2, "per": "1h", "fallback": "mail"}})
+    engine = await Engine.create(config, database, clock, {"sms": sms, "mail": mail})
+    incident_id = await declare(database, clock)
+    for minute in (0, 10, 20):
+        clock.set(START + timedelta(minutes=minute))
+        if minute:
+            await service.post_update(
+                database, clock, incident_id, service.UpdateRequest(f"news {minute}")
+            )
+        await engine.process_due_rounds()
+        await engine.dispatch_all()
+    assert len(sms.sent) == 3 and mail.sent == []
+    async with database.session() as session:
+        states = set((await session.execute(select(Delivery.state))).scalars())
+    assert states == {"sent"}
+
+
 async def test_token_bucket_paces_to_the_configured_rate() -> None:
     now = [0.0]
     waits: list[float] = []
