@@ -24,14 +24,26 @@ class CapacityWarning:
     needs: timedelta
     cadence: timedelta
 
+    @property
+    def rate_needed(self) -> float:
+        """Messages per second that would carry the round within the cadence."""
+        return self.deliveries / max(self.cadence.total_seconds(), 1.0)
+
     def __str__(self) -> str:
+        needs = "for ever" if self.needs == timedelta.max else format_duration(_whole(self.needs))
         return (
             f"incident {self.incident_id} round {self.round_number}: {self.deliveries} "
-            f"{self.channel} messages at {self.per_second:g}/s take {format_duration(self.needs)}, "
-            f"longer than the {format_duration(self.cadence)} cadence; raise "
-            f"delivery.rate_limits.{self.channel} (the provider account's throughput), add "
-            f"daemons or sender numbers, or move {self.channel} to a later escalation step"
+            f"{self.channel} messages at {self.per_second:g}/s take {needs}, "
+            f"longer than the {format_duration(_whole(self.cadence))} cadence; it needs "
+            f"{self.rate_needed:.3g}/s: raise delivery.rate_limits.{self.channel} to at least "
+            f"that if the provider account allows it (with several daemons, each one's share), "
+            f"add sender numbers, or move {self.channel} to a later escalation step"
         )
+
+
+def _whole(span: timedelta) -> timedelta:
+    """``span`` rounded up to whole seconds, for people to read."""
+    return timedelta(seconds=-int(-span.total_seconds() // 1))
 
 
 def check_round(
@@ -49,7 +61,10 @@ def check_round(
         limit = delivery.rate_limits.get(channel)
         if limit is None or count == 0:
             continue
-        needs = timedelta(seconds=max(count - limit.burst, 0) / limit.per_second)
+        try:
+            needs = timedelta(seconds=max(count - limit.burst, 0) / limit.per_second)
+        except OverflowError:  # a rate so small that the round never ends
+            needs = timedelta.max
         if needs > cadence:
             warnings.append(
                 CapacityWarning(

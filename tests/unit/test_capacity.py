@@ -21,7 +21,23 @@ def test_100k_sms_at_100_per_second_miss_a_15_minute_cadence() -> None:
     assert warning.needs == timedelta(seconds=999)
     text = str(warning)
     assert "100000 sms messages at 100/s take 16m39s" in text
-    assert "longer than the 15m cadence" in text and "delivery.rate_limits.sms" in text
+    assert "longer than the 15m cadence" in text
+    assert "it needs 111/s: raise delivery.rate_limits.sms to at least that" in text
+
+
+def test_the_warning_reads_in_whole_seconds_and_survives_a_rate_of_almost_nothing() -> None:
+    [warning] = check_round(
+        1,
+        1,
+        {"sms": 2000},
+        timedelta(minutes=15, seconds=57, milliseconds=830),  # a promise's gap, not round
+        delivery(sms={"per_second": 1, "burst": 1}),
+    )
+    assert "take 33m19s, longer than the 15m58s cadence" in str(warning)
+    [never] = check_round(
+        1, 1, {"sms": 2000}, timedelta(minutes=15), delivery(sms={"per_second": 1e-15})
+    )
+    assert never.needs == timedelta.max and "take for ever" in str(never)
 
 
 def test_no_warning_when_the_rate_carries_the_round_or_is_unlimited() -> None:
