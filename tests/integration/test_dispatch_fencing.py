@@ -17,6 +17,7 @@ from broadcaster.dispatch import worker
 from broadcaster.dispatch.outcomes import Outcome, record_outcomes
 from broadcaster.engine import Engine
 from broadcaster.incidents import service
+from broadcaster.outbox.materialise import materialise_round
 from broadcaster.store import Database, Delivery
 from channels.base import DeliveryError, Receipt
 from channels.memory import MemoryChannel
@@ -84,7 +85,7 @@ async def test_a_failed_write_of_the_outcomes_is_tried_again_not_sent_again(
     channel = MemoryChannel(name="mail")
     engine = await _engine(database, clock, channel)
     calls = 0
-    real = worker.record_outcomes
+    real = record_outcomes
 
     async def flaky(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
@@ -133,7 +134,7 @@ async def test_a_round_whose_writing_failed_is_taken_up_again_at_once(
     await service.declare(
         database, clock, service.Declaration("t", "minor", "m", components=["rail"])
     )
-    real = engine_module.materialise_round
+    real = materialise_round
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise OperationalError("INSERT INTO deliveries", {}, ConnectionResetError("reset"))

@@ -187,7 +187,7 @@ async def test_leases_lost_while_the_process_stalled_leave_the_unsent_messages_t
     renew = dispatcher._renew_leases
     may_renew, renewed = asyncio.Event(), asyncio.Event()
 
-    async def stalled(ids: list[int]) -> set[int]:  # the process "stalls" until told
+    async def stalled(ids: dict[int, int]) -> set[int]:  # the process "stalls" until told
         await may_renew.wait()
         held = await renew(ids)
         renewed.set()
