@@ -233,7 +233,9 @@ class Daemon:
             if processes is not None:
                 await processes.start()
                 tasks.append(asyncio.create_task(processes.supervise(stop)))
-            watchers, feed_tasks = start_watchers(self.settings.feeds, database, self.clock, stop)
+            watchers, feed_tasks = start_watchers(
+                self.settings.feeds, database, self.clock, stop, escalation=engine.escalation
+            )
             self.feed_watchers: list[FeedWatcher] = watchers
             web.feeds = watchers
             tasks += feed_tasks

@@ -61,6 +61,8 @@ def make_token(secret: str, customer_id: str, purpose: str, expires: datetime) -
 
 def verify_token(secret: str, token: str, purpose: str, now: datetime) -> LinkClaims:
     """The claims of a valid token; :class:`InvalidLink` saying why otherwise."""
+    if not token.isascii():  # every token we issue is ASCII; compare_digest needs it too
+        raise InvalidLink("malformed link")
     parts = token.split(".")
     if len(parts) != 4:
         raise InvalidLink("malformed link")

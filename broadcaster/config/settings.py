@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+)
 
 from broadcaster.config.durations import Duration, LeaseDuration, PositiveDuration
 from broadcaster.eventloop import DEFAULT_EVENT_LOOP, EventLoopChoice
@@ -180,6 +189,49 @@ class HttpSettings(_Section):
     public_metrics: bool = False
     """Serve /metrics without a token (default: a viewer token, e.g. Prometheus's
     ``authorization: {credentials_file: …}``)."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses or networks (``10.0.0.5``, ``10.0.0.0/24``, ``::1``; ``*`` for any) of the
+    reverse proxies whose ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are believed: the
+    client address the audit log and the login throttle see. Empty (the default): no
+    forwarded header is believed from anyone, the local host included."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value.strip() == "*":
+                continue
+            try:
+                ipaddress.ip_network(value.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not an IP address or network (a host name is not "
+                    "accepted: proxies are recognised by the address that connects)"
+                ) from None
+        return [value.strip() for value in values]
+
+
+def _one_or_more(value: object) -> object:
+    return value if isinstance(value, list | tuple) else [value]
+
+
+def _none_empty(secrets: list[SecretStr]) -> list[SecretStr]:
+    if not secrets:
+        raise ValueError("no secret given: give one, or a list of them while rotating")
+    for index, secret in enumerate(secrets):
+        if not secret.get_secret_value().strip():
+            which = "the secret" if len(secrets) == 1 else f"secret {index + 1} of {len(secrets)}"
+            raise ValueError(
+                f"{which} is empty (an unset variable?): every request from this source "
+                "would be refused, or with a bearer token, anyone let in"
+            )
+    return secrets
+
+
+WebhookSecrets = Annotated[
+    list[SecretStr], BeforeValidator(_one_or_more), AfterValidator(_none_empty)
+]
+"""One webhook source's secret, or several (rotation): a string or a list of strings."""
 
 
 class RedactSettings(_Section):
@@ -216,8 +268,9 @@ class Settings(_Section):
     rules: RulesSettings = RulesSettings()
     feeds: list[FeedSettings] = Field(default_factory=list)
     """Sources the daemon polls (docs/intake.md)."""
-    webhook_secrets: dict[str, SecretStr] = Field(default_factory=dict)
-    """Per webhook source: the Alertmanager bearer token or the signed-webhook secret."""
+    webhook_secrets: dict[str, WebhookSecrets] = Field(default_factory=dict)
+    """Per webhook source: the Alertmanager bearer token or the signed-webhook secret, or a
+    list of them while one is rotated (any of them is accepted). Kept as a list."""
     hooks: dict[str, HookSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
     event_loop: EventLoopChoice = DEFAULT_EVENT_LOOP

@@ -10,15 +10,24 @@ Where the feed's state lives (no schema change):
 * The incident carries ``source`` and ``external_id`` (unique together).
 * Every timeline entry written for a feed has the author ``feed:<source>@<version>``,
   followed by `` t=<microseconds since the epoch>`` when the event had an ``updated_at``.
-  The latest entry of the incident with that prefix is the last applied version: the same
-  version again is *unchanged*; an ``updated_at`` older than the stored one is *ignored*
-  (a feed never moves an incident backwards). A version too long for the column (200
-  characters) is stored as ``sha256:<40 hex>`` of itself. Entries staff write are skipped
-  when looking for the tag, so a manual update does not make the feed re-apply.
-* A resolved incident that the feed reports open again within ``reopen_within`` of its
-  resolution is *reopened*; later (or once closed) it is a new incident whose external id
-  gets a generation suffix: ``<id>#2``, ``<id>#3``… Events for ``<id>`` always go to the
-  highest generation.
+  Those entries, on every generation of the item, are the versions already applied: a
+  version among them is *unchanged* (never applied twice, so a replayed webhook or a
+  re-read item cannot reopen, roll back or re-create an incident), and an ``updated_at``
+  older than the newest stored one is *ignored* (a feed never moves an incident
+  backwards). Only a snapshot feed's own resolution (``feed:<source>@vanished``: the item
+  left the feed) starts the count again, so an item that comes back to the feed unchanged
+  is open again. A version too long for the column (200 characters) is stored as
+  ``sha256:<40 hex>`` of itself. Entries staff write are skipped when looking for the
+  tags, so a manual update does not make the feed re-apply.
+* A resolved incident that the feed reports open again, in a version not applied yet,
+  within ``reopen_within`` of its resolution is *reopened*; later (or once closed) it is a
+  new incident whose external id gets a generation suffix: ``<id>#2``, ``<id>#3``… Events
+  for ``<id>`` always go to the highest generation.
+* A resolution goes through the engine's escalation when one is given, as staff's does:
+  the rules' compensation is attached. What the rules require of a resolution (cause,
+  remedy, prevention, …) cannot be asked of a feed, so it is not enforced: the incident
+  resolves, and the missing parts are logged (``feed resolution lacks what the rules
+  require``) and named in the result's reason, for staff to follow up.
 * The first round of an incident declared from a feed is held ``hold`` (like
   Alertmanager's ``group_wait``, so a flapping alert does not page everyone): the
   declaration writes round 1 due at ``now + hold``, with the incident's source and external
@@ -36,7 +45,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -47,6 +56,9 @@ from broadcaster.incidents import lifecycle, service
 from broadcaster.intake.events import IncidentEvent
 from broadcaster.store import Database, Incident, IncidentUpdate
 
+if TYPE_CHECKING:
+    from broadcaster.escalation.plan import Escalation
+
 log = logging.getLogger("broadcaster.intake")
 
 AppliedKind = Literal["created", "updated", "resolved", "reopened", "unchanged", "ignored", "error"]
@@ -55,6 +67,9 @@ AUTHOR_PREFIX: Final = "feed:"
 _AUTHOR_MAX: Final = 200
 _STAMP: Final = re.compile(r"^(?P<version>.*) t=(?P<t>-?[0-9]{1,20})$", re.DOTALL)
 _GENERATION: Final = re.compile(r"[0-9]{1,9}")
+VANISHED: Final = "vanished"
+"""The version of a snapshot feed's own resolution (the item left the feed); an item whose
+own version is this word is stored by its hash, so the two never meet."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +94,7 @@ def feed_prefix(source: str) -> str:
 
 def _version_token(source: str, version: str) -> str:
     # Room for the prefix and a " t=<20 digits>" stamp.
-    if len(feed_prefix(source)) + len(version) + 23 <= _AUTHOR_MAX:
+    if version != VANISHED and len(feed_prefix(source)) + len(version) + 23 <= _AUTHOR_MAX:
         return version
     return "sha256:" + hashlib.sha256(version.encode()).hexdigest()[:40]
 
@@ -138,8 +153,8 @@ def base_external_id(external_id: str, known: set[str]) -> str:
     return external_id
 
 
-async def _current(session: AsyncSession, source: str, base: str) -> tuple[Incident | None, int]:
-    """The highest-generation incident of ``(source, base)`` and its generation (0: none)."""
+async def _generations(session: AsyncSession, source: str, base: str) -> list[Incident]:
+    """Every incident of ``(source, base)``, lowest generation first."""
     rows = (
         (
             await session.execute(
@@ -155,28 +170,50 @@ async def _current(session: AsyncSession, source: str, base: str) -> tuple[Incid
         .scalars()
         .all()
     )
-    best: Incident | None = None
-    best_generation = 0
-    for row in rows:
-        generation = _generation(base, row.external_id)
-        if generation is not None and generation > best_generation:
-            best, best_generation = row, generation
-    return best, best_generation
+    ranked = [(g, row) for row in rows if (g := _generation(base, row.external_id)) is not None]
+    return [row for _, row in sorted(ranked, key=lambda pair: pair[0])]
 
 
-async def _last_tag(session: AsyncSession, incident_id: int, source: str) -> _Tag | None:
-    author = (
-        await session.execute(
-            select(IncidentUpdate.author)
-            .where(
-                IncidentUpdate.incident_id == incident_id,
-                IncidentUpdate.author.startswith(feed_prefix(source), autoescape=True),
+@dataclass(frozen=True)
+class _History:
+    """What a source has applied to one item, over all its generations."""
+
+    versions: frozenset[str]
+    """Version tokens applied since the item last vanished from its (snapshot) feed."""
+    newest_micros: int | None
+    """The newest ``updated_at`` of any version applied, in microseconds."""
+
+
+async def _history(session: AsyncSession, incidents: list[Incident], source: str) -> _History:
+    authors = (
+        (
+            await session.execute(
+                select(IncidentUpdate.author)
+                .where(
+                    IncidentUpdate.incident_id.in_([row.id for row in incidents]),
+                    IncidentUpdate.author.startswith(feed_prefix(source), autoescape=True),
+                )
+                .order_by(IncidentUpdate.id)
             )
-            .order_by(IncidentUpdate.id.desc())
-            .limit(1)
         )
-    ).scalar_one_or_none()
-    return None if author is None else _read_tag(source, author)
+        .scalars()
+        .all()
+    )
+    versions: set[str] = set()
+    newest: int | None = None
+    for author in authors:
+        tag = _read_tag(source, author)
+        if tag is None:
+            continue
+        if tag.version == VANISHED and tag.updated_micros is None:
+            # The feed stopped listing the item: it ended there; seen again, it is open
+            # again, even in a version applied before.
+            versions.clear()
+            continue
+        versions.add(tag.version)
+        if tag.updated_micros is not None:
+            newest = max(newest, tag.updated_micros) if newest is not None else tag.updated_micros
+    return _History(frozenset(versions), newest)
 
 
 @dataclass(frozen=True)
@@ -194,27 +231,30 @@ async def _plan(
         return Applied(kind, event.source, event.external_id, incident_id, reason)
 
     async with database.session() as session:
-        incident, generation = await _current(session, event.source, event.external_id)
-        if incident is None:
+        generations = await _generations(session, event.source, event.external_id)
+        if not generations:
             if event.is_open:
                 return _Plan(result("created", reason="new item"), generation=1)
             return _Plan(result("ignored", reason="resolved item that was never open here"))
-        tag = await _last_tag(session, incident.id, event.source)
+        incident = generations[-1]
+        generation = _generation(event.external_id, incident.external_id) or 1
+        history = await _history(session, generations, event.source)
         last = await service.latest_update(session, incident.id)
         last_message = last.message if last is not None else ""
 
     def plan(kind: AppliedKind, reason: str = "", new_generation: int = 1) -> _Plan:
         return _Plan(result(kind, incident.id, reason), new_generation, last_message)
 
-    if tag is not None and tag.version == _version_token(event.source, event.version):
-        return plan("unchanged", "same version")
+    if _version_token(event.source, event.version) in history.versions:
+        # The same version again: a re-read item, a retried or replayed webhook. Applying
+        # it again could only reopen, roll back or re-create what a later version changed.
+        return plan("unchanged", "version already applied")
     if (
-        tag is not None
-        and tag.updated_micros is not None
+        history.newest_micros is not None
         and event.updated_at is not None
-        and _micros(event.updated_at) < tag.updated_micros
+        and _micros(event.updated_at) < history.newest_micros
     ):
-        return plan("ignored", "older than the version already applied")
+        return plan("ignored", "older than a version already applied")
     if incident.status == "closed":
         if event.is_open:
             return plan("created", "reported again after the incident was closed", generation + 1)
@@ -322,8 +362,13 @@ async def apply_event(
     *,
     hold: timedelta,
     reopen_within: timedelta,
+    escalation: Escalation | None = None,
 ) -> Applied:
-    """Apply one event; never raises for a problem with it (``kind="error"`` says why)."""
+    """Apply one event; never raises for a problem with it (``kind="error"`` says why).
+
+    ``escalation`` (the engine's) brings the rules to a resolution: their compensation,
+    and the parts they require, which a feed cannot give, named in the reason
+    (:mod:`broadcaster.intake.resolution`)."""
     try:
         planned = await _plan(database, clock, event, reopen_within)
         applied = planned.applied
@@ -338,10 +383,12 @@ async def apply_event(
             author=author_tag(event),
         )
         if applied.kind == "resolved":
-            await service.resolve(database, clock, applied.incident_id, request)
-        else:
-            await service.post_update(database, clock, applied.incident_id, request)
-            await _retitle(database, applied.incident_id, event)
+            missing = await _resolve(
+                database, clock, applied.incident_id, request, escalation, event.source
+            )
+            return _lacking(applied, missing)
+        await service.post_update(database, clock, applied.incident_id, request)
+        await _retitle(database, applied.incident_id, event)
         return applied
     except Exception as exc:  # one bad event never stops the others
         log.warning(
@@ -351,11 +398,39 @@ async def apply_event(
         return Applied("error", event.source, event.external_id, None, _describe(exc))
 
 
+async def _resolve(
+    database: Database,
+    clock: Clock,
+    incident_id: int,
+    request: service.UpdateRequest,
+    escalation: Escalation | None,
+    source: str,
+) -> list[str]:
+    from broadcaster.intake import resolution  # imports the escalation, which imports us
+
+    return await resolution.resolve(
+        database, clock, incident_id, request, escalation, source=source
+    )
+
+
+def _lacking(applied: Applied, missing: list[str]) -> Applied:
+    if not missing:
+        return applied
+    note = f"resolved without {', '.join(missing)}, which the rules require: staff, follow up"
+    reason = "; ".join(filter(None, [applied.reason, note]))
+    return Applied(applied.kind, applied.source, applied.external_id, applied.incident_id, reason)
+
+
 async def resolve_vanished(
-    database: Database, clock: Clock, source: str, incident_id: int, reason: str
+    database: Database,
+    clock: Clock,
+    source: str,
+    incident_id: int,
+    reason: str,
+    escalation: Escalation | None = None,
 ) -> Applied:
-    """Resolve an open incident of ``source`` that its (snapshot) feed no longer lists;
-    never raises (``kind="error"`` says why)."""
+    """Resolve an open incident of ``source`` that its (snapshot) feed no longer lists,
+    under the rules as :func:`apply_event` does; never raises (``kind="error"`` says why)."""
     try:
         async with database.session() as session:
             incident = await session.get(Incident, incident_id)
@@ -366,15 +441,17 @@ async def resolve_vanished(
     if incident is None or not lifecycle.is_open(incident.status):
         return Applied("unchanged", source, external_id, incident_id, "no longer open")
     try:
-        await service.resolve(
+        missing = await _resolve(
             database,
             clock,
             incident_id,
             service.UpdateRequest(
                 message=(last.message if last else "") or incident.title,
-                author=f"{feed_prefix(source)}vanished",
+                author=feed_prefix(source) + VANISHED,
             ),
+            escalation,
+            source,
         )
     except Exception as exc:
         return Applied("error", source, external_id, incident_id, _describe(exc))
-    return Applied("resolved", source, external_id, incident_id, reason)
+    return _lacking(Applied("resolved", source, external_id, incident_id, reason), missing)

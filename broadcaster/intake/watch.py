@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
@@ -33,6 +33,9 @@ from broadcaster.intake import cap, cap_index, gtfs_rt, rss, statuspage
 from broadcaster.intake.apply import Applied, apply_event, base_external_id, resolve_vanished
 from broadcaster.intake.events import FeedError, ParseResult, SkippedItem, SourceMapping
 from broadcaster.store import Database, Incident
+
+if TYPE_CHECKING:
+    from broadcaster.escalation.plan import Escalation
 
 log = logging.getLogger("broadcaster.intake")
 
@@ -165,6 +168,9 @@ class FeedWatcher:
     counters: dict[str, int] = field(default_factory=dict)
     etag: str | None = None
     last_modified: str | None = None
+    escalation: Escalation | None = None
+    """The engine's: the rules' compensation on the resolutions this feed reports (and
+    the parts they require, logged when missing: :mod:`broadcaster.intake.resolution`)."""
     _missing_since: dict[int, datetime] = field(default_factory=dict, init=False)
     _last_snapshot_ids: set[str] | None = field(default=None, init=False)
     _pending_validators: tuple[str | None, str | None] = field(default=(None, None), init=False)
@@ -343,6 +349,7 @@ class FeedWatcher:
                 event,
                 hold=self.feed.hold,
                 reopen_within=self.feed.reopen_within,
+                escalation=self.escalation,
             )
             self._count(outcome.kind)
             if outcome.kind == "error":
@@ -410,6 +417,7 @@ class FeedWatcher:
                     self.name,
                     incident_id,
                     f"missing from the feed since {since:%Y-%m-%d %H:%M:%S}Z",
+                    self.escalation,
                 )
                 self._count(outcome.kind)
                 applied.append(outcome)
@@ -437,8 +445,9 @@ def start_watchers(
     clock: Clock,
     stop: asyncio.Event,
     client: httpx.AsyncClient | None = None,
+    escalation: Escalation | None = None,
 ) -> tuple[list[FeedWatcher], list[asyncio.Task[None]]]:
     """One watcher and one task per configured feed (for the daemon)."""
-    watchers = [FeedWatcher(feed, database, clock, client) for feed in feeds]
+    watchers = [FeedWatcher(feed, database, clock, client, escalation=escalation) for feed in feeds]
     tasks = [asyncio.create_task(w.run(stop), name=f"feed:{w.name}") for w in watchers]
     return watchers, tasks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import uvicorn
 from fastapi import FastAPI
@@ -93,7 +93,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app: FastAPI, host: str, port: int) -> EmbeddedServer:
+def make_server(
+    app: FastAPI, host: str, port: int, *, trusted_proxies: Sequence[str] | None = None
+) -> EmbeddedServer:
+    """The server for ``app``. ``X-Forwarded-For`` / ``-Proto`` are believed only from
+    ``trusted_proxies`` (default: the app's ``http.trusted_proxies``, empty unless set):
+    uvicorn on its own believes them from 127.0.0.1, so any local process could write
+    any source address into the audit log."""
+    if trusted_proxies is None:
+        state: WebState | None = getattr(app.state, "broadcaster", None)
+        trusted_proxies = state.settings.http.trusted_proxies if state is not None else []
+    trusted = list(trusted_proxies)
     config = uvicorn.Config(
         app,
         host=host,
@@ -102,5 +112,7 @@ def make_server(app: FastAPI, host: str, port: int) -> EmbeddedServer:
         access_log=False,
         lifespan="off",
         server_header=False,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted,
     )
     return EmbeddedServer(config)

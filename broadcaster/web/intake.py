@@ -1,10 +1,12 @@
 """Inbound incident webhooks: Prometheus Alertmanager and our signed JSON webhook.
 
 Both read the body with the source's parser (:mod:`broadcaster.intake`) and apply the
-events (:func:`broadcaster.intake.apply.apply_event`); a replay is harmless (same
-``(source, external id, version)``). Every source must be configured with a secret in
-``webhook_secrets`` (a request for an unknown source gets 404, so nobody can declare
-incidents that notify customers through an unconfigured name):
+events (:func:`broadcaster.intake.apply.apply_event`, with the engine's escalation, so a
+resolution meets the rules); a replay is harmless: a version already applied to the item is
+never applied again. Every source must be configured with a secret in ``webhook_secrets``,
+or a list of them while one is rotated (any is accepted); a request for an unknown source
+gets 404, so nobody can declare incidents that notify customers through an unconfigured
+name:
 
 * ``POST /hooks/alertmanager/{source}``: ``Authorization: Bearer <secret>`` (Alertmanager's
   ``http_config.authorization.credentials``); 401 without it. A body that is not an
@@ -14,7 +16,9 @@ incidents that notify customers through an unconfigured name):
   signature, 422 listing the field errors when the body breaks the schema.
 
 200 answers carry the counts by outcome; when an event could not be applied (the store
-failed), the answer is 503 so the sender retries.
+failed), the answer is 503 so the sender retries. A body over ``http.max_body_bytes`` (1 MiB
+by default) gets 413 before it is read; :data:`MAX_BODY` (5 MiB, the parsers' document
+limit) bounds it whatever that setting says.
 
 Optional per-source settings (``hooks: {<source>: HookSettings}``) give the mapping, the
 first-round hold (default 0: Alertmanager waits ``group_wait`` before sending) and the
@@ -45,8 +49,11 @@ MAX_BODY: Final = 5 * 1024 * 1024
 Parser = Callable[..., ParseResult]
 
 
-def webhook_secret(state: WebState, source: str) -> SecretStr | None:
-    return state.settings.webhook_secrets.get(source)
+def webhook_secrets(state: WebState, source: str) -> list[str]:
+    """The source's secrets (several while one is rotated); none: not configured. An
+    empty one never counts (the settings refuse it; this is for settings made in code)."""
+    configured: list[SecretStr] = state.settings.webhook_secrets.get(source) or []
+    return [s.get_secret_value() for s in configured if s.get_secret_value().strip()]
 
 
 def hook_settings(state: WebState, source: str) -> HookSettings:
@@ -78,6 +85,7 @@ async def _apply(state: WebState, source: str, result: ParseResult) -> JSONRespo
                 event,
                 hold=config.hold,
                 reopen_within=config.reopen_within,
+                escalation=state.escalation,
             )
         )
     counts: dict[str, int] = {}
@@ -114,12 +122,13 @@ def _parse(parser: Parser, state: WebState, source: str, body: bytes) -> ParseRe
 @router.post("/alertmanager/{source}")
 async def alertmanager_hook(source: str, request: Request) -> JSONResponse:
     state = state_of(request)
-    secret = webhook_secret(state, source)
-    if secret is None:
+    secrets = webhook_secrets(state, source)
+    if not secrets:
         return _error(404, f"no webhook source {source!r} is configured")
-    offered = request.headers.get("authorization", "")
-    expected = f"Bearer {secret.get_secret_value()}"
-    if not hmac.compare_digest(offered.encode(), expected.encode()):
+    offered = request.headers.get("authorization", "").encode()
+    # Compare with every secret, so the time taken does not say which one matched.
+    matched = [hmac.compare_digest(offered, f"Bearer {s}".encode()) for s in secrets]
+    if not any(matched):
         state.count("hooks_unauthorised")
         return _error(401, "missing or wrong Authorization: Bearer credentials")
     body = await _body(request)
@@ -137,16 +146,14 @@ async def alertmanager_hook(source: str, request: Request) -> JSONResponse:
 @router.post("/incidents/{source}")
 async def incident_hook(source: str, request: Request) -> JSONResponse:
     state = state_of(request)
-    secret = webhook_secret(state, source)
-    if secret is None:
+    secrets = webhook_secrets(state, source)
+    if not secrets:
         return _error(404, f"no webhook source {source!r} is configured")
     body = await _body(request)
     if isinstance(body, JSONResponse):
         return body
     try:
-        signed_webhook.verify(
-            secret.get_secret_value(), dict(request.headers), body, state.clock.now()
-        )
+        signed_webhook.verify(secrets, dict(request.headers), body, state.clock.now())
     except signed_webhook.SignatureError as exc:
         state.count("hooks_unauthorised")
         return _error(401, exc.reason)

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from broadcaster.incidents import service
 from broadcaster.store import Round
 from broadcaster.web.api.schemas import IncidentId
+from broadcaster.web.public import PUBLIC_HEADERS
 from broadcaster.web.state import state_of
 
 router = APIRouter(tags=["public"])
@@ -32,7 +33,9 @@ async def incident_page(incident_id: IncidentId, request: Request) -> Response:
     try:
         view = await service.show(state.database, incident_id)
     except LookupError:
-        return HTMLResponse(_page("Not found", "<p>There is no such incident.</p>"), 404)
+        return HTMLResponse(
+            _page("Not found", "<p>There is no such incident.</p>"), 404, dict(PUBLIC_HEADERS)
+        )
     incident = view.incident
     async with state.database.session() as session:
         pending = (
@@ -83,7 +86,7 @@ async def incident_page(incident_id: IncidentId, request: Request) -> Response:
         + f"<ol reversed>{''.join(entries)}</ol>"
         + f"<p><small>{escape(state.settings.messages.organisation)}</small></p>"
     )
-    return HTMLResponse(_page(incident.title, body))
+    return HTMLResponse(_page(incident.title, body), headers=dict(PUBLIC_HEADERS))
 
 
 def _page(title: str, body: str) -> str:

@@ -3,40 +3,83 @@
 ``GET /u/{token}`` shows a confirmation page (link scanners follow GETs, so a GET never
 unsubscribes); ``POST /u/{token}`` unsubscribes: it is what mail clients send for
 ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` and what the page's button sends.
+A link of a customer who no longer exists (erased) gets 404 "no longer valid": nothing
+was changed, so it must not say "unsubscribed".
+
+Every public page carries :data:`PUBLIC_HEADERS` (no framing, no sniffing, a CSP that
+allows what the pages use: inline styles, a form posting to itself); the personal pages
+(``/u``, ``/preferences``) also :data:`PERSONAL_HEADERS` (not stored, no referrer).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from html import escape
+from typing import Final
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import text, update
 
 from broadcaster.compose.links import InvalidLink, verify_token
-from broadcaster.store import ContactPoint
-from broadcaster.web.state import state_of
+from broadcaster.store import ContactPoint, Customer
+from broadcaster.web.state import WebState, state_of
 
 router = APIRouter(tags=["public"])
 
+PUBLIC_HEADERS: Final[Mapping[str, str]] = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+}
+"""On every public page (the incident page, unsubscribe, preferences)."""
+PERSONAL_HEADERS: Final[Mapping[str, str]] = {
+    **PUBLIC_HEADERS,
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
+"""On the pages reached by a customer's own signed link: the link is the credential, so
+it must not be kept by a cache or sent on as a referrer."""
+
 
 def page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    """A personal page (``/u``, ``/preferences``), with :data:`PERSONAL_HEADERS`."""
     return HTMLResponse(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
         f'</title><meta name="viewport" content="width=device-width"></head>'
         f'<body style="font-family:sans-serif;max-width:36em;margin:2em auto">'
         f"<h1>{escape(title)}</h1>{body}</body></html>",
         status_code=status,
+        headers=dict(PERSONAL_HEADERS),
     )
+
+
+def gone() -> HTMLResponse:
+    """The answer to a valid link of a customer who no longer exists."""
+    return page(
+        "This link is no longer valid",
+        "<p>We have no subscription for this link any more.</p>",
+        404,
+    )
+
+
+async def _customer_exists(state: WebState, customer_id: str) -> bool:
+    async with state.database.session() as session:
+        return await session.get(Customer, customer_id) is not None
 
 
 @router.get("/u/{token}")
 async def unsubscribe_page(token: str, request: Request) -> Response:
     state = state_of(request)
     try:
-        verify_token(state.link_secret, token, "unsubscribe", state.clock.now())
+        claims = verify_token(state.link_secret, token, "unsubscribe", state.clock.now())
     except InvalidLink as exc:
         return page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
+    if not await _customer_exists(state, claims.customer_id):
+        return gone()
     org = escape(state.settings.messages.organisation)
     return page(
         "Unsubscribe",
@@ -53,6 +96,8 @@ async def unsubscribe(token: str, request: Request) -> Response:
     except InvalidLink as exc:
         return page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
     async with state.database.session() as session, session.begin():
+        if await session.get(Customer, claims.customer_id) is None:
+            return gone()
         await session.execute(
             update(ContactPoint)
             .where(ContactPoint.customer_id == claims.customer_id)

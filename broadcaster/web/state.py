@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from fastapi import Request
 
@@ -47,6 +48,19 @@ class WebState:
         base = self.settings.messages.public_url.rstrip("/")
         query = f"?{request.url.query}" if request.url.query else ""
         return f"{base}{request.url.path}{query}"
+
+    def status_callback_url_for(self, request: Request, account: TwilioSettings) -> str:
+        """The URL Twilio called with a status callback of ``account``'s messages: the
+        channel's ``status_callback_url`` (without its own query) with this request's query
+        (which is that URL's query and the ``delivery`` we add to it), else
+        :meth:`public_url_for`, as the channel tells Twilio (broadcaster.dispatch.channels).
+        """
+        configured = account.status_callback_url
+        if configured is None:
+            return self.public_url_for(request)
+        base = urlsplit(configured)._replace(query="", fragment="").geturl()
+        query = f"?{request.url.query}" if request.url.query else ""
+        return f"{base}{query}"
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

@@ -1,14 +1,19 @@
 """Twilio webhooks: delivery status callbacks and inbound SMS (STOP / START / HELP).
 
 Both verify ``X-Twilio-Signature`` with the Twilio library's request validator against the
-configured public URL; a missing or forged signature gets 403 and changes nothing.
-Status callbacks move a delivery forward only (queued → sent → delivered | undelivered |
-failed): callbacks arrive out of order, and a late "sent" must not undo "delivered".
+URL Twilio called: for status callbacks, each Twilio channel's ``status_callback_url`` (with
+the request's query) when it has one, else ``messages.public_url`` + the path and query;
+for inbound SMS, ``messages.public_url`` + the path. A missing or forged signature gets 403
+and changes nothing. Status callbacks move a delivery forward only (queued → sent →
+delivered | undelivered | failed): callbacks arrive out of order, and a late "sent" must
+not undo "delivered". Only a callback that moves the delivery forward adds to its history:
+a repeated or stale one (Twilio retries; a signed request can be replayed) adds nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from xml.sax.saxutils import escape
 
 from fastapi import APIRouter, Request, Response
@@ -17,7 +22,12 @@ from sqlalchemy import or_, select, update
 from broadcaster.store import ContactPoint, Delivery, DeliveryEvent
 from broadcaster.web.inputs import row_id
 from broadcaster.web.state import WebState, state_of
-from channels.twilio_sms import STATUS_MAP, parse_inbound_keyword, verify_twilio_signature
+from channels.twilio_sms import (
+    STATUS_MAP,
+    TwilioSettings,
+    parse_inbound_keyword,
+    verify_twilio_signature,
+)
 
 log = logging.getLogger("broadcaster.web")
 router = APIRouter(prefix="/hooks/twilio", tags=["twilio"])
@@ -28,19 +38,35 @@ OPTED_OUT_CODES = {"21610"}
 DISABLED_CODES = {"21211", "21614", "30005", "30006"}
 
 
-async def _verified(request: Request, state: WebState) -> dict[str, str] | None:
+UrlFor = Callable[[Request, TwilioSettings], str]
+
+
+def _inbound_url(state: WebState) -> UrlFor:
+    return lambda request, _account: state.public_url_for(request)
+
+
+def _status_url(state: WebState) -> UrlFor:
+    return state.status_callback_url_for
+
+
+async def _verified(request: Request, state: WebState, url_for: UrlFor) -> dict[str, str] | None:
     form = await request.form()
     params = {key: str(value) for key, value in form.items()}
     signature = request.headers.get("X-Twilio-Signature")
-    url = state.public_url_for(request)
+    tried: list[str] = []
     for account in state.twilio_accounts():
         if params.get("AccountSid") not in (None, account.account_sid):
             continue
+        url = url_for(request, account)
+        tried.append(url)
         if verify_twilio_signature(account.auth_token, url, params, signature):
             # Signed as sent; a NUL (never in Twilio's values) can match nothing we keep.
             return {key: value.replace("\x00", "") for key, value in params.items()}
     state.count("twilio_forged")
-    log.warning("rejected a Twilio request with a missing or invalid signature", extra={"url": url})
+    log.warning(
+        "rejected a Twilio request with a missing or invalid signature",
+        extra={"url": ", ".join(dict.fromkeys(tried)) or state.public_url_for(request)},
+    )
     return None
 
 
@@ -53,7 +79,7 @@ def _forbidden() -> Response:
 @router.post("/status")
 async def status_callback(request: Request) -> Response:
     state = state_of(request)
-    params = await _verified(request, state)
+    params = await _verified(request, state, _status_url(state))
     if params is None:
         return _forbidden()
     sid = params.get("MessageSid", "")
@@ -74,17 +100,20 @@ async def status_callback(request: Request) -> Response:
         if row is None or new_state is None:
             state.count("twilio_status_unmatched")
             return Response(status_code=204)
-        session.add(
-            DeliveryEvent(
-                delivery_id=row.id,
-                at=now,
-                state=new_state,
-                provider_message_id=sid,
-                detail=f"Twilio {reported}" + (f", error {error_code}" if error_code else ""),
-            )
-        )
         current = RANK.get(row.state, FINAL_FAILED if row.state == "failed" else 0)
-        if RANK.get(new_state, FINAL_FAILED) > current and new_state not in ("queued", "sending"):
+        advances = RANK.get(new_state, FINAL_FAILED) > current
+        if advances and new_state not in ("queued", "sending"):
+            # Only a step forward is history: a repeated, replayed or stale callback
+            # (Twilio retries; a signed request verifies again) adds no event.
+            session.add(
+                DeliveryEvent(
+                    delivery_id=row.id,
+                    at=now,
+                    state=new_state,
+                    provider_message_id=sid,
+                    detail=f"Twilio {reported}" + (f", error {error_code}" if error_code else ""),
+                )
+            )
             row.state = new_state
             row.provider_message_id = row.provider_message_id or sid
             if new_state in ("undelivered", "failed"):
@@ -113,7 +142,7 @@ def _twiml(message: str | None = None) -> Response:
 @router.post("/inbound")
 async def inbound_sms(request: Request) -> Response:
     state = state_of(request)
-    params = await _verified(request, state)
+    params = await _verified(request, state, _inbound_url(state))
     if params is None:
         return _forbidden()
     sender = params.get("From", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -35,3 +36,19 @@ def test_personal_links_are_the_two_single_links(
 def test_personal_links_refuse_an_empty_secret() -> None:
     with pytest.raises(ValueError, match="link secret"):
         personal_links("https://x.example", "", "c1", NOW)
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["é", "YzE.1767780000.unsubscribe.sïgnature", "YzE.1767780000.unsübscribe.x", "\udcff.1.2.3"],
+)
+def test_a_non_ascii_token_is_an_invalid_link_not_a_type_error(token: str) -> None:
+    """``hmac.compare_digest`` raises TypeError for non-ASCII strings: a 500, not a 400."""
+    with pytest.raises(InvalidLink, match="malformed link"):
+        verify_token("secret", token, "unsubscribe", NOW)
+
+
+@given(token=st.text(max_size=80))
+def test_any_token_is_claims_or_an_invalid_link(token: str) -> None:
+    with contextlib.suppress(InvalidLink):
+        verify_token("secret", token, "unsubscribe", NOW)
