@@ -65,7 +65,9 @@ def sizes(scenario: str, quick: bool) -> dict[str, Any]:
     if scenario == "latency":
         return {"incidents": 30 if quick else 200, "audience": 5}
     if scenario == "scale":
-        return {"customers": 20_000 if quick else 1_000_000, "batches": [1_000, 5_000]}
+        # The default schedule.audience_batch first; 1,000 to show what the batch size buys.
+        batches = [scale.DEFAULT_BATCH, 1_000]
+        return {"customers": 20_000 if quick else 1_000_000, "batches": batches}
     if scenario == "promises":
         return {"customers": 300 if quick else 10_000, "hours": 24, "restarts": 3}
     if scenario == "firstround":
@@ -199,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         path = args.out / f"{scenario}.json"
         write(path, scenario, args.quick, result)
         print(table(result["rows"]))
+        if skipped:
+            print(f"skipped: {', '.join(skipped)}")
         for note in result.get("notes", []):
             print(f"note: {note}")
         print(f"({result['wall_seconds']:.0f} s; results in {path})", flush=True)

@@ -37,6 +37,7 @@ from bench.pipeline import (
     channel_specs,
     running_daemon,
 )
+from bench.procfs import postmaster_pid, server_cpu_seconds
 from bench.report import Row
 from bench.sinks import Sinks
 from bench.store import add_customers, store_url
@@ -45,6 +46,8 @@ from broadcaster.incidents import service
 from broadcaster.store import Database, Delivery, Round
 from channels.email import EmailSettings
 from channels.http_common import pooled_client
+from channels.twilio_sms import HttpxTwilioClient
+from channels.webhook import WebhookSettings
 
 CHANNELS = ("push", "email", "sms")
 STACK = "channel-client"
@@ -64,7 +67,9 @@ async def pipeline_run(
     sinks: Sinks, backend: str, channel: str, n: int, workdir: Path, processes: int = 1
 ) -> dict[str, Any]:
     """One round of ``n`` deliveries on ``channel`` through the daemon, on ``backend``, with
-    ``processes`` dispatch processes (``delivery.processes``)."""
+    ``processes`` dispatch processes (``delivery.processes``). The CPU per delivery is this
+    process's (``cpu_scope`` says what that covers); on a PostgreSQL server on this host the
+    server's CPU for the same span is read too."""
     specs = channel_specs(
         hook_url=sinks.hook_url,
         smtp_port=sinks.smtp_port,
@@ -90,8 +95,12 @@ async def pipeline_run(
                 delivery={"processes": processes},
             )
             await sinks.reset()
+            postmaster = (
+                await postmaster_pid(database) if database.dialect == "postgresql" else None
+            )
             async with running_daemon(settings) as running:
                 clock = RealClock()
+                server_before = server_cpu_seconds(postmaster)
                 cpu_before = time.process_time()
                 declared = clock.now()
                 await service.declare(
@@ -111,6 +120,7 @@ async def pipeline_run(
                         await asyncio.sleep(0.05)
                 finished = datetime.now(UTC)
                 cpu = time.process_time() - cpu_before
+                server_after = server_cpu_seconds(postmaster)
                 stats = vars(running.engine.dispatcher.stats).copy()
             async with database.session() as session:
                 started = (
@@ -130,6 +140,7 @@ async def pipeline_run(
     received = (await sinks.stats()).get(SINK_OF[channel], 0)
     seconds = (finished - started).total_seconds()
     sent = int(states.get("sent", 0))
+    server = None if server_before is None or server_after is None else server_after - server_before
     return {
         "backend": backend,
         "channel": channel,
@@ -144,8 +155,35 @@ async def pipeline_run(
         # This process's CPU from declaration to the last outcome, per delivery sent: the
         # daemon's (its dispatch processes' not counted when there are several).
         "cpu_per_delivery_us": round(cpu / sent * 1e6, 1) if sent and processes == 1 else None,
+        "cpu_scope": _cpu_scope(backend, processes),
+        # The whole server's (every connection's, other clients' too), same span.
+        "postgresql_cpu_seconds": None if server is None else round(server, 2),
+        "postgresql_cpu_per_delivery_us": (
+            round(server / sent * 1e6, 1) if server is not None and sent else None
+        ),
         "dispatch_stats": {k: v for k, v in stats.items() if k != "by_channel"},
     }
+
+
+def _cpu_scope(backend: str, processes: int) -> str:
+    """What ``cpu_per_delivery_us`` covers."""
+    if processes > 1:
+        return "not measured: the dispatch processes' CPU is not this process's"
+    if backend == "sqlite":
+        return "this process, SQLite's work included"
+    return "this process only, not the PostgreSQL server's"
+
+
+def _cpu_note(result: dict[str, Any]) -> str:
+    """The CPU per delivery and what it covers, for a row's note ("" when not measured)."""
+    cpu = result.get("cpu_per_delivery_us")
+    if not cpu:
+        return ""
+    note = f"{cpu:,.0f} µs CPU per delivery ({result['cpu_scope']})"
+    server = result.get("postgresql_cpu_per_delivery_us")
+    if server is not None:
+        note += f", PostgreSQL server {server:,.0f} µs per delivery"
+    return note
 
 
 async def _sent(database: Database) -> int:
@@ -159,6 +197,19 @@ PLAIN_HTTPX_UP_TO = 10_000
 second, 100,000 would take minutes and say nothing new."""
 
 
+def channel_connections(channel: str) -> int:
+    """The connection pool of the HTTP channel's own client: the webhook channel's
+    ``max_connections`` default; the Twilio channel's pool, which it sets in its client
+    (``HttpxTwilioClient``; not a setting), read from one (no connection is opened)."""
+    if channel == "push":
+        default = WebhookSettings.model_fields["max_connections"].default
+        return int(default)
+    direct = HttpxTwilioClient()._client._direct
+    if direct is None:  # cannot happen: no transport was given
+        raise RuntimeError("the Twilio client has no pooled sender")
+    return direct._max_connections
+
+
 async def raw_runs(sinks: Sinks, channel: str, n: int) -> dict[str, Timed]:
     """The baselines for ``channel``, replaying what the pipeline last sent."""
     sample = await sinks.sample(SINK_OF[channel])
@@ -169,9 +220,8 @@ async def raw_runs(sinks: Sinks, channel: str, n: int) -> dict[str, Timed]:
         return {"aiosmtplib": await raw_smtp(sinks.smtp_port, sample, n, connections=pool)}
     base = f"http://127.0.0.1:{sinks.hook_port}" if channel == "push" else sinks.twilio_url
     url = base + sample["path"]
-    # The channels' own clients (PostClient): webhook 50 connections; Twilio 100 (httpx's
-    # default, which it kept).
-    connections = 50 if channel == "push" else 100
+    # As many connections as the channel's own client (PostClient) has, the same client stack.
+    connections = channel_connections(channel)
     runs = {
         STACK: await raw_httpx(url, sample, n, client=pooled_client(10.0, connections)),
         "aiohttp": await raw_aiohttp(url, sample, n, connections=connections),
@@ -264,8 +314,8 @@ def _label(result: dict[str, Any]) -> str:
 
 def _pipeline_row(result: dict[str, Any]) -> Row:
     label = _label(result)
-    cpu = result.get("cpu_per_delivery_us")
-    note = f"pipeline only; {cpu:,.0f} µs CPU per delivery" if cpu else "pipeline only"
+    cpu = _cpu_note(result)
+    note = f"pipeline only; {cpu}" if cpu else "pipeline only"
     return Row(f"fan-out {label}", float(result["rate"]), "msg/s", note=note)
 
 
@@ -288,7 +338,8 @@ def _rows(
             baseline=f"raw {same} {same_rate:,.0f}/s",
             ratio=rate / same_rate if same_rate else None,
             target=0.8,
-            note=note,
+            note="; ".join(part for part in (note, _cpu_note(result)) if part),
+            complete=complete,
         )
     ]
     if "httpx" in raw_rates:
@@ -324,6 +375,7 @@ def _rows(
                 ratio=rate / aio if aio else None,
                 target=0.5,
                 note=note,
+                complete=complete,
             )
         )
         if apprise_rate:
@@ -336,6 +388,7 @@ def _rows(
                     ratio=rate / apprise_rate,
                     target=5.0,
                     note=note,
+                    complete=complete,
                 )
             )
     return rows

@@ -46,7 +46,7 @@ from typing import Any, get_args
 
 from sqlalchemy import func, select
 
-from bench.customers_bench import peak_rss_mib
+from bench.customers_bench import own_peak_rss_mib
 from bench.pipeline import (
     COMPONENT,
     CONTACT_KIND,
@@ -54,6 +54,7 @@ from bench.pipeline import (
     bench_settings,
     start_daemon,
 )
+from bench.procfs import cpu_seconds, postmaster_pid, server_cpu_seconds
 from bench.report import Row
 from bench.sinks import Sinks
 from bench.store import add_customers, store_url
@@ -85,20 +86,6 @@ def daemon_settings(url: str, hook_url: str) -> Settings:
 
 
 # --- one daemon process -------------------------------------------------------------------
-
-
-def own_peak_rss_mib() -> float:
-    """This process's own peak RSS: ``VmHWM``, which starts afresh at exec. Not
-    ``ru_maxrss``: Linux keeps that across exec, so a child started by a bigger parent
-    reports the parent's size (every daemon here reported the bench process's 142 MiB)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return peak_rss_mib()  # not Linux: the best there is
 
 
 async def _serve_daemon(settings: Settings) -> dict[str, Any]:
@@ -216,61 +203,6 @@ def _loadavg() -> list[float]:
         return []
 
 
-def _cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of a running process so far (Linux ``/proc``)."""
-    fields = None if pid is None else _proc_stat(pid)
-    if fields is None:
-        return None
-    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/PID/stat`` after the command name (Linux), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _server_cpu_seconds(postmaster: int | None) -> float | None:
-    """CPU seconds of a PostgreSQL server on this host so far: the postmaster's own, its
-    ended children's (reaped: counted in its ``cutime``/``cstime``) and its live
-    children's, so that connections closed during the run still count. None when the
-    server's processes cannot be read (another host, another user)."""
-    if postmaster is None:
-        return None
-    own = _proc_stat(postmaster)
-    if own is None:
-        return None
-    ticks = sum(int(own[i]) for i in (11, 12, 13, 14))
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            child = _proc_stat(int(entry.name))
-            if child is not None and child[1] == str(postmaster):
-                ticks += int(child[11]) + int(child[12])
-    return round(ticks / os.sysconf("SC_CLK_TCK"), 2)
-
-
-async def _postmaster_pid(database: Database) -> int | None:
-    """The postmaster's pid: the parent of the server process that serves our connection,
-    when that is a PostgreSQL process on this host (else None: a remote server's pid may
-    be some other local process's)."""
-    async with database.session() as session:
-        backend = int((await session.execute(select(func.pg_backend_pid()))).scalar_one())
-    return _postgres_parent(backend)
-
-
-def _postgres_parent(pid: int) -> int | None:
-    """The parent of ``pid`` if ``pid`` is a PostgreSQL process on this host, else None."""
-    try:
-        name = Path(f"/proc/{pid}/comm").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    fields = _proc_stat(pid) if name.startswith("postgres") else None
-    return None if fields is None else int(fields[1])
-
-
 def _at(unix: float | None) -> datetime | None:
     return None if unix is None else datetime.fromtimestamp(unix, UTC)
 
@@ -312,8 +244,8 @@ async def firstround_run(
         )
         populate_seconds = time.perf_counter() - started
         await sinks.reset()
-        postmaster = await _postmaster_pid(database)
-        server_cpu_before = _server_cpu_seconds(postmaster)
+        postmaster = await postmaster_pid(database)
+        server_cpu_before = server_cpu_seconds(postmaster)
         procs = [
             DaemonProcess(
                 i,
@@ -386,8 +318,9 @@ async def firstround_run(
         # Before the daemons stop: a daemon that stops releases the lock, and another then
         # becomes the leader on its way out.
         led = [proc.times_led() for proc in procs]
-        sink_cpu = _cpu_seconds(sinks.pid)
-        server_cpu_after = _server_cpu_seconds(postmaster)
+        exited = [not proc.alive for proc in procs]  # before they are stopped below
+        sink_cpu = cpu_seconds(sinks.pid)
+        server_cpu_after = server_cpu_seconds(postmaster)
     finally:
         await asyncio.gather(*(proc.stop() for proc in procs))
         await database.dispose()
@@ -411,6 +344,7 @@ async def firstround_run(
                 "event_loop": proc.final.get("event_loop"),
                 "cpus": proc.final.get("cpus"),
                 "exit_code": proc.process.returncode if proc.process else None,
+                "exited_during_round": exited[proc.index],
             }
         )
     first_at, last_at = _at(hook["first_at"]), _at(hook["last_at"])
@@ -483,6 +417,7 @@ async def run(
                     "s",
                     limit=TARGET_SECONDS,
                     note="skipped: no PostgreSQL",
+                    skipped=True,
                 ).as_dict()
             ],
             "notes": ["skipped: this scenario runs on PostgreSQL only"],
@@ -521,13 +456,16 @@ def _rows(result: dict[str, Any], label: str) -> list[Row]:
         )
     )
     all_at = at["all_at_sink"]
+    note = exactly if all_at is not None else f"only {result['sink_requests']:,} arrived"
+    if _died(result):
+        note = f"{_exits(result)}; {note}"
     rows = [
         Row(
             f"first round {label}: declaration → all handed to the sink",
             all_at,
             "s",
             limit=TARGET_SECONDS,
-            note=exactly if all_at is not None else f"only {result['sink_requests']:,} arrived",
+            note=note,
         ),
         Row("  declaration → round claimed (started_at)", at["round_started"], "s"),
         Row(
@@ -552,14 +490,14 @@ def _rows(result: dict[str, Any], label: str) -> list[Row]:
     for daemon in result["per_daemon"]:
         share = 100.0 * daemon["handed_to_sink"] / n if n else 0.0
         role = "leader" if daemon["leader"] else "follower"
+        note = (
+            f"{daemon['handed_to_sink']:,} at the sink, "
+            f"{_count(daemon['sent_by_dispatcher'])} recorded by its dispatcher"
+        )
+        if daemon.get("exited_during_round"):
+            note = f"exited during the round (exit code {daemon['exit_code']}); {note}"
         rows.append(
-            Row(
-                f"  daemon {daemon['daemon']} ({role}): share handed over",
-                share,
-                "%",
-                note=f"{daemon['handed_to_sink']:,} at the sink, "
-                f"{daemon['sent_by_dispatcher']:,} recorded by its dispatcher",
-            )
+            Row(f"  daemon {daemon['daemon']} ({role}): share handed over", share, "%", note=note)
         )
         rows.append(
             Row(f"  daemon {daemon['daemon']} ({role}): peak RSS", daemon["peak_rss_mib"], "MiB")
@@ -590,6 +528,27 @@ def _rows(result: dict[str, Any], label: str) -> list[Row]:
     return rows
 
 
+def _count(value: int | None) -> str:
+    """A dispatcher's counter, or ``n/a`` when its daemon reported none (it died)."""
+    return "n/a" if value is None else f"{value:,}"
+
+
+def _died(result: dict[str, Any]) -> bool:
+    return bool(result["daemon_died"]) or any(
+        d.get("exited_during_round") for d in result["per_daemon"]
+    )
+
+
+def _exits(result: dict[str, Any]) -> str:
+    """Which daemons exited during the round, with their exit codes."""
+    gone = [
+        f"daemon {d['daemon']} (exit code {d['exit_code']})"
+        for d in result["per_daemon"]
+        if d.get("exited_during_round")
+    ]
+    return "daemon exited during the round: " + (", ".join(gone) or "see the exit codes")
+
+
 def _notes(result: dict[str, Any], before: list[float], after: list[float]) -> list[str]:
     notes = [
         f"load average (1, 5, 15 min) before: {before}, after: {after}; cpus: {os.cpu_count()}",
@@ -600,8 +559,8 @@ def _notes(result: dict[str, Any], before: list[float], after: list[float]) -> l
         "(its default; bench_settings alone would set 1 s)",
         "customers were bulk-inserted with SQLAlchemy Core executemany, not the importer",
     ]
-    if result["daemon_died"]:
-        notes.append("a daemon process exited during the round: see its exit code")
+    if _died(result):
+        notes.append(f"{_exits(result)}; its dispatcher counters are n/a")
     return notes
 
 

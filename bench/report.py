@@ -16,7 +16,12 @@ from typing import Any
 class Row:
     """One figure. With ``ratio`` and ``target``, the target is ``ratio >= target``; with
     ``limit``, it is ``value < limit`` (a time or a size that must stay under it); with
-    ``at_least``, ``value >= at_least`` (a share that must reach it)."""
+    ``at_least``, ``value >= at_least`` (a share that must reach it).
+
+    A row with a target is not met when its figure is missing (the work it times never
+    finished) or when ``complete`` is False (part of the work was not done, so the figure
+    flatters), whatever the figure; ``skipped`` (the scenario did not run here) leaves
+    ``met`` empty."""
 
     what: str
     value: float | None
@@ -27,12 +32,17 @@ class Row:
     limit: float | None = None
     at_least: float | None = None
     note: str = ""
+    complete: bool = True
+    skipped: bool = False
 
     @property
     def met(self) -> bool | None:
-        if self.value is None:
+        if self.skipped or (self.target, self.limit, self.at_least) == (None, None, None):
             return None
+        if self.value is None or not self.complete:
+            return False
         if self.target is not None:
+            # No ratio: the baseline measured nothing, so there is nothing to compare with.
             return None if self.ratio is None else self.ratio >= self.target
         if self.limit is not None:
             return self.value < self.limit
@@ -68,7 +78,7 @@ def machine() -> dict[str, Any]:
 def _figure(value: float | None, unit: str) -> str:
     if value is None:
         return "not measured"
-    if unit in ("s", "ms", "MiB"):
+    if unit in ("s", "ms", "MiB", "MB"):
         return f"{value:,.2f} {unit}"
     if unit == "%":
         return f"{value:.1f} %"

@@ -14,10 +14,12 @@ Three phases, each in a process of its own so that its peak memory is its own:
    row per customer, in keyset batches (``schedule.audience_batch``: the default 5,000, and
    1,000 to show what the batch size buys); the number of rows ``materialise_round``
    says it inserted is recorded beside the number counted in the table;
-3. the figures: seconds and peak RSS of the materialising process.
+3. the figures: seconds and peak RSS of the materialising process (its own ``VmHWM``, in
+   MB as the issue's 400 MB limit is: ``ru_maxrss`` would be the bench process's size
+   when that is larger, as Linux keeps it across fork and exec).
 
 The 5-minute target (the first round of a 1M incident handed to local sinks, several
-daemons on PostgreSQL) is not measured here.
+daemons on PostgreSQL) is the ``firstround`` scenario's (:mod:`bench.firstround`).
 
 ``python -m bench.scale --phase populate|materialise --url URL --customers N`` runs one
 phase and prints its figures as one JSON line (what :func:`run` does in a child process).
@@ -36,7 +38,7 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
-from bench.customers_bench import peak_rss_mib
+from bench.customers_bench import own_peak_rss_mib
 from bench.report import Row
 from bench.store import add_customers, store_url
 from broadcaster.audience.query import audience_batch, audience_size
@@ -48,7 +50,9 @@ from broadcaster.schedule.rounds import claim_due_round
 from broadcaster.store import Database, Delivery
 
 COMPONENT = "network"
-MEMORY_LIMIT_MIB = 400.0
+MEMORY_LIMIT_MB = 400.0
+"""The issue's limit, 400 MB: decimal megabytes (400e6 bytes, about 381 MiB)."""
+MIB = 1024 * 1024
 TIME_LIMIT_S = 60.0
 ANALYZE_ENV = "BENCH_ANALYZE"
 DEFAULT_BATCH = ScheduleSettings().audience_batch
@@ -77,7 +81,7 @@ async def populate(url: str, customers: int) -> dict[str, float]:
         "populate_seconds": seconds,
         "rows": float(rows),
         "rows_per_second": rows / seconds,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": own_peak_rss_mib(),
     }
 
 
@@ -119,7 +123,7 @@ async def materialise(url: str, batch: int = DEFAULT_BATCH) -> dict[str, float]:
         "inserted_reported": float(inserted or 0),
         "deliveries_per_second": rows / materialise_seconds,
         "audience_batch": float(settings.audience_batch),
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": own_peak_rss_mib(),
     }
 
 
@@ -157,12 +161,23 @@ async def run(
         async with store_url(backend, workdir) as url:
             populated = await _phase("populate", url, customers)
             measured = await _phase("materialise", url, customers, batch)
-        runs.append({"backend": backend, "customers": customers, **populated, **measured})
+        peak_mb = measured["peak_rss_mib"] * MIB / 1e6
+        runs.append(
+            {
+                "backend": backend,
+                "customers": customers,
+                **populated,
+                **measured,
+                "peak_rss_mb": round(peak_mb, 1),
+            }
+        )
         label = f"{customers:,} customers, {backend}" + (
             "" if batch == DEFAULT_BATCH else f", audience_batch {batch:,}"
         )
-        complete = measured["deliveries"] == customers
-        notes_here = [] if complete else [f"{measured['deliveries']:,.0f} deliveries written"]
+        # Fewer deliveries than customers: the time is not the whole round's, so not met.
+        complete = measured["deliveries"] >= customers
+        written = f"{measured['deliveries']:,.0f} of {customers:,} deliveries written"
+        notes_here = [] if measured["deliveries"] == customers else [written]
         if measured["inserted_reported"] != measured["deliveries"]:
             notes_here.append(f"{measured['inserted_reported']:,.0f} reported as inserted")
         note = "; ".join(notes_here)
@@ -175,29 +190,24 @@ async def run(
                 "s",
                 limit=TIME_LIMIT_S,
                 note=note,
+                complete=complete,
             ),
             Row(
                 f"scale resolution + materialisation {label}",
                 measured["resolve_seconds"] + measured["materialise_seconds"],
                 "s",
                 limit=TIME_LIMIT_S,
+                note=note,
+                complete=complete,
             ),
             Row(
-                f"scale peak RSS materialising {label}",
-                measured["peak_rss_mib"],
-                "MiB",
-                limit=MEMORY_LIMIT_MIB,
+                f"scale peak RSS (VmHWM) materialising {label}",
+                peak_mb,
+                "MB",
+                limit=MEMORY_LIMIT_MB,
+                note=f"{measured['peak_rss_mib']:,.1f} MiB",
             ),
         ]
-    rows.append(
-        Row(
-            "1M first round handed to local sinks (several daemons, PostgreSQL)",
-            None,
-            "s",
-            limit=300.0,
-            note="not measured by this suite",
-        )
-    )
     notes = [
         "customers were bulk-inserted with SQLAlchemy Core executemany, not through the "
         "validating importer (about 6,000 customers/s)"

@@ -13,7 +13,7 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -149,6 +149,10 @@ class Engine:
             owner=self.owner,
             settings=self.settings.delivery,
             public_url=self.settings.messages.public_url,
+            history_window=max(
+                self.rules.current.history_window if self.rules.current else timedelta(0),
+                self.settings.rules.history_window,
+            ),
         )
 
     async def _tell_staff(self) -> None:

@@ -156,6 +156,8 @@ async def followup_done(
             outcome,
             note,
             also=also,
+            directory=actor.directory or Directory(StaffSettings()),
+            admin=actor.principal.role == "admin",
         )
 
     return await actor.run("followup.done", f"followup:{followup_id}", work, {"outcome": outcome})

@@ -94,7 +94,9 @@ def done(
     _known(set(settings.staff.people), staff)
 
     async def work(db: Database) -> None:
-        await operations.followup_done(cli_actor(db, staff), followup_id, outcome, note)
+        await operations.followup_done(
+            cli_actor(db, staff, directory=Directory(settings.staff)), followup_id, outcome, note
+        )
 
     try:
         run(with_database(settings, work))

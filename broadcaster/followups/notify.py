@@ -14,7 +14,8 @@ some wakes it); the outcome of an attempt is written only if the notice is still
 that attempt (owner and attempt count), so a late answer never overwrites a later one.
 
 A follow-up's message is the ``followup_task`` template: whom to contact, how to reach
-them, their recent history and what to say.
+them (with their language, their time zone and the deadline in it), their history over the
+rules' history window and what to say.
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ import dataclasses
 import logging
 import random
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from babel import Locale, UnknownLocaleError
+from sqlalchemy import and_, or_, select, update
 
 from broadcaster.clock import Clock
 from broadcaster.compose.context import Personal
 from broadcaster.compose.forms import form_for
 from broadcaster.compose.locale import format_when
 from broadcaster.compose.render import Renderer, RenderRequest
-from broadcaster.config.settings import DeliverySettings
+from broadcaster.config.durations import format_duration
+from broadcaster.config.settings import DeliverySettings, RulesSettings
 from broadcaster.dispatch.backoff import delay_after
 from broadcaster.dispatch.content import facts_of
 from broadcaster.followups.directory import Directory
@@ -69,6 +72,10 @@ leases are renewed while they send (the channel is shared with a round's deliver
 notice can wait behind them for a connection)."""
 
 RENEWALS_PER_LEASE = 3
+
+DEFAULT_HISTORY_WINDOW: timedelta = RulesSettings().history_window
+"""The look-back of a task's "incidents that affected them" when the caller names none:
+``rules.history_window``'s default."""
 
 
 class Cancelled(Exception):
@@ -105,15 +112,21 @@ async def send_due_notices(
     settings: DeliverySettings,
     public_url: str,
     rng: random.Random | None = None,
+    history_window: timedelta | None = None,
 ) -> int:
     """Send every staff notice that is due (and any whose sender's lease ran out); returns
-    how many went out. One notice's failure, whatever it is, does not keep the others."""
+    how many went out. One notice's failure, whatever it is, does not keep the others.
+
+    ``history_window`` is the look-back of the customer's history in a task's text, as the
+    rules count it (the longer of ``rules.history_window`` and the rules' own windows);
+    :data:`DEFAULT_HISTORY_WINDOW` when not given."""
+    window = DEFAULT_HISTORY_WINDOW if history_window is None else history_window
     sent = 0
     batch = concurrency_of(channel) or CLAIM_BATCH
 
     async def one(notice: _Claimed) -> bool:
         outcome = await _attempt(
-            database, clock, channel, renderer, directory, notice, settings, public_url, rng
+            database, clock, channel, renderer, directory, notice, settings, public_url, rng, window
         )
         await _record(database, clock.now(), owner, notice, outcome)
         return outcome.state == "sent"
@@ -211,6 +224,7 @@ async def _attempt(
     settings: DeliverySettings,
     public_url: str,
     rng: random.Random | None,
+    window: timedelta,
 ) -> _Outcome:
     person = directory.person(notice.staff)
     if channel is None:
@@ -226,7 +240,7 @@ async def _attempt(
         if notice.kind == "step":
             message = await _step_message(database, notice, person.name, public_url, now)
         else:
-            message = await _message(database, renderer, notice, person.name, channel, now)
+            message = await _message(database, renderer, notice, person.name, channel, now, window)
         receipt = await channel.send(Target(address, person.name, notice.staff), message)
     except Cancelled as moot:
         return _Outcome("cancelled", f"{notice.kind} cancelled: {moot}")
@@ -327,6 +341,7 @@ async def _message(
     staff_name: str,
     channel: Channel,
     now: datetime,
+    window: timedelta,
 ) -> Message:
     async with database.session() as session:
         task = await session.get(Followup, notice.followup_id)
@@ -353,19 +368,24 @@ async def _message(
                 )
             )
         ).all()
-        hits = (
-            await session.execute(
-                select(func.count(func.distinct(Delivery.incident_id))).where(
-                    Delivery.customer_id == customer.id
-                )
+        # As the rules count a customer's incidents (escalation.facts.customer_facts): those
+        # they were sent something about, started within the window; this one included.
+        # A window of 0 looks back without limit (their whole history).
+        hits = select(Delivery.incident_id).where(Delivery.customer_id == customer.id)
+        if window > timedelta(0):
+            hits = hits.join(Incident, Incident.id == Delivery.incident_id).where(
+                Incident.created_at >= now - window
             )
-        ).scalar_one()
+        hit = set((await session.execute(hits.group_by(Delivery.incident_id))).scalars().all())
+    hit.add(incident.id)
+    since = f"in the last {_span(window)}" if window > timedelta(0) else "so far"
     facts = facts_of(incident, latest, [(k, v) for k, v in scopes], None)
     language = renderer.templates.default_language
+    addresses = ", ".join(address for _, address in points) or "no phone or email on file"
     task_context = {
         "customer": customer.name,
-        "contact": ", ".join(address for _, address in points) or "no phone or email on file",
-        "history": f"{hits} incident(s) affected them so far; tier {customer.tier}",
+        "contact": f"{addresses}; {_language_and_zone(customer, task.deadline_at, language, now)}",
+        "history": f"{len(hit)} incident(s) affected them {since}; tier {customer.tier}",
         "what_to_say": _say(task.kind, incident.title),
         "deadline": format_when(task.deadline_at, "UTC", language, now),
         "kind": task.kind,
@@ -387,6 +407,31 @@ async def _message(
     if SAY[notice.kind]:
         message = dataclasses.replace(message, subject=SAY[notice.kind] + message.subject)
     return message
+
+
+def _language_and_zone(customer: Customer, deadline: datetime, language: str, now: datetime) -> str:
+    """The customer's language and time zone, and the deadline as it falls there: "Ann is
+    asked to call by 12:00 UTC" says nothing of a customer for whom that is 21:00 in Tokyo."""
+    try:
+        spoken = Locale.parse(customer.language.replace("-", "_")).get_display_name(
+            Locale.parse(language.replace("-", "_"))
+        )
+    except (UnknownLocaleError, ValueError, TypeError):
+        spoken = None
+    named = f"{spoken} ({customer.language})" if spoken else customer.language
+    local = format_when(deadline, customer.timezone, language, now)
+    return (
+        f"they read {named}; their time zone is {customer.timezone}, where the deadline is {local}"
+    )
+
+
+def _span(window: timedelta) -> str:
+    """A history window as staff read it: "30 days", "12 hours", "90 minutes"."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        count, rest = divmod(int(window.total_seconds()), size)
+        if count and not rest:
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return format_duration(window)
 
 
 def _say(kind: str, title: str) -> str:

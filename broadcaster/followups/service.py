@@ -18,7 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
 from broadcaster.followups.directory import Directory, NoOwner
-from broadcaster.store import Also, Customer, Database, Followup, FollowupEvent, StaffNotice
+from broadcaster.store import (
+    Also,
+    Customer,
+    Database,
+    Followup,
+    FollowupEvent,
+    Incident,
+    StaffNotice,
+)
 from rules import FollowupRequirement, StaffRef
 
 OUTCOMES = ("reached", "voicemail", "declined", "unreachable")
@@ -91,8 +99,21 @@ async def create_for_customer(
     now: datetime,
     directory: Directory,
 ) -> list[Notice]:
-    """Create the tasks the rules require for one customer (once each); who to tell."""
+    """Create the tasks the rules require for one customer (once each); who to tell. None
+    for a closed incident: closing it is refused until its rounds are sent, and nothing
+    may be asked of staff after that."""
     notices: list[Notice] = []
+    if not requirements:
+        return notices
+    status = (
+        await session.execute(select(Incident.status).where(Incident.id == incident_id))
+    ).scalar_one_or_none()
+    if status == "closed":
+        log.warning(
+            "the rules require a follow-up for a closed incident; it was not created",
+            extra={"incident": incident_id, "customer": customer.id},
+        )
+        return notices
     for req in requirements:
         exists = (
             await session.execute(
@@ -265,8 +286,14 @@ async def done(
     outcome: str,
     note: str,
     *,
+    directory: Directory | None = None,
+    admin: bool = False,
     also: Also | None = None,
 ) -> Followup:
+    """Record a follow-up's outcome. ``staff`` must be its owner (who claimed it, if anyone
+    did), a manager of the owner or a directory admin (with ``directory``), as for a
+    waiver: an outcome closes the task as surely as a waiver does. ``admin`` is for
+    callers the console or API already know to hold the admin role."""
     if outcome not in OUTCOMES:
         raise FollowupError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
     if not note.strip():
@@ -275,6 +302,17 @@ async def done(
         task = await _task(session, followup_id)
         if task.state not in OPEN_STATES:
             raise FollowupError(f"follow-up {followup_id} is already {task.state}")
+        allowed = (
+            admin
+            or staff == task.owner
+            or (directory is not None and directory.may_waive(staff, task.owner))
+        )
+        if not allowed:
+            raise FollowupError(
+                f"only a manager of {task.owner} or an admin may record the outcome of "
+                f"follow-up {followup_id} in the place of its owner, {task.owner}; "
+                f"you are {staff!r}"
+            )
         now = clock.now()
         task.state, task.outcome, task.note = "done", outcome, note.strip()
         task.closed_at, task.closed_by = now, staff

@@ -304,14 +304,21 @@ async def resolve(
         lifecycle.check_resolve(incident.status)
         last = await latest_update(session, incident_id)
         update = _entry(incident_id, "resolved", "resolved", request, last, now)
+        # Stored stripped (blank means none): the rules' requirements are checked on
+        # exactly what is stored, so "   " does not pass for a remedy.
+        update.responsibility = _carry(request.responsibility, None)
+        update.regret = _carry(request.regret, None)
+        update.remedy = _carry(request.remedy, None)
+        update.prevention = _carry(request.prevention, None)
+        update.compensation = _carry(request.compensation, None)
         decision = await escalation.decide(session, incident, now) if escalation else None
         if decision is not None:
             given = {
                 "cause": update.cause if update.cause_kind != "unknown" else None,
-                "remedy": request.remedy,
-                "prevention": request.prevention,
-                "responsibility": request.responsibility,
-                "regret": request.regret,
+                "remedy": update.remedy,
+                "prevention": update.prevention,
+                "responsibility": update.responsibility,
+                "regret": update.regret,
             }
             missing = sorted(f for f in decision.required_for_resolution if not given.get(f))
             if missing:
@@ -322,11 +329,6 @@ async def resolve(
                         f"--{f}" if f != "cause" else "--cause-kind known --cause" for f in missing
                     )
                 )
-        update.responsibility = _carry(request.responsibility, None)
-        update.regret = _carry(request.regret, None)
-        update.remedy = _carry(request.remedy, None)
-        update.prevention = _carry(request.prevention, None)
-        update.compensation = _carry(request.compensation, None)
         if update.compensation is None and decision is not None and decision.compensation:
             update.compensation = "; ".join(_offer(c) for c in decision.compensation)
         session.add(update)
@@ -341,7 +343,13 @@ async def resolve(
 
 
 class CloseRefused(lifecycle.TransitionError):
-    """Forced follow-ups are still open."""
+    """Forced follow-ups are still open, or may yet be created: a round of the incident (its
+    resolution) has not reached all of its customers."""
+
+
+UNSENT_ROUND_STATES = ("pending", "materialising")
+"""A round in these states has not yet been written out to its whole audience: as it is,
+the rules may still require follow-ups for the customers it reaches."""
 
 
 def _offer(compensation: Compensation) -> str:
@@ -357,11 +365,37 @@ async def close(
     also: Also | None = None,
 ) -> Incident:
     """Close a resolved incident: a timeline entry, no message to customers. Refused while
-    forced follow-ups are open (a manager can waive them)."""
+    its resolution round has not been sent (the rules may still require follow-ups for the
+    customers it reaches) and while forced follow-ups are open (a manager can waive them)."""
     now = clock.now()
     async with database.session() as session, session.begin():
         incident = await _locked_incident(session, incident_id)
         lifecycle.check_close(incident.status)
+        # A round's follow-ups are written with its batches, before it is marked dispatched:
+        # once none is pending or materialising, every follow-up the rules required exists.
+        unsent = (
+            (
+                await session.execute(
+                    select(Round)
+                    .where(Round.incident_id == incident_id, Round.state.in_(UNSENT_ROUND_STATES))
+                    .order_by(Round.number)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if unsent:
+            listed = ", ".join(
+                f"round {r.number} ({'the resolution' if r.kind == 'resolution' else r.kind}, "
+                f"{'not started' if r.state == 'pending' else 'being sent'})"
+                for r in unsent
+            )
+            raise CloseRefused(
+                f"incident {incident_id} cannot be closed yet: {listed} has not been sent to "
+                "its customers, and the rules may still require follow-ups for them. Close it "
+                "again once the daemon has sent it (usually within seconds of the resolution; "
+                f"'broadcaster incident show {incident_id}' lists the rounds and their states)"
+            )
         open_tasks = (
             (
                 await session.execute(

@@ -67,7 +67,16 @@ HEADERS = {
 }
 
 # Delivery states in the order the chart stacks them, with how the list counts them.
-CHART_STATES = ("sent", "delivered", "sending", "pending", "failed", "undelivered", "rerouted")
+CHART_STATES = (
+    "sent",
+    "delivered",
+    "sending",
+    "pending",
+    "failed",
+    "undelivered",
+    "rerouted",
+    "cancelled",
+)
 SENT_STATES = frozenset({"sent", "delivered", "undelivered"})
 PENDING_STATES = frozenset({"pending", "sending"})
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from broadcaster.dispatch.channels import build_channels
+from broadcaster.engine import Engine
 from broadcaster.store import Database
 from tests.api.support import api_client, settings
 
@@ -42,6 +44,16 @@ async def test_an_incident_runs_from_declaration_to_close(database: Database) ->
             json={"message": "Trains run normally again.", "regret": "We are sorry."},
         )
         assert resolved.status_code == 201, resolved.text
+        early = await api.call("POST", f"/api/v1/incidents/{number}/close", "operator")
+        assert early.status_code == 409  # the resolution round is not sent yet
+        assert "cannot be closed yet" in early.json()["error"]["message"]
+        engine = await Engine.create(
+            api.state.settings, database, api.clock, build_channels(api.state.settings)
+        )
+        try:
+            await engine.process_due_rounds()  # the daemon sends it
+        finally:
+            await engine.aclose()
         closed = await api.call("POST", f"/api/v1/incidents/{number}/close", "operator")
         assert closed.status_code == 200, closed.text
         assert closed.json()["status"] == "closed"
@@ -54,7 +66,7 @@ async def test_an_incident_runs_from_declaration_to_close(database: Database) ->
             "closed",
         ]
         assert shown["components"] == ["north-line"] and shown["regions"] == ["north"]
-        # No daemon ran: the one pending round was pulled forward and is now the resolution.
+        # The one pending round was pulled forward and is now the resolution.
         assert [r["kind"] for r in shown["rounds"]] == ["resolution"]
         timeline = (await api.call("GET", f"/api/v1/incidents/{number}/timeline", "viewer")).json()
         assert [e["message"] for e in timeline][:2] == [

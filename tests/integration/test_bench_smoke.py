@@ -28,6 +28,9 @@ def test_fanout_runs_end_to_end_and_writes_results(
     assert run["backend"] == "sqlite" and run["channel"] == "push"
     assert run["sent"] == 40 and run["received_by_sink"] == 40
     assert run["rate"] > 0
+    # SQLite runs in this process: its work is in the CPU per delivery; no server to read.
+    assert run["cpu_scope"] == "this process, SQLite's work included"
+    assert run["postgresql_cpu_seconds"] is None
     assert set(run["raw_rates"]) == {
         "channel-client",
         "aiohttp",
@@ -76,6 +79,7 @@ def test_fanout_pipeline_only_runs_no_baseline(tmp_path: Path) -> None:
     assert result["baselines"] == {}
     (row,) = result["rows"]
     assert row["ratio"] is None and row["note"].startswith("pipeline only; ")
+    assert row["note"].endswith("µs CPU per delivery (this process, SQLite's work included)")
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pin needs two CPUs")

@@ -305,6 +305,12 @@ async def test_invalid_operations_are_refused(database: Database) -> None:
     with pytest.raises(LookupError):
         await service.post_update(database, clock, 999, service.UpdateRequest("m"))
     await service.resolve(database, clock, incident.id, service.UpdateRequest("done"))
+    with pytest.raises(TransitionError, match=r"cannot be closed yet: round 1 \(the resolution"):
+        await service.close(database, clock, incident.id)  # its resolution is not sent yet
+    engine = await Engine.create(
+        make_settings(), database, clock, {"mail": MemoryChannel(name="mail")}
+    )
+    await engine.process_due_rounds()
     await service.close(database, clock, incident.id)
     with pytest.raises(TransitionError, match="closed"):
         await service.post_update(

@@ -138,6 +138,9 @@ def test_followup_queue_done_and_waive_rights_and_close(tmp_path: Path) -> None:
     )
     assert code == 0, out
     code, out = invoke("incident", "close", incident, "--config", str(config))
+    assert code == 1 and "cannot be closed yet" in out  # the resolution is not sent yet
+    asyncio.run(one_round())
+    code, out = invoke("incident", "close", incident, "--config", str(config))
     assert code == 1 and "forced follow-up" in out
     code, out = invoke(
         "followups", "waive", task, "--reason", "x", "--as", "ann", "--config", str(config)

@@ -572,6 +572,7 @@ async def test_follow_ups_are_claimed_done_and_only_then_the_incident_closes(
         },
     )
     assert resolved.status_code == 303
+    await run_rounds(app)  # the resolution round: close waits for it
     refused = await app.http.post(
         f"/console/incidents/{incident_id}/close", data={"csrf_token": csrf}
     )

@@ -72,7 +72,7 @@ async def deliveries(
     channel: Annotated[str | None, Query(max_length=32)] = None,
     state: Annotated[
         str | None,
-        Query(pattern="^(pending|sending|sent|failed|delivered|undelivered|rerouted)$"),
+        Query(pattern="^(pending|sending|sent|failed|delivered|undelivered|rerouted|cancelled)$"),
     ] = None,
     limit: Limit = 100,
     cursor: Cursor = None,

@@ -1,0 +1,67 @@
+"""CPU seconds of other processes on this host, from Linux's ``/proc``: the sink process's,
+and a local PostgreSQL server's (every connection's, so other clients of the same server
+during the run count too). None where they cannot be read (not Linux, another host)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from broadcaster.store import Database
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a running process so far (Linux ``/proc``)."""
+    fields = None if pid is None else proc_stat(pid)
+    if fields is None:
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
+def server_cpu_seconds(postmaster: int | None) -> float | None:
+    """CPU seconds of a PostgreSQL server on this host so far: the postmaster's own, its
+    ended children's (reaped: counted in its ``cutime``/``cstime``) and its live
+    children's, so that connections closed during the run still count. None when the
+    server's processes cannot be read (another host, another user)."""
+    if postmaster is None:
+        return None
+    own = proc_stat(postmaster)
+    if own is None:
+        return None
+    ticks = sum(int(own[i]) for i in (11, 12, 13, 14))
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            child = proc_stat(int(entry.name))
+            if child is not None and child[1] == str(postmaster):
+                ticks += int(child[11]) + int(child[12])
+    return round(ticks / os.sysconf("SC_CLK_TCK"), 2)
+
+
+async def postmaster_pid(database: Database) -> int | None:
+    """The postmaster's pid: the parent of the server process that serves our connection,
+    when that is a PostgreSQL process on this host (else None: a remote server's pid may
+    be some other local process's)."""
+    async with database.session() as session:
+        backend = int((await session.execute(select(func.pg_backend_pid()))).scalar_one())
+    return postgres_parent(backend)
+
+
+def postgres_parent(pid: int) -> int | None:
+    """The parent of ``pid`` if ``pid`` is a PostgreSQL process on this host, else None."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = proc_stat(pid) if name.startswith("postgres") else None
+    return None if fields is None else int(fields[1])

@@ -1,0 +1,115 @@
+"""A staff member's task notice says how to reach the customer as the customer lives: their
+language, their time zone and the deadline there; and their history over the rules' history
+window, not since the beginning of time."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import insert
+
+from broadcaster.clock import FakeClock
+from broadcaster.engine import Engine
+from broadcaster.followups import service as followups
+from broadcaster.followups.notify import send_due_notices
+from broadcaster.followups.service import queue_notice
+from broadcaster.incidents import service
+from broadcaster.store import ContactPoint, Customer, Database, Subscription
+from tests.integration.test_rules_followups import START, channels, run_until, settings
+
+
+async def _vera(database: Database) -> None:
+    async with database.session() as session, session.begin():
+        await session.execute(
+            insert(Customer).values(
+                id="V1",
+                name="Vera VIP",
+                language="nl",
+                timezone="Asia/Tokyo",
+                tier="vip",
+                account_manager="ann",
+                created_at=START - timedelta(days=60),
+                updated_at=START - timedelta(days=60),
+            )
+        )
+        await session.execute(
+            insert(ContactPoint).values(
+                customer_id="V1",
+                kind="email",
+                address="v@example.org",
+                opted_out=False,
+                disabled=False,
+                updated_at=START - timedelta(days=60),
+            )
+        )
+        await session.execute(
+            insert(Subscription).values(customer_id="V1", kind="component", value="rail")
+        )
+
+
+async def test_the_task_names_language_zone_local_deadline_and_recent_history(
+    database: Database,
+) -> None:
+    clock = FakeClock(START - timedelta(days=40))
+    await _vera(database)
+    sinks = channels()
+    engine = await Engine.create(settings(), database, clock, sinks)
+    # Two earlier incidents reached Vera: 40 days ago (outside the 30-day window) and 10.
+    for title, when in (("Old", START - timedelta(days=40)), ("Recent", START - timedelta(10))):
+        clock.set(when)
+        earlier = await service.declare(
+            database, clock, service.Declaration(title, "minor", "Slow.", components=["rail"])
+        )
+        await engine.process_due_rounds()
+        await service.resolve(
+            database, clock, earlier.id, service.UpdateRequest("Fixed."), engine.escalation
+        )
+        await engine.process_due_rounds()
+    clock.set(START)
+    await service.declare(
+        database, clock, service.Declaration("Pay down", "critical", "Down.", components=["rail"])
+    )
+    await run_until(engine, clock, START)
+    [task] = await followups.list_followups(database, state="open")
+    assert task.owner == "ann" and task.deadline_at == START + timedelta(hours=2)  # 12:00 UTC
+
+    [notice] = [
+        m.message
+        for m in sinks["email"].sent
+        if m.target.address == "ann@example.org" and m.message.subject.startswith("Follow-up")
+    ]
+    assert notice.subject == "Follow-up: call Vera VIP by 12:00 UTC"
+    assert (
+        "How to reach them: v@example.org; they read Dutch (nl); their time zone is "
+        "Asia/Tokyo, where the deadline is 21:00 JST\n"
+    ) in notice.text
+    assert "Their history: 2 incident(s) affected them in the last 30 days; tier vip" in (
+        notice.text
+    )
+
+    # A longer window (the rules look back 90 days, say) counts the older one too.
+    async with database.session() as session, session.begin():
+        queue_notice(
+            session,
+            key="test-reminder",
+            kind="reminder",
+            staff="ann",
+            incident_id=task.incident_id,
+            now=clock.now(),
+            followup_id=task.id,
+        )
+    sent = await send_due_notices(
+        database,
+        clock,
+        sinks["email"],
+        engine.renderer,
+        engine.directory,
+        owner="test",
+        settings=engine.settings.delivery,
+        public_url="http://example.org",
+        history_window=timedelta(days=90),
+    )
+    assert sent == 1
+    reminder = sinks["email"].sent[-1].message
+    assert reminder.subject == "Reminder: Follow-up: call Vera VIP by 12:00 UTC"
+    assert "3 incident(s) affected them in the last 90 days" in reminder.text

@@ -1,0 +1,99 @@
+"""SMS and push are cut from the end when too long (``channels.sms_segments.fit``,
+``channels.push_common.shorten``): the promise of the next update, the follow-up, the
+compensation and the apology's responsibility come before the staff's free text, so a cut
+takes that text and never them. Where staff wrote no apology element, the general wording
+of the email stands in."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from broadcaster.compose.samples import SAMPLE_FOLLOWUP, sample_facts
+from channels.push_common import shorten
+from channels.sms_segments import segments
+from tests.unit.test_templates import renderer, request
+
+# Staff text with a typographic apostrophe: the whole SMS is UCS-2, 67 characters a part.
+LONG = (
+    "We’ve found that the payment gateway’s certificate expired overnight. Our engineers "
+    "are renewing it with the card processor now. Payments in the app and web shop will "
+    "keep failing until the new certificate is active. Bank transfer still works."
+)
+PROMISE = {"en": "Next update by 09:15 CET.", "nl": "Volgende update uiterlijk 09:15 CET."}
+COMPENSATION = {"en": "To make up for it: ", "nl": "Om het goed te maken: "}
+RESPONSIBILITY = {
+    "en": "This was our responsibility: you rely on Example Transit, and we let you down.",
+    "nl": "Dit was onze verantwoordelijkheid: u rekent op Example Transit en wij hebben u "
+    "teleurgesteld.",
+}
+REMEDY = {"en": "We restored the service.", "nl": "We hebben de dienst hersteld."}
+PREVENTION = {
+    "en": "We are reviewing this incident and will share what we change to prevent it.",
+    "nl": "We evalueren deze storing en laten u weten wat we veranderen om herhaling te voorkomen.",
+}
+
+
+def _render(kind: str, form: str, language: str, **changes: object) -> dict[str, str]:
+    return renderer().render(request(kind, form, language, cache_key=None, **changes))
+
+
+@pytest.mark.parametrize("language", ["en", "nl"])
+@pytest.mark.parametrize("kind", ["first", "update"])
+@pytest.mark.parametrize("followup", [None, SAMPLE_FOLLOWUP])
+def test_a_long_message_is_cut_but_keeps_its_promise(
+    kind: str, language: str, followup: dict[str, str] | None
+) -> None:
+    facts = dataclasses.replace(sample_facts(kind), summary=LONG)
+    sms = _render(kind, "sms", language, facts=facts, followup=followup)["sms"]
+    assert segments(sms).segments <= 3 and "Bank transfer still works." not in sms
+    if followup is None:  # with it, no whole sentence of the summary has room left
+        assert segments(sms).encoding == "UCS-2"
+        assert "payment gateway’s certificate expired overnight." in sms  # cut, not dropped
+    assert PROMISE[language] in sms and sms.endswith("/incidents/1042")
+    assert followup is None or "Pieter Bakker" in sms
+    push = _render(kind, "push", language, facts=facts, followup=followup)["push_body"]
+    cut = shorten(push, 120)
+    assert PROMISE[language] in cut and (followup is None or "Pieter Bakker" in cut)
+
+
+@pytest.mark.parametrize("language", ["en", "nl"])
+def test_a_cut_resolution_keeps_the_compensation_and_the_responsibility(language: str) -> None:
+    facts = dataclasses.replace(
+        sample_facts("resolution"), cause=LONG, remedy=LONG, prevention=LONG
+    )
+    sms = _render("resolution", "sms", language, facts=facts)["sms"]
+    assert segments(sms).segments <= 3
+    assert f"{COMPENSATION[language]}A EUR 5 credit on your next order." in sms
+    assert "Renewing certificates is our job, and we missed it." in sms
+    push = _render("resolution", "push", language, facts=facts)["push_body"]
+    assert f"{COMPENSATION[language]}A EUR 5 credit on your next order." in push
+    cut = shorten(push, 200)
+    assert COMPENSATION[language] in cut and "Renewing certificates is our job" in cut
+
+
+@pytest.mark.parametrize("language", ["en", "nl"])
+@pytest.mark.parametrize("form", ["sms", "push"])
+def test_apology_elements_staff_left_out_get_the_emails_general_wording(
+    language: str, form: str
+) -> None:
+    facts = dataclasses.replace(
+        sample_facts("resolution"),
+        responsibility=None,
+        regret=None,
+        remedy=None,
+        prevention=None,
+        cause="A power cut.",
+        compensation="a credit of 10.00 EUR",  # as the rules attach it: no full stop
+    )
+    parts = _render("resolution", form, language, facts=facts)
+    text = parts["sms"] if form == "sms" else parts["push_body"]
+    for wording in (RESPONSIBILITY, REMEDY, PREVENTION):
+        assert wording[language] in text, (wording[language], text)
+    assert f"{COMPENSATION[language]}a credit of 10.00 EUR. " in text
+    email = _render("resolution", "email", language, facts=facts)["email_text"]
+    for wording in (RESPONSIBILITY, REMEDY, PREVENTION):
+        assert wording[language] in email
+    if form == "sms":
+        assert segments(text).segments <= 3 and text.endswith("/incidents/1042")
