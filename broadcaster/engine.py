@@ -135,6 +135,15 @@ class Engine:
             return self.routes
         return [ChannelRoute(name, self.channels[name].contact) for name in names]
 
+    def fallbacks_for(self, routes: list[ChannelRoute]) -> list[ChannelRoute]:
+        """Where a customer unreachable on every route of a round gets it instead: the
+        other configured channels, in the failover order (``delivery.failover``, else
+        ``delivery.channels``)."""
+        taken = {route.name for route in routes}
+        order = [*self.settings.delivery.failover, *self.settings.delivery.channels]
+        names = [n for n in dict.fromkeys(order) if n in self.channels and n not in taken]
+        return [ChannelRoute(name, self.channels[name].contact) for name in names]
+
     async def send_staff_notices(self) -> int:
         """Send the staff notices that are due (queued in the transactions that made them
         due: follow-ups assigned, reminders, escalations, escalation steps), and those to
@@ -204,15 +213,17 @@ class Engine:
             followups = self._followup_hook(notices)
 
             try:
+                routes = self.routes_for(await self._round_channels(claimed.round_id))
                 inserted = await materialise_round(
                     self.database,
                     self.clock,
                     claimed,
-                    self.routes_for(await self._round_channels(claimed.round_id)),
+                    routes,
                     self.settings.schedule,
                     should_stop,
                     followups,
                     committed,
+                    fallbacks=self.fallbacks_for(routes),
                 )
                 if claimed.notify_staff or notices:  # queued with the claim and follow-ups
                     if notices_queued is not None:

@@ -36,6 +36,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeEngine
 
@@ -80,11 +81,14 @@ async def materialise_round(
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: BatchHook | None = None,
     committed: Callable[[], object] | None = None,
+    fallbacks: Sequence[ChannelRoute] = (),
 ) -> int | None:
     """Write the round's deliveries; returns how many rows this call inserted, or None
     when ``should_stop`` said to stop between batches (the caller releases the round).
     ``committed`` is called after each batch that wrote deliveries has committed, so that
     dispatch can start on them while the rest of a large round is still being written.
+    A customer with no usable address on any of ``routes`` gets the round on the first of
+    ``fallbacks`` they can be reached on (doctrine 1: every affected customer hears).
 
     Raises :class:`~broadcaster.schedule.rounds.LostLease` if another worker took the
     round over; what was committed before stays (it is idempotent).
@@ -119,7 +123,7 @@ async def materialise_round(
             wrote = 0
             if routes:
                 result = await session.execute(
-                    _deliveries_insert(database, claimed, routes, customers, now)
+                    _deliveries_insert(database, claimed, routes, customers, now, fallbacks)
                 )
                 wrote = max(getattr(result, "rowcount", 0), 0)
                 inserted += wrote
@@ -143,6 +147,7 @@ def _page(database: Database, customers: list[str]) -> FromClause:
 
 
 _PAGE_COLUMNS: list[tuple[str, TypeEngine[Any]]] = [("customer_id", String())]
+_CP2 = aliased(ContactPoint, name="reachable")
 
 
 def _deliveries_insert(
@@ -151,13 +156,53 @@ def _deliveries_insert(
     routes: Sequence[ChannelRoute],
     customers: list[str],
     now: datetime,
+    fallbacks: Sequence[ChannelRoute] = (),
 ) -> Insert:
     """``INSERT INTO deliveries … SELECT`` the page's rows: per customer and route, the first
     usable contact point of the route's kind (or, for ``EVERY_CUSTOMER``, the customer id),
-    in customer then route order (the ids the rows get), ignoring rows already there."""
+    in customer then route order (the ids the rows get), ignoring rows already there. A
+    customer with no usable point of any route's kind gets one row on the first fallback
+    they have a usable point for."""
     page = _page(database, customers)
     page_ids = select(page.c.customer_id)
     branches = []
+    if any(route.contact == EVERY_CUSTOMER for route in routes):
+        fallbacks = ()  # every customer has a row already
+    kinds_before = [route.contact for route in routes]
+    for index, route in enumerate(fallbacks, start=len(routes)):
+        if route.contact == EVERY_CUSTOMER or route.contact in kinds_before:
+            continue
+        reachable_before = (
+            select(literal(1))
+            .select_from(_CP2)
+            .where(
+                _CP2.customer_id == ContactPoint.customer_id,
+                _CP2.kind.in_(list(kinds_before)),
+                _CP2.opted_out.is_(False),
+                _CP2.disabled.is_(False),
+            )
+            .exists()
+        )
+        first_fallback = (
+            select(func.min(ContactPoint.id))
+            .where(
+                ContactPoint.customer_id.in_(page_ids),
+                ContactPoint.kind == route.contact,
+                ContactPoint.opted_out.is_(False),
+                ContactPoint.disabled.is_(False),
+            )
+            .group_by(ContactPoint.customer_id)
+        )
+        branches.append(
+            select(
+                ContactPoint.customer_id.label("customer_id"),
+                literal(route.name, String()).label("channel"),
+                literal(index, Integer()).label("route"),
+                ContactPoint.id.label("contact_point_id"),
+                ContactPoint.address.label("address"),
+            ).where(ContactPoint.id.in_(first_fallback), ~reachable_before)
+        )
+        kinds_before.append(route.contact)
     for index, route in enumerate(routes):
         order: ColumnElement[int] = literal(index, Integer())
         if route.contact == EVERY_CUSTOMER:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 from typing import Any
+from unittest.mock import ANY
 
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -193,6 +194,47 @@ async def test_rows_are_the_first_usable_contact_point_per_route(database: Datab
         ).scalar_one()
     assert (done.state, done.cursor, done.audience_size) == ("dispatched", "C4", 4)
     assert done.materialised_at == START
+
+
+async def test_a_customer_unreachable_on_the_round_s_channels_gets_it_on_a_fallback(
+    database: Database,
+) -> None:
+    """A round on email only (an early escalation step): a customer with a phone and no
+    usable email gets it by SMS, the first fallback they can be reached on; customers with
+    an email get no second copy, and one reachable nowhere gets nothing."""
+    clock = FakeClock(START)
+    async with database.session() as session, session.begin():
+        await add_customer(
+            session, "A1", [("component", "payments")], [("email", "a1@example.org", False, False)]
+        )
+        phone = await add_customer(
+            session,
+            "A2",
+            [("component", "payments")],
+            [("email", "a2@example.org", True, False), ("sms", "+31600000002", False, False)],
+        )
+        await add_customer(
+            session, "A3", [("component", "payments")], [("sms", "+31600000003", False, True)]
+        )
+    await service.declare(
+        database, clock, service.Declaration("t", "major", "m", components=["payments"])
+    )
+    claimed = await claim(database, clock, batch=10)
+    fallbacks = [ChannelRoute("push", "push"), ChannelRoute("text", "sms")]
+
+    await materialise_round(
+        database,
+        clock,
+        claimed,
+        [ChannelRoute("mail", "email")],
+        ScheduleSettings(audience_batch=10),
+        fallbacks=fallbacks,
+    )
+
+    assert [row[:4] for row in await delivery_rows(database)] == [
+        ("A1", "mail", ANY, "a1@example.org"),
+        ("A2", "text", phone[1], "+31600000002"),
+    ]
 
 
 async def test_a_replayed_round_counts_only_the_rows_it_wrote(database: Database) -> None:
