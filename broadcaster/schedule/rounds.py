@@ -74,6 +74,11 @@ async def claim_due_round(
         if found is None:
             return None
         resumed = found.state == "materialising"
+        if not resumed and database.skip_locked and not await _incident_free(session, found):
+            # An operator's update holds the incident, and will ask for this round's lock
+            # next (it pulls the pending round forward): waiting on it here would deadlock.
+            # The next sweep, a moment later, finds the round as the update left it.
+            return None
         found.fence += 1
         found.lease_owner = owner
         found.lease_expires_at = now + settings.round_lease
@@ -90,6 +95,17 @@ async def claim_due_round(
             resumed=resumed,
             notify_staff=tuple(notify_staff),
         )
+
+
+async def _incident_free(session: AsyncSession, found: Round) -> bool:
+    """Lock the round's incident unless another transaction holds it (PostgreSQL): the lock
+    order of an operator's update is incident, then round."""
+    locked = await session.execute(
+        select(Incident.id)
+        .where(Incident.id == found.incident_id)
+        .with_for_update(skip_locked=True)
+    )
+    return locked.scalar_one_or_none() is not None
 
 
 async def _start_round(

@@ -4,6 +4,7 @@ that messages already handed over are not claimed again and sent twice."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +19,8 @@ from broadcaster.dispatch.outcomes import Outcome, record_outcomes
 from broadcaster.engine import Engine
 from broadcaster.incidents import service
 from broadcaster.outbox.materialise import materialise_round
-from broadcaster.store import Database, Delivery
+from broadcaster.schedule.rounds import claim_due_round
+from broadcaster.store import Database, Delivery, Incident
 from channels.base import DeliveryError, Receipt
 from channels.memory import MemoryChannel
 from tests.integration.test_broadcast_loop import START, add_customers, make_settings
@@ -148,3 +150,31 @@ async def test_a_round_whose_writing_failed_is_taken_up_again_at_once(
     assert await engine.process_due_rounds() == 1
     await engine.dispatch_all()
     assert len(channel.sent) == 3
+
+
+async def test_a_round_falling_due_during_an_operator_s_update_does_not_deadlock(
+    database: Database,
+) -> None:
+    """PostgreSQL: an update locks the incident, then its pending round; the claim of that
+    round must not take the round and then wait for the incident (a deadlock). It leaves the
+    round to the next sweep while the update holds the incident."""
+    if database.dialect != "postgresql":
+        pytest.skip("row locks: PostgreSQL")
+    clock = FakeClock(START)
+    await add_customers(database, clock, [("C0", ["component:rail"])])
+    incident = await service.declare(
+        database, clock, service.Declaration("t", "minor", "m", components=["rail"])
+    )
+    settings = make_settings().schedule
+    async with database.engine.connect() as operator:
+        transaction = await operator.begin()
+        await operator.execute(
+            select(Incident.id).where(Incident.id == incident.id).with_for_update()
+        )
+        claimed = await asyncio.wait_for(
+            claim_due_round(database, clock, settings, "leader"), timeout=5
+        )
+        assert claimed is None  # not now: the update has the incident
+        await transaction.commit()
+    claimed = await claim_due_round(database, clock, settings, "leader")
+    assert claimed is not None and claimed.number == 1
