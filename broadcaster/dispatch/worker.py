@@ -63,6 +63,7 @@ from broadcaster.dispatch.outcomes import (
 from broadcaster.store import ContactPoint, Customer, Database, Delivery, Followup
 from broadcaster.store.bulk import rows_params, rows_table
 from broadcaster.store.models import table_of
+from broadcaster.store.retry import retried
 from broadcaster.store.types import UTCDateTime
 from channels.base import Channel, DeliveryError, Target, concurrency_of
 
@@ -223,37 +224,25 @@ class Dispatcher:
         return len(jobs)
 
     async def _record(self, outcomes: list[Outcome]) -> Recorded:
-        """Write a batch's outcomes. A write that fails (the store restarting, a pooled
-        connection that died) is tried again with a growing pause, for up to a lease, while
-        the batch's leases are renewed: given up, the batch's messages, already handed to
-        their provider, would be claimed again when the leases ran out and sent twice."""
-        pause = RECORD_RETRY_FIRST
-        deadline = asyncio.get_running_loop().time() + self._settings.lease.total_seconds()
-        failures = 0
-        while True:
-            try:
-                recorded = await record_outcomes(
-                    self._db,
-                    self._owner,
-                    outcomes,
-                    self._clock.now(),
-                    failover=self._settings.failover,
-                    contact_kinds=self._contact_kinds,
-                )
-            except Exception as exc:
-                failures += 1
-                if asyncio.get_running_loop().time() + pause > deadline:
-                    raise
-                log.warning(
-                    "could not record the outcomes of a batch; trying again",
-                    extra={"count": len(outcomes), "failures": failures, "reason": repr(exc)},
-                )
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, RECORD_RETRY_LONGEST)
-                continue
-            if failures:
-                log.info("recorded the outcomes of a batch", extra={"failures": failures})
-            return recorded
+        """Write a batch's outcomes. A write that fails is tried again for up to a lease
+        while the batch's leases are renewed (:func:`~broadcaster.store.retry.retried`):
+        given up, the batch's messages, already handed to their provider, would be claimed
+        again when the leases ran out and sent twice."""
+        return await retried(
+            lambda: record_outcomes(
+                self._db,
+                self._owner,
+                outcomes,
+                self._clock.now(),
+                failover=self._settings.failover,
+                contact_kinds=self._contact_kinds,
+            ),
+            within=self._settings.lease,
+            what="the outcomes of a batch",
+            first=RECORD_RETRY_FIRST,
+            longest=RECORD_RETRY_LONGEST,
+            count=len(outcomes),
+        )
 
     async def claim(self, limit: int) -> list[Job]:
         """Claim up to ``limit`` due deliveries (expired leases first) under our lease."""

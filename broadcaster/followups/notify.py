@@ -55,6 +55,7 @@ from broadcaster.store import (
     IncidentScope,
     StaffNotice,
 )
+from broadcaster.store.retry import retried
 from channels.base import Channel, DeliveryError, Message, Target, concurrency_of
 
 log = logging.getLogger("broadcaster.followups")
@@ -128,7 +129,7 @@ async def send_due_notices(
         outcome = await _attempt(
             database, clock, channel, renderer, directory, notice, settings, public_url, rng, window
         )
-        await _record(database, clock.now(), owner, notice, outcome)
+        await _record(database, clock.now(), owner, notice, outcome, settings.lease)
         return outcome.state == "sent"
 
     while True:
@@ -262,19 +263,26 @@ async def _attempt(
 
 
 async def _record(
-    database: Database, now: datetime, owner: str, notice: _Claimed, outcome: _Outcome
+    database: Database,
+    now: datetime,
+    owner: str,
+    notice: _Claimed,
+    outcome: _Outcome,
+    lease: timedelta,
 ) -> None:
     """Write ``outcome`` if the notice is still ours: held by ``owner`` for this very attempt
     (the attempt count is the fence: after our lease ran out, another sender, or another
     task of this daemon under the same owner, may have claimed it again); a follow-up's also
-    into its history. A failure to write is logged: the lease runs out and the notice is
+    into its history. A write that fails is tried again for up to ``lease`` while the lease
+    is kept; only then is the failure logged, the lease left to run out and the notice
     tried again."""
     if outcome.state != "sent":
         log.warning(
             "staff notice not sent",
             extra={"notice": notice.key, "staff": notice.staff, "detail": outcome.detail},
         )
-    try:
+
+    async def write() -> None:
         async with database.session() as session, session.begin():
             result = await session.execute(
                 update(StaffNotice)
@@ -306,6 +314,9 @@ async def _record(
                         detail=outcome.detail,
                     )
                 )
+
+    try:
+        await retried(write, within=lease, what="a staff notice")
     except Exception:
         log.exception(
             "could not record a staff notice",

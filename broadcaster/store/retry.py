@@ -1,0 +1,51 @@
+"""Writes of work already done outside the store (a message handed to its provider) must not
+be given up at the first error: given up, the work's lease runs out and it is done again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TypeVar
+
+log = logging.getLogger("broadcaster.store")
+
+T = TypeVar("T")
+
+
+async def retried(
+    write: Callable[[], Awaitable[T]],
+    *,
+    within: timedelta,
+    what: str,
+    first: float = 0.5,
+    longest: float = 8.0,
+    count: int = 1,
+) -> T:
+    """``write()``, tried again after an error (the store restarting, a pooled connection
+    that died) with a pause from ``first`` seconds doubling up to ``longest``, for as long as
+    the next try starts within ``within`` of the first; the last error is raised then. Each
+    failure is logged as ``could not record <what>; trying again``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within.total_seconds()
+    pause = first
+    failures = 0
+    while True:
+        try:
+            done = await write()
+        except Exception as exc:
+            failures += 1
+            if loop.time() + pause > deadline:
+                raise
+            log.warning(
+                "could not record %s; trying again",
+                what,
+                extra={"count": count, "failures": failures, "reason": repr(exc)},
+            )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, longest)
+            continue
+        if failures:
+            log.info("recorded %s", what, extra={"failures": failures})
+        return done
