@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 
 from broadcaster.config.settings import RateLimit
 
@@ -76,3 +77,42 @@ class Limits:
     async def acquire(self, channel: str) -> float:
         bucket = self._buckets.get(channel)
         return await bucket.acquire() if bucket is not None else 0.0
+
+
+PACE_AHEAD = timedelta(seconds=2)
+"""How far ahead of its rate a claim takes a rate-limited channel's deliveries; the rest are
+put back with the time the rate will reach them (see :class:`Pacer`)."""
+
+
+class Pacer:
+    """Keeps a rate-limited channel's backlog from holding up the other channels.
+
+    Claims take due deliveries in time order, and a worker's batch is done when its slowest
+    send is: with SMS at 1 message/s, a batch holding 50 SMS holds its e-mails too, and
+    every worker ends up waiting on the SMS rate. So a claim keeps a limited channel's
+    deliveries only as far as its rate sends them within :data:`PACE_AHEAD`; each of the
+    others is put back, due when the rate reaches it (one slot per message, after the last
+    slot given out), and marked so: when it falls due it is taken as it stands, its slot
+    being reserved. The claims meanwhile reach the other channels' deliveries."""
+
+    def __init__(self, limits: Mapping[str, RateLimit], ahead: timedelta = PACE_AHEAD) -> None:
+        self._rates = {name: limit.per_second for name, limit in limits.items()}
+        self._ahead = ahead
+        self._slots: dict[str, datetime] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._rates)
+
+    def later(self, due: Sequence[tuple[str, bool]], now: datetime) -> dict[int, datetime]:
+        """For a claim's due deliveries, in claim order, (channel, put back before): the
+        positions to put back, with when each is due again."""
+        back: dict[int, datetime] = {}
+        for position, (channel, reserved) in enumerate(due):
+            rate = self._rates.get(channel)
+            if rate is None or reserved:
+                continue
+            slot = max(self._slots.get(channel, now), now)
+            self._slots[channel] = slot + timedelta(seconds=1 / rate)
+            if slot > now + self._ahead:
+                back[position] = slot
+        return back

@@ -51,7 +51,7 @@ from broadcaster.compose.render import Renderer, RenderError, RenderRequest
 from broadcaster.config.settings import DeliverySettings, MessageSettings
 from broadcaster.dispatch.backoff import delay_after
 from broadcaster.dispatch.content import RoundContents
-from broadcaster.dispatch.limits import Limits, per_process
+from broadcaster.dispatch.limits import Limits, Pacer, per_process
 from broadcaster.dispatch.outcomes import (
     History,
     Job,
@@ -137,6 +137,8 @@ class DispatchStats:
     reclaimed: int = 0
     cancelled: int = 0
     """Queued deliveries not sent because their address was opted out or disabled."""
+    paced: int = 0
+    """Claimed-to-be deliveries of a rate-limited channel put back for later (Pacer)."""
     by_channel: dict[str, int] = field(default_factory=dict)
 
 
@@ -168,6 +170,7 @@ class Dispatcher:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self._contents = RoundContents(database)
         self._limits = Limits(per_process(settings.rate_limits, settings.processes))
+        self._pacer = Pacer(per_process(settings.rate_limits, settings.processes))
         self._contact_kinds = {name: channel.contact for name, channel in channels.items()}
         self._gates = {
             name: asyncio.Semaphore(SENDS_AHEAD * limit)
@@ -188,10 +191,10 @@ class Dispatcher:
 
     async def run_once(self) -> int:
         """Claim, send and record one batch; returns how many deliveries it handled."""
-        cancelled = self.stats.cancelled
+        aside = self.stats.cancelled + self.stats.paced
         jobs, announced = await self._claim(self.batch_size)
-        if not jobs:
-            return self.stats.cancelled - cancelled  # more may be due behind them
+        if not jobs:  # more may be due behind those set aside
+            return self.stats.cancelled + self.stats.paced - aside
         sent = asyncio.Event()
         lost: set[int] = set()
         keeper = asyncio.create_task(
@@ -274,11 +277,13 @@ class Dispatcher:
                 expired_too=expired_too,
                 dialect=self._db.dialect,
                 after=after,
+                pacer=self._pacer,
             )
         )
         if last is not None and (self._floor is None or last > self._floor):
             self._floor = last
-        self.stats.cancelled += cancelled
+        self.stats.cancelled += cancelled.cancelled
+        self.stats.paced += cancelled.paced
         announced: Announcements = {}
         for incident_id, customer_id, owner, kind, deadline in followups:  # earliest first
             name = self._staff_names.get(owner, owner)
@@ -529,15 +534,17 @@ def _claim(
     expired_too: bool,
     dialect: str,
     after: Floor | None = None,
-) -> tuple[list[Job], list[tuple[int, str, str, str, datetime]], Floor | None, int]:
+    pacer: Pacer | None = None,
+) -> tuple[list[Job], list[tuple[int, str, str, str, datetime]], Floor | None, SetAside]:
     """Take up to ``limit`` deliveries under ``owner``'s lease: those whose lease expired
     first (their worker died; looked for only when ``expired_too``), then due pending
     ones, those after ``after`` in claim order when it is given; count the attempt (noting a
     reclaim in the history). Returns them with what rendering and routing need, the open
     follow-ups of their customers for their incidents, earliest deadline first (the messages
     say that a named person will contact them: doctrine 6), the claim-order key of the
-    last due delivery taken (None when none was), and how many were cancelled instead, their
-    address having been opted out or disabled since they were written.
+    last due delivery taken (None when none was), and how many were set aside: cancelled,
+    their address having been opted out or disabled since they were written, or put back
+    for later by ``pacer`` (a rate-limited channel's share beyond its rate).
 
     Its statements run on the session's connection: Core, without the ORM's result layer,
     which built an ORM loading context for every claimed row."""
@@ -572,7 +579,7 @@ def _claim(
             last = (taken[-1][_DUE_AT], taken[-1][0])
         found += taken
     if not found:
-        return [], [], None, 0
+        return [], [], None, SetAside()
     moot = [row for row in found if row[_OPTED_OUT] or row[_DISABLED]]
     if moot:
         # The customer unsubscribed (or the address was disabled) after the round was
@@ -580,8 +587,19 @@ def _claim(
         # an unsubscription takes effect; a held or retried message must not follow it).
         _cancel(connection, dialect, moot, now)
         found = [row for row in found if not (row[_OPTED_OUT] or row[_DISABLED])]
-        if not found:
-            return [], [], last, len(moot)
+    back: dict[int, datetime] = {}
+    if pacer:
+        due = [i for i, row in enumerate(found) if row[_STATE] == "pending"]
+        later = pacer.later([(found[i][3], found[i][_PUT_BACK_MARK] is not None) for i in due], now)
+        back = {found[due[k]][0]: at for k, at in later.items()}
+        if back:
+            connection.execute(
+                _PUT_BACK, [{"b_id": delivery, "b_at": at} for delivery, at in back.items()]
+            )
+            found = [row for row in found if row[0] not in back]
+    aside = SetAside(cancelled=len(moot), paced=len(back))
+    if not found:
+        return [], [], last, aside
     connection.execute(
         sql.take,
         {
@@ -622,13 +640,21 @@ def _claim(
     # none); only the few claimed with one need a look at the follow-ups themselves.
     announced = [row[_FOLLOWUP_AT] for row in found if row[_FOLLOWUP_AT] is not None]
     if not announced:
-        return jobs, [], last, len(moot)
+        return jobs, [], last, aside
     followups = connection.execute(
         select(_F.c.incident_id, _F.c.customer_id, _F.c.owner, _F.c.kind, _F.c.deadline_at)
         .where(_F.c.id.in_(announced))
         .order_by(_F.c.deadline_at, _F.c.id)
     )
-    return jobs, [(row[0], row[1], row[2], row[3], row[4]) for row in followups], last, len(moot)
+    return jobs, [(row[0], row[1], row[2], row[3], row[4]) for row in followups], last, aside
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """What a claim found due and did not take: cancelled, or put back for later."""
+
+    cancelled: int = 0
+    paced: int = 0
 
 
 def _cancel(connection: Any, dialect: str, rows: list[Any], now: datetime) -> None:
@@ -708,16 +734,32 @@ _JOB_COLUMNS = (
     _D.c.state,
     func.coalesce(_P.c.opted_out, false()),
     func.coalesce(_P.c.disabled, false()),
+    _D.c.lease_expires_at,
     _D.c.next_attempt_at,
     _FOLLOWUP,
 )
 """A claimed delivery: what :class:`Job` holds, in its order, then the state it had, whether
-its contact point is opted out or disabled now, when it was due (its claim-order key is that
-and the id) and the follow-up it announces."""
+its contact point is opted out or disabled now, its lease expiry (on a pending delivery: the
+mark of one put back by a :class:`Pacer`), when it was due (its claim-order key is that and
+the id) and the follow-up it announces."""
+_STATE = 13
 _OPTED_OUT = 14
 _DISABLED = 15
+_PUT_BACK_MARK = 16
 _DUE_AT = len(_JOB_COLUMNS) - 2
 _FOLLOWUP_AT = len(_JOB_COLUMNS) - 1
+
+
+_PUT_BACK = (
+    update(_D)
+    .where(_D.c.id == bindparam("b_id", type_=BigInteger()), _D.c.state == _PENDING)
+    .values(
+        next_attempt_at=bindparam("b_at", type_=UTCDateTime()),
+        lease_expires_at=bindparam("b_at", type_=UTCDateTime()),
+    )
+)
+"""A due delivery put back until ``b_at`` by a :class:`Pacer`, marked so (a pending
+delivery has no lease otherwise); executemany."""
 
 
 @dataclass(frozen=True)

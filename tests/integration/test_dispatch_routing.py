@@ -220,6 +220,44 @@ async def test_a_throttle_whose_fallback_the_customer_lacks_still_sends(
     assert states == {"sent"}
 
 
+async def test_a_rate_limited_channel_does_not_hold_the_others_back(database: Database) -> None:
+    """SMS at 5/s and e-mail unlimited, both for every customer: a claim keeps the SMS its
+    rate sends within two seconds and puts the others back, each due at its slot, so the
+    claims go on to the e-mails instead of waiting on the SMS rate batch after batch."""
+    clock = FakeClock(START)
+    for i in range(20):
+        await customer(database, f"c{i:04d}")
+    sms = MemoryChannel(name="sms", contact="sms")
+    mail = MemoryChannel(name="mail", contact="email")
+    config = settings(channels=["sms", "mail"], rate_limits={"sms": {"per_second": 5}})
+    engine = await Engine.create(config, database, clock, {"sms": sms, "mail": mail})
+    await declare(database, clock)
+    await engine.process_due_rounds()
+
+    await engine.dispatch_all()  # the round's start: nothing else falls due meanwhile
+
+    assert len(mail.sent) == 20
+    assert len(sms.sent) == 11  # slots +0 s … +2 s at 5/s
+    async with database.session() as session:
+        waiting = (
+            await session.execute(
+                select(Delivery.next_attempt_at, Delivery.lease_expires_at)
+                .where(Delivery.state == "pending")
+                .order_by(Delivery.next_attempt_at)
+            )
+        ).all()
+    assert [row[0] for row in waiting] == [
+        START + timedelta(seconds=2.2 + 0.2 * k) for k in range(9)
+    ]
+    assert all(row[1] == row[0] for row in waiting)  # marked as put back
+    assert engine.dispatcher.stats.paced == 9
+
+    clock.advance(timedelta(seconds=5))
+    await engine.dispatch_all()  # each taken as it falls due: its slot is kept for it
+    assert len(sms.sent) == 20
+    assert len({m.target.customer_id for m in sms.sent}) == 20
+
+
 async def test_token_bucket_paces_to_the_configured_rate() -> None:
     now = [0.0]
     waits: list[float] = []
