@@ -207,12 +207,18 @@ class Renderer:
         return self._context(request, request.personal)
 
     def _context(self, request: RenderRequest, personal: Personal) -> dict[str, Any]:
+        # Times read in the language the message is written in: a customer whose language
+        # has no templates gets the fallback's words, and its dates ("Wed 7 Jan"), not a
+        # mix ("by Mi. 7 Jan.").
+        _template, written_in = self.templates.get(
+            request.language, request.kind, FORMS[request.form][0]
+        )
         return build_context(
             request.kind,
             request.facts,
             organisation=self.organisation,
             public_url=self.public_url,
-            language=request.language,
+            language=written_in,
             timezone=request.timezone,
             now=request.now,
             personal=personal,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,17 @@ def test_missing_translation_falls_back_and_is_logged_once(
     assert out["email_subject"].startswith("[Major disruption]")
     warnings = [rec for rec in caplog.records if "no de translation" in rec.getMessage()]
     assert len(warnings) == 3  # once per part (subject, text, html), not once per message
+
+
+def test_a_fallback_message_reads_its_times_in_its_own_language() -> None:
+    """A German customer without German templates gets the English text, with English
+    dates: not "by Mi. 7 Jan." inside an English sentence."""
+    r = renderer()
+    earlier = SAMPLE_NOW - timedelta(days=1)  # so that the times carry their day
+    english = r.render(request("update", "email", language="en", now=earlier, cache_key=None))
+    german = r.render(request("update", "email", language="de", now=earlier, cache_key=None))
+    assert "Jan" in english["email_text"]
+    assert german["email_text"] == english["email_text"]
 
 
 def test_regional_language_uses_its_base_without_a_warning(
