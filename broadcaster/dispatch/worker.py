@@ -706,14 +706,16 @@ _FOLLOWUP = (
         _F.c.incident_id == _D.c.incident_id,
         _F.c.customer_id == _D.c.customer_id,
         _F.c.state.in_(_OPEN_FOLLOWUP),
+        _F.c.deadline_at > bindparam("b_now", type_=UTCDateTime()),
     )
     .order_by(_F.c.deadline_at, _F.c.id)
     .limit(1)
     .correlate(_D)
     .scalar_subquery()
 )
-"""The open follow-up of a delivery's customer for its incident with the earliest deadline,
-if any: its message says that a named person will contact them (doctrine 6). Looked up
+"""The open follow-up of a delivery's customer for its incident with the earliest deadline
+still ahead, if any: its message says that a named person will contact them by then
+(doctrine 6); one whose deadline passed is not promised again (it is being escalated). Looked up
 per claimed row by the (incident, customer, rule) unique index; a statement of its own for
 the batch's customers had cost a claim as much as its select of the deliveries."""
 

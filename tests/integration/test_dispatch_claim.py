@@ -258,8 +258,8 @@ async def test_a_claim_brings_the_earliest_open_follow_up_of_each_customer(
     database: Database,
 ) -> None:
     """The follow-up a message announces comes with its delivery's claim: the customer's
-    open or claimed one for that incident with the earliest deadline; one that is done, or
-    for another incident, is not announced."""
+    open or claimed one for that incident with the earliest deadline still ahead; one that
+    is done, overdue, or for another incident, is not announced."""
     clock = FakeClock(START)
     engine = await _one_round(database, clock, 3)
     other = await service.declare(
@@ -288,6 +288,7 @@ async def test_a_claim_brings_the_earliest_open_follow_up_of_each_customer(
                 followup(incident_id, "C0", "done", "done", 0),
                 followup(other.id, "C1", "elsewhere", "open", 1),
                 followup(incident_id, "C2", "only", "open", 2),
+                followup(incident_id, "C2", "overdue", "open", -1),  # being escalated
             ]
         )
     jobs, announced = await engine.dispatcher._claim(10)
