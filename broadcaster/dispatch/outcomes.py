@@ -105,6 +105,43 @@ def _next_channel(job: Job, failover: list[str]) -> str | None:
     return rest[0] if rest else None
 
 
+def fail_over_reported(
+    session: Session,
+    database: Database,
+    delivery: Delivery,
+    channel_order: str | None,
+    failover: list[str],
+    contact_kinds: dict[str, str],
+    now: datetime,
+) -> str | None:
+    """A provider reported after the send that ``delivery`` failed for good (an SMS status
+    callback: ``undelivered``, ``failed``): fail over to the customer's next channel, as a
+    permanent error at the send does. Returns that channel when a delivery was made there."""
+    if delivery.failover_from_id is not None or delivery.failover_to is not None:
+        return None  # only a first delivery fails over, and only once
+    job = Job(
+        delivery_id=delivery.id,
+        round_id=delivery.round_id,
+        incident_id=delivery.incident_id,
+        channel=delivery.channel,
+        address=delivery.address,
+        attempts=delivery.attempts,
+        contact_point_id=delivery.contact_point_id,
+        customer_id=delivery.customer_id,
+        customer_name="",
+        language="",
+        timezone="",
+        channel_order=channel_order,
+        failover_from_id=None,
+    )
+    target = _next_channel(job, failover)
+    kind = contact_kinds.get(target) if target else None
+    if target is None or kind is None:
+        return None
+    made = _create_follow(session, database, Follow(job, target, kind, "failover"), now)
+    return target if made else None
+
+
 def _create_follow(session: Session, database: Database, follow: Follow, now: datetime) -> bool:
     """Insert the follow-on delivery if the customer can be reached on that channel and
     has none for the round there yet: the insert then does nothing (another worker's

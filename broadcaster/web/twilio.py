@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from xml.sax.saxutils import escape
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from broadcaster.store import ContactPoint, Delivery, DeliveryEvent
+from broadcaster.dispatch.outcomes import fail_over_reported
+from broadcaster.store import ContactPoint, Customer, Delivery, DeliveryEvent
 from broadcaster.web.inputs import row_id
 from broadcaster.web.state import WebState, state_of
 from channels.twilio_sms import (
@@ -120,6 +123,7 @@ async def status_callback(request: Request) -> Response:
                 row.last_error = f"Twilio {reported}" + (
                     f" (error {error_code})" if error_code else ""
                 )
+                await _fail_over(session, state, row, now)
         if error_code in OPTED_OUT_CODES | DISABLED_CODES and row.contact_point_id is not None:
             point = await session.get(ContactPoint, row.contact_point_id)
             if point is not None:
@@ -129,6 +133,24 @@ async def status_callback(request: Request) -> Response:
                 point.updated_at = now
     state.count(f"twilio_status_{new_state}")
     return Response(status_code=204)
+
+
+async def _fail_over(session: AsyncSession, state: WebState, row: Delivery, now: datetime) -> None:
+    """The carrier could not deliver it: the customer's next channel gets the round."""
+    order = (
+        await session.execute(select(Customer.channel_order).where(Customer.id == row.customer_id))
+    ).scalar_one_or_none()
+    settings = state.settings
+    kinds = {name: channel.contact for name, channel in settings.channels.items()}
+    database = state.database
+    await session.flush()
+    target = await session.run_sync(
+        lambda sync: fail_over_reported(
+            sync, database, row, order, settings.delivery.failover, kinds, now
+        )
+    )
+    if target is not None:
+        log.info("failed over after a carrier report", extra={"delivery": row.id, "to": target})
 
 
 def _twiml(message: str | None = None) -> Response:

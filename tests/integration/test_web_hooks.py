@@ -296,3 +296,51 @@ async def test_a_signed_callback_with_odd_values_is_answered_not_a_crash(
     async with database.session() as session:
         row = await session.get(Delivery, delivery_id)
     assert row is not None and row.state == "sent"  # it matched nothing
+
+
+async def test_an_undelivered_sms_fails_over_to_the_customer_s_next_channel(
+    database: Database,
+) -> None:
+    """The carrier could not deliver it (30003: unreachable handset): the round goes to the
+    customer's e-mail, as a permanent failure at the send would; a repeated report makes no
+    second copy."""
+    config = settings()
+    config.channels["mail"] = Settings.model_validate(
+        {"channels": {"mail": {"type": "console", "contact": "email"}}}
+    ).channels["mail"]
+    config.delivery.failover = ["sms", "mail"]
+    state = WebState(config, database, FakeClock(START), SECRET, scheduler_running=True)
+    delivery_id = await _seed(database)
+    async with database.session() as session, session.begin():
+        await session.execute(
+            insert(ContactPoint).values(
+                customer_id="c1",
+                kind="email",
+                address="ann@example.org",
+                opted_out=False,
+                disabled=False,
+                updated_at=START,
+            )
+        )
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as http:
+        assert (await _status(http, "undelivered", ErrorCode="30003")).status_code == 204
+        assert (await _status(http, "undelivered", ErrorCode="30003")).status_code == 204
+    async with database.session() as session:
+        rows = (
+            await session.execute(
+                select(
+                    Delivery.id,
+                    Delivery.channel,
+                    Delivery.state,
+                    Delivery.address,
+                    Delivery.failover_from_id,
+                    Delivery.failover_to,
+                ).order_by(Delivery.id)
+            )
+        ).all()
+    follow_id = rows[1][0]
+    assert [tuple(r) for r in rows] == [
+        (delivery_id, "sms", "undelivered", "+31612345678", None, "mail"),
+        (follow_id, "mail", "pending", "ann@example.org", delivery_id, None),
+    ]
