@@ -96,7 +96,9 @@ class Channel(Protocol):
     A channel may also carry ``concurrency``: how many sends it has on the wire at once
     (its connection pool), further sends waiting inside it. The dispatcher then prepares
     only a few messages ahead of each free connection, so that a batch's rendering does
-    not keep the loop from answering the connections (see :func:`concurrency_of`).
+    not keep the loop from answering the connections (see :func:`concurrency_of`). And it
+    may have ``units(message)``: what a message costs against its rate limit (an SMS
+    channel: its segments; see :func:`units_of`).
     """
 
     name: str
@@ -109,6 +111,19 @@ class Channel(Protocol):
     async def aclose(self) -> None:
         """Release connections; called once at shutdown."""
         ...
+
+
+def units_of(channel: object, message: Message) -> int:
+    """What ``message`` costs against the channel's rate limit: the channel's ``units``
+    of it where it has that method (an SMS channel: its segments, which providers count),
+    else 1."""
+    units = getattr(channel, "units", None)
+    if units is None:
+        return 1
+    value = units(message)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"channel {getattr(channel, 'name', channel)!r}: units {value!r}")
+    return value
 
 
 def concurrency_of(channel: object) -> int | None:

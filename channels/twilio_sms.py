@@ -45,7 +45,7 @@ from twilio.rest import Client
 from channels import http_common
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
 from channels.redact import redact
-from channels.sms_segments import fit
+from channels.sms_segments import fit, segments
 
 TWILIO_API = "https://api.twilio.com"
 LINK_HEADER = "X-Broadcaster-Link"
@@ -290,6 +290,11 @@ class TwilioSmsChannel:
     def body(self, message: Message) -> str:
         """The SMS text for ``message``: shortened to ``max_segments``, ending with the link."""
         return fit(message.text, message.headers.get(LINK_HEADER, ""), self._settings.max_segments)
+
+    def units(self, message: Message) -> int:
+        """The segments ``message`` goes out in: what Twilio's throughput counts, and so
+        what it costs against ``delivery.rate_limits``."""
+        return segments(self.body(message)).segments
 
     def status_callback(self, message: Message) -> str | None:
         """``status_callback_url?delivery=<idempotency key>``: the callback endpoint finds

@@ -38,17 +38,22 @@ class TokenBucket:
         self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
         self._last = now
 
-    async def acquire(self) -> float:
-        """Wait for one token; returns the seconds waited."""
+    async def acquire(self, units: int = 1) -> float:
+        """Wait for ``units`` tokens (a message of three SMS segments costs three); returns
+        the seconds waited. A message costing more than the burst waits for a full bucket
+        and leaves it owing the rest, which the next sends wait out."""
         waited = 0.0
+        wanted = min(float(units), self.capacity)
         async with self._lock:
             self._refill()
-            while self._tokens < 1.0 - _EPSILON:
-                pause = (1.0 - self._tokens) / self.rate
+            while self._tokens < wanted - _EPSILON:
+                pause = (wanted - self._tokens) / self.rate
                 await self._sleep(pause)
                 waited += pause
                 self._refill()
-            self._tokens = max(self._tokens - 1.0, 0.0)
+            self._tokens = (
+                self._tokens - units if units > wanted else max(self._tokens - units, 0.0)
+            )
         return waited
 
 
@@ -74,9 +79,9 @@ class Limits:
             name: TokenBucket(limit.per_second, limit.burst) for name, limit in limits.items()
         }
 
-    async def acquire(self, channel: str) -> float:
+    async def acquire(self, channel: str, units: int = 1) -> float:
         bucket = self._buckets.get(channel)
-        return await bucket.acquire() if bucket is not None else 0.0
+        return await bucket.acquire(units) if bucket is not None else 0.0
 
 
 PACE_AHEAD = timedelta(seconds=2)

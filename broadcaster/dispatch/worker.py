@@ -65,7 +65,7 @@ from broadcaster.store.bulk import rows_params, rows_table
 from broadcaster.store.models import table_of
 from broadcaster.store.retry import retried
 from broadcaster.store.types import UTCDateTime
-from channels.base import Channel, DeliveryError, Target, concurrency_of
+from channels.base import Channel, DeliveryError, Target, concurrency_of, units_of
 
 log = logging.getLogger("broadcaster.dispatch")
 
@@ -421,7 +421,7 @@ class Dispatcher:
                     "X-Broadcaster-Severity": content.facts.severity,
                 }
             )
-            await self._limits.acquire(job.channel)
+            await self._limits.acquire(job.channel, units_of(channel, message))
             target = Target(
                 address=job.address, name=job.customer_name, customer_id=job.customer_id
             )

@@ -22,8 +22,16 @@ from broadcaster.store import (
     DeliveryEvent,
     Subscription,
 )
-from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.base import (
+    ContactPointState,
+    DeliveryError,
+    Message,
+    Receipt,
+    Target,
+    units_of,
+)
 from channels.memory import MemoryChannel
+from channels.twilio_sms import TwilioSettings, TwilioSmsChannel
 
 START = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
 
@@ -271,6 +279,33 @@ async def test_token_bucket_paces_to_the_configured_rate() -> None:
         await bucket.acquire()
     # 2 from the burst, then 10 more at 10/s: one second of pacing in all.
     assert sum(waits) == pytest.approx(1.0)
+
+
+async def test_a_message_of_several_sms_segments_costs_them_all() -> None:
+    """Providers count SMS throughput in segments: a three-segment message at 1/s takes
+    three seconds of the rate, even with a burst of one."""
+    now = [0.0]
+
+    async def fake_sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    bucket = TokenBucket(1.0, burst=1, monotonic=lambda: now[0], sleep=fake_sleep)
+    assert await bucket.acquire(3) == 0.0  # a full bucket lets it go, owing two
+    assert await bucket.acquire(1) == pytest.approx(3.0)  # the debt, then its own token
+    assert await bucket.acquire(2) == pytest.approx(1.0)  # waits for a full bucket (1)
+
+
+def test_the_twilio_channel_counts_a_message_in_segments() -> None:
+
+    sms = TwilioSmsChannel(
+        "sms",
+        TwilioSettings(
+            account_sid="AC" + "0" * 32, auth_token="t" * 32, from_number="+15005550006"
+        ),
+    )
+    assert units_of(sms, Message(subject="", text="Trains run again.")) == 1
+    assert units_of(sms, Message(subject="", text="Trains run again. " * 12)) == 2
+    assert units_of(MemoryChannel(name="mail"), Message(subject="", text="x" * 900)) == 1
 
 
 async def test_contact_point_marked_by_failure_is_not_used_again(database: Database) -> None:
