@@ -29,7 +29,7 @@ from broadcaster.followups.directory import Directory
 from broadcaster.followups.notify import send_due_notices
 from broadcaster.followups.service import Notice, due_notices
 from broadcaster.outbox.materialise import ChannelRoute, materialise_round
-from broadcaster.schedule.capacity import check_round
+from broadcaster.schedule.capacity import check_round, queued_elsewhere
 from broadcaster.schedule.rounds import (
     ClaimedRound,
     LostLease,
@@ -290,9 +290,15 @@ class Engine:
                     select(Round.started_at, Round.next_due_at).where(Round.id == claimed.round_id)
                 )
             ).one()
+            limited = [c for c in counts if c in self.settings.delivery.rate_limits]
+            queued = (
+                await queued_elsewhere(session, claimed.round_id, limited, promised)
+                if promised and limited
+                else {}
+            )
         cadence = promised - started if promised and started else None
         warnings = check_round(
-            claimed.incident_id, claimed.number, counts, cadence, self.settings.delivery
+            claimed.incident_id, claimed.number, counts, cadence, self.settings.delivery, queued
         )
         if warnings:
             self._capacity[claimed.incident_id] = [str(w) for w in warnings]

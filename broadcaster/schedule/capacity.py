@@ -7,11 +7,16 @@ would fix it, in the logs, ``/healthz`` and ``incident show``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.config.durations import format_duration
 from broadcaster.config.settings import DeliverySettings
+from broadcaster.store import Delivery
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,9 @@ class CapacityWarning:
     per_second: float
     needs: timedelta
     cadence: timedelta
+    queued: int = 0
+    """Of ``deliveries``, those of other rounds (other incidents', earlier ones, held ones)
+    that fall due before this round's next and share the channel's rate."""
 
     @property
     def rate_needed(self) -> float:
@@ -33,7 +41,9 @@ class CapacityWarning:
         needs = "for ever" if self.needs == timedelta.max else format_duration(_whole(self.needs))
         return (
             f"incident {self.incident_id} round {self.round_number}: {self.deliveries} "
-            f"{self.channel} messages at {self.per_second:g}/s take {needs}, "
+            f"{self.channel} messages"
+            + (f" ({self.queued} of them queued from other rounds)" if self.queued else "")
+            + f" at {self.per_second:g}/s take {needs}, "
             f"longer than the {format_duration(_whole(self.cadence))} cadence; it needs "
             f"{self.rate_needed:.3g}/s: raise delivery.rate_limits.{self.channel} to at least "
             f"that if the provider account allows it (with several daemons, each one's share), "
@@ -52,15 +62,19 @@ def check_round(
     per_channel: dict[str, int],
     cadence: timedelta | None,
     delivery: DeliverySettings,
+    queued: dict[str, int] | None = None,
 ) -> list[CapacityWarning]:
-    """Warnings for the channels whose configured rate cannot carry this round in time."""
+    """Warnings for the channels whose configured rate cannot carry this round in time,
+    with what other rounds have queued on them before it (``queued``, per channel)."""
     if cadence is None or cadence <= timedelta(0):
         return []
     warnings = []
-    for channel, count in sorted(per_channel.items()):
+    ahead = queued or {}
+    for channel, own in sorted(per_channel.items()):
         limit = delivery.rate_limits.get(channel)
-        if limit is None or count == 0:
+        if limit is None or own == 0:
             continue
+        count = own + ahead.get(channel, 0)
         try:
             needs = timedelta(seconds=max(count - limit.burst, 0) / limit.per_second)
         except OverflowError:  # a rate so small that the round never ends
@@ -68,7 +82,35 @@ def check_round(
         if needs > cadence:
             warnings.append(
                 CapacityWarning(
-                    incident_id, round_number, channel, count, limit.per_second, needs, cadence
+                    incident_id,
+                    round_number,
+                    channel,
+                    count,
+                    limit.per_second,
+                    needs,
+                    cadence,
+                    ahead.get(channel, 0),
                 )
             )
     return warnings
+
+
+async def queued_elsewhere(
+    session: AsyncSession, round_id: int, channels: Iterable[str], until: datetime
+) -> dict[str, int]:
+    """Per channel, the deliveries of other rounds still to send (pending or sending) that
+    fall due by ``until``: they share the channel's rate with this round."""
+    names = list(channels)
+    if not names:
+        return {}
+    found = await session.execute(
+        select(Delivery.channel, func.count())
+        .where(
+            Delivery.state.in_(("pending", "sending")),
+            Delivery.channel.in_(names),
+            Delivery.round_id != round_id,
+            Delivery.next_attempt_at <= until,
+        )
+        .group_by(Delivery.channel)
+    )
+    return {channel: count for channel, count in found.all()}

@@ -453,3 +453,28 @@ async def _waits_on_a_lock(database: Database) -> bool:
             )
         )
         return bool(waiting.scalar_one())
+
+
+async def test_what_other_incidents_queued_on_a_channel_counts_against_a_round(
+    database: Database,
+) -> None:
+    """Two incidents' rounds share the SMS rate: each fits its 30 min cadence alone (3
+    messages at 0.002/s: 16m40s), both together do not; the second round's warning counts
+    the first's queued messages."""
+    clock = FakeClock(START)
+    for n in range(3):
+        await customer(database, f"c200{n}")
+    config = settings(rate_limits={"sms": {"per_second": 0.002}})
+    sms = MemoryChannel(name="sms", contact="sms")
+    mail = MemoryChannel(name="mail", contact="email")
+    engine = await Engine.create(config, database, clock, {"sms": sms, "mail": mail})
+    await declare(database, clock)
+    await engine.process_due_rounds()
+    assert engine.capacity_warnings == []
+    await service.declare(
+        database, clock, service.Declaration("Bus", "major", "Buses stopped.", components=["rail"])
+    )
+    await engine.process_due_rounds()
+    [warning] = engine.capacity_warnings
+    assert warning.startswith("incident 2 round 1: 6 sms messages (3 of them queued from other")
+    assert "it needs 0.00333/s" in warning
