@@ -53,6 +53,9 @@ async def wake(event: asyncio.Event) -> None:
     event.set()
 
 
+CAPACITY_REFRESH = 10.0
+"""Seconds between two reads of the capacity warnings from the store (for ``/healthz``)."""
+
 SKEW_SHARE_OF_LEASE = 10
 """A clock further than a tenth of the lease from the database's is warned of at start."""
 
@@ -288,10 +291,15 @@ class Daemon:
         followups_due: asyncio.Event,
     ) -> None:
         failures = 0
+        capacity_read = -CAPACITY_REFRESH
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             rounds_due.clear()
             due = None
             try:  # leadership too: whatever fails, this loop must not end (rounds would stop)
+                if loop.time() - capacity_read >= CAPACITY_REFRESH:
+                    await engine.refresh_capacity()  # what /healthz shows, on every daemon
+                    capacity_read = loop.time()
                 leading = await self.leadership.ensure()
                 if leading:
                     # This daemon's workers start on each batch of a round's deliveries as

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
@@ -28,6 +28,7 @@ from broadcaster.escalation.plan import Escalation
 from broadcaster.followups.directory import Directory
 from broadcaster.followups.notify import send_due_notices
 from broadcaster.followups.service import Notice, due_notices
+from broadcaster.incidents.lifecycle import OPEN_STATUSES
 from broadcaster.outbox.materialise import ChannelRoute, materialise_round
 from broadcaster.schedule.capacity import check_round, queued_elsewhere
 from broadcaster.schedule.rounds import (
@@ -37,7 +38,7 @@ from broadcaster.schedule.rounds import (
     next_wakeup,
     release_round,
 )
-from broadcaster.store import Database, Delivery, Round
+from broadcaster.store import Database, Delivery, Incident, Round
 from broadcaster.store.secrets import get_or_create_secret
 from channels.base import Channel
 
@@ -300,12 +301,39 @@ class Engine:
         warnings = check_round(
             claimed.incident_id, claimed.number, counts, cadence, self.settings.delivery, queued
         )
-        if warnings:
-            self._capacity[claimed.incident_id] = [str(w) for w in warnings]
+        texts = [str(w) for w in warnings]
+        if texts:
+            self._capacity[claimed.incident_id] = texts
+            async with self.database.session() as session, session.begin():
+                await session.execute(
+                    update(Round)
+                    .where(Round.id == claimed.round_id)
+                    .values(capacity_warning="\n".join(texts))
+                )
         else:
             self._capacity.pop(claimed.incident_id, None)
-        for warning in warnings:
-            log.warning("round cannot finish within its cadence", extra={"detail": str(warning)})
+        for text in texts:
+            log.warning("round cannot finish within its cadence", extra={"detail": text})
+
+    async def refresh_capacity(self) -> None:
+        """Read the capacity warnings from the store: those of the latest written round of
+        each open incident, whichever daemon wrote it (this one may not lead, or may have
+        just started)."""
+        latest = (
+            select(func.max(Round.number))
+            .where(Round.incident_id == Incident.id, Round.state == "dispatched")
+            .correlate(Incident)
+            .scalar_subquery()
+        )
+        async with self.database.session() as session:
+            rows = (
+                await session.execute(
+                    select(Round.incident_id, Round.capacity_warning)
+                    .join(Incident, Incident.id == Round.incident_id)
+                    .where(Incident.status.in_(OPEN_STATUSES), Round.number == latest)
+                )
+            ).all()
+        self._capacity = {incident: warning.split("\n") for incident, warning in rows if warning}
 
     @property
     def capacity_warnings(self) -> list[str]:

@@ -204,6 +204,10 @@ class Round(Base):
     channels: Mapped[str | None] = mapped_column(Text, default=None)
     """Channels of the escalation step this round belongs to (comma-separated); the
     configured ``delivery.channels`` when unset."""
+    capacity_warning: Mapped[str | None] = mapped_column(Text, default=None)
+    """What the leader found when the round was written, when a channel's rate cannot carry
+    it within its cadence (one warning per line; migration 0010): every daemon reports the
+    latest round's of each open incident."""
 
 
 class Delivery(Base):

@@ -478,3 +478,28 @@ async def test_what_other_incidents_queued_on_a_channel_counts_against_a_round(
     [warning] = engine.capacity_warnings
     assert warning.startswith("incident 2 round 1: 6 sms messages (3 of them queued from other")
     assert "it needs 0.00333/s" in warning
+
+
+async def test_every_daemon_reports_the_capacity_warning_from_the_store(
+    database: Database,
+) -> None:
+    """The warning is kept with the round: another daemon, or this one after a restart,
+    reports it too; once the incident is resolved nobody does."""
+    clock = FakeClock(START)
+    for n in range(5):
+        await customer(database, f"c300{n}")
+    config = settings(rate_limits={"sms": {"per_second": 0.001}})
+    channels = {"sms": MemoryChannel(name="sms", contact="sms"), "mail": MemoryChannel("mail")}
+    leader = await Engine.create(config, database, clock, channels, owner="a")
+    incident_id = await declare(database, clock)
+    await leader.process_due_rounds()
+    [warning] = leader.capacity_warnings
+
+    restarted = await Engine.create(config, database, clock, channels, owner="b")
+    assert restarted.capacity_warnings == []
+    await restarted.refresh_capacity()
+    assert restarted.capacity_warnings == [warning]
+
+    await service.resolve(database, clock, incident_id, service.UpdateRequest("Fixed."))
+    await restarted.refresh_capacity()
+    assert restarted.capacity_warnings == []
