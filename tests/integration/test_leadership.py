@@ -4,6 +4,7 @@ passes on when the leader's session ends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import asyncpg
 import pytest
@@ -119,6 +120,8 @@ class _Proxy:
         self.target = (host, port)
         self.silent = False
         self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -127,6 +130,7 @@ class _Proxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        self.writers += [writer, upstream_writer]
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             while data := await source.read(65536):
@@ -135,13 +139,26 @@ class _Proxy:
                 sink.write(data)
                 await sink.drain()
 
-        await asyncio.gather(
+        both = asyncio.gather(
             pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True
         )
+        task = asyncio.ensure_future(both)
+        self.tasks.add(task)  # type: ignore[arg-type]
+        await task
 
     async def close(self) -> None:
+        """Close every relayed connection and the listener, within the test's loop."""
+        for writer in self.writers:
+            writer.close()
+        for writer in self.writers:
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.server is not None:
             self.server.close()
+            await self.server.wait_closed()
 
 
 async def test_a_leader_whose_connection_goes_silent_stops_leading(
