@@ -39,6 +39,7 @@ from broadcaster.schedule.rounds import (
     release_round,
 )
 from broadcaster.store import Database, Delivery, Incident, Round
+from broadcaster.store.retry import store_unreachable
 from broadcaster.store.secrets import get_or_create_secret
 from channels.base import Channel
 
@@ -234,12 +235,15 @@ class Engine:
             except LostLease as exc:
                 log.warning("round lease lost", extra={"reason": str(exc)})
                 continue
-            except Exception:
-                # The store failed mid-round: give the round back, so that the next pass
-                # takes it up at once instead of after the round lease. Best effort: with
-                # the store still away, the lease runs out as before.
-                with contextlib.suppress(Exception):
-                    await release_round(self.database, claimed)
+            except Exception as exc:
+                # The store failed mid-round (a connection lost, the server restarting): give
+                # the round back, so that the next pass takes it up at once instead of after
+                # the round lease. Best effort: with the store still away, the lease runs out
+                # as before. Any other error keeps the lease, so that a round that fails
+                # every time does not come first at every pass and hold up the others.
+                if store_unreachable(exc):
+                    with contextlib.suppress(Exception):
+                        await release_round(self.database, claimed)
                 raise
             if inserted is None:
                 await release_round(self.database, claimed)

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
 log = logging.getLogger("broadcaster.store")
 
 T = TypeVar("T")
@@ -49,3 +51,11 @@ async def retried(
         if failures:
             log.info("recorded %s", what, extra={"failures": failures})
         return done
+
+
+def store_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store could not be reached (a connection lost or refused,
+    the server restarting), as opposed to a statement that failed on its own."""
+    if isinstance(exc, (OperationalError, InterfaceError, OSError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated

@@ -178,3 +178,36 @@ async def test_a_round_falling_due_during_an_operator_s_update_does_not_deadlock
         await transaction.commit()
     claimed = await claim_due_round(database, clock, settings, "leader")
     assert claimed is not None and claimed.number == 1
+
+
+async def test_a_round_that_fails_on_its_own_keeps_its_lease_and_lets_others_go(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a store that could not be reached gives the round back at once: a round that
+    fails every time (a bug, bad data) would otherwise come first at every pass and hold up
+    every other incident's rounds."""
+    clock = FakeClock(START)
+    channel = MemoryChannel(name="mail")
+    await add_customers(database, clock, [(f"C{i}", ["component:rail"]) for i in range(3)])
+    engine = await Engine.create(make_settings(), database, clock, {"mail": channel}, owner="a")
+    broken_incident = await service.declare(
+        database, clock, service.Declaration("t", "minor", "m", components=["rail"])
+    )
+    await service.declare(
+        database, clock, service.Declaration("u", "minor", "m", components=["rail"])
+    )
+
+    async def broken_for_one(
+        database: Database, clock: Any, claimed: Any, *a: Any, **k: Any
+    ) -> Any:
+        if claimed.incident_id == broken_incident.id:
+            raise ValueError("a template bug")
+        return await materialise_round(database, clock, claimed, *a, **k)
+
+    monkeypatch.setattr(engine_module, "materialise_round", broken_for_one)
+    with pytest.raises(ValueError, match="template bug"):
+        await engine.process_due_rounds()
+    clock.advance(timedelta(seconds=2))  # the daemon's pause after an error
+    assert await engine.process_due_rounds() == 1  # the other incident's round
+    await engine.dispatch_all()
+    assert len(channel.sent) == 3
