@@ -98,7 +98,7 @@ class Recorded:
     follows: list[Follow] = field(default_factory=list)
 
 
-def _next_channel(job: Job, failover: list[str]) -> str | None:
+def next_channel(job: Job, failover: list[str]) -> str | None:
     """The channel after ``job.channel`` in the customer's order (or the default order)."""
     order = [c for c in (job.channel_order or "").split(",") if c] or failover
     rest = order[order.index(job.channel) + 1 :] if job.channel in order else order
@@ -134,15 +134,15 @@ def fail_over_reported(
         channel_order=channel_order,
         failover_from_id=None,
     )
-    target = _next_channel(job, failover)
+    target = next_channel(job, failover)
     kind = contact_kinds.get(target) if target else None
     if target is None or kind is None:
         return None
-    made = _create_follow(session, database, Follow(job, target, kind, "failover"), now)
+    made = create_follow(session, database, Follow(job, target, kind, "failover"), now)
     return target if made else None
 
 
-def _create_follow(session: Session, database: Database, follow: Follow, now: datetime) -> bool:
+def create_follow(session: Session, database: Database, follow: Follow, now: datetime) -> bool:
     """Insert the follow-on delivery if the customer can be reached on that channel and
     has none for the round there yet: the insert then does nothing (another worker's
     failover in the same round may have made it a moment ago, uncommitted: the insert
@@ -274,7 +274,7 @@ async def record_outcomes(
                 }
             )
         if job.failover_from_id is None:
-            target = _next_channel(job, failover)
+            target = next_channel(job, failover)
             kind = contact_kinds.get(target) if target else None
             if target is not None and kind is not None:
                 result.follows.append(Follow(job, target, kind, "failover"))
@@ -332,7 +332,7 @@ async def record_outcomes(
         if history:
             write_history(connection, dialect, history, now)
         for follow in result.follows:
-            if follow.job.delivery_id in held and _create_follow(session, database, follow, now):
+            if follow.job.delivery_id in held and create_follow(session, database, follow, now):
                 result.failovers += 1
 
     await database.transact(write)

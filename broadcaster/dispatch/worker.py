@@ -53,10 +53,13 @@ from broadcaster.dispatch.backoff import delay_after
 from broadcaster.dispatch.content import RoundContents
 from broadcaster.dispatch.limits import Limits, Pacer, per_process
 from broadcaster.dispatch.outcomes import (
+    Follow,
     History,
     Job,
     Outcome,
     Recorded,
+    create_follow,
+    next_channel,
     record_outcomes,
     write_history,
 )
@@ -284,6 +287,8 @@ class Dispatcher:
             self._floor = last
         self.stats.cancelled += cancelled.cancelled
         self.stats.paced += cancelled.paced
+        if cancelled.moot and self._settings.failover:
+            await self._fail_over_cancelled(cancelled.moot, now)
         announced: Announcements = {}
         for incident_id, customer_id, owner, kind, deadline in followups:  # earliest first
             name = self._staff_names.get(owner, owner)
@@ -296,6 +301,22 @@ class Dispatcher:
                 extra={"count": reclaimed},
             )
         return jobs, announced
+
+    async def _fail_over_cancelled(self, moot: tuple[Job, ...], now: datetime) -> None:
+        """Deliveries cancelled at claim (their address opted out or disabled since their
+        round was written) go to the customer's next channel they can be reached on, as a
+        permanent failure at the send would: the customer still hears of the round."""
+        follows = [
+            Follow(job, target, kind, "failover")
+            for job in moot
+            if job.failover_from_id is None
+            and (target := next_channel(job, self._settings.failover)) is not None
+            and (kind := self._contact_kinds.get(target)) is not None
+        ]
+        if follows:
+            await self._db.transact(
+                lambda session: [create_follow(session, self._db, f, now) for f in follows]
+            )
 
     def _personal(self, job: Job, now: datetime) -> Personal:
         expires = now + self._messages.link_lifetime
@@ -597,7 +618,7 @@ def _claim(
                 _PUT_BACK, [{"b_id": delivery, "b_at": at} for delivery, at in back.items()]
             )
             found = [row for row in found if row[0] not in back]
-    aside = SetAside(cancelled=len(moot), paced=len(back))
+    aside = SetAside(moot=tuple(_job(row) for row in moot), paced=len(back))
     if not found:
         return [], [], last, aside
     connection.execute(
@@ -608,25 +629,7 @@ def _claim(
             "b_expires": now + lease,
         },
     )
-    jobs = [
-        Job(
-            delivery_id=row[0],
-            round_id=row[1],
-            incident_id=row[2],
-            channel=row[3],
-            address=row[4],
-            attempts=row[5] + 1,  # the attempt this claim counts
-            contact_point_id=row[6],
-            customer_id=row[7],
-            customer_name=row[8],
-            language=row[9],
-            timezone=row[10],
-            channel_order=row[11],
-            failover_from_id=row[12],
-            reclaimed=row[13] == "sending",
-        )
-        for row in found
-    ]
+    jobs = [_job(row) for row in found]
     # A first attempt's claim writes no history row: the outcome's row names the attempt
     # (one row per delivery, not two). A reclaim does, as a repeat may follow.
     repeats: list[History] = [
@@ -649,12 +652,37 @@ def _claim(
     return jobs, [(row[0], row[1], row[2], row[3], row[4]) for row in followups], last, aside
 
 
+def _job(row: Any) -> Job:
+    """The job of a claimed row (:data:`_JOB_COLUMNS`), at the attempt its claim counts."""
+    return Job(
+        delivery_id=row[0],
+        round_id=row[1],
+        incident_id=row[2],
+        channel=row[3],
+        address=row[4],
+        attempts=row[5] + 1,
+        contact_point_id=row[6],
+        customer_id=row[7],
+        customer_name=row[8],
+        language=row[9],
+        timezone=row[10],
+        channel_order=row[11],
+        failover_from_id=row[12],
+        reclaimed=row[13] == "sending",
+    )
+
+
 @dataclass(frozen=True)
 class SetAside:
-    """What a claim found due and did not take: cancelled, or put back for later."""
+    """What a claim found due and did not take: cancelled (``moot``: their address was
+    opted out or disabled since they were written), or put back for later (``paced``)."""
 
-    cancelled: int = 0
+    moot: tuple[Job, ...] = ()
     paced: int = 0
+
+    @property
+    def cancelled(self) -> int:
+        return len(self.moot)
 
 
 def _cancel(connection: Any, dialect: str, rows: list[Any], now: datetime) -> None:

@@ -12,6 +12,7 @@ from broadcaster.incidents import service
 from broadcaster.store import ContactPoint, Database, Delivery, DeliveryEvent
 from channels.memory import MemoryChannel
 from tests.integration.test_broadcast_loop import START, add_customers, make_settings
+from tests.integration.test_dispatch_routing import customer, declare, settings
 
 
 async def _queued(database: Database, clock: FakeClock) -> tuple[Engine, MemoryChannel]:
@@ -86,3 +87,33 @@ async def test_a_batch_of_nothing_but_opted_out_deliveries_does_not_stall_the_re
     await engine.dispatch_all()  # the first two claims find only cancelled ones
 
     assert [m.target.customer_id for m in channel.sent] == ["C2"]
+
+
+async def test_a_cancelled_delivery_fails_over_to_the_customer_s_next_channel(
+    database: Database,
+) -> None:
+    """The customer's phone was disabled after the round was written (a carrier report on
+    an earlier message): the queued SMS is cancelled, and the round goes by e-mail, as a
+    permanent failure at the send would have sent it."""
+    clock = FakeClock(START)
+    await customer(database, "c0042")
+    sms = MemoryChannel(name="sms", contact="sms")
+    mail = MemoryChannel(name="mail", contact="email")
+    engine = await Engine.create(settings(), database, clock, {"sms": sms, "mail": mail})
+    await declare(database, clock)
+    await engine.process_due_rounds()
+    async with database.session() as session, session.begin():
+        await session.execute(
+            update(ContactPoint).where(ContactPoint.kind == "sms").values(disabled=True)
+        )
+
+    await engine.dispatch_all()
+
+    assert sms.sent == [] and [m.target.address for m in mail.sent] == ["c0042@example.org"]
+    async with database.session() as session:
+        rows = (
+            await session.execute(
+                select(Delivery.channel, Delivery.state, Delivery.failover_to).order_by(Delivery.id)
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [("sms", "cancelled", "mail"), ("mail", "sent", None)]
