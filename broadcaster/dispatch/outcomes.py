@@ -116,9 +116,22 @@ def fail_over_reported(
 ) -> str | None:
     """A provider reported after the send that ``delivery`` failed for good (an SMS status
     callback: ``undelivered``, ``failed``): fail over to the customer's next channel, as a
-    permanent error at the send does. Returns that channel when a delivery was made there."""
+    permanent error at the send does, unless a later round of the incident already has a
+    delivery for them (a late report must not send a stale update after the next one, or
+    after the resolution). Returns that channel when a delivery was made there."""
     if delivery.failover_from_id is not None or delivery.failover_to is not None:
         return None  # only a first delivery fails over, and only once
+    newer = session.execute(
+        select(Delivery.id)
+        .where(
+            Delivery.incident_id == delivery.incident_id,
+            Delivery.customer_id == delivery.customer_id,
+            Delivery.round_id > delivery.round_id,
+        )
+        .limit(1)
+    ).first()
+    if newer is not None:
+        return None  # a later round (an update, the resolution) reached them: this one is stale
     job = Job(
         delivery_id=delivery.id,
         round_id=delivery.round_id,

@@ -344,3 +344,58 @@ async def test_an_undelivered_sms_fails_over_to_the_customer_s_next_channel(
         (delivery_id, "sms", "undelivered", "+31612345678", None, "mail"),
         (follow_id, "mail", "pending", "ann@example.org", delivery_id, None),
     ]
+
+
+async def test_a_late_failure_report_does_not_send_a_stale_round(database: Database) -> None:
+    """Twilio reports the SMS undelivered after a later round (here the resolution) already
+    reached the customer: it is recorded, and nothing older goes out by e-mail."""
+    config = settings()
+    config.channels["mail"] = Settings.model_validate(
+        {"channels": {"mail": {"type": "console", "contact": "email"}}}
+    ).channels["mail"]
+    config.delivery.failover = ["sms", "mail"]
+    state = WebState(config, database, FakeClock(START), SECRET, scheduler_running=True)
+    delivery_id = await _seed(database)
+    async with database.session() as session, session.begin():
+        await session.execute(
+            insert(ContactPoint).values(
+                customer_id="c1",
+                kind="email",
+                address="ann@example.org",
+                opted_out=False,
+                disabled=False,
+                updated_at=START,
+            )
+        )
+    async with database.session() as session, session.begin():
+        old = await session.get(Delivery, delivery_id)
+        assert old is not None
+        await session.execute(
+            insert(Round).values(
+                incident_id=old.incident_id,
+                number=2,
+                kind="resolution",
+                state="dispatched",
+                due_at=START,
+            )
+        )
+        newer = (await session.execute(select(Round.id).where(Round.number == 2))).scalar_one()
+        await session.execute(
+            insert(Delivery).values(
+                round_id=newer,
+                incident_id=old.incident_id,
+                customer_id="c1",
+                channel="sms",
+                address="+31612345678",
+                state="sent",
+                attempts=1,
+                next_attempt_at=START,
+                created_at=START,
+            )
+        )
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as http:
+        assert (await _status(http, "undelivered", ErrorCode="30003")).status_code == 204
+    async with database.session() as session:
+        channels = (await session.execute(select(Delivery.channel, Delivery.state))).all()
+    assert sorted(tuple(c) for c in channels) == [("sms", "sent"), ("sms", "undelivered")]
