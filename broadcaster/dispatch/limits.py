@@ -104,6 +104,16 @@ class Pacer:
         self._rates = {name: limit.per_second for name, limit in limits.items()}
         self._ahead = ahead
         self._slots: dict[str, datetime] = {}
+        self._units: dict[str, float] = {}
+        """Per channel, what a message has cost of the rate lately (SMS: segments): the
+        slots are that far apart."""
+
+    def observe(self, channel: str, units: int) -> None:
+        """A message of ``channel`` cost ``units`` (a moving average: messages of a round
+        are alike)."""
+        if channel in self._rates:
+            seen = self._units.get(channel)
+            self._units[channel] = units if seen is None else seen + (units - seen) / 10
 
     def __bool__(self) -> bool:
         return bool(self._rates)
@@ -117,7 +127,15 @@ class Pacer:
             if rate is None or reserved:
                 continue
             slot = max(self._slots.get(channel, now), now)
-            self._slots[channel] = slot + timedelta(seconds=1 / rate)
+            step = min(self._units.get(channel, 1.0) / rate, LONGEST_SLOT)
+            self._slots[channel] = min(slot + timedelta(seconds=step), now + FURTHEST_SLOT)
             if slot > now + self._ahead:
                 back[position] = slot
         return back
+
+
+LONGEST_SLOT = 3600.0
+"""Seconds: a slot longer than this (a rate of almost nothing) is cut to it."""
+
+FURTHEST_SLOT = timedelta(days=1)
+"""Slots are not given out further ahead than this: the rest wait at its end."""

@@ -442,7 +442,12 @@ class Dispatcher:
                     "X-Broadcaster-Severity": content.facts.severity,
                 }
             )
-            await self._limits.acquire(job.channel, units_of(channel, message))
+            try:
+                units = units_of(channel, message)
+            except ValueError as exc:  # a message the channel cannot send (too long an SMS)
+                raise DeliveryError(str(exc), retryable=False) from exc
+            self._pacer.observe(job.channel, units)
+            await self._limits.acquire(job.channel, units)
             target = Target(
                 address=job.address, name=job.customer_name, customer_id=job.customer_id
             )

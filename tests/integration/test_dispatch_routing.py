@@ -503,3 +503,34 @@ async def test_every_daemon_reports_the_capacity_warning_from_the_store(
     await service.resolve(database, clock, incident_id, service.UpdateRequest("Fixed."))
     await restarted.refresh_capacity()
     assert restarted.capacity_warnings == []
+
+
+class _Unsendable(MemoryChannel):
+    """A channel that cannot size this message (an SMS whose link alone is too long)."""
+
+    def units(self, message: Message) -> int:
+        raise ValueError("the link alone needs 2 SMS segments, more than max_segments=1")
+
+
+async def test_a_message_its_channel_cannot_size_fails_for_good_at_once(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    await customer(database, "c0400")
+    sms = _Unsendable(name="sms", contact="sms")
+    mail = MemoryChannel(name="mail", contact="email")
+    config = settings(rate_limits={"sms": {"per_second": 100}})
+    engine = await Engine.create(config, database, clock, {"sms": sms, "mail": mail})
+    await declare(database, clock)
+    await engine.process_due_rounds()
+    await engine.dispatch_all()
+    async with database.session() as session:
+        rows = (
+            await session.execute(
+                select(
+                    Delivery.channel, Delivery.state, Delivery.attempts, Delivery.last_error
+                ).order_by(Delivery.id)
+            )
+        ).all()
+    assert rows[0][:3] == ("sms", "failed", 1) and "max_segments=1" in (rows[0][3] or "")
+    assert rows[1][:2] == ("mail", "sent")  # failed over at once, not after retries

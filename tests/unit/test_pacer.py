@@ -32,3 +32,17 @@ def test_what_was_put_back_is_taken_when_due_and_keeps_its_slot() -> None:
 def test_no_limits_no_pacing() -> None:
     assert not Pacer({})
     assert Pacer({}).later([("sms", False)] * 3, NOW) == {}
+
+
+def test_slots_are_as_far_apart_as_messages_cost() -> None:
+    """SMS of three segments at 1 segment/s: three seconds a message."""
+    pacer = Pacer({"sms": RateLimit(per_second=1)}, ahead=timedelta(seconds=3))
+    pacer.observe("sms", 3)
+    assert pacer.later([("sms", False)] * 3, NOW) == {2: NOW + timedelta(seconds=6)}
+
+
+def test_a_rate_of_almost_nothing_does_not_overflow() -> None:
+    pacer = Pacer({"sms": RateLimit(per_second=1e-15)}, ahead=timedelta(seconds=1))
+    back = pacer.later([("sms", False)] * 5, NOW)
+    assert sorted(back) == [1, 2, 3, 4]
+    assert max(back.values()) <= NOW + timedelta(days=1)
