@@ -66,19 +66,27 @@ async def claim_due_round(
                 )
             )
             .order_by(Round.due_at, Round.id)
-            .limit(1)
+            .limit(CANDIDATES if database.skip_locked else 1)
         )
         if database.skip_locked:
             query = query.with_for_update(skip_locked=True)
-        found = (await session.execute(query)).scalar_one_or_none()
+        found = None
+        for candidate in (await session.execute(query)).scalars():
+            if (
+                candidate.state == "pending"
+                and database.skip_locked
+                and not await _incident_free(session, candidate)
+            ):
+                # An operator's update holds the incident, and will ask for this round's
+                # lock next (it pulls the pending round forward): waiting on it here would
+                # deadlock. A later sweep finds the round as the update left it; meanwhile
+                # the next due round, another incident's, is taken.
+                continue
+            found = candidate
+            break
         if found is None:
             return None
         resumed = found.state == "materialising"
-        if not resumed and database.skip_locked and not await _incident_free(session, found):
-            # An operator's update holds the incident, and will ask for this round's lock
-            # next (it pulls the pending round forward): waiting on it here would deadlock.
-            # The next sweep, a moment later, finds the round as the update left it.
-            return None
         found.fence += 1
         found.lease_owner = owner
         found.lease_expires_at = now + settings.round_lease
@@ -97,13 +105,21 @@ async def claim_due_round(
         )
 
 
+CANDIDATES = 8
+"""Due rounds a claim looks at (PostgreSQL), so that one whose incident an operator is
+updating does not hold up the others."""
+
+
 async def _incident_free(session: AsyncSession, found: Round) -> bool:
     """Lock the round's incident unless another transaction holds it (PostgreSQL): the lock
     order of an operator's update is incident, then round."""
     locked = await session.execute(
         select(Incident.id)
         .where(Incident.id == found.incident_id)
-        .with_for_update(skip_locked=True)
+        # FOR NO KEY UPDATE: it waits for an operator's FOR UPDATE, but not for the key
+        # share lock of a row being inserted that refers to the incident (a delivery, a
+        # follow-up, a promise).
+        .with_for_update(skip_locked=True, key_share=True)
     )
     return locked.scalar_one_or_none() is not None
 
@@ -116,7 +132,9 @@ async def _start_round(
     escalation: Escalation | None,
     notify_staff: list[str],
 ) -> None:
-    incident = await session.get(Incident, current.incident_id, with_for_update=True)
+    # FOR NO KEY UPDATE (as in _incident_free): serialised with an operator's update, not
+    # held up by rows being inserted that refer to the incident.
+    incident = await session.get(Incident, current.incident_id, with_for_update={"key_share": True})
     if incident is None:  # the foreign key makes this impossible; say so if it happens
         raise LookupError(f"round {current.id} belongs to a missing incident")
     current.state = "materialising"

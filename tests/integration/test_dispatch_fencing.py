@@ -175,9 +175,42 @@ async def test_a_round_falling_due_during_an_operator_s_update_does_not_deadlock
             claim_due_round(database, clock, settings, "leader"), timeout=5
         )
         assert claimed is None  # not now: the update has the incident
+        other = await service.declare(
+            database, clock, service.Declaration("u", "minor", "m", components=["rail"])
+        )
+        claimed = await asyncio.wait_for(
+            claim_due_round(database, clock, settings, "leader"), timeout=5
+        )
+        assert claimed is not None and claimed.incident_id == other.id  # the others go on
         await transaction.commit()
     claimed = await claim_due_round(database, clock, settings, "leader")
-    assert claimed is not None and claimed.number == 1
+    assert claimed is not None and claimed.incident_id == incident.id
+
+
+async def test_a_row_being_written_for_an_incident_does_not_hold_its_round(
+    database: Database,
+) -> None:
+    """PostgreSQL: an insert that refers to the incident (a follow-up, a failover delivery)
+    takes a key share lock on it; the round claim does not mistake that for an update."""
+    if database.dialect != "postgresql":
+        pytest.skip("row locks: PostgreSQL")
+    clock = FakeClock(START)
+    await add_customers(database, clock, [("C0", ["component:rail"])])
+    incident = await service.declare(
+        database, clock, service.Declaration("t", "minor", "m", components=["rail"])
+    )
+    async with database.engine.connect() as writer:
+        transaction = await writer.begin()
+        await writer.execute(
+            select(Incident.id)
+            .where(Incident.id == incident.id)
+            .with_for_update(key_share=True, read=True)
+        )
+        claimed = await asyncio.wait_for(
+            claim_due_round(database, clock, make_settings().schedule, "leader"), timeout=5
+        )
+        assert claimed is not None and claimed.incident_id == incident.id
+        await transaction.rollback()
 
 
 async def test_a_round_that_fails_on_its_own_keeps_its_lease_and_lets_others_go(
