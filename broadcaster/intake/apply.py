@@ -245,9 +245,16 @@ async def _plan(
     def plan(kind: AppliedKind, reason: str = "", new_generation: int = 1) -> _Plan:
         return _Plan(result(kind, incident.id, reason), new_generation, last_message)
 
-    if _version_token(event.source, event.version) in history.versions:
+    newer = (
+        history.newest_micros is not None
+        and event.updated_at is not None
+        and _micros(event.updated_at) > history.newest_micros
+    )
+    if not newer and _version_token(event.source, event.version) in history.versions:
         # The same version again: a re-read item, a retried or replayed webhook. Applying
         # it again could only reopen, roll back or re-create what a later version changed.
+        # A version whose content hash was seen before but that says it is newer than
+        # anything applied (open, resolved, open again) is a change, not a replay.
         return plan("unchanged", "version already applied")
     if (
         history.newest_micros is not None

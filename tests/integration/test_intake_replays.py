@@ -117,6 +117,18 @@ async def test_a_replay_after_closure_declares_no_new_incident(database: Databas
     assert (await apply(database, clock, event("v2", "resolved")))[0] == "unchanged"
 
 
+async def test_a_source_reporting_an_item_open_again_reopens_it(database: Database) -> None:
+    """A source whose version is a content hash says "open" again after "resolved": the
+    same hash as before, but newer than anything applied, so a change, not a replay."""
+    clock = FakeClock(START)
+    t1, t2, t3 = START, START + timedelta(minutes=5), START + timedelta(minutes=10)
+    _, incident_id = await apply(database, clock, event("open", updated=t1))
+    await apply(database, clock, event("resolved", "resolved", updated=t2))
+    assert await apply(database, clock, event("open", updated=t1)) == ("unchanged", incident_id)
+    assert await apply(database, clock, event("open", updated=t3)) == ("reopened", incident_id)
+    assert (await incidents(database))[0].status == "investigating"
+
+
 async def test_an_update_older_than_any_applied_one_is_ignored(database: Database) -> None:
     """Not only the latest entry's time counts: here the latest carries none."""
     clock = FakeClock(START)
