@@ -7,6 +7,7 @@ list is :data:`VARIABLES`; ``broadcaster templates check`` lints templates again
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, NamedTuple
@@ -131,6 +132,16 @@ def build_context(
             "unsubscribe": personal.unsubscribe_url,
             "preferences": personal.preferences_url,
         },
-        "followup": followup,
+        "followup": _with_times(followup, when),
         "task": task,
     }
+
+
+def _with_times(
+    values: dict[str, Any] | None, when: Callable[[datetime | None], str | None]
+) -> dict[str, Any] | None:
+    """``values`` with each time in it written out (in the message's language and the
+    customer's zone), so that a caller may hand over the datetime itself."""
+    if values is None:
+        return None
+    return {k: when(v) if isinstance(v, datetime) else v for k, v in values.items()}

@@ -46,7 +46,6 @@ from broadcaster.clock import Clock
 from broadcaster.compose.context import Personal
 from broadcaster.compose.forms import form_for
 from broadcaster.compose.links import personal_links
-from broadcaster.compose.locale import format_when
 from broadcaster.compose.render import Renderer, RenderError, RenderRequest
 from broadcaster.config.settings import DeliverySettings, MessageSettings
 from broadcaster.dispatch.backoff import delay_after
@@ -430,7 +429,7 @@ class Dispatcher:
                 else {
                     "owner": followup[0],
                     "kind": followup[1],
-                    "deadline": format_when(followup[2], job.timezone, job.language, now),
+                    "deadline": followup[2],  # written out in the message's language
                 },
             )
             message = self._renderer.message(request, idempotency_key=f"delivery-{job.delivery_id}")

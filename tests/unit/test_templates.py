@@ -184,6 +184,21 @@ def test_a_fallback_message_reads_its_times_in_its_own_language() -> None:
     assert german["email_text"] == english["email_text"]
 
 
+def test_a_follow_up_deadline_reads_in_the_message_s_language() -> None:
+    """The deadline a message announces is handed over as a time and written out in the
+    language of the templates used: English words for a German customer without German
+    templates, not "Do. 8 Jan."."""
+    r = renderer()
+    followup = {"owner": "Ann Visser", "kind": "call", "deadline": SAMPLE_NOW + timedelta(days=1)}
+    english = r.render(
+        request("followup_announcement", "email", language="en", followup=followup, cache_key=None)
+    )
+    german = r.render(
+        request("followup_announcement", "email", language="de", followup=followup, cache_key=None)
+    )
+    assert "Jan" in english["email_text"] and german["email_text"] == english["email_text"]
+
+
 def test_regional_language_uses_its_base_without_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
