@@ -198,17 +198,26 @@ class HttpSettings(_Section):
     @field_validator("trusted_proxies")
     @classmethod
     def _addresses(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if value.strip() == "*":
+        cleaned = [value.strip() for value in values]
+        if "*" in cleaned and len(cleaned) > 1:
+            raise ValueError("'*' trusts every address: give it alone, or list the proxies")
+        for value in cleaned:
+            if value == "*":
                 continue
             try:
-                ipaddress.ip_network(value.strip(), strict=False)
+                network = ipaddress.ip_network(value, strict=False)
             except ValueError:
                 raise ValueError(
                     f"{value!r} is not an IP address or network (a host name is not "
                     "accepted: proxies are recognised by the address that connects)"
                 ) from None
-        return [value.strip() for value in values]
+            try:
+                ipaddress.ip_network(value)  # strict: the server ignores host bits silently
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} has host bits set: the network is {network} (write that)"
+                ) from None
+        return cleaned
 
 
 def _one_or_more(value: object) -> object:

@@ -88,7 +88,13 @@ async def test_a_configured_proxy_is_believed(database: Database) -> None:
 
 def test_trusted_proxies_must_be_addresses_or_networks() -> None:
     assert HttpSettings().trusted_proxies == []
-    ok = HttpSettings.model_validate({"trusted_proxies": ["10.0.0.5", "10.1.0.0/16", "::1", "*"]})
-    assert ok.trusted_proxies == ["10.0.0.5", "10.1.0.0/16", "::1", "*"]
+    ok = HttpSettings.model_validate({"trusted_proxies": ["10.0.0.5", "10.1.0.0/16", "::1"]})
+    assert ok.trusted_proxies == ["10.0.0.5", "10.1.0.0/16", "::1"]
+    assert HttpSettings.model_validate({"trusted_proxies": ["*"]}).trusted_proxies == ["*"]
     with pytest.raises(ValidationError, match="not an IP address or network"):
         HttpSettings.model_validate({"trusted_proxies": ["proxy.internal"]})
+    # What the server would take for a literal, and so silently trust nobody with:
+    with pytest.raises(ValidationError, match=r"host bits set: the network is 10\.0\.0\.0/24"):
+        HttpSettings.model_validate({"trusted_proxies": ["10.0.0.5/24"]})
+    with pytest.raises(ValidationError, match="give it alone"):
+        HttpSettings.model_validate({"trusted_proxies": ["*", "10.0.0.1"]})
