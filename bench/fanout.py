@@ -37,7 +37,12 @@ from bench.pipeline import (
     channel_specs,
     running_daemon,
 )
-from bench.procfs import postmaster_pid, server_cpu_seconds
+from bench.procfs import (
+    postmaster_pid,
+    server_cpu_seconds,
+    thread_cpu_seconds,
+    threads_per_delivery_us,
+)
 from bench.report import Row
 from bench.sinks import Sinks
 from bench.store import add_customers, store_url
@@ -101,6 +106,7 @@ async def pipeline_run(
             async with running_daemon(settings) as running:
                 clock = RealClock()
                 server_before = server_cpu_seconds(postmaster)
+                threads_before = thread_cpu_seconds()
                 cpu_before = time.process_time()
                 declared = clock.now()
                 await service.declare(
@@ -120,6 +126,7 @@ async def pipeline_run(
                         await asyncio.sleep(0.05)
                 finished = datetime.now(UTC)
                 cpu = time.process_time() - cpu_before
+                threads_after = thread_cpu_seconds()
                 server_after = server_cpu_seconds(postmaster)
                 stats = vars(running.engine.dispatcher.stats).copy()
             async with database.session() as session:
@@ -156,6 +163,11 @@ async def pipeline_run(
         # daemon's (its dispatch processes' not counted when there are several).
         "cpu_per_delivery_us": round(cpu / sent * 1e6, 1) if sent and processes == 1 else None,
         "cpu_scope": _cpu_scope(backend, processes),
+        # The same, per thread of this process (the event loop's, the HTTP client's,
+        # SQLite's): where a delivery's CPU goes (/proc, at the clock tick's resolution).
+        "cpu_per_delivery_us_by_thread": (
+            threads_per_delivery_us(threads_before, threads_after, sent) if processes == 1 else {}
+        ),
         # The whole server's (every connection's, other clients' too), same span.
         "postgresql_cpu_seconds": None if server is None else round(server, 2),
         "postgresql_cpu_per_delivery_us": (

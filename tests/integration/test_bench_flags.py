@@ -14,6 +14,7 @@ import pytest
 
 from bench import fanout, firstround, latency, scale, summary
 from bench.__main__ import main
+from bench.procfs import thread_cpu_seconds, threads_per_delivery_us
 from bench.report import Row, table, write
 from channels.webhook import WebhookSettings
 
@@ -209,3 +210,15 @@ def test_fanout_says_what_its_cpu_covers_and_pools_like_the_channels() -> None:
     assert "250 µs CPU per delivery (this process only, not the PostgreSQL server's)" in note
     assert note.endswith("PostgreSQL server 120 µs per delivery")
     assert fanout._cpu_scope("sqlite", 1) == "this process, SQLite's work included"
+
+
+def test_thread_cpu_is_read_per_thread_name_and_shared_per_delivery() -> None:
+    seen = thread_cpu_seconds()
+    assert seen and all(seconds >= 0 for seconds in seen.values())
+    before = {"python": 1.0, "tokio-runtime-w": 0.5, "gone": 0.2}
+    after = {"python": 1.5, "tokio-runtime-w": 0.7, "idle": 0.0}
+    assert threads_per_delivery_us(before, after, 1000) == {
+        "python": 500.0,
+        "tokio-runtime-w": 200.0,
+    }
+    assert threads_per_delivery_us(before, after, 0) == {}

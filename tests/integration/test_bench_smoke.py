@@ -31,6 +31,8 @@ def test_fanout_runs_end_to_end_and_writes_results(
     # SQLite runs in this process: its work is in the CPU per delivery; no server to read.
     assert run["cpu_scope"] == "this process, SQLite's work included"
     assert run["postgresql_cpu_seconds"] is None
+    by_thread = run["cpu_per_delivery_us_by_thread"]
+    assert isinstance(by_thread, dict) and all(us > 0 for us in by_thread.values())
     assert set(run["raw_rates"]) == {
         "channel-client",
         "aiohttp",
