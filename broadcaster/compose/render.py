@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 import markupsafe
+from jinja2 import TemplateError
 
 from broadcaster.compose.context import IncidentFacts, Personal, build_context, incident_url
 from broadcaster.compose.templates import FORMS, TemplateSet, template_name
@@ -210,9 +211,12 @@ class Renderer:
         # Times read in the language the message is written in: a customer whose language
         # has no templates gets the fallback's words, and its dates ("Wed 7 Jan"), not a
         # mix ("by Mi. 7 Jan.").
-        _template, written_in = self.templates.get(
-            request.language, request.kind, FORMS[request.form][0]
-        )
+        try:
+            _template, written_in = self.templates.get(
+                request.language, request.kind, FORMS[request.form][0]
+            )
+        except TemplateError:  # that part is broken: its own render says so, and where
+            written_in = request.language
         return build_context(
             request.kind,
             request.facts,

@@ -199,6 +199,18 @@ def test_a_follow_up_deadline_reads_in_the_message_s_language() -> None:
     assert "Jan" in english["email_text"] and german["email_text"] == english["email_text"]
 
 
+def test_a_broken_subject_is_reported_at_its_own_file(tmp_path: Path) -> None:
+    """Rendering the other parts of the e-mail looks up the subject's language; a subject
+    that does not compile must still be reported at the subject's file, not at theirs."""
+    target = tmp_path / "en" / "first" / "email_subject.j2"
+    target.parent.mkdir(parents=True)
+    target.write_text("{% if %}", encoding="utf-8")
+    templates = TemplateSet(tmp_path)
+    r = Renderer(templates, organisation="Org", public_url="https://status.example")
+    errors = [e for e in check_templates(templates, r, 3).errors if "/first/" in e]
+    assert errors and all("email_subject.j2" in e for e in errors), errors
+
+
 def test_regional_language_uses_its_base_without_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
