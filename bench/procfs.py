@@ -68,19 +68,24 @@ def postgres_parent(pid: int) -> int | None:
 
 
 def thread_cpu_seconds() -> dict[str, float]:
-    """This process's CPU seconds so far per thread name (``/proc/self/task``, Linux; empty
-    elsewhere): the event loop's thread is ``MainThread``'s name (the process's), the HTTP
-    client's runtime, aiosqlite's and the default executor's have their own, and threads of
-    the same name are summed."""
+    """This process's CPU seconds so far per thread (``/proc/self/task``, Linux; empty
+    elsewhere): the main thread (the event loop's), the HTTP client's runtime threads by their
+    own name, and Python's other threads (aiosqlite's, the default executor's), which keep the
+    process's name, together; threads of the same name are summed."""
     ticks = os.sysconf("SC_CLK_TCK")
     seen: dict[str, float] = {}
     try:
         tasks = list(os.scandir("/proc/self/task"))
     except OSError:
         return seen
+    main = str(os.getpid())
     for task in tasks:
         try:
             name = Path(task.path, "comm").read_text(encoding="utf-8", errors="replace").strip()
+            if task.name == main:
+                name = "main (event loop)"
+            elif name.startswith("python"):  # Python's threads keep the process's name
+                name = "other Python threads (SQLite, executor)"
             with open(Path(task.path, "stat"), encoding="ascii", errors="replace") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended meanwhile
