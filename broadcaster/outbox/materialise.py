@@ -26,6 +26,7 @@ from sqlalchemy import (
     ColumnElement,
     FromClause,
     Integer,
+    Select,
     String,
     cast,
     func,
@@ -147,6 +148,36 @@ def _page(database: Database, customers: list[str]) -> FromClause:
 
 
 _PAGE_COLUMNS: list[tuple[str, TypeEngine[Any]]] = [("customer_id", String())]
+
+
+def _first_point(
+    page_ids: Select[Any],
+    route: ChannelRoute,
+    order: ColumnElement[int],
+    *conditions: ColumnElement[bool],
+) -> Select[str, str, int, int, str]:
+    """A route's rows for the page: each customer's first usable contact point of the
+    route's kind (where ``conditions`` hold), as (customer_id, channel, route,
+    contact_point_id, address)."""
+    first = (
+        select(func.min(ContactPoint.id))
+        .where(
+            ContactPoint.customer_id.in_(page_ids),
+            ContactPoint.kind == route.contact,
+            ContactPoint.opted_out.is_(False),
+            ContactPoint.disabled.is_(False),
+        )
+        .group_by(ContactPoint.customer_id)
+    )
+    return select(
+        ContactPoint.customer_id.label("customer_id"),
+        literal(route.name, String()).label("channel"),
+        order.label("route"),
+        ContactPoint.id.label("contact_point_id"),
+        ContactPoint.address.label("address"),
+    ).where(ContactPoint.id.in_(first), *conditions)
+
+
 _CP2 = aliased(ContactPoint, name="reachable")
 
 
@@ -183,25 +214,7 @@ def _deliveries_insert(
             )
             .exists()
         )
-        first_fallback = (
-            select(func.min(ContactPoint.id))
-            .where(
-                ContactPoint.customer_id.in_(page_ids),
-                ContactPoint.kind == route.contact,
-                ContactPoint.opted_out.is_(False),
-                ContactPoint.disabled.is_(False),
-            )
-            .group_by(ContactPoint.customer_id)
-        )
-        branches.append(
-            select(
-                ContactPoint.customer_id.label("customer_id"),
-                literal(route.name, String()).label("channel"),
-                literal(index, Integer()).label("route"),
-                ContactPoint.id.label("contact_point_id"),
-                ContactPoint.address.label("address"),
-            ).where(ContactPoint.id.in_(first_fallback), ~reachable_before)
-        )
+        branches.append(_first_point(page_ids, route, literal(index, Integer()), ~reachable_before))
         kinds_before.append(route.contact)
     for index, route in enumerate(routes):
         order: ColumnElement[int] = literal(index, Integer())
@@ -216,25 +229,7 @@ def _deliveries_insert(
                 )
             )
             continue
-        first = (
-            select(func.min(ContactPoint.id))
-            .where(
-                ContactPoint.customer_id.in_(page_ids),
-                ContactPoint.kind == route.contact,
-                ContactPoint.opted_out.is_(False),
-                ContactPoint.disabled.is_(False),
-            )
-            .group_by(ContactPoint.customer_id)
-        )
-        branches.append(
-            select(
-                ContactPoint.customer_id.label("customer_id"),
-                literal(route.name, String()).label("channel"),
-                order.label("route"),
-                ContactPoint.id.label("contact_point_id"),
-                ContactPoint.address.label("address"),
-            ).where(ContactPoint.id.in_(first))
-        )
+        branches.append(_first_point(page_ids, route, order))
     rows = union_all(*branches).subquery()
     at = literal(now, UTCDateTime())
     source = (

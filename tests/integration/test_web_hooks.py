@@ -298,12 +298,9 @@ async def test_a_signed_callback_with_odd_values_is_answered_not_a_crash(
     assert row is not None and row.state == "sent"  # it matched nothing
 
 
-async def test_an_undelivered_sms_fails_over_to_the_customer_s_next_channel(
-    database: Database,
-) -> None:
-    """The carrier could not deliver it (30003: unreachable handset): the round goes to the
-    customer's e-mail, as a permanent failure at the send would; a repeated report makes no
-    second copy."""
+async def _with_email_to_fail_over_to(database: Database) -> tuple[WebState, int]:
+    """The seeded SMS delivery, its customer's e-mail address, and a web state whose
+    failover order goes from SMS to e-mail."""
     config = settings()
     config.channels["mail"] = Settings.model_validate(
         {"channels": {"mail": {"type": "console", "contact": "email"}}}
@@ -322,6 +319,16 @@ async def test_an_undelivered_sms_fails_over_to_the_customer_s_next_channel(
                 updated_at=START,
             )
         )
+    return state, delivery_id
+
+
+async def test_an_undelivered_sms_fails_over_to_the_customer_s_next_channel(
+    database: Database,
+) -> None:
+    """The carrier could not deliver it (30003: unreachable handset): the round goes to the
+    customer's e-mail, as a permanent failure at the send would; a repeated report makes no
+    second copy."""
+    state, delivery_id = await _with_email_to_fail_over_to(database)
     transport = httpx.ASGITransport(app=create_app(state))
     async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as http:
         assert (await _status(http, "undelivered", ErrorCode="30003")).status_code == 204
@@ -349,24 +356,7 @@ async def test_an_undelivered_sms_fails_over_to_the_customer_s_next_channel(
 async def test_a_late_failure_report_does_not_send_a_stale_round(database: Database) -> None:
     """Twilio reports the SMS undelivered after a later round (here the resolution) already
     reached the customer: it is recorded, and nothing older goes out by e-mail."""
-    config = settings()
-    config.channels["mail"] = Settings.model_validate(
-        {"channels": {"mail": {"type": "console", "contact": "email"}}}
-    ).channels["mail"]
-    config.delivery.failover = ["sms", "mail"]
-    state = WebState(config, database, FakeClock(START), SECRET, scheduler_running=True)
-    delivery_id = await _seed(database)
-    async with database.session() as session, session.begin():
-        await session.execute(
-            insert(ContactPoint).values(
-                customer_id="c1",
-                kind="email",
-                address="ann@example.org",
-                opted_out=False,
-                disabled=False,
-                updated_at=START,
-            )
-        )
+    state, delivery_id = await _with_email_to_fail_over_to(database)
     async with database.session() as session, session.begin():
         old = await session.get(Delivery, delivery_id)
         assert old is not None
