@@ -8,16 +8,16 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 
 from broadcaster.clock import FakeClock
 from broadcaster.compose.links import make_token
 from broadcaster.config.settings import Settings
-from broadcaster.incidents import service
-from broadcaster.store import ContactPoint, Customer, Database, Delivery, DeliveryEvent, Round
+from broadcaster.store import ContactPoint, Customer, Database, Delivery, DeliveryEvent
 from broadcaster.web.app import create_app
 from broadcaster.web.state import WebState
 from tests.fakes.twilio import twilio_signature
+from tests.integration.test_web_hooks import seed_sent_sms
 
 START = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
 TOKEN = "b" * 32
@@ -59,53 +59,7 @@ async def client(database: Database) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def seed(db: Database) -> int:
-    async with db.session() as session, session.begin():
-        await session.execute(
-            insert(Customer).values(
-                id="c1",
-                name="Ann",
-                language="en",
-                timezone="UTC",
-                created_at=START,
-                updated_at=START,
-            )
-        )
-        point = await session.execute(
-            insert(ContactPoint)
-            .values(
-                customer_id="c1",
-                kind="sms",
-                address="+31612345678",
-                opted_out=False,
-                disabled=False,
-                updated_at=START,
-            )
-            .returning(ContactPoint.id)
-        )
-        point_id = point.scalar_one()
-    incident = await service.declare(
-        db, FakeClock(START), service.Declaration("t", "minor", "m", components=["x"])
-    )
-    async with db.session() as session, session.begin():
-        round_id = (await session.execute(select(Round.id))).scalar_one()
-        created = await session.execute(
-            insert(Delivery)
-            .values(
-                round_id=round_id,
-                incident_id=incident.id,
-                customer_id="c1",
-                channel="sms-us",
-                contact_point_id=point_id,
-                address="+31612345678",
-                state="sent",
-                attempts=1,
-                next_attempt_at=START,
-                created_at=START,
-                provider_message_id=MESSAGE_SID,
-            )
-            .returning(Delivery.id)
-        )
-        return int(created.scalar_one())
+    return await seed_sent_sms(db, channel="sms-us", message_sid=MESSAGE_SID)
 
 
 async def events(db: Database) -> list[str]:

@@ -50,7 +50,11 @@ async def client(database: Database) -> AsyncIterator[tuple[httpx.AsyncClient, W
         yield http, state
 
 
-async def _seed(db: Database) -> int:
+async def seed_sent_sms(
+    db: Database, channel: str = "sms", message_sid: str = "SM" + "f" * 32
+) -> int:
+    """Customer c1 with one SMS number, a minor incident, and one delivery of its first round
+    on ``channel``, sent as ``message_sid``; returns the delivery's id."""
     async with db.session() as session, session.begin():
         await session.execute(
             insert(Customer).values(
@@ -87,14 +91,14 @@ async def _seed(db: Database) -> int:
                 round_id=round_id,
                 incident_id=incident.id,
                 customer_id="c1",
-                channel="sms",
+                channel=channel,
                 contact_point_id=point_id,
                 address="+31612345678",
                 state="sent",
                 attempts=1,
                 next_attempt_at=START,
                 created_at=START,
-                provider_message_id="SM" + "f" * 32,
+                provider_message_id=message_sid,
             )
             .returning(Delivery.id)
         )
@@ -115,7 +119,7 @@ async def test_status_callbacks_move_forward_only_and_are_recorded(
     client: tuple[httpx.AsyncClient, WebState], database: Database
 ) -> None:
     http, _ = client
-    delivery_id = await _seed(database)
+    delivery_id = await seed_sent_sms(database)
     assert (await _status(http, "delivered")).status_code == 204
     assert (await _status(http, "sent")).status_code == 204  # late, out of order
     async with database.session() as session:
@@ -129,7 +133,7 @@ async def test_undelivered_with_opt_out_code_marks_the_number(
     client: tuple[httpx.AsyncClient, WebState], database: Database
 ) -> None:
     http, _ = client
-    delivery_id = await _seed(database)
+    delivery_id = await seed_sent_sms(database)
     assert (await _status(http, "undelivered", ErrorCode="21610")).status_code == 204
     async with database.session() as session:
         row = await session.get(Delivery, delivery_id)
@@ -143,7 +147,7 @@ async def test_forged_or_missing_signature_is_refused_and_changes_nothing(
     client: tuple[httpx.AsyncClient, WebState], database: Database, signature: str | None
 ) -> None:
     http, _ = client
-    delivery_id = await _seed(database)
+    delivery_id = await seed_sent_sms(database)
     params = {"AccountSid": SID, "MessageSid": "SM" + "f" * 32, "MessageStatus": "failed"}
     headers = {"X-Twilio-Signature": signature} if signature else {}
     response = await http.post("/hooks/twilio/status", data=params, headers=headers)
@@ -158,7 +162,7 @@ async def test_signature_over_other_params_is_refused(
     client: tuple[httpx.AsyncClient, WebState], database: Database
 ) -> None:
     http, _ = client
-    await _seed(database)
+    await seed_sent_sms(database)
     params = {"AccountSid": SID, "MessageSid": "SM" + "f" * 32, "MessageStatus": "delivered"}
     headers = _signed("/hooks/twilio/status", params)
     tampered = {**params, "MessageStatus": "failed"}
@@ -181,7 +185,7 @@ async def test_inbound_stop_words_opt_the_number_out(
     client: tuple[httpx.AsyncClient, WebState], database: Database, body: str, opted_out: bool
 ) -> None:
     http, _ = client
-    await _seed(database)
+    await seed_sent_sms(database)
     params = {"AccountSid": SID, "From": "+31612345678", "Body": body}
     path = "/hooks/twilio/inbound"
     response = await http.post(path, data=params, headers=_signed(path, params))
@@ -195,7 +199,7 @@ async def test_inbound_start_opts_back_in_and_help_answers(
     client: tuple[httpx.AsyncClient, WebState], database: Database
 ) -> None:
     http, _ = client
-    await _seed(database)
+    await seed_sent_sms(database)
     path = "/hooks/twilio/inbound"
     for body in ("STOP", "UNSTOP"):
         params = {"AccountSid": SID, "From": "+31612345678", "Body": body}
@@ -212,7 +216,7 @@ async def test_one_click_unsubscribe(
     client: tuple[httpx.AsyncClient, WebState], database: Database
 ) -> None:
     http, _ = client
-    await _seed(database)
+    await seed_sent_sms(database)
     token = make_token(SECRET, "c1", "unsubscribe", START + timedelta(days=1))
     page = await http.get(f"/u/{token}")
     assert page.status_code == 200 and "<form" in page.text
@@ -233,7 +237,7 @@ async def test_bad_unsubscribe_links_are_refused(
     client: tuple[httpx.AsyncClient, WebState], database: Database, mutate: str
 ) -> None:
     http, _ = client
-    await _seed(database)
+    await seed_sent_sms(database)
     if mutate == "forge":
         token = make_token("another-secret", "c1", "unsubscribe", START + timedelta(days=1))
     elif mutate == "expire":
@@ -260,7 +264,7 @@ async def test_the_public_incident_page_shows_the_timeline_and_no_customer_data(
     client: tuple[httpx.AsyncClient, WebState], database: Database
 ) -> None:
     http, _ = client
-    await _seed(database)  # customer "Ann", +31612345678; incident 1, "t"
+    await seed_sent_sms(database)  # customer "Ann", +31612345678; incident 1, "t"
     clock = FakeClock(START + timedelta(minutes=5))
     await service.post_update(
         database,
@@ -288,7 +292,7 @@ async def test_a_signed_callback_with_odd_values_is_answered_not_a_crash(
     client: tuple[httpx.AsyncClient, WebState], database: Database, delivery: str
 ) -> None:
     http, _ = client
-    delivery_id = await _seed(database)
+    delivery_id = await seed_sent_sms(database)
     path = f"/hooks/twilio/status?delivery={delivery}"
     params = {"AccountSid": SID, "MessageSid": "SM\x00x", "MessageStatus": "failed"}
     response = await http.post(path, data=params, headers=_signed(path, params))
@@ -307,7 +311,7 @@ async def _with_email_to_fail_over_to(database: Database) -> tuple[WebState, int
     ).channels["mail"]
     config.delivery.failover = ["sms", "mail"]
     state = WebState(config, database, FakeClock(START), SECRET, scheduler_running=True)
-    delivery_id = await _seed(database)
+    delivery_id = await seed_sent_sms(database)
     async with database.session() as session, session.begin():
         await session.execute(
             insert(ContactPoint).values(
