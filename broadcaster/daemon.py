@@ -24,6 +24,7 @@ from datetime import UTC, timedelta
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from broadcaster.clock import Clock, RealClock
+from broadcaster.config.durations import format_duration
 from broadcaster.config.settings import Settings
 from broadcaster.dispatch.channels import build_channels
 from broadcaster.dispatch.loop import ERROR_PAUSE, dispatch_worker, wait_for, wind_down
@@ -66,7 +67,7 @@ async def warn_of_clock_skew(database: Database, clock: Clock, lease: timedelta)
 
     Leases are written and compared with each daemon's own clock: a daemon whose clock
     runs ahead of the one holding a batch sees its leases expire early (with the default
-    60 s lease, renewed every 20 s, from 40 s ahead) and sends the batch again. Daemons
+    30 s lease, renewed every 10 s, from 20 s ahead) and sends the batch again. Daemons
     on several hosts need their clocks kept together (NTP); the database server's is the
     one reference they all can see."""
     try:
@@ -84,6 +85,28 @@ async def warn_of_clock_skew(database: Database, clock: Clock, lease: timedelta)
             extra={"clock_offset_s": round(offset, 3), "lease_s": lease.total_seconds()},
         )
     return offset
+
+
+def leases_past_grace(settings: Settings) -> list[str]:
+    """What would make a round a daemon dies in reach its customers after its promise's
+    grace: a lease (round or delivery) as long as ``schedule.promise_grace``. The dead
+    daemon's round and batch wait out their leases before another daemon takes them
+    over, and the batch must still be sent after that."""
+    grace = settings.schedule.promise_grace
+    found = []
+    for name, lease in (
+        ("schedule.round_lease", settings.schedule.round_lease),
+        ("delivery.lease", settings.delivery.lease),
+    ):
+        if lease >= grace:
+            found.append(
+                f"{name} ({format_duration(lease)}) is not shorter than schedule.promise_grace "
+                f"({format_duration(grace)}): when a daemon dies mid-round, the work it held "
+                "waits out the lease and its customers hear after the promised time; keep "
+                "leases under the grace by the time a batch takes to send (the defaults: 30s "
+                "against 1m)"
+            )
+    return found
 
 
 async def each_wake(
@@ -148,6 +171,8 @@ class Daemon:
             ) from exc
         self._engine = engine
         self.leadership = Leadership(database, engine.owner)
+        for problem in leases_past_grace(self.settings):
+            log.warning(problem)
         if isinstance(self.clock, RealClock):
             await warn_of_clock_skew(database, self.clock, self.settings.delivery.lease)
         web = WebState(

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from broadcaster.incidents import service
 from broadcaster.incidents.service import IncidentView
-from broadcaster.store import Database, Delivery, Followup, Promise, Round
+from broadcaster.store import Database, Delivery, Followup, Promise
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,9 @@ class IncidentReport:
     """Round id → delivery state → count."""
     by_channel: dict[str, dict[str, int]] = field(default_factory=dict)
     """Channel → delivery state → count (the console's chart)."""
-    last_dispatched: Round | None = None
-    last_round_per_channel: dict[str, int] = field(default_factory=dict)
+    capacity_warnings: list[str] = field(default_factory=list)
+    """The latest written round's capacity warnings, as the daemon that wrote it found
+    them (counting what other rounds had queued on its channels)."""
     followups: list[Followup] = field(default_factory=list)
     promises: list[PromiseCount] = field(default_factory=list)
     next_update_due: datetime | None = None
@@ -57,16 +58,8 @@ async def incident_report(database: Database, incident_id: int) -> IncidentRepor
         ):
             report.by_channel.setdefault(channel, {})[state] = count
         last = next((r for r in reversed(view.rounds) if r.state == "dispatched"), None)
-        report.last_dispatched = last
-        if last is not None:
-            report.last_round_per_channel = {
-                channel: count
-                for channel, count in await session.execute(
-                    select(Delivery.channel, func.count())
-                    .where(Delivery.round_id == last.id)
-                    .group_by(Delivery.channel)
-                )
-            }
+        if last is not None and last.capacity_warning:
+            report.capacity_warnings = last.capacity_warning.split("\n")
         report.followups = list(
             (
                 await session.execute(

@@ -21,7 +21,6 @@ from broadcaster.cli.common import (
 from broadcaster.incidents import lifecycle, service
 from broadcaster.incidents.lifecycle import TransitionError
 from broadcaster.reports import incident_report
-from broadcaster.schedule.capacity import check_round
 from broadcaster.store import Database
 from broadcaster.store.ids import MAX_ID
 
@@ -258,7 +257,7 @@ def show(
 
     async def work(db: Database) -> list[str]:
         report = await incident_report(db, incident_id)
-        view, per_round, last = report.view, report.per_round, report.last_dispatched
+        view, per_round = report.view, report.per_round
         i = view.incident
         out = [
             f"incident {i.id}: {i.title}",
@@ -288,15 +287,7 @@ def show(
         out += [f"  {name:<10} {', '.join(states)}" for name, states in channels.items()]
         if not channels:
             out.append("  none yet")
-        if last is not None and last.started_at and last.next_due_at:
-            for warning in check_round(
-                i.id,
-                last.number,
-                report.last_round_per_channel,
-                last.next_due_at - last.started_at,
-                settings.delivery,
-            ):
-                out.append(f"capacity warning: {warning}")
+        out += [f"capacity warning: {warning}" for warning in report.capacity_warnings]
         tasks = report.followups
         out.append("follow-ups:" if tasks else "follow-ups: none")
         out += [

@@ -71,7 +71,10 @@ class ScheduleSettings(_Section):
     cadence: CadenceSettings = CadenceSettings()
     promise_grace: Duration = timedelta(seconds=60)
     """A round that starts later than its promise plus this grace is counted as late."""
-    round_lease: LeaseDuration = timedelta(seconds=60)
+    round_lease: LeaseDuration = timedelta(seconds=30)
+    """How long a claimed round is held before another daemon may take it over; renewed
+    with each materialised batch. Keep it under ``promise_grace``: a round whose daemon
+    died mid-way waits out this lease before another finishes it."""
     audience_batch: int = Field(default=5000, ge=1, le=100_000)
 
 
@@ -118,7 +121,11 @@ class DeliverySettings(_Section):
     per delivery (fewer transactions and commits: 200 took a quarter less CPU per delivery
     than 50 in the benchmarks); ``workers × batch_size`` is also the most a crash can send
     twice."""
-    lease: LeaseDuration = timedelta(seconds=60)
+    lease: LeaseDuration = timedelta(seconds=30)
+    """How long a claimed delivery is held before it can be claimed again; a batch still
+    sending renews its leases every third of a lease. Keep it under
+    ``schedule.promise_grace`` by the time a batch takes to send: the batch of a daemon
+    that died mid-send waits out this lease before another daemon sends it."""
     max_attempts: int = Field(default=8, ge=1, le=100)
     """With the default backoff, 8 tries span about 10 minutes (at least 8.5 with jitter):
     a provider or SMTP server that is down for minutes loses nothing."""

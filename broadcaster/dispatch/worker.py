@@ -86,7 +86,7 @@ def claim_size(settings: DeliverySettings) -> int:
     but what is still unsent when a lease runs out (a renewal failed) is claimed again by
     another worker, and sent twice; and a worker should not hold deliveries for many
     minutes that another could send. With a limit of one message a second, 4 workers
-    claiming 200 each would need 800 s against a 60 s lease. So the batch is cut to what
+    claiming 200 each would need 800 s against a 30 s lease. So the batch is cut to what
     the slowest limit sends in half the lease, shared by the workers that may all be
     waiting on it (at least one); with several dispatch processes, what this process's
     share of the limit sends."""

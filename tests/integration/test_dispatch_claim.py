@@ -45,11 +45,11 @@ async def test_claim_takes_expired_leases_then_due_pending_up_to_the_limit(
 
     first = await dispatcher.claim(2)  # then this worker "dies" holding them
     assert [job.reclaimed for job in first] == [False, False]
-    clock.advance(timedelta(seconds=30))
-    held = await dispatcher.claim(1)  # a live worker's, until 08:01:30
+    clock.advance(timedelta(seconds=15))
+    held = await dispatcher.claim(1)  # a live worker's, until 08:00:45
     assert len(held) == 1
 
-    clock.advance(timedelta(seconds=40))  # 08:01:10: the first two leases (60 s) expired
+    clock.advance(timedelta(seconds=20))  # 08:00:35: the first two leases (30 s) expired
     second = await dispatcher.claim(3)
     assert len(second) == 3
     assert {job.delivery_id for job in second if job.reclaimed} == {
@@ -99,12 +99,13 @@ async def test_the_daemons_dispatcher_claims_batches_of_its_claim_size(
     settings = make_settings()  # batch_size 4
     settings.delivery.workers = 1
     channels = {"mail": MemoryChannel(name="mail")}
-    settings.delivery.rate_limits = {"mail": RateLimit(per_second=0.2)}
+    settings.delivery.rate_limits = {"mail": RateLimit(per_second=0.4)}
     roomy = await Engine.create(settings, database, clock, channels, owner="a")
-    assert roomy.dispatcher.batch_size == 4  # 0.2/s × 30 s + 1 = 7: the configured 4 wins
-    settings.delivery.rate_limits = {"mail": RateLimit(per_second=0.05)}
+    # Half the default 30 s lease: 0.4/s × 15 s + 1 = 7; the configured 4 wins.
+    assert roomy.dispatcher.batch_size == 4
+    settings.delivery.rate_limits = {"mail": RateLimit(per_second=0.1)}
     slow = await Engine.create(settings, database, clock, channels, owner="b")
-    assert slow.dispatcher.batch_size == 2  # 0.05/s × 30 s + 1 = 2.5
+    assert slow.dispatcher.batch_size == 2  # 0.1/s × 15 s + 1 = 2.5
 
 
 def test_a_daemon_that_runs_no_extra_process_keeps_the_whole_rate() -> None:
@@ -114,11 +115,11 @@ def test_a_daemon_that_runs_no_extra_process_keeps_the_whole_rate() -> None:
     settings = make_settings()
     settings.delivery.workers = 1
     settings.delivery.processes = 3
-    settings.delivery.rate_limits = {"mail": RateLimit(per_second=0.05)}
+    settings.delivery.rate_limits = {"mail": RateLimit(per_second=0.1)}
     daemon = Daemon(settings, clock=FakeClock(START), channels={"mail": MemoryChannel("mail")})
     assert daemon.settings.delivery.processes == 1
     assert settings.delivery.processes == 3  # the caller's settings are left alone
-    assert claim_size(daemon.settings.delivery) == 2  # 0.05/s × 30 s + 1 = 2.5
+    assert claim_size(daemon.settings.delivery) == 2  # 0.1/s × 15 s + 1 = 2.5
     assert claim_size(settings.delivery) == 1  # a third of the rate: 0.5 + 1
 
 

@@ -14,6 +14,7 @@ from broadcaster.dispatch.limits import TokenBucket
 from broadcaster.dispatch.outcomes import Job, Outcome, record_outcomes
 from broadcaster.engine import Engine
 from broadcaster.incidents import service
+from broadcaster.reports import incident_report
 from broadcaster.store import (
     ContactPoint,
     Customer,
@@ -484,7 +485,8 @@ async def test_every_daemon_reports_the_capacity_warning_from_the_store(
     database: Database,
 ) -> None:
     """The warning is kept with the round: another daemon, or this one after a restart,
-    reports it too; once the incident is resolved nobody does."""
+    reports it too, and so does ``incident show`` whatever its own configuration; once the
+    incident is resolved no daemon does."""
     clock = FakeClock(START)
     for n in range(5):
         await customer(database, f"c300{n}")
@@ -499,6 +501,7 @@ async def test_every_daemon_reports_the_capacity_warning_from_the_store(
     assert restarted.capacity_warnings == []
     await restarted.refresh_capacity()
     assert restarted.capacity_warnings == [warning]
+    assert (await incident_report(database, incident_id)).capacity_warnings == [warning]
 
     await service.resolve(database, clock, incident_id, service.UpdateRequest("Fixed."))
     await restarted.refresh_capacity()
