@@ -138,7 +138,13 @@ def _staff(actor: Actor, staff: str | None) -> str:
 async def claim_followup(actor: Actor, followup_id: int, staff: str | None = None) -> Followup:
     async def work(also: Also) -> Followup:
         return await followups.claim(
-            actor.database, actor.clock, followup_id, _staff(actor, staff), also=also
+            actor.database,
+            actor.clock,
+            followup_id,
+            _staff(actor, staff),
+            actor.directory or Directory(StaffSettings()),
+            admin=actor.principal.role == "admin",
+            also=also,
         )
 
     return await actor.run("followup.claim", f"followup:{followup_id}", work)

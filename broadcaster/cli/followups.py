@@ -67,12 +67,14 @@ def claim(
     staff: Staff,
     config: ConfigOption = None,
 ) -> None:
-    """Take a follow-up: it becomes yours."""
+    """Take a follow-up: it becomes yours (its owner, the people its rule named, those it
+    has escalated to, a manager of its owner, or an admin, only)."""
     settings = settings_or_exit(config)
     _known(set(settings.staff.people), staff)
+    directory = Directory(settings.staff)
 
     async def work(db: Database) -> None:
-        await operations.claim_followup(cli_actor(db, staff), followup_id)
+        await operations.claim_followup(cli_actor(db, staff, directory=directory), followup_id)
 
     try:
         run(with_database(settings, work))

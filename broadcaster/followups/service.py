@@ -5,6 +5,8 @@ One task per (incident, customer, rule). Its owner is named when it is created (
 customer's account manager, a group's on-call person, ...). Overdue tasks remind the owner
 every ``reminder_every`` until the deadline, then escalate along the rule's chain (or, when
 the rule names none, up the owner's managers), one link every ``escalation_interval``.
+Claiming a task makes the claimer its owner, so only those the rules made responsible for
+it, a manager of the owner or an admin may (:mod:`broadcaster.followups.rights`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
 from broadcaster.followups.directory import Directory, NoOwner
+from broadcaster.followups.rights import claim_refusal, may_claim
 from broadcaster.store import (
     Also,
     Customer,
@@ -146,6 +149,7 @@ async def create_for_customer(
             rule=req.rule,
             kind=req.kind,
             owner=owner,
+            owner_ref=str(req.owner),
             state="open",
             deadline_at=now + req.deadline,
             reminder_every_s=every,
@@ -265,12 +269,25 @@ async def _task(session: AsyncSession, followup_id: int) -> Followup:
 
 
 async def claim(
-    database: Database, clock: Clock, followup_id: int, staff: str, *, also: Also | None = None
+    database: Database,
+    clock: Clock,
+    followup_id: int,
+    staff: str,
+    directory: Directory,
+    *,
+    admin: bool = False,
+    also: Also | None = None,
 ) -> Followup:
+    """Take an open follow-up: ``staff`` becomes its owner, who records its outcome. Only
+    for those :func:`broadcaster.followups.rights.may_claim` allows (``admin``: a caller
+    the console or API know to hold the admin role), so that nobody takes a task the
+    rules gave to a named person or group, or records an outcome by claiming first."""
     async with database.session() as session, session.begin():
         task = await _task(session, followup_id)
         if task.state != "open":
             raise FollowupError(f"follow-up {followup_id} is {task.state}, not open")
+        if not may_claim(task, staff, directory, admin=admin):
+            raise FollowupError(claim_refusal(task, staff, directory))
         task.state, task.owner = "claimed", staff
         session.add(FollowupEvent(followup_id=task.id, at=clock.now(), kind="claimed", staff=staff))
         if also is not None:

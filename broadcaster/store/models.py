@@ -328,6 +328,10 @@ class Followup(Base):
     rule: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(32))  # call | visit | personal_email
     owner: Mapped[str] = mapped_column(String(64))
+    owner_ref: Mapped[str | None] = mapped_column(Text, default=None)
+    """The rule's owner reference as the rules file spells it (``group:care``,
+    ``account_manager``): whom the rule made responsible, who may claim the task besides its
+    owner. None on tasks created before migration 0011."""
     state: Mapped[str] = mapped_column(String(16), default="open")
     # open -> claimed -> done; open | claimed -> waived (by a manager or admin)
     deadline_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -606,6 +606,33 @@ async def test_follow_ups_are_claimed_done_and_only_then_the_incident_closes(
     ]
 
 
+async def test_a_follow_up_is_claimed_only_by_those_the_rules_made_responsible(
+    app: Console,
+) -> None:
+    await credentials.set_account(
+        app.state.database, app.clock, name="otto", role="operator", password=PASSWORD
+    )
+    csrf = await signed_in(app.http, "ann")
+    await declare(app, csrf)
+    await run_rounds(app)
+    async with app.state.database.session() as session:
+        first = (await session.execute(select(Followup.id).order_by(Followup.id))).scalar()
+    other = app.another_browser()
+    async with other:
+        refused = await other.post(
+            f"/console/followups/{first}/claim", data={"csrf_token": await signed_in(other, "otto")}
+        )
+    assert refused.status_code == 422
+    assert f"only its owner (ann), a manager of ann or an admin may claim follow-up {first}" in (
+        refused.text
+    )
+    async with app.state.database.session() as session:
+        task = await session.get(Followup, first)
+    assert task is not None and (task.state, task.owner) == ("open", "ann")
+    claims = await audit_rows(app.state.database, "followup.claim")
+    assert [(e.actor, e.outcome) for e in claims] == [("account:otto", "refused")]
+
+
 async def test_an_update_is_posted_and_a_bad_one_refused(app: Console) -> None:
     csrf = await signed_in(app.http, "ann")
     incident_id = await declare(app, csrf)

@@ -11,6 +11,7 @@ import asyncio
 import io
 import itertools
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pytest
@@ -18,7 +19,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import DateTime, bindparam, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -159,3 +160,35 @@ def test_offline_mode_renders_sql_for_both_ways(offline_url: str) -> None:
     down = config.output_buffer.getvalue()
     for table in MODEL_TABLES:
         assert f"DROP TABLE {table};" in down
+
+
+def test_0011_keeps_older_follow_ups_without_an_owner_reference(url: str) -> None:
+    """Tasks from before 0011 survive it both ways (SQLite copies the table) and have no
+    owner reference: only their owner, escalation targets, managers and admins claim them."""
+    migrate.upgrade(url, "0010")
+    at = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+
+    def seed(connection: Connection) -> None:
+        for statement in (
+            "INSERT INTO incidents (id, title, severity, status, source, declared_by, "
+            "created_at, updated_at, rounds_made) "
+            "VALUES (1, 'Down', 'critical', 'open', 'cli', 'ann', :at, :at, 0)",
+            "INSERT INTO customers (id, name, language, timezone, created_at, updated_at) "
+            "VALUES ('c1', 'Vera', 'en', 'UTC', :at, :at)",
+            "INSERT INTO followups (incident_id, customer_id, rule, kind, owner, state, "
+            "deadline_at, escalation_level, created_at) "
+            "VALUES (1, 'c1', 'vip-call', 'call', 'ann', 'open', :at, 0, :at)",
+        ):
+            query = text(statement).bindparams(bindparam("at", at, DateTime(timezone=True)))
+            connection.execute(query)
+        connection.commit()
+
+    def followups(connection: Connection) -> list[tuple[Any, ...]]:
+        rows = connection.execute(text("SELECT * FROM followups")).mappings().all()
+        return [(row["owner"], row["state"], row.get("owner_ref", "absent")) for row in rows]
+
+    on_connection(url, seed)
+    migrate.upgrade(url)
+    assert on_connection(url, followups) == [("ann", "open", None)]
+    migrate.downgrade(url, "0010")
+    assert on_connection(url, followups) == [("ann", "open", "absent")]

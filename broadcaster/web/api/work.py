@@ -153,7 +153,7 @@ def _followup_error(exc: Exception) -> ApiError:
     message = str(exc)
     if "is already" in message or ", not open" in message:
         return ApiError(409, message)
-    if message.startswith(("only a manager", "staff: only an admin")):
+    if message.startswith(("only a manager", "only its owner", "staff: only an admin")):
         return ApiError(403, message)
     return from_value_error(exc)
 
