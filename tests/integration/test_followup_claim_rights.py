@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 
 from broadcaster.clock import FakeClock
 from broadcaster.config import load_settings
@@ -23,6 +23,7 @@ from rules import FollowupRequirement, StaffRef
 from tests.api.support import START as API_START
 from tests.api.support import api_client
 from tests.integration.test_cli_rules_followups import invoke
+from tests.integration.test_followup_done_rights import cli_task_for_ann, insert_task
 from tests.integration.test_rules_followups import START, seed
 
 STAFF = StaffSettings.model_validate(
@@ -191,27 +192,6 @@ async def test_a_task_from_before_the_owner_reference_was_kept(database: Databas
     assert (claimed.state, claimed.owner) == ("claimed", "dirk")
 
 
-async def _insert_task(database: Database, incident_id: int, owner: str) -> int:
-    """A task as migration 0011 leaves an older one: no owner reference."""
-    async with database.session() as session, session.begin():
-        result = await session.execute(
-            insert(Followup)
-            .values(
-                incident_id=incident_id,
-                customer_id="c1",
-                rule="vip-call",
-                kind="call",
-                owner=owner,
-                state="open",
-                deadline_at=API_START + timedelta(hours=2),
-                escalation_level=0,
-                created_at=API_START,
-            )
-            .returning(Followup.id)
-        )
-        return int(result.scalar_one())
-
-
 async def test_the_api_refuses_a_claim_with_403(database: Database) -> None:
     async with api_client(database) as api:
         customer = {"id": "c1", "name": "C", "email": "c@example.org", "components": ["north"]}
@@ -221,7 +201,7 @@ async def test_the_api_refuses_a_claim_with_403(database: Database) -> None:
             "/api/v1/incidents",
             json={"title": "Out", "severity": "critical", "message": "Out.", "components": ["n"]},
         )
-        task = await _insert_task(database, made.json()["id"], "ann")
+        task = await insert_task(database, made.json()["id"], "c1", "ann", API_START)
         path = f"/api/v1/followups/{task}/claim"
         refused = await api.call("POST", path, "operator")
         assert refused.status_code == 403, refused.text
@@ -236,38 +216,12 @@ async def test_the_api_refuses_a_claim_with_403(database: Database) -> None:
 
 
 def test_the_cli_refuses_a_claim_by_someone_without_the_right(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"""
-database: {{url: "sqlite+aiosqlite:///{tmp_path / "s.db"}"}}
-delivery: {{channels: [email]}}
-channels:
-  email: {{type: console, contact: email, path: "{tmp_path / "out.jsonl"}"}}
-staff:
-  people:
-    ann: {{name: Ann, email: ann@example.org, manager: maria}}
-    maria: {{name: Maria, email: maria@example.org}}
-    carla: {{name: Carla, email: carla@example.org}}
-""",
-        encoding="utf-8",
+    config, task = cli_task_for_ann(
+        tmp_path,
+        "    ann: {name: Ann, email: ann@example.org, manager: maria}\n"
+        "    maria: {name: Maria, email: maria@example.org}\n"
+        "    carla: {name: Carla, email: carla@example.org}\n",
     )
-    people = tmp_path / "c.csv"
-    people.write_text("id,name,email,components\nc1,Vera,vera@example.org,rail\n", "utf-8")
-    assert invoke("customers", "import", str(people), "--config", str(config))[0] == 0
-    code, out = invoke(
-        "incident", "declare", "--title", "Down", "--severity", "critical", "--component",
-        "rail", "--message", "Down.", "--config", str(config),
-    )  # fmt: skip
-    assert code == 0, out
-
-    async def task_for_ann() -> int:
-        db = Database(load_settings(config).database.url)
-        try:
-            return await _insert_task(db, 1, "ann")
-        finally:
-            await db.dispose()
-
-    task = str(asyncio.run(task_for_ann()))
     code, out = invoke("followups", "claim", task, "--as", "carla", "--config", str(config))
     assert code == 1 and "only its owner (ann), a manager of ann or an admin" in out, out
     assert "you are 'carla'" in out

@@ -5,7 +5,7 @@ API."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -76,7 +76,33 @@ async def test_whoever_claimed_it_records_the_outcome(database: Database) -> Non
     assert (done.state, done.closed_by) == ("done", "carla")
 
 
-def test_the_cli_refuses_an_outcome_recorded_for_someone_elses_task(tmp_path: Path) -> None:
+async def insert_task(
+    database: Database, incident_id: int, customer_id: str, owner: str, at: datetime
+) -> int:
+    """An open call for ``owner`` with no rule owner reference (as migration 0011 leaves a
+    task created before it)."""
+    async with database.session() as session, session.begin():
+        result = await session.execute(
+            insert(Followup)
+            .values(
+                incident_id=incident_id,
+                customer_id=customer_id,
+                rule="vip-critical-call",
+                kind="call",
+                owner=owner,
+                state="open",
+                deadline_at=at + timedelta(hours=2),
+                escalation_level=0,
+                created_at=at,
+            )
+            .returning(Followup.id)
+        )
+        return int(result.scalar_one())
+
+
+def cli_task_for_ann(tmp_path: Path, people: str) -> tuple[Path, str]:
+    """A CLI configuration with the staff ``people`` (YAML lines), one incident for customer
+    V1, and an open call of ann's: the configuration and the task's id."""
     config = tmp_path / "config.yaml"
     config.write_text(
         f"""
@@ -86,44 +112,34 @@ channels:
   email: {{type: console, contact: email, path: "{tmp_path / "out.jsonl"}"}}
 staff:
   people:
-    ann: {{name: Ann, email: ann@example.org}}
-    carla: {{name: Carla, email: carla@example.org}}
-""",
+{people}""",
         encoding="utf-8",
     )
-    people = tmp_path / "c.csv"
-    people.write_text("id,name,email,components\nV1,Vera,vera@example.org,rail\n", "utf-8")
-    assert invoke("customers", "import", str(people), "--config", str(config))[0] == 0
+    customers = tmp_path / "c.csv"
+    customers.write_text("id,name,email,components\nV1,Vera,vera@example.org,rail\n", "utf-8")
+    assert invoke("customers", "import", str(customers), "--config", str(config))[0] == 0
     code, out = invoke(
         "incident", "declare", "--title", "Down", "--severity", "critical", "--component",
         "rail", "--message", "Down.", "--config", str(config),
     )  # fmt: skip
     assert code == 0, out
 
-    async def task_for_ann() -> int:
+    async def task() -> int:
         db = Database(load_settings(config).database.url)
         try:
-            async with db.session() as session, session.begin():
-                result = await session.execute(
-                    insert(Followup)
-                    .values(
-                        incident_id=1,
-                        customer_id="V1",
-                        rule="vip-critical-call",
-                        kind="call",
-                        owner="ann",
-                        state="open",
-                        deadline_at=START + timedelta(hours=2),
-                        escalation_level=0,
-                        created_at=START,
-                    )
-                    .returning(Followup.id)
-                )
-                return int(result.scalar_one())
+            return await insert_task(db, 1, "V1", "ann", START)
         finally:
             await db.dispose()
 
-    task = str(asyncio.run(task_for_ann()))
+    return config, str(asyncio.run(task()))
+
+
+def test_the_cli_refuses_an_outcome_recorded_for_someone_elses_task(tmp_path: Path) -> None:
+    config, task = cli_task_for_ann(
+        tmp_path,
+        "    ann: {name: Ann, email: ann@example.org}\n"
+        "    carla: {name: Carla, email: carla@example.org}\n",
+    )
     done = ("followups", "done", task, "--outcome", "unreachable", "--note", "n/a")
     code, out = invoke(*done, "--as", "carla", "--config", str(config))
     assert code == 1 and "only a manager of ann or an admin" in out and "'carla'" in out
@@ -142,24 +158,7 @@ async def test_the_api_refuses_an_outcome_recorded_for_someone_elses_task(
             "/api/v1/incidents",
             json={"title": "Out", "severity": "critical", "message": "Out.", "components": ["n"]},
         )
-        async with database.session() as session, session.begin():
-            task = (
-                await session.execute(
-                    insert(Followup)
-                    .values(
-                        incident_id=made.json()["id"],
-                        customer_id="c1",
-                        rule="vip-call",
-                        kind="call",
-                        owner="ann",
-                        state="open",
-                        deadline_at=API_START + timedelta(hours=2),
-                        escalation_level=0,
-                        created_at=API_START,
-                    )
-                    .returning(Followup.id)
-                )
-            ).scalar_one()
+        task = await insert_task(database, made.json()["id"], "c1", "ann", API_START)
         body = {"outcome": "unreachable", "note": "n/a"}
         path = f"/api/v1/followups/{task}/done"
         refused = await api.call("POST", path, "operator", json=body)
