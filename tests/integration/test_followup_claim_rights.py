@@ -20,10 +20,9 @@ from broadcaster.followups.directory import Directory
 from broadcaster.incidents import service
 from broadcaster.store import Customer, Database, Followup
 from rules import FollowupRequirement, StaffRef
-from tests.api.support import START as API_START
 from tests.api.support import api_client
 from tests.integration.test_cli_rules_followups import invoke
-from tests.integration.test_followup_done_rights import cli_task_for_ann, insert_task
+from tests.integration.test_followup_done_rights import api_task_for_ann, cli_task_for_ann
 from tests.integration.test_rules_followups import START, seed
 
 STAFF = StaffSettings.model_validate(
@@ -194,14 +193,7 @@ async def test_a_task_from_before_the_owner_reference_was_kept(database: Databas
 
 async def test_the_api_refuses_a_claim_with_403(database: Database) -> None:
     async with api_client(database) as api:
-        customer = {"id": "c1", "name": "C", "email": "c@example.org", "components": ["north"]}
-        assert (await api.call("POST", "/api/v1/customers", json=customer)).status_code == 201
-        made = await api.call(
-            "POST",
-            "/api/v1/incidents",
-            json={"title": "Out", "severity": "critical", "message": "Out.", "components": ["n"]},
-        )
-        task = await insert_task(database, made.json()["id"], "c1", "ann", API_START)
+        task = await api_task_for_ann(api, database)
         path = f"/api/v1/followups/{task}/claim"
         refused = await api.call("POST", path, "operator")
         assert refused.status_code == 403, refused.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import insert, select
@@ -147,18 +148,23 @@ def test_the_cli_refuses_an_outcome_recorded_for_someone_elses_task(tmp_path: Pa
     assert code == 0, out
 
 
+async def api_task_for_ann(api: Any, database: Database) -> int:
+    """Through the API, customer c1 and an incident; an open call of ann's for it."""
+    customer = {"id": "c1", "name": "C", "email": "c@example.org", "components": ["north"]}
+    assert (await api.call("POST", "/api/v1/customers", json=customer)).status_code == 201
+    made = await api.call(
+        "POST",
+        "/api/v1/incidents",
+        json={"title": "Out", "severity": "critical", "message": "Out.", "components": ["n"]},
+    )
+    return await insert_task(database, made.json()["id"], "c1", "ann", API_START)
+
+
 async def test_the_api_refuses_an_outcome_recorded_for_someone_elses_task(
     database: Database,
 ) -> None:
     async with api_client(database) as api:
-        customer = {"id": "c1", "name": "C", "email": "c@example.org", "components": ["north"]}
-        assert (await api.call("POST", "/api/v1/customers", json=customer)).status_code == 201
-        made = await api.call(
-            "POST",
-            "/api/v1/incidents",
-            json={"title": "Out", "severity": "critical", "message": "Out.", "components": ["n"]},
-        )
-        task = await insert_task(database, made.json()["id"], "c1", "ann", API_START)
+        task = await api_task_for_ann(api, database)
         body = {"outcome": "unreachable", "note": "n/a"}
         path = f"/api/v1/followups/{task}/done"
         refused = await api.call("POST", path, "operator", json=body)
