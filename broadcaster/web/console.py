@@ -32,6 +32,7 @@ from broadcaster.access import audit, credentials
 from broadcaster.access.credentials import Principal
 from broadcaster.access.roles import WHAT_ROLES_MAY, Role, allows, check_role
 from broadcaster.escalation.holder import load_file
+from broadcaster.followups import rights
 from broadcaster.followups import service as followups
 from broadcaster.followups.directory import Directory
 from broadcaster.incidents import lifecycle
@@ -802,8 +803,12 @@ async def _queue(
         state.database, state=None if chosen == "all" else chosen
     )
     directory = _directory(state)
-    may_waive = {
-        t.id: principal.role == "admin" or directory.may_waive(principal.name, t.owner)
+    admin = principal.role == "admin"
+    may_waive = {t.id: admin or directory.may_waive(principal.name, t.owner) for t in tasks}
+    # The Claim button only where the claim would be allowed (rights.may_claim): the
+    # server refuses the others all the same.
+    may_claim = {
+        t.id: t.state == "open" and rights.may_claim(t, principal.name, directory, admin=admin)
         for t in tasks
     }
     return _render(
@@ -817,6 +822,7 @@ async def _queue(
         filters=FOLLOWUP_FILTERS,
         outcomes=followups.OUTCOMES,
         may_waive=may_waive,
+        may_claim=may_claim,
         task=task,
         values=dict(values or {}),
         error=error,

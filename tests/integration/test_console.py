@@ -617,10 +617,16 @@ async def test_a_follow_up_is_claimed_only_by_those_the_rules_made_responsible(
     await run_rounds(app)
     async with app.state.database.session() as session:
         first = (await session.execute(select(Followup.id).order_by(Followup.id))).scalar()
+    claim_form = f'action="/console/followups/{first}/claim"'
+    assert claim_form in (await app.http.get("/console/followups")).text  # ann's own task
     other = app.another_browser()
     async with other:
+        otto_csrf = await signed_in(other, "otto")
+        # No Claim button where the claim would be refused; a forged post is refused all
+        # the same.
+        assert claim_form not in (await other.get("/console/followups")).text
         refused = await other.post(
-            f"/console/followups/{first}/claim", data={"csrf_token": await signed_in(other, "otto")}
+            f"/console/followups/{first}/claim", data={"csrf_token": otto_csrf}
         )
     assert refused.status_code == 422
     assert f"only its owner (ann), a manager of ann or an admin may claim follow-up {first}" in (

@@ -207,6 +207,21 @@ async def test_the_api_refuses_a_claim_with_403(database: Database) -> None:
         assert claims == [("token:admin-bot", "ok"), ("token:operator-bot", "refused")]
 
 
+async def test_the_api_shows_whom_the_rule_named(database: Database) -> None:
+    """The follow-up's body carries the rule's owner reference (those it names may claim);
+    none on a task from before it was kept."""
+    async with api_client(database) as api:
+        task = await api_task_for_ann(api, database)
+        listed = await api.call("GET", "/api/v1/followups")
+        assert [t["owner_ref"] for t in listed.json()] == [None]
+        async with database.session() as session, session.begin():
+            await session.execute(
+                update(Followup).where(Followup.id == task).values(owner_ref="group:care")
+            )
+        listed = await api.call("GET", "/api/v1/followups")
+        assert [t["owner_ref"] for t in listed.json()] == ["group:care"]
+
+
 def test_the_cli_refuses_a_claim_by_someone_without_the_right(tmp_path: Path) -> None:
     config, task = cli_task_for_ann(
         tmp_path,

@@ -166,6 +166,9 @@ class FollowupOut(BaseModel):
     rule: str
     kind: str
     owner: str
+    owner_ref: str | None
+    """The rule's owner reference (``group:care``, ``on_call:duty-managers``, ``ann``):
+    those it names may claim the task. None on tasks created before it was kept."""
     state: str
     deadline_at: datetime
     escalation_level: int
