@@ -209,6 +209,10 @@ class Daemon:
         ]
         if engine.rules.path is not None:
             jobs.append(("rules-reload", rules_due, self.settings.rules.reload_interval))
+        purge_due = asyncio.Event()
+        retention = self.settings.retention
+        if retention.messages is not None:
+            jobs.append(("purge", purge_due, retention.interval))
         for job, event, every in jobs:
             scheduler.add_job(
                 wake,
@@ -249,6 +253,8 @@ class Daemon:
                     each_wake(rules_due, stop, lambda: asyncio.to_thread(reload), "rules check")
                 )
             )
+        if retention.messages is not None:
+            tasks.append(asyncio.create_task(each_wake(purge_due, stop, self._purge, "purge")))
         delivery = self.settings.delivery
         tasks += [
             asyncio.create_task(
@@ -305,6 +311,13 @@ class Daemon:
             return
         # A failure (the store may be down) is logged by each_wake; the next sweep tries again.
         await self._engine.sweep_followups()
+
+    async def _purge(self) -> None:
+        """The leader purges the messages of incidents closed ``retention.messages`` ago."""
+        keep = self.settings.retention.messages
+        if self._engine is None or keep is None or not self.leadership.leading:
+            return
+        await self._engine.purge_messages(keep)
 
     async def _round_loop(
         self,

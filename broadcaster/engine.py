@@ -28,6 +28,7 @@ from broadcaster.escalation.plan import Escalation
 from broadcaster.followups.directory import Directory
 from broadcaster.followups.notify import send_due_notices
 from broadcaster.followups.service import Notice, due_notices
+from broadcaster.incidents import retention
 from broadcaster.incidents.lifecycle import OPEN_STATUSES
 from broadcaster.outbox.materialise import ChannelRoute, materialise_round
 from broadcaster.schedule.capacity import check_round, queued_elsewhere
@@ -160,10 +161,18 @@ class Engine:
             owner=self.owner,
             settings=self.settings.delivery,
             public_url=self.settings.messages.public_url,
-            history_window=max(
-                self.rules.current.history_window if self.rules.current else timedelta(0),
-                self.settings.rules.history_window,
-            ),
+            history_window=retention.history_window(self.settings, self.rules.current),
+        )
+
+    async def purge_messages(self, keep: timedelta) -> retention.Purged:
+        """Purge the messages of the incidents closed at least ``keep`` ago that the rules'
+        history no longer counts (:mod:`broadcaster.incidents.retention`)."""
+        return await retention.purge(
+            self.database,
+            self.clock.now(),
+            keep,
+            retention.history_window(self.settings, self.rules.current),
+            batch=self.settings.retention.batch,
         )
 
     async def _tell_staff(self) -> None:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Annotated
+
 import typer
 
-from broadcaster.cli.common import ConfigOption, fail, settings_or_exit
-from broadcaster.store import migrate
+from broadcaster.access import audit
+from broadcaster.cli.common import (
+    ConfigOption,
+    cli_principal,
+    escalation_or_exit,
+    fail,
+    run,
+    settings_or_exit,
+    with_database,
+)
+from broadcaster.clock import RealClock
+from broadcaster.config.durations import format_duration, parse_duration
+from broadcaster.incidents import retention
+from broadcaster.store import Database, migrate
 
-app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+app = typer.Typer(help="Database schema (Alembic migrations) and retention.", no_args_is_help=True)
 
 
 @app.command("upgrade")
@@ -36,6 +51,70 @@ def downgrade(
     except Exception as exc:
         raise fail(f"downgrade failed on {_safe(settings.database.url)}: {exc}") from None
     typer.echo(f"database at revision {revision}")
+
+
+@app.command("purge")
+def purge(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="count what would go; delete nothing")
+    ] = False,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="closed at least this long ago, e.g. 180d (default: retention.messages)",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Purge the deliveries, delivery history and staff notices of incidents closed long
+    enough ago (docs/operator-guide.md, "Retention")."""
+    settings = settings_or_exit(config)
+    keep = settings.retention.messages
+    if older_than is not None:
+        try:
+            keep = parse_duration(older_than)
+        except ValueError as exc:
+            raise fail(f"--older-than: {exc}", 2) from None
+        if keep < timedelta(days=1):
+            raise fail("--older-than: must be at least 1d", 2)
+    if keep is None:
+        raise fail(
+            "nothing to purge by: set retention.messages in the configuration, or give "
+            "--older-than",
+            2,
+        )
+    ruleset = escalation_or_exit(settings).holder.current
+    window = retention.history_window(settings, ruleset)
+
+    async def work(db: Database) -> retention.Purged:
+        clock = RealClock()
+        purged = await retention.purge(
+            db, clock.now(), keep, window, batch=settings.retention.batch, dry_run=dry_run
+        )
+        if not dry_run:
+            await audit.record(
+                db,
+                clock,
+                cli_principal(),
+                "messages.purge",
+                "incidents",
+                "cli",
+                detail={
+                    "incidents": purged.incidents,
+                    "deliveries": purged.deliveries,
+                    "events": purged.events,
+                    "notices": purged.notices,
+                },
+            )
+        return purged
+
+    purged = run(with_database(settings, work))
+    verb = "would purge" if dry_run else "purged"
+    typer.echo(
+        f"{verb} the messages of incidents closed before {format_duration(keep)} ago and "
+        f"declared before the rules' {format_duration(window)} history window: {purged}"
+    )
 
 
 def _safe(url: str) -> str:

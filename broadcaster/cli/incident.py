@@ -285,7 +285,12 @@ def show(
         }
         out.append("deliveries by channel:")
         out += [f"  {name:<10} {', '.join(states)}" for name, states in channels.items()]
-        if not channels:
+        if i.messages_purged_at is not None:
+            out.append(
+                f"  purged {i.messages_purged_at:%Y-%m-%d %H:%M}Z under retention.messages "
+                "(deliveries, their history and staff notices)"
+            )
+        elif not channels:
             out.append("  none yet")
         out += [f"capacity warning: {warning}" for warning in report.capacity_warnings]
         tasks = report.followups

@@ -184,6 +184,28 @@ class RulesSettings(_Section):
     history_window: Duration = timedelta(days=30)
 
 
+def _a_retention(value: timedelta | None) -> timedelta | None:
+    if value is not None and value < timedelta(days=1):
+        raise ValueError(
+            "must be at least 1d: an incident's messages may still be retried, reported or "
+            "counted in its first hours after it is closed"
+        )
+    return value
+
+
+class RetentionSettings(_Section):
+    """How long the per-message records of a closed incident are kept
+    (:mod:`broadcaster.incidents.retention`)."""
+
+    messages: Annotated[Duration | None, AfterValidator(_a_retention)] = None
+    """After an incident is closed, how long its deliveries, their history and its staff
+    notices are kept; None (the default) keeps them for ever."""
+    interval: PositiveDuration = timedelta(hours=1)
+    """How often the leading daemon looks for incidents to purge."""
+    batch: int = Field(default=5000, ge=1, le=100_000)
+    """Deliveries deleted per transaction."""
+
+
 class HttpSettings(_Section):
     """The daemon's HTTP server: the API, the console, public pages, provider callbacks,
     inbound SMS, health and metrics."""
@@ -282,6 +304,7 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     staff: StaffSettings = StaffSettings()
     rules: RulesSettings = RulesSettings()
+    retention: RetentionSettings = RetentionSettings()
     feeds: list[FeedSettings] = Field(default_factory=list)
     """Sources the daemon polls (docs/intake.md)."""
     webhook_secrets: dict[str, WebhookSecrets] = Field(default_factory=dict)

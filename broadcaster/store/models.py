@@ -128,6 +128,9 @@ class Incident(Base):
     labels: Mapped[dict[str, str] | None] = mapped_column(JSON, default=None)
     """The source's labels (an Alertmanager alert's, ``gtfs.cause``, …), for the rules'
     ``incident.labels`` conditions; the latest event's."""
+    messages_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    """When its deliveries, their history and its staff notices were purged under
+    ``retention.messages`` (migration 0012; :mod:`broadcaster.incidents.retention`)."""
 
 
 class IncidentScope(Base):
@@ -237,6 +240,15 @@ class Delivery(Base):
             "ix_deliveries_provider_message_id",
             "provider_message_id",
             postgresql_where=text("provider_message_id IS NOT NULL"),
+        ),
+        # For the foreign key's ON DELETE SET NULL (migration 0012): without it, deleting a
+        # delivery (a purge, a customer's erasure) scanned the whole table for deliveries
+        # that failed over from it, once per deleted row.
+        Index(
+            "ix_deliveries_failover_from_id",
+            "failover_from_id",
+            postgresql_where=text("failover_from_id IS NOT NULL"),
+            sqlite_where=text("failover_from_id IS NOT NULL"),
         ),
     )
 

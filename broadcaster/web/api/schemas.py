@@ -112,6 +112,8 @@ class IncidentOut(BaseModel):
     resolved_at: datetime | None
     closed_at: datetime | None
     rounds_made: int
+    messages_purged_at: datetime | None = None
+    """When its deliveries and their history were purged (``retention.messages``)."""
 
 
 class TimelineEntryOut(BaseModel):

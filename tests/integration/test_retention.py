@@ -1,0 +1,374 @@
+"""Retention (``retention.messages``): the deliveries, delivery history and staff notices of
+incidents closed long enough ago are purged, in batches; everything else is kept, and so is
+whatever the rules still count in a customer's history."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from broadcaster.cli.main import app as cli
+from broadcaster.clock import FakeClock
+from broadcaster.config import ConfigError, load_settings
+from broadcaster.config.settings import Settings
+from broadcaster.daemon import Daemon
+from broadcaster.incidents import retention
+from broadcaster.store import (
+    AuditEntry,
+    Customer,
+    Database,
+    Delivery,
+    DeliveryEvent,
+    Followup,
+    Incident,
+    IncidentUpdate,
+    Round,
+    StaffNotice,
+)
+from broadcaster.store.migrate import upgrade_async
+from channels.memory import MemoryChannel
+from tests.api.support import api_client
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+KEEP = timedelta(days=180)
+WINDOW = timedelta(days=30)
+
+
+async def _customers(database: Database, count: int) -> None:
+    async with database.session() as session, session.begin():
+        session.add_all(
+            Customer(id=f"c{i}", name=f"C {i}", created_at=NOW, updated_at=NOW)
+            for i in range(count)
+        )
+
+
+async def _incident(
+    database: Database,
+    *,
+    declared: datetime,
+    closed: datetime | None,
+    status: str = "closed",
+    customers: int = 4,
+    rounds: int = 2,
+) -> int:
+    """An incident with ``rounds`` rounds of a delivery per customer (each with a history
+    line; the second round's first delivery failed over from the first round's), a staff
+    notice, a follow-up and its timeline."""
+    async with database.session() as session, session.begin():
+        incident = Incident(
+            title="Line 1",
+            severity="major",
+            status=status,
+            created_at=declared,
+            updated_at=closed or declared,
+            closed_at=closed,
+            rounds_made=rounds,
+        )
+        session.add(incident)
+        await session.flush()
+        session.add(
+            IncidentUpdate(
+                incident_id=incident.id,
+                kind="declared",
+                status="investigating",
+                created_at=declared,
+            )
+        )
+        first: Delivery | None = None
+        for number in range(1, rounds + 1):
+            round_ = Round(
+                incident_id=incident.id,
+                number=number,
+                kind="first" if number == 1 else "update",
+                state="dispatched",
+                due_at=declared,
+            )
+            session.add(round_)
+            await session.flush()
+            for c in range(customers):
+                delivery = Delivery(
+                    round_id=round_.id,
+                    incident_id=incident.id,
+                    customer_id=f"c{c}",
+                    channel="mail",
+                    address=f"c{c}@example.org",
+                    state="sent",
+                    next_attempt_at=declared,
+                    created_at=declared,
+                    failover_from_id=first.id if first is not None and c == 0 else None,
+                )
+                session.add(delivery)
+                await session.flush()
+                first = first or delivery
+                session.add(DeliveryEvent(delivery_id=delivery.id, at=declared, state="sent"))
+        session.add(
+            StaffNotice(
+                key=f"step-{incident.id}",
+                kind="step",
+                staff="ann",
+                incident_id=incident.id,
+                state="sent",
+                next_attempt_at=declared,
+                created_at=declared,
+            )
+        )
+        session.add(
+            Followup(
+                incident_id=incident.id,
+                customer_id="c0",
+                rule="vip-call",
+                kind="call",
+                owner="ann",
+                state="done",
+                deadline_at=declared + timedelta(hours=2),
+                created_at=declared,
+            )
+        )
+        return incident.id
+
+
+async def _left(database: Database, incident_id: int) -> dict[str, int]:
+    """Rows of the incident still in each table."""
+    async with database.session() as session:
+
+        async def count(model: Any, *where: Any) -> int:
+            query = select(func.count()).select_from(model).where(*where)
+            return int((await session.execute(query)).scalar_one())
+
+        return {
+            "deliveries": await count(Delivery, Delivery.incident_id == incident_id),
+            "events": await count(
+                DeliveryEvent,
+                DeliveryEvent.delivery_id.in_(
+                    select(Delivery.id).where(Delivery.incident_id == incident_id)
+                ),
+            ),
+            "notices": await count(StaffNotice, StaffNotice.incident_id == incident_id),
+            "rounds": await count(Round, Round.incident_id == incident_id),
+            "followups": await count(Followup, Followup.incident_id == incident_id),
+            "timeline": await count(IncidentUpdate, IncidentUpdate.incident_id == incident_id),
+        }
+
+
+async def _purged_at(database: Database, incident_id: int) -> datetime | None:
+    async with database.session() as session:
+        incident = await session.get(Incident, incident_id)
+        assert incident is not None
+        return incident.messages_purged_at
+
+
+FULL = {"deliveries": 8, "events": 8, "notices": 1, "rounds": 2, "followups": 1, "timeline": 1}
+PURGED = {**FULL, "deliveries": 0, "events": 0, "notices": 0}
+
+
+async def test_only_incidents_closed_long_enough_ago_lose_their_messages(
+    database: Database,
+) -> None:
+    await _customers(database, 4)
+    old = await _incident(database, declared=NOW - timedelta(days=201), closed=NOW - KEEP)
+    recent = await _incident(
+        database, declared=NOW - timedelta(days=200), closed=NOW - KEEP + timedelta(minutes=1)
+    )
+    resolved = await _incident(
+        database, declared=NOW - timedelta(days=400), closed=None, status="resolved"
+    )
+    ongoing = await _incident(
+        database, declared=NOW - timedelta(days=400), closed=None, status="monitoring"
+    )
+
+    purged = await retention.purge(database, NOW, KEEP, WINDOW)
+
+    assert (purged.incidents, purged.deliveries, purged.events, purged.notices) == ([old], 8, 8, 1)
+    assert await _left(database, old) == PURGED  # rounds, follow-ups and timeline stay
+    assert await _purged_at(database, old) == NOW
+    for kept in (recent, resolved, ongoing):
+        assert await _left(database, kept) == FULL
+        assert await _purged_at(database, kept) is None
+    # Done once: the incident is not looked at again.
+    again = await retention.purge(database, NOW + timedelta(days=1), KEEP, WINDOW)
+    assert again.incidents == [recent]
+
+
+async def test_what_the_rules_history_still_counts_is_kept(database: Database) -> None:
+    """Closed 200 days ago but declared 300 days ago: a rule counting a customer's
+    incidents over a year still reads its deliveries."""
+    await _customers(database, 4)
+    counted = await _incident(
+        database, declared=NOW - timedelta(days=300), closed=NOW - timedelta(days=200)
+    )
+    assert (await retention.purge(database, NOW, KEEP, timedelta(days=365))).incidents == []
+    assert await _left(database, counted) == FULL
+    assert (await retention.purge(database, NOW, KEEP, timedelta(days=90))).incidents == [counted]
+    assert await _left(database, counted) == PURGED
+
+
+async def test_batches_smaller_than_a_round_take_it_all(database: Database) -> None:
+    await _customers(database, 10)
+    old = await _incident(
+        database, declared=NOW - timedelta(days=400), closed=NOW - KEEP, customers=10, rounds=3
+    )
+    purged = await retention.purge(database, NOW, KEEP, WINDOW, batch=3)
+    assert (purged.deliveries, purged.events) == (30, 30)
+    assert (await _left(database, old))["deliveries"] == 0
+
+
+async def test_a_dry_run_counts_and_deletes_nothing(database: Database) -> None:
+    await _customers(database, 4)
+    old = await _incident(database, declared=NOW - timedelta(days=400), closed=NOW - KEEP)
+    counted = await retention.purge(database, NOW, KEEP, WINDOW, dry_run=True)
+    assert (counted.incidents, counted.deliveries, counted.events, counted.notices) == (
+        [old],
+        8,
+        8,
+        1,
+    )
+    assert await _left(database, old) == FULL
+    assert await _purged_at(database, old) is None
+    assert str(counted) == (
+        f"1 incident(s) (#{old}): 8 deliveries, 8 delivery events, 1 staff notices"
+    )
+
+
+def test_the_setting_is_off_by_default_and_at_least_a_day() -> None:
+    assert Settings().retention.messages is None
+    assert Settings.model_validate({"retention": {"messages": "180d"}}).retention.messages == KEEP
+
+
+def test_a_retention_under_a_day_is_refused_with_where(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("retention:\n  messages: 12h\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config)
+    [problem] = [p for p in refused.value.problems if "retention" in p]
+    assert "retention.messages" in problem and "must be at least 1d" in problem
+
+
+def _config(tmp_path: Path, retention_lines: str = "") -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"database:\n  url: sqlite+aiosqlite:///{tmp_path / 'store.db'}\n"
+        "delivery:\n  channels: [mail]\n"
+        "channels:\n  mail: {type: console}\n" + retention_lines
+    )
+    return config
+
+
+def test_the_cli_purges_on_demand_and_audits_it(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    now = datetime.now(UTC)
+
+    async def prepare() -> int:
+        await upgrade_async(url)
+        database = Database(url)
+        try:
+            await _customers(database, 4)
+            return await _incident(
+                database, declared=now - timedelta(days=400), closed=now - timedelta(days=200)
+            )
+        finally:
+            await database.dispose()
+
+    old = asyncio.run(prepare())
+    runner = CliRunner()
+    unset = runner.invoke(cli, ["db", "purge", "-c", str(config)])
+    assert unset.exit_code == 2
+    assert "set retention.messages in the configuration, or give --older-than" in unset.output
+    short = runner.invoke(cli, ["db", "purge", "--older-than", "2h", "-c", str(config)])
+    assert short.exit_code == 2 and "--older-than: must be at least 1d" in short.output
+
+    dry = runner.invoke(
+        cli, ["db", "purge", "--older-than", "180d", "--dry-run", "-c", str(config)]
+    )
+    assert dry.exit_code == 0, dry.output
+    assert "would purge the messages of incidents closed before 180d ago" in dry.output
+    assert f"1 incident(s) (#{old}): 8 deliveries, 8 delivery events, 1 staff notices" in (
+        dry.output
+    )
+    done = runner.invoke(cli, ["db", "purge", "--older-than", "180d", "-c", str(config)])
+    assert done.exit_code == 0, done.output
+    assert "purged the messages of incidents closed before 180d ago" in done.output
+
+    async def after() -> tuple[dict[str, int], list[AuditEntry]]:
+        database = Database(url)
+        try:
+            async with database.session() as session:
+                audits = list(
+                    (
+                        await session.execute(
+                            select(AuditEntry).where(AuditEntry.action == "messages.purge")
+                        )
+                    ).scalars()
+                )
+            return await _left(database, old), audits
+        finally:
+            await database.dispose()
+
+    left, audits = asyncio.run(after())
+    assert left == PURGED
+    assert len(audits) == 1  # the dry run is not audited
+    detail = audits[0].detail
+    assert detail is not None
+    assert detail["incidents"] == [old] and detail["deliveries"] == 8
+    shown = runner.invoke(cli, ["incident", "show", str(old), "-c", str(config)])
+    assert shown.exit_code == 0, shown.output
+    assert "under retention.messages (deliveries, their history and staff notices)" in shown.output
+
+
+async def test_the_leading_daemon_purges_every_interval(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    await upgrade_async(url)
+    database = Database(url)
+    try:
+        await _customers(database, 4)
+        old = await _incident(database, declared=NOW - timedelta(days=400), closed=NOW - KEEP)
+        kept = await _incident(database, declared=NOW - timedelta(days=30), closed=NOW)
+        settings = Settings.model_validate(
+            {
+                "database": {"url": url},
+                "delivery": {"channels": ["mail"], "workers": 1},
+                "channels": {"mail": {"type": "console"}},
+                "http": {"enabled": False},
+                "retention": {"messages": "180d", "interval": "100ms"},
+            }
+        )
+        daemon = Daemon(
+            settings, clock=FakeClock(NOW), channels={"mail": MemoryChannel(name="mail")}
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        try:
+            await asyncio.wait_for(daemon.ready.wait(), 10)
+            for _ in range(100):
+                if await _purged_at(database, old) is not None:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+        assert await _purged_at(database, old) == NOW
+        assert await _left(database, old) == PURGED
+        assert await _left(database, kept) == FULL
+    finally:
+        await database.dispose()
+
+
+async def test_the_api_and_the_console_say_when_the_messages_went(database: Database) -> None:
+    await _customers(database, 4)
+    old = await _incident(database, declared=NOW - timedelta(days=400), closed=NOW - KEEP)
+    async with api_client(database) as api:
+        before = (await api.call("GET", f"/api/v1/incidents/{old}")).json()
+        assert before["messages_purged_at"] is None
+        assert before["deliveries_by_channel"] == {"mail": {"sent": 8}}
+        await retention.purge(database, NOW, KEEP, WINDOW)
+        after = (await api.call("GET", f"/api/v1/incidents/{old}")).json()
+        assert after["messages_purged_at"] is not None
+        assert datetime.fromisoformat(after["messages_purged_at"]) == NOW
+        assert after["deliveries_by_channel"] == {}
+        assert len(after["rounds"]) == 2 and len(after["followups"]) == 1
