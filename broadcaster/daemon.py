@@ -17,6 +17,7 @@ start claims what the dead process held once its leases expire.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, timedelta
@@ -254,7 +255,11 @@ class Daemon:
                 )
             )
         if retention.messages is not None:
-            tasks.append(asyncio.create_task(each_wake(purge_due, stop, self._purge, "purge")))
+            tasks.append(
+                asyncio.create_task(
+                    each_wake(purge_due, stop, functools.partial(self._purge, stop), "purge")
+                )
+            )
         delivery = self.settings.delivery
         tasks += [
             asyncio.create_task(
@@ -312,12 +317,15 @@ class Daemon:
         # A failure (the store may be down) is logged by each_wake; the next sweep tries again.
         await self._engine.sweep_followups()
 
-    async def _purge(self) -> None:
-        """The leader purges the messages of incidents closed ``retention.messages`` ago."""
+    async def _purge(self, stop: asyncio.Event) -> None:
+        """The leader purges the messages of incidents closed ``retention.messages`` ago,
+        batch by batch while it is running and leading."""
         keep = self.settings.retention.messages
         if self._engine is None or keep is None or not self.leadership.leading:
             return
-        await self._engine.purge_messages(keep)
+        await self._engine.purge_messages(
+            keep, lambda: not stop.is_set() and self.leadership.leading
+        )
 
     async def _round_loop(
         self,

@@ -164,15 +164,19 @@ class Engine:
             history_window=retention.history_window(self.settings, self.rules.current),
         )
 
-    async def purge_messages(self, keep: timedelta) -> retention.Purged:
+    async def purge_messages(
+        self, keep: timedelta, keep_going: Callable[[], bool] = lambda: True
+    ) -> retention.Purged:
         """Purge the messages of the incidents closed at least ``keep`` ago that the rules'
-        history no longer counts (:mod:`broadcaster.incidents.retention`)."""
+        history no longer counts (:mod:`broadcaster.incidents.retention`), while
+        ``keep_going``."""
         return await retention.purge(
             self.database,
             self.clock.now(),
             keep,
             retention.history_window(self.settings, self.rules.current),
             batch=self.settings.retention.batch,
+            keep_going=keep_going,
         )
 
     async def _tell_staff(self) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -105,17 +106,25 @@ async def purge(
     *,
     batch: int = 5000,
     dry_run: bool = False,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> Purged:
     """Purge (or, ``dry_run``, count) the messages of every incident :func:`purgeable`
-    finds; returns what went."""
+    finds; returns what went. ``keep_going`` is asked before each batch: a daemon stopping,
+    or no longer leading, stops there (the next run carries on), rather than finish a
+    backlog of millions first."""
     purged = Purged()
     for incident_id in await purgeable(database, now, keep, history_window):
+        if not keep_going():
+            break
         if dry_run:
             deliveries, events, notices = await database.transact(
                 functools.partial(_counts, incident_id=incident_id)
             )
         else:
-            deliveries, events, notices = await _purge_incident(database, incident_id, now, batch)
+            done = await _purge_incident(database, incident_id, now, batch, keep_going)
+            if done is None:  # stopped halfway (logged there): not marked, not reported
+                break
+            deliveries, events, notices = done
             log.info(
                 "purged the messages of a closed incident",
                 extra={
@@ -133,8 +142,14 @@ async def purge(
 
 
 async def _purge_incident(
-    database: Database, incident_id: int, now: datetime, batch: int
-) -> tuple[int, int, int]:
+    database: Database,
+    incident_id: int,
+    now: datetime,
+    batch: int,
+    keep_going: Callable[[], bool],
+) -> tuple[int, int, int] | None:
+    """Delete the incident's messages batch by batch, then mark it; None when
+    ``keep_going`` stopped it before the end."""
     async with database.session() as session:
         rounds = list(
             (
@@ -146,6 +161,12 @@ async def _purge_incident(
     deliveries = events = 0
     for round_id in rounds:
         while True:
+            if not keep_going():
+                log.info(
+                    "purge stopped halfway; the next run carries on",
+                    extra={"incident": incident_id, "deliveries": deliveries},
+                )
+                return None
             gone, history = await database.transact(
                 functools.partial(_delete_batch, round_id=round_id, batch=batch)
             )

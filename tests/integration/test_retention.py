@@ -218,6 +218,30 @@ async def test_batches_smaller_than_a_round_take_it_all(database: Database) -> N
     assert (await _left(database, old))["deliveries"] == 0
 
 
+async def test_a_purge_told_to_stop_stops_between_batches_and_the_next_carries_on(
+    database: Database,
+) -> None:
+    """A daemon stopping (or no longer leading) does not finish a backlog first."""
+    await _customers(database, 10)
+    old = await _incident(
+        database, declared=NOW - timedelta(days=400), closed=NOW - KEEP, customers=10
+    )
+    asked = 0
+
+    def two_batches() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked <= 3  # the incident, then two batches
+
+    stopped = await retention.purge(database, NOW, KEEP, WINDOW, batch=4, keep_going=two_batches)
+    assert stopped.incidents == []  # not finished, not marked
+    assert (await _left(database, old))["deliveries"] == 12
+    assert await _purged_at(database, old) is None
+    rest = await retention.purge(database, NOW, KEEP, WINDOW, batch=4)
+    assert (rest.incidents, rest.deliveries, rest.notices) == ([old], 12, 1)
+    assert await _left(database, old) == {**PURGED, "rounds": 2}
+
+
 async def test_a_dry_run_counts_and_deletes_nothing(database: Database) -> None:
     await _customers(database, 4)
     old = await _incident(database, declared=NOW - timedelta(days=400), closed=NOW - KEEP)
