@@ -20,7 +20,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -43,6 +43,10 @@ from channels.base import Channel
 from rules import RulesError
 
 log = logging.getLogger("broadcaster.daemon")
+
+
+FIRST_PURGE_AFTER = timedelta(minutes=1)
+"""How long after start a daemon first purges (``retention``), at most."""
 
 
 async def wake(event: asyncio.Event) -> None:
@@ -212,8 +216,6 @@ class Daemon:
             jobs.append(("rules-reload", rules_due, self.settings.rules.reload_interval))
         purge_due = asyncio.Event()
         retention = self.settings.retention
-        if retention.messages is not None:
-            jobs.append(("purge", purge_due, retention.interval))
         for job, event, every in jobs:
             scheduler.add_job(
                 wake,
@@ -223,6 +225,20 @@ class Daemon:
                 id=job,
                 coalesce=True,
                 max_instances=1,
+            )
+        if retention.messages is not None:
+            # The first purge a minute after start (or sooner, with a shorter interval),
+            # once leadership is settled, not an interval later: a daemon restarted more
+            # often than the interval would never purge.
+            scheduler.add_job(
+                wake,
+                "interval",
+                args=[purge_due],
+                seconds=retention.interval.total_seconds(),
+                id="purge",
+                coalesce=True,
+                max_instances=1,
+                next_run_time=datetime.now(UTC) + min(retention.interval, FIRST_PURGE_AFTER),
             )
         # Everything kept is built and nothing is in flight yet: freeze it out of the
         # collector's way (broadcaster/heap.py).

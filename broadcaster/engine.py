@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from broadcaster.access.credentials import Principal
 from broadcaster.clock import Clock
 from broadcaster.compose.render import Renderer
 from broadcaster.compose.templates import TemplateSet
@@ -174,7 +175,8 @@ class Engine:
             self.database,
             self.clock.now(),
             keep,
-            retention.history_window(self.settings, self.rules.current),
+            retention.lookback(self.settings, self.rules.current),
+            by=Principal("daemon", self.owner, "admin"),
             batch=self.settings.retention.batch,
             keep_going=keep_going,
         )

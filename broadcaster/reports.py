@@ -3,8 +3,10 @@ and follow-ups, read in one go for the CLI, the API and the console alike."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -43,20 +45,27 @@ async def incident_report(database: Database, incident_id: int) -> IncidentRepor
     """The report; :class:`service.IncidentNotFound` for an unknown id."""
     view = await service.show(database, incident_id)
     report = IncidentReport(view=view)
+    counts: Sequence[Sequence[Any]] | None = view.incident.delivery_counts
     async with database.session() as session:
-        for round_id, state, count in await session.execute(
-            select(Delivery.round_id, Delivery.state, func.count())
-            .where(Delivery.incident_id == incident_id)
-            .group_by(Delivery.round_id, Delivery.state)
-        ):
-            report.per_round.setdefault(round_id, {})[state] = count
-        for channel, state, count in await session.execute(
-            select(Delivery.channel, Delivery.state, func.count())
-            .where(Delivery.incident_id == incident_id)
-            .group_by(Delivery.channel, Delivery.state)
-            .order_by(Delivery.channel, Delivery.state)
-        ):
-            report.by_channel.setdefault(channel, {})[state] = count
+        if counts is None:
+            counts = (
+                await session.execute(
+                    select(Delivery.round_id, Delivery.channel, Delivery.state, func.count())
+                    .where(Delivery.incident_id == incident_id)
+                    .group_by(Delivery.round_id, Delivery.channel, Delivery.state)
+                )
+            ).all()
+        # else its deliveries are (being) purged under retention.messages: the counts it
+        # kept before the first one went (broadcaster.incidents.retention).
+        for round_id, channel, state, count in counts:
+            per_round = report.per_round.setdefault(round_id, {})
+            per_round[state] = per_round.get(state, 0) + count
+            by_channel = report.by_channel.setdefault(channel, {})
+            by_channel[state] = by_channel.get(state, 0) + count
+        report.by_channel = {
+            channel: dict(sorted(states.items()))
+            for channel, states in sorted(report.by_channel.items())
+        }
         last = next((r for r in reversed(view.rounds) if r.state == "dispatched"), None)
         if last is not None and last.capacity_warning:
             report.capacity_warnings = last.capacity_warning.split("\n")

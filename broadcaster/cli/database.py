@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from broadcaster.access import audit
 from broadcaster.cli.common import (
     ConfigOption,
     cli_principal,
@@ -85,35 +84,25 @@ def purge(
             2,
         )
     ruleset = escalation_or_exit(settings).holder.current
-    window = retention.history_window(settings, ruleset)
+    look_back = retention.lookback(settings, ruleset)
 
     async def work(db: Database) -> retention.Purged:
-        clock = RealClock()
-        purged = await retention.purge(
-            db, clock.now(), keep, window, batch=settings.retention.batch, dry_run=dry_run
+        return await retention.purge(
+            db,
+            RealClock().now(),
+            keep,
+            look_back,
+            by=cli_principal(),
+            batch=settings.retention.batch,
+            dry_run=dry_run,
         )
-        if not dry_run:
-            await audit.record(
-                db,
-                clock,
-                cli_principal(),
-                "messages.purge",
-                "incidents",
-                "cli",
-                detail={
-                    "incidents": purged.incidents,
-                    "deliveries": purged.deliveries,
-                    "events": purged.events,
-                    "notices": purged.notices,
-                },
-            )
-        return purged
 
     purged = run(with_database(settings, work))
     verb = "would purge" if dry_run else "purged"
     typer.echo(
-        f"{verb} the messages of incidents closed before {format_duration(keep)} ago and "
-        f"declared before the rules' {format_duration(window)} history window: {purged}"
+        f"{verb} the messages of incidents closed more than {format_duration(keep)} ago "
+        f"(and more than {format_duration(look_back)}, the longest the rules and throttles "
+        f"look back): {purged}"
     )
 
 

@@ -385,4 +385,12 @@ def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
                     f"unknown channel {throttle.fallback!r} (defined: {known})",
                 )
             )
+    if settings.retention.messages is not None and settings.rules.history_window <= timedelta(0):
+        problems.append(
+            (
+                ("rules", "history_window"),
+                "0s counts a customer's whole history, which retention.messages deletes: "
+                "give the window a length (e.g. 365d), or unset retention.messages",
+            )
+        )
     return problems

@@ -8,6 +8,7 @@ subscriptions by (customer, kind, value).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -128,9 +129,12 @@ class Incident(Base):
     labels: Mapped[dict[str, str] | None] = mapped_column(JSON, default=None)
     """The source's labels (an Alertmanager alert's, ``gtfs.cause``, …), for the rules'
     ``incident.labels`` conditions; the latest event's."""
+    delivery_counts: Mapped[list[list[Any]] | None] = mapped_column(JSON, default=None)
+    """Its deliveries counted by round, channel and state (``[round_id, channel, state,
+    count]`` rows), kept when a purge under ``retention.messages`` began: its report reads
+    them from then on (migration 0012; :mod:`broadcaster.incidents.retention`)."""
     messages_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
-    """When its deliveries, their history and its staff notices were purged under
-    ``retention.messages`` (migration 0012; :mod:`broadcaster.incidents.retention`)."""
+    """When its deliveries, their history and its staff notices were purged."""
 
 
 class IncidentScope(Base):

@@ -443,11 +443,21 @@ async def _rows(state: WebState, status: str) -> list[Row]:
     if not rows:
         return []
     ids = list(rows)
+    # An incident whose deliveries are (being) purged shows the counts it kept.
+    kept = [
+        (i.id, delivery_state, count)
+        for i in found
+        if i.delivery_counts is not None
+        for _round, _channel, delivery_state, count in i.delivery_counts
+    ]
+    live = [i.id for i in found if i.delivery_counts is None]
     async with state.database.session() as session:
-        for incident_id, delivery_state, count in await session.execute(
-            select(Delivery.incident_id, Delivery.state, func.count())
-            .where(Delivery.incident_id.in_(ids))
-            .group_by(Delivery.incident_id, Delivery.state)
+        for incident_id, delivery_state, count in kept + list(
+            await session.execute(
+                select(Delivery.incident_id, Delivery.state, func.count())
+                .where(Delivery.incident_id.in_(live))
+                .group_by(Delivery.incident_id, Delivery.state)
+            )
         ):
             row = rows[incident_id]
             if delivery_state in SENT_STATES:
