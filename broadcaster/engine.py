@@ -168,8 +168,8 @@ class Engine:
     async def purge_messages(
         self, keep: timedelta, keep_going: Callable[[], bool] = lambda: True
     ) -> retention.Purged:
-        """Purge the messages of the incidents closed at least ``keep`` ago that the rules'
-        history no longer counts (:mod:`broadcaster.incidents.retention`), while
+        """Purge the messages of the incidents closed at least ``keep`` ago that no rule or
+        throttle looks back at any more (:mod:`broadcaster.incidents.retention`), while
         ``keep_going``."""
         return await retention.purge(
             self.database,

@@ -406,22 +406,26 @@ def test_the_setting_is_off_by_default_and_at_least_a_day() -> None:
     assert Settings.model_validate({"retention": {"messages": "180d"}}).retention.messages == KEEP
 
 
-def test_a_whole_history_window_with_retention_is_refused_with_where(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("yaml", "key", "says"),
+    [
+        ("retention:\n  messages: 12h\n", "retention.messages", "must be at least 1d"),
+        (
+            "retention:\n  messages: 180d\nrules:\n  history_window: 0s\n",
+            "rules.history_window",
+            "0s counts a customer's whole history, which retention.messages deletes",
+        ),
+    ],
+)
+def test_a_bad_retention_is_refused_with_where(
+    tmp_path: Path, yaml: str, key: str, says: str
+) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text("retention:\n  messages: 180d\nrules:\n  history_window: 0s\n")
+    config.write_text(yaml)
     with pytest.raises(ConfigError) as refused:
         load_settings(config)
-    [problem] = [p for p in refused.value.problems if "history_window" in p]
-    assert "rules.history_window" in problem and "which retention.messages deletes" in problem
-
-
-def test_a_retention_under_a_day_is_refused_with_where(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text("retention:\n  messages: 12h\n")
-    with pytest.raises(ConfigError) as refused:
-        load_settings(config)
-    [problem] = [p for p in refused.value.problems if "retention" in p]
-    assert "retention.messages" in problem and "must be at least 1d" in problem
+    [problem] = [p for p in refused.value.problems if key in p]
+    assert says in problem
 
 
 def _config(tmp_path: Path, retention_lines: str = "") -> Path:
