@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -184,6 +185,9 @@ class Round(Base):
     __tablename__ = "rounds"
     __table_args__ = (
         UniqueConstraint("incident_id", "number"),
+        # The key deliveries refer to (migration 0013): one foreign key checks a delivery's
+        # round and incident together.
+        UniqueConstraint("id", "incident_id"),
         Index("ix_rounds_state_due_at", "state", "due_at"),
     )
 
@@ -223,6 +227,12 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("round_id", "customer_id", "channel"),
+        # The round and its incident in one foreign key (migration 0013): a round's insert
+        # checks one key a row where it checked two (the incident's followed from the
+        # round's), and a delivery cannot name another incident than its round's.
+        ForeignKeyConstraint(
+            ["round_id", "incident_id"], ["rounds.id", "rounds.incident_id"], ondelete="CASCADE"
+        ),
         # Partial on PostgreSQL (migration 0007): a state change adds an entry to every
         # index there, and these are read only for due deliveries, expired leases and
         # known ids. SQLite updates in place and keeps them whole.
@@ -257,8 +267,8 @@ class Delivery(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
-    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    round_id: Mapped[int] = mapped_column(BigId)
+    incident_id: Mapped[int] = mapped_column(BigId)
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
     channel: Mapped[str] = mapped_column(String(32))
     contact_point_id: Mapped[int | None] = mapped_column(
