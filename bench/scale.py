@@ -14,14 +14,18 @@ Three phases, each in a process of its own so that its peak memory is its own:
    row per customer, in keyset batches (``schedule.audience_batch``: the default 5,000, and
    1,000 to show what the batch size buys); the number of rows ``materialise_round``
    says it inserted is recorded beside the number counted in the table;
-3. the figures: seconds and peak RSS of the materialising process (its own ``VmHWM``, in
+3. ``purge`` (with the default batch only): the round is made what it is once sent (every
+   delivery ``sent`` with one line of history, the incident closed 400 days ago), then
+   retention purges it (:func:`broadcaster.incidents.retention.purge`, the default
+   ``retention.batch``): no target, a figure for operators (docs/scaling.md);
+4. the figures: seconds and peak RSS of the materialising process (its own ``VmHWM``, in
    MB as the issue's 400 MB limit is: ``ru_maxrss`` would be the bench process's size
    when that is larger, as Linux keeps it across fork and exec).
 
 The 5-minute target (the first round of a 1M incident handed to local sinks, several
 daemons on PostgreSQL) is the ``firstround`` scenario's (:mod:`bench.firstround`).
 
-``python -m bench.scale --phase populate|materialise --url URL --customers N`` runs one
+``python -m bench.scale --phase populate|materialise|purge --url URL --customers N`` runs one
 phase and prints its figures as one JSON line (what :func:`run` does in a child process).
 """
 
@@ -33,21 +37,24 @@ import json
 import os
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import String, func, insert, literal, select, text, update
 
 from bench.customers_bench import own_peak_rss_mib
 from bench.report import Row
 from bench.store import add_customers, store_url
+from broadcaster.access.credentials import Principal
 from broadcaster.audience.query import audience_batch, audience_size
 from broadcaster.clock import RealClock
-from broadcaster.config.settings import ScheduleSettings
-from broadcaster.incidents import service
+from broadcaster.config.settings import RetentionSettings, ScheduleSettings
+from broadcaster.incidents import retention, service
 from broadcaster.outbox.materialise import ChannelRoute, materialise_round
 from broadcaster.schedule.rounds import claim_due_round
-from broadcaster.store import Database, Delivery
+from broadcaster.store import Database, Delivery, DeliveryEvent, Incident
+from broadcaster.store.types import UTCDateTime
 
 COMPONENT = "network"
 MEMORY_LIMIT_MB = 400.0
@@ -127,6 +134,50 @@ async def materialise(url: str, batch: int = DEFAULT_BATCH) -> dict[str, float]:
     }
 
 
+async def purge(url: str) -> dict[str, float]:
+    """Close the incident 400 days ago with every delivery sent and its line of history
+    written (not measured), then purge it under retention (measured)."""
+    database = Database(url)
+    now = datetime.now(UTC)
+    try:
+        async with database.engine.begin() as connection:
+            await connection.execute(update(Delivery).values(state="sent", sent_at=now))
+            await connection.execute(
+                insert(DeliveryEvent).from_select(
+                    ["delivery_id", "at", "state"],
+                    select(Delivery.id, literal(now, UTCDateTime()), literal("sent", String())),
+                )
+            )
+            await connection.execute(
+                update(Incident).values(
+                    status="closed",
+                    created_at=now - timedelta(days=401),
+                    closed_at=now - timedelta(days=400),
+                )
+            )
+        started = time.perf_counter()
+        purged = await retention.purge(
+            database,
+            now,
+            timedelta(days=1),
+            timedelta(days=30),
+            by=Principal("cli", "bench", "admin"),
+            batch=RetentionSettings().batch,
+        )
+        seconds = time.perf_counter() - started
+        async with database.session() as session:
+            left = (await session.execute(select(func.count()).select_from(Delivery))).scalar_one()
+    finally:
+        await database.dispose()
+    return {
+        "purge_seconds": seconds,
+        "purged_deliveries": float(purged.deliveries),
+        "purged_events": float(purged.events),
+        "deliveries_left": float(left),
+        "purge_peak_rss_mib": own_peak_rss_mib(),
+    }
+
+
 async def _phase(
     phase: str, url: str, customers: int, batch: int = DEFAULT_BATCH
 ) -> dict[str, float]:
@@ -161,6 +212,7 @@ async def run(
         async with store_url(backend, workdir) as url:
             populated = await _phase("populate", url, customers)
             measured = await _phase("materialise", url, customers, batch)
+            purged = await _phase("purge", url, customers) if batch == DEFAULT_BATCH else {}
         peak_mb = measured["peak_rss_mib"] * MIB / 1e6
         runs.append(
             {
@@ -168,6 +220,7 @@ async def run(
                 "customers": customers,
                 **populated,
                 **measured,
+                **purged,
                 "peak_rss_mb": round(peak_mb, 1),
             }
         )
@@ -212,6 +265,23 @@ async def run(
                 note=f"{measured['peak_rss_mib']:,.1f} MiB",
             ),
         ]
+        if purged:
+            whole = purged["deliveries_left"] == 0
+            rows.append(
+                Row(
+                    f"scale purge (retention) of the round, {label}",
+                    purged["purge_seconds"],
+                    "s",
+                    note=(
+                        f"{purged['purged_deliveries']:,.0f} deliveries and "
+                        f"{purged['purged_events']:,.0f} history lines, "
+                        f"{purged['purged_deliveries'] / purged['purge_seconds']:,.0f} "
+                        f"deliveries/s; peak RSS {purged['purge_peak_rss_mib']:,.1f} MiB; "
+                        "no target" + ("" if whole else f"; {purged['deliveries_left']:,.0f} left")
+                    ),
+                    complete=whole,
+                )
+            )
     notes = [
         "customers were bulk-inserted with SQLAlchemy Core executemany, not through the "
         "validating importer (about 6,000 customers/s)"
@@ -223,13 +293,15 @@ async def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--phase", choices=["populate", "materialise"], required=True)
+    parser.add_argument("--phase", choices=["populate", "materialise", "purge"], required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--customers", type=int, required=True)
     parser.add_argument("--audience-batch", type=int, default=DEFAULT_BATCH)
     args = parser.parse_args()
     if args.phase == "populate":
         print(json.dumps(asyncio.run(populate(args.url, args.customers))))
+    elif args.phase == "purge":
+        print(json.dumps(asyncio.run(purge(args.url))))
     else:
         print(json.dumps(asyncio.run(materialise(args.url, args.audience_batch))))
 

@@ -34,3 +34,28 @@ async def test_scale_materialises_every_customer_and_reports_the_count(
     assert notes[f"scale materialisation 120 customers, {backend}, audience_batch 50"] == (
         "for comparison: no target (not the default batch)"
     )
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+async def test_with_the_default_batch_the_round_is_then_purged_whole(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend == "postgresql":
+        url = postgres_admin_url()
+        if url is None:
+            pytest.skip("PostgreSQL tests need BROADCASTER_TEST_POSTGRES_URL")
+        monkeypatch.setenv(POSTGRES_ENV, url)
+    result = await scale.run(
+        tmp_path, backends=[backend], customers=120, batches=[scale.DEFAULT_BATCH]
+    )
+    (run,) = result["runs"]
+    assert (run["purged_deliveries"], run["purged_events"], run["deliveries_left"]) == (
+        120,
+        120,
+        0,
+    )
+    rows = {row["what"]: row for row in result["rows"]}
+    purge_row = rows[f"scale purge (retention) of the round, 120 customers, {backend}"]
+    assert purge_row["note"].startswith("120 deliveries and 120 history lines")
