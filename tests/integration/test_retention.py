@@ -565,6 +565,8 @@ async def test_the_api_says_when_the_messages_went_and_shows_the_kept_counts(
             r["deliveries"] for r in before["rounds"]
         ]
         assert len(after["rounds"]) == 2 and len(after["followups"]) == 1
+        counts = await api.call("GET", f"/api/v1/deliveries/counts?incident_id={old}")
+        assert counts.json() == {"mail": {"sent": 8}}
 
 
 @pytest.fixture
