@@ -62,6 +62,9 @@ async def incident_report(database: Database, incident_id: int) -> IncidentRepor
             per_round[state] = per_round.get(state, 0) + count
             by_channel = report.by_channel.setdefault(channel, {})
             by_channel[state] = by_channel.get(state, 0) + count
+        report.per_round = {
+            round_id: dict(sorted(states.items())) for round_id, states in report.per_round.items()
+        }
         report.by_channel = {
             channel: dict(sorted(states.items()))
             for channel, states in sorted(report.by_channel.items())

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import context
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -44,8 +46,20 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _no_sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
+    """SQLite: foreign keys off while migrating. A batch migration rebuilds a table (copy,
+    drop, rename); with them on, dropping a table deletes its rows first, and ON DELETE
+    CASCADE would take every row that refers to them (the daemon's own connections turn
+    them on: broadcaster/store/db.py)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=OFF")
+    cursor.close()
+
+
 async def run_migrations_online() -> None:
     engine = create_async_engine(_url())
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _no_sqlite_foreign_keys)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_configure)

@@ -185,7 +185,7 @@ class Round(Base):
     __tablename__ = "rounds"
     __table_args__ = (
         UniqueConstraint("incident_id", "number"),
-        # The key deliveries refer to (migration 0013): one foreign key checks a delivery's
+        # The key deliveries refer to (migration 0014): one foreign key checks a delivery's
         # round and incident together.
         UniqueConstraint("id", "incident_id"),
         Index("ix_rounds_state_due_at", "state", "due_at"),
@@ -227,7 +227,7 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("round_id", "customer_id", "channel"),
-        # The round and its incident in one foreign key (migration 0013): a round's insert
+        # The round and its incident in one foreign key (migration 0014): a round's insert
         # checks one key a row where it checked two (the incident's followed from the
         # round's), and a delivery cannot name another incident than its round's.
         ForeignKeyConstraint(
@@ -255,7 +255,7 @@ class Delivery(Base):
             "provider_message_id",
             postgresql_where=text("provider_message_id IS NOT NULL"),
         ),
-        # For the foreign key's ON DELETE SET NULL (migration 0012): without it, deleting a
+        # For the foreign key's ON DELETE SET NULL (migration 0013): without it, deleting a
         # delivery (a purge, a customer's erasure) scanned the whole table for deliveries
         # that failed over from it, once per deleted row.
         Index(

@@ -1,5 +1,5 @@
-"""The deliveries' key to their round and incident (migration 0013): one foreign key,
-(round_id, incident_id) to the round's (id, incident_id), checks both, holds that a
+"""The deliveries' key to their round and incident (migrations 0014 and 0015): one foreign
+key, (round_id, incident_id) to the round's (id, incident_id), checks both, holds that a
 delivery's incident is its round's, and still deletes a round's deliveries with it."""
 
 from __future__ import annotations

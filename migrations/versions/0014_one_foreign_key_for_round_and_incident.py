@@ -1,7 +1,7 @@
 """deliveries: the round and its incident in one foreign key
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-06
 
 A round's insert checked four foreign keys for every delivery (its round, its incident,
@@ -12,11 +12,10 @@ round's (id, incident_id), checks both with one lookup, and also holds what the 
 not: that a delivery's incident is its round's. Deleting a round (or its incident, whose
 rounds go with it) still deletes its deliveries.
 
-On PostgreSQL the new key is added NOT VALID, which takes effect for every write at once,
-and then validated outside the migration's transaction: validation reads the whole table
-without blocking writes. On SQLite the table is rebuilt (its foreign keys cannot be
-altered in place); the partial index of migration 0012 is dropped and made again around it,
-so that its condition is not lost on the way.
+On PostgreSQL the new key is added NOT VALID, which takes effect for every write at once
+without reading the table; migration 0015 validates it. On SQLite the table is rebuilt (its
+foreign keys cannot be altered in place); the partial index of migration 0013 is dropped and
+made again around it, so that its condition is not lost on the way.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0013"
-down_revision: str | None = "0012"
+revision: str = "0014"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -51,8 +50,6 @@ def upgrade() -> None:
             ondelete="CASCADE",
             postgresql_not_valid=True,
         )
-        with op.get_context().autocommit_block():
-            op.execute(f"ALTER TABLE deliveries VALIDATE CONSTRAINT {ROUND_FK}")
         return
     with op.batch_alter_table("rounds", schema=None) as batch_op:
         batch_op.create_unique_constraint(ROUND_KEY, ["id", "incident_id"])
