@@ -192,3 +192,42 @@ def test_0011_keeps_older_follow_ups_without_an_owner_reference(url: str) -> Non
     assert on_connection(url, followups) == [("ann", "open", None)]
     migrate.downgrade(url, "0010")
     assert on_connection(url, followups) == [("ann", "open", "absent")]
+
+
+@pytest.mark.postgres
+def test_the_postgresql_steps_outside_a_transaction_run_again_after_a_stop(
+    postgres_url: str,
+) -> None:
+    """0013 builds an index and 0015 validates a key outside the migration's transaction: a
+    run stopped there leaves the work half done with the revision before. Run again, they
+    finish: an index left behind (a failed concurrent build leaves one) is made anew, and
+    validating a key already valid does nothing."""
+
+    def run(sql: str) -> Callable[[Connection], None]:
+        def work(connection: Connection) -> None:
+            connection.exec_driver_sql(sql)
+            connection.commit()
+
+        return work
+
+    def index_where(connection: Connection) -> str | None:
+        found = connection.exec_driver_sql(
+            "SELECT pg_get_expr(indpred, indrelid) FROM pg_index "
+            "WHERE indexrelid = 'ix_deliveries_failover_from_id'::regclass"
+        ).scalar_one()
+        return None if found is None else str(found)
+
+    migrate.upgrade(postgres_url, "0012")
+    on_connection(
+        postgres_url,
+        run("CREATE INDEX ix_deliveries_failover_from_id ON deliveries (failover_from_id)"),
+    )
+    assert on_connection(postgres_url, index_where) is None  # the leftover, whole
+    migrate.upgrade(postgres_url, "0014")
+    assert on_connection(postgres_url, index_where) == "(failover_from_id IS NOT NULL)"
+    on_connection(
+        postgres_url,
+        run("ALTER TABLE deliveries VALIDATE CONSTRAINT fk_deliveries_round_id_rounds"),
+    )
+    migrate.upgrade(postgres_url)
+    assert_at_head(postgres_url)
