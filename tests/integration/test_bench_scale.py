@@ -12,17 +12,22 @@ from bench.store import POSTGRES_ENV
 from tests.conftest import postgres_admin_url
 
 
+def _on(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the benchmark at the test PostgreSQL (skip without one)."""
+    if backend == "postgresql":
+        url = postgres_admin_url()
+        if url is None:
+            pytest.skip("PostgreSQL tests need BROADCASTER_TEST_POSTGRES_URL")
+        monkeypatch.setenv(POSTGRES_ENV, url)
+
+
 @pytest.mark.parametrize(
     "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 )
 async def test_scale_materialises_every_customer_and_reports_the_count(
     backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if backend == "postgresql":
-        url = postgres_admin_url()
-        if url is None:
-            pytest.skip("PostgreSQL tests need BROADCASTER_TEST_POSTGRES_URL")
-        monkeypatch.setenv(POSTGRES_ENV, url)
+    _on(backend, monkeypatch)
     result = await scale.run(tmp_path, backends=[backend], customers=120, batches=[50])
 
     (run,) = result["runs"]
@@ -42,11 +47,7 @@ async def test_scale_materialises_every_customer_and_reports_the_count(
 async def test_with_the_default_batch_the_round_is_then_purged_whole(
     backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if backend == "postgresql":
-        url = postgres_admin_url()
-        if url is None:
-            pytest.skip("PostgreSQL tests need BROADCASTER_TEST_POSTGRES_URL")
-        monkeypatch.setenv(POSTGRES_ENV, url)
+    _on(backend, monkeypatch)
     result = await scale.run(
         tmp_path, backends=[backend], customers=120, batches=[scale.DEFAULT_BATCH]
     )

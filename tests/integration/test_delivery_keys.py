@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from broadcaster.store import Database, Delivery, Incident, Round
-from tests.integration.test_retention import NOW, _customers, _incident
+from tests.integration.test_retention import NOW, _customers, _incident, queued_sms
 
 
 async def test_a_delivery_cannot_name_another_incident_than_its_rounds(
@@ -30,18 +30,7 @@ async def test_a_delivery_cannot_name_another_incident_than_its_rounds(
         ).scalar_one()
     with pytest.raises(IntegrityError):
         async with database.session() as session, session.begin():
-            session.add(
-                Delivery(
-                    round_id=round_id,
-                    incident_id=other,
-                    customer_id="c0",
-                    channel="sms",
-                    address="+31600000000",
-                    state="pending",
-                    next_attempt_at=NOW,
-                    created_at=NOW,
-                )
-            )
+            session.add(queued_sms(round_id, other))
 
 
 async def test_deleting_an_incident_deletes_its_deliveries(database: Database) -> None:

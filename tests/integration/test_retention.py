@@ -141,6 +141,20 @@ async def _incident(
         return incident.id
 
 
+def queued_sms(round_id: int, incident_id: int) -> Delivery:
+    """A pending SMS to customer c0 in that round (a late failover, say)."""
+    return Delivery(
+        round_id=round_id,
+        incident_id=incident_id,
+        customer_id="c0",
+        channel="sms",
+        address="+31600000000",
+        state="pending",
+        next_attempt_at=NOW,
+        created_at=NOW,
+    )
+
+
 async def _left(database: Database, incident_id: int) -> dict[str, int]:
     """Rows of the incident still in each table."""
     async with database.session() as session:
@@ -267,18 +281,7 @@ async def test_a_message_queued_after_the_counts_were_kept_is_left_and_the_incid
         round_id = (
             await session.execute(select(Round.id).where(Round.incident_id == old).limit(1))
         ).scalar_one()
-        session.add(
-            Delivery(
-                round_id=round_id,
-                incident_id=old,
-                customer_id="c0",
-                channel="sms",
-                address="+31600000000",
-                state="pending",
-                next_attempt_at=NOW,
-                created_at=NOW,
-            )
-        )
+        session.add(queued_sms(round_id, old))
     left = await retention.purge(database, NOW, KEEP, WINDOW, by=BY)
     assert (left.incidents, left.waiting) == ([], [old])
     assert (await _left(database, old))["deliveries"] == 1  # only the queued one
