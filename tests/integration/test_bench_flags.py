@@ -79,6 +79,14 @@ async def test_scale_fails_a_short_materialisation_and_limits_peak_rss_in_mb(
     ) -> dict[str, float]:
         if phase == "populate":
             return {"populate_seconds": 1.0, "rows": float(customers), "peak_rss_mib": 50.0}
+        if phase == "purge":  # 5 of the 90 left behind: not a whole purge
+            return {
+                "purge_seconds": 1.0,
+                "purged_deliveries": float(customers - 15),
+                "purged_events": float(customers - 15),
+                "deliveries_left": 5.0,
+                "purge_peak_rss_mib": 60.0,
+            }
         return {
             "resolve_seconds": 0.1,
             "materialise_seconds": 2.0,
@@ -102,6 +110,7 @@ async def test_scale_fails_a_short_materialisation_and_limits_peak_rss_in_mb(
         "scale materialisation",
         "scale resolution + materialisation",
         "scale peak RSS (VmHWM) materialising",
+        "scale purge (retention) of the round,",
     }, "no row for the first round: the firstround scenario measures it"
     for what in ("scale materialisation", "scale resolution + materialisation"):
         assert rows[what]["met"] is False and "90 of 100 deliveries written" in rows[what]["note"]
@@ -111,6 +120,9 @@ async def test_scale_fails_a_short_materialisation_and_limits_peak_rss_in_mb(
     assert other and all(row.get("limit") is None for row in other)  # for comparison only
     assert peak["value"] == pytest.approx(390 * 1024 * 1024 / 1e6) and peak["met"] is False
     assert result["runs"][0]["peak_rss_mb"] == 408.9
+    purge = rows["scale purge (retention) of the round,"]
+    assert purge["complete"] is False and purge["note"].endswith("; 5 left")
+    assert purge["limit"] is None and purge["met"] is None  # a figure, no target
 
 
 async def test_scale_phases_report_their_own_peak_not_the_parents(tmp_path: Path) -> None:
