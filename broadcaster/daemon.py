@@ -208,15 +208,21 @@ class Daemon:
         followups_due = asyncio.Event()
         rules_due = asyncio.Event()
         scheduler = AsyncIOScheduler(timezone=UTC)
-        jobs = [
-            ("sweep", rounds_due, self.settings.schedule.sweep_interval),
-            ("followup-sweep", followups_due, self.settings.rules.followup_sweep),
-        ]
-        if engine.rules.path is not None:
-            jobs.append(("rules-reload", rules_due, self.settings.rules.reload_interval))
         purge_due = asyncio.Event()
         retention = self.settings.retention
-        for job, event, every in jobs:
+        jobs: list[tuple[str, asyncio.Event, timedelta, dict[str, datetime]]] = [
+            ("sweep", rounds_due, self.settings.schedule.sweep_interval, {}),
+            ("followup-sweep", followups_due, self.settings.rules.followup_sweep, {}),
+        ]
+        if engine.rules.path is not None:
+            jobs.append(("rules-reload", rules_due, self.settings.rules.reload_interval, {}))
+        if retention.messages is not None:
+            # The first purge a minute after start (or sooner, with a shorter interval),
+            # once leadership is settled, not an interval later: a daemon restarted more
+            # often than the interval would never purge.
+            first = datetime.now(UTC) + min(retention.interval, FIRST_PURGE_AFTER)
+            jobs.append(("purge", purge_due, retention.interval, {"next_run_time": first}))
+        for job, event, every, when in jobs:
             scheduler.add_job(
                 wake,
                 "interval",
@@ -225,20 +231,7 @@ class Daemon:
                 id=job,
                 coalesce=True,
                 max_instances=1,
-            )
-        if retention.messages is not None:
-            # The first purge a minute after start (or sooner, with a shorter interval),
-            # once leadership is settled, not an interval later: a daemon restarted more
-            # often than the interval would never purge.
-            scheduler.add_job(
-                wake,
-                "interval",
-                args=[purge_due],
-                seconds=retention.interval.total_seconds(),
-                id="purge",
-                coalesce=True,
-                max_instances=1,
-                next_run_time=datetime.now(UTC) + min(retention.interval, FIRST_PURGE_AFTER),
+                **when,
             )
         # Everything kept is built and nothing is in flight yet: freeze it out of the
         # collector's way (broadcaster/heap.py).

@@ -3,16 +3,18 @@ and follow-ups, read in one go for the CLI, the API and the console alike."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 
 from broadcaster.incidents import service
 from broadcaster.incidents.service import IncidentView
 from broadcaster.store import Database, Delivery, Followup, Promise
+
+K = TypeVar("K", int, str)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,21 @@ class IncidentReport:
         return {p.state: p.count for p in self.promises}
 
 
+def _summed(rows: Iterable[tuple[K, str, int]]) -> dict[K, dict[str, int]]:
+    """key → state → count, summed, keys and states in order."""
+    out: dict[K, dict[str, int]] = {}
+    for key, state, count in rows:
+        states = out.setdefault(key, {})
+        states[state] = states.get(state, 0) + count
+    return {key: dict(sorted(states.items())) for key, states in sorted(out.items())}
+
+
+def by_channel(counts: Iterable[Sequence[Any]]) -> dict[str, dict[str, int]]:
+    """Channel → state → count of (round, channel, state, count) rows: an incident's
+    deliveries counted, or the counts it kept when they were purged."""
+    return _summed((channel, state, count) for _, channel, state, count in counts)
+
+
 async def incident_report(database: Database, incident_id: int) -> IncidentReport:
     """The report; :class:`service.IncidentNotFound` for an unknown id."""
     view = await service.show(database, incident_id)
@@ -57,18 +74,8 @@ async def incident_report(database: Database, incident_id: int) -> IncidentRepor
             ).all()
         # else its deliveries are (being) purged under retention.messages: the counts it
         # kept before the first one went (broadcaster.incidents.retention).
-        for round_id, channel, state, count in counts:
-            per_round = report.per_round.setdefault(round_id, {})
-            per_round[state] = per_round.get(state, 0) + count
-            by_channel = report.by_channel.setdefault(channel, {})
-            by_channel[state] = by_channel.get(state, 0) + count
-        report.per_round = {
-            round_id: dict(sorted(states.items())) for round_id, states in report.per_round.items()
-        }
-        report.by_channel = {
-            channel: dict(sorted(states.items()))
-            for channel, states in sorted(report.by_channel.items())
-        }
+        report.per_round = _summed((round_id, state, count) for round_id, _, state, count in counts)
+        report.by_channel = by_channel(counts)
         last = next((r for r in reversed(view.rounds) if r.state == "dispatched"), None)
         if last is not None and last.capacity_warning:
             report.capacity_warnings = last.capacity_warning.split("\n")

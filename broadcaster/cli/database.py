@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 import typer
@@ -18,6 +17,7 @@ from broadcaster.cli.common import (
 )
 from broadcaster.clock import RealClock
 from broadcaster.config.durations import format_duration, parse_duration
+from broadcaster.config.settings import a_retention
 from broadcaster.incidents import retention
 from broadcaster.store import Database, migrate
 
@@ -72,11 +72,9 @@ def purge(
     keep = settings.retention.messages
     if older_than is not None:
         try:
-            keep = parse_duration(older_than)
+            keep = a_retention(parse_duration(older_than))
         except ValueError as exc:
             raise fail(f"--older-than: {exc}", 2) from None
-        if keep < timedelta(days=1):
-            raise fail("--older-than: must be at least 1d", 2)
     if keep is None:
         raise fail(
             "nothing to purge by: set retention.messages in the configuration, or give "

@@ -184,7 +184,8 @@ class RulesSettings(_Section):
     history_window: Duration = timedelta(days=30)
 
 
-def _a_retention(value: timedelta | None) -> timedelta | None:
+def a_retention(value: timedelta | None) -> timedelta | None:
+    """``retention.messages`` (and ``db purge --older-than``): at least a day."""
     if value is not None and value < timedelta(days=1):
         raise ValueError(
             "must be at least 1d: an incident's messages may still be retried, reported or "
@@ -197,7 +198,7 @@ class RetentionSettings(_Section):
     """How long the per-message records of a closed incident are kept
     (:mod:`broadcaster.incidents.retention`)."""
 
-    messages: Annotated[Duration | None, AfterValidator(_a_retention)] = None
+    messages: Annotated[Duration | None, AfterValidator(a_retention)] = None
     """After an incident is closed, how long its deliveries, their history and its staff
     notices are kept; None (the default) keeps them for ever."""
     interval: PositiveDuration = timedelta(hours=1)

@@ -22,6 +22,7 @@ from broadcaster.escalation.facts import customer_facts, incident_facts, load_cu
 from broadcaster.escalation.holder import RulesHolder
 from broadcaster.followups.directory import Directory
 from broadcaster.followups.service import Notice, create_for_customer
+from broadcaster.incidents.retention import history_window
 from broadcaster.store import ContactPoint, Delivery, DeliveryEvent, Incident
 from rules import Decision, IncidentFacts, PlanSnapshot, SnapshotError, Throttle, hold_until
 
@@ -108,7 +109,7 @@ class Escalation:
             facts = await incident_facts(session, incident)
             self._round_facts = (round_id, facts)
         plan = self._plan(incident)
-        window = max(ruleset.history_window, self.settings.rules.history_window)
+        window = history_window(self.settings, ruleset)
         loaded = await load_customers(session, customer_ids)
         people = await customer_facts(session, loaded, now, window)
         rows = {c.id: c for c in loaded}

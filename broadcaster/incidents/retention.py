@@ -236,6 +236,24 @@ def _rounds(session: Session, incident_id: int) -> list[int]:
     )
 
 
+def _deliveries_left(connection: Any, incident_id: int, *, queued: bool = False) -> int:
+    """The incident's deliveries still in the store (only those still queued, with
+    ``queued``); found through its rounds, which lead the index on deliveries."""
+    rounds = select(Round.id).where(Round.incident_id == incident_id)
+    query = select(func.count()).select_from(_D).where(_D.c.round_id.in_(rounds))
+    if queued:
+        query = query.where(_D.c.state.in_(QUEUED))
+    return int(connection.execute(query).scalar_one())
+
+
+def _notices_left(connection: Any, incident_id: int, *, queued: bool = False) -> int:
+    """The incident's staff notices still in the store (only those still queued)."""
+    query = select(func.count()).select_from(_N).where(_N.c.incident_id == incident_id)
+    if queued:
+        query = query.where(_N.c.state.in_(QUEUED))
+    return int(connection.execute(query).scalar_one())
+
+
 def _keep_counts(session: Session, incident_id: int) -> list[int] | None:
     """Write the incident's delivery counts by round, channel and state onto it, once,
     before any delivery goes; None (and nothing written) while one of its deliveries or
@@ -256,12 +274,9 @@ def _keep_counts(session: Session, incident_id: int) -> list[int] | None:
             .order_by(_D.c.round_id, _D.c.channel, _D.c.state)
         )
     ]
-    notices_queued = connection.execute(
-        select(func.count())
-        .select_from(_N)
-        .where(_N.c.incident_id == incident_id, _N.c.state.in_(QUEUED))
-    ).scalar_one()
-    if notices_queued or any(state in QUEUED for _, _, state, _ in counts):
+    if _notices_left(connection, incident_id, queued=True) or any(
+        state in QUEUED for _, _, state, _ in counts
+    ):
         return None
     incident.delivery_counts = counts
     return rounds
@@ -292,10 +307,8 @@ def _delete_batch(
     rows = connection.execute(query.order_by(_D.c.customer_id, _D.c.channel).limit(batch)).all()
     if not rows:
         return 0, 0, None
-    ids = [(row[0],) for row in rows]
-    taken = select(rows_table(dialect, "purged", _ID_COLUMN, ids).c.id)
+    taken = select(rows_table(dialect, "purged", _ID_COLUMN, [(row[0],) for row in rows]).c.id)
     events = connection.execute(delete(_E).where(_E.c.delivery_id.in_(taken))).rowcount
-    taken = select(rows_table(dialect, "purged", _ID_COLUMN, ids).c.id)
     gone = connection.execute(delete(_D).where(_D.c.id.in_(taken))).rowcount
     cursor = (rows[-1][1], rows[-1][2]) if len(rows) == batch else None
     return max(gone, 0), max(events, 0), cursor
@@ -318,16 +331,7 @@ def _finish(
         ).rowcount,
         0,
     )
-    rounds = select(Round.id).where(Round.incident_id == incident_id)
-    left = (
-        connection.execute(
-            select(func.count()).select_from(_D).where(_D.c.round_id.in_(rounds))
-        ).scalar_one()
-        + connection.execute(
-            select(func.count()).select_from(_N).where(_N.c.incident_id == incident_id)
-        ).scalar_one()
-    )
-    if left:
+    if _deliveries_left(connection, incident_id) or _notices_left(connection, incident_id):
         return None
     connection.execute(
         update(Incident)
@@ -351,30 +355,18 @@ def _finish(
 def _counts(session: Session, incident_id: int) -> tuple[int, int, int] | None:
     """What a purge of the incident would delete; None while it has messages queued."""
     connection = session.connection()
-    rounds = select(Round.id).where(Round.incident_id == incident_id)
-    queued = (
-        connection.execute(
-            select(func.count())
-            .select_from(_D)
-            .where(_D.c.round_id.in_(rounds), _D.c.state.in_(QUEUED))
-        ).scalar_one()
-        + connection.execute(
-            select(func.count())
-            .select_from(_N)
-            .where(_N.c.incident_id == incident_id, _N.c.state.in_(QUEUED))
-        ).scalar_one()
-    )
-    if queued:
+    if _deliveries_left(connection, incident_id, queued=True) or _notices_left(
+        connection, incident_id, queued=True
+    ):
         return None
-    deliveries = connection.execute(
-        select(func.count()).select_from(_D).where(_D.c.round_id.in_(rounds))
-    ).scalar_one()
+    rounds = select(Round.id).where(Round.incident_id == incident_id)
     events = connection.execute(
         select(func.count())
         .select_from(_E.join(_D, _D.c.id == _E.c.delivery_id))
         .where(_D.c.round_id.in_(rounds))
     ).scalar_one()
-    notices = connection.execute(
-        select(func.count()).select_from(_N).where(_N.c.incident_id == incident_id)
-    ).scalar_one()
-    return int(deliveries), int(events), int(notices)
+    return (
+        _deliveries_left(connection, incident_id),
+        int(events),
+        _notices_left(connection, incident_id),
+    )

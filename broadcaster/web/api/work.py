@@ -15,6 +15,7 @@ from broadcaster.clock import Clock
 from broadcaster.escalation.explaining import explain_incident
 from broadcaster.escalation.holder import load_file
 from broadcaster.followups import service as followups
+from broadcaster.reports import by_channel
 from broadcaster.store import Delivery, Followup, Incident
 from broadcaster.store.ids import MAX_ID
 from broadcaster.web.api.schemas import (
@@ -122,9 +123,7 @@ async def delivery_counts(
             ).scalar_one_or_none()
         )
         if kept is not None:  # purged under retention.messages: the counts it kept
-            for _round, channel, state, count in kept:
-                out.setdefault(channel, {})[state] = out.get(channel, {}).get(state, 0) + count
-            return out
+            return by_channel(kept)
         for channel, state, count in await session.execute(query):
             out.setdefault(channel, {})[state] = count
     return out
