@@ -138,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         "delivery, for alternating runs of two builds or two event loops)",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="fanout: each figure the median of N rounds, the pipeline's and the baselines' "
+        "in turn (default 1; the issue's reference figures are medians of 3)",
+    )
+    parser.add_argument(
         "--pin",
         metavar="SENDER,SINK",
         help="run the benchmark's process (the daemon under test and the baselines beside it) "
@@ -153,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(the daemon's event_loop setting; default {DEFAULT_EVENT_LOOP}, the setting's)",
     )
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, not {args.repeat}")
     if args.pin and args.pin_daemons:
         parser.error("--pin and --pin-daemons: choose one (the first pins this process)")
     placement = pin(args.pin) if args.pin else None
@@ -184,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             params["channels"] = list(args.channel)
         if scenario == "fanout" and args.processes:
             params["processes"] = list(args.processes)
+        if scenario == "fanout" and args.repeat != 1:
+            params["repeat"] = args.repeat
         if scenario == "fanout" and args.pipeline_only:
             params["pipeline_only"] = True
         print(f"\n== {scenario} ({'quick' if args.quick else 'full'}: {params}) ==", flush=True)

@@ -14,6 +14,7 @@ import pytest
 
 from bench import fanout, firstround, latency, scale, summary
 from bench.__main__ import main
+from bench.baselines import Timed
 from bench.procfs import thread_cpu_seconds, threads_per_delivery_us
 from bench.report import Row, table, write
 from channels.webhook import WebhookSettings
@@ -241,3 +242,92 @@ def test_thread_cpu_is_read_per_thread_name_and_shared_per_delivery() -> None:
         "tokio-runtime-w": 200.0,
     }
     assert threads_per_delivery_us(before, after, 0) == {}
+
+
+async def test_repeated_fanout_takes_turns_and_reports_the_median_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``repeat``, the pipeline's rounds and the baselines' take turns, each figure is
+    the median round (an actual round, with its own CPU figures), every round is kept, and a
+    round left unfinished marks the figure incomplete. The rounds are faked: no sink, no
+    store, no timing."""
+    order: list[str] = []
+    rates = iter([900.0, 1500.0, 1200.0, 1000.0, 1000.0, 1000.0])  # sqlite, postgresql, ...
+
+    class FakeSinks:
+        hook_port = 1
+
+        def __enter__(self) -> FakeSinks:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        async def sample(self, kind: str) -> dict[str, Any]:
+            return {"body": json.dumps({"subject": "s", "text": "t"}).encode()}
+
+    async def pipeline_run(sinks: Any, backend: str, channel: str, n: int, *_: Any) -> Any:
+        order.append(f"pipeline {backend}")
+        rate = next(rates)
+        sent = n - 1 if rate == 1500.0 else n  # one postgresql round left one unsent
+        return {
+            "backend": backend,
+            "channel": channel,
+            "customers": n,
+            "sent": sent,
+            "rate": rate,
+            "processes": 1,
+            "cpu_per_delivery_us": rate / 10,
+            "cpu_scope": fanout._cpu_scope(backend, 1),
+        }
+
+    async def raw_runs(sinks: Any, channel: str, n: int) -> dict[str, Timed]:
+        order.append("baselines")
+        seconds = 1.0 + len(order) / 100
+        return {
+            fanout.STACK: Timed(n, n, seconds),
+            "aiohttp": Timed(n, n, seconds * 2),
+        }
+
+    def apprise_json(url: str, subject: str, text: str, n: int) -> Timed:
+        order.append("apprise")
+        return Timed(n, n, 10.0 + len(order))
+
+    monkeypatch.setattr(fanout, "Sinks", FakeSinks)
+    monkeypatch.setattr(fanout, "pipeline_run", pipeline_run)
+    monkeypatch.setattr(fanout, "raw_runs", raw_runs)
+    monkeypatch.setattr(fanout, "apprise_json", apprise_json)
+    result = await fanout.run(
+        tmp_path,
+        sizes=[100],
+        backends=["sqlite", "postgresql"],
+        channels=["push"],
+        apprise_count=100,
+        repeat=3,
+    )
+    turn = ["pipeline sqlite", "baselines", "pipeline postgresql", "baselines", "apprise"]
+    assert order == turn * 3
+    assert [run["turn"] for run in result["runs"]] == [1, 1, 2, 2, 3, 3]
+    assert len(result["baselines"]["push/100"]["aiohttp"]) == 6
+    assert len(result["baselines"]["apprise_json"]["runs"]) == 3
+    targets = [row for row in result["rows"] if row["target"] == 0.8]
+    sqlite, postgresql = targets
+    assert sqlite["value"] == 1000.0  # the median of 900, 1200, 1000
+    assert "median of 3 rounds (900-1,200/s)" in sqlite["note"]
+    assert "100 µs CPU per delivery" in sqlite["note"]  # the median round's own
+    assert sqlite["complete"] is True
+    assert postgresql["value"] == 1000.0  # the median of 1500, 1000, 1000
+    assert postgresql["complete"] is False  # one of its rounds did not send everything
+    assert postgresql["met"] is False
+    # Each ratio sets the median round beside the median of the baselines' runs.
+    same = sorted(100 / (1.0 + k / 100) for k in (2, 4, 7, 9, 12, 14))
+    assert sqlite["ratio"] == pytest.approx(1000.0 / ((same[2] + same[3]) / 2))
+
+    with pytest.raises(ValueError, match="repeat must be at least 1"):
+        await fanout.run(tmp_path, sizes=[100], backends=["sqlite"], apprise_count=0, repeat=0)
+
+
+def test_repeat_below_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fanout", "--repeat", "0"])
+    assert "--repeat must be at least 1, not 0" in capsys.readouterr().err
