@@ -1,6 +1,8 @@
 """A batch in flight: a channel that declares its concurrency (a small connection pool)
-gets its sends prepared just ahead of its connections, not a whole batch at once; and the
-deliveries of a batch that is still sending keep their leases, however slow the channel."""
+gets its sends prepared just ahead of its connections, not a whole batch at once; any other
+channel gets the batch's messages once all of them are made, and a send that ends early
+holds none of the others back; and the deliveries of a batch that is still sending keep
+their leases, however slow the channel."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from broadcaster.clock import FakeClock
-from broadcaster.dispatch.worker import SENDS_AHEAD
+from broadcaster.compose.render import Renderer, RenderError
+from broadcaster.dispatch.worker import SENDS_AHEAD, Starting
 from broadcaster.engine import Engine
 from broadcaster.incidents import service
 from broadcaster.store import Database, Delivery
@@ -80,6 +84,80 @@ async def test_a_channel_without_a_declared_concurrency_gets_the_whole_batch_at_
     channel = HeldChannel(name="mail")
     engine = await _round_of(database, clock, channel)
     assert await _entered_while_held(engine, channel, 4) == 4
+
+
+class MakingCounted:
+    """Wraps a renderer: counts the messages made."""
+
+    def __init__(self, renderer: Renderer, fail_for: str | None = None) -> None:
+        self._renderer = renderer
+        self._fail_for = fail_for
+        self.made = 0
+
+    def message(self, request: Any, idempotency_key: str) -> Message:
+        self.made += 1
+        if idempotency_key == self._fail_for:
+            raise RenderError("the template failed for this customer")
+        return self._renderer.message(request, idempotency_key=idempotency_key)
+
+
+@dataclass
+class MakingSeen(MemoryChannel):
+    """Notes, at each send, how many messages of the batch had been made by then."""
+
+    making: MakingCounted | None = None
+    seen: list[int] = field(default_factory=list)
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        assert self.making is not None
+        self.seen.append(self.making.made)
+        return await super().send(target, message)
+
+
+async def test_a_batch_is_made_whole_before_its_first_message_is_handed_over(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    channel = MakingSeen(name="mail")
+    engine = await _round_of(database, clock, channel)  # type: ignore[arg-type]
+    dispatcher = engine.dispatcher
+    channel.making = MakingCounted(dispatcher._renderer)
+    dispatcher._renderer = channel.making  # type: ignore[assignment]
+    async with asyncio.timeout(10):
+        assert await dispatcher.run_once() == 4
+    assert channel.seen == [4, 4, 4, 4]  # each send came after all four were made
+
+
+async def test_a_send_that_ends_before_its_message_is_made_holds_none_of_the_others(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    channel = MakingSeen(name="mail")
+    engine = await _round_of(database, clock, channel)  # type: ignore[arg-type]
+    dispatcher = engine.dispatcher
+    async with database.session() as session:
+        ids = (await session.execute(select(Delivery.id).order_by(Delivery.id))).scalars().all()
+    failing = f"delivery-{ids[1]}"
+    channel.making = MakingCounted(dispatcher._renderer, fail_for=failing)
+    dispatcher._renderer = channel.making  # type: ignore[assignment]
+    async with asyncio.timeout(10):  # waiting for the failed one would never end
+        assert await dispatcher.run_once() == 4
+    assert channel.seen == [4, 4, 4]
+    assert dispatcher.stats.sent == 3 and dispatcher.stats.retried == 1
+
+
+async def test_the_batch_start_opens_once_every_send_arrived_each_once() -> None:
+    starting = Starting(3)
+    waiting = [asyncio.create_task(starting.ready(i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    starting.arrive(1)  # again: it already counted
+    await asyncio.sleep(0)
+    assert not any(task.done() for task in waiting)
+    starting.arrive(3)  # one that ended early
+    async with asyncio.timeout(1):
+        await asyncio.gather(*waiting)
+    async with asyncio.timeout(1):
+        await Starting(0).ready(7)  # a batch with nothing to wait for
 
 
 def test_the_email_channel_declares_its_pool_as_its_concurrency() -> None:
