@@ -123,11 +123,12 @@ class Starting:
     HTTP client's runtime thread (pyreqwest's) on its own, and with the daemon on one core
     each wake was a switch between threads and back: within the pipeline that thread cost
     twice what it costs a request when the same client sends back to back. Handed over
-    together, the thread wakes once for many. Alternating rounds of 20,000 push deliveries
-    on SQLite: 6 to 38 % more a second, that thread's CPU a delivery 26-34 µs instead of
-    38-45 (docs/performance.md, sixteenth round). The first message of a batch waits for
-    the batch's rendering, a few milliseconds. A gated channel's sends (the email pool:
-    :data:`SENDS_AHEAD`) do not wait here: only a few of them are made at a time."""
+    together, the thread wakes once for many. Alternating pipeline rounds: push 9-19 % more
+    a second on SQLite and 0-6 % on PostgreSQL, SMS 20-42 %; that thread's CPU a delivery
+    down by a sixth to a third (docs/performance.md, sixteenth round). The first message of
+    a batch waits for the batch's rendering, a few milliseconds. A gated channel's sends
+    (the email pool: :data:`SENDS_AHEAD`) do not wait here: only a few of them are made at
+    a time."""
 
     __slots__ = ("_arrived", "_count", "_open")
 
