@@ -324,10 +324,9 @@ async def run(
                     result["raw_rates"] = raw_rates
                 for median in _medians(runs):
                     rows.extend(_rows(median, raw_rates[same], same, raw_rates, apprise_rate))
-    if apprised:
-        baselines["apprise_json"] = apprised[0].as_dict() | {
-            "runs": [t.as_dict() for t in apprised]
-        }
+    if apprised:  # the median run (the lower middle one of an even count), and every run
+        middle = sorted(apprised, key=lambda timed: timed.rate)[(len(apprised) - 1) // 2]
+        baselines["apprise_json"] = middle.as_dict() | {"runs": [t.as_dict() for t in apprised]}
     return {
         "runs": results,
         "baselines": baselines,

@@ -309,7 +309,9 @@ async def test_repeated_fanout_takes_turns_and_reports_the_median_round(
     assert order == turn * 3
     assert [run["turn"] for run in result["runs"]] == [1, 1, 2, 2, 3, 3]
     assert len(result["baselines"]["push/100"]["aiohttp"]) == 6
-    assert len(result["baselines"]["apprise_json"]["runs"]) == 3
+    apprise = result["baselines"]["apprise_json"]
+    assert len(apprise["runs"]) == 3
+    assert apprise["rate"] == sorted(run["rate"] for run in apprise["runs"])[1]  # the median
     targets = [row for row in result["rows"] if row["target"] == 0.8]
     sqlite, postgresql = targets
     assert sqlite["value"] == 1000.0  # the median of 900, 1200, 1000
