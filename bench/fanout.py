@@ -14,9 +14,10 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import httpx
@@ -53,6 +54,8 @@ from channels.email import EmailSettings
 from channels.http_common import pooled_client
 from channels.twilio_sms import HttpxTwilioClient
 from channels.webhook import WebhookSettings
+
+T = TypeVar("T")
 
 CHANNELS = ("push", "email", "sms")
 STACK = "channel-client"
@@ -324,8 +327,8 @@ async def run(
                     result["raw_rates"] = raw_rates
                 for median in _medians(runs):
                     rows.extend(_rows(median, raw_rates[same], same, raw_rates, apprise_rate))
-    if apprised:  # the median run (the lower middle one of an even count), and every run
-        middle = sorted(apprised, key=lambda timed: timed.rate)[(len(apprised) - 1) // 2]
+    if apprised:  # the median run, and every run
+        middle = _middle(apprised, lambda timed: timed.rate)
         baselines["apprise_json"] = middle.as_dict() | {"runs": [t.as_dict() for t in apprised]}
     return {
         "runs": results,
@@ -349,7 +352,7 @@ def _medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(group) == 1:
             medians.append(group[0])
             continue
-        middle = sorted(group, key=lambda result: result["rate"])[(len(group) - 1) // 2]
+        middle = _middle(group, lambda result: result["rate"])
         medians.append(
             middle
             | {
@@ -358,6 +361,12 @@ def _medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return medians
+
+
+def _middle(items: list[T], rate: Callable[[T], float]) -> T:
+    """The median of ``items`` by ``rate``: the lower middle one of an even count, so that
+    it is one that ran."""
+    return sorted(items, key=rate)[(len(items) - 1) // 2]
 
 
 def _spread(result: dict[str, Any]) -> str:
