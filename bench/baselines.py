@@ -3,14 +3,16 @@
 Each replays, ``n`` times, the very request the pipeline's channel last sent to a sink
 (method, path, headers and body bytes; for SMTP the envelope and the message bytes), so
 size and shape are the pipeline's own. ``raw_httpx`` with the channel's own client and
-``raw_smtp`` use the client stack the channels use (the ``PostClient`` of the webhook and
-Twilio channels, over pyreqwest, each with the channel's pool limit; ``aiosmtplib`` on as
-many connections as the email channel's pool); ``raw_httpx`` with its default client is
-plain httpx, for comparison; ``raw_aiohttp`` is aiohttp, which the issue names the
-fastest Python client and the practical limit (pyreqwest, whose work is done in Rust, is
-faster still); ``raw_twilio_sdk`` is the Twilio SDK on its own async client, which the
-SMS channel also calls (on the channels' client); ``apprise_json``
-is Apprise's ``json://`` notifier, one ``notify()`` per message, as an application using
+``raw_smtp_pipelined`` use the client stack the channels use (the ``PostClient`` of the
+webhook and Twilio channels, over pyreqwest, each with the channel's pool limit; the email
+channel's pipelined transactions on aiosmtplib's connections, as many as its pool);
+``raw_smtp`` is ``aiosmtplib``'s ``sendmail`` on as many connections, one command at a
+time (aiosmtplib does not pipeline), the raw client the issue names; ``raw_httpx`` with
+its default client is plain httpx, for comparison; ``raw_aiohttp`` is aiohttp, which the
+issue names the fastest Python client and the practical limit (pyreqwest, whose work is
+done in Rust, is faster still); ``raw_twilio_sdk`` is the Twilio SDK on its own async
+client, which the SMS channel also calls (on the channels' client); ``apprise_json`` is
+Apprise's ``json://`` notifier, one ``notify()`` per message, as an application using
 Apprise would send.
 """
 
@@ -32,6 +34,7 @@ from twilio.rest import Client as TwilioClient
 
 from broadcaster.config.settings import DeliverySettings
 from channels.http_common import PostClient
+from channels.smtp_pipelining import pipelined_transaction
 from channels.twilio_sms import NO_TWILIO_ENVIRONMENT
 
 DEFAULT_CONCURRENCY = DeliverySettings().workers * DeliverySettings().batch_size
@@ -160,6 +163,51 @@ async def raw_smtp(port: int, sample: dict[str, Any], n: int, *, connections: in
                 errors, _reply = await client.sendmail(sender, recipients, content)
                 if not errors:
                     ok += 1
+        finally:
+            await client.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(connections)))
+    return Timed(n, ok, time.perf_counter() - started)
+
+
+async def raw_smtp_pipelined(
+    port: int, sample: dict[str, Any], n: int, *, connections: int = 4
+) -> Timed:
+    """The email channel's own SMTP stack replaying the same envelope and bytes: an
+    aiosmtplib connection, and each message's MAIL, RCPT and DATA in one write
+    (:func:`~channels.smtp_pipelining.pipelined_transaction`, as the channel sends where
+    the relay offers PIPELINING, which the benchmark's sink does), SIZE declared."""
+    sender: str = sample["from"]
+    recipients: list[str] = sample["to"]
+    content: bytes = sample["body"]
+    if len(recipients) != 1:
+        raise ValueError(f"the channel sends to one recipient, not {len(recipients)}")
+    [recipient] = recipients
+    mail = b"FROM:<%s> SIZE=%d" % (sender.encode(), len(content))
+    rcpt = b"TO:<%s>" % recipient.encode()
+    todo: Iterator[int] = iter(range(n))
+    ok = 0
+
+    async def connection() -> None:
+        nonlocal ok
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=30)
+        await client.connect()
+        try:
+            await client.ehlo()
+            if not client.supports_extension("pipelining"):
+                raise RuntimeError("the SMTP sink does not offer PIPELINING")
+            for _ in todo:
+                await pipelined_transaction(
+                    client,
+                    mail,
+                    rcpt,
+                    content,
+                    sender=sender,
+                    recipient=recipient,
+                    timeout=30,
+                )
+                ok += 1
         finally:
             await client.quit()
 

@@ -29,6 +29,7 @@ from bench.baselines import (
     raw_aiohttp,
     raw_httpx,
     raw_smtp,
+    raw_smtp_pipelined,
     raw_twilio_sdk,
 )
 from bench.pipeline import (
@@ -59,9 +60,9 @@ T = TypeVar("T")
 
 CHANNELS = ("push", "email", "sms")
 STACK = "channel-client"
-"""The HTTP channels' own client stack, replaying without a store: the
+"""The channels' own client stack, replaying without a store: the
 :class:`~channels.http_common.PostClient` of the webhook and Twilio channels (sending
-straight through pyreqwest's pool)."""
+straight through pyreqwest's pool); the email channel's pipelined SMTP transactions."""
 SDK = "twilio-sdk"
 """The Twilio SDK on its own async client (aiohttp), for comparison with the SMS channel."""
 SINK_OF = {"push": "hook", "email": "smtp", "sms": "twilio"}
@@ -232,7 +233,10 @@ async def raw_runs(sinks: Sinks, channel: str, n: int) -> dict[str, Timed]:
         # As many connections as the email channel's pool (its default: the bench's
         # channel leaves pool_size alone).
         pool = EmailSettings().pool_size
-        return {"aiosmtplib": await raw_smtp(sinks.smtp_port, sample, n, connections=pool)}
+        return {
+            "aiosmtplib": await raw_smtp(sinks.smtp_port, sample, n, connections=pool),
+            STACK: await raw_smtp_pipelined(sinks.smtp_port, sample, n, connections=pool),
+        }
     base = f"http://127.0.0.1:{sinks.hook_port}" if channel == "push" else sinks.twilio_url
     url = base + sample["path"]
     # As many connections as the channel's own client (PostClient) has, the same client stack.
@@ -413,6 +417,23 @@ def _rows(
             complete=complete,
         )
     ]
+    if result["channel"] == "email" and STACK in raw_rates:
+        # The issue's raw client is aiosmtplib, which sends one command at a time; the
+        # channel pipelines where the relay offers it. Its own stack without a store is
+        # the measure of the pipeline's overhead alone.
+        own = raw_rates[STACK]
+        rows.append(
+            Row(
+                f"fan-out {label}",
+                rate,
+                "msg/s",
+                baseline=f"raw channel SMTP, pipelined {own:,.0f}/s",
+                ratio=rate / own if own else None,
+                target=0.8,
+                note=note,
+                complete=complete,
+            )
+        )
     if "httpx" in raw_rates:
         rows.append(
             Row(

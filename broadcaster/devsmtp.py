@@ -121,6 +121,21 @@ class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self._sink = sink
 
+    async def handle_EHLO(
+        self,
+        server: _SinkProtocol,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself when there is no hook
+        if not self._sink.pipelining:
+            return responses
+        # aiosmtpd reads one command line at a time, so it serves pipelined commands in
+        # order; it only does not say so. The last line ("250 HELP") stays last.
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_MAIL(
         self,
         server: _SinkProtocol,
@@ -182,7 +197,8 @@ class SmtpSink:
     mandatory, offered only over TLS, with the ``auth_mechanisms`` listed. ``reject``
     maps a recipient address to the reply RCPT gets instead of 250, e.g.
     ``"550 5.1.1 mailbox unavailable"`` or ``"451 4.3.0 try later"``. With ``esmtp``
-    False it plays an old relay that refuses EHLO: HELO only, no extensions.
+    False it plays an old relay that refuses EHLO: HELO only, no extensions. It offers
+    PIPELINING (RFC 2920), as the relays in use do, unless ``pipelining`` is False.
     """
 
     def __init__(
@@ -198,6 +214,7 @@ class SmtpSink:
         credentials: Mapping[str, str] | None = None,
         auth_mechanisms: Iterable[str] = ("PLAIN", "LOGIN"),
         esmtp: bool = True,
+        pipelining: bool = True,
     ) -> None:
         if (implicit_tls or require_starttls) and tls_context is None:
             raise ValueError("implicit_tls and require_starttls need a tls_context")
@@ -216,6 +233,7 @@ class SmtpSink:
         self.delay = delay
         self.reject: dict[str, str] = {k.lower(): v for k, v in (reject or {}).items()}
         self.esmtp = esmtp
+        self.pipelining = pipelining
         self._credentials = dict(credentials) if credentials is not None else None
         self._mechanisms = {m.upper() for m in auth_mechanisms}
         self._cond = threading.Condition()

@@ -34,6 +34,7 @@ from aiosmtplib.email import quote_address
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.smtp_pipelining import pipelined_transaction
 
 
 class EmailSettings(BaseModel):
@@ -52,6 +53,9 @@ class EmailSettings(BaseModel):
     sender: str = Field(default="Broadcaster <noreply@localhost>", alias="from")
     reply_to: str | None = None
     pool_size: int = Field(default=4, ge=1, le=64)
+    pipelining: bool = True
+    """Where the relay offers PIPELINING (RFC 2920), send MAIL, RCPT and DATA together:
+    two round trips a message instead of four. False keeps to one command at a time."""
     messages_per_connection: int = Field(default=100, ge=1, le=100_000)
     """Relays limit messages per session; after this many the connection is closed and a
     new one opened."""
@@ -257,7 +261,8 @@ class EmailChannel:
     async def _transact(
         self, client: aiosmtplib.SMTP, recipient: str, outgoing: OutgoingEmail
     ) -> None:
-        """One mail transaction (RFC 5321 3.3): MAIL, RCPT, DATA.
+        """One mail transaction (RFC 5321 3.3): MAIL, RCPT, DATA; the three in one write
+        where the relay offers PIPELINING (:mod:`channels.smtp_pipelining`).
 
         The envelope names the target only: headers (Cc, Bcc passed through
         Message.headers) must not add recipients. aiosmtplib's ``sendmail`` would parse
@@ -283,6 +288,17 @@ class EmailChannel:
             if not client.supports_extension("smtputf8"):
                 raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
             options.append(b"SMTPUTF8")
+        if self._settings.pipelining and client.supports_extension("pipelining"):
+            await pipelined_transaction(
+                client,
+                b" ".join((self._mail_from, *options)),
+                rcpt_to,
+                outgoing.data,
+                sender=self._sender_addr,
+                recipient=recipient,
+                timeout=client.timeout,
+            )
+            return
         reply = await client.execute_command(b"MAIL", self._mail_from, *options)
         if reply.code != aiosmtplib.SMTPStatus.completed:
             raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, self._sender_addr)

@@ -50,13 +50,16 @@ def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def make_sink(server_tls: ssl.SSLContext) -> Iterator[SinkFactory]:
-    """Starts sinks (TLS-capable unless told otherwise) and stops them after the test."""
+@pytest.fixture(params=[True, False], ids=["pipelining", "no-pipelining"])
+def make_sink(server_tls: ssl.SSLContext, request: pytest.FixtureRequest) -> Iterator[SinkFactory]:
+    """Starts sinks (TLS-capable unless told otherwise) and stops them after the test.
+    Each test runs twice: with the sink offering PIPELINING (the channel sends MAIL, RCPT
+    and DATA together) and without (one command at a time)."""
     sinks: list[SmtpSink] = []
 
     def make(**kwargs: Any) -> SmtpSink:
         kwargs.setdefault("tls_context", server_tls)
+        kwargs.setdefault("pipelining", request.param)
         sink = SmtpSink(**kwargs).start()
         sinks.append(sink)
         return sink

@@ -1,0 +1,343 @@
+"""SMTP command pipelining (RFC 2920) in the email channel, against a scripted relay.
+
+The relay below reads MAIL's following lines before it answers MAIL, and records which
+commands came together: a client that waited for each reply would show one command per
+group. It answers as scripted, refusals included, and writes its replies all at once or
+a byte at a time, so the client's reading of several replies from one read (and of one
+reply over many) is exercised. The channel against aiosmtpd, with and without
+PIPELINING offered, is in test_email_channel.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+import trustme
+
+from broadcaster import eventloop
+from broadcaster.devsmtp import SmtpSink
+from broadcaster.eventloop import EventLoopChoice
+from channels.base import ContactPointState, DeliveryError, Message, Target
+from channels.email import EmailChannel, EmailSettings
+
+WAIT = 10.0
+GROUP_WAIT = 0.5
+"""How long the relay waits for RCPT and DATA after MAIL before it answers MAIL alone."""
+
+
+@dataclass
+class Relay:
+    """A scripted SMTP relay on the test's own loop."""
+
+    pipelining: bool = True
+    mail_reply: bytes = b"250 2.1.0 Ok"
+    rcpt_reply: bytes = b"250 2.1.5 Ok"
+    data_reply: bytes | None = None
+    """None: 354 when RCPT was accepted, else 554 (as a conforming relay answers)."""
+    final_reply: bytes = b"250-2.0.0 Ok\r\n250 2.0.0 queued as 4F2A"
+    split: bool = False
+    """Write replies a byte at a time instead of all of a group's at once."""
+    silent: bool = False
+    """Read the commands and never answer them."""
+    close_after_group: bool = False
+    groups: list[list[str]] = field(default_factory=list)
+    messages: list[bytes] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Relay:
+        self._server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), WAIT)
+
+    async def _write(self, writer: asyncio.StreamWriter, replies: list[bytes]) -> None:
+        data = b"".join(reply + b"\r\n" for reply in replies)
+        if self.split:
+            for i in range(len(data)):
+                writer.write(data[i : i + 1])
+                await writer.drain()
+                await asyncio.sleep(0)
+        else:
+            writer.write(data)
+            await writer.drain()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._write(writer, [b"220 relay.example ESMTP"])
+            accepted: list[bool] = [False]  # whether this transaction has a recipient
+            while line := await reader.readline():
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    offered = [b"250-relay.example", b"250-SIZE 10240000"]
+                    if self.pipelining:
+                        offered.append(b"250-PIPELINING")
+                    await self._write(writer, [*offered, b"250 8BITMIME"])
+                elif verb == b"QUIT":
+                    await self._write(writer, [b"221 2.0.0 Bye"])
+                    break
+                elif verb in (b"RSET", b"NOOP"):
+                    await self._write(writer, [b"250 2.0.0 Ok"])
+                elif verb in (b"MAIL", b"RCPT", b"DATA"):
+                    if not await self._transaction(line, reader, writer, accepted):
+                        break
+                else:
+                    await self._write(writer, [b"502 5.5.2 Error: command not recognized"])
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _transaction(
+        self,
+        first: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        accepted: list[bool],
+    ) -> bool:
+        """MAIL, with the RCPT and DATA that came with it, or a lone command from a
+        client that does not pipeline; False when the session should end."""
+        group = [first]
+        while first.upper().startswith(b"MAIL") and len(group) < 3:
+            try:
+                group.append(await asyncio.wait_for(reader.readline(), GROUP_WAIT))
+            except TimeoutError:
+                break
+        self.groups.append([line[:4].decode().upper() for line in group])
+        if self.silent:
+            await reader.read()  # until the client gives up and closes
+            return False
+        if self.close_after_group:
+            return False
+        replies = []
+        for line in group:
+            verb = line[:4].upper()
+            if verb == b"MAIL":
+                accepted[0] = False
+                replies.append(self.mail_reply)
+            elif verb == b"RCPT":
+                replies.append(self.rcpt_reply)
+                accepted[0] = self.rcpt_reply.startswith(b"25")
+            else:
+                default = b"354 End data with <CR><LF>.<CR><LF>" if accepted[0] else None
+                reply = self.data_reply or default or b"554 5.5.1 Error: no valid recipients"
+                replies.append(reply)
+                if reply.startswith(b"354"):
+                    await self._write(writer, replies)
+                    lines = [await reader.readline()]
+                    while lines[-1] not in (b".\r\n", b""):
+                        lines.append(await reader.readline())
+                    self.messages.append(b"".join(lines))
+                    await self._write(writer, [self.final_reply])
+                    return True
+        await self._write(writer, replies)
+        return True
+
+
+def target(n: int = 1) -> Target:
+    return Target(address=f"customer{n}@example.com", name="Ada Lovelace", customer_id=f"c{n}")
+
+
+def message(text: str = "Trains on line 4 are stopped.\n.Next update by 14:30.") -> Message:
+    return Message(
+        subject="Line 4: trains stopped",
+        text=text,
+        html=None,
+        idempotency_key="delivery-1",
+    )
+
+
+ChannelFactory = Callable[..., EmailChannel]
+
+
+@pytest.fixture
+async def make_channel() -> AsyncIterator[ChannelFactory]:
+    channels: list[EmailChannel] = []
+
+    def make(port: int, **settings: Any) -> EmailChannel:
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": port,
+            "security": "none",
+            "timeout": WAIT,
+            "from": "Operations <ops@example.com>",
+            **settings,
+        }
+        channel = EmailChannel("email", EmailSettings.model_validate(values))
+        channels.append(channel)
+        return channel
+
+    yield make
+    for channel in channels:
+        await channel.aclose()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["replies-together", "byte-by-byte"])
+async def test_mail_rcpt_and_data_go_together_and_the_message_arrives_as_built(
+    make_channel: ChannelFactory, split: bool
+) -> None:
+    async with Relay(split=split) as relay:
+        channel = make_channel(relay.port)
+        outgoing = channel.build(target(), message())
+
+        for n in (1, 2):
+            await channel.send(target(n), message())
+
+    assert relay.groups == [["MAIL", "RCPT", "DATA"]] * 2
+    # As sent: the line starting with a dot doubled on the wire (RFC 5321 4.5.2).
+    body = relay.messages[0]
+    assert body.endswith(b"\r\n.\r\n")
+    assert b"\r\n..Next update" in body
+    unstuffed = body[: -len(b".\r\n")].replace(b"\r\n..", b"\r\n.")
+    assert unstuffed.split(b"\r\n\r\n", 1)[1] == outgoing.data.split(b"\r\n\r\n", 1)[1]
+
+
+async def test_one_command_at_a_time_where_pipelining_is_not_offered_or_is_turned_off(
+    make_channel: ChannelFactory,
+) -> None:
+    async with Relay(pipelining=False) as relay:
+        await make_channel(relay.port).send(target(), message())
+    assert relay.groups == [["MAIL"], ["RCPT"], ["DATA"]]
+    assert len(relay.messages) == 1
+
+    async with Relay() as relay:
+        await make_channel(relay.port, pipelining=False).send(target(), message())
+    assert relay.groups == [["MAIL"], ["RCPT"], ["DATA"]]
+    assert len(relay.messages) == 1
+
+
+async def test_a_refused_recipient_is_read_from_the_group_and_the_pool_recovers(
+    make_channel: ChannelFactory,
+) -> None:
+    async with Relay(rcpt_reply=b"550 5.1.1 <customer1@example.com>: no such user") as relay:
+        channel = make_channel(relay.port, pool_size=1)
+        with pytest.raises(DeliveryError) as refused:
+            await channel.send(target(1), message())
+        relay.rcpt_reply = b"250 2.1.5 Ok"
+        await channel.send(target(2), message())
+
+    assert not refused.value.retryable
+    assert refused.value.contact_point is ContactPointState.DISABLED
+    assert "550" in str(refused.value) and "no such user" in str(refused.value)
+    assert len(relay.messages) == 1
+
+
+async def test_data_accepted_after_a_refused_recipient_is_ended_with_a_lone_dot(
+    make_channel: ChannelFactory,
+) -> None:
+    """RFC 2920 3.1: a relay may accept DATA though every recipient was refused; the
+    client sends no message then, only the dot that ends the data."""
+    async with Relay(
+        rcpt_reply=b"550 5.1.1 no such user",
+        data_reply=b"354 go ahead",
+        final_reply=b"554 5.5.1 no valid recipients",
+    ) as relay:
+        with pytest.raises(DeliveryError) as refused:
+            await make_channel(relay.port).send(target(), message())
+
+    assert relay.messages == [b".\r\n"]
+    assert refused.value.contact_point is ContactPointState.DISABLED
+    assert "550" in str(refused.value)
+
+
+async def test_a_refused_sender_is_the_error_though_rcpt_and_data_were_refused_too(
+    make_channel: ChannelFactory,
+) -> None:
+    async with Relay(
+        mail_reply=b"451 4.3.0 try again later", rcpt_reply=b"503 5.5.1 need MAIL first"
+    ) as relay:
+        with pytest.raises(DeliveryError) as refused:
+            await make_channel(relay.port).send(target(), message())
+
+    assert refused.value.retryable
+    assert "451" in str(refused.value) and "sender" in str(refused.value)
+    assert relay.messages == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "retryable"),
+    [(b"452 4.3.1 insufficient storage", True), (b"554 5.6.0 content rejected", False)],
+)
+async def test_the_reply_to_the_message_maps_onto_the_retry_contract(
+    make_channel: ChannelFactory, reply: bytes, retryable: bool
+) -> None:
+    async with Relay(final_reply=reply) as relay:
+        with pytest.raises(DeliveryError) as refused:
+            await make_channel(relay.port).send(target(), message())
+    assert refused.value.retryable is retryable
+    assert reply.decode()[:3] in str(refused.value)
+    assert refused.value.contact_point is None
+
+
+async def test_a_relay_that_hangs_up_or_never_answers_fails_the_send_as_retryable(
+    make_channel: ChannelFactory,
+) -> None:
+    async with Relay(close_after_group=True) as relay:
+        with pytest.raises(DeliveryError) as dropped:
+            await make_channel(relay.port).send(target(), message())
+    assert dropped.value.retryable
+
+    async with Relay(silent=True) as relay:
+        channel = make_channel(relay.port, timeout=0.5)
+        async with asyncio.timeout(WAIT):
+            with pytest.raises(DeliveryError) as silent:
+                await channel.send(target(), message())
+    assert silent.value.retryable
+    assert relay.groups == [["MAIL", "RCPT", "DATA"]]
+
+
+@pytest.mark.parametrize("loop", get_args(EventLoopChoice))
+def test_pipelining_over_starttls_on_either_event_loop(
+    tmp_path: Path, loop: EventLoopChoice
+) -> None:
+    """The transaction's replies are read by swapping the connection's protocol, which a
+    TLS connection (STARTTLS here) and uvloop's transports must allow."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def send_three(port: int) -> None:
+        channel = EmailChannel(
+            "email",
+            EmailSettings.model_validate(
+                {
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "ca_file": ca_file,
+                    "pool_size": 1,
+                    "timeout": WAIT,
+                    "from": "Operations <ops@example.com>",
+                }
+            ),
+        )
+        try:
+            for n in (1, 2, 3):
+                await channel.send(target(n), message())
+        finally:
+            await channel.aclose()
+
+    with SmtpSink(tls_context=server_tls, require_starttls=True) as sink:
+        eventloop.run(send_three(sink.port), loop)
+        mails = sink.wait_for(3, WAIT)
+    assert [mail.recipients for mail in mails] == [(f"customer{n}@example.com",) for n in (1, 2, 3)]
+    assert all(mail.tls for mail in mails)
+    assert {mail.connection for mail in mails} == {1}
+    assert "..Next update" not in mails[0].message.get_content()
