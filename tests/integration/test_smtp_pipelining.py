@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -341,3 +342,20 @@ def test_pipelining_over_starttls_on_either_event_loop(
     assert all(mail.tls for mail in mails)
     assert {mail.connection for mail in mails} == {1}
     assert "..Next update" not in mails[0].message.get_content()
+
+
+async def test_the_development_sink_sends_each_answer_at_once(
+    make_channel: ChannelFactory,
+) -> None:
+    """aiosmtpd answers pipelined commands one write each; with Nagle's algorithm on its
+    sockets the second answer waited for the client's delayed acknowledgement (40 ms a
+    message). The sink turns it off, as relays that offer PIPELINING answer a group at
+    once."""
+    with SmtpSink() as sink:
+        channel = make_channel(sink.port, pool_size=1)
+        await channel.send(target(), message())
+        [session] = list(sink._live)
+        assert session.raw_transport is not None
+        sock = session.raw_transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        await channel.aclose()
