@@ -151,24 +151,12 @@ async def raw_smtp(port: int, sample: dict[str, Any], n: int, *, connections: in
     sender: str = sample["from"]
     recipients: list[str] = sample["to"]
     content: bytes = sample["body"]
-    todo: Iterator[int] = iter(range(n))
-    ok = 0
 
-    async def connection() -> None:
-        nonlocal ok
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=30)
-        await client.connect()
-        try:
-            for _ in todo:
-                errors, _reply = await client.sendmail(sender, recipients, content)
-                if not errors:
-                    ok += 1
-        finally:
-            await client.quit()
+    async def send(client: aiosmtplib.SMTP) -> bool:
+        errors, _reply = await client.sendmail(sender, recipients, content)
+        return not errors
 
-    started = time.perf_counter()
-    await asyncio.gather(*(connection() for _ in range(connections)))
-    return Timed(n, ok, time.perf_counter() - started)
+    return await _over_smtp(port, n, connections, send)
 
 
 async def raw_smtp_pipelined(
@@ -186,6 +174,31 @@ async def raw_smtp_pipelined(
     [recipient] = recipients
     mail = b"FROM:<%s> SIZE=%d" % (sender.encode(), len(content))
     rcpt = b"TO:<%s>" % recipient.encode()
+
+    async def greet(client: aiosmtplib.SMTP) -> None:
+        await client.ehlo()
+        if not client.supports_extension("pipelining"):
+            raise RuntimeError("the SMTP sink does not offer PIPELINING")
+
+    async def send(client: aiosmtplib.SMTP) -> bool:
+        await pipelined_transaction(
+            client, mail, rcpt, content, sender=sender, recipient=recipient, timeout=30
+        )
+        return True
+
+    return await _over_smtp(port, n, connections, send, greet=greet)
+
+
+async def _over_smtp(
+    port: int,
+    n: int,
+    connections: int,
+    send: Callable[[aiosmtplib.SMTP], Awaitable[bool]],
+    *,
+    greet: Callable[[aiosmtplib.SMTP], Awaitable[None]] | None = None,
+) -> Timed:
+    """``n`` calls of ``send`` (True when the message went) shared by ``connections``
+    connections to the SMTP sink on ``port``, each ``greet``-ed first when given."""
     todo: Iterator[int] = iter(range(n))
     ok = 0
 
@@ -194,20 +207,11 @@ async def raw_smtp_pipelined(
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=30)
         await client.connect()
         try:
-            await client.ehlo()
-            if not client.supports_extension("pipelining"):
-                raise RuntimeError("the SMTP sink does not offer PIPELINING")
+            if greet is not None:
+                await greet(client)
             for _ in todo:
-                await pipelined_transaction(
-                    client,
-                    mail,
-                    rcpt,
-                    content,
-                    sender=sender,
-                    recipient=recipient,
-                    timeout=30,
-                )
-                ok += 1
+                if await send(client):
+                    ok += 1
         finally:
             await client.quit()
 

@@ -405,82 +405,44 @@ def _rows(
     rate = float(result["rate"])
     complete = result["sent"] == result["customers"]
     note = "" if complete else f"only {result['sent']:,} of {result['customers']:,} sent"
-    rows = [
-        Row(
+
+    def against(baseline: str, base: float, target: float | None, **extra: Any) -> Row:
+        """The pipeline's rate beside ``base`` (the rate of ``baseline``); without a
+        target, for comparison only."""
+        if target is None:
+            extra.setdefault("note", note or "for comparison: no target")
+        else:
+            extra.setdefault("note", note)
+            extra["complete"] = complete
+        return Row(
             f"fan-out {label}",
             rate,
             "msg/s",
-            baseline=f"raw {same} {same_rate:,.0f}/s",
-            ratio=rate / same_rate if same_rate else None,
-            target=0.8,
+            baseline=f"{baseline} {base:,.0f}/s",
+            ratio=rate / base if base else None,
+            target=target,
+            **extra,
+        )
+
+    rows = [
+        against(
+            f"raw {same}",
+            same_rate,
+            0.8,
             note="; ".join(part for part in (note, _spread(result), _cpu_note(result)) if part),
-            complete=complete,
         )
     ]
     if result["channel"] == "email" and STACK in raw_rates:
         # The issue's raw client is aiosmtplib, which sends one command at a time; the
         # channel pipelines where the relay offers it. Its own stack without a store is
         # the measure of the pipeline's overhead alone.
-        own = raw_rates[STACK]
-        rows.append(
-            Row(
-                f"fan-out {label}",
-                rate,
-                "msg/s",
-                baseline=f"raw channel SMTP, pipelined {own:,.0f}/s",
-                ratio=rate / own if own else None,
-                target=0.8,
-                note=note,
-                complete=complete,
-            )
-        )
+        rows.append(against("raw channel SMTP, pipelined", raw_rates[STACK], 0.8))
     if "httpx" in raw_rates:
-        rows.append(
-            Row(
-                f"fan-out {label}",
-                rate,
-                "msg/s",
-                baseline=f"raw httpx, own pool {raw_rates['httpx']:,.0f}/s",
-                ratio=rate / raw_rates["httpx"] if raw_rates["httpx"] else None,
-                note=note or "for comparison: no target",
-            )
-        )
+        rows.append(against("raw httpx, own pool", raw_rates["httpx"], None))
     if SDK in raw_rates:
-        rows.append(
-            Row(
-                f"fan-out {label}",
-                rate,
-                "msg/s",
-                baseline=f"Twilio SDK, own client {raw_rates[SDK]:,.0f}/s",
-                ratio=rate / raw_rates[SDK] if raw_rates[SDK] else None,
-                note=note or "for comparison: no target",
-            )
-        )
+        rows.append(against("Twilio SDK, own client", raw_rates[SDK], None))
     if result["channel"] == "push":
-        aio = raw_rates["aiohttp"]
-        rows.append(
-            Row(
-                f"fan-out {label}",
-                rate,
-                "msg/s",
-                baseline=f"raw aiohttp {aio:,.0f}/s",
-                ratio=rate / aio if aio else None,
-                target=0.5,
-                note=note,
-                complete=complete,
-            )
-        )
+        rows.append(against("raw aiohttp", raw_rates["aiohttp"], 0.5))
         if apprise_rate:
-            rows.append(
-                Row(
-                    f"fan-out {label}",
-                    rate,
-                    "msg/s",
-                    baseline=f"Apprise json:// {apprise_rate:,.0f}/s",
-                    ratio=rate / apprise_rate,
-                    target=5.0,
-                    note=note,
-                    complete=complete,
-                )
-            )
+            rows.append(against("Apprise json://", apprise_rate, 5.0))
     return rows
