@@ -70,6 +70,26 @@ def test_sms_fanout_goes_through_the_fake_twilio_beside_the_sdk_and_the_client(
     assert result["notes"] == []
 
 
+def test_email_fanout_has_aiosmtplib_and_the_channels_pipelined_stack_beside_it(
+    tmp_path: Path,
+) -> None:
+    """The email round goes to the SMTP sink, which offers PIPELINING; beside it
+    aiosmtplib (one command at a time) and the channel's own pipelined transactions replay
+    the same message there without an error, each a row with the 0.8 target."""
+    argv = ["fanout", "--quick", "--size", "30", "--channel", "email", "--backend", "sqlite"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+
+    result = json.loads((tmp_path / "fanout.json").read_text(encoding="utf-8"))
+    (run,) = result["runs"]
+    assert run["sent"] == 30 and run["received_by_sink"] == 30
+    assert set(run["raw_rates"]) == {"aiosmtplib", "channel-client"}
+    for timed in result["baselines"]["email/30"].values():
+        assert [(t["ok"], t["errors"]) for t in timed] == [(30, 0)]
+    targets = sorted((row["baseline"].rsplit(" ", 1)[0], row["target"]) for row in result["rows"])
+    assert targets == [("raw aiosmtplib", 0.8), ("raw channel SMTP, pipelined", 0.8)]
+    assert result["notes"] == []
+
+
 def test_fanout_pipeline_only_runs_no_baseline(tmp_path: Path) -> None:
     argv = ["fanout", "--quick", "--size", "40", "--channel", "push", "--backend", "sqlite"]
     assert main([*argv, "--pipeline-only", "--out", str(tmp_path)]) == 0
