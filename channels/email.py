@@ -609,6 +609,11 @@ def _recipient(target: Target) -> str:
 
 
 def _from_reply(code: int, text: str) -> DeliveryError:
+    """A refusal by its code; what is not an SMTP reply at all (aiosmtplib's code -1: a
+    malformed or over-long reply) is the relay's fault, as a dropped connection is, and
+    is retried."""
+    if code < 200:
+        return DeliveryError(f"SMTP connection failed: {text}", retryable=True)
     reason = f"SMTP {code}: {text}"
     if 400 <= code < 500 or code in _AUTH_CODES:
         return DeliveryError(reason, retryable=True)

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import aiosmtplib
 from aiosmtplib.protocol import (
+    COMMAND_INJECTION_REGEX,
     MAX_LINE_LENGTH,
     MAX_RESPONSE_LENGTH,
     PERIOD_REGEX,
@@ -35,12 +36,18 @@ __all__ = ["Replies", "pipelined_transaction"]
 
 class Replies(asyncio.Protocol):
     """Takes a connection's data in place of aiosmtplib's protocol (``inner``) and keeps
-    every complete reply, in order, until it is read with :meth:`next`."""
+    every complete reply, in order, until it is read with :meth:`next`.
+
+    As aiosmtplib's: a line over ``MAX_LINE_LENGTH`` or a reply over
+    ``MAX_RESPONSE_LENGTH`` bytes (its continuation lines counted whole, empty ones too)
+    fails the connection's reading, as does a line that does not start with a code."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self._buffer = bytearray()
         self._lines: list[bytes] = []
+        self._reply_bytes = 0
+        """Bytes of the reply being read so far (its lines as received)."""
         self._replies: collections.deque[aiosmtplib.SMTPResponse] = collections.deque()
         self._error: aiosmtplib.SMTPException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -52,10 +59,12 @@ class Replies(asyncio.Protocol):
             return
         self._buffer.extend(data)
         start = 0
+        complete = len(self._replies)
         while (end := self._buffer.find(b"\n", start)) != -1:
             line = bytes(self._buffer[start : end + 1])
             start = end + 1
-            if len(line) > MAX_LINE_LENGTH:
+            self._reply_bytes += len(line)
+            if len(line) > MAX_LINE_LENGTH or self._reply_bytes > MAX_RESPONSE_LENGTH:
                 self._fail(aiosmtplib.SMTPResponseException(-1, "Response too long"))
                 return
             try:
@@ -70,12 +79,14 @@ class Replies(asyncio.Protocol):
             if line[3:4] != b"-":  # the last line of a reply
                 text = b"\n".join(self._lines).decode("utf-8", "surrogateescape")
                 self._lines = []
+                self._reply_bytes = 0
                 self._replies.append(aiosmtplib.SMTPResponse(code, text))
         del self._buffer[:start]
-        if len(self._buffer) > MAX_LINE_LENGTH or sum(map(len, self._lines)) > MAX_RESPONSE_LENGTH:
+        if len(self._buffer) > MAX_LINE_LENGTH:  # a line still without its end
             self._fail(aiosmtplib.SMTPResponseException(-1, "Response too long"))
             return
-        self._wake()
+        if len(self._replies) > complete:  # a part of a reply wakes no one
+            self._wake()
 
     def eof_received(self) -> bool | None:
         self._fail(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
@@ -95,22 +106,22 @@ class Replies(asyncio.Protocol):
     # -- reading -----------------------------------------------------------------------
 
     async def next(self, timeout: float | None) -> aiosmtplib.SMTPResponse:  # noqa: ASYNC109
-        # A timeout per reply, as aiosmtplib's, not one for the whole transaction.
-        """The next reply; SMTPReadTimeoutError when none comes within ``timeout`` seconds,
-        SMTPServerDisconnected when the connection ends first, SMTPResponseException for
-        what is not an SMTP reply."""
-        while not self._replies:
-            if self._error is not None:
-                raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(self._waiter, timeout)
-            except TimeoutError as exc:
-                raise aiosmtplib.SMTPReadTimeoutError(
-                    "Timed out waiting for server response"
-                ) from exc
-            finally:
-                self._waiter = None
+        """The next reply; SMTPReadTimeoutError when it is not complete within ``timeout``
+        seconds (one deadline for the whole reply, however it trickles in, as
+        aiosmtplib's), SMTPServerDisconnected when the connection ends first,
+        SMTPResponseException for what is not an SMTP reply."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not self._replies:
+                    if self._error is not None:
+                        raise self._error
+                    self._waiter = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
+        except TimeoutError as exc:
+            raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
         return self._replies.popleft()
 
     def _fail(self, error: aiosmtplib.SMTPException) -> None:
@@ -121,6 +132,14 @@ class Replies(asyncio.Protocol):
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+def _write(transport: asyncio.Transport, data: bytes) -> None:
+    """As aiosmtplib writes: SMTPServerDisconnected on a connection already closing
+    (uvloop's transports would raise RuntimeError, asyncio's only log)."""
+    if transport.is_closing():
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    transport.write(data)
 
 
 async def pipelined_transaction(
@@ -139,14 +158,17 @@ async def pipelined_transaction(
     is accepted. Returns the relay's reply to the message.
 
     Raises what aiosmtplib's own calls would: SMTPSenderRefused, SMTPRecipientRefused or
-    SMTPDataError for a refusal (the first of the group's replies that refuses, as RFC
-    2920 3.1 asks: every reply is read), SMTPServerDisconnected, SMTPReadTimeoutError or
+    SMTPDataError for a refusal, SMTPServerDisconnected, SMTPReadTimeoutError or
     SMTPResponseException when the connection fails. ValueError, with nothing sent, for
-    an argument that would put a line break on the wire. Where DATA was accepted although
-    MAIL or RCPT was refused, the data is ended at once with a lone dot (RFC 2920 3.1).
+    an argument holding a control character (aiosmtplib's check). Every reply of the
+    group is read (RFC 2920 3.1), and the first refusal is the error, also when the
+    connection fails before the later replies come (a relay that refuses and hangs up):
+    replies come in order, so nothing after can undo it, and one command at a time the
+    client would have stopped there. Where DATA was accepted although MAIL or RCPT was
+    refused, the data is ended at once with a lone dot (RFC 2920 3.1).
     """
     for argument in (mail, rcpt):
-        if b"\r" in argument or b"\n" in argument:
+        if COMMAND_INJECTION_REGEX.search(argument):
             raise ValueError("Command arg contains a prohibited control character")
     protocol = client.protocol
     # Typed as asyncio's; uvloop's transports have the same methods without the class.
@@ -158,29 +180,36 @@ async def pipelined_transaction(
     replies = Replies(protocol)
     transport.set_protocol(replies)
     try:
-        transport.write(b"MAIL " + mail + b"\r\nRCPT " + rcpt + b"\r\nDATA\r\n")
-        to_mail = await replies.next(timeout)
-        to_rcpt = await replies.next(timeout)
-        to_data = await replies.next(timeout)
+        _write(transport, b"MAIL " + mail + b"\r\nRCPT " + rcpt + b"\r\nDATA\r\n")
         refusal: aiosmtplib.SMTPResponseException | None = None
-        if to_mail.code != aiosmtplib.SMTPStatus.completed:
-            refusal = aiosmtplib.SMTPSenderRefused(to_mail.code, to_mail.message, sender)
-        elif to_rcpt.code not in (
-            aiosmtplib.SMTPStatus.completed,
-            aiosmtplib.SMTPStatus.will_forward,
-        ):
-            refusal = aiosmtplib.SMTPRecipientRefused(to_rcpt.code, to_rcpt.message, recipient)
-        elif to_data.code != aiosmtplib.SMTPStatus.start_input:
+        to_data: aiosmtplib.SMTPResponse | None = None
+        try:
+            to_mail = await replies.next(timeout)
+            if to_mail.code != aiosmtplib.SMTPStatus.completed:
+                refusal = aiosmtplib.SMTPSenderRefused(to_mail.code, to_mail.message, sender)
+            to_rcpt = await replies.next(timeout)
+            if refusal is None and to_rcpt.code not in (
+                aiosmtplib.SMTPStatus.completed,
+                aiosmtplib.SMTPStatus.will_forward,
+            ):
+                refusal = aiosmtplib.SMTPRecipientRefused(to_rcpt.code, to_rcpt.message, recipient)
+            to_data = await replies.next(timeout)
+        except aiosmtplib.SMTPException as failed:
+            if refusal is None:
+                raise
+            raise refusal from failed
+        accepted = to_data.code == aiosmtplib.SMTPStatus.start_input
+        if refusal is None and not accepted:
             refusal = aiosmtplib.SMTPDataError(to_data.code, to_data.message)
         if refusal is not None:
-            if to_data.code == aiosmtplib.SMTPStatus.start_input:
+            if accepted:
                 # DATA accepted with no transaction to send: ended at once. Its reply
                 # (or its absence) changes nothing: the refusal is what happened.
-                transport.write(b".\r\n")
                 with contextlib.suppress(aiosmtplib.SMTPException):
+                    _write(transport, b".\r\n")
                     await replies.next(timeout)
             raise refusal
-        transport.write(message + b".\r\n")
+        _write(transport, message + b".\r\n")
         reply = await replies.next(timeout)
         if reply.code != aiosmtplib.SMTPStatus.completed:
             raise aiosmtplib.SMTPDataError(reply.code, reply.message)

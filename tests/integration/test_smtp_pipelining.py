@@ -45,6 +45,11 @@ class Relay:
     final_reply: bytes = b"250-2.0.0 Ok\r\n250 2.0.0 queued as 4F2A"
     split: bool = False
     """Write replies a byte at a time instead of all of a group's at once."""
+    trickle: float = 0.0
+    """Seconds between the bytes of a transaction's replies (a relay that stalls its
+    client; the greeting and EHLO come at once)."""
+    hang_up_after: int | None = None
+    """Write only this many of a group's replies, then close the connection."""
     silent: bool = False
     """Read the commands and never answer them."""
     close_after_group: bool = False
@@ -64,9 +69,16 @@ class Relay:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), WAIT)
 
-    async def _write(self, writer: asyncio.StreamWriter, replies: list[bytes]) -> None:
+    async def _write(
+        self, writer: asyncio.StreamWriter, replies: list[bytes], *, setup: bool = False
+    ) -> None:
         data = b"".join(reply + b"\r\n" for reply in replies)
-        if self.split:
+        if self.trickle and not setup:
+            for i in range(len(data)):
+                writer.write(data[i : i + 1])
+                await writer.drain()
+                await asyncio.sleep(self.trickle)
+        elif self.split:
             for i in range(len(data)):
                 writer.write(data[i : i + 1])
                 await writer.drain()
@@ -77,7 +89,7 @@ class Relay:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await self._write(writer, [b"220 relay.example ESMTP"])
+            await self._write(writer, [b"220 relay.example ESMTP"], setup=True)
             accepted: list[bool] = [False]  # whether this transaction has a recipient
             while line := await reader.readline():
                 verb = line[:4].upper()
@@ -85,7 +97,7 @@ class Relay:
                     offered = [b"250-relay.example", b"250-SIZE 10240000"]
                     if self.pipelining:
                         offered.append(b"250-PIPELINING")
-                    await self._write(writer, [*offered, b"250 8BITMIME"])
+                    await self._write(writer, [*offered, b"250 8BITMIME"], setup=True)
                 elif verb == b"QUIT":
                     await self._write(writer, [b"221 2.0.0 Bye"])
                     break
@@ -137,14 +149,19 @@ class Relay:
                 default = b"354 End data with <CR><LF>.<CR><LF>" if accepted[0] else None
                 reply = self.data_reply or default or b"554 5.5.1 Error: no valid recipients"
                 replies.append(reply)
-                if reply.startswith(b"354"):
-                    await self._write(writer, replies)
-                    lines = [await reader.readline()]
-                    while lines[-1] not in (b".\r\n", b""):
-                        lines.append(await reader.readline())
-                    self.messages.append(b"".join(lines))
-                    await self._write(writer, [self.final_reply])
-                    return True
+            if self.hang_up_after is not None and len(replies) >= self.hang_up_after:
+                await self._write(writer, replies)
+                return False
+            if replies[-1].startswith(b"354"):
+                await self._write(writer, replies)
+                lines = [await reader.readline()]
+                while lines[-1] not in (b".\r\n", b""):
+                    lines.append(await reader.readline())
+                if lines[-1] == b"":  # the client went away before ending its data
+                    return False
+                self.messages.append(b"".join(lines))
+                await self._write(writer, [self.final_reply])
+                return True
         await self._write(writer, replies)
         return True
 
@@ -197,6 +214,10 @@ async def test_mail_rcpt_and_data_go_together_and_the_message_arrives_as_built(
 
         for n in (1, 2):
             await channel.send(target(n), message())
+        # The pooled connection's data goes back to aiosmtplib after each transaction.
+        [client] = list(channel._idle._queue)  # type: ignore[attr-defined]
+        assert client.transport.get_protocol() is client.protocol
+        await channel.aclose()  # QUIT through aiosmtplib, answered
 
     assert relay.groups == [["MAIL", "RCPT", "DATA"]] * 2
     # As sent: the line starting with a dot doubled on the wire (RFC 5321 4.5.2).
@@ -301,12 +322,129 @@ async def test_a_relay_that_hangs_up_or_never_answers_fails_the_send_as_retryabl
     assert relay.groups == [["MAIL", "RCPT", "DATA"]]
 
 
+@pytest.mark.parametrize(
+    ("script", "retryable", "disabled"),
+    [
+        ({"rcpt_reply": b"550 5.1.1 no such user", "hang_up_after": 2}, False, True),
+        ({"mail_reply": b"552 5.3.4 message too big", "hang_up_after": 1}, False, False),
+        ({"rcpt_reply": b"450 4.2.0 mailbox busy", "hang_up_after": 2}, True, False),
+    ],
+    ids=["recipient-refused", "too-large", "recipient-busy"],
+)
+async def test_a_refusal_stands_when_the_relay_hangs_up_before_the_rest_of_the_group(
+    make_channel: ChannelFactory, script: dict[str, Any], retryable: bool, disabled: bool
+) -> None:
+    """One command at a time the client stops at the refusal; pipelined it has asked for
+    more, and a relay that refuses and hangs up (an ACL that drops the session) must not
+    turn a refused mailbox into a retried connection failure."""
+    async with Relay(**script) as relay:
+        with pytest.raises(DeliveryError) as refused:
+            await make_channel(relay.port).send(target(), message())
+    assert refused.value.retryable is retryable
+    assert (refused.value.contact_point is ContactPointState.DISABLED) is disabled
+    assert script.get("rcpt_reply", script.get("mail_reply", b""))[:3].decode() in str(
+        refused.value
+    )
+
+
+@pytest.mark.parametrize(
+    ("mail_reply", "reason"),
+    [
+        (b"250-\r\n" * 20_000 + b"250 2.1.0 Ok", "Response too long"),
+        (b"250-" + b"x" * 9000 + b"\r\n250 Ok", "Response too long"),
+        (b"hello there", "Malformed SMTP response line"),
+    ],
+    ids=["empty-continuation-lines", "over-long-line", "not-a-reply"],
+)
+async def test_what_is_not_a_bounded_smtp_reply_fails_the_send_as_retryable(
+    make_channel: ChannelFactory, mail_reply: bytes, reason: str
+) -> None:
+    """The limits are aiosmtplib's: a reply over 32 KiB counts its lines as received
+    (empty continuation lines too), a line over 8 KiB fails, as does a line without a
+    code."""
+    async with Relay(mail_reply=mail_reply) as relay:
+        with pytest.raises(DeliveryError) as failed:
+            await make_channel(relay.port).send(target(), message())
+    assert failed.value.retryable
+    assert reason in str(failed.value)
+    assert relay.messages == []
+
+
+async def test_a_reply_trickled_in_is_timed_as_a_whole(make_channel: ChannelFactory) -> None:
+    """A relay that sends its replies a byte at a time, slowly, does not hold the send past
+    its timeout: the deadline is the reply's, not each byte's."""
+    slow = b"250-" + b"x" * 60 + b"\r\n250 2.1.0 Ok"
+    async with Relay(mail_reply=slow, trickle=0.05) as relay:
+        channel = make_channel(relay.port, timeout=0.5)
+        async with asyncio.timeout(WAIT / 2):  # the whole reply would take 3.5 s
+            with pytest.raises(DeliveryError) as stalled:
+                await channel.send(target(), message())
+    assert stalled.value.retryable
+    assert "Timed out" in str(stalled.value)
+
+
+async def test_a_send_cancelled_mid_transaction_drops_its_connection(
+    make_channel: ChannelFactory,
+) -> None:
+    async with Relay(silent=True) as relay:
+        channel = make_channel(relay.port, pool_size=1)
+        sending = asyncio.create_task(channel.send(target(), message()))
+        async with asyncio.timeout(WAIT):
+            while not relay.groups:
+                await asyncio.sleep(0.01)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        assert channel._idle.empty()  # not back in the pool
+    assert relay.groups == [["MAIL", "RCPT", "DATA"]]
+    assert relay.messages == []
+
+
+def test_the_scripted_relay_on_uvloop(tmp_path: Path) -> None:
+    """The default event loop: the group, the message and a refusal read from it."""
+    pytest.importorskip("uvloop")
+
+    async def scenario() -> tuple[list[list[str]], list[bytes], DeliveryError]:
+        async with Relay() as relay:
+            channel = EmailChannel(
+                "email",
+                EmailSettings.model_validate(
+                    {"host": "127.0.0.1", "port": relay.port, "security": "none"}
+                ),
+            )
+            try:
+                await channel.send(target(1), message())
+                relay.rcpt_reply = b"550 5.1.1 no such user"
+                with pytest.raises(DeliveryError) as refused:
+                    await channel.send(target(2), message())
+            finally:
+                await channel.aclose()
+        return relay.groups, relay.messages, refused.value
+
+    groups, messages, refusal = eventloop.run(scenario(), "uvloop")
+    assert groups == [["MAIL", "RCPT", "DATA"]] * 2
+    assert len(messages) == 1
+    assert refusal.contact_point is ContactPointState.DISABLED
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
 @pytest.mark.parametrize("loop", get_args(EventLoopChoice))
-def test_pipelining_over_starttls_on_either_event_loop(
-    tmp_path: Path, loop: EventLoopChoice
+def test_pipelining_over_tls_on_either_event_loop(
+    tmp_path: Path, loop: EventLoopChoice, security: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The transaction's replies are read by swapping the connection's protocol, which a
-    TLS connection (STARTTLS here) and uvloop's transports must allow."""
+    TLS connection (STARTTLS or implicit) and uvloop's transports must allow. Every send
+    goes pipelined (counted), and the connection is back with aiosmtplib after each."""
+    from channels.smtp_pipelining import pipelined_transaction as transact
+
+    pipelined: list[bool] = []
+
+    async def counted(client: Any, *args: Any, **kwargs: Any) -> Any:
+        reply = await transact(client, *args, **kwargs)
+        pipelined.append(client.transport.get_protocol() is client.protocol)
+        return reply
+
+    monkeypatch.setattr("channels.email.pipelined_transaction", counted)
     if loop == "uvloop":
         pytest.importorskip("uvloop")
     ca = trustme.CA()
@@ -323,6 +461,7 @@ def test_pipelining_over_starttls_on_either_event_loop(
                     "host": "127.0.0.1",
                     "port": port,
                     "ca_file": ca_file,
+                    "security": security,
                     "pool_size": 1,
                     "timeout": WAIT,
                     "from": "Operations <ops@example.com>",
@@ -335,13 +474,17 @@ def test_pipelining_over_starttls_on_either_event_loop(
         finally:
             await channel.aclose()
 
-    with SmtpSink(tls_context=server_tls, require_starttls=True) as sink:
+    implicit = security == "tls"
+    with SmtpSink(
+        tls_context=server_tls, require_starttls=not implicit, implicit_tls=implicit
+    ) as sink:
         eventloop.run(send_three(sink.port), loop)
         mails = sink.wait_for(3, WAIT)
     assert [mail.recipients for mail in mails] == [(f"customer{n}@example.com",) for n in (1, 2, 3)]
     assert all(mail.tls for mail in mails)
     assert {mail.connection for mail in mails} == {1}
     assert "..Next update" not in mails[0].message.get_content()
+    assert pipelined == [True, True, True]
 
 
 async def test_the_development_sink_sends_each_answer_at_once(
