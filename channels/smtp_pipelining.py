@@ -51,6 +51,7 @@ class Replies(asyncio.Protocol):
         self._replies: collections.deque[aiosmtplib.SMTPResponse] = collections.deque()
         self._error: aiosmtplib.SMTPException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._expired = False
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -109,20 +110,35 @@ class Replies(asyncio.Protocol):
         """The next reply; SMTPReadTimeoutError when it is not complete within ``timeout``
         seconds (one deadline for the whole reply, however it trickles in, as
         aiosmtplib's), SMTPServerDisconnected when the connection ends first,
-        SMTPResponseException for what is not an SMTP reply."""
+        SMTPResponseException for what is not an SMTP reply.
+
+        A reply already here is returned at once (the group's later replies mostly come
+        with the first); the deadline is one timer handle, not ``asyncio.timeout``,
+        which cost 40 µs of CPU a message over a transaction's four replies."""
+        if self._replies:
+            return self._replies.popleft()
+        loop = asyncio.get_running_loop()
+        self._expired = False
+        timer = None if timeout is None else loop.call_later(timeout, self._expire)
         try:
-            async with asyncio.timeout(timeout):
-                while not self._replies:
-                    if self._error is not None:
-                        raise self._error
-                    self._waiter = asyncio.get_running_loop().create_future()
-                    try:
-                        await self._waiter
-                    finally:
-                        self._waiter = None
-        except TimeoutError as exc:
-            raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
+            while not self._replies:
+                if self._error is not None:
+                    raise self._error
+                if self._expired:
+                    raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
+                self._waiter = loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+        finally:
+            if timer is not None:
+                timer.cancel()
         return self._replies.popleft()
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._wake()
 
     def _fail(self, error: aiosmtplib.SMTPException) -> None:
         if self._error is None:
@@ -132,6 +148,20 @@ class Replies(asyncio.Protocol):
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+def _data_lines(data: bytes) -> bytes:
+    """``data`` as DATA sends it, as aiosmtplib's: line endings made CRLF, a last one
+    added, lines starting with a dot doubled (RFC 5321 4.5.2). The channel's messages are
+    already CRLF, ending in one, with no line starting with a dot, which a few scans in C
+    tell; the regular expressions, which copy the message, then cost 19 µs a message for
+    nothing."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\r") != crlf or data.count(b"\n") != crlf or not data.endswith(b"\r\n"):
+        data = normalize_message_line_endings(data)
+    if data.startswith(b".") or b"\n." in data:
+        data = PERIOD_REGEX.sub(b"..", data)
+    return data
 
 
 def _write(transport: asyncio.Transport, data: bytes) -> None:
@@ -175,8 +205,7 @@ async def pipelined_transaction(
     transport = cast(asyncio.Transport | None, client.transport)
     if protocol is None or transport is None or not client.is_connected:
         raise aiosmtplib.SMTPServerDisconnected("Server not connected")
-    # As aiosmtplib's DATA: line endings made CRLF, lines starting with a dot doubled.
-    message = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data))
+    message = _data_lines(data)
     replies = Replies(protocol)
     transport.set_protocol(replies)
     try:

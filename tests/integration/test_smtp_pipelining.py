@@ -21,12 +21,16 @@ from typing import Any, get_args
 
 import pytest
 import trustme
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broadcaster import eventloop
 from broadcaster.devsmtp import SmtpSink
 from broadcaster.eventloop import EventLoopChoice
 from channels.base import ContactPointState, DeliveryError, Message, Target
 from channels.email import EmailChannel, EmailSettings
+from channels.smtp_pipelining import _data_lines
 
 WAIT = 10.0
 GROUP_WAIT = 0.5
@@ -502,3 +506,14 @@ async def test_the_development_sink_sends_each_answer_at_once(
         sock = session.raw_transport.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         await channel.aclose()
+
+
+@given(
+    st.binary(max_size=200)
+    | st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n"])).map(b"".join)
+)
+def test_the_data_as_sent_is_what_aiosmtplib_would_send(data: bytes) -> None:
+    """The shortcut for messages already in canonical form gives aiosmtplib's bytes for
+    any input: CRLF line endings, leading dots doubled."""
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data))
+    assert _data_lines(data) == expected
