@@ -5,7 +5,8 @@ The relay is the development SMTP sink (aiosmtpd, offering PIPELINING) behind a 
 proxy that holds every chunk of data ``rtt/2`` in each direction, in order, as a link
 that long would. The email channel sends ``count`` messages on ``pool`` connections,
 once with ``pipelining: true`` and once with ``false``, in turn for ``--rounds`` rounds
-(connecting is outside the clock). It prints messages a second and how many writes the
+(connecting is outside the clock), messages shaped as the fan-out's (those of
+``python -m bench.email_build``). It prints messages a second and how many writes the
 channel made a message (the proxy counts the chunks it forwards towards the relay: a
 pipelined message is two, the envelope with DATA and then the message; one command at a
 time, four).
@@ -22,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.email_build import messages
 from broadcaster.devsmtp import SmtpSink
-from channels.base import Message, Target
 from channels.email import EmailChannel, EmailSettings
 
 
@@ -89,17 +90,6 @@ class DelayProxy:
             sink.close()
 
 
-def _messages(count: int) -> list[tuple[Target, Message]]:
-    text = "Trains on line 1 are not running between Central and Harbour. Next update by 14:30."
-    return [
-        (
-            Target(address=f"c{i:06d}@example.com", name="A Customer", customer_id=f"c{i}"),
-            Message(subject="Line 1: no trains", text=text, html=None, idempotency_key=f"d-{i}"),
-        )
-        for i in range(count)
-    ]
-
-
 async def one_run(
     sink_port: int, delay: float, count: int, pool: int, *, pipelining: bool
 ) -> dict[str, float]:
@@ -118,7 +108,7 @@ async def one_run(
         )
         channel = EmailChannel("email", settings)
         try:
-            pairs = _messages(count + pool)
+            pairs = messages(count + pool, non_ascii=False)
             # Open every connection first (connecting is not what is compared).
             await asyncio.gather(*(channel.send(t, m) for t, m in pairs[:pool]))
             before = proxy.upstream_chunks
