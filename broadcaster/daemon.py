@@ -165,7 +165,7 @@ class Daemon:
             Redaction(secrets=redact.secrets, phones=redact.phones, emails=redact.emails),
             secret_values(self.settings),
         )
-        database = Database(self.settings.database.url, echo=self.settings.database.echo)
+        database = Database.configured(self.settings.database)
         channels = self._channels or build_channels(self.settings, self.clock)
         try:
             engine = await Engine.create(self.settings, database, self.clock, channels)

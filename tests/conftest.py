@@ -15,6 +15,9 @@ import pytest
 from broadcaster.store import Database
 from broadcaster.store.migrate import upgrade_async
 from channels import http_transport
+from tests.pgbouncer import NOT_FOUND as PGBOUNCER_NOT_FOUND
+from tests.pgbouncer import Bouncer
+from tests.pgbouncer import binary as pgbouncer_binary
 
 POSTGRES_ENV = "BROADCASTER_TEST_POSTGRES_URL"
 _EXIT_STATUS = pytest.StashKey[int]()
@@ -101,6 +104,21 @@ def postgres_url() -> Iterator[str]:
         yield f"{head}/{name}"
     finally:
         asyncio.run(drop())
+
+
+@pytest.fixture
+def pgbouncer(postgres_url: str) -> Iterator[Bouncer]:
+    """A PgBouncer in transaction pooling mode in front of ``postgres_url``'s database
+    (``.url`` through it, ``.direct`` past it); see :mod:`tests.pgbouncer`."""
+    if pgbouncer_binary() is None:
+        if os.environ.get("CI"):  # CI installs it: a skip would hide a failure
+            pytest.fail(PGBOUNCER_NOT_FOUND)
+        pytest.skip(PGBOUNCER_NOT_FOUND)
+    bouncer = Bouncer(postgres_url).start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.remove()
 
 
 @pytest.fixture

@@ -89,18 +89,18 @@ def check_sqlite_path(url: str) -> None:
 async def with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
     """Open the store (bringing its schema up to date first) and run ``work`` on it."""
     try:
-        database = Database(settings.database.url, echo=settings.database.echo)  # makes the dir
+        database = Database.configured(settings.database)  # makes the dir
         check_sqlite_path(settings.database.url)
     except OSError as exc:
         raise fail(store_problem(settings.database.url, exc), 2) from None
     try:
         try:
-            await upgrade_async(settings.database.url)
+            await upgrade_async(settings.database.direct)  # past any pooler
         except (*STORE_ERRORS, DatabaseError) as exc:  # unreachable, locked, not a database
-            raise fail(store_problem(settings.database.url, exc), 2) from None
+            raise fail(store_problem(settings.database.direct, exc), 2) from None
         except CommandError as exc:  # a revision this version does not know: a newer one's
             raise fail(
-                store_problem(settings.database.url, exc)
+                store_problem(settings.database.direct, exc)
                 + " (was it written by a newer version of Broadcaster?)",
                 2,
             ) from None

@@ -37,9 +37,10 @@ def run(config: ConfigOption = None) -> None:
         loop.add_signal_handler(signal.SIGHUP, daemon.reload_rules)
         try:
             check_sqlite_path(settings.database.url)
-            await upgrade_async(settings.database.url)
+            # Past any pooler: a migration's DDL and autocommit blocks need a session.
+            await upgrade_async(settings.database.direct)
         except STORE_ERRORS as exc:
-            raise StartupError(store_problem(settings.database.url, exc)) from None
+            raise StartupError(store_problem(settings.database.direct, exc)) from None
         await daemon.run(stop)
 
     try:

@@ -32,10 +32,10 @@ def upgrade(
     """Bring the database schema up to date (safe to run again)."""
     settings = settings_or_exit(config)
     try:
-        migrate.upgrade(settings.database.url, revision)
+        migrate.upgrade(settings.database.direct, revision)  # past any pooler
     except Exception as exc:
-        raise fail(f"migration failed on {_safe(settings.database.url)}: {exc}") from None
-    typer.echo(f"database at revision {revision}: {_safe(settings.database.url)}")
+        raise fail(f"migration failed on {_safe(settings.database.direct)}: {exc}") from None
+    typer.echo(f"database at revision {revision}: {_safe(settings.database.direct)}")
 
 
 @app.command("downgrade")
@@ -46,9 +46,9 @@ def downgrade(
     """Move the schema back to an earlier revision (drops data of later revisions)."""
     settings = settings_or_exit(config)
     try:
-        migrate.downgrade(settings.database.url, revision)
+        migrate.downgrade(settings.database.direct, revision)
     except Exception as exc:
-        raise fail(f"downgrade failed on {_safe(settings.database.url)}: {exc}") from None
+        raise fail(f"downgrade failed on {_safe(settings.database.direct)}: {exc}") from None
     typer.echo(f"database at revision {revision}")
 
 

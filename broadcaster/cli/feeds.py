@@ -23,7 +23,7 @@ from broadcaster.incidents.lifecycle import OPEN_STATUSES
 from broadcaster.intake.apply import base_external_id, plan_event
 from broadcaster.intake.events import FeedError
 from broadcaster.intake.watch import FeedSettings, FeedWatcher, FetchError
-from broadcaster.store import Database, Incident
+from broadcaster.store import Database, Incident, StoreConfig
 
 app = typer.Typer(
     help="Feeds: check the configured incident feeds (dry run).",
@@ -95,8 +95,8 @@ async def check_feed(
     return True, lines
 
 
-async def _check(feeds: list[FeedSettings], url: str) -> bool:
-    database = Database(url)
+async def _check(feeds: list[FeedSettings], store: StoreConfig) -> bool:
+    database = Database.configured(store)
     ok = True
     try:
         for feed in feeds:
@@ -124,5 +124,5 @@ def check(
     if not feeds:
         typer.echo("no feeds configured")
         return
-    if not run(_check(feeds, settings.database.url)):
+    if not run(_check(feeds, settings.database)):
         raise typer.Exit(1)

@@ -20,6 +20,7 @@ from pydantic import (
 from broadcaster.config.durations import Duration, LeaseDuration, PositiveDuration
 from broadcaster.eventloop import DEFAULT_EVENT_LOOP, EventLoopChoice
 from broadcaster.intake.watch import FeedSettings, HookSettings
+from broadcaster.store.db import Pooler
 from channels.apns import ApnsSettings
 from channels.console import ConsoleSettings
 from channels.email import EmailSettings
@@ -51,6 +52,22 @@ class DatabaseSettings(_Section):
     url: str = "sqlite+aiosqlite:///data/broadcaster.db"
     """SQLAlchemy async URL; a relative SQLite path is relative to the config file."""
     echo: bool = False
+    pooler: Pooler = "none"
+    """What ``url`` reaches on PostgreSQL: the server itself (``none``), or a connection
+    pooler such as PgBouncer in ``session`` or ``transaction`` pooling mode. In
+    ``transaction`` mode a server session serves a client for one transaction only, so no
+    prepared statement is kept and every statement runs inside a transaction
+    (:class:`broadcaster.store.Database`). With either, ``direct_url`` is required."""
+    direct_url: str | None = None
+    """A URL straight to the PostgreSQL server, past the pooler: the leader's advisory
+    lock (a session's, which must end when its daemon dies) and the schema migrations
+    take it. Required when ``pooler`` is not ``none``."""
+
+    @property
+    def direct(self) -> str:
+        """The URL for the work that needs a server session of its own: ``direct_url``,
+        else ``url``."""
+        return self.direct_url or self.url
 
 
 class CadenceSettings(_Section):
@@ -318,9 +335,48 @@ class Settings(_Section):
     (:mod:`broadcaster.eventloop`)."""
 
 
+def _database_problems(database: DatabaseSettings) -> list[tuple[tuple[str, ...], str]]:
+    """A pooler is PostgreSQL's, and needs a direct URL beside it (``direct_url``)."""
+    problems: list[tuple[tuple[str, ...], str]] = []
+    postgres = "postgresql+asyncpg://"
+    if database.pooler == "none":
+        if database.direct_url is not None and not database.direct_url.startswith(postgres):
+            problems.append((("database", "direct_url"), f"must be a {postgres}… URL (PostgreSQL)"))
+        return problems
+    if not database.url.startswith(postgres):
+        problems.append(
+            (
+                ("database", "pooler"),
+                f"pooler {database.pooler!r} is for PostgreSQL: database.url must be a "
+                f"{postgres}… URL (the pooler's address)",
+            )
+        )
+    if database.direct_url is None:
+        problems.append(
+            (
+                ("database", "pooler"),
+                f"pooler {database.pooler!r} needs database.direct_url, a URL straight to "
+                "the PostgreSQL server: the leader's advisory lock must end with its "
+                "daemon's session, and a pooler keeps the server session open",
+            )
+        )
+    elif not database.direct_url.startswith(postgres):
+        problems.append((("database", "direct_url"), f"must be a {postgres}… URL (PostgreSQL)"))
+    elif database.direct_url == database.url:
+        problems.append(
+            (
+                ("database", "direct_url"),
+                "is the same as database.url: give the PostgreSQL server's own address, "
+                "not the pooler's",
+            )
+        )
+    return problems
+
+
 def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
     """Checks that span sections; each problem with the path of the key at fault."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
+    problems += _database_problems(settings.database)
     seen_feeds: set[str] = set()
     for index, feed in enumerate(settings.feeds):
         if feed.name in seen_feeds:

@@ -210,7 +210,7 @@ async def run_child(settings: Settings, ready_fd: int | None = None) -> None:
 
     loop.add_reader(sys.stdin.fileno(), parent_gone)
     clock = RealClock()
-    database = Database(settings.database.url, echo=settings.database.echo)
+    database = Database.configured(settings.database)
     channels = build_channels(settings, clock)
     engine = await Engine.create(settings, database, clock, channels)
     delivery = settings.delivery

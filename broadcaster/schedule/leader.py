@@ -12,6 +12,13 @@ keepalive settings), and no round would be scheduled meanwhile. So the leadershi
 asks the server for short keepalives and a user timeout (:data:`KEEPALIVE`: a silent peer is
 dropped within about :data:`SERVER_NOTICES` seconds), and the leader gives up leading when
 its check does not answer within :data:`ANSWER_WITHIN` seconds.
+
+Through a connection pooler the server session is the pooler's, not the daemon's. In
+transaction mode the lock would stay with whichever server session took it, after its
+daemon is gone, and the checks would land on other sessions; in session mode the keepalives
+above would watch the pooler, and a leader whose host died would keep the lock until the
+pooler noticed, on its own keepalives. So the leadership connection goes to
+``database.direct_url``, straight to the server (:attr:`Database.direct_engine`).
 """
 
 from __future__ import annotations
@@ -99,9 +106,9 @@ class Leadership:
             return None
 
     async def _connect(self) -> AsyncConnection:
-        """A pooled connection set to autocommit, with the keepalives of :data:`KEEPALIVE`
-        (it never goes back to the pool: :meth:`_drop` closes it for good)."""
-        conn = await self.database.engine.connect()
+        """A connection straight to the server, set to autocommit, with the keepalives of
+        :data:`KEEPALIVE` (it never goes back to a pool: :meth:`_drop` closes it for good)."""
+        conn = await self.database.direct_engine.connect()
         try:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             for name, value in KEEPALIVE.items():

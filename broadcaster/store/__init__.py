@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broadcaster.store.db import Also, Database
+from broadcaster.store.db import Also, Database, Pooler, StoreConfig
 from broadcaster.store.models import (
     Account,
     ApiToken,
@@ -41,8 +41,10 @@ __all__ = [
     "Incident",
     "IncidentScope",
     "IncidentUpdate",
+    "Pooler",
     "Promise",
     "Round",
     "StaffNotice",
+    "StoreConfig",
     "Subscription",
 ]

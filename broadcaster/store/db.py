@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from sqlalchemy import Table, event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,10 +21,21 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.dml import Insert
 
 T = TypeVar("T")
+
+Pooler = Literal["none", "session", "transaction"]
+"""What a PostgreSQL URL reaches: the server, or a pooler in that pooling mode."""
+
+
+def _unnamed() -> str:
+    """The name of every prepared statement through a transaction-mode pooler: the empty
+    name, PostgreSQL's unnamed statement, which lasts until the next one is prepared."""
+    return ""
+
 
 SQLITE_WAIT = 30.0
 """Seconds a SQLite transaction waits for its turn (in this process, as in SQLite's busy
@@ -35,16 +46,56 @@ Also = Callable[[AsyncSession, object], None]
 it commits: what must be written with it or not at all (the audit entry)."""
 
 
+class StoreConfig(Protocol):
+    """The ``database`` section of the configuration, as :meth:`Database.configured` reads it."""
+
+    url: str
+    echo: bool
+    pooler: Pooler
+    direct_url: str | None
+
+
 class Database:
     """Owns the async engine; ``session()`` opens a unit of work, ``engine`` runs Core."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    @classmethod
+    def configured(cls, config: StoreConfig) -> Database:
+        """The store of the configuration's ``database`` section."""
+        return cls(config.url, echo=config.echo, pooler=config.pooler, direct_url=config.direct_url)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        pooler: Pooler = "none",
+        direct_url: str | None = None,
+    ) -> None:
         self.url = url
+        self.direct_url = direct_url or url
+        """Straight to the server, past any pooler: for the leader's advisory lock."""
+        self.pooler = pooler
+        self._direct_engine: AsyncEngine | None = None
         self._queue_sessions = False
         self._gates: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo}
+        if pooler == "transaction":
+            # A pooler in transaction mode gives each transaction (and each statement run
+            # alone) whichever server session is free: a statement prepared on one is
+            # unknown, or another client's, on the next. So nothing is kept: asyncpg's
+            # and SQLAlchemy's caches are off, and statements are prepared unnamed, which
+            # the server replaces at the next one (named ones would pile up in the
+            # pooler's server sessions). With its cache off asyncpg sends an unnamed
+            # statement's Parse again with every execution, in the same message group,
+            # so a statement run alone in autocommit reaches one server session too
+            # (asyncpg 0.29 and later: "PgBouncer mishandling implicit transactions").
+            kwargs["connect_args"] = {
+                "statement_cache_size": 0,
+                "prepared_statement_cache_size": 0,
+                "prepared_statement_name_func": _unnamed,
+            }
         if self.dialect == "sqlite":
             database = parsed.database or ""
             if database and database != ":memory:":
@@ -177,8 +228,21 @@ class Database:
         """Whether ``FOR UPDATE SKIP LOCKED`` means something here (PostgreSQL only)."""
         return self.dialect == "postgresql"
 
+    @property
+    def direct_engine(self) -> AsyncEngine:
+        """An engine on :attr:`direct_url` for sessions that must be the server's own (the
+        leader's advisory lock): the main engine when there is no pooler; else one made on
+        first use, without a pool (such a session is opened once and kept)."""
+        if self.direct_url == self.url:
+            return self.engine
+        if self._direct_engine is None:
+            self._direct_engine = create_async_engine(self.direct_url, poolclass=NullPool)
+        return self._direct_engine
+
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._direct_engine is not None:
+            await self._direct_engine.dispose()
 
 
 PING_AFTER_IDLE = 1.0

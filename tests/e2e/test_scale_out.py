@@ -14,17 +14,21 @@ import asyncpg
 import pytest
 
 from tests.e2e.harness import Daemon, cli, wait_until
+from tests.pgbouncer import Bouncer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 CUSTOMERS = 20_000
 
 
-def _config(folder: Path, url: str) -> Path:
+def _config(folder: Path, url: str, bouncer: Bouncer | None = None) -> Path:
     config = folder / "config.yaml"
+    database = f'{{url: "{url}"}}'
+    if bouncer is not None:  # the daemons and the CLI through it; leadership and migrations past it
+        database = f'{{url: "{bouncer.url}", pooler: transaction, direct_url: "{url}"}}'
     config.write_text(
         f"""
-database: {{url: "{url}"}}
+database: {database}
 schedule: {{sweep_interval: 300ms, round_lease: 5s, cadence: {{minor: 1h}}}}
 delivery: {{channels: [console], workers: 2, batch_size: 200, lease: 10s, poll_interval: 100ms}}
 channels: {{console: {{type: console}}}}
@@ -74,10 +78,14 @@ def _console(log: str) -> list[str]:
     return keys
 
 
+@pytest.mark.parametrize("through", ["direct", "pgbouncer"])
 def test_three_daemons_share_the_work_and_survive_the_leader(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_url: str, through: str, request: pytest.FixtureRequest
 ) -> None:
-    config = _config(tmp_path, postgres_url)
+    """``pgbouncer``: the same through PgBouncer in transaction pooling mode, three server
+    sessions for the three daemons and the CLI (``database.pooler: transaction``)."""
+    bouncer = request.getfixturevalue("pgbouncer") if through == "pgbouncer" else None
+    config = _config(tmp_path, postgres_url, bouncer)
     cli(config, "db", "upgrade")
     assert (
         f"imported {CUSTOMERS}"

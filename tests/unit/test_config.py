@@ -444,6 +444,69 @@ def test_unknown_channel_points_at_the_list_item(tmp_path: Path) -> None:
     ]
 
 
+def test_a_pooler_without_a_direct_url_points_at_the_pooler(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        database:
+          url: postgresql+asyncpg://app@pooler:6432/broadcaster
+          pooler: transaction
+        """,
+    )
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{at(path, 'transaction')}: database.pooler: pooler 'transaction'")
+    assert "needs database.direct_url" in problem
+
+
+def test_a_pooler_is_postgresql_s_and_its_direct_url_is_not_the_pooler(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        database:
+          url: sqlite+aiosqlite:///store.db
+          pooler: session
+          direct_url: sqlite+aiosqlite:///store.db
+        """,
+    )
+    assert problems_of(path) == [
+        f"{at(path, 'session')}: database.pooler: pooler 'session' is for PostgreSQL: "
+        "database.url must be a postgresql+asyncpg://… URL (the pooler's address)",
+        f"{at(path, 'sqlite', 2)}: database.direct_url: must be a postgresql+asyncpg://… URL "
+        "(PostgreSQL)",
+    ]
+    path = write_config(
+        tmp_path,
+        """
+        database:
+          url: postgresql+asyncpg://app@db:5432/broadcaster
+          pooler: session
+          direct_url: postgresql+asyncpg://app@db:5432/broadcaster
+        """,
+    )
+    assert problems_of(path) == [
+        f"{at(path, 'postgresql', 2)}: database.direct_url: is the same as database.url: give "
+        "the PostgreSQL server's own address, not the pooler's"
+    ]
+
+
+def test_a_pooler_with_its_direct_url_loads(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        database:
+          url: postgresql+asyncpg://app@pooler:6432/broadcaster
+          pooler: transaction
+          direct_url: postgresql+asyncpg://app@db:5432/broadcaster
+        """,
+    )
+    database = load_settings(path, {}).database
+    assert (database.pooler, database.direct) == (
+        "transaction",
+        "postgresql+asyncpg://app@db:5432/broadcaster",
+    )
+    assert load_settings(SHIPPED, {}).database.pooler == "none"
+
+
 def test_unknown_channel_in_a_flow_list_points_at_the_item(tmp_path: Path) -> None:
     path = write_config(
         tmp_path,

@@ -1,0 +1,140 @@
+"""The store through a real PgBouncer in transaction pooling mode (``database.pooler``), and
+leadership past it (``database.direct_url``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+
+from broadcaster.config.settings import DatabaseSettings
+from broadcaster.schedule.leader import LOCK_KEY, Leadership
+from broadcaster.store import Database
+from broadcaster.store.migrate import upgrade_async
+from tests.pgbouncer import SERVER_SESSIONS, Bouncer
+
+pytestmark = pytest.mark.postgres
+
+CLIENTS = 12
+"""Concurrent clients of the store: four times the pooler's server sessions."""
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def _workload(database: Database) -> Counter[str]:
+    """``CLIENTS`` tasks, each alternating transactions of two statements and statements
+    run alone (``execute_alone``), 40 each; the errors they met, by kind."""
+    errors: Counter[str] = Counter()
+
+    async def client(number: int) -> None:
+        for step in range(40):
+            try:
+                if step % 2:
+                    async with database.session() as session, session.begin():
+                        await session.execute(text("SELECT :a + 1"), {"a": step})
+                        await session.execute(
+                            text("SELECT pg_sleep(0.001), :b"), {"b": str(number)}
+                        )
+                else:
+                    await database.execute_alone(
+                        text("SELECT CAST(:a AS integer) + 2"), {"a": step}
+                    )
+            except Exception as exc:  # counted: the test asserts on them
+                errors[type(exc).__name__ + ": " + str(exc).splitlines()[0][:90]] += 1
+
+    await asyncio.gather(*(client(n) for n in range(CLIENTS)))
+    return errors
+
+
+async def test_the_fixture_pools_by_transaction(pgbouncer: Bouncer) -> None:
+    """What the other tests rely on: clients share the pooler's few server sessions, and a
+    client's two transactions need not reach the same one."""
+    clients = [
+        await asyncpg.connect(_plain(pgbouncer.url), statement_cache_size=0) for _ in range(CLIENTS)
+    ]
+    try:
+        seen: set[int] = set()
+        for _ in range(3):
+            pids = await asyncio.gather(
+                *(c.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.01)") for c in clients)
+            )
+            seen.update(pids)
+        assert 1 <= len(seen) <= SERVER_SESSIONS
+    finally:
+        for conn in clients:
+            await conn.close()
+
+
+async def test_the_store_works_through_a_transaction_pooler(pgbouncer: Bouncer) -> None:
+    database = Database(pgbouncer.url, pooler="transaction", direct_url=pgbouncer.direct)
+    try:
+        assert await _workload(database) == Counter()
+    finally:
+        await database.dispose()
+
+
+async def test_without_the_setting_the_pooler_breaks_prepared_statements(
+    pgbouncer: Bouncer,
+) -> None:
+    """The control: the same work with ``pooler: none`` through the same pooler fails, as
+    it would for an operator who put PgBouncer in front without saying so."""
+    database = Database(pgbouncer.url)
+    try:
+        errors = await _workload(database)
+    finally:
+        await database.dispose()
+    assert errors, "transaction pooling did not disturb the cached prepared statements"
+    assert any("prepared statement" in kind for kind in errors), errors
+
+
+async def test_the_leader_holds_its_lock_past_the_pooler(pgbouncer: Bouncer) -> None:
+    """The advisory lock is taken on ``direct_url``: stopping the pooler leaves the leader
+    leading, and the lock's session is the leader's own, so it ends with it."""
+    await upgrade_async(pgbouncer.direct)
+    first = Database(pgbouncer.url, pooler="transaction", direct_url=pgbouncer.direct)
+    second = Database(pgbouncer.url, pooler="transaction", direct_url=pgbouncer.direct)
+    leader, other = Leadership(first, "one"), Leadership(second, "two")
+    admin = await asyncpg.connect(_plain(pgbouncer.direct))
+    try:
+        assert await leader.ensure()
+        assert not await other.ensure()
+        holder = await admin.fetchval(
+            "SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.objid = $1 AND l.granted",
+            LOCK_KEY,
+        )
+        assert holder is not None
+        pgbouncer.stop()
+        assert await leader.ensure(), "the leader lost its lock with the pooler"
+        assert not await other.ensure()
+        await leader.release()
+        assert await other.ensure()
+    finally:
+        await admin.close()
+        await leader.release()
+        await other.release()
+        await first.dispose()
+        await second.dispose()
+
+
+def test_the_pooler_needs_a_direct_url() -> None:
+    settings = DatabaseSettings(url="postgresql+asyncpg://app@pooler:6432/b", pooler="session")
+    assert settings.direct == settings.url
+    settings = DatabaseSettings(
+        url="postgresql+asyncpg://app@pooler:6432/b",
+        pooler="transaction",
+        direct_url="postgresql+asyncpg://app@db:5432/b",
+    )
+    assert settings.direct == "postgresql+asyncpg://app@db:5432/b"
+    database = Database.configured(settings)
+    assert (database.url, database.direct_url, database.pooler) == (
+        "postgresql+asyncpg://app@pooler:6432/b",
+        "postgresql+asyncpg://app@db:5432/b",
+        "transaction",
+    )
+    assert database.direct_engine is not database.engine
