@@ -56,7 +56,7 @@ class DatabaseSettings(_Section):
     """What ``url`` reaches on PostgreSQL: the server itself (``none``), or a connection
     pooler such as PgBouncer in ``session`` or ``transaction`` pooling mode. In
     ``transaction`` mode a server session serves a client for one transaction only, so no
-    prepared statement is kept and every statement runs inside a transaction
+    prepared statement is kept from one statement to the next
     (:class:`broadcaster.store.Database`). With either, ``direct_url`` is required."""
     direct_url: str | None = None
     """A URL straight to the PostgreSQL server, past the pooler: the leader's advisory
