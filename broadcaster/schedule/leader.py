@@ -14,11 +14,12 @@ dropped within about :data:`SERVER_NOTICES` seconds), and the leader gives up le
 its check does not answer within :data:`ANSWER_WITHIN` seconds.
 
 Through a connection pooler the server session is the pooler's, not the daemon's. In
-transaction mode the lock would stay with whichever server session took it, after its
-daemon is gone, and the checks would land on other sessions; in session mode the keepalives
-above would watch the pooler, and a leader whose host died would keep the lock until the
-pooler noticed, on its own keepalives. So the leadership connection goes to
-``database.direct_url``, straight to the server (:attr:`Database.direct_engine`).
+transaction mode another daemon whose try reached the server session holding the lock would
+be granted it too (two leaders), and the lock would outlive its daemon until the pooler
+closed that session; in session mode the keepalives above would watch the pooler, and a
+leader whose host died would keep the lock until the pooler noticed, on its own keepalives.
+So the leadership connection goes to ``database.direct_url``, straight to the server
+(:attr:`Database.direct_engine`).
 """
 
 from __future__ import annotations

@@ -31,12 +31,6 @@ Pooler = Literal["none", "session", "transaction"]
 """What a PostgreSQL URL reaches: the server, or a pooler in that pooling mode."""
 
 
-def _unnamed() -> str:
-    """The name of every prepared statement through a transaction-mode pooler: the empty
-    name, PostgreSQL's unnamed statement, which lasts until the next one is prepared."""
-    return ""
-
-
 SQLITE_WAIT = 30.0
 """Seconds a SQLite transaction waits for its turn (in this process, as in SQLite's busy
 timeout for the others) before it fails."""
@@ -84,18 +78,15 @@ class Database:
         if pooler == "transaction":
             # A pooler in transaction mode gives each transaction (and each statement run
             # alone) whichever server session is free: a statement prepared on one is
-            # unknown, or another client's, on the next. So nothing is kept: asyncpg's
-            # and SQLAlchemy's caches are off, and statements are prepared unnamed, which
-            # the server replaces at the next one (named ones would pile up in the
-            # pooler's server sessions). With its cache off asyncpg sends an unnamed
-            # statement's Parse again with every execution, in the same message group,
-            # so a statement run alone in autocommit reaches one server session too
-            # (asyncpg 0.29 and later: "PgBouncer mishandling implicit transactions").
-            kwargs["connect_args"] = {
-                "statement_cache_size": 0,
-                "prepared_statement_cache_size": 0,
-                "prepared_statement_name_func": _unnamed,
-            }
+            # unknown, or another client's, on the next. So nothing is kept: with
+            # asyncpg's statement cache off, SQLAlchemy's statements are prepared unnamed
+            # (the server replaces the unnamed statement at the next Parse: nothing piles
+            # up in the pooler's server sessions), and asyncpg sends each one's Parse
+            # again with every execution, in the same message group as its Bind, Execute
+            # and Sync, so that it reaches one server session even in autocommit (asyncpg
+            # 0.29 and later, for PgBouncer). SQLAlchemy's own cache of prepared
+            # statements is off too: nothing outlives its statement.
+            kwargs["connect_args"] = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
         if self.dialect == "sqlite":
             database = parsed.database or ""
             if database and database != ":memory:":

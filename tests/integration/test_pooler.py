@@ -13,6 +13,7 @@ from sqlalchemy import text
 from broadcaster.config.settings import DatabaseSettings
 from broadcaster.schedule.leader import LOCK_KEY, Leadership
 from broadcaster.store import Database
+from broadcaster.store.db import PING_AFTER_IDLE
 from broadcaster.store.migrate import upgrade_async
 from tests.pgbouncer import SERVER_SESSIONS, Bouncer
 
@@ -28,11 +29,16 @@ def _plain(url: str) -> str:
 
 async def _workload(database: Database) -> Counter[str]:
     """``CLIENTS`` tasks, each alternating transactions of two statements and statements
-    run alone (``execute_alone``), 40 each; the errors they met, by kind."""
+    run alone (``execute_alone``), 40 each; the errors they met, by kind. Half-way every
+    client pauses past :data:`PING_AFTER_IDLE` (its connection is checked when taken
+    again), and the statements run alone bind an array, whose type asyncpg looks up on
+    first use: the dispatcher's records bind arrays (:mod:`broadcaster.store.bulk`)."""
     errors: Counter[str] = Counter()
 
     async def client(number: int) -> None:
         for step in range(40):
+            if step == 20:
+                await asyncio.sleep(PING_AFTER_IDLE + 0.2)
             try:
                 if step % 2:
                     async with database.session() as session, session.begin():
@@ -42,7 +48,7 @@ async def _workload(database: Database) -> Counter[str]:
                         )
                 else:
                     await database.execute_alone(
-                        text("SELECT CAST(:a AS integer) + 2"), {"a": step}
+                        text("SELECT cardinality(CAST(:a AS integer[]))"), {"a": [step, number]}
                     )
             except Exception as exc:  # counted: the test asserts on them
                 errors[type(exc).__name__ + ": " + str(exc).splitlines()[0][:90]] += 1
@@ -53,18 +59,20 @@ async def _workload(database: Database) -> Counter[str]:
 
 async def test_the_fixture_pools_by_transaction(pgbouncer: Bouncer) -> None:
     """What the other tests rely on: clients share the pooler's few server sessions, and a
-    client's two transactions need not reach the same one."""
+    client's transactions do not all reach the same one (as in session mode they would)."""
     clients = [
         await asyncpg.connect(_plain(pgbouncer.url), statement_cache_size=0) for _ in range(CLIENTS)
     ]
     try:
-        seen: set[int] = set()
-        for _ in range(3):
+        seen: list[set[int]] = [set() for _ in clients]
+        for _ in range(5):
             pids = await asyncio.gather(
                 *(c.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.01)") for c in clients)
             )
-            seen.update(pids)
-        assert 1 <= len(seen) <= SERVER_SESSIONS
+            for mine, pid in zip(seen, pids, strict=True):
+                mine.add(pid)
+        assert 1 <= len(set().union(*seen)) <= SERVER_SESSIONS
+        assert any(len(mine) > 1 for mine in seen), "every client kept one server session"
     finally:
         for conn in clients:
             await conn.close()
@@ -100,16 +108,13 @@ async def test_the_leader_holds_its_lock_past_the_pooler(pgbouncer: Bouncer) -> 
     second = Database(pgbouncer.url, pooler="transaction", direct_url=pgbouncer.direct)
     leader, other = Leadership(first, "one"), Leadership(second, "two")
     admin = await asyncpg.connect(_plain(pgbouncer.direct))
+    holder = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND granted"
     try:
         assert await leader.ensure()
         assert not await other.ensure()
-        holder = await admin.fetchval(
-            "SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-            "WHERE l.locktype = 'advisory' AND l.objid = $1 AND l.granted",
-            LOCK_KEY,
-        )
-        assert holder is not None
-        pgbouncer.stop()
+        before = await admin.fetchval(holder, LOCK_KEY)
+        pgbouncer.stop()  # its server sessions end with it
+        assert await admin.fetchval(holder, LOCK_KEY) == before
         assert await leader.ensure(), "the leader lost its lock with the pooler"
         assert not await other.ensure()
         await leader.release()
