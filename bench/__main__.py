@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, get_args
 
 from bench import fanout, firstround, latency, promises, scale
+from bench.pgbouncer import NOT_FOUND as PGBOUNCER_NOT_FOUND
+from bench.pgbouncer import binary as pgbouncer_binary
 from bench.report import table, write
 from bench.sinks import SINK_CPU_ENV
 from bench.store import BACKENDS, postgres_available
@@ -138,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         "delivery, for alternating runs of two builds or two event loops)",
     )
     parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="fanout: the daemon's PostgreSQL store through a PgBouncer in transaction mode "
+        "that the benchmark starts (database.pooler: transaction; Debian's pgbouncer package); "
+        "SQLite rounds are unchanged",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -165,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeat must be at least 1, not {args.repeat}")
     if args.pin and args.pin_daemons:
         parser.error("--pin and --pin-daemons: choose one (the first pins this process)")
+    if args.pgbouncer and pgbouncer_binary() is None:
+        parser.error(f"--pgbouncer: {PGBOUNCER_NOT_FOUND}")
     placement = pin(args.pin) if args.pin else None
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
@@ -198,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             params["repeat"] = args.repeat
         if scenario == "fanout" and args.pipeline_only:
             params["pipeline_only"] = True
+        if scenario == "fanout" and args.pgbouncer:
+            params["pgbouncer"] = True
         print(f"\n== {scenario} ({'quick' if args.quick else 'full'}: {params}) ==", flush=True)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="broadcaster-bench-") as tmp:

@@ -32,6 +32,7 @@ from bench.baselines import (
     raw_smtp_pipelined,
     raw_twilio_sdk,
 )
+from bench.pgbouncer import Bouncer
 from bench.pipeline import (
     COMPONENT,
     CONTACT_KIND,
@@ -40,6 +41,7 @@ from bench.pipeline import (
     running_daemon,
 )
 from bench.procfs import (
+    cpu_seconds,
     postmaster_pid,
     server_cpu_seconds,
     thread_cpu_seconds,
@@ -73,12 +75,20 @@ MESSAGE = (
 
 
 async def pipeline_run(
-    sinks: Sinks, backend: str, channel: str, n: int, workdir: Path, processes: int = 1
+    sinks: Sinks,
+    backend: str,
+    channel: str,
+    n: int,
+    workdir: Path,
+    processes: int = 1,
+    pgbouncer: bool = False,
 ) -> dict[str, Any]:
     """One round of ``n`` deliveries on ``channel`` through the daemon, on ``backend``, with
     ``processes`` dispatch processes (``delivery.processes``). The CPU per delivery is this
     process's (``cpu_scope`` says what that covers); on a PostgreSQL server on this host the
-    server's CPU for the same span is read too."""
+    server's CPU for the same span is read too. With ``pgbouncer`` (PostgreSQL only) the
+    daemon's store is a PgBouncer in transaction mode in front of the database
+    (``database.pooler: transaction``; :mod:`bench.pgbouncer`), whose CPU is read too."""
     specs = channel_specs(
         hook_url=sinks.hook_url,
         smtp_port=sinks.smtp_port,
@@ -86,6 +96,7 @@ async def pipeline_run(
         twilio_sid=sinks.twilio_sid,
         twilio_token=sinks.twilio_token,
     )
+    bouncer: Bouncer | None = None
     async with store_url(backend, workdir) as url:
         database = Database(url)
         try:
@@ -96,12 +107,18 @@ async def pipeline_run(
                 kinds=[CONTACT_KIND[channel]],
                 hook_url=sinks.hook_url,
             )
+            pooled: dict[str, Any] = {}
+            if pgbouncer and backend == "postgresql":
+                # As many server sessions as the daemon's pool may open (5 + 10 overflow).
+                bouncer = Bouncer(url, sessions=15).start()
+                pooled = {"url": bouncer.url, "pooler": "transaction", "direct_url": url}
             settings = bench_settings(
                 url,
                 {channel: specs[channel]},
                 [channel],
                 sweep="100ms",
                 delivery={"processes": processes},
+                database=pooled,
             )
             await sinks.reset()
             postmaster = (
@@ -110,6 +127,7 @@ async def pipeline_run(
             async with running_daemon(settings) as running:
                 clock = RealClock()
                 server_before = server_cpu_seconds(postmaster)
+                bouncer_before = cpu_seconds(bouncer.pid if bouncer else None)
                 threads_before = thread_cpu_seconds()
                 cpu_before = time.process_time()
                 declared = clock.now()
@@ -132,6 +150,7 @@ async def pipeline_run(
                 cpu = time.process_time() - cpu_before
                 threads_after = thread_cpu_seconds()
                 server_after = server_cpu_seconds(postmaster)
+                bouncer_after = cpu_seconds(bouncer.pid if bouncer else None)
                 stats = vars(running.engine.dispatcher.stats).copy()
             async with database.session() as session:
                 started = (
@@ -146,12 +165,17 @@ async def pipeline_run(
                 )
         finally:
             await database.dispose()
+            if bouncer is not None:
+                bouncer.remove()
     if started is None:
         raise RuntimeError("the round was never started")
     received = (await sinks.stats()).get(SINK_OF[channel], 0)
     seconds = (finished - started).total_seconds()
     sent = int(states.get("sent", 0))
     server = None if server_before is None or server_after is None else server_after - server_before
+    pooler = (
+        None if bouncer_before is None or bouncer_after is None else bouncer_after - bouncer_before
+    )
     return {
         "backend": backend,
         "channel": channel,
@@ -163,6 +187,7 @@ async def pipeline_run(
         "seconds": round(seconds, 3),
         "rate": round(sent / seconds, 1) if seconds > 0 else 0.0,
         "processes": processes,
+        "pgbouncer": bouncer is not None,
         # This process's CPU from declaration to the last outcome, per delivery sent: the
         # daemon's (its dispatch processes' not counted when there are several).
         "cpu_per_delivery_us": round(cpu / sent * 1e6, 1) if sent and processes == 1 else None,
@@ -176,6 +201,10 @@ async def pipeline_run(
         "postgresql_cpu_seconds": None if server is None else round(server, 2),
         "postgresql_cpu_per_delivery_us": (
             round(server / sent * 1e6, 1) if server is not None and sent else None
+        ),
+        # PgBouncer's process (``--pgbouncer``), same span.
+        "pgbouncer_cpu_per_delivery_us": (
+            round(pooler / sent * 1e6, 1) if pooler is not None and sent else None
         ),
         "dispatch_stats": {k: v for k, v in stats.items() if k != "by_channel"},
     }
@@ -199,6 +228,9 @@ def _cpu_note(result: dict[str, Any]) -> str:
     server = result.get("postgresql_cpu_per_delivery_us")
     if server is not None:
         note += f", PostgreSQL server {server:,.0f} µs per delivery"
+    pooler = result.get("pgbouncer_cpu_per_delivery_us")
+    if pooler is not None:
+        note += f", PgBouncer {pooler:,.0f} µs per delivery"
     return note
 
 
@@ -266,6 +298,7 @@ async def run(
     processes: list[int] | None = None,
     pipeline_only: bool = False,
     repeat: int = 1,
+    pgbouncer: bool = False,
 ) -> dict[str, Any]:
     """The scenario; with ``pipeline_only`` the project's rounds alone, without the baselines
     (for comparing two builds or two event loops in alternating runs: no ratio, no target).
@@ -274,7 +307,9 @@ async def run(
     and the baselines' taken in turn (pipeline, baselines, pipeline, ...), so that a slow
     spell of the host falls on both sides; the issue's reference figures are medians of 3.
     The pipeline's row is its median round (the lower middle one of an even count: a round
-    that ran, with its own CPU figures); every round is kept in the JSON."""
+    that ran, with its own CPU figures); every round is kept in the JSON. With
+    ``pgbouncer`` the daemon reaches PostgreSQL through a PgBouncer in transaction mode
+    (see :func:`pipeline_run`)."""
     if repeat < 1:
         raise ValueError(f"repeat must be at least 1, not {repeat}")
     results: list[dict[str, Any]] = []
@@ -290,7 +325,9 @@ async def run(
                 for turn in range(repeat):
                     for backend in backends:
                         for count in processes or [1]:
-                            result = await pipeline_run(sinks, backend, channel, n, workdir, count)
+                            result = await pipeline_run(
+                                sinks, backend, channel, n, workdir, count, pgbouncer
+                            )
                             runs.append(result | {"turn": turn + 1})
                         if pipeline_only:
                             continue
@@ -385,6 +422,8 @@ def _label(result: dict[str, Any]) -> str:
     label = f"{result['channel']} {result['customers']:,} {result['backend']}"
     if result.get("processes", 1) > 1:
         label += f" {result['processes']}p"
+    if result.get("pgbouncer"):
+        label += " via pgbouncer"
     return label
 
 

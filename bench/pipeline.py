@@ -59,12 +59,14 @@ def bench_settings(
     sweep: str = "1s",
     delivery: Mapping[str, Any] | None = None,
     schedule: Mapping[str, Any] | None = None,
+    database: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Settings as an operator would write them: defaults, except the store, the channels,
-    no HTTP server and ``sweep`` (``schedule.sweep_interval``)."""
+    """Settings as an operator would write them: defaults, except the store (``url``, and
+    ``database``'s other keys), the channels, no HTTP server and ``sweep``
+    (``schedule.sweep_interval``)."""
     return Settings.model_validate(
         {
-            "database": {"url": url},
+            "database": {"url": url, **(database or {})},
             "schedule": {"sweep_interval": sweep, **(schedule or {})},
             "delivery": {"channels": broadcast, **(delivery or {})},
             "channels": dict(channels),

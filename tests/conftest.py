@@ -12,12 +12,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from bench.pgbouncer import NOT_FOUND as PGBOUNCER_NOT_FOUND
+from bench.pgbouncer import Bouncer
+from bench.pgbouncer import binary as pgbouncer_binary
 from broadcaster.store import Database
 from broadcaster.store.migrate import upgrade_async
 from channels import http_transport
-from tests.pgbouncer import NOT_FOUND as PGBOUNCER_NOT_FOUND
-from tests.pgbouncer import Bouncer
-from tests.pgbouncer import binary as pgbouncer_binary
 
 POSTGRES_ENV = "BROADCASTER_TEST_POSTGRES_URL"
 _EXIT_STATUS = pytest.StashKey[int]()
@@ -109,7 +109,7 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 def pgbouncer(postgres_url: str) -> Iterator[Bouncer]:
     """A PgBouncer in transaction pooling mode in front of ``postgres_url``'s database
-    (``.url`` through it, ``.direct`` past it); see :mod:`tests.pgbouncer`."""
+    (``.url`` through it, ``.direct`` past it); see :mod:`bench.pgbouncer`."""
     if pgbouncer_binary() is None:
         if os.environ.get("CI"):  # CI installs it: a skip would hide a failure
             pytest.fail(PGBOUNCER_NOT_FOUND)

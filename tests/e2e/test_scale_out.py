@@ -13,8 +13,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from bench.pgbouncer import Bouncer
 from tests.e2e.harness import Daemon, cli, wait_until
-from tests.pgbouncer import Bouncer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

@@ -4,18 +4,26 @@ leadership past it (``database.direct_url``)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from collections import Counter
+from pathlib import Path
 
 import asyncpg
 import pytest
 from sqlalchemy import text
 
+from bench.__main__ import main
+from bench.pgbouncer import NOT_FOUND as PGBOUNCER_NOT_FOUND
+from bench.pgbouncer import SERVER_SESSIONS, Bouncer
+from bench.pgbouncer import binary as pgbouncer_binary
+from bench.store import POSTGRES_ENV as BENCH_POSTGRES_ENV
 from broadcaster.config.settings import DatabaseSettings
 from broadcaster.schedule.leader import LOCK_KEY, Leadership
 from broadcaster.store import Database
 from broadcaster.store.db import PING_AFTER_IDLE
 from broadcaster.store.migrate import upgrade_async
-from tests.pgbouncer import SERVER_SESSIONS, Bouncer
+from tests.conftest import POSTGRES_ENV, postgres_admin_url
 
 pytestmark = pytest.mark.postgres
 
@@ -143,3 +151,29 @@ def test_the_pooler_needs_a_direct_url() -> None:
         "transaction",
     )
     assert database.direct_engine is not database.engine
+
+
+def test_the_fanout_benchmark_runs_through_pgbouncer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m bench fanout --pgbouncer``: the daemon's PostgreSQL round goes through a
+    PgBouncer the benchmark starts, whose CPU is read beside the server's."""
+    url = postgres_admin_url()
+    if url is None:
+        pytest.skip(f"the benchmark through PgBouncer needs PostgreSQL: set {POSTGRES_ENV}")
+    if pgbouncer_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail(PGBOUNCER_NOT_FOUND)
+        pytest.skip(PGBOUNCER_NOT_FOUND)
+    monkeypatch.setenv(BENCH_POSTGRES_ENV, url)
+    argv = ["fanout", "--quick", "--size", "60", "--channel", "push", "--backend", "postgresql"]
+    assert main([*argv, "--pipeline-only", "--pgbouncer", "--out", str(tmp_path)]) == 0
+
+    result = json.loads((tmp_path / "fanout.json").read_text(encoding="utf-8"))
+    (run,) = result["runs"]
+    assert run["pgbouncer"] is True
+    assert run["sent"] == 60 and run["received_by_sink"] == 60
+    assert run["pgbouncer_cpu_per_delivery_us"] is not None
+    (row,) = result["rows"]
+    assert row["what"] == "fan-out push 60 postgresql via pgbouncer"
+    assert "PgBouncer" in row["note"]

@@ -1,9 +1,10 @@
-"""A real PgBouncer in transaction pooling mode in front of the test's PostgreSQL database.
+"""A real PgBouncer in transaction pooling mode in front of one PostgreSQL database: for the
+pooler tests (``database.pooler``) and ``python -m bench fanout --pgbouncer``.
 
 Debian's ``pgbouncer`` package (CI installs it). PgBouncer will not run as root: as root it
 is started as ``nobody``, its files in a folder of its own under the system's temporary
-folder. Its pool is small (:data:`SERVER_SESSIONS` server sessions for the database), so
-that clients share server sessions, as they do in production.
+folder. Its pool is small (:data:`SERVER_SESSIONS` server sessions for the database, unless
+told otherwise), so that clients share server sessions, as they do in production.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy import make_url
 SERVER_SESSIONS = 3
 """PgBouncer's ``default_pool_size``: server sessions per database and user."""
 
-NOT_FOUND = "PgBouncer tests need Debian's pgbouncer package (CI installs it)"
+NOT_FOUND = "PgBouncer is not installed: Debian's pgbouncer package (CI installs it)"
 
 
 def binary() -> str | None:
@@ -42,6 +43,8 @@ class Bouncer:
     """A PgBouncer for the database of ``direct`` (an asyncpg URL straight to PostgreSQL)."""
 
     direct: str
+    sessions: int = SERVER_SESSIONS
+    """``default_pool_size``: server sessions for the database."""
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgbouncer-")))
     port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -54,6 +57,11 @@ class Bouncer:
             .set(host="127.0.0.1", port=self.port)
             .render_as_string(hide_password=False)
         )
+
+    @property
+    def pid(self) -> int | None:
+        """PgBouncer's process, while it runs."""
+        return self.process.pid if self.process is not None else None
 
     def start(self) -> Bouncer:
         executable = binary()
@@ -75,7 +83,7 @@ unix_socket_dir =
 auth_type = trust
 auth_file = {self.folder / "users.txt"}
 pool_mode = transaction
-default_pool_size = {SERVER_SESSIONS}
+default_pool_size = {self.sessions}
 max_client_conn = 500
 logfile = {self.folder / "pgbouncer.log"}
 """,
