@@ -1,5 +1,6 @@
-"""A real PgBouncer in transaction pooling mode in front of one PostgreSQL database: for the
-pooler tests (``database.pooler``) and ``python -m bench fanout --pgbouncer``.
+"""A real PgBouncer (transaction pooling mode unless told otherwise) in front of one
+PostgreSQL database: for the pooler tests (``database.pooler``) and ``python -m bench
+fanout --pgbouncer``.
 
 Debian's ``pgbouncer`` package (CI installs it). PgBouncer will not run as root: as root it
 is started as ``nobody``, its files in a folder of its own under the system's temporary
@@ -17,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import make_url
 
@@ -45,6 +47,8 @@ class Bouncer:
     direct: str
     sessions: int = SERVER_SESSIONS
     """``default_pool_size``: server sessions for the database."""
+    mode: Literal["transaction", "session"] = "transaction"
+    """``pool_mode``: ``transaction`` or ``session``."""
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgbouncer-")))
     port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -82,7 +86,7 @@ listen_port = {self.port}
 unix_socket_dir =
 auth_type = trust
 auth_file = {self.folder / "users.txt"}
-pool_mode = transaction
+pool_mode = {self.mode}
 default_pool_size = {self.sessions}
 max_client_conn = 500
 logfile = {self.folder / "pgbouncer.log"}

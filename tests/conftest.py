@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from bench.pgbouncer import NOT_FOUND as PGBOUNCER_NOT_FOUND
+from bench.pgbouncer import SERVER_SESSIONS as PGBOUNCER_SESSIONS
 from bench.pgbouncer import Bouncer
 from bench.pgbouncer import binary as pgbouncer_binary
 from broadcaster.store import Database
@@ -20,6 +21,8 @@ from broadcaster.store.migrate import upgrade_async
 from channels import http_transport
 
 POSTGRES_ENV = "BROADCASTER_TEST_POSTGRES_URL"
+SESSION_MODE_SESSIONS = 40
+"""PgBouncer's server sessions in session mode: more than the clients of a test keep open."""
 _EXIT_STATUS = pytest.StashKey[int]()
 
 
@@ -107,14 +110,19 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def pgbouncer(postgres_url: str) -> Iterator[Bouncer]:
-    """A PgBouncer in transaction pooling mode in front of ``postgres_url``'s database
-    (``.url`` through it, ``.direct`` past it); see :mod:`bench.pgbouncer`."""
+def pgbouncer(postgres_url: str, request: pytest.FixtureRequest) -> Iterator[Bouncer]:
+    """A PgBouncer in front of ``postgres_url``'s database (``.url`` through it, ``.direct``
+    past it), in transaction pooling mode, or in the mode a test's indirect parameter
+    names; see :mod:`bench.pgbouncer`."""
     if pgbouncer_binary() is None:
         if os.environ.get("CI"):  # CI installs it: a skip would hide a failure
             pytest.fail(PGBOUNCER_NOT_FOUND)
         pytest.skip(PGBOUNCER_NOT_FOUND)
-    bouncer = Bouncer(postgres_url).start()
+    mode = getattr(request, "param", "transaction")
+    # In session mode a client holds its server session while it is connected: the pool
+    # must hold every connection the test's clients keep open, or they wait for ever.
+    sessions = SESSION_MODE_SESSIONS if mode == "session" else PGBOUNCER_SESSIONS
+    bouncer = Bouncer(postgres_url, mode=mode, sessions=sessions).start()
     try:
         yield bouncer
     finally:

@@ -61,7 +61,8 @@ async def _workload(database: Database) -> Counter[str]:
             except Exception as exc:  # counted: the test asserts on them
                 errors[type(exc).__name__ + ": " + str(exc).splitlines()[0][:90]] += 1
 
-    await asyncio.gather(*(client(n) for n in range(CLIENTS)))
+    async with asyncio.timeout(120):  # a pool too small for session mode waits for ever
+        await asyncio.gather(*(client(n) for n in range(CLIENTS)))
     return errors
 
 
@@ -86,8 +87,10 @@ async def test_the_fixture_pools_by_transaction(pgbouncer: Bouncer) -> None:
             await conn.close()
 
 
-async def test_the_store_works_through_a_transaction_pooler(pgbouncer: Bouncer) -> None:
-    database = Database(pgbouncer.url, pooler="transaction", direct_url=pgbouncer.direct)
+@pytest.mark.parametrize("pgbouncer", ["transaction", "session"], indirect=True)
+async def test_the_store_works_through_a_pooler_of_either_mode(pgbouncer: Bouncer) -> None:
+    """In session mode the statements stay prepared, as straight to the server."""
+    database = Database(pgbouncer.url, pooler=pgbouncer.mode, direct_url=pgbouncer.direct)
     try:
         assert await _workload(database) == Counter()
     finally:
@@ -108,12 +111,13 @@ async def test_without_the_setting_the_pooler_breaks_prepared_statements(
     assert any("prepared statement" in kind for kind in errors), errors
 
 
+@pytest.mark.parametrize("pgbouncer", ["transaction", "session"], indirect=True)
 async def test_the_leader_holds_its_lock_past_the_pooler(pgbouncer: Bouncer) -> None:
     """The advisory lock is taken on ``direct_url``: stopping the pooler leaves the leader
     leading, and the lock's session is the leader's own, so it ends with it."""
     await upgrade_async(pgbouncer.direct)
-    first = Database(pgbouncer.url, pooler="transaction", direct_url=pgbouncer.direct)
-    second = Database(pgbouncer.url, pooler="transaction", direct_url=pgbouncer.direct)
+    first = Database(pgbouncer.url, pooler=pgbouncer.mode, direct_url=pgbouncer.direct)
+    second = Database(pgbouncer.url, pooler=pgbouncer.mode, direct_url=pgbouncer.direct)
     leader, other = Leadership(first, "one"), Leadership(second, "two")
     admin = await asyncpg.connect(_plain(pgbouncer.direct))
     holder = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND granted"
