@@ -8,6 +8,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Literal
 
 import asyncpg
 import pytest
@@ -118,7 +119,7 @@ def pgbouncer(postgres_url: str, request: pytest.FixtureRequest) -> Iterator[Bou
         if os.environ.get("CI"):  # CI installs it: a skip would hide a failure
             pytest.fail(PGBOUNCER_NOT_FOUND)
         pytest.skip(PGBOUNCER_NOT_FOUND)
-    mode = getattr(request, "param", "transaction")
+    mode: Literal["transaction", "session"] = getattr(request, "param", "transaction")
     # In session mode a client holds its server session while it is connected: the pool
     # must hold every connection the test's clients keep open, or they wait for ever.
     sessions = SESSION_MODE_SESSIONS if mode == "session" else PGBOUNCER_SESSIONS
