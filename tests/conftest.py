@@ -81,7 +81,7 @@ def postgres_url() -> Iterator[str]:
     if base is None:
         pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+asyncpg://...)")
     name = f"bc_test_{uuid.uuid4().hex[:12]}"
-    admin = base.replace("postgresql+asyncpg://", "postgresql://")
+    admin = asyncpg_dsn(base)
 
     async def create() -> None:
         try:
@@ -110,15 +110,25 @@ def postgres_url() -> Iterator[str]:
         asyncio.run(drop())
 
 
+def asyncpg_dsn(url: str) -> str:
+    """A SQLAlchemy ``postgresql+asyncpg://`` URL as asyncpg's own ``connect`` takes it."""
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+def require_pgbouncer() -> None:
+    """Skip (fail in CI, which installs it) where Debian's pgbouncer is missing."""
+    if pgbouncer_binary() is None:
+        if os.environ.get("CI"):  # CI installs it: a skip would hide a failure
+            pytest.fail(PGBOUNCER_NOT_FOUND)
+        pytest.skip(PGBOUNCER_NOT_FOUND)
+
+
 @pytest.fixture
 def pgbouncer(postgres_url: str, request: pytest.FixtureRequest) -> Iterator[Bouncer]:
     """A PgBouncer in front of ``postgres_url``'s database (``.url`` through it, ``.direct``
     past it), in transaction pooling mode, or in the mode a test's indirect parameter
     names; see :mod:`bench.pgbouncer`."""
-    if pgbouncer_binary() is None:
-        if os.environ.get("CI"):  # CI installs it: a skip would hide a failure
-            pytest.fail(PGBOUNCER_NOT_FOUND)
-        pytest.skip(PGBOUNCER_NOT_FOUND)
+    require_pgbouncer()
     mode: Literal["transaction", "session"] = getattr(request, "param", "transaction")
     # In session mode a client holds its server session while it is connected: the pool
     # must hold every connection the test's clients keep open, or they wait for ever.

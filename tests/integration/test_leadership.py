@@ -13,17 +13,14 @@ from sqlalchemy import make_url, text
 from broadcaster.schedule import leader as leader_module
 from broadcaster.schedule.leader import LOCK_KEY, Leadership
 from broadcaster.store import Database
+from tests.conftest import asyncpg_dsn
 
 pytestmark = pytest.mark.postgres
 
 
-def _plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
-
-
 async def _sessions(url: str) -> list[asyncpg.Record]:
     """The other sessions on the test's database: their pid and state."""
-    conn = await asyncpg.connect(_plain(url))
+    conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         return list(
             await conn.fetch(
@@ -36,7 +33,7 @@ async def _sessions(url: str) -> list[asyncpg.Record]:
 
 
 async def _lock_holder(url: str) -> int | None:
-    conn = await asyncpg.connect(_plain(url))
+    conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         pid: int | None = await conn.fetchval(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND granted",
@@ -89,7 +86,7 @@ async def test_the_lock_passes_on_when_the_leaders_session_ends(postgres_url: st
         assert not await follower.ensure()
         holder = await _lock_holder(postgres_url)
         assert holder is not None
-        admin = await asyncpg.connect(_plain(postgres_url))
+        admin = await asyncpg.connect(asyncpg_dsn(postgres_url))
         try:  # the leader's server session is killed, as when its host or network dies
             assert await admin.fetchval("SELECT pg_terminate_backend($1)", holder)
         finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -14,25 +13,19 @@ import pytest
 from sqlalchemy import text
 
 from bench.__main__ import main
-from bench.pgbouncer import NOT_FOUND as PGBOUNCER_NOT_FOUND
 from bench.pgbouncer import SERVER_SESSIONS, Bouncer
-from bench.pgbouncer import binary as pgbouncer_binary
 from bench.store import POSTGRES_ENV as BENCH_POSTGRES_ENV
 from broadcaster.config.settings import DatabaseSettings
 from broadcaster.schedule.leader import LOCK_KEY, Leadership
 from broadcaster.store import Database
 from broadcaster.store.db import PING_AFTER_IDLE
 from broadcaster.store.migrate import upgrade_async
-from tests.conftest import POSTGRES_ENV, postgres_admin_url
+from tests.conftest import POSTGRES_ENV, asyncpg_dsn, postgres_admin_url, require_pgbouncer
 
 pytestmark = pytest.mark.postgres
 
 CLIENTS = 12
 """Concurrent clients of the store: four times the pooler's server sessions."""
-
-
-def _plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
 async def _workload(database: Database) -> Counter[str]:
@@ -70,7 +63,8 @@ async def test_the_fixture_pools_by_transaction(pgbouncer: Bouncer) -> None:
     """What the other tests rely on: clients share the pooler's few server sessions, and a
     client's transactions do not all reach the same one (as in session mode they would)."""
     clients = [
-        await asyncpg.connect(_plain(pgbouncer.url), statement_cache_size=0) for _ in range(CLIENTS)
+        await asyncpg.connect(asyncpg_dsn(pgbouncer.url), statement_cache_size=0)
+        for _ in range(CLIENTS)
     ]
     try:
         seen: list[set[int]] = [set() for _ in clients]
@@ -119,7 +113,7 @@ async def test_the_leader_holds_its_lock_past_the_pooler(pgbouncer: Bouncer) -> 
     first = Database(pgbouncer.url, pooler=pgbouncer.mode, direct_url=pgbouncer.direct)
     second = Database(pgbouncer.url, pooler=pgbouncer.mode, direct_url=pgbouncer.direct)
     leader, other = Leadership(first, "one"), Leadership(second, "two")
-    admin = await asyncpg.connect(_plain(pgbouncer.direct))
+    admin = await asyncpg.connect(asyncpg_dsn(pgbouncer.direct))
     holder = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND granted"
     try:
         assert await leader.ensure()
@@ -165,10 +159,7 @@ def test_the_fanout_benchmark_runs_through_pgbouncer(
     url = postgres_admin_url()
     if url is None:
         pytest.skip(f"the benchmark through PgBouncer needs PostgreSQL: set {POSTGRES_ENV}")
-    if pgbouncer_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail(PGBOUNCER_NOT_FOUND)
-        pytest.skip(PGBOUNCER_NOT_FOUND)
+    require_pgbouncer()
     monkeypatch.setenv(BENCH_POSTGRES_ENV, url)
     argv = ["fanout", "--quick", "--size", "60", "--channel", "push", "--backend", "postgresql"]
     assert main([*argv, "--pipeline-only", "--pgbouncer", "--out", str(tmp_path)]) == 0

@@ -12,12 +12,9 @@ from sqlalchemy import text
 
 from broadcaster.store import Database
 from broadcaster.store import db as store_db
+from tests.conftest import asyncpg_dsn
 
 pytestmark = pytest.mark.postgres
-
-
-def _plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
 class _Pings:
@@ -64,7 +61,7 @@ async def test_an_idle_connection_is_checked_and_a_dead_one_replaced_unseen(
         assert await _backend(database) == first  # idle, checked, alive: kept
         assert pings.count == 1
 
-        admin = await asyncpg.connect(_plain(postgres_url))
+        admin = await asyncpg.connect(asyncpg_dsn(postgres_url))
         try:  # the pooled connection's session ends, as when the server restarts
             assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
             for _ in range(100):  # it ends a moment after the signal
