@@ -1,57 +1,96 @@
 """The demo: the main job on the embedded default, played in accelerated time.
 
-It starts a local SMTP server, imports sample customers into a fresh SQLite store,
-declares an incident and plays it on a fake clock (updates, "no news" rounds at the
-cadence, the resolution) through the very engine the daemon runs, then reports the
-timeline and what each customer received.
+It runs the configuration it is given (``config.yaml`` by default: its schedule, its
+channels, its escalation rules and its staff) on a fresh SQLite store in a temporary
+folder. Every configured channel is a local sink that records what it is handed, at the
+fake clock's time: the embedded default's channels are console sinks already, and a channel
+pointed at a real provider is never called, so the demo sends nothing anywhere. It imports
+sample customers, declares a critical incident and plays it through the very engine the
+daemon runs: the first notice on every channel the rules' escalation step names, operator
+updates, "no news yet" rounds at the cadence, the call the rules force an account manager
+to make (one made, one missed and escalated), the resolution with its apology. It then
+reports the timeline, what each customer received on which channel, and what the staff
+were told and did.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
-from email.utils import parsedate_to_datetime
 from importlib import resources
 from pathlib import Path
 
-from broadcaster.clock import FakeClock
+from sqlalchemy import select
+
+from broadcaster.clock import Clock, FakeClock
 from broadcaster.config.settings import Settings
 from broadcaster.customers.importer import import_customers
-from broadcaster.devsmtp import SmtpSink
-from broadcaster.dispatch.channels import build_channels
 from broadcaster.engine import Engine
+from broadcaster.followups import service as followups
 from broadcaster.incidents import service
-from broadcaster.store import Database
+from broadcaster.store import Customer, Database, Followup, FollowupEvent
 from broadcaster.store.migrate import upgrade_async
-from channels.email import EmailSettings
+from channels.base import Message, Receipt, Target
 
 
 @dataclass(frozen=True)
-class Step:
-    at: timedelta
-    describe: str
-    act: Callable[[Database, FakeClock, int], object]
+class Received:
+    """One message as a channel was handed it."""
+
+    when: datetime
+    channel: str
+    address: str
+    subject: str
+    text: str
 
 
 @dataclass
-class Received:
-    when: datetime
-    subject: str
-    text: str
+class Recorder:
+    """A local sink standing in for one configured channel: keeps every message with the
+    (fake) time it was handed over, and calls nothing."""
+
+    name: str
+    contact: str
+    clock: Clock
+    log: dict[str, list[Received]]
+    """Messages by the target's ``customer_id`` (a staff notice's is the staff id)."""
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        received = Received(
+            self.clock.now(), self.name, target.address, message.subject, message.text
+        )
+        self.log.setdefault(target.customer_id, []).append(received)
+        return Receipt(provider_message_id=f"demo-{self.name}-{message.idempotency_key}")
+
+    async def aclose(self) -> None:
+        return None
 
 
 @dataclass
 class DemoReport:
     incident_id: int
     timeline: list[str] = field(default_factory=list)
-    mail: dict[str, list[Received]] = field(default_factory=dict)
+    received: dict[str, list[Received]] = field(default_factory=dict)
+    """What each customer got, by customer id, in the order it was sent."""
     customers: dict[str, str] = field(default_factory=dict)
-    """address -> "name (language, time zone)" for every imported customer with email."""
+    """Customer id -> "name (tier, language, time zone)", for every imported customer."""
+    staff_notices: dict[str, list[Received]] = field(default_factory=dict)
+    """What each member of staff was told, by staff id."""
+    followups: list[str] = field(default_factory=list)
+    """Each forced follow-up and what happened to it, line by line."""
 
+
+INCIDENT = service.Declaration(
+    title="Card payments failing",
+    severity="critical",
+    components=["payments"],
+    regions=["nl-north"],
+    message="Card payments in our web shop and app fail. We are investigating.",
+    workaround="You can still pay by bank transfer.",
+    author="demo operator",
+)
 
 SCRIPT: tuple[tuple[int, str, str | None, str | None, str], ...] = (
     # minutes after declaration, action, status, cause, message
@@ -80,7 +119,6 @@ SCRIPT: tuple[tuple[int, str, str | None, str | None, str], ...] = (
     ),
 )
 
-
 RESOLUTION = {
     "responsibility": "Keeping that certificate valid was our job, and we missed it.",
     "regret": "We are sorry: for over an hour you could not pay us when you needed to.",
@@ -90,127 +128,153 @@ RESOLUTION = {
     "compensation": "A EUR 5 credit on your next order, applied automatically.",
 }
 
+CALL_MADE = (
+    35,
+    "C001",
+    "reached",
+    "Called Anna: explained the workaround; her failed order is paid by bank transfer.",
+)
+"""Minutes after declaration, the customer whose account manager makes the call the rules
+forced, its outcome and note. The other VIP's account manager never calls: the rules
+remind them, and escalate to the duty manager at the deadline."""
 
-def _demo_settings(base: Settings, workdir: Path, smtp_port: int) -> Settings:
+PLAY_ON = timedelta(hours=3)
+"""How long the demo lets the schedule run after the resolution: no customer message may
+follow it, while the missed call is reminded and escalated."""
+
+
+def _demo_settings(base: Settings, workdir: Path) -> Settings:
     settings = base.model_copy(deep=True)
     settings.database.url = f"sqlite+aiosqlite:///{workdir / 'demo.db'}"
-    email = EmailSettings.model_validate(
-        {
-            "type": "email",
-            "host": "127.0.0.1",
-            "port": smtp_port,
-            "security": "none",
-            "from": f"{settings.messages.organisation} <service@example.org>",
-            "pool_size": 2,
-        }
-    )
-    settings.channels = {"email": email}
-    settings.delivery = settings.delivery.model_copy(
-        update={
-            "channels": ["email"],
-            "failover": [],
-            "throttle": {},
-            "rate_limits": {},
-            "processes": 1,  # one process on a fake clock
-        }
-    )
-    # The demo plays the basic loop; the rules and follow-ups have their own tests.
-    settings.rules = settings.rules.model_copy(update={"path": None})
-    settings.staff = settings.staff.model_copy(update={"notify_channel": None})
+    settings.database.pooler = "none"
+    settings.database.direct_url = None
+    settings.delivery = settings.delivery.model_copy(update={"processes": 1})  # a fake clock
     return settings
+
+
+def _recorders(
+    settings: Settings, clock: Clock, log: dict[str, list[Received]]
+) -> dict[str, Recorder]:
+    return {
+        name: Recorder(name, channel.contact, clock, log)
+        for name, channel in settings.channels.items()
+    }
 
 
 async def play(
     base: Settings, *, start: datetime | None = None, workdir: Path | None = None
 ) -> DemoReport:
     """Run the whole demo and return what happened (printing is the CLI's job)."""
-    with tempfile.TemporaryDirectory(prefix="broadcaster-demo-") as tmp, SmtpSink() as sink:
+    with tempfile.TemporaryDirectory(prefix="broadcaster-demo-") as tmp:
         folder = workdir or Path(tmp)
-        settings = _demo_settings(base, folder, sink.port)
+        folder.mkdir(parents=True, exist_ok=True)
+        settings = _demo_settings(base, folder)
         await upgrade_async(settings.database.url)
         database = Database(settings.database.url)
         clock = FakeClock(start or datetime(2026, 1, 6, 8, 0, tzinfo=UTC))
-        engine = await Engine.create(settings, database, clock, build_channels(settings))
+        log: dict[str, list[Received]] = {}
+        try:
+            engine = await Engine.create(
+                settings, database, clock, _recorders(settings, clock, log)
+            )
+        except BaseException:
+            await database.dispose()
+            raise
         try:
             sample = resources.files("broadcaster.demo_data").joinpath("customers.jsonl")
             with resources.as_file(sample) as path:
                 await import_customers(database, path, clock=clock)
-            report = DemoReport(incident_id=0)
-            incident = await service.declare(
-                database,
-                clock,
-                service.Declaration(
-                    title="Card payments failing",
-                    severity="critical",
-                    components=["payments"],
-                    regions=["nl-north"],
-                    message="Card payments in our web shop and app fail. We are investigating.",
-                    workaround="You can still pay by bank transfer.",
-                    author="demo operator",
-                ),
-            )
-            report.incident_id = incident.id
+            incident = await service.declare(database, clock, INCIDENT)
+            report = DemoReport(incident_id=incident.id)
             declared_at = clock.now()
             await _run_until(engine, clock, declared_at)
-            for minutes, action, status, cause, message in SCRIPT:
+            actions = [(minutes, "script", index) for index, (minutes, *_) in enumerate(SCRIPT)]
+            actions.append((CALL_MADE[0], "call", 0))
+            for minutes, kind, index in sorted(actions):
                 when = declared_at + timedelta(minutes=minutes)
                 await _run_until(engine, clock, when)
                 clock.set(when)
-                request = service.UpdateRequest(
-                    message=message,
-                    status=status,
-                    cause_kind="known" if cause else None,
-                    cause=cause,
-                    author="demo operator",
-                )
-                if action == "resolve":
-                    request = dataclasses.replace(
-                        request,
-                        responsibility=RESOLUTION["responsibility"],
-                        regret=RESOLUTION["regret"],
-                        remedy=RESOLUTION["remedy"],
-                        prevention=RESOLUTION["prevention"],
-                        compensation=RESOLUTION["compensation"],
-                    )
-                if action == "resolve":
-                    await service.resolve(database, clock, incident.id, request)
+                if kind == "call":
+                    await _make_call(engine, database, clock, incident.id)
                 else:
-                    await service.post_update(database, clock, incident.id, request)
+                    await _operator(engine, database, clock, incident.id, SCRIPT[index])
                 await _run_until(engine, clock, clock.now())
-            # Let the schedule run on: nothing more may be sent after the resolution.
-            await _run_until(engine, clock, clock.now() + timedelta(hours=3))
+            await _run_until(engine, clock, clock.now() + PLAY_ON)
             await engine.dispatch_all()
             report.timeline = await _timeline(database, incident.id)
+            report.followups = await _followups(database, incident.id)
+            report.customers = await _customers(database)
         finally:
             await engine.aclose()
             await database.dispose()
-        for mail in sink.messages:
-            message_obj = mail.message
-            to = str(message_obj["To"])
-            report.mail.setdefault(to, []).append(_received(message_obj))
+        for who, messages in log.items():
+            into = report.received if who in report.customers else report.staff_notices
+            into[who] = messages
         return report
 
 
+async def _operator(
+    engine: Engine,
+    database: Database,
+    clock: FakeClock,
+    incident_id: int,
+    step: tuple[int, str, str | None, str | None, str],
+) -> None:
+    _, action, status, cause, message = step
+    request = service.UpdateRequest(
+        message=message,
+        status=status,
+        cause_kind="known" if cause else None,
+        cause=cause,
+        author="demo operator",
+    )
+    if action == "resolve":
+        request = dataclasses.replace(
+            request,
+            responsibility=RESOLUTION["responsibility"],
+            regret=RESOLUTION["regret"],
+            remedy=RESOLUTION["remedy"],
+            prevention=RESOLUTION["prevention"],
+            compensation=RESOLUTION["compensation"],
+        )
+        await service.resolve(database, clock, incident_id, request, engine.escalation)
+    else:
+        await service.post_update(database, clock, incident_id, request)
+
+
+async def _make_call(
+    engine: Engine, database: Database, clock: FakeClock, incident_id: int
+) -> None:
+    """The account manager of :data:`CALL_MADE`'s customer makes the forced call."""
+    _, customer, outcome, note = CALL_MADE
+    async with database.session() as session:
+        task = (
+            await session.execute(
+                select(Followup).where(
+                    Followup.incident_id == incident_id, Followup.customer_id == customer
+                )
+            )
+        ).scalar_one()
+    owner = task.owner
+    await followups.claim(database, clock, task.id, owner, engine.directory)
+    await followups.done(database, clock, task.id, owner, outcome, note)
+
+
 async def _run_until(engine: Engine, clock: FakeClock, until: datetime) -> None:
-    """Advance the fake clock from due time to due time up to ``until``, working at each."""
+    """Advance the fake clock to each due round, and by the follow-up sweep's interval in
+    between, up to ``until``, doing at each step what the daemon's jobs do."""
+    sweep = engine.settings.rules.followup_sweep
     while True:
         await engine.process_due_rounds()
         await engine.dispatch_all()
+        await engine.sweep_followups()
         wake = await engine.next_wakeup()
-        if wake is None or wake > until:
+        step = clock.now() + sweep
+        wake = step if wake is None else min(wake, step)
+        if wake > until:
             return
         if wake > clock.now():
             clock.set(wake)
-
-
-def _received(message: EmailMessage) -> Received:
-    body = message.get_body(preferencelist=("plain",))
-    text = body.get_content() if body is not None else ""
-    return Received(
-        when=parsedate_to_datetime(str(message["Date"])),
-        subject=str(message["Subject"]),
-        text=str(text),
-    )
 
 
 async def _timeline(database: Database, incident_id: int) -> list[str]:
@@ -220,7 +284,47 @@ async def _timeline(database: Database, incident_id: int) -> list[str]:
     lines += [
         f"round {r.number:>2} {r.kind:<10} at {(r.started_at or r.due_at):%H:%M}Z"
         + (f", promised next by {r.next_due_at:%H:%M}Z" if r.next_due_at else ", final")
+        + (f" ({r.channels.replace(',', ', ')})" if r.channels else "")
         for r in view.rounds
         if r.state != "cancelled"
     ]
     return lines
+
+
+async def _followups(database: Database, incident_id: int) -> list[str]:
+    async with database.session() as session:
+        tasks = (
+            await session.execute(
+                select(Followup, Customer.name)
+                .join(Customer, Customer.id == Followup.customer_id)
+                .where(Followup.incident_id == incident_id)
+                .order_by(Followup.id)
+            )
+        ).all()
+        events = (
+            await session.execute(
+                select(FollowupEvent)
+                .where(FollowupEvent.followup_id.in_([task.id for task, _ in tasks]))
+                .order_by(FollowupEvent.at, FollowupEvent.id)
+            )
+        ).scalars()
+        by_task: dict[int, list[FollowupEvent]] = {}
+        for event in events:
+            by_task.setdefault(event.followup_id, []).append(event)
+    lines: list[str] = []
+    for task, name in tasks:
+        lines.append(
+            f"follow-up {task.id}: {task.kind} {name} ({task.customer_id}), rule {task.rule}, "
+            f"owner {task.owner}, by {task.deadline_at:%H:%M}Z: {task.state}"
+        )
+        for event in by_task.get(task.id, []):
+            who = f" {event.staff}" if event.staff else ""
+            detail = f": {event.detail}" if event.detail else ""
+            lines.append(f"  {event.at:%H:%M}Z  {event.kind}{who}{detail}")
+    return lines
+
+
+async def _customers(database: Database) -> dict[str, str]:
+    async with database.session() as session:
+        rows = await session.execute(select(Customer).order_by(Customer.id))
+        return {c.id: f"{c.name} ({c.tier}, {c.language}, {c.timezone})" for c in rows.scalars()}

@@ -1,4 +1,4 @@
-"""``broadcaster demo``: the whole loop on the embedded default, in accelerated time."""
+"""``broadcaster demo``: the main job on the embedded default, in accelerated time."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from broadcaster.cli.common import ConfigOption, settings_or_exit
-from broadcaster.demo import play
+from broadcaster.cli.common import ConfigOption, escalation_or_exit, settings_or_exit
+from broadcaster.demo import Received, play
 
 
 def demo(
@@ -18,24 +18,44 @@ def demo(
         bool, typer.Option("--full/--short", help="print every message body, not just the first")
     ] = False,
 ) -> None:
-    """Play an incident from declaration to apology through a local SMTP server; print it all."""
+    """Play an incident from declaration to apology on the configuration, its channels local
+    sinks and its clock fake; print what customers and staff were sent."""
     settings = settings_or_exit(config)
-    typer.echo("Broadcaster demo: a local SMTP server, sample customers, a fake clock.\n")
+    escalation_or_exit(settings)  # a bad rules file: every problem with its place, exit 2
+    typer.echo(
+        "Broadcaster demo: the configuration's schedule, rules and staff on a fresh SQLite "
+        "store,\nevery channel a local sink (nothing is sent anywhere), sample customers, "
+        "a fake clock.\n"
+    )
     report = asyncio.run(play(settings))
     typer.echo(f"Incident {report.incident_id} timeline (times UTC):")
     for line in report.timeline:
         typer.echo(f"  {line}" if line else "")
-    typer.echo("\nWhat each customer received (SMTP server's view):")
-    shown = False
-    for recipient in sorted(report.mail):
-        received = report.mail[recipient]
-        typer.echo(f"\n  {recipient}: {len(received)} messages")
-        for mail in received:
-            typer.echo(f"    {mail.when:%H:%M}Z  {mail.subject}")
-            if full or not shown:
-                typer.echo(textwrap.indent(mail.text.rstrip(), "        | "))
-        shown = True
+    typer.echo("\nWhat each customer received (channel, address, subject or first words):")
+    shown: set[str] = set()
+    for customer, who in report.customers.items():
+        received = report.received.get(customer, [])
+        typer.echo(f"\n  {customer} {who}: {len(received)} messages")
+        for message in received:
+            _echo(message, full or message.channel not in shown)
+            shown.add(message.channel)
+    typer.echo("\nWhat the staff were told:")
+    for staff in sorted(report.staff_notices):
+        notices = report.staff_notices[staff]
+        typer.echo(f"\n  {staff}: {len(notices)} notices")
+        for message in notices:
+            _echo(message, full)
+    typer.echo("\nThe follow-ups the rules forced:")
+    for line in report.followups:
+        typer.echo(f"  {line}")
     typer.echo(
-        "\nCustomers subscribed only to other components, or with no email address, got "
-        "nothing.\nRun `broadcaster demo --full` to read every message."
+        "\nCustomers subscribed only to other components got nothing. Run `broadcaster demo "
+        "--full`\nto read every message; `broadcaster run` is the daemon on the same file."
     )
+
+
+def _echo(message: Received, body: bool) -> None:
+    title = message.subject or textwrap.shorten(message.text, 60, placeholder=" …")
+    typer.echo(f"    {message.when:%H:%M}Z  {message.channel:<6} {message.address}  {title}")
+    if body:
+        typer.echo(textwrap.indent(message.text.rstrip(), "        | "))

@@ -1,0 +1,150 @@
+"""``broadcaster demo``, the README's first command: the main job on the embedded default.
+
+It must run the repository's own ``config.yaml`` (its schedule, channels, rules and staff)
+and show what that configuration does: every affected customer told on the rules' channels
+at declaration, at each update and at the cadence until the resolution and never after it;
+the follow-up the rules force on an account manager, reminded and escalated when missed;
+and nothing sent anywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from broadcaster.cli.main import app
+from broadcaster.config import load_settings
+from broadcaster.demo import play
+from broadcaster.devsmtp import SmtpSink
+from broadcaster.store import Database, Followup, FollowupEvent, Round
+
+REPO = Path(__file__).resolve().parents[2]
+EMBEDDED = REPO / "config.yaml"
+START = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
+AFFECTED = {"C001", "C002", "C004", "C005", "C007"}  # payments or nl-north, with an address
+
+
+async def test_the_demo_plays_the_embedded_default_from_declaration_to_apology(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(EMBEDDED)
+    report = await play(settings, start=START, workdir=tmp_path)
+
+    assert set(report.received) == AFFECTED  # the others subscribe to other topics
+    channels = {who: {m.channel for m in got} for who, got in report.received.items()}
+    # The critical policy of rules/examples/default.yaml: push, email and SMS, each where the
+    # customer has an address for it.
+    assert channels == {
+        "C001": {"email", "sms"},
+        "C002": {"email"},
+        "C004": {"email"},
+        "C005": {"email", "push"},
+        "C007": {"sms"},
+    }
+    resolved_at = START + timedelta(minutes=70)
+    for who, got in report.received.items():
+        assert got[0].when == START, who
+        assert max(m.when for m in got) == resolved_at, who  # the apology, and nothing after
+    first_email = next(m for m in report.received["C001"] if m.channel == "email")
+    assert first_email.text.startswith("Beste Anna de Vries")  # her language, Dutch
+    assert "Ann Visser" in first_email.text  # the call the rules promise her
+    apology = [m for m in report.received["C002"] if m.when == resolved_at]
+    assert apology and "we missed it" in apology[0].text and "EUR 5 credit" in apology[0].text
+
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}")
+    try:
+        async with database.session() as session:
+            rounds = list(
+                (await session.execute(select(Round).order_by(Round.number))).scalars().all()
+            )
+            tasks = {t.customer_id: t for t in (await session.execute(select(Followup))).scalars()}
+            events = list(
+                (await session.execute(select(FollowupEvent).order_by(FollowupEvent.id)))
+                .scalars()
+                .all()
+            )
+    finally:
+        await database.dispose()
+    kinds = [r.kind for r in rounds if r.state != "cancelled"]
+    assert kinds == ["first", "no_news", "update", "no_news", "update", "no_news", "resolution"]
+    kept = [r for r in rounds if r.state != "cancelled"]
+    for before, after in itertools.pairwise(kept):
+        assert before.next_due_at is not None and after.started_at is not None
+        assert after.started_at <= before.next_due_at  # every promise kept
+        assert after.channels == "push,email,sms"
+
+    # The rules' vip-critical-call: one call made, one missed.
+    assert set(tasks) == {"C001", "C002"}
+    made, missed = tasks["C001"], tasks["C002"]
+    assert (made.owner, made.state, made.outcome) == ("ann", "done", "reached")
+    assert (missed.owner, missed.state) == ("bram", "open")
+    reminded = [e.at for e in events if e.followup_id == missed.id and e.kind == "reminded"]
+    assert reminded == [START + timedelta(minutes=m) for m in (30, 60, 90)]
+    escalated = [e for e in events if e.followup_id == missed.id and e.kind == "escalated"]
+    assert [(e.at, e.staff) for e in escalated] == [(missed.deadline_at, "maria")]
+
+    told = {who: [m.subject for m in got] for who, got in report.staff_notices.items()}
+    assert set(told) == {"ann", "bram", "maria"}
+    assert len(told["bram"]) == 4  # assigned, then three reminders
+    assert any(s.startswith("[Escalation]") for s in told["maria"])  # on call at declaration
+    assert any("escalated to you" in s and "Ben Carter" in s for s in told["maria"])
+    assert any("done ann: reached" in line for line in report.followups)
+
+
+async def test_the_demo_calls_no_real_channel(tmp_path: Path) -> None:
+    """A configuration whose email channel points at a real relay: the demo still records
+    every message and opens no connection to it."""
+    with SmtpSink() as relay:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            EMBEDDED.read_text(encoding="utf-8")
+            .replace(
+                "  email:\n    type: console\n    contact: email\n",
+                "  email:\n    type: email\n    host: 127.0.0.1\n"
+                f"    port: {relay.port}\n    security: none\n"
+                '    from: "Example <service@example.org>"\n',
+            )
+            .replace("path: rules/examples/", f"path: {REPO}/rules/examples/"),
+            encoding="utf-8",
+        )
+        settings = load_settings(config)
+        assert settings.channels["email"].type == "email"
+        report = await play(settings, start=START, workdir=tmp_path / "work")
+        assert relay.messages == []
+    assert report.received["C004"] and {m.channel for m in report.received["C004"]} == {"email"}
+
+
+def test_the_readme_command_prints_it_all_and_leaves_no_store_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["demo", "--config", str(EMBEDDED)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "round  7 resolution" in out and "(push, email, sms)" in out
+    assert "C007 Greta Lind" in out and "+46701234567" in out
+    assert "follow-up 2: call Ben Carter (C002), rule vip-critical-call, owner bram" in out
+    assert "escalated maria" in out
+    assert list(tmp_path.iterdir()) == []  # the store was temporary; ./data untouched
+
+
+def test_a_bad_rules_file_stops_the_demo_with_its_place(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\npolicies: {}\nrules:\n  - {name: r, policy: nowhere}\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        EMBEDDED.read_text(encoding="utf-8").replace(
+            "path: rules/examples/default.yaml", f"path: {rules}"
+        ),
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(app, ["demo", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "the rules file cannot be used" in result.output
+    assert f"{rules}:4" in result.output and "nowhere" in result.output
+    assert "Traceback" not in result.output
