@@ -241,7 +241,9 @@ async def _attempt(
         if notice.kind == "step":
             message = await _step_message(database, notice, person.name, public_url, now)
         else:
-            message = await _message(database, renderer, notice, person.name, channel, now, window)
+            message = await _message(
+                database, renderer, notice, person.name, channel, now, window, public_url
+            )
         receipt = await channel.send(Target(address, person.name, notice.staff), message)
     except Cancelled as moot:
         return _Outcome("cancelled", f"{notice.kind} cancelled: {moot}")
@@ -353,6 +355,7 @@ async def _message(
     channel: Channel,
     now: datetime,
     window: timedelta,
+    public_url: str,
 ) -> Message:
     async with database.session() as session:
         task = await session.get(Followup, notice.followup_id)
@@ -397,7 +400,7 @@ async def _message(
         "customer": customer.name,
         "contact": f"{addresses}; {_language_and_zone(customer, task.deadline_at, language, now)}",
         "history": f"{len(hit)} incident(s) affected them {since}; tier {customer.tier}",
-        "what_to_say": _say(task.kind, incident.title),
+        "what_to_say": _say(task, incident.title, notice.staff, public_url),
         "deadline": format_when(task.deadline_at, "UTC", language, now),
         "kind": task.kind,
         "incident": incident.title,
@@ -445,11 +448,17 @@ def _span(window: timedelta) -> str:
     return format_duration(window)
 
 
-def _say(kind: str, title: str) -> str:
+def _say(task: Followup, title: str, staff: str, public_url: str) -> str:
+    """What to do, and how the one told records it: this task's own id and their staff id,
+    ready to run, and the console's queue."""
+    record = (
+        f"Record the outcome on the console ({public_url.rstrip('/')}/console/followups) or "
+        f"with 'broadcaster followups done {task.id} --as {staff} "
+        f'--outcome reached|voicemail|declined|unreachable --note "what was said"\'.'
+    )
+    if task.kind == "visit":
+        return f"Visit in person about '{title}'. {record}"
     return (
         f"Apologise for '{title}', say what happened and what we did, ask how it affected "
-        f"them, and offer what the rules attach. Record the outcome with "
-        f"'broadcaster followups done ID --outcome reached|voicemail|declined|unreachable'."
-        if kind != "visit"
-        else f"Visit in person about '{title}'; record the outcome afterwards."
+        f"them, and offer what the rules attach. {record}"
     )

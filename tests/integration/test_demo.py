@@ -91,6 +91,8 @@ async def test_the_demo_plays_the_embedded_default_from_declaration_to_apology(
     told = {who: [m.subject for m in got] for who, got in report.staff_notices.items()}
     assert set(told) == {"ann", "bram", "maria"}
     assert len(told["bram"]) == 4  # assigned, then three reminders
+    assigned = report.staff_notices["bram"][0].text
+    assert f"followups done {missed.id} --as bram --outcome" in assigned  # ready to run
     assert any(s.startswith("[Escalation]") for s in told["maria"])  # on call at declaration
     assert any("escalated to you" in s and "Ben Carter" in s for s in told["maria"])
     assert any("done ann: reached" in line for line in report.followups)

@@ -86,6 +86,12 @@ async def test_the_task_names_language_zone_local_deadline_and_recent_history(
     assert "Their history: 2 incident(s) affected them in the last 30 days; tier vip" in (
         notice.text
     )
+    # How to record it: this task's id and the recipient's staff id, ready to run.
+    assert (
+        f"'broadcaster followups done {task.id} --as ann "
+        '--outcome reached|voicemail|declined|unreachable --note "what was said"\''
+    ) in notice.text
+    assert "/console/followups)" in notice.text
 
     # A longer window (the rules look back 90 days, say) counts the older one too.
     async with database.session() as session, session.begin():
