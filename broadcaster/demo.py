@@ -122,7 +122,7 @@ SCRIPT: tuple[tuple[int, str, str | None, str | None, str], ...] = (
 RESOLUTION = {
     "responsibility": "Keeping that certificate valid was our job, and we missed it.",
     "regret": "We are sorry: for over an hour you could not pay us when you needed to.",
-    "remedy": "The certificate is renewed and every payment since 10:10 went through.",
+    "remedy": "The certificate is renewed, and every payment since then has gone through.",
     "prevention": "Certificates now renew automatically 30 days before they expire, "
     "and we are alerted when one is within 14 days.",
     "compensation": "A EUR 5 credit on your next order, applied automatically.",
