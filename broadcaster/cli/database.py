@@ -8,6 +8,7 @@ import typer
 
 from broadcaster.cli.common import (
     ConfigOption,
+    check_sqlite_path,
     cli_principal,
     escalation_or_exit,
     fail,
@@ -32,6 +33,7 @@ def upgrade(
     """Bring the database schema up to date (safe to run again)."""
     settings = settings_or_exit(config)
     try:
+        check_sqlite_path(settings.database.direct)  # a new store's folder (./data) made
         migrate.upgrade(settings.database.direct, revision)  # past any pooler
     except Exception as exc:
         raise fail(f"migration failed on {_safe(settings.database.direct)}: {exc}") from None

@@ -25,6 +25,13 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 Path_ = tuple[str | int, ...]
 
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "_default_config.yaml"
+"""Where an installed wheel keeps its copy of ``config.yaml`` (``broadcaster/``; pyproject's
+``force-include``). Its relative paths are read as they are from the repository's own copy:
+the rules file and templates against the installed packages (``rules/examples/…`` beside
+``broadcaster/``), the SQLite store against the working directory (``./data``), never
+inside the installation."""
+
 
 class ConfigError(Exception):
     """The configuration cannot be used; ``problems`` lists every located error."""
@@ -55,9 +62,8 @@ def locate_config(
     local = Path("config.yaml")
     if local.exists():
         return local
-    shipped = Path(__file__).resolve().parent.parent / "_default_config.yaml"
-    if shipped.exists():
-        return shipped
+    if SHIPPED_CONFIG.exists():
+        return SHIPPED_CONFIG
     return Path(__file__).resolve().parents[2] / "config.yaml"
 
 
@@ -109,8 +115,13 @@ def load_settings(
     crossed = [_describe(loc, msg, origins, str(file)) for loc, msg in cross_check(settings)]
     if crossed:
         raise ConfigError(crossed)
-    settings.database.url = resolve_sqlite_url(settings.database.url, file.resolve().parent)
     base = file.resolve().parent
+    shipped = file.resolve() == SHIPPED_CONFIG
+    settings.database.url = resolve_sqlite_url(
+        settings.database.url, Path.cwd() if shipped else base
+    )
+    if shipped:
+        base = SHIPPED_CONFIG.parent.parent  # the installed packages, rules/ among them
     if settings.rules.path is not None and not settings.rules.path.is_absolute():
         settings.rules.path = base / settings.rules.path
     if (

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broadcaster.config import ConfigError, Settings, load_settings, locate_config
+from broadcaster.config import ConfigError, Settings, load_settings, loader, locate_config
 from broadcaster.config.durations import format_duration, parse_duration
 from channels.console import ConsoleSettings
 from channels.email import EmailSettings
@@ -330,6 +330,35 @@ def test_locate_falls_back_to_the_shipped_default(
     assert found.exists()
     assert found.name in {"config.yaml", "_default_config.yaml"}
     assert load_settings(None, {}).delivery.channels == ["email"]
+
+
+def test_the_installed_copy_reads_its_rules_from_the_installation_and_stores_data_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wheel keeps config.yaml as broadcaster/_default_config.yaml and the example rules
+    in rules/examples/ beside it: its rules path must find them there, and its SQLite store
+    go to ./data of the working directory, not into the installation."""
+    site = tmp_path / "site-packages"
+    (site / "broadcaster").mkdir(parents=True)
+    (site / "rules" / "examples").mkdir(parents=True)
+    shipped = site / "broadcaster" / "_default_config.yaml"
+    shipped.write_text((REPO / "config.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    example = site / "rules" / "examples" / "default.yaml"
+    example.write_text((REPO / "rules" / "examples" / "default.yaml").read_text("utf-8"))
+    monkeypatch.setattr(loader, "SHIPPED_CONFIG", shipped)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    settings = load_settings(None, {})
+    assert settings.rules.path == example
+    assert settings.database.url == f"sqlite+aiosqlite:///{work / 'data' / 'broadcaster.db'}"
+    # Any other file keeps its paths relative to itself.
+    other = tmp_path / "elsewhere" / "config.yaml"
+    other.parent.mkdir()
+    other.write_text(shipped.read_text(encoding="utf-8"), encoding="utf-8")
+    settings = load_settings(other, {})
+    assert settings.rules.path == other.parent / "rules" / "examples" / "default.yaml"
+    assert settings.database.url.endswith(f"{other.parent / 'data' / 'broadcaster.db'}")
 
 
 def test_load_settings_uses_broadcaster_config_from_its_environ(
