@@ -400,7 +400,13 @@ async def _message(
         "customer": customer.name,
         "contact": f"{addresses}; {_language_and_zone(customer, task.deadline_at, language, now)}",
         "history": f"{len(hit)} incident(s) affected them {since}; tier {customer.tier}",
-        "what_to_say": _say(task, incident.title, notice.staff, public_url),
+        "what_to_say": (
+            f"{task.owner}, its owner, recorded no outcome by the deadline: see that it is "
+            f"done, or do it yourself. "
+            if notice.kind == "escalation"
+            else ""
+        )
+        + _say(task, incident.title, notice.staff, public_url),
         "deadline": format_when(task.deadline_at, "UTC", language, now),
         "kind": task.kind,
         "incident": incident.title,

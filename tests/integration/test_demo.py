@@ -95,6 +95,9 @@ async def test_the_demo_plays_the_embedded_default_from_declaration_to_apology(
     assert f"followups done {missed.id} --as bram --outcome" in assigned  # ready to run
     assert any(s.startswith("[Escalation]") for s in told["maria"])  # on call at declaration
     assert any("escalated to you" in s and "Ben Carter" in s for s in told["maria"])
+    [overdue] = [m.text for m in report.staff_notices["maria"] if "escalated" in m.subject]
+    assert "bram, its owner, recorded no outcome by the deadline" in overdue
+    assert f"followups done {missed.id} --as maria" in overdue  # bram's manager may
     assert any("done ann: reached" in line for line in report.followups)
 
 
