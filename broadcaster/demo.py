@@ -77,7 +77,8 @@ class DemoReport:
     customers: dict[str, str] = field(default_factory=dict)
     """Customer id -> "name (tier, language, time zone)", for every imported customer."""
     staff_notices: dict[str, list[Received]] = field(default_factory=dict)
-    """What each member of staff was told, by staff id."""
+    """What each member of staff was told, by staff id (a message to a staff member's own
+    address on file, for a target named by their staff id)."""
     followups: list[str] = field(default_factory=list)
     """Each forced follow-up and what happened to it, line by line."""
 
@@ -207,9 +208,13 @@ async def play(
         finally:
             await engine.aclose()
             await database.dispose()
+        staff = settings.staff.people
         for who, messages in log.items():
-            into = report.received if who in report.customers else report.staff_notices
-            into[who] = messages
+            for message in messages:
+                person = staff.get(who)
+                told = person is not None and message.address in (person.email, person.phone)
+                into = report.staff_notices if told else report.received
+                into.setdefault(who, []).append(message)
         return report
 
 
@@ -245,16 +250,23 @@ async def _operator(
 async def _make_call(
     engine: Engine, database: Database, clock: FakeClock, incident_id: int
 ) -> None:
-    """The account manager of :data:`CALL_MADE`'s customer makes the forced call."""
+    """The account manager of :data:`CALL_MADE`'s customer makes the forced call, where the
+    configuration's rules forced one (without rules, or with others, there may be none)."""
     _, customer, outcome, note = CALL_MADE
     async with database.session() as session:
         task = (
-            await session.execute(
-                select(Followup).where(
-                    Followup.incident_id == incident_id, Followup.customer_id == customer
+            (
+                await session.execute(
+                    select(Followup)
+                    .where(Followup.incident_id == incident_id, Followup.customer_id == customer)
+                    .order_by(Followup.id)
                 )
             )
-        ).scalar_one()
+            .scalars()
+            .first()
+        )
+    if task is None:
+        return
     owner = task.owner
     await followups.claim(database, clock, task.id, owner, engine.directory)
     await followups.done(database, clock, task.id, owner, outcome, note)
@@ -270,11 +282,12 @@ async def _run_until(engine: Engine, clock: FakeClock, until: datetime) -> None:
         await engine.sweep_followups()
         wake = await engine.next_wakeup()
         step = clock.now() + sweep
-        wake = step if wake is None else min(wake, step)
+        if wake is None or wake <= clock.now():  # work due now was done: move on
+            wake = step
+        wake = min(wake, step)
         if wake > until:
             return
-        if wake > clock.now():
-            clock.set(wake)
+        clock.set(wake)
 
 
 async def _timeline(database: Database, incident_id: int) -> list[str]:

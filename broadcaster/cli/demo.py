@@ -40,6 +40,8 @@ def demo(
             _echo(message, full or message.channel not in shown)
             shown.add(message.channel)
     typer.echo("\nWhat the staff were told:")
+    if settings.staff.notify_channel is None:
+        typer.echo("  nothing: no staff.notify_channel (tasks are on the console and the API)")
     for staff in sorted(report.staff_notices):
         notices = report.staff_notices[staff]
         typer.echo(f"\n  {staff}: {len(notices)} notices")
@@ -48,6 +50,8 @@ def demo(
     typer.echo("\nThe follow-ups the rules forced:")
     for line in report.followups:
         typer.echo(f"  {line}")
+    if not report.followups:
+        typer.echo("  none: no rule of this configuration forces one for these customers")
     typer.echo(
         "\nCustomers subscribed only to other components got nothing. Run `broadcaster demo "
         "--full`\nto read every message; `broadcaster run` is the daemon on the same file."

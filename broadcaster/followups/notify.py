@@ -242,7 +242,7 @@ async def _attempt(
             message = await _step_message(database, notice, person.name, public_url, now)
         else:
             message = await _message(
-                database, renderer, notice, person.name, channel, now, window, public_url
+                database, renderer, notice, person.name, channel, now, window, public_url, directory
             )
         receipt = await channel.send(Target(address, person.name, notice.staff), message)
     except Cancelled as moot:
@@ -356,6 +356,7 @@ async def _message(
     now: datetime,
     window: timedelta,
     public_url: str,
+    directory: Directory,
 ) -> Message:
     async with database.session() as session:
         task = await session.get(Followup, notice.followup_id)
@@ -400,13 +401,8 @@ async def _message(
         "customer": customer.name,
         "contact": f"{addresses}; {_language_and_zone(customer, task.deadline_at, language, now)}",
         "history": f"{len(hit)} incident(s) affected them {since}; tier {customer.tier}",
-        "what_to_say": (
-            f"{task.owner}, its owner, recorded no outcome by the deadline: see that it is "
-            f"done, or do it yourself. "
-            if notice.kind == "escalation"
-            else ""
-        )
-        + _say(task, incident.title, notice.staff, public_url),
+        "what_to_say": _overdue(task, notice, directory)
+        + _say(task, incident.title, notice.staff, public_url, directory),
         "deadline": format_when(task.deadline_at, "UTC", language, now),
         "kind": task.kind,
         "incident": incident.title,
@@ -454,13 +450,27 @@ def _span(window: timedelta) -> str:
     return format_duration(window)
 
 
-def _say(task: Followup, title: str, staff: str, public_url: str) -> str:
-    """What to do, and how the one told records it: this task's own id and their staff id,
-    ready to run, and the console's queue."""
+def _overdue(task: Followup, notice: _Claimed, directory: Directory) -> str:
+    if notice.kind != "escalation":
+        return ""
+    owner = directory.person(task.owner)
+    named = f"{owner.name} ({task.owner})" if owner is not None else task.owner
+    return f"{named}, its owner, recorded no outcome by the deadline: see that it is done. "
+
+
+def _say(task: Followup, title: str, staff: str, public_url: str, directory: Directory) -> str:
+    """What to do, and how the one told records it: this task's own id and their staff id.
+    Who is neither its owner, a manager of the owner nor an admin (a colleague it was
+    escalated to) claims it first: only then may they record its outcome."""
+    command = (
+        f"'broadcaster followups done {task.id} --as {staff} --outcome reached "
+        f'--note "what was said"\' (or --outcome voicemail, declined or unreachable)'
+    )
+    if staff != task.owner and not directory.may_waive(staff, task.owner):
+        command = f"'broadcaster followups claim {task.id} --as {staff}', then {command}"
     record = (
         f"Record the outcome on the console ({public_url.rstrip('/')}/console/followups) or "
-        f"with 'broadcaster followups done {task.id} --as {staff} "
-        f'--outcome reached|voicemail|declined|unreachable --note "what was said"\'.'
+        f"with {command}."
     )
     if task.kind == "visit":
         return f"Visit in person about '{title}'. {record}"

@@ -10,6 +10,7 @@ and nothing sent anywhere.
 from __future__ import annotations
 
 import itertools
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from broadcaster.cli.main import app
 from broadcaster.config import load_settings
 from broadcaster.demo import play
 from broadcaster.devsmtp import SmtpSink
-from broadcaster.store import Database, Followup, FollowupEvent, Round
+from broadcaster.store import Database, Delivery, Followup, FollowupEvent, Round
 
 REPO = Path(__file__).resolve().parents[2]
 EMBEDDED = REPO / "config.yaml"
@@ -68,8 +69,21 @@ async def test_the_demo_plays_the_embedded_default_from_declaration_to_apology(
                 .scalars()
                 .all()
             )
+            rerouted = (
+                await session.execute(
+                    select(Delivery.customer_id, Delivery.channel, Delivery.failover_to).where(
+                        Delivery.state == "rerouted"
+                    )
+                )
+            ).all()
     finally:
         await database.dispose()
+    # delivery.throttle.sms (4 an hour, then email): Anna's fifth SMS within the hour and
+    # the resolution's went to email, where she had the round's email already; Greta has
+    # no email, and a throttle never silences a customer.
+    assert sorted(rerouted) == [("C001", "sms", "email")] * 2
+    assert len([m for m in report.received["C001"] if m.channel == "sms"]) == 5
+    assert len([m for m in report.received["C007"] if m.channel == "sms"]) == 7
     kinds = [r.kind for r in rounds if r.state != "cancelled"]
     assert kinds == ["first", "no_news", "update", "no_news", "update", "no_news", "resolution"]
     kept = [r for r in rounds if r.state != "cancelled"]
@@ -96,7 +110,7 @@ async def test_the_demo_plays_the_embedded_default_from_declaration_to_apology(
     assert any(s.startswith("[Escalation]") for s in told["maria"])  # on call at declaration
     assert any("escalated to you" in s and "Ben Carter" in s for s in told["maria"])
     [overdue] = [m.text for m in report.staff_notices["maria"] if "escalated" in m.subject]
-    assert "bram, its owner, recorded no outcome by the deadline" in overdue
+    assert "Bram de Jong (bram), its owner, recorded no outcome by the deadline" in overdue
     assert f"followups done {missed.id} --as maria" in overdue  # bram's manager may
     assert any("done ann: reached" in line for line in report.followups)
 
@@ -127,15 +141,46 @@ async def test_the_demo_calls_no_real_channel(tmp_path: Path) -> None:
 def test_the_readme_command_prints_it_all_and_leaves_no_store_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """As the README runs it: ``broadcaster demo`` in a folder with config.yaml and its
+    rules. Its store (``./data/broadcaster.db``) is not touched: the demo's is temporary."""
+    shutil.copy(EMBEDDED, tmp_path / "config.yaml")
+    (tmp_path / "rules" / "examples").mkdir(parents=True)
+    shutil.copy(REPO / "rules/examples/default.yaml", tmp_path / "rules/examples/default.yaml")
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["demo", "--config", str(EMBEDDED)])
+    result = CliRunner().invoke(app, ["demo"])
     assert result.exit_code == 0, result.output
     out = result.output
     assert "round  7 resolution" in out and "(push, email, sms)" in out
     assert "C007 Greta Lind" in out and "+46701234567" in out
     assert "follow-up 2: call Ben Carter (C002), rule vip-critical-call, owner bram" in out
     assert "escalated maria" in out
-    assert list(tmp_path.iterdir()) == []  # the store was temporary; ./data untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "rules"]
+
+
+def _without_rules(tmp_path: Path) -> Path:
+    config = tmp_path / "config.yaml"
+    text = EMBEDDED.read_text(encoding="utf-8")
+    assert "  path: rules/examples/default.yaml\n" in text
+    config.write_text(text.replace("  path: rules/examples/default.yaml\n", ""), "utf-8")
+    return config
+
+
+async def test_without_rules_the_demo_plays_the_severity_cadence_alone(tmp_path: Path) -> None:
+    settings = load_settings(_without_rules(tmp_path))
+    assert settings.rules.path is None
+    report = await play(settings, start=START, workdir=tmp_path / "work")
+    # No escalation policy: every round on delivery.channels (email), and for Greta, who
+    # has no email, on the next of delivery.failover; no follow-up forced.
+    assert set(report.received) == AFFECTED
+    channels = {who: {m.channel for m in got} for who, got in report.received.items()}
+    assert channels == {who: {"sms" if who == "C007" else "email"} for who in AFFECTED}
+    assert report.followups == [] and report.staff_notices == {}
+
+
+def test_without_rules_the_demo_says_no_follow_up_was_forced(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["demo", "--config", str(_without_rules(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "none: no rule of this configuration forces one" in result.output
 
 
 def test_a_bad_rules_file_stops_the_demo_with_its_place(tmp_path: Path) -> None:

@@ -9,12 +9,14 @@ from datetime import timedelta
 from sqlalchemy import insert
 
 from broadcaster.clock import FakeClock
+from broadcaster.config.settings import StaffSettings
 from broadcaster.engine import Engine
 from broadcaster.followups import service as followups
-from broadcaster.followups.notify import send_due_notices
+from broadcaster.followups.directory import Directory
+from broadcaster.followups.notify import _say, send_due_notices
 from broadcaster.followups.service import queue_notice
 from broadcaster.incidents import service
-from broadcaster.store import ContactPoint, Customer, Database, Subscription
+from broadcaster.store import ContactPoint, Customer, Database, Followup, Subscription
 from tests.integration.test_rules_followups import START, channels, run_until, settings
 
 
@@ -86,10 +88,10 @@ async def test_the_task_names_language_zone_local_deadline_and_recent_history(
     assert "Their history: 2 incident(s) affected them in the last 30 days; tier vip" in (
         notice.text
     )
-    # How to record it: this task's id and the recipient's staff id, ready to run.
+    # How to record it: this task's id and the recipient's staff id.
     assert (
-        f"'broadcaster followups done {task.id} --as ann "
-        '--outcome reached|voicemail|declined|unreachable --note "what was said"\''
+        f"'broadcaster followups done {task.id} --as ann --outcome reached "
+        '--note "what was said"\' (or --outcome voicemail, declined or unreachable)'
     ) in notice.text
     assert "/console/followups)" in notice.text
 
@@ -119,3 +121,27 @@ async def test_the_task_names_language_zone_local_deadline_and_recent_history(
     reminder = sinks["email"].sent[-1].message
     assert reminder.subject == "Reminder: Follow-up: call Vera VIP by 12:00 UTC"
     assert "3 incident(s) affected them in the last 90 days" in reminder.text
+
+
+def test_who_may_not_record_an_outcome_at_once_is_told_to_claim_first() -> None:
+    """An overdue task escalated to a colleague of its owner (not their manager, not an
+    admin): ``done`` would refuse them until they claim it, so the notice says so."""
+    directory = Directory(
+        StaffSettings.model_validate(
+            {
+                "people": {
+                    "ann": {"name": "Ann", "email": "a@example.org", "manager": "maria"},
+                    "bram": {"name": "Bram", "email": "b@example.org", "manager": "maria"},
+                    "maria": {"name": "Maria", "email": "m@example.org"},
+                }
+            }
+        )
+    )
+    task = Followup(id=7, kind="call", owner="ann")
+    for staff, claims in (("ann", False), ("maria", False), ("bram", True)):
+        said = _say(task, "Pay down", staff, "http://example.org/", directory)
+        done = f"'broadcaster followups done 7 --as {staff} --outcome reached"
+        assert done in said, staff
+        claim = f"'broadcaster followups claim 7 --as {staff}', then {done}"
+        assert (claim in said) is claims, staff
+        assert "http://example.org/console/followups" in said
