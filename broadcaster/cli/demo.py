@@ -18,8 +18,7 @@ def demo(
         bool, typer.Option("--full/--short", help="print every message body, not just the first")
     ] = False,
 ) -> None:
-    """Play an incident from declaration to apology on the configuration, its channels local
-    sinks and its clock fake; print what customers and staff were sent."""
+    """Play an incident on the configuration, in fast time, sending nothing; show it all."""
     settings = settings_or_exit(config)
     escalation_or_exit(settings)  # a bad rules file: every problem with its place, exit 2
     typer.echo(
