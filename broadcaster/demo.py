@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from broadcaster.clock import Clock, FakeClock
+from broadcaster.clock import FakeClock
 from broadcaster.config.settings import Settings
 from broadcaster.customers.importer import import_customers
 from broadcaster.engine import Engine
@@ -32,7 +32,7 @@ from broadcaster.followups import service as followups
 from broadcaster.incidents import service
 from broadcaster.store import Customer, Database, Followup, FollowupEvent
 from broadcaster.store.migrate import upgrade_async
-from channels.base import Message, Receipt, Target
+from channels.memory import MemoryChannel
 
 
 @dataclass(frozen=True)
@@ -44,28 +44,6 @@ class Received:
     address: str
     subject: str
     text: str
-
-
-@dataclass
-class Recorder:
-    """A local sink standing in for one configured channel: keeps every message with the
-    (fake) time it was handed over, and calls nothing."""
-
-    name: str
-    contact: str
-    clock: Clock
-    log: dict[str, list[Received]]
-    """Messages by the target's ``customer_id`` (a staff notice's is the staff id)."""
-
-    async def send(self, target: Target, message: Message) -> Receipt:
-        received = Received(
-            self.clock.now(), self.name, target.address, message.subject, message.text
-        )
-        self.log.setdefault(target.customer_id, []).append(received)
-        return Receipt(provider_message_id=f"demo-{self.name}-{message.idempotency_key}")
-
-    async def aclose(self) -> None:
-        return None
 
 
 @dataclass
@@ -153,11 +131,11 @@ def _demo_settings(base: Settings, workdir: Path) -> Settings:
     return settings
 
 
-def _recorders(
-    settings: Settings, clock: Clock, log: dict[str, list[Received]]
-) -> dict[str, Recorder]:
+def _sinks(settings: Settings) -> dict[str, MemoryChannel]:
+    """Every configured channel as the project's in-memory channel, which keeps what it is
+    handed and calls nothing."""
     return {
-        name: Recorder(name, channel.contact, clock, log)
+        name: MemoryChannel(name=name, contact=channel.contact)
         for name, channel in settings.channels.items()
     }
 
@@ -173,11 +151,9 @@ async def play(
         await upgrade_async(settings.database.url)
         database = Database(settings.database.url)
         clock = FakeClock(start or datetime(2026, 1, 6, 8, 0, tzinfo=UTC))
-        log: dict[str, list[Received]] = {}
+        sinks = _sinks(settings)
         try:
-            engine = await Engine.create(
-                settings, database, clock, _recorders(settings, clock, log)
-            )
+            engine = await Engine.create(settings, database, clock, sinks)
         except BaseException:
             await database.dispose()
             raise
@@ -209,12 +185,20 @@ async def play(
             await engine.aclose()
             await database.dispose()
         staff = settings.staff.people
-        for who, messages in log.items():
-            for message in messages:
-                person = staff.get(who)
-                told = person is not None and message.address in (person.email, person.phone)
-                into = report.staff_notices if told else report.received
-                into.setdefault(who, []).append(message)
+        # Every message carries the (fake) time it was made, which is when it was handed over.
+        sent = [
+            (item.message.created_at or clock.now(), sink.name, item)
+            for sink in sinks.values()
+            for item in sink.sent
+        ]
+        for when, channel, item in sorted(sent, key=lambda entry: entry[0]):
+            target, message = item.target, item.message
+            who = target.customer_id  # a staff notice's is the staff id
+            person = staff.get(who)
+            told = person is not None and target.address in (person.email, person.phone)
+            into = report.staff_notices if told else report.received
+            received = Received(when, channel, target.address, message.subject, message.text)
+            into.setdefault(who, []).append(received)
         return report
 
 
