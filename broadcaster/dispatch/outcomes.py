@@ -354,7 +354,7 @@ async def record_outcomes(
 
 def _event(job: Job, state: str, pmid: str | None, detail: str | None) -> History:
     """A history row for an attempt's outcome; it names the attempt (a first attempt's
-    claim writes no row of its own: see :func:`broadcaster.dispatch.worker._claim`)."""
+    claim writes no row of its own: see :func:`broadcaster.dispatch.claim.claim_batch`)."""
     said = f"attempt {job.attempts}"
     return (job.delivery_id, state, pmid, f"{said}: {detail}" if detail else said)
 

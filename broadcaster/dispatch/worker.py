@@ -1,9 +1,9 @@
 """The dispatcher: claim a batch of due deliveries under a lease, send them, record outcomes.
 
 A delivery is ``pending`` until claimed; the claim sets ``sending`` with a lease and counts
-the attempt (a reclaim also writes a history event). Each job is rendered for its
-customer, checked against the per-customer throttle, paced by the provider's rate limit,
-and sent. Outcomes are written in bulk (see :mod:`broadcaster.dispatch.outcomes`). While a
+the attempt (a reclaim also writes a history event; the statements are in
+:mod:`broadcaster.dispatch.claim`). Each job is rendered for its customer, checked against
+the per-customer throttle, paced by the provider's rate limit, and sent. Outcomes are written in bulk (see :mod:`broadcaster.dispatch.outcomes`). While a
 batch is sending, its leases are renewed every third of a lease, so a slow relay does not
 let them run out. A delivery whose lease expired (its worker died mid-send, or its process
 stalled for a whole lease) is claimed again: the only way a message can go out twice.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
 from collections.abc import Coroutine, Mapping
@@ -23,24 +22,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    Integer,
-    Select,
-    String,
-    and_,
-    bindparam,
-    false,
     func,
-    literal_column,
     select,
     tuple_,
     update,
 )
-from sqlalchemy.orm import Session
-from sqlalchemy.sql.dml import Update
-from sqlalchemy.sql.expression import ColumnClause
-from sqlalchemy.types import TypeEngine
 
 from broadcaster.clock import Clock
 from broadcaster.compose.context import Personal
@@ -49,24 +35,21 @@ from broadcaster.compose.links import personal_links
 from broadcaster.compose.render import Renderer, RenderError, RenderRequest
 from broadcaster.config.settings import DeliverySettings, MessageSettings
 from broadcaster.dispatch.backoff import delay_after
+from broadcaster.dispatch.claim import Floor, claim_batch, claim_size
 from broadcaster.dispatch.content import RoundContents
+from broadcaster.dispatch.handover import SENDS_AHEAD, Starting
 from broadcaster.dispatch.limits import Limits, Pacer, per_process
 from broadcaster.dispatch.outcomes import (
     Follow,
-    History,
     Job,
     Outcome,
     Recorded,
     create_follow,
     next_channel,
     record_outcomes,
-    write_history,
 )
-from broadcaster.store import ContactPoint, Customer, Database, Delivery, Followup
-from broadcaster.store.bulk import rows_params, rows_table
-from broadcaster.store.models import table_of
+from broadcaster.store import ContactPoint, Database, Delivery
 from broadcaster.store.retry import retried
-from broadcaster.store.types import UTCDateTime
 from channels.base import Channel, DeliveryError, Target, concurrency_of, units_of
 
 log = logging.getLogger("broadcaster.dispatch")
@@ -78,80 +61,11 @@ RECORD_RETRY_LONGEST = 8.0
 """Seconds between tries to write a batch's outcomes when the store fails (doubling)."""
 
 
-def claim_size(settings: DeliverySettings) -> int:
-    """Deliveries one worker claims at a time: ``batch_size``, unless a rate-limited
-    channel could not send that many within half the lease.
-
-    A claimed batch is sent at the provider's pace. Its leases are renewed while it sends,
-    but what is still unsent when a lease runs out (a renewal failed) is claimed again by
-    another worker, and sent twice; and a worker should not hold deliveries for many
-    minutes that another could send. With a limit of one message a second, 4 workers
-    claiming 200 each would need 800 s against a 30 s lease. So the batch is cut to what
-    the slowest limit sends in half the lease, shared by the workers that may all be
-    waiting on it (at least one); with several dispatch processes, what this process's
-    share of the limit sends."""
-    if not settings.rate_limits:
-        return settings.batch_size
-    limits = per_process(settings.rate_limits, settings.processes).values()
-    slowest = min(limit.per_second for limit in limits)
-    burst = min(limit.burst for limit in limits)
-    fits = (slowest * settings.lease.total_seconds() / 2 + burst) / settings.workers
-    return max(1, min(settings.batch_size, int(fits)))
-
-
 EXPIRED_LOOK_INTERVAL = timedelta(seconds=1)
 """How often a claim also looks for deliveries whose lease expired (their worker died), and,
 on PostgreSQL, for due deliveries from the start of the claim index rather than from the
 dispatcher's floor: a lease runs for a minute, so a second more costs nothing, and the other
 claims save a query and a walk over dead index entries."""
-
-SENDS_AHEAD = 2
-"""For a channel that declares its ``concurrency`` (the email channel's pool), how many
-sends per connection a dispatcher prepares at once: one on the wire and one rendered and
-waiting. A worker's batch used to be rendered all at once, 200 messages for 4 SMTP
-connections; their replies waited behind it, and the relay sat idle a fifth of the time.
-Prepared just ahead, rendering interleaves with the replies (docs/performance.md, tenth
-round)."""
-
-
-class Starting:
-    """Holds a batch's sends on channels without a declared concurrency until every one of
-    them has made its message (or given up): then they are handed to their channels one
-    after another.
-
-    Handed over as each was made, one every few dozen microseconds, each request woke the
-    HTTP client's runtime thread (pyreqwest's) on its own, and with the daemon on one core
-    each wake was a switch between threads and back: within the pipeline that thread cost
-    twice what it costs a request when the same client sends back to back. Handed over
-    together, the thread wakes once for many. Alternating pipeline rounds: push 9-19 % more
-    a second on SQLite and 0-6 % on PostgreSQL, SMS 20-42 %; that thread's CPU a delivery
-    down by a sixth to a third (docs/performance.md, sixteenth round). The first message of
-    a batch waits for the batch's rendering, a few milliseconds. A gated channel's sends
-    (the email pool: :data:`SENDS_AHEAD`) do not wait here: only a few of them are made at
-    a time."""
-
-    __slots__ = ("_arrived", "_count", "_open")
-
-    def __init__(self, count: int) -> None:
-        self._count = count
-        self._arrived: set[int] = set()
-        self._open = asyncio.Event()
-        if count <= 0:
-            self._open.set()
-
-    def arrive(self, delivery_id: int) -> None:
-        """The send of ``delivery_id`` has made its message, or will not send; again for
-        the same delivery, nothing. The last of the batch opens the way."""
-        if delivery_id not in self._arrived:
-            self._arrived.add(delivery_id)
-            if len(self._arrived) >= self._count:
-                self._open.set()
-
-    async def ready(self, delivery_id: int) -> None:
-        """Arrive, and wait until every send of the batch has."""
-        self.arrive(delivery_id)
-        await self._open.wait()
-
 
 RENEWALS_PER_LEASE = 3
 """A batch still sending renews its leases this many times per lease."""
@@ -160,9 +74,6 @@ LEASES_KEPT = 10
 """How many leases' time a batch still sending keeps its leases at most (ten minutes by
 default); after that they are left to expire, and the batch's deliveries are claimed again:
 a send that never returns (a channel without a timeout) must not hold them for ever."""
-
-Floor = tuple[datetime, int]
-"""The (next_attempt_at, id) of the last due delivery a dispatcher claimed."""
 
 Announcements = dict[tuple[int, str], tuple[str, str, datetime]]
 """(incident, customer) → (owner's name, kind, deadline) of the open follow-up that the
@@ -312,7 +223,7 @@ class Dispatcher:
         # held and let go) is taken at the next full look, within EXPIRED_LOOK_INTERVAL.
         after = None if expired_too or self._db.dialect != "postgresql" else self._floor
         jobs, followups, last, cancelled = await self._db.transact(
-            lambda session: _claim(
+            lambda session: claim_batch(
                 session,
                 limit,
                 now,
@@ -602,314 +513,3 @@ class Dispatcher:
                 )
             )
             return max(getattr(result, "rowcount", 0), 0)
-
-
-def _claim(
-    session: Session,
-    limit: int,
-    now: datetime,
-    *,
-    owner: str,
-    lease: timedelta,
-    skip_locked: bool,
-    expired_too: bool,
-    dialect: str,
-    after: Floor | None = None,
-    pacer: Pacer | None = None,
-) -> tuple[list[Job], list[tuple[int, str, str, str, datetime]], Floor | None, SetAside]:
-    """Take up to ``limit`` deliveries under ``owner``'s lease: those whose lease expired
-    first (their worker died; looked for only when ``expired_too``), then due pending
-    ones, those after ``after`` in claim order when it is given; count the attempt (noting a
-    reclaim in the history). Returns them with what rendering and routing need, the open
-    follow-ups of their customers for their incidents, earliest deadline first (the messages
-    say that a named person will contact them: doctrine 6), the claim-order key of the
-    last due delivery taken (None when none was), and how many were set aside: cancelled,
-    their address having been opted out or disabled since they were written, or put back
-    for later by ``pacer`` (a rate-limited channel's share beyond its rate).
-
-    Its statements run on the session's connection: Core, without the ORM's result layer,
-    which built an ORM loading context for every claimed row."""
-    connection = session.connection()
-    sql = _claim_sql(dialect, skip_locked)
-
-    def take(query: Select[Any], n: int, **parameters: Any) -> list[Any]:
-        return list(connection.execute(query, {"b_now": now, "b_limit": n, **parameters}).all())
-
-    found: list[Any] = []
-    if expired_too:
-        if dialect == "postgresql":
-            # Oldest lease first, from the lease index (migration 0007), by an index scan:
-            # every delivery sent since the last VACUUM left a dead entry there, and only
-            # an index scan marks the dead ones it meets so that later scans skip them. A
-            # bitmap scan, which the planner picks when few deliveries are being sent,
-            # reads every dead row's page again at every look: in a round of 1,000,000
-            # that was over half of PostgreSQL's work.
-            connection.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
-        found = take(sql.expired, limit)
-        if dialect == "postgresql":
-            connection.exec_driver_sql("SET LOCAL enable_bitmapscan = on")
-    last: Floor | None = None
-    if len(found) < limit:
-        if after is None:
-            taken = take(sql.due, limit - len(found))
-        else:
-            taken = take(
-                sql.due_after, limit - len(found), b_after_at=after[0], b_after_id=after[1]
-            )
-        if taken:
-            last = (taken[-1][_DUE_AT], taken[-1][0])
-        found += taken
-    if not found:
-        return [], [], None, SetAside()
-    moot = [row for row in found if row[_OPTED_OUT] or row[_DISABLED]]
-    if moot:
-        # The customer unsubscribed (or the address was disabled) after the round was
-        # written: what is still queued for that address is not sent (RFC 8058 asks that
-        # an unsubscription takes effect; a held or retried message must not follow it).
-        _cancel(connection, dialect, moot, now)
-        found = [row for row in found if not (row[_OPTED_OUT] or row[_DISABLED])]
-    back: dict[int, datetime] = {}
-    if pacer:
-        due = [i for i, row in enumerate(found) if row[_STATE] == "pending"]
-        later = pacer.later([(found[i][3], found[i][_PUT_BACK_MARK] is not None) for i in due], now)
-        back = {found[due[k]][0]: at for k, at in later.items()}
-        if back:
-            connection.execute(
-                _PUT_BACK, [{"b_id": delivery, "b_at": at} for delivery, at in back.items()]
-            )
-            found = [row for row in found if row[0] not in back]
-    aside = SetAside(moot=tuple(_job(row) for row in moot), paced=len(back))
-    if not found:
-        return [], [], last, aside
-    connection.execute(
-        sql.take,
-        {
-            **rows_params(dialect, "claimed", _ID_COLUMN, [(row[0],) for row in found]),
-            "b_owner": owner,
-            "b_expires": now + lease,
-        },
-    )
-    jobs = [_job(row) for row in found]
-    # A first attempt's claim writes no history row: the outcome's row names the attempt
-    # (one row per delivery, not two). A reclaim does, as a repeat may follow.
-    repeats: list[History] = [
-        (job.delivery_id, "sending", None, f"attempt {job.attempts} (lease expired: may repeat)")
-        for job in jobs
-        if job.reclaimed
-    ]
-    if repeats:
-        write_history(connection, dialect, repeats, now)
-    # The follow-up each message announces came with its row (_FOLLOWUP, nearly always
-    # none); only the few claimed with one need a look at the follow-ups themselves.
-    announced = [row[_FOLLOWUP_AT] for row in found if row[_FOLLOWUP_AT] is not None]
-    if not announced:
-        return jobs, [], last, aside
-    followups = connection.execute(
-        select(_F.c.incident_id, _F.c.customer_id, _F.c.owner, _F.c.kind, _F.c.deadline_at)
-        .where(_F.c.id.in_(announced))
-        .order_by(_F.c.deadline_at, _F.c.id)
-    )
-    return jobs, [(row[0], row[1], row[2], row[3], row[4]) for row in followups], last, aside
-
-
-def _job(row: Any) -> Job:
-    """The job of a claimed row (:data:`_JOB_COLUMNS`), at the attempt its claim counts."""
-    return Job(
-        delivery_id=row[0],
-        round_id=row[1],
-        incident_id=row[2],
-        channel=row[3],
-        address=row[4],
-        attempts=row[5] + 1,
-        contact_point_id=row[6],
-        customer_id=row[7],
-        customer_name=row[8],
-        language=row[9],
-        timezone=row[10],
-        channel_order=row[11],
-        failover_from_id=row[12],
-        reclaimed=row[13] == "sending",
-    )
-
-
-@dataclass(frozen=True)
-class SetAside:
-    """What a claim found due and did not take: cancelled (``moot``: their address was
-    opted out or disabled since they were written), or put back for later (``paced``)."""
-
-    moot: tuple[Job, ...] = ()
-    paced: int = 0
-
-    @property
-    def cancelled(self) -> int:
-        return len(self.moot)
-
-
-def _cancel(connection: Any, dialect: str, rows: list[Any], now: datetime) -> None:
-    """End claimed-to-be deliveries whose contact point was opted out or disabled since
-    they were written: ``cancelled``, with the reason in their history."""
-    reasons = {
-        row[0]: "the customer opted out of this address"
-        if row[_OPTED_OUT]
-        else "this address was disabled"
-        for row in rows
-    }
-    for reason in set(reasons.values()):
-        connection.execute(
-            update(_D)
-            .where(_D.c.id.in_([i for i, why in reasons.items() if why == reason]))
-            .values(state="cancelled", last_error=reason, lease_owner=None, lease_expires_at=None)
-        )
-    write_history(
-        connection, dialect, [(i, "cancelled", None, why) for i, why in reasons.items()], now
-    )
-    log.info(
-        "queued deliveries cancelled: address opted out or disabled", extra={"count": len(rows)}
-    )
-
-
-# The tables, not the mapped classes: Core statements skip the ORM's compile and result
-# layers (and an update's session synchronisation), a large share of a claim's CPU.
-_D = table_of(Delivery)
-_C = table_of(Customer)
-_F = table_of(Followup)
-_P = table_of(ContactPoint)
-
-# Constants in the SQL, not parameters: the partial indexes on PostgreSQL (migration 0007)
-# serve a query only when its state provably matches theirs, which a generic plan of a
-# prepared statement cannot prove of a parameter.
-_PENDING: ColumnClause[str] = literal_column("'pending'")
-_SENDING: ColumnClause[str] = literal_column("'sending'")
-
-_ID_COLUMN: list[tuple[str, TypeEngine[Any]]] = [("id", BigInteger())]
-
-_OPEN_FOLLOWUP: tuple[ColumnClause[str], ...] = (
-    literal_column("'open'"),
-    literal_column("'claimed'"),
-)
-
-_FOLLOWUP = (
-    select(_F.c.id)
-    .where(
-        _F.c.incident_id == _D.c.incident_id,
-        _F.c.customer_id == _D.c.customer_id,
-        _F.c.state.in_(_OPEN_FOLLOWUP),
-        _F.c.deadline_at > bindparam("b_now", type_=UTCDateTime()),
-    )
-    .order_by(_F.c.deadline_at, _F.c.id)
-    .limit(1)
-    .correlate(_D)
-    .scalar_subquery()
-)
-"""The open follow-up of a delivery's customer for its incident with the earliest deadline
-still ahead, if any: its message says that a named person will contact them by then
-(doctrine 6); one whose deadline passed is not promised again (it is being escalated). Looked up
-per claimed row by the (incident, customer, rule) unique index; a statement of its own for
-the batch's customers had cost a claim as much as its select of the deliveries."""
-
-_JOB_COLUMNS = (
-    _D.c.id,
-    _D.c.round_id,
-    _D.c.incident_id,
-    _D.c.channel,
-    _D.c.address,
-    _D.c.attempts,
-    _D.c.contact_point_id,
-    _C.c.id,
-    _C.c.name,
-    _C.c.language,
-    _C.c.timezone,
-    _C.c.channel_order,
-    _D.c.failover_from_id,
-    _D.c.state,
-    func.coalesce(_P.c.opted_out, false()),
-    func.coalesce(_P.c.disabled, false()),
-    _D.c.lease_expires_at,
-    _D.c.next_attempt_at,
-    _FOLLOWUP,
-)
-"""A claimed delivery: what :class:`Job` holds, in its order, then the state it had, whether
-its contact point is opted out or disabled now, its lease expiry (on a pending delivery: the
-mark of one put back by a :class:`Pacer`), when it was due (its claim-order key is that and
-the id) and the follow-up it announces."""
-_STATE = 13
-_OPTED_OUT = 14
-_DISABLED = 15
-_PUT_BACK_MARK = 16
-_DUE_AT = len(_JOB_COLUMNS) - 2
-_FOLLOWUP_AT = len(_JOB_COLUMNS) - 1
-
-
-_PUT_BACK = (
-    update(_D)
-    .where(_D.c.id == bindparam("b_id", type_=BigInteger()), _D.c.state == _PENDING)
-    .values(
-        next_attempt_at=bindparam("b_at", type_=UTCDateTime()),
-        lease_expires_at=bindparam("b_at", type_=UTCDateTime()),
-    )
-)
-"""A due delivery put back until ``b_at`` by a :class:`Pacer`, marked so (a pending
-delivery has no lease otherwise); executemany."""
-
-
-@dataclass(frozen=True)
-class _ClaimSql:
-    """A claim's statements, built once per dialect (building them for every claim cost
-    about as much of the interpreter's time as running them). Parameters: ``b_now``,
-    ``b_limit``; ``b_after_at`` and ``b_after_id`` (the floor); ``b_owner``, ``b_expires``
-    and the claimed ids (:func:`~broadcaster.store.bulk.rows_params`) for ``take``."""
-
-    expired: Select[Any]
-    due: Select[Any]
-    due_after: Select[Any]
-    take: Update
-
-
-@functools.cache
-def _claim_sql(dialect: str, skip_locked: bool) -> _ClaimSql:
-    now = bindparam("b_now", type_=UTCDateTime())
-
-    def taking(state: ColumnElement[bool], order: tuple[Any, ...]) -> Select[Any]:
-        # One query per state, not one with OR: each walks its index in order and stops
-        # at the limit. With OR, SQLite and PostgreSQL gathered every due row and sorted
-        # them all for each claim, so a round of 100,000 got slower the more of it was
-        # still waiting.
-        query = (
-            select(*_JOB_COLUMNS)
-            .select_from(
-                _D.join(_C, _C.c.id == _D.c.customer_id).outerjoin(
-                    _P, _P.c.id == _D.c.contact_point_id
-                )
-            )
-            .where(state)
-            .order_by(*order)
-            .limit(bindparam("b_limit", type_=Integer()))
-        )
-        if skip_locked:
-            query = query.with_for_update(of=_D, skip_locked=True)
-        return query
-
-    due = and_(_D.c.state == _PENDING, _D.c.next_attempt_at <= now)
-    floor = tuple_(
-        bindparam("b_after_at", type_=UTCDateTime()), bindparam("b_after_id", type_=BigInteger())
-    )
-    claimed = rows_table(dialect, "claimed", _ID_COLUMN)
-    return _ClaimSql(
-        expired=taking(
-            and_(_D.c.state == _SENDING, _D.c.lease_expires_at <= now),
-            (_D.c.lease_expires_at, _D.c.id),
-        ),
-        due=taking(due, (_D.c.next_attempt_at, _D.c.id)),
-        due_after=taking(
-            and_(due, tuple_(_D.c.next_attempt_at, _D.c.id) > floor),
-            (_D.c.next_attempt_at, _D.c.id),
-        ),
-        take=update(_D)
-        .where(_D.c.id.in_(select(claimed.c.id)))
-        .values(
-            state="sending",
-            lease_owner=bindparam("b_owner", type_=String()),
-            lease_expires_at=bindparam("b_expires", type_=UTCDateTime()),
-            attempts=_D.c.attempts + 1,
-        ),
-    )

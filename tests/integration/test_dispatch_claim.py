@@ -11,9 +11,9 @@ from sqlalchemy import select, update
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import RateLimit
 from broadcaster.daemon import Daemon
+from broadcaster.dispatch.claim import claim_size
 from broadcaster.dispatch.limits import per_process
 from broadcaster.dispatch.outcomes import Outcome, record_outcomes
-from broadcaster.dispatch.worker import claim_size
 from broadcaster.engine import Engine
 from broadcaster.incidents import service
 from broadcaster.store import Database, Delivery, DeliveryEvent, Followup

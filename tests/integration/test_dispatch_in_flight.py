@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from broadcaster.clock import FakeClock
 from broadcaster.compose.render import Renderer, RenderError
-from broadcaster.dispatch.worker import SENDS_AHEAD, Starting
+from broadcaster.dispatch.handover import SENDS_AHEAD, Starting
 from broadcaster.engine import Engine
 from broadcaster.incidents import service
 from broadcaster.store import Database, Delivery
