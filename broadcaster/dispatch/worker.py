@@ -3,10 +3,11 @@
 A delivery is ``pending`` until claimed; the claim sets ``sending`` with a lease and counts
 the attempt (a reclaim also writes a history event; the statements are in
 :mod:`broadcaster.dispatch.claim`). Each job is rendered for its customer, checked against
-the per-customer throttle, paced by the provider's rate limit, and sent. Outcomes are written in bulk (see :mod:`broadcaster.dispatch.outcomes`). While a
-batch is sending, its leases are renewed every third of a lease, so a slow relay does not
-let them run out. A delivery whose lease expired (its worker died mid-send, or its process
-stalled for a whole lease) is claimed again: the only way a message can go out twice.
+the per-customer throttle, paced by the provider's rate limit, and sent. Outcomes are
+written in bulk (see :mod:`broadcaster.dispatch.outcomes`). While a batch is sending, its
+leases are renewed every third of a lease, so a slow relay does not let them run out. A
+delivery whose lease expired (its worker died mid-send, or its process stalled for a whole
+lease) is claimed again: the only way a message can go out twice.
 """
 
 from __future__ import annotations

@@ -716,7 +716,7 @@ async def test_static_files_are_served_and_nothing_else(app: Console) -> None:
     js = await app.http.get("/console/static/console.js")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert js.status_code == 200 and "data-live" in js.text
-    assert (await app.http.get("/console/static/..%2Fconsole.py")).status_code == 404
+    assert (await app.http.get("/console/static/..%2Fapp.py")).status_code == 404
     assert (await app.http.get("/console/static/missing.css")).status_code == 404
 
 

@@ -1,0 +1,267 @@
+"""The follow-up queue, the rules page (and its reload), the audit log and the roles' help."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+from fastapi import Request, Response
+from fastapi.responses import HTMLResponse
+from starlette.datastructures import FormData
+
+from broadcaster import operations
+from broadcaster.access import audit
+from broadcaster.access.credentials import Principal
+from broadcaster.access.roles import WHAT_ROLES_MAY
+from broadcaster.escalation.holder import load_file
+from broadcaster.followups import rights
+from broadcaster.followups import service as followups
+from broadcaster.followups.directory import Directory
+from broadcaster.store import Followup
+from broadcaster.web.api.schemas import FollowupId
+from broadcaster.web.auth import client_source
+from broadcaster.web.console.common import (
+    LIST_LIMIT,
+    form_text,
+    form_values,
+    redirect,
+    render,
+    router,
+    safe_next,
+    stoppable,
+    who,
+)
+from broadcaster.web.inputs import row_id
+from broadcaster.web.state import WebState, state_of
+from rules import RulesError
+
+FOLLOWUP_FILTERS = ("open", "claimed", "done", "waived", "all")
+RULES_TEXT_LIMIT = 200_000
+
+
+# --- Follow-up queue ---------------------------------------------------------------------
+
+
+def _directory(state: WebState) -> Directory:
+    return state.directory or Directory(state.settings.staff)
+
+
+async def _queue(
+    request: Request,
+    principal: Principal,
+    status: int = 200,
+    *,
+    task: int | None = None,
+    values: Mapping[str, str] | None = None,
+    error: str | None = None,
+) -> Response:
+    state = state_of(request)
+    chosen = request.query_params.get("state", "open")
+    if chosen not in FOLLOWUP_FILTERS:
+        chosen = "open"
+    tasks: list[Followup] = await followups.list_followups(
+        state.database, state=None if chosen == "all" else chosen
+    )
+    directory = _directory(state)
+    admin = principal.role == "admin"
+    may_waive = {t.id: admin or directory.may_waive(principal.name, t.owner) for t in tasks}
+    # The Claim button only where the claim would be allowed (rights.may_claim): the
+    # server refuses the others all the same.
+    may_claim = {
+        t.id: t.state == "open" and rights.may_claim(t, principal.name, directory, admin=admin)
+        for t in tasks
+    }
+    return render(
+        request,
+        "followups.html",
+        principal,
+        status,
+        tasks=tasks,
+        now=state.clock.now(),
+        chosen=chosen,
+        filters=FOLLOWUP_FILTERS,
+        outcomes=followups.OUTCOMES,
+        may_waive=may_waive,
+        may_claim=may_claim,
+        task=task,
+        values=dict(values or {}),
+        error=error,
+    )
+
+
+@router.get("/followups")
+@stoppable
+async def followup_queue(request: Request) -> Response:
+    principal = await who(request, "viewer")
+    return await _queue(request, principal)
+
+
+async def _followup_action(
+    request: Request,
+    followup_id: int,
+    ok: str,
+    act: Callable[[operations.Actor, FormData], Awaitable[Followup]],
+) -> Response:
+    principal = await who(request, "operator", write=True)
+    state = state_of(request)
+    form = await request.form()
+    try:
+        back = form_text(form, "back")  # read first: a bad one refuses the action, not after it
+        await act(state.actor(request, principal), form)
+    except operations.REFUSALS as exc:
+        return await _queue(
+            request, principal, 422, task=followup_id, values=form_values(form), error=str(exc)
+        )
+    target = safe_next(back) if back else "/console/followups"
+    joiner = "&" if "?" in target else "?"
+    return redirect(f"{target}{joiner}ok={ok}")
+
+
+@router.post("/followups/{followup_id}/claim")
+@stoppable
+async def claim(followup_id: FollowupId, request: Request) -> Response:
+    async def act(actor: operations.Actor, form: FormData) -> Followup:
+        return await operations.claim_followup(actor, followup_id)
+
+    return await _followup_action(request, followup_id, "claimed", act)
+
+
+@router.post("/followups/{followup_id}/done")
+@stoppable
+async def done(followup_id: FollowupId, request: Request) -> Response:
+    async def act(actor: operations.Actor, form: FormData) -> Followup:
+        return await operations.followup_done(
+            actor, followup_id, form_text(form, "outcome"), form_text(form, "note")
+        )
+
+    return await _followup_action(request, followup_id, "done", act)
+
+
+@router.post("/followups/{followup_id}/waive")
+@stoppable
+async def waive(followup_id: FollowupId, request: Request) -> Response:
+    async def act(actor: operations.Actor, form: FormData) -> Followup:
+        return await operations.waive_followup(actor, followup_id, form_text(form, "reason"))
+
+    return await _followup_action(request, followup_id, "waived", act)
+
+
+# --- Rules -------------------------------------------------------------------------------
+
+
+def _rules_page(
+    request: Request, principal: Principal, status: int = 200, *, error: str | None = None
+) -> HTMLResponse:
+    state = state_of(request)
+    holder = state.rules
+    path = holder.path if holder is not None else state.settings.rules.path
+    text: str | None = None
+    problems: list[str] = []
+    checked = False
+    if path is not None:
+        try:
+            # Shown even when not UTF-8 (load_file below says so, with the line).
+            text = path.read_bytes().decode("utf-8", errors="replace")[:RULES_TEXT_LIMIT]
+        except OSError as exc:
+            problems = [f"{path}: cannot read: {exc.strerror or exc}"]
+        else:
+            try:
+                load_file(path, state.settings)
+            except RulesError as exc:
+                problems = list(exc.problems)
+            checked = True
+    active = holder.current if holder is not None else None
+    return render(
+        request,
+        "rules.html",
+        principal,
+        status,
+        rules_path=path,
+        text=text,
+        checked=checked,
+        problems=problems,
+        active=active,
+        holder=holder,
+        error=error,
+    )
+
+
+@router.get("/rules")
+@stoppable
+async def rules_page(request: Request) -> Response:
+    principal = await who(request, "viewer")
+    return _rules_page(request, principal)
+
+
+@router.post("/rules/reload")
+@stoppable
+async def rules_reload(request: Request) -> Response:
+    principal = await who(request, "admin", write=True)
+    state = state_of(request)
+    holder = state.rules
+    source = client_source(request)
+    if holder is None or holder.path is None:
+        await audit.record(
+            state.database,
+            state.clock,
+            principal,
+            "rules.reload",
+            "rules",
+            source,
+            outcome="refused",
+            detail={"reason": "no rules file is configured"},
+        )
+        return _rules_page(request, principal, 409, error="No rules file is configured.")
+    ok = holder.reload()
+    await audit.record(
+        state.database,
+        state.clock,
+        principal,
+        "rules.reload",
+        f"rules:{holder.path}",
+        source,
+        outcome="ok" if ok else "refused",
+        detail=None if ok else {"problems": (holder.error or "").splitlines()},
+    )
+    if not ok:
+        return _rules_page(
+            request,
+            principal,
+            422,
+            error="The file has problems; the previous rules stay active.",
+        )
+    return redirect("/console/rules?ok=reloaded")
+
+
+# --- Audit log ---------------------------------------------------------------------------
+
+
+@router.get("/audit")
+@stoppable
+async def audit_page(request: Request) -> Response:
+    principal = await who(request, "admin")
+    state = state_of(request)
+    before_raw = request.query_params.get("before", "")
+    before = row_id(before_raw)
+    actor = request.query_params.get("actor", "").strip() or None
+    action = request.query_params.get("action", "").strip() or None
+    async with state.database.session() as session:
+        entries = await audit.recent(
+            session, limit=LIST_LIMIT, before_id=before, actor=actor, action=action
+        )
+    older = entries[-1].id if len(entries) == LIST_LIMIT else None
+    return render(
+        request,
+        "audit.html",
+        principal,
+        entries=entries,
+        older=older,
+        actor=actor or "",
+        action=action or "",
+    )
+
+
+@router.get("/help")
+@stoppable
+async def roles_page(request: Request) -> Response:
+    principal = await who(request, "viewer")
+    return render(request, "help.html", principal, roles=WHAT_ROLES_MAY)
