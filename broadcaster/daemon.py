@@ -48,6 +48,11 @@ log = logging.getLogger("broadcaster.daemon")
 FIRST_PURGE_AFTER = timedelta(minutes=1)
 """How long after start a daemon first purges (``retention``), at most."""
 
+STUCK_ROUND_PAUSE = timedelta(seconds=1)
+"""How soon the leader looks again at a round that is due but could not be taken (locked by
+a transaction of a daemon whose host went away, until the server drops its session), rather
+than at once, over and over."""
+
 
 async def wake(event: asyncio.Event) -> None:
     """A scheduler job: set ``event``, on the event loop.
@@ -351,6 +356,7 @@ class Daemon:
         while not stop.is_set():
             rounds_due.clear()
             due = None
+            completed = 0
             try:  # leadership too: whatever fails, this loop must not end (rounds would stop)
                 if loop.time() - capacity_read >= CAPACITY_REFRESH:
                     await engine.refresh_capacity()  # what /healthz shows, on every daemon
@@ -360,9 +366,10 @@ class Daemon:
                     # This daemon's workers start on each batch of a round's deliveries as
                     # soon as it is committed, not when the whole round is written (other
                     # processes find it at their poll).
-                    if await engine.process_due_rounds(
+                    completed = await engine.process_due_rounds(
                         stop.is_set, work_ready.set, followups_due.set
-                    ):
+                    )
+                    if completed:
                         work_ready.set()
                     due = await engine.next_wakeup()
             except Exception as exc:  # the store may be down; keep the daemon alive and retry
@@ -384,11 +391,14 @@ class Daemon:
                 await wait_for(rounds_due, stop, None)
                 continue
             if due is not None:
+                now = self.clock.now()
+                if not completed and due <= now:
+                    due = now + STUCK_ROUND_PAUSE  # due, yet none could be taken: no spin
                 scheduler.add_job(
                     wake,
                     "date",
                     args=[rounds_due],
-                    run_date=max(due, self.clock.now()),
+                    run_date=max(due, now),
                     id="next-round",
                     replace_existing=True,
                     misfire_grace_time=None,

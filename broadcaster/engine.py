@@ -48,9 +48,17 @@ from channels.base import Channel
 log = logging.getLogger("broadcaster.engine")
 
 
-def make_owner() -> str:
-    """A lease owner id unique to this process: host, pid and a random tag."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+LEASE_OWNER_LENGTH = 64
+"""The store's ``lease_owner`` columns hold this many characters."""
+
+
+def make_owner(host: str | None = None) -> str:
+    """A lease owner id unique to this process: host, pid and a random tag, within
+    :data:`LEASE_OWNER_LENGTH` (a long host name, a fully qualified one, is cut: every
+    claim wrote it and failed with "value too long" on PostgreSQL)."""
+    tail = f":{os.getpid()}:{secrets.token_hex(3)}"
+    name = socket.gethostname() if host is None else host
+    return name[: LEASE_OWNER_LENGTH - len(tail)] + tail
 
 
 def make_renderer(settings: Settings) -> Renderer:

@@ -74,6 +74,12 @@ Floor = tuple[datetime, int]
 """The (next_attempt_at, id) of the last due delivery a dispatcher claimed."""
 
 
+Claimed = tuple[list[Job], list[tuple[int, str, str, str, datetime]], Floor | None, "SetAside"]
+"""What a claim returns: the jobs; the open follow-ups their messages announce (incident,
+customer, owner, kind, deadline); the claim-order key of the last due delivery taken; what
+it set aside."""
+
+
 def claim_batch(
     session: Session,
     limit: int,
@@ -86,7 +92,8 @@ def claim_batch(
     dialect: str,
     after: Floor | None = None,
     pacer: Pacer | None = None,
-) -> tuple[list[Job], list[tuple[int, str, str, str, datetime]], Floor | None, SetAside]:
+    max_attempts: int | None = None,
+) -> Claimed:
     """Take up to ``limit`` deliveries under ``owner``'s lease: those whose lease expired
     first (their worker died; looked for only when ``expired_too``), then due pending
     ones, those after ``after`` in claim order when it is given; count the attempt (noting a
@@ -95,7 +102,10 @@ def claim_batch(
     say that a named person will contact them: doctrine 6), the claim-order key of the
     last due delivery taken (None when none was), and how many were set aside: cancelled,
     their address having been opted out or disabled since they were written, or put back
-    for later by ``pacer`` (a rate-limited channel's share beyond its rate).
+    for later by ``pacer`` (a rate-limited channel's share beyond its rate). A delivery whose
+    lease expired after ``max_attempts`` claims is not claimed again but failed (``spent``):
+    each of its workers stopped, or could not record what it did, and each claim may have
+    sent it.
 
     Its statements run on the session's connection: Core, without the ORM's result layer,
     which built an ORM loading context for every claimed row."""
@@ -106,6 +116,7 @@ def claim_batch(
         return list(connection.execute(query, {"b_now": now, "b_limit": n, **parameters}).all())
 
     found: list[Any] = []
+    spent: list[Any] = []
     if expired_too:
         if dialect == "postgresql":
             # Oldest lease first, from the lease index (migration 0007), by an index scan:
@@ -118,6 +129,11 @@ def claim_batch(
         found = take(sql.expired, limit)
         if dialect == "postgresql":
             connection.exec_driver_sql("SET LOCAL enable_bitmapscan = on")
+        if max_attempts is not None:
+            spent = [row for row in found if row[_ATTEMPTS] >= max_attempts]
+            if spent:
+                _give_up(connection, dialect, spent, now)
+                found = [row for row in found if row[_ATTEMPTS] < max_attempts]
     last: Floor | None = None
     if len(found) < limit:
         if after is None:
@@ -130,7 +146,7 @@ def claim_batch(
             last = (taken[-1][_DUE_AT], taken[-1][0])
         found += taken
     if not found:
-        return [], [], None, SetAside()
+        return [], [], None, SetAside(spent=len(spent))
     moot = [row for row in found if row[_OPTED_OUT] or row[_DISABLED]]
     if moot:
         # The customer unsubscribed (or the address was disabled) after the round was
@@ -148,7 +164,7 @@ def claim_batch(
                 _PUT_BACK, [{"b_id": delivery, "b_at": at} for delivery, at in back.items()]
             )
             found = [row for row in found if row[0] not in back]
-    aside = SetAside(moot=tuple(_job(row) for row in moot), paced=len(back))
+    aside = SetAside(moot=tuple(_job(row) for row in moot), paced=len(back), spent=len(spent))
     if not found:
         return [], [], last, aside
     connection.execute(
@@ -205,10 +221,13 @@ def _job(row: Any) -> Job:
 @dataclass(frozen=True)
 class SetAside:
     """What a claim found due and did not take: cancelled (``moot``: their address was
-    opted out or disabled since they were written), or put back for later (``paced``)."""
+    opted out or disabled since they were written), put back for later (``paced``), or
+    failed (``spent``)."""
 
     moot: tuple[Job, ...] = ()
     paced: int = 0
+    spent: int = 0
+    """Failed instead: their lease had expired after ``max_attempts`` claims."""
 
     @property
     def cancelled(self) -> int:
@@ -236,6 +255,25 @@ def _cancel(connection: Any, dialect: str, rows: list[Any], now: datetime) -> No
     log.info(
         "queued deliveries cancelled: address opted out or disabled", extra={"count": len(rows)}
     )
+
+
+def _give_up(connection: Any, dialect: str, rows: list[Any], now: datetime) -> None:
+    """Fail deliveries whose lease expired after their last allowed claim."""
+    reasons = {
+        row[0]: f"lease expired after {row[_ATTEMPTS]} attempts (each worker stopped or could "
+        "not record its outcome; the message may have gone out): not tried again"
+        for row in rows
+    }
+    for delivery, reason in reasons.items():
+        connection.execute(
+            update(_D)
+            .where(_D.c.id == delivery, _D.c.state == _SENDING)
+            .values(state="failed", last_error=reason, lease_owner=None, lease_expires_at=None)
+        )
+    write_history(
+        connection, dialect, [(i, "failed", None, why) for i, why in reasons.items()], now
+    )
+    log.error("deliveries failed: their lease expired at every attempt", extra={"count": len(rows)})
 
 
 # The tables, not the mapped classes: Core statements skip the ORM's compile and result
@@ -302,6 +340,7 @@ _JOB_COLUMNS = (
 its contact point is opted out or disabled now, its lease expiry (on a pending delivery: the
 mark of one put back by a :class:`Pacer`), when it was due (its claim-order key is that and
 the id) and the follow-up it announces."""
+_ATTEMPTS = 5
 _STATE = 13
 _OPTED_OUT = 14
 _DISABLED = 15

@@ -36,7 +36,7 @@ from sqlalchemy.types import TypeEngine
 
 from broadcaster.store import ContactPoint, Database, Delivery, DeliveryEvent
 from broadcaster.store.bulk import joined_by_key, rows_params, rows_table
-from broadcaster.store.models import table_of
+from broadcaster.store.models import PROVIDER_ID_LENGTH, table_of
 from broadcaster.store.types import UTCDateTime
 from channels.base import ContactPointState, DeliveryError, Receipt
 
@@ -250,6 +250,8 @@ async def record_outcomes(
             continue
         if outcome.error is None:
             pmid = outcome.receipt.provider_message_id if outcome.receipt else None
+            if pmid is not None and len(pmid) > PROVIDER_ID_LENGTH:
+                pmid = pmid[:PROVIDER_ID_LENGTH]  # a push service's URL: kept as far as fits
             sent.append((job.delivery_id, pmid, job.attempts))
             events.append(_event(job, "sent", pmid, None))
             result.sent += 1

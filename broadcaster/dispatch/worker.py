@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +28,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.orm import Session
 
 from broadcaster.clock import Clock
 from broadcaster.compose.context import Personal
@@ -36,7 +37,7 @@ from broadcaster.compose.links import personal_links
 from broadcaster.compose.render import Renderer, RenderError, RenderRequest
 from broadcaster.config.settings import DeliverySettings, MessageSettings
 from broadcaster.dispatch.backoff import delay_after
-from broadcaster.dispatch.claim import Floor, claim_batch, claim_size
+from broadcaster.dispatch.claim import Claimed, Floor, claim_batch, claim_size
 from broadcaster.dispatch.content import RoundContents
 from broadcaster.dispatch.handover import SENDS_AHEAD, Starting
 from broadcaster.dispatch.limits import Limits, Pacer, per_process
@@ -50,7 +51,7 @@ from broadcaster.dispatch.outcomes import (
     record_outcomes,
 )
 from broadcaster.store import ContactPoint, Database, Delivery
-from broadcaster.store.retry import retried
+from broadcaster.store.retry import retried, store_transient
 from channels.base import Channel, DeliveryError, Target, concurrency_of, units_of
 
 log = logging.getLogger("broadcaster.dispatch")
@@ -60,6 +61,9 @@ COUNTED_STATES = ("sending", "sent", "delivered", "undelivered")
 RECORD_RETRY_FIRST = 0.5
 RECORD_RETRY_LONGEST = 8.0
 """Seconds between tries to write a batch's outcomes when the store fails (doubling)."""
+
+PLAIN_REASON = 200
+"""Characters of a failure's reason kept when the store refused it whole."""
 
 
 EXPIRED_LOOK_INTERVAL = timedelta(seconds=1)
@@ -93,6 +97,8 @@ class DispatchStats:
     """Queued deliveries not sent because their address was opted out or disabled."""
     paced: int = 0
     """Claimed-to-be deliveries of a rate-limited channel put back for later (Pacer)."""
+    spent: int = 0
+    """Deliveries failed at a claim: their lease had expired after ``max_attempts`` claims."""
     by_channel: dict[str, int] = field(default_factory=dict)
 
 
@@ -141,14 +147,15 @@ class Dispatcher:
         """Renewals a batch gets at most: a send that never returns must not hold its batch
         (already sent messages included, unrecorded) for ever."""
         self._look_for_expired_at = datetime.min.replace(tzinfo=UTC)
+        self._last_claim_at = datetime.min.replace(tzinfo=UTC)
         self._floor: Floor | None = None
 
     async def run_once(self) -> int:
         """Claim, send and record one batch; returns how many deliveries it handled."""
-        aside = self.stats.cancelled + self.stats.paced
+        aside = self.stats.cancelled + self.stats.paced + self.stats.spent
         jobs, announced = await self._claim(self.batch_size)
         if not jobs:  # more may be due behind those set aside
-            return self.stats.cancelled + self.stats.paced - aside
+            return self.stats.cancelled + self.stats.paced + self.stats.spent - aside
         sent = asyncio.Event()
         lost: set[int] = set()
         keeper = asyncio.create_task(
@@ -184,24 +191,74 @@ class Dispatcher:
         return len(jobs)
 
     async def _record(self, outcomes: list[Outcome]) -> Recorded:
-        """Write a batch's outcomes. A write that fails is tried again for up to a lease
-        while the batch's leases are renewed (:func:`~broadcaster.store.retry.retried`):
-        given up, the batch's messages, already handed to their provider, would be claimed
-        again when the leases ran out and sent twice."""
+        """Write a batch's outcomes. A write that fails on the store's side (unreachable,
+        restarting) is tried again for up to a lease while the batch's leases are renewed
+        (:func:`~broadcaster.store.retry.retried`): given up, the batch's messages, already
+        handed to their provider, would be claimed again when the leases ran out and sent
+        twice. A write the store refuses (one outcome it cannot keep) is made again one
+        outcome at a time (:meth:`_record_each`), so that the others are kept."""
+        try:
+            return await retried(
+                lambda: self._write(outcomes),
+                within=self._settings.lease,
+                what="the outcomes of a batch",
+                first=RECORD_RETRY_FIRST,
+                longest=RECORD_RETRY_LONGEST,
+                count=len(outcomes),
+            )
+        except Exception as exc:
+            if store_transient(exc):
+                raise
+            log.error(
+                "the store refused the outcomes of a batch; writing them one at a time",
+                extra={"count": len(outcomes), "reason": repr(exc)},
+            )
+            return await self._record_each(outcomes)
+
+    async def _record_each(self, outcomes: list[Outcome]) -> Recorded:
+        """Each outcome in a transaction of its own. One the store refuses again is written
+        without what it could not keep (the provider's id and the error's details, a
+        contact point's condemnation, a failover): that its message went out, or that it
+        failed and when to try again. One refused even so stays ``sending``, and is claimed
+        again when its lease runs out, up to ``max_attempts`` claims (see
+        :func:`~broadcaster.dispatch.claim.claim_batch`)."""
+        total = Recorded()
+        for outcome in outcomes:
+            recorded = None
+            for whole in (True, False):
+                try:
+                    recorded = await self._write_one(outcome if whole else _plain(outcome), whole)
+                except Exception as exc:
+                    if store_transient(exc):
+                        raise
+                    log.error(
+                        "the store refused the outcome of a delivery",
+                        extra={"delivery": outcome.job.delivery_id, "reason": repr(exc)},
+                    )
+                    continue
+                break
+            if recorded is not None:
+                for name in ("sent", "retried", "failed", "rerouted", "failovers"):
+                    setattr(total, name, getattr(total, name) + getattr(recorded, name))
+        return total
+
+    async def _write_one(self, outcome: Outcome, failover: bool) -> Recorded:
         return await retried(
-            lambda: record_outcomes(
-                self._db,
-                self._owner,
-                outcomes,
-                self._clock.now(),
-                failover=self._settings.failover,
-                contact_kinds=self._contact_kinds,
-            ),
+            lambda: self._write([outcome], failover),
             within=self._settings.lease,
-            what="the outcomes of a batch",
+            what="the outcome of a delivery",
             first=RECORD_RETRY_FIRST,
             longest=RECORD_RETRY_LONGEST,
-            count=len(outcomes),
+        )
+
+    def _write(self, outcomes: list[Outcome], failover: bool = True) -> Awaitable[Recorded]:
+        return record_outcomes(
+            self._db,
+            self._owner,
+            outcomes,
+            self._clock.now(),
+            failover=self._settings.failover if failover else [],
+            contact_kinds=self._contact_kinds,
         )
 
     async def claim(self, limit: int) -> list[Job]:
@@ -213,6 +270,13 @@ class Dispatcher:
         """The claimed jobs, and the open follow-ups their messages announce: one
         transaction (:meth:`~broadcaster.store.Database.transact`)."""
         now = self._clock.now()
+        if now < self._last_claim_at:
+            # The clock was set back (a host whose clock ran ahead, corrected): the floor
+            # and the next full look were set by the old time, and what is written now
+            # lies behind them. Start again from the start of the claim index at once.
+            self._floor = None
+            self._look_for_expired_at = now
+        self._last_claim_at = now
         expired_too = now >= self._look_for_expired_at
         if expired_too:
             self._look_for_expired_at = now + EXPIRED_LOOK_INTERVAL
@@ -223,8 +287,9 @@ class Dispatcher:
         # that floor (a delivery given back by a daemon that stopped, one another claimer
         # held and let go) is taken at the next full look, within EXPIRED_LOOK_INTERVAL.
         after = None if expired_too or self._db.dialect != "postgresql" else self._floor
-        jobs, followups, last, cancelled = await self._db.transact(
-            lambda session: claim_batch(
+
+        def claim(session: Session) -> Claimed:
+            claimed = claim_batch(
                 session,
                 limit,
                 now,
@@ -235,14 +300,20 @@ class Dispatcher:
                 dialect=self._db.dialect,
                 after=after,
                 pacer=self._pacer,
+                max_attempts=self._settings.max_attempts,
             )
-        )
+            # In the claim's transaction: committed, a cancelled delivery's failover must
+            # be there too, or a store that failed in between would lose the round for
+            # the customer.
+            self._fail_over_cancelled(session, claimed[3].moot, now)
+            return claimed
+
+        jobs, followups, last, cancelled = await self._db.transact(claim)
         if last is not None and (self._floor is None or last > self._floor):
             self._floor = last
         self.stats.cancelled += cancelled.cancelled
         self.stats.paced += cancelled.paced
-        if cancelled.moot and self._settings.failover:
-            await self._fail_over_cancelled(cancelled.moot, now)
+        self.stats.spent += cancelled.spent
         announced: Announcements = {}
         for incident_id, customer_id, owner, kind, deadline in followups:  # earliest first
             name = self._staff_names.get(owner, owner)
@@ -256,21 +327,19 @@ class Dispatcher:
             )
         return jobs, announced
 
-    async def _fail_over_cancelled(self, moot: tuple[Job, ...], now: datetime) -> None:
+    def _fail_over_cancelled(self, session: Session, moot: tuple[Job, ...], now: datetime) -> None:
         """Deliveries cancelled at claim (their address opted out or disabled since their
         round was written) go to the customer's next channel they can be reached on, as a
         permanent failure at the send would: the customer still hears of the round."""
-        follows = [
-            Follow(job, target, kind, "failover")
-            for job in moot
-            if job.failover_from_id is None
-            and (target := next_channel(job, self._settings.failover)) is not None
-            and (kind := self._contact_kinds.get(target)) is not None
-        ]
-        if follows:
-            await self._db.transact(
-                lambda session: [create_follow(session, self._db, f, now) for f in follows]
-            )
+        if not self._settings.failover:
+            return
+        for job in moot:
+            if job.failover_from_id is not None:
+                continue
+            target = next_channel(job, self._settings.failover)
+            kind = self._contact_kinds.get(target) if target is not None else None
+            if target is not None and kind is not None:
+                create_follow(session, self._db, Follow(job, target, kind, "failover"), now)
 
     def _personal(self, job: Job, now: datetime) -> Personal:
         expires = now + self._messages.link_lifetime
@@ -514,3 +583,13 @@ class Dispatcher:
                 )
             )
             return max(getattr(result, "rowcount", 0), 0)
+
+
+def _plain(outcome: Outcome) -> Outcome:
+    """``outcome`` without what the store may have refused to keep: a sent message's
+    provider id, a failure's long text and its verdict on the contact point (written with
+    no failover: see :meth:`Dispatcher._record_each`)."""
+    if outcome.error is None:
+        return outcome._replace(receipt=None)
+    error = DeliveryError(outcome.error.reason[:PLAIN_REASON], retryable=outcome.error.retryable)
+    return outcome._replace(error=error)

@@ -9,8 +9,10 @@ lock keeps the scheduling work in one place. With SQLite there is one daemon: it
 A leader whose host dies or drops off the network closes nothing: its session, and the
 lock, would stay on the server until TCP gives up on it (over two hours with the usual
 keepalive settings), and no round would be scheduled meanwhile. So the leadership session
-asks the server for short keepalives and a user timeout (:data:`KEEPALIVE`: a silent peer is
-dropped within about :data:`SERVER_NOTICES` seconds), and the leader gives up leading when
+asks the server for short keepalives and a user timeout
+(:data:`broadcaster.store.db.KEEPALIVE`: a silent peer is dropped within about
+:data:`~broadcaster.store.db.SERVER_NOTICES` seconds; the daemon's other sessions have them
+too), and the leader gives up leading when
 its check does not answer within :data:`ANSWER_WITHIN` seconds.
 
 Through a connection pooler the server session is the pooler's, not the daemon's. In
@@ -33,6 +35,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broadcaster.store import Database
+from broadcaster.store.db import KEEPALIVE
 
 log = logging.getLogger("broadcaster.leader")
 
@@ -40,18 +43,6 @@ LOCK_KEY = 0x62726F61  # "broa": the advisory lock every broadcaster daemon cont
 
 ANSWER_WITHIN = 5.0
 """Seconds the leadership connection has to answer a check before it is given up."""
-
-KEEPALIVE = {
-    "tcp_keepalives_idle": "5",
-    "tcp_keepalives_interval": "2",
-    "tcp_keepalives_count": "3",
-    "tcp_user_timeout": "10000",
-}
-"""Server-side settings of the leadership session: the server probes an idle client after
-5 s, every 2 s, and drops it after 3 unanswered probes (or 10 s of unacknowledged data)."""
-
-SERVER_NOTICES = 11
-"""About how many seconds the server takes to drop a silent leader's session: 5 + 3 × 2."""
 
 _ALIVE = text("SELECT 1")
 _TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")

@@ -49,6 +49,20 @@ class StoreConfig(Protocol):
     direct_url: str | None
 
 
+KEEPALIVE = {
+    "tcp_keepalives_idle": "5",
+    "tcp_keepalives_interval": "2",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
+"""Server-side settings of a daemon's sessions on PostgreSQL (12 or later): the server probes
+an idle client after 5 s, every 2 s, and drops it after 3 unanswered probes (or 10 s of
+unacknowledged data)."""
+
+SERVER_NOTICES = 11
+"""About how many seconds the server takes to drop a silent daemon's session: 5 + 3 × 2."""
+
+
 class Database:
     """Owns the async engine; ``session()`` opens a unit of work, ``engine`` runs Core."""
 
@@ -87,6 +101,15 @@ class Database:
             # 0.29 and later, for PgBouncer). SQLAlchemy's own cache of prepared
             # statements is off too: nothing outlives its statement.
             kwargs["connect_args"] = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+        if self.dialect == "postgresql" and pooler == "none":
+            # A daemon whose host dies, or drops off the network, in a transaction leaves
+            # its session "idle in transaction" on the server, holding its locks (a round
+            # being written, the rows it inserted) until TCP gives up: over two hours with
+            # the usual keepalive settings, and the round is skipped by every other
+            # daemon's SKIP LOCKED claim meanwhile. With these the server drops such a
+            # session within about 11 s. (Through a pooler the server's sessions are the
+            # pooler's: see docs/scaling.md for its own settings.)
+            kwargs["connect_args"] = {"server_settings": dict(KEEPALIVE)}
         if self.dialect == "sqlite":
             database = parsed.database or ""
             if database and database != ":memory:":

@@ -41,6 +41,10 @@ NAMING_CONVENTION = {
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
+PROVIDER_ID_LENGTH = 300
+"""Characters of a provider's message id the store keeps (a longer one is cut when recorded)."""
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -283,7 +287,9 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
     lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
-    provider_message_id: Mapped[str | None] = mapped_column(String(300), default=None)
+    provider_message_id: Mapped[str | None] = mapped_column(
+        String(PROVIDER_ID_LENGTH), default=None
+    )
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
@@ -306,7 +312,9 @@ class DeliveryEvent(Base):
     )
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     state: Mapped[str] = mapped_column(String(16))
-    provider_message_id: Mapped[str | None] = mapped_column(String(300), default=None)
+    provider_message_id: Mapped[str | None] = mapped_column(
+        String(PROVIDER_ID_LENGTH), default=None
+    )
     detail: Mapped[str | None] = mapped_column(Text, default=None)
 
 

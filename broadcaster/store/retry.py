@@ -25,10 +25,13 @@ async def retried(
     longest: float = 8.0,
     count: int = 1,
 ) -> T:
-    """``write()``, tried again after an error (the store restarting, a pooled connection
-    that died) with a pause from ``first`` seconds doubling up to ``longest``, for as long as
+    """``write()``, tried again after an error that a later try can get past
+    (:func:`store_transient`: the store restarting, a pooled connection that died, a
+    deadlock) with a pause from ``first`` seconds doubling up to ``longest``, for as long as
     the next try starts within ``within`` of the first; the last error is raised then. Each
-    failure is logged as ``could not record <what>; trying again``."""
+    failure is logged as ``could not record <what>; trying again``. Any other error (the
+    store refused the statement: a value too long, a constraint) is raised at once: the
+    same write would be refused again for the whole window."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within.total_seconds()
     pause = first
@@ -38,7 +41,7 @@ async def retried(
             done = await write()
         except Exception as exc:
             failures += 1
-            if loop.time() + pause > deadline:
+            if not store_transient(exc) or loop.time() + pause > deadline:
                 raise
             log.warning(
                 "could not record %s; trying again",
@@ -59,3 +62,19 @@ def store_unreachable(exc: BaseException) -> bool:
     if isinstance(exc, (OperationalError, InterfaceError, OSError)):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+"""PostgreSQL's serialization failure and deadlock: the transaction may succeed if run again."""
+
+
+def store_transient(exc: BaseException) -> bool:
+    """Whether writing again may succeed where ``exc`` stopped it: the store unreachable
+    (:func:`store_unreachable`), a statement timed out, or PostgreSQL chose this
+    transaction to end a deadlock or a serialization conflict."""
+    if store_unreachable(exc) or isinstance(exc, TimeoutError):
+        return True
+    if isinstance(exc, DBAPIError):
+        code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return code in RETRYABLE_SQLSTATES
+    return False

@@ -13,6 +13,7 @@ from sqlalchemy import make_url, text
 from broadcaster.schedule import leader as leader_module
 from broadcaster.schedule.leader import LOCK_KEY, Leadership
 from broadcaster.store import Database
+from broadcaster.store.db import KEEPALIVE
 from tests.conftest import asyncpg_dsn
 
 pytestmark = pytest.mark.postgres
@@ -175,9 +176,9 @@ async def test_a_leader_whose_connection_goes_silent_stops_leading(
         assert leader._conn is not None
         settings = await leader._conn.execute(
             text("SELECT name, setting FROM pg_settings WHERE name = ANY(:names)"),
-            {"names": list(leader_module.KEEPALIVE)},
+            {"names": list(KEEPALIVE)},
         )
-        assert {name: value for name, value in settings.all()} == leader_module.KEEPALIVE
+        assert {name: value for name, value in settings.all()} == KEEPALIVE
         proxy.silent = True
         assert not await asyncio.wait_for(leader.ensure(), 10)
         assert not leader.leading
