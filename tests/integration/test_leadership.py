@@ -37,7 +37,10 @@ async def _lock_holder(url: str) -> int | None:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         pid: int | None = await conn.fetchval(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND granted",
+            # In this test's database: a daemon on another database of the same server
+            # holds a lock of the same key (advisory locks are per database).
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             LOCK_KEY,
         )
         return pid

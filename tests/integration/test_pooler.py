@@ -114,7 +114,10 @@ async def test_the_leader_holds_its_lock_past_the_pooler(pgbouncer: Bouncer) -> 
     second = Database(pgbouncer.url, pooler=pgbouncer.mode, direct_url=pgbouncer.direct)
     leader, other = Leadership(first, "one"), Leadership(second, "two")
     admin = await asyncpg.connect(asyncpg_dsn(pgbouncer.direct))
-    holder = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND granted"
+    holder = (  # in this test's database (advisory locks are per database)
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
     try:
         assert await leader.ensure()
         assert not await other.ensure()
