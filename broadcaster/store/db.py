@@ -55,9 +55,9 @@ KEEPALIVE = {
     "tcp_keepalives_count": "3",
     "tcp_user_timeout": "10000",
 }
-"""Server-side settings of a daemon's sessions on PostgreSQL (12 or later): the server probes
-an idle client after 5 s, every 2 s, and drops it after 3 unanswered probes (or 10 s of
-unacknowledged data)."""
+"""Server-side settings of a daemon's sessions on PostgreSQL: the server probes an idle client
+after 5 s, every 2 s, and drops it after 3 unanswered probes (or 10 s of unacknowledged
+data; PostgreSQL 12 or later)."""
 
 SERVER_NOTICES = 11
 """About how many seconds the server takes to drop a silent daemon's session: 5 + 3 × 2."""
@@ -101,15 +101,6 @@ class Database:
             # 0.29 and later, for PgBouncer). SQLAlchemy's own cache of prepared
             # statements is off too: nothing outlives its statement.
             kwargs["connect_args"] = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
-        if self.dialect == "postgresql" and pooler == "none":
-            # A daemon whose host dies, or drops off the network, in a transaction leaves
-            # its session "idle in transaction" on the server, holding its locks (a round
-            # being written, the rows it inserted) until TCP gives up: over two hours with
-            # the usual keepalive settings, and the round is skipped by every other
-            # daemon's SKIP LOCKED claim meanwhile. With these the server drops such a
-            # session within about 11 s. (Through a pooler the server's sessions are the
-            # pooler's: see docs/scaling.md for its own settings.)
-            kwargs["connect_args"] = {"server_settings": dict(KEEPALIVE)}
         if self.dialect == "sqlite":
             database = parsed.database or ""
             if database and database != ":memory:":
@@ -127,6 +118,17 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect != "sqlite":
             _ping_when_idle(self.engine)
+        if self.dialect == "postgresql" and pooler == "none":
+            # A daemon whose host dies, or drops off the network, in a transaction leaves
+            # its session "idle in transaction" on the server, holding its locks (a round
+            # being written, the rows it inserted) until TCP gives up: over two hours with
+            # the usual keepalive settings, and the round is skipped by every other
+            # daemon's SKIP LOCKED claim meanwhile. With KEEPALIVE the server drops such a
+            # session within about 11 s. Set by a query when a connection is made, not as
+            # startup parameters, which a pooler the configuration does not declare would
+            # refuse. (Through a declared pooler the server's sessions are the pooler's:
+            # docs/scaling.md gives its own settings.)
+            event.listen(self.engine.sync_engine, "connect", _ask_for_keepalives)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
@@ -262,6 +264,19 @@ class Database:
 PING_AFTER_IDLE = 1.0
 """Seconds a pooled server connection may lie idle before it is checked (pinged) on its way
 out of the pool; see :func:`_ping_when_idle`."""
+
+
+_KEEPALIVE_SQL = (
+    "SELECT set_config(k.name, k.setting, false) FROM (VALUES "  # noqa: S608 - constants
+    + ", ".join(f"('{name}', '{value}')" for name, value in KEEPALIVE.items())
+    + ") AS k(name, setting) JOIN pg_settings USING (name)"
+)
+"""One statement, by the simple query protocol: only the settings the server has
+(``tcp_user_timeout`` came in PostgreSQL 12)."""
+
+
+def _ask_for_keepalives(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.run_async(lambda connection: connection.execute(_KEEPALIVE_SQL))
 
 
 def _ping_when_idle(engine: AsyncEngine) -> None:
