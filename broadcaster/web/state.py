@@ -40,6 +40,10 @@ class WebState:
     def twilio_accounts(self) -> list[TwilioSettings]:
         return [s for s in self.settings.channels.values() if isinstance(s, TwilioSettings)]
 
+    def twilio_channels(self) -> list[str]:
+        """The names of the channels that send through Twilio."""
+        return [name for name, s in self.settings.channels.items() if isinstance(s, TwilioSettings)]
+
     def public_url_for(self, request: Request) -> str:
         """The URL the provider called, as it saw it: our public base + path + query.
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from xml.sax.saxutils import escape
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.dispatch.outcomes import fail_over_reported
@@ -37,6 +37,9 @@ router = APIRouter(prefix="/hooks/twilio", tags=["twilio"])
 
 RANK = {"pending": 0, "sending": 1, "queued": 1, "sent": 2, "delivered": 3, "undelivered": 3}
 FINAL_FAILED = 3
+HANDED_OVER = ("sending", "sent", "delivered", "undelivered", "failed")
+"""States of a delivery that may have reached Twilio (``sending``: its outcome not yet
+recorded when the callback comes)."""
 OPTED_OUT_CODES = {"21610"}
 DISABLED_CODES = {"21211", "21614", "30005", "30006"}
 
@@ -93,10 +96,21 @@ async def status_callback(request: Request) -> Response:
     error_code = params.get("ErrorCode") or None
     now = state.clock.now()
     async with state.database.session() as session, session.begin():
+        # Only a delivery of a Twilio channel that was handed to Twilio: by its message
+        # SID, or by the id in the callback URL (the callback may come before the SID is
+        # recorded) while it has no other SID. An email, or an SMS not sent yet, is never
+        # the callback's, whatever the URL says.
         row = (
             await session.execute(
                 select(Delivery)
-                .where(or_(Delivery.provider_message_id == sid, Delivery.id == delivery_id))
+                .where(
+                    Delivery.channel.in_(state.twilio_channels()),
+                    Delivery.state.in_(HANDED_OVER),
+                    or_(
+                        Delivery.provider_message_id == sid,
+                        and_(Delivery.id == delivery_id, Delivery.provider_message_id.is_(None)),
+                    ),
+                )
                 .limit(1)
             )
         ).scalar_one_or_none()

@@ -142,6 +142,67 @@ async def test_undelivered_with_opt_out_code_marks_the_number(
     assert point.opted_out
 
 
+@pytest.mark.parametrize(
+    ("channel", "state", "sid"),
+    [
+        ("email", "pending", None),  # not Twilio's
+        ("email", "sent", None),
+        ("sms", "pending", None),  # never handed to Twilio
+        ("sms", "sent", "SM" + "0" * 32),  # Twilio's, under another message
+    ],
+)
+async def test_a_signed_callback_changes_only_the_twilio_delivery_it_reports_on(
+    client: tuple[httpx.AsyncClient, WebState],
+    database: Database,
+    channel: str,
+    state: str,
+    sid: str | None,
+) -> None:
+    """The ``delivery`` in the callback URL finds the delivery only when it is a Twilio
+    channel's, handed over, with no other message SID: a callback cannot mark an email
+    delivered, or opt an address out, by naming another delivery."""
+    http, _ = client
+    delivery_id = await seed_sent_sms(database, channel=channel)
+    async with database.session() as session, session.begin():
+        row = await session.get(Delivery, delivery_id)
+        assert row is not None
+        row.state, row.provider_message_id = state, sid
+    params = {
+        "AccountSid": SID,
+        "MessageSid": "SM" + "f" * 32,
+        "MessageStatus": "undelivered",
+        "ErrorCode": "21610",
+    }
+    path = f"/hooks/twilio/status?delivery=delivery-{delivery_id}"
+    answer = await http.post(path, data=params, headers=_signed(path, params))
+    assert answer.status_code == 204
+    async with database.session() as session:
+        after = await session.get(Delivery, delivery_id)
+        point = (await session.execute(select(ContactPoint))).scalar_one()
+    assert after is not None and (after.state, after.provider_message_id) == (state, sid)
+    assert not point.opted_out
+
+
+async def test_a_callback_before_its_sid_is_recorded_finds_the_delivery_by_its_url(
+    client: tuple[httpx.AsyncClient, WebState], database: Database
+) -> None:
+    http, _ = client
+    delivery_id = await seed_sent_sms(database)
+    async with database.session() as session, session.begin():
+        row = await session.get(Delivery, delivery_id)
+        assert row is not None
+        row.state, row.provider_message_id = "sending", None  # its outcome not yet written
+    params = {"AccountSid": SID, "MessageSid": "SM" + "f" * 32, "MessageStatus": "delivered"}
+    path = f"/hooks/twilio/status?delivery=delivery-{delivery_id}"
+    assert (await http.post(path, data=params, headers=_signed(path, params))).status_code == 204
+    async with database.session() as session:
+        after = await session.get(Delivery, delivery_id)
+    assert after is not None and (after.state, after.provider_message_id) == (
+        "delivered",
+        "SM" + "f" * 32,
+    )
+
+
 @pytest.mark.parametrize("signature", [None, "forged", "AAAA"])
 async def test_forged_or_missing_signature_is_refused_and_changes_nothing(
     client: tuple[httpx.AsyncClient, WebState], database: Database, signature: str | None
