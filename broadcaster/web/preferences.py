@@ -110,7 +110,12 @@ async def save_preferences(token: str, request: Request) -> Response:
     if isinstance(claims, Response):
         return claims
     form = await request.form()
-    action = form.get("action", "save")
+    action = form.get("action")
+    if action not in ("save", "unsubscribe"):
+        # Each of the form's buttons names its action. Without one, this is not the form
+        # (an empty or mangled request), and read as "save" with no box ticked it would
+        # have opted the customer out of every address.
+        return page("Not saved", "<p>Use the Save or Unsubscribe button of the form.</p>", 422)
     language = form.get("language")
     wanted: set[int] = set()
     for value in form.getlist("point"):

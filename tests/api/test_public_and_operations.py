@@ -264,6 +264,24 @@ async def test_the_preferences_page_changes_only_its_own_customer(database: Data
         }
         assert language == "nl"
 
+        # A request that is not the form (no button's action: empty, or bytes that are no
+        # form) changes nothing; read as "save" with no box ticked it had opted c1 out.
+        for body in ({}, {"point": str(points[("c1", "email")])}):
+            refused = await api.http.post(f"/preferences/{token}", data=body)
+            assert refused.status_code == 422 and "Not saved" in refused.text
+        mangled = await api.http.post(
+            f"/preferences/{token}",
+            content=b"\xff\xfe=\xff",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert mangled.status_code == 422
+        async with database.session() as session:
+            still = {
+                (p.customer_id, p.kind): p.opted_out
+                for p in (await session.execute(select(ContactPoint))).scalars()
+            }
+        assert still == opted
+
         everything = await api.http.post(f"/preferences/{token}", data={"action": "unsubscribe"})
         assert "unsubscribed" in everything.text
         async with database.session() as session:
