@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import re
 import time
+import xml.sax
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
@@ -61,6 +62,7 @@ def parse(data: bytes, mapping: SourceMapping, *, source: str, now: datetime) ->
         feed = feedparser.parse(io.BytesIO(data), sanitize_html=True, resolve_relative_uris=False)
     except Exception as exc:  # third-party parser on hostile input: the document is unusable
         raise FeedError(f"feed parser failed: {type(exc).__name__}") from None
+    _refuse_broken(dict.get(feed, "bozo_exception"))
     entries = dict.get(feed, "entries")
     if not dict.get(feed, "version") and not entries:
         raise FeedError("not an RSS or Atom feed")
@@ -70,6 +72,24 @@ def parse(data: bytes, mapping: SourceMapping, *, source: str, now: datetime) ->
         item_id = _text(entry, "id") or _text(entry, "link")
         collector.item(item_id, partial(_entry, entry, mapping, matchers))
     return collector.result()
+
+
+def _refuse_broken(error: object) -> None:
+    """Refuse a document that is not well-formed XML: feedparser reads on with a lenient
+    parser, and a document cut short (a partial download, a file half written) read so
+    gave its last item without the rest of it, which was applied as an edit (the severity
+    and text it lacked, lost) and never put right, since the whole item then counted as
+    unchanged. An entity XML does not define (``&nbsp;``, common in feeds written as
+    HTML) is let through: the document is whole, and the lenient parser reads it."""
+    if not isinstance(error, xml.sax.SAXParseException):
+        return
+    reason = error.getMessage()
+    if "undefined entity" in reason:
+        return
+    raise FeedError(
+        f"not well-formed XML (line {error.getLineNumber()}, column "
+        f"{error.getColumnNumber()}: {reason}); nothing in it was applied"
+    )
 
 
 def _text(entry: object, key: str) -> str | None:

@@ -175,3 +175,22 @@ def test_a_plain_rss091_doctype_is_tolerated() -> None:
         b"</item></channel></rss>"
     )
     assert len(parse(data, MAPPING, source="s", now=NOW).events) == 1
+
+
+@pytest.mark.parametrize("name", ["status-rss.xml", "statuspage-history.atom"])
+def test_a_document_cut_short_is_refused_whole(name: str) -> None:
+    """A partial download or a file half written: its last item, read by a lenient parser
+    without its categories and text, was applied as an edit and never put right."""
+    data = (OURS / name).read_bytes()
+    cut = data[
+        : data.index(b"</title>", data.index(b"<item>" if b"<item>" in data else b"<entry>"))
+    ]
+    with pytest.raises(FeedError, match=r"not well-formed XML \(line \d+, column \d+: .*"):
+        parse(cut, MAPPING, source="s", now=NOW)
+
+
+def test_a_whole_document_with_an_html_entity_is_read() -> None:
+    """``&nbsp;`` is not XML's, but the document is whole: the lenient parser reads it."""
+    data = _rss("<item><guid>g1</guid><title>Line 5&nbsp;disrupted</title></item>")
+    [event] = parse(data, MAPPING, source="s", now=NOW).events
+    assert event.external_id == "g1" and "disrupted" in event.title
