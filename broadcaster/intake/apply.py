@@ -182,6 +182,8 @@ class _History:
     """Version tokens applied since the item last vanished from its (snapshot) feed."""
     newest_micros: int | None
     """The newest ``updated_at`` of any version applied, in microseconds."""
+    latest: str | None = None
+    """The version token applied last (None once the item vanished from its feed)."""
 
 
 async def _history(session: AsyncSession, incidents: list[Incident], source: str) -> _History:
@@ -201,6 +203,7 @@ async def _history(session: AsyncSession, incidents: list[Incident], source: str
     )
     versions: set[str] = set()
     newest: int | None = None
+    latest: str | None = None
     for author in authors:
         tag = _read_tag(source, author)
         if tag is None:
@@ -209,11 +212,13 @@ async def _history(session: AsyncSession, incidents: list[Incident], source: str
             # The feed stopped listing the item: it ended there; seen again, it is open
             # again, even in a version applied before.
             versions.clear()
+            latest = None
             continue
         versions.add(tag.version)
+        latest = tag.version
         if tag.updated_micros is not None:
             newest = max(newest, tag.updated_micros) if newest is not None else tag.updated_micros
-    return _History(frozenset(versions), newest)
+    return _History(frozenset(versions), newest, latest)
 
 
 @dataclass(frozen=True)
@@ -250,11 +255,15 @@ async def _plan(
         and event.updated_at is not None
         and _micros(event.updated_at) > history.newest_micros
     )
-    if not newer and _version_token(event.source, event.version) in history.versions:
+    token = _version_token(event.source, event.version)
+    if token == history.latest or (not newer and token in history.versions):
         # The same version again: a re-read item, a retried or replayed webhook. Applying
         # it again could only reopen, roll back or re-create what a later version changed.
         # A version whose content hash was seen before but that says it is newer than
-        # anything applied (open, resolved, open again) is a change, not a replay.
+        # anything applied (open, resolved, open again) is a change, not a replay; unless
+        # it is the version applied last, whatever its time says: a GTFS-rt feed stamps
+        # every alert with the time of each fetch, and each fetch had sent customers the
+        # same update again.
         return plan("unchanged", "version already applied")
     if (
         history.newest_micros is not None

@@ -129,6 +129,25 @@ async def test_a_source_reporting_an_item_open_again_reopens_it(database: Databa
     assert (await incidents(database))[0].status == "investigating"
 
 
+async def test_the_version_applied_last_with_a_newer_time_is_unchanged(
+    database: Database,
+) -> None:
+    """A GTFS-rt feed stamps every alert with the time of the fetch: the same alert, read
+    again with a newer time, is not a change. Each fetch had sent customers the same update
+    again."""
+    clock = FakeClock(START)
+    _, incident_id = await apply(database, clock, event("h:1", updated=START))
+    for minutes in (1, 2, 3):
+        later = START + timedelta(minutes=minutes)
+        assert await apply(database, clock, event("h:1", updated=later)) == (
+            "unchanged",
+            incident_id,
+        )
+    assert await timeline_length(database) == 1
+    edited = event("h:2", updated=START + timedelta(minutes=4))
+    assert await apply(database, clock, edited) == ("updated", incident_id)
+
+
 async def test_an_update_older_than_any_applied_one_is_ignored(database: Database) -> None:
     """Not only the latest entry's time counts: here the latest carries none."""
     clock = FakeClock(START)
