@@ -66,7 +66,7 @@ def parse(data: bytes, mapping: SourceMapping, *, source: str, now: datetime) ->
         raise FeedError("not an Alertmanager webhook payload: not a JSON object")
     if payload.get("version") != "4":
         raise FeedError("not an Alertmanager webhook payload of version 4")
-    collector = Collector(mapping, source)
+    collector = Collector(mapping, source, now=check_now(now))
     collector.item(payload.get("groupKey"), lambda: _group(payload, mapping, now))
     return collector.result()
 

@@ -98,7 +98,7 @@ def parse(data: bytes, mapping: SourceMapping, *, source: str, now: datetime) ->
     if local_name(root.tag) != "alert" or ns not in CAP_NAMESPACES:
         raise FeedError("not a CAP 1.1/1.2 alert")
     reader = _Reader(ns)
-    collector = Collector(mapping, source)
+    collector = Collector(mapping, source, now=check_now(now))
     collector.item(reader.find(root, "identifier"), lambda: _alert(root, reader, mapping, now))
     return collector.result()
 

@@ -85,7 +85,7 @@ def parse(data: bytes, mapping: SourceMapping, *, source: str, now: datetime) ->
         raise FeedError(f"not a GTFS-realtime FeedMessage: {str(exc)[:200]}") from None
     if not message.header.IsInitialized():
         raise FeedError("not a GTFS-realtime FeedMessage: no header")
-    collector = Collector(mapping, source)
+    collector = Collector(mapping, source, now=check_now(now))
     fetched = from_timestamp(message.header.timestamp) if message.header.timestamp else None
     for entity in message.entity:
         if not entity.HasField("alert") and not entity.is_deleted:

@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from broadcaster.incidents.lifecycle import MAX_SCOPE_CHARS
@@ -218,12 +218,18 @@ def short_id(value: object) -> str | None:
     return truncate(text, _SKIP_ID_CHARS) or None
 
 
+FUTURE_TOLERANCE = timedelta(days=1)
+"""How far ahead of this host's clock an item's ``updated_at`` may be: a source's clock a few
+hours out, or local time written as UTC, passes; a date years ahead does not."""
+
+
 class Collector:
     """Gathers one document's events and skips; at most ``max_items`` items, unique ids."""
 
-    def __init__(self, mapping: SourceMapping, source: str) -> None:
+    def __init__(self, mapping: SourceMapping, source: str, *, now: datetime) -> None:
         self.mapping = mapping
         self.source = source
+        self.now = now
         self.events: list[IncidentEvent] = []
         self.skipped: list[SkippedItem] = []
         self._seen: set[str] = set()
@@ -245,6 +251,15 @@ class Collector:
             return
         except Exception as exc:
             self.skip(f"unreadable: {type(exc).__name__}: {exc}", item_id)
+            return
+        if event.updated_at is not None and event.updated_at - self.now > FUTURE_TOLERANCE:
+            # Applied, it would stand as the item's newest version, and every later one,
+            # its resolution too, would be ignored as older for good.
+            self.skip(
+                f"updated_at {event.updated_at.isoformat()} is more than "
+                f"{FUTURE_TOLERANCE.days} day ahead of this host's clock",
+                item_id,
+            )
             return
         if event.external_id in self._seen:
             self.skip("duplicate id in the same document (the first was kept)", item_id)

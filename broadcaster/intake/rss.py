@@ -66,7 +66,7 @@ def parse(data: bytes, mapping: SourceMapping, *, source: str, now: datetime) ->
     entries = dict.get(feed, "entries")
     if not dict.get(feed, "version") and not entries:
         raise FeedError("not an RSS or Atom feed")
-    collector = Collector(mapping, source)
+    collector = Collector(mapping, source, now=check_now(now))
     matchers = _Matchers(mapping.status_keywords)
     for entry in entries if isinstance(entries, list) else []:
         item_id = _text(entry, "id") or _text(entry, "link")

@@ -186,7 +186,7 @@ def parse(data: bytes, mapping: SourceMapping, *, source: str, now: datetime) ->
     body = load_json(data, mapping.limits)
     if not isinstance(body, dict):
         raise FeedError("webhook body must be a JSON object")
-    collector = Collector(mapping, source)
+    collector = Collector(mapping, source, now=check_now(now))
     collector.item(body.get("id"), lambda: _payload(body, mapping))
     return collector.result()
 

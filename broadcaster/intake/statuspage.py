@@ -58,7 +58,7 @@ def parse(data: bytes, mapping: SourceMapping, *, source: str, now: datetime) ->
         raise FeedError("not a Statuspage v2 document: no 'incidents' list")
     page = document.get("page")
     page_url = page.get("url") if isinstance(page, dict) else None
-    collector = Collector(mapping, source)
+    collector = Collector(mapping, source, now=check_now(now))
     for raw in document["incidents"]:
         item_id = raw.get("id") if isinstance(raw, dict) else None
         collector.item(item_id, partial(_incident, raw, page_url, mapping))

@@ -287,7 +287,7 @@ def test_html_the_standard_parser_gives_up_on_keeps_its_text() -> None:
 
 
 def test_an_item_that_raises_is_skipped_by_name_and_the_others_are_kept() -> None:
-    collector = Collector(SourceMapping(), "s")
+    collector = Collector(SourceMapping(), "s", now=datetime(2026, 1, 5, tzinfo=UTC))
     good = Draft(
         external_id="good",
         version="1",
@@ -308,6 +308,37 @@ def test_an_item_that_raises_is_skipped_by_name_and_the_others_are_kept() -> Non
     assert [e.external_id for e in result.events] == ["good"]
     assert [(s.item_id, s.reason) for s in result.skipped] == [
         ("bad-1", "unreadable: AssertionError: unknown status keyword 'phase ' in marked section")
+    ]
+
+
+def test_an_item_dated_far_ahead_of_the_clock_is_skipped_saying_so() -> None:
+    """Applied, a date years ahead stands as the item's newest version, and its later
+    edits and its resolution are ignored as older for good."""
+    now = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    collector = Collector(SourceMapping(), "s", now=now)
+
+    def item(name: str, updated: datetime) -> Draft:
+        return Draft(
+            external_id=name,
+            version="1",
+            title="Signal fault",
+            message="",
+            status="investigating",
+            severity="minor",
+            keys=[("", "lifts")],
+            pass_through=True,
+            updated_at=updated,
+        )
+
+    collector.item("far", lambda: item("far", datetime(9999, 12, 31, 23, 59, tzinfo=UTC)))
+    collector.item("skewed", lambda: item("skewed", now + timedelta(hours=14)))
+    result = collector.result()
+    assert [e.external_id for e in result.events] == ["skewed"]  # a clock hours out passes
+    assert [(s.item_id, s.reason) for s in result.skipped] == [
+        (
+            "far",
+            "updated_at 9999-12-31T23:59:00+00:00 is more than 1 day ahead of this host's clock",
+        )
     ]
 
 
