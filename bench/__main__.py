@@ -2,7 +2,8 @@
 
 Scenarios: ``fanout``, ``latency``, ``scale``, ``promises``, ``firstround`` (PostgreSQL
 only: the first round of one incident handed to the local sinks by ``--daemons`` daemon
-processes); none named runs them all. Each
+processes), ``nightround`` (a round written with the shipped rules by day and in quiet
+hours); none named runs them all. Each
 prints a table and writes ``<out>/<scenario>.json`` (default ``bench/results``). ``--quick``
 runs small sizes (the whole suite in a few minutes); without it, the issue's sizes.
 PostgreSQL comes from ``$BENCH_POSTGRES_URL`` (default the local ``postgres`` superuser);
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, get_args
 
-from bench import fanout, firstround, latency, promises, scale
+from bench import fanout, firstround, latency, nightround, promises, scale
 from bench.pgbouncer import NOT_FOUND as PGBOUNCER_NOT_FOUND
 from bench.pgbouncer import binary as pgbouncer_binary
 from bench.report import table, write
@@ -53,7 +54,7 @@ def pin(spec: str) -> dict[str, int]:
     return {"sender_cpu": sender, "sink_cpu": sink}
 
 
-SCENARIOS = ("fanout", "latency", "scale", "promises", "firstround")
+SCENARIOS = ("fanout", "latency", "scale", "promises", "firstround", "nightround")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -74,6 +75,8 @@ def sizes(scenario: str, quick: bool) -> dict[str, Any]:
         return {"customers": 300 if quick else 10_000, "hours": 24, "restarts": 3}
     if scenario == "firstround":
         return {"customers": 20_000 if quick else 1_000_000, "daemons": 2}
+    if scenario == "nightround":
+        return {"customers": 2_000 if quick else 20_000}
     raise ValueError(scenario)
 
 
@@ -90,6 +93,7 @@ async def run_scenario(
         "scale": scale.run,
         "promises": promises.run,
         "firstround": firstround.run,
+        "nightround": nightround.run,
     }
     kwargs = dict(params)
     if scenario == "firstround":  # its daemons are processes of their own
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         action="append",
         help="fanout: customers per round (repeatable); scale, promises, latency, "
-        "firstround: the size",
+        "firstround, nightround: the size",
     )
     parser.add_argument(
         "--daemons", type=int, help="firstround: daemon processes (default 2: one per core here)"
@@ -195,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 "scale": "customers",
                 "promises": "customers",
                 "firstround": "customers",
+                "nightround": "customers",
             }[scenario]
             params[key] = list(args.size) if scenario == "fanout" else args.size[0]
         if scenario == "firstround" and args.daemons:

@@ -114,7 +114,7 @@ class Escalation:
         people = await customer_facts(session, loaded, now, window)
         rows = {c.id: c for c in loaded}
         notices: list[Notice] = []
-        held_customers: list[str] = []
+        held_until: dict[datetime, list[str]] = {}
         for customer_id in customer_ids:
             person = people.get(customer_id)
             if person is None:
@@ -125,16 +125,7 @@ class Escalation:
             decision = ruleset.evaluate(facts, person, now=now, plan=plan)
             held = hold_until(decision.quiet_hours, person.timezone, now, incident.severity)
             if held is not None:
-                await session.execute(
-                    update(Delivery)
-                    .where(
-                        Delivery.round_id == round_id,
-                        Delivery.customer_id == customer_id,
-                        Delivery.state == "pending",
-                    )
-                    .values(next_attempt_at=held)
-                )
-                held_customers.append(customer_id)
+                held_until.setdefault(held, []).append(customer_id)
             if decision.throttle is not None:
                 await self._throttle(session, round_id, customer_id, decision.throttle, now)
             if decision.followups:
@@ -146,7 +137,22 @@ class Escalation:
                     now,
                     self.directory,
                 )
-        if held_customers:
+        # One statement per end of a quiet window (customers of a time zone share it), not
+        # one per customer: at night, with every customer held, a statement each made a
+        # round's writing eleven times slower.
+        for held, customers in held_until.items():
+            await session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.round_id == round_id,
+                    Delivery.customer_id.in_(customers),
+                    Delivery.state == "pending",
+                )
+                .values(next_attempt_at=held)
+                .execution_options(synchronize_session=False)
+            )
+        if held_until:
+            held_customers = [c for customers in held_until.values() for c in customers]
             await _supersede_held(session, incident_id, round_id, held_customers, now)
         return notices
 
