@@ -13,6 +13,7 @@ allows what the pages use: inline styles, a form posting to itself); the persona
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from html import escape
 from typing import Final
@@ -111,14 +112,21 @@ async def unsubscribe(token: str, request: Request) -> Response:
     )
 
 
+STORE_CHECK_SECONDS = 5.0
+"""How long ``/healthz`` waits for the store's answer before saying it is unreachable."""
+
+
 @router.get("/healthz")
 async def healthz(request: Request) -> Response:
     state = state_of(request)
     store_ok = True
     try:
-        async with state.database.session() as session:
-            await session.execute(text("SELECT 1"))
-    except Exception:  # any failure means the store is not reachable
+        # Bounded: a store that does not answer (a paused pooler, a server that stopped
+        # replying) must give the probe a 503, not keep it waiting until it gives up.
+        async with asyncio.timeout(STORE_CHECK_SECONDS):
+            async with state.database.session() as session:
+                await session.execute(text("SELECT 1"))
+    except Exception:  # any failure, or no answer in time, means the store is not reachable
         store_ok = False
     healthy = store_ok and state.scheduler_running
     body: dict[str, object] = {
@@ -132,6 +140,8 @@ async def healthz(request: Request) -> Response:
             "loaded": holder.current is not None,
             "last_reload_error": holder.error,
             "reloads": holder.reloads,
+            # The rules loaded still run; the next reload or start would fail.
+            "file_present": holder.path.is_file(),
         }
     if state.capacity is not None and state.capacity():
         body["capacity_warnings"] = state.capacity()

@@ -312,5 +312,11 @@ async def test_rules_are_checked_and_reloaded(database: Database, tmp_path: Path
         path.write_text(GOOD.replace("30m", "20m"))
         ok = (await api.call("POST", "/api/v1/rules/reload")).json()
         assert ok == {"reloaded": True, "error": None}
+        # Emptied (an editor that truncates before writing): refused, the rules stay.
+        path.write_text("# being edited\n\n")
+        empty = (await api.call("POST", "/api/v1/rules/reload")).json()
+        assert empty["reloaded"] is False and "the file is empty" in empty["error"]
+        kept = (await api.call("GET", "/api/v1/rules", "viewer")).json()
+        assert kept["loaded"] and kept["policies"] == 1
         audit = (await api.call("GET", "/api/v1/audit", params={"action": "rules.reload"})).json()
-        assert [a["outcome"] for a in audit["items"]] == ["ok", "refused"]
+        assert [a["outcome"] for a in audit["items"]] == ["refused", "ok", "refused"]

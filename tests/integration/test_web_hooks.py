@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -14,6 +18,7 @@ from broadcaster.compose.links import make_token
 from broadcaster.config.settings import Settings
 from broadcaster.incidents import service
 from broadcaster.store import ContactPoint, Customer, Database, Delivery, DeliveryEvent, Round
+from broadcaster.web import public
 from broadcaster.web.app import create_app
 from broadcaster.web.state import WebState
 from tests.fakes.twilio import twilio_signature
@@ -319,6 +324,27 @@ async def test_healthz(client: tuple[httpx.AsyncClient, WebState]) -> None:
     }
     state.scheduler_running = False
     assert (await http.get("/healthz")).status_code == 503
+
+
+async def test_healthz_answers_503_when_the_store_does_not_answer(
+    client: tuple[httpx.AsyncClient, WebState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that holds the check (a paused pooler) gives the probe its 503 in time."""
+    http, state = client
+    monkeypatch.setattr(public, "STORE_CHECK_SECONDS", 0.2)
+    real = state.database.session
+
+    @contextlib.asynccontextmanager
+    async def stalled() -> AsyncIterator[Any]:
+        await asyncio.sleep(30)
+        async with real() as session:
+            yield session
+
+    monkeypatch.setattr(state.database, "session", stalled)
+    started = time.monotonic()
+    answer = await http.get("/healthz")
+    assert answer.status_code == 503 and answer.json()["store"] == "unreachable"
+    assert time.monotonic() - started < 5
 
 
 async def test_the_public_incident_page_shows_the_timeline_and_no_customer_data(
