@@ -95,7 +95,9 @@ def load_settings(
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from exc
     if data is None:
-        data = {}
+        # An empty file (a file emptied by mistake, the wrong one) read as every default
+        # started a daemon on a new, empty store, as if the data were lost.
+        raise ConfigError([f"{file}: the file is empty; write {{}} in it to take every default"])
     if not isinstance(data, dict):
         raise ConfigError([f"{file}:1:1: the top level must be a mapping of sections"])
     problems: list[str] = []
@@ -324,4 +326,6 @@ def _describe(loc: tuple[Any, ...], msg: str, origins: dict[Path_, _Origin], fil
     where = origins.get(probe) if probe in origins else origins.get((), _Origin(filename))
     if where is None:
         where = _Origin(filename)
+    # pydantic says "Value error, " before a validator's own message: the key says enough.
+    msg = msg.removeprefix("Value error, ")
     return f"{where}: {key or '(top level)'}: {msg}"

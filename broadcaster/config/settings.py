@@ -16,6 +16,8 @@ from pydantic import (
     SecretStr,
     field_validator,
 )
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 from broadcaster.config.durations import Duration, LeaseDuration, PositiveDuration
 from broadcaster.eventloop import DEFAULT_EVENT_LOOP, EventLoopChoice
@@ -48,6 +50,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+STORE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+_STORE_URLS = "write sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user@host/db"
+
+
 class DatabaseSettings(_Section):
     url: str = "sqlite+aiosqlite:///data/broadcaster.db"
     """SQLAlchemy async URL; a relative SQLite path is relative to the config file."""
@@ -68,6 +74,25 @@ class DatabaseSettings(_Section):
         """The URL for the work that needs a server session of its own: ``direct_url``,
         else ``url``."""
         return self.direct_url or self.url
+
+    @field_validator("url", "direct_url")
+    @classmethod
+    def _a_store_we_run_on(cls, value: str | None) -> str | None:
+        """SQLite through aiosqlite or PostgreSQL through asyncpg: anything else failed at
+        start with a traceback from deep in SQLAlchemy (a driver not installed, a URL it
+        could not parse), naming neither the file nor the key."""
+        if value is None:
+            return None
+        try:
+            parsed = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"not a database URL ({_STORE_URLS})") from None
+        if parsed.drivername not in STORE_DRIVERS:
+            shown = parsed.render_as_string(hide_password=True)
+            raise ValueError(
+                f"{shown!r}: the driver {parsed.drivername!r} is not one of ours ({_STORE_URLS})"
+            )
+        return value
 
 
 class CadenceSettings(_Section):

@@ -89,12 +89,37 @@ def test_shipped_config_takes_smtp_secrets_from_the_environment() -> None:
     assert "s3cret" not in repr(settings)
 
 
-def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
-    path = write_config(tmp_path, "# nothing configured\n")
+def test_an_empty_file_is_refused_and_braces_give_the_defaults(tmp_path: Path) -> None:
+    """Read as every default, an emptied file started a daemon on a new, empty store, as if
+    the data were lost; ``{}`` says the defaults are meant."""
+    empty = write_config(tmp_path / "empty", "# nothing configured\n")
+    assert problems_of(empty) == [
+        f"{empty}: the file is empty; write {{}} in it to take every default"
+    ]
+    path = write_config(tmp_path, "{}  # every default\n")
     settings = load_settings(path, {})
     assert settings.schedule == Settings().schedule
     assert settings.delivery.channels == ["console"]
     assert settings.database.url == f"sqlite+aiosqlite:///{tmp_path / 'data' / 'broadcaster.db'}"
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("mysql://app:pw@db/x", "'mysql://app:***@db/x': the driver 'mysql' is not one of ours"),
+        ("sqlite:///x.db", "'sqlite:///x.db': the driver 'sqlite' is not one of ours"),
+        ("not a url", "not a database URL"),
+    ],
+)
+def test_a_database_url_of_another_driver_is_a_located_error(
+    tmp_path: Path, url: str, said: str
+) -> None:
+    """It failed at start with a traceback from deep in SQLAlchemy, naming no file or key;
+    a password in it is not repeated."""
+    path = write_config(tmp_path, f"database:\n  url: '{url}'\n")
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}:2:") and f": database.url: {said}" in problem
+    assert "sqlite+aiosqlite:///" in problem and "pw" not in problem
 
 
 # -- ${VAR} substitution -----------------------------------------------------------------------
@@ -838,8 +863,7 @@ def test_an_env_override_can_reach_into_a_list_item_and_is_blamed_for_it(
     assert [feed.url for feed in moved.feeds] == ["https://other.example/x.json"]
     assert moved.feeds[0].name == "status"  # the rest of the item is the file's
     assert problems_of(path, {"BROADCASTER_FEEDS__0__URL": "ftp://x"}) == [
-        "environment BROADCASTER_FEEDS__0__URL: feeds.0.url: Value error, a feed URL must be "
-        "http:// or https://"
+        "environment BROADCASTER_FEEDS__0__URL: feeds.0.url: a feed URL must be http:// or https://"
     ]
     assert problems_of(path, {"BROADCASTER_FEEDS__3__URL": "https://x"}) == [
         "environment BROADCASTER_FEEDS__3__URL: feeds is a list of 1 item(s); '3' is not one "
