@@ -89,6 +89,16 @@ class DeliveryError(Exception):
         )
 
 
+CONTACT_KINDS: tuple[str, ...] = ("email", "sms", "webhook", "fcm", "apns", "webpush", "ntfy")
+"""The kinds of customers' contact points a channel's ``contact`` may name: what the customer
+import writes (an email address, a phone number, a push token whose provider is its kind),
+and a customer's own webhook URL."""
+
+EVERY_CUSTOMER = "customer"
+"""A channel whose contact is ``customer`` reaches every affected customer, addressed by id (a
+fixed-URL webhook into a CRM, say); no contact point is needed."""
+
+
 @runtime_checkable
 class Channel(Protocol):
     """A way to reach a customer. ``contact`` names the contact-point kind it addresses.

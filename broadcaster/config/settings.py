@@ -24,6 +24,7 @@ from broadcaster.eventloop import DEFAULT_EVENT_LOOP, EventLoopChoice
 from broadcaster.intake.watch import FeedSettings, HookSettings
 from broadcaster.store.db import Pooler
 from channels.apns import ApnsSettings
+from channels.base import CONTACT_KINDS, EVERY_CUSTOMER
 from channels.console import ConsoleSettings
 from channels.email import EmailSettings
 from channels.fcm import FcmSettings
@@ -415,6 +416,17 @@ def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
         if name not in settings.webhook_secrets:
             problems.append(
                 (("hooks", name), f"webhook source {name!r} has no webhook_secrets entry")
+            )
+    for name, spec in settings.channels.items():
+        contact = getattr(spec, "contact", None)
+        if contact is not None and contact not in (*CONTACT_KINDS, EVERY_CUSTOMER):
+            # A typo here reached no customer, silently: no contact point has that kind.
+            kinds = ", ".join((*CONTACT_KINDS, EVERY_CUSTOMER))
+            problems.append(
+                (
+                    ("channels", name, "contact"),
+                    f"unknown contact kind {contact!r} (one of: {kinds})",
+                )
             )
     known = ", ".join(sorted(settings.channels)) or "none"
     delivery = settings.delivery

@@ -49,11 +49,7 @@ from broadcaster.store import ContactPoint, Database, Delivery, Round
 from broadcaster.store.bulk import rows_table
 from broadcaster.store.models import table_of
 from broadcaster.store.types import UTCDateTime
-
-EVERY_CUSTOMER = "customer"
-"""A channel whose contact kind is ``customer`` reaches every affected customer, addressed by
-id (a fixed-URL webhook into a CRM, say); no contact point is needed."""
-
+from channels.base import EVERY_CUSTOMER
 
 ANALYSE_FROM = 5_000
 """Deliveries a round has written before the store's planner statistics are refreshed

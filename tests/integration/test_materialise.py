@@ -19,7 +19,7 @@ from broadcaster.audience.query import (
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import ScheduleSettings
 from broadcaster.incidents import service
-from broadcaster.outbox.materialise import EVERY_CUSTOMER, ChannelRoute, materialise_round
+from broadcaster.outbox.materialise import ChannelRoute, materialise_round
 from broadcaster.schedule.rounds import ClaimedRound, claim_due_round
 from broadcaster.store import (
     ContactPoint,
@@ -31,6 +31,7 @@ from broadcaster.store import (
     Subscription,
 )
 from broadcaster.store.models import table_of
+from channels.base import EVERY_CUSTOMER
 
 START = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
 ROUTES = [

@@ -869,3 +869,22 @@ def test_an_env_override_can_reach_into_a_list_item_and_is_blamed_for_it(
         "environment BROADCASTER_FEEDS__3__URL: feeds is a list of 1 item(s); '3' is not one "
         "of its indexes (0 to 0)"
     ]
+
+
+def test_a_channel_contact_kind_no_customer_has_is_a_located_error(tmp_path: Path) -> None:
+    """``contact: smss`` reached no customer, silently: no contact point has that kind."""
+    path = write_config(
+        tmp_path,
+        """
+        channels:
+          sms:
+            type: console
+            contact: smss
+        delivery:
+          channels: [sms]
+        """,
+    )
+    assert problems_of(path) == [
+        f"{at(path, 'smss')}: channels.sms.contact: unknown contact kind 'smss' (one of: "
+        "email, sms, webhook, fcm, apns, webpush, ntfy, customer)"
+    ]
