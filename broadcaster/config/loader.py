@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from broadcaster.compose.templates import available_languages
 from broadcaster.config.settings import Settings, cross_check
 
 ENV_PREFIX = "BROADCASTER_"
@@ -131,6 +132,22 @@ def load_settings(
         and not settings.messages.templates_dir.is_absolute()
     ):
         settings.messages.templates_dir = base / settings.messages.templates_dir
+    languages = available_languages(settings.messages.templates_dir)
+    if settings.messages.default_language not in languages:
+        # Every message falls back to it: without its templates, those in other
+        # languages failed too, at every attempt, with a traceback.
+        language = settings.messages.default_language
+        raise ConfigError(
+            [
+                _describe(
+                    ("messages", "default_language"),
+                    f"no templates in {language!r} (there are: {', '.join(languages)}); "
+                    f"add a folder {language}/ to messages.templates_dir, or pick one of those",
+                    origins,
+                    str(file),
+                )
+            ]
+        )
     return settings
 
 

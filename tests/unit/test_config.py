@@ -888,3 +888,18 @@ def test_a_channel_contact_kind_no_customer_has_is_a_located_error(tmp_path: Pat
         f"{at(path, 'smss')}: channels.sms.contact: unknown contact kind 'smss' (one of: "
         "email, sms, webhook, fcm, apns, webpush, ntfy, customer)"
     ]
+
+
+def test_a_default_language_without_templates_is_a_located_error(tmp_path: Path) -> None:
+    """Every message falls back to it: without its templates, staff notices and customers'
+    messages in other languages failed at every attempt."""
+    path = write_config(tmp_path, "messages:\n  default_language: fr\n")
+    assert problems_of(path) == [
+        f"{at(path, 'fr')}: messages.default_language: no templates in 'fr' (there are: en, "
+        "nl); add a folder fr/ to messages.templates_dir, or pick one of those"
+    ]
+    (tmp_path / "mine" / "fr").mkdir(parents=True)
+    ours = write_config(
+        tmp_path, "messages:\n  default_language: fr\n  templates_dir: mine\n", name="ours.yaml"
+    )
+    assert load_settings(ours, {}).messages.default_language == "fr"
