@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, tzinfo
+import contextlib
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -30,15 +31,20 @@ def locale(language: str) -> Locale:
 def format_when(when: datetime, zone_name: str, language: str, now: datetime) -> str:
     """``09:15 CET``; ``di 6 jan 09:15 CET`` when it is not today in that zone.
 
-    Seconds appear only when the time has them (sub-minute cadences in tests). The zone's
-    own abbreviation is used, not Babel's, whose short names vary by locale.
+    To the minute, rounded up: a promise or a deadline is a time people read, and "by
+    04:33:44" (a follow-up due two hours after a declaration made at 02:33:44) is not one; up,
+    so that what was promised "by 04:34" is kept. The zone's own abbreviation is used, not
+    Babel's, whose short names vary by locale.
     """
     tz: tzinfo = zone(zone_name)
+    if when.second or when.microsecond:
+        with contextlib.suppress(OverflowError):
+            when = when.replace(second=0, microsecond=0) + timedelta(minutes=1)
     try:
         local = when.astimezone(tz)
     except OverflowError:  # within hours of the calendar's end (9999-12-31): say it in UTC
         tz, local = UTC, when.astimezone(UTC)
-    pattern = "HH:mm:ss" if local.second else "HH:mm"
+    pattern = "HH:mm"
     if local.date() != now.astimezone(tz).date():
         pattern = "EEE d MMM " + pattern
     text = format_datetime(local, pattern, tzinfo=tz, locale=locale(language))
