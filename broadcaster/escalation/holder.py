@@ -25,9 +25,7 @@ def load_file(path: Path, settings: Settings) -> RuleSet:
         raise RulesError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
     except UnicodeDecodeError as exc:
         raise RulesError([not_utf8(path, exc)]) from exc
-    if not any(
-        line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()
-    ):
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
         # An editor that empties the file before writing it, a save cut short: read as
         # "no rules", it had dropped every policy, follow-up and apology requirement.
         raise RulesError(
