@@ -121,12 +121,23 @@ def _validate_declaration(decl: Declaration) -> None:
         raise ValueError(f"cause: a {decl.cause_kind} cause needs a description")
 
 
+def _not_past(expected: datetime | None, now: datetime) -> None:
+    """A new expected resolution must lie ahead: customers read it as a promise ("we expect
+    this to be resolved by ..."), and one already past went out as written."""
+    if expected is not None and expected <= now:
+        raise ValueError(
+            f"expected_resolution_at: {expected.isoformat()} is not in the future "
+            f"(now {now.isoformat(timespec='seconds')}); give a time ahead, or none"
+        )
+
+
 async def declare(
     database: Database, clock: Clock, decl: Declaration, *, also: Also | None = None
 ) -> Incident:
     """Create the incident, its first timeline entry and its first round, due now."""
     _validate_declaration(decl)
     now = clock.now()
+    _not_past(decl.expected_resolution_at, now)
     async with database.session() as session, session.begin():
         incident = Incident(
             title=decl.title.strip(),
@@ -187,6 +198,7 @@ def _entry(
     cause = _carry(request.cause, last.cause if last else None)
     if cause_kind != "unknown" and not cause:
         raise ValueError(f"cause: a {cause_kind} cause needs a description")
+    _not_past(request.expected_resolution_at, now)
     expected = request.expected_resolution_at or (last.expected_resolution_at if last else None)
     return IncidentUpdate(
         incident_id=incident_id,

@@ -79,6 +79,14 @@ async def test_dates_outside_what_the_store_keeps_are_a_422(database: Database) 
             "GET", "/api/v1/incidents", params={"since": "2026-01-01T00:00:00+01:00"}
         )
         assert fine.status_code == 200
+        # Customers read it as a promise: one already past went out as written.
+        past = {**DECLARE, "expected_resolution_at": "2020-01-01T10:00:00Z"}
+        refused = await api.call("POST", "/api/v1/incidents", json=past)
+        assert refused.status_code == 422
+        assert (
+            "expected_resolution_at: 2020-01-01T10:00:00+00:00 is not in the future"
+            in (refused.json()["error"]["message"])
+        )
 
 
 @pytest.mark.parametrize("before", ["²", "9" * 30, "-1", "0"])
