@@ -74,7 +74,8 @@ def import_command(
 
     Lists are separated by ';' in CSV and are arrays in JSON Lines (one object per line).
     Push tokens name their provider: fcm:TOKEN, apns:HEX, ntfy:TOPIC, webpush:{JSON}.
-    channels is the customer's preferred channel order for failover (e.g. sms;email).
+    channels is the customer's preferred channel order for failover (e.g. sms;email), names
+    of channels in the configuration.
     tier (default standard) and tags (a list) are words of a-z, 0-9, _ and -; region and
     sla are free text; account_manager is a staff id. Re-importing overwrites all of them.
 
@@ -88,6 +89,7 @@ def import_command(
         raise fail(str(exc), code=2) from None
     if not file.is_file():
         raise fail(f"{file}: no such file", code=2)
+    channels = settings.channels  # a preferred order may only name configured channels
     interactive = stderr_is_terminal()
     console = Console(stderr=True)
 
@@ -100,7 +102,12 @@ def import_command(
     async def work(database: Database) -> ImportResult:
         if not interactive:
             return await import_customers(
-                database, file, clock=RealClock(), fmt=file_format, on_error=report
+                database,
+                file,
+                clock=RealClock(),
+                fmt=file_format,
+                channels=channels,
+                on_error=report,
             )
         with Progress(
             TextColumn("importing"),
@@ -116,6 +123,7 @@ def import_command(
                 file,
                 clock=RealClock(),
                 fmt=file_format,
+                channels=channels,
                 on_error=report,
                 on_progress=lambda done: progress.update(task, completed=done),
             )

@@ -15,7 +15,8 @@ Why it is shaped this way:
   subscriptions become exactly the file's set.
 - **Bad rows do not stop good ones.** A row that fails validation is reported (file, line,
   field, reason) and skipped; the rest is imported. Only unusable input (missing file, unknown
-  format, bad CSV header) fails the import, and it does so before anything is written.
+  format, bad CSV header) fails the import, and it does so before anything is written. A CSV
+  quote never closed costs its own record only: the lines it took in are read again.
 - **Duplicate ids: the later row wins.** The file is applied as a sequence of upserts, so
   a customer that appears twice ends up as its last row says (within a batch the earlier row
   is dropped; across batches the later batch overwrites). Each occurrence counts as imported.
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -120,18 +121,26 @@ async def import_customers(
     *,
     clock: Clock,
     fmt: str | None = None,
+    channels: Collection[str] | None = None,
     batch_size: int = 1000,
     on_error: Callable[[RowError], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
     """Import every valid row of ``path``; report the others through ``on_error``.
 
-    ``on_progress`` receives the number of bytes read so far after each batch. Raises
-    :class:`ImportInputError` before writing anything when the file cannot be used.
+    ``channels`` are the configured channel names: a row whose preferred order names another
+    is rejected (None: names are checked for their form only). ``on_progress`` receives the
+    number of bytes read so far after each batch. Raises :class:`ImportInputError` before
+    writing anything when the file cannot be used.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    reader = await asyncio.to_thread(_Reader.open, path, detect_format(path, fmt))
+    reader = await asyncio.to_thread(
+        _Reader.open,
+        path,
+        detect_format(path, fmt),
+        None if channels is None else frozenset(channels),
+    )
     result = ImportResult()
     try:
         while True:
@@ -176,33 +185,39 @@ class _Lines:
 
     An over-long line is skipped up to its end and stands as an empty line (line numbers stay
     right); ``overlong`` counts them so the record that contained one is rejected.
+    ``position`` is where the next line starts, so that the CSV reader can go back to a line
+    (see :meth:`rewind`); ``bytes_read``, for the progress bar, never goes back.
     """
 
     def __init__(self, file: BinaryIO) -> None:
         self.file = file
+        self.position = 0
         self.bytes_read = 0
         self.overlong = 0
 
     def __iter__(self) -> Iterator[bytes]:
-        first = True
         while True:
-            line = self.file.readline(MAX_LINE_BYTES)
+            first = self.position == 0
+            line = self._read(MAX_LINE_BYTES)
             if not line:
                 return
-            self.bytes_read += len(line)
             if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n") and self._skip_rest():
                 self.overlong += 1
                 line = b"\n"
             if first:
-                first = False
                 line = line.removeprefix(b"\xef\xbb\xbf")  # a BOM, as spreadsheets write
             yield line
+
+    def _read(self, limit: int) -> bytes:
+        line = self.file.readline(limit)
+        self.position += len(line)
+        self.bytes_read = max(self.bytes_read, self.position)
+        return line
 
     def _skip_rest(self) -> bool:
         """Read past the end of the current line; False if there was nothing left (EOF)."""
         skipped = False
-        while chunk := self.file.readline(MAX_LINE_BYTES):
-            self.bytes_read += len(chunk)
+        while chunk := self._read(MAX_LINE_BYTES):
             skipped = True
             if chunk.endswith(b"\n"):
                 break
@@ -211,6 +226,16 @@ class _Lines:
     def text(self) -> Iterator[str]:
         # surrogateescape: bad bytes reach the row validator, which rejects that field alone.
         return (line.decode("utf-8", "surrogateescape") for line in self)
+
+    def rewind(self, position: int) -> bool:
+        """Read on from the line after the one that starts at ``position``; False when the
+        file cannot go back (not a regular file)."""
+        if not self.file.seekable():
+            return False
+        self.file.seek(position)
+        self.position = position
+        next(iter(self), None)
+        return True
 
 
 _TOO_LONG = Problem(None, f"a line is longer than {MAX_LINE_BYTES} bytes")
@@ -227,7 +252,7 @@ class _Reader:
         self._items = items
 
     @classmethod
-    def open(cls, path: Path, fmt: str) -> _Reader:
+    def open(cls, path: Path, fmt: str, channels: Collection[str] | None = None) -> _Reader:
         """Open the file and, for CSV, check the header now: before anything is written."""
         try:
             file = path.open("rb")
@@ -236,7 +261,7 @@ class _Reader:
         try:
             lines = _Lines(file)
             parse = _open_csv if fmt == "csv" else _jsonl_items
-            items = parse(lines, str(path))
+            items = parse(lines, str(path), channels)
         except BaseException:
             file.close()
             raise
@@ -259,11 +284,17 @@ class _Reader:
         self._file.close()
 
 
-def _open_csv(lines: _Lines, source: str) -> Iterator[CustomerRow | RowError]:
-    """Read and check the header (raising :class:`ImportInputError`), then stream records."""
+def _csv_reader(lines: _Lines) -> CsvReader:
     # Strict: a quote left open is an error at the next quote or at the end of the file,
     # not a cell that silently takes in every record after it.
-    reader = csv.reader(lines.text(), strict=True)
+    return csv.reader(lines.text(), strict=True)
+
+
+def _open_csv(
+    lines: _Lines, source: str, channels: Collection[str] | None
+) -> Iterator[CustomerRow | RowError]:
+    """Read and check the header (raising :class:`ImportInputError`), then stream records."""
+    reader = _csv_reader(lines)
     try:
         header = next(reader, None)
     except csv.Error as exc:
@@ -280,53 +311,87 @@ def _open_csv(lines: _Lines, source: str) -> Iterator[CustomerRow | RowError]:
         names = check_csv_header(header)
     except HeaderError as exc:
         raise ImportInputError(f"{source}:1: {exc}") from None
-    return _csv_items(reader, names, lines, source)
+    return _csv_items(reader, names, lines, source, channels)
 
 
 _RUNS_ON = "; its record runs to line {end}: is a quote opened here and not closed?"
 
 
 def _csv_items(
-    reader: CsvReader, names: list[str], lines: _Lines, source: str
+    reader: CsvReader,
+    names: list[str],
+    lines: _Lines,
+    source: str,
+    channels: Collection[str] | None,
 ) -> Iterator[CustomerRow | RowError]:
     """One item per record, numbered by the record's *first* line (header = line 1).
 
     ``csv.reader`` rather than ``DictReader``: a quoted cell may span lines, so the start line
     must be taken before each record is read, and DictReader hides the blank lines it skips.
+
+    A quote that is never closed takes every line after it into its cell, up to the end of
+    the file: that record is reported, and the lines after its first are read again as
+    records of their own, so that one stray quote costs one row, not the rest of the file.
+    (The file is rewound to that line: memory stays flat.)
     """
+    base = 0  # lines before the ones this reader has read (it restarts after a rewind)
     while True:
-        start, overlong = reader.line_num + 1, lines.overlong
+        start, offset, overlong = base + reader.line_num + 1, lines.position, lines.overlong
         try:
             cells = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
+            end = base + reader.line_num
+            if str(exc) == "unexpected end of data":  # the quote runs to the end of the file
+                again = end > start and lines.rewind(offset)
+                yield RowError(source, start, (_never_closed(start, end, again),))
+                if again:
+                    reader, base = _csv_reader(lines), start
+                continue
             reason = f"unreadable CSV: {exc}"
             if "expected after" in str(exc):
                 reason += (
                     " (something follows a closing quote: a space, say; quote the whole field)"
                 )
-            if reader.line_num > start:
-                reason += f"{_RUNS_ON.format(end=reader.line_num)}"
+            if end > start:
+                reason += f"{_RUNS_ON.format(end=end)} (lines {start}-{end} not imported)"
             yield RowError(source, start, (Problem(None, reason),))
             continue
+        end = base + reader.line_num
         if lines.overlong != overlong:
             yield RowError(source, start, (_TOO_LONG,))
         elif not cells or all(not cell or cell.isspace() for cell in cells):
             continue  # a blank line, or a spreadsheet's empty row
         elif len(cells) != len(names):
             reason = f"has {len(cells)} fields, the header has {len(names)}"
-            if reader.line_num > start:  # a quoted cell ran over several lines
-                reason += _RUNS_ON.format(end=reader.line_num)
+            if end > start:  # a quoted cell ran over several lines
+                reason += f"{_RUNS_ON.format(end=end)} (lines {start}-{end} not imported)"
             yield RowError(source, start, (Problem(None, reason),))
         else:
             try:
-                yield from_csv_record(dict(zip(names, cells, strict=True)))
+                yield from_csv_record(dict(zip(names, cells, strict=True)), channels)
             except RowRejected as exc:
                 yield RowError(source, start, exc.problems)
 
 
-def _jsonl_items(lines: _Lines, source: str) -> Iterator[CustomerRow | RowError]:
+def _never_closed(start: int, end: int, again: bool) -> Problem:
+    """What a quote that runs from line ``start`` to the end of the file (line ``end``) costs;
+    ``again``: the lines after ``start`` are read again."""
+    reason = f"unreadable CSV: a quote opened on line {start} is never closed"
+    if end == start:
+        return Problem(None, f"{reason} (it is the last line): line {start} could not be read")
+    reason += f" (it runs to the end of the file, line {end})"
+    if again:
+        reason += f": line {start} is skipped and the file read again from line {start + 1}"
+    else:
+        reason += f": lines {start}-{end} could not be read"
+    return Problem(None, reason)
+
+
+def _jsonl_items(
+    lines: _Lines, source: str, channels: Collection[str] | None
+) -> Iterator[CustomerRow | RowError]:
     """One item per non-blank line, numbered from 1."""
     overlong = 0
     for number, line in enumerate(lines, start=1):
@@ -335,7 +400,7 @@ def _jsonl_items(lines: _Lines, source: str) -> Iterator[CustomerRow | RowError]
             yield RowError(source, number, (_TOO_LONG,))
         elif line.strip():
             try:
-                yield from_json_line(line)
+                yield from_json_line(line, channels)
             except RowRejected as exc:
                 yield RowError(source, number, exc.problems)
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import json
 import re
+import unicodedata
 import zoneinfo
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, NamedTuple
 
@@ -47,7 +48,19 @@ PUSH_PROVIDERS: tuple[str, ...] = ("fcm", "apns", "webpush", "ntfy")
 MAX_ADDRESS = 2048
 """``contact_points.address`` is ``varchar(2048)``: the longest address any kind may have."""
 
-_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
+# A well-formed BCP 47 tag (RFC 5646 "langtag"), ``_`` accepted for ``-`` as locales write it.
+# Well-formed, not registered: a tag the templates lack falls back to the default language.
+_LANGUAGE = re.compile(
+    r"""
+    [a-z]{2,3}(?:[-_][a-z]{3}){0,3}                 # language, extended (zh-yue)
+    (?:[-_][a-z]{4})?                               # script (Hant)
+    (?:[-_](?:[a-z]{2}|[0-9]{3}))?                  # region (GB, 419)
+    (?:[-_](?:[a-z0-9]{5,8}|[0-9][a-z0-9]{3}))*     # variants (valencia, 1901)
+    (?:[-_][0-9a-wy-z](?:[-_][a-z0-9]{2,8})+)*      # extensions (u-nu-thai)
+    (?:[-_]x(?:[-_][a-z0-9]{1,8})+)?                # private use (x-acme)
+    """,
+    re.IGNORECASE | re.VERBOSE,
+)
 _CHANNEL = re.compile(r"[a-z0-9_-]{1,32}")
 _WORD = _CHANNEL  # tier and tags: the same alphabet as channel names
 _STAFF_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -129,16 +142,41 @@ def _one_line(value: str) -> str:
     return value
 
 
+def _addressable(value: str) -> str:
+    """An id is a path segment of the API's URLs (``/api/v1/customers/{id}``). One with a
+    ``/`` (even written ``%2F``) would be routed elsewhere, and ``.`` or ``..`` is dropped or
+    climbs a level when clients and proxies normalise the path: such a customer could be
+    created but never read, changed or erased there. Control characters are refused too:
+    ids are printed in reports and logs."""
+    if "/" in value:
+        raise PydanticCustomError("id", "must not contain '/' (ids are used in URL paths)")
+    if value in {".", ".."}:
+        raise PydanticCustomError(
+            "id", "must not be '{value}' (ids are used in URL paths)", {"value": value}
+        )
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise PydanticCustomError("id", "must not contain control characters")
+    return value
+
+
 def _language(value: str) -> str:
-    """A BCP-47-ish tag, written canonically (``en_gb`` -> ``en-GB``) so templates match."""
+    """A well-formed BCP 47 tag, written canonically (``en_gb`` -> ``en-GB``) so templates match.
+
+    Only the form is checked, not the registry: a language without templates is still fine
+    (its messages fall back to the default language), whereas ``xx-YY-ZZ`` is a typo.
+    """
     if not _LANGUAGE.fullmatch(value):
         raise PydanticCustomError(
             "language", "'{value}' is not a language tag like en, nl or en-GB", {"value": value}
         )
     primary, *subtags = re.split(r"[-_]", value)
     parts = [primary.lower()]
+    extended = False  # from the first singleton on (an extension, private use): lower case
     for subtag in subtags:
-        if len(subtag) == 4 and subtag.isalpha():
+        extended = extended or len(subtag) == 1
+        if extended:
+            parts.append(subtag.lower())
+        elif len(subtag) == 4 and subtag.isalpha():
             parts.append(subtag.title())  # script: Latn
         elif (len(subtag) == 2 and subtag.isalpha()) or (len(subtag) == 3 and subtag.isdigit()):
             parts.append(subtag.upper())  # region: GB, 419
@@ -338,7 +376,10 @@ class CustomerRow(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 
-    id: Annotated[str, Field(min_length=1, max_length=64), NoNul, OneLine]
+    id: Annotated[
+        str, Field(min_length=1, max_length=64), NoNul, OneLine, AfterValidator(_addressable)
+    ]
+    """Unique; also the customer's URL path segment in the API (so no ``/``, ``.``, ``..``)."""
     name: Annotated[str, Field(min_length=1, max_length=200), NoNul]
     language: Annotated[str, Field(max_length=16), AfterValidator(_language)] = "en"
     timezone: Annotated[str, Field(max_length=64), AfterValidator(_timezone)] = "UTC"
@@ -417,18 +458,42 @@ def check_csv_header(header: Sequence[str]) -> list[str]:
     return names
 
 
-def from_csv_record(record: Mapping[str, str]) -> CustomerRow:
-    """Validate one CSV record (column -> cell); empty cells mean "use the default"."""
+def unconfigured_channels(row: CustomerRow, configured: Collection[str]) -> list[Problem]:
+    """A problem for each channel of ``row``'s preferred order that is not ``configured``.
+
+    Separate from the model, which knows names only by their form: the configuration is not a
+    row's, and rows are validated without one (tests, property tests). The importer and the
+    API both call this with the configured channels, so an order naming ``pigeon`` is refused
+    when it comes in rather than silently skipped at every failover.
+    """
+    known = ", ".join(sorted(configured)) or "none"
+    return [
+        Problem("channels", f"{name!r} is not a configured channel (configured: {known})")
+        for name in row.channels
+        if name not in configured
+    ]
+
+
+def from_csv_record(
+    record: Mapping[str, str], channels: Collection[str] | None = None
+) -> CustomerRow:
+    """Validate one CSV record (column -> cell); empty cells mean "use the default".
+
+    ``channels``: the configured channel names, when the preferred order is to be checked.
+    """
     data: dict[str, Any] = {}
     for column, cell in record.items():
         if not cell or cell.isspace():
             continue
         data[column] = split_list(cell) if column in LIST_FIELDS else cell
-    return _validate(data)
+    return _validate(data, channels)
 
 
-def from_json_line(line: str | bytes) -> CustomerRow:
-    """Validate one JSON Lines record: an object whose lists are JSON arrays of strings."""
+def from_json_line(line: str | bytes, channels: Collection[str] | None = None) -> CustomerRow:
+    """Validate one JSON Lines record: an object whose lists are JSON arrays of strings.
+
+    ``channels``: the configured channel names, when the preferred order is to be checked.
+    """
     try:
         value = json.loads(line)
     except UnicodeDecodeError:
@@ -446,7 +511,7 @@ def from_json_line(line: str | bytes) -> CustomerRow:
         for key, item in value.items()
         if item is not None and not (isinstance(item, str) and (not item or item.isspace()))
     }
-    return _validate(data)
+    return _validate(data, channels)
 
 
 _MESSAGES = {
@@ -458,11 +523,14 @@ _MESSAGES = {
 }
 
 
-def _validate(data: dict[str, Any]) -> CustomerRow:
+def _validate(data: dict[str, Any], channels: Collection[str] | None) -> CustomerRow:
     try:
-        return CustomerRow.model_validate(data)
+        row = CustomerRow.model_validate(data)
     except ValidationError as exc:
         raise RowRejected([_problem(error) for error in exc.errors()]) from None
+    if channels is not None and (problems := unconfigured_channels(row, channels)):
+        raise RowRejected(problems)
+    return row
 
 
 def _problem(error: Any) -> Problem:

@@ -20,6 +20,7 @@ from broadcaster.customers import (
     ImportResult,
     RowError,
     import_customers,
+    importer,
 )
 from broadcaster.store import ContactPoint, Customer, Database, Subscription
 
@@ -585,28 +586,81 @@ async def test_an_import_refreshes_the_planner_statistics_of_what_it_wrote(
         assert counted["contact_points"] > 0 and counted["subscriptions"] > 0
 
 
-async def test_an_unclosed_quote_is_reported_not_swallowing_the_records_after_it(
+async def test_an_unclosed_quote_costs_its_row_and_the_lines_after_it_are_read_again(
     database: Database, tmp_path: Path
 ) -> None:
     two = write(tmp_path, "two.csv", 'id,name\nc1,"Acme\nc2,Bob\nc3,Carol\nc4,Dan\n')
     result = await run_import(database, two)
-    assert (result.imported, result.rejected) == (0, 1)
+    assert (result.imported, result.rejected) == (3, 1)
     assert [str(error) for error in result.errors] == [
-        f"{two}:2: unreadable CSV: unexpected end of data; its record runs to line 5: is a "
-        "quote opened here and not closed?"
+        f"{two}:2: unreadable CSV: a quote opened on line 2 is never closed (it runs to the "
+        "end of the file, line 5): line 2 is skipped and the file read again from line 3"
     ]
-    three = write(tmp_path, "three.csv", 'id,name,tier\nc1,"Acme,gold\nc2,Bob,gold\nc3,Al,gold\n')
-    result = await run_import(database, three)
+    assert set(await customers(database)) == {"c2", "c3", "c4"}
+    last = write(tmp_path, "last.csv", 'id,name,tier\nc5,Acme,gold\nc6,"Bob,gold\n')
+    result = await run_import(database, last)
+    assert (result.imported, result.rejected) == (1, 1)
     assert [str(error) for error in result.errors] == [
-        f"{three}:2: unreadable CSV: unexpected end of data; its record runs to line 4: is a "
-        "quote opened here and not closed?"
+        f"{last}:3: unreadable CSV: a quote opened on line 3 is never closed (it is the last "
+        "line): line 3 could not be read",
     ]
-    assert await customers(database) == {}
-    closed_later = write(tmp_path, "later.csv", 'id,name\nc1,"Acme\nc2,"Bob"\nc3,Carol\n')
+    assert set(await customers(database)) == {"c2", "c3", "c4", "c5"}
+    closed_later = write(tmp_path, "later.csv", 'id,name\nc8,"Acme\nc9,"Bob"\nc10,Carol\n')
     result = await run_import(database, closed_later)
-    assert str(result.errors[0]).startswith(f"{closed_later}:2: unreadable CSV: ")
-    assert "runs to line 3: is a quote opened here and not closed?" in str(result.errors[0])
-    assert "c1" not in await customers(database)
+    assert [str(error) for error in result.errors] == [
+        f"{closed_later}:2: unreadable CSV: ',' expected after '\"' (something follows a "
+        "closing quote: a space, say; quote the whole field); its record runs to line 3: is a "
+        "quote opened here and not closed? (lines 2-3 not imported)"
+    ]
+    assert set(await customers(database)) == {"c2", "c3", "c4", "c5", "c10"}
+
+
+def test_cli_an_unclosed_quote_keeps_the_rows_around_it_and_says_which_lines(
+    config: Path, tmp_path: Path
+) -> None:
+    """The reviewer's file: the rows after the open quote were neither imported nor reported."""
+    text = (
+        "id,name,email\n"
+        "R0,Before,r0@example.com\n"
+        'R1,"Open quote,r1@example.com\n'
+        "R2,Two,r2@example.com\n"
+        "R3,Three,r3@example.com\n"
+        "R4,Four,r4@example.com\n"
+    )
+    path = write(tmp_path, "quote.csv", text)
+    result = invoke("import", str(path), "--config", str(config))
+    assert result.exit_code == 1
+    assert result.stdout == "imported 4 customers, rejected 1 rows\n"
+    assert result.stderr == (
+        f"{path}:3: unreadable CSV: a quote opened on line 3 is never closed (it runs to the "
+        "end of the file, line 6): line 3 is skipped and the file read again from line 4\n"
+    )
+
+
+def test_a_quote_that_cannot_be_read_again_names_every_line_lost(tmp_path: Path) -> None:
+    """Input that cannot go back (a pipe, say) keeps the minimum: the lines lost, located."""
+    path = write(tmp_path, "pipe.csv", 'id,name\nc1,Ann\nc2,"Bob\nc3,Carol\nc4,Dan\n')
+    with path.open("rb") as raw:
+        unseekable = io.BufferedReader(_Unseekable(raw))
+        items = list(importer._open_csv(importer._Lines(unseekable), "pipe.csv", None))
+    assert [item.id for item in items if not isinstance(item, RowError)] == ["c1"]
+    assert [str(item) for item in items if isinstance(item, RowError)] == [
+        "pipe.csv:3: unreadable CSV: a quote opened on line 3 is never closed (it runs to the "
+        "end of the file, line 5): lines 3-5 could not be read"
+    ]
+
+
+class _Unseekable(io.RawIOBase):
+    def __init__(self, inner: io.BufferedReader) -> None:
+        self.inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.inner.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 async def test_ids_and_subscriptions_are_one_line(database: Database, tmp_path: Path) -> None:
@@ -642,3 +696,49 @@ async def test_a_row_with_text_after_a_closing_quote_is_reported_and_the_rest_im
         "quote: a space, say; quote the whole field)"
     ]
     assert set(await customers(database)) == {"c2"}
+
+
+async def test_ids_languages_and_channels_are_checked_with_their_line_and_field(
+    database: Database, tmp_path: Path
+) -> None:
+    text = (
+        "id,name,language,channels\n"
+        "a/b,Slash,,\n"  # 2
+        "..,Dots,,\n"  # 3
+        "c1,Typo,xx-YY-ZZ,\n"  # 4
+        "c2,Pigeon,,email;pigeon\n"  # 5
+        "c3,Good,fy,email;console\n"  # 6: no templates for fy: the default language is used
+    )
+    path = write(tmp_path, "checked.csv", text)
+    result = await run_import(database, path, channels=["console", "email"])
+    assert [str(error) for error in result.errors] == [
+        f"{path}:2: id: must not contain '/' (ids are used in URL paths)",
+        f"{path}:3: id: must not be '..' (ids are used in URL paths)",
+        f"{path}:4: language: 'xx-YY-ZZ' is not a language tag like en, nl or en-GB",
+        f"{path}:5: channels: 'pigeon' is not a configured channel (configured: console, email)",
+    ]
+    assert [error.field for error in result.errors] == ["id", "id", "language", "channels"]
+    assert await customers(database) == {"c3": ("Good", "fy", "UTC")}
+    lines = write(
+        tmp_path,
+        "checked.jsonl",
+        json.dumps({"id": "x/y", "name": "Slash"})
+        + "\n"
+        + json.dumps({"id": "c4", "name": "Pigeon", "channels": ["pigeon"]})
+        + "\n",
+    )
+    result = await run_import(database, lines, channels=["console", "email"])
+    assert [str(error) for error in result.errors] == [
+        f"{lines}:1: id: must not contain '/' (ids are used in URL paths)",
+        f"{lines}:2: channels: 'pigeon' is not a configured channel (configured: console, email)",
+    ]
+
+
+def test_cli_checks_channels_against_the_configuration(config: Path, tmp_path: Path) -> None:
+    path = write(tmp_path, "channels.csv", "id,name,channels\nc1,Ann,console\nc2,Bob,sms\n")
+    result = invoke("import", str(path), "--config", str(config))
+    assert result.exit_code == 1
+    assert result.stdout == "imported 1 customers, rejected 1 rows\n"
+    assert result.stderr == (
+        f"{path}:3: channels: 'sms' is not a configured channel (configured: console)\n"
+    )

@@ -542,3 +542,68 @@ def test_accepted_rows_round_trip_through_csv_and_json(
     }
     assert from_csv_record(as_csv) == row
     assert from_json_line(row.model_dump_json()) == row
+
+
+# --- ids are URL path segments; languages are BCP 47; channels are the configured ones --------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("a/b", "must not contain '/' (ids are used in URL paths)"),
+        ("/", "must not contain '/' (ids are used in URL paths)"),
+        (".", "must not be '.' (ids are used in URL paths)"),
+        ("..", "must not be '..' (ids are used in URL paths)"),
+        ("a\x07b", "must not contain control characters"),
+        ("a\tb", "must not contain control characters"),
+        ("a\x85b", "must not contain control characters"),
+        ("   ", "is required"),  # a blank cell is no value; the API says "must not be empty"
+    ],
+)
+def test_an_id_that_cannot_be_a_url_path_segment_is_refused(value: str, message: str) -> None:
+    assert rejected({"id": value, "name": "N"}) == [Problem("id", message)]
+    assert json_rejected({"id": value, "name": "N"}) == [Problem("id", message)]
+
+
+@pytest.mark.parametrize("value", ["c-1", "C001", "a.b", "...", "x?y#z", "100%", "a b", "Zoë"])
+def test_ids_a_url_can_carry_are_kept(value: str) -> None:
+    assert from_csv_record({"id": value, "name": "N"}).id == value
+
+
+@pytest.mark.parametrize(
+    ("language", "canonical"),
+    [
+        ("fy", "fy"),  # shipped or not: messages fall back to the default language
+        ("zh-yue", "zh-yue"),
+        ("sr_latn_rs", "sr-Latn-RS"),
+        ("de-CH-1901", "de-CH-1901"),
+        ("sl-rozaj", "sl-rozaj"),
+        ("th-TH-u-nu-thai", "th-TH-u-nu-thai"),
+        ("en-US-x-twain", "en-US-x-twain"),
+    ],
+)
+def test_well_formed_language_tags_are_kept(language: str, canonical: str) -> None:
+    assert from_csv_record({"id": "c", "name": "N", "language": language}).language == canonical
+
+
+@pytest.mark.parametrize(
+    "language", ["xx-YY-ZZ", "en-GB-GB", "en-", "en--GB", "en-Latn-Latn", "en-u", "e1", "en-x"]
+)
+def test_a_language_that_is_no_bcp47_tag_is_refused(language: str) -> None:
+    problem = Problem("language", f"'{language}' is not a language tag like en, nl or en-GB")
+    assert rejected({"id": "c", "name": "N", "language": language}) == [problem]
+
+
+def test_a_channel_that_is_not_configured_is_refused_naming_the_configured_ones() -> None:
+    record = {"id": "c", "name": "N", "channels": "email;pigeon"}
+    configured = {"console", "email"}
+    with pytest.raises(RowRejected) as caught:
+        from_csv_record(record, configured)
+    assert caught.value.problems == (
+        Problem("channels", "'pigeon' is not a configured channel (configured: console, email)"),
+    )
+    with pytest.raises(RowRejected) as caught:
+        from_json_line(json.dumps({"id": "c", "name": "N", "channels": ["pigeon"]}), {"sms"})
+    assert str(caught.value) == "channels: 'pigeon' is not a configured channel (configured: sms)"
+    assert from_csv_record(record, {"email", "pigeon"}).channels == ("email", "pigeon")
+    assert from_csv_record(record).channels == ("email", "pigeon")  # no configuration: form only

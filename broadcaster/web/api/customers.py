@@ -20,7 +20,7 @@ from broadcaster.customers.importer import (
     import_customers,
     upsert_customers,
 )
-from broadcaster.customers.rows import CustomerRow
+from broadcaster.customers.rows import CustomerRow, unconfigured_channels
 from broadcaster.store import ContactPoint, Customer, Subscription
 from broadcaster.web.api.schemas import Page, page_of
 from broadcaster.web.auth import client_source, require
@@ -104,6 +104,14 @@ def _audited(
     return write
 
 
+def _check_channels(web: WebState, body: CustomerRow) -> None:
+    """Refuse a preferred order naming a channel the configuration lacks, as the import does
+    (the model alone knows names only by their form)."""
+    problems = unconfigured_channels(body, web.settings.channels)
+    if problems:
+        raise ApiError(422, "; ".join(map(str, problems)), field="body.channels")
+
+
 async def _detail(web: WebState, customer_id: str) -> CustomerDetailOut:
     async with web.database.session() as session:
         customer = await session.get(Customer, customer_id)
@@ -155,6 +163,7 @@ async def list_customers(
 @router.post("", response_model=CustomerDetailOut, status_code=201, summary="Create a customer")
 async def create(body: CustomerRow, request: Request, principal: Admin) -> CustomerDetailOut:
     web = state_of(request)
+    _check_channels(web, body)
     async with web.database.session() as session:
         if await session.get(Customer, body.id) is not None:
             raise ApiError(
@@ -189,6 +198,7 @@ async def replace(
             422, f"id: the body's id {body.id!r} is not {customer_id!r}", field="body.id"
         )
     web = state_of(request)
+    _check_channels(web, body)
     async with web.database.session() as session:
         new = await session.get(Customer, customer_id) is None
     action = "customer.create" if new else "customer.update"
@@ -283,7 +293,9 @@ async def import_(
                     raise ApiError(413, f"the import is larger than {IMPORT_MAX_BYTES} bytes")
                 sink.write(chunk)
         try:
-            result = await import_customers(web.database, path, clock=web.clock, fmt=fmt)
+            result = await import_customers(
+                web.database, path, clock=web.clock, fmt=fmt, channels=web.settings.channels
+            )
         except ImportInputError as exc:
             raise ApiError(422, str(exc).replace(str(path), "body"), field="body") from None
     await audit.record(

@@ -1,0 +1,124 @@
+"""What the customers API refuses at the door, as the import does: an id its own URLs cannot
+address, a language that is no BCP 47 tag, a channel the configuration does not have."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+
+from broadcaster.store import Database
+from tests.api.support import api_client, settings
+
+ANN = {"id": "c-ann", "name": "Ann Example", "email": "ann@example.org"}
+
+
+@pytest.mark.parametrize(
+    ("customer_id", "message"),
+    [
+        ("a/b", "body.id: must not contain '/' (ids are used in URL paths)"),
+        ("..", "body.id: must not be '..' (ids are used in URL paths)"),
+        (".", "body.id: must not be '.' (ids are used in URL paths)"),
+        ("a\x01b", "body.id: must not contain control characters"),
+        ("   ", "body.id: String should have at least 1 character"),  # refused already
+    ],
+)
+async def test_an_id_its_urls_cannot_address_is_refused(
+    database: Database, customer_id: str, message: str
+) -> None:
+    async with api_client(database) as api:
+        made = await api.call("POST", "/api/v1/customers", json={**ANN, "id": customer_id})
+        assert made.status_code == 422, made.text
+        assert made.json()["error"] == {"message": message, "field": "body.id"}
+        listed = (await api.call("GET", "/api/v1/customers")).json()["items"]
+        assert listed == []
+
+
+@pytest.mark.parametrize("customer_id", ["a.b", "a b", "x?y#z", "100%", "Zoë"])
+async def test_an_id_with_url_characters_can_be_read_and_erased(
+    database: Database, customer_id: str
+) -> None:
+    async with api_client(database) as api:
+        made = await api.call("POST", "/api/v1/customers", json={**ANN, "id": customer_id})
+        assert made.status_code == 201, made.text
+        path = f"/api/v1/customers/{quote(customer_id, safe='')}"
+        assert (await api.call("GET", path)).json()["id"] == customer_id
+        assert (await api.call("PUT", path, json={**ANN, "id": customer_id})).status_code == 200
+        assert (await api.call("DELETE", path)).status_code == 204
+        assert (await api.call("GET", path)).status_code == 404
+
+
+async def test_a_language_that_is_no_tag_is_refused_one_without_templates_kept(
+    database: Database,
+) -> None:
+    async with api_client(database) as api:
+        bad = await api.call("POST", "/api/v1/customers", json={**ANN, "language": "xx-YY-ZZ"})
+        assert bad.status_code == 422, bad.text
+        assert bad.json()["error"] == {
+            "message": "body.language: 'xx-YY-ZZ' is not a language tag like en, nl or en-GB",
+            "field": "body.language",
+        }
+        kept = await api.call("POST", "/api/v1/customers", json={**ANN, "language": "fy_nl"})
+        assert kept.status_code == 201, kept.text
+        assert kept.json()["language"] == "fy-NL"
+
+
+async def test_a_channel_that_is_not_configured_is_refused(database: Database) -> None:
+    config = settings()
+    config.channels = {**config.channels, "email": config.channels["console"]}
+    async with api_client(database, config) as api:
+        for method, path in (
+            ("POST", "/api/v1/customers"),
+            ("PUT", "/api/v1/customers/c-ann"),
+        ):
+            refused = await api.call(method, path, json={**ANN, "channels": ["email", "pigeon"]})
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["error"] == {
+                "message": "channels: 'pigeon' is not a configured channel "
+                "(configured: console, email)",
+                "field": "body.channels",
+            }
+        assert (await api.call("GET", "/api/v1/customers/c-ann")).status_code == 404
+        made = await api.call("POST", "/api/v1/customers", json={**ANN, "channels": ["email"]})
+        assert made.status_code == 201, made.text
+        assert made.json()["channel_order"] == "email"
+
+
+async def test_the_import_endpoint_checks_the_same(database: Database) -> None:
+    body = (
+        "id,name,language,channels\n"
+        "a/b,Slash,,\n"
+        "c1,Typo,xx-YY-ZZ,\n"
+        "c2,Pigeon,,pigeon\n"
+        "c3,Good,en-GB,console\n"
+    )
+    async with api_client(database) as api:
+        imported = await api.call(
+            "POST",
+            "/api/v1/customers/import",
+            content=body.encode(),
+            headers={"Content-Type": "text/csv"},
+        )
+        assert imported.status_code == 200, imported.text
+        assert imported.json() == {
+            "imported": 1,
+            "rejected": 3,
+            "errors": [
+                {
+                    "line": 2,
+                    "field": "id",
+                    "message": "id: must not contain '/' (ids are used in URL paths)",
+                },
+                {
+                    "line": 3,
+                    "field": "language",
+                    "message": "language: 'xx-YY-ZZ' is not a language tag like en, nl or en-GB",
+                },
+                {
+                    "line": 4,
+                    "field": "channels",
+                    "message": "channels: 'pigeon' is not a configured channel "
+                    "(configured: console)",
+                },
+            ],
+        }
