@@ -186,6 +186,7 @@ def disable_account(
 
 @accounts.command("list")
 def list_accounts(config: ConfigOption = None) -> None:
+    """Every console login: staff id, role, active or disabled."""
     settings = settings_or_exit(config)
     rows = run(with_database(settings, credentials.list_accounts))
     for row in rows:

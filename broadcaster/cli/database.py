@@ -42,7 +42,9 @@ def upgrade(
 
 @app.command("downgrade")
 def downgrade(
-    revision: str = typer.Argument(..., help="target revision, e.g. base or -1"),
+    revision: str = typer.Argument(
+        ..., help="target revision: base, a revision id such as 0014, or -- -1 for one step back"
+    ),
     config: ConfigOption = None,
 ) -> None:
     """Move the schema back to an earlier revision (drops data of later revisions)."""
@@ -68,8 +70,11 @@ def purge(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Purge the deliveries, delivery history and staff notices of incidents closed long
-    enough ago (docs/operator-guide.md, "Retention")."""
+    """Delete the messages of incidents closed long enough ago (retention).
+
+    Their deliveries, delivery history and staff notices go; the incidents themselves stay.
+
+    See docs/operator-guide.md, "Retention"."""
     settings = settings_or_exit(config)
     keep = settings.retention.messages
     if older_than is not None:

@@ -67,8 +67,9 @@ def claim(
     staff: Staff,
     config: ConfigOption = None,
 ) -> None:
-    """Take a follow-up: it becomes yours (its owner, the people its rule named, those it
-    has escalated to, a manager of its owner, or an admin, only)."""
+    """Take a follow-up: it becomes yours.
+
+    Allowed to its owner, those its rule named or it escalated to, the owner's managers, admins."""
     settings = settings_or_exit(config)
     _known(set(settings.staff.people), staff)
     directory = Directory(settings.staff)

@@ -23,8 +23,9 @@ def check(
     path: Annotated[Path | None, typer.Argument(help="rules file (default: rules.path)")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Check a rules file against the configured channels and staff; exit 1 listing every
-    error (file:line:column)."""
+    """Check a rules file against the configured channels and staff.
+
+    Exit code 1 if it has errors, each listed with its file:line:column."""
     settings = settings_or_exit(config)
     target = path or settings.rules.path
     if target is None:
