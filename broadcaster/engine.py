@@ -33,6 +33,7 @@ from broadcaster.incidents import retention
 from broadcaster.incidents.lifecycle import OPEN_STATUSES
 from broadcaster.outbox.materialise import ChannelRoute, materialise_round
 from broadcaster.schedule.capacity import check_round, queued_elsewhere
+from broadcaster.schedule.leader import count_daemons
 from broadcaster.schedule.rounds import (
     ClaimedRound,
     LostLease,
@@ -325,8 +326,15 @@ class Engine:
                 else {}
             )
         cadence = promised - started if promised and started else None
+        daemons = await count_daemons(self.database) if cadence and limited else 1
         warnings = check_round(
-            claimed.incident_id, claimed.number, counts, cadence, self.settings.delivery, queued
+            claimed.incident_id,
+            claimed.number,
+            counts,
+            cadence,
+            self.settings.delivery,
+            queued,
+            daemons,
         )
         texts = [str(w) for w in warnings]
         if texts:

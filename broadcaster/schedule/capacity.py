@@ -31,6 +31,8 @@ class CapacityWarning:
     queued: int = 0
     """Of ``deliveries``, those of other rounds (other incidents', earlier ones, held ones)
     that fall due before this round's next and share the channel's rate."""
+    daemons: int = 1
+    """Daemons sending on the channel, each at ``per_second`` (its share of the account)."""
 
     @property
     def rate_needed(self) -> float:
@@ -43,7 +45,9 @@ class CapacityWarning:
             f"incident {self.incident_id} round {self.round_number}: {self.deliveries} "
             f"{self.channel} messages"
             + (f" ({self.queued} of them queued from other rounds)" if self.queued else "")
-            + f" at {self.per_second:g}/s take {needs}, "
+            + f" at {self.per_second * self.daemons:g}/s"
+            + (f" ({self.daemons} daemons at {self.per_second:g}/s)" if self.daemons > 1 else "")
+            + f" take {needs}, "
             f"longer than the {format_duration(_whole(self.cadence))} cadence; it needs "
             f"{self.rate_needed:.3g}/s: raise delivery.rate_limits.{self.channel} to at least "
             f"that if the provider account allows it (with several daemons, each one's share), "
@@ -63,9 +67,12 @@ def check_round(
     cadence: timedelta | None,
     delivery: DeliverySettings,
     queued: dict[str, int] | None = None,
+    daemons: int = 1,
 ) -> list[CapacityWarning]:
     """Warnings for the channels whose configured rate cannot carry this round in time,
-    with what other rounds have queued on them before it (``queued``, per channel)."""
+    with what other rounds have queued on them before it (``queued``, per channel). Each
+    of ``daemons`` sends at the configured rate (docs/scaling.md: give each daemon its share
+    of the account), so together they send that many times as fast."""
     if cadence is None or cadence <= timedelta(0):
         return []
     warnings = []
@@ -76,7 +83,8 @@ def check_round(
             continue
         count = own + ahead.get(channel, 0)
         try:
-            needs = timedelta(seconds=max(count - limit.burst, 0) / limit.per_second)
+            rate, burst = limit.per_second * daemons, limit.burst * daemons
+            needs = timedelta(seconds=max(count - burst, 0) / rate)
         except OverflowError:  # a rate so small that the round never ends
             needs = timedelta.max
         if needs > cadence:
@@ -90,6 +98,7 @@ def check_round(
                     needs,
                     cadence,
                     ahead.get(channel, 0),
+                    daemons,
                 )
             )
     return warnings

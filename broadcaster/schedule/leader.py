@@ -44,7 +44,26 @@ LOCK_KEY = 0x62726F61  # "broa": the advisory lock every broadcaster daemon cont
 ANSWER_WITHIN = 5.0
 """Seconds the leadership connection has to answer a check before it is given up."""
 
+DAEMON_APPLICATION = "broadcaster daemon "
+"""The ``application_name`` of every daemon's leadership session, followed by its owner."""
+
 _ALIVE = text("SELECT 1")
+_DAEMONS = text(
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND application_name LIKE :name"
+)
+
+
+async def count_daemons(database: Database) -> int:
+    """How many daemons share this store: on PostgreSQL, the leadership sessions open on it
+    (every daemon keeps one, leader or not); on SQLite, one. At least one: the caller's."""
+    if database.dialect != "postgresql":
+        return 1
+    async with database.direct_engine.connect() as conn:
+        found = await conn.execute(_DAEMONS, {"name": DAEMON_APPLICATION + "%"})
+        return max(1, int(found.scalar_one()))
+
+
 _TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")
 
 
@@ -103,6 +122,12 @@ class Leadership:
         conn = await self.database.direct_engine.connect()
         try:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            # Named, so that the leader can count the daemons sharing the work (each keeps
+            # one such connection, leader or not): see :func:`count_daemons`.
+            await conn.execute(
+                text("SELECT set_config('application_name', :name, false)"),
+                {"name": (DAEMON_APPLICATION + self.owner)[:63]},
+            )
             for name, value in KEEPALIVE.items():
                 # From pg_settings: a server without one of them (tcp_user_timeout came in
                 # PostgreSQL 12) sets the others.

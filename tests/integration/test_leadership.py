@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import make_url, text
 
 from broadcaster.schedule import leader as leader_module
-from broadcaster.schedule.leader import LOCK_KEY, Leadership
+from broadcaster.schedule.leader import LOCK_KEY, Leadership, count_daemons
 from broadcaster.store import Database
 from broadcaster.store.db import KEEPALIVE
 from tests.conftest import asyncpg_dsn
@@ -75,6 +75,10 @@ async def test_every_daemon_keeps_one_idle_connection_and_no_open_transaction(
         assert {row["state"] for row in sessions} == {"idle"}, sessions
         holder = await _lock_holder(postgres_url)
         assert holder in {row["pid"] for row in sessions}
+        # Each daemon's session is named: the leader counts them (capacity warnings).
+        assert await count_daemons(first) == 2
+        await follower.release()
+        assert await count_daemons(first) == 1
     finally:
         await leader.release()
         await follower.release()

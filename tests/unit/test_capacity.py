@@ -45,3 +45,16 @@ def test_no_warning_when_the_rate_carries_the_round_or_is_unlimited() -> None:
     assert check_round(1, 1, {"sms": 100_000}, timedelta(minutes=15), limits) == []
     assert check_round(1, 1, {"email": 10**7}, timedelta(minutes=15), limits) == []
     assert check_round(1, 1, {"sms": 10**7}, None, limits) == []  # the final round
+
+
+def test_several_daemons_each_send_their_share_of_the_rate() -> None:
+    """Two daemons each given 1/s (their share of a 2/s account, as docs/scaling.md says)
+    send 2,000 SMS in 16m40s together: the warning that one daemon's rate raised, telling
+    operators to raise the limit they had split, was false."""
+    limits = delivery(sms={"per_second": 1, "burst": 1})
+    cadence = timedelta(minutes=30)
+    [alone] = check_round(1, 1, {"sms": 2000}, cadence, limits)
+    assert "2000 sms messages at 1/s take 33m19s" in str(alone)
+    assert check_round(1, 1, {"sms": 2000}, cadence, limits, daemons=2) == []
+    [three] = check_round(1, 1, {"sms": 9000}, cadence, limits, daemons=3)
+    assert "9000 sms messages at 3/s (3 daemons at 1/s) take 49m59s" in str(three)
