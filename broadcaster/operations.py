@@ -125,14 +125,23 @@ async def close(actor: Actor, incident_id: int) -> Incident:
 
 
 def _staff(actor: Actor, staff: str | None) -> str:
-    """Whom a follow-up action is recorded for: the caller, or (admins only) someone else."""
+    """Whom a follow-up action is recorded for: the caller, or (admins only) a member of
+    staff of the configuration (a name no one has, or blank, was recorded as given)."""
     if staff is None or staff == actor.principal.name:
         return actor.principal.name
     if actor.principal.role != "admin":
         raise followups.FollowupError(
             f"staff: only an admin may act for {staff!r}; you are {actor.principal.name!r}"
         )
+    if actor.directory is not None and actor.directory.person(staff) is None:
+        known = ", ".join(sorted(actor.directory.staff.people)) or "none"
+        raise followups.FollowupError(f"staff: {staff!r} is not a member of staff (staff: {known})")
     return staff
+
+
+def _for(actor: Actor, staff: str | None) -> dict[str, object]:
+    """The audit detail of an admin acting for someone else: for whom."""
+    return {} if staff is None or staff == actor.principal.name else {"for": staff}
 
 
 async def claim_followup(actor: Actor, followup_id: int, staff: str | None = None) -> Followup:
@@ -147,7 +156,9 @@ async def claim_followup(actor: Actor, followup_id: int, staff: str | None = Non
             also=also,
         )
 
-    return await actor.run("followup.claim", f"followup:{followup_id}", work)
+    return await actor.run(
+        "followup.claim", f"followup:{followup_id}", work, _for(actor, staff) or None
+    )
 
 
 async def followup_done(
@@ -166,7 +177,9 @@ async def followup_done(
             admin=actor.principal.role == "admin",
         )
 
-    return await actor.run("followup.done", f"followup:{followup_id}", work, {"outcome": outcome})
+    return await actor.run(
+        "followup.done", f"followup:{followup_id}", work, {"outcome": outcome, **_for(actor, staff)}
+    )
 
 
 async def waive_followup(
@@ -184,4 +197,6 @@ async def waive_followup(
             also=also,
         )
 
-    return await actor.run("followup.waive", f"followup:{followup_id}", work)
+    return await actor.run(
+        "followup.waive", f"followup:{followup_id}", work, _for(actor, staff) or None
+    )

@@ -201,17 +201,48 @@ async def test_follow_ups_are_claimed_done_and_waived_by_the_right_people(
             "POST", f"/api/v1/followups/{second}/waive", "admin", json={"reason": "Duplicate."}
         )
         assert waived.status_code == 200 and waived.json()["state"] == "waived"
+        # An admin acts for a member of staff only, and the audit says for whom.
+        third = await _followup(database, number, "ann", "vip-call-later")
+        for url, body in (("claim", {}), ("done", {"outcome": "reached", "note": "Called."})):
+            for nobody in ("nobody", "   "):
+                unknown = await api.call(
+                    "POST",
+                    f"/api/v1/followups/{third}/{url}",
+                    "admin",
+                    json={**body, "staff": nobody},
+                )
+                assert unknown.status_code == 422, unknown.text
+                assert "is not a member of staff" in unknown.json()["error"]["message"]
+        for_ann = await api.call(
+            "POST", f"/api/v1/followups/{third}/claim", "admin", json={"staff": "ann"}
+        )
+        assert for_ann.status_code == 200 and for_ann.json()["owner"] == "ann"
+        claims = (
+            await api.call("GET", "/api/v1/audit", params={"action": "followup.claim"})
+        ).json()
+        assert claims["items"][0]["detail"] == {"for": "ann"}
+        await api.call(
+            "POST", f"/api/v1/followups/{third}/waive", "admin", json={"reason": "Tidy."}
+        )
         queue = (
             await api.call("GET", "/api/v1/followups", "viewer", params={"state": "all"})
         ).json()
-        assert [(f["id"], f["state"]) for f in queue] == [(first, "done"), (second, "waived")]
+        assert [(f["id"], f["state"]) for f in queue] == [
+            (first, "done"),
+            (second, "waived"),
+            (third, "waived"),
+        ]
         assert (await api.call("GET", "/api/v1/followups/999/claim")).status_code == 405
         missing = await api.call("POST", "/api/v1/followups/999/claim", "operator")
         assert missing.status_code == 404
 
         audit = (await api.call("GET", "/api/v1/audit")).json()["items"]
         waives = [(a["actor"], a["outcome"]) for a in audit if a["action"] == "followup.waive"]
-        assert waives == [("token:admin-bot", "ok"), ("token:operator-bot", "refused")]
+        assert waives == [
+            ("token:admin-bot", "ok"),
+            ("token:admin-bot", "ok"),
+            ("token:operator-bot", "refused"),
+        ]
 
 
 async def test_deliveries_filter_by_incident_customer_channel_and_state(
