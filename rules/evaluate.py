@@ -56,6 +56,8 @@ class Decision:
     followups: list[FollowupRequirement] = field(default_factory=list)
     compensation: list[Compensation] = field(default_factory=list)
     required_for_resolution: frozenset[str] = frozenset()
+    required_by: tuple[str, ...] = ()
+    """The matching rules that require parts of the resolution, in order."""
     quiet_hours: QuietHours | None = None
     throttle: Throttle | None = None
     matched_rules: list[str] = field(default_factory=list)
@@ -137,6 +139,7 @@ def evaluate(
         followups=acc.followups,
         compensation=acc.compensation,
         required_for_resolution=frozenset(acc.required),
+        required_by=tuple(acc.requiring),
         quiet_hours=acc.quiet_hours,
         throttle=acc.throttle,
         matched_rules=acc.matched,
@@ -159,6 +162,7 @@ class _Accumulator:
     followups: list[FollowupRequirement] = field(default_factory=list)
     compensation: list[Compensation] = field(default_factory=list)
     required: set[str] = field(default_factory=set)
+    requiring: list[str] = field(default_factory=list)
     quiet_hours: QuietHours | None = None
     throttle: Throttle | None = None
     matched: list[str] = field(default_factory=list)
@@ -172,6 +176,8 @@ class _Accumulator:
             self.followups.append(rule.followup)
         granted = rule.compensation is not None and self._compensate(rule.compensation, ctx)
         self.required |= rule.require_for_resolution
+        if rule.require_for_resolution:
+            self.requiring.append(rule.name)
         first_quiet = rule.quiet_hours is not None and self.quiet_hours is None
         if first_quiet:
             self.quiet_hours = rule.quiet_hours

@@ -60,6 +60,12 @@ def _author(value: str) -> str:
 
 
 def _guard(error: Exception) -> typer.Exit:
+    if isinstance(error, service.ResolutionRefused):
+        flags = " ".join(
+            "--cause-kind known --cause" if field == "cause" else f"--{field}"
+            for field in error.missing
+        )
+        return fail(f"{error}; give {flags}")
     return fail(str(error))
 
 

@@ -293,7 +293,11 @@ async def post_update(
 
 
 class ResolutionRefused(ValueError):
-    """The rules require fields this resolution lacks."""
+    """The rules require fields this resolution lacks (``missing``, sorted)."""
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 async def resolve(
@@ -334,12 +338,12 @@ async def resolve(
             }
             missing = sorted(f for f in decision.required_for_resolution if not given.get(f))
             if missing:
+                rules = ", ".join(decision.required_by) or "policy"
+                note = " (a cause counts with cause_kind known or suspected)"
                 raise ResolutionRefused(
-                    f"the rules ({', '.join(decision.matched_rules) or 'policy'}) require "
-                    f"{', '.join(missing)} before this incident can be resolved; give "
-                    + " ".join(
-                        f"--{f}" if f != "cause" else "--cause-kind known --cause" for f in missing
-                    )
+                    f"the rules ({rules}) require {', '.join(missing)} before this incident "
+                    "can be resolved" + (note if "cause" in missing else ""),
+                    missing,
                 )
         if update.compensation is None and decision is not None and decision.compensation:
             update.compensation = "; ".join(_offer(c) for c in decision.compensation)

@@ -198,6 +198,9 @@ rules:
       incident:
         severity: critical
     require_for_resolution: [cause, remedy, prevention]
+    continue: true
+  - name: every-incident
+    policy: standard
 """
 
 
@@ -215,7 +218,11 @@ async def test_resolution_is_refused_without_what_the_rules_require(
         )
         assert refused.status_code == 422, refused.text
         message = refused.json()["error"]["message"]
-        assert "cause" in message and "remedy" in message and "prevention" in message
+        # The rule that requires them (not every rule that matched), and no CLI flags.
+        assert message == (
+            "the rules (critical-apology) require cause, prevention, remedy before this "
+            "incident can be resolved (a cause counts with cause_kind known or suspected)"
+        )
         accepted = await api.call(
             "POST",
             f"/api/v1/incidents/{number}/resolve",
@@ -232,4 +239,4 @@ async def test_resolution_is_refused_without_what_the_rules_require(
             "GET", "/api/v1/rules/explain", "operator", params={"incident_id": number}
         )
         assert explained.status_code == 200, explained.text
-        assert explained.json()["matched_rules"] == ["critical-apology"]
+        assert explained.json()["matched_rules"] == ["critical-apology", "every-incident"]
