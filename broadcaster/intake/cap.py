@@ -181,7 +181,17 @@ def _alert(root: ET.Element, reader: _Reader, mapping: SourceMapping, now: datet
     sent = parse_datetime(reader.find(root, "sent"))
     external_id = f"{sender},{identifier}"
     if msg_type != "Alert":
-        external_id = _reference_id(reader.find(root, "references") or "") or external_id
+        # CAP 1.2 requires an Update or Cancel to name what it changes. Without a readable
+        # triple it would open an incident of its own (a second first notice), or cancel
+        # nothing, silently.
+        references = reader.find(root, "references") or ""
+        referenced = _reference_id(references)
+        if referenced is None:
+            raise ItemError(
+                f"references {references[:80]!r}: an {msg_type} must name the alert it "
+                "changes as sender,identifier,sent triples separated by spaces"
+            )
+        external_id = referenced
     elements = reader.all(root, "info")
     infos = [_info(element, reader) for element in elements]
     if infos:

@@ -142,9 +142,19 @@ def test_moderate_expected_is_major_and_overrides_apply() -> None:
     assert parse(_alert(), mapping, source="cap", now=NOW).events[0].severity == "critical"
 
 
-def test_update_without_usable_references_is_its_own_incident() -> None:
-    data = _alert(msg_type="Update", extra="<references>garbage</references>")
-    assert parse(data, MAPPING, source="cap", now=NOW).events[0].external_id == "s@example.org,X-1"
+@pytest.mark.parametrize("msg_type", ["Update", "Cancel"])
+@pytest.mark.parametrize("references", ["garbage", "a,b,c;d,e,f", ""])
+def test_an_update_or_cancel_that_names_no_alert_is_skipped_saying_so(
+    msg_type: str, references: str
+) -> None:
+    """CAP 1.2 requires ``references`` of an Update or Cancel. Read as an alert of its own,
+    an Update sent customers a second first notice, and a Cancel resolved nothing, silently."""
+    extra = f"<references>{references}</references>" if references else ""
+    result = parse(_alert(msg_type=msg_type, extra=extra), MAPPING, source="cap", now=NOW)
+    assert result.events == []
+    [skipped] = result.skipped
+    assert skipped.item_id == "X-1"
+    assert f"an {msg_type} must name the alert it changes" in skipped.reason
 
 
 def test_cap_11_is_read_too() -> None:
