@@ -22,12 +22,15 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 
 from broadcaster.followups.service import OPEN_STATES
-from broadcaster.incidents.lifecycle import OPEN_STATUSES
+from broadcaster.incidents.lifecycle import OPEN_STATUSES, SEVERITIES
 from broadcaster.store import Delivery, Followup, Incident, Promise, Round, StaffNotice
 from broadcaster.web.auth import require
 from broadcaster.web.state import WebState, state_of
 
 router = APIRouter(tags=["operations"])
+
+PROMISE_STATES = ("open", "kept", "late")
+"""The states of a promise (``promises.state``)."""
 
 LATENESS_BUCKETS = (0.0, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
 """Seconds a promised update came after its "next update by" (kept promises count as 0)."""
@@ -143,14 +146,18 @@ class _Collector(Collector):
         incidents = GaugeMetricFamily(
             "broadcaster_incidents_open", "Open incidents", labels=["severity"]
         )
-        for severity, count in snap.incidents_open:
-            incidents.add_metric([severity], count)
+        # Every severity and promise state, zero too: a series that vanishes at zero
+        # cannot be alerted on (``== 0``) or graphed as a line that falls to it.
+        open_by_severity = dict(snap.incidents_open)
+        for severity in dict.fromkeys((*SEVERITIES, *open_by_severity)):
+            incidents.add_metric([severity], open_by_severity.get(severity, 0))
         yield incidents
         promises = GaugeMetricFamily(
             "broadcaster_promises", "Promised updates by state", labels=["state"]
         )
-        for state, count in snap.promises:
-            promises.add_metric([state], count)
+        by_state = dict(snap.promises)
+        for state in dict.fromkeys((*PROMISE_STATES, *by_state)):
+            promises.add_metric([state], by_state.get(state, 0))
         yield promises
         cumulative = [
             (str(bound), count)

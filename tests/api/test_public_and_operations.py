@@ -191,6 +191,8 @@ async def test_metrics_report_the_store(database: Database) -> None:
         assert samples[("broadcaster_deliveries", (("channel", "sms"), ("state", "pending")))] == 1
         assert samples[("broadcaster_outbox_depth", ())] == 1
         assert samples[("broadcaster_incidents_open", (("severity", "critical"),))] == 1
+        # Zero too, so that a series does not vanish when nothing is open.
+        assert samples[("broadcaster_incidents_open", (("severity", "minor"),))] == 0
         histogram = "broadcaster_promise_lateness_seconds"
         assert samples[(f"{histogram}_count", ())] == 3
         assert samples[(f"{histogram}_sum", ())] == 442.0
@@ -200,6 +202,7 @@ async def test_metrics_report_the_store(database: Database) -> None:
         }
         assert buckets == {"0.0": 1, "15.0": 1, "60.0": 2, "300.0": 2, "900.0": 3, "+Inf": 3}
         assert samples[("broadcaster_promises", (("state", "late"),))] == 2
+        assert ("broadcaster_promises", (("state", "open"),)) in samples
         assert samples[("broadcaster_followups_overdue", ())] == 0
         notices = "broadcaster_staff_notices"
         assert samples[(notices, (("kind", "step"), ("state", "failed")))] == 2
