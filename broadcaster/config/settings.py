@@ -399,6 +399,20 @@ def _database_problems(database: DatabaseSettings) -> list[tuple[tuple[str, ...]
     return problems
 
 
+def _manager_loop(name: str, people: dict[str, StaffMember]) -> str | None:
+    """``ann -> maria -> ann`` when following ``name``'s managers comes back to it."""
+    chain = [name]
+    current = people[name].manager
+    while current is not None and current in people:
+        chain.append(current)
+        if current == name:
+            return " -> ".join(chain)
+        if len(chain) > len(people):  # a loop further up: reported for its own members
+            return None
+        current = people[current].manager
+    return None
+
+
 def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
     """Checks that span sections; each problem with the path of the key at fault."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -456,6 +470,10 @@ def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
             problems.append(
                 (("staff", "people", name, "manager"), f"unknown staff {member.manager!r}")
             )
+        elif (chain := _manager_loop(name, people)) is not None:
+            # Escalation goes up the managers: round a loop, an overdue task came back to
+            # its own owner as if to a manager.
+            problems.append((("staff", "people", name, "manager"), f"managers go round: {chain}"))
     for name, group in settings.staff.groups.items():
         for index, member_id in enumerate(group.members):
             if member_id not in people:

@@ -903,3 +903,24 @@ def test_a_default_language_without_templates_is_a_located_error(tmp_path: Path)
         tmp_path, "messages:\n  default_language: fr\n  templates_dir: mine\n", name="ours.yaml"
     )
     assert load_settings(ours, {}).messages.default_language == "fr"
+
+
+def test_managers_that_go_round_are_a_located_error(tmp_path: Path) -> None:
+    """Escalation goes up the managers: round a loop, an overdue task came back to its own
+    owner as if to a manager."""
+    path = write_config(
+        tmp_path,
+        """
+        staff:
+          people:
+            ann: {name: Ann, email: ann@example.org, manager: maria}
+            maria: {name: Maria, email: maria@example.org, manager: ann}
+            bram: {name: Bram, email: bram@example.org, manager: maria}
+        """,
+    )
+    assert problems_of(path) == [
+        f"{at(path, 'maria}')}: staff.people.ann.manager: managers go round: "
+        "ann -> maria -> ann",
+        f"{at(path, 'ann}')}: staff.people.maria.manager: managers go round: "
+        "maria -> ann -> maria",
+    ]
