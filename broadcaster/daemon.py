@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import select
 
 from broadcaster.clock import Clock, RealClock
 from broadcaster.config.durations import format_duration
@@ -32,11 +33,12 @@ from broadcaster.dispatch.loop import ERROR_PAUSE, dispatch_worker, wait_for, wi
 from broadcaster.dispatch.processes import DispatchProcesses
 from broadcaster.engine import Engine
 from broadcaster.eventloop import loop_name
+from broadcaster.followups.service import OPEN_STATES
 from broadcaster.heap import settle
 from broadcaster.intake.watch import FeedWatcher, start_watchers
 from broadcaster.logs import Redaction, secret_values, set_redaction
 from broadcaster.schedule.leader import Leadership
-from broadcaster.store import Database
+from broadcaster.store import Database, Followup
 from broadcaster.web.app import StartupError, bind, create_app, make_server
 from broadcaster.web.state import WebState
 from channels.base import Channel
@@ -95,6 +97,36 @@ async def warn_of_clock_skew(database: Database, clock: Clock, lease: timedelta)
             extra={"clock_offset_s": round(offset, 3), "lease_s": lease.total_seconds()},
         )
     return offset
+
+
+async def warn_of_unknown_owners(database: Database, staff: set[str]) -> list[str]:
+    """Log a warning when open follow-ups are owned by staff the configuration no longer
+    names (someone who left, a renamed id): their reminders and escalations cannot reach
+    anyone, and the incident cannot be closed until they are done or waived. Returns the
+    owners."""
+    try:
+        async with database.session() as session:
+            owners = sorted(
+                (
+                    await session.execute(
+                        select(Followup.owner)
+                        .where(Followup.state.in_(OPEN_STATES), Followup.owner.not_in(staff))
+                        .distinct()
+                    )
+                ).scalars()
+            )
+    except Exception as exc:  # the store may be down at start: nothing to say then
+        log.warning("cannot look for follow-ups of unknown staff: %r", exc)
+        return []
+    if owners:
+        log.warning(
+            "open follow-ups are owned by staff no longer in the configuration (%s): "
+            "an admin can claim them for someone else (POST /api/v1/followups/ID/claim with "
+            '{"staff": ...}), or add those people back under staff.people',
+            ", ".join(owners),
+            extra={"owners": owners},
+        )
+    return owners
 
 
 def leases_past_grace(settings: Settings) -> list[str]:
@@ -185,6 +217,7 @@ class Daemon:
             log.warning(problem)
         if isinstance(self.clock, RealClock):
             await warn_of_clock_skew(database, self.clock, self.settings.delivery.lease)
+        await warn_of_unknown_owners(database, set(self.settings.staff.people))
         web = WebState(
             self.settings,
             database,

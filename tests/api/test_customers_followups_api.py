@@ -3,11 +3,14 @@ through the API."""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import insert, select
+import pytest
+from sqlalchemy import insert, select, update
 
+from broadcaster.daemon import warn_of_unknown_owners
 from broadcaster.store import AuditEntry, Database, Delivery, Followup, Round
 from tests.api.support import START, api_client, settings
 
@@ -351,3 +354,32 @@ async def test_rules_are_checked_and_reloaded(database: Database, tmp_path: Path
         assert kept["loaded"] and kept["policies"] == 1
         audit = (await api.call("GET", "/api/v1/audit", params={"action": "rules.reload"})).json()
         assert [a["outcome"] for a in audit["items"]] == ["refused", "ok", "refused"]
+
+
+async def test_a_daemon_warns_at_start_of_open_follow_ups_whose_owner_left(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Their reminders and escalations reach no one, and the incident cannot be closed."""
+    async with api_client(database) as api:
+        await api.call("POST", "/api/v1/customers", json={**ANN, "id": "c1"})
+        number = (
+            await api.call(
+                "POST",
+                "/api/v1/incidents",
+                json={
+                    "title": "Outage",
+                    "severity": "major",
+                    "message": "Down.",
+                    "components": ["north-line"],
+                },
+            )
+        ).json()["id"]
+    await _followup(database, number, "ann", "vip-call")
+    await _followup(database, number, "carla", "vip-visit")
+    done = await _followup(database, number, "dirk", "vip-gift")
+    async with database.session() as session, session.begin():
+        await session.execute(update(Followup).where(Followup.id == done).values(state="done"))
+    caplog.set_level(logging.WARNING, "broadcaster.daemon")
+    assert await warn_of_unknown_owners(database, {"ann", "maria"}) == ["carla"]
+    [record] = [r for r in caplog.records if "no longer in the configuration" in r.getMessage()]
+    assert "(carla)" in record.getMessage()
