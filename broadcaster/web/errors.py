@@ -15,6 +15,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+BODY_UNREADABLE = "There was an error parsing the body"
+"""FastAPI's detail for a body it could not decode."""
+
 
 class ApiError(Exception):
     def __init__(
@@ -67,6 +70,14 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     errors = [_described(e) for e in exc.errors()]
     if not errors:
         return JSONResponse(body("invalid request"), 422)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind and not _is_json(kind) and any(e["field"] == "body" for e in errors):
+        # Not JSON at all (a form, text): FastAPI read it as a string and said "Input should
+        # be a valid dictionary", which did not say what was wrong.
+        return JSONResponse(
+            body(f"send the body as JSON (Content-Type: application/json), not {kind}"),
+            415,
+        )
     first = errors[0]
     message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
     return JSONResponse(body(message, first["field"] or None, errors), 422)
@@ -97,9 +108,17 @@ def _is_nul(exc: DBAPIError) -> bool:
     return "0x00" in text and ("UTF8" in text or "UTF-8" in text)
 
 
+def _is_json(kind: str) -> bool:
+    return kind == "application/json" or kind.endswith("+json")
+
+
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, StarletteHTTPException):  # pragma: no cover
         raise exc
+    if exc.status_code == 400 and exc.detail == BODY_UNREADABLE:
+        # FastAPI's words when the body could not be decoded at all: say what it takes.
+        message = "the body could not be read as JSON: it is not UTF-8 text, or nested too deeply"
+        return JSONResponse(body(message, "body"), 400)
     return JSONResponse(
         body(str(exc.detail)), exc.status_code, headers=dict(exc.headers or {}) or None
     )

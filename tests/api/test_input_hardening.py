@@ -114,6 +114,27 @@ async def test_a_body_that_is_not_json_says_where_and_why(database: Database) ->
             "error": {"message": f"body: {reason}", "field": "body"},
             "errors": [{"field": "body", "message": reason}],
         }
+        # Not JSON at all: 415 saying what to send, not "Input should be a valid dictionary".
+        text = await api.call(
+            "POST", "/api/v1/incidents", content=b"title=x", headers={"Content-Type": "text/plain"}
+        )
+        assert text.status_code == 415
+        assert text.json()["error"]["message"] == (
+            "send the body as JSON (Content-Type: application/json), not text/plain"
+        )
+        # Not even text: the body named, and why.
+        garbled = await api.call(
+            "POST",
+            "/api/v1/incidents",
+            content=b'{"title": "\xff\xfe"}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert garbled.status_code == 400
+        assert garbled.json()["error"] == {
+            "message": "the body could not be read as JSON: it is not UTF-8 text, or nested "
+            "too deeply",
+            "field": "body",
+        }
 
 
 async def test_a_nul_the_checks_missed_is_still_the_caller_s_error_not_a_500() -> None:
