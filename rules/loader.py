@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Set
+from datetime import timedelta
 from types import MappingProxyType
 
 import yaml
@@ -62,6 +63,10 @@ def load_rules(
     return RuleSet(MappingProxyType(policies), tuple(rules), filename, digest)
 
 
+_STAND_IN = EscalationStep(timedelta(0), timedelta(minutes=1), ("-",))
+"""What a step stands on when the first step of its policy failed: see ``policy``."""
+
+
 class _Loader(ActionReader):
     def document(self, root: Item) -> tuple[dict[str, Policy], list[Rule]]:
         top = self.reader.mapping(root, ("version", "policies", "rules")) or {}
@@ -107,16 +112,22 @@ class _Loader(ActionReader):
         steps: list[EscalationStep] = []
         ok = True
         for step_item in self.reader.sequence(keys["steps"]) or []:
-            step = self.step(step_item, steps[-1] if steps else None)
+            # After a first step that failed, a later one is checked on its own: what it
+            # leaves out would default to the failed step's, and judged as the first it drew
+            # false errors ("missing key 'channels'", "must start at after: 0m").
+            stand_in = not steps and not ok
+            previous = steps[-1] if steps else (_STAND_IN if stand_in else None)
+            step = self.step(step_item, previous)
             ok = ok and step is not None
-            if step is not None and steps and step.after <= steps[-1].after:
+            if step is None or stand_in:
+                continue
+            if steps and step.after <= steps[-1].after:
                 self.problems.at(step_item, "steps must start at increasing ages")
                 ok = False
-            elif step is not None and not steps and step.after:
+            elif not steps and step.after:
                 self.problems.at(step_item, "the first step must start at after: 0m")
                 ok = False
-            if step is not None:
-                steps.append(step)
+            steps.append(step)
         if not steps and ok and isinstance(keys["steps"].node, yaml.SequenceNode):
             self.problems.at(keys["steps"], "a policy needs at least one step")
         if not ok or not steps:

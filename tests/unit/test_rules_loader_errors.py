@@ -385,3 +385,24 @@ rules:
     assert len(problems) == 2
     assert all("compensation is decided once for the incident" in p for p in problems)
     assert problems[0].startswith("rules.yaml:4:19: rules[0].compensation: ")
+
+
+def test_a_failed_first_step_draws_no_false_errors_from_the_steps_after_it() -> None:
+    """A later step leaves out what it takes from the first: judged as if it were the first,
+    it drew "missing key 'channels'" and "must start at after: 0m" for a mistake it did not
+    make. Its own mistakes are still found."""
+    text = """\
+version: 1
+policies:
+  standard:
+    steps:
+      - {after: 0m, every: soon, channels: [sms]}
+      - {after: 1h}
+      - {after: 2h, every: never}
+"""
+    assert problems(text) == [
+        f"{at(text, 'soon')}: policies.standard.steps[0].every: invalid duration 'soon' (write "
+        "e.g. 90s, 15m, 2h, 1h30m, 30d)",
+        f"{at(text, 'never')}: policies.standard.steps[2].every: invalid duration 'never' (write "
+        "e.g. 90s, 15m, 2h, 1h30m, 30d)",
+    ]
