@@ -19,6 +19,12 @@ MAX_SCOPE_CHARS: Final = 200
 """The longest component or region name an incident's scope keeps (the store's column, the
 API's limit); a feed's longer names are cut to it."""
 
+MAX_SCOPE_ITEMS: Final = 200
+"""The most components (and regions) one declaration names."""
+MAX_TITLE_CHARS: Final = 300
+MAX_MESSAGE_CHARS: Final = 10_000
+"""The longest title and message an operator writes, whichever way (CLI, console, API)."""
+
 OPEN_STATUSES: Final = ("investigating", "identified", "monitoring")
 STATUSES: Final = (*OPEN_STATUSES, "resolved", "closed")
 SEVERITIES: Final = ("minor", "major", "critical")

@@ -102,8 +102,13 @@ class IncidentView:
 def _validate_declaration(decl: Declaration) -> None:
     if not decl.title.strip():
         raise ValueError("title: must not be empty")
+    _check_length("title", decl.title, lifecycle.MAX_TITLE_CHARS)
     if not decl.message.strip():
         raise ValueError("message: customers need a message; say what is happening")
+    _check_length("message", decl.message, lifecycle.MAX_MESSAGE_CHARS)
+    for key, names in (("components", decl.components), ("regions", decl.regions)):
+        if len(names) > lifecycle.MAX_SCOPE_ITEMS:
+            raise ValueError(f"{key}: {len(names)} named; at most {lifecycle.MAX_SCOPE_ITEMS}")
     lifecycle.check_severity(decl.severity)
     lifecycle.check_cause_kind(decl.cause_kind)
     if decl.status not in lifecycle.OPEN_STATUSES:
@@ -119,6 +124,12 @@ def _validate_declaration(decl: Declaration) -> None:
                 )
     if decl.cause_kind != "unknown" and not (decl.cause or "").strip():
         raise ValueError(f"cause: a {decl.cause_kind} cause needs a description")
+
+
+def _check_length(field: str, value: str, limit: int) -> None:
+    """The same limits whichever way an operator writes (the API's schema has them too)."""
+    if len(value.strip()) > limit:
+        raise ValueError(f"{field}: {len(value.strip())} characters; at most {limit}")
 
 
 def _not_past(expected: datetime | None, now: datetime) -> None:
@@ -269,6 +280,7 @@ async def post_update(
     """Add a timeline entry and send it to the audience at once (reopens a resolved one)."""
     if not request.message.strip():
         raise ValueError("message: an update needs a message for customers")
+    _check_length("message", request.message, lifecycle.MAX_MESSAGE_CHARS)
     if request.cause_kind is not None:
         lifecycle.check_cause_kind(request.cause_kind)
     now = clock.now()
@@ -312,6 +324,7 @@ async def resolve(
     """Resolve: the final round (the resolution message) goes out now; no rounds after it."""
     if not request.message.strip():
         raise ValueError("message: the resolution needs a message for customers")
+    _check_length("message", request.message, lifecycle.MAX_MESSAGE_CHARS)
     if request.cause_kind is not None:
         lifecycle.check_cause_kind(request.cause_kind)
     now = clock.now()

@@ -437,6 +437,21 @@ async def test_a_refused_declaration_shows_why_and_keeps_what_was_typed(app: Con
     assert entry.outcome == "refused"
 
 
+async def test_the_console_holds_a_declaration_to_the_api_s_limits(app: Console) -> None:
+    """Whichever way an operator writes, the same limits: the console took 300 components
+    (the API at most 200) and a title of any length."""
+    csrf = await signed_in(app.http, "ann")
+    for fields, said in (
+        ({"components": ",".join(f"line-{i}" for i in range(300))}, "components: 300 named"),
+        ({"title": "T" * 301}, "title: 301 characters; at most 300"),
+    ):
+        response = await app.http.post(
+            "/console/incidents", data={**DECLARE, **fields, "csrf_token": csrf}
+        )
+        assert response.status_code == 422 and said in response.text
+    assert await incidents_in(app.state.database) == []
+
+
 async def test_a_nul_in_a_form_field_is_refused_naming_it(app: Console) -> None:
     csrf = await signed_in(app.http, "ann")
     response = await app.http.post(

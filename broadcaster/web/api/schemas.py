@@ -10,6 +10,12 @@ from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from broadcaster.customers.rows import NoNul
+from broadcaster.incidents.lifecycle import (
+    MAX_MESSAGE_CHARS,
+    MAX_SCOPE_CHARS,
+    MAX_SCOPE_ITEMS,
+    MAX_TITLE_CHARS,
+)
 from broadcaster.store.ids import MAX_ID
 from broadcaster.web.inputs import Moment
 
@@ -25,7 +31,7 @@ Cursor = Annotated[
 
 Text = Annotated[str, Field(max_length=10_000), NoNul]
 Short = Annotated[str, Field(max_length=300), NoNul]
-Topic = Annotated[str, Field(min_length=1, max_length=200), NoNul]
+Topic = Annotated[str, Field(min_length=1, max_length=MAX_SCOPE_CHARS), NoNul]
 Severity = Literal["minor", "major", "critical"]
 OpenStatus = Literal["investigating", "identified", "monitoring"]
 CauseKind = Literal["known", "suspected", "unknown"]
@@ -63,11 +69,11 @@ class _Strict(BaseModel):
 
 
 class DeclareIn(_Strict):
-    title: Annotated[str, Field(min_length=1, max_length=300), NoNul]
+    title: Annotated[str, Field(min_length=1, max_length=MAX_TITLE_CHARS), NoNul]
     severity: Severity
-    message: Annotated[str, Field(min_length=1, max_length=10_000), NoNul]
-    components: list[Topic] = Field(default_factory=list, max_length=200)
-    regions: list[Topic] = Field(default_factory=list, max_length=200)
+    message: Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS), NoNul]
+    components: list[Topic] = Field(default_factory=list, max_length=MAX_SCOPE_ITEMS)
+    regions: list[Topic] = Field(default_factory=list, max_length=MAX_SCOPE_ITEMS)
     status: OpenStatus = "investigating"
     cause_kind: CauseKind = "unknown"
     cause: Text | None = None
@@ -77,7 +83,7 @@ class DeclareIn(_Strict):
 
 
 class UpdateIn(_Strict):
-    message: Annotated[str, Field(min_length=1, max_length=10_000), NoNul]
+    message: Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS), NoNul]
     status: OpenStatus | None = None
     cause_kind: CauseKind | None = None
     cause: Text | None = None
@@ -87,7 +93,7 @@ class UpdateIn(_Strict):
 
 
 class ResolveIn(_Strict):
-    message: Annotated[str, Field(min_length=1, max_length=10_000), NoNul]
+    message: Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS), NoNul]
     cause_kind: CauseKind | None = None
     cause: Text | None = None
     responsibility: Text | None = None
