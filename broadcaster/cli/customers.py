@@ -6,6 +6,7 @@ Exit codes of ``import`` are meant for scripts: 0 every row imported, 1 some row
 
 from __future__ import annotations
 
+import functools
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -100,15 +101,17 @@ def import_command(
             typer.echo(str(error), err=True)
 
     async def work(database: Database) -> ImportResult:
+        run_import = functools.partial(
+            import_customers,
+            database,
+            file,
+            clock=RealClock(),
+            fmt=file_format,
+            channels=channels,
+            on_error=report,
+        )
         if not interactive:
-            return await import_customers(
-                database,
-                file,
-                clock=RealClock(),
-                fmt=file_format,
-                channels=channels,
-                on_error=report,
-            )
+            return await run_import()
         with Progress(
             TextColumn("importing"),
             BarColumn(),
@@ -118,15 +121,7 @@ def import_command(
             console=console,
         ) as progress:
             task = progress.add_task("import", total=file.stat().st_size)
-            return await import_customers(
-                database,
-                file,
-                clock=RealClock(),
-                fmt=file_format,
-                channels=channels,
-                on_error=report,
-                on_progress=lambda done: progress.update(task, completed=done),
-            )
+            return await run_import(on_progress=lambda done: progress.update(task, completed=done))
 
     try:
         result = run(with_database(settings, work))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import insert, select, update
@@ -156,23 +157,27 @@ async def _followup(database: Database, incident_id: int, owner: str, rule: str)
         return int(result.scalar_one())
 
 
+async def _customer_and_incident(api: Any, severity: str) -> int:
+    """Customer c1 on north-line, and an incident of ``severity`` there; its id."""
+    await api.call("POST", "/api/v1/customers", json={**ANN, "id": "c1"})
+    declared = await api.call(
+        "POST",
+        "/api/v1/incidents",
+        json={
+            "title": "Outage",
+            "severity": severity,
+            "message": "Down.",
+            "components": ["north-line"],
+        },
+    )
+    return int(declared.json()["id"])
+
+
 async def test_follow_ups_are_claimed_done_and_waived_by_the_right_people(
     database: Database,
 ) -> None:
     async with api_client(database) as api:
-        await api.call("POST", "/api/v1/customers", json={**ANN, "id": "c1"})
-        number = (
-            await api.call(
-                "POST",
-                "/api/v1/incidents",
-                json={
-                    "title": "Outage",
-                    "severity": "critical",
-                    "message": "Down.",
-                    "components": ["north-line"],
-                },
-            )
-        ).json()["id"]
+        number = await _customer_and_incident(api, "critical")
         first = await _followup(database, number, "operator-bot", "vip-call")
         claimed = await api.call("POST", f"/api/v1/followups/{first}/claim", "operator")
         assert claimed.status_code == 200 and claimed.json()["state"] == "claimed"
@@ -361,19 +366,7 @@ async def test_a_daemon_warns_at_start_of_open_follow_ups_whose_owner_left(
 ) -> None:
     """Their reminders and escalations reach no one, and the incident cannot be closed."""
     async with api_client(database) as api:
-        await api.call("POST", "/api/v1/customers", json={**ANN, "id": "c1"})
-        number = (
-            await api.call(
-                "POST",
-                "/api/v1/incidents",
-                json={
-                    "title": "Outage",
-                    "severity": "major",
-                    "message": "Down.",
-                    "components": ["north-line"],
-                },
-            )
-        ).json()["id"]
+        number = await _customer_and_incident(api, "major")
     await _followup(database, number, "ann", "vip-call")
     await _followup(database, number, "carla", "vip-visit")
     done = await _followup(database, number, "dirk", "vip-gift")
