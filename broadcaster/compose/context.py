@@ -91,8 +91,10 @@ def build_context(
 ) -> dict[str, Any]:
     """The template variables for one customer (language and zone shape the times)."""
 
-    def when(value: datetime | None) -> str | None:
-        return None if value is None else format_when(value, timezone, language, now)
+    def when(value: datetime | None, *, ahead: bool = True) -> str | None:
+        if value is None:
+            return None
+        return format_when(value, timezone, language, now, ahead=ahead)
 
     resolution = None
     if kind == "resolution":
@@ -123,7 +125,7 @@ def build_context(
             "actions": facts.actions,
             "workaround": facts.workaround,
             "expected_resolution": when(facts.expected_resolution_at),
-            "posted_at": when(facts.posted_at),
+            "posted_at": when(facts.posted_at, ahead=False),
         },
         "resolution": resolution,
         "next_update": None if kind == "resolution" else when(facts.next_update_at),

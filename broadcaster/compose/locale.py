@@ -28,18 +28,23 @@ def locale(language: str) -> Locale:
         return Locale.parse("en")
 
 
-def format_when(when: datetime, zone_name: str, language: str, now: datetime) -> str:
+def format_when(
+    when: datetime, zone_name: str, language: str, now: datetime, *, ahead: bool = False
+) -> str:
     """``09:15 CET``; ``di 6 jan 09:15 CET`` when it is not today in that zone.
 
-    To the minute, rounded up: a promise or a deadline is a time people read, and "by
-    04:33:44" (a follow-up due two hours after a declaration made at 02:33:44) is not one; up,
-    so that what was promised "by 04:34" is kept. The zone's own abbreviation is used, not
-    Babel's, whose short names vary by locale.
+    To the minute: "by 04:33:44" (a follow-up due two hours after a declaration made at
+    02:33:44) is not a time people read. A time ``ahead`` (a promise, a deadline, an
+    expected resolution) is rounded up, so that what was promised "by 04:34" is kept; one
+    that has happened (when an update was posted) is cut to its minute, never later than it
+    was. The zone's own abbreviation is used, not Babel's, whose short names vary by locale.
     """
     tz: tzinfo = zone(zone_name)
     if when.second or when.microsecond:
-        with contextlib.suppress(OverflowError):
-            when = when.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        when = when.replace(second=0, microsecond=0)
+        if ahead:
+            with contextlib.suppress(OverflowError):
+                when += timedelta(minutes=1)
     try:
         local = when.astimezone(tz)
     except OverflowError:  # within hours of the calendar's end (9999-12-31): say it in UTC

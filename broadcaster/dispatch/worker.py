@@ -287,6 +287,9 @@ class Dispatcher:
         # that floor (a delivery given back by a daemon that stopped, one another claimer
         # held and let go) is taken at the next full look, within EXPIRED_LOOK_INTERVAL.
         after = None if expired_too or self._db.dialect != "postgresql" else self._floor
+        if after is not None and after[0] > now:
+            # Set by a claim that began before the clock went back: not a floor for now.
+            after = self._floor = None
 
         def claim(session: Session) -> Claimed:
             claimed = claim_batch(
@@ -591,5 +594,9 @@ def _plain(outcome: Outcome) -> Outcome:
     no failover: see :meth:`Dispatcher._record_each`)."""
     if outcome.error is None:
         return outcome._replace(receipt=None)
-    error = DeliveryError(outcome.error.reason[:PLAIN_REASON], retryable=outcome.error.retryable)
+    # Printable text only: PostgreSQL refuses a NUL in text, and a provider's answer quoted
+    # in a reason may carry one (or bytes that are no UTF-8).
+    reason = outcome.error.reason[:PLAIN_REASON].replace("\x00", "\ufffd")
+    reason = reason.encode("utf-8", "replace").decode("utf-8")
+    error = DeliveryError(reason, retryable=outcome.error.retryable)
     return outcome._replace(error=error)

@@ -403,7 +403,7 @@ async def _message(
         "history": f"{len(hit)} incident(s) affected them {since}; tier {customer.tier}",
         "what_to_say": _overdue(task, notice, directory)
         + _say(task, incident.title, notice.staff, public_url, directory),
-        "deadline": format_when(task.deadline_at, "UTC", language, now),
+        "deadline": format_when(task.deadline_at, "UTC", language, now, ahead=True),
         "kind": task.kind,
         "incident": incident.title,
     }
@@ -435,7 +435,7 @@ def _language_and_zone(customer: Customer, deadline: datetime, language: str, no
     except (UnknownLocaleError, ValueError, TypeError):
         spoken = None
     named = f"{spoken} ({customer.language})" if spoken else customer.language
-    local = format_when(deadline, customer.timezone, language, now)
+    local = format_when(deadline, customer.timezone, language, now, ahead=True)
     return (
         f"they read {named}; their time zone is {customer.timezone}, where the deadline is {local}"
     )

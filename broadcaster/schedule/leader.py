@@ -59,9 +59,13 @@ async def count_daemons(database: Database) -> int:
     (every daemon keeps one, leader or not); on SQLite, one. At least one: the caller's."""
     if database.dialect != "postgresql":
         return 1
-    async with database.direct_engine.connect() as conn:
-        found = await conn.execute(_DAEMONS, {"name": DAEMON_APPLICATION + "%"})
-        return max(1, int(found.scalar_one()))
+    try:
+        async with database.direct_engine.connect() as conn:
+            found = await conn.execute(_DAEMONS, {"name": DAEMON_APPLICATION + "%"})
+            return max(1, int(found.scalar_one()))
+    except (DBAPIError, SQLAlchemyError, OSError) as exc:  # a round's check must not fail it
+        log.warning("cannot count the daemons on the store; reckoning with one: %r", exc)
+        return 1
 
 
 _TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")

@@ -64,17 +64,25 @@ def store_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-"""PostgreSQL's serialization failure and deadlock: the transaction may succeed if run again."""
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"})
+"""PostgreSQL's errors that a later try may get past: a serialization failure or deadlock
+(40001, 40P01), a lock not available or a statement cancelled or timed out (55P03, 57014),
+the server shutting down, crashing or starting up (57P01-57P03)."""
+
+RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "53"})
+"""Whole classes of them: connection exceptions (08) and insufficient resources (53: too
+many connections, out of memory or disk)."""
 
 
 def store_transient(exc: BaseException) -> bool:
     """Whether writing again may succeed where ``exc`` stopped it: the store unreachable
-    (:func:`store_unreachable`), a statement timed out, or PostgreSQL chose this
-    transaction to end a deadlock or a serialization conflict."""
+    (:func:`store_unreachable`), a timeout, or a PostgreSQL error of the store's state
+    rather than the statement's (:data:`RETRYABLE_SQLSTATES`; asyncpg's arrive as plain
+    ``DBAPIError`` with their SQLSTATE)."""
     if store_unreachable(exc) or isinstance(exc, TimeoutError):
         return True
     if isinstance(exc, DBAPIError):
         code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-        return code in RETRYABLE_SQLSTATES
+        if isinstance(code, str):
+            return code in RETRYABLE_SQLSTATES or code[:2] in RETRYABLE_SQLSTATE_CLASSES
     return False

@@ -18,14 +18,14 @@ from broadcaster.config.settings import Settings
 from broadcaster.daemon import Daemon
 from broadcaster.dispatch import outcomes as outcomes_module
 from broadcaster.dispatch import worker
-from broadcaster.dispatch.outcomes import Outcome, Recorded
+from broadcaster.dispatch.outcomes import Job, Outcome, Recorded
 from broadcaster.engine import LEASE_OWNER_LENGTH, Engine, make_owner
 from broadcaster.incidents import service
 from broadcaster.store import ContactPoint, Database, Delivery, DeliveryEvent
 from broadcaster.store.db import KEEPALIVE
 from broadcaster.store.migrate import upgrade_async
 from broadcaster.store.models import PROVIDER_ID_LENGTH
-from channels.base import Message, Receipt, Target
+from channels.base import DeliveryError, Message, Receipt, Target
 from channels.memory import MemoryChannel
 from tests.integration import test_dispatch_routing as routing
 from tests.integration.test_broadcast_loop import START, add_customers, make_settings
@@ -210,6 +210,18 @@ async def test_a_clock_set_back_does_not_hold_up_what_is_written_after(
     assert await engine.dispatcher.run_once() == 3
     assert len(channel.sent) == 6
 
+    # A claim that began before the clock went back (another worker's) sets the floor
+    # after the reset, from the old time: it is no floor for now.
+    await service.declare(
+        database, clock, service.Declaration("t3", "major", "m", components=["bus"])
+    )
+    await engine.process_due_rounds()
+    engine.dispatcher._floor = (START + timedelta(minutes=10), 10**9)
+    engine.dispatcher._look_for_expired_at = clock.at + timedelta(hours=1)  # no full look
+    clock.at = START + timedelta(seconds=2)
+    assert await engine.dispatcher.run_once() == 3
+    assert len(channel.sent) == 9
+
 
 async def test_a_cancelled_deliverys_failover_commits_with_its_cancellation(
     database: Database, monkeypatch: pytest.MonkeyPatch
@@ -252,6 +264,18 @@ async def test_a_cancelled_deliverys_failover_commits_with_its_cancellation(
         ).all()
     assert states == [("sms", "cancelled"), ("mail", "sent")]
     assert (len(sms.sent), len(mail.sent)) == (0, 1)
+
+
+def test_an_outcome_written_plain_carries_printable_text_only() -> None:
+    """PostgreSQL refuses a NUL in text: a provider's answer quoted in a reason, written
+    plain after the whole was refused, must not be refused again."""
+    job = Job(1, 1, 1, "mail", "a@example.org", 1, None, "C0", "C0", "en", "UTC", None, None)
+    failed = Outcome(job, error=DeliveryError("bad\x00answer \udcff" + "x" * 500, retryable=True))
+    reason = worker._plain(failed).error.reason  # type: ignore[union-attr]
+    assert "\x00" not in reason and reason.startswith("bad\ufffdanswer ?")
+    assert len(reason) <= worker.PLAIN_REASON
+    sent = Outcome(job, receipt=Receipt(provider_message_id="x" * 999))
+    assert worker._plain(sent).receipt is None
 
 
 def test_a_long_host_name_is_cut_to_fit_the_lease_owner() -> None:

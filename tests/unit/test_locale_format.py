@@ -16,10 +16,14 @@ def test_a_time_at_the_calendar_s_end_is_said_in_utc_not_an_error() -> None:
     assert format_when(late, "America/New_York", "en", now).endswith(" EST")
 
 
-def test_a_time_with_seconds_is_said_to_the_minute_rounded_up() -> None:
+def test_a_time_with_seconds_is_said_to_the_minute() -> None:
     """A follow-up due two hours after a declaration at 02:33:44 is "by 04:34", not "by
-    04:33:44"; up, so that the time said is kept."""
+    04:33:44": a time ahead is rounded up, so that the time said is kept; one past (when an
+    update was posted) is cut to its minute, never later than it was."""
     now = datetime(2026, 12, 6, 2, 33, 44, tzinfo=UTC)
     due = datetime(2026, 12, 6, 4, 33, 44, tzinfo=UTC)
-    assert format_when(due, "Europe/Amsterdam", "nl", now) == "05:34 CET"
-    assert format_when(due.replace(second=0), "UTC", "en", now) == "04:33 UTC"
+    assert format_when(due, "Europe/Amsterdam", "nl", now, ahead=True) == "05:34 CET"
+    assert format_when(due.replace(second=0), "UTC", "en", now, ahead=True) == "04:33 UTC"
+    assert format_when(now, "UTC", "en", now) == "02:33 UTC"
+    midnight = datetime(2026, 12, 6, 23, 59, 30, tzinfo=UTC)
+    assert format_when(midnight, "UTC", "en", midnight) == "23:59 UTC"  # not tomorrow's
