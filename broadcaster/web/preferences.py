@@ -111,11 +111,6 @@ async def save_preferences(token: str, request: Request) -> Response:
         return claims
     form = await request.form()
     action = form.get("action")
-    if action not in ("save", "unsubscribe"):
-        # Each of the form's buttons names its action. Without one, this is not the form
-        # (an empty or mangled request), and read as "save" with no box ticked it would
-        # have opted the customer out of every address.
-        return page("Not saved", "<p>Use the Save or Unsubscribe button of the form.</p>", 422)
     language = form.get("language")
     wanted: set[int] = set()
     for value in form.getlist("point"):
@@ -126,6 +121,11 @@ async def save_preferences(token: str, request: Request) -> Response:
         customer = await session.get(Customer, claims.customer_id)
         if customer is None:
             return page("Not found", "<p>We have no preferences for this link any more.</p>", 404)
+        if action not in ("save", "unsubscribe"):
+            # Each of the form's buttons names its action. Without one, this is not the form
+            # (an empty or mangled request), and read as "save" with no box ticked it would
+            # have opted the customer out of every address.
+            return page("Not saved", "<p>Use the Save or Unsubscribe button of the form.</p>", 422)
         if isinstance(language, str) and language:
             if language not in _languages(web):
                 return page("Not saved", "<p>That language is not offered.</p>", 422)
