@@ -8,15 +8,16 @@ pending, creates one. The daemon picks it up from the store.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
 from broadcaster.incidents import lifecycle
+from broadcaster.intake.text import printable
 
 if TYPE_CHECKING:
     from broadcaster.escalation.plan import Escalation
@@ -82,6 +83,9 @@ class UpdateRequest:
     compensation: str | None = None
 
 
+_Written = TypeVar("_Written", Declaration, UpdateRequest)
+
+
 def _carry(new: str | None, old: str | None) -> str | None:
     if new is None:
         return old
@@ -97,6 +101,36 @@ class IncidentView:
     regions: list[str] = field(default_factory=list)
     updates: list[IncidentUpdate] = field(default_factory=list)
     rounds: list[Round] = field(default_factory=list)
+
+
+_OPERATOR_TEXT_FIELDS: Final = (
+    "message", "cause", "actions", "workaround", "responsibility", "regret", "remedy",
+    "prevention", "compensation",
+)  # fmt: skip
+
+
+def _printable(value: str | None, *, single_line: bool = False) -> str | None:
+    """An operator's text as customers will get it: nothing invisible that could make a
+    message read differently than it was written (a bidirectional override in a title
+    reverses an email's subject) or break its encoding; a title on one line."""
+    if value is None:
+        return None
+    value = printable(value)
+    return " ".join(value.split()) if single_line else value
+
+
+def _cleaned(entry: _Written) -> _Written:
+    """``entry`` (a declaration or an update request) with its texts made printable."""
+    changes: dict[str, Any] = {
+        name: _printable(getattr(entry, name))
+        for name in _OPERATOR_TEXT_FIELDS
+        if hasattr(entry, name)
+    }
+    if isinstance(entry, Declaration):
+        changes["title"] = _printable(entry.title, single_line=True)
+        changes["components"] = [_printable(v, single_line=True) for v in entry.components]
+        changes["regions"] = [_printable(v, single_line=True) for v in entry.regions]
+    return replace(entry, **changes)
 
 
 def _validate_declaration(decl: Declaration) -> None:
@@ -146,6 +180,7 @@ async def declare(
     database: Database, clock: Clock, decl: Declaration, *, also: Also | None = None
 ) -> Incident:
     """Create the incident, its first timeline entry and its first round, due now."""
+    decl = _cleaned(decl)
     _validate_declaration(decl)
     now = clock.now()
     _not_past(decl.expected_resolution_at, now)
@@ -278,6 +313,7 @@ async def post_update(
     also: Also | None = None,
 ) -> IncidentUpdate:
     """Add a timeline entry and send it to the audience at once (reopens a resolved one)."""
+    request = _cleaned(request)
     if not request.message.strip():
         raise ValueError("message: an update needs a message for customers")
     _check_length("message", request.message, lifecycle.MAX_MESSAGE_CHARS)
@@ -322,6 +358,7 @@ async def resolve(
     also: Also | None = None,
 ) -> IncidentUpdate:
     """Resolve: the final round (the resolution message) goes out now; no rounds after it."""
+    request = _cleaned(request)
     if not request.message.strip():
         raise ValueError("message: the resolution needs a message for customers")
     _check_length("message", request.message, lifecycle.MAX_MESSAGE_CHARS)

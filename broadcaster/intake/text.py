@@ -44,15 +44,22 @@ def _keep(char: str) -> bool:
     return unicodedata.category(char) not in ("Cc", "Cs")
 
 
+def printable(value: str) -> str:
+    """``value`` in NFC with ``\\n`` line breaks and nothing invisible that could change how
+    it reads or break its encoding: no control characters but newline and tab, no
+    bidirectional overrides, no byte-order mark, no lone surrogates. Spacing is kept."""
+    # A lone surrogate cannot be normalised; drop those first.
+    value = "".join(c for c in value if not "\ud800" <= c <= "\udfff")
+    value = unicodedata.normalize("NFC", value.replace("\r\n", "\n").translate(_LINE_BREAKS))
+    return "".join(c for c in value if _keep(c))
+
+
 def clean_text(value: str, *, single_line: bool = False) -> str:
     """Printable text: NFC, no control characters, tidy whitespace.
 
     ``single_line`` folds every run of whitespace (newlines included) into one space.
     """
-    # A lone surrogate cannot be normalised; drop those first.
-    value = "".join(c for c in value if not "\ud800" <= c <= "\udfff")
-    value = unicodedata.normalize("NFC", value.replace("\r\n", "\n").translate(_LINE_BREAKS))
-    value = "".join(c for c in value if _keep(c))
+    value = printable(value)
     if single_line:
         return _ANY_WHITESPACE.sub(" ", value).strip()
     lines = [_SPACES.sub(" ", line).strip() for line in value.split("\n")]

@@ -158,3 +158,55 @@ async def test_a_nul_the_checks_missed_is_still_the_caller_s_error_not_a_500() -
         assert nul_response.status_code == 422
         assert "NUL character" in nul_response.json()["error"]["message"]
         assert (await http.get("/other")).status_code == 500
+
+
+async def test_invisible_characters_in_an_operators_text_do_not_reach_customers(
+    database: Database,
+) -> None:
+    """A bidirectional override makes an email's subject read backwards; a carriage return
+    splits a title over lines; a byte-order mark or a control character shows as garbage
+    on a phone. What customers get is the text as it reads, whichever way it was written."""
+    async with api_client(database) as api:
+        declared = await api.call(
+            "POST",
+            "/api/v1/incidents",
+            json={
+                **DECLARE,
+                "title": "Signal \u202efailure\r\nat Central\ufeff",
+                "message": "Trains are\u2066 delayed.\r\nBuses\x07 replace them.",
+                "components": ["north\u202e-line"],
+            },
+        )
+        assert declared.status_code == 201, declared.text
+        incident_id = declared.json()["id"]
+        updated = await api.call(
+            "POST",
+            f"/api/v1/incidents/{incident_id}/updates",
+            json={"message": "Still\u202e delayed.", "workaround": "Take\x1b the bus."},
+        )
+        assert updated.status_code == 201, updated.text
+        resolved = await api.call(
+            "POST",
+            f"/api/v1/incidents/{incident_id}/resolve",
+            json={"message": "Fixed\u202d.", "regret": "We are\u202e sorry."},
+        )
+        assert resolved.status_code == 201, resolved.text
+        detail = (await api.call("GET", f"/api/v1/incidents/{incident_id}")).json()
+    assert detail["title"] == "Signal failure at Central"
+    assert detail["components"] == ["north-line"]
+    assert [(e["message"], e["workaround"], e["regret"]) for e in detail["timeline"]] == [
+        ("Trains are delayed.\nBuses replace them.", None, None),
+        ("Still delayed.", "Take the bus.", None),
+        ("Fixed.", "Take the bus.", "We are sorry."),
+    ]
+
+
+async def test_a_title_of_nothing_but_invisible_characters_is_refused(
+    database: Database,
+) -> None:
+    async with api_client(database) as api:
+        response = await api.call(
+            "POST", "/api/v1/incidents", json={**DECLARE, "title": "\u202e\u2066\ufeff"}
+        )
+        assert response.status_code == 422
+        assert "title: must not be empty" in response.json()["error"]["message"]
