@@ -29,6 +29,7 @@ from broadcaster.customers import (
     ImportInputError,
     ImportResult,
     RowError,
+    RowWarning,
     detect_format,
     import_customers,
 )
@@ -78,7 +79,8 @@ def import_command(
     channels is the customer's preferred channel order for failover (e.g. sms;email), names
     of channels in the configuration.
     tier (default standard) and tags (a list) are words of a-z, 0-9, _ and -; region and
-    sla are free text; account_manager is a staff id. Re-importing overwrites all of them.
+    sla are free text; account_manager is a staff id (one not in the configuration's staff
+    directory is imported with a warning). Re-importing overwrites all of them.
 
     Known contact points keep their opt-out and disabled flags; subscriptions are replaced.
     """
@@ -95,10 +97,11 @@ def import_command(
     console = Console(stderr=True)
 
     def report(error: RowError) -> None:
+        line = f"warning: {error}" if isinstance(error, RowWarning) else str(error)
         if interactive:
-            console.print(str(error), markup=False, highlight=False, soft_wrap=True)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         else:
-            typer.echo(str(error), err=True)
+            typer.echo(line, err=True)
 
     async def work(database: Database) -> ImportResult:
         run_import = functools.partial(
@@ -108,6 +111,7 @@ def import_command(
             clock=RealClock(),
             fmt=file_format,
             channels=channels,
+            staff=settings.staff.people,
             on_error=report,
         )
         if not interactive:
@@ -127,6 +131,7 @@ def import_command(
         result = run(with_database(settings, work))
     except ImportInputError as exc:
         raise fail(str(exc), code=2) from None
-    typer.echo(f"imported {result.imported} customers, rejected {result.rejected} rows")
+    warned = f", {result.warned} with warnings" if result.warned else ""
+    typer.echo(f"imported {result.imported} customers{warned}, rejected {result.rejected} rows")
     if result.rejected:
         raise typer.Exit(1)

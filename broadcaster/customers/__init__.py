@@ -9,6 +9,7 @@ from __future__ import annotations
 from broadcaster.customers.importer import (
     ImportInputError,
     ImportResult,
+    RowWarning,
     detect_format,
     import_customers,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Problem",
     "RowError",
     "RowRejected",
+    "RowWarning",
     "detect_format",
     "import_customers",
 ]

@@ -93,11 +93,24 @@ class ImportResult:
     imported: int = 0
     rejected: int = 0
     errors: list[RowError] = field(default_factory=list)
+    warned: int = 0
+    warnings: list[RowWarning] = field(default_factory=list)
+    """Imported rows the admin should look at (the first :attr:`MAX_ERRORS`)."""
 
     def reject(self, error: RowError) -> None:
         self.rejected += 1
         if len(self.errors) < self.MAX_ERRORS:
             self.errors.append(error)
+
+    def warn(self, warning: RowWarning) -> None:
+        self.warned += 1
+        if len(self.warnings) < self.MAX_ERRORS:
+            self.warnings.append(warning)
+
+
+class RowWarning(RowError):
+    """An imported row with something that will not work as its file meant: an account
+    manager who is not in the staff directory, say."""
 
 
 def detect_format(path: Path, fmt: str | None = None) -> str:
@@ -122,6 +135,7 @@ async def import_customers(
     clock: Clock,
     fmt: str | None = None,
     channels: Collection[str] | None = None,
+    staff: Collection[str] | None = None,
     batch_size: int = 1000,
     on_error: Callable[[RowError], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -129,7 +143,9 @@ async def import_customers(
     """Import every valid row of ``path``; report the others through ``on_error``.
 
     ``channels`` are the configured channel names: a row whose preferred order names another
-    is rejected (None: names are checked for their form only). ``on_progress`` receives the
+    is rejected (None: names are checked for their form only). ``staff`` are the staff
+    directory's ids: a row whose account manager is not among them is imported, with a
+    warning (None: not checked); warnings go to ``on_error`` too. ``on_progress`` receives the
     number of bytes read so far after each batch. Raises :class:`ImportInputError` before
     writing anything when the file cannot be used.
     """
@@ -140,13 +156,17 @@ async def import_customers(
         path,
         detect_format(path, fmt),
         None if channels is None else frozenset(channels),
+        None if staff is None else frozenset(staff),
     )
     result = ImportResult()
     try:
         while True:
             batch = await asyncio.to_thread(reader.read_batch, batch_size)
             for error in batch.errors:
-                result.reject(error)
+                if isinstance(error, RowWarning):
+                    result.warn(error)
+                else:
+                    result.reject(error)
                 if on_error is not None:
                     on_error(error)
             if batch.rows:
@@ -252,7 +272,13 @@ class _Reader:
         self._items = items
 
     @classmethod
-    def open(cls, path: Path, fmt: str, channels: Collection[str] | None = None) -> _Reader:
+    def open(
+        cls,
+        path: Path,
+        fmt: str,
+        channels: Collection[str] | None = None,
+        staff: Collection[str] | None = None,
+    ) -> _Reader:
         """Open the file and, for CSV, check the header now: before anything is written."""
         try:
             file = path.open("rb")
@@ -261,7 +287,7 @@ class _Reader:
         try:
             lines = _Lines(file)
             parse = _open_csv if fmt == "csv" else _jsonl_items
-            items = parse(lines, str(path), channels)
+            items = _noting_strangers(parse(lines, str(path), channels), str(path), staff)
         except BaseException:
             file.close()
             raise
@@ -284,6 +310,33 @@ class _Reader:
         self._file.close()
 
 
+def _noting_strangers(
+    items: Iterator[tuple[int, CustomerRow] | RowError],
+    source: str,
+    staff: Collection[str] | None,
+) -> Iterator[CustomerRow | RowError]:
+    """The rows, each followed by a warning when its account manager is not staff."""
+    for item in items:
+        if isinstance(item, RowError):
+            yield item
+            continue
+        line, row = item
+        yield row
+        if staff is not None and row.account_manager and row.account_manager not in staff:
+            yield RowWarning(
+                source,
+                line,
+                (
+                    Problem(
+                        "account_manager",
+                        f"{row.account_manager!r} is not in the staff directory "
+                        "(staff.people in the config): a follow-up the rules give to the "
+                        "account manager goes to the rule's escalation instead, or to nobody",
+                    ),
+                ),
+            )
+
+
 def _csv_reader(lines: _Lines) -> CsvReader:
     # Strict: a quote left open is an error at the next quote or at the end of the file,
     # not a cell that silently takes in every record after it.
@@ -292,7 +345,7 @@ def _csv_reader(lines: _Lines) -> CsvReader:
 
 def _open_csv(
     lines: _Lines, source: str, channels: Collection[str] | None
-) -> Iterator[CustomerRow | RowError]:
+) -> Iterator[tuple[int, CustomerRow] | RowError]:
     """Read and check the header (raising :class:`ImportInputError`), then stream records."""
     reader = _csv_reader(lines)
     try:
@@ -323,7 +376,7 @@ def _csv_items(
     lines: _Lines,
     source: str,
     channels: Collection[str] | None,
-) -> Iterator[CustomerRow | RowError]:
+) -> Iterator[tuple[int, CustomerRow] | RowError]:
     """One item per record, numbered by the record's *first* line (header = line 1).
 
     ``csv.reader`` rather than ``DictReader``: a quoted cell may span lines, so the start line
@@ -370,7 +423,7 @@ def _csv_items(
             yield RowError(source, start, (Problem(None, reason),))
         else:
             try:
-                yield from_csv_record(dict(zip(names, cells, strict=True)), channels)
+                yield start, from_csv_record(dict(zip(names, cells, strict=True)), channels)
             except RowRejected as exc:
                 yield RowError(source, start, exc.problems)
 
@@ -391,7 +444,7 @@ def _never_closed(start: int, end: int, again: bool) -> Problem:
 
 def _jsonl_items(
     lines: _Lines, source: str, channels: Collection[str] | None
-) -> Iterator[CustomerRow | RowError]:
+) -> Iterator[tuple[int, CustomerRow] | RowError]:
     """One item per non-blank line, numbered from 1."""
     overlong = 0
     for number, line in enumerate(lines, start=1):
@@ -400,7 +453,7 @@ def _jsonl_items(
             yield RowError(source, number, (_TOO_LONG,))
         elif line.strip():
             try:
-                yield from_json_line(line, channels)
+                yield number, from_json_line(line, channels)
             except RowRejected as exc:
                 yield RowError(source, number, exc.problems)
 

@@ -103,6 +103,8 @@ async def test_the_import_endpoint_checks_the_same(database: Database) -> None:
         assert imported.json() == {
             "imported": 1,
             "rejected": 3,
+            "warned": 0,
+            "warnings": [],
             "errors": [
                 {
                     "line": 2,
@@ -122,3 +124,26 @@ async def test_the_import_endpoint_checks_the_same(database: Database) -> None:
                 },
             ],
         }
+
+
+async def test_an_account_manager_who_is_not_staff_is_imported_with_a_warning(
+    database: Database,
+) -> None:
+    """The customer is kept (they must still hear of incidents); the admin learns that a
+    follow-up the rules give to their account manager cannot go to that person."""
+    body = "id,name,account_manager\nc1,Known,ann\nc2,Stranger,bob\nc3,Nobody,\n"
+    async with api_client(database) as api:
+        imported = await api.call(
+            "POST",
+            "/api/v1/customers/import",
+            content=body.encode(),
+            headers={"Content-Type": "text/csv"},
+        )
+        assert imported.status_code == 200, imported.text
+        result = imported.json()
+        assert (result["imported"], result["rejected"], result["warned"]) == (3, 0, 1)
+        [warning] = result["warnings"]
+        assert (warning["line"], warning["field"]) == (3, "account_manager")
+        assert warning["message"].startswith("account_manager: 'bob' is not in the staff directory")
+        stranger = await api.call("GET", "/api/v1/customers/c2")
+        assert stranger.json()["account_manager"] == "bob"

@@ -643,7 +643,9 @@ def test_a_quote_that_cannot_be_read_again_names_every_line_lost(tmp_path: Path)
     with path.open("rb") as raw:
         unseekable = io.BufferedReader(_Unseekable(raw))
         items = list(importer._open_csv(importer._Lines(unseekable), "pipe.csv", None))
-    assert [item.id for item in items if not isinstance(item, RowError)] == ["c1"]
+    assert [(item[0], item[1].id) for item in items if not isinstance(item, RowError)] == [
+        (2, "c1")
+    ]
     assert [str(item) for item in items if isinstance(item, RowError)] == [
         "pipe.csv:3: unreadable CSV: a quote opened on line 3 is never closed (it runs to the "
         "end of the file, line 5): lines 3-5 could not be read"
@@ -741,4 +743,46 @@ def test_cli_checks_channels_against_the_configuration(config: Path, tmp_path: P
     assert result.stdout == "imported 1 customers, rejected 1 rows\n"
     assert result.stderr == (
         f"{path}:3: channels: 'sms' is not a configured channel (configured: console)\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["managers.csv", "managers.jsonl"])
+async def test_account_managers_not_in_the_staff_directory_are_warned_of(
+    database: Database, tmp_path: Path, name: str
+) -> None:
+    rows = [("c1", "ann"), ("c2", "bob"), ("c3", None)]
+    if name.endswith(".csv"):
+        text = "id,name,account_manager\n" + "".join(f"{i},N,{m or ''}\n" for i, m in rows)
+        lines = [3]
+    else:
+        text = "".join(
+            json.dumps({"id": i, "name": "N", "account_manager": m}) + "\n" for i, m in rows
+        )
+        lines = [2]
+    path = write(tmp_path, name, text)
+    seen: list[RowError] = []
+    result = await run_import(database, path, staff={"ann"}, on_error=seen.append)
+    assert (result.imported, result.rejected, result.warned) == (3, 0, 1)
+    assert [w.line for w in result.warnings] == lines
+    assert seen == result.warnings
+    assert str(result.warnings[0]).startswith(
+        f"{path}:{lines[0]}: account_manager: 'bob' is not in the staff directory"
+    )
+    unchecked = await run_import(database, path)
+    assert (unchecked.imported, unchecked.warned) == (3, 0)
+
+
+def test_cli_warns_of_an_account_manager_who_is_not_staff(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"database: {{url: sqlite+aiosqlite:///{tmp_path}/x.db}}\n"
+        "staff: {people: {ann: {name: Ann}}}\n",
+        encoding="utf-8",
+    )
+    path = write(tmp_path, "m.csv", "id,name,account_manager\nc1,A,ann\nc2,B,bob\n")
+    result = invoke("import", str(path), "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "imported 2 customers, 1 with warnings, rejected 0 rows\n"
+    assert result.stderr.startswith(
+        f"warning: {path}:3: account_manager: 'bob' is not in the staff directory"
     )

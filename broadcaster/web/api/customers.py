@@ -84,6 +84,9 @@ class ImportOut(BaseModel):
     rejected: int
     errors: list[ImportErrorOut]
     """The first rejected rows, each with its line and field."""
+    warned: int = 0
+    warnings: list[ImportErrorOut] = []
+    """The first imported rows with a warning (an account manager who is not staff)."""
 
 
 def _audited(
@@ -294,7 +297,12 @@ async def import_(
                 sink.write(chunk)
         try:
             result = await import_customers(
-                web.database, path, clock=web.clock, fmt=fmt, channels=web.settings.channels
+                web.database,
+                path,
+                clock=web.clock,
+                fmt=fmt,
+                channels=web.settings.channels,
+                staff=web.settings.staff.people,
             )
         except ImportInputError as exc:
             raise ApiError(422, str(exc).replace(str(path), "body"), field="body") from None
@@ -305,7 +313,12 @@ async def import_(
         "customer.import",
         "customers",
         client_source(request),
-        detail={"imported": result.imported, "rejected": result.rejected, "format": fmt},
+        detail={
+            "imported": result.imported,
+            "rejected": result.rejected,
+            "warned": result.warned,
+            "format": fmt,
+        },
     )
     return ImportOut(
         imported=result.imported,
@@ -313,5 +326,10 @@ async def import_(
         errors=[
             ImportErrorOut(line=e.line, field=e.field, message=e.reason)
             for e in result.errors[:IMPORT_ERRORS_SHOWN]
+        ],
+        warned=result.warned,
+        warnings=[
+            ImportErrorOut(line=w.line, field=w.field, message=w.reason)
+            for w in result.warnings[:IMPORT_ERRORS_SHOWN]
         ],
     )
