@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from sqlalchemy import Table, event
+from sqlalchemy import Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
@@ -85,6 +86,7 @@ class Database:
         self.pooler = pooler
         self._direct_engine: AsyncEngine | None = None
         self._queue_sessions = False
+        self._sqlite_file: str | None = None
         self._gates: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
@@ -115,6 +117,7 @@ class Database:
                 # processes (the CLI, dispatch processes).
                 kwargs.update(pool_size=1, max_overflow=0, pool_timeout=SQLITE_WAIT)
                 self._queue_sessions = True
+                self._sqlite_file = database
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect != "sqlite":
             _ping_when_idle(self.engine)
@@ -156,6 +159,19 @@ class Database:
                 yield session
         finally:
             gate.release()
+
+    async def ping(self) -> None:
+        """Return when the store answers a query; raise when it cannot.
+
+        On a SQLite file, by a read-only connection of its own: the process's one connection
+        may be held by a long transaction (a round of many customers being written), and a
+        store that is busy is not down. (In WAL mode a reader does not wait for a writer.)
+        """
+        if self._sqlite_file is not None:
+            await asyncio.to_thread(_sqlite_ping, self._sqlite_file)
+            return
+        async with self.session() as session:
+            await session.execute(text("SELECT 1"))
 
     def _gate(self) -> asyncio.Lock:
         """The queue of this process's SQLite sessions on the running loop.
@@ -332,6 +348,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_ping(path: str) -> None:
+    """Read the schema of the SQLite file at ``path`` by a connection of its own, read-only."""
+    uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+    connection = sqlite3.connect(uri, uri=True, timeout=SQLITE_WAIT)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    finally:
+        connection.close()
 
 
 def _sqlite_begin_immediate(connection: Any) -> None:

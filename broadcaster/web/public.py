@@ -20,7 +20,7 @@ from typing import Final
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
-from sqlalchemy import text, update
+from sqlalchemy import update
 
 from broadcaster.compose.links import InvalidLink, verify_token
 from broadcaster.store import ContactPoint, Customer
@@ -124,8 +124,7 @@ async def healthz(request: Request) -> Response:
         # Bounded: a store that does not answer (a paused pooler, a server that stopped
         # replying) must give the probe a 503, not keep it waiting until it gives up.
         async with asyncio.timeout(STORE_CHECK_SECONDS):
-            async with state.database.session() as session:
-                await session.execute(text("SELECT 1"))
+            await state.database.ping()
     except Exception:  # any failure, or no answer in time, means the store is not reachable
         store_ok = False
     healthy = store_ok and state.scheduler_running

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,6 +17,7 @@ from broadcaster.compose.links import make_token
 from broadcaster.config.settings import Settings
 from broadcaster.incidents import service
 from broadcaster.store import ContactPoint, Customer, Database, Delivery, DeliveryEvent, Round
+from broadcaster.store.migrate import upgrade_async
 from broadcaster.web import public
 from broadcaster.web.app import create_app
 from broadcaster.web.state import WebState
@@ -332,19 +332,54 @@ async def test_healthz_answers_503_when_the_store_does_not_answer(
     """A store that holds the check (a paused pooler) gives the probe its 503 in time."""
     http, state = client
     monkeypatch.setattr(public, "STORE_CHECK_SECONDS", 0.2)
-    real = state.database.session
+    real = state.database.ping
 
-    @contextlib.asynccontextmanager
-    async def stalled() -> AsyncIterator[Any]:
+    async def stalled() -> None:
         await asyncio.sleep(30)
-        async with real() as session:
-            yield session
+        await real()
 
-    monkeypatch.setattr(state.database, "session", stalled)
+    monkeypatch.setattr(state.database, "ping", stalled)
     started = time.monotonic()
     answer = await http.get("/healthz")
     assert answer.status_code == 503 and answer.json()["store"] == "unreachable"
     assert time.monotonic() - started < 5
+
+
+async def test_healthz_says_ok_while_a_long_transaction_holds_the_store(
+    client: tuple[httpx.AsyncClient, WebState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round of many customers being written holds a SQLite daemon's one connection for
+    seconds: the store is busy, not down, and a probe that restarts the daemon on a 503
+    would cut the round short."""
+    http, state = client
+    monkeypatch.setattr(public, "STORE_CHECK_SECONDS", 1.0)
+    async with state.database.session() as session, session.begin():
+        await session.execute(
+            insert(Customer).values(id="busy", name="Busy", created_at=START, updated_at=START)
+        )
+        started = time.monotonic()
+        answer = await http.get("/healthz")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["store"] == "ok"
+        assert time.monotonic() - started < 1.0
+
+
+async def test_healthz_answers_503_when_the_sqlite_file_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/gone.db"
+    await upgrade_async(url)
+    database = Database(url)
+    try:
+        state = WebState(settings(), database, FakeClock(START), SECRET, scheduler_running=True)
+        transport = httpx.ASGITransport(app=create_app(state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as http:
+            assert (await http.get("/healthz")).status_code == 200
+            (tmp_path / "gone.db").unlink()
+            answer = await http.get("/healthz")
+            assert answer.status_code == 503 and answer.json()["store"] == "unreachable"
+    finally:
+        await database.dispose()
 
 
 async def test_the_public_incident_page_shows_the_timeline_and_no_customer_data(
