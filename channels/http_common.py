@@ -122,6 +122,11 @@ def retryable_status(status: int) -> bool:
     return status in (408, 429) or status >= 500
 
 
+MAX_RETRY_AFTER = 86_400.0
+"""The longest wait a ``Retry-After`` is taken for, in seconds (a day): a message about a
+disruption that waited longer would be news of the past; ``delivery.max_attempts`` ends it."""
+
+
 def parse_retry_after(
     value: str | None, date: str | None = None, *, now: float | None = None
 ) -> float | None:
@@ -130,7 +135,9 @@ def parse_retry_after(
     An HTTP-date is measured against ``date`` (the response's own ``Date`` header: no
     clock skew) when given and readable, else against ``now`` (the caller's clock, unix
     seconds); with neither, or for anything unreadable, the answer is ``None``. A date
-    without a zone is taken as GMT, as HTTP-dates always are. Never negative.
+    without a zone is taken as GMT, as HTTP-dates always are. Never negative, and at most
+    :data:`MAX_RETRY_AFTER` (RFC 9110 sets no bound: ``Retry-After: 100000000000000`` from a
+    customer's own webhook must not become a date past what a datetime holds).
     """
     if value is None or not value.strip():
         return None
@@ -147,7 +154,7 @@ def parse_retry_after(
         seconds = when - reference
     if not math.isfinite(seconds):
         return None
-    return max(seconds, 0.0)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def _timestamp(http_date: str) -> float | None:

@@ -373,3 +373,41 @@ async def test_a_due_round_another_session_holds_is_looked_at_again_without_spin
         stop.set()
         await asyncio.wait_for(task, 20)
         await database.dispose()
+
+
+class WaitChannel(MemoryChannel):
+    """Sends to everyone but ``refused``, who gets a retryable error asking for ``wait`` s."""
+
+    def __init__(self, refused: str, wait: float) -> None:
+        super().__init__(name="mail")
+        self.refused, self.wait = refused, wait
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        if target.customer_id == self.refused:
+            raise DeliveryError("HTTP 503", retryable=True, retry_after=self.wait)
+        return await super().send(target, message)
+
+
+@pytest.mark.parametrize("wait", [1e14, float("inf")])
+async def test_a_provider_asking_to_wait_for_ever_loses_nothing_of_the_batch(
+    database: Database, wait: float
+) -> None:
+    """``Retry-After: 100000000000000`` (a customer's own webhook URL may answer it) made
+    the retry's date overflow inside the batch: its outcomes went unrecorded and every
+    message already sent went out again at the next lease."""
+    clock = FakeClock(START)
+    channel = WaitChannel("C1", wait)
+    engine = await _declared(database, clock, channel)  # type: ignore[arg-type]
+    await engine.dispatcher.run_once()
+    states = await _deliveries(database)
+    assert {c: s[0] for c, s in states.items()} == {"C0": "sent", "C1": "pending", "C2": "sent"}
+    clock.advance(timedelta(minutes=10))  # every lease long expired
+    await engine.dispatcher.run_once()
+    assert _sends(channel) == {"C0": 1, "C2": 1}
+    async with database.session() as session:
+        retry_at = (
+            await session.execute(
+                select(Delivery.next_attempt_at).where(Delivery.customer_id == "C1")
+            )
+        ).scalar_one()
+    assert retry_at <= START + timedelta(days=1, minutes=1)

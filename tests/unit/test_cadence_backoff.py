@@ -72,6 +72,14 @@ def test_retry_after_is_a_floor() -> None:
     assert _delay(4, retry_after=1.0) == 40
 
 
+@pytest.mark.parametrize("retry_after", [1e14, 1e300, float("inf"), float("nan")])
+def test_a_provider_wait_past_a_day_is_a_day(retry_after: float) -> None:
+    """A channel may hand on any wait (FCM's quota floor, a customer's own webhook's
+    ``Retry-After``): 10**14 seconds overflowed the retry's date and lost the batch."""
+    expected = 86_400 if retry_after == retry_after and retry_after > 0 else 5
+    assert _delay(1, retry_after=retry_after) == expected
+
+
 @given(st.integers(min_value=1, max_value=60), st.floats(min_value=0, max_value=1))
 def test_jitter_stays_within_its_band(attempt: int, jitter: float) -> None:
     base = min(5 * 2 ** (attempt - 1), 600)

@@ -110,6 +110,9 @@ NOW = 1_700_000_020.0  # Tue, 14 Nov 2023 22:13:40 GMT
         ("Tue, 14 Nov 2023 22:15:20 GMT", "not a date", NOW, 100.0),  # unreadable Date
         ("Wed, 21 Oct 2026 07:28:30 GMT", None, None, None),  # nothing to measure against
         ("Wed, 32 Oct 2026 07:28:30 GMT", None, NOW, None),
+        # No bound in RFC 9110: anything past a day is a day (the retry's date must exist).
+        ("100000000000000", None, NOW, 86_400.0),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", None, NOW, 86_400.0),
     ],
 )
 def test_parse_retry_after(
@@ -123,7 +126,7 @@ def test_property_parse_retry_after_never_raises_nor_goes_negative(
     value: str, date: str | None
 ) -> None:
     seconds = parse_retry_after(value, date, now=NOW)
-    assert seconds is None or seconds >= 0.0
+    assert seconds is None or 0.0 <= seconds <= 86_400.0
 
 
 # --- statuses and error texts -----------------------------------------------------------------
