@@ -397,7 +397,7 @@ async def test_a_provider_asking_to_wait_for_ever_loses_nothing_of_the_batch(
     message already sent went out again at the next lease."""
     clock = FakeClock(START)
     channel = WaitChannel("C1", wait)
-    engine = await _declared(database, clock, channel)  # type: ignore[arg-type]
+    engine = await _declared(database, clock, channel)
     await engine.dispatcher.run_once()
     states = await _deliveries(database)
     assert {c: s[0] for c, s in states.items()} == {"C0": "sent", "C1": "pending", "C2": "sent"}
