@@ -105,6 +105,11 @@ class _FieldReader:
             window = self.reader.duration(within)
         if isinstance(item.node, yaml.MappingNode) and not item.node.value:
             self.reader.problems.at(item, "give at least one operator")
+        elif self.kind == "count" and within is not None and not ops:
+            # ``{within: 30d}`` alone compares nothing: the condition would match everyone.
+            self.reader.problems.at(
+                item, f"give at least one operator besides within, e.g. {_EXAMPLES['count']}"
+            )
         out: list[Condition] = []
         for op, op_item in ops.items():
             out.extend(self._condition(op, op_item, key, window))

@@ -41,7 +41,7 @@ from sqlalchemy.types import TypeEngine
 from broadcaster.config.settings import DeliverySettings
 from broadcaster.dispatch.limits import Pacer, per_process
 from broadcaster.dispatch.outcomes import History, Job, write_history
-from broadcaster.store import ContactPoint, Customer, Delivery, Followup
+from broadcaster.store import ContactPoint, Customer, Delivery, Followup, Round
 from broadcaster.store.bulk import rows_params, rows_table
 from broadcaster.store.models import table_of
 from broadcaster.store.types import UTCDateTime
@@ -154,6 +154,14 @@ def claim_batch(
         # an unsubscription takes effect; a held or retried message must not follow it).
         _cancel(connection, dialect, moot, now)
         found = [row for row in found if not (row[_OPTED_OUT] or row[_DISABLED])]
+    stale = _superseded(connection, found)
+    if stale:
+        # A message of an earlier round that waited (a retry, quiet hours, a lease) while
+        # a later one (an update, the resolution) went to the customer: sent now, it
+        # would bring back what is no longer true ("next update by 11:00" after the
+        # apology). Doctrine 2 and 4.
+        _end(connection, dialect, stale, "cancelled", now)
+        found = [row for row in found if row[0] not in stale]
     back: dict[int, datetime] = {}
     if pacer:
         due = [i for i, row in enumerate(found) if row[_STATE] == "pending"]
@@ -164,7 +172,12 @@ def claim_batch(
                 _PUT_BACK, [{"b_id": delivery, "b_at": at} for delivery, at in back.items()]
             )
             found = [row for row in found if row[0] not in back]
-    aside = SetAside(moot=tuple(_job(row) for row in moot), paced=len(back), spent=len(spent))
+    aside = SetAside(
+        moot=tuple(_job(row) for row in moot),
+        paced=len(back),
+        spent=len(spent),
+        superseded=len(stale),
+    )
     if not found:
         return [], [], last, aside
     connection.execute(
@@ -228,10 +241,12 @@ class SetAside:
     paced: int = 0
     spent: int = 0
     """Failed instead: their lease had expired after ``max_attempts`` claims."""
+    superseded: int = 0
+    """Cancelled: a later round of their incident had reached their customer."""
 
     @property
     def cancelled(self) -> int:
-        return len(self.moot)
+        return len(self.moot) + self.superseded
 
 
 def _cancel(connection: Any, dialect: str, rows: list[Any], now: datetime) -> None:
@@ -255,6 +270,61 @@ def _cancel(connection: Any, dialect: str, rows: list[Any], now: datetime) -> No
     log.info(
         "queued deliveries cancelled: address opted out or disabled", extra={"count": len(rows)}
     )
+
+
+_REACHED = ("sending", "sent", "delivered", "undelivered", "failed")
+"""States of a delivery that was handed to its channel (or tried): its round reached, or
+tried to reach, its customer."""
+
+
+def _superseded(connection: Any, found: list[Any]) -> dict[int, str]:
+    """The claimed rows a later round of their incident has reached their customer with
+    (id → why), on any channel: one query for the incidents' latest rounds; for the rows of
+    an earlier round only (a retry, a held message; rarely any), one for their customers'
+    deliveries of later rounds."""
+    incidents = {row[2] for row in found}
+    latest = dict(
+        connection.execute(
+            select(_R.c.incident_id, func.max(_R.c.id))
+            .where(_R.c.incident_id.in_(incidents), _R.c.state.in_(_WRITTEN))
+            .group_by(_R.c.incident_id)
+        ).all()
+    )
+    older = [row for row in found if latest.get(row[2], row[1]) > row[1]]
+    if not older:
+        return {}
+    later = connection.execute(
+        select(_D.c.incident_id, _D.c.customer_id, func.max(_D.c.round_id))
+        .where(
+            _D.c.customer_id.in_({row[7] for row in older}),
+            _D.c.incident_id.in_({row[2] for row in older}),
+            _D.c.state.in_(_REACHED),
+        )
+        .group_by(_D.c.incident_id, _D.c.customer_id)
+    ).all()
+    newest = {(incident, customer): round_id for incident, customer, round_id in later}
+    return {
+        row[0]: "superseded: a later round of the incident reached the customer"
+        for row in older
+        if newest.get((row[2], row[7]), row[1]) > row[1]
+    }
+
+
+def _end(connection: Any, dialect: str, reasons: dict[int, str], state: str, now: datetime) -> None:
+    """Put deliveries (id → why) in ``state`` at a claim, out of any lease, with the reason
+    in their history."""
+    connection.execute(
+        update(_D)
+        .where(_D.c.id == bindparam("b_id", type_=BigInteger()))
+        .values(
+            state=state,
+            last_error=bindparam("b_why", type_=String()),
+            lease_owner=None,
+            lease_expires_at=None,
+        ),
+        [{"b_id": delivery, "b_why": why} for delivery, why in reasons.items()],
+    )
+    write_history(connection, dialect, [(i, state, None, why) for i, why in reasons.items()], now)
 
 
 def _give_up(connection: Any, dialect: str, rows: list[Any], now: datetime) -> None:
@@ -282,6 +352,9 @@ _D = table_of(Delivery)
 _C = table_of(Customer)
 _F = table_of(Followup)
 _P = table_of(ContactPoint)
+_R = table_of(Round)
+_WRITTEN = ("materialising", "dispatched")
+"""States of a round whose deliveries are being written or have been."""
 
 # Constants in the SQL, not parameters: the partial indexes on PostgreSQL (migration 0007)
 # serve a query only when its state provably matches theirs, which a generic plan of a

@@ -77,15 +77,18 @@ class Escalation:
         return step.every, channels, list(dict.fromkeys(tell))
 
     async def decide(
-        self, session: AsyncSession, incident: Incident, now: datetime
+        self, session: AsyncSession, incident: Incident, now: datetime, *, resolving: bool = False
     ) -> Decision | None:
-        """The incident's own decision now (resolution requirements, compensation)."""
+        """The incident's own decision now (resolution requirements, compensation);
+        ``resolving``: as it will be once resolved now, so that rules on
+        ``incident.status: resolved`` apply to its resolution."""
         ruleset = self.holder.current
         if ruleset is None:
             return None
-        return ruleset.evaluate(
-            await incident_facts(session, incident), None, now=now, plan=self._plan(incident)
-        )
+        facts = await incident_facts(session, incident)
+        if resolving:
+            facts = dataclasses.replace(facts, status="resolved", resolved_at=now)
+        return ruleset.evaluate(facts, None, now=now, plan=self._plan(incident))
 
     async def on_batch(
         self,

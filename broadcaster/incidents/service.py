@@ -377,7 +377,9 @@ async def resolve(
         update.remedy = _carry(request.remedy, None)
         update.prevention = _carry(request.prevention, None)
         update.compensation = _carry(request.compensation, None)
-        decision = await escalation.decide(session, incident, now) if escalation else None
+        decision = (
+            await escalation.decide(session, incident, now, resolving=True) if escalation else None
+        )
         if decision is not None:
             given = {
                 "cause": update.cause if update.cause_kind != "unknown" else None,

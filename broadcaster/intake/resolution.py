@@ -38,9 +38,9 @@ class _Recorded(Escalation):
         self.decision: Decision | None = None
 
     async def decide(
-        self, session: AsyncSession, incident: Incident, now: datetime
+        self, session: AsyncSession, incident: Incident, now: datetime, *, resolving: bool = False
     ) -> Decision | None:
-        decision = await super().decide(session, incident, now)
+        decision = await super().decide(session, incident, now, resolving=resolving)
         self.decision = decision
         if decision is None:
             return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -107,3 +108,47 @@ async def test_blank_remedy_and_prevention_do_not_meet_the_rules(database: Datab
     given = dataclasses.replace(blank, remedy=" Renewed. ", prevention="Alerts.")
     update = await service.resolve(database, clock, incident.id, given, engine.escalation)
     assert (update.remedy, update.prevention) == ("Renewed.", "Alerts.")
+
+
+async def test_rules_on_a_resolved_status_apply_to_the_resolution(
+    database: Database, tmp_path: Path
+) -> None:
+    """The resolution's decision was taken on the incident as it stood, still open: a rule
+    on ``incident.status: resolved`` (its compensation, what it requires) never applied."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        """
+policies:
+  default:
+    steps:
+      - {after: 0m, every: 30m, channels: [email]}
+rules:
+  - name: resolved-credit
+    match:
+      incident: {status: resolved}
+    require_for_resolution: [prevention]
+    compensation: {kind: credit, amount: 5.00, currency: EUR}
+    continue: true
+  - name: catch-all
+    policy: default
+""",
+        encoding="utf-8",
+    )
+    clock = FakeClock(START)
+    await seed(database)
+    engine = await Engine.create(settings(rules), database, clock, channels())
+    incident = await service.declare(
+        database, clock, service.Declaration("Down", "minor", "Down.", components=["rail"])
+    )
+    with pytest.raises(service.ResolutionRefused, match=r"\(resolved-credit\) require prevention"):
+        await service.resolve(
+            database, clock, incident.id, service.UpdateRequest("Fixed."), engine.escalation
+        )
+    update = await service.resolve(
+        database,
+        clock,
+        incident.id,
+        service.UpdateRequest("Fixed.", prevention="A second supplier."),
+        engine.escalation,
+    )
+    assert update.compensation == "a credit of 5.00 EUR"

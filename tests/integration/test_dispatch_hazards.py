@@ -411,3 +411,55 @@ async def test_a_provider_asking_to_wait_for_ever_loses_nothing_of_the_batch(
             )
         ).scalar_one()
     assert retry_at <= START + timedelta(days=1, minutes=1)
+
+
+class FailOnceChannel(MemoryChannel):
+    """Asks ``customer``'s next message to wait ``wait`` s, once; sends everything else."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(name="mail")
+        self.wait = wait
+        self.customer: str | None = None
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        if target.customer_id == self.customer:
+            self.customer = None
+            raise DeliveryError("busy", retryable=True, retry_after=self.wait)
+        return await super().send(target, message)
+
+
+async def test_a_message_that_waited_is_not_sent_after_a_later_round_reached_the_customer(
+    database: Database,
+) -> None:
+    """An update that waited for a retry went out after the resolution: the customer's last
+    message said "next update by ..." after the apology (doctrine 2 and 4)."""
+    clock = FakeClock(START)
+    channel = FailOnceChannel(wait=300)
+    engine = await _declared(database, clock, channel)
+    await engine.dispatcher.run_once()
+    channel.customer = "C1"
+    await service.post_update(database, clock, 1, service.UpdateRequest("Still stopped."))
+    await engine.process_due_rounds()
+    await engine.dispatcher.run_once()
+    clock.advance(timedelta(minutes=1))
+    await service.resolve(database, clock, 1, service.UpdateRequest("Trains run again."))
+    await engine.process_due_rounds()
+    await engine.dispatcher.run_once()
+    clock.advance(timedelta(minutes=10))  # the update's retry is due
+    await engine.dispatcher.run_once()
+    to_c1 = [sent.message.text for sent in channel.sent if sent.target.customer_id == "C1"]
+    assert len(to_c1) == 2 and "Trains run again." in to_c1[-1]
+    assert sum("Still stopped." in sent.message.text for sent in channel.sent) == 2
+    async with database.session() as session:
+        state, why = (
+            await session.execute(
+                select(Delivery.state, Delivery.last_error).where(
+                    Delivery.customer_id == "C1", Delivery.round_id == 2
+                )
+            )
+        ).one()
+    assert (state, why) == (
+        "cancelled",
+        "superseded: a later round of the incident reached the customer",
+    )
+    assert engine.dispatcher.stats.cancelled == 1

@@ -406,3 +406,20 @@ policies:
         f"{at(text, 'never')}: policies.standard.steps[2].every: invalid duration 'never' (write "
         "e.g. 90s, 15m, 2h, 1h30m, 30d)",
     ]
+
+
+def test_a_count_with_a_window_and_no_comparison_is_refused() -> None:
+    """``incidents: {within: 30d}`` (``gte: 3`` forgotten) compared nothing, and the rule
+    forced a call for every customer it matched, not only those hit repeatedly."""
+    text = """
+rules:
+  - name: r
+    match:
+      customer:
+        tier: vip
+        incidents: {within: 30d}
+"""
+    assert problems(text) == [
+        f"{at(text, '{within: 30d}')}: rules[0].match.customer.incidents: give at least one "
+        "operator besides within, e.g. {within: 30d, gte: 3}",
+    ]

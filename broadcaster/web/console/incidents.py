@@ -266,7 +266,9 @@ async def _requirements(state: WebState, incident_id: int) -> Requirements:
         if incident is None or not lifecycle.is_open(incident.status):
             return Requirements()
         try:
-            decision = await state.escalation.decide(session, incident, state.clock.now())
+            decision = await state.escalation.decide(
+                session, incident, state.clock.now(), resolving=True
+            )
         except Exception as exc:  # the page must still show; the service decides again
             return Requirements(error=f"the rules could not be evaluated: {exc}")
     if decision is None:
