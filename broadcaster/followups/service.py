@@ -133,7 +133,7 @@ async def create_for_customer(
         try:
             owner = directory.resolve(req.owner, customer.account_manager)
         except NoOwner:
-            owner = _fallback_owner(directory, req)
+            owner = _fallback_owner(directory, req, customer.account_manager)
         if owner is None:
             # Nobody to own it: neither the rule's owner nor any escalation link names a
             # person. Said loudly, since a forced follow-up is the point of the rule.
@@ -179,12 +179,14 @@ async def create_for_customer(
     return notices
 
 
-def _fallback_owner(directory: Directory, req: FollowupRequirement) -> str | None:
-    """When the owner names nobody (no account manager), the first escalation link owns it:
-    a forced follow-up must never silently disappear."""
+def _fallback_owner(
+    directory: Directory, req: FollowupRequirement, account_manager: str | None
+) -> str | None:
+    """When the owner names nobody (no account manager), the first escalation link that
+    names someone owns it: a forced follow-up must never silently disappear."""
     for ref in req.escalation:
         try:
-            return directory.resolve(ref, None)
+            return directory.resolve(ref, account_manager)
         except NoOwner:
             continue
     return None
@@ -218,11 +220,21 @@ async def due_notices(database: Database, clock: Clock, directory: Directory) ->
                 continue
             if task.next_escalation_at is None or task.next_escalation_at > now:
                 continue
-            target = _escalation_target(task, directory)
+            manager = None
+            if any(link == "account_manager" for link in task.escalation or ()):
+                customer = await session.get(Customer, task.customer_id)
+                manager = customer.account_manager if customer is not None else None
+            target, level, skipped = _escalation_target(task, directory, manager)
+            if skipped:
+                log.warning(
+                    "escalation links of an overdue follow-up name nobody; skipped",
+                    extra={"followup": task.id, "links": skipped},
+                )
             if target is None:
+                task.escalation_level = level
                 task.next_escalation_at = None
                 continue
-            task.escalation_level += 1
+            task.escalation_level = level
             interval = (
                 timedelta(seconds=task.escalation_interval_s or 0) or DEFAULT_ESCALATION_INTERVAL
             )
@@ -237,28 +249,38 @@ async def due_notices(database: Database, clock: Clock, directory: Directory) ->
                     at=now,
                     kind="escalated",
                     staff=target,
-                    detail=f"overdue since {task.deadline_at:%Y-%m-%d %H:%M}Z",
+                    detail=f"overdue since {task.deadline_at:%Y-%m-%d %H:%M}Z"
+                    + (f"; skipped {', '.join(skipped)} (nobody)" if skipped else ""),
                 )
             )
     return notices
 
 
-def _escalation_target(task: Followup, directory: Directory) -> str | None:
+def _escalation_target(
+    task: Followup, directory: Directory, account_manager: str | None
+) -> tuple[str | None, int, list[str]]:
+    """Whom to tell of the overdue ``task`` next, the escalation level that makes, and the
+    links of the rule's chain passed over because they name nobody (no account manager, an
+    empty group): a link that names nobody must not end the chain before the links after
+    it. Without a chain, the owner's managers, one level up at each step."""
     chain = task.escalation or []
     level = task.escalation_level
     if chain:
-        if level >= len(chain):
-            return None
-        try:
-            return directory.resolve(StaffRef.parse(chain[level]), None)
-        except NoOwner:
-            return None
+        skipped: list[str] = []
+        while level < len(chain):
+            link = chain[level]
+            level += 1
+            try:
+                return directory.resolve(StaffRef.parse(link), account_manager), level, skipped
+            except NoOwner:
+                skipped.append(link)
+        return None, level, skipped
     if level >= MAX_ESCALATIONS:
-        return None
+        return None, level, []
     current: str | None = task.owner
     for _ in range(level + 1):
         current = directory.manager_of(current) if current else None
-    return current
+    return current, level + 1, []
 
 
 async def _task(session: AsyncSession, followup_id: int) -> Followup:

@@ -572,3 +572,56 @@ async def test_a_customer_whose_time_zone_is_unknown_here_does_not_stop_the_roun
     warnings = {r.getMessage() for r in caplog.records}
     assert "unknown time zone; the rules take UTC for this customer" in warnings
     assert "a forced follow-up has nobody to own it; it was not created" in warnings
+
+
+@pytest.mark.parametrize(
+    ("customer", "told"),
+    [("V1", ["ann", "maria"]), ("S1", ["maria"])],  # S1 has no account manager
+)
+async def test_an_escalation_chain_goes_past_a_link_that_names_nobody(
+    database: Database, tmp_path: Path, customer: str, told: list[str]
+) -> None:
+    """``escalation: [account_manager, group:duty-managers]``: the account manager link was
+    resolved without the customer, named nobody, and ended the chain: an overdue forced
+    call was escalated to no one, not even the duty manager (doctrine 6)."""
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(
+        f"""
+policies:
+  p:
+    steps: [{{after: 0m, every: 30m, channels: [email]}}]
+rules:
+  - name: call
+    match: {{customer: {{id: {customer}}}}}
+    followup:
+      kind: call
+      owner: group:care
+      deadline: 1h
+      escalation: [account_manager, group:duty-managers]
+      escalation_interval: 30m
+    continue: true
+  - name: everyone
+    policy: p
+""",
+        encoding="utf-8",
+    )
+    clock = FakeClock(START)
+    await seed(database)
+    engine = await Engine.create(settings(rules_file), database, clock, channels())
+    await service.declare(
+        database, clock, service.Declaration("Down", "minor", "Down.", components=["rail"])
+    )
+    await run_until(engine, clock, START + timedelta(hours=3))
+    async with database.session() as session:
+        escalated = (
+            await session.execute(
+                select(FollowupEvent.staff, FollowupEvent.detail)
+                .where(FollowupEvent.kind == "escalated")
+                .order_by(FollowupEvent.id)
+            )
+        ).all()
+        [task] = (await session.execute(select(Followup))).scalars().all()
+    assert [staff for staff, _ in escalated] == told
+    assert task.escalation_level == 2 and task.next_escalation_at is None
+    if customer == "S1":
+        assert escalated[0][1].endswith("; skipped account_manager (nobody)")
