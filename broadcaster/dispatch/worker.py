@@ -58,6 +58,11 @@ log = logging.getLogger("broadcaster.dispatch")
 
 COUNTED_STATES = ("sending", "sent", "delivered", "undelivered")
 
+UNTHROTTLED = ("first", "resolution")
+"""Kinds of round a per-customer throttle never holds back: the first notice (the customer
+must hear of the incident at all) and the resolution with its apology (doctrine 1 and 4).
+A throttle thins the updates in between."""
+
 RECORD_RETRY_FIRST = 0.5
 RECORD_RETRY_LONGEST = 8.0
 """Seconds between tries to write a batch's outcomes when the store fails (doubling)."""
@@ -442,13 +447,13 @@ class Dispatcher:
             if channel is None:
                 raise DeliveryError(f"channel {job.channel!r} is not configured", retryable=True)
             now = self._clock.now()
-            fallback = await self._throttled(job, now)
+            content = await self._contents.get(job.round_id)
+            fallback = None if content.kind in UNTHROTTLED else await self._throttled(job, now)
             if fallback:
                 return Outcome(job, reroute_to=fallback)
             if fallback == "":
                 limit = DeliveryError("per-customer throttle reached", retryable=False)
                 return Outcome(job, error=limit)
-            content = await self._contents.get(job.round_id)
             request = RenderRequest(
                 kind=content.kind,
                 form=form_for(channel.contact),

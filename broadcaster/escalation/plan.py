@@ -17,13 +17,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.config.settings import Settings
-from broadcaster.dispatch.worker import COUNTED_STATES
+from broadcaster.dispatch.worker import COUNTED_STATES, UNTHROTTLED
 from broadcaster.escalation.facts import customer_facts, incident_facts, load_customers
 from broadcaster.escalation.holder import RulesHolder
 from broadcaster.followups.directory import Directory
 from broadcaster.followups.service import Notice, create_for_customer
 from broadcaster.incidents.retention import history_window
-from broadcaster.store import ContactPoint, Delivery, DeliveryEvent, Incident
+from broadcaster.store import ContactPoint, Delivery, DeliveryEvent, Incident, Round
 from rules import Decision, IncidentFacts, PlanSnapshot, SnapshotError, Throttle, hold_until
 
 log = logging.getLogger("broadcaster.rules")
@@ -36,7 +36,7 @@ class Escalation:
         self.directory = directory
         # One round's incident facts, for all of its batches: counting the audience once
         # per round, not once per batch of 1,000 customers.
-        self._round_facts: tuple[int, IncidentFacts] | None = None
+        self._round_facts: tuple[int, IncidentFacts, str] | None = None
 
     def _plan(self, incident: Incident) -> PlanSnapshot | None:
         if incident.plan is None:
@@ -107,10 +107,13 @@ class Escalation:
         if incident is None:
             return []
         if self._round_facts is not None and self._round_facts[0] == round_id:
-            facts = self._round_facts[1]
+            _, facts, round_kind = self._round_facts
         else:
             facts = await incident_facts(session, incident)
-            self._round_facts = (round_id, facts)
+            round_kind = (
+                await session.execute(select(Round.kind).where(Round.id == round_id))
+            ).scalar_one()
+            self._round_facts = (round_id, facts, round_kind)
         plan = self._plan(incident)
         window = history_window(self.settings, ruleset)
         loaded = await load_customers(session, customer_ids)
@@ -129,7 +132,7 @@ class Escalation:
             held = hold_until(decision.quiet_hours, person.timezone, now, incident.severity)
             if held is not None:
                 held_until.setdefault(held, []).append(customer_id)
-            if decision.throttle is not None:
+            if decision.throttle is not None and round_kind not in UNTHROTTLED:
                 await self._throttle(session, round_id, customer_id, decision.throttle, now)
             if decision.followups:
                 notices += await create_for_customer(

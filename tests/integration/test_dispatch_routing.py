@@ -229,6 +229,36 @@ async def test_a_throttle_whose_fallback_the_customer_lacks_still_sends(
     assert states == {"sent"}
 
 
+async def test_a_throttle_thins_updates_but_never_holds_back_the_resolution(
+    database: Database,
+) -> None:
+    """Without a fallback a throttled message is not sent: that thinned the updates, and
+    dropped the apology of a customer over the cap (doctrine 4)."""
+    clock = FakeClock(START)
+    await customer(database, "c0006")
+    sms = MemoryChannel(name="sms", contact="sms")
+    config = settings(channels=["sms"], throttle={"sms": {"max": 1, "per": "1h"}})
+    engine = await Engine.create(config, database, clock, {"sms": sms})
+    incident_id = await declare(database, clock)
+    await engine.process_due_rounds()
+    await engine.dispatch_all()
+    clock.set(START + timedelta(minutes=10))
+    await service.post_update(database, clock, incident_id, service.UpdateRequest("news"))
+    await engine.process_due_rounds()
+    await engine.dispatch_all()
+    clock.set(START + timedelta(minutes=20))
+    await service.resolve(database, clock, incident_id, service.UpdateRequest("Fixed."))
+    await engine.process_due_rounds()
+    await engine.dispatch_all()
+    assert len(sms.sent) == 2 and "is resolved" in sms.sent[-1].message.text
+    async with database.session() as session:
+        states = (
+            await session.execute(select(Delivery.state, Delivery.last_error).order_by(Delivery.id))
+        ).all()
+    assert [state for state, _ in states] == ["sent", "failed", "sent"]
+    assert states[1][1] == "per-customer throttle reached"
+
+
 async def test_a_rate_limited_channel_does_not_hold_the_others_back(database: Database) -> None:
     """SMS at 5/s and e-mail unlimited, both for every customer: a claim keeps the SMS its
     rate sends within two seconds and puts the others back, each due at its slot, so the

@@ -523,6 +523,44 @@ rules:
     assert len(vip_mail) == 2  # the next two rounds, by email instead
 
 
+async def test_a_rule_throttle_without_fallback_never_holds_back_the_apology(
+    database: Database, tmp_path: Path
+) -> None:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(
+        """
+policies:
+  fast:
+    steps: [{after: 0m, every: 10m, channels: [email]}]
+rules:
+  - name: email-cap
+    match: {customer: {tier: vip}}
+    throttle: {max: 1, per: 1h, channels: [email]}
+    continue: true
+  - name: everything
+    policy: fast
+""",
+        encoding="utf-8",
+    )
+    clock = FakeClock(START)
+    await seed(database)
+    sinks = channels()
+    engine = await Engine.create(settings(rules_file), database, clock, sinks)
+    incident = await service.declare(
+        database, clock, service.Declaration("Slow", "minor", "Delays.", components=["rail"])
+    )
+    await run_until(engine, clock, START + timedelta(minutes=25))
+    clock.set(START + timedelta(minutes=26))
+    await service.resolve(
+        database, clock, incident.id, service.UpdateRequest("Fixed."), engine.escalation
+    )
+    await run_until(engine, clock, START + timedelta(minutes=30))
+    vip = [m.message.text for m in sinks["email"].sent if m.target.address == "v1@example.org"]
+    standard = [m for m in sinks["email"].sent if m.target.address == "s1@example.org"]
+    assert len(vip) == 2 and "Fixed." in vip[-1]  # the first notice and the apology
+    assert len(standard) == 4  # unthrottled: the first notice, two updates, the resolution
+
+
 NOBODY_OWNS = """\
 version: 1
 policies:
@@ -624,4 +662,4 @@ rules:
     assert [staff for staff, _ in escalated] == told
     assert task.escalation_level == 2 and task.next_escalation_at is None
     if customer == "S1":
-        assert escalated[0][1].endswith("; skipped account_manager (nobody)")
+        assert (escalated[0][1] or "").endswith("; skipped account_manager (nobody)")
