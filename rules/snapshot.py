@@ -58,6 +58,18 @@ class PlanSnapshot:
         """The step in force at an incident age."""
         return step_at(self.steps, age)
 
+    def next_round_after(self, age: timedelta) -> timedelta:
+        """How long after a round at incident age ``age`` the next one is due: the cadence
+        of the step in force, unless a later step starts before that. A step is in force
+        from its ``after``: under it the next round comes ``every`` after the last one, but
+        not before the step starts (an update at 0:50, 30-minute steps until 1 h and
+        20-minute ones from there: the next round at 1:10, not 1:20)."""
+        gap = self.step_at(age).every
+        for step in self.steps:
+            if age < step.after < age + gap:
+                gap = min(gap, max(step.after - age, step.every))
+        return gap
+
     def next_change(self, age: timedelta) -> timedelta | None:
         """The age at which the next step starts, or ``None`` when ``age`` is in the last."""
         for step in self.steps:

@@ -50,8 +50,10 @@ class Escalation:
     async def cadence(
         self, session: AsyncSession, incident: Incident, now: datetime
     ) -> tuple[timedelta, list[str] | None, list[str]]:
-        """The next update's cadence, the step's channels, and the staff to tell because the
-        incident just entered that step (each step once); snapshots the plan first."""
+        """How long until the next update (the step's cadence, or less where a later step
+        starts before it: :meth:`~rules.PlanSnapshot.next_round_after`), the step's
+        channels, and the staff to tell because the incident just entered that step (each
+        step once); snapshots the plan first."""
         fallback = self.settings.schedule.cadence.for_severity(incident.severity)
         ruleset = self.holder.current
         if incident.plan is None and ruleset is not None:
@@ -65,7 +67,8 @@ class Escalation:
         plan = self._plan(incident)
         if plan is None:
             return fallback, None, []
-        step = plan.step_at(max(now - incident.created_at, timedelta(0)))
+        age = max(now - incident.created_at, timedelta(0))
+        step = plan.step_at(age)
         channels = [c for c in step.channels if c in self.settings.channels] or None
         tell: list[str] = []
         key = int(step.after.total_seconds())
@@ -74,7 +77,7 @@ class Escalation:
             for ref in step.notify:
                 tell += self.directory.members(ref)
             incident.steps_notified = [*notified, key]  # a new list: the column is written
-        return step.every, channels, list(dict.fromkeys(tell))
+        return plan.next_round_after(age), channels, list(dict.fromkeys(tell))
 
     async def decide(
         self, session: AsyncSession, incident: Incident, now: datetime, *, resolving: bool = False

@@ -68,6 +68,25 @@ def test_step_at_and_next_change() -> None:
     assert plan.next_change(4 * HOUR) is None
 
 
+@pytest.mark.parametrize(
+    ("age", "gap"),
+    [
+        (timedelta(0), 30 * MINUTE),  # 30-minute steps until 1 h
+        (30 * MINUTE, 30 * MINUTE),  # the next round at 1 h, when the 20-minute step starts
+        (50 * MINUTE, 20 * MINUTE),  # an update at 0:50: next at 1:10 (20 min), not 1:20
+        (59 * MINUTE, 20 * MINUTE),  # never sooner than the new step's own cadence
+        (3 * HOUR + 50 * MINUTE, 15 * MINUTE),  # 4 h step: every 15 min; 3:50 + 15 = 4:05
+        (3 * HOUR + 55 * MINUTE, 15 * MINUTE),
+        (5 * HOUR, 15 * MINUTE),  # the last step
+    ],
+)
+def test_a_later_step_is_in_force_from_its_start(age: timedelta, gap: timedelta) -> None:
+    """The next round came a whole cadence of the old step after the last one: the faster
+    step (and its channels) began up to one old cadence late."""
+    plan = PlanSnapshot.from_ruleset(example(), "default")
+    assert plan.next_round_after(age) == gap
+
+
 def test_unknown_policy() -> None:
     with pytest.raises(KeyError, match=r"no policy 'nope'.*critical, default"):
         PlanSnapshot.from_ruleset(example(), "nope")
