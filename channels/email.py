@@ -2,10 +2,16 @@
 
 Messages are multipart text + HTML with a Message-ID, Date, From, To (with the
 customer's name) and, when configured, Reply-To. SMTP replies map onto the retry
-contract: 4xx and connection trouble are retryable, 5xx on the recipient is permanent
-and disables the address. Failures while setting up a connection (TLS verification,
-AUTH) are retryable whatever their code: they are the relay's or our configuration's
-fault, the same for every message, and deliveries should go once it is fixed.
+contract: 4xx and connection trouble are retryable, a 5xx on the recipient that says the
+mailbox does not exist is permanent and disables the address. Failures while setting up a
+connection (TLS verification, AUTH) are retryable whatever their code: they are the
+relay's or our configuration's fault, the same for every message, and deliveries should
+go once it is fixed.
+
+Internationalised addresses (RFC 6530): an address that is not ASCII goes with SMTPUTF8
+(RFC 6531) and UTF-8 headers (RFC 6532) where the relay offers it. Where it does not, a
+non-ASCII domain goes as its IDNA A-label (``xn--…``, RFC 5891) instead; a non-ASCII
+local part has no ASCII form, and that delivery fails for good without blaming the address.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import aiosmtplib
+import idna
 from aiosmtplib.email import quote_address
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -152,9 +159,13 @@ class EmailChannel:
         what does not (From, Reply-To) is rendered once by the standard library, and
         anything unusual (a non-ASCII subject, say) goes through it too, cached.
         """
-        recipient = _recipient(target)
+        return self._compose(_recipient(target), target.name, message)
+
+    def _compose(self, recipient: str, name: str, message: Message) -> OutgoingEmail:
+        """:meth:`build` for the addr-spec ``recipient``: with SMTPUTF8 and UTF-8 headers
+        (RFC 6532: the address as it is in To, never encoded) if it is not ASCII."""
         # A line break in a stored name must not stop the email (or condemn the address).
-        name = " ".join(target.name.split())
+        name = " ".join(name.split())
         smtputf8 = not recipient.isascii()
         parts = [self._from, _to_header(name, recipient)]
         if self._reply_to:
@@ -229,6 +240,12 @@ class EmailChannel:
                     # relay or our settings are at fault, never this address or message.
                     # Retry, so the deliveries go out once an operator fixes it.
                     raise DeliveryError(f"SMTP connection failed: {exc}", retryable=True) from exc
+            if outgoing.smtputf8 and not client.supports_extension("smtputf8"):
+                try:
+                    recipient, outgoing = self._without_smtputf8(recipient, target, message)
+                except DeliveryError:
+                    await self._checkin(client)  # nothing was sent: the session is clean
+                    raise
             try:
                 await self._transact(client, recipient, outgoing)
             except aiosmtplib.SMTPRecipientRefused as exc:
@@ -258,6 +275,37 @@ class EmailChannel:
             await self._checkin(client)
         return Receipt(provider_message_id=outgoing.message_id)
 
+    def _without_smtputf8(
+        self, recipient: str, target: Target, message: Message
+    ) -> tuple[str, OutgoingEmail]:
+        """The recipient and message for a relay that does not offer SMTPUTF8: the domain
+        as its IDNA A-label (RFC 5891), which any relay takes, in the envelope and in To.
+
+        A local part that is not ASCII has no such form: that delivery fails for good (the
+        next channel is tried) and the address is kept, as is a domain IDNA refuses. The
+        relay is at fault, not the customer, and the address works through one that offers
+        SMTPUTF8."""
+        local, _, domain = recipient.rpartition("@")
+        if not local.isascii():
+            raise DeliveryError(
+                f"cannot send to {recipient!r}: its local part is not ASCII, which needs "
+                "SMTPUTF8 (RFC 6531), and the relay does not offer it (the address is kept)",
+                retryable=False,
+            )
+        try:
+            ascii_domain = _a_label(domain)
+        except ValueError as exc:
+            raise DeliveryError(
+                f"cannot send to {recipient!r}: the relay does not offer SMTPUTF8 (RFC 6531) "
+                f"and the domain has no IDNA A-label: {exc} (the address is kept)",
+                retryable=False,
+            ) from exc
+        ascii_recipient = f"{local}@{ascii_domain}"
+        try:
+            return ascii_recipient, self._compose(ascii_recipient, target.name, message)
+        except (ValueError, MessageError) as exc:
+            raise DeliveryError(f"cannot build the email: {exc}", retryable=False) from exc
+
     async def _transact(
         self, client: aiosmtplib.SMTP, recipient: str, outgoing: OutgoingEmail
     ) -> None:
@@ -285,7 +333,7 @@ class EmailChannel:
         if client.supports_extension("size"):
             options.append(b"SIZE=%d" % len(outgoing.data))
         if outgoing.smtputf8:
-            if not client.supports_extension("smtputf8"):
+            if not client.supports_extension("smtputf8"):  # send() has seen to it
                 raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
             options.append(b"SMTPUTF8")
         if self._settings.pipelining and client.supports_extension("pipelining"):
@@ -425,6 +473,8 @@ _FIELD_NAME = re.compile(r"[!-9;-~]+")
 _ATOMS = re.compile(rf"[{_ATEXT}]+(?: [{_ATEXT}]+)*")
 """A display name that needs no quoting: atoms separated by single spaces."""
 _DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
+_UTF8_DOT_ATOM = re.compile(rf"[{_ATEXT}\x80-\U0010ffff]+(?:\.[{_ATEXT}\x80-\U0010ffff]+)*")
+"""RFC 6531's local part: dot-atom text that may hold any non-ASCII character too."""
 _SIMPLE_ADDRESS = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
 _DOMAIN = re.compile(rf"{_DOT_ATOM}|\[[!-Z^-~]*\]")
 _ID_UNSAFE = re.compile(rf"[^{_ATEXT}.]")
@@ -595,17 +645,49 @@ def _boundary(*parts: bytes) -> bytes:
 
 
 def _recipient(target: Target) -> str:
-    """The target's address as an addr-spec; raises on anything that is not one."""
+    """The target's address as an addr-spec; raises on anything that is not one.
+
+    A local part that is not ASCII (RFC 6531, ``jörg@example.com``, as the customer import
+    accepts) is a dot-atom of printable characters, split from the domain at the last
+    ``@``: the standard library's parser refuses it (NonASCIILocalPartDefect)."""
     if len(target.address) > _ADDRESS_MAX:
         raise ValueError(f"an email address has at most {_ADDRESS_MAX} characters")
     if _SIMPLE_ADDRESS.fullmatch(target.address):
         return target.address  # dot-atom@dot-atom: what the parser below would return
     if _CONTROL.search(target.address):  # the parser lets a tab in a quoted local part by
         raise ValueError("an email address cannot hold a control character")
+    local, _, domain = target.address.rpartition("@")
+    if not local.isascii():
+        # isprintable: no line separator, format character or lone surrogate either.
+        if not _UTF8_DOT_ATOM.fullmatch(local) or not target.address.isprintable():
+            raise ValueError("a local part that is not ASCII must be printable dot-atom text")
+        return f"{local}@{_address_domain(domain)}"
     address = Address(addr_spec=target.address)
     if not address.username or not address.domain:
         raise ValueError("an email address needs a local part and a domain")
     return address.addr_spec
+
+
+def _address_domain(domain: str) -> str:
+    """``domain`` as the standard library's parser reads an address's domain (the same
+    rules as for an address with an ASCII local part); raises if it is not one."""
+    parsed = Address(addr_spec=f"x@{domain}").domain if domain else ""
+    if not parsed:
+        raise ValueError("an email address needs a local part and a domain")
+    return parsed
+
+
+def _a_label(domain: str) -> str:
+    """``domain`` in ASCII: each label that is not ASCII as its IDNA 2008 A-label (RFC
+    5891, ``bücher.example`` → ``xn--bcher-kva.example``), after the UTS 46 mapping that
+    email_validator (the customer import) normalises with; ValueError if it has none."""
+    try:
+        ascii_domain = idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+    except UnicodeError as exc:  # idna.IDNAError
+        raise ValueError(str(exc) or type(exc).__name__) from None
+    if not _DOMAIN.fullmatch(ascii_domain):
+        raise ValueError(f"{ascii_domain!r} is not a domain")
+    return ascii_domain
 
 
 def _from_reply(code: int, text: str) -> DeliveryError:
@@ -633,11 +715,42 @@ _RELAY_DENIED = re.compile(r"relay(ing)? (access )?(denied|not permitted|prohibi
 _BAD_MAILBOX = frozenset({550, 551, 553})
 """Without an enhanced code: mailbox unavailable, user not local, mailbox name not allowed."""
 
+_NO_SUCH_RECIPIENT = frozenset({"1", "2", "3", "4", "5", "6", "10"})
+"""The details of an enhanced X.1.y code that are about the recipient's address (RFC 3463,
+RFC 7505): bad mailbox (1), bad system (2), bad syntax (3), ambiguous (4), "valid" (5,
+which a refusal can only use for the recipient), moved without a forwarding address (6),
+null MX (10). Not X.1.0 (other status: nothing says which address), nor X.1.7 and X.1.8,
+which are about the sender's: ours."""
+
+_OUR_SENDER = frozenset({"7", "8"})
+"""X.1.7 bad sender's mailbox address syntax, X.1.8 bad sender's system address (RFC 3463):
+relays check the sender at RCPT too (Postfix's smtpd_delay_reject, Exchange Online's
+"550 5.1.8 Access denied, bad outbound sender")."""
+
+_SENDER_REJECTED = re.compile(r"sender address rejected", re.I)
+"""Postfix's wording for a refusal by its sender restrictions, whatever the code."""
+
 
 def _subject(text: str) -> str | None:
     """The enhanced code's subject (``"1"`` for 5.1.1: addressing), if the reply has one."""
     found = _ENHANCED.match(text)
     return found.group(2) if found else None
+
+
+def _detail(text: str) -> str | None:
+    """The enhanced code's detail (``"1"`` for 5.1.1), if the reply has one; without
+    leading zeros."""
+    found = _ENHANCED.match(text)
+    return str(int(found.group(3))) if found else None
+
+
+def _our_sender(text: str) -> bool:
+    """A refusal at RCPT of our sender address (X.1.7, X.1.8, "Sender address rejected"),
+    not of the recipient's: every message meets it alike until an operator fixes the
+    ``from`` address or its domain's DNS."""
+    if _SENDER_REJECTED.search(text) is not None:
+        return True
+    return _subject(text) == "1" and _detail(text) in _OUR_SENDER
 
 
 def _ours_to_fix(code: int, text: str) -> bool:
@@ -658,18 +771,23 @@ def _sender_refused(code: int, text: str) -> DeliveryError:
 
 
 def _refused(recipients: list[aiosmtplib.SMTPRecipientRefused]) -> DeliveryError:
-    """RCPT TO refused: a temporary refusal is retried; a permanent one that says the
-    mailbox does not exist (5.1.x, or 550/551/553 without an enhanced code) fails the
-    message and disables the address; the relay's policy towards us is retried
-    (:func:`_ours_to_fix`); anything else fails the message and leaves the address."""
+    """RCPT TO refused: a temporary refusal is retried; a refusal of our sender address
+    (:func:`_our_sender`) is retried and leaves the address; a permanent one that says the
+    mailbox does not exist (5.1.1 to 5.1.6, 5.1.10, or 550/551/553 without an enhanced
+    code) fails the message and disables the address; the relay's policy towards us is
+    retried (:func:`_ours_to_fix`); anything else fails the message and leaves the address."""
     first = recipients[0] if recipients else None
     if first is None:
         return DeliveryError("recipient refused", retryable=False)
     reason = f"SMTP {first.code} for {first.recipient}: {first.message}"
     if 400 <= first.code < 500:
         return DeliveryError(reason, retryable=True)
+    if _our_sender(first.message):
+        reason += " (our sender address was refused: check 'from' and its domain)"
+        return DeliveryError(reason, retryable=True)
     subject = _subject(first.message)
-    if subject == "1":  # addressing: no such mailbox or domain, whatever else the text says
+    if subject == "1" and _detail(first.message) in _NO_SUCH_RECIPIENT:
+        # No such mailbox or domain, whatever else the text says.
         return DeliveryError(reason, retryable=False, contact_point=ContactPointState.DISABLED)
     if _ours_to_fix(first.code, first.message):
         return DeliveryError(reason, retryable=True)

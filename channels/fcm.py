@@ -8,9 +8,12 @@ How one send goes:
    until :data:`REFRESH_MARGIN` seconds before it expires; one exchange (and its failure)
    is shared by every concurrent send.
 2. ``POST {base_url}/v1/projects/{project}/messages:send`` with a notification (subject as
-   title, text shortened at a sentence boundary as body), the delivery id in ``data`` (FCM
-   has no idempotency key, so the app de-duplicates on ``data.delivery``) and high Android
-   priority. A 401 (our access token was refused) fetches a new token and retries once.
+   title, text shortened at a sentence boundary as body, both cut further until the
+   payload fits FCM's 4096 bytes), the delivery id in ``data`` (FCM has no idempotency key,
+   so the app de-duplicates on ``data.delivery``), high Android priority and an Android
+   ``ttl`` (the setting, an hour by default: FCM's own default keeps a message four weeks
+   for a phone that is off, and a disruption notice is stale long before). A 401 (our
+   access token was refused) fetches a new token and retries once.
 3. ``200`` returns the message name as the receipt; anything else maps onto
    :class:`~channels.base.DeliveryError` by :func:`~channels.fcm_errors.fcm_error`, which
    says per FCM error code whether a retry can help and whether the registration token is dead.
@@ -43,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
 from channels.fcm_errors import fcm_error, parse_google_error, token_error
 from channels.http_common import describe_body, json_bytes, json_object, parse_retry_after
-from channels.push_common import shorten
+from channels.push_common import BODY_LIMIT, shorten
 from channels.redact import redact
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -53,6 +56,13 @@ ASSERTION_LIFETIME = 3600
 """Seconds the signed JWT assertion is valid; Google accepts at most one hour."""
 REFRESH_MARGIN = 300.0
 """An access token is replaced this many seconds before it expires (at most half its life)."""
+PAYLOAD_LIMIT = 4096
+"""Bytes FCM accepts for a message's payload; counted here as the JSON of its notification
+and data, which is more than FCM counts."""
+TITLE_LIMIT = 200
+"""Characters of notification title, as for APNs."""
+MAX_TTL = 28 * 24 * 3600
+"""FCM keeps a message at most four weeks (its default when no ``ttl`` is given)."""
 
 
 class FcmSettings(BaseModel):
@@ -70,6 +80,9 @@ class FcmSettings(BaseModel):
     token_uri: str | None = None
     """OAuth2 token endpoint; defaults to the service account's ``token_uri``."""
     base_url: str = Field(default="https://fcm.googleapis.com", pattern=r"^https?://")
+    ttl: int = Field(default=3600, ge=0, le=MAX_TTL)
+    """Seconds FCM keeps a message for an Android device that is offline (``android.ttl``);
+    0 = now or never. Without it FCM keeps one four weeks: a notice long out of date."""
     timeout: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="after")
@@ -165,6 +178,7 @@ class FcmChannel:
         self._send_url = f"{base}/v1/projects/{quote(self._project, safe='')}/messages:send"
         self._token_uri = settings.token_uri or self._account.token_uri
         self._now = now
+        self._android = {"priority": "high", "ttl": f"{settings.ttl}s"}
         self._client = httpx.AsyncClient(timeout=settings.timeout, transport=transport)
         self._token: _AccessToken | None = None
         self._exchanging: asyncio.Task[_AccessToken] | None = None
@@ -174,13 +188,31 @@ class FcmChannel:
         return f"FcmChannel(name={self.name!r}, project={self._project!r})"
 
     def build(self, target: Target, message: Message) -> dict[str, Any]:
-        """The ``messages:send`` request body (public so tests and previews can inspect it)."""
+        """The ``messages:send`` request body (public so tests and previews can inspect it).
+
+        The title is cut to :data:`TITLE_LIMIT` characters and the body to
+        :data:`~channels.push_common.BODY_LIMIT`, and the body further (as for APNs) until
+        the notification and data fit FCM's :data:`PAYLOAD_LIMIT` bytes: a thousand
+        characters of CJK text or emoji are 3,000 to 4,000 bytes of UTF-8."""
+        title = shorten(message.subject, TITLE_LIMIT)
+        data = {"delivery": message.idempotency_key}
+        limit = BODY_LIMIT
+        while True:
+            notification = {"title": title, "body": shorten(message.text, limit)}
+            if len(json_bytes({"notification": notification, "data": data})) <= PAYLOAD_LIMIT:
+                break
+            if limit <= 16:
+                raise DeliveryError(
+                    f"the FCM payload does not fit in {PAYLOAD_LIMIT} bytes even when shortened",
+                    retryable=False,
+                )
+            limit = limit * 3 // 4
         return {
             "message": {
                 "token": target.address.strip(),
-                "notification": {"title": message.subject, "body": shorten(message.text)},
-                "data": {"delivery": message.idempotency_key},
-                "android": {"priority": "high"},
+                "notification": notification,
+                "data": data,
+                "android": dict(self._android),
             }
         }
 

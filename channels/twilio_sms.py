@@ -12,7 +12,8 @@ which is idempotent: text the composer already fitted keeps its one link.
 Twilio's answers map onto the retry contract (:func:`twilio_error`): error 21610 (STOP)
 is permanent and marks the number ``OPTED_OUT``; 21211 (invalid) and 21614 (not a mobile)
 mark it ``DISABLED``; HTTP 408, 429 (or error 20429), 5xx, timeouts and connection errors
-are retried (after ``Retry-After`` when given); 401/403 and other 4xx fail the message only.
+are retried (after ``Retry-After`` when given); error 21611 (the sender's queue is full) is
+retried after :data:`QUEUE_FULL_RETRY_AFTER`; 401/403 and other 4xx fail the message only.
 Reasons: Twilio's code and message, never a raw body; no reason, repr or log has the token.
 """
 
@@ -81,6 +82,14 @@ CONTACT_POINT_ERRORS: Mapping[int, ContactPointState] = MappingProxyType(
     }
 )
 """Twilio error codes that condemn the address itself."""
+
+QUEUE_FULL = 21611
+"""Twilio error (with HTTP 400): the sender has more messages queued than Twilio holds for
+it. The queue drains at the sender's throughput; the number is not at fault."""
+QUEUE_FULL_RETRY_AFTER = 300.0
+"""Seconds to wait after error 21611 when Twilio gives no ``Retry-After``. A full queue
+holds hours of the sender's throughput (up to 10, says Twilio); retrying sooner would only
+meet it full again and use up the delivery's attempts."""
 
 Keyword = Literal["stop", "start", "help"]
 _STOP: Keyword = "stop"
@@ -416,11 +425,17 @@ def twilio_error(
     contact_point = CONTACT_POINT_ERRORS.get(code) if code is not None else None
     if contact_point is not None:
         return DeliveryError(reason, retryable=False, contact_point=contact_point)
-    if http_common.retryable_status(status) or code == 20429:
+    if http_common.retryable_status(status) or code in (20429, QUEUE_FULL):
         retry_after = None
         if headers is not None:
             value, date = headers.get("retry-after"), headers.get("date")
             retry_after = http_common.parse_retry_after(value, date)
+        if code == QUEUE_FULL:
+            # Twilio queues at most so many messages a sender; new ones are accepted again
+            # as the queue drains at the sender's rate. Not the number's fault, not for good.
+            if retry_after is None:
+                retry_after = QUEUE_FULL_RETRY_AFTER
+            reason += " (the sender's queue at Twilio is full; retried once it has drained)"
         return DeliveryError(reason, retryable=True, retry_after=retry_after)
     if status in (401, 403):
         reason += (

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, get_args
 
+import aiosmtplib
 import pytest
 import trustme
 
@@ -213,6 +214,68 @@ async def test_a_non_ascii_address_goes_with_smtputf8(
     assert mail.recipients == ("kunde@bücher.example",)
 
 
+async def test_an_internationalised_local_part_goes_with_smtputf8(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    """RFC 6531: a local part that is not ASCII (the customer import accepts one) goes as
+    it is where the relay offers SMTPUTF8. The standard library's address parser refuses
+    it, and the channel used to disable such an address without trying it."""
+    sink = make_sink()
+    channel = make_channel(sink.port)
+
+    await channel.send(Target(address="jörg@example.com", name="Jörg"), message())
+    await channel.send(Target(address="用户@例子.广告", name="用户"), message())
+
+    first, second = sink.wait_for(2, WAIT)
+    assert first.recipients == ("jörg@example.com",)
+    assert "SMTPUTF8" in first.mail_options
+    assert second.recipients == ("用户@例子.广告",)
+
+
+async def test_without_smtputf8_a_non_ascii_domain_goes_as_its_a_label(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    """A relay without SMTPUTF8 cannot take ``kunde@bücher.example``, but the domain has
+    an ASCII form (IDNA, RFC 5891) every relay takes: in the envelope and in To. It used to
+    fail as a broken connection, retried, with a healthy connection dropped each time."""
+    sink = make_sink(tls_context=None, esmtp=False)
+    channel = make_channel(sink.port, security="none", pool_size=1)
+
+    await channel.send(Target(address="kunde@Bücher.example", name="Kunde"), message())
+
+    [mail] = sink.wait_for(1, WAIT)
+    assert mail.recipients == ("kunde@xn--bcher-kva.example",)
+    assert mail.mail_options == ()
+    [to] = mail.message["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Kunde", "kunde@xn--bcher-kva.example")
+
+
+@pytest.mark.parametrize("address", ["jörg@example.com", "用户@例子.广告", "kunde@bü_cher.example"])
+async def test_without_smtputf8_an_address_with_no_ascii_form_fails_and_is_kept(
+    make_sink: SinkFactory, make_channel: ChannelFactory, address: str
+) -> None:
+    """A local part that is not ASCII (or a domain IDNA refuses) cannot go through a relay
+    without SMTPUTF8: that delivery fails for good, so the customer's next channel is
+    tried, but the relay is at fault, not the address, which stays enabled. Nothing was
+    sent, so the pooled connection is kept."""
+    sink = make_sink(tls_context=None, esmtp=False)
+    channel = make_channel(sink.port, security="none", pool_size=1)
+    await channel.send(target(1), message())
+
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(Target(address=address, name="X"), message())
+
+    assert (caught.value.retryable, caught.value.contact_point) == (False, None)
+    assert "does not offer" in caught.value.reason and "SMTPUTF8" in caught.value.reason
+    await channel.send(target(2), message())
+    first, second = sink.wait_for(2, WAIT)
+    assert (first.recipients, second.recipients) == (
+        ("customer1@example.com",),
+        ("customer2@example.com",),
+    )
+    assert sink.connections == 1
+
+
 async def test_the_envelope_declares_the_exact_size_and_smtputf8_only_when_needed(
     make_sink: SinkFactory, make_channel: ChannelFactory
 ) -> None:
@@ -375,8 +438,18 @@ async def test_aclose_during_a_send_closes_that_connection_too(
         ("554 5.7.1 Relay access denied", True, None),
         ("550 5.7.1 Client host blocked using zen.spamhaus.org", True, None),
         ("530 5.7.0 Authentication required", True, None),
+        # Our sender refused at RCPT (X.1.7, X.1.8, Postfix's wording): not the customer's.
+        ("553 5.1.8 <ops@example.com>: Sender address rejected: Domain not found", True, None),
+        ("550 5.1.8 Access denied, bad outbound sender", True, None),
+        ("553 5.1.7 <ops@example.com>: Sender address rejected: bad syntax", True, None),
+        ("550 5.1.0 <ops@example.com>: Sender address rejected: User unknown", True, None),
+        ("550 <ops@example.com>: Sender address rejected: not owned by user", True, None),
+        # The recipient's address (RFC 3463 X.1.1 to X.1.6, RFC 7505 X.1.10).
+        ("550 5.1.2 Host unknown", False, ContactPointState.DISABLED),
+        ("550 5.1.10 Recipient address has null MX", False, ContactPointState.DISABLED),
         # Refused for good, but nothing says the mailbox does not exist.
         ("552 5.2.2 Mailbox full", False, None),
+        ("550 5.1.0 Address rejected", False, None),  # X.1.0: which address, it does not say
         ("554 Transaction failed", False, None),
     ],
 )
@@ -523,6 +596,14 @@ async def test_wrong_password_is_retryable(
         "a@example.com> SIZE=1",
         '"x\\\r\\\nRCPT TO:<y@example.com>"@example.com',
         '"tab\there"@example.com',
+        # Internationalised local parts (RFC 6531) are dot-atoms of printable characters.
+        "jö rg@example.com",
+        "jö..rg@example.com",
+        "jörg.@example.com",
+        "jörg\u2028x@example.com",
+        "jörg\u200bx@example.com",
+        "jörg@",
+        "jörg@exa mple.com",
     ],
 )
 async def test_invalid_address_disables_the_contact_point(
@@ -607,3 +688,16 @@ def test_a_refused_sender_is_retried_unless_the_message_is_too_large(
     error = _sender_refused(code, text)
     assert (error.retryable, error.contact_point) == (retryable, None)
     assert error.reason == f"SMTP {code} for the sender: {text}"
+
+
+def test_a_sender_refused_at_rcpt_says_so() -> None:
+    from channels.email import _refused
+
+    text = "5.1.8 <ops@example.com>: Sender address rejected: Domain not found"
+    refused = aiosmtplib.SMTPRecipientRefused(553, text, "customer1@example.com")
+    error = _refused([refused])
+    assert (error.retryable, error.contact_point) == (True, None)
+    assert error.reason == (
+        f"SMTP 553 for customer1@example.com: {text}"
+        " (our sender address was refused: check 'from' and its domain)"
+    )

@@ -112,7 +112,7 @@ async def test_send_posts_the_v1_message_and_returns_its_name(
             "token": TOKEN,
             "notification": {"title": "Line 4 stopped", "body": "Trains on line 4 are stopped."},
             "data": {"delivery": "d-1"},
-            "android": {"priority": "high"},
+            "android": {"priority": "high", "ttl": "3600s"},
         }
     }
     [exchange] = fake.exchanges
@@ -139,6 +139,16 @@ async def test_json_secret_with_project_and_token_uri_overrides(
     )
     await channel.send(Target(TOKEN), MESSAGE)
     assert [r.project for r in fake.delivered] == ["other"]
+
+
+@pytest.mark.parametrize(("ttl", "sent"), [(0, "0s"), (900, "900s"), (2_419_200, "2419200s")])
+async def test_ttl_bounds_how_long_fcm_keeps_the_message(
+    make_channel: ChannelFactory, fake: FakeFcm, ttl: int, sent: str
+) -> None:
+    """Without ``android.ttl`` FCM keeps a message four weeks for a phone that is off: a
+    disruption notice would arrive long after the incident is over."""
+    await make_channel(ttl=ttl).send(Target(TOKEN), MESSAGE)
+    assert fake.delivered[0].body["message"]["android"] == {"priority": "high", "ttl": sent}
 
 
 async def test_long_text_is_cut_at_a_sentence(make_channel: ChannelFactory, fake: FakeFcm) -> None:

@@ -7,6 +7,7 @@ fake (tests/fakes/twilio.py), speaking Twilio's paths, auth, form fields and JSO
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from channels.twilio_sms import (
 )
 from tests.fakes.control import ResettingServer, Scripted
 from tests.fakes.http import free_port, serve
-from tests.fakes.twilio import FakeTwilio, new_sid, twilio_signature
+from tests.fakes.twilio import FakeTwilio, error_body, new_sid, twilio_signature
 
 SERVICE = new_sid("MG")
 TO = "+15005550006"
@@ -194,6 +195,29 @@ async def test_retry_after_belongs_to_its_own_send(
     assert len(fake.received()) == 10
 
 
+QUEUE_FULL = json.dumps(
+    error_body(400, 21611, "This 'From' number has exceeded the maximum number of queued messages")
+).encode()
+
+
+async def test_a_full_sender_queue_is_retried_minutes_later_without_blaming_the_number(
+    fake: FakeTwilio, make_channel: ChannelFactory
+) -> None:
+    """Error 21611 comes with HTTP 400, but the sender's queue at Twilio drains at its
+    throughput and then takes messages again: a burst of a big incident must not fail
+    its SMS for good. Retried, not sooner than five minutes unless Twilio says when."""
+    fake.plan.push(Scripted(400, body=QUEUE_FULL), Scripted(400, {"Retry-After": "42"}, QUEUE_FULL))
+    channel = make_channel(from_number="+15005550006")
+    first = await _fails(channel)
+    assert (first.retryable, first.retry_after, first.contact_point) == (True, 300.0, None)
+    assert "HTTP 400, error 21611: This 'From' number has exceeded" in first.reason
+    assert "queue at Twilio is full" in first.reason
+    second = await _fails(channel)
+    assert (second.retryable, second.retry_after, second.contact_point) == (True, 42.0, None)
+    await channel.send(Target(TO), MESSAGE)  # drained: it goes
+    assert len(fake.received()) == 3
+
+
 NO_PERMISSION = b'{"code": 21408, "message": "Permission to send an SMS has not been enabled"}'
 TOO_LONG = b'{"code": 21617, "message": "The concatenated message body exceeds the limit"}'
 
@@ -294,6 +318,7 @@ async def test_a_closed_channel_refuses_to_send(make_channel: ChannelFactory) ->
         (400, 21614, False, ContactPointState.DISABLED),
         (429, None, True, None),
         (400, 20429, True, None),  # the code alone says "slow down"
+        (400, 21611, True, None),  # the sender's queue is full: it drains
         (408, 20408, True, None),
         (503, None, True, None),
         (401, 20003, False, None),

@@ -207,6 +207,18 @@ def test_non_ascii_domain_goes_with_smtputf8() -> None:
     assert email["To"].addresses[0].addr_spec == "kunde@bücher.example"
 
 
+def test_an_internationalised_local_part_is_utf8_in_to() -> None:
+    """RFC 6532: with SMTPUTF8 the address is UTF-8 in To, as in the envelope (an
+    addr-spec is never RFC 2047 encoded); the name is still encoded words."""
+    built, email = build(name="Jörg Müller", address="jörg@bücher.example")
+
+    assert built.smtputf8
+    assert "<jörg@bücher.example>\r\n".encode() in built.data
+    [to] = email["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Jörg Müller", "jörg@bücher.example")
+    assert email["Subject"] == "Line 4: trains stopped"
+
+
 # -- line lengths -------------------------------------------------------------------------
 
 

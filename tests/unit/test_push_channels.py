@@ -29,7 +29,7 @@ from channels.apns import (
     apns_id_for,
 )
 from channels.base import Channel, ContactPointState, DeliveryError, Message, Target
-from channels.fcm import FcmChannel, FcmSettings
+from channels.fcm import PAYLOAD_LIMIT, FcmChannel, FcmSettings
 from channels.fcm_errors import fcm_error, token_error
 from channels.http_common import parse_retry_after
 from channels.push_common import shorten
@@ -119,6 +119,38 @@ def test_token_error_quotes_oauth_fields_only() -> None:
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, now=1_700_000_020.0) == expected
     assert http_common.parse_retry_after(value, now=1_700_000_020.0) == expected  # for apns
+
+
+@pytest.mark.parametrize("ttl", [-1, 2_419_201])
+def test_fcm_ttl_is_at_most_fcm_s_four_weeks(ttl: int) -> None:
+    with pytest.raises(ValidationError, match="ttl"):
+        FcmSettings(service_account_json=SecretStr("{}"), ttl=ttl)
+    assert FcmSettings(service_account_json=SecretStr("{}")).ttl == 3600
+
+
+@pytest.mark.parametrize(
+    ("subject", "text"),
+    [
+        ("運休のお知らせ" * 100, "止まっています。再開は未定です。" * 100),
+        ("🚆" * 500, "😀 " * 2000),
+        ("Line 4", "\x01" * 5000),  # escaped in JSON: six bytes a character
+    ],
+)
+def test_fcm_payload_fits_fcm_s_4096_bytes(subject: str, text: str) -> None:
+    """A thousand characters of CJK or emoji are 3,000 to 4,000 bytes of UTF-8: the body
+    is cut further, and the title to 200 characters, until the payload fits."""
+    account = make_service_account("p").json("http://127.0.0.1:9/token")
+    channel = FcmChannel("fcm", FcmSettings(service_account_json=SecretStr(account)))
+    built = channel.build(Target("token"), Message(subject, text, idempotency_key="d-1"))
+
+    sent = built["message"]
+    payload = {"notification": sent["notification"], "data": sent["data"]}
+    assert len(http_common.json_bytes(payload)) <= PAYLOAD_LIMIT
+    title, body = sent["notification"]["title"], sent["notification"]["body"]
+    assert len(title) <= 200 and subject.startswith(title.removesuffix("…"))
+    assert text.strip().startswith(body.removesuffix("…"))
+    assert len(http_common.json_bytes(body)) > PAYLOAD_LIMIT // 3  # cut to fit, not to nothing
+    assert sent["data"] == {"delivery": "d-1"}
 
 
 def test_fcm_settings_need_exactly_one_credential(tmp_path: Path) -> None:
