@@ -35,7 +35,14 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, EllipticCurv
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.base import (
+    ContactPointState,
+    DeliveryError,
+    Message,
+    Receipt,
+    Target,
+    urgency_step,
+)
 from channels.http_common import json_bytes, json_object, parse_retry_after
 from channels.push_common import BODY_LIMIT, shorten
 
@@ -178,15 +185,17 @@ class ApnsChannel:
                 raise DeliveryError("APNs payload too large even when shortened", retryable=False)
             limit = limit * 3 // 4
 
-    def headers(self, provider_token: str, apns_id: str) -> dict[str, str]:
-        """The request headers (public so tests can inspect them)."""
+    def headers(self, provider_token: str, apns_id: str, urgency: int = 0) -> dict[str, str]:
+        """The request headers (public so tests can inspect them). A step of ``low``
+        urgency (``urgency`` -1, :func:`~channels.base.urgency_step`) is sent at priority 5,
+        which APNs delivers as the device's power allows; otherwise ``priority``."""
         s = self._settings
         expiration = int(self._now()) + s.expiration if s.expiration else 0
         return {
             "authorization": f"bearer {provider_token}",
             "apns-topic": s.topic,
             "apns-push-type": s.push_type,
-            "apns-priority": str(s.priority),
+            "apns-priority": "5" if urgency < 0 else str(s.priority),
             "apns-expiration": str(expiration),
             "apns-id": apns_id,
             "content-type": "application/json",
@@ -205,10 +214,11 @@ class ApnsChannel:
         payload = self.payload(message)
         apns_id = apns_id_for(message.idempotency_key)
         provider = self._provider_token()
-        response = await self._post(device, payload, self.headers(provider, apns_id))
+        urgency = urgency_step(message)
+        response = await self._post(device, payload, self.headers(provider, apns_id, urgency))
         if response.status_code == 403 and _reason(response) == "ExpiredProviderToken":
             provider = self._provider_token(stale=provider)
-            response = await self._post(device, payload, self.headers(provider, apns_id))
+            response = await self._post(device, payload, self.headers(provider, apns_id, urgency))
         if response.status_code == 200:
             return Receipt(provider_message_id=response.headers.get("apns-id") or apns_id)
         retry_after = parse_retry_after(response.headers.get("retry-after"), now=self._now())

@@ -57,6 +57,16 @@ class Message:
     """When the message was composed (the daemon's clock); email uses it for ``Date``."""
 
 
+URGENCY_HEADER = "X-Broadcaster-Urgency"
+"""The escalation step's urgency, ``low``, ``normal`` or ``high`` (the rules' ``urgency``)."""
+
+
+def urgency_step(message: Message) -> int:
+    """The message's urgency as a step from a channel's configured priority: -1 for ``low``,
+    +1 for ``high``, 0 for ``normal`` or none. Channels that know priorities apply it."""
+    return {"low": -1, "high": 1}.get(message.headers.get(URGENCY_HEADER, ""), 0)
+
+
 @dataclass(frozen=True, slots=True)
 class Receipt:
     """Proof that the provider accepted the message."""

@@ -32,7 +32,14 @@ from typing import Annotated, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.base import (
+    ContactPointState,
+    DeliveryError,
+    Message,
+    Receipt,
+    Target,
+    urgency_step,
+)
 from channels.http_common import (
     HttpAnswer,
     clip,
@@ -81,7 +88,9 @@ class NtfySettings(BaseModel):
     priority_by_severity: dict[str, Priority] = Field(
         default_factory=lambda: {"minor": 3, "major": 4, "critical": 5}
     )
-    """ntfy priority (1 min .. 5 max) per incident severity (``X-Broadcaster-Severity``)."""
+    """ntfy priority (1 min .. 5 max) per incident severity (``X-Broadcaster-Severity``); an
+    escalation step of ``high`` or ``low`` urgency (``X-Broadcaster-Urgency``) sends one more
+    or one less."""
     resolution_priority: Priority = 3
     tags: list[str] = Field(default_factory=lambda: ["warning"])
     resolution_tags: list[str] = Field(default_factory=lambda: ["white_check_mark"])
@@ -155,6 +164,8 @@ class NtfyChannel:
         else:
             severity = message.headers.get(_SEVERITY_HEADER, "")
             priority, tags = s.priority_by_severity.get(severity, s.default_priority), s.tags
+            # The escalation step's urgency: a priority up or down (within ntfy's 1 to 5).
+            priority = min(max(priority + urgency_step(message), 1), 5)
         headers = {
             "Content-Type": "text/plain; charset=utf-8",
             "X-Title": header_value(message.subject),

@@ -37,7 +37,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from py_vapid import Vapid
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.base import (
+    ContactPointState,
+    DeliveryError,
+    Message,
+    Receipt,
+    Target,
+    urgency_step,
+)
 from channels.http_common import (
     HttpAnswer,
     describe_body,
@@ -269,7 +276,7 @@ class WebPushChannel:
         s = self._settings
         headers = {
             "TTL": str(s.ttl),
-            "Urgency": s.urgency,
+            "Urgency": _urgency(s.urgency, urgency_step(message)),
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
             "Authorization": self.authorization(origin),
@@ -384,3 +391,14 @@ def _service_error(response: HttpAnswer, secrets: tuple[str, ...]) -> str:
     parts = (f"errno {errno}" if errno else "", said)
     said = ": ".join(part for part in parts if part)
     return f": {said}" if said else ""
+
+
+_URGENCIES = ("very-low", "low", "normal", "high")
+"""RFC 8030's urgencies, lowest first."""
+
+
+def _urgency(configured: str, step: int) -> str:
+    """The ``Urgency`` header: the configured one, a level up or down for an escalation step
+    of ``high`` or ``low`` urgency (:func:`~channels.base.urgency_step`), within RFC 8030's."""
+    level = _URGENCIES.index(configured) + step
+    return _URGENCIES[min(max(level, 0), len(_URGENCIES) - 1)]

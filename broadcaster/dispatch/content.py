@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from broadcaster.compose.context import IncidentFacts
 from broadcaster.store import Database, Incident, IncidentScope, IncidentUpdate, Round
+from rules import PlanSnapshot, SnapshotError
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,20 @@ class RoundContent:
     number: int
     kind: str
     facts: IncidentFacts
+    urgency: str = "normal"
+    """The escalation step's urgency when the round began (``low``, ``normal``, ``high``)."""
+
+
+def urgency_of(incident: Incident, started: datetime) -> str:
+    """The urgency of the step of the incident's plan in force at ``started``; ``normal``
+    without a plan (no rules) or with one that cannot be read."""
+    if incident.plan is None:
+        return "normal"
+    try:
+        plan = PlanSnapshot.from_dict(incident.plan)
+    except SnapshotError:
+        return "normal"
+    return plan.step_at(started - incident.created_at).urgency
 
 
 def facts_of(
@@ -107,4 +122,5 @@ class RoundContents:
             number=rnd.number,
             kind=rnd.kind,
             facts=facts_of(incident, upd, scopes, rnd.next_due_at),
+            urgency=urgency_of(incident, rnd.started_at or rnd.due_at),
         )

@@ -52,7 +52,14 @@ from broadcaster.dispatch.outcomes import (
 )
 from broadcaster.store import ContactPoint, Database, Delivery
 from broadcaster.store.retry import retried, store_transient
-from channels.base import Channel, DeliveryError, Target, concurrency_of, units_of
+from channels.base import (
+    URGENCY_HEADER,
+    Channel,
+    DeliveryError,
+    Target,
+    concurrency_of,
+    units_of,
+)
 
 log = logging.getLogger("broadcaster.dispatch")
 
@@ -478,6 +485,7 @@ class Dispatcher:
                     "X-Broadcaster-Round": f"{content.facts.incident_id}/{content.number}",
                     "X-Broadcaster-Kind": content.kind,
                     "X-Broadcaster-Severity": content.facts.severity,
+                    URGENCY_HEADER: content.urgency,
                 }
             )
             try:

@@ -174,6 +174,16 @@ async def test_inline_key_and_settings_variants(
     uuid.UUID(request.headers["apns-id"])  # a random UUID without a delivery id
 
 
+async def test_a_step_of_low_urgency_goes_at_priority_5(
+    make_channel: ChannelFactory, fake: FakeApns
+) -> None:
+    channel = make_channel()
+    for urgency in ("low", "normal", "high"):
+        headers = {"X-Broadcaster-Urgency": urgency}
+        await channel.send(Target(DEVICE), Message(subject="s", text="t", headers=headers))
+    assert [request.headers["apns-priority"] for request in fake.delivered] == ["5", "10", "10"]
+
+
 async def test_many_concurrent_sends_share_one_connection_and_one_token(
     make_channel: ChannelFactory, fake: FakeApns
 ) -> None:

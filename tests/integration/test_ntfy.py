@@ -118,6 +118,11 @@ async def test_non_ascii_title_and_tags_travel_as_encoded_words(
             3,
             ["white_check_mark"],
         ),
+        # The escalation step's urgency: one up or down, within ntfy's 1 to 5.
+        ({"X-Broadcaster-Severity": "major", "X-Broadcaster-Urgency": "high"}, 5, ["warning"]),
+        ({"X-Broadcaster-Severity": "major", "X-Broadcaster-Urgency": "low"}, 3, ["warning"]),
+        ({"X-Broadcaster-Severity": "major", "X-Broadcaster-Urgency": "normal"}, 4, ["warning"]),
+        ({"X-Broadcaster-Severity": "critical", "X-Broadcaster-Urgency": "high"}, 5, ["warning"]),
     ],
 )
 async def test_priority_mapping(

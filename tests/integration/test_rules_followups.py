@@ -663,3 +663,19 @@ rules:
     assert task.escalation_level == 2 and task.next_escalation_at is None
     if customer == "S1":
         assert (escalated[0][1] or "").endswith("; skipped account_manager (nobody)")
+
+
+async def test_each_message_carries_its_step_s_urgency(database: Database) -> None:
+    """``steps[].urgency`` reached no channel: the shipped policy's 1-hour step (urgency
+    high) sent at the same priority as the first (normal)."""
+    clock = FakeClock(START)
+    await seed(database)
+    sinks = channels()
+    engine = await Engine.create(settings(), database, clock, sinks)
+    await service.declare(
+        database, clock, service.Declaration("Slow", "minor", "Delays.", components=["rail"])
+    )
+    await run_until(engine, clock, START + timedelta(hours=1, minutes=5))
+    to_s1 = [m.message for m in sinks["email"].sent if m.target.address == "s1@example.org"]
+    urgencies = [m.headers["X-Broadcaster-Urgency"] for m in to_s1]
+    assert urgencies == ["normal", "normal", "high"]  # at 0:00, 0:30 and 1:00

@@ -355,6 +355,18 @@ async def test_urgency_ttl_topic_settings_and_closing(
     await make_channel().send(target, message(headers={}))
     first, second = service.accepted
     assert (first.headers["urgency"], first.headers["ttl"]) == ("low", "60")
+    # An escalation step's urgency moves the configured one a level, within RFC 8030's.
+    for configured, step, sent in (
+        ("low", "high", "normal"),
+        ("low", "low", "very-low"),
+        ("very-low", "low", "very-low"),
+        ("high", "high", "high"),
+        ("high", "normal", "high"),
+    ):
+        await make_channel(urgency=configured).send(
+            target, message(headers={"X-Broadcaster-Urgency": step})
+        )
+        assert service.accepted[-1].headers["urgency"] == sent
     assert "topic" not in first.headers and "topic" not in second.headers
     channel = make_channel()
     await channel.aclose()
