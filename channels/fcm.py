@@ -43,7 +43,14 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from channels.base import ContactPointState, DeliveryError, Message, Receipt, Target
+from channels.base import (
+    ContactPointState,
+    DeliveryError,
+    Message,
+    Receipt,
+    Target,
+    urgency_step,
+)
 from channels.fcm_errors import fcm_error, parse_google_error, token_error
 from channels.http_common import describe_body, json_bytes, json_object, parse_retry_after
 from channels.push_common import BODY_LIMIT, shorten
@@ -212,7 +219,10 @@ class FcmChannel:
                 "token": target.address.strip(),
                 "notification": notification,
                 "data": data,
-                "android": dict(self._android),
+                # A step of low urgency: normal priority, which Android may batch (Doze).
+                "android": dict(self._android)
+                if urgency_step(message) >= 0
+                else {**self._android, "priority": "normal"},
             }
         }
 

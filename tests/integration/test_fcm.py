@@ -7,6 +7,7 @@ and the message like FCM; a manual clock shared by channel and fake drives token
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import traceback
 from collections.abc import AsyncIterator, Iterator
 from email.utils import formatdate
@@ -149,6 +150,17 @@ async def test_ttl_bounds_how_long_fcm_keeps_the_message(
     disruption notice would arrive long after the incident is over."""
     await make_channel(ttl=ttl).send(Target(TOKEN), MESSAGE)
     assert fake.delivered[0].body["message"]["android"] == {"priority": "high", "ttl": sent}
+
+
+async def test_a_step_of_low_urgency_goes_at_normal_priority(
+    make_channel: ChannelFactory, fake: FakeFcm
+) -> None:
+    channel = make_channel()
+    for urgency in ("low", "normal", "high"):
+        message = dataclasses.replace(MESSAGE, headers={"X-Broadcaster-Urgency": urgency})
+        await channel.send(Target(TOKEN), message)
+    sent = [request.body["message"]["android"]["priority"] for request in fake.delivered]
+    assert sent == ["normal", "high", "high"]
 
 
 async def test_long_text_is_cut_at_a_sentence(make_channel: ChannelFactory, fake: FakeFcm) -> None:
