@@ -64,6 +64,9 @@ class Job(NamedTuple):
     channel_order: str | None
     failover_from_id: int | None
     reclaimed: bool = False
+    promised_at: datetime | None = None
+    """The next update this message promises when not the round's (the end of the
+    customer's quiet hours that will hold the next round)."""
 
 
 class Outcome(NamedTuple):
@@ -146,6 +149,7 @@ def fail_over_reported(
         timezone="",
         channel_order=channel_order,
         failover_from_id=None,
+        promised_at=delivery.promised_at,
     )
     target = next_channel(job, failover)
     kind = contact_kinds.get(target) if target else None
@@ -192,6 +196,7 @@ def create_follow(session: Session, database: Database, follow: Follow, now: dat
             next_attempt_at=now,
             created_at=now,
             failover_from_id=job.delivery_id,
+            promised_at=job.promised_at,
         )
         .returning(table_of(Delivery).c.id)
     )

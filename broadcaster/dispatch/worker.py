@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Coroutine, Mapping
@@ -461,15 +462,18 @@ class Dispatcher:
             if fallback == "":
                 limit = DeliveryError("per-customer throttle reached", retryable=False)
                 return Outcome(job, error=limit)
+            facts = content.facts
+            if job.promised_at is not None:  # the customer's quiet hours hold the next round
+                facts = dataclasses.replace(facts, next_update_at=job.promised_at)
             request = RenderRequest(
                 kind=content.kind,
                 form=form_for(channel.contact),
-                facts=content.facts,
+                facts=facts,
                 language=job.language,
                 timezone=job.timezone,
                 now=now,
                 personal=self._personal(job, now),
-                cache_key=(job.round_id, followup),
+                cache_key=(job.round_id, followup, job.promised_at),
                 followup=None
                 if followup is None
                 else {

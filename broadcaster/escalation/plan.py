@@ -36,7 +36,7 @@ class Escalation:
         self.directory = directory
         # One round's incident facts, for all of its batches: counting the audience once
         # per round, not once per batch of 1,000 customers.
-        self._round_facts: tuple[int, IncidentFacts, str] | None = None
+        self._round_facts: tuple[int, IncidentFacts, str, datetime | None] | None = None
 
     def _plan(self, incident: Incident) -> PlanSnapshot | None:
         if incident.plan is None:
@@ -110,13 +110,15 @@ class Escalation:
         if incident is None:
             return []
         if self._round_facts is not None and self._round_facts[0] == round_id:
-            _, facts, round_kind = self._round_facts
+            _, facts, round_kind, next_due = self._round_facts
         else:
             facts = await incident_facts(session, incident)
-            round_kind = (
-                await session.execute(select(Round.kind).where(Round.id == round_id))
-            ).scalar_one()
-            self._round_facts = (round_id, facts, round_kind)
+            round_kind, next_due = (
+                await session.execute(
+                    select(Round.kind, Round.next_due_at).where(Round.id == round_id)
+                )
+            ).one()
+            self._round_facts = (round_id, facts, round_kind, next_due)
         plan = self._plan(incident)
         window = history_window(self.settings, ruleset)
         loaded = await load_customers(session, customer_ids)
@@ -124,6 +126,7 @@ class Escalation:
         rows = {c.id: c for c in loaded}
         notices: list[Notice] = []
         held_until: dict[datetime, list[str]] = {}
+        promised: dict[datetime, list[str]] = {}
         for customer_id in customer_ids:
             person = people.get(customer_id)
             if person is None:
@@ -135,6 +138,12 @@ class Escalation:
             held = hold_until(decision.quiet_hours, person.timezone, now, incident.severity)
             if held is not None:
                 held_until.setdefault(held, []).append(customer_id)
+            if next_due is not None:
+                # The next round will be held for this customer: this message promises
+                # the end of their quiet hours, not a time they will hear nothing at.
+                later = hold_until(decision.quiet_hours, person.timezone, next_due, facts.severity)
+                if later is not None:
+                    promised.setdefault(later, []).append(customer_id)
             if decision.throttle is not None and round_kind not in UNTHROTTLED:
                 await self._throttle(session, round_id, customer_id, decision.throttle, now)
             if decision.followups:
@@ -158,6 +167,17 @@ class Escalation:
                     Delivery.state == "pending",
                 )
                 .values(next_attempt_at=held)
+                .execution_options(synchronize_session=False)
+            )
+        for later, customers in promised.items():
+            await session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.round_id == round_id,
+                    Delivery.customer_id.in_(customers),
+                    Delivery.state == "pending",
+                )
+                .values(promised_at=later)
                 .execution_options(synchronize_session=False)
             )
         if held_until:

@@ -299,6 +299,9 @@ class Delivery(Base):
     """The delivery on another channel whose permanent failure (or throttle) led here."""
     failover_to: Mapped[str | None] = mapped_column(String(32), default=None)
     """The channel this delivery failed over (or was rerouted) to."""
+    promised_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    """The next update this message promises, when not the round's: the end of the
+    customer's quiet hours that will hold the round due sooner (migration 0016)."""
 
 
 class DeliveryEvent(Base):

@@ -402,6 +402,40 @@ async def test_quiet_hours_hold_non_critical_updates(database: Database) -> None
     assert len(sinks["email"].sent) == 3
 
 
+async def test_a_message_before_quiet_hours_promises_their_end(database: Database) -> None:
+    """Sent at 21:40 local, a message promised "next update by 22:10", a round the customer's
+    quiet hours (22:00 to 07:00) would hold until 07:00: a promise broken to them, and
+    counted as kept. It now promises 07:00; a critical incident, never held, keeps 22:10."""
+    evening = datetime(2026, 1, 6, 20, 40, tzinfo=UTC)  # 21:40 in Amsterdam
+    clock = FakeClock(evening)
+    await seed(database)
+    sinks = channels()
+    engine = await Engine.create(settings(), database, clock, sinks)
+    for severity in ("minor", "critical"):
+        await service.declare(
+            database, clock, service.Declaration(severity, severity, "Delays.", components=["rail"])
+        )
+    await engine.process_due_rounds()
+    await engine.dispatch_all()
+    promises = {
+        m.message.subject.split()[-1]: next(
+            line for line in m.message.text.splitlines() if "next update by" in line
+        )
+        for m in sinks["email"].sent
+        if m.target.address == "s1@example.org"
+    }
+    assert "by Wed 7 Jan 07:00 CET" in promises["minor"]
+    assert "by 21:55 CET" in promises["critical"]  # 15-minute steps, never held
+    # The held round goes out at the window's end, keeping the promise.
+    clock.set(datetime(2026, 1, 7, 6, 0, tzinfo=UTC))
+    await run_until(engine, clock, clock.now())
+    minor = [m for m in sinks["email"].sent if m.message.subject.endswith("minor")]
+    assert [m.message.created_at for m in minor if m.target.address == "s1@example.org"] == [
+        evening,
+        datetime(2026, 1, 7, 6, 0, tzinfo=UTC),
+    ]
+
+
 async def test_a_night_of_held_updates_arrives_as_the_latest_one_only(database: Database) -> None:
     """Every round of a night held for quiet hours supersedes the customer's earlier held
     ones: at 07:00 each customer gets one message, the latest, not a flood of stale ones."""
