@@ -22,6 +22,8 @@ from broadcaster.clock import Clock
 from broadcaster.store import Account, ApiToken, ConsoleSession, Database
 
 TOKEN_PREFIX = "bct_"  # noqa: S105 - a marker, not a secret
+NAME_MAX = 64
+"""The longest account name: the width of ``accounts.name``."""
 SESSION_LIFETIME = timedelta(hours=12)
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
@@ -43,6 +45,18 @@ class Principal:
     @property
     def actor(self) -> str:
         return f"{self.kind}:{self.name}"
+
+
+def account_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an account's name (None when it can): longer than the store's
+    column, or holding a character that is not printable (control characters and line
+    breaks, bidirectional overrides, invisible format characters), which would let a name
+    forge or rewrite a line of the audit log where it is shown."""
+    if len(name) > NAME_MAX:
+        return f"at most {NAME_MAX} characters"
+    if not name.isprintable():
+        return "only printable characters (no control, line-break or bidi characters)"
+    return None
 
 
 def _role(value: str) -> Role:
@@ -170,6 +184,8 @@ async def set_account(
     checked = _role(role)
     if not name.strip():
         raise CredentialError("name: the account's staff id must not be empty")
+    if problem := account_name_problem(name):
+        raise CredentialError(f"name: {problem}")
     if len(password) < 12:
         raise CredentialError("password: use at least 12 characters")
     async with database.session() as session, session.begin():
@@ -261,14 +277,19 @@ class LoginThrottle:
     """At most ``limit`` sign-in attempts that did not succeed per account name within
     ``window``; then that name is refused until the oldest leaves the window. An attempt
     counts from the moment it starts (so parallel guesses cannot slip past the check) and
-    is forgotten when it succeeds. Kept in memory, per daemon."""
+    is forgotten when it succeeds. Kept in memory, per daemon, keyed by a hash of the
+    case-folded name: a fixed 32 bytes a name, however long the name sent."""
 
     limit: int = 5
     window: timedelta = timedelta(minutes=15)
     max_names: int = 10_000
-    _attempts: dict[str, deque[datetime]] = field(default_factory=dict)
+    _attempts: dict[bytes, deque[datetime]] = field(default_factory=dict)
 
-    def _prune(self, key: str, now: datetime) -> deque[datetime] | None:
+    @staticmethod
+    def _key(name: str) -> bytes:
+        return hashlib.sha256(name.casefold().encode("utf-8", "surrogatepass")).digest()
+
+    def _prune(self, key: bytes, now: datetime) -> deque[datetime] | None:
         times = self._attempts.get(key)
         if times is None:
             return None
@@ -282,7 +303,7 @@ class LoginThrottle:
     def begin(self, name: str, now: datetime) -> timedelta | None:
         """Count an attempt for ``name``; or, when it has used its attempts, how long it
         must wait (the attempt is then not counted)."""
-        key = name.lower()
+        key = self._key(name)
         times = self._prune(key, now)
         if times is not None and len(times) >= self.limit:
             return times[0] + self.window - now
@@ -300,4 +321,4 @@ class LoginThrottle:
         return None
 
     def succeeded(self, name: str) -> None:
-        self._attempts.pop(name.lower(), None)
+        self._attempts.pop(self._key(name), None)

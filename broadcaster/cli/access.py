@@ -30,6 +30,20 @@ tokens = typer.Typer(help="API tokens: create, list, revoke.", no_args_is_help=T
 accounts = typer.Typer(help="Console logins: set, disable, list.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log of operator and admin actions.", no_args_is_help=True)
 
+
+def shown(value: object) -> str:
+    """``value`` for a terminal or a log: each character that is not printable (control
+    characters, line breaks, escape sequences, bidi overrides) as its Python escape and a
+    backslash doubled, so a stored name can neither forge a line nor drive the terminal."""
+    text = str(value)
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(
+        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
+
+
 RoleOption = Annotated[
     str,
     typer.Option(
@@ -97,7 +111,9 @@ def list_tokens(config: ConfigOption = None) -> None:
             else "active"
         )
         used = f"{row.last_used_at:%Y-%m-%d %H:%M}Z" if row.last_used_at else "never"
-        typer.echo(f"{row.id:>4}  {row.name:<20} {row.role:<9} {row.prefix:<11} {state:<8} {used}")
+        typer.echo(
+            f"{row.id:>4}  {shown(row.name):<20} {row.role:<9} {row.prefix:<11} {state:<8} {used}"
+        )
 
 
 @tokens.command("revoke")
@@ -191,7 +207,7 @@ def list_accounts(config: ConfigOption = None) -> None:
     rows = run(with_database(settings, credentials.list_accounts))
     for row in rows:
         state = "disabled" if row.disabled_at else "active"
-        typer.echo(f"{row.name:<20} {row.role:<9} {state}")
+        typer.echo(f"{shown(row.name):<20} {row.role:<9} {state}")
 
 
 @audit_app.command("list")
@@ -215,6 +231,7 @@ def list_audit(
             typer.echo(json.dumps(item, default=str))
         else:
             typer.echo(
-                f"{item['at']}  {item['actor']:<20} {item['action']:<18} {item['target']:<16} "
-                f"{item['outcome']:<8} from {item['source']}"
+                f"{item['at']}  {shown(item['actor']):<20} {shown(item['action']):<18} "
+                f"{shown(item['target']):<16} {shown(item['outcome']):<8} "
+                f"from {shown(item['source'])}"
             )

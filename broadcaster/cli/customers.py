@@ -23,7 +23,15 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from broadcaster.cli.common import ConfigOption, fail, run, settings_or_exit, with_database
+from broadcaster.access import audit
+from broadcaster.cli.common import (
+    ConfigOption,
+    cli_principal,
+    fail,
+    run,
+    settings_or_exit,
+    with_database,
+)
 from broadcaster.clock import RealClock
 from broadcaster.customers import (
     ImportInputError,
@@ -87,7 +95,7 @@ def import_command(
     settings = settings_or_exit(config)
     file_format = fmt.value if fmt is not None else None
     try:  # fail fast, before the store is opened (or created) for nothing
-        detect_format(file, file_format)
+        detected = detect_format(file, file_format)
     except ImportInputError as exc:
         raise fail(str(exc), code=2) from None
     if not file.is_file():
@@ -104,6 +112,25 @@ def import_command(
             typer.echo(line, err=True)
 
     async def work(database: Database) -> ImportResult:
+        result = await import_rows(database)
+        # As the API does: customer data written (personal data) goes in the audit log.
+        await audit.record(
+            database,
+            RealClock(),
+            cli_principal(),
+            "customer.import",
+            "customers",
+            "cli",
+            detail={
+                "imported": result.imported,
+                "rejected": result.rejected,
+                "warned": result.warned,
+                "format": detected,
+            },
+        )
+        return result
+
+    async def import_rows(database: Database) -> ImportResult:
         run_import = functools.partial(
             import_customers,
             database,

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Final, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
@@ -148,6 +149,18 @@ FETCH_DEADLINE = 3
 ``timeout``, which httpx applies to each wait on its own."""
 
 
+def shown_url(url: str) -> str:
+    """``url`` as the feed's errors and logs name it: scheme, host, port and path, without
+    the user and password or the query, where a feed's credentials go (``/healthz`` shows a
+    feed's last error to anyone)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return "(the feed's URL)"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 class FetchError(Exception):
     """The document could not be fetched (network, timeout, or an HTTP error status)."""
 
@@ -203,7 +216,7 @@ class FeedWatcher:
         if response.status_code == 304:
             return None
         if response.status_code != 200:
-            raise FetchError(f"HTTP {response.status_code} from {self.feed.url}")
+            raise FetchError(f"HTTP {response.status_code} from {shown_url(self.feed.url)}")
         self._pending_validators = (
             response.headers.get("ETag"),
             response.headers.get("Last-Modified"),
@@ -213,7 +226,7 @@ class FeedWatcher:
     async def _get(self, url: str) -> bytes:
         response, content = await self._download(url, {"User-Agent": USER_AGENT})
         if response.status_code != 200:
-            raise FetchError(f"HTTP {response.status_code} from {url}")
+            raise FetchError(f"HTTP {response.status_code} from {shown_url(url)}")
         return content
 
     async def _download(self, url: str, headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
@@ -250,7 +263,7 @@ class FeedWatcher:
                 async with httpx.AsyncClient() as client:
                     return await read(client)
         except TimeoutError as exc:
-            raise FetchError(f"the fetch of {url} took over {deadline:g} s") from exc
+            raise FetchError(f"the fetch of {shown_url(url)} took over {deadline:g} s") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError
             raise FetchError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
 
@@ -275,11 +288,11 @@ class FeedWatcher:
                 )
             except (FetchError, FeedError) as exc:
                 reason = exc.args[0] if isinstance(exc, FetchError) else exc.reason
-                result.skipped.append(SkippedItem(f"alert {link.url}: {reason}", key))
+                result.skipped.append(SkippedItem(f"alert {shown_url(link.url)}: {reason}", key))
                 continue
             except Exception as exc:  # one link must not keep the index's other alerts out
                 reason = f"{type(exc).__name__}: {exc}"
-                result.skipped.append(SkippedItem(f"alert {link.url}: {reason}", key))
+                result.skipped.append(SkippedItem(f"alert {shown_url(link.url)}: {reason}", key))
                 continue
             self._index_seen[key] = link.updated
             result.events.extend(alert.events)
@@ -295,6 +308,9 @@ class FeedWatcher:
 
     def _fail(self, reason: str) -> None:
         self.failures += 1
+        # Whatever put the feed's URL in the reason (an HTTP library's message), not its
+        # credentials: the last error is public (/healthz).
+        reason = reason.replace(self.feed.url, shown_url(self.feed.url))
         self.last_error = reason
         self._count("failures")
         log.warning(
@@ -427,7 +443,9 @@ class FeedWatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set: at the interval, or backing off after failures."""
-        log.info("feed watcher started", extra={"source": self.name, "url": self.feed.url})
+        log.info(
+            "feed watcher started", extra={"source": self.name, "url": shown_url(self.feed.url)}
+        )
         while not stop.is_set():
             try:
                 await self.poll_once()

@@ -4,7 +4,8 @@
 answers 401 (no or bad credentials) or 403 (a role too low). Requests that carry the console's
 session cookie and change something must echo the session's CSRF token, in the
 ``X-CSRF-Token`` header or a ``csrf_token`` form field; bearer tokens are not sent by
-browsers on their own, so they need none.
+browsers on their own, so they need none. A caller refused for their role is audited
+(:func:`audit_role_refusal`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
-from broadcaster.access import credentials
+from broadcaster.access import audit, credentials
 from broadcaster.access.credentials import Principal
 from broadcaster.access.roles import Role, allows
 from broadcaster.web.errors import ApiError
@@ -22,7 +23,14 @@ from broadcaster.web.state import client_source, state_of
 
 SESSION_COOKIE = "bc_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-__all__ = ["SESSION_COOKIE", "check_csrf", "client_source", "principal_of", "require"]
+__all__ = [
+    "SESSION_COOKIE",
+    "audit_role_refusal",
+    "check_csrf",
+    "client_source",
+    "principal_of",
+    "require",
+]
 
 
 async def principal_of(request: Request) -> Principal | None:
@@ -70,6 +78,29 @@ async def check_csrf(request: Request, principal: Principal) -> None:
         raise ApiError(403, "the form's CSRF token is missing or wrong; reload the page")
 
 
+async def audit_role_refusal(request: Request, principal: Principal, role: Role) -> None:
+    """Write the audit entry of a request refused because the caller's role is below
+    ``role``: one a request. The action is the route (``POST /api/v1/rules/reload``, its
+    path's template), the target the path asked for."""
+    if request.scope.get("state", {}).get("role_refusal_audited"):
+        return
+    request.state.role_refusal_audited = True
+    state = state_of(request)
+    route = request.scope.get("route")
+    template = getattr(route, "path", None) or request.url.path
+    raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    await audit.record(
+        state.database,
+        state.clock,
+        principal,
+        f"{request.method} {template}"[:64],
+        raw_path.decode("ascii", "backslashreplace"),  # as sent: percent-encoded
+        client_source(request),
+        outcome="refused",
+        detail={"reason": "role too low", "needs": role},
+    )
+
+
 def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     async def guard(request: Request) -> Principal:
         principal = await principal_of(request)
@@ -80,6 +111,7 @@ def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         if not allows(principal.role, role):
+            await audit_role_refusal(request, principal, role)
             raise ApiError(
                 403, f"this needs the {role} role; {principal.actor} has {principal.role}"
             )

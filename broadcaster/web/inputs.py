@@ -41,10 +41,15 @@ def storable(value: datetime) -> datetime:
 Moment = Annotated[datetime, AfterValidator(storable)]
 
 
+_MAX_ID_DIGITS = len(str(MAX_ID))
+
+
 def row_id(text: str) -> int | None:
     """``text`` as a row id, or None when it is not one (not ASCII digits, or too large)."""
     if not (text.isascii() and text.isdigit()):
         return None
+    if len(text.lstrip("0")) > _MAX_ID_DIGITS:
+        return None  # and int() of over 4,300 digits would raise
     value = int(text)
     return value if 0 < value <= MAX_ID else None
 

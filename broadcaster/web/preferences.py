@@ -16,6 +16,7 @@ from sqlalchemy import select
 from broadcaster.compose.links import InvalidLink, LinkClaims, verify_token
 from broadcaster.compose.templates import available_languages
 from broadcaster.store import ContactPoint, Customer
+from broadcaster.web.inputs import row_id
 from broadcaster.web.public import page
 from broadcaster.web.state import WebState, state_of
 
@@ -114,8 +115,17 @@ async def save_preferences(token: str, request: Request) -> Response:
     language = form.get("language")
     wanted: set[int] = set()
     for value in form.getlist("point"):
-        if isinstance(value, str) and value.isdigit():
-            wanted.add(int(value))
+        point_id = row_id(value) if isinstance(value, str) else None
+        if point_id is None:
+            # The form sends the ids of the addresses it lists; anything else (an upload,
+            # "²", thousands of digits) is not this form's.
+            return page(
+                "Not saved",
+                "<p>The form sent an address that is not one of its own; "
+                "reload the page and try again.</p>",
+                400,
+            )
+        wanted.add(point_id)
     now = web.clock.now()
     async with web.database.session() as session, session.begin():
         customer = await session.get(Customer, claims.customer_id)

@@ -8,11 +8,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from broadcaster.access import credentials
 from broadcaster.access.roles import ROLES, allows
 from broadcaster.clock import FakeClock
-from broadcaster.store import Database
+from broadcaster.store import AuditEntry, Database
 from tests.api.support import START, api_client
 
 V, OP, A = "viewer", "operator", "admin"
@@ -129,6 +130,42 @@ async def test_each_role_gets_exactly_its_routes(database: Database) -> None:
                     assert response.status_code == 400, (where, response.text)
                 else:
                     assert response.status_code not in (401, 403, 500), (where, response.text)
+
+
+async def test_each_refusal_for_the_role_is_audited_once(database: Database) -> None:
+    expected: list[tuple[str, str, str, str, str, object]] = []
+    async with api_client(database) as api:
+        for (method, template), need in EXPECTED.items():
+            if need not in ROLES:
+                continue
+            path = _concrete(template)
+            for caller in (None, *ROLES):
+                if caller is not None and allows(caller, need):
+                    continue
+                response = await api.call(
+                    method,
+                    path,
+                    caller,
+                    json={} if method in ("POST", "PUT") else None,
+                    params=_query(template),
+                )
+                assert response.status_code == (401 if caller is None else 403)
+                if caller is not None:  # no one to name without credentials: not audited
+                    reason = {"reason": "role too low", "needs": need}
+                    expected.append(
+                        (
+                            f"token:{caller}-bot",
+                            caller,
+                            f"{method} {template}",
+                            path,
+                            "refused",
+                            reason,
+                        )
+                    )
+    async with database.session() as session:
+        rows = (await session.execute(select(AuditEntry).order_by(AuditEntry.id))).scalars()
+        found = [(e.actor, e.role, e.action, e.target, e.outcome, e.detail) for e in rows]
+    assert found == expected
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -10,7 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from broadcaster.access import audit
+from broadcaster.access.credentials import Principal
 from broadcaster.cli.main import app
+from broadcaster.clock import RealClock
+from broadcaster.store import Database
 
 runner = CliRunner()
 
@@ -119,6 +124,75 @@ def test_accounts_need_a_long_password_and_actions_are_audited(tmp_path: Path) -
     assert entries[0]["source"].startswith("cli")
     assert entries[0]["target"] == "incident:1"
     assert all("password" not in json.dumps(e) for e in entries)
+
+
+def test_audit_list_escapes_what_is_not_printable(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    assert invoke("tokens", "list", "-c", config)[0] == 0  # creates the store
+    forged = "2026-03-02T08:59:59+00:00  account:root  console.login  account:root  ok"
+
+    async def write() -> None:
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 's.db'}")
+        try:
+            await audit.record(
+                db,
+                RealClock(),
+                Principal("token", "\x1b[2J\x1b]0;owned\x07ci", "operator"),
+                "incident.declare",
+                f"incident:1\n{forged}",
+                "10.0.0.7\u202e\\n",
+            )
+        finally:
+            await db.dispose()
+
+    asyncio.run(write())
+    code, out, err = invoke("audit", "list", "-c", config)
+    assert code == 0, err
+    [line] = out.splitlines()
+    assert "\x1b" not in out and "\u202e" not in out and forged not in out.splitlines()
+    assert "token:\\x1b[2J\\x1b]0;owned\\x07ci" in line
+    assert f"incident:1\\n{forged}" in line
+    assert line.endswith("from 10.0.0.7\\u202e\\\\n")
+
+
+def test_an_account_name_must_be_printable_and_fit(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    for name in ("alice\nroot", "\x1b[31malice", "a" * 65):
+        code, _, err = invoke(
+            "accounts",
+            "set",
+            name,
+            "--role",
+            "viewer",
+            "--password-stdin",
+            "-c",
+            config,
+            stdin="a long enough password\n",
+        )
+        assert code == 2 and "name: " in err, err
+    assert invoke("accounts", "list", "-c", config)[1] == ""
+
+
+def test_a_customer_import_is_audited(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    people = tmp_path / "people.txt"
+    people.write_text(
+        "id,name,email,account_manager\n"
+        "c1,Carol,carol@example.org,alice\n"
+        "c2,Dan,dan@example.org,nobody\n"
+        ",No id,x@example.org,\n"
+    )
+    code, out, err = invoke("customers", "import", str(people), "--format", "csv", "-c", config)
+    assert code == 1 and "imported 2 customers" in out, err
+    code, out, _ = invoke("audit", "list", "--json", "-c", config)
+    [entry] = [json.loads(line) for line in out.splitlines()]
+    assert (entry["action"], entry["target"], entry["source"]) == (
+        "customer.import",
+        "customers",
+        "cli",
+    )
+    assert entry["actor"].startswith("cli:") and entry["role"] == "admin"
+    assert entry["detail"] == {"imported": 2, "rejected": 1, "warned": 1, "format": "csv"}
 
 
 def test_an_unopenable_store_is_a_clear_error(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ from fastapi import FastAPI
 from sqlalchemy.exc import DBAPIError
 
 from broadcaster.store import Database
+from broadcaster.store.ids import MAX_ID
 from broadcaster.web import errors
+from broadcaster.web.inputs import row_id
 from tests.api.support import api_client
 
 DECLARE = {
@@ -98,6 +100,12 @@ async def test_an_audit_page_cursor_that_is_not_an_id_is_ignored(
         # redirect to sign in, not a crash: what matters is that no 500 comes back.
         response = await api.call("GET", "/console/audit", params={"before": before})
         assert response.status_code < 500
+
+
+def test_a_row_id_of_any_length_is_read_or_refused_never_raising() -> None:
+    assert row_id("42") == 42 and row_id("0042") == 42 and row_id(str(MAX_ID)) == MAX_ID
+    for text in ("9" * 5000, "1" * 4301, str(MAX_ID + 1), "²", "", "0", " 1"):
+        assert row_id(text) is None, text[:10]
 
 
 async def test_a_body_that_is_not_json_says_where_and_why(database: Database) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +21,7 @@ from broadcaster.access.roles import ROLES, Role, allows
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import Settings
 from broadcaster.engine import Engine
+from broadcaster.escalation.holder import load_file
 from broadcaster.store import (
     AuditEntry,
     ContactPoint,
@@ -316,6 +319,56 @@ async def test_parallel_guesses_do_not_slip_past_the_lock(app: Console) -> None:
 
     codes = await asyncio.gather(*(guess(n) for n in range(30)))
     assert codes.count(401) <= 5 and codes.count(429) >= 25, codes
+
+
+async def test_a_name_longer_than_any_account_is_refused_before_the_throttle(
+    app: Console,
+) -> None:
+    for n in range(3):
+        refused = await sign_in(app.http, f"{n}-" + "x" * 200_000)
+        assert refused.status_code == 401
+        assert "Wrong name or password." in refused.text
+        assert "x" * 100 not in refused.text  # not echoed back either
+    assert app.state.logins._attempts == {}
+    assert await audit_rows(app.state.database, "console.login") == []
+    assert (await sign_in(app.http, "x" * 65)).status_code == 401
+    assert app.state.logins._attempts == {}
+
+
+def test_the_throttle_keeps_a_fixed_size_key_whatever_the_name() -> None:
+    throttle = credentials.LoginThrottle(limit=2)
+    for name in ("Ann", "ANN", "b" * 64, "ß" * 10):
+        throttle.begin(name, START)
+    assert len(throttle._attempts) == 3  # Ann and ANN are one name
+    assert {len(key) for key in throttle._attempts} == {32}
+    assert throttle.begin("ann", START) is not None  # the third attempt of a locked name
+    throttle.succeeded("aNN")
+    assert throttle.begin("ann", START) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x\n2026-03-02T08:59:59+00:00  account:root  console.login  ok",
+        "\x1b[2J\x1b]0;owned\x07admin",
+        "root\rforged",
+        "tor\u202eadmin",
+        "ann\u2028root",
+        "ann\u200b",
+    ],
+)
+async def test_a_name_with_control_or_bidi_characters_is_refused_unaudited(
+    app: Console, name: str
+) -> None:
+    refused = await sign_in(app.http, name)
+    assert refused.status_code == 401
+    assert "Wrong name or password." in refused.text
+    assert await audit_rows(app.state.database, "console.login") == []
+    assert app.state.logins._attempts == {}
+    with pytest.raises(credentials.CredentialError, match="name: only printable"):
+        await credentials.set_account(
+            app.state.database, app.clock, name=name, role="viewer", password=PASSWORD
+        )
 
 
 async def test_non_ascii_tokens_are_refused_not_crashing(app: Console) -> None:
@@ -707,6 +760,22 @@ async def test_rules_page_checks_the_file_and_only_admins_reload(app: Console) -
     assert outcomes == ["refused", "ok"]
 
 
+async def test_rules_page_checks_the_file_off_the_event_loop(
+    app: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked_in: list[int] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        checked_in.append(threading.get_ident())
+        return load_file(*args, **kwargs)
+
+    monkeypatch.setattr("broadcaster.web.console.work.load_file", spy)
+    await signed_in(app.http, "vera")
+    page = await app.http.get("/console/rules")
+    assert page.status_code == 200 and "ok: the file loads without problems." in page.text
+    assert len(checked_in) == 1 and checked_in[0] != threading.get_ident()
+
+
 async def test_rules_page_shows_a_file_that_is_not_utf8_and_says_so(app: Console) -> None:
     await signed_in(app.http, "ann")
     app.rules.write_bytes(RULES.encode("utf-8") + "# Réseau\n".encode("latin-1"))
@@ -724,6 +793,37 @@ async def test_only_admins_read_the_audit_log(app: Console) -> None:
         page = await admin.get("/console/audit")
     assert page.status_code == 200
     assert 'data-action="console.login"' in page.text and "account:root" in page.text
+
+
+async def test_a_refusal_for_the_role_is_audited_once(app: Console) -> None:
+    csrf = await signed_in(app.http, "vera")
+    declared = await app.http.post("/console/incidents", data={**DECLARE, "csrf_token": csrf})
+    assert declared.status_code == 403
+    assert (await app.http.get("/console/audit")).status_code == 403
+    assert await incidents_in(app.state.database) == []
+    async with app.state.database.session() as session:
+        rows = (
+            await session.execute(
+                select(AuditEntry).where(AuditEntry.outcome == "refused").order_by(AuditEntry.id)
+            )
+        ).scalars()
+        found = [(e.actor, e.role, e.action, e.target, e.detail) for e in rows]
+    assert found == [
+        (
+            "account:vera",
+            "viewer",
+            "POST /console/incidents",
+            "/console/incidents",
+            {"reason": "role too low", "needs": "operator"},
+        ),
+        (
+            "account:vera",
+            "viewer",
+            "GET /console/audit",
+            "/console/audit",
+            {"reason": "role too low", "needs": "admin"},
+        ),
+    ]
 
 
 async def test_static_files_are_served_and_nothing_else(app: Console) -> None:

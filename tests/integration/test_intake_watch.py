@@ -348,9 +348,31 @@ async def test_a_source_that_trickles_bytes_for_ever_fails_at_the_fetch_deadline
     client = httpx.AsyncClient(
         transport=httpx.MockTransport(lambda request: httpx.Response(200, stream=body))
     )
-    config = settings("http://feeds.example/slow")
+    config = settings("http://feeds.example/slow?key=s3cret")
     config.timeout = timedelta(milliseconds=200)  # each wait is short: it never times out
     watcher = FeedWatcher(config, database, FakeClock(START), client=client)
     assert await watcher.poll_once() == []
-    assert watcher.last_error is not None and "took over 0.6 s" in str(watcher.last_error)
+    assert watcher.last_error == "the fetch of http://feeds.example/slow took over 0.6 s"
+    await client.aclose()
+
+
+async def test_a_failed_poll_names_the_feed_without_its_credentials(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = "https://reader:hunter2@feeds.example.net/gtfs-rt/alerts?api_key=SECRET-KEY-123#x"
+    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(503)))
+    watcher = FeedWatcher(settings(url), database, FakeClock(START), client=client)
+    with caplog.at_level(logging.WARNING, logger="broadcaster.intake"):
+        assert await watcher.poll_once() == []
+    assert watcher.last_error == "HTTP 503 from https://feeds.example.net/gtfs-rt/alerts"
+    logged = [getattr(record, "error", "") for record in caplog.records]
+    assert logged == [watcher.last_error]
+    state = WebState(
+        Settings(), database, FakeClock(START), "secret", scheduler_running=True, feeds=[watcher]
+    )
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as http:
+        health = await http.get("/healthz")
+    assert "feeds.example.net/gtfs-rt/alerts" in health.text
+    assert "SECRET-KEY-123" not in health.text and "hunter2" not in health.text
     await client.aclose()

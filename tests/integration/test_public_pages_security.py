@@ -174,6 +174,20 @@ async def test_links_of_an_erased_customer_no_longer_work(
         assert answer.status_code == 404, answer.text
 
 
+@pytest.mark.parametrize("point", ["\u00b2", "9" * 5000, "-1", "0", "1 ", "sms"])
+async def test_a_preferences_form_with_an_odd_address_id_is_a_400_and_changes_nothing(
+    client: httpx.AsyncClient, database: Database, point: str
+) -> None:
+    await seed(database)
+    token = make_token(SECRET, "c1", "preferences", START + timedelta(days=1))
+    answer = await client.post(f"/preferences/{token}", data={"action": "save", "point": point})
+    assert answer.status_code == 400, answer.text
+    assert "not one of its own" in answer.text
+    async with database.session() as session:
+        opted_out = (await session.execute(select(ContactPoint.opted_out))).scalars().all()
+    assert opted_out == [False]
+
+
 # -- headers -------------------------------------------------------------------------------
 
 FRAMING = {

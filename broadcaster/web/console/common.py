@@ -17,7 +17,7 @@ from starlette.datastructures import FormData
 
 from broadcaster.access.credentials import Principal
 from broadcaster.access.roles import Role, allows
-from broadcaster.web.auth import check_csrf, principal_of
+from broadcaster.web.auth import audit_role_refusal, check_csrf, principal_of
 from broadcaster.web.errors import ApiError
 from broadcaster.web.inputs import no_nul_in
 
@@ -149,6 +149,7 @@ async def who(
         back = request.url.path if request.method == "GET" else "/console/incidents"
         raise Stop(redirect(f"/console/login?next={quote(back)}"))
     if not allows(principal.role, role):
+        await audit_role_refusal(request, principal, role)
         raise error_page(
             request,
             principal,

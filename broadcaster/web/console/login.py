@@ -9,7 +9,7 @@ from fastapi import Request, Response
 from fastapi.responses import HTMLResponse
 
 from broadcaster.access import audit, credentials
-from broadcaster.access.credentials import Principal
+from broadcaster.access.credentials import Principal, account_name_problem
 from broadcaster.access.roles import Role, check_role
 from broadcaster.store import Account
 from broadcaster.web.auth import SESSION_COOKIE, client_source
@@ -123,13 +123,21 @@ async def login(request: Request) -> Response:
         return _login_form(request, 422, error=str(exc), name="", after="")
     password = form.get("password")
     expected = request.cookies.get(LOGIN_COOKIE, "")
+    possible = account_name_problem(name) is None
     if not sent or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
         return _login_form(
             request,
             403,
             error="The login form expired; please try again.",
-            name=name,
+            name=name if possible else "",
             after=form_text(form, "next"),
+        )
+    if not possible:
+        # No account can have this name (too long, or with control, line-break or bidi
+        # characters): the answer to a wrong password, before the throttle (whose memory
+        # it would fill) and the audit log (whose lines it could forge).
+        return _login_form(
+            request, 401, error="Wrong name or password.", name="", after=form_text(form, "next")
         )
     source = client_source(request)
     wait = state.logins.begin(name, state.clock.now())

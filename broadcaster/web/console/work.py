@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 
 from fastapi import Request, Response
 from fastapi.responses import HTMLResponse
@@ -12,6 +14,7 @@ from broadcaster import operations
 from broadcaster.access import audit
 from broadcaster.access.credentials import Principal
 from broadcaster.access.roles import WHAT_ROLES_MAY
+from broadcaster.config.settings import Settings
 from broadcaster.escalation.holder import load_file
 from broadcaster.followups import rights
 from broadcaster.followups import service as followups
@@ -148,7 +151,21 @@ async def waive(followup_id: FollowupId, request: Request) -> Response:
 # --- Rules -------------------------------------------------------------------------------
 
 
-def _rules_page(
+def _read_and_check(path: Path, settings: Settings) -> tuple[str | None, list[str], bool]:
+    """The rules file's text (cut for the page), its problems, and whether it was checked."""
+    try:
+        # Shown even when not UTF-8 (load_file below says so, with the line).
+        text = path.read_bytes().decode("utf-8", errors="replace")[:RULES_TEXT_LIMIT]
+    except OSError as exc:
+        return None, [f"{path}: cannot read: {exc.strerror or exc}"], False
+    try:
+        load_file(path, settings)
+    except RulesError as exc:
+        return text, list(exc.problems), True
+    return text, [], True
+
+
+async def _rules_page(
     request: Request, principal: Principal, status: int = 200, *, error: str | None = None
 ) -> HTMLResponse:
     state = state_of(request)
@@ -158,17 +175,9 @@ def _rules_page(
     problems: list[str] = []
     checked = False
     if path is not None:
-        try:
-            # Shown even when not UTF-8 (load_file below says so, with the line).
-            text = path.read_bytes().decode("utf-8", errors="replace")[:RULES_TEXT_LIMIT]
-        except OSError as exc:
-            problems = [f"{path}: cannot read: {exc.strerror or exc}"]
-        else:
-            try:
-                load_file(path, state.settings)
-            except RulesError as exc:
-                problems = list(exc.problems)
-            checked = True
+        # Parsing and checking the file is CPU work (most of a second for a large file): off
+        # the event loop, so rounds, dispatch and other requests go on meanwhile.
+        text, problems, checked = await asyncio.to_thread(_read_and_check, path, state.settings)
     active = holder.current if holder is not None else None
     return render(
         request,
@@ -189,7 +198,7 @@ def _rules_page(
 @stoppable
 async def rules_page(request: Request) -> Response:
     principal = await who(request, "viewer")
-    return _rules_page(request, principal)
+    return await _rules_page(request, principal)
 
 
 @router.post("/rules/reload")
@@ -210,7 +219,7 @@ async def rules_reload(request: Request) -> Response:
             outcome="refused",
             detail={"reason": "no rules file is configured"},
         )
-        return _rules_page(request, principal, 409, error="No rules file is configured.")
+        return await _rules_page(request, principal, 409, error="No rules file is configured.")
     ok = holder.reload()
     await audit.record(
         state.database,
@@ -223,7 +232,7 @@ async def rules_reload(request: Request) -> Response:
         detail=None if ok else {"problems": (holder.error or "").splitlines()},
     )
     if not ok:
-        return _rules_page(
+        return await _rules_page(
             request,
             principal,
             422,
