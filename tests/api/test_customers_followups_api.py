@@ -241,6 +241,13 @@ async def test_follow_ups_are_claimed_done_and_waived_by_the_right_people(
             (second, "waived"),
             (third, "waived"),
         ]
+        # Customer data is for operators and admins: a viewer reads the queue without the
+        # customers and the notes staff wrote about them.
+        assert {(f["customer_id"], f["note"]) for f in queue} == {(None, None)}
+        seen = (
+            await api.call("GET", "/api/v1/followups", "operator", params={"state": "all"})
+        ).json()
+        assert seen[0]["customer_id"] is not None and seen[0]["note"] == "Called; she understands."
         assert (await api.call("GET", "/api/v1/followups/999/claim")).status_code == 405
         missing = await api.call("POST", "/api/v1/followups/999/claim", "operator")
         assert missing.status_code == 404

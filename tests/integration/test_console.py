@@ -627,6 +627,16 @@ async def test_follow_ups_are_claimed_done_and_only_then_the_incident_closes(
         two = await session.get(Followup, second)
     assert one is not None and (one.state, one.outcome, one.closed_by) == ("done", "reached", "ann")
     assert two is not None and two.state == "open"
+    # Customer data is for operators: a viewer sees the queue without customers or notes.
+    viewer = app.another_browser()
+    async with viewer:
+        await signed_in(viewer, "vera")
+        for path in ("/console/followups?state=all", f"/console/incidents/{incident_id}/live"):
+            seen = await viewer.get(path)
+            assert seen.status_code == 200 and "(operators)" in seen.text
+            assert "V1" not in seen.text and "Called, apologised" not in seen.text
+    operator_queue = await app.http.get("/console/followups?state=all")
+    assert "V1" in operator_queue.text and "Called, apologised" in operator_queue.text
 
     resolved = await app.http.post(
         f"/console/incidents/{incident_id}/resolve",
@@ -855,6 +865,8 @@ async def test_a_viewer_sees_an_incident_without_its_forms(app: Console) -> None
         page = await viewer.get(f"/console/incidents/{incident_id}")
         assert page.status_code == 200 and DECLARE["title"] in page.text
         assert 'id="update-form"' not in page.text and 'id="resolve-form"' not in page.text
+        queue = await viewer.get("/console/followups")
+        assert queue.status_code == 200 and "Follow-up queue" in queue.text
         missing = await viewer.get(f"/console/incidents/{incident_id + 100}")
         assert missing.status_code == 404 and "There is no incident" in missing.text
         assert (await viewer.get(f"/console/incidents/{incident_id + 100}/live")).status_code == 404

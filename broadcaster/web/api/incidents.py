@@ -27,6 +27,7 @@ from broadcaster.web.api.schemas import (
     RoundOut,
     TimelineEntryOut,
     UpdateIn,
+    followup_out,
     page_of,
 )
 from broadcaster.web.auth import require
@@ -127,7 +128,7 @@ async def declare(body: DeclareIn, request: Request, principal: Operator) -> Inc
 
 
 @router.get("/{incident_id}", response_model=IncidentDetailOut, summary="One incident, in full")
-async def show(incident_id: IncidentId, request: Request, _: Viewer) -> IncidentDetailOut:
+async def show(incident_id: IncidentId, request: Request, principal: Viewer) -> IncidentDetailOut:
     state = state_of(request)
     try:
         report = await incident_report(state.database, incident_id)
@@ -153,7 +154,7 @@ async def show(incident_id: IncidentId, request: Request, _: Viewer) -> Incident
         deliveries_by_channel=report.by_channel,
         promises=promises,
         next_update_due=report.next_update_due,
-        followups=[FollowupOut.model_validate(f) for f in report.followups],
+        followups=[followup_out(f, principal) for f in report.followups],
     )
 
 
@@ -250,11 +251,11 @@ async def close(incident_id: IncidentId, request: Request, principal: Operator) 
 
 @router.get("/{incident_id}/followups", response_model=list[FollowupOut], summary="Its follow-ups")
 async def incident_followups(
-    incident_id: IncidentId, request: Request, _: Viewer
+    incident_id: IncidentId, request: Request, principal: Viewer
 ) -> list[FollowupOut]:
     state = state_of(request)
     try:
         report = await incident_report(state.database, incident_id)
     except LookupError as exc:
         raise _refused(exc) from None
-    return [FollowupOut.model_validate(f) for f in report.followups]
+    return [followup_out(f, principal) for f in report.followups]

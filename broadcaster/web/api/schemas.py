@@ -9,6 +9,8 @@ from typing import Annotated, Generic, Literal, TypeVar
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from broadcaster.access.credentials import Principal
+from broadcaster.access.roles import allows
 from broadcaster.customers.rows import NoNul
 from broadcaster.incidents.lifecycle import (
     MAX_MESSAGE_CHARS,
@@ -170,7 +172,8 @@ class FollowupOut(BaseModel):
 
     id: int
     incident_id: int
-    customer_id: str
+    customer_id: str | None
+    """None for a viewer: customer data is for operators and admins (so is ``note``)."""
     rule: str
     kind: str
     owner: str
@@ -185,6 +188,15 @@ class FollowupOut(BaseModel):
     created_at: datetime
     closed_at: datetime | None
     closed_by: str | None
+
+
+def followup_out(task: object, principal: Principal) -> FollowupOut:
+    """``task`` (a :class:`~broadcaster.store.Followup`) as ``principal`` may read it: without
+    its customer and its free-text note for a viewer."""
+    out = FollowupOut.model_validate(task)
+    if allows(principal.role, "operator"):
+        return out
+    return out.model_copy(update={"customer_id": None, "note": None})
 
 
 class IncidentDetailOut(IncidentOut):

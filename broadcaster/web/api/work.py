@@ -35,6 +35,7 @@ from broadcaster.web.api.schemas import (
     RulesCheckOut,
     RulesOut,
     WaiveIn,
+    followup_out,
     page_of,
 )
 from broadcaster.web.auth import client_source, require
@@ -140,7 +141,7 @@ async def delivery_counts(
 )
 async def list_followups(
     request: Request,
-    _: Viewer,
+    principal: Viewer,
     state: Annotated[str, Query(pattern="^(open|claimed|done|waived|all)$")] = "open",
     owner: Word = None,
     incident_id: IdFilter = None,
@@ -156,7 +157,7 @@ async def list_followups(
     if incident_id is not None:
         query = query.where(Followup.incident_id == incident_id)
     async with state_of(request).database.session() as session:
-        return [FollowupOut.model_validate(f) for f in (await session.execute(query)).scalars()]
+        return [followup_out(f, principal) for f in (await session.execute(query)).scalars()]
 
 
 def _followup_error(exc: Exception) -> ApiError:
