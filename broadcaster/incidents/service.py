@@ -270,8 +270,15 @@ async def _locked_incident(session: AsyncSession, incident_id: int) -> Incident:
 
 async def _round_now(
     session: AsyncSession, incident: Incident, kind: str, update_id: int, now: datetime
-) -> Round:
-    """Make a round of ``kind`` due now: the pending one pulled forward, or a new one."""
+) -> Round | None:
+    """Make a round of ``kind`` due now: the pending one pulled forward, or a new one.
+
+    While the first round has not started, nobody has been told: an update goes out as that
+    first notice (with its opening). A resolution inside a feed's hold (the first round not
+    yet due) cancels it, with nothing to send (None): the hold is there to keep a flapping
+    alert from customers, and an apology for an incident they never heard of is noise. (A
+    first round already due, that the daemon has not reached, becomes the resolution: the
+    customers were affected for that long.)"""
     pending = (
         (
             await session.execute(
@@ -286,12 +293,32 @@ async def _round_now(
     )
     if pending:
         target = pending[0]
+        if target.kind == "first":
+            if kind != "resolution":
+                kind = "first"
+            elif target.due_at > now:
+                for extra in pending:
+                    extra.state = "cancelled"
+                return None
         target.kind = kind
         target.update_id = update_id
         target.due_at = min(target.due_at, now)
         for extra in pending[1:]:
             extra.state = "cancelled"
         return target
+    told = (
+        await session.execute(
+            select(Round.id)
+            .where(
+                Round.incident_id == incident.id, Round.state.in_(("materialising", "dispatched"))
+            )
+            .limit(1)
+        )
+    ).first() is not None
+    if not told:  # its first round was cancelled in its hold: this is the first notice
+        if kind == "resolution":
+            return None
+        kind = "first"
     incident.rounds_made += 1
     target = Round(
         incident_id=incident.id,

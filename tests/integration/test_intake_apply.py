@@ -241,3 +241,73 @@ rules:
   - name: everyone
     policy: default
 """
+
+
+async def rounds_of(db: Database, incident_id: int) -> list[tuple[int, str, str]]:
+    async with db.session() as session:
+        rows = await session.execute(
+            select(Round.number, Round.kind, Round.state)
+            .where(Round.incident_id == incident_id)
+            .order_by(Round.number)
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
+
+
+async def test_an_item_resolved_inside_its_hold_tells_nobody(database: Database) -> None:
+    """The hold keeps a flapping alert from customers; resolved inside it, the held first
+    round became the resolution: an apology for an incident they had never heard of."""
+    clock = FakeClock(START)
+    _, incident_id = await apply(database, clock, event("v1"))
+    assert incident_id is not None
+    clock.advance(10)  # inside the 30 s hold
+    assert await apply(database, clock, event("v2", status="resolved")) == (
+        "resolved",
+        incident_id,
+    )
+    assert await rounds_of(database, incident_id) == [(1, "first", "cancelled")]
+    closed = await service.close(database, clock, incident_id, "op")  # nothing left to send
+    assert closed.status == "closed"
+
+
+async def test_back_within_the_window_after_a_silent_resolution_is_a_first_notice(
+    database: Database,
+) -> None:
+    clock = FakeClock(START)
+    _, incident_id = await apply(database, clock, event("v1"))
+    assert incident_id is not None
+    clock.advance(10)
+    await apply(database, clock, event("v2", status="resolved"))
+    clock.advance(600)
+    assert await apply(database, clock, event("v3")) == ("reopened", incident_id)
+    assert await rounds_of(database, incident_id) == [
+        (1, "first", "cancelled"),
+        (2, "first", "pending"),
+    ]
+
+
+async def test_an_edit_inside_the_hold_keeps_the_first_notice(database: Database) -> None:
+    """Edited inside its hold, the held first round went out as an "update" of an incident
+    customers had not heard of, without the first notice's opening."""
+    clock = FakeClock(START)
+    _, incident_id = await apply(database, clock, event("v1"))
+    assert incident_id is not None
+    clock.advance(10)
+    await apply(database, clock, event("v2", status="identified", message="A bad switch."))
+    assert await rounds_of(database, incident_id) == [(1, "first", "pending")]
+    async with database.session() as session:
+        first = (await session.execute(select(Round).where(Round.number == 1))).scalar_one()
+        latest = await session.get(IncidentUpdate, first.update_id)
+    assert latest is not None and latest.message == "A bad switch."
+
+
+async def test_resolved_after_its_hold_the_first_round_is_the_resolution(
+    database: Database,
+) -> None:
+    """Past the hold (the daemon not yet at it), customers were affected that long: the
+    resolution, with its apology, goes out."""
+    clock = FakeClock(START)
+    _, incident_id = await apply(database, clock, event("v1"))
+    assert incident_id is not None
+    clock.advance(HOLD + timedelta(seconds=5))
+    await apply(database, clock, event("v2", status="resolved"))
+    assert await rounds_of(database, incident_id) == [(1, "resolution", "pending")]
