@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 import typer
@@ -53,25 +53,34 @@ RoleOption = Annotated[
 ]
 
 
+DEFAULT_TOKEN_LIFETIME = "90d"  # noqa: S105 - a duration, not a secret
+"""How long a token lasts unless ``--expires`` says otherwise: a token forgotten in a
+script or a leaked log stops working by itself."""
+
+
 @tokens.command("create")
 def create_token(
     role: RoleOption,
     name: Annotated[str, typer.Option("--name", help="who or what holds it (for the audit log)")],
     expires: Annotated[
-        str | None, typer.Option("--expires", help="lifetime, e.g. 90d or 12h (default: none)")
-    ] = None,
+        str,
+        typer.Option(
+            "--expires",
+            help="lifetime, e.g. 90d or 12h; 'never' for a token that lasts until revoked",
+        ),
+    ] = DEFAULT_TOKEN_LIFETIME,
     config: ConfigOption = None,
 ) -> None:
     """Create a token and print it once; only its hash is stored."""
     settings = settings_or_exit(config)
     lifetime: timedelta | None = None
-    if expires is not None:
+    if expires.strip().lower() != "never":
         try:
             lifetime = parse_duration(expires)
         except ValueError as exc:
             raise fail(f"--expires: {exc}", 2) from None
 
-    async def work(db: Database) -> tuple[int, str]:
+    async def work(db: Database) -> tuple[int, str, datetime | None]:
         actor = cli_principal()
         row, secret = await credentials.create_token(
             db, RealClock(), name=name, role=role, created_by=actor.actor, lifetime=lifetime
@@ -85,13 +94,16 @@ def create_token(
             "cli",
             detail={"name": row.name, "role": row.role},
         )
-        return row.id, secret
+        return row.id, secret, row.expires_at
 
     try:
-        token_id, secret = run(with_database(settings, work))
+        token_id, secret, expires_at = run(with_database(settings, work))
     except CredentialError as exc:
         raise fail(str(exc), 2) from None
-    typer.echo(f"token {token_id} ({role}, for {name}); shown once, keep it secret:", err=True)
+    until = f"expires {expires_at:%Y-%m-%d %H:%M}Z" if expires_at else "never expires"
+    typer.echo(
+        f"token {token_id} ({role}, for {name}, {until}); shown once, keep it secret:", err=True
+    )
     typer.echo(secret)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,22 @@ def test_tokens_are_created_listed_and_revoked(tmp_path: Path) -> None:
     assert code == 2 and "role" in err and "viewer, operator, admin" in err
     code, _, err = invoke("tokens", "revoke", "42", "-c", config)
     assert code == 1 and "no token with id 42" in err
+
+
+def test_a_token_expires_in_90_days_unless_told_otherwise(tmp_path: Path) -> None:
+    """A token created without --expires lasted for ever: one forgotten in a script or a
+    leaked log worked until someone revoked it."""
+    config = str(_config(tmp_path))
+    before = datetime.now(UTC)
+    code, _, err = invoke("tokens", "create", "--role", "viewer", "--name", "a", "-c", config)
+    assert code == 0, err
+    expires = datetime.strptime(err.split("expires ")[1][:16], "%Y-%m-%d %H:%M")
+    lifetime = expires.replace(tzinfo=UTC) - before
+    assert timedelta(days=89, hours=23) <= lifetime <= timedelta(days=90, minutes=1)
+    code, _, err = invoke(
+        "tokens", "create", "--role", "viewer", "--name", "b", "--expires", "never", "-c", config
+    )
+    assert code == 0 and "never expires" in err
 
 
 def test_accounts_need_a_long_password_and_actions_are_audited(tmp_path: Path) -> None:
