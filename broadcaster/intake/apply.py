@@ -48,7 +48,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
@@ -300,6 +300,12 @@ async def plan_event(
 
 
 def _describe(exc: BaseException) -> str:
+    """Why an event was not applied, for its sender and ``/healthz``: a store error's text
+    (its SQL, its parameters: the item's own fields, a customer's) goes to the log only."""
+    if isinstance(exc, SQLAlchemyError):
+        log.error("intake event not applied: the store failed", exc_info=exc)
+        cause = type(getattr(exc, "orig", None) or exc).__name__
+        return f"the store failed ({cause}); the daemon's log has the details"
     return f"{type(exc).__name__}: {exc}"
 
 

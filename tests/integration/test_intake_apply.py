@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from broadcaster.clock import Clock, FakeClock
 from broadcaster.escalation.facts import incident_facts
@@ -311,3 +312,19 @@ async def test_resolved_after_its_hold_the_first_round_is_the_resolution(
     clock.advance(HOLD + timedelta(seconds=5))
     await apply(database, clock, event("v2", status="resolved"))
     assert await rounds_of(database, incident_id) == [(1, "resolution", "pending")]
+
+
+async def test_a_store_error_is_named_without_its_sql(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reason goes back to a webhook's sender and into the public ``/healthz`` (a feed's
+    last error): a store error's text carries its SQL and the item's fields."""
+    clock = FakeClock(START)
+
+    async def failing(*args: object, **kwargs: object) -> None:
+        raise OperationalError("INSERT INTO incidents (title) VALUES (?)", ("secret",), Exception())
+
+    monkeypatch.setattr(service, "declare", failing)
+    result = await apply_event(database, clock, event("v1"), hold=HOLD, reopen_within=REOPEN)
+    assert result.kind == "error"
+    assert result.reason == "the store failed (Exception); the daemon's log has the details"
