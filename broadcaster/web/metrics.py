@@ -45,6 +45,7 @@ class Snapshot:
     lateness_buckets: list[int] = field(default_factory=list)
     lateness_count: int = 0
     lateness_sum: float = 0.0
+    promises_overdue: int = 0
     followups_open: int = 0
     followups_overdue: int = 0
     staff_notices: list[tuple[str, str, int]] = field(default_factory=list)
@@ -99,6 +100,16 @@ async def take(web: WebState) -> Snapshot:
         snap.lateness_count = int(row[0] or 0)
         snap.lateness_sum = float(row[1] or 0.0)
         snap.lateness_buckets = [int(v or 0) for v in row[2:]]
+        # Broken now, not yet settled: no round has come to keep them (the daemons down,
+        # the scheduler stuck). Settled later as late; an alert should not wait for that.
+        due_by = now - web.settings.schedule.promise_grace
+        snap.promises_overdue = int(
+            (
+                await session.execute(
+                    select(func.count()).where(Promise.state == "open", Promise.due_at < due_by)
+                )
+            ).scalar_one()
+        )
         open_tasks = Followup.state.in_(OPEN_STATES)
         snap.followups_open = int(
             (await session.execute(select(func.count()).where(open_tasks))).scalar_one()
@@ -159,6 +170,12 @@ class _Collector(Collector):
         for state in dict.fromkeys((*PROMISE_STATES, *by_state)):
             promises.add_metric([state], by_state.get(state, 0))
         yield promises
+        overdue_promises = GaugeMetricFamily(
+            "broadcaster_promises_overdue",
+            "Open promised updates past their time and grace: being broken now",
+        )
+        overdue_promises.add_metric([], snap.promises_overdue)
+        yield overdue_promises
         cumulative = [
             (str(bound), count)
             for bound, count in zip(LATENESS_BUCKETS, snap.lateness_buckets, strict=True)

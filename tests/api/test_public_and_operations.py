@@ -157,8 +157,16 @@ async def test_metrics_report_the_store(database: Database) -> None:
                     update(StaffNotice).where(StaffNotice.key == key).values(state=state)
                 )
             # Promises need a round each (one promise per round): kept, 42 s and 400 s late.
-            for number_in_incident, (state, lateness) in enumerate(
-                (("kept", None), ("late", 42.0), ("late", 400.0)), start=2
+            # And two open: one past its time and grace (being broken now), one ahead.
+            for number_in_incident, (state, lateness, due) in enumerate(
+                (
+                    ("kept", None, START),
+                    ("late", 42.0, START),
+                    ("late", 400.0, START),
+                    ("open", None, START - timedelta(minutes=5)),
+                    ("open", None, START + timedelta(minutes=5)),
+                ),
+                start=2,
             ):
                 made = Round(
                     incident_id=number,
@@ -173,7 +181,7 @@ async def test_metrics_report_the_store(database: Database) -> None:
                     Promise(
                         incident_id=number,
                         made_by_round_id=made.id,
-                        due_at=START,
+                        due_at=due,
                         state=state,
                         lateness_seconds=lateness,
                     )
@@ -202,7 +210,8 @@ async def test_metrics_report_the_store(database: Database) -> None:
         }
         assert buckets == {"0.0": 1, "15.0": 1, "60.0": 2, "300.0": 2, "900.0": 3, "+Inf": 3}
         assert samples[("broadcaster_promises", (("state", "late"),))] == 2
-        assert ("broadcaster_promises", (("state", "open"),)) in samples
+        assert samples[("broadcaster_promises", (("state", "open"),))] == 2
+        assert samples[("broadcaster_promises_overdue", ())] == 1
         assert samples[("broadcaster_followups_overdue", ())] == 0
         notices = "broadcaster_staff_notices"
         assert samples[(notices, (("kind", "step"), ("state", "failed")))] == 2
