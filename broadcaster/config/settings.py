@@ -431,6 +431,20 @@ def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
             problems.append(
                 (("hooks", name), f"webhook source {name!r} has no webhook_secrets entry")
             )
+    owners: dict[str, str] = {}
+    for name, secrets in settings.webhook_secrets.items():
+        for secret in secrets:
+            other = owners.setdefault(secret.get_secret_value(), name)
+            if other != name:
+                # The signature covers the timestamp and the body, not the source: a
+                # request signed for one could be replayed to the other.
+                problems.append(
+                    (
+                        ("webhook_secrets", name),
+                        f"shares a secret with {other!r}; give each source its own",
+                    )
+                )
+                break
     for name, spec in settings.channels.items():
         contact = getattr(spec, "contact", None)
         if contact is not None and contact not in (*CONTACT_KINDS, EVERY_CUSTOMER):

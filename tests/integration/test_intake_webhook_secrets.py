@@ -48,13 +48,29 @@ def test_an_empty_webhook_secret_is_refused_at_load_naming_the_source(
 def test_a_secret_or_a_list_of_secrets_loads(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(
-        f"webhook_secrets:\n  one: {OLD}\n  rotating: [{NEW}, {OLD}]\n", encoding="utf-8"
+        f"webhook_secrets:\n  one: whsec-one-for-tests\n  rotating: [{NEW}, {OLD}]\n",
+        encoding="utf-8",
     )
     secrets = load_settings(path, {}).webhook_secrets
-    assert [s.get_secret_value() for s in secrets["one"]] == [OLD]
+    assert [s.get_secret_value() for s in secrets["one"]] == ["whsec-one-for-tests"]
     assert [s.get_secret_value() for s in secrets["rotating"]] == [NEW, OLD]
     with pytest.raises(ValidationError):
         Settings.model_validate({"webhook_secrets": {"ops": [NEW, 7]}})
+
+
+def test_two_sources_sharing_a_secret_are_refused(tmp_path: Path) -> None:
+    """A signature covers the timestamp and the body, not the source it was sent to: with one
+    secret for two sources, a request to one could be replayed to the other."""
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"webhook_secrets:\n  one: {OLD}\n  rotating: [{NEW}, {OLD}]\n", encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    [message] = info.value.problems
+    assert "webhook_secrets.rotating" in message
+    assert "shares a secret with 'one'; give each source its own" in message
+    assert OLD not in message
 
 
 @pytest.fixture
