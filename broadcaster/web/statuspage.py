@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 
 from broadcaster.incidents.lifecycle import OPEN_STATUSES
 from broadcaster.store import Incident, IncidentScope, IncidentUpdate
@@ -148,16 +148,21 @@ def _component(web: WebState, name: str, rank: int) -> dict[str, Any]:
 
 async def _ranks(web: WebState) -> dict[str, int]:
     """Each component our incidents named → the rank of the worst open incident on it."""
-    worst: dict[str, int] = {}
+    # Worked out by the store, one row a component: a public, unauthenticated page must not
+    # bring every incident scope ever written into the daemon at each call.
+    rank = case(
+        (Incident.status.not_in(OPEN_STATUSES), 0),
+        *((Incident.severity == severity, value) for severity, value in _RANK.items()),
+        else_=1,
+    )
     async with web.database.session() as session:
-        for value, severity, status in await session.execute(
-            select(IncidentScope.value, Incident.severity, Incident.status)
+        rows = await session.execute(
+            select(IncidentScope.value, func.max(rank))
             .join(Incident, Incident.id == IncidentScope.incident_id)
             .where(IncidentScope.kind == "component")
-        ):
-            rank = _RANK.get(severity, 1) if status in OPEN_STATUSES else 0
-            worst[value] = max(worst.get(value, 0), rank)
-    return worst
+            .group_by(IncidentScope.value)
+        )
+        return {value: int(worst) for value, worst in rows}
 
 
 async def _components(web: WebState) -> list[dict[str, Any]]:
