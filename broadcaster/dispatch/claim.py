@@ -283,6 +283,8 @@ def _superseded(connection: Any, found: list[Any]) -> dict[int, str]:
     (id → why), on any channel: one query for the incidents' latest rounds; for the rows of
     an earlier round only (a retry, a held message; rarely any), one for their customers'
     deliveries of later rounds."""
+    if not found:
+        return {}
     incidents = {row[2] for row in found}
     latest = dict(
         connection.execute(
@@ -414,8 +416,7 @@ _JOB_COLUMNS = (
 """A claimed delivery: what :class:`Job` holds, in its order, then the state it had, whether
 its contact point is opted out or disabled now, its lease expiry (on a pending delivery: the
 mark of one put back by a :class:`Pacer`), the promise it makes if not its round's, when it
-was due (its claim-order key is that and
-the id) and the follow-up it announces."""
+was due (its claim-order key is that and the id) and the follow-up it announces."""
 _ATTEMPTS = 5
 _STATE = 13
 _OPTED_OUT = 14

@@ -107,7 +107,8 @@ class DispatchStats:
     failovers: int = 0
     reclaimed: int = 0
     cancelled: int = 0
-    """Queued deliveries not sent because their address was opted out or disabled."""
+    """Queued deliveries not sent: their address was opted out or disabled, or a later round
+    of their incident had reached their customer."""
     paced: int = 0
     """Claimed-to-be deliveries of a rate-limited channel put back for later (Pacer)."""
     spent: int = 0
