@@ -273,16 +273,15 @@ def _cancel(connection: Any, dialect: str, rows: list[Any], now: datetime) -> No
     )
 
 
-_REACHED = ("sending", "sent", "delivered", "undelivered", "failed")
-"""States of a delivery that was handed to its channel (or tried): its round reached, or
-tried to reach, its customer."""
+_REACHED = ("sending", "sent", "delivered", "undelivered")
+"""States of a delivery handed to its channel: its round reached its customer."""
 
 
 def _superseded(connection: Any, found: list[Any]) -> dict[int, str]:
-    """The claimed rows a later round of their incident has reached their customer with
-    (id → why), on any channel: one query for the incidents' latest rounds; for the rows of
-    an earlier round only (a retry, a held message; rarely any), one for their customers'
-    deliveries of later rounds."""
+    """The claimed rows a later round of their incident has reached their customer with, or
+    is claimed with to reach them now (id → why), on any channel: one query for the
+    incidents' latest rounds; for the rows of an earlier round only (a retry, a held
+    message; rarely any), one for their customers' deliveries of later rounds."""
     if not found:
         return {}
     incidents = {row[2] for row in found}
@@ -306,6 +305,9 @@ def _superseded(connection: Any, found: list[Any]) -> dict[int, str]:
         .group_by(_D.c.incident_id, _D.c.customer_id)
     ).all()
     newest = {(incident, customer): round_id for incident, customer, round_id in later}
+    for row in found:  # a later round claimed with it goes out now, in the same batch
+        key = (row[2], row[7])
+        newest[key] = max(newest.get(key, row[1]), row[1])
     return {
         row[0]: "superseded: a later round of the incident reached the customer"
         for row in older

@@ -90,7 +90,9 @@ class Escalation:
             return None
         facts = await incident_facts(session, incident)
         if resolving:
-            facts = dataclasses.replace(facts, status="resolved", resolved_at=now)
+            # Never before its start: a host whose clock is behind the declaring one's.
+            resolved_at = max(now, facts.started_at)
+            facts = dataclasses.replace(facts, status="resolved", resolved_at=resolved_at)
         return ruleset.evaluate(facts, None, now=now, plan=self._plan(incident))
 
     async def on_batch(

@@ -296,7 +296,7 @@ async def _round_now(
         if target.kind == "first":
             if kind != "resolution":
                 kind = "first"
-            elif target.due_at > now:
+            elif target.due_at > max(now, incident.created_at):  # in a feed's hold
                 for extra in pending:
                     extra.state = "cancelled"
                 return None
@@ -315,16 +315,26 @@ async def _round_now(
             .limit(1)
         )
     ).first() is not None
+    due = now
     if not told:  # its first round was cancelled in its hold: this is the first notice
         if kind == "resolution":
             return None
         kind = "first"
+        # And it keeps that hold: a flapping alert back again is not news before then.
+        held = (
+            await session.execute(
+                select(func.max(Round.due_at)).where(
+                    Round.incident_id == incident.id, Round.kind == "first"
+                )
+            )
+        ).scalar_one_or_none()
+        due = max(due, held) if held is not None else due
     incident.rounds_made += 1
     target = Round(
         incident_id=incident.id,
         number=incident.rounds_made,
         kind=kind,
-        due_at=now,
+        due_at=due,
         update_id=update_id,
     )
     session.add(target)

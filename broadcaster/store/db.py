@@ -33,6 +33,7 @@ Pooler = Literal["none", "session", "transaction"]
 
 
 SQLITE_WAIT = 30.0
+SQLITE_PING_WAIT = 5.0
 """Seconds a SQLite transaction waits for its turn (in this process, as in SQLite's busy
 timeout for the others) before it fails."""
 
@@ -353,7 +354,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_ping(path: str) -> None:
     """Read the schema of the SQLite file at ``path`` by a connection of its own, read-only."""
     uri = f"{Path(path).resolve().as_uri()}?mode=ro"
-    connection = sqlite3.connect(uri, uri=True, timeout=SQLITE_WAIT)
+    # A reader waits for no writer in WAL mode; what it could wait for (a recovery) must not
+    # keep a health check's thread long after the check gave up.
+    connection = sqlite3.connect(uri, uri=True, timeout=SQLITE_PING_WAIT)
     try:
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
     finally:

@@ -11,6 +11,7 @@ browsers on their own, so they need none. A caller refused for their role is aud
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request
@@ -20,6 +21,8 @@ from broadcaster.access.credentials import Principal
 from broadcaster.access.roles import Role, allows
 from broadcaster.web.errors import ApiError
 from broadcaster.web.state import client_source, state_of
+
+log = logging.getLogger("broadcaster.web")
 
 SESSION_COOKIE = "bc_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -89,16 +92,19 @@ async def audit_role_refusal(request: Request, principal: Principal, role: Role)
     route = request.scope.get("route")
     template = getattr(route, "path", None) or request.url.path
     raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
-    await audit.record(
-        state.database,
-        state.clock,
-        principal,
-        f"{request.method} {template}"[:64],
-        raw_path.decode("ascii", "backslashreplace"),  # as sent: percent-encoded
-        client_source(request),
-        outcome="refused",
-        detail={"reason": "role too low", "needs": role},
-    )
+    try:
+        await audit.record(
+            state.database,
+            state.clock,
+            principal,
+            f"{request.method} {template}"[:64],
+            raw_path.decode("ascii", "backslashreplace"),  # as sent: percent-encoded
+            client_source(request),
+            outcome="refused",
+            detail={"reason": "role too low", "needs": role},
+        )
+    except Exception:  # the caller still gets their 403, not a 500, when the store fails
+        log.exception("could not audit a refusal for the role", extra={"actor": principal.actor})
 
 
 def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:

@@ -16,7 +16,7 @@ from broadcaster.engine import Engine
 from broadcaster.followups import service as followups
 from broadcaster.incidents import service
 from broadcaster.incidents.lifecycle import TransitionError
-from broadcaster.store import Customer, Database, Followup, Incident, StaffNotice
+from broadcaster.store import Customer, Database, Followup, Incident, Round, StaffNotice
 from rules import FollowupRequirement, StaffRef
 from tests.integration.test_rules_followups import START, channels, run_until, seed, settings
 
@@ -152,3 +152,24 @@ rules:
         engine.escalation,
     )
     assert update.compensation == "a credit of 5.00 EUR"
+
+
+async def test_a_resolution_from_a_host_whose_clock_is_behind_still_resolves(
+    database: Database,
+) -> None:
+    """Decided as resolved "now", the incident's facts had a resolution before its start
+    when the resolving host's clock was a second behind the declaring one's: refused with a
+    ValueError. And the first round, not yet started, must still carry the resolution."""
+    clock = FakeClock(START)
+    await seed(database)
+    engine = await Engine.create(settings(), database, clock, channels())
+    incident = await service.declare(
+        database, clock, service.Declaration("Down", "minor", "Down.", components=["rail"])
+    )
+    behind = FakeClock(START - timedelta(seconds=1))
+    await service.resolve(
+        database, behind, incident.id, service.UpdateRequest("Fixed."), engine.escalation
+    )
+    async with database.session() as session:
+        rounds = (await session.execute(select(Round.kind, Round.state))).all()
+    assert rounds == [("resolution", "pending")]

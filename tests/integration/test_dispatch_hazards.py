@@ -463,3 +463,25 @@ async def test_a_message_that_waited_is_not_sent_after_a_later_round_reached_the
         "superseded: a later round of the incident reached the customer",
     )
     assert engine.dispatcher.stats.cancelled == 1
+
+
+async def test_a_waiting_message_and_a_later_round_due_together_send_only_the_later(
+    database: Database,
+) -> None:
+    """A retry of an update and the resolution, due in the same claim, both went out (in
+    either order): the customer could read the stale update after the apology."""
+    clock = FakeClock(START)
+    channel = FailOnceChannel(wait=60)
+    engine = await _declared(database, clock, channel)
+    await engine.dispatcher.run_once()
+    channel.customer = "C1"
+    await service.post_update(database, clock, 1, service.UpdateRequest("Still stopped."))
+    await engine.process_due_rounds()
+    await engine.dispatcher.run_once()  # C1's update waits a minute
+    clock.advance(timedelta(minutes=2))
+    await service.resolve(database, clock, 1, service.UpdateRequest("Trains run again."))
+    await engine.process_due_rounds()
+    await engine.dispatcher.run_once()  # the retry and the resolution, one claim
+    to_c1 = [sent.message.text for sent in channel.sent if sent.target.customer_id == "C1"]
+    assert len(to_c1) == 2 and "Trains run again." in to_c1[-1]
+    assert not any("Still stopped." in text for text in to_c1)

@@ -328,3 +328,18 @@ async def test_a_store_error_is_named_without_its_sql(
     result = await apply_event(database, clock, event("v1"), hold=HOLD, reopen_within=REOPEN)
     assert result.kind == "error"
     assert result.reason == "the store failed (Exception); the daemon's log has the details"
+
+
+async def test_back_inside_the_hold_waits_for_its_end(database: Database) -> None:
+    """A flapping alert resolved and back inside its hold: its first notice still waits for
+    the hold's end, not going out at once on the second flap."""
+    clock = FakeClock(START)
+    _, incident_id = await apply(database, clock, event("v1"))
+    assert incident_id is not None
+    clock.advance(5)
+    await apply(database, clock, event("v2", status="resolved"))
+    clock.advance(5)
+    assert await apply(database, clock, event("v3")) == ("reopened", incident_id)
+    async with database.session() as session:
+        second = (await session.execute(select(Round).where(Round.number == 2))).scalar_one()
+    assert (second.kind, second.due_at) == ("first", START + HOLD)
