@@ -419,9 +419,14 @@ async def open_for_incident(session: AsyncSession, incident_id: int) -> list[Fol
 
 
 async def list_followups(
-    database: Database, *, state: str | None = None, owner: str | None = None
+    database: Database,
+    *,
+    state: str | None = None,
+    owner: str | None = None,
+    limit: int | None = None,
 ) -> list[Followup]:
-    query = select(Followup).order_by(Followup.deadline_at, Followup.id)
+    """Follow-ups, soonest deadline first: every one, or the first ``limit``."""
+    query = select(Followup).order_by(Followup.deadline_at, Followup.id).limit(limit)
     if state == "open":
         query = query.where(Followup.state.in_(OPEN_STATES))
     elif state is not None:

@@ -33,6 +33,7 @@ from broadcaster.store import (
 )
 from broadcaster.web import console
 from broadcaster.web.app import create_app
+from broadcaster.web.console import work as console_work
 from broadcaster.web.state import WebState
 from channels.memory import MemoryChannel
 
@@ -975,3 +976,21 @@ async def test_ids_beyond_64_bits_are_refused_not_a_server_error(app: Console) -
     assert page.status_code == 422
     posted = await app.http.post(f"/console/followups/{huge}/claim", data={"csrf_token": csrf})
     assert posted.status_code == 422
+
+
+async def test_the_queue_shows_the_follow_ups_due_soonest_and_says_there_are_more(
+    app: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page is rendered whole at each visit: a round of a large incident may force
+    thousands of follow-ups."""
+    csrf = await signed_in(app.http, "ann")
+    await declare(app, csrf)
+    await run_rounds(app)
+    monkeypatch.setattr(console_work, "QUEUE_SHOWN", 1)
+    queue = await app.http.get("/console/followups")
+    assert queue.status_code == 200
+    assert queue.text.count("data-followup=") == 1
+    assert "The 1 due soonest are shown; there are more." in queue.text
+    monkeypatch.setattr(console_work, "QUEUE_SHOWN", 2)
+    queue = await app.http.get("/console/followups")
+    assert queue.text.count("data-followup=") == 2 and "there are more" not in queue.text

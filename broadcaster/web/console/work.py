@@ -61,9 +61,13 @@ async def _queue(
     chosen = request.query_params.get("state", "open")
     if chosen not in FOLLOWUP_FILTERS:
         chosen = "open"
+    # Bounded: the page is rendered whole at each visit, and a round of a large incident may
+    # force thousands of follow-ups.
     tasks: list[Followup] = await followups.list_followups(
-        state.database, state=None if chosen == "all" else chosen
+        state.database, state=None if chosen == "all" else chosen, limit=QUEUE_SHOWN + 1
     )
+    more = len(tasks) > QUEUE_SHOWN
+    tasks = tasks[:QUEUE_SHOWN]
     directory = _directory(state)
     admin = principal.role == "admin"
     may_waive = {t.id: admin or directory.may_waive(principal.name, t.owner) for t in tasks}
@@ -88,7 +92,13 @@ async def _queue(
         task=task,
         values=dict(values or {}),
         error=error,
+        more=more,
+        shown=QUEUE_SHOWN,
     )
+
+
+QUEUE_SHOWN = 200
+"""Follow-ups the console's queue shows at most: those due soonest."""
 
 
 @router.get("/followups")
