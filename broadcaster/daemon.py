@@ -194,6 +194,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self.http_port: int | None = None
         self._engine: Engine | None = None
+        self._reloads: set[asyncio.Task[bool]] = set()
         self.leadership: Leadership
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -354,9 +355,15 @@ class Daemon:
         return DispatchProcesses(self.settings, extra) if extra >= 1 else None
 
     def reload_rules(self) -> None:
-        """SIGHUP: reload the rules now (a bad file keeps the previous rules)."""
+        """SIGHUP: reload the rules now (a bad file keeps the previous rules), in a worker
+        thread: reading and checking a large file, or waiting for the periodic check's
+        reload to finish, must not stall the loop's rounds and sends."""
         if self._engine is not None:
-            self._engine.rules.reload()
+            task = asyncio.get_running_loop().create_task(
+                asyncio.to_thread(self._engine.rules.reload)
+            )
+            self._reloads.add(task)  # kept until done: the loop holds tasks weakly
+            task.add_done_callback(self._reloads.discard)
 
     async def _sweep_followups(self) -> None:
         if self._engine is None or not self.leadership.leading:

@@ -289,7 +289,7 @@ async def rules_reload(request: Request, principal: Admin) -> ReloadOut:
     web = state_of(request)
     if web.rules is None or web.rules.path is None:
         raise ApiError(409, "no rules file is configured (rules.path)")
-    reloaded = web.rules.reload()
+    reloaded = await asyncio.to_thread(web.rules.reload)  # off the loop: parsing, the lock
     await audit.record(
         web.database,
         web.clock,

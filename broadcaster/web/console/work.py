@@ -230,7 +230,7 @@ async def rules_reload(request: Request) -> Response:
             detail={"reason": "no rules file is configured"},
         )
         return await _rules_page(request, principal, 409, error="No rules file is configured.")
-    ok = holder.reload()
+    ok = await asyncio.to_thread(holder.reload)  # off the loop: parsing, the lock
     await audit.record(
         state.database,
         state.clock,
