@@ -22,7 +22,7 @@ from broadcaster.clock import Clock, RealClock
 from broadcaster.incidents.lifecycle import OPEN_STATUSES
 from broadcaster.intake.apply import base_external_id, plan_event
 from broadcaster.intake.events import FeedError
-from broadcaster.intake.watch import FeedSettings, FeedWatcher, FetchError
+from broadcaster.intake.watch import FeedSettings, FeedWatcher, FetchError, shown_url
 from broadcaster.store import Database, Incident, StoreConfig
 
 app = typer.Typer(
@@ -53,7 +53,7 @@ async def check_feed(
 ) -> tuple[bool, list[str]]:
     """Lines describing what polling ``feed`` now would do; False when it cannot be read."""
     watcher = FeedWatcher(feed, database, clock)
-    head = f"{feed.name} ({feed.kind}) {feed.url}"
+    head = f"{feed.name} ({feed.kind}) {shown_url(feed.url)}"  # no key, no user:pass@
     try:
         data = await watcher.fetch()
         if data is None:  # no validators were sent, but a server may still say so

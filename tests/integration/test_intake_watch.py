@@ -216,7 +216,7 @@ def test_feeds_check_prints_the_plan_and_writes_nothing(
     config = Settings.model_validate(
         {
             "database": {"url": sqlite_url},
-            "feeds": [settings(url).model_dump(mode="json")],
+            "feeds": [settings(url + "?api_key=SECRET-KEY").model_dump(mode="json")],
         }
     )
     monkeypatch.setattr(feeds_cli, "settings_or_exit", lambda path: config)
@@ -228,6 +228,7 @@ def test_feeds_check_prints_the_plan_and_writes_nothing(
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].endswith("1 event(s), 1 skipped")
+    assert "SECRET-KEY" not in result.output  # a feed's key is not printed
     assert lines[1].split()[:2] == ["create", "abc123:"]
     assert lines[2].startswith("  skip      bad: status")
 
