@@ -147,3 +147,25 @@ async def test_an_account_manager_who_is_not_staff_is_imported_with_a_warning(
         assert warning["message"].startswith("account_manager: 'bob' is not in the staff directory")
         stranger = await api.call("GET", "/api/v1/customers/c2")
         assert stranger.json()["account_manager"] == "bob"
+
+
+async def test_refused_customer_writes_are_audited(database: Database) -> None:
+    """Every refusal is in the audit log: a customer write refused for what it asked (an id
+    taken, a body for another customer, no such customer) left no trace."""
+    async with api_client(database) as api:
+        made = await api.call("POST", "/api/v1/customers", json={"id": "c1", "name": "Carol"})
+        assert made.status_code == 201
+        refusals = [
+            ("POST", "/api/v1/customers", {"id": "c1", "name": "Dup"}, 409, "customer.create"),
+            ("PUT", "/api/v1/customers/c1", {"id": "c2", "name": "X"}, 422, "customer.update"),
+            ("DELETE", "/api/v1/customers/nobody", None, 404, "customer.delete"),
+        ]
+        for method, path, body, status, _ in refusals:
+            assert (await api.call(method, path, json=body)).status_code == status
+        entries = (await api.call("GET", "/api/v1/audit")).json()["items"]
+    refused = [(e["action"], e["target"]) for e in reversed(entries) if e["outcome"] == "refused"]
+    assert refused == [
+        ("customer.create", "customer:c1"),
+        ("customer.update", "customer:c1"),
+        ("customer.delete", "customer:nobody"),
+    ]

@@ -107,6 +107,28 @@ def _audited(
     return write
 
 
+async def _refused(
+    web: WebState,
+    principal: Principal,
+    request: Request,
+    action: str,
+    customer_id: str,
+    error: ApiError,
+) -> ApiError:
+    """``error``, once the refused write is in the audit log (as every refusal is)."""
+    await audit.record(
+        web.database,
+        web.clock,
+        principal,
+        action,
+        f"customer:{customer_id}"[:200],
+        client_source(request),
+        outcome="refused",
+        detail={"reason": error.message},
+    )
+    return error
+
+
 def _check_channels(web: WebState, body: CustomerRow) -> None:
     """Refuse a preferred order naming a channel the configuration lacks, as the import does
     (the model alone knows names only by their form)."""
@@ -166,12 +188,17 @@ async def list_customers(
 @router.post("", response_model=CustomerDetailOut, status_code=201, summary="Create a customer")
 async def create(body: CustomerRow, request: Request, principal: Admin) -> CustomerDetailOut:
     web = state_of(request)
-    _check_channels(web, body)
-    async with web.database.session() as session:
-        if await session.get(Customer, body.id) is not None:
-            raise ApiError(
-                409, f"customer {body.id!r} exists; PUT /api/v1/customers/{{id}}", field="body.id"
-            )
+    try:
+        _check_channels(web, body)
+        async with web.database.session() as session:
+            if await session.get(Customer, body.id) is not None:
+                raise ApiError(
+                    409,
+                    f"customer {body.id!r} exists; PUT /api/v1/customers/{{id}}",
+                    field="body.id",
+                )
+    except ApiError as exc:
+        raise await _refused(web, principal, request, "customer.create", body.id, exc) from None
     await upsert_customers(
         web.database,
         [body],
@@ -196,12 +223,15 @@ async def show(customer_id: str, request: Request, _: Operator) -> CustomerDetai
 async def replace(
     customer_id: str, body: CustomerRow, request: Request, response: Response, principal: Admin
 ) -> CustomerDetailOut:
-    if body.id != customer_id:
-        raise ApiError(
-            422, f"id: the body's id {body.id!r} is not {customer_id!r}", field="body.id"
-        )
     web = state_of(request)
-    _check_channels(web, body)
+    try:
+        if body.id != customer_id:
+            raise ApiError(
+                422, f"id: the body's id {body.id!r} is not {customer_id!r}", field="body.id"
+            )
+        _check_channels(web, body)
+    except ApiError as exc:
+        raise await _refused(web, principal, request, "customer.update", customer_id, exc) from None
     async with web.database.session() as session:
         new = await session.get(Customer, customer_id) is None
     action = "customer.create" if new else "customer.update"
@@ -218,20 +248,22 @@ async def remove(customer_id: str, request: Request, principal: Admin) -> Respon
     web = state_of(request)
     async with web.database.session() as session, session.begin():
         customer = await session.get(Customer, customer_id)
-        if customer is None:
-            raise ApiError(404, f"no customer with id {customer_id!r}", field="path.customer_id")
-        # Contact points, subscriptions, deliveries and follow-ups go with it (ON DELETE
-        # CASCADE): a deletion is an erasure.
-        await session.execute(delete(Customer).where(Customer.id == customer_id))
-        session.add(
-            audit.entry(
-                principal,
-                "customer.delete",
-                f"customer:{customer_id}",
-                client_source(request),
-                web.clock.now(),
+        if customer is not None:
+            # Contact points, subscriptions, deliveries and follow-ups go with it (ON DELETE
+            # CASCADE): a deletion is an erasure.
+            await session.execute(delete(Customer).where(Customer.id == customer_id))
+            session.add(
+                audit.entry(
+                    principal,
+                    "customer.delete",
+                    f"customer:{customer_id}",
+                    client_source(request),
+                    web.clock.now(),
+                )
             )
-        )
+    if customer is None:  # audited once the transaction is over (SQLite: one connection)
+        missing = ApiError(404, f"no customer with id {customer_id!r}", field="path.customer_id")
+        raise await _refused(web, principal, request, "customer.delete", customer_id, missing)
     return Response(status_code=204)
 
 
