@@ -75,18 +75,21 @@ async def test_customers_are_created_replaced_and_deleted(database: Database) ->
         assert (await api.call("DELETE", "/api/v1/customers/c-ann")).status_code == 404
         async with database.session() as session:
             actions = [
-                a.action
+                (a.action, a.outcome)
                 for a in (
                     await session.execute(select(AuditEntry).order_by(AuditEntry.id))
                 ).scalars()
             ]
         assert actions == [
-            "customer.create",
-            "customer.update",
-            "customer.create",
-            "customer.delete",
-            "GET /api/v1/customers",  # the viewer's, refused for the role
-            "customer.delete",
+            ("customer.create", "ok"),
+            ("customer.create", "refused"),  # the id was taken
+            ("customer.update", "ok"),
+            ("customer.create", "ok"),
+            ("customer.delete", "ok"),
+            ("customer.update", "refused"),  # a body for another customer
+            ("GET /api/v1/customers", "refused"),  # the viewer's, refused for the role
+            ("customer.delete", "ok"),
+            ("customer.delete", "refused"),  # no such customer any more
         ]
 
 
