@@ -18,11 +18,14 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 from jinja2 import (
+    BaseLoader,
     ChoiceLoader,
+    Environment,
     FileSystemLoader,
     PackageLoader,
     PrefixLoader,
@@ -99,6 +102,31 @@ def _autoescape(name: str | None) -> bool:
     return bool(name and name.endswith(".html.j2"))
 
 
+MACROS: Final = "_macros.j2"
+HTML_MACROS: Final = "_macros.html.j2"
+
+
+class _HtmlMacros(BaseLoader):
+    """``<language>/_macros.html.j2`` is ``<language>/_macros.j2`` read under a name that
+    autoescapes. Jinja2 marks what a macro returns as safe in an autoescaping template
+    whatever the macro's own template, so the plain-text macros' output (a cause an
+    operator wrote, with its ``<`` and its links) went into HTML emails unescaped; the HTML
+    templates import this copy, in which each value the macros insert is escaped."""
+
+    def __init__(self, inner: BaseLoader) -> None:
+        self.inner = inner
+
+    def get_source(
+        self, environment: Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        if template.endswith("/" + HTML_MACROS) or template == HTML_MACROS:
+            template = template[: -len(HTML_MACROS)] + MACROS
+        return self.inner.get_source(environment, template)
+
+    def list_templates(self) -> list[str]:
+        return self.inner.list_templates()
+
+
 def available_languages(override_dir: Path | None) -> list[str]:
     """The shipped languages and those an admin's override folder adds."""
     found = set(SHIPPED_LANGUAGES)
@@ -119,7 +147,7 @@ class TemplateSet:
         self.override_dir = override_dir
         self.default_language = default_language
         self.env = _Sandbox(
-            loader=ChoiceLoader([*loaders, PrefixLoader({"default": shipped})]),
+            loader=_HtmlMacros(ChoiceLoader([*loaders, PrefixLoader({"default": shipped})])),
             undefined=StrictUndefined,
             autoescape=_autoescape,
             trim_blocks=True,

@@ -120,6 +120,34 @@ def test_staff_text_is_escaped_in_html_but_never_evaluated() -> None:
     assert "{{ 7*7 }}" in parts["email_text"] and "49" not in parts["email_text"]
 
 
+HOSTILE = '<a href="https://evil.example/">Claim</a> & <b>'
+
+
+@pytest.mark.parametrize("language", ["en", "nl"])
+@pytest.mark.parametrize("kind", ["first", "update", "no_news", "resolution"])
+def test_every_text_staff_write_is_escaped_in_every_html_part(kind: str, language: str) -> None:
+    """The shared macros (the status line and its cause) went into HTML emails unescaped:
+    an operator's cause could put links and markup into every customer's email."""
+    facts = replace(
+        sample_facts(kind),
+        title=f"Title {HOSTILE}",
+        summary=f"Summary {HOSTILE}",
+        cause_kind="known",
+        cause=f"Cause {HOSTILE}",
+        actions=f"Actions {HOSTILE}",
+        workaround=f"Workaround {HOSTILE}",
+        responsibility=f"Responsibility {HOSTILE}",
+        regret=f"Regret {HOSTILE}",
+        remedy=f"Remedy {HOSTILE}",
+        prevention=f"Prevention {HOSTILE}",
+        compensation=f"Compensation {HOSTILE}",
+    )
+    html = renderer().render(request(kind, "email", language, facts=facts))["email_html"]
+    assert "evil.example" in html  # the texts are there...
+    assert '<a href="https://evil.example/">' not in html and "<b>" not in html  # ...inert
+    assert "Cause &lt;a href=" in html or kind == "resolution"
+
+
 SSTI = [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "{{ customer.__class__ }}",
