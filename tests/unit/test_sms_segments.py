@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from channels.sms_segments import SegmentInfo, fit, segments
+from channels.sms_segments import SegmentInfo, fit, gsm7_punctuation, is_gsm7, segments
 
 # GSM 03.38 default alphabet by code, 0x00..0x7F; None marks 0x1B, the escape to the extension.
 GSM_DEFAULT: list[int | None] = [
@@ -306,3 +306,14 @@ def test_fit_is_idempotent(text: str, link: str, max_segments: int) -> None:
     except ValueError:
         return
     assert fit(once, link, max_segments) == once
+
+
+def test_typographic_punctuation_is_written_the_gsm7_way_when_that_keeps_it_gsm7() -> None:
+    """One curly apostrophe made a message UCS-2 (70 characters a part, not 160)."""
+    text = "No metro’s between “Centraal” and Zuid – about 20 minutes… Next update by 09:15."
+    fitted = fit(text, "https://x.example/1", 1)
+    assert fitted.startswith('No metro\'s between "Centraal" and Zuid - about 20 minutes...')
+    assert is_gsm7(fitted) and fitted.endswith("Next update by 09:15.\nhttps://x.example/1")
+    # Text that is not GSM-7 anyway (Chinese here) keeps its typography.
+    assert gsm7_punctuation("中’s") == "中’s"
+    assert gsm7_punctuation("plain") == "plain"

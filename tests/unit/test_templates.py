@@ -148,6 +148,20 @@ def test_every_text_staff_write_is_escaped_in_every_html_part(kind: str, languag
     assert "Cause &lt;a href=" in html or kind == "resolution"
 
 
+@pytest.mark.parametrize("language", ["en", "nl"])
+@pytest.mark.parametrize("kind", ["first", "update", "no_news"])
+def test_an_sms_keeps_its_promise_whatever_the_title(kind: str, language: str) -> None:
+    """The title comes first in an SMS: a long one, or one with a curly apostrophe (UCS-2,
+    70 characters a part), cut every sentence after it, the promise of the next update
+    included."""
+    title = "Lines 51, 53 and 54: no metro’s between Centraal and Van der Madeweg " * 3
+    facts = replace(sample_facts(kind), title=title)
+    sms = renderer().render(request(kind, "sms", language, facts=facts))["sms"]
+    promise = "Next update by" if language == "en" else "Volgende update"
+    assert promise in sms and segments(sms).encoding == "GSM-7", sms
+    assert "metro's" in sms and "...." not in sms
+
+
 SSTI = [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "{{ customer.__class__ }}",
