@@ -28,7 +28,15 @@ VARIABLES: Final[dict[str, tuple[str, ...]]] = {
         "expected_resolution",
         "posted_at",
     ),
-    "resolution": ("responsibility", "regret", "remedy", "cause", "prevention", "compensation"),
+    "resolution": (
+        "responsibility",
+        "regret",
+        "remedy",
+        "cause",
+        "cause_kind",
+        "prevention",
+        "compensation",
+    ),
     "next_update": (),
     "links": ("incident", "unsubscribe", "preferences"),
     "followup": ("owner", "kind", "deadline"),
@@ -98,11 +106,15 @@ def build_context(
 
     resolution = None
     if kind == "resolution":
+        # A cause is told as what happened only when staff know or suspect it (and say
+        # which: ``cause_kind``); an unknown cause's old text is not stated as fact.
+        told = facts.cause if facts.cause_kind in ("known", "suspected") else None
         resolution = {
             "responsibility": facts.responsibility,
             "regret": facts.regret,
             "remedy": facts.remedy,
-            "cause": facts.cause,
+            "cause": told,
+            "cause_kind": facts.cause_kind,
             "prevention": facts.prevention,
             "compensation": facts.compensation,
         }
@@ -124,7 +136,10 @@ def build_context(
             "cause": facts.cause,
             "actions": facts.actions,
             "workaround": facts.workaround,
-            "expected_resolution": when(facts.expected_resolution_at),
+            # Once past, no longer a promise to repeat ("resolved by 11:00" at 12:30).
+            "expected_resolution": when(facts.expected_resolution_at)
+            if facts.expected_resolution_at is not None and facts.expected_resolution_at > now
+            else None,
             "posted_at": when(facts.posted_at, ahead=False),
         },
         "resolution": resolution,

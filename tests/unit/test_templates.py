@@ -162,6 +162,38 @@ def test_an_sms_keeps_its_promise_whatever_the_title(kind: str, language: str) -
     assert "metro's" in sms and "...." not in sms
 
 
+def test_an_expected_resolution_already_past_is_not_promised_again() -> None:
+    """Carried over from update to update, "we expect this to be resolved by 11:00" still
+    went out at 12:30."""
+    facts = replace(
+        sample_facts("no_news"), expected_resolution_at=SAMPLE_NOW - timedelta(minutes=90)
+    )
+    text = renderer().render(request("no_news", "email", facts=facts))["email_text"]
+    assert "We expect this to be resolved by" not in text
+    ahead = replace(facts, expected_resolution_at=SAMPLE_NOW + timedelta(hours=1))
+    text = renderer().render(request("no_news", "email", facts=ahead))["email_text"]
+    assert "We expect this to be resolved by" in text
+
+
+@pytest.mark.parametrize(
+    ("cause_kind", "expected"),
+    [
+        ("known", "What happened: A certificate expired."),
+        ("suspected", "What happened (we believe): A certificate expired."),
+        ("unknown", "What happened: We are still establishing the cause"),
+    ],
+)
+def test_the_apology_says_how_sure_the_cause_is(cause_kind: str, expected: str) -> None:
+    """A suspected cause, or the old text of one staff no longer know, was stated as fact."""
+    facts = replace(
+        sample_facts("resolution"), cause_kind=cause_kind, cause="A certificate expired."
+    )
+    parts = renderer().render(request("resolution", "email", facts=facts))
+    assert expected in parts["email_text"]
+    sms = renderer().render(request("resolution", "sms", facts=facts))["sms"]
+    assert ("A certificate expired" in sms) == (cause_kind != "unknown")
+
+
 SSTI = [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "{{ customer.__class__ }}",
