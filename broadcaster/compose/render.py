@@ -322,8 +322,9 @@ class Renderer:
                 raise RenderError(f"template {name} rendered nothing")
         headers = {"X-Broadcaster-Link": self.incident_link(request)}
         if request.form == "email":
-            headers["List-Unsubscribe"] = f"<{request.personal.unsubscribe_url}>"
-            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+            if request.personal.unsubscribe_url:  # staff notices have none: no empty <>
+                headers["List-Unsubscribe"] = f"<{request.personal.unsubscribe_url}>"
+                headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
             return Message(
                 subject=parts["email_subject"],
                 text=parts["email_text"],

@@ -136,6 +136,9 @@ async def test_an_assignment_the_relay_refused_is_sent_at_a_later_sweep(
     assert await engine.sweep_followups() == 0
     assigned = [m for m in sinks["email"].sent if m.target.address == "ann@example.org"]
     assert len(assigned) == 1 and assigned[0].message.idempotency_key == "followup-1-assigned"
+    # Staff have no unsubscribe link: no empty List-Unsubscribe (with a one-click POST).
+    assert "List-Unsubscribe" not in assigned[0].message.headers
+    assert "List-Unsubscribe-Post" not in assigned[0].message.headers
     assert (await notices(database))[1] == ("followup-1-assigned", "ann", "sent", 2)
     assert (await history(database))[-1].startswith("assigned sent (mem-")
 

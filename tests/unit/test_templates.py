@@ -194,6 +194,17 @@ def test_the_apology_says_how_sure_the_cause_is(cause_kind: str, expected: str) 
     assert ("A certificate expired" in sms) == (cause_kind != "unknown")
 
 
+@pytest.mark.parametrize(
+    ("language", "expected"),
+    [("en", "Please write to Anna de Vries"), ("nl", "Anna de Vries (schrijven)")],
+)
+def test_a_staff_task_names_what_to_do_in_words(language: str, expected: str) -> None:
+    """The rule's kind went out as it is written in the rules: "Please personal_email"."""
+    task = {**SAMPLE_TASK, "kind": "personal_email"}
+    text = renderer().render(request("followup_task", "email", language, task=task))["email_text"]
+    assert expected in text and "personal_email" not in text
+
+
 SSTI = [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "{{ customer.__class__ }}",
