@@ -49,6 +49,7 @@ from channels.http_common import (
     pooled_client,
     retryable_status,
 )
+from channels.push_common import shorten_to_fit
 from channels.redact import redact
 
 TOPIC = re.compile(r"^[-_A-Za-z0-9]{1,64}$")
@@ -269,10 +270,15 @@ def sequence_id(key: str) -> str:
 
 
 def truncate_utf8(text: str, limit: int) -> bytes:
-    """``text`` as UTF-8, cut on a character boundary with an ellipsis to fit ``limit`` bytes."""
+    """``text`` as UTF-8 in at most ``limit`` bytes: whole sentences, else whole words with
+    an ellipsis (:func:`~channels.push_common.shorten_to_fit`); on a character boundary
+    only when not even one word fits."""
     data = text.encode("utf-8")
     if len(data) <= limit:
         return data
+    fitted = shorten_to_fit(text, lambda value: len(value.encode("utf-8")) <= limit)
+    if fitted is not None:
+        return fitted.encode("utf-8")
     room = limit - len(_ELLIPSIS.encode("utf-8"))
     cut = data[:room].decode("utf-8", "ignore").rstrip()
     return (cut + _ELLIPSIS).encode("utf-8")

@@ -1,4 +1,4 @@
-"""What the FCM and APNs channels share: notification text that fits.
+"""What the push channels share: notification text that fits.
 
 Kept apart from both so neither provider module depends on the other. Retry-After parsing
 lives in :mod:`channels.http_common`, shared by every HTTP channel.
@@ -7,6 +7,7 @@ lives in :mod:`channels.http_common`, shared by every HTTP channel.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 BODY_LIMIT = 1000
 """Characters of notification body; longer texts are cut at a sentence boundary."""
@@ -35,3 +36,22 @@ def shorten(text: str, limit: int = BODY_LIMIT) -> str:
     if space >= limit // 2:
         cut = cut[:space]
     return cut.rstrip() + "…"
+
+
+def shorten_to_fit(text: str, fits: Callable[[str], bool]) -> str | None:
+    """The longest :func:`shorten` of ``text`` (whole sentences, else whole words) that
+    ``fits`` (a budget in bytes, say: a payload's size); None when not even a word does.
+    A cut by bytes alone split words and characters' meaning ("replacing the dam…")."""
+    text = text.strip()
+    if fits(text):
+        return text
+    best: str | None = None
+    low, high = 1, len(text)
+    while low <= high:
+        middle = (low + high) // 2
+        candidate = shorten(text, middle)
+        if candidate and fits(candidate):
+            best, low = candidate, middle + 1
+        else:
+            high = middle - 1
+    return best

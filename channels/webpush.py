@@ -55,6 +55,7 @@ from channels.http_common import (
     retryable_status,
     text_field,
 )
+from channels.push_common import shorten_to_fit
 from channels.redact import redact
 
 MAX_BODY = 4096
@@ -353,24 +354,14 @@ def _b64url(value: Any, name: str) -> bytes:
 
 
 def _shorten(fields: dict[str, str], key: str, limit: int) -> None:
-    """Cut ``fields[key]`` (with an ellipsis) to the longest prefix that fits, or empty it."""
-    full = fields[key]
+    """Cut ``fields[key]`` to the longest whole sentences, else words (with an ellipsis),
+    that keep the payload within ``limit`` bytes (:func:`~channels.push_common.
+    shorten_to_fit`), or empty it."""
 
-    def fits(keep: int) -> bool:
-        fields[key] = full[:keep].rstrip() + _ELLIPSIS
-        return len(json_bytes(fields)) <= limit
+    def fits(value: str) -> bool:
+        return len(json_bytes({**fields, key: value})) <= limit
 
-    if not fits(0):
-        fields[key] = ""
-        return
-    low, high = 0, len(full) - 1
-    while low < high:
-        middle = (low + high + 1) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle - 1
-    fits(low)
+    fields[key] = shorten_to_fit(fields[key], fits) or ""
 
 
 def _topic(message: Message) -> str | None:

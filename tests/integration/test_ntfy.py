@@ -158,7 +158,15 @@ async def test_long_text_is_cut_to_the_message_limit(
     await make_channel().send(TOPIC, message(text="Zug fällt aus. " * 600))
     [got] = server.published
     body = got.message["message"].encode()
-    assert len(body) <= 4096 and got.message["message"].endswith("…")
+    # Whole sentences (a cut by bytes split words), as close to the limit as they go.
+    assert len(body) <= 4096 and got.message["message"].endswith("Zug fällt aus.")
+    assert ("Zug fällt aus. " * 600).startswith(got.message["message"]) and len(body) > 4070
+    words = truncate_utf8("Züge fallen zwischen Maarn und Driebergen aus " * 200, 4096)
+    assert words.decode().endswith("…") and words.decode()[-2] != " "
+    assert words.decode()[:-1].split()[-1] in {"Züge", "fallen", "zwischen", "Maarn", "und"} | {
+        "Driebergen",
+        "aus",
+    }
     assert truncate_utf8("äää", 4) == "…".encode()
     assert truncate_utf8("short", 4096) == b"short"
 

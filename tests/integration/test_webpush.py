@@ -323,8 +323,13 @@ async def test_a_long_message_is_cut_to_fit_4096_bytes(
     assert payload["title"] == "Line 4 stopped"
     assert payload["delivery"] == "delivery-42"
     assert payload["url"] == LINK
-    assert payload["body"].endswith("…") and text.startswith(payload["body"][:-1])
-    assert len(subscriber.decrypt(got.body)) > webpush.MAX_PLAINTEXT - 8  # filled, not over-cut
+    # Cut after the last whole sentence that fits (a byte cut split a word), and filled.
+    assert payload["body"].endswith("Ersatzverkehr.") and text.startswith(payload["body"])
+    assert len(subscriber.decrypt(got.body)) > webpush.MAX_PLAINTEXT - 100
+    words = "Engineers are replacing the damaged overhead line " * 200  # no sentence end
+    cut = json.loads(webpush.build_payload(message(text=words)))["body"]
+    assert cut.endswith("line…") or cut.endswith(("are…", "replacing…", "the…", "damaged…"))
+    assert words.startswith(cut[:-1]) and cut[-2] != " "
 
 
 def test_payload_limits_and_subscription_parsing() -> None:
