@@ -31,7 +31,8 @@ def locale(language: str) -> Locale:
 def format_when(
     when: datetime, zone_name: str, language: str, now: datetime, *, ahead: bool = False
 ) -> str:
-    """``09:15 CET``; ``di 6 jan 09:15 CET`` when it is not today in that zone.
+    """``09:15 CET``; ``di 6 jan 09:15 CET`` when it is not today in that zone, with the
+    year (``wo 6 jan 2027 12:00 CET``) when it is not this year.
 
     To the minute: "by 04:33:44" (a follow-up due two hours after a declaration made at
     02:33:44) is not a time people read. A time ``ahead`` (a promise, a deadline, an
@@ -50,7 +51,10 @@ def format_when(
     except OverflowError:  # within hours of the calendar's end (9999-12-31): say it in UTC
         tz, local = UTC, when.astimezone(UTC)
     pattern = "HH:mm"
-    if local.date() != now.astimezone(tz).date():
+    today = now.astimezone(tz).date()
+    if local.date() != today:
         pattern = "EEE d MMM " + pattern
+        if local.year != today.year:  # "Wed 6 Jan" of another year would read as this one's
+            pattern = "EEE d MMM y " + pattern[len("EEE d MMM ") :]
     text = format_datetime(local, pattern, tzinfo=tz, locale=locale(language))
     return f"{text} {local.tzname() or zone_name}"

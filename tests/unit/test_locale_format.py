@@ -12,7 +12,7 @@ def test_a_time_at_the_calendar_s_end_is_said_in_utc_not_an_error() -> None:
     UTC (it would be in the year 10000): every delivery to such customers failed."""
     late = datetime(9999, 12, 31, 23, 59, tzinfo=UTC)
     now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
-    assert format_when(late, "Europe/Amsterdam", "en", now) == "Fri 31 Dec 23:59 UTC"
+    assert format_when(late, "Europe/Amsterdam", "en", now) == "Fri 31 Dec 9999 23:59 UTC"
     assert format_when(late, "America/New_York", "en", now).endswith(" EST")
 
 
@@ -27,3 +27,13 @@ def test_a_time_with_seconds_is_said_to_the_minute() -> None:
     assert format_when(now, "UTC", "en", now) == "02:33 UTC"
     midnight = datetime(2026, 12, 6, 23, 59, 30, tzinfo=UTC)
     assert format_when(midnight, "UTC", "en", midnight) == "23:59 UTC"  # not tomorrow's
+
+
+def test_a_time_in_another_year_says_its_year() -> None:
+    """Rendered on 31 December, "resolved by Wed 6 Jan" read as a date eleven months back."""
+    now = datetime(2026, 12, 31, 22, 0, tzinfo=UTC)  # 23:00 in Amsterdam
+    later = datetime(2027, 1, 6, 11, 0, tzinfo=UTC)
+    assert format_when(later, "Europe/Amsterdam", "en", now) == "Wed 6 Jan 2027 12:00 CET"
+    assert format_when(later, "Europe/Amsterdam", "nl", now) == "wo 6 jan 2027 12:00 CET"
+    this_year = datetime(2026, 12, 31, 22, 30, tzinfo=UTC)
+    assert format_when(this_year, "Europe/Amsterdam", "en", now) == "23:30 CET"
