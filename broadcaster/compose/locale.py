@@ -57,4 +57,13 @@ def format_when(
         if local.year != today.year:  # "Wed 6 Jan" of another year would read as this one's
             pattern = "EEE d MMM y " + pattern[len("EEE d MMM ") :]
     text = format_datetime(local, pattern, tzinfo=tz, locale=locale(language))
-    return f"{text} {local.tzname() or zone_name}"
+    return f"{text} {_zone_label(local.tzname() or zone_name)}"
+
+
+def _zone_label(name: str) -> str:
+    """A zone's abbreviation as people read it: ``+04`` and ``-0330`` (zones without a
+    lettered one, Dubai's, São Paulo's) as ``UTC+4`` and ``UTC-3:30``."""
+    if len(name) < 3 or name[0] not in "+-" or not name[1:].isdigit():
+        return name
+    hours, minutes = int(name[1:3]), int(name[3:5] or 0)
+    return f"UTC{name[0]}{hours}" + (f":{minutes:02d}" if minutes else "")

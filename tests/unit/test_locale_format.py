@@ -37,3 +37,13 @@ def test_a_time_in_another_year_says_its_year() -> None:
     assert format_when(later, "Europe/Amsterdam", "nl", now) == "wo 6 jan 2027 12:00 CET"
     this_year = datetime(2026, 12, 31, 22, 30, tzinfo=UTC)
     assert format_when(this_year, "Europe/Amsterdam", "en", now) == "23:30 CET"
+
+
+def test_a_zone_without_a_lettered_abbreviation_is_written_as_an_offset_from_utc() -> None:
+    """"Next update by 15:00 +04" is not how anyone reads a time zone."""
+    now = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+    due = datetime(2026, 12, 7, 11, 0, tzinfo=UTC)
+    assert format_when(due, "Asia/Dubai", "en", now) == "15:00 UTC+4"
+    assert format_when(due, "America/Sao_Paulo", "en", now) == "08:00 UTC-3"
+    assert format_when(due, "Asia/Kathmandu", "en", now) == "16:45 UTC+5:45"
+    assert format_when(due, "Europe/Amsterdam", "en", now) == "12:00 CET"
