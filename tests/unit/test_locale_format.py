@@ -40,7 +40,7 @@ def test_a_time_in_another_year_says_its_year() -> None:
 
 
 def test_a_zone_without_a_lettered_abbreviation_is_written_as_an_offset_from_utc() -> None:
-    """"Next update by 15:00 +04" is not how anyone reads a time zone."""
+    """Not "next update by 15:00 +04": nobody reads a time zone so."""
     now = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
     due = datetime(2026, 12, 7, 11, 0, tzinfo=UTC)
     assert format_when(due, "Asia/Dubai", "en", now) == "15:00 UTC+4"
