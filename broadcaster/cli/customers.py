@@ -90,7 +90,9 @@ def import_command(
     sla are free text; account_manager is a staff id (one not in the configuration's staff
     directory is imported with a warning). Re-importing overwrites all of them.
 
-    Known contact points keep their opt-out and disabled flags; subscriptions are replaced.
+    Known contact points keep their opt-out and disabled flags (an email that changes only in
+    case too); a customer opted out of every address is opted out on new ones; subscriptions
+    are replaced.
     """
     settings = settings_or_exit(config)
     file_format = fmt.value if fmt is not None else None

@@ -489,7 +489,7 @@ async def _write_batch(
     )
     new_point = {"opted_out": False, "disabled": False, "disabled_reason": None, "updated_at": now}
     await _replace_children(
-        database, connection, _CONTACT_POINTS, "address", ids, points, new_point
+        database, connection, _CONTACT_POINTS, "address", ids, points, new_point, consent=True
     )
     topics = dict.fromkeys(
         (row.id, kind, value) for row in latest.values() for kind, value in row.subscriptions()
@@ -505,28 +505,55 @@ async def _replace_children(
     customer_ids: list[str],
     wanted: dict[tuple[str, str, str], None],
     defaults: Mapping[str, object],
+    *,
+    consent: bool = False,
 ) -> None:
     """Make the ``(customer_id, kind, value)`` rows of these customers exactly ``wanted``'s keys.
 
     Rows already present are left untouched (their ids and flags survive a re-import);
     only the difference is written, so re-importing an unchanged file writes nothing here.
+
+    ``consent`` (contact points): a customer opted out of every address they had (the
+    one-click unsubscribe, a STOP on their only number) is opted out on the addresses this
+    adds too: a rotated push token or a new number must not bring back the messages they
+    stopped. An email address that differs only in case from one it replaces keeps that
+    one's opt-out and disabled flags (a CRM that changed ``Jane.Doe@`` to ``jane.doe@``).
     """
     value = table.c[value_column]
     existing: dict[tuple[str, str, str], int] = {}
+    flags: dict[int, tuple[bool, bool, str | None]] = {}
+    columns = [table.c.id, table.c.customer_id, table.c.kind, value]
+    if consent:
+        columns += [table.c.opted_out, table.c.disabled, table.c.disabled_reason]
     for chunk in _chunks(customer_ids):
-        query = select(table.c.id, table.c.customer_id, table.c.kind, value).where(
-            table.c.customer_id.in_(chunk)
-        )
-        for row_id, customer_id, kind, found in await connection.execute(query):
-            existing[(customer_id, kind, found)] = row_id
+        query = select(*columns).where(table.c.customer_id.in_(chunk))
+        for found_row in await connection.execute(query):
+            existing[(found_row[1], found_row[2], found_row[3])] = found_row[0]
+            if consent:
+                flags[found_row[0]] = (found_row[4], found_row[5], found_row[6])
     stale = [row_id for key, row_id in existing.items() if key not in wanted]
     for stale_ids in _chunks(stale):
         await connection.execute(delete(table).where(table.c.id.in_(stale_ids)))
-    new = [
-        {"customer_id": customer_id, "kind": kind, value_column: found, **defaults}
-        for (customer_id, kind, found) in wanted
-        if (customer_id, kind, found) not in existing
-    ]
+    carried: dict[tuple[str, str, str], tuple[bool, bool, str | None]] = {}
+    unsubscribed: set[str] = set()
+    if consent:
+        opted_in = {key[0] for key, row_id in existing.items() if not flags[row_id][0]}
+        unsubscribed = {key[0] for key in existing} - opted_in
+        for key, row_id in existing.items():
+            if key not in wanted and key[1] == "email":
+                carried[(key[0], key[1], key[2].lower())] = flags[row_id]
+    new: list[dict[str, object]] = []
+    for customer_id, kind, found in wanted:
+        if (customer_id, kind, found) in existing:
+            continue
+        row = {"customer_id": customer_id, "kind": kind, value_column: found, **defaults}
+        if consent:
+            was = carried.get((customer_id, kind, found.lower())) if kind == "email" else None
+            if was is not None:
+                row["opted_out"], row["disabled"], row["disabled_reason"] = was
+            if customer_id in unsubscribed:
+                row["opted_out"] = True
+        new.append(row)
     if new:
         statement = database.insert_ignoring_duplicates(table, "customer_id", "kind", value_column)
         await connection.execute(statement, new)

@@ -786,3 +786,48 @@ def test_cli_warns_of_an_account_manager_who_is_not_staff(tmp_path: Path) -> Non
     assert result.stderr.startswith(
         f"warning: {path}:3: account_manager: 'bob' is not in the staff directory"
     )
+
+
+async def _points(database: Database) -> list[tuple[str, str, str, bool]]:
+    async with database.engine.connect() as connection:
+        rows = await connection.execute(
+            select(
+                ContactPoint.customer_id,
+                ContactPoint.kind,
+                ContactPoint.address,
+                ContactPoint.opted_out,
+            )
+        )
+        return sorted((row[0], row[1], row[2], row[3]) for row in rows)
+
+
+async def test_a_customer_who_stopped_everything_stays_stopped_on_new_addresses(
+    database: Database, tmp_path: Path
+) -> None:
+    """One-click unsubscribe opts out every address the customer has; the next import added
+    their rotated push token, or their email with its case changed, opted in: the messages
+    they had stopped came back."""
+    header = "id,name,email,push_tokens\n"
+    path = write(tmp_path, "c.csv", header + "c1,Jane,Jane.Doe@example.org,fcm:tokenA\n")
+    path2 = write(tmp_path, "d.csv", header + "c2,Joe,joe@example.org,fcm:tokenC\n")
+    await run_import(database, path)
+    await run_import(database, path2)
+    async with database.session() as session, session.begin():
+        await session.execute(
+            update(ContactPoint).where(ContactPoint.customer_id == "c1").values(opted_out=True)
+        )
+        await session.execute(  # c2 stopped email only: push stays theirs to change
+            update(ContactPoint)
+            .where(ContactPoint.customer_id == "c2", ContactPoint.kind == "email")
+            .values(opted_out=True)
+        )
+    write(tmp_path, "c.csv", header + "c1,Jane,jane.doe@example.org,fcm:tokenB\n")
+    write(tmp_path, "d.csv", header + "c2,Joe,Joe@example.org,fcm:tokenD\n")
+    await run_import(database, path)
+    await run_import(database, path2)
+    assert await _points(database) == [
+        ("c1", "email", "jane.doe@example.org", True),
+        ("c1", "fcm", "tokenB", True),
+        ("c2", "email", "Joe@example.org", True),  # its own opt-out, whatever the case
+        ("c2", "fcm", "tokenD", False),
+    ]
