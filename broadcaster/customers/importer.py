@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, ClassVar, TypeVar, cast
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broadcaster.clock import Clock
@@ -51,7 +51,14 @@ from broadcaster.customers.rows import (
     from_csv_record,
     from_json_line,
 )
-from broadcaster.store import ContactPoint, Customer, Database, Subscription
+from broadcaster.store import (
+    ContactPoint,
+    Customer,
+    Database,
+    Delivery,
+    DeliveryEvent,
+    Subscription,
+)
 
 if TYPE_CHECKING:
     from _csv import Reader as CsvReader
@@ -65,6 +72,10 @@ _IN_CHUNK = 1000  # ids per IN (...) list: well under SQLite's and asyncpg's par
 _CUSTOMERS = cast(Table, Customer.__table__)
 _CONTACT_POINTS = cast(Table, ContactPoint.__table__)
 _SUBSCRIPTIONS = cast(Table, Subscription.__table__)
+_DELIVERIES = cast(Table, Delivery.__table__)
+_DELIVERY_EVENTS = cast(Table, DeliveryEvent.__table__)
+REMOVED = "the address was removed from the customer (an import or an update)"
+"""Why a delivery still waiting for an address an import removed is not sent."""
 _UPDATED_COLUMNS = [
     "name",
     "language",
@@ -531,32 +542,64 @@ async def _replace_children(
             existing[(found_row[1], found_row[2], found_row[3])] = found_row[0]
             if consent:
                 flags[found_row[0]] = (found_row[4], found_row[5], found_row[6])
-    stale = [row_id for key, row_id in existing.items() if key not in wanted]
-    for stale_ids in _chunks(stale):
-        await connection.execute(delete(table).where(table.c.id.in_(stale_ids)))
-    carried: dict[tuple[str, str, str], tuple[bool, bool, str | None]] = {}
+    stale = {key: row_id for key, row_id in existing.items() if key not in wanted}
     unsubscribed: set[str] = set()
     if consent:
         opted_in = {key[0] for key, row_id in existing.items() if not flags[row_id][0]}
         unsubscribed = {key[0] for key in existing} - opted_in
-        for key, row_id in existing.items():
-            if key not in wanted and key[1] == "email":
-                carried[(key[0], key[1], key[2].lower())] = flags[row_id]
+        # An email address that changed only in case is the same contact point, written
+        # anew: its id (the deliveries waiting for it), opt-out and disabled flags stay.
+        by_case = {(key[0], key[2].lower()): key for key in stale if key[1] == "email"}
+        for customer_id, kind, found in wanted:
+            old = by_case.pop((customer_id, found.lower()), None) if kind == "email" else None
+            if old is not None and (customer_id, kind, found) not in existing:
+                await connection.execute(
+                    update(table).where(table.c.id == stale.pop(old)).values({value: found})
+                )
+                existing[(customer_id, kind, found)] = -1
+    for stale_ids in _chunks(list(stale.values())):
+        if consent:
+            await _cancel_waiting(connection, stale_ids, defaults["updated_at"])
+        await connection.execute(delete(table).where(table.c.id.in_(stale_ids)))
     new: list[dict[str, object]] = []
     for customer_id, kind, found in wanted:
         if (customer_id, kind, found) in existing:
             continue
         row = {"customer_id": customer_id, "kind": kind, value_column: found, **defaults}
-        if consent:
-            was = carried.get((customer_id, kind, found.lower())) if kind == "email" else None
-            if was is not None:
-                row["opted_out"], row["disabled"], row["disabled_reason"] = was
-            if customer_id in unsubscribed:
-                row["opted_out"] = True
+        if customer_id in unsubscribed:
+            row["opted_out"] = True
         new.append(row)
     if new:
         statement = database.insert_ignoring_duplicates(table, "customer_id", "kind", value_column)
         await connection.execute(statement, new)
+
+
+async def _cancel_waiting(connection: AsyncConnection, point_ids: list[int], now: object) -> None:
+    """Cancel the deliveries still waiting to go to these contact points, about to be
+    removed: held for quiet hours or a retry, one would otherwise still go to an address the
+    customer's record no longer has (a number given to someone else)."""
+    cancelled = (
+        (
+            await connection.execute(
+                update(_DELIVERIES)
+                .where(
+                    _DELIVERIES.c.contact_point_id.in_(point_ids), _DELIVERIES.c.state == "pending"
+                )
+                .values(state="cancelled", last_error=REMOVED)
+                .returning(_DELIVERIES.c.id)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if cancelled:
+        await connection.execute(
+            insert(_DELIVERY_EVENTS),
+            [
+                {"delivery_id": i, "at": now, "state": "cancelled", "detail": REMOVED}
+                for i in cancelled
+            ],
+        )
 
 
 def _chunks(items: list[T]) -> Iterator[list[T]]:

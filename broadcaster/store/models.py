@@ -268,6 +268,14 @@ class Delivery(Base):
             postgresql_where=text("failover_from_id IS NOT NULL"),
             sqlite_where=text("failover_from_id IS NOT NULL"),
         ),
+        # Likewise for a contact point's removal (migration 0017), and for the import that
+        # cancels what still waits to go to an address it removes.
+        Index(
+            "ix_deliveries_contact_point_id",
+            "contact_point_id",
+            postgresql_where=text("contact_point_id IS NOT NULL"),
+            sqlite_where=text("contact_point_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy.exc import DataError, OperationalError
 
 from broadcaster.clock import FakeClock, RealClock
 from broadcaster.config.settings import Settings
+from broadcaster.customers.importer import REMOVED, import_customers
 from broadcaster.daemon import Daemon
 from broadcaster.dispatch import outcomes as outcomes_module
 from broadcaster.dispatch import worker
@@ -485,3 +487,26 @@ async def test_a_waiting_message_and_a_later_round_due_together_send_only_the_la
     to_c1 = [sent.message.text for sent in channel.sent if sent.target.customer_id == "C1"]
     assert len(to_c1) == 2 and "Trains run again." in to_c1[-1]
     assert not any("Still stopped." in text for text in to_c1)
+
+
+async def test_a_message_waiting_for_an_address_an_import_removed_is_not_sent(
+    database: Database, tmp_path: Path
+) -> None:
+    """A nightly CRM import removed an address (a number given to someone else) while a
+    message held for quiet hours, or a retry, waited for it: it still went there."""
+    clock = FakeClock(START)
+    channel = MemoryChannel(name="mail")
+    engine = await _declared(database, clock, channel)  # the round's deliveries wait
+    crm = tmp_path / "crm.csv"
+    crm.write_text(
+        "id,name,email,components\nC0,Name C0,new-c0@example.org,rail\n", encoding="utf-8"
+    )
+    result = await import_customers(database, crm, clock=clock)
+    assert result.imported == 1
+    await engine.dispatcher.run_once()
+    assert sorted(sent.target.address for sent in channel.sent) == [
+        "c1@example.org",
+        "c2@example.org",
+    ]
+    states = await _deliveries(database)
+    assert states["C0"][0] == "cancelled" and states["C0"][3] == REMOVED
