@@ -16,6 +16,7 @@ column per row, and asyncpg's executemany reported no row count.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +37,7 @@ from sqlalchemy import (
     true,
     union_all,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.dml import Insert
@@ -51,9 +53,14 @@ from broadcaster.store.models import table_of
 from broadcaster.store.types import UTCDateTime
 from channels.base import EVERY_CUSTOMER
 
+log = logging.getLogger("broadcaster.outbox")
+
 ANALYSE_FROM = 5_000
 """Deliveries a round has written before the store's planner statistics are refreshed
 (and again each time the round's count doubles): see :meth:`Database.refresh_statistics`."""
+RACE_RETRIES = 3
+"""Times a batch is written again, one after another, when a customer of it went (erased)
+while it was being written."""
 
 
 BatchHook = Callable[[AsyncSession, int, int, list[str], datetime], Awaitable[object]]
@@ -92,48 +99,63 @@ async def materialise_round(
     """
     inserted = 0
     analysed = 0
+    races = 0
     while True:
         if should_stop():
             return None
         if inserted >= max(2 * analysed, ANALYSE_FROM):
             await database.refresh_statistics("deliveries")
             analysed = inserted
-        async with database.session() as session, session.begin():
-            now = clock.now()
-            cursor = (
-                await session.execute(select(Round.cursor).where(Round.id == claimed.round_id))
-            ).scalar_one()
-            customers = await audience_batch(
-                session, claimed.incident_id, after=cursor, limit=settings.audience_batch
-            )
-            if not customers:
+        try:
+            async with database.session() as session, session.begin():
+                now = clock.now()
+                cursor = (
+                    await session.execute(select(Round.cursor).where(Round.id == claimed.round_id))
+                ).scalar_one()
+                customers = await audience_batch(
+                    session, claimed.incident_id, after=cursor, limit=settings.audience_batch
+                )
+                if not customers:
+                    await extend_lease(
+                        session,
+                        claimed,
+                        now,
+                        settings.round_lease,
+                        state="dispatched",
+                        materialised_at=now,
+                        lease_owner=None,
+                    )
+                    return inserted
+                wrote = 0
+                if routes:
+                    result = await session.execute(
+                        _deliveries_insert(database, claimed, routes, customers, now, fallbacks)
+                    )
+                    wrote = max(getattr(result, "rowcount", 0), 0)
+                    inserted += wrote
+                if on_batch is not None:
+                    await on_batch(session, claimed.round_id, claimed.incident_id, customers, now)
                 await extend_lease(
                     session,
                     claimed,
                     now,
                     settings.round_lease,
-                    state="dispatched",
-                    materialised_at=now,
-                    lease_owner=None,
+                    cursor=customers[-1],
+                    audience_size=Round.audience_size + len(customers),
                 )
-                return inserted
-            wrote = 0
-            if routes:
-                result = await session.execute(
-                    _deliveries_insert(database, claimed, routes, customers, now, fallbacks)
-                )
-                wrote = max(getattr(result, "rowcount", 0), 0)
-                inserted += wrote
-            if on_batch is not None:
-                await on_batch(session, claimed.round_id, claimed.incident_id, customers, now)
-            await extend_lease(
-                session,
-                claimed,
-                now,
-                settings.round_lease,
-                cursor=customers[-1],
-                audience_size=Round.audience_size + len(customers),
+        except IntegrityError:
+            # PostgreSQL: a customer erased (or an address removed) between the page's read
+            # and the insert fails the insert's foreign key. Nothing of the batch was kept:
+            # read the page again, without them; the round goes on.
+            races += 1
+            if races > RACE_RETRIES:
+                raise
+            log.info(
+                "a customer of the batch went while it was written; writing it again",
+                extra={"round": claimed.round_id},
             )
+            continue
+        races = 0
         if wrote and committed is not None:
             committed()
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 from unittest.mock import ANY
 
+import pytest
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +20,7 @@ from broadcaster.audience.query import (
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import ScheduleSettings
 from broadcaster.incidents import service
+from broadcaster.outbox import materialise as materialise_module
 from broadcaster.outbox.materialise import ChannelRoute, materialise_round
 from broadcaster.schedule.rounds import ClaimedRound, claim_due_round
 from broadcaster.store import (
@@ -404,3 +406,32 @@ async def test_each_batch_that_wrote_deliveries_is_announced_once_committed(
     quiet = await claim(database, clock, batch=2)
     assert await materialise_round(database, clock, quiet, [], settings, committed=committed) == 0
     assert calls == []
+
+
+async def test_a_customer_erased_while_a_page_is_written_does_not_fail_the_round(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the page's insert failed its foreign key when a customer of it was
+    erased between the page's read and the insert: the batch was lost and the round waited
+    out its lease. (SQLite's batch holds the write lock: the race cannot happen there.)"""
+    clock = FakeClock(START)
+    await payments_round(database, clock, "C", 5)
+    claimed = await claim(database, clock, 100)
+    original = materialise_module.audience_batch  # type: ignore[attr-defined]
+    erased: list[str] = []
+
+    async def page_then_erase(session: Any, incident_id: int, *, after: Any, limit: int) -> Any:
+        page = await original(session, incident_id, after=after, limit=limit)
+        if database.dialect == "postgresql" and not erased:
+            erased.append("C2")
+            async with database.engine.begin() as other:  # DELETE /api/v1/customers/C2
+                await other.execute(delete(Customer).where(Customer.id == "C2"))
+        return page
+
+    monkeypatch.setattr(materialise_module, "audience_batch", page_then_erase)
+    routes = [ChannelRoute("crm", EVERY_CUSTOMER)]
+    written = await materialise_round(
+        database, clock, claimed, routes, ScheduleSettings(audience_batch=100)
+    )
+    expected = 4 if database.dialect == "postgresql" else 5
+    assert written == expected
