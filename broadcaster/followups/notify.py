@@ -340,8 +340,8 @@ async def _step_message(
     return Message(
         subject=f"[Escalation] {incident.title} ({incident.severity}, open {minutes} min)",
         text=f"{staff_name},\n\nIncident {incident.id}, {incident.title}, is "
-        f"{incident.status} and has been open for {minutes} minutes. The escalation policy "
-        f"now asks for your attention.\n\n{link}\n",
+        f"{incident.status} and has been open for {_count(minutes, 'minute')}. The escalation "
+        f"policy now asks for your attention.\n\n{link}\n",
         idempotency_key=notice.key,
         created_at=now,
     )
@@ -400,7 +400,7 @@ async def _message(
     task_context = {
         "customer": customer.name,
         "contact": f"{addresses}; {_language_and_zone(customer, task.deadline_at, language, now)}",
-        "history": f"{len(hit)} incident(s) affected them {since}; tier {customer.tier}",
+        "history": f"{_count(len(hit), 'incident')} affected them {since}; tier {customer.tier}",
         "what_to_say": _overdue(task, notice, directory)
         + _say(task, incident.title, notice.staff, public_url, directory),
         "deadline": format_when(task.deadline_at, "UTC", language, now, ahead=True),
@@ -478,3 +478,8 @@ def _say(task: Followup, title: str, staff: str, public_url: str, directory: Dir
         f"Apologise for '{title}', say what happened and what we did, ask how it affected "
         f"them, and offer what the rules attach. {record}"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 minute``, ``2 minutes``: staff notices are in English (the noun's plain plural)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

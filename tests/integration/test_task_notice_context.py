@@ -85,9 +85,7 @@ async def test_the_task_names_language_zone_local_deadline_and_recent_history(
         "How to reach them: v@example.org; they read Dutch (nl); their time zone is "
         "Asia/Tokyo, where the deadline is 21:00 JST\n"
     ) in notice.text
-    assert "Their history: 2 incident(s) affected them in the last 30 days; tier vip" in (
-        notice.text
-    )
+    assert "Their history: 2 incidents affected them in the last 30 days; tier vip" in (notice.text)
     # How to record it: this task's id and the recipient's staff id.
     assert (
         f"'broadcaster followups done {task.id} --as ann --outcome reached "
@@ -120,7 +118,7 @@ async def test_the_task_names_language_zone_local_deadline_and_recent_history(
     assert sent == 1
     reminder = sinks["email"].sent[-1].message
     assert reminder.subject == "Reminder: Follow-up: call Vera VIP by 12:00 UTC"
-    assert "3 incident(s) affected them in the last 90 days" in reminder.text
+    assert "3 incidents affected them in the last 90 days" in reminder.text
 
 
 def test_who_may_not_record_an_outcome_at_once_is_told_to_claim_first() -> None:
