@@ -160,28 +160,18 @@ class Escalation:
         # One statement per end of a quiet window (customers of a time zone share it), not
         # one per customer: at night, with every customer held, a statement each made a
         # round's writing eleven times slower.
-        for held, customers in held_until.items():
-            await session.execute(
-                update(Delivery)
-                .where(
-                    Delivery.round_id == round_id,
-                    Delivery.customer_id.in_(customers),
-                    Delivery.state == "pending",
+        for column, by_time in (("next_attempt_at", held_until), ("promised_at", promised)):
+            for at, customers in by_time.items():
+                await session.execute(
+                    update(Delivery)
+                    .where(
+                        Delivery.round_id == round_id,
+                        Delivery.customer_id.in_(customers),
+                        Delivery.state == "pending",
+                    )
+                    .values({column: at})
+                    .execution_options(synchronize_session=False)
                 )
-                .values(next_attempt_at=held)
-                .execution_options(synchronize_session=False)
-            )
-        for later, customers in promised.items():
-            await session.execute(
-                update(Delivery)
-                .where(
-                    Delivery.round_id == round_id,
-                    Delivery.customer_id.in_(customers),
-                    Delivery.state == "pending",
-                )
-                .values(promised_at=later)
-                .execution_options(synchronize_session=False)
-            )
         if held_until:
             held_customers = [c for customers in held_until.values() for c in customers]
             await _supersede_held(session, incident_id, round_id, held_customers, now)

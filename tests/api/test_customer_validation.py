@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import httpx
 import pytest
 
 from broadcaster.store import Database
-from tests.api.support import api_client, settings
+from tests.api.support import Api, api_client, settings
 
 ANN = {"id": "c-ann", "name": "Ann Example", "email": "ann@example.org"}
 
@@ -84,6 +85,15 @@ async def test_a_channel_that_is_not_configured_is_refused(database: Database) -
         assert made.json()["channel_order"] == "email"
 
 
+async def import_csv(api: Api, body: str) -> httpx.Response:
+    return await api.call(
+        "POST",
+        "/api/v1/customers/import",
+        content=body.encode(),
+        headers={"Content-Type": "text/csv"},
+    )
+
+
 async def test_the_import_endpoint_checks_the_same(database: Database) -> None:
     body = (
         "id,name,language,channels\n"
@@ -93,12 +103,7 @@ async def test_the_import_endpoint_checks_the_same(database: Database) -> None:
         "c3,Good,en-GB,console\n"
     )
     async with api_client(database) as api:
-        imported = await api.call(
-            "POST",
-            "/api/v1/customers/import",
-            content=body.encode(),
-            headers={"Content-Type": "text/csv"},
-        )
+        imported = await import_csv(api, body)
         assert imported.status_code == 200, imported.text
         assert imported.json() == {
             "imported": 1,
@@ -133,12 +138,7 @@ async def test_an_account_manager_who_is_not_staff_is_imported_with_a_warning(
     follow-up the rules give to their account manager cannot go to that person."""
     body = "id,name,account_manager\nc1,Known,ann\nc2,Stranger,bob\nc3,Nobody,\n"
     async with api_client(database) as api:
-        imported = await api.call(
-            "POST",
-            "/api/v1/customers/import",
-            content=body.encode(),
-            headers={"Content-Type": "text/csv"},
-        )
+        imported = await import_csv(api, body)
         assert imported.status_code == 200, imported.text
         result = imported.json()
         assert (result["imported"], result["rejected"], result["warned"]) == (3, 0, 1)
