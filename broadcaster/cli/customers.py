@@ -162,5 +162,7 @@ def import_command(
         raise fail(str(exc), code=2) from None
     warned = f", {result.warned} with warnings" if result.warned else ""
     typer.echo(f"imported {result.imported} customers{warned}, rejected {result.rejected} rows")
+    if not result.imported and not result.rejected:  # a CRM export that failed half-way
+        typer.echo(f"warning: {file} lists no customers (nothing was changed)", err=True)
     if result.rejected:
         raise typer.Exit(1)

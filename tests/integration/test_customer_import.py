@@ -831,3 +831,12 @@ async def test_a_customer_who_stopped_everything_stays_stopped_on_new_addresses(
         ("c2", "email", "Joe@example.org", True),  # its own opt-out, whatever the case
         ("c2", "fcm", "tokenD", False),
     ]
+
+
+def test_cli_says_so_when_a_file_lists_no_customers(config: Path, tmp_path: Path) -> None:
+    """A header and nothing else (an export that failed half-way) looked like success."""
+    path = write(tmp_path, "empty.csv", "id,name\n")
+    result = invoke("import", str(path), "--config", str(config))
+    assert result.exit_code == 0
+    assert result.stdout == "imported 0 customers, rejected 0 rows\n"
+    assert result.stderr == f"warning: {path} lists no customers (nothing was changed)\n"
