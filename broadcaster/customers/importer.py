@@ -532,20 +532,20 @@ async def _replace_children(
     """
     value = table.c[value_column]
     existing: dict[tuple[str, str, str], int] = {}
-    flags: dict[int, tuple[bool, bool, str | None]] = {}
+    opted_out: set[int] = set()
     columns = [table.c.id, table.c.customer_id, table.c.kind, value]
     if consent:
-        columns += [table.c.opted_out, table.c.disabled, table.c.disabled_reason]
+        columns.append(table.c.opted_out)
     for chunk in _chunks(customer_ids):
         query = select(*columns).where(table.c.customer_id.in_(chunk))
         for found_row in await connection.execute(query):
             existing[(found_row[1], found_row[2], found_row[3])] = found_row[0]
-            if consent:
-                flags[found_row[0]] = (found_row[4], found_row[5], found_row[6])
+            if consent and found_row[4]:
+                opted_out.add(found_row[0])
     stale = {key: row_id for key, row_id in existing.items() if key not in wanted}
     unsubscribed: set[str] = set()
     if consent:
-        opted_in = {key[0] for key, row_id in existing.items() if not flags[row_id][0]}
+        opted_in = {key[0] for key, row_id in existing.items() if row_id not in opted_out}
         unsubscribed = {key[0] for key in existing} - opted_in
         # An email address that changed only in case is the same contact point, written
         # anew: its id (the deliveries waiting for it), opt-out and disabled flags stay.
