@@ -6,6 +6,7 @@ For each language × kind × part it reports, as ``template:line: problem``:
 - a resolution template that leaves out one of the five apology elements;
 - an SMS template that cannot fit the segment limit with typical values;
 - output that still contains template syntax or an unfilled placeholder;
+- an HTML part that imports the plain-text macros (``_macros.j2``, which do not escape);
 and, as warnings, parts missing in a language (they fall back to the default language).
 """
 
@@ -68,6 +69,16 @@ def _lint_source(templates: TemplateSet, name: str, part: str, kind: str) -> lis
         allowed = VARIABLES.get(variable)
         if allowed is not None and attr not in allowed:
             problems.append(f"{where}:{line}: unknown field {variable}.{attr}")
+    if part == "email_html":
+        for node in tree.find_all(nodes.Import):
+            target = node.template
+            if isinstance(target, nodes.Const) and str(target.value).endswith("/_macros.j2"):
+                # Jinja2 marks a macro's output safe in an HTML template: through the
+                # plain-text macros an operator's cause would reach the email as markup.
+                problems.append(
+                    f"{where}:{node.lineno}: import {str(target.value)[: -len('.j2')]}.html.j2 "
+                    "in an HTML part (its macros escape what they insert)"
+                )
     if kind == "resolution" and part in APOLOGY_PARTS:
         mentioned = {attr for variable, attr, _ in _fields_used(tree) if variable == "resolution"}
         for element in APOLOGY_ELEMENTS:

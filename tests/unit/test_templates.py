@@ -355,6 +355,8 @@ def test_check_finds_each_kind_of_problem(tmp_path: Path) -> None:
         "en/resolution/email_text.j2": "{{ resolution.regret }} {{ resolution.cause }}",
         "en/first/sms.j2": "{{ update.summary }} " * 12,
         "en/no_news/push_title.j2": "{% if %}",
+        "en/first/email_html.html.j2": '{% import "en/_macros.j2" as m %}'
+        "<p>{{ m.status_line(incident, update) }} {{ next_update }}</p>",
     }
     for name, source in bad.items():
         path = tmp_path / name
@@ -368,6 +370,7 @@ def test_check_finds_each_kind_of_problem(tmp_path: Path) -> None:
         assert f"apology lacks its {element}" in errors
     assert "segments with typical values" in errors
     assert "no_news/push_title.j2:1" in errors
+    assert "first/email_html.html.j2:1: import en/_macros.html.j2 in an HTML part" in errors
 
 
 @pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
