@@ -15,9 +15,10 @@ from channels.push_common import shorten
 from channels.sms_segments import segments
 from tests.unit.test_templates import renderer, request
 
-# Staff text with a typographic apostrophe: the whole SMS is UCS-2, 67 characters a part.
+# Staff text with a warning sign (and typographic apostrophes): the whole SMS is UCS-2, 67
+# characters a part. (Apostrophes alone are written the GSM-7 way: test_sms_segments.)
 LONG = (
-    "We’ve found that the payment gateway’s certificate expired overnight. Our engineers "
+    "⚠ We’ve found that the payment gateway’s certificate expired overnight. Our engineers "
     "are renewing it with the card processor now. Payments in the app and web shop will "
     "keep failing until the new certificate is active. Bank transfer still works."
 )
