@@ -152,7 +152,7 @@ def claim_batch(
         # The customer unsubscribed (or the address was disabled) after the round was
         # written: what is still queued for that address is not sent (RFC 8058 asks that
         # an unsubscription takes effect; a held or retried message must not follow it).
-        _cancel(connection, dialect, moot, now)
+        _cancel_moot(connection, dialect, moot, now)
         found = [row for row in found if not (row[_OPTED_OUT] or row[_DISABLED])]
     stale = _superseded(connection, found)
     if stale:
@@ -160,7 +160,7 @@ def claim_batch(
         # a later one (an update, the resolution) went to the customer: sent now, it
         # would bring back what is no longer true ("next update by 11:00" after the
         # apology). Doctrine 2 and 4.
-        _end(connection, dialect, stale, "cancelled", now)
+        _cancel(connection, dialect, stale, now)
         found = [row for row in found if row[0] not in stale]
     back: dict[int, datetime] = {}
     if pacer:
@@ -250,23 +250,19 @@ class SetAside:
         return len(self.moot) + self.superseded
 
 
-def _cancel(connection: Any, dialect: str, rows: list[Any], now: datetime) -> None:
+def _cancel_moot(connection: Any, dialect: str, rows: list[Any], now: datetime) -> None:
     """End claimed-to-be deliveries whose contact point was opted out or disabled since
     they were written: ``cancelled``, with the reason in their history."""
-    reasons = {
-        row[0]: "the customer opted out of this address"
-        if row[_OPTED_OUT]
-        else "this address was disabled"
-        for row in rows
-    }
-    for reason in set(reasons.values()):
-        connection.execute(
-            update(_D)
-            .where(_D.c.id.in_([i for i, why in reasons.items() if why == reason]))
-            .values(state="cancelled", last_error=reason, lease_owner=None, lease_expires_at=None)
-        )
-    write_history(
-        connection, dialect, [(i, "cancelled", None, why) for i, why in reasons.items()], now
+    _cancel(
+        connection,
+        dialect,
+        {
+            row[0]: "the customer opted out of this address"
+            if row[_OPTED_OUT]
+            else "this address was disabled"
+            for row in rows
+        },
+        now,
     )
     log.info(
         "queued deliveries cancelled: address opted out or disabled", extra={"count": len(rows)}
@@ -315,21 +311,22 @@ def _superseded(connection: Any, found: list[Any]) -> dict[int, str]:
     }
 
 
-def _end(connection: Any, dialect: str, reasons: dict[int, str], state: str, now: datetime) -> None:
-    """Put deliveries (id → why) in ``state`` at a claim, out of any lease, with the reason
-    in their history."""
+def _cancel(connection: Any, dialect: str, reasons: dict[int, str], now: datetime) -> None:
+    """Cancel deliveries (id → why) at a claim, out of any lease, with the reason in their
+    history."""
     connection.execute(
         update(_D)
         .where(_D.c.id == bindparam("b_id", type_=BigInteger()))
         .values(
-            state=state,
+            state="cancelled",
             last_error=bindparam("b_why", type_=String()),
             lease_owner=None,
             lease_expires_at=None,
         ),
         [{"b_id": delivery, "b_why": why} for delivery, why in reasons.items()],
     )
-    write_history(connection, dialect, [(i, state, None, why) for i, why in reasons.items()], now)
+    history: list[History] = [(i, "cancelled", None, why) for i, why in reasons.items()]
+    write_history(connection, dialect, history, now)
 
 
 def _give_up(connection: Any, dialect: str, rows: list[Any], now: datetime) -> None:

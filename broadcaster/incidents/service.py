@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
 from broadcaster.incidents import lifecycle
-from broadcaster.intake.text import printable
+from broadcaster.intake.text import clean_text, printable
 
 if TYPE_CHECKING:
     from broadcaster.escalation.plan import Escalation
@@ -115,8 +115,7 @@ def _printable(value: str | None, *, single_line: bool = False) -> str | None:
     reverses an email's subject) or break its encoding; a title on one line."""
     if value is None:
         return None
-    value = printable(value)
-    return " ".join(value.split()) if single_line else value
+    return clean_text(value, single_line=True) if single_line else printable(value)
 
 
 def _cleaned(entry: _Written) -> _Written:

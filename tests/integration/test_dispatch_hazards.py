@@ -430,19 +430,28 @@ class FailOnceChannel(MemoryChannel):
         return await super().send(target, message)
 
 
-async def test_a_message_that_waited_is_not_sent_after_a_later_round_reached_the_customer(
-    database: Database,
-) -> None:
-    """An update that waited for a retry went out after the resolution: the customer's last
-    message said "next update by ..." after the apology (doctrine 2 and 4)."""
-    clock = FakeClock(START)
-    channel = FailOnceChannel(wait=300)
+async def _update_waiting_for_c1(
+    database: Database, clock: FakeClock, *, wait: float
+) -> tuple[Engine, FailOnceChannel]:
+    """The first round sent to all; an update ("Still stopped.") sent to all but C1, whose
+    copy waits ``wait`` s for a retry."""
+    channel = FailOnceChannel(wait=wait)
     engine = await _declared(database, clock, channel)
     await engine.dispatcher.run_once()
     channel.customer = "C1"
     await service.post_update(database, clock, 1, service.UpdateRequest("Still stopped."))
     await engine.process_due_rounds()
     await engine.dispatcher.run_once()
+    return engine, channel
+
+
+async def test_a_message_that_waited_is_not_sent_after_a_later_round_reached_the_customer(
+    database: Database,
+) -> None:
+    """An update that waited for a retry went out after the resolution: the customer's last
+    message said "next update by ..." after the apology (doctrine 2 and 4)."""
+    clock = FakeClock(START)
+    engine, channel = await _update_waiting_for_c1(database, clock, wait=300)
     clock.advance(timedelta(minutes=1))
     await service.resolve(database, clock, 1, service.UpdateRequest("Trains run again."))
     await engine.process_due_rounds()
@@ -473,13 +482,7 @@ async def test_a_waiting_message_and_a_later_round_due_together_send_only_the_la
     """A retry of an update and the resolution, due in the same claim, both went out (in
     either order): the customer could read the stale update after the apology."""
     clock = FakeClock(START)
-    channel = FailOnceChannel(wait=60)
-    engine = await _declared(database, clock, channel)
-    await engine.dispatcher.run_once()
-    channel.customer = "C1"
-    await service.post_update(database, clock, 1, service.UpdateRequest("Still stopped."))
-    await engine.process_due_rounds()
-    await engine.dispatcher.run_once()  # C1's update waits a minute
+    engine, channel = await _update_waiting_for_c1(database, clock, wait=60)
     clock.advance(timedelta(minutes=2))
     await service.resolve(database, clock, 1, service.UpdateRequest("Trains run again."))
     await engine.process_due_rounds()
