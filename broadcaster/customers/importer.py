@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, ClassVar, TypeVar, cast
 
-from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy import Table, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broadcaster.clock import Clock
@@ -617,16 +617,52 @@ __all__ = [
 ]
 
 
+class CustomerExists(ValueError):
+    """A customer to be created only is already in the store."""
+
+    def __init__(self, customer_ids: list[str]) -> None:
+        super().__init__(f"customer {', '.join(map(repr, customer_ids))} exists")
+        self.customer_ids = customer_ids
+
+
+CUSTOMER_LOCKS = 0x6375
+"""The first key of the transaction-scoped advisory locks (PostgreSQL) that make "is this
+customer new?" and the write one step: two requests creating one id at once (the row does
+not exist yet, so there is no row to lock) queue on the lock instead of both finding none."""
+
+
 async def upsert_customers(
     database: Database,
     rows: list[CustomerRow],
     now: datetime,
     also: Callable[[AsyncConnection], Awaitable[None]] | None = None,
-) -> None:
+    *,
+    create_only: bool = False,
+) -> set[str]:
     """Create or replace these customers (with their contact points and subscriptions) in
     one transaction, exactly as an import of the same rows would; ``also`` writes in the
-    same transaction (the audit entry)."""
+    same transaction (the audit entry). Returns the ids that were new. ``create_only``:
+    :class:`CustomerExists` (and nothing written) if any already is in the store.
+
+    Whether a customer is new is read in the writing transaction, after the writers of the
+    same ids are serialised (SQLite's BEGIN IMMEDIATE; on PostgreSQL an advisory lock per
+    id), so of two concurrent creations of one id exactly one is told it created it."""
+    ids = sorted({row.id for row in rows})
     async with database.engine.begin() as connection:
+        if database.dialect == "postgresql":
+            for customer_id in ids:  # in one order: two writers never wait on each other
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:space, hashtext(:id))"),
+                    {"space": CUSTOMER_LOCKS, "id": customer_id},
+                )
+        existing = set(
+            (
+                await connection.execute(select(_CUSTOMERS.c.id).where(_CUSTOMERS.c.id.in_(ids)))
+            ).scalars()
+        )
+        if create_only and existing:
+            raise CustomerExists(sorted(existing))
         await _write_batch(database, connection, rows, now)
         if also is not None:
             await also(connection)
+    return set(ids) - existing

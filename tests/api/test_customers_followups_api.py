@@ -3,6 +3,7 @@ through the API."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -91,6 +92,40 @@ async def test_customers_are_created_replaced_and_deleted(database: Database) ->
             ("customer.delete", "ok"),
             ("customer.delete", "refused"),  # no such customer any more
         ]
+
+
+async def test_concurrent_creations_of_one_customer_tell_one_that_it_created_it(
+    database: Database,
+) -> None:
+    """Both requests found no customer before either wrote: both answered 201 and the
+    second silently replaced the first."""
+    async with api_client(database) as api:
+        posts = await asyncio.gather(
+            *(
+                api.call("POST", "/api/v1/customers", json={**ANN, "name": f"Ann {n}"})
+                for n in range(4)
+            )
+        )
+        assert sorted(answer.status_code for answer in posts) == [201, 409, 409, 409]
+        made = next(answer for answer in posts if answer.status_code == 201).json()["name"]
+        shown = await api.call("GET", "/api/v1/customers/c-ann")
+        assert shown.json()["name"] == made
+        puts = await asyncio.gather(
+            *(
+                api.call("PUT", "/api/v1/customers/c-bob", json={**ANN, "id": "c-bob"})
+                for _ in range(4)
+            )
+        )
+        assert sorted(answer.status_code for answer in puts) == [200, 200, 200, 201]
+    async with database.session() as session:
+        audited = (
+            await session.execute(
+                select(AuditEntry.outcome).where(
+                    AuditEntry.action == "customer.create", AuditEntry.target == "customer:c-ann"
+                )
+            )
+        ).scalars()
+        assert sorted(audited) == ["ok", "refused", "refused", "refused"]
 
 
 async def test_an_import_keeps_good_rows_and_locates_bad_ones(database: Database) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from broadcaster.access import audit
 from broadcaster.access.credentials import Principal
 from broadcaster.customers.importer import (
+    CustomerExists,
     ImportInputError,
     import_customers,
     upsert_customers,
@@ -190,21 +191,20 @@ async def create(body: CustomerRow, request: Request, principal: Admin) -> Custo
     web = state_of(request)
     try:
         _check_channels(web, body)
-        async with web.database.session() as session:
-            if await session.get(Customer, body.id) is not None:
-                raise ApiError(
-                    409,
-                    f"customer {body.id!r} exists; PUT /api/v1/customers/{{id}}",
-                    field="body.id",
-                )
+        try:
+            await upsert_customers(
+                web.database,
+                [body],
+                web.clock.now(),
+                _audited(web, principal, request, "customer.create", body.id),
+                create_only=True,
+            )
+        except CustomerExists:
+            raise ApiError(
+                409, f"customer {body.id!r} exists; PUT /api/v1/customers/{{id}}", field="body.id"
+            ) from None
     except ApiError as exc:
         raise await _refused(web, principal, request, "customer.create", body.id, exc) from None
-    await upsert_customers(
-        web.database,
-        [body],
-        web.clock.now(),
-        _audited(web, principal, request, "customer.create", body.id),
-    )
     return await _detail(web, body.id)
 
 
@@ -235,10 +235,11 @@ async def replace(
     async with web.database.session() as session:
         new = await session.get(Customer, customer_id) is None
     action = "customer.create" if new else "customer.update"
-    await upsert_customers(
+    # 201 by what the write found (two concurrent PUTs of a new id: one created it).
+    created = await upsert_customers(
         web.database, [body], web.clock.now(), _audited(web, principal, request, action, body.id)
     )
-    if new:
+    if created:
         response.status_code = 201
     return await _detail(web, customer_id)
 
