@@ -6,6 +6,7 @@ The CLI audits the same actions as ``cli:<login>`` (see ``broadcaster.cli.common
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar, cast
@@ -16,6 +17,7 @@ from broadcaster.access import audit
 from broadcaster.access.credentials import Principal
 from broadcaster.clock import Clock
 from broadcaster.config.settings import StaffSettings
+from broadcaster.escalation.holder import RulesHolder
 from broadcaster.escalation.plan import Escalation
 from broadcaster.followups import service as followups
 from broadcaster.followups.directory import Directory
@@ -77,6 +79,42 @@ class Actor:
                 detail={**(detail or {}), "reason": str(exc)},
             )
             raise
+
+
+class NoRulesFile(LookupError):
+    """The daemon was started without a rules file (``rules.path``): nothing to reload."""
+
+
+async def reload_rules(actor: Actor, holder: RulesHolder | None) -> bool:
+    """Read the rules file again (off the event loop: parsing, the holder's lock): True if
+    the new rules are active; False if the file has problems (``holder.error``) and the
+    previous rules stay; :class:`NoRulesFile` without one. Each outcome is audited alike
+    from the API and the console: target ``rules:<path>``, the problems in the detail."""
+    if holder is None or holder.path is None:
+        reason = "no rules file is configured (rules.path)"
+        await audit.record(
+            actor.database,
+            actor.clock,
+            actor.principal,
+            "rules.reload",
+            "rules",
+            actor.source,
+            outcome="refused",
+            detail={"reason": reason},
+        )
+        raise NoRulesFile(reason)
+    reloaded = await asyncio.to_thread(holder.reload)
+    await audit.record(
+        actor.database,
+        actor.clock,
+        actor.principal,
+        "rules.reload",
+        f"rules:{holder.path}",
+        actor.source,
+        outcome="ok" if reloaded else "refused",
+        detail=None if reloaded else {"problems": (holder.error or "").splitlines()},
+    )
+    return reloaded
 
 
 async def declare(actor: Actor, decl: incidents.Declaration) -> Incident:

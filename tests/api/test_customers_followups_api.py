@@ -404,7 +404,22 @@ async def test_rules_are_checked_and_reloaded(database: Database, tmp_path: Path
         kept = (await api.call("GET", "/api/v1/rules", "viewer")).json()
         assert kept["loaded"] and kept["policies"] == 1
         audit = (await api.call("GET", "/api/v1/audit", params={"action": "rules.reload"})).json()
-        assert [a["outcome"] for a in audit["items"]] == ["refused", "ok", "refused"]
+        assert [(a["outcome"], a["target"]) for a in audit["items"]] == [
+            ("refused", f"rules:{path}"),
+            ("ok", f"rules:{path}"),
+            ("refused", f"rules:{path}"),
+        ]
+        (problem,) = audit["items"][0]["detail"]["problems"]
+        assert problem.startswith(f"{path}: the file is empty")
+
+
+async def test_a_reload_without_a_rules_file_is_refused_and_audited(database: Database) -> None:
+    """As the console's: the API answered 409 and wrote nothing to the audit log."""
+    async with api_client(database) as api:
+        answer = await api.call("POST", "/api/v1/rules/reload")
+        assert answer.status_code == 409 and "rules.path" in answer.text
+        audit = (await api.call("GET", "/api/v1/audit", params={"action": "rules.reload"})).json()
+    assert [(a["outcome"], a["target"]) for a in audit["items"]] == [("refused", "rules")]
 
 
 async def test_a_daemon_warns_at_start_of_open_follow_ups_whose_owner_left(

@@ -38,7 +38,7 @@ from broadcaster.web.api.schemas import (
     followup_out,
     page_of,
 )
-from broadcaster.web.auth import client_source, require
+from broadcaster.web.auth import require
 from broadcaster.web.errors import ApiError, from_value_error
 from broadcaster.web.state import WebState, state_of
 from rules import RulesError, load_rules
@@ -287,20 +287,11 @@ async def rules_check(body: RulesCheckIn, request: Request, _: Operator) -> Rule
 )
 async def rules_reload(request: Request, principal: Admin) -> ReloadOut:
     web = state_of(request)
-    if web.rules is None or web.rules.path is None:
-        raise ApiError(409, "no rules file is configured (rules.path)")
-    reloaded = await asyncio.to_thread(web.rules.reload)  # off the loop: parsing, the lock
-    await audit.record(
-        web.database,
-        web.clock,
-        principal,
-        "rules.reload",
-        str(web.rules.path),
-        client_source(request),
-        outcome="ok" if reloaded else "refused",
-        detail={"error": web.rules.error} if web.rules.error else None,
-    )
-    return ReloadOut(reloaded=reloaded, error=web.rules.error)
+    try:
+        reloaded = await operations.reload_rules(web.actor(request, principal), web.rules)
+    except operations.NoRulesFile as exc:
+        raise ApiError(409, str(exc)) from None
+    return ReloadOut(reloaded=reloaded, error=web.rules.error if web.rules else None)
 
 
 @router.get(

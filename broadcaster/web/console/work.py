@@ -21,7 +21,6 @@ from broadcaster.followups import service as followups
 from broadcaster.followups.directory import Directory
 from broadcaster.store import Followup
 from broadcaster.web.api.schemas import FollowupId
-from broadcaster.web.auth import client_source
 from broadcaster.web.console.common import (
     LIST_LIMIT,
     form_text,
@@ -216,31 +215,10 @@ async def rules_page(request: Request) -> Response:
 async def rules_reload(request: Request) -> Response:
     principal = await who(request, "admin", write=True)
     state = state_of(request)
-    holder = state.rules
-    source = client_source(request)
-    if holder is None or holder.path is None:
-        await audit.record(
-            state.database,
-            state.clock,
-            principal,
-            "rules.reload",
-            "rules",
-            source,
-            outcome="refused",
-            detail={"reason": "no rules file is configured"},
-        )
+    try:
+        ok = await operations.reload_rules(state.actor(request, principal), state.rules)
+    except operations.NoRulesFile:
         return await _rules_page(request, principal, 409, error="No rules file is configured.")
-    ok = await asyncio.to_thread(holder.reload)  # off the loop: parsing, the lock
-    await audit.record(
-        state.database,
-        state.clock,
-        principal,
-        "rules.reload",
-        f"rules:{holder.path}",
-        source,
-        outcome="ok" if ok else "refused",
-        detail=None if ok else {"problems": (holder.error or "").splitlines()},
-    )
     if not ok:
         return await _rules_page(
             request,
