@@ -21,8 +21,15 @@ Where the feed's state lives (no schema change):
   tags, so a manual update does not make the feed re-apply.
 * A resolved incident that the feed reports open again, in a version not applied yet,
   within ``reopen_within`` of its resolution is *reopened*; later (or once closed) it is a
-  new incident whose external id gets a generation suffix: ``<id>#2``, ``<id>#3``… Events
-  for ``<id>`` always go to the highest generation.
+  new incident whose external id gets a generation suffix: ``<id>\t#2``, ``<id>\t#3``…
+  (a tab, which no source can send in an id: the intake folds every whitespace in one into
+  a space, so an item whose own id is ``<id>#2`` is never taken for a generation of
+  ``<id>``). Events for ``<id>`` always go to the highest generation. Generations stored
+  by earlier builds as ``<id>#2`` are still read as such when the previous generation had
+  ended before that row was made (as a generation's always had; :func:`_generations`).
+* An event may name earlier versions of its item (``references``: a CAP Update's or
+  Cancel's, by their identifiers): when its own external id has no incident yet, the
+  incident that applied one of those versions is its item's.
 * A resolution goes through the engine's escalation when one is given, as staff's does:
   the rules' compensation is attached. What the rules require of a resolution (cause,
   remedy, prevention, …) cannot be asked of a feed, so it is not enforced: the incident
@@ -36,6 +43,11 @@ Where the feed's state lives (no schema change):
 * Title and severity changes of an open incident are written to the incident row directly
   (the service has no operation for them); the scope (components, regions) is the one
   the incident was declared with.
+* The plan is made from the store outside the transaction that writes; that transaction,
+  once it holds the incident's row, checks that no timeline entry came in since (the
+  same event delivered twice at once: an Alertmanager HA pair). If one did, nothing is
+  written and the event is planned again (a duplicate is then *unchanged*); a resolution
+  of an incident resolved meanwhile likewise.
 """
 
 from __future__ import annotations
@@ -43,7 +55,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -54,7 +66,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from broadcaster.clock import Clock
 from broadcaster.incidents import lifecycle, service
 from broadcaster.intake.events import IncidentEvent
-from broadcaster.store import Database, Incident, IncidentUpdate
+from broadcaster.store import Also, Database, Incident, IncidentUpdate
 
 if TYPE_CHECKING:
     from broadcaster.escalation.plan import Escalation
@@ -67,6 +79,13 @@ AUTHOR_PREFIX: Final = "feed:"
 _AUTHOR_MAX: Final = 200
 _STAMP: Final = re.compile(r"^(?P<version>.*) t=(?P<t>-?[0-9]{1,20})$", re.DOTALL)
 _GENERATION: Final = re.compile(r"[0-9]{1,9}")
+GENERATION_SEPARATOR: Final = "\t#"
+"""Between an item's id and its generation number: a tab, which no cleaned id contains."""
+_LEGACY_SEPARATOR: Final = "#"
+"""The separator of generations stored before: ``<id>#2`` (ambiguous with a real id)."""
+_MAX_REFERENCES: Final = 50
+_ATTEMPTS: Final = 3
+"""Plans made for one event at most, when the incident changed under the first ones."""
 VANISHED: Final = "vanished"
 """The version of a snapshot feed's own resolution (the item left the feed); an item whose
 own version is this word is stored by its hash, so the two never meet."""
@@ -129,32 +148,52 @@ def _read_tag(source: str, author: str) -> _Tag | None:
     return _Tag(rest, None)
 
 
-def _generation(base: str, external_id: str | None) -> int | None:
-    """1 for ``base`` itself, n for ``base#n``; None for anything else."""
-    if external_id == base:
-        return 1
-    if external_id is None or not external_id.startswith(base + "#"):
+def _suffix(base: str, external_id: str, separator: str) -> int | None:
+    if not external_id.startswith(base + separator):
         return None
-    suffix = external_id[len(base) + 1 :]
+    suffix = external_id[len(base) + len(separator) :]
     return int(suffix) if _GENERATION.fullmatch(suffix) and int(suffix) >= 2 else None
 
 
+def _generation(base: str, external_id: str | None) -> int | None:
+    """1 for ``base`` itself, n for ``base<tab>#n`` (or the old ``base#n``); else None."""
+    if external_id == base:
+        return 1
+    if external_id is None:
+        return None
+    return _suffix(base, external_id, GENERATION_SEPARATOR) or _suffix(
+        base, external_id, _LEGACY_SEPARATOR
+    )
+
+
 def generation_id(base: str, generation: int) -> str:
-    return base if generation <= 1 else f"{base}#{generation}"
+    return base if generation <= 1 else f"{base}{GENERATION_SEPARATOR}{generation}"
 
 
 def base_external_id(external_id: str, known: set[str]) -> str:
-    """The source's id of an incident's external id (drops a ``#n`` generation suffix)."""
+    """The source's id of an incident's external id (drops a generation suffix)."""
     if external_id in known:
         return external_id
-    head, sep, tail = external_id.rpartition("#")
-    if sep and _GENERATION.fullmatch(tail):
-        return head
+    for separator in (GENERATION_SEPARATOR, _LEGACY_SEPARATOR):
+        head, sep, tail = external_id.rpartition(separator)
+        if sep and _GENERATION.fullmatch(tail):
+            return head
     return external_id
 
 
+def _made_after(previous: Incident, row: Incident) -> bool:
+    """Whether ``row`` was made after ``previous`` had ended, as a generation is."""
+    if previous.id >= row.id or previous.status in lifecycle.OPEN_STATUSES:
+        return False
+    ended = previous.resolved_at or previous.updated_at
+    return ended is not None and ended < row.created_at
+
+
 async def _generations(session: AsyncSession, source: str, base: str) -> list[Incident]:
-    """Every incident of ``(source, base)``, lowest generation first."""
+    """Every incident of ``(source, base)``, lowest generation first.
+
+    A row of the old form ``<base>#n`` counts only when the generation before it had ended
+    before it was made: else it is an item whose own id is ``<base>#n``."""
     rows = (
         (
             await session.execute(
@@ -162,7 +201,10 @@ async def _generations(session: AsyncSession, source: str, base: str) -> list[In
                     Incident.source == source,
                     or_(
                         Incident.external_id == base,
-                        Incident.external_id.startswith(base + "#", autoescape=True),
+                        Incident.external_id.startswith(
+                            base + GENERATION_SEPARATOR, autoescape=True
+                        ),
+                        Incident.external_id.startswith(base + _LEGACY_SEPARATOR, autoescape=True),
                     ),
                 )
             )
@@ -170,8 +212,57 @@ async def _generations(session: AsyncSession, source: str, base: str) -> list[In
         .scalars()
         .all()
     )
-    ranked = [(g, row) for row in rows if (g := _generation(base, row.external_id)) is not None]
+    ranked: list[tuple[int, Incident]] = []
+    legacy: list[tuple[int, Incident]] = []
+    for row in rows:
+        if row.external_id == base:
+            ranked.append((1, row))
+        elif (n := _suffix(base, row.external_id or "", GENERATION_SEPARATOR)) is not None:
+            ranked.append((n, row))
+        elif (n := _suffix(base, row.external_id or "", _LEGACY_SEPARATOR)) is not None:
+            legacy.append((n, row))
+    previous = next((row for n, row in ranked if n == 1), None)
+    for n, row in sorted(legacy, key=lambda pair: pair[0]):
+        if previous is not None and _made_after(previous, row):
+            ranked.append((n, row))
+            previous = row
     return [row for _, row in sorted(ranked, key=lambda pair: pair[0])]
+
+
+async def _referenced(session: AsyncSession, event: IncidentEvent) -> str | None:
+    """The item (base external id) of the newest incident of the event's source that
+    applied one of the versions ``event.references`` names; None if none did."""
+    tags = [feed_prefix(event.source) + _version_token(event.source, v) for v in event.references]
+    tags = tags[:_MAX_REFERENCES]
+    if not tags:
+        return None
+    found = (
+        await session.execute(
+            select(Incident.external_id)
+            .join(IncidentUpdate, IncidentUpdate.incident_id == Incident.id)
+            .where(
+                Incident.source == event.source,
+                or_(
+                    IncidentUpdate.author.in_(tags),
+                    *(IncidentUpdate.author.startswith(t + " t=", autoescape=True) for t in tags),
+                ),
+            )
+            .order_by(Incident.id.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if found is None:
+        return None
+    return base_external_id(found, set())
+
+
+async def _item(session: AsyncSession, event: IncidentEvent) -> IncidentEvent:
+    """``event``, its external id made its item's when it names earlier versions of an item
+    stored under another id (a CAP Update of an Update, naming only the one it replaces)."""
+    if not event.references or await _generations(session, event.source, event.external_id):
+        return event
+    item = await _referenced(session, event)
+    return event if item is None or item == event.external_id else replace(event, external_id=item)
 
 
 @dataclass(frozen=True)
@@ -224,31 +315,42 @@ async def _history(session: AsyncSession, incidents: list[Incident], source: str
 @dataclass(frozen=True)
 class _Plan:
     applied: Applied
+    event: IncidentEvent
+    """The event planned, with its item's external id (see :func:`_item`)."""
     generation: int = 1
     """For ``created``: the generation of the new incident."""
     last_message: str = ""
+    last_update_id: int | None = None
+    """The incident's newest timeline entry when planned (see :func:`_unraced`)."""
 
 
 async def _plan(
     database: Database, clock: Clock, event: IncidentEvent, reopen_within: timedelta
 ) -> _Plan:
+    if "\t" in event.external_id:
+        raise ValueError("external id: contains a tab (it separates an item's generations)")
+
     def result(kind: AppliedKind, incident_id: int | None = None, reason: str = "") -> Applied:
         return Applied(kind, event.source, event.external_id, incident_id, reason)
 
     async with database.session() as session:
+        event = await _item(session, event)
         generations = await _generations(session, event.source, event.external_id)
         if not generations:
             if event.is_open:
-                return _Plan(result("created", reason="new item"), generation=1)
-            return _Plan(result("ignored", reason="resolved item that was never open here"))
+                return _Plan(result("created", reason="new item"), event, generation=1)
+            return _Plan(result("ignored", reason="resolved item that was never open here"), event)
         incident = generations[-1]
         generation = _generation(event.external_id, incident.external_id) or 1
         history = await _history(session, generations, event.source)
         last = await service.latest_update(session, incident.id)
         last_message = last.message if last is not None else ""
+        last_id = last.id if last is not None else None
 
     def plan(kind: AppliedKind, reason: str = "", new_generation: int = 1) -> _Plan:
-        return _Plan(result(kind, incident.id, reason), new_generation, last_message)
+        return _Plan(
+            result(kind, incident.id, reason), event, new_generation, last_message, last_id
+        )
 
     newer = (
         history.newest_micros is not None
@@ -392,32 +494,78 @@ async def apply_event(
     and the parts they require, which a feed cannot give, named in the reason
     (:mod:`broadcaster.intake.resolution`)."""
     try:
-        planned = await _plan(database, clock, event, reopen_within)
-        applied = planned.applied
-        if applied.kind == "created":
-            return await _create(database, clock, event, planned.generation, hold)
-        if applied.kind in ("unchanged", "ignored") or applied.incident_id is None:
-            return applied
-        message = event.message.strip() or planned.last_message or _title(event)
-        request = service.UpdateRequest(
-            message=message,
-            status=None if applied.kind == "resolved" else event.status,
-            author=author_tag(event),
-        )
-        if applied.kind == "resolved":
-            missing = await _resolve(
-                database, clock, applied.incident_id, request, escalation, event.source
-            )
-            return _lacking(applied, missing)
-        await service.post_update(database, clock, applied.incident_id, request)
-        await _retitle(database, applied.incident_id, event)
-        return applied
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await _apply_once(database, clock, event, hold, reopen_within, escalation)
+            except (_Raced, lifecycle.TransitionError):
+                # The incident changed after the plan: plan again (a duplicate delivered at
+                # the same time is then unchanged; an incident resolved meanwhile, too).
+                if attempt == _ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
     except Exception as exc:  # one bad event never stops the others
         log.warning(
             "intake event not applied",
             extra={"source": event.source, "external_id": event.external_id, "error": str(exc)},
         )
         return Applied("error", event.source, event.external_id, None, _describe(exc))
+
+
+class _Raced(Exception):
+    """A timeline entry came in between the plan and the write: the write is undone."""
+
+    def __str__(self) -> str:
+        return "the incident kept changing while this event was applied"
+
+
+def _unraced(incident_id: int, planned_last: int | None) -> Also:
+    """Run in the writing transaction, the incident's row locked (``also``): raise
+    :class:`_Raced` if the incident has a timeline entry newer than the plan saw. The
+    operations read the incident's latest entry after taking the lock (to carry its
+    fields over): it is in the session, and no entry can come in after it."""
+
+    def check(session: AsyncSession, written: object) -> None:
+        for entry in session.identity_map.values():
+            if (
+                isinstance(entry, IncidentUpdate)
+                and entry is not written
+                and entry.incident_id == incident_id
+                and (planned_last is None or entry.id > planned_last)
+            ):
+                raise _Raced()
+
+    return check
+
+
+async def _apply_once(
+    database: Database,
+    clock: Clock,
+    event: IncidentEvent,
+    hold: timedelta,
+    reopen_within: timedelta,
+    escalation: Escalation | None,
+) -> Applied:
+    planned = await _plan(database, clock, event, reopen_within)
+    applied, event = planned.applied, planned.event
+    if applied.kind == "created":
+        return await _create(database, clock, event, planned.generation, hold)
+    if applied.kind in ("unchanged", "ignored") or applied.incident_id is None:
+        return applied
+    message = event.message.strip() or planned.last_message or _title(event)
+    request = service.UpdateRequest(
+        message=message,
+        status=None if applied.kind == "resolved" else event.status,
+        author=author_tag(event),
+    )
+    also = _unraced(applied.incident_id, planned.last_update_id)
+    if applied.kind == "resolved":
+        missing = await _resolve(
+            database, clock, applied.incident_id, request, escalation, event.source, also
+        )
+        return _lacking(applied, missing)
+    await service.post_update(database, clock, applied.incident_id, request, also=also)
+    await _retitle(database, applied.incident_id, event)
+    return applied
 
 
 async def _resolve(
@@ -427,11 +575,12 @@ async def _resolve(
     request: service.UpdateRequest,
     escalation: Escalation | None,
     source: str,
+    also: Also | None = None,
 ) -> list[str]:
     from broadcaster.intake import resolution  # imports the escalation, which imports us
 
     return await resolution.resolve(
-        database, clock, incident_id, request, escalation, source=source
+        database, clock, incident_id, request, escalation, source=source, also=also
     )
 
 

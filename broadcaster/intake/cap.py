@@ -8,7 +8,10 @@ One event per alert message. Decisions:
   referenced message's ``sender,identifier``, so every update lands on the incident the
   first alert created. (The sender is part of the id because CAP identifiers are unique
   only per sender, and aggregated feeds mix senders.) The version is the message's own
-  identifier (CAP messages are immutable), with ``/ended`` once it has expired.
+  identifier (CAP messages are immutable), with ``/ended`` once it has expired. An Update
+  that names only the message it replaces (itself an Update) lands there too: the event's
+  ``references`` carry every referenced identifier, and the incident that applied one of
+  them is the item's (:mod:`broadcaster.intake.apply`).
 - **Status.** ``Cancel``, urgency ``Past``, or every ``info`` expired at ``now`` ->
   ``resolved``; otherwise ``identified`` (the issuer knows what is happening).
   ``status`` other than ``Actual`` (Exercise, System, Test, Draft) and ``msgType`` Ack
@@ -103,8 +106,9 @@ def parse(data: bytes, mapping: SourceMapping, *, source: str, now: datetime) ->
     return collector.result()
 
 
-def _reference_id(references: str) -> str | None:
-    """``sender,identifier`` of the earliest message in a ``references`` value."""
+def _reference_ids(references: str) -> tuple[str | None, list[str]]:
+    """``sender,identifier`` of the earliest message in a ``references`` value, and the
+    identifiers of them all, in order."""
     triples = []
     for position, token in enumerate(references.split()):
         parts = token.split(",")
@@ -112,9 +116,9 @@ def _reference_id(references: str) -> str | None:
             sent = parse_datetime(parts[2])
             triples.append((sent is None, sent.timestamp() if sent else 0.0, position, parts))
     if not triples:
-        return None
+        return None, []
     parts = min(triples)[3]
-    return f"{parts[0]},{parts[1]}"
+    return f"{parts[0]},{parts[1]}", [t[3][1] for t in triples]
 
 
 def _info(info: ET.Element, reader: _Reader) -> _Info:
@@ -180,18 +184,21 @@ def _alert(root: ET.Element, reader: _Reader, mapping: SourceMapping, now: datet
         raise ItemError(f"msgType {msg_type[:20]!r} is not an alert, update or cancel")
     sent = parse_datetime(reader.find(root, "sent"))
     external_id = f"{sender},{identifier}"
+    referenced_versions: list[str] = []
     if msg_type != "Alert":
         # CAP 1.2 requires an Update or Cancel to name what it changes. Without a readable
         # triple it would open an incident of its own (a second first notice), or cancel
         # nothing, silently.
         references = reader.find(root, "references") or ""
-        referenced = _reference_id(references)
+        referenced, identifiers = _reference_ids(references)
         if referenced is None:
             raise ItemError(
                 f"references {references[:80]!r}: an {msg_type} must name the alert it "
                 "changes as sender,identifier,sent triples separated by spaces"
             )
         external_id = referenced
+        # The versions those messages were applied as (an expired one's has /ended).
+        referenced_versions = [v for i in identifiers for v in (i, f"{i}/ended")]
     elements = reader.all(root, "info")
     infos = [_info(element, reader) for element in elements]
     if infos:
@@ -232,4 +239,5 @@ def _alert(root: ET.Element, reader: _Reader, mapping: SourceMapping, now: datet
         updated_at=sent,
         languages=_languages(infos),
         url=primary.url,
+        references=referenced_versions,
     )

@@ -164,6 +164,11 @@ class IncidentEvent:
     updated_at: datetime | None = None
     languages: Mapping[str, tuple[str, str]] = field(default_factory=dict, hash=False)
     url: str | None = None
+    references: tuple[str, ...] = ()
+    """Versions of earlier messages about the same item (a CAP Update's or Cancel's
+    ``references``, by identifier). When no incident has ``external_id`` yet, the incident
+    of this source that applied one of them is this item's (an Update that names only the
+    Update it replaces)."""
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -193,6 +198,10 @@ class SkippedItem:
 
     reason: str
     item_id: str | None = None
+    """The item's id as the log shows it: cut short past 120 characters."""
+    key: str | None = None
+    """The item's whole id (cleaned as an event's would be), when it could be an incident's
+    external id: what a snapshot feed's check for vanished items compares."""
 
 
 @dataclass(frozen=True)

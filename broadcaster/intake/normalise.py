@@ -67,6 +67,8 @@ class Draft:
     languages: dict[str, tuple[str, str]] = field(default_factory=dict)
     language_is_html: bool = False
     url: str | None = None
+    references: list[str] = field(default_factory=list)
+    """Versions of earlier messages of the item (see ``IncidentEvent.references``)."""
 
 
 def content_hash(*parts: object) -> str:
@@ -84,6 +86,12 @@ def _identifier(value: str, what: str, limits: Limits) -> str:
     if len(value) > limits.max_id_chars:
         raise ItemError(f"{what} longer than {limits.max_id_chars} characters")
     return value
+
+
+def _version(value: str, limits: Limits) -> str:
+    if len(value) > limits.max_id_chars:  # a version only needs to change: hash it
+        return "h:" + content_hash(value)
+    return clean_text(value, single_line=True)
 
 
 def map_keys(
@@ -161,10 +169,7 @@ def finish(draft: Draft, mapping: SourceMapping, source: str) -> IncidentEvent:
     """The event for ``draft``, cleaned and bounded; :class:`ItemError` if none can be made."""
     limits = mapping.limits
     external_id = _identifier(draft.external_id, "id", limits)
-    if len(draft.version) > limits.max_id_chars:  # a version only needs to change: hash it
-        version = "h:" + content_hash(draft.version)
-    else:
-        version = clean_text(draft.version, single_line=True)
+    version = _version(draft.version, limits)
     if not version:
         raise ItemError("no version")
     title = plain_text(draft.title, limit=limits.max_title_chars, single_line=True)
@@ -205,6 +210,9 @@ def finish(draft: Draft, mapping: SourceMapping, source: str) -> IncidentEvent:
         updated_at=utc(draft.updated_at),
         languages=_languages(draft, limits),
         url=safe_url(draft.url, limit=limits.max_url_chars),
+        references=tuple(
+            dict.fromkeys(v for v in (_version(r, limits) for r in draft.references[:50]) if v)
+        ),
     )
 
 
@@ -216,6 +224,20 @@ def short_id(value: object) -> str | None:
         return None
     text = clean_text(str(value)[: _SKIP_ID_CHARS * 2], single_line=True)
     return truncate(text, _SKIP_ID_CHARS) or None
+
+
+def item_key(value: object, limits: Limits) -> str | None:
+    """An item's whole id, cleaned as :func:`finish` cleans an event's, or None when it
+    could not be one (not a string or number, or too long)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value)
+    if len(text) > limits.max_id_chars * 4:
+        return None
+    text = clean_text(text, single_line=True)
+    return text if text and len(text) <= limits.max_id_chars else None
 
 
 FUTURE_TOLERANCE = timedelta(days=1)
@@ -268,7 +290,9 @@ class Collector:
         self.events.append(event)
 
     def skip(self, reason: str, item_id: object = None) -> None:
-        self.skipped.append(SkippedItem(reason, short_id(item_id)))
+        self.skipped.append(
+            SkippedItem(reason, short_id(item_id), item_key(item_id, self.mapping.limits))
+        )
 
     def result(self, *, snapshot: bool = False) -> ParseResult:
         skipped = list(self.skipped)

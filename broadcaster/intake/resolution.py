@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from broadcaster.clock import Clock
 from broadcaster.escalation.plan import Escalation
 from broadcaster.incidents import service
-from broadcaster.store import Database, Incident, IncidentUpdate
+from broadcaster.store import Also, Database, Incident, IncidentUpdate
 from rules import Decision
 
 log = logging.getLogger("broadcaster.intake")
@@ -61,14 +61,16 @@ async def resolve(
     escalation: Escalation | None,
     *,
     source: str,
+    also: Also | None = None,
 ) -> list[str]:
-    """Resolve as :func:`service.resolve` does with ``escalation``, never refused for what
-    the rules require; the required parts the resolution lacks (sorted)."""
+    """Resolve as :func:`service.resolve` does with ``escalation`` (and ``also``, run in its
+    transaction), never refused for what the rules require; the required parts the
+    resolution lacks (sorted)."""
     if escalation is None:
-        await service.resolve(database, clock, incident_id, request)
+        await service.resolve(database, clock, incident_id, request, also=also)
         return []
     recorded = _Recorded(escalation)
-    update = await service.resolve(database, clock, incident_id, request, recorded)
+    update = await service.resolve(database, clock, incident_id, request, recorded, also=also)
     decision = recorded.decision
     if decision is None:
         return []

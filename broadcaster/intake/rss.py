@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import Final
+from xml.parsers import expat
 
 import feedparser
 
@@ -57,6 +58,7 @@ def parse(data: bytes, mapping: SourceMapping, *, source: str, now: datetime) ->
     check_now(now)
     check_size(data, mapping.limits)
     refuse_declarations(data, allow_doctype=True)
+    _check_well_formed(data)
     try:
         # A stream, never bytes or str: feedparser would take those for a path or URL.
         feed = feedparser.parse(io.BytesIO(data), sanitize_html=True, resolve_relative_uris=False)
@@ -90,6 +92,41 @@ def _refuse_broken(error: object) -> None:
         f"not well-formed XML (line {error.getLineNumber()}, column "
         f"{error.getColumnNumber()}: {reason}); nothing in it was applied"
     )
+
+
+_ENTITY_REFERENCE: Final = re.compile(rb"&([A-Za-z_:][A-Za-z0-9_.:-]*);")
+_XML_ENTITIES: Final = frozenset({b"amp", b"lt", b"gt", b"quot", b"apos"})
+
+
+def _blank_html_entity(match: re.Match[bytes]) -> bytes:
+    if match.group(1) in _XML_ENTITIES:
+        return match.group(0)
+    return b"x" * len(match.group(0))  # as long: the line and column of an error stay
+
+
+def _check_well_formed(data: bytes) -> None:
+    """Refuse a document that is not well-formed XML, read whole by expat on its own:
+    feedparser stops looking at the first error, and an HTML entity (``&nbsp;``), which it
+    tolerates, hid a truncation after it. Entities XML does not define are blanked first
+    (the document is whole, and the lenient parser reads them)."""
+    parser = expat.ParserCreate()
+    try:
+        parser.Parse(_ENTITY_REFERENCE.sub(_blank_html_entity, data), True)
+    except expat.ExpatError as exc:
+        code = exc.code
+        if code in (
+            expat.errors.codes[expat.errors.XML_ERROR_UNKNOWN_ENCODING],
+            expat.errors.codes[expat.errors.XML_ERROR_INCORRECT_ENCODING],
+            expat.errors.codes[expat.errors.XML_ERROR_UNDEFINED_ENTITY],
+        ):
+            return  # an encoding expat cannot read (feedparser converts it), or entities
+            # in one the blanking could not see (UTF-16): feedparser's own check decides
+        raise FeedError(
+            f"not well-formed XML (line {exc.lineno}, column {exc.offset}: "
+            f"{expat.ErrorString(code)}); nothing in it was applied"
+        ) from None
+    except (LookupError, ValueError):  # an encoding Python cannot give expat: as above
+        return
 
 
 def _text(entry: object, key: str) -> str | None:

@@ -32,7 +32,14 @@ from broadcaster.clock import Clock
 from broadcaster.incidents.lifecycle import OPEN_STATUSES
 from broadcaster.intake import cap, cap_index, gtfs_rt, rss, statuspage
 from broadcaster.intake.apply import Applied, apply_event, base_external_id, resolve_vanished
-from broadcaster.intake.events import FeedError, ParseResult, SkippedItem, SourceMapping
+from broadcaster.intake.body import ACCEPT_ENCODING, BodyDecoder, BodyError
+from broadcaster.intake.events import (
+    FeedError,
+    IncidentEvent,
+    ParseResult,
+    SkippedItem,
+    SourceMapping,
+)
 from broadcaster.store import Database, Incident
 
 if TYPE_CHECKING:
@@ -188,6 +195,9 @@ class FeedWatcher:
     _last_snapshot_ids: set[str] | None = field(default=None, init=False)
     _pending_validators: tuple[str | None, str | None] = field(default=(None, None), init=False)
     _index_seen: dict[str, datetime | None] = field(default_factory=dict, init=False)
+    _index_pending: list[tuple[str, datetime | None, list[IncidentEvent]]] = field(
+        default_factory=list, init=False
+    )
 
     @property
     def name(self) -> str:
@@ -231,10 +241,12 @@ class FeedWatcher:
 
     async def _download(self, url: str, headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
         """The answer to a GET of ``url`` and, for a 200, its body: read as it comes and
-        refused past the mapping's ``max_document_bytes`` (decoded, so a compressed bomb is
-        refused too), the whole fetch within :data:`FETCH_DEADLINE` timeouts (the timeout
-        bounds each wait; a server trickling bytes would otherwise never time out)."""
+        refused past the mapping's ``max_document_bytes`` (decoded here, a bounded piece at a
+        time, so a compressed bomb is refused too: :mod:`broadcaster.intake.body`), the
+        whole fetch within :data:`FETCH_DEADLINE` timeouts (the timeout bounds each wait; a
+        server trickling bytes would otherwise never time out)."""
         limit = self.feed.mapping.source_mapping().limits.max_document_bytes
+        headers = {**headers, "Accept-Encoding": ACCEPT_ENCODING}
         timeout = httpx.Timeout(self.feed.timeout.total_seconds())
         deadline = self.feed.timeout.total_seconds() * FETCH_DEADLINE
 
@@ -244,17 +256,18 @@ class FeedWatcher:
             ) as response:
                 if response.status_code != 200:
                     return response, b""
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise FetchError(
-                            f"document refused: over the limit of {limit} bytes "
-                            f"(stopped reading at {size})"
-                        )
-                    chunks.append(chunk)
-                return response, b"".join(chunks)
+                if response.is_stream_consumed:  # a transport that read it (tests' mocks)
+                    body = BodyDecoder("", limit, shown_url(url))
+                    body.feed(response.content)
+                    return response, body.finish()
+                body = BodyDecoder(
+                    response.headers.get("Content-Encoding", ""), limit, shown_url(url)
+                )
+                # Raw: httpx would decode each chunk whole (a 1 KiB chunk of a gzip bomb is
+                # gigabytes) before the limit could be looked at.
+                async for chunk in response.aiter_raw():
+                    body.feed(chunk)
+                return response, body.finish()
 
         try:
             async with asyncio.timeout(deadline):
@@ -262,6 +275,8 @@ class FeedWatcher:
                     return await read(self.client)
                 async with httpx.AsyncClient() as client:
                     return await read(client)
+        except BodyError as exc:
+            raise FetchError(exc.args[0]) from None
         except TimeoutError as exc:
             raise FetchError(f"the fetch of {shown_url(url)} took over {deadline:g} s") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError
@@ -269,22 +284,26 @@ class FeedWatcher:
 
     async def parse_index(self, data: bytes) -> ParseResult:
         """A CAP index: fetch the alerts it links that are new or updated since the last
-        poll, and parse each; an alert that cannot be fetched or parsed is skipped."""
-        index = cap_index.parse_index(data)
+        poll, and parse each; an alert that cannot be fetched or parsed is skipped.
+
+        An alert counts as seen (not fetched again at that ``updated`` time) only once its
+        events are applied (:meth:`_mark_index_seen`): one that the store failed to take
+        is fetched and applied again at the next poll."""
+        index = await asyncio.to_thread(cap_index.parse_index, data)
         result = ParseResult(events=[], skipped=list(index.skipped))
+        self._index_pending = []
         links = sorted(
             index.links, key=lambda link: link.updated or datetime.min.replace(tzinfo=UTC)
         )[-MAX_INDEX_LINKS:]
+        mapping = self.feed.mapping.source_mapping()
         for link in links:
             key = link.entry_id or link.url
             if key in self._index_seen and self._index_seen[key] == link.updated:
                 continue
             try:
-                alert = cap.parse(
-                    await self._get(link.url),
-                    self.feed.mapping.source_mapping(),
-                    source=self.name,
-                    now=self.clock.now(),
+                body = await self._get(link.url)
+                alert = await asyncio.to_thread(
+                    cap.parse, body, mapping, source=self.name, now=self.clock.now()
                 )
             except (FetchError, FeedError) as exc:
                 reason = exc.args[0] if isinstance(exc, FetchError) else exc.reason
@@ -294,15 +313,33 @@ class FeedWatcher:
                 reason = f"{type(exc).__name__}: {exc}"
                 result.skipped.append(SkippedItem(f"alert {shown_url(link.url)}: {reason}", key))
                 continue
-            self._index_seen[key] = link.updated
+            self._index_pending.append((key, link.updated, alert.events))
             result.events.extend(alert.events)
             result.skipped.extend(alert.skipped)
         return result
+
+    def _mark_index_seen(self, applied: Mapping[int, Applied]) -> None:
+        """The CAP index's alerts whose events all applied (by ``id(event)``) are seen."""
+        for key, updated, events in self._index_pending:
+            if all(id(e) in applied and applied[id(e)].kind != "error" for e in events):
+                self._index_seen[key] = updated
+        self._index_pending = []
 
     def parse(self, data: bytes) -> ParseResult:
         parser = PARSERS[self.feed.kind]
         result: ParseResult = parser(
             data, self.feed.mapping.source_mapping(), source=self.name, now=self.clock.now()
+        )
+        return result
+
+    async def parse_in_thread(self, data: bytes) -> ParseResult:
+        """:meth:`parse` in a worker thread: a large document takes seconds to read, and
+        the event loop serves every other feed, the web and the dispatch meanwhile. (The
+        parsers keep no state between calls; the time is read here, on the loop.)"""
+        parser = PARSERS[self.feed.kind]
+        mapping = self.feed.mapping.source_mapping()
+        result: ParseResult = await asyncio.to_thread(
+            parser, data, mapping, source=self.name, now=self.clock.now()
         )
         return result
 
@@ -344,7 +381,7 @@ class FeedWatcher:
             if self.feed.kind == "cap_index":
                 result = await self.parse_index(data)
             else:
-                result = self.parse(data)
+                result = await self.parse_in_thread(data)
         except FeedError as exc:
             self._fail(f"document refused: {exc.reason}")
             return []
@@ -358,6 +395,7 @@ class FeedWatcher:
                 extra={"source": self.name, "item": skipped.item_id, "reason": skipped.reason},
             )
         applied: list[Applied] = []
+        by_event: dict[int, Applied] = {}
         for event in result.events:
             outcome = await apply_event(
                 self.database,
@@ -378,10 +416,13 @@ class FeedWatcher:
                     },
                 )
             applied.append(outcome)
+            by_event[id(event)] = outcome
+        self._mark_index_seen(by_event)
         snapshot = result.snapshot if self.feed.snapshot is None else self.feed.snapshot
         if snapshot:
             present = {e.external_id for e in result.events}
-            present |= {s.item_id for s in result.skipped if s.item_id}
+            # The skipped item's whole id (the one shown is cut short for the log).
+            present |= {k for s in result.skipped if (k := s.key or s.item_id)}
             self._last_snapshot_ids = present
             applied.extend(await self._resolve_vanished(present))
         self._succeed()

@@ -153,7 +153,7 @@ async def test_open_again_after_the_window_is_a_new_incident(database: Database)
     kind, second = await apply(database, clock, event("v3"))
     assert kind == "created" and second not in (None, first)
     assert second is not None
-    assert (await incident(database, second)).external_id == "inc-1#2"
+    assert (await incident(database, second)).external_id == "inc-1\t#2"
     # Later events go to the newest generation.
     assert await apply(database, clock, event("v4", status="identified")) == ("updated", second)
     assert (await incident(database, second)).status == "identified"

@@ -114,3 +114,30 @@ async def test_a_link_no_client_can_fetch_is_skipped_and_the_others_applied(
     assert any(a.kind == "created" for a in applied), applied
     assert watcher.last_error is None and watcher.failures == 0
     assert watcher.counters["skipped"] >= 1
+
+
+async def test_an_alert_the_store_failed_to_take_is_fetched_again(
+    database: Database, served: tuple[dict[str, int], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alert counts as seen only once its events are applied: with the store down at
+    the first poll, the next one fetches and applies it."""
+    fetched, base = served
+    watcher = FeedWatcher(cap_feed(f"{base}/index.atom"), database, FakeClock(START))
+
+    def down() -> object:
+        raise OSError("the store is down")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(database, "session", down)
+        failed = await watcher.poll_once()
+    assert failed and all(a.kind == "error" for a in failed), failed
+    again = await watcher.poll_once()
+    assert any(a.kind == "created" for a in again), again
+    assert fetched.get("a1") == 2
+    async with database.session() as session:
+        count = (
+            await session.execute(
+                select(func.count()).select_from(Incident).where(Incident.source == "cap-feed")
+            )
+        ).scalar_one()
+    assert count >= 1

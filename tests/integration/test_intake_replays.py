@@ -112,7 +112,7 @@ async def test_a_replay_after_closure_declares_no_new_incident(database: Databas
     # The source reporting it again, in a new version, is a new incident.
     kind, second = await apply(database, clock, event("v3"))
     assert kind == "created" and second != incident_id
-    assert [r.external_id for r in await incidents(database)] == ["inc-1", "inc-1#2"]
+    assert [r.external_id for r in await incidents(database)] == ["inc-1", "inc-1\t#2"]
     # Versions of the first generation stay applied for the item.
     assert (await apply(database, clock, event("v2", "resolved")))[0] == "unchanged"
 

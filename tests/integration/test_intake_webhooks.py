@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -12,7 +14,8 @@ import pytest
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import Settings
 from broadcaster.incidents import service
-from broadcaster.intake import signed_webhook
+from broadcaster.intake import alertmanager, signed_webhook
+from broadcaster.intake.events import ParseResult, SkippedItem
 from broadcaster.store import Database
 from broadcaster.web.app import create_app
 from broadcaster.web.state import WebState
@@ -134,3 +137,33 @@ async def test_signed_webhook_refusals(client: httpx.AsyncClient, database: Data
     assert any(e.startswith("severity:") for e in errors)
     assert any(e.startswith("status:") for e in errors)
     assert await service.list_incidents(database) == []
+
+
+async def test_a_webhook_body_is_parsed_off_the_event_loop(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a (large, slow) body is parsed, the loop serves other tasks: the parser here
+    waits for a task on the loop to let it go."""
+    started = threading.Event()
+    released = threading.Event()
+    outcome: dict[str, bool] = {}
+
+    def parser(data: bytes, mapping: object, *, source: str, now: datetime) -> ParseResult:
+        started.set()
+        outcome["released by the loop"] = released.wait(timeout=10)
+        return ParseResult(skipped=[SkippedItem("nothing here")])
+
+    monkeypatch.setattr(alertmanager, "parse", parser)
+
+    async def other_work() -> None:
+        await asyncio.to_thread(started.wait, 10)
+        released.set()
+
+    other = asyncio.create_task(other_work())
+    headers = {"Authorization": f"Bearer {AM_TOKEN}"}
+    response = await client.post(
+        "/hooks/alertmanager/prom", content=alertmanager_body(), headers=headers
+    )
+    await other
+    assert outcome == {"released by the loop": True}
+    assert response.status_code == 400 and response.json()["error"] == "nothing here"

@@ -194,3 +194,18 @@ def test_a_whole_document_with_an_html_entity_is_read() -> None:
     data = _rss("<item><guid>g1</guid><title>Line 5&nbsp;disrupted</title></item>")
     [event] = parse(data, MAPPING, source="s", now=NOW).events
     assert event.external_id == "g1" and "disrupted" in event.title
+
+
+def test_a_document_cut_short_after_an_html_entity_is_refused_whole() -> None:
+    """feedparser stops looking at its first error: a tolerated ``&nbsp;`` hid the cut
+    after it, and the last item, half read, was applied as an edit."""
+    data = _rss(
+        "<item><guid>a</guid><title>Payments&nbsp;down</title></item>"
+        "<item><guid>b</guid><title>Database overloaded</title>"
+        "<category>Critical</category><description>Identified - failing over</description>"
+        "</item>"
+    )
+    cut = data[: data.index(b"<category>")]
+    with pytest.raises(FeedError, match=r"not well-formed XML \(line 1, column \d+: .*\)"):
+        parse(cut, MAPPING, source="s", now=NOW)
+    assert len(parse(data, MAPPING, source="s", now=NOW).events) == 2
