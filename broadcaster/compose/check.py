@@ -7,7 +7,9 @@ For each language × kind × part it reports, as ``template:line: problem``:
 - an SMS template that cannot fit the segment limit with typical values;
 - output that still contains template syntax or an unfilled placeholder;
 - an HTML part that imports the plain-text macros (``_macros.j2``, which do not escape);
-and, as warnings, parts missing in a language (they fall back to the default language).
+and, as warnings, parts missing in a language (they fall back to the default language), and
+a resolution part that tells the operator's ``resolution.compensation`` but not the rules'
+``resolution.offers`` (the compensation the rules grant would not be told).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from broadcaster.compose.samples import (
     sample_personal,
 )
 from broadcaster.compose.templates import FORMS, KINDS, PARTS, TemplateSet, template_name
-from channels.sms_segments import segments
+from channels.sms_segments import gsm7_punctuation, segments
 
 APOLOGY_PARTS = ("email_text", "email_html", "sms", "push_body")
 
@@ -50,7 +52,13 @@ def _fields_used(tree: nodes.Template) -> list[tuple[str, str, int]]:
     return used
 
 
-def _lint_source(templates: TemplateSet, name: str, part: str, kind: str) -> list[str]:
+def _lint_source(
+    templates: TemplateSet,
+    name: str,
+    part: str,
+    kind: str,
+    warnings: list[str] | None = None,
+) -> list[str]:
     env = templates.env
     loader = env.loader
     if loader is None:
@@ -86,6 +94,12 @@ def _lint_source(templates: TemplateSet, name: str, part: str, kind: str) -> lis
                 problems.append(
                     f"{where}: the apology lacks its {element} (use resolution.{element})"
                 )
+        if warnings is not None and "compensation" in mentioned and "offers" not in mentioned:
+            # Written before the rules' compensation was data: it was in the text then.
+            warnings.append(
+                f"{where}: tells resolution.compensation but not resolution.offers: the "
+                "compensation the rules grant is not told (see the shipped template)"
+            )
     return problems
 
 
@@ -110,7 +124,7 @@ def check_templates(templates: TemplateSet, renderer: Renderer, max_segments: in
                     report.errors.append(f"{name}: not UTF-8 (byte at offset {exc.start})")
                     continue
                 report.checked += 1
-                report.errors += _lint_source(templates, name, part, kind)
+                report.errors += _lint_source(templates, name, part, kind, report.warnings)
         for kind in KINDS:
             _render_check(templates, renderer, language, kind, max_segments, report)
     return report
@@ -153,7 +167,10 @@ def _render_check(
                 if marker in raw:
                     report.errors.append(f"{label}: output contains {marker!r}")
             if part == "sms":
-                info = segments(raw.strip() + "\n" + renderer.incident_link(request))
+                # As the message is sent: typography (the no-break space Babel writes in
+                # "€ 5,00") the GSM-7 way when that keeps it GSM-7 (``fit``).
+                text = gsm7_punctuation(raw.strip())
+                info = segments(text + "\n" + renderer.incident_link(request))
                 if info.segments > max_segments:
                     report.errors.append(
                         f"{label}: {info.segments} {info.encoding} segments with typical "

@@ -7,12 +7,15 @@ list is :data:`VARIABLES`; ``broadcaster templates check`` lints templates again
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any, Final, NamedTuple
 
-from broadcaster.compose.locale import format_when
+from babel.numbers import format_currency
+
+from broadcaster.compose.locale import format_when, locale
 
 VARIABLES: Final[dict[str, tuple[str, ...]]] = {
     "org": (),
@@ -36,6 +39,7 @@ VARIABLES: Final[dict[str, tuple[str, ...]]] = {
         "cause_kind",
         "prevention",
         "compensation",
+        "offers",
     ),
     "next_update": (),
     "links": ("incident", "unsubscribe", "preferences"),
@@ -44,6 +48,80 @@ VARIABLES: Final[dict[str, tuple[str, ...]]] = {
 }
 APOLOGY_ELEMENTS: Final = ("responsibility", "regret", "remedy", "cause", "prevention")
 PERSONAL: Final = ("customer.name", "links.unsubscribe", "links.preferences")
+
+
+class Offer(NamedTuple):
+    """A compensation the rules granted at the resolution, as the store keeps it
+    (``incident_updates.compensation_offers``): the amount is the decimal as the rules wrote
+    it (``"10.00"``), never a float; the words are the templates', in each customer's
+    language."""
+
+    kind: str
+    amount: str
+    currency: str
+    rule: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "kind": self.kind,
+            "amount": self.amount,
+            "currency": self.currency,
+            "rule": self.rule,
+        }
+
+
+def offers_of(stored: object) -> tuple[Offer, ...]:
+    """The offers of a stored ``compensation_offers`` value (None: none). An entry that is
+    not an offer (a hand-edited row) is left out rather than failing every message."""
+    if not isinstance(stored, list):
+        return ()
+    out = []
+    for item in stored:
+        if isinstance(item, dict) and all(
+            isinstance(item.get(k), str) and item[k] for k in ("kind", "amount", "currency")
+        ):
+            rule = item.get("rule")
+            out.append(
+                Offer(
+                    item["kind"],
+                    item["amount"],
+                    item["currency"],
+                    rule if isinstance(rule, str) else "",
+                )
+            )
+    return tuple(out)
+
+
+def format_amount(amount: str, currency: str, language: str) -> str:
+    """``10.00`` ``EUR`` as a reader of ``language`` writes it: ``€10.00`` (en), ``€ 10,00``
+    (nl, with a no-break space); the amount and code as they are when they are not a
+    number Babel can write (or one no one would write out: ``1E+999999``)."""
+    try:
+        value = Decimal(amount)
+        if not value.is_finite() or abs(value.adjusted()) > 30:
+            raise InvalidOperation
+        return str(format_currency(value, currency, locale=locale(language)))
+    except (InvalidOperation, ValueError, KeyError, TypeError):
+        return f"{amount} {currency}"
+
+
+_ARTICLE_VOWELS: Final = tuple("aeiou")
+
+
+def describe_offers(offers: Iterable[Offer], *, rules: bool = False) -> str:
+    """The offers in English, as staff read them (the console, the public page):
+    ``a credit of €10.00 and a voucher of €5.00``; with ``rules``, each followed by the rule
+    that granted it. The customers' messages say it in their language (the templates'
+    ``offers`` macro)."""
+    parts = []
+    for offer in offers:
+        kind = offer.kind.replace("_", " ")
+        article = "an" if kind.lower().startswith(_ARTICLE_VOWELS) else "a"
+        text = f"{article} {kind} of {format_amount(offer.amount, offer.currency, 'en')}"
+        parts.append(f"{text} (rule {offer.rule})" if rules and offer.rule else text)
+    if len(parts) < 2:
+        return "".join(parts)
+    return f"{', '.join(parts[:-1])} and {parts[-1]}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +147,10 @@ class IncidentFacts:
     remedy: str | None = None
     prevention: str | None = None
     compensation: str | None = None
+    """The operator's own words (in the operator's language), as written."""
+    compensation_offers: tuple[Offer, ...] = ()
+    """What the rules granted when the operator wrote no compensation: told in each
+    customer's language (``resolution.offers``)."""
 
 
 class Personal(NamedTuple):
@@ -117,6 +199,14 @@ def build_context(
             "cause_kind": facts.cause_kind,
             "prevention": facts.prevention,
             "compensation": facts.compensation,
+            "offers": [
+                {
+                    "kind": offer.kind,
+                    "amount": format_amount(offer.amount, offer.currency, language),
+                    "currency": offer.currency,
+                }
+                for offer in facts.compensation_offers
+            ],
         }
     return {
         "org": organisation,

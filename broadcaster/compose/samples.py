@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from broadcaster.compose.context import IncidentFacts, Personal
+from broadcaster.compose.context import IncidentFacts, Offer, Personal
 
 SAMPLE_NOW = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
 
@@ -35,7 +35,12 @@ def sample_facts(kind: str, now: datetime = SAMPLE_NOW) -> IncidentFacts:
         regret="We are sorry: you could not pay when you needed to." if resolved else None,
         remedy="The certificate is renewed and payments work again." if resolved else None,
         prevention="Certificates now renew automatically, 30 days early." if resolved else None,
-        compensation="A EUR 5 credit on your next order." if resolved else None,
+        # The rules' compensation (told in each language); an operator's own text
+        # (``compensation``) would be told instead, as written.
+        compensation=None,
+        compensation_offers=(Offer("credit", "5.00", "EUR", "long-outage-credit"),)
+        if resolved
+        else (),
     )
 
 

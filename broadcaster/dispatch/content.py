@@ -17,7 +17,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from broadcaster.compose.context import IncidentFacts
+from broadcaster.compose.context import IncidentFacts, offers_of
 from broadcaster.store import Database, Incident, IncidentScope, IncidentUpdate, Round
 from rules import PlanSnapshot, SnapshotError
 
@@ -70,6 +70,7 @@ def facts_of(
         remedy=update.remedy,
         prevention=update.prevention,
         compensation=update.compensation,
+        compensation_offers=offers_of(update.compensation_offers),
     )
 
 

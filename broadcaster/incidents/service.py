@@ -434,7 +434,8 @@ async def resolve(
                     missing,
                 )
         if update.compensation is None and decision is not None and decision.compensation:
-            update.compensation = "; ".join(_offer(c) for c in decision.compensation)
+            # Kept as data, not words: each customer's message says it in their language.
+            update.compensation_offers = [_offer(c) for c in decision.compensation]
         session.add(update)
         await session.flush()
         incident.status = "resolved"
@@ -456,8 +457,15 @@ UNSENT_ROUND_STATES = ("pending", "materialising")
 the rules may still require follow-ups for the customers it reaches."""
 
 
-def _offer(compensation: Compensation) -> str:
-    return f"a {compensation.kind} of {compensation.amount} {compensation.currency}"
+def _offer(compensation: Compensation) -> dict[str, str]:
+    """A compensation as ``incident_updates.compensation_offers`` keeps it: the amount the
+    decimal as the rules wrote it (``"10.00"``)."""
+    return {
+        "kind": compensation.kind,
+        "amount": str(compensation.amount),
+        "currency": compensation.currency,
+        "rule": compensation.rule,
+    }
 
 
 async def close(

@@ -179,6 +179,11 @@ class IncidentUpdate(Base):
     remedy: Mapped[str | None] = mapped_column(Text, default=None)
     prevention: Mapped[str | None] = mapped_column(Text, default=None)
     compensation: Mapped[str | None] = mapped_column(Text, default=None)
+    """The operator's own words, in the operator's language, as written."""
+    compensation_offers: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, default=None)
+    """What the rules granted when the operator wrote no compensation (migration 0018):
+    ``[{"kind", "amount", "currency", "rule"}]``, the amount the decimal as the rules wrote
+    it; each customer's message says it in their language."""
     author: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
+from broadcaster.compose.context import describe_offers, offers_of
 from broadcaster.incidents import service
 from broadcaster.store import Round
 from broadcaster.web.api.schemas import IncidentId
@@ -61,7 +62,11 @@ async def incident_page(incident_id: IncidentId, request: Request) -> Response:
                 ("What you can do meanwhile", update.workaround),
                 ("What we did to put it right", update.remedy),
                 ("So it does not happen again", update.prevention),
-                ("To make up for it", update.compensation),
+                # The page is in English: the rules' compensation told in English words.
+                (
+                    "To make up for it",
+                    update.compensation or describe_offers(offers_of(update.compensation_offers)),
+                ),
             )
             if value
         )

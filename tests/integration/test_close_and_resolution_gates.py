@@ -151,7 +151,10 @@ rules:
         service.UpdateRequest("Fixed.", prevention="A second supplier."),
         engine.escalation,
     )
-    assert update.compensation == "a credit of 5.00 EUR"
+    assert update.compensation is None  # the operator's words only; the rules' as data
+    assert update.compensation_offers == [
+        {"kind": "credit", "amount": "5.00", "currency": "EUR", "rule": "resolved-credit"}
+    ]
 
 
 async def test_a_resolution_from_a_host_whose_clock_is_behind_still_resolves(

@@ -54,6 +54,10 @@ rules:
     policy: default
 """
 
+CREDIT = [{"kind": "credit", "amount": "5.00", "currency": "EUR", "rule": "major-apology"}]
+"""The rules' compensation, stored as data: each customer's message says it in their
+language."""
+
 
 @pytest.fixture
 def config(tmp_path: Path) -> Settings:
@@ -113,7 +117,7 @@ async def test_a_feed_resolution_gets_the_compensation_and_names_what_is_missing
     assert "without prevention, remedy" in resolved.reason
     view = await service.show(database, created.incident_id)
     assert view.incident.status == "resolved"
-    assert view.updates[-1].compensation == "a credit of 5.00 EUR"
+    assert view.updates[-1].compensation_offers == CREDIT
     lacking = "feed resolution lacks what the rules require"
     [warning] = [r for r in caplog.records if r.getMessage() == lacking]
     assert warning.__dict__["missing"] == ["prevention", "remedy"]
@@ -132,6 +136,7 @@ async def test_a_resolution_the_rules_ask_nothing_of_is_not_flagged(
     assert resolved.incident_id is not None
     view = await service.show(database, resolved.incident_id)
     assert view.updates[-1].compensation is None
+    assert view.updates[-1].compensation_offers is None
 
 
 async def test_a_vanished_item_is_resolved_under_the_rules(
@@ -145,7 +150,7 @@ async def test_a_vanished_item_is_resolved_under_the_rules(
     )
     assert gone.kind == "resolved" and "cause, prevention, remedy" in gone.reason
     view = await service.show(database, created.incident_id)
-    assert view.updates[-1].compensation == "a credit of 5.00 EUR"
+    assert view.updates[-1].compensation_offers == CREDIT
 
 
 async def test_a_webhook_resolution_goes_through_the_engine_s_escalation(
@@ -173,7 +178,7 @@ async def test_a_webhook_resolution_goes_through_the_engine_s_escalation(
     assert result["kind"] == "resolved" and "cause, prevention, remedy" in result["reason"]
     view = await service.show(database, result["incident_id"])
     assert view.incident.status == "resolved"
-    assert view.updates[-1].compensation == "a credit of 5.00 EUR"
+    assert view.updates[-1].compensation_offers == CREDIT
 
 
 async def test_the_daemon_s_feed_watchers_get_the_engine_s_escalation(

@@ -19,7 +19,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
-from sqlalchemy import DateTime, bindparam, inspect, text
+from sqlalchemy import JSON, DateTime, bindparam, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -231,3 +231,62 @@ def test_the_postgresql_steps_outside_a_transaction_run_again_after_a_stop(
     )
     migrate.upgrade(postgres_url)
     assert_at_head(postgres_url)
+
+
+def test_0018_keeps_the_rules_offers_as_data_and_as_their_old_text_on_the_way_down(
+    url: str,
+) -> None:
+    """0018 adds ``incident_updates.compensation_offers`` (the rules' compensation, as data).
+    Down, the offers become the text the version before wrote, where the operator wrote
+    none, so that an older daemon still tells a resolution not yet sent what it gives."""
+    migrate.upgrade(url, "0018")
+    at = datetime(2026, 12, 8, 9, 0, tzinfo=UTC)
+    credit = {"kind": "credit", "amount": "10.00", "currency": "EUR", "rule": "r1"}
+    voucher = {"kind": "voucher", "amount": "5", "currency": "EUR", "rule": "r2"}
+
+    def seed(connection: Connection) -> None:
+        connection.execute(
+            text(
+                "INSERT INTO incidents (id, title, severity, status, source, declared_by, "
+                "created_at, updated_at, rounds_made) "
+                "VALUES (1, 'Down', 'major', 'resolved', 'cli', 'ann', :at, :at, 0)"
+            ).bindparams(bindparam("at", at, DateTime(timezone=True)))
+        )
+        rows = [
+            (1, None, [credit, voucher]),  # the rules' two offers
+            (2, "A bunch of flowers", None),  # the operator's words
+            (3, None, None),  # no compensation
+            (4, "Een dagkaart", [credit]),  # both (the service never writes this)
+            (5, None, []),  # an empty list
+        ]
+        for row_id, words, offers in rows:
+            connection.execute(
+                text(
+                    "INSERT INTO incident_updates (id, incident_id, kind, status, message, "
+                    "cause_kind, compensation, compensation_offers, author, created_at) "
+                    "VALUES (:id, 1, 'resolved', 'resolved', 'Fixed.', 'unknown', :words, "
+                    ":offers, 'ann', :at)"
+                ).bindparams(
+                    bindparam("at", at, DateTime(timezone=True)),
+                    bindparam("offers", offers, JSON(none_as_null=True)),
+                ),
+                {"id": row_id, "words": words},
+            )
+        connection.commit()
+
+    def compensation(connection: Connection) -> list[tuple[Any, ...]]:
+        rows = connection.execute(text("SELECT * FROM incident_updates ORDER BY id")).mappings()
+        return [(row["compensation"], row.get("compensation_offers", "absent")) for row in rows]
+
+    on_connection(url, seed)
+    migrate.downgrade(url, "0017")
+    assert on_connection(url, compensation) == [
+        ("a credit of 10.00 EUR; a voucher of 5 EUR", "absent"),
+        ("A bunch of flowers", "absent"),
+        (None, "absent"),
+        ("Een dagkaart", "absent"),
+        (None, "absent"),
+    ]
+    migrate.upgrade(url)
+    assert [offers for _, offers in on_connection(url, compensation)] == [None] * 5
+    assert_at_head(url)

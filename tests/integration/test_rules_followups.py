@@ -191,10 +191,13 @@ async def test_critical_incident_with_forced_follow_up(database: Database) -> No
         prevention="Signals are now monitored.",
     )
     update_row = await service.resolve(database, clock, incident.id, fixed, engine.escalation)
-    assert update_row.compensation == "a credit of 10.00 EUR"  # open longer than 2 h
+    assert update_row.compensation is None  # open longer than 2 h: the rules' credit, as data
+    assert update_row.compensation_offers == [
+        {"kind": "credit", "amount": "10.00", "currency": "EUR", "rule": "long-outage-credit"}
+    ]
     await run_until(engine, clock, clock.now())
     resolution = [m.message.text for m in email.sent if m.target.address == "s1@example.org"][-1]
-    assert "To make up for it: a credit of 10.00 EUR" in resolution
+    assert "To make up for it: a credit of €10.00." in resolution
 
     # Closing is refused while follow-ups are open; a waiver needs a manager.
     with pytest.raises(TransitionError, match="2 forced follow-up"):

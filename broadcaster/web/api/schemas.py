@@ -7,10 +7,11 @@ from datetime import datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from broadcaster.access.credentials import Principal
 from broadcaster.access.roles import allows
+from broadcaster.compose.context import offers_of
 from broadcaster.customers.rows import NoNul
 from broadcaster.incidents.lifecycle import (
     MAX_MESSAGE_CHARS,
@@ -124,6 +125,15 @@ class IncidentOut(BaseModel):
     """When its deliveries and their history were purged (``retention.messages``)."""
 
 
+class CompensationOfferOut(BaseModel):
+    """A compensation the rules granted at the resolution (when the operator wrote none)."""
+
+    kind: str
+    amount: str = Field(description="the amount as the rules wrote it: a decimal, as a string")
+    currency: str
+    rule: str = Field(description="the rule that granted it")
+
+
 class TimelineEntryOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -141,8 +151,19 @@ class TimelineEntryOut(BaseModel):
     remedy: str | None
     prevention: str | None
     compensation: str | None
+    """The operator's own words, as written."""
+    compensation_offers: list[CompensationOfferOut] = Field(
+        default_factory=list,
+        description="what the rules granted at the resolution when the operator wrote no "
+        "compensation; each customer's message tells it in their language",
+    )
     author: str
     created_at: datetime
+
+    @field_validator("compensation_offers", mode="before")
+    @classmethod
+    def _offers(cls, value: object) -> list[dict[str, str]]:
+        return [offer.as_json() for offer in offers_of(value)]
 
 
 class RoundOut(BaseModel):

@@ -15,6 +15,7 @@ from starlette.datastructures import FormData
 
 from broadcaster import operations, reports
 from broadcaster.access.credentials import Principal
+from broadcaster.compose.context import Offer, describe_offers, offers_of
 from broadcaster.followups import service as followups
 from broadcaster.incidents import lifecycle
 from broadcaster.incidents import service as incidents
@@ -276,7 +277,10 @@ async def _requirements(state: WebState, incident_id: int) -> Requirements:
     return Requirements(
         sorted(decision.required_for_resolution),
         list(decision.matched_rules),
-        [f"{c.kind} of {c.amount} {c.currency} (rule {c.rule})" for c in decision.compensation],
+        [
+            describe_offers([Offer(c.kind, str(c.amount), c.currency, c.rule)], rules=True)
+            for c in decision.compensation
+        ],
     )
 
 
@@ -299,6 +303,13 @@ async def _live_context(state: WebState, incident_id: int) -> dict[str, Any]:
         },
         "worst_late_s": late.worst_lateness_s if late else None,
         "open_followups": sum(1 for f in report.followups if f.state in followups.OPEN_STATES),
+        # The compensation the rules granted at a resolution, as staff read it (customers
+        # read it in their own language), by timeline entry.
+        "offers": {
+            u.id: describe_offers(offers_of(u.compensation_offers), rules=True)
+            for u in report.view.updates
+            if u.compensation_offers
+        },
     }
 
 
