@@ -505,3 +505,16 @@ class AuditEntry(Base):
     """Where from: the client address, or ``cli``."""
     outcome: Mapped[str] = mapped_column(String(16), default="ok")  # ok | refused | failed
     detail: Mapped[dict[str, object] | None] = mapped_column(JSON, default=None)
+
+
+class InboundMessage(Base):
+    """An inbound SMS whose keyword (STOP, START) changed a number's consent, by its provider
+    id: a signed request carries no time, so a captured one could be sent again later (a START
+    replayed after the customer's STOP); one already recorded changes nothing. No number or
+    text is kept: the id alone says nothing about the customer."""
+
+    __tablename__ = "inbound_messages"
+
+    provider_message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    keyword: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -8,13 +8,18 @@ and changes nothing. Status callbacks move a delivery forward only (queued → s
 delivered | undelivered | failed): callbacks arrive out of order, and a late "sent" must
 not undo "delivered". Only a callback that moves the delivery forward adds to its history:
 a repeated or stale one (Twilio retries; a signed request can be replayed) adds nothing.
+An inbound STOP or START is applied once by its MessageSid (``inbound_messages``): a
+signed request carries no time, and a START sent again after the customer's STOP must not
+subscribe them again; one without a MessageSid is refused (400).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
 from xml.sax.saxutils import escape
 
 from fastapi import APIRouter, Request, Response
@@ -22,7 +27,8 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.dispatch.outcomes import fail_over_reported
-from broadcaster.store import ContactPoint, Customer, Delivery, DeliveryEvent
+from broadcaster.store import ContactPoint, Customer, Delivery, DeliveryEvent, InboundMessage
+from broadcaster.store.models import table_of
 from broadcaster.web.inputs import row_id
 from broadcaster.web.state import WebState, state_of
 from channels.twilio_sms import (
@@ -31,6 +37,9 @@ from channels.twilio_sms import (
     parse_inbound_keyword,
     verify_twilio_signature,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
 
 log = logging.getLogger("broadcaster.web")
 router = APIRouter(prefix="/hooks/twilio", tags=["twilio"])
@@ -42,6 +51,8 @@ HANDED_OVER = ("sending", "sent", "delivered", "undelivered", "failed")
 recorded when the callback comes)."""
 OPTED_OUT_CODES = {"21610"}
 DISABLED_CODES = {"21211", "21614", "30005", "30006"}
+_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
+"""A Twilio message id: SM (SMS) or MM (MMS) and 32 hex digits."""
 
 
 UrlFor = Callable[[Request, TwilioSettings], str]
@@ -190,12 +201,36 @@ async def inbound_sms(request: Request) -> Response:
             f"Reply STOP to stop them, START to resume. {messages.public_url}"
         )
     if keyword in ("stop", "start"):
-        async with state.database.session() as session, session.begin():
-            await session.execute(
-                update(ContactPoint)
-                .where(ContactPoint.kind == "sms", ContactPoint.address == sender)
-                .values(opted_out=keyword == "stop", updated_at=state.clock.now())
+        sid = params.get("MessageSid", "")
+        if not _SID.fullmatch(sid):
+            # Twilio sends one with every inbound message; without it a replay cannot be
+            # told from a new message, so consent is not changed on its word.
+            state.count("twilio_inbound_refused")
+            log.warning("inbound SMS keyword without a valid MessageSid; consent unchanged")
+            return Response(
+                '{"error": "MessageSid: missing or not a Twilio message id"}',
+                400,
+                media_type="application/json",
             )
+        now = state.clock.now()
+        database = state.database
+        async with database.session() as session, session.begin():
+            result = await session.execute(
+                database.insert_ignoring_duplicates(table_of(InboundMessage)).values(
+                    provider_message_id=sid, keyword=keyword, received_at=now
+                )
+            )
+            first = cast("CursorResult[Any]", result).rowcount == 1
+            if first:
+                await session.execute(
+                    update(ContactPoint)
+                    .where(ContactPoint.kind == "sms", ContactPoint.address == sender)
+                    .values(opted_out=keyword == "stop", updated_at=now)
+                )
+        if not first:
+            state.count("twilio_inbound_repeated")
+            log.info("inbound SMS keyword already applied", extra={"keyword": keyword})
+            return _twiml()
         state.count(f"twilio_inbound_{keyword}")
         log.info("inbound SMS keyword", extra={"keyword": keyword})
     return _twiml()

@@ -179,7 +179,12 @@ def test_every_channel_in_the_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyP
                 ("delivered",)
             ]
             # The customer replies STOP: the next round sends them no SMS.
-            stop = {"AccountSid": twilio.account_sid, "From": GOOD, "Body": "STOP"}
+            stop = {
+                "AccountSid": twilio.account_sid,
+                "From": GOOD,
+                "Body": "STOP",
+                "MessageSid": "SM" + "5" * 32,
+            }
             assert _twilio_post(port, "/hooks/twilio/inbound", twilio.auth_token, stop).is_success
             cli(config, "incident", "update", incident.group(1), "--message", "Buses run.")
             wait_until(lambda: len(hook.accepted) == 4, 10, "second round")

@@ -16,7 +16,15 @@ from broadcaster.clock import FakeClock
 from broadcaster.compose.links import make_token
 from broadcaster.config.settings import Settings
 from broadcaster.incidents import service
-from broadcaster.store import ContactPoint, Customer, Database, Delivery, DeliveryEvent, Round
+from broadcaster.store import (
+    ContactPoint,
+    Customer,
+    Database,
+    Delivery,
+    DeliveryEvent,
+    InboundMessage,
+    Round,
+)
 from broadcaster.store.migrate import upgrade_async
 from broadcaster.web import public
 from broadcaster.web.app import create_app
@@ -252,7 +260,7 @@ async def test_inbound_stop_words_opt_the_number_out(
 ) -> None:
     http, _ = client
     await seed_sent_sms(database)
-    params = {"AccountSid": SID, "From": "+31612345678", "Body": body}
+    params = {"AccountSid": SID, "From": "+31612345678", "Body": body, "MessageSid": _sms_sid(1)}
     path = "/hooks/twilio/inbound"
     response = await http.post(path, data=params, headers=_signed(path, params))
     assert response.status_code == 200
@@ -267,8 +275,13 @@ async def test_inbound_start_opts_back_in_and_help_answers(
     http, _ = client
     await seed_sent_sms(database)
     path = "/hooks/twilio/inbound"
-    for body in ("STOP", "UNSTOP"):
-        params = {"AccountSid": SID, "From": "+31612345678", "Body": body}
+    for n, body in enumerate(("STOP", "UNSTOP")):
+        params = {
+            "AccountSid": SID,
+            "From": "+31612345678",
+            "Body": body,
+            "MessageSid": _sms_sid(n),
+        }
         await http.post(path, data=params, headers=_signed(path, params))
     async with database.session() as session:
         point = (await session.execute(select(ContactPoint))).scalar_one()
@@ -276,6 +289,50 @@ async def test_inbound_start_opts_back_in_and_help_answers(
     params = {"AccountSid": SID, "From": "+31612345678", "Body": "HELP"}
     answer = await http.post(path, data=params, headers=_signed(path, params))
     assert "<Message>Example Transit" in answer.text and "STOP" in answer.text
+
+
+def _sms_sid(n: int) -> str:
+    return f"SM{n:032x}"
+
+
+async def test_an_inbound_start_sent_again_after_a_stop_changes_nothing(
+    client: tuple[httpx.AsyncClient, WebState], database: Database
+) -> None:
+    """A signed request carries no time: a START captured and sent again after the
+    customer's STOP must not subscribe them again."""
+    http, state = client
+    await seed_sent_sms(database)
+    path = "/hooks/twilio/inbound"
+    start = {"AccountSid": SID, "From": "+31612345678", "Body": "START", "MessageSid": _sms_sid(7)}
+    stop = {**start, "Body": "STOP", "MessageSid": _sms_sid(8)}
+    for params in (start, stop, start, stop):
+        answer = await http.post(path, data=params, headers=_signed(path, params))
+        assert answer.status_code == 200
+    async with database.session() as session:
+        point = (await session.execute(select(ContactPoint))).scalar_one()
+        seen = (await session.execute(select(InboundMessage))).scalars().all()
+    assert point.opted_out
+    assert sorted((row.provider_message_id, row.keyword) for row in seen) == [
+        (_sms_sid(7), "start"),
+        (_sms_sid(8), "stop"),
+    ]
+    assert state.counters["twilio_inbound_repeated"] == 2
+
+
+@pytest.mark.parametrize("sid", [None, "", "SM123", "XX" + "0" * 32])
+async def test_an_inbound_keyword_without_a_message_id_is_refused(
+    client: tuple[httpx.AsyncClient, WebState], database: Database, sid: str | None
+) -> None:
+    http, _ = client
+    await seed_sent_sms(database)
+    path = "/hooks/twilio/inbound"
+    params = {"AccountSid": SID, "From": "+31612345678", "Body": "STOP"}
+    if sid is not None:
+        params["MessageSid"] = sid
+    answer = await http.post(path, data=params, headers=_signed(path, params))
+    assert answer.status_code == 400 and "MessageSid" in answer.text
+    async with database.session() as session:
+        assert not (await session.execute(select(ContactPoint))).scalar_one().opted_out
 
 
 async def test_one_click_unsubscribe(
