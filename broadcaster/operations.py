@@ -136,7 +136,12 @@ async def post_update(
         lambda also: incidents.post_update(
             actor.database, actor.clock, incident_id, request, also=also
         ),
-        {"status": request.status} if request.status else None,
+        {
+            key: value
+            for key, value in (("status", request.status), ("severity", request.severity))
+            if value
+        }
+        or None,
     )
 
 

@@ -126,6 +126,14 @@ def update(
     status: Annotated[
         str | None, typer.Option(help="investigating | identified | monitoring")
     ] = None,
+    severity: Annotated[
+        str | None,
+        typer.Option(
+            "--severity",
+            "-s",
+            help="minor | major | critical: the new severity (kept if not given)",
+        ),
+    ] = None,
     cause_kind: CauseKind = None,
     cause: Cause = None,
     actions: Actions = None,
@@ -137,7 +145,8 @@ def update(
     """Post an update: it goes out to the audience at once (reopens a resolved incident).
 
     Cause, actions, workaround and expected resolution carry over from the previous
-    update unless given; give an empty string to clear one."""
+    update unless given; give an empty string to clear one. A new severity applies from
+    this update on: its cadence, the rules (follow-ups, apology requirements), urgency."""
     settings = settings_or_exit(config)
     request = service.UpdateRequest(
         message,
@@ -148,6 +157,7 @@ def update(
         actions=actions,
         workaround=workaround,
         expected_resolution_at=_utc(expected_resolution),
+        severity=severity,
     )
 
     async def work(db: Database) -> None:

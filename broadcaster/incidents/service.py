@@ -81,6 +81,9 @@ class UpdateRequest:
     remedy: str | None = None
     prevention: str | None = None
     compensation: str | None = None
+    severity: str | None = None
+    """An update's new severity (None keeps it): the cadence, the rules and the urgency of
+    this round and the later ones follow it."""
 
 
 _Written = TypeVar("_Written", Declaration, UpdateRequest)
@@ -355,6 +358,8 @@ async def post_update(
     _check_length("message", request.message, lifecycle.MAX_MESSAGE_CHARS)
     if request.cause_kind is not None:
         lifecycle.check_cause_kind(request.cause_kind)
+    if request.severity is not None:
+        lifecycle.check_severity(request.severity)
     now = clock.now()
     async with database.session() as session, session.begin():
         incident = await _locked_incident(session, incident_id)
@@ -368,12 +373,24 @@ async def post_update(
         await session.flush()
         incident.status = status
         incident.updated_at = now
+        if request.severity is not None and request.severity != incident.severity:
+            for column, value in severity_changed(request.severity).items():
+                setattr(incident, column, value)
         if reopened:
             incident.resolved_at = None
         await _round_now(session, incident, "update", update.id, now)
         if also is not None:
             also(session, update)
     return update
+
+
+def severity_changed(severity: str) -> dict[str, object]:
+    """The incident row's new values when its severity changes (staff or a feed): the
+    escalation plan is taken again from the rules at the next round, as the rules decide for
+    the new facts (a minor incident raised to critical gets the critical ladder, at its age;
+    the snapshot guards a plan against rule edits, not against the incident's own facts),
+    and the staff of the new ladder's current step are told."""
+    return {"severity": severity, "plan": None, "steps_notified": None}
 
 
 class ResolutionRefused(ValueError):

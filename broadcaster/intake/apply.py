@@ -41,8 +41,9 @@ Where the feed's state lives (no schema change):
   id, in one transaction; a concurrent duplicate fails on the unique key and changes
   nothing.
 * Title and severity changes of an open incident are written to the incident row directly
-  (the service has no operation for them); the scope (components, regions) is the one
-  the incident was declared with.
+  after the update that carried them; a new severity takes the escalation plan again at the
+  next round, as staff's does (:func:`~broadcaster.incidents.service.severity_changed`).
+  The scope (components, regions) is the one the incident was declared with.
 * The plan is made from the store outside the transaction that writes; that transaction,
   once it holds the incident's row, checks that no timeline entry came in since (the
   same event delivered twice at once: an Alertmanager HA pair). If one did, nothing is
@@ -470,7 +471,7 @@ async def _retitle(database: Database, incident_id: int, event: IncidentEvent) -
         if title and title != incident.title:
             values["title"] = title[:300]
         if event.severity != incident.severity:
-            values["severity"] = event.severity
+            values.update(service.severity_changed(event.severity))
         if dict(event.labels) != (incident.labels or {}):
             values["labels"] = dict(event.labels) or None
         if values:
