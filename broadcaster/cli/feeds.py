@@ -76,8 +76,7 @@ async def check_feed(
         lines.append(f"  skip      {skipped.item_id or '?'}: {skipped.reason}")
     snapshot = result.snapshot if feed.snapshot is None else feed.snapshot
     if snapshot:
-        present = {e.external_id for e in result.events}
-        present |= {s.item_id for s in result.skipped if s.item_id}
+        present = result.present()
         async with database.session() as session:
             rows = (
                 await session.execute(

@@ -216,3 +216,10 @@ class ParseResult:
     events: list[IncidentEvent] = field(default_factory=list)
     skipped: list[SkippedItem] = field(default_factory=list)
     snapshot: bool = False
+
+    def present(self) -> set[str]:
+        """The external ids the document still lists (events and skipped items, each
+        skipped one by its whole id, not the one cut short for the log): what a snapshot
+        feed's items must be among to stay open."""
+        listed = {event.external_id for event in self.events}
+        return listed | {key for item in self.skipped if (key := item.key or item.item_id)}

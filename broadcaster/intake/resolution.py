@@ -84,6 +84,7 @@ async def resolve(
                 "missing": missing,
                 "rules": list(decision.matched_rules),
                 "compensation": update.compensation,
+                "compensation_offers": update.compensation_offers,
             },
         )
     return missing

@@ -420,9 +420,7 @@ class FeedWatcher:
         self._mark_index_seen(by_event)
         snapshot = result.snapshot if self.feed.snapshot is None else self.feed.snapshot
         if snapshot:
-            present = {e.external_id for e in result.events}
-            # The skipped item's whole id (the one shown is cut short for the log).
-            present |= {k for s in result.skipped if (k := s.key or s.item_id)}
+            present = result.present()
             self._last_snapshot_ids = present
             applied.extend(await self._resolve_vanished(present))
         self._succeed()

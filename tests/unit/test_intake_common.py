@@ -19,6 +19,7 @@ from broadcaster.intake import (
     signed_webhook,
     statuspage,
 )
+from broadcaster.intake.events import ParseResult, SkippedItem
 from broadcaster.intake.normalise import (
     Collector,
     Draft,
@@ -346,3 +347,19 @@ def test_scope_names_are_cut_to_what_the_store_keeps() -> None:
     long_name = "Lift " + "x" * 240
     (name,) = map_keys([("", long_name)], {}, Limits(), pass_through=True)
     assert len(name) == MAX_SCOPE_CHARS and name.startswith("Lift xxx")
+
+
+def test_a_snapshot_lists_skipped_items_by_their_whole_id() -> None:
+    """The daemon and `feeds check` both read what a snapshot still lists from here: a
+    skipped item's id shown in the log is cut short, its key is whole."""
+    whole = "alert-" + "x" * 200
+    result = ParseResult(
+        events=[],
+        skipped=[
+            SkippedItem("not active yet", item_id=whole[:120] + "…", key=whole),
+            SkippedItem("no id", item_id="short"),
+            SkippedItem("unreadable"),
+        ],
+        snapshot=True,
+    )
+    assert result.present() == {whole, "short"}
