@@ -12,7 +12,7 @@ import sys
 import time
 
 from broadcaster.compose.context import Personal
-from broadcaster.compose.links import link_url
+from broadcaster.compose.links import personal_links
 from broadcaster.compose.render import Renderer, RenderRequest
 from broadcaster.compose.samples import SAMPLE_NOW, sample_facts
 from broadcaster.compose.templates import TemplateSet
@@ -25,10 +25,11 @@ SECRET = "bench-secret"  # noqa: S105 - a fixed key for a benchmark
 def _request(i: int, cache: bool, form: str) -> RenderRequest:
     expires = SAMPLE_NOW
     cid = f"cust-{i:07d}"
+    unsubscribe, preferences = personal_links(
+        "https://status.example.org", SECRET, cid, expires, SAMPLE_NOW
+    )
     personal = Personal(
-        name=f"Customer {i}",
-        unsubscribe_url=link_url("https://status.example.org", SECRET, cid, "unsubscribe", expires),
-        preferences_url=link_url("https://status.example.org", SECRET, cid, "preferences", expires),
+        name=f"Customer {i}", unsubscribe_url=unsubscribe, preferences_url=preferences
     )
     return RenderRequest(
         kind="update",

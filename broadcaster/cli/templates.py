@@ -12,7 +12,7 @@ from broadcaster.clock import RealClock
 from broadcaster.compose.check import check_templates
 from broadcaster.compose.context import IncidentFacts, Personal
 from broadcaster.compose.forms import form_for
-from broadcaster.compose.links import link_url
+from broadcaster.compose.links import personal_links
 from broadcaster.compose.render import RenderRequest
 from broadcaster.compose.samples import (
     SAMPLE_FOLLOWUP,
@@ -119,12 +119,16 @@ def preview(
             if found is None:
                 raise LookupError(f"no customer with id {customer!r}")
             secret = await link_secret(settings, db, RealClock())
-            expires = RealClock().now() + settings.messages.link_lifetime
-            base = settings.messages.public_url
+            now = RealClock().now()
+            unsubscribe, preferences = personal_links(
+                settings.messages.public_url,
+                secret,
+                found.id,
+                now + settings.messages.link_lifetime,
+                now,
+            )
             personal = Personal(
-                name=found.name,
-                unsubscribe_url=link_url(base, secret, found.id, "unsubscribe", expires),
-                preferences_url=link_url(base, secret, found.id, "preferences", expires),
+                name=found.name, unsubscribe_url=unsubscribe, preferences_url=preferences
             )
             lang, zone = found.language, found.timezone
         return facts, personal, lang, zone

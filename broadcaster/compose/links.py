@@ -1,9 +1,15 @@
 """Signed, expiring links for customers: one-click unsubscribe and the preferences page.
 
-A token is ``base64url(customer_id) . expires (unix seconds) . purpose . signature`` where the
-signature is HMAC-SHA256 over the first three parts with the configured link secret. It
-carries no other data; it proves that we issued the link for that customer and purpose, and
-until when. Verification is constant-time.
+A token is ``base64url(customer_id) . issued . expires . purpose . signature`` (issued and
+expires in unix seconds) where the signature is HMAC-SHA256 over the parts before it with
+the configured link secret. It carries no other data; it proves that we issued the link for
+that customer and purpose, when, and until when. Verification is constant-time.
+
+The issue time binds a link to the customer record it was made for: a customer erased and
+later created again under the same id (a recycled account number) is not reached by the
+links the old record's messages carried (:func:`issued_before`). Tokens of earlier builds,
+``base64url(customer_id) . expires . purpose . signature``, are still accepted until they
+expire (at most the link lifetime after the upgrade); they carry no issue time.
 """
 
 from __future__ import annotations
@@ -27,6 +33,21 @@ class LinkClaims:
     customer_id: str
     purpose: str
     expires_at: int
+    issued_at: int | None = None
+    """None on a token of an earlier build (it did not say)."""
+
+
+CLOCK_SLACK = 300
+"""Seconds a link may seem issued before its customer was created: the daemon that signed
+it and the host that created the customer may disagree on the time by this much."""
+
+
+def issued_before(claims: LinkClaims, created_at: datetime) -> bool:
+    """Whether the link was made for an earlier customer of the same id: one erased, whose
+    id was given to a customer created after the link was issued."""
+    return claims.issued_at is not None and claims.issued_at + CLOCK_SLACK < int(
+        created_at.timestamp()
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -50,12 +71,27 @@ def _keyed(secret: str) -> hmac.HMAC:
     return hmac.new(secret.encode(), digestmod=hashlib.sha256)
 
 
-def make_token(secret: str, customer_id: str, purpose: str, expires: datetime) -> str:
+def _head(customer_id: str, expires: datetime, issued: datetime | None) -> str:
+    """The token's parts before its purpose, with the trailing dot."""
+    stamp = "" if issued is None else f"{int(issued.timestamp())}."
+    return f"{_b64(customer_id.encode())}.{stamp}{int(expires.timestamp())}."
+
+
+def make_token(
+    secret: str,
+    customer_id: str,
+    purpose: str,
+    expires: datetime,
+    *,
+    issued: datetime | None = None,
+) -> str:
+    """A signed token; ``issued`` (now, for every link a message carries) binds it to the
+    customer record of the time; without it the token has the earlier builds' form."""
     if purpose not in PURPOSES:
         raise ValueError(f"unknown link purpose {purpose!r}")
     if not secret:
         raise ValueError("the link secret is empty; set messages.link_secret")
-    payload = f"{_b64(customer_id.encode())}.{int(expires.timestamp())}.{purpose}"
+    payload = _head(customer_id, expires, issued) + purpose
     return f"{payload}.{_signature(secret, payload)}"
 
 
@@ -64,33 +100,40 @@ def verify_token(secret: str, token: str, purpose: str, now: datetime) -> LinkCl
     if not token.isascii():  # every token we issue is ASCII; compare_digest needs it too
         raise InvalidLink("malformed link")
     parts = token.split(".")
-    if len(parts) != 4:
+    if len(parts) == 4:  # an earlier build's: no issue time
+        encoded, expires_text, token_purpose, signature = parts
+        issued_text = None
+    elif len(parts) == 5:
+        encoded, issued_text, expires_text, token_purpose, signature = parts
+    else:
         raise InvalidLink("malformed link")
-    encoded, expires_text, token_purpose, signature = parts
-    payload = f"{encoded}.{expires_text}.{token_purpose}"
+    payload = token.rpartition(".")[0]
     if not hmac.compare_digest(_signature(secret, payload), signature):
         raise InvalidLink("the link's signature does not match")
     if token_purpose != purpose:
         raise InvalidLink(f"the link is for {token_purpose}, not {purpose}")
     try:
         expires_at = int(expires_text)
+        issued_at = None if issued_text is None else int(issued_text)
         customer_id = _unb64(encoded).decode()
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidLink("malformed link") from exc
     if now.timestamp() > expires_at:
         raise InvalidLink("the link has expired")
-    return LinkClaims(customer_id=customer_id, purpose=purpose, expires_at=expires_at)
+    return LinkClaims(
+        customer_id=customer_id, purpose=purpose, expires_at=expires_at, issued_at=issued_at
+    )
 
 
 def personal_links(
-    public_url: str, secret: str, customer_id: str, expires: datetime
+    public_url: str, secret: str, customer_id: str, expires: datetime, issued: datetime
 ) -> tuple[str, str]:
     """The customer's unsubscribe and preferences links (what every message carries): the
     same as two :func:`link_url` calls, with the shared parts worked out once."""
     if not secret:
         raise ValueError("the link secret is empty; set messages.link_secret")
     base = public_url.rstrip("/")
-    head = f"{_b64(customer_id.encode())}.{int(expires.timestamp())}."
+    head = _head(customer_id, expires, issued)
     unsubscribe = head + "unsubscribe"
     preferences = head + "preferences"
     return (
@@ -100,10 +143,17 @@ def personal_links(
 
 
 def link_url(
-    public_url: str, secret: str, customer_id: str, purpose: str, expires: datetime
+    public_url: str,
+    secret: str,
+    customer_id: str,
+    purpose: str,
+    expires: datetime,
+    *,
+    issued: datetime | None = None,
 ) -> str:
     path = "u" if purpose == "unsubscribe" else "preferences"
-    return f"{public_url.rstrip('/')}/{path}/{make_token(secret, customer_id, purpose, expires)}"
+    token = make_token(secret, customer_id, purpose, expires, issued=issued)
+    return f"{public_url.rstrip('/')}/{path}/{token}"
 
 
 DEFAULT_LINK_LIFETIME = timedelta(days=30)

@@ -361,7 +361,7 @@ class Dispatcher:
     def _personal(self, job: Job, now: datetime) -> Personal:
         expires = now + self._messages.link_lifetime
         unsubscribe, preferences = personal_links(
-            self._messages.public_url, self.link_secret, job.customer_id, expires
+            self._messages.public_url, self.link_secret, job.customer_id, expires, now
         )
         return Personal(
             name=job.customer_name, unsubscribe_url=unsubscribe, preferences_url=preferences

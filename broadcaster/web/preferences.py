@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from broadcaster.compose.links import InvalidLink, LinkClaims, verify_token
+from broadcaster.compose.links import InvalidLink, LinkClaims, issued_before, verify_token
 from broadcaster.compose.templates import available_languages
 from broadcaster.store import ContactPoint, Customer
 from broadcaster.web.inputs import row_id
@@ -53,11 +53,16 @@ def _languages(web: WebState) -> list[str]:
     return available_languages(web.settings.messages.templates_dir)
 
 
-async def _form(web: WebState, customer_id: str, notice: str = "") -> Response:
+def _not_found() -> Response:
+    return page("Not found", "<p>We have no preferences for this link any more.</p>", 404)
+
+
+async def _form(web: WebState, claims: LinkClaims, notice: str = "") -> Response:
+    customer_id = claims.customer_id
     async with web.database.session() as session:
         customer = await session.get(Customer, customer_id)
-        if customer is None:
-            return page("Not found", "<p>We have no preferences for this link any more.</p>", 404)
+        if customer is None or issued_before(claims, customer.created_at):
+            return _not_found()
         points = list(
             (
                 await session.execute(
@@ -101,7 +106,7 @@ async def preferences_page(token: str, request: Request) -> Response:
     claims = _claims(web, token)
     if isinstance(claims, Response):
         return claims
-    return await _form(web, claims.customer_id)
+    return await _form(web, claims)
 
 
 @router.post("/preferences/{token}", response_class=HTMLResponse)
@@ -129,8 +134,8 @@ async def save_preferences(token: str, request: Request) -> Response:
     now = web.clock.now()
     async with web.database.session() as session, session.begin():
         customer = await session.get(Customer, claims.customer_id)
-        if customer is None:
-            return page("Not found", "<p>We have no preferences for this link any more.</p>", 404)
+        if customer is None or issued_before(claims, customer.created_at):
+            return _not_found()
         if action not in ("save", "unsubscribe"):
             # Each of the form's buttons names its action. Without one, this is not the form
             # (an empty or mangled request), and read as "save" with no box ticked it would
@@ -157,4 +162,4 @@ async def save_preferences(token: str, request: Request) -> Response:
     notice = (
         "You are unsubscribed: no more disruption updates." if action == "unsubscribe" else "Saved."
     )
-    return await _form(web, claims.customer_id, notice)
+    return await _form(web, claims, notice)

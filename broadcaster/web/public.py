@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import update
 
-from broadcaster.compose.links import InvalidLink, verify_token
+from broadcaster.compose.links import InvalidLink, LinkClaims, issued_before, verify_token
 from broadcaster.store import ContactPoint, Customer
 from broadcaster.web.state import WebState, state_of
 
@@ -67,9 +67,15 @@ def gone() -> HTMLResponse:
     )
 
 
-async def _customer_exists(state: WebState, customer_id: str) -> bool:
+def _theirs(customer: Customer | None, claims: LinkClaims) -> bool:
+    """Whether the link's customer exists and is the one it was made for (not a customer
+    created later under an erased one's id)."""
+    return customer is not None and not issued_before(claims, customer.created_at)
+
+
+async def _customer_exists(state: WebState, claims: LinkClaims) -> bool:
     async with state.database.session() as session:
-        return await session.get(Customer, customer_id) is not None
+        return _theirs(await session.get(Customer, claims.customer_id), claims)
 
 
 @router.get("/u/{token}")
@@ -79,7 +85,7 @@ async def unsubscribe_page(token: str, request: Request) -> Response:
         claims = verify_token(state.link_secret, token, "unsubscribe", state.clock.now())
     except InvalidLink as exc:
         return page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
-    if not await _customer_exists(state, claims.customer_id):
+    if not await _customer_exists(state, claims):
         return gone()
     org = escape(state.settings.messages.organisation)
     return page(
@@ -97,7 +103,7 @@ async def unsubscribe(token: str, request: Request) -> Response:
     except InvalidLink as exc:
         return page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
     async with state.database.session() as session, session.begin():
-        if await session.get(Customer, claims.customer_id) is None:
+        if not _theirs(await session.get(Customer, claims.customer_id), claims):
             return gone()
         await session.execute(
             update(ContactPoint)

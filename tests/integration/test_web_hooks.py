@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from broadcaster.clock import FakeClock
 from broadcaster.compose.links import make_token
@@ -370,6 +370,33 @@ async def test_bad_unsubscribe_links_are_refused(
     assert (await http.post(f"/u/{token}")).status_code == 400
     async with database.session() as session:
         assert not (await session.execute(select(ContactPoint))).scalar_one().opted_out
+
+
+async def test_links_of_an_erased_customer_do_not_reach_one_created_later_with_its_id(
+    client: tuple[httpx.AsyncClient, WebState], database: Database
+) -> None:
+    """An account number given again: the old customer's messages still hold signed links
+    for that id, valid for their lifetime."""
+    http, _ = client
+    await seed_sent_sms(database)  # c1, created at START
+    expires = START + timedelta(days=30)
+    old_unsubscribe = make_token(SECRET, "c1", "unsubscribe", expires, issued=START)
+    old_preferences = make_token(SECRET, "c1", "preferences", expires, issued=START)
+    async with database.session() as session, session.begin():
+        await session.execute(
+            update(Customer).where(Customer.id == "c1").values(created_at=START + timedelta(days=3))
+        )
+    assert (await http.get(f"/u/{old_unsubscribe}")).status_code == 404
+    assert (await http.post(f"/u/{old_unsubscribe}")).status_code == 404
+    assert (await http.get(f"/preferences/{old_preferences}")).status_code == 404
+    saved = await http.post(f"/preferences/{old_preferences}", data={"action": "unsubscribe"})
+    assert saved.status_code == 404
+    async with database.session() as session:
+        assert not (await session.execute(select(ContactPoint))).scalar_one().opted_out
+    # The new customer's own links work.
+    issued = START + timedelta(days=3, minutes=1)
+    theirs = make_token(SECRET, "c1", "preferences", expires, issued=issued)
+    assert (await http.get(f"/preferences/{theirs}")).status_code == 200
 
 
 async def test_healthz(client: tuple[httpx.AsyncClient, WebState]) -> None:

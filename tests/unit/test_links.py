@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broadcaster.compose.links import InvalidLink, link_url, personal_links, verify_token
+from broadcaster.compose.links import (
+    CLOCK_SLACK,
+    InvalidLink,
+    issued_before,
+    link_url,
+    make_token,
+    personal_links,
+    verify_token,
+)
 
 NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
@@ -24,18 +32,19 @@ def test_personal_links_are_the_two_single_links(
     customer: str, secret: str, base: str, days: int
 ) -> None:
     expires = NOW + timedelta(days=days)
-    unsubscribe, preferences = personal_links(base, secret, customer, expires)
-    assert unsubscribe == link_url(base, secret, customer, "unsubscribe", expires)
-    assert preferences == link_url(base, secret, customer, "preferences", expires)
+    unsubscribe, preferences = personal_links(base, secret, customer, expires, NOW)
+    assert unsubscribe == link_url(base, secret, customer, "unsubscribe", expires, issued=NOW)
+    assert preferences == link_url(base, secret, customer, "preferences", expires, issued=NOW)
     token = unsubscribe.rsplit("/", 1)[1]
-    assert verify_token(secret, token, "unsubscribe", NOW).customer_id == customer
+    claims = verify_token(secret, token, "unsubscribe", NOW)
+    assert (claims.customer_id, claims.issued_at) == (customer, int(NOW.timestamp()))
     with pytest.raises(InvalidLink):
         verify_token(secret, token, "preferences", NOW)
 
 
 def test_personal_links_refuse_an_empty_secret() -> None:
     with pytest.raises(ValueError, match="link secret"):
-        personal_links("https://x.example", "", "c1", NOW)
+        personal_links("https://x.example", "", "c1", NOW, NOW)
 
 
 @pytest.mark.parametrize(
@@ -52,3 +61,28 @@ def test_a_non_ascii_token_is_an_invalid_link_not_a_type_error(token: str) -> No
 def test_any_token_is_claims_or_an_invalid_link(token: str) -> None:
     with contextlib.suppress(InvalidLink):
         verify_token("secret", token, "unsubscribe", NOW)
+
+
+def test_a_link_says_when_it_was_issued_and_the_time_is_signed() -> None:
+    token = make_token("s", "c1", "unsubscribe", NOW + timedelta(days=30), issued=NOW)
+    encoded, issued, expires, purpose, signature = token.split(".")
+    assert int(issued) == int(NOW.timestamp())
+    later = ".".join([encoded, str(int(issued) + 86400), expires, purpose, signature])
+    with pytest.raises(InvalidLink, match="signature"):
+        verify_token("s", later, "unsubscribe", NOW)
+
+
+def test_an_earlier_builds_link_is_still_accepted_without_an_issue_time() -> None:
+    legacy = make_token("s", "c1", "unsubscribe", NOW + timedelta(days=30))
+    assert len(legacy.split(".")) == 4
+    claims = verify_token("s", legacy, "unsubscribe", NOW)
+    assert (claims.customer_id, claims.issued_at) == ("c1", None)
+    assert not issued_before(claims, NOW + timedelta(days=1))
+
+
+def test_a_link_issued_before_its_customer_was_created_is_not_theirs() -> None:
+    token = make_token("s", "c1", "preferences", NOW + timedelta(days=30), issued=NOW)
+    claims = verify_token("s", token, "preferences", NOW)
+    assert issued_before(claims, NOW + timedelta(days=2))  # erased, id given again
+    assert not issued_before(claims, NOW - timedelta(days=200))  # the customer it was for
+    assert not issued_before(claims, NOW + timedelta(seconds=CLOCK_SLACK))  # clocks disagree
