@@ -133,7 +133,8 @@ class ActionReader:
         reminder = self._maybe_duration(keys.get("reminder_every"))
         interval = self._maybe_duration(keys.get("escalation_interval"))
         chain = self.refs(keys.get("escalation"), ANYONE)
-        if "escalation_interval" in keys and not chain:
+        if "escalation_interval" in keys and chain is not None and not chain:
+            # (None: the chain names someone unknown, reported as such; it is not absent)
             self.problems.at(keys["escalation_interval"], "there is no escalation to pace")
         if kind is None or owner is None or deadline is None or chain is None:
             return None

@@ -37,7 +37,8 @@ def upgrade(
         migrate.upgrade(settings.database.direct, revision)  # past any pooler
     except Exception as exc:
         raise fail(f"migration failed on {_safe(settings.database.direct)}: {exc}") from None
-    typer.echo(f"database at revision {revision}: {_safe(settings.database.direct)}")
+    url = settings.database.direct
+    typer.echo(f"database at revision {_now_at(url)}: {_safe(url)}")
 
 
 @app.command("downgrade")
@@ -53,7 +54,12 @@ def downgrade(
         migrate.downgrade(settings.database.direct, revision)
     except Exception as exc:
         raise fail(f"downgrade failed on {_safe(settings.database.direct)}: {exc}") from None
-    typer.echo(f"database at revision {revision}")
+    typer.echo(f"database at revision {_now_at(settings.database.direct)}")
+
+
+def _now_at(url: str) -> str:
+    """The revision the store is at now (not the one asked for: ``head``, ``-1``)."""
+    return run(migrate.current_revision(url)) or "base (no schema)"
 
 
 @app.command("purge")

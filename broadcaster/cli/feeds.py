@@ -7,7 +7,8 @@ the open incidents it would resolve once their grace period has passed. It reads
 store but never writes to it (not even a schema upgrade).
 
 Exit status: 0 every source was read, 1 some source could not be fetched or parsed,
-2 the configuration is invalid or names no such feed.
+2 the configuration is invalid or names no such feed, or the store's schema is not this
+version's (``broadcaster db upgrade`` brings it there).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from broadcaster.intake.apply import base_external_id, plan_event
 from broadcaster.intake.events import FeedError
 from broadcaster.intake.watch import FeedSettings, FeedWatcher, FetchError, shown_url
 from broadcaster.store import Database, Incident, StoreConfig
+from broadcaster.store.migrate import schema_behind
 
 app = typer.Typer(
     help="Feeds: check the configured incident feeds (dry run).",
@@ -94,10 +96,17 @@ async def check_feed(
     return True, lines
 
 
+class _SchemaBehind(Exception):
+    """The store's schema is not this version's (feeds check never upgrades it)."""
+
+
 async def _check(feeds: list[FeedSettings], store: StoreConfig) -> bool:
     database = Database.configured(store)
     ok = True
     try:
+        behind = await schema_behind(database.engine)
+        if behind is not None:
+            raise _SchemaBehind(behind)
         for feed in feeds:
             readable, lines = await check_feed(feed, database, RealClock())
             ok = ok and readable
@@ -123,5 +132,9 @@ def check(
     if not feeds:
         typer.echo("no feeds configured")
         return
-    if not run(_check(feeds, settings.database)):
+    try:
+        readable = run(_check(feeds, settings.database))
+    except _SchemaBehind as exc:
+        raise fail(str(exc), 2) from None
+    if not readable:
         raise typer.Exit(1)

@@ -23,10 +23,11 @@ from broadcaster.compose.samples import (
 )
 from broadcaster.compose.templates import FORMS, KINDS
 from broadcaster.config import Settings
+from broadcaster.config.settings import CadenceSettings
 from broadcaster.dispatch.content import facts_of
 from broadcaster.engine import link_secret, make_renderer
 from broadcaster.incidents.service import latest_update
-from broadcaster.store import Customer, Database, Incident, IncidentScope
+from broadcaster.store import Customer, Database, Incident, IncidentScope, Round
 from broadcaster.store.ids import MAX_ID
 from channels.base import Message
 from channels.sms_segments import segments
@@ -66,7 +67,11 @@ def _form(settings: Settings, channel: str) -> str:
     return form_for(spec.contact)
 
 
-async def _facts(db: Database, incident_id: int, kind: str) -> IncidentFacts:
+async def _facts(
+    db: Database, incident_id: int, kind: str, cadence: CadenceSettings
+) -> IncidentFacts:
+    """The incident's facts as its next message would carry them, the promise included:
+    the one its latest round made while it is ahead, else the severity's cadence from now."""
     async with db.session() as session:
         incident = await session.get(Incident, incident_id)
         if incident is None:
@@ -74,6 +79,14 @@ async def _facts(db: Database, incident_id: int, kind: str) -> IncidentFacts:
         update = await latest_update(session, incident_id)
         if update is None:
             raise LookupError(f"incident {incident_id} has no timeline")
+        promised = (
+            await session.execute(
+                select(Round.next_due_at)
+                .where(Round.incident_id == incident_id)
+                .order_by(Round.number.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
         scopes = (
             await session.execute(
                 select(IncidentScope.kind, IncidentScope.value).where(
@@ -81,7 +94,14 @@ async def _facts(db: Database, incident_id: int, kind: str) -> IncidentFacts:
                 )
             )
         ).all()
-    next_update = None if kind == "resolution" else sample_facts(kind).next_update_at
+    next_update = None
+    if kind != "resolution":
+        now = RealClock().now()
+        next_update = (
+            promised
+            if promised is not None and promised > now
+            else now + cadence.for_severity(incident.severity)
+        )
     return facts_of(incident, update, [(k, v) for k, v in scopes], next_update)
 
 
@@ -111,7 +131,11 @@ def preview(
         raise fail(f"--timezone: {exc}", 2) from None
 
     async def load(db: Database) -> tuple[IncidentFacts, Personal, str, str]:
-        facts = await _facts(db, incident, kind) if incident is not None else sample_facts(kind)
+        facts = (
+            await _facts(db, incident, kind, settings.schedule.cadence)
+            if incident is not None
+            else sample_facts(kind)
+        )
         personal, lang, zone = sample_personal(), language, timezone
         if customer is not None:
             async with db.session() as session:

@@ -297,8 +297,24 @@ def _apply_overrides(
                 break
             child = node.get(step) if isinstance(node, dict) else node[step]
             if not isinstance(child, dict | list):
+                following = keys[len(steps)]
+                if following.isascii() and following.isdigit():
+                    # An index into a list the file does not have: the list, not item N.
+                    at = ".".join(str(part) for part in steps)
+                    whole = ENV_PREFIX + "__".join(str(part).upper() for part in steps)
+                    fix = (
+                        f"set the whole list with {whole}='[...]' (YAML)"
+                        if len(steps) > 1  # a top-level section is not one variable
+                        else f"write the {at} list in the file"
+                    )
+                    problems.append(
+                        f"environment {name}: {at} is not a list in the file, so it has no "
+                        f"item {following}; {fix}"
+                    )
+                    break
                 child = {}
                 node[step] = child
+                origins[tuple(steps)] = _Origin(f"environment {name}")
             node = child
         if len(steps) != len(keys):
             continue

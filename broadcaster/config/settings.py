@@ -413,6 +413,10 @@ def _manager_loop(name: str, people: dict[str, StaffMember]) -> str | None:
     return None
 
 
+STAFF_CONTACTS = ("email", "sms")
+"""What a staff notification channel may reach: staff have an email address and a phone."""
+
+
 def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
     """Checks that span sections; each problem with the path of the key at fault."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -503,6 +507,18 @@ def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
         problems.append(
             (("staff", "notify_channel"), f"unknown channel {notify!r} (defined: {known})")
         )
+    elif notify is not None:
+        reaches = getattr(settings.channels[notify], "contact", None)
+        if reaches not in STAFF_CONTACTS:
+            # Staff have an email address and a phone number: a push channel would get an
+            # email address for a device token, and every notice would fail.
+            problems.append(
+                (
+                    ("staff", "notify_channel"),
+                    f"channel {notify!r} reaches {reaches or 'no'} addresses; staff are told "
+                    "by email or SMS: name a channel whose contact is email or sms",
+                )
+            )
     for name, throttle in delivery.throttle.items():
         if throttle.fallback is not None and throttle.fallback not in settings.channels:
             problems.append(

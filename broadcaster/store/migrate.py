@@ -10,7 +10,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
 def migrations_dir() -> Path:
@@ -42,17 +42,29 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("unused")).get_current_head()
 
 
+def _read_revision(sync: Connection) -> str | None:
+    return MigrationContext.configure(sync).get_current_revision()
+
+
 async def current_revision(url: str) -> str | None:
     engine = create_async_engine(url)
     try:
         async with engine.connect() as connection:
-
-            def read(sync: Connection) -> str | None:
-                return MigrationContext.configure(sync).get_current_revision()
-
-            return await connection.run_sync(read)
+            return await connection.run_sync(_read_revision)
     finally:
         await engine.dispose()
+
+
+async def schema_behind(engine: AsyncEngine) -> str | None:
+    """What is wrong with the store's schema for this version, for a command that reads the
+    store but must not upgrade it; None when it is at the head."""
+    async with engine.connect() as connection:
+        current = await connection.run_sync(_read_revision)
+    head = head_revision()
+    if current == head:
+        return None
+    found = f"at revision {current}" if current else "empty (no schema)"
+    return f"the store is {found}, not {head}: run 'broadcaster db upgrade' first"
 
 
 async def upgrade_async(url: str) -> None:

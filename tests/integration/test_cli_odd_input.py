@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from broadcaster.cli.main import app
+from broadcaster.store import migrate
 
 runner = CliRunner()
 
@@ -91,3 +93,28 @@ def test_a_filter_that_names_nothing_is_refused_not_an_empty_list(
 ) -> None:
     code, out = invoke(*command, "--config", str(config(tmp_path)))
     assert code == 2 and f"{option}: " in out and "is not one of" in out
+
+
+def test_feeds_check_on_a_store_never_upgraded_says_what_to_run(tmp_path: Path) -> None:
+    """feeds check never changes the store: on an empty one it read a missing table."""
+    path = config(tmp_path)
+    path.write_text(
+        path.read_text()
+        + "feeds:\n  - name: status\n    kind: statuspage\n    url: http://127.0.0.1:9/api\n"
+    )
+    code, out = invoke("feeds", "check", "--config", str(path))
+    assert code == 2, out
+    assert "the store is empty (no schema)" in out and "broadcaster db upgrade" in out
+
+
+def test_upgrade_and_downgrade_say_the_revision_the_store_is_at(tmp_path: Path) -> None:
+    path = str(config(tmp_path))
+    code, out = invoke("db", "upgrade", "--config", path)
+    head = migrate.head_revision()
+    assert code == 0 and f"database at revision {head}:" in out
+    code, out = invoke("db", "downgrade", "--config", path, "--", "-1")
+    assert code == 0, out
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    below = asyncio.run(migrate.current_revision(url))
+    assert below is not None and below != head
+    assert out.strip() == f"database at revision {below}"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from broadcaster.cli.main import app
 from broadcaster.clock import RealClock
+from broadcaster.compose.locale import format_when
 from broadcaster.incidents import service
 from broadcaster.store import Database
 from broadcaster.store.migrate import upgrade
@@ -87,6 +89,7 @@ def test_preview_with_a_real_incident_and_customer(tmp_path: Path) -> None:
             await db.dispose()
 
     incident_id = asyncio.run(declare())
+    before = datetime.now(UTC)
     result = runner.invoke(
         app,
         [
@@ -105,6 +108,13 @@ def test_preview_with_a_real_incident_and_customer(tmp_path: Path) -> None:
     assert "Beste Kees," in result.output
     assert "Er rijden geen treinen." in result.output
     assert "List-Unsubscribe: <http://127.0.0.1:8080/u/" in result.output
+    # The promise is this incident's (major: 30 minutes from now), not the sample's.
+    after = datetime.now(UTC)
+    promises = {
+        format_when(at + timedelta(minutes=30), "Europe/Amsterdam", "nl", at, ahead=True)
+        for at in (before, after)
+    }
+    assert any(f"uiterlijk {p}" in result.output for p in promises), (promises, result.output)
 
 
 def test_preview_refuses_an_unknown_kind(tmp_path: Path) -> None:

@@ -922,3 +922,39 @@ def test_managers_that_go_round_are_a_located_error(tmp_path: Path) -> None:
         f"{at(path, 'maria}')}: staff.people.ann.manager: managers go round: ann -> maria -> ann",
         f"{at(path, 'ann}')}: staff.people.maria.manager: managers go round: maria -> ann -> maria",
     ]
+
+
+def test_a_staff_channel_that_cannot_reach_staff_is_refused(tmp_path: Path) -> None:
+    """Staff have an email address and a phone: a push channel got email addresses for
+    device tokens, and every notice failed."""
+    path = write_config(
+        tmp_path,
+        """
+        delivery:
+          channels: [email]
+        channels:
+          email: {type: console, contact: email}
+          push: {type: console, contact: fcm}
+        staff:
+          notify_channel: push
+        """,
+    )
+    assert problems_of(path) == [
+        f"{at(path, 'push', 2)}: staff.notify_channel: channel 'push' reaches fcm "
+        "addresses; staff are told by email or SMS: name a channel whose contact is email or sms"
+    ]
+    assert load_settings(path, {"BROADCASTER_STAFF__NOTIFY_CHANNEL": "email"})
+
+
+def test_an_index_into_a_list_the_file_lacks_names_the_variable() -> None:
+    """It was blamed on the file's first line ("feeds: Input should be a valid list")."""
+    assert problems_of(SHIPPED, {"BROADCASTER_FEEDS__0__URL": "http://127.0.0.1/x"}) == [
+        "environment BROADCASTER_FEEDS__0__URL: feeds is not a list in the file, so it has no "
+        "item 0; write the feeds list in the file"
+    ]
+    nested = problems_of(SHIPPED, {"BROADCASTER_HTTP__TRUSTED_PROXIES__0": "10.0.0.5"})
+    assert nested == [
+        "environment BROADCASTER_HTTP__TRUSTED_PROXIES__0: http.trusted_proxies is not a list "
+        "in the file, so it has no item 0; set the whole list with "
+        "BROADCASTER_HTTP__TRUSTED_PROXIES='[...]' (YAML)"
+    ]

@@ -423,3 +423,25 @@ rules:
         f"{at(text, '{within: 30d}')}: rules[0].match.customer.incidents: give at least one "
         "operator besides within, e.g. {within: 30d, gte: 3}",
     ]
+
+
+def test_an_unknown_name_in_an_escalation_is_its_only_problem() -> None:
+    """The chain is there: its pacing is not reported as pacing nothing."""
+    text = (
+        LADDER
+        + """
+rules:
+  - name: fu
+    policy: default
+    followup:
+      kind: call
+      owner: account_manager
+      deadline: 2h
+      escalation: [group:duty-managers, staff:nobody]
+      escalation_interval: 1h
+"""
+    )
+    assert problems(text) == [
+        f"{at(text, 'staff:nobody')}: rules[0].followup.escalation[1]: "
+        "unknown staff member 'nobody'"
+    ]
