@@ -48,10 +48,12 @@ class Actor:
         work: Callable[[Also], Awaitable[T]],
         detail: Mapping[str, object] | None = None,
         describe: Callable[[T], str] | None = None,
+        also: Also | None = None,
     ) -> T:
         """Run ``work``, which writes the audit entry inside its own transaction through the
         hook it is given (an action is never stored without its entry); a refusal is
-        recorded on its own, since nothing else was written."""
+        recorded on its own, since nothing else was written. ``also`` writes more in that
+        transaction (the API's idempotency key)."""
 
         def audited(session: AsyncSession, result: object) -> None:
             session.add(
@@ -64,6 +66,8 @@ class Actor:
                     detail=detail,
                 )
             )
+            if also is not None:
+                also(session, result)
 
         try:
             return await work(audited)
@@ -117,24 +121,31 @@ async def reload_rules(actor: Actor, holder: RulesHolder | None) -> bool:
     return reloaded
 
 
-async def declare(actor: Actor, decl: incidents.Declaration) -> Incident:
+async def declare(
+    actor: Actor, decl: incidents.Declaration, *, also: Also | None = None
+) -> Incident:
     return await actor.run(
         "incident.declare",
         "incident:new",
-        lambda also: incidents.declare(actor.database, actor.clock, decl, also=also),
+        lambda audited: incidents.declare(actor.database, actor.clock, decl, also=audited),
         {"title": decl.title, "severity": decl.severity},
         lambda incident: f"incident:{incident.id}",
+        also=also,
     )
 
 
 async def post_update(
-    actor: Actor, incident_id: int, request: incidents.UpdateRequest
+    actor: Actor,
+    incident_id: int,
+    request: incidents.UpdateRequest,
+    *,
+    also: Also | None = None,
 ) -> IncidentUpdate:
     return await actor.run(
         "incident.update",
         f"incident:{incident_id}",
-        lambda also: incidents.post_update(
-            actor.database, actor.clock, incident_id, request, also=also
+        lambda audited: incidents.post_update(
+            actor.database, actor.clock, incident_id, request, also=audited
         ),
         {
             key: value
@@ -142,18 +153,24 @@ async def post_update(
             if value
         }
         or None,
+        also=also,
     )
 
 
 async def resolve(
-    actor: Actor, incident_id: int, request: incidents.UpdateRequest
+    actor: Actor,
+    incident_id: int,
+    request: incidents.UpdateRequest,
+    *,
+    also: Also | None = None,
 ) -> IncidentUpdate:
     return await actor.run(
         "incident.resolve",
         f"incident:{incident_id}",
-        lambda also: incidents.resolve(
-            actor.database, actor.clock, incident_id, request, actor.escalation, also=also
+        lambda audited: incidents.resolve(
+            actor.database, actor.clock, incident_id, request, actor.escalation, also=audited
         ),
+        also=also,
     )
 
 

@@ -24,6 +24,10 @@ MAX_SCOPE_ITEMS: Final = 200
 MAX_TITLE_CHARS: Final = 300
 MAX_MESSAGE_CHARS: Final = 10_000
 """The longest title and message an operator writes, whichever way (CLI, console, API)."""
+MAX_TEXT_CHARS: Final = 10_000
+"""The longest of every other text an operator writes (cause, actions, workaround and the
+apology's responsibility, regret, remedy, prevention, compensation), whichever way: the
+service checks it, the API's schema (``Text``) has it too."""
 
 OPEN_STATUSES: Final = ("investigating", "identified", "monitoring")
 STATUSES: Final = (*OPEN_STATUSES, "resolved", "closed")

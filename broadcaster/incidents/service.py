@@ -84,6 +84,9 @@ class UpdateRequest:
     severity: str | None = None
     """An update's new severity (None keeps it): the cadence, the rules and the urgency of
     this round and the later ones follow it."""
+    clear_expected_resolution: bool = False
+    """Withdraw the expected resolution (a time told that no longer holds); None above
+    keeps it."""
 
 
 _Written = TypeVar("_Written", Declaration, UpdateRequest)
@@ -160,12 +163,25 @@ def _validate_declaration(decl: Declaration) -> None:
                 )
     if decl.cause_kind != "unknown" and not (decl.cause or "").strip():
         raise ValueError(f"cause: a {decl.cause_kind} cause needs a description")
+    _check_texts(decl)
 
 
-def _check_length(field: str, value: str, limit: int) -> None:
+_LONG_TEXT_FIELDS: Final = tuple(name for name in _OPERATOR_TEXT_FIELDS if name != "message")
+"""The texts limited to ``lifecycle.MAX_TEXT_CHARS`` (the message has its own limit)."""
+
+
+def _check_length(field: str, value: str | None, limit: int) -> None:
     """The same limits whichever way an operator writes (the API's schema has them too)."""
-    if len(value.strip()) > limit:
+    if value is not None and len(value.strip()) > limit:
         raise ValueError(f"{field}: {len(value.strip())} characters; at most {limit}")
+
+
+def _check_texts(entry: Declaration | UpdateRequest) -> None:
+    """Every text the entry gives (cause, actions, workaround, the apology's) within
+    ``lifecycle.MAX_TEXT_CHARS``: the console and the CLI stored what the API refused, and
+    customers got it in every message."""
+    for name in _LONG_TEXT_FIELDS:
+        _check_length(name, getattr(entry, name, None), lifecycle.MAX_TEXT_CHARS)
 
 
 def _not_past(expected: datetime | None, now: datetime) -> None:
@@ -242,12 +258,19 @@ def _entry(
     now: datetime,
 ) -> IncidentUpdate:
     """A timeline entry; what the request leaves out carries over from ``last``."""
+    _check_texts(request)
     cause_kind = request.cause_kind or (last.cause_kind if last else "unknown")
     cause = _carry(request.cause, last.cause if last else None)
     if cause_kind != "unknown" and not cause:
         raise ValueError(f"cause: a {cause_kind} cause needs a description")
+    if request.clear_expected_resolution and request.expected_resolution_at is not None:
+        raise ValueError(
+            "expected_resolution_at: give a new time or withdraw the old one, not both"
+        )
     _not_past(request.expected_resolution_at, now)
     expected = request.expected_resolution_at or (last.expected_resolution_at if last else None)
+    if request.clear_expected_resolution:
+        expected = None
     return IncidentUpdate(
         incident_id=incident_id,
         kind=kind,

@@ -518,3 +518,24 @@ class InboundMessage(Base):
     provider_message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     keyword: Mapped[str] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class IdempotencyKey(Base):
+    """An API request made with an ``Idempotency-Key`` header, by caller and key: written in
+    the transaction of its action, so a retried request (a timeout, a double submit) answers
+    what the first did instead of acting twice, and of two at once only one acts (the key is
+    unique). ``request_hash`` tells the same request from another one sent with the key."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+    actor: Mapped[str] = mapped_column(String(120), primary_key=True)
+    """The caller, as the audit log names it (``token:<name>``)."""
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of the method, the path and the request's body."""
+    status: Mapped[int] = mapped_column(Integer)
+    resource: Mapped[str] = mapped_column(String(32))
+    """What the action made: ``incident`` or ``incident_update``."""
+    resource_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

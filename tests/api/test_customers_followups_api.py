@@ -273,7 +273,7 @@ async def test_follow_ups_are_claimed_done_and_waived_by_the_right_people(
         )
         queue = (
             await api.call("GET", "/api/v1/followups", "viewer", params={"state": "all"})
-        ).json()
+        ).json()["items"]
         assert [(f["id"], f["state"]) for f in queue] == [
             (first, "done"),
             (second, "waived"),
@@ -284,7 +284,7 @@ async def test_follow_ups_are_claimed_done_and_waived_by_the_right_people(
         assert {(f["customer_id"], f["note"]) for f in queue} == {(None, None)}
         seen = (
             await api.call("GET", "/api/v1/followups", "operator", params={"state": "all"})
-        ).json()
+        ).json()["items"]
         assert seen[0]["customer_id"] is not None and seen[0]["note"] == "Called; she understands."
         assert (await api.call("GET", "/api/v1/followups/999/claim")).status_code == 405
         missing = await api.call("POST", "/api/v1/followups/999/claim", "operator")

@@ -115,7 +115,7 @@ async def test_bad_input_names_the_field_and_changes_nothing(database: Database)
             "POST", "/api/v1/incidents", json={**DECLARE, "components": [], "regions": []}
         )
         assert no_scope.status_code == 422
-        assert no_scope.json()["error"]["field"] == "body.scope"
+        assert no_scope.json()["error"]["field"] == "body.components"
 
         not_json = await api.call(
             "POST",

@@ -213,13 +213,13 @@ async def test_the_api_shows_whom_the_rule_named(database: Database) -> None:
     async with api_client(database) as api:
         task = await api_task_for_ann(api, database)
         listed = await api.call("GET", "/api/v1/followups")
-        assert [t["owner_ref"] for t in listed.json()] == [None]
+        assert [t["owner_ref"] for t in listed.json()["items"]] == [None]
         async with database.session() as session, session.begin():
             await session.execute(
                 update(Followup).where(Followup.id == task).values(owner_ref="group:care")
             )
         listed = await api.call("GET", "/api/v1/followups")
-        assert [t["owner_ref"] for t in listed.json()] == ["group:care"]
+        assert [t["owner_ref"] for t in listed.json()["items"]] == ["group:care"]
 
 
 def test_the_cli_refuses_a_claim_by_someone_without_the_right(tmp_path: Path) -> None:

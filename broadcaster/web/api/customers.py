@@ -25,10 +25,10 @@ from broadcaster.customers.rows import CustomerRow, unconfigured_channels
 from broadcaster.store import ContactPoint, Customer, Subscription
 from broadcaster.web.api.schemas import Page, page_of
 from broadcaster.web.auth import client_source, require
-from broadcaster.web.errors import ApiError
+from broadcaster.web.errors import AUTHENTICATED, WITH_BODY, ApiError, responses
 from broadcaster.web.state import WebState, state_of
 
-router = APIRouter(prefix="/api/v1/customers", tags=["customers"])
+router = APIRouter(prefix="/api/v1/customers", tags=["customers"], responses=AUTHENTICATED)
 
 Operator = Annotated[Principal, Depends(require("operator"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
@@ -186,7 +186,13 @@ async def list_customers(
     return page_of(rows, limit, CustomerOut, lambda row: row.id)
 
 
-@router.post("", response_model=CustomerDetailOut, status_code=201, summary="Create a customer")
+@router.post(
+    "",
+    response_model=CustomerDetailOut,
+    status_code=201,
+    summary="Create a customer",
+    responses={**WITH_BODY, **responses(409)},
+)
 async def create(body: CustomerRow, request: Request, principal: Admin) -> CustomerDetailOut:
     web = state_of(request)
     try:
@@ -208,7 +214,12 @@ async def create(body: CustomerRow, request: Request, principal: Admin) -> Custo
     return await _detail(web, body.id)
 
 
-@router.get("/{customer_id}", response_model=CustomerDetailOut, summary="One customer")
+@router.get(
+    "/{customer_id}",
+    response_model=CustomerDetailOut,
+    summary="One customer",
+    responses=responses(404),
+)
 async def show(customer_id: str, request: Request, _: Operator) -> CustomerDetailOut:
     return await _detail(state_of(request), customer_id)
 
@@ -218,7 +229,7 @@ async def show(customer_id: str, request: Request, _: Operator) -> CustomerDetai
     response_model=CustomerDetailOut,
     summary="Replace a customer: its contact points and subscriptions become the body's "
     "(201 when it is new)",
-    responses={201: {"model": CustomerDetailOut, "description": "Created"}},
+    responses={201: {"model": CustomerDetailOut, "description": "Created"}, **WITH_BODY},
 )
 async def replace(
     customer_id: str, body: CustomerRow, request: Request, response: Response, principal: Admin
@@ -244,7 +255,12 @@ async def replace(
     return await _detail(web, customer_id)
 
 
-@router.delete("/{customer_id}", status_code=204, summary="Delete a customer and its history")
+@router.delete(
+    "/{customer_id}",
+    status_code=204,
+    summary="Delete a customer and its history",
+    responses=responses(404),
+)
 async def remove(customer_id: str, request: Request, principal: Admin) -> Response:
     web = state_of(request)
     async with web.database.session() as session, session.begin():
@@ -269,7 +285,10 @@ async def remove(customer_id: str, request: Request, principal: Admin) -> Respon
 
 
 @router.get(
-    "/{customer_id}/contact-points", response_model=list[ContactPointOut], summary="Addresses"
+    "/{customer_id}/contact-points",
+    response_model=list[ContactPointOut],
+    summary="Addresses",
+    responses=responses(404),
 )
 async def contact_points(customer_id: str, request: Request, _: Operator) -> list[ContactPointOut]:
     return (await _detail(state_of(request), customer_id)).contact_points
@@ -279,6 +298,7 @@ async def contact_points(customer_id: str, request: Request, _: Operator) -> lis
     "/{customer_id}/subscriptions",
     response_model=list[SubscriptionOut],
     summary="The components and regions it follows",
+    responses=responses(404),
 )
 async def subscriptions(customer_id: str, request: Request, _: Operator) -> list[SubscriptionOut]:
     return (await _detail(state_of(request), customer_id)).subscriptions
@@ -288,6 +308,7 @@ async def subscriptions(customer_id: str, request: Request, _: Operator) -> list
     "/import",
     response_model=ImportOut,
     summary="Import CSV or JSON Lines (the body); valid rows are kept, bad ones reported",
+    responses=WITH_BODY,
     openapi_extra={
         "requestBody": {
             "content": {

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from broadcaster import operations
 from broadcaster.access.credentials import Principal
 from broadcaster.incidents import service
 from broadcaster.incidents.lifecycle import OPEN_STATUSES, TransitionError
 from broadcaster.reports import incident_report
-from broadcaster.store import Incident, IncidentUpdate
+from broadcaster.store import Followup, Incident, IncidentUpdate
+from broadcaster.store.models import IdempotencyKey
+from broadcaster.web.api import idempotency
 from broadcaster.web.api.schemas import (
     Cursor,
     DeclareIn,
+    FollowupCursor,
     FollowupOut,
     IncidentDetailOut,
     IncidentId,
@@ -30,12 +34,22 @@ from broadcaster.web.api.schemas import (
     followup_out,
     page_of,
 )
+from broadcaster.web.api.work import followup_page
 from broadcaster.web.auth import require
-from broadcaster.web.errors import ApiError, from_value_error
+from broadcaster.web.errors import (
+    AUTHENTICATED,
+    WITH_BODY,
+    ApiError,
+    from_value_error,
+    responses,
+)
 from broadcaster.web.inputs import Moment
 from broadcaster.web.state import state_of
 
-router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
+router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"], responses=AUTHENTICATED)
+
+CHANGES = {**WITH_BODY, **responses(404, 409)}
+"""What an update or a resolution may answer besides: an unknown incident, a closed one."""
 
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
@@ -62,7 +76,50 @@ def _refused(exc: Exception) -> ApiError:
         return ApiError(404, str(exc))
     if isinstance(exc, TransitionError):
         return ApiError(409, str(exc))
-    return from_value_error(exc)
+    if isinstance(exc, service.ResolutionRefused):
+        # One problem a missing field: a client can point at each (the body has them all).
+        fields = [f"body.{name}" for name in exc.missing]
+        return ApiError(
+            422,
+            str(exc),
+            field=fields[0] if fields else "body",
+            errors=[
+                {"field": field, "message": f"the rules require {name} to resolve this incident"}
+                for field, name in zip(fields, exc.missing, strict=True)
+            ],
+        )
+    refused = from_value_error(exc)
+    if refused.field == "body.scope":  # the body names its scope as components and regions
+        refused.field = "body.components"
+    return refused
+
+
+def _idempotency(
+    request: Request, principal: Principal, key: str | None, body: DeclareIn | UpdateIn
+) -> idempotency.Idempotency:
+    state = state_of(request)
+    return idempotency.Idempotency(
+        state.database,
+        principal.actor,
+        key,
+        idempotency.fingerprint(request.method, request.url.path, body),
+        state.clock.now(),
+    )
+
+
+Made = TypeVar("Made", Incident, IncidentUpdate)
+
+
+async def _made(
+    request: Request, response: Response, done: IdempotencyKey, model: type[Made]
+) -> Made:
+    """What the request with this key made (a replay), as it is now."""
+    async with state_of(request).database.session() as session:
+        row = await session.get(model, done.resource_id)
+    if row is None:  # pragma: no cover - incidents and their timelines are not deleted
+        raise ApiError(404, f"what this {idempotency.HEADER} made no longer exists")
+    idempotency.replayed(response, done)
+    return row
 
 
 @router.get("", response_model=Page[IncidentOut], summary="List incidents, newest first")
@@ -101,10 +158,23 @@ async def list_incidents(
 
 
 @router.post(
-    "", response_model=IncidentOut, status_code=201, summary="Declare: the first round goes out"
+    "",
+    response_model=IncidentOut,
+    status_code=201,
+    summary="Declare: the first round goes out",
+    responses=WITH_BODY,
 )
-async def declare(body: DeclareIn, request: Request, principal: Operator) -> IncidentOut:
+async def declare(
+    body: DeclareIn,
+    request: Request,
+    response: Response,
+    principal: Operator,
+    idempotency_key: idempotency.Key = None,
+) -> IncidentOut:
     state = state_of(request)
+    once = _idempotency(request, principal, idempotency_key, body)
+    if (done := await once.previous()) is not None:
+        return IncidentOut.model_validate(await _made(request, response, done, Incident))
     decl = service.Declaration(
         title=body.title,
         severity=body.severity,
@@ -120,22 +190,45 @@ async def declare(body: DeclareIn, request: Request, principal: Operator) -> Inc
         expected_resolution_at=_utc(body.expected_resolution_at),
     )
     try:
-        incident = await operations.declare(state.actor(request, principal), decl)
+        incident = await operations.declare(
+            state.actor(request, principal), decl, also=once.record("incident", 201)
+        )
         state.wake()
     except (ValueError, LookupError) as exc:
         raise _refused(exc) from None
+    except IntegrityError:
+        # The same key at the same time: the other request acted; answer as it did.
+        if (done := await once.previous()) is None:
+            raise
+        return IncidentOut.model_validate(await _made(request, response, done, Incident))
     return IncidentOut.model_validate(incident)
 
 
-@router.get("/{incident_id}", response_model=IncidentDetailOut, summary="One incident, in full")
+FOLLOWUPS_SHOWN = 50
+"""Follow-ups an incident's detail holds (open ones first, soonest deadline first), beside
+the counts of all: a large incident has tens of thousands; ``/followups`` pages them."""
+
+
+@router.get(
+    "/{incident_id}",
+    response_model=IncidentDetailOut,
+    summary="One incident, in full",
+    responses=responses(404),
+)
 async def show(incident_id: IncidentId, request: Request, principal: Viewer) -> IncidentDetailOut:
     state = state_of(request)
     try:
-        report = await incident_report(state.database, incident_id)
+        report = await incident_report(
+            state.database,
+            incident_id,
+            now=state.clock.now(),
+            promise_grace=state.settings.schedule.promise_grace,
+            followups_shown=FOLLOWUPS_SHOWN,
+        )
     except LookupError as exc:
         raise _refused(exc) from None
     view = report.view
-    promises = PromisesOut()
+    promises = PromisesOut(overdue=report.promises_overdue)
     for count in report.promises:
         if count.state in ("kept", "late", "open"):
             setattr(promises, count.state, count.count)
@@ -155,11 +248,15 @@ async def show(incident_id: IncidentId, request: Request, principal: Viewer) -> 
         promises=promises,
         next_update_due=report.next_update_due,
         followups=[followup_out(f, principal) for f in report.followups],
+        followup_counts=report.followup_counts,
     )
 
 
 @router.get(
-    "/{incident_id}/timeline", response_model=list[TimelineEntryOut], summary="The timeline"
+    "/{incident_id}/timeline",
+    response_model=list[TimelineEntryOut],
+    summary="The timeline",
+    responses=responses(404),
 )
 async def timeline(incident_id: IncidentId, request: Request, _: Viewer) -> list[TimelineEntryOut]:
     state = state_of(request)
@@ -181,26 +278,50 @@ async def timeline(incident_id: IncidentId, request: Request, _: Viewer) -> list
     response_model=TimelineEntryOut,
     status_code=201,
     summary="Post an update: it goes out at once",
+    responses=CHANGES,
 )
 async def post_update(
-    incident_id: IncidentId, body: UpdateIn, request: Request, principal: Operator
+    incident_id: IncidentId,
+    body: UpdateIn,
+    request: Request,
+    response: Response,
+    principal: Operator,
+    idempotency_key: idempotency.Key = None,
 ) -> TimelineEntryOut:
     state = state_of(request)
+    once = _idempotency(request, principal, idempotency_key, body)
+    if (done := await once.previous()) is not None:
+        entry = await _made(request, response, done, IncidentUpdate)
+        return TimelineEntryOut.model_validate(entry)
     update = service.UpdateRequest(
         message=body.message,
         status=body.status,
+        severity=body.severity,
         cause_kind=body.cause_kind,
         cause=body.cause,
         author=principal.name,
         actions=body.actions,
         workaround=body.workaround,
         expected_resolution_at=_utc(body.expected_resolution_at),
+        clear_expected_resolution=(
+            "expected_resolution_at" in body.model_fields_set
+            and body.expected_resolution_at is None
+        ),
     )
     try:
-        entry = await operations.post_update(state.actor(request, principal), incident_id, update)
+        entry = await operations.post_update(
+            state.actor(request, principal),
+            incident_id,
+            update,
+            also=once.record("incident_update", 201),
+        )
         state.wake()
     except (ValueError, LookupError) as exc:
         raise _refused(exc) from None
+    except IntegrityError:
+        if (done := await once.previous()) is None:
+            raise
+        entry = await _made(request, response, done, IncidentUpdate)
     return TimelineEntryOut.model_validate(entry)
 
 
@@ -209,6 +330,7 @@ async def post_update(
     response_model=TimelineEntryOut,
     status_code=201,
     summary="Resolve: the apology goes out; refused without what the rules require",
+    responses=CHANGES,
 )
 async def resolve(
     incident_id: IncidentId, body: ResolveIn, request: Request, principal: Operator
@@ -228,8 +350,6 @@ async def resolve(
     try:
         entry = await operations.resolve(state.actor(request, principal), incident_id, update)
         state.wake()
-    except service.ResolutionRefused as exc:
-        raise ApiError(422, str(exc), field="body") from None
     except (ValueError, LookupError) as exc:
         raise _refused(exc) from None
     return TimelineEntryOut.model_validate(entry)
@@ -239,6 +359,7 @@ async def resolve(
     "/{incident_id}/close",
     response_model=IncidentOut,
     summary="Close a resolved incident; refused while follow-ups are open",
+    responses=responses(404, 409),
 )
 async def close(incident_id: IncidentId, request: Request, principal: Operator) -> IncidentOut:
     state = state_of(request)
@@ -249,13 +370,22 @@ async def close(incident_id: IncidentId, request: Request, principal: Operator) 
     return IncidentOut.model_validate(incident)
 
 
-@router.get("/{incident_id}/followups", response_model=list[FollowupOut], summary="Its follow-ups")
+@router.get(
+    "/{incident_id}/followups",
+    response_model=Page[FollowupOut],
+    summary="Its follow-ups, soonest deadline first",
+    responses=responses(404),
+)
 async def incident_followups(
-    incident_id: IncidentId, request: Request, principal: Viewer
-) -> list[FollowupOut]:
+    incident_id: IncidentId,
+    request: Request,
+    principal: Viewer,
+    limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 200,
+    cursor: FollowupCursor = None,
+) -> Page[FollowupOut]:
     state = state_of(request)
-    try:
-        report = await incident_report(state.database, incident_id)
-    except LookupError as exc:
-        raise _refused(exc) from None
-    return [followup_out(f, principal) for f in report.followups]
+    async with state.database.session() as session:
+        if await session.get(Incident, incident_id) is None:
+            raise _refused(service.IncidentNotFound(incident_id))
+    query = select(Followup).where(Followup.incident_id == incident_id)
+    return await followup_page(state, principal, query, limit, cursor)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
-from typing import Annotated, Generic, Literal, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -17,6 +17,7 @@ from broadcaster.incidents.lifecycle import (
     MAX_MESSAGE_CHARS,
     MAX_SCOPE_CHARS,
     MAX_SCOPE_ITEMS,
+    MAX_TEXT_CHARS,
     MAX_TITLE_CHARS,
 )
 from broadcaster.store.ids import MAX_ID
@@ -32,7 +33,7 @@ Cursor = Annotated[
     int | None, Query(ge=1, le=MAX_ID, description="next_cursor of the previous page")
 ]
 
-Text = Annotated[str, Field(max_length=10_000), NoNul]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS), NoNul]
 Short = Annotated[str, Field(max_length=300), NoNul]
 Topic = Annotated[str, Field(min_length=1, max_length=MAX_SCOPE_CHARS), NoNul]
 Severity = Literal["minor", "major", "critical"]
@@ -67,6 +68,36 @@ def page_of(
     )
 
 
+FollowupCursor = Annotated[
+    str | None,
+    Query(
+        max_length=40,
+        pattern=r"^[0-9]{1,19}\.[0-9]{1,19}$",
+        description="next_cursor of the previous page",
+    ),
+]
+"""A follow-up page's cursor: the last task's deadline (microseconds since 1970, UTC) and id,
+``<deadline>.<id>``; the next page starts after it, in (deadline, id) order."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def followup_cursor(task: Any) -> str:
+    """The cursor after ``task`` (a :class:`~broadcaster.store.Followup`)."""
+    return f"{(task.deadline_at - _EPOCH) // timedelta(microseconds=1)}.{task.id}"
+
+
+def after_followup(cursor: str) -> tuple[datetime, int] | None:
+    """The (deadline, id) a :data:`FollowupCursor` names; None if it names no possible one."""
+    micros, _, number = cursor.partition(".")
+    try:
+        deadline = _EPOCH + timedelta(microseconds=int(micros))
+    except OverflowError:
+        return None
+    task_id = int(number)
+    return (deadline, task_id) if 1 <= task_id <= MAX_ID else None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -88,11 +119,18 @@ class DeclareIn(_Strict):
 class UpdateIn(_Strict):
     message: Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS), NoNul]
     status: OpenStatus | None = None
+    severity: Severity | None = Field(
+        None,
+        description="the incident's new severity (omit to keep it): the cadence, the rules "
+        "and the follow-ups of this round and the later ones follow it",
+    )
     cause_kind: CauseKind | None = None
     cause: Text | None = None
     actions: Text | None = None
     workaround: Text | None = None
-    expected_resolution_at: Moment | None = None
+    expected_resolution_at: Moment | None = Field(
+        None, description="a new expected resolution (omit to keep it; null withdraws it)"
+    )
 
 
 class ResolveIn(_Strict):
@@ -185,6 +223,9 @@ class PromisesOut(BaseModel):
     kept: int = 0
     late: int = 0
     open: int = 0
+    overdue: int = 0
+    """Of the open ones, those already broken: due more than ``schedule.promise_grace`` ago
+    with no round yet to keep them (``broadcaster_promises_overdue`` in ``/metrics``)."""
     worst_lateness_seconds: float | None = None
 
 
@@ -228,7 +269,13 @@ class IncidentDetailOut(IncidentOut):
     deliveries_by_channel: dict[str, dict[str, int]]
     promises: PromisesOut
     next_update_due: datetime | None
-    followups: list[FollowupOut]
+    followups: list[FollowupOut] = Field(
+        description="the first 50 follow-ups, open ones first, soonest deadline first; "
+        "GET /api/v1/incidents/{id}/followups pages them all"
+    )
+    followup_counts: dict[str, int] = Field(
+        default_factory=dict, description="the incident's follow-ups by state, all of them"
+    )
 
 
 class DeliveryOut(BaseModel):

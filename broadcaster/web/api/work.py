@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import func, select
+from sqlalchemy import Select, and_, func, or_, select
 
 from broadcaster import operations
 from broadcaster.access import audit
@@ -25,6 +25,7 @@ from broadcaster.web.api.schemas import (
     DeliveryOut,
     DoneIn,
     ExplainOut,
+    FollowupCursor,
     FollowupId,
     FollowupOut,
     IdFilter,
@@ -35,15 +36,26 @@ from broadcaster.web.api.schemas import (
     RulesCheckOut,
     RulesOut,
     WaiveIn,
+    after_followup,
+    followup_cursor,
     followup_out,
     page_of,
 )
 from broadcaster.web.auth import require
-from broadcaster.web.errors import ApiError, from_value_error
+from broadcaster.web.errors import (
+    AUTHENTICATED,
+    WITH_BODY,
+    ApiError,
+    from_value_error,
+    responses,
+)
 from broadcaster.web.state import WebState, state_of
 from rules import RulesError, load_rules
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", responses=AUTHENTICATED)
+
+TASK = {**WITH_BODY, **responses(404, 409)}
+"""What a follow-up action may answer besides: an unknown task, one not open to it."""
 
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
@@ -135,7 +147,7 @@ async def delivery_counts(
 
 @router.get(
     "/followups",
-    response_model=list[FollowupOut],
+    response_model=Page[FollowupOut],
     tags=["followups"],
     summary="The follow-up queue, soonest deadline first",
 )
@@ -146,8 +158,9 @@ async def list_followups(
     owner: Word = None,
     incident_id: IdFilter = None,
     limit: Limit = 200,
-) -> list[FollowupOut]:
-    query = select(Followup).order_by(Followup.deadline_at, Followup.id).limit(limit)
+    cursor: FollowupCursor = None,
+) -> Page[FollowupOut]:
+    query = select(Followup)
     if state == "open":
         query = query.where(Followup.state.in_(followups.OPEN_STATES))
     elif state != "all":
@@ -156,8 +169,35 @@ async def list_followups(
         query = query.where(Followup.owner == owner)
     if incident_id is not None:
         query = query.where(Followup.incident_id == incident_id)
-    async with state_of(request).database.session() as session:
-        return [followup_out(f, principal) for f in (await session.execute(query)).scalars()]
+    return await followup_page(state_of(request), principal, query, limit, cursor)
+
+
+async def followup_page(
+    web: WebState,
+    principal: Principal,
+    query: Select[Any],
+    limit: int,
+    cursor: str | None,
+) -> Page[FollowupOut]:
+    """One page of the follow-ups ``query`` selects, soonest deadline first (then by id),
+    after ``cursor``, as ``principal`` may read them."""
+    query = query.order_by(Followup.deadline_at, Followup.id).limit(limit + 1)
+    if cursor is not None:
+        after = after_followup(cursor)
+        if after is None:
+            raise ApiError(422, "query.cursor: not a cursor this API gave", field="query.cursor")
+        deadline, task_id = after
+        query = query.where(
+            or_(
+                Followup.deadline_at > deadline,
+                and_(Followup.deadline_at == deadline, Followup.id > task_id),
+            )
+        )
+    async with web.database.session() as session:
+        rows = list((await session.execute(query)).scalars())
+    return page_of(
+        rows, limit, FollowupOut, followup_cursor, lambda task: followup_out(task, principal)
+    )
 
 
 def _followup_error(exc: Exception) -> ApiError:
@@ -176,6 +216,7 @@ def _followup_error(exc: Exception) -> ApiError:
     response_model=FollowupOut,
     tags=["followups"],
     summary="Claim a follow-up: you will make the call or visit",
+    responses=TASK,
 )
 async def claim(
     followup_id: FollowupId, request: Request, principal: Operator, body: ClaimIn | None = None
@@ -193,6 +234,7 @@ async def claim(
     response_model=FollowupOut,
     tags=["followups"],
     summary="Record the outcome of a follow-up",
+    responses=TASK,
 )
 async def done(
     followup_id: FollowupId, body: DoneIn, request: Request, principal: Operator
@@ -212,6 +254,7 @@ async def done(
     response_model=FollowupOut,
     tags=["followups"],
     summary="Waive a follow-up (a manager of its owner, or an admin)",
+    responses=TASK,
 )
 async def waive(
     followup_id: FollowupId, body: WaiveIn, request: Request, principal: Operator
@@ -251,6 +294,7 @@ async def rules_status(request: Request, _: Viewer) -> RulesOut:
     response_model=RulesCheckOut,
     tags=["rules"],
     summary="Check rules YAML (or the configured file) against channels and staff",
+    responses=WITH_BODY,
 )
 async def rules_check(body: RulesCheckIn, request: Request, _: Operator) -> RulesCheckOut:
     web = state_of(request)
@@ -284,6 +328,7 @@ async def rules_check(body: RulesCheckIn, request: Request, _: Operator) -> Rule
     response_model=ReloadOut,
     tags=["rules"],
     summary="Reload the rules file now (a bad file keeps the active rules)",
+    responses=responses(409),
 )
 async def rules_reload(request: Request, principal: Admin) -> ReloadOut:
     web = state_of(request)
@@ -299,6 +344,7 @@ async def rules_reload(request: Request, principal: Admin) -> ReloadOut:
     response_model=ExplainOut,
     tags=["rules"],
     summary="Why the rules decide what they do for an incident (and a customer)",
+    responses=responses(404, 409),
 )
 async def rules_explain(
     request: Request,
