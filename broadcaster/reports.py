@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, case, func, select
 
+from broadcaster.followups.service import OPEN_STATES
 from broadcaster.incidents import service
 from broadcaster.incidents.service import IncidentView
 from broadcaster.store import Database, Delivery, Followup, Promise
@@ -35,7 +36,15 @@ class IncidentReport:
     """The latest written round's capacity warnings, as the daemon that wrote it found
     them (counting what other rounds had queued on its channels)."""
     followups: list[Followup] = field(default_factory=list)
+    """Its follow-ups: every one, or (``followups_shown``) the open ones first, soonest
+    deadline first."""
+    followup_counts: dict[str, int] = field(default_factory=dict)
+    """Follow-up state → count, of every follow-up of the incident."""
     promises: list[PromiseCount] = field(default_factory=list)
+    promises_overdue: int = 0
+    """Open promises already broken (:func:`promise_overdue`): no round has come to keep them."""
+    overdue_since: datetime | None = None
+    """The due time of the oldest of those."""
     next_update_due: datetime | None = None
     """The pending round's due time: the next update customers were promised."""
 
@@ -58,8 +67,24 @@ def by_channel(counts: Iterable[Sequence[Any]]) -> dict[str, dict[str, int]]:
     return _summed((channel, state, count) for _, channel, state, count in counts)
 
 
-async def incident_report(database: Database, incident_id: int) -> IncidentReport:
-    """The report; :class:`service.IncidentNotFound` for an unknown id."""
+def promise_overdue(now: datetime, grace: timedelta) -> ColumnElement[bool]:
+    """A promise broken now and not yet settled: open, its "next update by" more than the
+    promise grace (``schedule.promise_grace``) ago. ``/metrics`` counts these as
+    ``broadcaster_promises_overdue``; once a round comes, it is settled as late."""
+    return and_(Promise.state == "open", Promise.due_at < now - grace)
+
+
+async def incident_report(
+    database: Database,
+    incident_id: int,
+    *,
+    now: datetime | None = None,
+    promise_grace: timedelta = timedelta(0),
+    followups_shown: int | None = None,
+) -> IncidentReport:
+    """The report; :class:`service.IncidentNotFound` for an unknown id. With ``now``, it
+    counts the promises overdue at that time; with ``followups_shown``, it holds at most
+    that many follow-ups (and the counts of all of them)."""
     view = await service.show(database, incident_id)
     report = IncidentReport(view=view)
     counts: Sequence[Sequence[Any]] | None = view.incident.delivery_counts
@@ -79,15 +104,24 @@ async def incident_report(database: Database, incident_id: int) -> IncidentRepor
         last = next((r for r in reversed(view.rounds) if r.state == "dispatched"), None)
         if last is not None and last.capacity_warning:
             report.capacity_warnings = last.capacity_warning.split("\n")
-        report.followups = list(
-            (
-                await session.execute(
-                    select(Followup)
-                    .where(Followup.incident_id == incident_id)
-                    .order_by(Followup.id)
-                )
-            ).scalars()
-        )
+        tasks = select(Followup).where(Followup.incident_id == incident_id)
+        if followups_shown is None:
+            tasks = tasks.order_by(Followup.id)
+        else:
+            done_last = case((Followup.state.in_(OPEN_STATES), 0), else_=1)
+            tasks = tasks.order_by(done_last, Followup.deadline_at, Followup.id).limit(
+                followups_shown
+            )
+        report.followups = list((await session.execute(tasks)).scalars())
+        report.followup_counts = {
+            state: count
+            for state, count in await session.execute(
+                select(Followup.state, func.count())
+                .where(Followup.incident_id == incident_id)
+                .group_by(Followup.state)
+                .order_by(Followup.state)
+            )
+        }
         report.promises = [
             PromiseCount(state, count, late)
             for state, count, late in await session.execute(
@@ -97,6 +131,16 @@ async def incident_report(database: Database, incident_id: int) -> IncidentRepor
                 .order_by(Promise.state)
             )
         ]
+        if now is not None:
+            overdue, since = (
+                await session.execute(
+                    select(func.count(), func.min(Promise.due_at)).where(
+                        Promise.incident_id == incident_id, promise_overdue(now, promise_grace)
+                    )
+                )
+            ).one()
+            report.promises_overdue = int(overdue or 0)
+            report.overdue_since = since
     pending = [r for r in view.rounds if r.state == "pending"]
     if pending and view.incident.status not in ("resolved", "closed"):
         report.next_update_due = min(r.due_at for r in pending)

@@ -23,6 +23,7 @@ from sqlalchemy import case, func, select
 
 from broadcaster.followups.service import OPEN_STATES
 from broadcaster.incidents.lifecycle import OPEN_STATUSES, SEVERITIES
+from broadcaster.reports import promise_overdue
 from broadcaster.store import Delivery, Followup, Incident, Promise, Round, StaffNotice
 from broadcaster.web.auth import require
 from broadcaster.web.state import WebState, state_of
@@ -102,12 +103,11 @@ async def take(web: WebState) -> Snapshot:
         snap.lateness_buckets = [int(v or 0) for v in row[2:]]
         # Broken now, not yet settled: no round has come to keep them (the daemons down,
         # the scheduler stuck). Settled later as late; an alert should not wait for that.
-        due_by = now - web.settings.schedule.promise_grace
+        # The same rule as an incident's report (the console and the API) counts by.
+        grace = web.settings.schedule.promise_grace
         snap.promises_overdue = int(
             (
-                await session.execute(
-                    select(func.count()).where(Promise.state == "open", Promise.due_at < due_by)
-                )
+                await session.execute(select(func.count()).where(promise_overdue(now, grace)))
             ).scalar_one()
         )
         open_tasks = Followup.state.in_(OPEN_STATES)

@@ -178,6 +178,22 @@ def form_optional(form: FormData, name: str) -> str | None:
     return form_text(form, name) or None
 
 
+def form_given(form: FormData, name: str) -> str | None:
+    """A field of a form that shows the current value: absent means "keep" (None), empty
+    clears (``""``), as the service reads an update."""
+    return form_text(form, name) if name in form else None
+
+
+def form_changed(form: FormData, name: str) -> str | None:
+    """A pre-filled field (``name``, with what it showed in ``name_was``): None when left as
+    it was shown (the service keeps the value, even if someone changed it meanwhile), else
+    what was typed (empty clears)."""
+    given = form_given(form, name)
+    if given is None or (f"{name}_was" in form and given == form_text(form, f"{name}_was")):
+        return None
+    return given
+
+
 def form_list(form: FormData, name: str) -> list[str]:
     return [
         part.strip() for part in form_text(form, name).replace("\n", ",").split(",") if part.strip()
@@ -186,7 +202,11 @@ def form_list(form: FormData, name: str) -> list[str]:
 
 def form_moment(form: FormData, name: str) -> datetime | None:
     """A ``datetime-local`` field, read as UTC; raises ``ValueError`` naming the field."""
-    raw = form_text(form, name)
+    return parse_moment(name, form_text(form, name))
+
+
+def parse_moment(name: str, raw: str) -> datetime | None:
+    """A ``datetime-local`` value (empty: None), read as UTC; ``ValueError`` naming ``name``."""
     if not raw:
         return None
     try:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import Request, Response
 from fastapi.responses import HTMLResponse
-from starlette.datastructures import FormData
+from sqlalchemy import select
+from starlette.datastructures import FormData, QueryParams
 
 from broadcaster import operations
 from broadcaster.access import audit
@@ -57,16 +59,30 @@ async def _queue(
     error: str | None = None,
 ) -> Response:
     state = state_of(request)
-    chosen = request.query_params.get("state", "open")
+    params = request.query_params
+    if values and values.get("back"):  # a refused action: the queue as it was shown
+        params = QueryParams(urlsplit(safe_next(values["back"])).query)
+    chosen = params.get("state", "open")
     if chosen not in FOLLOWUP_FILTERS:
         chosen = "open"
+    incident = row_id(params.get("incident", ""))
     # Bounded: the page is rendered whole at each visit, and a round of a large incident may
     # force thousands of follow-ups.
-    tasks: list[Followup] = await followups.list_followups(
-        state.database, state=None if chosen == "all" else chosen, limit=QUEUE_SHOWN + 1
-    )
+    tasks = await _tasks(state, chosen, incident, QUEUE_SHOWN + 1)
     more = len(tasks) > QUEUE_SHOWN
     tasks = tasks[:QUEUE_SHOWN]
+    # The task the refused action was for may not be listed any more (someone else recorded
+    # it and the page lists open ones) or have lost its form: what was typed is shown with
+    # the error all the same.
+    listed = {t.id: t for t in tasks}
+    form_hidden = task is not None and (
+        task not in listed or listed[task].state not in followups.OPEN_STATES
+    )
+    typed = [
+        (name, value)
+        for name, value in (values or {}).items()
+        if form_hidden and value and name in TYPED_FIELDS
+    ]
     directory = _directory(state)
     admin = principal.role == "admin"
     may_waive = {t.id: admin or directory.may_waive(principal.name, t.owner) for t in tasks}
@@ -93,7 +109,34 @@ async def _queue(
         error=error,
         more=more,
         shown=QUEUE_SHOWN,
+        incident=incident,
+        typed=typed,
+        back=_back(chosen, incident),
     )
+
+
+TYPED_FIELDS = ("outcome", "note", "reason")
+"""What an operator types into a follow-up's forms."""
+
+
+def _back(chosen: str, incident: int | None) -> str:
+    """Where an action on the queue returns to: the queue as it was filtered."""
+    query = f"state={chosen}" + (f"&incident={incident}" if incident is not None else "")
+    return f"/console/followups?{query}"
+
+
+async def _tasks(state: WebState, chosen: str, incident: int | None, limit: int) -> list[Followup]:
+    """Follow-ups soonest deadline first, of one state (``open``: open or claimed, ``all``)
+    and of one incident when given."""
+    query = select(Followup).order_by(Followup.deadline_at, Followup.id).limit(limit)
+    if chosen == "open":
+        query = query.where(Followup.state.in_(followups.OPEN_STATES))
+    elif chosen != "all":
+        query = query.where(Followup.state == chosen)
+    if incident is not None:
+        query = query.where(Followup.incident_id == incident)
+    async with state.database.session() as session:
+        return list((await session.execute(query)).scalars())
 
 
 QUEUE_SHOWN = 200
