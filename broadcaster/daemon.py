@@ -286,10 +286,21 @@ class Daemon:
                 "event_loop": loop_name(),
             },
         )
+        web.leading = lambda: self.leadership.leading
+        round_loop = asyncio.create_task(
+            self._round_loop(engine, scheduler, rounds_due, work_ready, stop, followups_due)
+        )
+
+        def round_loop_ended(task: asyncio.Task[None]) -> None:
+            # It never ends but at a stop: if it did, no round would go out, and /healthz
+            # must say so (it said "running" while nothing ran).
+            web.scheduler_running = False
+            if not stop.is_set() and not task.cancelled() and task.exception() is not None:
+                log.error("the round loop ended", exc_info=task.exception())
+
+        round_loop.add_done_callback(round_loop_ended)
         tasks = [
-            asyncio.create_task(
-                self._round_loop(engine, scheduler, rounds_due, work_ready, stop, followups_due)
-            ),
+            round_loop,
             asyncio.create_task(
                 each_wake(followups_due, stop, self._sweep_followups, "follow-up sweep")
             ),

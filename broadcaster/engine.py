@@ -257,7 +257,15 @@ class Engine:
                     else:
                         await self._tell_staff()
             except LostLease as exc:
-                log.warning("round lease lost", extra={"reason": str(exc)})
+                log.warning(
+                    "round lease lost",
+                    extra={
+                        "incident": claimed.incident_id,
+                        "round": claimed.number,
+                        "round_id": claimed.round_id,
+                        "reason": str(exc),
+                    },
+                )
                 continue
             except Exception as exc:
                 # The store failed mid-round (a connection lost, the server restarting): give
@@ -271,7 +279,14 @@ class Engine:
                 raise
             if inserted is None:
                 await release_round(self.database, claimed)
-                log.info("round released at shutdown", extra={"round": claimed.number})
+                log.info(
+                    "round released at shutdown",
+                    extra={
+                        "incident": claimed.incident_id,
+                        "round": claimed.number,
+                        "round_id": claimed.round_id,
+                    },
+                )
                 break
             done += 1
             await self._check_capacity(claimed)

@@ -58,9 +58,13 @@ _NAMED_VALUE = re.compile(
     re.IGNORECASE,
 )
 _EMAIL = re.compile(
-    r"(?<![\w.%+-])([A-Za-z0-9%+-])[A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+([A-Za-z]{2,})(?![\w-])"
+    r"(?<![\w.%+-])([A-Za-z0-9%+-])[A-Za-z0-9._%+-]*?(?:@|%40)(?:[A-Za-z0-9-]+\.)+"
+    r"([A-Za-z]{2,})(?![\w-])"
 )
-_PHONE = re.compile(r"(?<![\w+])\+\d(?:[\s().-]{0,2}\d){6,15}(?![\w])")
+"""An address, also URL-encoded (``anna%40example.nl`` in a query a log line quotes)."""
+_PHONE = re.compile(r"(?<![\w+%])(?:\+|%2[Bb]|00)\d(?:[\s().-]{0,2}\d){6,15}(?![\w])")
+"""A number in international form: ``+31…``, URL-encoded ``%2B31…``, or with the dialling
+prefix ``0031…``."""
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.followups.service import OPEN_STATES
 from broadcaster.incidents import service
 from broadcaster.incidents.service import IncidentView
-from broadcaster.store import Database, Delivery, Followup, Promise
+from broadcaster.store import Database, Delivery, Followup, Promise, Round
 
 K = TypeVar("K", int, str)
 
@@ -72,6 +73,17 @@ def promise_overdue(now: datetime, grace: timedelta) -> ColumnElement[bool]:
     promise grace (``schedule.promise_grace``) ago. ``/metrics`` counts these as
     ``broadcaster_promises_overdue``; once a round comes, it is settled as late."""
     return and_(Promise.state == "open", Promise.due_at < now - grace)
+
+
+async def rounds_overdue(session: AsyncSession, now: datetime, grace: timedelta) -> int:
+    """Rounds due more than ``grace`` ago that are not yet written out to their audience
+    (pending, or materialising): the leader gone or frozen, a round stuck. A first notice
+    among them has made no promise yet, so ``broadcaster_promises_overdue`` cannot see it.
+    The rounds table is small and indexed on (state, due_at)."""
+    late = select(func.count()).where(
+        Round.state.in_(("pending", "materialising")), Round.due_at < now - grace
+    )
+    return int((await session.execute(late)).scalar_one())
 
 
 async def incident_report(

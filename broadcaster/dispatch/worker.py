@@ -513,10 +513,10 @@ class Dispatcher:
         except RenderError as exc:
             # A template that fails (or renders nothing) for this customer: tried again with
             # the backoff, so that an admin's fix (read at the next round or attempt) sends it.
-            log.warning("message could not be made", extra={"reason": str(exc)})
+            log.warning("message could not be made", extra={**_ids(job), "reason": str(exc)})
             return self._failure(job, DeliveryError(str(exc), retryable=True))
         except Exception as exc:  # a channel bug must not kill the worker
-            log.exception("channel %s raised unexpectedly", job.channel)
+            log.exception("channel %s raised unexpectedly", job.channel, extra=_ids(job))
             return self._failure(job, DeliveryError(f"unexpected error: {exc!r}", retryable=True))
         finally:
             if starting is not None:
@@ -618,3 +618,14 @@ def _plain(outcome: Outcome) -> Outcome:
     reason = reason.encode("utf-8", "replace").decode("utf-8")
     error = DeliveryError(reason, retryable=outcome.error.retryable)
     return outcome._replace(error=error)
+
+
+def _ids(job: Job) -> dict[str, object]:
+    """What traces one message in the logs (no address, no name)."""
+    return {
+        "delivery": job.delivery_id,
+        "incident": job.incident_id,
+        "round": job.round_id,
+        "customer": job.customer_id,
+        "channel": job.channel,
+    }

@@ -50,7 +50,12 @@ class CapacityWarning:
             + f" take {needs}, "
             f"longer than the {format_duration(_whole(self.cadence))} cadence; it needs "
             f"{self.rate_needed:.3g}/s: raise delivery.rate_limits.{self.channel} to at least "
-            f"that if the provider account allows it (with several daemons, each one's share), "
+            + (
+                f"{self.rate_needed / self.daemons:.3g}/s on each of the {self.daemons} daemons"
+                if self.daemons > 1
+                else "that"
+            )
+            + " if the provider account allows it, "
             f"add sender numbers, or move {self.channel} to a later escalation step"
         )
 

@@ -14,6 +14,7 @@ allows what the pages use: inline styles, a form posting to itself); the persona
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from html import escape
 from typing import Final
@@ -23,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import update
 
 from broadcaster.compose.links import InvalidLink, LinkClaims, issued_before, verify_token
+from broadcaster.reports import rounds_overdue
 from broadcaster.store import ContactPoint, Customer
 from broadcaster.web.state import WebState, state_of
 
@@ -120,6 +122,8 @@ async def unsubscribe(token: str, request: Request) -> Response:
 
 STORE_CHECK_SECONDS = 5.0
 """How long ``/healthz`` waits for the store's answer before saying it is unreachable."""
+ROUNDS_CHECK_SECONDS = 0.5
+"""How long it waits to count the overdue rounds (``null`` if the store is busy)."""
 
 
 @router.get("/healthz")
@@ -138,7 +142,21 @@ async def healthz(request: Request) -> Response:
         "status": "ok" if healthy else "failing",
         "store": "ok" if store_ok else "unreachable",
         "scheduler": "running" if state.scheduler_running else "stopped",
+        "leader": state.leading(),
     }
+    if store_ok:
+        # Said, not failed on: a follower cannot mend a frozen leader, and a leader catching
+        # up after an outage has overdue rounds while it works (alert on the metric). Null
+        # when the store is too busy to say at once (a SQLite daemon writing a big round).
+        body["rounds_overdue"] = None
+        with contextlib.suppress(Exception):
+            async with (
+                asyncio.timeout(min(STORE_CHECK_SECONDS, ROUNDS_CHECK_SECONDS)),
+                state.database.session() as session,
+            ):
+                body["rounds_overdue"] = await rounds_overdue(
+                    session, state.clock.now(), state.settings.schedule.promise_grace
+                )
     holder = state.rules
     if holder is not None and holder.path is not None:
         body["rules"] = {

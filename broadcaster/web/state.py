@@ -36,6 +36,10 @@ class WebState:
     logins: LoginThrottle = field(default_factory=LoginThrottle)
     wake: Callable[[], None] = lambda: None
     """Tells this daemon's round loop that a round is due now (set by the daemon)."""
+    leading: Callable[[], bool] = lambda: False
+    """Whether this daemon holds the leadership now (set by the daemon)."""
+    caches: dict[str, object] = field(default_factory=dict)
+    """What a page or ``/metrics`` keeps between requests (by its own key)."""
 
     def twilio_accounts(self) -> list[TwilioSettings]:
         return [s for s in self.settings.channels.values() if isinstance(s, TwilioSettings)]

@@ -58,13 +58,19 @@ def look_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_a_failing_template_is_named_and_its_fix_is_picked_up(
-    database: Database, tmp_path: Path
+    database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     subject = tmp_path / "en" / "first" / "email_subject.j2"
     subject.parent.mkdir(parents=True)
     subject.write_text("Update\n[{{ incident.regions[0] | upper }}] {{ incident.title }}\n")
     clock, mail, engine = await declared(database, tmp_path)  # no regions: the template fails
     await run_until(engine, clock, START)
+    # The log says which message: delivery, incident, round, customer, channel.
+    [failed] = [r for r in caplog.records if r.getMessage() == "message could not be made"]
+    ids = {key: getattr(failed, key, None) for key in ("customer", "channel", "incident")}
+    assert ids == {"customer": "A1", "channel": "mail", "incident": 1}
+    assert isinstance(getattr(failed, "delivery", None), int)
+    assert isinstance(getattr(failed, "round", None), int)
     [(customer, state, error)] = await deliveries(database)
     assert (customer, state) == ("A1", "pending")  # to be tried again
     # The override's own file, where the admin can mend it.

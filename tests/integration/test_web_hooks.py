@@ -399,13 +399,21 @@ async def test_links_of_an_erased_customer_do_not_reach_one_created_later_with_i
     assert (await http.get(f"/preferences/{theirs}")).status_code == 200
 
 
-async def test_healthz(client: tuple[httpx.AsyncClient, WebState]) -> None:
+async def test_healthz(client: tuple[httpx.AsyncClient, WebState], database: Database) -> None:
     http, state = client
     assert (await http.get("/healthz")).json() == {
         "status": "ok",
         "store": "ok",
         "scheduler": "running",
+        "leader": False,
+        "rounds_overdue": 0,
     }
+    # A first round nobody wrote out (the leader frozen): said, on every daemon.
+    await seed_sent_sms(database)
+    state.clock = FakeClock(START + timedelta(minutes=5))
+    state.leading = lambda: True
+    said = (await http.get("/healthz")).json()
+    assert (said["status"], said["leader"], said["rounds_overdue"]) == ("ok", True, 1)
     state.scheduler_running = False
     assert (await http.get("/healthz")).status_code == 503
 

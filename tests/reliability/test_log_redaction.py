@@ -51,6 +51,9 @@ OFF = Redaction(secrets=False, phones=False, emails=False)
         ("SMTP 550 for jane.doe+x@mail.example.org: no", "jane.doe+x@mail.example.org", "j…@….org"),
         ("The 'To' number +31612345678 is not valid", "+31612345678", "+…78"),
         ("call +1 (415) 555-0123 now", "415", "+…23"),
+        ("dialled 0031612345678 from abroad", "0031612345678", "+…78"),
+        ("GET /lookup?to=%2B31612345678&x=1", "31612345678", "to=+…78&x=1"),
+        ("GET /lookup?email=anna%40example.nl", "anna%40example", "email=a…@….nl"),
         ("Authorization: Bearer abcdef0123456789", "abcdef0123456789", "Bearer [redacted]"),
         ("header Basic dXNlcjpwYXNz", "dXNlcjpwYXNz", "Basic [redacted]"),
         ("jwt eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJ0ZWFtIn0.c2lnbmF0dXJl", "eyJhbGci", REDACTED),
@@ -86,7 +89,10 @@ def test_configured_secrets_and_secret_named_fields() -> None:
 
 
 def test_plain_numbers_and_text_survive() -> None:
-    text = "delivery 123456789 at 2026-03-02T08:00:00+00:00 round 4/12 took 0.25 s; author=ops"
+    text = (
+        "delivery 123456789 at 2026-03-02T08:00:00+00:00 round 4/12 took 0.25 s; author=ops; "
+        "at 08:00:00.000000, cursor 1733000000000000.5, 100%25 done"
+    )
     assert Redactor().text(text) == text
 
 

@@ -58,3 +58,15 @@ def test_several_daemons_each_send_their_share_of_the_rate() -> None:
     assert check_round(1, 1, {"sms": 2000}, cadence, limits, daemons=2) == []
     [three] = check_round(1, 1, {"sms": 9000}, cadence, limits, daemons=3)
     assert "9000 sms messages at 3/s (3 daemons at 1/s) take 49m59s" in str(three)
+
+
+def test_with_several_daemons_the_advice_is_each_ones_share() -> None:
+    """It said to raise each daemon's limit to the whole rate needed (111/s on each of two
+    daemons would send at 222/s, past the account's rate)."""
+    limits = delivery(sms={"per_second": 50, "burst": 50})
+    [warning] = check_round(1, 1, {"sms": 100_000}, timedelta(minutes=15), limits, daemons=2)
+    text = str(warning)
+    assert (
+        "it needs 111/s: raise delivery.rate_limits.sms to at least 55.6/s on each of the 2 daemons"
+        in text
+    )
