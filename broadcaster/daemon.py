@@ -39,6 +39,8 @@ from broadcaster.intake.watch import FeedWatcher, start_watchers
 from broadcaster.logs import Redaction, secret_values, set_redaction
 from broadcaster.schedule.leader import Leadership
 from broadcaster.store import Database, Followup
+from broadcaster.web import metrics
+from broadcaster.web.api import idempotency
 from broadcaster.web.app import StartupError, bind, create_app, make_server
 from broadcaster.web.state import WebState
 from channels.base import Channel
@@ -352,6 +354,7 @@ class Daemon:
             if server is not None:
                 server.should_exit = True
             await asyncio.gather(*tasks, return_exceptions=True)
+            await metrics.stop_counting(web)
             if processes is not None:
                 await processes.stop()
             scheduler.shutdown(wait=False)
@@ -381,6 +384,7 @@ class Daemon:
             return
         # A failure (the store may be down) is logged by each_wake; the next sweep tries again.
         await self._engine.sweep_followups()
+        await idempotency.prune(self._engine.database, self._engine.clock.now())
 
     async def _purge(self, stop: asyncio.Event) -> None:
         """The leader purges the messages of incidents closed ``retention.messages`` ago,

@@ -75,6 +75,12 @@ def promise_overdue(now: datetime, grace: timedelta) -> ColumnElement[bool]:
     return and_(Promise.state == "open", Promise.due_at < now - grace)
 
 
+FOLLOWUPS_SHOWN = 50
+"""Follow-ups an incident's page and its API detail hold (open ones first, soonest deadline
+first), beside the counts of all: a large incident has tens of thousands; the queue and
+``/followups`` page them."""
+
+
 async def rounds_overdue(session: AsyncSession, now: datetime, grace: timedelta) -> int:
     """Rounds due more than ``grace`` ago that are not yet written out to their audience
     (pending, or materialising): the leader gone or frozen, a round stuck. A first notice

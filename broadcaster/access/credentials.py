@@ -41,10 +41,18 @@ class Principal:
     role: Role
     csrf_token: str | None = None
     """Console sessions only: the token every state-changing form must echo."""
+    token_id: int | None = None
+    """API tokens only: the token's own row (two tokens may bear one name)."""
 
     @property
     def actor(self) -> str:
         return f"{self.kind}:{self.name}"
+
+    @property
+    def caller(self) -> str:
+        """Who holds what this caller stores for itself (its idempotency keys): the token
+        itself, not its name, which another token may bear; else :attr:`actor`."""
+        return f"token#{self.token_id}" if self.token_id is not None else self.actor
 
 
 def account_name_problem(name: str) -> str | None:
@@ -171,7 +179,7 @@ async def authenticate_token(database: Database, clock: Clock, secret: str) -> P
         # Recorded at most once a minute, so a busy client does not write on every call.
         if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
             row.last_used_at = now
-        return Principal("token", row.name, check_role(row.role))
+        return Principal("token", row.name, check_role(row.role), token_id=row.id)
 
 
 # --- Console accounts and sessions -------------------------------------------------------

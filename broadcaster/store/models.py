@@ -530,7 +530,8 @@ class IdempotencyKey(Base):
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
     actor: Mapped[str] = mapped_column(String(120), primary_key=True)
-    """The caller, as the audit log names it (``token:<name>``)."""
+    """The caller: ``token#<id>`` (the token, not its name, which two may bear), or as the
+    audit log names it (``account:<name>``)."""
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     """SHA-256 of the method, the path and the request's body."""

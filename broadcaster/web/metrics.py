@@ -8,10 +8,11 @@ and web counters and ``broadcaster_leader`` are this process's own (``sum``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -71,7 +72,7 @@ class _Settled:
     """This process's last count of the settled deliveries, and the one being made."""
 
     counts: list[tuple[str, str, int]] | None = None
-    read_at: float = float("-inf")
+    read_at: datetime | None = None
     counting: asyncio.Task[None] | None = None
 
 
@@ -83,7 +84,7 @@ async def _count_settled(web: WebState, kept: _Settled) -> None:
             .group_by(Delivery.channel, Delivery.state)
         )
         kept.counts = [(c, s, n) for c, s, n in rows]
-    kept.read_at = time.monotonic()
+    kept.read_at = web.clock.now()
 
 
 async def _recount_settled(web: WebState, kept: _Settled) -> None:
@@ -103,11 +104,20 @@ async def _settled(web: WebState) -> list[tuple[str, str, int]]:
         kept = web.caches["settled_deliveries"] = _Settled()
     if kept.counts is None:
         await _count_settled(web, kept)
-    elif time.monotonic() - kept.read_at >= SETTLED_EVERY and (
-        kept.counting is None or kept.counting.done()
-    ):
+    elif (
+        kept.read_at is None or (web.clock.now() - kept.read_at).total_seconds() >= SETTLED_EVERY
+    ) and (kept.counting is None or kept.counting.done()):
         kept.counting = asyncio.create_task(_recount_settled(web, kept))
     return kept.counts or []
+
+
+async def stop_counting(web: WebState) -> None:
+    """Cancel a background count still running (the daemon stops: its store closes)."""
+    kept = web.caches.get("settled_deliveries")
+    if isinstance(kept, _Settled) and kept.counting is not None and not kept.counting.done():
+        kept.counting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await kept.counting
 
 
 async def take(web: WebState) -> Snapshot:

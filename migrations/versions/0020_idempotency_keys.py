@@ -8,7 +8,7 @@ A client that retries a declaration or an update (a timeout, a double submit) de
 and every affected customer got two first notices. A request with an ``Idempotency-Key``
 header records the key, a hash of the request and what it made, in the transaction of its
 action: the same request again answers the same; the key is unique, so of two at once only
-one acts. Keys older than 24 hours may be pruned.
+one acts. Keys older than 24 hours are pruned by the leader.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from broadcaster.access import credentials
 from broadcaster.store import Database, Incident, IncidentUpdate, Round
 from broadcaster.store.models import IdempotencyKey
 from broadcaster.web.api import idempotency
@@ -172,3 +173,55 @@ async def test_a_duplicate_that_passed_the_check_is_stopped_by_the_unique_key(
         two = await api.call("POST", path, "operator", json=body, headers=keyed("race-u"))
         assert two.status_code == 201 and two.json()["id"] == one.json()["id"]
         assert await count(database, IncidentUpdate) == 2
+
+
+async def test_a_field_sent_as_null_is_another_request_than_one_left_out(
+    database: Database,
+) -> None:
+    """Left out keeps the expected resolution, null withdraws it: the second was answered
+    as a replay of the first, and the withdrawal lost."""
+    async with api_client(database) as api:
+        body = {**DECLARE, "expected_resolution_at": "2026-03-02T12:00:00Z"}
+        number = (await declare(api, "declared", body)).json()["id"]
+        path = f"/api/v1/incidents/{number}/updates"
+        keep = {"message": "No time any more."}
+        withdraw = {**keep, "expected_resolution_at": None}
+        first = await api.call("POST", path, "operator", json=keep, headers=keyed("u-2"))
+        assert first.status_code == 201, first.text
+        other = await api.call("POST", path, "operator", json=withdraw, headers=keyed("u-2"))
+        assert other.status_code == 422, other.text
+
+
+async def test_two_tokens_of_one_name_have_their_own_keys(database: Database) -> None:
+    async with api_client(database) as api:
+        secrets = []
+        for _ in range(2):
+            _, secret = await credentials.create_token(
+                database, api.clock, name="ci-bot", role="operator"
+            )
+            secrets.append(secret)
+        answers = [
+            await api.call(
+                "POST",
+                "/api/v1/incidents",
+                None,
+                json=DECLARE,
+                headers={"Authorization": f"Bearer {secret}", **keyed("same-key")},
+            )
+            for secret in secrets
+        ]
+        assert [a.status_code for a in answers] == [201, 201]
+        assert "idempotent-replayed" not in answers[1].headers
+        assert answers[0].json()["id"] != answers[1].json()["id"]
+
+
+async def test_the_leader_prunes_keys_older_than_a_day(database: Database) -> None:
+    async with api_client(database) as api:
+        await declare(api, "old")
+        api.clock.advance(timedelta(hours=20))
+        await declare(api, "new")
+        api.clock.advance(timedelta(hours=5))
+        assert await idempotency.prune(database, api.clock.now()) == 1
+        async with database.session() as session:
+            kept = (await session.execute(select(IdempotencyKey.key))).scalars().all()
+        assert kept == ["new"]

@@ -423,6 +423,4 @@ async def test_settled_deliveries_are_counted_in_the_background_not_at_every_scr
         while sent(await scrape(api)) != 2:  # counted again in the background
             assert time.monotonic() < deadline, "the settled deliveries were not counted again"
             await asyncio.sleep(0.05)
-        counting = api.state.caches["settled_deliveries"].counting  # type: ignore[attr-defined]
-        if counting is not None:
-            await counting  # the last one started, before the store is closed
+        await metrics.stop_counting(api.state)  # as the daemon does before its store closes

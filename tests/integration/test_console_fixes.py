@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, insert, select, update
 
+from broadcaster import reports
 from broadcaster.access import credentials
 from broadcaster.store import Customer, Delivery, Followup, Incident, IncidentUpdate
 from broadcaster.web import console
@@ -363,7 +364,7 @@ async def test_an_incident_page_bounds_its_follow_ups_and_links_to_the_queue(
                 for n in range(3)
             ],
         )
-    monkeypatch.setattr(console.incidents, "FOLLOWUPS_SHOWN", 1)
+    monkeypatch.setattr(reports, "FOLLOWUPS_SHOWN", 1)
     live = (await app.http.get(f"/console/incidents/{incident_id}/live")).text
     section = live[live.index("<h2>Follow-ups") :]
     assert "(2 open)" in section
@@ -414,6 +415,14 @@ async def test_a_form_submitted_twice_acts_once(app: Console) -> None:
     for _ in range(2):
         sent = await app.http.post(f"/console/incidents/{incident.id}/update", data=update_form)
         assert sent.headers["location"] == f"/console/incidents/{incident.id}?ok=updated"
+    # The nonce with other contents (the back button, an edit, a send): refused, not taken
+    # for the first submit (which dropped it and said it was sent).
+    edited = await app.http.post(
+        f"/console/incidents/{incident.id}/update", data={**update_form, "message": "Other"}
+    )
+    assert edited.status_code == 422
+    assert "This form was sent already, with other contents" in alert(edited.text)
+    assert "Other" in edited.text  # what was typed is given back
     resolve_form = {"message": "Fixed", "csrf_token": csrf, "nonce": nonces[1]}
     for _ in range(2):  # the second is not refused as "already resolved": it was this one
         sent = await app.http.post(f"/console/incidents/{incident.id}/resolve", data=resolve_form)

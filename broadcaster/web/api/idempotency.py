@@ -8,7 +8,7 @@ without its key, nor its key without the action. The same request again gets the
 status and the same resource (header ``Idempotent-Replayed: true``); the key with another
 request is refused (422); of two at once only one acts (the key is unique: the other's
 transaction fails on it and is answered as a replay). Keys are kept 24 hours; an older one
-is forgotten, and the caller's expired keys are pruned when one is met.
+is forgotten: the leader prunes them (:func:`prune`), and a caller's when one is met.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ Key = Annotated[
 def fingerprint(method: str, path: str, body: BaseModel) -> str:
     """SHA-256 of the request as it was understood: its method, its path, its body."""
     text = json.dumps(
-        {"method": method, "path": path, "body": body.model_dump(mode="json")},
+        # The fields the client sent, not the model's defaults: an omitted field (keep) and
+        # an explicit null (withdraw, as expected_resolution_at's) are different requests.
+        {"method": method, "path": path, "body": body.model_dump(mode="json", exclude_unset=True)},
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -66,6 +68,8 @@ class Idempotency:
     key: str | None
     request_hash: str
     now: datetime
+    reused: str | None = None
+    """What to say when the key comes with another request (default: the header's terms)."""
 
     async def previous(self) -> IdempotencyKey | None:
         """What a request with this key made already, if it is this request; an
@@ -88,7 +92,8 @@ class Idempotency:
         if row.request_hash != self.request_hash:
             raise ApiError(
                 422,
-                f"{HEADER}: this key was used for another request "
+                self.reused
+                or f"{HEADER}: this key was used for another request "
                 f"({row.created_at.isoformat(timespec='seconds')}); "
                 "send a new key with a new request",
                 field=f"header.{HEADER}",
@@ -115,6 +120,16 @@ class Idempotency:
             )
 
         return write
+
+
+async def prune(database: Database, now: datetime) -> int:
+    """Forget the keys of every caller older than :data:`KEPT` (the leader's follow-up sweep
+    does, every half minute): the table holds a day of keyed requests and console forms."""
+    async with database.session() as session, session.begin():
+        result = await session.execute(
+            delete(IdempotencyKey).where(IdempotencyKey.created_at <= now - KEPT)
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def replayed(response: Response, row: IdempotencyKey) -> None:

@@ -13,7 +13,7 @@ from broadcaster import operations
 from broadcaster.access.credentials import Principal
 from broadcaster.incidents import service
 from broadcaster.incidents.lifecycle import OPEN_STATUSES, TransitionError
-from broadcaster.reports import incident_report
+from broadcaster.reports import FOLLOWUPS_SHOWN, incident_report
 from broadcaster.store import Followup, Incident, IncidentUpdate
 from broadcaster.store.models import IdempotencyKey
 from broadcaster.web.api import idempotency
@@ -100,7 +100,7 @@ def _idempotency(
     state = state_of(request)
     return idempotency.Idempotency(
         state.database,
-        principal.actor,
+        principal.caller,
         key,
         idempotency.fingerprint(request.method, request.url.path, body),
         state.clock.now(),
@@ -202,11 +202,6 @@ async def declare(
             raise
         return IncidentOut.model_validate(await _made(request, response, done, Incident))
     return IncidentOut.model_validate(incident)
-
-
-FOLLOWUPS_SHOWN = 50
-"""Follow-ups an incident's detail holds (open ones first, soonest deadline first), beside
-the counts of all: a large incident has tens of thousands; ``/followups`` pages them."""
 
 
 @router.get(

@@ -61,9 +61,6 @@ PENDING_STATES = frozenset({"pending", "sending"})
 FAILED_STATES = frozenset({"failed", "undelivered"})
 """Not sent: refused by the channel, or (undelivered) accepted and then rejected by the
 carrier. Rerouted and cancelled deliveries are in none of the list's three columns."""
-FOLLOWUPS_SHOWN = 50
-"""Follow-ups an incident page lists (open ones first, soonest deadline first); it counts
-all of them, and links to the queue for the rest."""
 
 LIST_FILTERS = ("open", *lifecycle.STATUSES, "all")
 REFUSED: tuple[type[Exception], ...] = (*operations.REFUSALS, ApiError)
@@ -226,7 +223,7 @@ async def declare(request: Request) -> Response:
     principal = await who(request, "operator", write=True)
     state = state_of(request)
     form = await request.form()
-    key = once.key(state, principal, once.of(form), request.url.path)
+    key = once.key(state, principal, once.of(form), request.url.path, form)
     try:
         done = await key.previous()
         if done is None:
@@ -356,7 +353,7 @@ async def _live_context(state: WebState, incident_id: int) -> dict[str, Any]:
         incident_id,
         now=now,
         promise_grace=state.settings.schedule.promise_grace,
-        followups_shown=FOLLOWUPS_SHOWN,
+        followups_shown=reports.FOLLOWUPS_SHOWN,
     )
     incident = report.view.incident
     due = report.next_update_due
@@ -537,7 +534,7 @@ async def _change(request: Request, incident_id: int, *, resolution: bool) -> Re
     principal = await who(request, "operator", write=True)
     state = state_of(request)
     form = await request.form()
-    key = once.key(state, principal, once.of(form), request.url.path)
+    key = once.key(state, principal, once.of(form), request.url.path, form)
     ok = f"/console/incidents/{incident_id}?ok={'resolved' if resolution else 'updated'}"
     try:
         if await key.previous() is not None:

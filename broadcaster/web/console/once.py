@@ -12,6 +12,7 @@ fails on it, and is answered as the first was).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 
@@ -36,12 +37,27 @@ def of(form: FormData) -> str | None:
     return value if isinstance(value, str) and _SHAPE.fullmatch(value) else None
 
 
-def key(state: WebState, principal: Principal, nonce: str | None, path: str) -> Idempotency:
-    """The stored key of ``principal``'s form with ``nonce``, posted to ``path``."""
+def key(
+    state: WebState, principal: Principal, nonce: str | None, path: str, form: FormData
+) -> Idempotency:
+    """The stored key of ``principal``'s form with ``nonce``, posted to ``path`` with what
+    ``form`` holds: the same form sent again is answered as the first was; the nonce with
+    other contents (a tab left open, the back button, an edit, a send) is refused, not
+    taken for the first one (which would drop it and say it was sent)."""
+    fields = sorted(
+        (name, str(value)) for name, value in form.multi_items() if name not in UNHASHED
+    )
+    digest = hashlib.sha256(json.dumps([f"POST {path}", fields]).encode()).hexdigest()
     return Idempotency(
         state.database,
         principal.actor,
         None if nonce is None else f"console:{nonce}",
-        hashlib.sha256(f"POST {path}".encode()).hexdigest(),
+        digest,
         state.clock.now(),
+        reused="This form was sent already, with other contents; nothing was sent this "
+        "time. Reload the page to send a new one.",
     )
+
+
+UNHASHED = frozenset({"csrf_token", FIELD})
+"""Form fields that are not its contents."""
