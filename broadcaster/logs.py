@@ -62,9 +62,13 @@ _EMAIL = re.compile(
     r"([A-Za-z]{2,})(?![\w-])"
 )
 """An address, also URL-encoded (``anna%40example.nl`` in a query a log line quotes)."""
-_PHONE = re.compile(r"(?<![\w+%])(?:\+|%2[Bb]|00)\d(?:[\s().-]{0,2}\d){6,15}(?![\w])")
+_PHONE = re.compile(
+    r"(?<![\w+%])(?:\+|%2[Bb])\d(?:[\s().-]{0,2}\d){6,15}(?![\w])"
+    r"|(?<![\w.,+%/:-])00[1-9](?:[\s().-]{0,2}\d){7,14}(?![\w-])"
+)
 """A number in international form: ``+31…``, URL-encoded ``%2B31…``, or with the dialling
-prefix ``0031…``."""
+prefix ``0031…`` (standing alone, at least eight digits after it: not a decimal's
+``0.00123…``, a UUID's ``00112233-…`` or a short zero-padded id)."""
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -232,22 +232,30 @@ async def _generations(session: AsyncSession, source: str, base: str) -> list[In
 
 async def _referenced(session: AsyncSession, event: IncidentEvent) -> str | None:
     """The item (base external id) of the newest incident of the event's source that
-    applied one of the versions ``event.references`` names; None if none did."""
-    tags = [feed_prefix(event.source) + _version_token(event.source, v) for v in event.references]
-    tags = tags[:_MAX_REFERENCES]
-    if not tags:
+    applied one of the versions ``event.references`` names, on an item whose external id
+    begins as that reference says (a CAP identifier is another sender's alert under
+    another sender); None if none did."""
+    references = event.references[:_MAX_REFERENCES]
+    if not references:
         return None
+    prefix = feed_prefix(event.source)
+    applied = []
+    for begins, version in references:
+        tag = prefix + _version_token(event.source, version)
+        applied.append(
+            and_(
+                Incident.external_id.startswith(begins, autoescape=True),
+                or_(
+                    IncidentUpdate.author == tag,
+                    IncidentUpdate.author.startswith(tag + " t=", autoescape=True),
+                ),
+            )
+        )
     found = (
         await session.execute(
             select(Incident.external_id)
             .join(IncidentUpdate, IncidentUpdate.incident_id == Incident.id)
-            .where(
-                Incident.source == event.source,
-                or_(
-                    IncidentUpdate.author.in_(tags),
-                    *(IncidentUpdate.author.startswith(t + " t=", autoescape=True) for t in tags),
-                ),
-            )
+            .where(Incident.source == event.source, or_(*applied))
             .order_by(Incident.id.desc())
             .limit(1)
         )

@@ -5,9 +5,10 @@ stacks: a kilobyte of gzip on the wire can be gigabytes in memory before anyone 
 its size. The watcher reads the raw bytes and hands them to :class:`BodyDecoder`, which
 inflates with ``zlib`` at most one byte past the limit at a time and stops there.
 
-One coding at most, ``gzip`` (or ``x-gzip``) or ``deflate`` (zlib-wrapped, or raw as some
-servers send it), or none (``identity``): a stacked or unknown coding is refused, with a
-:class:`~broadcaster.intake.watch.FetchError` that names the feed.
+One coding at most, ``gzip`` (or ``x-gzip``; of one member or several) or ``deflate``
+(zlib-wrapped, or raw as some servers send it), or none (``identity``): a stacked or
+unknown coding is refused, with a :class:`~broadcaster.intake.watch.FetchError` that names
+the feed.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class BodyDecoder:
             )
         self._inflate = self._decompressor()
         self._tried_raw = False
+        self._head = bytearray()
+        """A deflate body's raw bytes until it gives its first output: read again as raw
+        deflate if the zlib wrapper turns out to be missing (bounded by the limit)."""
 
     def _decompressor(self, *, raw: bool = False) -> zlib._Decompress | None:
         if self.coding is None:
@@ -80,41 +84,45 @@ class BodyDecoder:
         if self._inflate is None:
             self._keep(chunk)
             return
+        if self.coding == "deflate" and not self._tried_raw and self.size == 0:
+            self._head += chunk
         self._inflate_all(chunk)
 
     def _inflate_all(self, data: bytes) -> None:
         while self._inflate is not None:
             if self._inflate.eof:
-                if data or self._inflate.unused_data:
+                rest = self._inflate.unused_data + data
+                if not rest:
+                    return
+                if self.coding not in _GZIP:
                     raise BodyError(
                         f"document refused: {self.url} sent data after the end of its "
                         f"{self.coding} body"
                     )
-                return
+                # A gzip body may be several members, one after another (RFC 1952).
+                self._inflate = self._decompressor()
+                data = rest
+                continue
             try:
                 # At most one byte past the limit: enough to know it is over.
                 out = self._inflate.decompress(data, self.limit - self.size + 1)
             except zlib.error as exc:
                 if self.coding == "deflate" and not self._tried_raw and self.size == 0:
-                    # Some servers send deflate without its zlib wrapper.
+                    # Some servers send deflate without its zlib wrapper: every byte so far
+                    # again, as raw deflate.
                     self._tried_raw = True
                     self._inflate = self._decompressor(raw=True)
-                    data = self._raw_so_far(data)
+                    data, self._head = bytes(self._head), bytearray()
                     continue
                 raise BodyError(
                     f"document refused: {self.url} sent a corrupt {self.coding} body ({exc})"
                 ) from None
+            if out:
+                self._head = bytearray()  # the wrapper was right: no going back
             self._keep(out)
             data = self._inflate.unconsumed_tail
             if not data and not out:
                 return
-
-    def _raw_so_far(self, data: bytes) -> bytes:
-        # Only reached on the first chunk that failed before any output: the raw bytes
-        # fed so far are exactly ``data`` when it is the first chunk; else refuse.
-        if self.raw_size != len(data):
-            raise BodyError(f"document refused: {self.url} sent a corrupt deflate body")
-        return data
 
     def finish(self) -> bytes:
         """The whole document."""

@@ -106,9 +106,9 @@ def parse(data: bytes, mapping: SourceMapping, *, source: str, now: datetime) ->
     return collector.result()
 
 
-def _reference_ids(references: str) -> tuple[str | None, list[str]]:
+def _reference_ids(references: str) -> tuple[str | None, list[tuple[str, str]]]:
     """``sender,identifier`` of the earliest message in a ``references`` value, and the
-    identifiers of them all, in order."""
+    sender and identifier of them all, in order (an identifier is unique per sender only)."""
     triples = []
     for position, token in enumerate(references.split()):
         parts = token.split(",")
@@ -118,7 +118,7 @@ def _reference_ids(references: str) -> tuple[str | None, list[str]]:
     if not triples:
         return None, []
     parts = min(triples)[3]
-    return f"{parts[0]},{parts[1]}", [t[3][1] for t in triples]
+    return f"{parts[0]},{parts[1]}", [(t[3][0], t[3][1]) for t in triples]
 
 
 def _info(info: ET.Element, reader: _Reader) -> _Info:
@@ -184,7 +184,7 @@ def _alert(root: ET.Element, reader: _Reader, mapping: SourceMapping, now: datet
         raise ItemError(f"msgType {msg_type[:20]!r} is not an alert, update or cancel")
     sent = parse_datetime(reader.find(root, "sent"))
     external_id = f"{sender},{identifier}"
-    referenced_versions: list[str] = []
+    referenced_versions: list[tuple[str, str]] = []
     if msg_type != "Alert":
         # CAP 1.2 requires an Update or Cancel to name what it changes. Without a readable
         # triple it would open an incident of its own (a second first notice), or cancel
@@ -197,8 +197,11 @@ def _alert(root: ET.Element, reader: _Reader, mapping: SourceMapping, now: datet
                 "changes as sender,identifier,sent triples separated by spaces"
             )
         external_id = referenced
-        # The versions those messages were applied as (an expired one's has /ended).
-        referenced_versions = [v for i in identifiers for v in (i, f"{i}/ended")]
+        # The versions those messages were applied as (an expired one's has /ended), each
+        # on an item of its own sender: "sender," begins the external id of its alerts.
+        referenced_versions = [
+            (f"{sender_of},", v) for sender_of, i in identifiers for v in (i, f"{i}/ended")
+        ]
     elements = reader.all(root, "info")
     infos = [_info(element, reader) for element in elements]
     if infos:

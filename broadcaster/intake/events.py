@@ -164,11 +164,13 @@ class IncidentEvent:
     updated_at: datetime | None = None
     languages: Mapping[str, tuple[str, str]] = field(default_factory=dict, hash=False)
     url: str | None = None
-    references: tuple[str, ...] = ()
-    """Versions of earlier messages about the same item (a CAP Update's or Cancel's
-    ``references``, by identifier). When no incident has ``external_id`` yet, the incident
-    of this source that applied one of them is this item's (an Update that names only the
-    Update it replaces)."""
+    references: tuple[tuple[str, str], ...] = ()
+    """Earlier messages about the same item, each as (the beginning of its item's external
+    id, its version): a CAP Update's or Cancel's ``references``, as (``sender,``,
+    identifier), since an identifier is unique per sender only. When no incident has
+    ``external_id`` yet, the incident of this source whose external id begins so and that
+    applied that version is this item's (an Update that names only the Update it
+    replaces)."""
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:

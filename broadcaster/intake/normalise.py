@@ -67,8 +67,9 @@ class Draft:
     languages: dict[str, tuple[str, str]] = field(default_factory=dict)
     language_is_html: bool = False
     url: str | None = None
-    references: list[str] = field(default_factory=list)
-    """Versions of earlier messages of the item (see ``IncidentEvent.references``)."""
+    references: list[tuple[str, str]] = field(default_factory=list)
+    """Earlier messages of the item: (its external id's beginning, version) (see
+    ``IncidentEvent.references``)."""
 
 
 def content_hash(*parts: object) -> str:
@@ -211,7 +212,14 @@ def finish(draft: Draft, mapping: SourceMapping, source: str) -> IncidentEvent:
         languages=_languages(draft, limits),
         url=safe_url(draft.url, limit=limits.max_url_chars),
         references=tuple(
-            dict.fromkeys(v for v in (_version(r, limits) for r in draft.references[:50]) if v)
+            dict.fromkeys(
+                (begins, version)
+                for begins, version in (
+                    (clean_text(b, single_line=True)[: limits.max_id_chars], _version(v, limits))
+                    for b, v in draft.references[:50]
+                )
+                if version
+            )
         ),
     )
 

@@ -256,7 +256,10 @@ class FeedWatcher:
             ) as response:
                 if response.status_code != 200:
                     return response, b""
-                if response.is_stream_consumed:  # a transport that read it (tests' mocks)
+                if response.is_stream_consumed:
+                    # An in-memory transport (httpx's MockTransport, as the tests use) hands
+                    # over a body it read and decoded already; a network transport never
+                    # does, so the bounded decoding below is what a real feed goes through.
                     body = BodyDecoder("", limit, shown_url(url))
                     body.feed(response.content)
                     return response, body.finish()
@@ -325,10 +328,14 @@ class FeedWatcher:
                 self._index_seen[key] = updated
         self._index_pending = []
 
-    def parse(self, data: bytes) -> ParseResult:
+    def parse(self, data: bytes, now: datetime | None = None) -> ParseResult:
+        """The document's events and skipped items, as of ``now`` (the clock's, if None)."""
         parser = PARSERS[self.feed.kind]
         result: ParseResult = parser(
-            data, self.feed.mapping.source_mapping(), source=self.name, now=self.clock.now()
+            data,
+            self.feed.mapping.source_mapping(),
+            source=self.name,
+            now=now if now is not None else self.clock.now(),
         )
         return result
 
@@ -336,12 +343,7 @@ class FeedWatcher:
         """:meth:`parse` in a worker thread: a large document takes seconds to read, and
         the event loop serves every other feed, the web and the dispatch meanwhile. (The
         parsers keep no state between calls; the time is read here, on the loop.)"""
-        parser = PARSERS[self.feed.kind]
-        mapping = self.feed.mapping.source_mapping()
-        result: ParseResult = await asyncio.to_thread(
-            parser, data, mapping, source=self.name, now=self.clock.now()
-        )
-        return result
+        return await asyncio.to_thread(self.parse, data, self.clock.now())
 
     def _fail(self, reason: str) -> None:
         self.failures += 1

@@ -618,7 +618,7 @@ async def test_an_unclosed_quote_costs_its_row_and_the_lines_after_it_are_read_a
 def test_cli_an_unclosed_quote_keeps_the_rows_around_it_and_says_which_lines(
     config: Path, tmp_path: Path
 ) -> None:
-    """The reviewer's file: the rows after the open quote were neither imported nor reported."""
+    """A quote left open: the rows after it were neither imported nor reported."""
     text = (
         "id,name,email\n"
         "R0,Before,r0@example.com\n"

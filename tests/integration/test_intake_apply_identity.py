@@ -90,11 +90,13 @@ async def test_an_old_style_generation_is_still_read_as_one(database: Database) 
     )
 
 
-def cap_message(identifier: str, kind: str, sent: str, refs: str = "") -> bytes:
+def cap_message(
+    identifier: str, kind: str, sent: str, refs: str = "", sender: str = "ops@example.org"
+) -> bytes:
     references = f"<references>{refs}</references>" if refs else ""
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>{identifier}</identifier>
-<sender>ops@example.org</sender><sent>{sent}</sent><status>Actual</status>
+<sender>{sender}</sender><sent>{sent}</sent><status>Actual</status>
 <msgType>{kind}</msgType><scope>Public</scope>{references}
 <info><category>Met</category><event>Flood</event><urgency>Immediate</urgency>
 <severity>Severe</severity><certainty>Observed</certainty><headline>Flood {identifier}</headline>
@@ -144,10 +146,42 @@ async def test_a_cap_update_of_an_unknown_chain_falls_back_to_its_earliest_refer
         "ops@example.org,G-2,2026-01-06T07:20:00+00:00 ops@example.org,G-1,2026-01-06T07:00:00Z",
     )
     [ev] = cap.parse(document, SourceMapping(), source="floods", now=clock.now()).events
-    assert ev.references == ("G-2", "G-2/ended", "G-1", "G-1/ended")
+    mine = "ops@example.org,"
+    assert ev.references == (
+        (mine, "G-2"),
+        (mine, "G-2/ended"),
+        (mine, "G-1"),
+        (mine, "G-1/ended"),
+    )
     assert (await apply(database, clock, ev))[0] == "created"
     [incident] = await incidents(database)
     assert incident.external_id == "ops@example.org,G-1"
+
+
+async def test_a_cap_update_never_lands_on_another_senders_alert_of_the_same_identifier(
+    database: Database,
+) -> None:
+    """An identifier is unique per sender only: an aggregated feed's sender B updating its
+    own alert 1001 (not seen here) went to sender A's incident for A's alert 1001, and A's
+    customers got B's text."""
+    clock = FakeClock(START)
+    a_alert = cap_message("1001", "Alert", "2026-01-06T07:00:00+00:00", sender="alerts@a.example")
+    b_update = cap_message(
+        "1002",
+        "Update",
+        "2026-01-06T07:20:00+00:00",
+        "alerts@b.example,1001,2026-01-06T07:10:00+00:00",
+        sender="alerts@b.example",
+    )
+    outcomes = []
+    for document in (a_alert, b_update):
+        [ev] = cap.parse(document, SourceMapping(), source="floods", now=clock.now()).events
+        outcomes.append(await apply(database, clock, ev))
+    by_id = {i.external_id: i.id for i in await incidents(database)}
+    assert outcomes == [
+        ("created", by_id["alerts@a.example,1001"]),
+        ("created", by_id["alerts@b.example,1001"]),
+    ]
 
 
 async def test_the_same_event_delivered_twice_at_once_is_applied_once(

@@ -91,7 +91,8 @@ def test_configured_secrets_and_secret_named_fields() -> None:
 def test_plain_numbers_and_text_survive() -> None:
     text = (
         "delivery 123456789 at 2026-03-02T08:00:00+00:00 round 4/12 took 0.25 s; author=ops; "
-        "at 08:00:00.000000, cursor 1733000000000000.5, 100%25 done"
+        "at 08:00:00.000000, cursor 1733000000000000.5, 100%25 done; took 0.00123456789 s; "
+        "uuid 00112233-4455-6677-8899-aabbccddeeff; id 001234567"
     )
     assert Redactor().text(text) == text
 
