@@ -193,7 +193,7 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
                     wait_until(lambda: len(sink.messages) == 6, 10, "round 2 mail")
 
                     # The forced follow-up for the VIP customer: claim it, then record it.
-                    page.get_by_role("link", name="Follow-ups").click()
+                    page.get_by_role("link", name="Follow-ups", exact=True).click()
                     row = page.locator("tr[data-followup]")
                     expect(row).to_have_count(1)
                     expect(row).to_contain_text("C1")
