@@ -139,6 +139,13 @@ def update(
     actions: Actions = None,
     workaround: Workaround = None,
     expected_resolution: Expected = None,
+    no_expected_resolution: Annotated[
+        bool,
+        typer.Option(
+            "--no-expected-resolution",
+            help="withdraw the expected resolution told before (customers read none)",
+        ),
+    ] = False,
     author: Author = "",
     config: ConfigOption = None,
 ) -> None:
@@ -146,8 +153,11 @@ def update(
 
     Cause, actions, workaround and expected resolution carry over from the previous
     update unless given; give an empty string to clear one. A new severity applies from
-    this update on: its cadence, the rules (follow-ups, apology requirements), urgency."""
+    this update on: its cadence, the rules (follow-ups, apology requirements), urgency.
+    ``--no-expected-resolution`` withdraws a time told before that no longer holds."""
     settings = settings_or_exit(config)
+    if no_expected_resolution and expected_resolution is not None:
+        raise fail("give --expected-resolution or --no-expected-resolution, not both")
     request = service.UpdateRequest(
         message,
         status,
@@ -158,6 +168,7 @@ def update(
         workaround=workaround,
         expected_resolution_at=_utc(expected_resolution),
         severity=severity,
+        clear_expected_resolution=no_expected_resolution,
     )
 
     async def work(db: Database) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import func, insert, select, update
 
 from broadcaster import reports
 from broadcaster.access import credentials
+from broadcaster.incidents import service
 from broadcaster.store import Customer, Delivery, Followup, Incident, IncidentUpdate
 from broadcaster.web import console
 from tests.integration.test_console import (
@@ -218,14 +219,8 @@ async def test_the_update_form_shows_the_current_values_and_an_emptied_field_wit
     )
     assert posted.status_code == 303, posted.text
     async with app.state.database.session() as session:
-        last = (
-            await session.execute(
-                select(IncidentUpdate)
-                .where(IncidentUpdate.incident_id == incident_id)
-                .order_by(IncidentUpdate.id.desc())
-                .limit(1)
-            )
-        ).scalar_one()
+        last = await service.latest_update(session, incident_id)
+    assert last is not None
     assert last.message == "Bus 5 is cancelled too."
     assert last.workaround is None
     assert last.actions == "Crews on the way"
@@ -245,14 +240,8 @@ async def test_the_update_form_shows_the_current_values_and_an_emptied_field_wit
     )
     assert withdrawn.status_code == 303, withdrawn.text
     async with app.state.database.session() as session:
-        latest = (
-            await session.execute(
-                select(IncidentUpdate)
-                .where(IncidentUpdate.incident_id == incident_id)
-                .order_by(IncidentUpdate.id.desc())
-                .limit(1)
-            )
-        ).scalar_one()
+        latest = await service.latest_update(session, incident_id)
+    assert latest is not None
     assert (latest.message, latest.expected_resolution_at) == ("No time any more", None)
 
 
