@@ -56,7 +56,11 @@ TITLE_LIMIT = 200
 APNS_ID_NAMESPACE = uuid.UUID("6f1c3d2e-8a4b-5c6d-9e0f-a1b2c3d4e5f6")
 """uuid5 namespace of ``apns-id``: fixed forever, or retries would change their ids."""
 _DEVICE_TOKEN = re.compile(r"[0-9a-fA-F]{8,400}")
-_DISABLING_REASONS = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"})
+_TOKEN_REASONS = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic"})
+"""Reasons that blame the token, or the channel's own ``topic`` or ``environment``: APNs
+answers every token so when the topic names another app or the environment does not match
+the builds. They disable a token only once this channel has had a token accepted (its topic
+and environment are right), or one wrong setting would disable every device."""
 
 
 class ApnsSettings(BaseModel):
@@ -165,6 +169,8 @@ class ApnsChannel:
             http2=True, verify=verify, timeout=settings.timeout, transport=transport
         )
         self._closed = False
+        self._accepted = False
+        """True once APNs accepted a notification: ``topic`` and ``environment`` are right."""
 
     def __repr__(self) -> str:
         return f"ApnsChannel(name={self.name!r}, topic={self._settings.topic!r})"
@@ -220,9 +226,12 @@ class ApnsChannel:
             provider = self._provider_token(stale=provider)
             response = await self._post(device, payload, self.headers(provider, apns_id, urgency))
         if response.status_code == 200:
+            self._accepted = True
             return Receipt(provider_message_id=response.headers.get("apns-id") or apns_id)
         retry_after = parse_retry_after(response.headers.get("retry-after"), now=self._now())
-        raise apns_error(response.status_code, _reason(response), retry_after)
+        raise apns_error(
+            response.status_code, _reason(response), retry_after, proven=self._accepted
+        )
 
     def _provider_token(self, *, stale: str | None = None) -> str:
         """The current provider token; a new one when it is 50 minutes old or ``stale``."""
@@ -261,11 +270,20 @@ def _reason(response: httpx.Response) -> str:
     return reason if isinstance(reason, str) else ""
 
 
-def apns_error(status: int, reason: str, retry_after: float | None = None) -> DeliveryError:
-    """Map one APNs error response onto the retry contract (see docs/channels/push-apns.md)."""
+def apns_error(
+    status: int, reason: str, retry_after: float | None = None, *, proven: bool = True
+) -> DeliveryError:
+    """Map one APNs error response onto the retry contract (see docs/channels/push-apns.md).
+    ``proven``: the channel has had a notification accepted, so a token refused as bad or
+    of another topic is the token's fault, not the channel's settings'."""
     text = f"APNs {status} {reason[:100] or 'no reason'}"
-    if status == 410 or reason in _DISABLING_REASONS:
+    if status == 410 or (reason in _TOKEN_REASONS and proven):
         return DeliveryError(text, retryable=False, contact_point=ContactPointState.DISABLED)
+    if reason in _TOKEN_REASONS:
+        return DeliveryError(
+            text + " (token kept: no notification accepted yet; check topic and environment)",
+            retryable=False,
+        )
     if status in (408, 429) or status >= 500:
         return DeliveryError(text, retryable=True, retry_after=retry_after)
     if status == 403:

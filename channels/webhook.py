@@ -227,8 +227,12 @@ class WebhookChannel:
         if retryable_status(status):
             wait = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
             return DeliveryError(reason, retryable=True, retry_after=wait)
-        if status == 410:
+        if status == 410 and self._settings.url is None:
             return DeliveryError(reason, retryable=False, contact_point=ContactPointState.DISABLED)
+        if status == 410:
+            # A fixed url's 410 is about the endpoint, not the customer: disabling their
+            # contact points would drop every customer as the round's answers came in.
+            return DeliveryError(reason + " (check url)", retryable=False)
         return DeliveryError(reason, retryable=False)
 
     async def aclose(self) -> None:

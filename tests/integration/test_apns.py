@@ -277,8 +277,33 @@ async def test_dead_devices_are_disabled(
     make_channel: ChannelFactory, fake: FakeApns, state: str, reason: str
 ) -> None:
     getattr(fake, state).add(DEVICE)
-    error = await failure(make_channel())
+    channel = make_channel()
+    await channel.send(Target("ab" * 32), MESSAGE)  # another device: the settings are right
+    error = await failure(channel)
     assert (error.retryable, error.contact_point, error.reason) == (False, DISABLED, reason)
+
+
+@pytest.mark.parametrize(
+    ("scripted", "reason"),
+    [
+        (Scripted(400, body=b'{"reason": "BadDeviceToken"}'), "BadDeviceToken"),
+        (Scripted(400, body=b'{"reason": "DeviceTokenNotForTopic"}'), "DeviceTokenNotForTopic"),
+    ],
+)
+async def test_a_channel_never_accepted_keeps_the_tokens_it_may_be_wrong_about(
+    make_channel: ChannelFactory, fake: FakeApns, scripted: Scripted, reason: str
+) -> None:
+    # A wrong environment or topic draws these for every token: none is disabled until a
+    # notification has gone through, and then the same answer disables.
+    channel = make_channel()
+    for device in ("01" * 32, "02" * 32):
+        fake.faults.push(scripted)
+        error = await failure(channel, device)
+        assert (error.retryable, error.contact_point) == (False, None)
+        assert reason in error.reason and "check topic and environment" in error.reason
+    await channel.send(Target("03" * 32), MESSAGE)
+    fake.faults.push(scripted)
+    assert (await failure(channel, "04" * 32)).contact_point is DISABLED
 
 
 @pytest.mark.parametrize("device", ["", "not-hex", "ab/cd" * 10, "a" * 7])
@@ -297,8 +322,8 @@ def _reason(reason: str) -> bytes:
 @pytest.mark.parametrize(
     ("scripted", "retryable", "contact_point", "retry_after"),
     [
-        (Scripted(400, body=_reason("BadDeviceToken")), False, DISABLED, None),
-        (Scripted(400, body=_reason("DeviceTokenNotForTopic")), False, DISABLED, None),
+        (Scripted(400, body=_reason("BadDeviceToken")), False, None, None),  # not yet proven
+        (Scripted(400, body=_reason("DeviceTokenNotForTopic")), False, None, None),
         (Scripted(400), False, None, None),
         (Scripted(400, body=_reason("BadTopic")), False, None, None),
         (Scripted(403), False, None, None),

@@ -188,7 +188,7 @@ RETRY_TABLE: list[tuple[int, bool, ContactPointState | None]] = [
     (502, True, None),
     (503, True, None),
     (504, True, None),
-    (410, False, ContactPointState.DISABLED),
+    (410, False, None),  # a fixed url: the endpoint is gone, not the customer
     (400, False, None),
     (401, False, None),
     (403, False, None),
@@ -214,6 +214,20 @@ async def test_status_table(
     assert caught.value.retryable is retryable
     assert caught.value.contact_point is contact_point
     assert str(status) in caught.value.reason
+
+
+async def test_a_410_disables_the_customer_s_own_hook_but_never_for_a_fixed_url(
+    make_channel: ChannelFactory, receiver: WebhookReceiver, base_url: str
+) -> None:
+    receiver.faults.push(Scripted(410))
+    with pytest.raises(DeliveryError) as own:
+        await make_channel().send(Target(address=f"{base_url}/c/1"), message())
+    assert own.value.contact_point is ContactPointState.DISABLED
+    receiver.faults.push(Scripted(410))
+    with pytest.raises(DeliveryError) as fixed:
+        await make_channel(url=f"{base_url}/h").send(TARGET, message())
+    assert fixed.value.contact_point is None and fixed.value.retryable is False
+    assert fixed.value.reason.endswith("(check url)")
 
 
 @pytest.mark.parametrize(

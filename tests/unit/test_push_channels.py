@@ -213,6 +213,15 @@ def test_apns_error_table(
     assert error.reason.startswith(f"APNs {status} {reason or 'no reason'}")
 
 
+@pytest.mark.parametrize("reason", ["BadDeviceToken", "DeviceTokenNotForTopic"])
+def test_apns_keeps_a_token_it_may_blame_on_its_own_settings(reason: str) -> None:
+    error = apns_error(400, reason, proven=False)
+    assert (error.retryable, error.contact_point) == (False, None)
+    assert error.reason.endswith(
+        "(token kept: no notification accepted yet; check topic and environment)"
+    )
+
+
 def test_environment_picks_the_base_url() -> None:
     common: dict[str, Any] = {"team_id": "T", "key_id": "K", "private_key": SecretStr("x")}
     assert ApnsSettings(topic="x", **common).url == PRODUCTION_URL
