@@ -229,6 +229,7 @@ def _job(row: Any) -> Job:
         failover_from_id=row[12],
         reclaimed=row[13] == "sending",
         promised_at=row[_PROMISED_AT],
+        kind=row[_KIND],
     )
 
 
@@ -409,19 +410,22 @@ _JOB_COLUMNS = (
     func.coalesce(_P.c.disabled, false()),
     _D.c.lease_expires_at,
     _D.c.promised_at,
+    _D.c.kind,
     _D.c.next_attempt_at,
     _FOLLOWUP,
 )
 """A claimed delivery: what :class:`Job` holds, in its order, then the state it had, whether
 its contact point is opted out or disabled now, its lease expiry (on a pending delivery: the
-mark of one put back by a :class:`Pacer`), the promise it makes if not its round's, when it
-was due (its claim-order key is that and the id) and the follow-up it announces."""
+mark of one put back by a :class:`Pacer`), the promise it makes and the kind it says if not
+its round's, when it was due (its claim-order key is that and the id) and the follow-up it
+announces."""
 _ATTEMPTS = 5
 _STATE = 13
 _OPTED_OUT = 14
 _DISABLED = 15
 _PUT_BACK_MARK = 16
 _PROMISED_AT = 17
+_KIND = 18
 _DUE_AT = len(_JOB_COLUMNS) - 2
 _FOLLOWUP_AT = len(_JOB_COLUMNS) - 1
 

@@ -67,6 +67,8 @@ class Job(NamedTuple):
     promised_at: datetime | None = None
     """The next update this message promises when not the round's (the end of the
     customer's quiet hours that will hold the next round)."""
+    kind: str | None = None
+    """What the message says when not its round's kind (``deliveries.kind``)."""
 
 
 class Outcome(NamedTuple):
@@ -150,6 +152,7 @@ def fail_over_reported(
         channel_order=channel_order,
         failover_from_id=None,
         promised_at=delivery.promised_at,
+        kind=delivery.kind,
     )
     target = next_channel(job, failover)
     kind = contact_kinds.get(target) if target else None
@@ -197,6 +200,7 @@ def create_follow(session: Session, database: Database, follow: Follow, now: dat
             created_at=now,
             failover_from_id=job.delivery_id,
             promised_at=job.promised_at,
+            kind=job.kind,
         )
         .returning(table_of(Delivery).c.id)
     )

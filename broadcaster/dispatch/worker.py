@@ -457,7 +457,8 @@ class Dispatcher:
                 raise DeliveryError(f"channel {job.channel!r} is not configured", retryable=True)
             now = self._clock.now()
             content = await self._contents.get(job.round_id)
-            fallback = None if content.kind in UNTHROTTLED else await self._throttled(job, now)
+            kind = job.kind or content.kind  # a held message standing in for earlier ones
+            fallback = None if kind in UNTHROTTLED else await self._throttled(job, now)
             if fallback:
                 return Outcome(job, reroute_to=fallback)
             if fallback == "":
@@ -467,14 +468,14 @@ class Dispatcher:
             if job.promised_at is not None:  # the customer's quiet hours hold the next round
                 facts = dataclasses.replace(facts, next_update_at=job.promised_at)
             request = RenderRequest(
-                kind=content.kind,
+                kind=kind,
                 form=form_for(channel.contact),
                 facts=facts,
                 language=job.language,
                 timezone=job.timezone,
                 now=now,
                 personal=self._personal(job, now),
-                cache_key=(job.round_id, followup, job.promised_at),
+                cache_key=(job.round_id, followup, job.promised_at, kind),
                 followup=None
                 if followup is None
                 else {
@@ -488,7 +489,7 @@ class Dispatcher:
                 {
                     "X-Broadcaster-Delivery": str(job.delivery_id),
                     "X-Broadcaster-Round": f"{content.facts.incident_id}/{content.number}",
-                    "X-Broadcaster-Kind": content.kind,
+                    "X-Broadcaster-Kind": kind,
                     "X-Broadcaster-Severity": content.facts.severity,
                     URGENCY_HEADER: content.urgency,
                 }

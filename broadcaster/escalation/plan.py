@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.config.settings import Settings
@@ -24,7 +24,15 @@ from broadcaster.followups.directory import Directory
 from broadcaster.followups.service import Notice, create_for_customer
 from broadcaster.incidents.retention import history_window
 from broadcaster.store import ContactPoint, Delivery, DeliveryEvent, Incident, Round
-from rules import Decision, IncidentFacts, PlanSnapshot, SnapshotError, Throttle, hold_until
+from rules import (
+    CustomerFacts,
+    Decision,
+    IncidentFacts,
+    PlanSnapshot,
+    SnapshotError,
+    Throttle,
+    hold_until,
+)
 
 log = logging.getLogger("broadcaster.rules")
 
@@ -36,7 +44,9 @@ class Escalation:
         self.directory = directory
         # One round's incident facts, for all of its batches: counting the audience once
         # per round, not once per batch of 1,000 customers.
-        self._round_facts: tuple[int, IncidentFacts, str, datetime | None] | None = None
+        self._round_facts: (
+            tuple[int, IncidentFacts, str, datetime | None, datetime | None] | None
+        ) = None
 
     def _plan(self, incident: Incident) -> PlanSnapshot | None:
         if incident.plan is None:
@@ -112,7 +122,7 @@ class Escalation:
         if incident is None:
             return []
         if self._round_facts is not None and self._round_facts[0] == round_id:
-            _, facts, round_kind, next_due = self._round_facts
+            _, facts, round_kind, next_due, previous = self._round_facts
         else:
             facts = await incident_facts(session, incident)
             round_kind, next_due = (
@@ -120,7 +130,14 @@ class Escalation:
                     select(Round.kind, Round.next_due_at).where(Round.id == round_id)
                 )
             ).one()
-            self._round_facts = (round_id, facts, round_kind, next_due)
+            previous = (
+                await session.execute(
+                    select(func.max(Round.started_at)).where(
+                        Round.incident_id == incident_id, Round.id < round_id
+                    )
+                )
+            ).scalar_one()
+            self._round_facts = (round_id, facts, round_kind, next_due, previous)
         plan = self._plan(incident)
         window = history_window(self.settings, ruleset)
         loaded = await load_customers(session, customer_ids)
@@ -129,6 +146,7 @@ class Escalation:
         notices: list[Notice] = []
         held_until: dict[datetime, list[str]] = {}
         promised: dict[datetime, list[str]] = {}
+        decided: list[tuple[str, CustomerFacts, Decision, datetime | None]] = []
         for customer_id in customer_ids:
             person = people.get(customer_id)
             if person is None:
@@ -138,15 +156,34 @@ class Escalation:
                 person = dataclasses.replace(person, incident_history=history)
             decision = ruleset.evaluate(facts, person, now=now, plan=plan)
             held = hold_until(decision.quiet_hours, person.timezone, now, incident.severity)
+            decided.append((customer_id, person, decision, held))
+        owed = await _promises_owed(
+            session, incident_id, round_id, [c for c, _, _, held in decided if held is not None]
+        )
+        woken: list[str] = []
+        for customer_id, person, decision, held in decided:
+            owing = owed.get(customer_id)
+            if held is not None and owing is not None and owing < held:
+                # Their last message promised a time inside their quiet hours (sent before
+                # the incident's severity let rounds be held): this one keeps that promise,
+                # and promises the end of the window for the next.
+                held = None
             if held is not None:
                 held_until.setdefault(held, []).append(customer_id)
+            elif previous is not None and _was_quiet(decision, person.timezone, previous):
+                # The incident's last round fell in their quiet hours, so a message of it
+                # may still wait for the window's end: this one goes in its place.
+                woken.append(customer_id)
             if next_due is not None:
                 # The next round will be held for this customer: this message promises
                 # the end of their quiet hours, not a time they will hear nothing at.
                 later = hold_until(decision.quiet_hours, person.timezone, next_due, facts.severity)
                 if later is not None:
                     promised.setdefault(later, []).append(customer_id)
-            if decision.throttle is not None and round_kind not in UNTHROTTLED:
+            # A held message is not throttled: it goes out alone at the window's end,
+            # standing in for the earlier ones it cancels, the first notice among them
+            # maybe (_supersede).
+            if decision.throttle is not None and round_kind not in UNTHROTTLED and held is None:
                 await self._throttle(session, round_id, customer_id, decision.throttle, now)
             if decision.followups:
                 notices += await create_for_customer(
@@ -174,7 +211,9 @@ class Escalation:
                 )
         if held_until:
             held_customers = [c for customers in held_until.values() for c in customers]
-            await _supersede_held(session, incident_id, round_id, held_customers, now)
+            await _supersede(session, incident_id, round_id, round_kind, held_customers, now)
+        if woken:
+            await _supersede(session, incident_id, round_id, round_kind, woken, now, held=False)
         return notices
 
     async def _throttle(
@@ -254,33 +293,121 @@ class Escalation:
                 )
 
 
-async def _supersede_held(
-    session: AsyncSession, incident_id: int, round_id: int, customers: list[str], now: datetime
+def _was_quiet(decision: Decision, timezone: str, at: datetime) -> bool:
+    """Whether ``at`` fell in the customer's quiet hours (whatever the severity then)."""
+    try:
+        return hold_until(decision.quiet_hours, timezone, at, "minor") is not None
+    except ValueError:  # a zone unknown here: nothing of theirs was held
+        return False
+
+
+async def _promises_owed(
+    session: AsyncSession, incident_id: int, round_id: int, customers: list[str]
+) -> dict[str, datetime]:
+    """The next update each customer's last message of the incident (before this round)
+    promised them: its own promise (``promised_at``), else its round's next due time."""
+    if not customers:
+        return {}
+    last = (
+        select(Delivery.customer_id, func.max(Delivery.round_id).label("round_id"))
+        .where(
+            Delivery.incident_id == incident_id,
+            Delivery.customer_id.in_(customers),
+            Delivery.round_id < round_id,
+            Delivery.state.in_(COUNTED_STATES),
+        )
+        .group_by(Delivery.customer_id)
+        .subquery()
+    )
+    rows = await session.execute(
+        select(last.c.customer_id, Round.next_due_at, func.max(Delivery.promised_at))
+        .join(Round, Round.id == last.c.round_id)
+        .join(
+            Delivery,
+            (Delivery.round_id == last.c.round_id) & (Delivery.customer_id == last.c.customer_id),
+        )
+        .group_by(last.c.customer_id, Round.next_due_at)
+    )
+    owed: dict[str, datetime] = {}
+    for customer_id, next_due, own in rows:
+        promise = own or next_due
+        if promise is not None:
+            owed[customer_id] = promise
+    return owed
+
+
+STANDS_IN = {"first": 2, "update": 1}
+"""The kinds a held message takes from the earlier ones it cancels, the stronger first: a
+customer never told of the incident gets its first notice, one whose operator news was held
+gets an update (each with the latest facts), never "no news yet" in their place."""
+
+
+async def _supersede(
+    session: AsyncSession,
+    incident_id: int,
+    round_id: int,
+    round_kind: str,
+    customers: list[str],
+    now: datetime,
+    *,
+    held: bool = True,
 ) -> int:
-    """Customers whose message of this round is held for their quiet hours: their messages
-    of the incident's earlier rounds that still wait (held too, or waiting for a retry) are
-    cancelled, superseded by this one. A night of rounds would otherwise arrive as a flood of
-    stale updates when the window ends, each promising a time already past. Returns how many
-    were cancelled."""
-    reason = f"superseded by round {round_id} (held for the customer's quiet hours)"
-    ids = list(
-        (
+    """Customers whose message of this round is held for their quiet hours (``held``): their
+    messages of the incident's earlier rounds that still wait (held too, or waiting for a
+    retry) are cancelled, superseded by this one. A night of rounds would otherwise arrive as
+    a flood of stale updates when the window ends, each promising a time already past. Not
+    ``held``: customers whose quiet hours have just ended; what the night held for them,
+    due now, is superseded by this round, sent now. The message left says what the cancelled
+    ones would have (:data:`STANDS_IN`): the first notice to a customer who has not had it,
+    an update where an update was held. Returns how many were cancelled."""
+    reason = f"superseded by round {round_id}" + (
+        " (held for the customer's quiet hours)" if held else ""
+    )
+    waiting = Delivery.next_attempt_at > now if held else true()
+    cancelled = (
+        await session.execute(
+            update(Delivery)
+            .where(
+                Delivery.incident_id == incident_id,
+                Delivery.round_id < round_id,
+                Delivery.customer_id.in_(customers),
+                Delivery.state == "pending",
+                waiting,
+            )
+            .values(state="cancelled", last_error=reason)
+            .returning(Delivery.id, Delivery.customer_id, Delivery.round_id, Delivery.kind)
+            .execution_options(synchronize_session=False)
+        )
+    ).all()
+    session.add_all(
+        [
+            DeliveryEvent(delivery_id=row[0], at=now, state="cancelled", detail=reason)
+            for row in cancelled
+        ]
+    )
+    if cancelled and round_kind in ("update", "no_news"):
+        rounds = {row[2] for row in cancelled if row[3] is None}
+        kinds: dict[int, str] = {}
+        if rounds:
+            found = await session.execute(select(Round.id, Round.kind).where(Round.id.in_(rounds)))
+            kinds = {round_id: kind for round_id, kind in found}
+        strongest: dict[str, str] = {}
+        for _, customer_id, earlier_round, kind in cancelled:
+            said = kind or kinds.get(earlier_round, "")
+            if STANDS_IN.get(said, 0) > STANDS_IN.get(strongest.get(customer_id, round_kind), 0):
+                strongest[customer_id] = said
+        by_kind: dict[str, list[str]] = {}
+        for customer_id, kind in strongest.items():
+            by_kind.setdefault(kind, []).append(customer_id)
+        for kind, who in by_kind.items():
             await session.execute(
                 update(Delivery)
                 .where(
-                    Delivery.incident_id == incident_id,
-                    Delivery.round_id < round_id,
-                    Delivery.customer_id.in_(customers),
+                    Delivery.round_id == round_id,
+                    Delivery.customer_id.in_(who),
                     Delivery.state == "pending",
-                    Delivery.next_attempt_at > now,
                 )
-                .values(state="cancelled", last_error=reason)
-                .returning(Delivery.id)
+                .values(kind=kind)
                 .execution_options(synchronize_session=False)
             )
-        ).scalars()
-    )
-    session.add_all(
-        [DeliveryEvent(delivery_id=i, at=now, state="cancelled", detail=reason) for i in ids]
-    )
-    return len(ids)
+    return len(cancelled)

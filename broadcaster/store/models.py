@@ -315,6 +315,10 @@ class Delivery(Base):
     promised_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     """The next update this message promises, when not the round's: the end of the
     customer's quiet hours that will hold the round due sooner (migration 0016)."""
+    kind: Mapped[str | None] = mapped_column(String(32), default=None)
+    """What the message says, when not its round's kind: a message held for the customer's
+    quiet hours that stands in for earlier held ones says the first notice to a customer
+    never told, an update where an operator's news was held (migration 0021)."""
 
 
 class DeliveryEvent(Base):

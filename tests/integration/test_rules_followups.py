@@ -473,6 +473,86 @@ async def test_a_night_of_held_updates_arrives_as_the_latest_one_only(database: 
     assert len({m.target.customer_id for m in mail}) == 3
 
 
+async def test_the_held_message_says_what_the_ones_it_cancelled_would_have(
+    database: Database,
+) -> None:
+    """A night's held rounds cancel the earlier held ones; the one left says the first notice
+    to a customer never told of the incident, and an update where an operator's news was
+    held, with the latest facts: never "no news yet" as the first word of a disruption or in
+    place of the night's news."""
+    evening = datetime(2026, 1, 6, 20, 40, tzinfo=UTC)  # 21:40 in Amsterdam
+    clock = FakeClock(evening)
+    await seed(database)
+    sinks = channels()
+    engine = await Engine.create(settings(), database, clock, sinks)
+    told = await service.declare(
+        database, clock, service.Declaration("Told", "minor", "Delays.", components=["rail"])
+    )
+    await run_until(engine, clock, datetime(2026, 1, 6, 22, 30, tzinfo=UTC))  # 23:30
+    untold = await service.declare(
+        database, clock, service.Declaration("Untold", "minor", "Stops.", components=["rail"])
+    )
+    await run_until(engine, clock, datetime(2026, 1, 7, 1, 0, tzinfo=UTC))  # 02:00
+    for incident in (told, untold):
+        await service.post_update(
+            database,
+            clock,
+            incident.id,
+            service.UpdateRequest("Buses run every 15 minutes.", status="identified"),
+        )
+    await run_until(engine, clock, datetime(2026, 1, 7, 5, 59, tzinfo=UTC))
+    before = len(customers_mail(sinks["email"]))
+    clock.set(datetime(2026, 1, 7, 6, 0, tzinfo=UTC))  # 07:00 in Amsterdam
+    await run_until(engine, clock, clock.now())
+    morning = [m for m in customers_mail(sinks["email"])[before:] if m.target.customer_id == "S1"]
+    said = {m.message.subject.split()[-1]: m.message for m in morning}
+    assert sorted(said) == ["Told", "Untold"]  # one message each: the night's last
+    assert said["Untold"].headers["X-Broadcaster-Kind"] == "first"
+    assert said["Told"].headers["X-Broadcaster-Kind"] == "update"
+    for message in said.values():
+        assert "Buses run every 15 minutes." in message.text
+        assert not message.subject.startswith("Still working on it")  # the no-news subject
+
+
+async def test_a_promise_made_before_the_rounds_could_be_held_is_kept(database: Database) -> None:
+    """A critical incident's messages go out at night, each promising the next round; an
+    update that lowers it to major, a severity whose rounds quiet hours hold, goes out at
+    once all the same (the last message promised a time inside the night) and promises the
+    window's end; the rounds after it are held until then."""
+    night = datetime(2026, 1, 6, 23, 0, tzinfo=UTC)  # 00:00 in Amsterdam
+    clock = FakeClock(night)
+    await seed(database)
+    sinks = channels()
+    engine = await Engine.create(settings(), database, clock, sinks)
+    incident = await service.declare(
+        database, clock, service.Declaration("Down", "critical", "Stops.", components=["rail"])
+    )
+    await run_until(engine, clock, datetime(2026, 1, 7, 0, 10, tzinfo=UTC))  # 01:10
+    sent = customers_mail(sinks["email"])
+    last = [m for m in sent if m.target.customer_id == "S1"][-1]
+    assert "next update by 01:15 CET" in last.message.text
+    await service.post_update(
+        database,
+        clock,
+        incident.id,
+        service.UpdateRequest("Buses replace the trains.", severity="major"),
+    )
+    await run_until(engine, clock, datetime(2026, 1, 7, 5, 59, tzinfo=UTC))
+    night_mail = [m for m in customers_mail(sinks["email"]) if m.target.customer_id == "S1"]
+    downgrade = night_mail[len([m for m in sent if m.target.customer_id == "S1"]) :]
+    assert [m.message.created_at for m in downgrade] == [datetime(2026, 1, 7, 0, 10, tzinfo=UTC)]
+    assert "Buses replace the trains." in downgrade[0].message.text
+    assert "next update by 07:00 CET" in downgrade[0].message.text
+    clock.set(datetime(2026, 1, 7, 6, 0, tzinfo=UTC))
+    await run_until(engine, clock, clock.now())
+    morning = [
+        m
+        for m in customers_mail(sinks["email"])[len(customers_mail(sinks["email"])) - 3 :]
+        if m.target.customer_id == "S1"
+    ]
+    assert [m.message.created_at for m in morning] == [datetime(2026, 1, 7, 6, 0, tzinfo=UTC)]
+
+
 def customers_mail(email: MemoryChannel) -> list[Any]:
     """The messages to customers (deliveries), not the notices to staff."""
     return [m for m in email.sent if (m.message.idempotency_key or "").startswith("delivery-")]

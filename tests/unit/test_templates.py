@@ -196,6 +196,30 @@ def test_the_apology_says_how_sure_the_cause_is(cause_kind: str, expected: str) 
 
 
 @pytest.mark.parametrize(
+    ("language", "cause_kind", "expected", "never"),
+    [
+        ("en", "unknown", "Status: we know what is wrong and are working on a fix.", "cause"),
+        ("en", "suspected", "working on a fix. Suspected cause: A signal failed.", "found"),
+        ("en", "known", "we found the cause and are working on a fix. Cause: A signal", "know"),
+        ("nl", "unknown", "Status: we weten wat er mis is en werken aan een oplossing.", "oorzaak"),
+        ("nl", "suspected", "oplossing. Vermoedelijke oorzaak: A signal failed.", "gevonden"),
+    ],
+)
+def test_identified_never_says_the_cause_is_found_and_unknown(
+    language: str, cause_kind: str, expected: str, never: str
+) -> None:
+    """ "We found the cause" beside "we do not know the cause yet" (an update to identified
+    without a known cause)."""
+    facts = replace(
+        sample_facts("update"), status="identified", cause_kind=cause_kind, cause="A signal failed."
+    )
+    text = renderer().render(request("update", "email", language, facts=facts))["email_text"]
+    line = next(row for row in text.splitlines() if row.startswith("Status:"))
+    assert expected in line
+    assert never not in line.split(". ", 1)[0]
+
+
+@pytest.mark.parametrize(
     ("language", "expected"),
     [("en", "Please write to Anna de Vries"), ("nl", "Anna de Vries (schrijven)")],
 )
