@@ -10,10 +10,11 @@ The body is ``Message.text`` fitted to ``max_segments`` with the incident link f
 which is idempotent: text the composer already fitted keeps its one link.
 
 Twilio's answers map onto the retry contract (:func:`twilio_error`): error 21610 (STOP)
-is permanent and marks the number ``OPTED_OUT``; 21211 (invalid) and 21614 (not a mobile)
-mark it ``DISABLED``; HTTP 408, 429 (or error 20429), 5xx, timeouts and connection errors
-are retried (after ``Retry-After`` when given); error 21611 (the sender's queue is full) is
-retried after :data:`QUEUE_FULL_RETRY_AFTER`; 401/403 and other 4xx fail the message only.
+is permanent and marks the number ``OPTED_OUT``; 21211 (invalid), 21614 (not a mobile) and
+21635 (a landline) mark it ``DISABLED``; HTTP 408, 429 (or error 20429), 5xx, timeouts and
+connection errors are retried (after ``Retry-After`` when given); error 21611 (the sender's
+queue is full) is retried after :data:`QUEUE_FULL_RETRY_AFTER`; 401/403 and other 4xx fail
+the message only.
 Reasons: Twilio's code and message, never a raw body; no reason, repr or log has the token.
 """
 
@@ -79,6 +80,7 @@ CONTACT_POINT_ERRORS: Mapping[int, ContactPointState] = MappingProxyType(
         21610: ContactPointState.OPTED_OUT,  # the recipient replied STOP
         21211: ContactPointState.DISABLED,  # the To number is not a valid phone number
         21614: ContactPointState.DISABLED,  # the To number is not a mobile number
+        21635: ContactPointState.DISABLED,  # the To number is a landline (refused at the API)
     }
 )
 """Twilio error codes that condemn the address itself."""
@@ -96,11 +98,14 @@ _STOP: Keyword = "stop"
 _START: Keyword = "start"
 _HELP: Keyword = "help"
 KEYWORDS: Mapping[str, Keyword] = MappingProxyType(
-    dict.fromkeys(("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"), _STOP)
+    dict.fromkeys(
+        ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"), _STOP
+    )
     | dict.fromkeys(("START", "UNSTOP", "YES"), _START)
     | dict.fromkeys(("HELP", "INFO"), _HELP)
 )
-"""Inbound SMS bodies (upper case) that are opt-out keywords."""
+"""Inbound SMS bodies (upper case) that are opt-out keywords: Twilio's default lists, on
+which it blocks or unblocks the number itself (REVOKE and OPTOUT since May 2025)."""
 NO_TWILIO_ENVIRONMENT = {"TWILIO_EDGE": "", "TWILIO_REGION": ""}
 """Given to the twilio client so that TWILIO_* variables cannot redirect it: settings rule."""
 
@@ -350,7 +355,8 @@ class TwilioSmsChannel:
         except httpx.TimeoutException as exc:
             raise DeliveryError(
                 f"Twilio did not answer within {s.timeout:g}s ({type(exc).__name__}); "
-                "the message may or may not have been accepted",
+                "the message may or may not have been accepted (if it was, its status "
+                "callback calls off a retry still to come)",
                 retryable=True,
             ) from exc
         except httpx.HTTPError as exc:
@@ -468,7 +474,7 @@ def verify_twilio_signature(
 def parse_inbound_keyword(body: str) -> Keyword | None:
     """The opt-out keyword an inbound SMS is, if the whole body is one (case-insensitive).
 
-    STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT stop; START, UNSTOP, YES start again;
-    HELP, INFO ask for help. Only ASCII matches, so look-alike letters never do.
+    STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, REVOKE, OPTOUT stop; START, UNSTOP, YES
+    start again; HELP, INFO ask for help. Only ASCII matches, so look-alike letters never do.
     """
     return KEYWORDS.get(body.strip().upper()) if body.isascii() else None

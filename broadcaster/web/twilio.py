@@ -8,6 +8,9 @@ and changes nothing. Status callbacks move a delivery forward only (queued → s
 delivered | undelivered | failed): callbacks arrive out of order, and a late "sent" must
 not undo "delivered". Only a callback that moves the delivery forward adds to its history:
 a repeated or stale one (Twilio retries; a signed request can be replayed) adds nothing.
+A callback for a delivery waiting to be retried after its send went unanswered (a timeout)
+proves that Twilio took the message: the delivery is recorded as handed over, as a send
+Twilio answered is, and is not sent again.
 An inbound STOP or START is applied once by its MessageSid (``inbound_messages``): a
 signed request carries no time, and a START sent again after the customer's STOP must not
 subscribe them again; one without a MessageSid is refused (400).
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 from xml.sax.saxutils import escape
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.dispatch.outcomes import fail_over_reported
@@ -49,8 +52,11 @@ FINAL_FAILED = 3
 HANDED_OVER = ("sending", "sent", "delivered", "undelivered", "failed")
 """States of a delivery that may have reached Twilio (``sending``: its outcome not yet
 recorded when the callback comes)."""
+REPORTED = ("sent", "delivered", "undelivered", "failed")
+"""States a status callback records: a report of ``queued`` (or ``sending``, ``accepted``)
+says nothing a recorded send does not."""
 OPTED_OUT_CODES = {"21610"}
-DISABLED_CODES = {"21211", "21614", "30005", "30006"}
+DISABLED_CODES = {"21211", "21614", "21635", "30005", "30006"}
 _SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
 """A Twilio message id: SM (SMS) or MM (MMS) and 32 hex digits."""
 
@@ -107,30 +113,34 @@ async def status_callback(request: Request) -> Response:
     error_code = params.get("ErrorCode") or None
     now = state.clock.now()
     async with state.database.session() as session, session.begin():
-        # Only a delivery of a Twilio channel that was handed to Twilio: by its message
+        # Only a delivery of a Twilio channel that may have reached Twilio: by its message
         # SID, or by the id in the callback URL (the callback may come before the SID is
-        # recorded) while it has no other SID. An email, or an SMS not sent yet, is never
-        # the callback's, whatever the URL says.
+        # recorded) while it has no other SID. An email, or an SMS never tried, is never
+        # the callback's, whatever the URL says. Locked (PostgreSQL; a SQLite transaction
+        # holds the store): a worker cannot claim it, or record its send, meanwhile.
         row = (
             await session.execute(
                 select(Delivery)
                 .where(
                     Delivery.channel.in_(state.twilio_channels()),
-                    Delivery.state.in_(HANDED_OVER),
+                    or_(Delivery.state.in_(HANDED_OVER), _awaiting_retry()),
                     or_(
                         Delivery.provider_message_id == sid,
                         and_(Delivery.id == delivery_id, Delivery.provider_message_id.is_(None)),
                     ),
                 )
                 .limit(1)
+                .with_for_update()
             )
         ).scalar_one_or_none()
         if row is None or new_state is None:
             state.count("twilio_status_unmatched")
             return Response(status_code=204)
+        if row.state == "pending":
+            _record_handover(session, row, sid, reported, now)
         current = RANK.get(row.state, FINAL_FAILED if row.state == "failed" else 0)
         advances = RANK.get(new_state, FINAL_FAILED) > current
-        if advances and new_state not in ("queued", "sending"):
+        if advances and new_state in REPORTED:
             # Only a step forward is history: a repeated, replayed or stale callback
             # (Twilio retries; a signed request verifies again) adds no event.
             session.add(
@@ -144,6 +154,7 @@ async def status_callback(request: Request) -> Response:
             )
             row.state = new_state
             row.provider_message_id = row.provider_message_id or sid
+            row.sent_at = row.sent_at or now  # handed over (a worker's record is fenced off)
             if new_state in ("undelivered", "failed"):
                 row.last_error = f"Twilio {reported}" + (
                     f" (error {error_code})" if error_code else ""
@@ -158,6 +169,50 @@ async def status_callback(request: Request) -> Response:
                 point.updated_at = now
     state.count(f"twilio_status_{new_state}")
     return Response(status_code=204)
+
+
+def _awaiting_retry() -> ColumnElement[bool]:
+    """A delivery waiting for its retry after an attempt that ended in a retryable error
+    (``last_error``): the send may have reached Twilio all the same (no answer within the
+    timeout, a connection lost after the request went), and only then does Twilio call
+    back with the delivery's id. One never tried, or given back untried, is not matched."""
+    return and_(
+        Delivery.state == "pending",
+        Delivery.attempts >= 1,
+        Delivery.last_error.is_not(None),
+        Delivery.provider_message_id.is_(None),
+    )
+
+
+def _record_handover(
+    session: AsyncSession, row: Delivery, sid: str, reported: str, now: datetime
+) -> None:
+    """Twilio took the message of a delivery waiting for its retry: record it ``sent``,
+    as the send would have been had Twilio answered in time (its SID, ``sent_at``, no
+    error), so that it is not sent again; what the callback reports beyond that (delivered,
+    undelivered, failed) then moves it on like any other."""
+    session.add(
+        DeliveryEvent(
+            delivery_id=row.id,
+            at=now,
+            state="sent",
+            provider_message_id=sid,
+            detail=(
+                f"attempt {row.attempts}: taken by Twilio after all (its status callback "
+                f"says {reported}); not sent again"
+            ),
+        )
+    )
+    row.state = "sent"
+    row.provider_message_id = sid or None
+    row.sent_at = now
+    row.last_error = None
+    row.next_attempt_at = now  # no retry waits any more
+    row.lease_owner = row.lease_expires_at = None
+    log.info(
+        "Twilio took a message whose send went unanswered; its retry is called off",
+        extra={"delivery": row.id},
+    )
 
 
 async def _fail_over(session: AsyncSession, state: WebState, row: Delivery, now: datetime) -> None:

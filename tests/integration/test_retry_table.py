@@ -87,7 +87,8 @@ TABLE: dict[str, dict[str, Expect]] = {
     "404-nf":   row(PERMANENT, PERMANENT, PERMANENT, DISABLED,  PERMANENT, PERMANENT),
     # 408 Request Timeout: the server gave up waiting for our request; sending again can help.
     "408":      row(RETRY,     RETRY,     RETRY,     RETRY,     RETRY,     RETRY),
-    "410":      row(PERMANENT, PERMANENT, DISABLED,  DISABLED,  PERMANENT, DISABLED),
+    # The webhook rig posts to a fixed url: its 410 is about the endpoint, not the customer.
+    "410":      row(PERMANENT, PERMANENT, DISABLED,  DISABLED,  PERMANENT, PERMANENT),
     "413":      row(PERMANENT, PERMANENT, PERMANENT, PERMANENT, PERMANENT, PERMANENT),
     # FCM QUOTA_EXCEEDED without Retry-After waits at least 60 s (fcm_errors.QUOTA_DEFAULT_WAIT).
     "429":      row(RETRY,     retry(60), RETRY,     RETRY,     RETRY,     RETRY),

@@ -166,6 +166,18 @@ async def test_errors_that_condemn_the_number(
     assert f"error {code}" in error.reason
 
 
+async def test_a_landline_refused_at_the_api_disables_the_number(
+    fake: FakeTwilio, make_channel: ChannelFactory
+) -> None:
+    """Outside the US, Canada and the UK Twilio refuses a landline with 21635, not 21614:
+    the same verdict on the number."""
+    body = error_body(400, 21635, "'To' number cannot be a landline")
+    fake.plan.push(Scripted(400, body=json.dumps(body).encode()))
+    error = await _fails(make_channel())
+    assert (error.retryable, error.contact_point) == (False, ContactPointState.DISABLED)
+    assert "error 21635: 'To' number cannot be a landline" in error.reason
+
+
 async def test_429_is_retried_after_what_twilio_asked(
     fake: FakeTwilio, make_channel: ChannelFactory
 ) -> None:
@@ -316,6 +328,7 @@ async def test_a_closed_channel_refuses_to_send(make_channel: ChannelFactory) ->
         (400, 21610, False, ContactPointState.OPTED_OUT),
         (400, 21211, False, ContactPointState.DISABLED),
         (400, 21614, False, ContactPointState.DISABLED),
+        (400, 21635, False, ContactPointState.DISABLED),  # a landline
         (429, None, True, None),
         (400, 20429, True, None),  # the code alone says "slow down"
         (400, 21611, True, None),  # the sender's queue is full: it drains
@@ -381,10 +394,13 @@ def test_status_map() -> None:
 
 def test_inbound_keywords() -> None:
     cases = {
-        "stop": ["STOP", "stop", " Stop\n", "STOPALL", "unsubscribe", "CANCEL", "end", "Quit"],
+        "stop": [
+            *("STOP", "stop", " Stop\n", "STOPALL", "unsubscribe", "CANCEL", "end", "Quit"),
+            *("REVOKE", "optout", " OptOut "),  # Twilio's since May 2025
+        ],
         "start": ["START", "unstop", "Yes "],
         "help": ["HELP", "info"],
-        None: ["", "stop please", "STOP.", "yes!", "ſtop", "S T O P", "hello"],
+        None: ["", "stop please", "STOP.", "yes!", "ſtop", "S T O P", "hello", "OPT OUT"],
     }
     for keyword, bodies in cases.items():
         assert [parse_inbound_keyword(body) for body in bodies] == [keyword] * len(bodies)
