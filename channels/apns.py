@@ -8,7 +8,10 @@ How one send goes:
    (TooManyProviderTokenUpdates), so 50 minutes sits inside both limits.
 2. ``POST {base_url}/3/device/{token}`` over one multiplexed HTTP/2 connection
    (``httpx.AsyncClient(http2=True)``; APNs speaks nothing else) with the ``apns-*`` headers
-   and ``{"aps": {"alert": {...}, "sound": ...}, "delivery": <delivery id>}``.
+   and ``{"aps": {"alert": {...}, "sound": ..., "thread-id": ...}, "delivery": <delivery
+   id>, "url": <incident page>}``. An incident's notifications share the ``thread-id``
+   (one group on the device); its "no news yet" and its resolution share an
+   ``apns-collapse-id``, each replacing the last (:func:`~channels.base.push_replaces`).
 3. ``200`` returns the ``apns-id`` response header as the receipt. ``403
    ExpiredProviderToken`` signs a fresh token and retries once, inside this send. Every other
    failure maps onto :class:`~channels.base.DeliveryError` by :func:`apns_error`.
@@ -36,11 +39,14 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from channels.base import (
+    LINK_HEADER,
     ContactPointState,
     DeliveryError,
     Message,
     Receipt,
     Target,
+    push_replaces,
+    push_thread,
     urgency_step,
 )
 from channels.http_common import json_bytes, json_object, parse_retry_after
@@ -53,6 +59,8 @@ TOKEN_REFRESH = 50 * 60.0
 PAYLOAD_LIMIT = 4096
 """Bytes APNs accepts for an alert notification's JSON payload."""
 TITLE_LIMIT = 200
+_LINK_LIMIT = PAYLOAD_LIMIT // 4
+"""The longest incident link sent: an absurd one must not crowd out the words."""
 APNS_ID_NAMESPACE = uuid.UUID("6f1c3d2e-8a4b-5c6d-9e0f-a1b2c3d4e5f6")
 """uuid5 namespace of ``apns-id``: fixed forever, or retries would change their ids."""
 _DEVICE_TOKEN = re.compile(r"[0-9a-fA-F]{8,400}")
@@ -176,14 +184,22 @@ class ApnsChannel:
         return f"ApnsChannel(name={self.name!r}, topic={self._settings.topic!r})"
 
     def payload(self, message: Message) -> bytes:
-        """The JSON payload, its body shortened until it fits APNs' 4 KB."""
+        """The JSON payload, its body shortened until it fits APNs' 4 KB. An incident's
+        notifications share a ``thread-id`` (iOS shows them as one group) and carry the
+        incident page (``url``) for the app to open."""
         title = shorten(message.subject, TITLE_LIMIT)
+        thread = push_thread(message)
+        link = message.headers.get(LINK_HEADER, "")
         limit = BODY_LIMIT
         while True:
             aps: dict[str, Any] = {"alert": {"title": title, "body": shorten(message.text, limit)}}
             if self._settings.sound:
                 aps["sound"] = self._settings.sound
-            document = {"aps": aps, "delivery": message.idempotency_key}
+            if thread:
+                aps["thread-id"] = thread
+            document: dict[str, Any] = {"aps": aps, "delivery": message.idempotency_key}
+            if link and len(link) <= _LINK_LIMIT:
+                document["url"] = link
             encoded = json_bytes(document)
             if len(encoded) <= PAYLOAD_LIMIT:
                 return encoded
@@ -191,13 +207,17 @@ class ApnsChannel:
                 raise DeliveryError("APNs payload too large even when shortened", retryable=False)
             limit = limit * 3 // 4
 
-    def headers(self, provider_token: str, apns_id: str, urgency: int = 0) -> dict[str, str]:
+    def headers(
+        self, provider_token: str, apns_id: str, urgency: int = 0, collapse_id: str | None = None
+    ) -> dict[str, str]:
         """The request headers (public so tests can inspect them). A step of ``low``
         urgency (``urgency`` -1, :func:`~channels.base.urgency_step`) is sent at priority 5,
-        which APNs delivers as the device's power allows; otherwise ``priority``."""
+        which APNs delivers as the device's power allows; otherwise ``priority``. With
+        ``collapse_id`` (:func:`~channels.base.push_replaces`), the notification replaces
+        the one shown under the same id."""
         s = self._settings
         expiration = int(self._now()) + s.expiration if s.expiration else 0
-        return {
+        headers = {
             "authorization": f"bearer {provider_token}",
             "apns-topic": s.topic,
             "apns-push-type": s.push_type,
@@ -206,6 +226,9 @@ class ApnsChannel:
             "apns-id": apns_id,
             "content-type": "application/json",
         }
+        if collapse_id:
+            headers["apns-collapse-id"] = collapse_id
+        return headers
 
     async def send(self, target: Target, message: Message) -> Receipt:
         if self._closed:
@@ -221,10 +244,15 @@ class ApnsChannel:
         apns_id = apns_id_for(message.idempotency_key)
         provider = self._provider_token()
         urgency = urgency_step(message)
-        response = await self._post(device, payload, self.headers(provider, apns_id, urgency))
+        collapse = push_replaces(message)
+        response = await self._post(
+            device, payload, self.headers(provider, apns_id, urgency, collapse)
+        )
         if response.status_code == 403 and _reason(response) == "ExpiredProviderToken":
             provider = self._provider_token(stale=provider)
-            response = await self._post(device, payload, self.headers(provider, apns_id, urgency))
+            response = await self._post(
+                device, payload, self.headers(provider, apns_id, urgency, collapse)
+            )
         if response.status_code == 200:
             self._accepted = True
             return Receipt(provider_message_id=response.headers.get("apns-id") or apns_id)

@@ -19,6 +19,8 @@ Like Alertmanager's notifier, a channel never returns ``False``: it either retur
 from __future__ import annotations
 
 import enum
+import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -55,6 +57,16 @@ class Message:
     headers: dict[str, str] = field(default_factory=dict)
     created_at: datetime | None = None
     """When the message was composed (the daemon's clock); email uses it for ``Date``."""
+    thread: str = ""
+    """The conversation the message belongs to, the same in each of its messages for its
+    whole life: ``incident-<id>`` for an incident's rounds; empty for a message that stands
+    alone (a channel test, a staff notice). Email threads a customer's messages on it, push
+    channels group an incident's notifications on it (:func:`push_thread`)."""
+    posted_at: datetime | None = None
+    """When what the message tells was posted (the incident update its round carries): the
+    same in every attempt at the message, where ``created_at`` is each attempt's own. Email
+    mixes it into the Message-ID, so that a new store, whose delivery ids start again at 1,
+    cannot repeat an earlier store's Message-IDs."""
 
 
 URGENCY_HEADER = "X-Broadcaster-Urgency"
@@ -65,6 +77,55 @@ def urgency_step(message: Message) -> int:
     """The message's urgency as a step from a channel's configured priority: -1 for ``low``,
     +1 for ``high``, 0 for ``normal`` or none. Channels that know priorities apply it."""
     return {"low": -1, "high": 1}.get(message.headers.get(URGENCY_HEADER, ""), 0)
+
+
+LINK_HEADER = "X-Broadcaster-Link"
+"""The public incident page the message links to (every incident message has one)."""
+
+KIND_HEADER = "X-Broadcaster-Kind"
+"""What the message is: ``first``, ``update``, ``no_news`` or ``resolution``."""
+
+SUPERSEDING_KINDS = frozenset({"no_news", "resolution"})
+"""Kinds whose push notification replaces the incident's last "no news yet" on the device
+(:func:`push_replaces`): a newer "no news yet" says all an older one did, and the resolution
+ends the wait. A first notice or an operator's update is never replaced (it may hold a
+workaround the customer has not read yet), and nothing but a reopened incident's "no news
+yet" or a later resolution replaces a resolution."""
+
+PUSH_ID_LIMIT = 64
+"""Bytes of a push grouping or collapse id: APNs refuses an ``apns-collapse-id`` over 64."""
+
+
+def push_thread(message: Message, limit: int = PUSH_ID_LIMIT) -> str | None:
+    """What a push channel groups the message's notification under (APNs ``thread-id``):
+    its :attr:`Message.thread` in the base64url alphabet (which every push header takes,
+    RFC 8030's ``Topic`` too) and at most ``limit`` characters; None for a message that
+    stands alone."""
+    return _push_id(message.thread, limit) if message.thread else None
+
+
+def push_replaces(message: Message, limit: int = PUSH_ID_LIMIT) -> str | None:
+    """The id under which the message's notification replaces an earlier one of its
+    incident (APNs ``apns-collapse-id``, FCM's Android ``tag``), or None when it must stand
+    on its own. Only the kinds in :data:`SUPERSEDING_KINDS` share it: one place per incident
+    for "no news yet", which the resolution takes over."""
+    if not message.thread or message.headers.get(KIND_HEADER) not in SUPERSEDING_KINDS:
+        return None
+    return _push_id(f"{message.thread}-wait", limit)
+
+
+def _push_id(value: str, limit: int) -> str:
+    """``value`` when it is base64url text of at most ``limit`` characters; else what of it
+    is, cut short, and a digest of the whole (64 bits), so that two values do not share one."""
+    if len(value) <= limit and _PUSH_ID.fullmatch(value):
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    cleaned = _PUSH_UNSAFE.sub("_", value)[: max(limit - len(digest) - 1, 0)]
+    return f"{cleaned}_{digest}"[-limit:]
+
+
+_PUSH_ID = re.compile(r"[A-Za-z0-9_-]+")
+_PUSH_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 @dataclass(frozen=True, slots=True)

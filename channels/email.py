@@ -1,7 +1,11 @@
 """Email channel over SMTP (aiosmtplib): STARTTLS or implicit TLS, a small connection pool.
 
 Messages are multipart text + HTML with a Message-ID, Date, From, To (with the
-customer's name) and, when configured, Reply-To. SMTP replies map onto the retry
+customer's name) and, when configured, Reply-To. The Message-ID is the same on every
+attempt at one delivery, so a mailbox can drop a copy sent again; an incident's messages
+to one customer reply to one thread id (In-Reply-To, References), so mail clients show
+them as one conversation (:meth:`EmailChannel.message_id`, :meth:`EmailChannel.thread_id`).
+SMTP replies map onto the retry
 contract: 4xx and connection trouble are retryable, a 5xx on the recipient that says the
 mailbox does not exist is permanent and disables the address. Failures while setting up a
 connection (TLS verification, AUTH) are retryable whatever their code: they are the
@@ -22,6 +26,7 @@ import binascii
 import contextlib
 import email.policy
 import functools
+import hashlib
 import os
 import re
 import ssl
@@ -159,13 +164,49 @@ class EmailChannel:
         what does not (From, Reply-To) is rendered once by the standard library, and
         anything unusual (a non-ASCII subject, say) goes through it too, cached.
         """
-        return self._compose(_recipient(target), target.name, message)
+        return self._compose(_recipient(target), target, message)
 
-    def _compose(self, recipient: str, name: str, message: Message) -> OutgoingEmail:
+    def message_id(self, message: Message) -> str:
+        """The Message-ID of ``message``: the same on every attempt at one delivery, so that
+        a copy sent again (after a relay's answer was lost, or a lease expired) is the same
+        message to a mailbox, which can drop it (Gmail, Dovecot's duplicate suppression).
+
+        ``<key.digest@domain>``: the idempotency key (the delivery id; no customer data)
+        and a digest of it with the domain, the thread and the time its content was posted
+        (:attr:`~channels.base.Message.posted_at`). That time keeps it unique beyond one
+        store: a new store, whose delivery ids start again at 1, must not repeat an earlier
+        one's ids, or mailboxes would drop its messages as duplicates. A message that does
+        not say when its content was posted (a staff notice) is salted with the time it was
+        composed instead: unique, and stable only within one composition. Random without a
+        key.
+        """
+        key = message.idempotency_key
+        if not key:
+            return make_msgid(domain=self._domain)
+        when = message.posted_at or message.created_at
+        digest = _digest("message", self._domain, key, message.thread, _instant(when))
+        return f"<{_id_text(key)}.{digest}@{self._domain}>"
+
+    def thread_id(self, target: Target, message: Message) -> str | None:
+        """The id every message of one thread (one incident, told to one customer) replies
+        to: In-Reply-To and References name it, so that mail clients show the incident's
+        messages as one conversation (Thunderbird, Apple Mail and Outlook by References;
+        Gmail when the subjects match too). No message is sent with it as its own
+        Message-ID: the first notice may not be the customer's first email of the incident
+        (it went by SMS, or the address came later), and a store started anew, whose
+        incident ids repeat, could otherwise send a Message-ID that mailboxes have seen.
+        None for a message that stands alone."""
+        if not message.thread:
+            return None
+        person = target.customer_id or target.address
+        digest = _digest("thread", self._domain, message.thread, person)
+        return f"<{_id_text(message.thread)}.{digest}@{self._domain}>"
+
+    def _compose(self, recipient: str, target: Target, message: Message) -> OutgoingEmail:
         """:meth:`build` for the addr-spec ``recipient``: with SMTPUTF8 and UTF-8 headers
         (RFC 6532: the address as it is in To, never encoded) if it is not ASCII."""
         # A line break in a stored name must not stop the email (or condemn the address).
-        name = " ".join(name.split())
+        name = " ".join(target.name.split())
         smtputf8 = not recipient.isascii()
         parts = [self._from, _to_header(name, recipient)]
         if self._reply_to:
@@ -174,9 +215,13 @@ class EmailChannel:
         # The daemon's clock (message.created_at) dates the message, so a fake clock shows.
         created = message.created_at if message.created_at is not None else datetime.now(UTC)
         parts.append(_date_header(int(created.timestamp())))
-        message_id = make_msgid(idstring=_id_string(message.idempotency_key), domain=self._domain)
+        message_id = self.message_id(message)
         parts.append(f"Message-ID: {message_id}\r\n")
         counts = dict.fromkeys(self._reserved, 1)
+        thread = self.thread_id(target, message)
+        if thread is not None:
+            parts.append(f"In-Reply-To: {thread}\r\nReferences: {thread}\r\n")
+            counts["in-reply-to"] = counts["references"] = 1
         for key, value in message.headers.items():
             lowered = key.lower()
             if lowered in _DROPPED or lowered.startswith("content-"):
@@ -302,7 +347,7 @@ class EmailChannel:
             ) from exc
         ascii_recipient = f"{local}@{ascii_domain}"
         try:
-            return ascii_recipient, self._compose(ascii_recipient, target.name, message)
+            return ascii_recipient, self._compose(ascii_recipient, target, message)
         except (ValueError, MessageError) as exc:
             raise DeliveryError(f"cannot build the email: {exc}", retryable=False) from exc
 
@@ -478,6 +523,8 @@ _UTF8_DOT_ATOM = re.compile(rf"[{_ATEXT}\x80-\U0010ffff]+(?:\.[{_ATEXT}\x80-\U00
 _SIMPLE_ADDRESS = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
 _DOMAIN = re.compile(rf"{_DOT_ATOM}|\[[!-Z^-~]*\]")
 _ID_UNSAFE = re.compile(rf"[^{_ATEXT}.]")
+_ID_TEXT_LIMIT = 64
+"""Characters of a key shown in a Message-ID: the line stays far within 998."""
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 """What no address may carry: no SMTP command line can hold it."""
 _LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -557,7 +604,10 @@ def _date_header(timestamp: int) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _max_count(name: str) -> int | None:
-    """How many ``name`` headers a message may carry (the standard library's registry)."""
+    """How many ``name`` headers a message may carry: the standard library's registry, and
+    RFC 5322 3.6's one In-Reply-To and one References, which the registry does not count."""
+    if name in ("in-reply-to", "references"):
+        return 1
     return email.policy.default.header_max_count(name)
 
 
@@ -599,12 +649,26 @@ def _to_header(name: str, address: str) -> str:
     return line + "\r\n"
 
 
-def _id_string(key: str) -> str | None:
-    """The idempotency key as Message-ID text: '/' and anything outside dot-atom text
-    become '.', so a key can neither break the header nor the msg-id syntax."""
-    if not key:
-        return None
-    return _ID_UNSAFE.sub(".", key.replace("/", "."))
+def _id_text(key: str) -> str:
+    """A key as Message-ID text: '/' and anything outside dot-atom text become '.', so a
+    key can neither break the header nor the msg-id syntax; cut to
+    :data:`_ID_TEXT_LIMIT` characters (the digest beside it covers the whole key)."""
+    return _ID_UNSAFE.sub(".", key.replace("/", "."))[:_ID_TEXT_LIMIT]
+
+
+def _digest(*parts: str) -> str:
+    """A digest of ``parts`` for a Message-ID: 100 bits of SHA-256 in lower-case base32."""
+    data = "\x00".join(parts).encode("utf-8", "surrogatepass")
+    return base64.b32encode(hashlib.sha256(data).digest()).decode("ascii")[:20].lower()
+
+
+def _instant(when: datetime | None) -> str:
+    """``when`` as text for a digest: the same instant gives the same text in any zone (a
+    naive time is taken as UTC, as the store keeps times)."""
+    if when is None:
+        return ""
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return when.isoformat()
 
 
 def _text_part(subtype: str, text: str) -> bytes:

@@ -10,10 +10,17 @@ How one send goes:
 2. ``POST {base_url}/v1/projects/{project}/messages:send`` with a notification (subject as
    title, text shortened at a sentence boundary as body, both cut further until the
    payload fits FCM's 4096 bytes), the delivery id in ``data`` (FCM has no idempotency key,
-   so the app de-duplicates on ``data.delivery``), high Android priority and an Android
-   ``ttl`` (the setting, an hour by default: FCM's own default keeps a message four weeks
-   for a phone that is off, and a disruption notice is stale long before). A 401 (our
-   access token was refused) fetches a new token and retries once.
+   so the app de-duplicates on ``data.delivery``) with the incident page (``url``) and
+   thread, and a block per platform, since a token may be an Android app's, an iOS app's or
+   a web page's: each gets the lifetime (the ``ttl`` setting, an hour by default, as
+   ``android.ttl``, ``apns-expiration`` and Web Push's ``TTL``: FCM's own defaults keep a
+   message four weeks, or 30 days for iOS, for a device that is off, and a disruption
+   notice is stale long before) and the priority (high; under a step of low urgency
+   Android's normal, APNs' 5, Web Push's ``normal``), and the incident's grouping: APNs'
+   ``thread-id``, and for its "no news yet" and resolution one Android ``tag``,
+   ``apns-collapse-id`` and Web Push ``Topic`` and tag, so that each replaces the last
+   (:func:`~channels.base.push_replaces`). A 401 (our access token was refused) fetches a
+   new token and retries once.
 3. ``200`` returns the message name as the receipt; anything else maps onto
    :class:`~channels.base.DeliveryError` by :func:`~channels.fcm_errors.fcm_error`, which
    says per FCM error code whether a retry can help and whether the registration token is dead.
@@ -44,11 +51,14 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from channels.base import (
+    LINK_HEADER,
     ContactPointState,
     DeliveryError,
     Message,
     Receipt,
     Target,
+    push_replaces,
+    push_thread,
     urgency_step,
 )
 from channels.fcm_errors import fcm_error, parse_google_error, token_error
@@ -88,8 +98,9 @@ class FcmSettings(BaseModel):
     """OAuth2 token endpoint; defaults to the service account's ``token_uri``."""
     base_url: str = Field(default="https://fcm.googleapis.com", pattern=r"^https?://")
     ttl: int = Field(default=3600, ge=0, le=MAX_TTL)
-    """Seconds FCM keeps a message for an Android device that is offline (``android.ttl``);
-    0 = now or never. Without it FCM keeps one four weeks: a notice long out of date."""
+    """Seconds FCM keeps a message for a device that is offline, whatever its platform
+    (``android.ttl``, APNs' ``apns-expiration``, Web Push's ``TTL``); 0 = now or never.
+    Without it FCM keeps one four weeks: a notice long out of date."""
     timeout: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="after")
@@ -185,6 +196,7 @@ class FcmChannel:
         self._send_url = f"{base}/v1/projects/{quote(self._project, safe='')}/messages:send"
         self._token_uri = settings.token_uri or self._account.token_uri
         self._now = now
+        self._ttl = settings.ttl
         self._android = {"priority": "high", "ttl": f"{settings.ttl}s"}
         self._client = httpx.AsyncClient(timeout=settings.timeout, transport=transport)
         self._token: _AccessToken | None = None
@@ -200,13 +212,22 @@ class FcmChannel:
         The title is cut to :data:`TITLE_LIMIT` characters and the body to
         :data:`~channels.push_common.BODY_LIMIT`, and the body further (as for APNs) until
         the notification and data fit FCM's :data:`PAYLOAD_LIMIT` bytes: a thousand
-        characters of CJK text or emoji are 3,000 to 4,000 bytes of UTF-8."""
+        characters of CJK text or emoji are 3,000 to 4,000 bytes of UTF-8.
+
+        A registration token may be an Android app's, an iOS app's or a web page's, and FCM
+        applies each platform's block only to its own: ``android``, ``apns`` and ``webpush``
+        each get the lifetime (``ttl``) and the priority, and the incident's grouping
+        (:func:`~channels.base.push_thread`, :func:`~channels.base.push_replaces`)."""
         title = shorten(message.subject, TITLE_LIMIT)
-        data = {"delivery": message.idempotency_key}
+        data = _data(message)
+        thread = push_thread(message)
+        # On iOS FCM adds the APNs payload's aps to the notification and the data: counted.
+        payload = {"aps": {"thread-id": thread}} if thread else {}
         limit = BODY_LIMIT
         while True:
             notification = {"title": title, "body": shorten(message.text, limit)}
-            if len(json_bytes({"notification": notification, "data": data})) <= PAYLOAD_LIMIT:
+            counted = {"notification": notification, "data": data, **payload}
+            if len(json_bytes(counted)) <= PAYLOAD_LIMIT:
                 break
             if limit <= 16:
                 raise DeliveryError(
@@ -214,17 +235,54 @@ class FcmChannel:
                     retryable=False,
                 )
             limit = limit * 3 // 4
+        # A step of low urgency: normal priority, which Android may batch (Doze), and
+        # APNs' 5 and Web Push's normal, which wait for the device's power to allow.
+        low = urgency_step(message) < 0
+        replaces = push_replaces(message)
+        android: dict[str, Any] = {**self._android, "priority": "normal" if low else "high"}
+        if replaces:
+            # Shown in place of the incident's earlier "no news yet" (Android's tag).
+            android["notification"] = {"tag": replaces}
         return {
             "message": {
                 "token": target.address.strip(),
                 "notification": notification,
                 "data": data,
-                # A step of low urgency: normal priority, which Android may batch (Doze).
-                "android": dict(self._android)
-                if urgency_step(message) >= 0
-                else {**self._android, "priority": "normal"},
+                "android": android,
+                "apns": self._apns(payload, low=low, replaces=replaces),
+                "webpush": self._webpush(message, low=low, replaces=replaces),
             }
         }
+
+    def _apns(self, payload: dict[str, Any], *, low: bool, replaces: str | None) -> dict[str, Any]:
+        """The ``apns`` block for an iOS token: APNs' own headers (FCM's defaults would
+        keep the message 30 days at priority 10) and ``payload``, the incident's
+        ``thread-id`` (FCM merges it with the notification: an aps without "alert" keeps
+        the notification's title and body)."""
+        expiration = int(self._now()) + self._ttl if self._ttl else 0
+        headers = {"apns-priority": "5" if low else "10", "apns-expiration": str(expiration)}
+        if replaces:
+            headers["apns-collapse-id"] = replaces
+        block: dict[str, Any] = {"headers": headers}
+        if payload:
+            block["payload"] = payload
+        return block
+
+    def _webpush(self, message: Message, *, low: bool, replaces: str | None) -> dict[str, Any]:
+        """The ``webpush`` block for a web token: RFC 8030's headers (FCM's default keeps a
+        web message four weeks), the notification's tag where it replaces an earlier one,
+        and the incident page to open on a click (FCM takes HTTPS links only)."""
+        headers = {"TTL": str(self._ttl), "Urgency": "normal" if low else "high"}
+        topic = push_replaces(message, _TOPIC_LIMIT)
+        if topic:
+            headers["Topic"] = topic  # a newer one replaces it while queued for the browser
+        block: dict[str, Any] = {"headers": headers}
+        if replaces:
+            block["notification"] = {"tag": replaces, "renotify": True}
+        link = message.headers.get(LINK_HEADER, "")
+        if link.startswith("https://") and len(link) <= _LINK_LIMIT:
+            block["fcm_options"] = {"link": link}
+        return block
 
     async def send(self, target: Target, message: Message) -> Receipt:
         if self._closed:
@@ -349,3 +407,23 @@ class FcmChannel:
 
 def _describe(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
+
+
+_TOPIC_LIMIT = 32
+"""Characters of a Web Push ``Topic`` (RFC 8030 5.4)."""
+_LINK_LIMIT = PAYLOAD_LIMIT // 4
+"""The longest incident link sent: an absurd one must not crowd out the words."""
+
+
+def _data(message: Message) -> dict[str, str]:
+    """The ``data`` the app receives (strings only, as FCM requires; on iOS, keys of the
+    APNs payload): the delivery id to de-duplicate on, and, for an incident's messages,
+    the incident page to open and the thread its notifications are grouped under."""
+    data = {"delivery": message.idempotency_key}
+    link = message.headers.get(LINK_HEADER, "")
+    if link and len(link) <= _LINK_LIMIT:
+        data["url"] = link
+    thread = push_thread(message)
+    if thread:
+        data["thread"] = thread
+    return data

@@ -494,6 +494,13 @@ class Dispatcher:
                     URGENCY_HEADER: content.urgency,
                 }
             )
+            # One conversation per incident (an email thread, a push group); the update's
+            # time keeps email's Message-IDs unique beyond this store (channels.base).
+            message = dataclasses.replace(
+                message,
+                thread=f"incident-{content.facts.incident_id}",
+                posted_at=content.facts.posted_at,
+            )
             try:
                 units = units_of(channel, message)
             except ValueError as exc:  # a message the channel cannot send (too long an SMS)

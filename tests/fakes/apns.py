@@ -188,6 +188,8 @@ class FakeApns:
         apns_id = headers.get("apns-id")
         if apns_id is not None and not _UUID.fullmatch(apns_id):
             return 400, "BadMessageId"
+        if len(headers.get("apns-collapse-id", "").encode()) > 64:
+            return 400, "BadCollapseId"
         return None
 
 

@@ -307,6 +307,17 @@ def _invalid_message(body: Any) -> str | None:
         "NORMAL",
     ):
         return "message.android.priority"
+    for part in ("apns", "webpush"):
+        block = message.get(part, {})
+        headers = block.get("headers", {}) if isinstance(block, dict) else None
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            return f"message.{part}.headers"
+    collapse = message.get("apns", {}).get("headers", {}).get("apns-collapse-id", "")
+    if len(collapse.encode()) > 64:  # APNs' limit, which FCM applies
+        return "message.apns.headers"
+    link = message.get("webpush", {}).get("fcm_options", {}).get("link", "https://")
+    if not isinstance(link, str) or not link.startswith("https://"):
+        return "message.webpush.fcm_options.link"  # "HTTPS is required"
     return None
 
 

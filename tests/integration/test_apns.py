@@ -184,6 +184,65 @@ async def test_a_step_of_low_urgency_goes_at_priority_5(
     assert [request.headers["apns-priority"] for request in fake.delivered] == ["5", "10", "10"]
 
 
+def incident(kind: str, key: str, thread: str = "incident-7") -> Message:
+    """A round's message as the dispatcher hands it over."""
+    headers = {"X-Broadcaster-Link": "https://status.example.org/incidents/7"}
+    return Message(
+        subject="Line 4 stopped",
+        text="Trains on line 4 are stopped.",
+        idempotency_key=key,
+        headers={**headers, "X-Broadcaster-Kind": kind},
+        thread=thread,
+    )
+
+
+async def test_an_incidents_notifications_share_a_thread_and_carry_its_link(
+    make_channel: ChannelFactory, fake: FakeApns
+) -> None:
+    """iOS shows an incident's notifications as one group (``thread-id``); the app opens
+    the incident page (``url``)."""
+    await make_channel().send(Target(DEVICE), incident("first", "delivery-1"))
+
+    [request] = fake.delivered
+    assert request.payload == {
+        "aps": {
+            "alert": {"title": "Line 4 stopped", "body": "Trains on line 4 are stopped."},
+            "sound": "default",
+            "thread-id": "incident-7",
+        },
+        "delivery": "delivery-1",
+        "url": "https://status.example.org/incidents/7",
+    }
+    assert "apns-collapse-id" not in request.headers
+
+
+async def test_no_news_and_the_resolution_replace_the_last_no_news_but_nothing_else(
+    make_channel: ChannelFactory, fake: FakeApns
+) -> None:
+    """A critical incident at a 10-minute cadence must not stack dozens of "still working
+    on it": each replaces the last (``apns-collapse-id``), and the resolution replaces the
+    last of them. The first notice and an operator's update are never replaced."""
+    channel = make_channel()
+    kinds = ["first", "no_news", "no_news", "update", "no_news", "resolution"]
+    for n, kind in enumerate(kinds):
+        await channel.send(Target(DEVICE), incident(kind, f"delivery-{n}"))
+
+    collapse = [request.headers.get("apns-collapse-id") for request in fake.delivered]
+    slot = "incident-7-wait"
+    assert collapse == [None, slot, slot, None, slot, slot]
+    assert {request.payload["aps"]["thread-id"] for request in fake.delivered} == {"incident-7"}
+
+
+async def test_a_long_thread_still_makes_a_collapse_id_apns_takes(
+    make_channel: ChannelFactory, fake: FakeApns
+) -> None:
+    thread = "incident-" + "9" * 80
+    await make_channel().send(Target(DEVICE), incident("no_news", "delivery-1", thread))
+
+    [request] = fake.delivered
+    assert len(request.headers["apns-collapse-id"].encode()) <= 64
+
+
 async def test_many_concurrent_sends_share_one_connection_and_one_token(
     make_channel: ChannelFactory, fake: FakeApns
 ) -> None:

@@ -152,7 +152,7 @@ def test_an_email_through_smtp_prints_the_message_id(config: Path, sink: SmtpSin
 # Delivery errors: exit 1 ------------------------------------------------------------------
 
 
-def test_a_gone_webhook_reports_a_disabled_contact_point(config: Path) -> None:
+def test_a_gone_fixed_webhook_url_is_blamed_not_the_contact_point(config: Path) -> None:
     result = invoke(config, "gone-hook", "--to", "acct-1")
 
     assert result.exit_code == 1
@@ -161,10 +161,10 @@ def test_a_gone_webhook_reports_a_disabled_contact_point(config: Path) -> None:
         "error: channel 'gone-hook' (webhook) did not deliver the test message\n"
     )
     report = lines(result.stderr)
-    assert "answered 410" in report["reason"]
+    assert "answered 410" in report["reason"] and report["reason"].endswith("(check url)")
     assert report["retryable"].startswith("no ")
     assert report["retry after"] == "not given"
-    assert report["contact point"].startswith("disabled ")
+    assert report["contact point"] == "unchanged"  # the url is gone, not the customer's hook
     assert report["idempotency key"].startswith("test-")
     assert_no_secrets(result)
 

@@ -11,12 +11,14 @@ import gc
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
+from email import message_from_bytes
 from pathlib import Path
 from typing import Any, get_args
 
 import aiosmtplib
 import pytest
 import trustme
+from aiosmtpd.controller import Controller
 
 from broadcaster import eventloop
 from broadcaster.devsmtp import ReceivedMail, SmtpSink
@@ -164,6 +166,62 @@ async def test_starttls_delivers_multipart_with_all_headers(
     assert email["List-Unsubscribe"] == "<https://x/u>"
     assert receipt.provider_message_id == message_id(mail)
     assert "round-1.c1.email" in message_id(mail)
+
+
+class _LateAcknowledgement:
+    """aiosmtpd hook: keeps each message, then answers 250 only after ``delay`` seconds
+    (a relay that queued the message but whose answer is lost to our timeout)."""
+
+    def __init__(self) -> None:
+        self.stored: list[bytes] = []
+        self.delay = 0.0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.stored.append(envelope.original_content or b"")
+        await asyncio.sleep(self.delay)
+        return "250 2.0.0 OK: queued"
+
+
+async def test_a_copy_sent_again_after_a_lost_answer_has_the_same_message_id(
+    make_channel: ChannelFactory,
+) -> None:
+    """The relay takes the message, its 250 comes after ``timeout``: the send is retried
+    (by a channel built anew, as after a restart) and the mailbox gets a second copy,
+    which it can drop as a duplicate only if the Message-ID is the same."""
+    hook = _LateAcknowledgement()
+    controller = Controller(hook, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        msg = message("delivery-20", thread="incident-7")
+        hook.delay = 3.0
+        with pytest.raises(DeliveryError) as failed:
+            await make_channel(controller.port, security="none", timeout=0.5).send(target(), msg)
+        assert failed.value.retryable
+        hook.delay = 0.0
+        channel = make_channel(controller.port, security="none")
+        receipt = await channel.send(target(), msg)
+    finally:
+        controller.stop()
+
+    ids = [message_from_bytes(raw)["Message-ID"] for raw in hook.stored]
+    assert ids == [receipt.provider_message_id] * 2
+
+
+async def test_an_incidents_messages_arrive_as_one_thread(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    sink = make_sink()
+    channel = make_channel(sink.port)
+    for n in (1, 2):
+        await channel.send(target(), message(f"delivery-{n}", thread="incident-7"))
+    await channel.send(target(2), message("delivery-3", thread="incident-7"))
+
+    first, second, other = sink.wait_for(3, WAIT)
+    root = str(first.message["References"]).strip()
+    assert str(second.message["References"]).strip() == root
+    assert str(second.message["In-Reply-To"]).strip() == root
+    assert str(other.message["References"]).strip() != root  # another customer's thread
+    assert root not in {message_id(first), message_id(second)}
 
 
 async def test_text_only_message_and_the_envelope(

@@ -114,6 +114,10 @@ async def test_send_posts_the_v1_message_and_returns_its_name(
             "notification": {"title": "Line 4 stopped", "body": "Trains on line 4 are stopped."},
             "data": {"delivery": "d-1"},
             "android": {"priority": "high", "ttl": "3600s"},
+            "apns": {
+                "headers": {"apns-priority": "10", "apns-expiration": str(1_700_000_000 + 3600)}
+            },
+            "webpush": {"headers": {"TTL": "3600", "Urgency": "high"}},
         }
     }
     [exchange] = fake.exchanges
@@ -142,25 +146,105 @@ async def test_json_secret_with_project_and_token_uri_overrides(
     assert [r.project for r in fake.delivered] == ["other"]
 
 
-@pytest.mark.parametrize(("ttl", "sent"), [(0, "0s"), (900, "900s"), (2_419_200, "2419200s")])
-async def test_ttl_bounds_how_long_fcm_keeps_the_message(
-    make_channel: ChannelFactory, fake: FakeFcm, ttl: int, sent: str
+@pytest.mark.parametrize(
+    ("ttl", "android", "expiration"),
+    [(0, "0s", "0"), (900, "900s", "1700000900"), (2_419_200, "2419200s", "1702419200")],
+)
+async def test_ttl_bounds_how_long_fcm_keeps_the_message_on_every_platform(
+    make_channel: ChannelFactory, fake: FakeFcm, ttl: int, android: str, expiration: str
 ) -> None:
-    """Without ``android.ttl`` FCM keeps a message four weeks for a phone that is off: a
-    disruption notice would arrive long after the incident is over."""
+    """Without a lifetime FCM keeps a message four weeks (30 days for APNs) for a device
+    that is off: a disruption notice would arrive long after the incident is over. A token
+    may be an Android app's, an iOS app's or a web page's, and FCM applies each platform's
+    block to its own only: each says the lifetime in its own terms, by the channel's clock."""
     await make_channel(ttl=ttl).send(Target(TOKEN), MESSAGE)
-    assert fake.delivered[0].body["message"]["android"] == {"priority": "high", "ttl": sent}
+    sent = fake.delivered[0].body["message"]
+    assert sent["android"] == {"priority": "high", "ttl": android}
+    assert sent["apns"]["headers"]["apns-expiration"] == expiration
+    assert sent["webpush"]["headers"]["TTL"] == str(ttl)
 
 
-async def test_a_step_of_low_urgency_goes_at_normal_priority(
+async def test_a_step_of_low_urgency_goes_at_normal_priority_on_every_platform(
     make_channel: ChannelFactory, fake: FakeFcm
 ) -> None:
     channel = make_channel()
     for urgency in ("low", "normal", "high"):
         message = dataclasses.replace(MESSAGE, headers={"X-Broadcaster-Urgency": urgency})
         await channel.send(Target(TOKEN), message)
-    sent = [request.body["message"]["android"]["priority"] for request in fake.delivered]
-    assert sent == ["normal", "high", "high"]
+    sent = [request.body["message"] for request in fake.delivered]
+    assert [m["android"]["priority"] for m in sent] == ["normal", "high", "high"]
+    assert [m["apns"]["headers"]["apns-priority"] for m in sent] == ["5", "10", "10"]
+    assert [m["webpush"]["headers"]["Urgency"] for m in sent] == ["normal", "high", "high"]
+
+
+def incident(kind: str, key: str, **headers: str) -> Message:
+    """A round's message as the dispatcher hands it over."""
+    return dataclasses.replace(
+        MESSAGE,
+        idempotency_key=key,
+        thread="incident-7",
+        headers={
+            "X-Broadcaster-Link": "https://status.example.org/incidents/7",
+            "X-Broadcaster-Kind": kind,
+            **headers,
+        },
+    )
+
+
+async def test_an_incidents_notifications_carry_its_link_and_thread(
+    make_channel: ChannelFactory, fake: FakeFcm
+) -> None:
+    """The app opens the incident page; iOS shows the incident's notifications as one group;
+    a web page's click opens the page (FCM's web SDK)."""
+    await make_channel().send(Target(TOKEN), incident("first", "delivery-1"))
+
+    sent = fake.delivered[0].body["message"]
+    assert sent["data"] == {
+        "delivery": "delivery-1",
+        "url": "https://status.example.org/incidents/7",
+        "thread": "incident-7",
+    }
+    assert sent["apns"]["payload"] == {"aps": {"thread-id": "incident-7"}}
+    assert sent["webpush"]["fcm_options"] == {"link": "https://status.example.org/incidents/7"}
+
+
+async def test_no_news_and_the_resolution_replace_the_last_no_news_but_nothing_else(
+    make_channel: ChannelFactory, fake: FakeFcm
+) -> None:
+    """A critical incident at a 10-minute cadence must not stack dozens of "still working
+    on it": each replaces the last, and the resolution replaces the last of them. The first
+    notice and an operator's update stand on their own: they may tell a workaround the
+    customer has not read yet, and the apology is never replaced by a "no news yet"."""
+    channel = make_channel()
+    kinds = ["first", "no_news", "no_news", "update", "no_news", "resolution"]
+    for n, kind in enumerate(kinds):
+        await channel.send(Target(TOKEN), incident(kind, f"delivery-{n}"))
+
+    sent = [request.body["message"] for request in fake.delivered]
+    tags = [m["android"].get("notification", {}).get("tag") for m in sent]
+    collapse = [m["apns"]["headers"].get("apns-collapse-id") for m in sent]
+    topics = [m["webpush"]["headers"].get("Topic") for m in sent]
+    web_tags = [m["webpush"].get("notification", {}).get("tag") for m in sent]
+    slot = "incident-7-wait"
+    expected = [None, slot, slot, None, slot, slot]
+    assert tags == collapse == topics == web_tags == expected
+    assert all(
+        m["webpush"]["notification"]["renotify"] for m in sent if "notification" in m["webpush"]
+    )
+    assert {m["apns"]["payload"]["aps"]["thread-id"] for m in sent} == {"incident-7"}
+    assert "collapse_key" not in str(sent)  # FCM keeps four collapse keys a device at most
+
+
+async def test_a_link_fcm_would_refuse_for_the_web_stays_in_the_data_only(
+    make_channel: ChannelFactory, fake: FakeFcm
+) -> None:
+    """FCM takes HTTPS links only in ``webpush.fcm_options`` (an http: one fails the message)."""
+    message = incident("first", "delivery-1", **{"X-Broadcaster-Link": "http://localhost/i/7"})
+    await make_channel().send(Target(TOKEN), message)
+
+    sent = fake.delivered[0].body["message"]
+    assert sent["data"]["url"] == "http://localhost/i/7"
+    assert "fcm_options" not in sent["webpush"]
 
 
 async def test_long_text_is_cut_at_a_sentence(make_channel: ChannelFactory, fake: FakeFcm) -> None:

@@ -91,7 +91,7 @@ def test_multipart_alternative_with_every_header() -> None:
     assert email["Subject"] == "Line 4: trains stopped"
     assert email["Date"].datetime == CREATED
     assert email["Message-ID"] == built.message_id
-    assert re.fullmatch(r"<\d+\.\d+\.\d+\.delivery-7@example\.com>", built.message_id)
+    assert re.fullmatch(r"<delivery-7\.[a-z2-7]{20}@example\.com>", built.message_id)
     for key, value in headers.items():
         assert str(email[key]) == value
     assert not email.defects
@@ -138,6 +138,114 @@ def test_message_id_without_a_key_and_with_a_configured_domain() -> None:
     )
 
     assert re.fullmatch(r"<\d+\.\d+\.\d+@mail\.example\.net>", built.message_id)
+
+
+# -- the same message on every attempt, one thread per incident -----------------------------
+
+POSTED = datetime(2026, 3, 4, 5, 0, tzinfo=UTC)
+ANN = Target("ann@example.com", "Ann de Vries", customer_id="C001")
+BOB = Target("bob@example.com", "Bob", customer_id="C002")
+
+
+def incident_message(key: str = "delivery-7", **kwargs: Any) -> Message:
+    """A round's message as the dispatcher hands it over: thread and posted time set."""
+    values: dict[str, Any] = {"thread": "incident-7", "posted_at": POSTED}
+    values.update(kwargs)
+    return message(idempotency_key=key, **values)
+
+
+def test_a_delivery_has_one_message_id_on_every_attempt_and_after_a_restart() -> None:
+    """A copy sent again (the relay's 250 lost to a timeout, a lease that expired) is the
+    same message to a mailbox, which may then drop it: same key, same Message-ID, though
+    each attempt is composed at its own time and by a channel built anew."""
+    first = channel().build(ANN, incident_message(created_at=CREATED))
+    retried = channel().build(ANN, incident_message(created_at=CREATED + timedelta(minutes=9)))
+
+    assert first.message_id == retried.message_id
+    assert re.fullmatch(r"<delivery-7\.[a-z2-7]{20}@example\.com>", first.message_id)
+    assert first.parse()["Message-ID"] == first.message_id
+
+
+def test_message_ids_differ_per_delivery_per_domain_and_per_store() -> None:
+    """Another delivery, another domain, or the same delivery id in a new store (whose ids
+    start again at 1, its updates posted at other times): never a Message-ID a mailbox has
+    seen, or it would drop the new message as a duplicate."""
+    ids = {
+        channel().build(ANN, incident_message()).message_id,
+        channel().build(ANN, incident_message(key="delivery-8")).message_id,
+        channel(message_id_domain="mail.example.net").build(ANN, incident_message()).message_id,
+        channel().build(ANN, incident_message(posted_at=POSTED + timedelta(days=90))).message_id,
+    }
+    assert len(ids) == 4
+
+
+def test_a_message_without_a_posted_time_is_salted_with_its_composition() -> None:
+    """A staff notice says nothing of a posted update: its id is stable for one
+    composition and a new one otherwise, so a new store's notice-1 is not an old one's."""
+    again = channel().build(ANN, message()).message_id
+    assert channel().build(ANN, message()).message_id == again
+    later = message(created_at=CREATED + timedelta(seconds=1))
+    assert channel().build(ANN, later).message_id != again
+
+
+def test_the_message_id_holds_no_customer_data() -> None:
+    built = channel().build(ANN, incident_message())
+    email = built.parse()
+
+    for secret in ("ann", "Ann", "Vries", "C001"):
+        assert secret not in built.message_id
+        assert secret not in str(email["References"])
+
+
+def test_an_incidents_messages_to_a_customer_reply_to_one_thread() -> None:
+    """First notice, no news and resolution of one incident: In-Reply-To and References
+    name one id, which is no message's own Message-ID, so mail clients thread them."""
+    built = [
+        channel().build(ANN, incident_message(key=f"delivery-{n}", subject=subject))
+        for n, subject in enumerate(["Signal failure", "Still working on it", "Resolved"])
+    ]
+    emails = [b.parse() for b in built]
+
+    roots = {str(e["In-Reply-To"]) for e in emails} | {str(e["References"]) for e in emails}
+    assert len(roots) == 1
+    [root] = roots
+    assert re.fullmatch(r"<incident-7\.[a-z2-7]{20}@example\.com>", root)
+    assert root not in {b.message_id for b in built}
+    assert len({b.message_id for b in built}) == 3
+    assert all(not e.defects for e in emails)
+
+
+def test_threads_are_per_customer_and_per_incident() -> None:
+    def root(target: Target, **kwargs: Any) -> str:
+        return str(channel().build(target, incident_message(**kwargs)).parse()["References"])
+
+    assert root(ANN) == root(Target("ann.new@example.com", "Ann", customer_id="C001"))
+    assert len({root(ANN), root(BOB), root(ANN, thread="incident-8")}) == 3
+    # Without a customer id, the address names the customer.
+    assert root(Target("x@example.com")) != root(Target("y@example.com"))
+
+
+def test_a_message_outside_an_incident_replies_to_nothing() -> None:
+    _, email = build()
+
+    assert "In-Reply-To" not in email and "References" not in email
+
+
+@pytest.mark.parametrize("key", ["In-Reply-To", "references"])
+def test_an_incident_messages_thread_headers_cannot_be_passed_twice(key: str) -> None:
+    with pytest.raises(ValueError, match="at most 1"):
+        channel().build(ANN, incident_message(headers={key: "<other@example.com>"}))
+    # A message outside an incident may carry its own.
+    _, email = build(headers={key: "<other@example.com>"})
+    assert str(email[key]) == "<other@example.com>"
+
+
+def test_a_long_key_is_cut_in_the_message_id_and_still_told_apart() -> None:
+    one = channel().build(ANN, incident_message(key="k" * 500 + "1")).message_id
+    two = channel().build(ANN, incident_message(key="k" * 500 + "2")).message_id
+
+    assert one != two
+    assert len(one) < 120
 
 
 # -- non-ASCII --------------------------------------------------------------------------
@@ -309,7 +417,7 @@ def test_the_idempotency_key_cannot_break_the_message_id() -> None:
     assert "X-Evil" not in email
     assert email["Message-ID"] == built.message_id
     assert re.fullmatch(
-        r"<\d+\.\d+\.\d+\.k\.1\.\.X-Evil\.\.\.1\.x\.\.\.@example\.com>", built.message_id
+        r"<k\.1\.\.X-Evil\.\.\.1\.x\.\.\.\.[a-z2-7]{20}@example\.com>", built.message_id
     )
 
 

@@ -6,6 +6,7 @@ and tests/integration/test_apns.py.
 
 from __future__ import annotations
 
+import re
 import traceback
 import uuid
 from pathlib import Path
@@ -28,7 +29,15 @@ from channels.apns import (
     apns_error,
     apns_id_for,
 )
-from channels.base import Channel, ContactPointState, DeliveryError, Message, Target
+from channels.base import (
+    Channel,
+    ContactPointState,
+    DeliveryError,
+    Message,
+    Target,
+    push_replaces,
+    push_thread,
+)
 from channels.fcm import PAYLOAD_LIMIT, FcmChannel, FcmSettings
 from channels.fcm_errors import fcm_error, token_error
 from channels.http_common import parse_retry_after
@@ -151,6 +160,27 @@ def test_fcm_payload_fits_fcm_s_4096_bytes(subject: str, text: str) -> None:
     assert text.strip().startswith(body.removesuffix("…"))
     assert len(http_common.json_bytes(body)) > PAYLOAD_LIMIT // 3  # cut to fit, not to nothing
     assert sent["data"] == {"delivery": "d-1"}
+
+
+def test_an_incidents_fcm_payload_fits_with_its_link_and_thread_as_ios_gets_it() -> None:
+    """On iOS FCM adds the APNs payload's aps (the thread-id) to the notification and the
+    data: the three together fit."""
+    account = make_service_account("p").json("http://127.0.0.1:9/token")
+    channel = FcmChannel("fcm", FcmSettings(service_account_json=SecretStr(account)))
+    link = "https://status.example.org/incidents/7?" + "x" * 900
+    message = Message(
+        "運休のお知らせ" * 100,
+        "止まっています。再開は未定です。" * 100,
+        idempotency_key="d-1",
+        headers={"X-Broadcaster-Link": link, "X-Broadcaster-Kind": "no_news"},
+        thread="incident-7",
+    )
+    sent = channel.build(Target("token"), message)["message"]
+
+    ios = {"notification": sent["notification"], "data": sent["data"], **sent["apns"]["payload"]}
+    assert len(http_common.json_bytes(ios)) <= PAYLOAD_LIMIT
+    assert sent["data"]["url"] == link
+    assert len(http_common.json_bytes(sent["notification"]["body"])) > PAYLOAD_LIMIT // 4
 
 
 def test_fcm_settings_need_exactly_one_credential(tmp_path: Path) -> None:
@@ -307,3 +337,45 @@ def test_shorten_fits_and_is_a_prefix(text: str, limit: int) -> None:
         assert result == stripped
     else:
         assert stripped.startswith(result.removesuffix("…"))
+
+
+# --- an incident's grouping -------------------------------------------------------------------
+
+
+def kind_of(kind: str, thread: str = "incident-7") -> Message:
+    return Message(subject="s", text="t", thread=thread, headers={"X-Broadcaster-Kind": kind})
+
+
+@pytest.mark.parametrize(
+    ("kind", "replaces"),
+    [
+        ("first", None),
+        ("update", None),
+        ("no_news", "incident-7-wait"),
+        ("resolution", "incident-7-wait"),
+        ("followup_task", None),
+    ],
+)
+def test_only_no_news_and_the_resolution_replace_an_earlier_notification(
+    kind: str, replaces: str | None
+) -> None:
+    assert push_thread(kind_of(kind)) == "incident-7"
+    assert push_replaces(kind_of(kind)) == replaces
+
+
+def test_a_message_outside_an_incident_is_neither_grouped_nor_replaced() -> None:
+    message = Message(subject="s", text="t", headers={"X-Broadcaster-Kind": "no_news"})
+    assert push_thread(message) is None
+    assert push_replaces(message) is None
+
+
+@given(st.text(min_size=1), st.text(min_size=1), st.sampled_from([32, 64]))
+def test_push_ids_fit_their_header_and_tell_threads_apart(one: str, two: str, limit: int) -> None:
+    """Within ``limit`` (APNs' 64 bytes for a collapse id, RFC 8030's 32 for a Topic), in
+    the base64url alphabet every push header takes, and distinct for distinct threads."""
+    ids = [push_replaces(kind_of("no_news", thread), limit) for thread in (one, two)]
+    for value in ids:
+        assert value is not None
+        assert len(value.encode()) <= limit
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", value)
+    assert (ids[0] == ids[1]) == (one == two)
