@@ -43,6 +43,7 @@ from channels.base import (
     Message,
     Receipt,
     Target,
+    push_replaces,
     urgency_step,
 )
 from channels.http_common import (
@@ -75,9 +76,9 @@ DEFAULT_PUSH_HOSTS = (
 )
 """Push services of Chrome/Edge/Android, Firefox, legacy Edge/Windows and Safari."""
 _LINK_HEADER = "X-Broadcaster-Link"
-_ROUND_HEADER = "X-Broadcaster-Round"
 _ELLIPSIS = "…"
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
+TOPIC_LIMIT = 32
 _TOPIC = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
@@ -98,7 +99,8 @@ class WebPushSettings(BaseModel):
     """Seconds a push service keeps a message for an offline browser."""
     urgency: Literal["very-low", "low", "normal", "high"] = "high"
     topic: bool = True
-    """Send ``Topic: incident-<id>``: a newer update replaces one still queued for a device."""
+    """Send a ``Topic`` with "no news yet" and the resolution: a newer one replaces one still
+    queued for an offline device (first notices and updates are never replaced)."""
     push_hosts: list[str] = Field(default_factory=lambda: list(DEFAULT_PUSH_HOSTS))
     """Endpoint hosts accepted (a name matches itself and its subdomains); ``*`` is any."""
     allow_http: bool = False
@@ -365,10 +367,12 @@ def _shorten(fields: dict[str, str], key: str, limit: int) -> None:
 
 
 def _topic(message: Message) -> str | None:
-    """``incident-<id>`` from the round header, when it makes a valid Topic (RFC 8030)."""
-    incident = message.headers.get(_ROUND_HEADER, "").split("/")[0]
-    topic = f"incident-{incident}"
-    return topic if incident and _TOPIC.match(topic) else None
+    """The Topic (RFC 8030) under which a message still queued for an offline device is
+    replaced by a newer one: only "no news yet" and the resolution take it
+    (:func:`~channels.base.push_replaces`), as on FCM and APNs; a first notice or an
+    update, which may hold a workaround, is never replaced by a "no news yet"."""
+    topic = push_replaces(message, TOPIC_LIMIT)
+    return topic if topic and _TOPIC.match(topic) else None
 
 
 def _service_error(response: HttpAnswer, secrets: tuple[str, ...]) -> str:

@@ -129,11 +129,30 @@ async def test_the_browser_decrypts_the_notification(
     # The same bytes through http_ece's decryption, as a cross-check of both sides.
     key, auth = subscriber.private_key, subscriber.auth
     assert http_ece.decrypt(got.body, private_key=key, auth_secret=auth) == plaintext
-    sent = [got.headers[name] for name in ("content-encoding", "ttl", "urgency", "topic")]
-    assert sent == ["aes128gcm", "14400", "high", "incident-7"]
+    sent = [got.headers.get(name) for name in ("content-encoding", "ttl", "urgency", "topic")]
+    assert sent == ["aes128gcm", "14400", "high", None]  # a first notice is never replaced
     # Every message has its own salt and ephemeral sender key.
     assert got.body[:16] != again.body[:16] and got.body[21:86] != again.body[21:86]
     assert subscriber.decrypt(again.body) == plaintext
+
+
+@pytest.mark.parametrize(
+    ("kind", "topic"),
+    [
+        ("first", None),
+        ("update", None),
+        ("no_news", "incident-7-wait"),
+        ("resolution", "incident-7-wait"),
+    ],
+)
+async def test_only_no_news_and_the_resolution_replace_a_queued_notification(
+    make_channel: ChannelFactory, service: PushService, target: Target, kind: str, topic: str | None
+) -> None:
+    """A Topic lets the push service replace a message still queued for an offline device:
+    an update (maybe a workaround) must not give way to the "no news yet" after it."""
+    headers = {"X-Broadcaster-Round": "7/2", "X-Broadcaster-Link": LINK, "X-Broadcaster-Kind": kind}
+    await make_channel().send(target, message(headers=headers, thread="incident-7"))
+    assert service.accepted[-1].headers.get("topic") == topic
 
 
 async def test_vapid_token_is_signed_cached_renewed_and_dropped_when_refused(
