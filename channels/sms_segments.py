@@ -6,6 +6,11 @@ GSM-7: 160 septets in one SMS, 153 per part when it has to be split (the 6-octet
 concatenation header takes the rest). A single character outside that alphabet switches
 the *whole* message to UCS-2: 70 UTF-16 code units in one SMS, 67 per part.
 
+Before counting, :func:`fit` writes a text in the GSM alphabet when that makes the whole
+of it GSM-7 (:func:`gsm7_fold`: typographic punctuation, accented Latin letters the alphabet
+lacks), so that one ``ë`` in a name or one curly apostrophe does not cost more than half of
+every part.
+
 Splitting never separates what a phone must render together, as Twilio's segment
 calculator (and Android's encoder) do: an escape from its code, a surrogate pair, or a
 grapheme cluster (a base with its combining marks, variation selectors, skin-tone
@@ -104,12 +109,13 @@ def fits(text: str, max_segments: int) -> bool:
 @functools.lru_cache(maxsize=1024)
 def fit(text: str, link: str, max_segments: int) -> str:
     """``text``, then ``link`` on its own line, in at most ``max_segments`` parts; typographic
-    punctuation written the GSM-7 way where that keeps the message GSM-7
-    (:func:`gsm7_punctuation`).
+    punctuation and accented Latin letters written the GSM-7 way where that makes the
+    message GSM-7 (:func:`gsm7_fold`).
 
     When everything fits it is returned whole (trailing blank space of ``text`` dropped).
     Otherwise the text is cut after the last complete sentence (ending in ``.``, ``!`` or
-    ``?``) or line that still leaves room for the link. When not even the first sentence
+    ``?``) or line that still leaves room for the link (each shortened text written the
+    GSM-7 way on its own, when that makes it GSM-7). When not even the first sentence
     fits, it is cut after the last whole word that fits and marked with an ellipsis:
     ``...`` while the message is GSM-7 (``…`` is not in the GSM alphabet and would
     switch the whole message to UCS-2, cutting its room from 160 to 70), ``…`` when it is
@@ -128,7 +134,10 @@ def fit(text: str, link: str, max_segments: int) -> str:
     if max_segments < 1:
         raise ValueError(f"max_segments must be at least 1, not {max_segments}")
     link = link.strip()
-    text = gsm7_punctuation(text.rstrip())
+    # Written the GSM-7 way only when the link is GSM-7 too: else the message is UCS-2
+    # whatever its text, and folding would change letters for nothing.
+    fold = gsm7_fold if is_gsm7(link) else str
+    text = fold(text.rstrip())
     if link and text.endswith(link):  # fitted before (by the composer): fit again, not twice
         text = text.removesuffix(link).rstrip()
     whole = _join(text, link)
@@ -139,12 +148,15 @@ def fit(text: str, link: str, max_segments: int) -> str:
             f"the link alone needs {segments(link).segments} SMS segments, "
             f"more than max_segments={max_segments}"
         )
+    # Each shortened text is folded on its own: the whole could not be written in GSM-7
+    # (an emoji, a Cyrillic name), but the sentences before it may, with room for more of
+    # them; and fitting the result again must give the same result.
     for end in sorted(_sentence_ends(text), reverse=True):
-        candidate = _join(text[:end].rstrip(), link)
+        candidate = _join(fold(text[:end].rstrip()), link)
         if fits(candidate, max_segments):
             return candidate
     for match in reversed(list(_WORD.finditer(text))):
-        body = text[: match.end()]
+        body = fold(text[: match.end()])
         ellipsis = "..." if is_gsm7(body + link) else "…"
         candidate = _join(body + ellipsis, link)
         if fits(candidate, max_segments):
@@ -165,17 +177,59 @@ _TYPOGRAPHY = str.maketrans(
     }
 )  # fmt: skip
 
+_LATIN_LETTERS: dict[str, str] = {
+    "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "ħ": "h", "Ħ": "H",
+    "ı": "i", "ŧ": "t", "Ŧ": "T", "œ": "oe", "Œ": "OE", "ĳ": "ij", "Ĳ": "IJ",
+    "þ": "th", "Þ": "Th", "ẞ": "SS", "ſ": "s", "ŀ": "l", "Ŀ": "L",
+}  # fmt: skip
+"""Latin letters outside the GSM alphabet that Unicode does not decompose into a base
+letter and marks, with the letters they are written as."""
 
-def gsm7_punctuation(text: str) -> str:
-    """``text`` with typographic quotes, dashes, ellipses and narrow spaces written the
-    GSM-7 way when that makes the whole of it GSM-7; else as it is. One curly apostrophe
-    (``metro’s``, as a word processor writes it) made a message UCS-2: 70 characters a
-    part instead of 160, and the sentences after the first (the promise of the next
-    update) cut to fit."""
+
+def gsm7_fold(text: str) -> str:
+    """``text`` written in the GSM alphabet when that can make the whole of it GSM-7; else
+    as it is. One character outside the alphabet makes a whole message UCS-2: 70 characters
+    a part instead of 160, and the sentences after the first (the promise of the next
+    update, the staff's message) cut to fit. So, as Twilio's Smart Encoding does:
+
+    - typographic quotes, dashes and ellipses (``metro’s``, as a word processor writes it)
+      become ``' " - ...``; no-break and narrow spaces become spaces;
+    - Latin letters with accents the alphabet lacks lose them (``Zoë`` → ``Zoe``,
+      ``België`` → ``Belgie``, ``ç`` → ``c``, ``á`` → ``a``, ``ł`` → ``l``); those it has
+      (``é è ù ì ò à ä ö ñ ü å Å Ä Ö Ñ Ü Ç Ø ø É Æ æ ß``) stay. A letter typed as a base and
+      a combining accent is first joined (``é`` is one GSM character).
+
+    A text with anything else outside the alphabet (Cyrillic, Greek beyond the alphabet's
+    capitals, CJK, an emoji) stays UCS-2 and is returned unchanged: folding part of it
+    would only change its letters, not its encoding."""
     if is_gsm7(text):
         return text
-    folded = text.translate(_TYPOGRAPHY)
-    return folded if folded != text and is_gsm7(folded) else text
+    folded = unicodedata.normalize("NFC", text.translate(_TYPOGRAPHY))
+    table: dict[int, str] = {}
+    for char in set(folded).difference(_GSM7):
+        replacement = _latin_fold(char)
+        if replacement is None:
+            return text
+        table[ord(char)] = replacement
+    return folded.translate(table)
+
+
+gsm7_punctuation = gsm7_fold
+"""The earlier name of :func:`gsm7_fold`, from when it folded only punctuation and spaces."""
+
+
+@functools.lru_cache(maxsize=512)
+def _latin_fold(char: str) -> str | None:
+    """What a character outside the GSM alphabet is written as in GSM-7, or None when it
+    is no Latin letter (or stray combining mark) that has a GSM-7 form."""
+    if char in _LATIN_LETTERS:
+        return _LATIN_LETTERS[char]
+    if unicodedata.combining(char):  # a mark no letter composed with: dropped
+        return ""
+    if not unicodedata.name(char, "").startswith("LATIN "):
+        return None
+    base = "".join(c for c in unicodedata.normalize("NFD", char) if not unicodedata.combining(c))
+    return base if base and _GSM7.issuperset(base) else None
 
 
 def _join(body: str, link: str) -> str:

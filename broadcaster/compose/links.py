@@ -10,6 +10,12 @@ later created again under the same id (a recycled account number) is not reached
 links the old record's messages carried (:func:`issued_before`). Tokens of earlier builds,
 ``base64url(customer_id) . expires . purpose . signature``, are still accepted until they
 expire (at most the link lifetime after the upgrade); they carry no issue time.
+
+An unsubscribe link is honoured after its expiry (:func:`verify_unsubscribe`): stopping
+messages is always safe to grant, mail clients keep the RFC 8058 one-click link of an old
+email, and a customer who finds an old message must still be able to stop the next ones.
+Only its issue time must be signed, so that the customer check above still applies; a
+preferences link (which can switch addresses back on) keeps its expiry.
 """
 
 from __future__ import annotations
@@ -35,6 +41,15 @@ class LinkClaims:
     expires_at: int
     issued_at: int | None = None
     """None on a token of an earlier build (it did not say)."""
+
+
+class ExpiredLink(InvalidLink):
+    """A link we issued (its signature holds) whose expiry has passed: :attr:`claims` says
+    for whom and what, for the page that offers a way forward."""
+
+    def __init__(self, claims: LinkClaims) -> None:
+        super().__init__("the link has expired")
+        self.claims = claims
 
 
 CLOCK_SLACK = 300
@@ -96,7 +111,8 @@ def make_token(
 
 
 def verify_token(secret: str, token: str, purpose: str, now: datetime) -> LinkClaims:
-    """The claims of a valid token; :class:`InvalidLink` saying why otherwise."""
+    """The claims of a valid token; :class:`InvalidLink` saying why otherwise
+    (:class:`ExpiredLink`, with the claims, for a link we issued that has expired)."""
     if not token.isascii():  # every token we issue is ASCII; compare_digest needs it too
         raise InvalidLink("malformed link")
     parts = token.split(".")
@@ -118,11 +134,26 @@ def verify_token(secret: str, token: str, purpose: str, now: datetime) -> LinkCl
         customer_id = _unb64(encoded).decode()
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidLink("malformed link") from exc
-    if now.timestamp() > expires_at:
-        raise InvalidLink("the link has expired")
-    return LinkClaims(
+    claims = LinkClaims(
         customer_id=customer_id, purpose=purpose, expires_at=expires_at, issued_at=issued_at
     )
+    if now.timestamp() > expires_at:
+        raise ExpiredLink(claims)
+    return claims
+
+
+def verify_unsubscribe(secret: str, token: str, now: datetime) -> LinkClaims:
+    """The claims of an unsubscribe link, honoured after its expiry when it says when it
+    was issued (every link since the issue time was signed into it), so that
+    :func:`issued_before` can still tell a link of an erased customer from one of the
+    customer of the same id now. An earlier build's link past its expiry, which cannot be
+    told apart, stays expired (:class:`ExpiredLink`)."""
+    try:
+        return verify_token(secret, token, "unsubscribe", now)
+    except ExpiredLink as exc:
+        if exc.claims.issued_at is None:
+            raise
+        return exc.claims
 
 
 def personal_links(

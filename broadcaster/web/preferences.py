@@ -2,7 +2,10 @@
 which of their addresses get updates, their language, or unsubscribe from everything.
 
 The link is the credential (``purpose=preferences``; forged, altered or expired links are
-refused). Addresses are shown masked, since a forwarded message carries the link too.
+refused). Addresses are shown masked, since a forwarded message carries the link too. An
+expired link (one we issued, past ``messages.link_lifetime``) cannot change addresses or
+switch any back on, but its page says where a fresh one comes from and can still
+unsubscribe the customer, as an unsubscribe link can after its expiry.
 """
 
 from __future__ import annotations
@@ -13,11 +16,17 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from broadcaster.compose.links import InvalidLink, LinkClaims, issued_before, verify_token
-from broadcaster.compose.templates import available_languages
+from broadcaster.compose.links import (
+    ExpiredLink,
+    InvalidLink,
+    LinkClaims,
+    issued_before,
+    verify_token,
+)
+from broadcaster.compose.templates import TemplateSet, available_languages
 from broadcaster.store import ContactPoint, Customer
 from broadcaster.web.inputs import row_id
-from broadcaster.web.public import page
+from broadcaster.web.public import page, refused, unsubscribe_customer
 from broadcaster.web.state import WebState, state_of
 
 router = APIRouter(tags=["public"])
@@ -42,15 +51,60 @@ def mask(kind: str, address: str) -> str:
     return f"device •••{address[-4:]}" if len(address) > 4 else "device"
 
 
-def _claims(web: WebState, token: str) -> LinkClaims | Response:
+def _claims(web: WebState, token: str) -> LinkClaims | InvalidLink:
     try:
         return verify_token(web.link_secret, token, "preferences", web.clock.now())
     except InvalidLink as exc:
-        return page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
+        return exc
+
+
+async def _expired(web: WebState, claims: LinkClaims) -> Response:
+    """The page of a preferences link past its expiry: where a fresh link comes from, and
+    a button that unsubscribes (the one thing an old link may still do: it can switch
+    nothing back on). A link of an earlier build, which carries no issue time and so cannot
+    be told from one of an erased customer of the same id, only says how to stop."""
+    async with web.database.session() as session:
+        customer = await session.get(Customer, claims.customer_id)
+    if customer is None or issued_before(claims, customer.created_at):
+        return _not_found()
+    org = escape(web.settings.messages.organisation)
+    if claims.issued_at is None:
+        return refused(ExpiredLink(claims), org)
+    body = (
+        "<p>For your security, a link to your notification preferences works for a limited "
+        f"time. The next message {org} sends you carries a fresh one: open it to change "
+        "where updates go or their language.</p>"
+        "<p>To stop all disruption updates now:</p>"
+        '<form method="post"><p><button type="submit" name="action" value="unsubscribe">'
+        "Stop all updates (unsubscribe)</button></p></form>"
+    )
+    return page("This link has expired", body, 400)
 
 
 def _languages(web: WebState) -> list[str]:
     return available_languages(web.settings.messages.templates_dir)
+
+
+def _written_in(web: WebState, language: str) -> str:
+    """The offered language ``language``'s messages are written in, by the renderer's own
+    fallback (:meth:`TemplateSet.resolve_language`): ``nl-BE`` reads ``nl``, ``en-GB``
+    reads ``en``, one without templates the default language. The form shows it chosen:
+    with no option chosen a browser submits the first, and saving the page to stop an SMS
+    turned a ``nl-BE`` customer's messages English."""
+    messages = web.settings.messages
+    key = "preferences_templates"
+    templates = web.caches.get(key)
+    if (
+        not isinstance(templates, TemplateSet)
+        or templates.override_dir != messages.templates_dir
+        or templates.default_language != messages.default_language
+    ):
+        templates = web.caches[key] = TemplateSet(messages.templates_dir, messages.default_language)
+    offered = _languages(web)
+    for candidate in templates.resolve_language(language):
+        if candidate in offered:
+            return candidate
+    return messages.default_language
 
 
 def _not_found() -> Response:
@@ -80,8 +134,9 @@ async def _form(web: WebState, claims: LinkClaims, notice: str = "") -> Response
         + "</label></li>"
         for p in points
     )
+    chosen = _written_in(web, customer.language)
     options = "".join(
-        f'<option value="{escape(lang)}"{" selected" if lang == customer.language else ""}>'
+        f'<option value="{escape(lang)}"{" selected" if lang == chosen else ""}>'
         f"{escape(lang)}</option>"
         for lang in _languages(web)
     )
@@ -104,8 +159,10 @@ async def _form(web: WebState, claims: LinkClaims, notice: str = "") -> Response
 async def preferences_page(token: str, request: Request) -> Response:
     web = state_of(request)
     claims = _claims(web, token)
-    if isinstance(claims, Response):
-        return claims
+    if isinstance(claims, ExpiredLink):
+        return await _expired(web, claims.claims)
+    if isinstance(claims, InvalidLink):
+        return refused(claims, escape(web.settings.messages.organisation))
     return await _form(web, claims)
 
 
@@ -113,10 +170,17 @@ async def preferences_page(token: str, request: Request) -> Response:
 async def save_preferences(token: str, request: Request) -> Response:
     web = state_of(request)
     claims = _claims(web, token)
-    if isinstance(claims, Response):
-        return claims
+    if isinstance(claims, InvalidLink) and not isinstance(claims, ExpiredLink):
+        return refused(claims, escape(web.settings.messages.organisation))
     form = await request.form()
     action = form.get("action")
+    if isinstance(claims, ExpiredLink):
+        expired = claims.claims
+        if action == "unsubscribe" and expired.issued_at is not None:
+            # Safe to honour at any age (checked against the customer of the time by
+            # unsubscribe_customer); saving addresses or a language is not.
+            return await unsubscribe_customer(web, expired)
+        return await _expired(web, expired)
     language = form.get("language")
     wanted: set[int] = set()
     for value in form.getlist("point"):
@@ -144,8 +208,11 @@ async def save_preferences(token: str, request: Request) -> Response:
         if isinstance(language, str) and language:
             if language not in _languages(web):
                 return page("Not saved", "<p>That language is not offered.</p>", 422)
-            customer.language = language
-            customer.updated_at = now
+            # Only a language the customer chose: the one the form showed chosen (their
+            # messages' language) leaves theirs as it is, "nl-BE" staying "nl-BE".
+            if language != _written_in(web, customer.language):
+                customer.language = language
+                customer.updated_at = now
         points = (
             await session.execute(
                 select(ContactPoint).where(ContactPoint.customer_id == claims.customer_id)

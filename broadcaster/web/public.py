@@ -4,7 +4,9 @@
 unsubscribes); ``POST /u/{token}`` unsubscribes: it is what mail clients send for
 ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` and what the page's button sends.
 A link of a customer who no longer exists (erased) gets 404 "no longer valid": nothing
-was changed, so it must not say "unsubscribed".
+was changed, so it must not say "unsubscribed". An unsubscribe link is honoured after its
+expiry (:func:`~broadcaster.compose.links.verify_unsubscribe`): a mail client's one-click
+POST from an old email, or a customer who finds one, must still stop the messages.
 
 Every public page carries :data:`PUBLIC_HEADERS` (no framing, no sniffing, a CSP that
 allows what the pages use: inline styles, a form posting to itself); the personal pages
@@ -23,7 +25,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import update
 
-from broadcaster.compose.links import InvalidLink, LinkClaims, issued_before, verify_token
+from broadcaster.compose.links import (
+    ExpiredLink,
+    InvalidLink,
+    LinkClaims,
+    issued_before,
+    verify_unsubscribe,
+)
 from broadcaster.reports import rounds_overdue
 from broadcaster.store import ContactPoint, Customer
 from broadcaster.web.state import WebState, state_of
@@ -69,6 +77,23 @@ def gone() -> HTMLResponse:
     )
 
 
+def refused(exc: InvalidLink, org: str) -> HTMLResponse:
+    """The answer to a link that does not work: why, and for an expired one, how to stop
+    the messages all the same (a dead end left customers subscribed)."""
+    if isinstance(exc, ExpiredLink):
+        return page("This link has expired", stop_instead(org), 400)
+    return page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
+
+
+def stop_instead(org: str) -> str:
+    """How to stop the messages without this link (``org`` already escaped)."""
+    return (
+        f"<p>To stop all disruption updates from {org}, use the unsubscribe link in our "
+        "most recent email, or reply STOP to one of our text messages. Every message we "
+        "send carries a fresh link to your preferences.</p>"
+    )
+
+
 def _theirs(customer: Customer | None, claims: LinkClaims) -> bool:
     """Whether the link's customer exists and is the one it was made for (not a customer
     created later under an erased one's id)."""
@@ -83,13 +108,13 @@ async def _customer_exists(state: WebState, claims: LinkClaims) -> bool:
 @router.get("/u/{token}")
 async def unsubscribe_page(token: str, request: Request) -> Response:
     state = state_of(request)
+    org = escape(state.settings.messages.organisation)
     try:
-        claims = verify_token(state.link_secret, token, "unsubscribe", state.clock.now())
+        claims = verify_unsubscribe(state.link_secret, token, state.clock.now())
     except InvalidLink as exc:
-        return page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
+        return refused(exc, org)
     if not await _customer_exists(state, claims):
         return gone()
-    org = escape(state.settings.messages.organisation)
     return page(
         "Unsubscribe",
         f"<p>Stop all disruption updates from {org}?</p>"
@@ -101,9 +126,14 @@ async def unsubscribe_page(token: str, request: Request) -> Response:
 async def unsubscribe(token: str, request: Request) -> Response:
     state = state_of(request)
     try:
-        claims = verify_token(state.link_secret, token, "unsubscribe", state.clock.now())
+        claims = verify_unsubscribe(state.link_secret, token, state.clock.now())
     except InvalidLink as exc:
-        return page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
+        return refused(exc, escape(state.settings.messages.organisation))
+    return await unsubscribe_customer(state, claims)
+
+
+async def unsubscribe_customer(state: WebState, claims: LinkClaims) -> Response:
+    """Opt every address of the link's customer out (or 404 when the link is not theirs)."""
     async with state.database.session() as session, session.begin():
         if not _theirs(await session.get(Customer, claims.customer_id), claims):
             return gone()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -320,6 +321,63 @@ async def test_the_preferences_page_changes_only_its_own_customer(database: Data
         assert bad_language.status_code == 422
 
 
+def _chosen_language(html: str) -> list[str]:
+    """The options of the page's language select that are marked chosen."""
+    select_ = re.search(r'<select name="language">(.*?)</select>', html, re.DOTALL)
+    assert select_ is not None, html
+    return re.findall(r'<option value="([^"]+)" selected>', select_.group(1))
+
+
+@pytest.mark.parametrize(
+    ("stored", "shown"),
+    [("nl-BE", "nl"), ("en-GB", "en"), ("nl", "nl"), ("de", "en"), ("NL_be", "nl")],
+)
+async def test_saving_the_preferences_keeps_a_regional_language(
+    database: Database, stored: str, shown: str
+) -> None:
+    """The select offered only en/nl and marked none chosen for "nl-BE", so the browser
+    submitted the first option: saving the page to stop SMS made the customer's messages
+    English. It shows the language their messages are in (the renderer's fallback: nl-BE
+    reads nl, a language without templates the default) and writes the language only when
+    the customer chose another."""
+    async with api_client(database) as api:
+        await _seed_customer(database, "c1", "ann@example.org", "+31612345678")
+        async with database.session() as session, session.begin():
+            await session.execute(
+                update(Customer).where(Customer.id == "c1").values(language=stored)
+            )
+            email = (
+                await session.execute(select(ContactPoint.id).where(ContactPoint.kind == "email"))
+            ).scalar_one()
+        token = make_token(SECRET, "c1", "preferences", START + timedelta(days=30), issued=START)
+        shown_page = await api.call("GET", f"/preferences/{token}", None)
+        assert _chosen_language(shown_page.text) == [shown]
+
+        async def save(language: str) -> str:
+            saved = await api.http.post(
+                f"/preferences/{token}",
+                data={"point": [str(email)], "language": language, "action": "save"},
+            )
+            assert saved.status_code == 200 and "Saved." in saved.text
+            assert _chosen_language(saved.text) == [language]
+            async with database.session() as session:
+                customer = await session.get(Customer, "c1")
+                assert customer is not None
+                return customer.language
+
+        assert await save(shown) == stored  # SMS off, language left as it was
+        async with database.session() as session:
+            sms = (
+                await session.execute(
+                    select(ContactPoint.opted_out).where(ContactPoint.kind == "sms")
+                )
+            ).scalar_one()
+        assert sms
+        other = "en" if shown == "nl" else "nl"
+        assert await save(other) == other  # a choice of the customer's is written
+        assert await save(shown) == shown
+
+
 async def test_preference_links_are_signed_scoped_and_expire(database: Database) -> None:
     async with api_client(database) as api:
         await _seed_customer(database, "c1", "ann@example.org", "+31612345678")
@@ -342,6 +400,58 @@ async def test_preference_links_are_signed_scoped_and_expire(database: Database)
         api.clock.advance(timedelta(hours=2))
         expired = await api.call("GET", f"/preferences/{good}", None)
         assert expired.status_code == 400 and "expired" in expired.text
+
+
+async def test_an_expired_preferences_link_says_how_to_get_a_fresh_one_or_stop(
+    database: Database,
+) -> None:
+    """It said only "the link has expired". A preferences link keeps its expiry (it can
+    switch addresses back on), but its page now says that the next message carries a fresh
+    link, and can still unsubscribe."""
+    async with api_client(database) as api:
+        await _seed_customer(database, "c1", "ann@example.org", "+31612345678")
+        token = make_token(SECRET, "c1", "preferences", START + timedelta(days=30), issued=START)
+        async with database.session() as session, session.begin():
+            # The customer had stopped SMS; an old link must not switch it back on.
+            await session.execute(
+                update(ContactPoint).where(ContactPoint.kind == "sms").values(opted_out=True)
+            )
+            points = {p.kind: p.id for p in (await session.execute(select(ContactPoint))).scalars()}
+        api.clock.advance(timedelta(days=31))
+
+        async def opted_out() -> dict[str, bool]:
+            async with database.session() as session:
+                rows = (await session.execute(select(ContactPoint))).scalars()
+                return {p.kind: p.opted_out for p in rows}
+
+        shown = await api.call("GET", f"/preferences/{token}", None)
+        assert shown.status_code == 400 and "This link has expired" in shown.text
+        assert "The next message Example Transit sends you carries a fresh one" in shown.text
+        assert 'name="action" value="unsubscribe"' in shown.text
+        assert 'name="point"' not in shown.text and "a•••@example.org" not in shown.text
+        saved = await api.http.post(
+            f"/preferences/{token}",
+            data={"point": [str(points["email"]), str(points["sms"])], "action": "save"},
+        )
+        assert saved.status_code == 400 and "This link has expired" in saved.text
+        assert await opted_out() == {"email": False, "sms": True}
+        stopped = await api.http.post(f"/preferences/{token}", data={"action": "unsubscribe"})
+        assert stopped.status_code == 200 and "You are unsubscribed" in stopped.text
+        assert await opted_out() == {"email": True, "sms": True}
+        # A customer created later under the same id is not reached by the old link.
+        async with database.session() as session, session.begin():
+            await session.execute(
+                update(ContactPoint).where(ContactPoint.kind == "email").values(opted_out=False)
+            )
+            await session.execute(
+                update(Customer)
+                .where(Customer.id == "c1")
+                .values(created_at=START + timedelta(days=2))
+            )
+        assert (await api.call("GET", f"/preferences/{token}", None)).status_code == 404
+        again = await api.http.post(f"/preferences/{token}", data={"action": "unsubscribe"})
+        assert again.status_code == 404
+        assert await opted_out() == {"email": False, "sms": True}
 
 
 async def test_oversized_bodies_are_refused_with_413(database: Database) -> None:

@@ -372,6 +372,55 @@ async def test_bad_unsubscribe_links_are_refused(
         assert not (await session.execute(select(ContactPoint))).scalar_one().opted_out
 
 
+async def test_an_unsubscribe_link_older_than_its_lifetime_still_unsubscribes(
+    client: tuple[httpx.AsyncClient, WebState], database: Database
+) -> None:
+    """An email read (or one-click unsubscribed by the mail client, RFC 8058) after
+    messages.link_lifetime got 400 "the link has expired": every channel stayed subscribed
+    and the customer had no way forward. Unsubscribing is always safe to honour."""
+    http, state = client
+    await seed_sent_sms(database)  # c1, created at START
+    issued = START + timedelta(hours=1)
+    token = make_token(SECRET, "c1", "unsubscribe", issued + timedelta(days=30), issued=issued)
+    assert isinstance(state.clock, FakeClock)
+    state.clock.advance(timedelta(days=400))
+    confirm = await http.get(f"/u/{token}")  # the page's own button
+    assert confirm.status_code == 200 and "<form" in confirm.text
+    async with database.session() as session:
+        assert not (await session.execute(select(ContactPoint))).scalar_one().opted_out
+    done = await http.post(
+        f"/u/{token}",
+        content="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert done.status_code == 200 and "You are unsubscribed" in done.text
+    async with database.session() as session:
+        assert (await session.execute(select(ContactPoint))).scalar_one().opted_out
+
+
+async def test_an_expired_link_that_cannot_be_honoured_says_how_to_stop(
+    client: tuple[httpx.AsyncClient, WebState], database: Database
+) -> None:
+    """An old unsubscribe link of a customer erased and created again under the same id is
+    still not theirs; an earlier build's link (no issue time) past its expiry cannot be told
+    from one, so it is refused, with the ways to stop that remain."""
+    http, state = client
+    await seed_sent_sms(database)  # c1, created at START
+    before = START - timedelta(days=60)
+    recycled = make_token(SECRET, "c1", "unsubscribe", before + timedelta(days=30), issued=before)
+    legacy = make_token(SECRET, "c1", "unsubscribe", START + timedelta(days=30))
+    assert isinstance(state.clock, FakeClock)
+    state.clock.advance(timedelta(days=31))
+    for method in ("GET", "POST"):
+        assert (await http.request(method, f"/u/{recycled}")).status_code == 404
+        answer = await http.request(method, f"/u/{legacy}")
+        assert answer.status_code == 400 and "This link has expired" in answer.text
+        assert "unsubscribe link in our most recent email" in answer.text
+        assert "reply STOP" in answer.text and "unsubscribed" not in answer.text
+    async with database.session() as session:
+        assert not (await session.execute(select(ContactPoint))).scalar_one().opted_out
+
+
 async def test_links_of_an_erased_customer_do_not_reach_one_created_later_with_its_id(
     client: tuple[httpx.AsyncClient, WebState], database: Database
 ) -> None:

@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 
 from broadcaster.compose.links import (
     CLOCK_SLACK,
+    ExpiredLink,
     InvalidLink,
     issued_before,
     link_url,
     make_token,
     personal_links,
     verify_token,
+    verify_unsubscribe,
 )
 
 NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -86,3 +88,36 @@ def test_a_link_issued_before_its_customer_was_created_is_not_theirs() -> None:
     assert issued_before(claims, NOW + timedelta(days=2))  # erased, id given again
     assert not issued_before(claims, NOW - timedelta(days=200))  # the customer it was for
     assert not issued_before(claims, NOW + timedelta(seconds=CLOCK_SLACK))  # clocks disagree
+
+
+def test_an_unsubscribe_link_is_honoured_after_its_expiry_when_it_says_when_issued() -> None:
+    """Unsubscribing is always safe to grant: a mail client's one-click POST from an email
+    older than the link lifetime was refused ("the link has expired"), and the customer
+    stayed subscribed with no way forward."""
+    issued = NOW - timedelta(days=400)
+    token = make_token("s", "c1", "unsubscribe", issued + timedelta(days=30), issued=issued)
+    claims = verify_unsubscribe("s", token, NOW)
+    assert (claims.customer_id, claims.issued_at) == ("c1", int(issued.timestamp()))
+    # The customer check still applies: created after the link, it is not theirs.
+    assert issued_before(claims, issued + timedelta(days=1))
+    # Anything else about the link is still checked.
+    with pytest.raises(InvalidLink, match="signature"):
+        verify_unsubscribe("another secret", token, NOW)
+    preferences = make_token("s", "c1", "preferences", issued + timedelta(days=30), issued=issued)
+    with pytest.raises(InvalidLink, match="not unsubscribe"):
+        verify_unsubscribe("s", preferences, NOW)
+
+
+def test_an_expired_link_says_whose_it_was_but_is_refused() -> None:
+    issued = NOW - timedelta(days=31)
+    token = make_token("s", "c1", "preferences", issued + timedelta(days=30), issued=issued)
+    with pytest.raises(ExpiredLink, match="expired") as raised:
+        verify_token("s", token, "preferences", NOW)
+    assert isinstance(raised.value, InvalidLink)
+    assert (raised.value.claims.customer_id, raised.value.claims.purpose) == ("c1", "preferences")
+    # An earlier build's unsubscribe link carries no issue time: it cannot be told from one
+    # of an erased customer of the same id, so it stays expired.
+    legacy = make_token("s", "c1", "unsubscribe", issued + timedelta(days=30))
+    with pytest.raises(ExpiredLink):
+        verify_unsubscribe("s", legacy, NOW)
+    assert verify_unsubscribe("s", legacy, issued).customer_id == "c1"  # until it expires

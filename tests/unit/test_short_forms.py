@@ -7,12 +7,15 @@ of the email stands in."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
+from broadcaster.compose.check import check_templates
+from broadcaster.compose.context import Personal
 from broadcaster.compose.samples import SAMPLE_FOLLOWUP, sample_facts
 from channels.push_common import shorten
-from channels.sms_segments import segments
+from channels.sms_segments import gsm7_fold, segments
 from tests.unit.test_templates import renderer, request
 
 # Staff text with a warning sign (and typographic apostrophes): the whole SMS is UCS-2, 67
@@ -69,7 +72,10 @@ def test_a_cut_resolution_keeps_the_compensation_and_the_responsibility(language
     )
     sms = _render("resolution", "sms", language, facts=facts)["sms"]
     assert segments(sms).segments <= 3
-    assert f"{COMPENSATION[language]}{OFFER[language]}" in sms
+    # The cut took every sentence with the warning sign: what is left goes as GSM-7, the
+    # amount's no-break space written as a space.
+    assert segments(sms).encoding == "GSM-7"
+    assert gsm7_fold(f"{COMPENSATION[language]}{OFFER[language]}") in sms
     assert "Renewing certificates is our job, and we missed it." in sms
     push = _render("resolution", "push", language, facts=facts)["push_body"]
     assert f"{COMPENSATION[language]}{OFFER[language]}" in push
@@ -101,3 +107,44 @@ def test_apology_elements_staff_left_out_get_the_emails_general_wording(
         assert wording[language] in email
     if form == "sms":
         assert segments(text).segments <= 3 and text.endswith("/incidents/1042")
+
+
+SUMMARY_NL = (
+    "Door een seinstoring rijden er geen treinen tussen Utrecht en Amersfoort. Er rijden "
+    "bussen vanaf Utrecht Centraal, perron B. Reizigers uit België: de IC naar Brussel rijdt "
+    "wel. Kijk voor uw reis in de app of op de site van de vervoerder."
+)
+
+
+def test_an_accent_in_the_name_does_not_cut_the_staffs_message() -> None:
+    """One letter outside the GSM alphabet (the ë of Zoë, or of België in the staff's text)
+    made the whole SMS UCS-2: 67 characters a part, and fitting it to three parts dropped
+    the staff's last sentences. Zoë now gets what Zoe gets, written the GSM-7 way."""
+    facts = dataclasses.replace(sample_facts("first"), summary=SUMMARY_NL)
+
+    def sms(name: str) -> str:
+        personal = Personal(name, "https://x/u/t", "https://x/p/t")
+        return _render("first", "sms", "nl", facts=facts, personal=personal)["sms"]
+
+    zoe, zoe_accented = sms("Zoe Jansen"), sms("Zoë Jansen")
+    assert zoe_accented == zoe and segments(zoe).encoding == "GSM-7"
+    assert "Reizigers uit Belgie: de IC naar Brussel rijdt wel." in zoe
+    assert "van de vervoerder." in zoe and PROMISE["nl"] in zoe
+    # A name in another script keeps its letters (and the message is UCS-2, cut harder).
+    cyrillic = sms("Зоя Янсен")
+    assert cyrillic.startswith("Зоя Янсен: ") and PROMISE["nl"] in cyrillic
+    assert segments(cyrillic).encoding == "UCS-2" and segments(cyrillic).segments <= 3
+
+
+def test_templates_check_counts_an_sms_as_it_is_sent(tmp_path: Path) -> None:
+    """An override with an accented letter the GSM alphabet lacks: sent as GSM-7 (the
+    letter written without its accent), so the check counts it as GSM-7 too."""
+    path = tmp_path / "nl" / "first" / "sms.j2"
+    path.parent.mkdir(parents=True)
+    text = "Reizigers in België: " + "de treinen rijden niet, neem de bus. " * 8
+    path.write_text(text + "{{ next_update }}", encoding="utf-8")
+    assert segments(text).encoding == "UCS-2" and segments(text).segments > 3
+    r = renderer(tmp_path)
+    assert [e for e in check_templates(r.templates, r, 3).errors if "nl/first/sms" in e] == []
+    sent = r.render(request("first", "sms", "nl", cache_key=None))["sms"]
+    assert segments(sent).encoding == "GSM-7" and "Reizigers in Belgie: " in sent

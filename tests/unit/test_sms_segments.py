@@ -17,7 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from channels.sms_segments import SegmentInfo, fit, gsm7_punctuation, is_gsm7, segments
+from channels.sms_segments import (
+    SegmentInfo,
+    fit,
+    gsm7_fold,
+    gsm7_punctuation,
+    is_gsm7,
+    segments,
+)
 
 # GSM 03.38 default alphabet by code, 0x00..0x7F; None marks 0x1B, the escape to the extension.
 GSM_DEFAULT: list[int | None] = [
@@ -229,7 +236,8 @@ def test_fit_falls_back_to_whole_words_with_a_gsm_ellipsis() -> None:
 
 def test_fit_uses_the_unicode_ellipsis_when_the_text_is_ucs2_anyway() -> None:
     text = "Zugausfall zwischen Köln und Düsseldorf wegen einer Störung " * 4
-    result = fit("û " + text, LINK, 1)
+    # (Not "û": an accented Latin letter is written the GSM-7 way, test_accented_latin_...)
+    result = fit("Ж " + text, LINK, 1)
     assert result.endswith("…\n" + LINK)
     assert segments(result).segments == 1
 
@@ -261,7 +269,10 @@ def test_fit_refuses_a_link_that_does_not_fit() -> None:
         fit("text", LINK, 0)
 
 
-WORD = st.text(st.sampled_from([*"abcdefghij", *"ABC", *"0123", "é", "€", "ç", "😀"]), min_size=1)
+WORD = st.text(
+    st.sampled_from([*"abcdefghij", *"ABC", *"0123", "é", "€", "ç", "ë", "’", "…", "Ж", "😀"]),
+    min_size=1,
+)
 SEPARATOR = st.sampled_from([" ", " ", " ", ". ", "! ", "? ", ".\n", "\n", ", ", '." '])
 TEXT = st.lists(st.tuples(WORD, SEPARATOR), max_size=120).map(
     lambda pairs: "".join(word + sep for word, sep in pairs)
@@ -270,8 +281,15 @@ LINKS = st.sampled_from([LINK, "https://ex.am/p?a=1&b=2", "https://ex.am/ü", ""
 
 
 def _body_is_uncut(text: str, body: str) -> bool:
-    """``body`` is a prefix of ``text`` that ends where a word ends."""
-    return text.startswith(body) and (len(body) == len(text) or text[len(body)].isspace())
+    """``body`` is a prefix of ``text`` that ends where a word ends, as it is or written the
+    GSM-7 way (``gsm7_fold``: each shortened text is folded on its own)."""
+    if text.startswith(body) and (len(body) == len(text) or text[len(body)].isspace()):
+        return True
+    return any(
+        gsm7_fold(text[:end]) == body
+        for end in range(1, len(text) + 1)
+        if end == len(text) or text[end].isspace()
+    )
 
 
 @settings(deadline=None)
@@ -317,3 +335,80 @@ def test_typographic_punctuation_is_written_the_gsm7_way_when_that_keeps_it_gsm7
     # Text that is not GSM-7 anyway (Chinese here) keeps its typography.
     assert gsm7_punctuation("中’s") == "中’s"
     assert gsm7_punctuation("plain") == "plain"
+
+
+# The letters with accents that the GSM alphabet has (basic table): never folded.
+GSM7_ACCENTED = "éèùìòÇØøÅåÄÖÑÜäöñüàÉÆæß"
+
+
+@pytest.mark.parametrize(
+    ("text", "folded"),
+    [
+        ("Zoë Jansen", "Zoe Jansen"),
+        (
+            "België: treinen geëvacueerd, naïeve reiziger",
+            "Belgie: treinen geevacueerd, naieve reiziger",
+        ),
+        ("François, Ángel, Łódź, Dvořák, Œuvre", "Francois, Angel, Lodz, Dvorak, OEuvre"),
+        (
+            "Zoe\u0308 (typed as e and a combining diaeresis)",
+            "Zoe (typed as e and a combining diaeresis)",
+        ),
+        ("Zoë’s trein – vertraagd…", "Zoe's trein - vertraagd..."),  # letters and typography
+        (f"{GSM7_ACCENTED} ë", f"{GSM7_ACCENTED} e"),  # the alphabet's own accents stay
+        ("Cafe\u0301 Zoë", "Café Zoe"),  # a base and its mark joined: é is GSM-7
+    ],
+)
+def test_accented_latin_letters_are_written_the_gsm7_way_when_that_makes_it_gsm7(
+    text: str, folded: str
+) -> None:
+    """One ``ë`` (a customer's name, "België") made a whole SMS UCS-2: 67 characters a part
+    instead of 153, so the message was cut harder and cost more parts."""
+    assert gsm7_fold(text) == folded and is_gsm7(folded)
+    assert gsm7_punctuation(text) == folded  # the earlier name: templates check uses it
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Zoë, поезда не ходят",  # Cyrillic
+        "Zoë: 列车停运",  # CJK
+        "Zoë 😀",  # an emoji
+        "Zoë \u03b1",  # a Greek small letter (only some capitals are in the alphabet)
+        f"{GSM7_ACCENTED}ç 1\ufe0f\u20e3",  # a keycap emoji
+    ],
+)
+def test_a_text_that_stays_ucs2_anyway_keeps_its_letters(text: str) -> None:
+    assert gsm7_fold(text) == text and not is_gsm7(text)
+
+
+def test_a_name_with_one_accent_no_longer_cuts_the_message() -> None:
+    """Zoë and Zoe got different messages: Zoë's UCS-2 one lost the staff's last sentence."""
+    body = (
+        "{}: Geen treinen tussen Utrecht en Amersfoort. Volgende update uiterlijk 10:15 CET. "
+        "Door een seinstoring rijden er geen treinen. Er rijden bussen vanaf Utrecht "
+        "Centraal, perron B. Reizigers in België: kijk op de site."
+    )
+    link = "https://status.example.org/incidents/1"
+    plain = fit(body.format("Zoe Jansen").replace("België", "Belgie"), link, 2)
+    accented = fit(body.format("Zoë Jansen"), link, 2)
+    assert accented == plain and segments(accented) == SegmentInfo("GSM-7", 264, 2)
+    assert accented.endswith("Reizigers in Belgie: kijk op de site.\n" + link)
+
+
+@settings(deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=60))
+def test_folding_gives_gsm7_or_the_text_unchanged(text: str) -> None:
+    folded = gsm7_fold(text)
+    assert folded == text or is_gsm7(folded)
+    if is_gsm7(text):
+        assert folded == text
+
+
+def test_a_shortened_text_is_written_the_gsm7_way_on_its_own() -> None:
+    """The emoji that kept the whole text UCS-2 was cut away: what is left goes as GSM-7,
+    and fitting it again changes nothing (the channel fits what the composer fitted)."""
+    text = "Zoë’s trein rijdt niet. Neem de bus. " + "😀 " * 100
+    once = fit(text, LINK, 1)
+    assert once == f"Zoe's trein rijdt niet. Neem de bus.\n{LINK}" and is_gsm7(once)
+    assert fit(once, LINK, 1) == once
