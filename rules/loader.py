@@ -42,7 +42,11 @@ _STEP_KEYS = ("after", "every", "channels", "urgency", "notify")
 def load_rules(
     text: str, filename: str, *, channels: Set[str], staff: Set[str], groups: Set[str]
 ) -> RuleSet:
-    """Parse and check a rules file; raise ``RulesError`` listing every problem."""
+    """Parse and check a rules file; raise ``RulesError`` listing every problem.
+
+    A file with nothing in it but blank lines and comments is refused: read as "no rules",
+    an editor that empties the file before writing it, or a save cut short, would drop every
+    policy, follow-up and apology requirement. (``rules: []`` says "no rules" on purpose.)"""
     problems = Problems(filename)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -53,9 +57,14 @@ def load_rules(
         where = location(filename, mark) if mark is not None else filename
         problem = getattr(exc, "problem", None) or str(exc)
         raise RulesError([f"{where}: YAML syntax error: {problem}"]) from None
-    digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
     if root is None:
-        return RuleSet(MappingProxyType({}), (), filename, digest)
+        raise RulesError(
+            [
+                f"{filename}: the file is empty (no policies, no rules); to run without rules, "
+                "leave rules.path out of the configuration"
+            ]
+        )
+    digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
     loader = _Loader(Reader(problems), filename, frozenset(channels), frozenset(staff), groups)
     policies, rules = loader.document(Item(root, ""))
     if problems:
@@ -73,15 +82,17 @@ class _Loader(ActionReader):
         if "version" in top and self.reader.integer(top["version"]) not in (1, None):
             self.problems.at(top["version"], "only version 1 is known")
         policies: dict[str, Policy] = {}
-        if "policies" in top:
-            for name, item in (self.reader.names(top["policies"]) or {}).items():
-                policy = self.policy(name, item)
-                if policy is not None:
-                    policies[name] = policy
+        # Every policy the file defines, valid or not: a rule naming a policy that has its own
+        # problems should not get a second, misleading "unknown policy" error.
+        written_policies = self.reader.names(top["policies"]) if "policies" in top else None
+        for name, item in (written_policies or {}).items():
+            policy = self.policy(name, item)
+            if policy is not None:
+                policies[name] = policy
         rules: list[Rule] = []
         written: list[tuple[Rule, Item, bool]] = []
         if "rules" in top:
-            defined = _policy_names(top)
+            defined = frozenset(written_policies or ())
             for item in self.reader.sequence(top["rules"]) or []:
                 reported = len(self.problems)
                 rule = self.rule(item, defined)
@@ -104,6 +115,7 @@ class _Loader(ActionReader):
                 item.key.start_mark,
                 item.path,
                 f"policy names use letters, digits, '_', '.', '-': {name!r}",
+                item.merged,
             )
         keys = self.reader.mapping(item, ("description", "steps"), ("steps",))
         if keys is None or "steps" not in keys:
@@ -212,12 +224,3 @@ class _Loader(ActionReader):
                 "customer facts; do something for particular customers with a follow-up",
             )
         return rule if name is not None else None
-
-
-def _policy_names(top: dict[str, Item]) -> frozenset[str]:
-    """The policy names the file defines, valid or not: a rule naming a policy that has its
-    own problems should not get a second, misleading "unknown policy" error."""
-    node = top["policies"].node if "policies" in top else None
-    if not isinstance(node, yaml.MappingNode):
-        return frozenset()
-    return frozenset(str(k.value) for k, _ in node.value if isinstance(k, yaml.ScalarNode))

@@ -77,8 +77,10 @@ class ActionReader:
         return None if any(r is None for r in refs) else tuple(r for r in refs if r is not None)
 
     def ref(self, item: Item, kinds: frozenset[StaffKind]) -> StaffRef | None:
-        """``staff:ann``, ``group:care``, ``on_call[:group]``, ``account_manager``, or a bare
-        staff id or group name."""
+        """``staff:ann``, ``group:care``, ``on_call:group``, ``account_manager``, or a bare
+        staff id or group name. Each names someone the daemon's staff directory can find:
+        ``on_call`` alone is refused, since on-call people are per group (``staff.groups.
+        <name>.on_call``) and there is no one on call for the whole staff."""
         text = self.reader.text(item)
         if text is None:
             return None
@@ -91,8 +93,15 @@ class ActionReader:
     def _resolve(self, item: Item, text: str) -> StaffRef | None:
         kind, sep, name = text.partition(":")
         if not sep:
-            if text in ("account_manager", "on_call"):
+            if text == "account_manager":
                 return StaffRef.parse(text)
+            if text == "on_call":
+                self.problems.at(
+                    item,
+                    "on_call names the person on call in a group: write on_call:GROUP "
+                    f"({known_list(self.groups)})",
+                )
+                return None
             in_staff, in_groups = text in self.staff, text in self.groups
             if in_staff and in_groups:
                 self.problems.at(
@@ -109,7 +118,7 @@ class ActionReader:
         if known is None or not name:
             self.problems.at(
                 item,
-                f"write staff:ID, group:NAME, on_call[:GROUP] or account_manager, not {text!r}",
+                f"write staff:ID, group:NAME, on_call:GROUP or account_manager, not {text!r}",
             )
             return None
         if name not in known:

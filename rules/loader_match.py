@@ -170,6 +170,10 @@ class _FieldReader:
             return None
         try:
             return re.compile(text)
-        except re.error as exc:
-            self.reader.problems.at(item, f"invalid regular expression {text!r}: {exc}")
-            return None
+        except (re.error, OverflowError, ValueError) as exc:  # OverflowError: a{9999999999}
+            why = str(exc)
+        except RecursionError:  # thousands of nested groups
+            why = "it is nested too deeply"
+        shown = text if len(text) <= 60 else f"{text[:40]}… ({len(text)} characters)"
+        self.reader.problems.at(item, f"invalid regular expression {shown!r}: {why}")
+        return None

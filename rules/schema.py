@@ -26,8 +26,10 @@ StaffKind = Literal["staff", "group", "account_manager", "on_call"]
 @dataclass(frozen=True)
 class StaffRef:
     """Who among staff: a member (``staff:ann``), a group (``group:care``), the customer's
-    ``account_manager``, or the ``on_call`` person (of a group: ``on_call:duty-managers``).
-    The daemon resolves it to people; ``str()`` is the spelling the rules file accepts."""
+    ``account_manager``, or a group's ``on_call`` person (``on_call:duty-managers``).
+    The daemon resolves it to people; ``str()`` is the spelling the rules file accepts.
+    (``parse`` still reads a bare ``on_call``, which plans and tasks stored before the loader
+    refused it may hold; it names nobody.)"""
 
     kind: StaffKind
     name: str | None = None

@@ -25,21 +25,36 @@ def load_file(path: Path, settings: Settings) -> RuleSet:
         raise RulesError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
     except UnicodeDecodeError as exc:
         raise RulesError([not_utf8(path, exc)]) from exc
-    if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
-        # An editor that empties the file before writing it, a save cut short: read as
-        # "no rules", it had dropped every policy, follow-up and apology requirement.
-        raise RulesError(
-            [
-                f"{path}: the file is empty (no policies, no rules); to run without rules, "
-                "leave rules.path out of the configuration"
-            ]
+    return load_text(text, str(path), settings)
+
+
+def load_text(text: str, filename: str, settings: Settings) -> RuleSet:
+    """Check rules YAML against the configured channels, staff and groups: the one check
+    behind start-up, reloads, ``rules check`` and the API's and console's checks, so they
+    agree (an empty file is refused by each alike).
+
+    Raises :class:`RulesError` and nothing else: should the loader fail on some input it did
+    not foresee, the failure is logged with its traceback and refused like a bad file, so a
+    rules edit can never take the daemon, its file watch or a request down."""
+    try:
+        return load_rules(
+            text,
+            filename,
+            channels=set(settings.channels),
+            staff=set(settings.staff.people),
+            groups=set(settings.staff.groups),
         )
-    return load_rules(
-        text,
-        str(path),
-        channels=set(settings.channels),
-        staff=set(settings.staff.people),
-        groups=set(settings.staff.groups),
+    except RulesError:
+        raise
+    except Exception as exc:
+        log.exception("the rules loader failed", extra={"path": filename})
+        raise RulesError([_failed(filename, exc)]) from exc
+
+
+def _failed(filename: str, exc: Exception) -> str:
+    return (
+        f"{filename}: the rules could not be checked: the loader failed "
+        f"({type(exc).__name__}: {exc}); the traceback is in the log"
     )
 
 
@@ -81,19 +96,27 @@ class RulesHolder:
         try:
             fresh = load_file(path, self.settings)
         except RulesError as exc:
-            self.error = "\n".join(exc.problems)
+            problems = exc.problems
+        except Exception as exc:
+            # Whatever went wrong, the previous rules stay: a reload runs from the file watch,
+            # SIGHUP and requests, none of which may die of a rules edit. Recorded with the
+            # file's time, so the watch does not log it again until the file changes.
+            log.exception("rules reload failed", extra={"path": str(path)})
+            problems = [_failed(str(path), exc)]
+        else:
+            self.current = fresh
+            self.error = None
             self.loaded_mtime = mtime
-            log.error(
-                "rules reload rejected; the previous rules stay active",
-                extra={"problems": exc.problems},
-            )
-            return False
-        self.current = fresh
-        self.error = None
+            self.reloads += 1
+            log.info("rules reloaded", extra={"path": str(path)})
+            return True
+        self.error = "\n".join(problems)
         self.loaded_mtime = mtime
-        self.reloads += 1
-        log.info("rules reloaded", extra={"path": str(path)})
-        return True
+        log.error(
+            "rules reload rejected; the previous rules stay active",
+            extra={"problems": problems},
+        )
+        return False
 
     def reload_if_changed(self) -> bool:
         mtime = self._mtime()

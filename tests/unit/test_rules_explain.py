@@ -112,7 +112,7 @@ def test_explain_shows_the_plan_in_force() -> None:
 
 
 def test_an_empty_ruleset_explains_itself() -> None:
-    empty = load_rules("", "empty.yaml", channels=CHANNELS, staff=STAFF, groups=GROUPS)
+    empty = load_rules("rules: []\n", "empty.yaml", channels=CHANNELS, staff=STAFF, groups=GROUPS)
     text = explain(empty, incident(), now=NOW).render_text()
     assert "(the rules file has no rules)" in text
     assert "policy: none (no matching rule chose one)" in text

@@ -152,7 +152,8 @@ def test_escalation_interval_defaults_to_reminders_then_deadline() -> None:
 rules:
   - name: with-reminders
     continue: true
-    followup: {kind: call, owner: on_call, deadline: 2h, reminder_every: 20m, escalation: [care]}
+    followup:
+      {kind: call, owner: on_call:care, deadline: 2h, reminder_every: 20m, escalation: [care]}
   - name: without
     followup: {kind: call, owner: account_manager, deadline: 2h, escalation: [care]}
 """
@@ -264,8 +265,18 @@ rules:
     )
 
 
-def test_empty_file_is_an_empty_ruleset() -> None:
-    ruleset = load("")
+def test_an_empty_file_is_refused_and_an_empty_list_of_rules_is_not() -> None:
+    """Blank lines and comments only: an editor that emptied the file, a save cut short. The
+    loader refuses it, so every caller (start-up, reload, ``rules check``, the API's check)
+    agrees; ``rules: []`` says "no rules" on purpose."""
+    for text in ("", "\n\n", "# all rules removed for now\n", "  # indented\n\n# two\n"):
+        with pytest.raises(RulesError) as info:
+            load_rules(text, FILE, channels=CHANNELS, staff=STAFF, groups=GROUPS)
+        assert info.value.problems == [
+            f"{FILE}: the file is empty (no policies, no rules); to run without rules, "
+            "leave rules.path out of the configuration"
+        ]
+    ruleset = load("rules: []\n")
     assert ruleset.rules == () and dict(ruleset.policies) == {}
 
 
@@ -278,7 +289,7 @@ rules:
       kind: personal_email
       owner: care
       deadline: 1h
-      escalation: [bob, group:duty-managers, staff:ann, on_call]
+      escalation: [bob, group:duty-managers, staff:ann, on_call:care]
 """
     )
     followup = ruleset.rules[0].followup
@@ -288,7 +299,7 @@ rules:
         "staff:bob",
         "group:duty-managers",
         "staff:ann",
-        "on_call",
+        "on_call:care",
     ]
     assert [StaffRef.parse(str(r)) for r in followup.escalation] == list(followup.escalation)
 
@@ -339,3 +350,72 @@ def test_the_reference_shows_real_errors_and_real_explain_output() -> None:
     assert info.value.problems == errors.splitlines()
     golden = Path(__file__).resolve().parents[1] / "golden" / "rules" / "explain_vip_critical.txt"
     assert explained == golden.read_text(encoding="utf-8")
+
+
+def test_merge_keys_in_labels_policies_and_operators() -> None:
+    """``labels: {<<: *prod, service: payments}`` was refused ("env: unknown key (known: <<,
+    service)"): the names of a mapping of free names were taken before the merge."""
+    ruleset = load(
+        """
+policies:
+  <<: {shared: &ladder {steps: [{after: 0m, every: 30m, channels: [email]}]}}
+  default: *ladder
+rules:
+  - name: prod-web
+    match:
+      incident:
+        labels: &prod {env: prod, team: web}
+        severity: &serious {gte: major}
+    quiet_hours: {from: "22:00", to: "07:00"}
+    continue: true
+  - name: prod-web-payments
+    match:
+      incident:
+        labels:
+          <<: *prod
+          service: payments
+          team: [web, api]
+        severity: {<<: *serious, ne: critical}
+    followup: {kind: call, owner: group:care, deadline: 1h}
+    continue: true
+  - name: catch-all
+    policy: shared
+"""
+    )
+    assert sorted(ruleset.policies) == ["default", "shared"]
+    assert [c.describe() for c in ruleset.rule("prod-web-payments").conditions] == [
+        "incident.labels.env == prod",
+        "incident.labels.team in [web, api]",
+        "incident.labels.service == payments",
+        "incident.severity >= major",
+        "incident.severity != critical",
+    ]
+
+
+def test_merge_precedence_is_yaml_s() -> None:
+    """The mapping's own keys win; of ``<<: [*a, *b]`` the first; of merges of merges, the
+    nearer. An anchor merged with overrides, and then used again as it is, reads the same
+    each time (the node tree is not rewritten by the first read)."""
+    ruleset = load(
+        """
+policies:
+  one:
+    steps:
+      - &first {after: 0m, every: 30m, channels: [email]}
+      - &second {<<: *first, after: 1h, every: 10m}
+      - <<: [{after: 2h, every: 5m}, *second, {channels: [sms], urgency: high}]
+        urgency: low
+  two:
+    steps: [*first, *second]
+rules:
+  - name: r
+    policy: one
+"""
+    )
+    one, two = ruleset.policies["one"].steps, ruleset.policies["two"].steps
+    assert [(s.after, s.every, s.channels, s.urgency) for s in one] == [
+        (timedelta(0), timedelta(minutes=30), ("email",), "normal"),
+        (timedelta(hours=1), timedelta(minutes=10), ("email",), "normal"),
+        (timedelta(hours=2), timedelta(minutes=5), ("email",), "low"),
+    ]
+    assert two == one[:2]

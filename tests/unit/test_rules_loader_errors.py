@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -445,3 +446,175 @@ rules:
         f"{at(text, 'staff:nobody')}: rules[0].followup.escalation[1]: "
         "unknown staff member 'nobody'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("a{4294967296}", "the repetition number is too large"),  # OverflowError in ``re``
+        ("(" * 3000 + ")" * 3000, "it is nested too deeply"),  # RecursionError in ``re``
+        ("pay(", "missing ), unterminated subpattern at position 3"),  # re.error
+    ],
+)
+def test_a_regular_expression_that_cannot_be_compiled_is_located(pattern: str, why: str) -> None:
+    """Whatever ``re.compile`` raises: an OverflowError or RecursionError escaped the loader,
+    so ``rules check`` printed a traceback and a reload failed without recording the error."""
+    shown = pattern if len(pattern) <= 60 else f"{pattern[:40]}… ({len(pattern)} characters)"
+    quoted = f"'{pattern}'"
+    text = (
+        LADDER
+        + f"""
+rules:
+  - name: text
+    match: {{incident: {{source: {{matches: '{pattern}'}}}}}}
+    continue: true
+  - name: set
+    match: {{incident: {{components: {{matches: '{pattern}'}}}}}}
+    continue: true
+  - name: label
+    policy: default
+    compensation:
+      kind: credit
+      amount: 5
+      currency: EUR
+      when: {{incident: {{labels: {{env: {{not_matches: '{pattern}'}}}}}}}}
+"""
+    )
+    assert problems(text) == [
+        f"{at(text, quoted, 1)}: rules[0].match.incident.source.matches: "
+        f"invalid regular expression {shown!r}: {why}",
+        f"{at(text, quoted, 2)}: rules[1].match.incident.components.matches: "
+        f"invalid regular expression {shown!r}: {why}",
+        f"{at(text, quoted, 3)}: rules[2].compensation.when.incident.labels.env.not_matches: "
+        f"invalid regular expression {shown!r}: {why}",
+    ]
+
+
+def test_values_their_tags_cannot_make_are_located() -> None:
+    """``!!int abc``, ``!!bool maybe`` and a number of thousands of digits raised ValueError
+    or KeyError out of the loader."""
+    huge = "9" * 5000
+    text = (
+        "version: !!int abc\n"
+        + LADDER
+        + f"""
+rules:
+  - name: r
+    continue: !!bool maybe
+    match:
+      incident:
+        affected_customers: {{gt: {huge}}}
+      customer:
+        incidents: {{within: 30d, gte: !!int abc}}
+"""
+    )
+    assert problems(text) == [
+        f"{at(text, '!!int abc')}: version: a whole number is expected, not 'abc'",
+        f"{at(text, '!!bool')}: rules[0].continue: true or false is expected, not 'maybe'",
+        f"{at(text, huge)}: rules[0].match.incident.affected_customers.gt: "
+        "the number is too large (5000 digits)",
+        f"{at(text, '!!int abc', 2)}: rules[0].match.customer.incidents.gte: "
+        "a whole number is expected, not 'abc'",
+    ]
+
+
+def test_bare_on_call_is_refused_where_staff_are_named() -> None:
+    """``on_call`` without a group passed the check but named nobody at run time: the
+    forced follow-up was never created, ``notify: [on_call]`` told no one."""
+    text = """
+policies:
+  p:
+    steps:
+      - {after: 0m, every: 5m, channels: [email], notify: [on_call]}
+rules:
+  - name: r
+    policy: p
+    followup: {kind: call, owner: on_call, deadline: 1h, escalation: [care, on_call]}
+"""
+    refused = "on_call names the person on call in a group: write on_call:GROUP " + (
+        "(known: account-managers, care, duty-managers)"
+    )
+    assert problems(text) == [
+        f"{at(text, 'on_call]')}: policies.p.steps[0].notify[0]: {refused}",
+        f"{at(text, 'on_call,')}: rules[0].followup.owner: {refused}",
+        f"{at(text, 'on_call]', on='escalation')}: rules[0].followup.escalation[1]: {refused}",
+    ]
+    assert problems(text.replace("[on_call]", "['on_call:']"))[0].endswith(
+        "policies.p.steps[0].notify[0]: write staff:ID, group:NAME, on_call:GROUP or "
+        "account_manager, not 'on_call:'"
+    )
+
+
+def test_a_problem_in_merged_content_is_where_it_is_written_and_names_the_merge() -> None:
+    """It is reported at the anchor's text, with the path where it is read and the line of
+    the ``<<`` that brought it in (before: at the anchor, as "unknown key" of another rule's
+    mapping, whatever the content)."""
+    text = (
+        LADDER
+        + """
+rules:
+  - name: a
+    match:
+      incident:
+        labels: &prod {env: prod, team: {matchs: "w.*"}}
+    continue: true
+  - name: b
+    match:
+      incident:
+        labels:
+          <<: *prod
+          service: payments
+    continue: true
+  - name: c
+    policy: default
+"""
+    )
+    assert problems(text) == [
+        f"{at(text, 'matchs')}: rules[0].match.incident.labels.team.matchs: unknown operator "
+        "(did you mean 'matches'?)",
+        f"{at(text, 'matchs')}: rules[1].match.incident.labels.team.matchs: unknown operator "
+        f"(did you mean 'matches'?) (merged by `<<` at line {line_of(text, '<<: *prod')})",
+    ]
+
+
+def test_bad_merges_are_located() -> None:
+    text = (
+        LADDER
+        + """
+rules:
+  - name: scalar
+    match: {incident: {labels: {<<: 5, env: prod}}}
+    continue: true
+  - name: list-of-scalars
+    match: {incident: {labels: {<<: [{team: web}, x], env: prod}}}
+    continue: true
+  - name: itself
+    match: {incident: {labels: &me {<<: *me, env: prod}}}
+"""
+    )
+    assert problems(text) == [
+        f"{at(text, '5,')}: rules[0].match.incident.labels: bad merge: << takes a mapping "
+        "(e.g. *anchor) or a list of them, not '5'",
+        f"{at(text, 'x]')}: rules[1].match.incident.labels: bad merge: << takes a mapping "
+        "(e.g. *anchor) or a list of them, not 'x'",
+        f"{at(text, '&me {<<')}: rules[2].match.incident.labels: bad merge: the merge takes "
+        "in the mapping it is part of",
+    ]
+
+
+def test_merges_of_merges_are_not_multiplied() -> None:
+    """Each of 20 steps merges the one before ten times: 10**20 entries, had each merge
+    been expanded."""
+    lines = [
+        "policies:",
+        "  p:",
+        "    steps:",
+        "      - &s0 {after: 0m, every: 30m, channels: [email]}",
+    ]
+    for n in range(1, 21):
+        merges = ", ".join([f"*s{n - 1}"] * 10)
+        lines.append(f"      - &s{n} {{<<: [{merges}], after: {n}h}}")
+    started = time.monotonic()
+    ruleset = load("\n".join([*lines, "rules:", "  - name: r", "    policy: p", ""]))
+    assert time.monotonic() - started < 2
+    assert len(ruleset.policies["p"].steps) == 21

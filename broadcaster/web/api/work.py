@@ -13,7 +13,7 @@ from broadcaster.access import audit
 from broadcaster.access.credentials import Principal
 from broadcaster.clock import Clock
 from broadcaster.escalation.explaining import explain_incident
-from broadcaster.escalation.holder import load_file
+from broadcaster.escalation.holder import load_file, load_text
 from broadcaster.followups import service as followups
 from broadcaster.reports import by_channel
 from broadcaster.store import Delivery, Followup, Incident
@@ -50,7 +50,7 @@ from broadcaster.web.errors import (
     responses,
 )
 from broadcaster.web.state import WebState, state_of
-from rules import RulesError, load_rules
+from rules import RulesError
 
 router = APIRouter(prefix="/api/v1", responses=AUTHENTICATED)
 
@@ -302,14 +302,8 @@ async def rules_check(body: RulesCheckIn, request: Request, _: Operator) -> Rule
     try:
         # Parsing is CPU work: off the event loop, so other requests keep being served.
         if body.text is not None:
-            ruleset = await asyncio.to_thread(
-                load_rules,
-                body.text,
-                "<request>",
-                channels=set(settings.channels),
-                staff=set(settings.staff.people),
-                groups=set(settings.staff.groups),
-            )
+            # The check behind start-up and reloads, so what passes here loads there.
+            ruleset = await asyncio.to_thread(load_text, body.text, "<request>", settings)
         elif settings.rules.path is not None:
             ruleset = await asyncio.to_thread(load_file, settings.rules.path, settings)
         else:
