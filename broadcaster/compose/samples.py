@@ -58,11 +58,31 @@ SAMPLE_FOLLOWUP: dict[str, Any] = {
     "deadline": "10:00 CET",
 }
 SAMPLE_TASK: dict[str, Any] = {
+    # An escalation, the longest of the notices (an assignment and a reminder leave out
+    # the owner's sentence): the SMS check measures the longest.
     "customer": "Anna de Vries",
-    "contact": "+31 6 12345678, anna@example.nl",
-    "history": "3 incidents in the last 30 days",
-    "what_to_say": "Apologise, explain the cause, offer the EUR 5 credit.",
-    "deadline": "10:00 CET",
+    "deadline": "09:00 UTC",
     "kind": "call",
     "incident": "Card payments failing",
+    "id": 318,
+    "notice": "escalation",
+    "overdue": True,
+    "owner": "Pieter Bakker",
+    "owner_id": "pieter",
+    "addresses": ["+31612345678", "anna@example.nl"],
+    "language": "nl",
+    "language_name": "Dutch",
+    "timezone": "Europe/Amsterdam",
+    "local_deadline": "10:00 CET",
+    "incidents": 3,
+    "window_count": 30,
+    "window_unit": "day",
+    "tier": "vip",
+    "console": "https://status.example.org/console/followups",
+    "claim_command": None,
+    "done_command": "broadcaster followups done 318 --as maria",
+    "contact": "+31612345678, anna@example.nl; they read Dutch (nl); their time zone is "
+    "Europe/Amsterdam, where the deadline is 10:00 CET",
+    "history": "3 incidents affected them in the last 30 days; tier vip",
+    "what_to_say": "Apologise, explain the cause, offer the EUR 5 credit.",
 }

@@ -216,6 +216,10 @@ class StaffSettings(_Section):
     groups: dict[str, StaffGroup] = Field(default_factory=dict)
     notify_channel: str | None = None
     """The channel (an email or console channel) that tells staff about their tasks."""
+    unassigned_owner: str | None = None
+    """Staff id of who owns a forced follow-up whose rule names nobody for the customer (no
+    account manager, an empty group) and whose escalation chain names nobody either; unset,
+    the directory's first admin does (docs/rules.md, In the daemon)."""
 
 
 class RulesSettings(_Section):
@@ -502,6 +506,11 @@ def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
             problems.append(
                 (("staff", "groups", name, "on_call"), f"unknown staff {group.on_call!r}")
             )
+    unassigned = settings.staff.unassigned_owner
+    if unassigned is not None and unassigned not in people:
+        problems.append(
+            (("staff", "unassigned_owner"), f"unknown staff {unassigned!r} (see staff.people)")
+        )
     notify = settings.staff.notify_channel
     if notify is not None and notify not in settings.channels:
         problems.append(

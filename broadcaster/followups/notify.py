@@ -13,16 +13,19 @@ step's whose incident ended. The daemon's follow-up sweep sends them (a round th
 some wakes it); the outcome of an attempt is written only if the notice is still held for
 that attempt (owner and attempt count), so a late answer never overwrites a later one.
 
-A follow-up's message is the ``followup_task`` template: whom to contact, how to reach
-them (with their language, their time zone and the deadline in it), their history over the
-rules' history window and what to say.
+A follow-up's message is the ``followup_task`` template, in ``messages.default_language``:
+which notice it is (assigned, reminder, escalation) and the task's id, whom to contact, how
+to reach them (with their language, their time zone and the deadline in it), their history
+over the rules' history window, the owner (for an escalation), what to say and how the one
+told records the outcome (commands that work for them). The context gives each of these as
+data for the templates to phrase (:func:`task_context_of`); the English sentences of old
+(``contact``, ``history``, ``what_to_say``) are kept for templates written for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -41,7 +44,8 @@ from broadcaster.config.settings import DeliverySettings, RulesSettings
 from broadcaster.dispatch.backoff import delay_after
 from broadcaster.dispatch.content import facts_of
 from broadcaster.followups.directory import Directory
-from broadcaster.followups.service import OPEN_STATES
+from broadcaster.followups.rights import may_claim, may_record
+from broadcaster.followups.service import NOBODY, OPEN_STATES, escalation_targets
 from broadcaster.incidents import lifecycle
 from broadcaster.incidents.service import latest_update
 from broadcaster.store import (
@@ -59,12 +63,6 @@ from broadcaster.store.retry import retried
 from channels.base import Channel, DeliveryError, Message, Target, concurrency_of
 
 log = logging.getLogger("broadcaster.followups")
-
-SAY = {
-    "assigned": "",
-    "reminder": "Reminder: ",
-    "escalation": "Overdue, escalated to you: ",
-}
 
 CLAIM_BATCH = 10
 """Notices one claim takes and sends at once, for a channel that declares no concurrency
@@ -392,22 +390,26 @@ async def _message(
                 Incident.created_at >= now - window
             )
         hit = set((await session.execute(hits.group_by(Delivery.incident_id))).scalars().all())
+        told = (await escalation_targets(session, [task.id]))[task.id]
     hit.add(incident.id)
-    since = f"in the last {_span(window)}" if window > timedelta(0) else "so far"
     facts = facts_of(incident, latest, [(k, v) for k, v in scopes], None)
     language = renderer.templates.default_language
-    addresses = ", ".join(address for _, address in points) or "no phone or email on file"
-    task_context = {
-        "customer": customer.name,
-        "contact": f"{addresses}; {_language_and_zone(customer, task.deadline_at, language, now)}",
-        "history": f"{_count(len(hit), 'incident')} affected them {since}; tier {customer.tier}",
-        "what_to_say": _overdue(task, notice, directory)
-        + _say(task, incident.title, notice.staff, public_url, directory),
-        "deadline": format_when(task.deadline_at, "UTC", language, now, ahead=True),
-        "kind": task.kind,
-        "incident": incident.title,
-    }
-    message = renderer.message(
+    task_context = task_context_of(
+        task,
+        notice.kind,
+        notice.staff,
+        customer,
+        [address for _, address in points],
+        incidents=len(hit),
+        window=window,
+        title=incident.title,
+        language=language,
+        now=now,
+        public_url=public_url,
+        directory=directory,
+        told=told,
+    )
+    return renderer.message(
         RenderRequest(
             kind="followup_task",
             form=form_for(channel.contact),
@@ -420,25 +422,110 @@ async def _message(
         ),
         idempotency_key=notice.key,
     )
-    if SAY[notice.kind]:
-        message = dataclasses.replace(message, subject=SAY[notice.kind] + message.subject)
-    return message
 
 
-def _language_and_zone(customer: Customer, deadline: datetime, language: str, now: datetime) -> str:
-    """The customer's language and time zone, and the deadline as it falls there: "Ann is
-    asked to call by 12:00 UTC" says nothing of a customer for whom that is 21:00 in Tokyo."""
+def task_context_of(
+    task: Followup,
+    notice: str,
+    staff: str,
+    customer: Customer,
+    addresses: list[str],
+    *,
+    incidents: int,
+    window: timedelta,
+    title: str,
+    language: str,
+    now: datetime,
+    public_url: str,
+    directory: Directory,
+    told: set[str],
+) -> dict[str, object]:
+    """The ``task`` of a follow-up's notice to ``staff``: facts for the templates to phrase
+    in their language (docs/templates.md), and the English sentences of old."""
+    owner = directory.person(task.owner) if task.owner != NOBODY else None
+    claim, done = _commands(task, staff, directory, told, now)
+    console = f"{public_url.rstrip('/')}/console/followups"
+    count, unit = _window_parts(window)
+    structured: dict[str, object] = {
+        "id": task.id,
+        "notice": notice,
+        "overdue": now >= task.deadline_at,
+        "owner": (owner.name if owner is not None else task.owner) or None,
+        "owner_id": task.owner or None,
+        "addresses": addresses,
+        "language": customer.language,
+        "language_name": _language_name(customer.language, language),
+        "timezone": customer.timezone,
+        "local_deadline": format_when(
+            task.deadline_at, customer.timezone, language, now, ahead=True
+        ),
+        "incidents": incidents,
+        "window_count": count,
+        "window_unit": unit,
+        "tier": customer.tier,
+        "console": console,
+        "claim_command": claim,
+        "done_command": done,
+    }
+    spoken = structured["language_name"]
+    named = f"{spoken} ({customer.language})" if spoken else customer.language
+    since = f"in the last {_span(window)}" if window > timedelta(0) else "so far"
+    # The English sentences of old, for templates written for them (the shipped ones
+    # phrase the facts above in their own language).
+    english = {
+        "contact": f"{', '.join(addresses) or 'no phone or email on file'}; they read {named}; "
+        f"their time zone is {customer.timezone}, where the deadline is "
+        f"{structured['local_deadline']}",
+        "history": f"{_count(incidents, 'incident')} affected them {since}; tier {customer.tier}",
+        "what_to_say": _overdue(task, notice, directory) + _say(task, title, claim, done, console),
+    }
+    return {
+        "customer": customer.name,
+        "deadline": format_when(task.deadline_at, "UTC", language, now, ahead=True),
+        "kind": task.kind,
+        "incident": title,
+        **english,
+        **structured,
+    }
+
+
+def _language_name(tag: str, language: str) -> str | None:
+    """The customer's language as a reader of ``language`` names it ("Dutch", "Nederlands");
+    None when Babel does not know it."""
     try:
-        spoken = Locale.parse(customer.language.replace("-", "_")).get_display_name(
+        name = Locale.parse(tag.replace("-", "_")).get_display_name(
             Locale.parse(language.replace("-", "_"))
         )
     except (UnknownLocaleError, ValueError, TypeError):
-        spoken = None
-    named = f"{spoken} ({customer.language})" if spoken else customer.language
-    local = format_when(deadline, customer.timezone, language, now, ahead=True)
-    return (
-        f"they read {named}; their time zone is {customer.timezone}, where the deadline is {local}"
-    )
+        return None
+    return str(name) if name else None
+
+
+def _window_parts(window: timedelta) -> tuple[int | None, str | None]:
+    """The history window as a count and a unit the templates name ("30", "day"); none for
+    a window of 0 (the customer's whole history)."""
+    seconds = int(window.total_seconds())
+    if seconds <= 0:
+        return None, None
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            return seconds // size, unit
+    return seconds, "second"
+
+
+def _commands(
+    task: Followup, staff: str, directory: Directory, told: set[str], now: datetime
+) -> tuple[str | None, str | None]:
+    """The commands with which ``staff`` takes the task (None when they need not, or may
+    not) and records its outcome (None when they may not even after claiming it: the
+    task was given to someone else since the notice was queued): only commands that work
+    for them."""
+    done = f"broadcaster followups done {task.id} --as {staff}"
+    if may_record(task, staff, directory, told=told):
+        return None, done
+    if may_claim(task, staff, directory, told=told, now=now):
+        return f"broadcaster followups claim {task.id} --as {staff}", done
+    return None, None
 
 
 def _span(window: timedelta) -> str:
@@ -450,28 +537,29 @@ def _span(window: timedelta) -> str:
     return format_duration(window)
 
 
-def _overdue(task: Followup, notice: _Claimed, directory: Directory) -> str:
-    if notice.kind != "escalation":
+def _overdue(task: Followup, notice: str, directory: Directory) -> str:
+    if notice != "escalation":
         return ""
+    if task.owner == NOBODY:
+        return "Nobody owns it, and it is overdue: see that it is done. "
     owner = directory.person(task.owner)
     named = f"{owner.name} ({task.owner})" if owner is not None else task.owner
     return f"{named}, its owner, recorded no outcome by the deadline: see that it is done. "
 
 
-def _say(task: Followup, title: str, staff: str, public_url: str, directory: Directory) -> str:
-    """What to do, and how the one told records it: this task's own id and their staff id.
-    Who is neither its owner, a manager of the owner nor an admin (a colleague it was
-    escalated to) claims it first: only then may they record its outcome."""
-    command = (
-        f"'broadcaster followups done {task.id} --as {staff} --outcome reached "
-        f'--note "what was said"\' (or --outcome voicemail, declined or unreachable)'
-    )
-    if staff != task.owner and not directory.may_waive(staff, task.owner):
-        command = f"'broadcaster followups claim {task.id} --as {staff}', then {command}"
-    record = (
-        f"Record the outcome on the console ({public_url.rstrip('/')}/console/followups) or "
-        f"with {command}."
-    )
+def _say(task: Followup, title: str, claim: str | None, done: str | None, console: str) -> str:
+    """What to do, and how the one told records it (in English, the ``what_to_say`` of
+    old): this task's own id and their staff id, claiming it first when they must."""
+    record = f"Record the outcome on the console ({console})"
+    if done is not None:
+        command = (
+            f"'{done} --outcome reached --note \"what was said\"' "
+            "(or --outcome voicemail, declined or unreachable)"
+        )
+        if claim is not None:
+            command = f"'{claim}', then {command}"
+        record += f" or with {command}"
+    record += "."
     if task.kind == "visit":
         return f"Visit in person about '{title}'. {record}"
     return (

@@ -2,11 +2,16 @@
 and escalation when they run late.
 
 One task per (incident, customer, rule). Its owner is named when it is created (the
-customer's account manager, a group's on-call person, ...). Overdue tasks remind the owner
-every ``reminder_every`` until the deadline, then escalate along the rule's chain (or, when
-the rule names none, up the owner's managers), one link every ``escalation_interval``.
-Claiming a task makes the claimer its owner, so only those the rules made responsible for
-it, a manager of the owner or an admin may (:mod:`broadcaster.followups.rights`).
+customer's account manager, a group's on-call person, ...); when the rule names nobody for
+the customer, the first escalation link that names someone, else ``staff.unassigned_owner``,
+else the directory's first admin owns it, and with none of them it is kept unowned (said
+at error level): a forced follow-up is never dropped. Tasks remind the owner every
+``reminder_every`` until the deadline, then escalate along the rule's chain (or, when the
+rule names none, up the owner's managers), one link every ``escalation_interval``, always to
+someone other than the owner. Claiming a task makes the claimer its owner, so only those
+the rules made responsible for it, a manager of the owner or an admin may; once overdue, a
+claimed task may be taken over by those it escalated to, a manager of its owner or an admin,
+who may also record its outcome (:mod:`broadcaster.followups.rights`).
 """
 
 from __future__ import annotations
@@ -19,8 +24,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
-from broadcaster.followups.directory import Directory, NoOwner
-from broadcaster.followups.rights import claim_refusal, may_claim
+from broadcaster.followups.directory import Directory, NoOwner, OnlyThem
+from broadcaster.followups.rights import (
+    claim_refusal,
+    may_claim,
+    may_record,
+    owner_name,
+    record_refusal,
+)
 from broadcaster.store import (
     Also,
     Customer,
@@ -37,6 +48,9 @@ OPEN_STATES = ("open", "claimed")
 log = logging.getLogger("broadcaster.followups")
 DEFAULT_ESCALATION_INTERVAL = timedelta(hours=1)
 MAX_ESCALATIONS = 3
+NOBODY = ""
+"""The owner of a forced follow-up for whom nobody could be found (see :func:`_owner_for`):
+kept, so that its incident cannot be closed without it, for an admin to claim or waive."""
 
 
 class FollowupError(ValueError):
@@ -129,19 +143,17 @@ async def create_for_customer(
         ).scalar_one_or_none()
         if exists is not None:
             continue
-        owner: str | None
-        try:
-            owner = directory.resolve(req.owner, customer.account_manager)
-        except NoOwner:
-            owner = _fallback_owner(directory, req, customer.account_manager)
-        if owner is None:
-            # Nobody to own it: neither the rule's owner nor any escalation link names a
-            # person. Said loudly, since a forced follow-up is the point of the rule.
-            log.warning(
-                "a forced follow-up has nobody to own it; it was not created",
-                extra={"incident": incident_id, "customer": customer.id, "rule": req.rule},
+        owner, level, how = _owner_for(directory, req, customer.account_manager)
+        where = {"incident": incident_id, "customer": customer.id, "rule": req.rule, "how": how}
+        if owner == NOBODY:
+            # Said loudly, since a forced follow-up is the point of the rule: kept (its
+            # incident cannot be closed without it) for an admin to claim or waive.
+            log.error(
+                "a forced follow-up has nobody to own it; it is kept unowned for an admin",
+                extra=where,
             )
-            continue
+        elif how:
+            log.warning("a forced follow-up's rule names nobody; another owns it", extra=where)
         every = req.reminder_every.total_seconds() if req.reminder_every else None
         task = Followup(
             incident_id=incident_id,
@@ -153,12 +165,12 @@ async def create_for_customer(
             state="open",
             deadline_at=now + req.deadline,
             reminder_every_s=every,
-            next_reminder_at=now + req.reminder_every if req.reminder_every else None,
+            next_reminder_at=now + req.reminder_every if req.reminder_every and owner else None,
             escalation=[str(ref) for ref in req.escalation] or None,
             escalation_interval_s=(
                 req.escalation_interval.total_seconds() if req.escalation_interval else None
             ),
-            escalation_level=0,
+            escalation_level=level,
             next_escalation_at=now + req.deadline,
             created_at=now,
         )
@@ -169,27 +181,47 @@ async def create_for_customer(
                 followup_id=task.id,
                 at=now,
                 kind="created",
-                staff=owner,
-                detail=f"rule {req.rule}: {req.kind} by {task.deadline_at:%Y-%m-%d %H:%M}Z",
+                staff=owner or None,
+                detail=f"rule {req.rule}: {req.kind} by {task.deadline_at:%Y-%m-%d %H:%M}Z"
+                + (f"; {how}" if how else ""),
             )
         )
+        if owner == NOBODY:
+            continue
         notice = Notice(task.id, owner, "assigned")
         _queue(session, task, notice, f"followup-{task.id}-assigned", now)
         notices.append(notice)
     return notices
 
 
-def _fallback_owner(
+def _owner_for(
     directory: Directory, req: FollowupRequirement, account_manager: str | None
-) -> str | None:
-    """When the owner names nobody (no account manager), the first escalation link that
-    names someone owns it: a forced follow-up must never silently disappear."""
-    for ref in req.escalation:
+) -> tuple[str, int, str]:
+    """Who owns a new task, the escalation level it starts at, and, when the rule's owner
+    names nobody for this customer (no account manager, an empty group), how another was
+    found: a forced follow-up must never silently disappear.
+
+    In order: the first escalation link that names someone (the escalation then starts
+    after that link: it must not come back to the owner as if to someone else);
+    ``staff.unassigned_owner``; the directory's first admin; else nobody (:data:`NOBODY`):
+    the task is kept, its incident cannot be closed without it, and an admin must claim or
+    waive it."""
+    try:
+        return directory.resolve(req.owner, account_manager), 0, ""
+    except NoOwner as nobody:
+        why = f"{req.owner} names nobody ({nobody})"
+    for index, ref in enumerate(req.escalation):
         try:
-            return directory.resolve(ref, account_manager)
+            return directory.resolve(ref, account_manager), index + 1, f"{why}; owned by {ref}"
         except NoOwner:
             continue
-    return None
+    fallback = directory.staff.unassigned_owner
+    if fallback and directory.person(fallback) is not None:
+        return fallback, 0, f"{why}; owned by staff.unassigned_owner, {fallback}"
+    admins = directory.admins()
+    if admins:
+        return admins[0], 0, f"{why}; owned by the admin {admins[0]}"
+    return NOBODY, 0, f"{why}, nor is there a staff.unassigned_owner or an admin: unowned"
 
 
 async def due_notices(database: Database, clock: Clock, directory: Directory) -> list[Notice]:
@@ -206,6 +238,10 @@ async def due_notices(database: Database, clock: Clock, directory: Directory) ->
         for task in tasks:
             if now < task.deadline_at:
                 if task.next_reminder_at is not None and task.next_reminder_at <= now:
+                    every = timedelta(seconds=task.reminder_every_s or 0)
+                    task.next_reminder_at = now + every if every else None
+                    if task.owner == NOBODY:
+                        continue
                     reminder = Notice(task.id, task.owner, "reminder")
                     key = f"followup-{task.id}-reminder-{int(now.timestamp())}"
                     _queue(session, task, reminder, key, now)
@@ -215,8 +251,6 @@ async def due_notices(database: Database, clock: Clock, directory: Directory) ->
                             followup_id=task.id, at=now, kind="reminded", staff=task.owner
                         )
                     )
-                    every = timedelta(seconds=task.reminder_every_s or 0)
-                    task.next_reminder_at = now + every if every else None
                 continue
             if task.next_escalation_at is None or task.next_escalation_at > now:
                 continue
@@ -227,14 +261,30 @@ async def due_notices(database: Database, clock: Clock, directory: Directory) ->
             target, level, skipped = _escalation_target(task, directory, manager)
             if skipped:
                 log.warning(
-                    "escalation links of an overdue follow-up name nobody; skipped",
+                    "escalation links of an overdue follow-up name nobody but its owner; skipped",
                     extra={"followup": task.id, "links": skipped},
                 )
-            if target is None:
-                task.escalation_level = level
-                task.next_escalation_at = None
-                continue
+            passed = f"; skipped {', '.join(skipped)}" if skipped else ""
+            overdue = f"overdue since {task.deadline_at:%Y-%m-%d %H:%M}Z"
             task.escalation_level = level
+            if target is None:
+                task.next_escalation_at = None
+                if skipped or not await _escalated_before(session, task.id):
+                    # Said once: an overdue task nobody else hears of is worth a look.
+                    log.warning(
+                        "an overdue follow-up has nobody but its owner to escalate to",
+                        extra={"followup": task.id, "owner": task.owner},
+                    )
+                    session.add(
+                        FollowupEvent(
+                            followup_id=task.id,
+                            at=now,
+                            kind="not_escalated",
+                            staff=task.owner or None,
+                            detail=f"{overdue}; nobody but its owner to escalate to{passed}",
+                        )
+                    )
+                continue
             interval = (
                 timedelta(seconds=task.escalation_interval_s or 0) or DEFAULT_ESCALATION_INTERVAL
             )
@@ -249,20 +299,47 @@ async def due_notices(database: Database, clock: Clock, directory: Directory) ->
                     at=now,
                     kind="escalated",
                     staff=target,
-                    detail=f"overdue since {task.deadline_at:%Y-%m-%d %H:%M}Z"
-                    + (f"; skipped {', '.join(skipped)} (nobody)" if skipped else ""),
+                    detail=overdue + passed,
                 )
             )
     return notices
+
+
+async def _escalated_before(session: AsyncSession, followup_id: int) -> bool:
+    found = await session.execute(
+        select(FollowupEvent.id)
+        .where(FollowupEvent.followup_id == followup_id, FollowupEvent.kind == "escalated")
+        .limit(1)
+    )
+    return found.first() is not None
+
+
+async def escalation_targets(session: AsyncSession, followup_ids: list[int]) -> dict[int, set[str]]:
+    """Whom each task was escalated to, as its history records it (an ``account_manager``
+    link's person, whom the rights cannot work out from the chain alone, among them)."""
+    told: dict[int, set[str]] = {followup_id: set() for followup_id in followup_ids}
+    if not followup_ids:
+        return told
+    rows = await session.execute(
+        select(FollowupEvent.followup_id, FollowupEvent.staff).where(
+            FollowupEvent.followup_id.in_(followup_ids), FollowupEvent.kind == "escalated"
+        )
+    )
+    for followup_id, staff in rows:
+        if staff:
+            told[followup_id].add(staff)
+    return told
 
 
 def _escalation_target(
     task: Followup, directory: Directory, account_manager: str | None
 ) -> tuple[str | None, int, list[str]]:
     """Whom to tell of the overdue ``task`` next, the escalation level that makes, and the
-    links of the rule's chain passed over because they name nobody (no account manager, an
-    empty group): a link that names nobody must not end the chain before the links after
-    it. Without a chain, the owner's managers, one level up at each step."""
+    links of the rule's chain passed over, each with why: a link that names nobody (no
+    account manager, an empty group) must not end the chain before the links after it, and
+    one that names only the task's owner must not send the owner their own task as if to
+    someone else (a group's member other than the owner is told instead). Without a chain,
+    the owner's managers, one level up at each step."""
     chain = task.escalation or []
     level = task.escalation_level
     if chain:
@@ -271,16 +348,19 @@ def _escalation_target(
             link = chain[level]
             level += 1
             try:
-                return directory.resolve(StaffRef.parse(link), account_manager), level, skipped
-            except NoOwner:
-                skipped.append(link)
+                ref = StaffRef.parse(link)
+                return directory.resolve(ref, account_manager, besides=task.owner), level, skipped
+            except OnlyThem:
+                skipped.append(f"{link} (only {task.owner}, the owner)")
+            except (NoOwner, ValueError):
+                skipped.append(f"{link} (nobody)")
         return None, level, skipped
     if level >= MAX_ESCALATIONS:
         return None, level, []
     current: str | None = task.owner
     for _ in range(level + 1):
         current = directory.manager_of(current) if current else None
-    return current, level + 1, []
+    return (None if current == task.owner else current), level + 1, []
 
 
 async def _task(session: AsyncSession, followup_id: int) -> Followup:
@@ -300,18 +380,43 @@ async def claim(
     admin: bool = False,
     also: Also | None = None,
 ) -> Followup:
-    """Take an open follow-up: ``staff`` becomes its owner, who records its outcome. Only
-    for those :func:`broadcaster.followups.rights.may_claim` allows (``admin``: a caller
-    the console or API know to hold the admin role), so that nobody takes a task the
-    rules gave to a named person or group, or records an outcome by claiming first."""
+    """Take a follow-up: ``staff`` becomes its owner, who records its outcome. Only for
+    those :func:`broadcaster.followups.rights.may_claim` allows (``admin``: a caller the
+    console or API know to hold the admin role), so that nobody takes a task the rules gave
+    to a named person or group, or records an outcome by claiming first. An overdue claimed
+    task may be taken over (from whoever claimed it) by those it escalated to, a manager of
+    its owner or an admin: the history says from whom."""
     async with database.session() as session, session.begin():
         task = await _task(session, followup_id)
-        if task.state != "open":
+        now = clock.now()
+        if task.state not in OPEN_STATES or (task.state == "claimed" and staff == task.owner):
             raise FollowupError(f"follow-up {followup_id} is {task.state}, not open")
-        if not may_claim(task, staff, directory, admin=admin):
-            raise FollowupError(claim_refusal(task, staff, directory))
+        told = (await escalation_targets(session, [task.id]))[task.id]
+        if task.state == "claimed" and now < task.deadline_at:
+            raise FollowupError(
+                f"follow-up {followup_id} is claimed, not open: {owner_name(task.owner)} holds "
+                f"it; from its deadline ({task.deadline_at:%Y-%m-%d %H:%M}Z) those it "
+                f"escalates to, a manager of {owner_name(task.owner)} or an admin may take "
+                "it over"
+            )
+        if not may_claim(task, staff, directory, admin=admin, told=told, now=now):
+            raise FollowupError(claim_refusal(task, staff, directory, told=told))
+        previous = task.owner
+        taken_over = task.state == "claimed"
         task.state, task.owner = "claimed", staff
-        session.add(FollowupEvent(followup_id=task.id, at=clock.now(), kind="claimed", staff=staff))
+        session.add(
+            FollowupEvent(
+                followup_id=task.id,
+                at=now,
+                kind="claimed",
+                staff=staff,
+                detail=(
+                    f"taken over from {previous}, overdue since {task.deadline_at:%Y-%m-%d %H:%M}Z"
+                    if taken_over
+                    else None
+                ),
+            )
+        )
         if also is not None:
             also(session, task)
         return task
@@ -330,9 +435,10 @@ async def done(
     also: Also | None = None,
 ) -> Followup:
     """Record a follow-up's outcome. ``staff`` must be its owner (who claimed it, if anyone
-    did), a manager of the owner or a directory admin (with ``directory``), as for a
-    waiver: an outcome closes the task as surely as a waiver does. ``admin`` is for
-    callers the console or API already know to hold the admin role."""
+    did), someone it was escalated to, a manager of the owner or a directory admin (the
+    last two with ``directory``), as for a waiver: an outcome closes the task as surely as
+    a waiver does. ``admin`` is for callers the console or API already know to hold the
+    admin role."""
     if outcome not in OUTCOMES:
         raise FollowupError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
     if not note.strip():
@@ -341,17 +447,9 @@ async def done(
         task = await _task(session, followup_id)
         if task.state not in OPEN_STATES:
             raise FollowupError(f"follow-up {followup_id} is already {task.state}")
-        allowed = (
-            admin
-            or staff == task.owner
-            or (directory is not None and directory.may_waive(staff, task.owner))
-        )
-        if not allowed:
-            raise FollowupError(
-                f"only a manager of {task.owner} or an admin may record the outcome of "
-                f"follow-up {followup_id} in the place of its owner, {task.owner}; "
-                f"you are {staff!r}"
-            )
+        told = (await escalation_targets(session, [task.id]))[task.id]
+        if not may_record(task, staff, directory, admin=admin, told=told):
+            raise FollowupError(record_refusal(task, staff, directory, told=told))
         now = clock.now()
         task.state, task.outcome, task.note = "done", outcome, note.strip()
         task.closed_at, task.closed_by = now, staff
@@ -390,7 +488,8 @@ async def waive(
             raise FollowupError(f"follow-up {followup_id} is already {task.state}")
         if not admin and not directory.may_waive(staff, task.owner):
             raise FollowupError(
-                f"only a manager of {task.owner} or an admin may waive follow-up {followup_id}"
+                f"only a manager of {owner_name(task.owner)} or an admin may waive follow-up "
+                f"{followup_id}"
             )
         now = clock.now()
         task.state, task.note, task.closed_at, task.closed_by = "waived", reason.strip(), now, staff

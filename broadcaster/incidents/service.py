@@ -563,7 +563,7 @@ async def close(
         )
         if open_tasks:
             listed = "; ".join(
-                f"#{t.id} {t.kind} {t.customer_id} by {t.owner} "
+                f"#{t.id} {t.kind} {t.customer_id} by {t.owner or 'nobody yet (an admin claims)'} "
                 f"(due {t.deadline_at:%Y-%m-%d %H:%M}Z)"
                 for t in open_tasks
             )

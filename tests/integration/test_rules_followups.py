@@ -726,7 +726,7 @@ async def test_a_customer_whose_time_zone_is_unknown_here_does_not_stop_the_roun
     assert {"v1@example.org", "b1@example.org", "s1@example.org"} <= told
     warnings = {r.getMessage() for r in caplog.records}
     assert "unknown time zone; the rules take UTC for this customer" in warnings
-    assert "a forced follow-up has nobody to own it; it was not created" in warnings
+    assert "a forced follow-up has nobody to own it; it is kept unowned for an admin" in warnings
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from broadcaster.config.settings import StaffSettings
 from broadcaster.engine import Engine
 from broadcaster.followups import service as followups
 from broadcaster.followups.directory import Directory
-from broadcaster.followups.notify import _say, send_due_notices
+from broadcaster.followups.notify import _commands, send_due_notices
 from broadcaster.followups.service import queue_notice
 from broadcaster.incidents import service
 from broadcaster.store import ContactPoint, Customer, Database, Followup, Subscription
@@ -80,7 +80,7 @@ async def test_the_task_names_language_zone_local_deadline_and_recent_history(
         for m in sinks["email"].sent
         if m.target.address == "ann@example.org" and m.message.subject.startswith("Follow-up")
     ]
-    assert notice.subject == "Follow-up: call Vera VIP by 12:00 UTC"
+    assert notice.subject == f"Follow-up {task.id}: call Vera VIP by 12:00 UTC"
     assert (
         "How to reach them: v@example.org; they read Dutch (nl); their time zone is "
         "Asia/Tokyo, where the deadline is 21:00 JST\n"
@@ -117,29 +117,45 @@ async def test_the_task_names_language_zone_local_deadline_and_recent_history(
     )
     assert sent == 1
     reminder = sinks["email"].sent[-1].message
-    assert reminder.subject == "Reminder: Follow-up: call Vera VIP by 12:00 UTC"
+    assert reminder.subject == f"Reminder: Follow-up {task.id}: call Vera VIP by 12:00 UTC"
     assert "3 incidents affected them in the last 90 days" in reminder.text
 
 
-def test_who_may_not_record_an_outcome_at_once_is_told_to_claim_first() -> None:
-    """An overdue task escalated to a colleague of its owner (not their manager, not an
-    admin): ``done`` would refuse them until they claim it, so the notice says so."""
+def test_the_commands_offered_are_ones_that_work_for_the_one_told() -> None:
+    """The owner, a manager of the owner and anyone the task escalated to record the outcome
+    at once (``done``); a colleague the rules named may claim it first; someone who may do
+    neither (the task went to another since the notice was queued) is offered no command,
+    only the console."""
     directory = Directory(
         StaffSettings.model_validate(
             {
                 "people": {
                     "ann": {"name": "Ann", "email": "a@example.org", "manager": "maria"},
                     "bram": {"name": "Bram", "email": "b@example.org", "manager": "maria"},
+                    "carla": {"name": "Carla", "email": "c@example.org"},
+                    "dirk": {"name": "Dirk", "email": "d@example.org"},
                     "maria": {"name": "Maria", "email": "m@example.org"},
-                }
+                },
+                "groups": {"account-managers": {"members": ["ann", "bram"]}},
             }
         )
     )
-    task = Followup(id=7, kind="call", owner="ann")
-    for staff, claims in (("ann", False), ("maria", False), ("bram", True)):
-        said = _say(task, "Pay down", staff, "http://example.org/", directory)
-        done = f"'broadcaster followups done 7 --as {staff} --outcome reached"
-        assert done in said, staff
-        claim = f"'broadcaster followups claim 7 --as {staff}', then {done}"
-        assert (claim in said) is claims, staff
-        assert "http://example.org/console/followups" in said
+    task = Followup(
+        id=7,
+        kind="call",
+        owner="ann",
+        owner_ref="group:account-managers",
+        state="open",
+        deadline_at=START,
+        escalation=["staff:dirk"],
+        escalation_level=1,
+    )
+    now = START + timedelta(minutes=1)
+    for staff, claim in (("ann", False), ("maria", False), ("dirk", False), ("bram", True)):
+        claims, done = _commands(task, staff, directory, set(), now)
+        assert done == f"broadcaster followups done 7 --as {staff}", staff
+        assert (claims == f"broadcaster followups claim 7 --as {staff}") is claim, staff
+        assert claims is None or claim, staff
+    assert _commands(task, "carla", directory, set(), now) == (None, None)
+    # Whom the history says it was escalated to (an account manager link's person).
+    assert _commands(task, "carla", directory, {"carla"}, now)[1] is not None

@@ -86,10 +86,13 @@ async def _queue(
     directory = _directory(state)
     admin = principal.role == "admin"
     may_waive = {t.id: admin or directory.may_waive(principal.name, t.owner) for t in tasks}
-    # The Claim button only where the claim would be allowed (rights.may_claim): the
-    # server refuses the others all the same.
+    # The Claim button only where the claim would be allowed (rights.may_claim, an overdue
+    # claimed task's take-over included): the server refuses the others all the same.
+    async with state.database.session() as session:
+        told = await followups.escalation_targets(session, [t.id for t in tasks])
+    now = state.clock.now()
     may_claim = {
-        t.id: t.state == "open" and rights.may_claim(t, principal.name, directory, admin=admin)
+        t.id: rights.may_claim(t, principal.name, directory, admin=admin, told=told[t.id], now=now)
         for t in tasks
     }
     return render(

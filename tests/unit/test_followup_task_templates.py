@@ -1,0 +1,249 @@
+"""Staff task notices (``followup_task``) in every form and shipped language: which notice
+it is (assigned, reminder, escalation), the task's id, the owner, and how to record the
+outcome, phrased by each language's templates from the task's facts; the English sentences
+of old still given to templates written for them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broadcaster.compose.render import Renderer, RenderRequest
+from broadcaster.compose.samples import SAMPLE_NOW, SAMPLE_TASK, sample_facts, sample_personal
+from broadcaster.compose.templates import SHIPPED_LANGUAGES, TemplateSet
+from broadcaster.config.settings import StaffSettings
+from broadcaster.followups.directory import Directory
+from broadcaster.followups.notify import task_context_of
+from broadcaster.store import Customer, Followup
+from channels.sms_segments import segments
+
+NOTICES = ("assigned", "reminder", "escalation")
+
+
+def renderer(override: Path | None = None, language: str = "en") -> Renderer:
+    return Renderer(
+        TemplateSet(override, default_language=language),
+        organisation="Example Transit",
+        public_url="https://status.example.org",
+    )
+
+
+def render(
+    form: str, in_language: str, using: Renderer | None = None, /, **task: Any
+) -> dict[str, str]:
+    """The sample task's notice (with ``task``'s changes) in ``form``."""
+    return (using or renderer()).render(
+        RenderRequest(
+            kind="followup_task",
+            form=form,
+            facts=sample_facts("followup_task"),
+            language=in_language,
+            timezone="UTC",
+            now=SAMPLE_NOW,
+            personal=sample_personal("Maria Jansen"),
+            task={**SAMPLE_TASK, **task},
+        )
+    )
+
+
+HEADS = {
+    "en": {
+        "assigned": "Follow-up 318 is yours.",
+        "reminder": "Reminder: follow-up 318 is still open.",
+        "escalation": "Overdue, escalated to you: follow-up 318. Pieter Bakker (pieter), its owner",
+    },
+    "nl": {
+        "assigned": "Opvolging 318 is voor u.",
+        "reminder": "Herinnering: opvolging 318 staat nog open.",
+        "escalation": "Te laat, naar u geescaleerd: opvolging 318. Eigenaar Pieter Bakker (pieter)",
+    },
+}
+
+
+@pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
+@pytest.mark.parametrize("notice", NOTICES)
+def test_an_sms_says_which_notice_the_task_and_how_to_record_it(language: str, notice: str) -> None:
+    """Staff told by SMS tell an assignment from a reminder and an escalation, read the
+    task's id (and, escalated, its owner), and how to record the outcome; whole, within
+    ``messages.sms_max_segments`` (3) with typical values."""
+    sms = render("sms", language, notice=notice, overdue=notice == "escalation")["sms"]
+    assert sms.startswith(HEADS[language][notice]), sms
+    assert "broadcaster followups done 318 --as maria --outcome reached --note" in sms
+    assert "+31612345678" in sms and "10:00 CET" in sms
+    assert ("Pieter Bakker" in sms) is (notice == "escalation")
+    assert sms.endswith("klantniveau vip.\nhttps://status.example.org/incidents/1042") or (
+        sms.endswith("tier vip.\nhttps://status.example.org/incidents/1042")
+    )  # nothing was cut
+    assert segments(sms).segments <= 3
+
+
+@pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
+@pytest.mark.parametrize("notice", NOTICES)
+def test_the_subject_push_and_email_say_the_notice_and_the_task(language: str, notice: str) -> None:
+    email = render("email", language, notice=notice)
+    push = render("push", language, notice=notice)
+    prefix = {
+        "en": {
+            "assigned": "",
+            "reminder": "Reminder: ",
+            "escalation": "Overdue, escalated to you: ",
+        },
+        "nl": {
+            "assigned": "",
+            "reminder": "Herinnering: ",
+            "escalation": "Te laat, naar u geëscaleerd: ",
+        },
+    }[language][notice]
+    follow_up = {"en": "Follow-up 318: call", "nl": "Opvolging 318: bellen"}[language]
+    for title in (email["email_subject"], push["push_title"]):
+        assert title == f"{prefix}{follow_up} Anna de Vries " + (
+            "by 09:00 UTC" if language == "en" else "uiterlijk 09:00 UTC"
+        )
+    for text in (email["email_text"], email["email_html"], push["push_body"]):
+        assert "318" in text and ("Pieter Bakker" in text) is (notice == "escalation")
+        assert "broadcaster followups done 318 --as maria" in text
+
+
+def test_a_dutch_operation_gets_no_english_sentences() -> None:
+    """``messages.default_language: nl``: the staff's templates are Dutch, and so is every
+    sentence in them (they were English sentences made in Python)."""
+    for notice in NOTICES:
+        email = render("email", "nl", notice=notice, language_name="Nederlands")
+        for text in (email["email_subject"], email["email_text"], email["email_html"]):
+            for english in (
+                "How to reach",
+                "they read",
+                "time zone",
+                "affected them",
+                "Apologise",
+                "Record the outcome",
+                "Reminder",
+                "Overdue",
+                "its owner",
+                "what was said",
+            ):
+                assert english not in text, (notice, english)
+        assert (
+            "de klant leest Nederlands (nl); tijdzone Europe/Amsterdam, waar de deadline "
+            in (email["email_text"])
+        )
+        assert "3 storingen troffen de klant in de afgelopen 30 dagen" in email["email_text"]
+
+
+def test_claim_first_only_when_the_commands_say_so_and_none_when_neither_works() -> None:
+    claim = render(
+        "email", "en", claim_command="broadcaster followups claim 318 --as bram", notice="assigned"
+    )["email_text"]
+    assert (
+        "'broadcaster followups claim 318 --as bram', then 'broadcaster followups done 318 "
+        "--as maria --outcome reached" in claim
+    )
+    console_only = render("sms", "en", done_command=None, notice="reminder", overdue=True)["sms"]
+    assert console_only.startswith("Reminder: follow-up 318 is still open, and overdue.")
+    assert "broadcaster followups" not in console_only
+    assert "Record it on the console." in console_only
+
+
+def test_an_unowned_task_and_a_whole_history_window() -> None:
+    text = render("email", "en", owner=None, owner_id=None, window_count=None, window_unit=None)[
+        "email_text"
+    ]
+    assert "Nobody owns it, and it is overdue: see that it is done." in text
+    assert "3 incidents affected them so far; tier vip" in text
+    nl = render("email", "nl", incidents=1, window_count=1, window_unit="hour")["email_text"]
+    assert "1 storing trof de klant in de afgelopen 1 uur" in nl
+
+
+def test_what_staff_and_customers_wrote_is_escaped_in_the_html() -> None:
+    html = render(
+        "email",
+        "en",
+        customer="<b>Anna</b>",
+        incident="Pay & <i>go</i>",
+        addresses=["<script>x</script>"],
+    )["email_html"]
+    assert "<b>Anna</b>" not in html and "&lt;b&gt;Anna&lt;/b&gt;" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "Pay &amp; &lt;i&gt;go&lt;/i&gt;" in html
+
+
+def _context(notice: str, language: str = "en") -> dict[str, object]:
+    now = datetime(2026, 1, 6, 10, 30, tzinfo=UTC)
+    staff = Directory(
+        StaffSettings.model_validate(
+            {
+                "people": {
+                    "ann": {"name": "Ann Visser", "manager": "maria"},
+                    "maria": {"name": "Maria Jansen"},
+                }
+            }
+        )
+    )
+    task = Followup(
+        id=7,
+        kind="call",
+        owner="ann",
+        state="open",
+        deadline_at=datetime(2026, 1, 6, 12, 0, tzinfo=UTC),
+        escalation=None,
+        escalation_level=0,
+    )
+    customer = Customer(id="V1", name="Vera", language="nl", timezone="Asia/Tokyo", tier="vip")
+    return task_context_of(
+        task,
+        notice,
+        "maria",
+        customer,
+        ["v@example.org"],
+        incidents=2,
+        window=timedelta(days=30),
+        title="Pay down",
+        language=language,
+        now=now,
+        public_url="https://status.example.org/",
+        directory=staff,
+        told=set(),
+    )
+
+
+def test_the_context_gives_the_facts_and_the_english_sentences_of_old() -> None:
+    task = _context("escalation")
+    assert {k: task[k] for k in ("id", "notice", "owner", "owner_id", "overdue")} == {
+        "id": 7,
+        "notice": "escalation",
+        "owner": "Ann Visser",
+        "owner_id": "ann",
+        "overdue": False,
+    }
+    assert task["language_name"] == "Dutch" and task["local_deadline"] == "21:00 JST"
+    assert (task["window_count"], task["window_unit"], task["incidents"]) == (30, "day", 2)
+    assert task["console"] == "https://status.example.org/console/followups"
+    assert (task["claim_command"], task["done_command"]) == (
+        None,
+        "broadcaster followups done 7 --as maria",  # ann's manager
+    )
+    assert task["contact"] == (
+        "v@example.org; they read Dutch (nl); their time zone is Asia/Tokyo, where the "
+        "deadline is 21:00 JST"
+    )
+    assert task["history"] == "2 incidents affected them in the last 30 days; tier vip"
+    assert str(task["what_to_say"]).startswith(
+        "Ann Visser (ann), its owner, recorded no outcome by the deadline"
+    )
+    assert _context("assigned", "nl")["language_name"] == "Nederlands"
+
+
+def test_a_template_written_for_the_old_keys_still_renders(tmp_path: Path) -> None:
+    """An admin's override from before the facts were given: its keys are still there."""
+    folder = tmp_path / "en" / "followup_task"
+    folder.mkdir(parents=True)
+    (folder / "sms.j2").write_text(
+        "{{ task.customer }} by {{ task.deadline }}. {{ task.contact }}. {{ task.history }}. "
+        "{{ task.what_to_say }}",
+        encoding="utf-8",
+    )
+    sms = render("sms", "en", renderer(tmp_path), **_context("reminder"))["sms"]
+    assert sms.startswith("Vera by 12:00 UTC. v@example.org; they read Dutch (nl)")
