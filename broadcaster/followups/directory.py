@@ -67,7 +67,9 @@ class Directory:
             return []
         if ref.kind == "on_call":
             return [group.on_call] if group.on_call else list(group.members[:1])
-        return list(group.members)
+        # The on-call person is of the group, listed among its members or not.
+        extra = [group.on_call] if group.on_call and group.on_call not in group.members else []
+        return [*group.members, *extra]
 
     def manager_of(self, staff_id: str) -> str | None:
         person = self.staff.people.get(staff_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from broadcaster.config.settings import StaffSettings
 from broadcaster.escalation.holder import load_text
 from broadcaster.followups.directory import Directory
 from rules import StaffRef
@@ -43,3 +44,18 @@ def test_every_accepted_form_resolves_to_someone() -> None:
         assert directory.members(ref), f"{ref} tells no one"
         assert directory.resolve(ref, None) in settings.staff.people, f"{ref} owns nothing"
     assert directory.resolve(followup.owner, "maria") == "maria"
+
+
+def test_a_group_s_on_call_person_is_told_with_its_members() -> None:
+    """A group with an on-call person and no members owned follow-ups (``resolve``) but
+    ``notify: [group:G]`` told nobody."""
+    staff = StaffSettings.model_validate(
+        {
+            "people": {"ann": {"name": "Ann"}, "bob": {"name": "Bob"}},
+            "groups": {"night": {"on_call": "ann"}, "day": {"members": ["bob"], "on_call": "ann"}},
+        }
+    )
+    directory = Directory(staff)
+    assert directory.members(StaffRef.parse("group:night")) == ["ann"]
+    assert directory.members(StaffRef.parse("group:day")) == ["bob", "ann"]
+    assert directory.members(StaffRef.parse("on_call:day")) == ["ann"]
