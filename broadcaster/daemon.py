@@ -307,6 +307,11 @@ class Daemon:
                 each_wake(followups_due, stop, self._sweep_followups, "follow-up sweep")
             ),
         ]
+        if database.dialect == "postgresql":
+            # The lock can go while the round loop is in the middle of a pass (a large
+            # round): what /healthz, the metrics and the leader-only work read must follow
+            # within seconds, not at the next pass.
+            tasks.append(asyncio.create_task(self.leadership.watch(stop)))
         if engine.rules.path is not None:
             # Reading and checking the file stays off the loop, as before.
             reload = engine.rules.reload_if_changed
@@ -353,10 +358,12 @@ class Daemon:
             stop.set()
             if server is not None:
                 server.should_exit = True
+            if processes is not None:
+                # The extra dispatch processes are told to stop now, and waited for beside
+                # this process's own workers: until told, they would go on claiming batches.
+                tasks.append(asyncio.create_task(processes.stop()))
             await asyncio.gather(*tasks, return_exceptions=True)
             await metrics.stop_counting(web)
-            if processes is not None:
-                await processes.stop()
             scheduler.shutdown(wait=False)
             web.scheduler_running = False
             await self.leadership.release()
@@ -420,13 +427,20 @@ class Daemon:
                 if leading:
                     # This daemon's workers start on each batch of a round's deliveries as
                     # soon as it is committed, not when the whole round is written (other
-                    # processes find it at their poll).
+                    # processes find it at their poll). A daemon that stops, or no longer
+                    # leads (Leadership.watch), claims no further round, and gives back the
+                    # one it is writing after the batch in hand (each batch is fenced by the
+                    # round's lease): the new leader goes on from there at once.
                     completed = await engine.process_due_rounds(
-                        stop.is_set, work_ready.set, followups_due.set
+                        lambda: stop.is_set() or not self.leadership.leading,
+                        work_ready.set,
+                        followups_due.set,
                     )
                     if completed:
                         work_ready.set()
-                    due = await engine.next_wakeup()
+                    leading = self.leadership.leading
+                    if leading:
+                        due = await engine.next_wakeup()
             except Exception as exc:  # the store may be down; keep the daemon alive and retry
                 failures += 1
                 if failures == 1:

@@ -214,6 +214,11 @@ class Engine:
         notices_queued: Callable[[], object] | None = None,
     ) -> int:
         """Claim and materialise every due round; returns how many were completed.
+        ``should_stop`` is asked before each claim and between a round's batches: when it
+        says to stop (the daemon stopping, or no longer leading), no further round is
+        claimed and the one being written is given back after the batch in hand, for the
+        next claimer to go on from its cursor (a batch is written only under the round's
+        fencing token, so a claimer that lost the round writes nothing of it).
         ``committed`` is called whenever a batch of a round's deliveries has committed (the
         daemon wakes its dispatch workers with it). ``notices_queued`` is called when a
         round queued staff notices (an escalation step's, new follow-ups' owners): the
@@ -280,7 +285,7 @@ class Engine:
             if inserted is None:
                 await release_round(self.database, claimed)
                 log.info(
-                    "round released at shutdown",
+                    "round released: stopping, or no longer the leader",
                     extra={
                         "incident": claimed.incident_id,
                         "round": claimed.number,

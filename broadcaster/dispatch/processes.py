@@ -12,8 +12,12 @@ truth: a child keeps nothing that the store does not have.
 The parent hands a child its settings (secrets included) as a pickle on the child's
 standard input, never on the command line, and keeps that pipe open: when the parent
 dies, even by SIGKILL, the child reads end-of-file and stops as on SIGTERM (finishes and
-records what is in flight, gives back its leases). The parent stops its children with
-SIGTERM when it stops, and starts again one that died, after a pause.
+records what is in flight, gives back its leases). The parent starts again one that died,
+after a pause, and stops its children with SIGTERM as soon as its own stop begins (not
+once its own workers have drained: until told, a child goes on claiming batches), then
+waits for them beside its own workers. It kills a child only as a last resort, one still
+running :func:`stop_bound` after the SIGTERM, when the leases of any batch it holds have
+lapsed and other workers may have taken the batch over anyway.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import sys
 from datetime import timedelta
 
 from broadcaster.clock import RealClock
-from broadcaster.config.settings import Settings
+from broadcaster.config.durations import format_duration
+from broadcaster.config.settings import DeliverySettings, Settings
+from broadcaster.dispatch.worker import LEASES_KEPT
 from broadcaster.eventloop import EventLoopError, loop_name
 from broadcaster.eventloop import run as run_on_loop
 
@@ -42,8 +48,19 @@ RESTART_PAUSE_MAX = timedelta(seconds=60)
 STEADY_AFTER = timedelta(seconds=30)
 READY_TIMEOUT = timedelta(seconds=30)
 """How long the daemon's start waits for a child to be ready to claim."""
-STOP_TIMEOUT = timedelta(seconds=30)
-"""How long a child may take to finish its batch at shutdown before it is killed."""
+
+
+def stop_bound(delivery: DeliverySettings) -> timedelta:
+    """How long a child may take to stop after its SIGTERM before it is killed: the longest
+    a message being sent keeps its lease (``LEASES_KEPT`` leases), and one lease more to
+    record the outcomes (a failed write is tried again for up to a lease). A child stops
+    as soon as what it handed to its channels is sent and recorded, far sooner as a rule
+    (a channel's own timeouts end a slow send first); one still running after this is
+    stuck, and the leases of what it holds have lapsed, so other workers may have claimed
+    it again already: killing it then sends nothing twice that waiting would not. 5 min
+    30 s with the default 30 s ``delivery.lease``."""
+    return delivery.lease * (LEASES_KEPT + 1)
+
 
 _LENGTH = struct.Struct(">Q")
 
@@ -57,6 +74,9 @@ class DispatchProcesses:
         self._children: list[asyncio.subprocess.Process | None] = [None] * count
         self._started_at: list[float] = [0.0] * count
         self._pause = RESTART_PAUSE.total_seconds()
+        self._stopping = False
+        self.stop_within = stop_bound(settings.delivery)
+        """How long :meth:`stop` waits for the children before it kills those still running."""
         self.started = 0
         """Processes started so far, restarts included."""
 
@@ -157,28 +177,52 @@ class DispatchProcesses:
                 return False
             self._pause = min(self._pause * 2, RESTART_PAUSE_MAX.total_seconds())
             try:
-                self._children[index] = await self._spawn(index)
-                return True
+                child = self._children[index] = await self._spawn(index)
             except Exception:  # fork or pipe failing (out of memory, say): not the end
                 log.exception("could not start a dispatch process", extra={"index": index + 1})
-
-    async def stop(self) -> None:
-        """SIGTERM every child, wait for each to finish its batch; kill any that hangs."""
-        running = [child for child in self._children if child is not None]
-        for child in running:
-            if child.returncode is None:
+                continue
+            if self._stopping or stop.is_set():  # the stop began while it was starting
                 with contextlib.suppress(ProcessLookupError):
                     child.terminate()
-        for child in running:
-            try:
-                await asyncio.wait_for(child.wait(), STOP_TIMEOUT.total_seconds())
-            except TimeoutError:
-                log.error("dispatch process did not stop; killing it", extra={"pid": child.pid})
-                with contextlib.suppress(ProcessLookupError):
-                    child.kill()
+                return False
+            return True
+
+    async def stop(self) -> None:
+        """SIGTERM every child at once and wait for them all (together, not one after
+        another) to finish what they handed to their channels, record it and give back
+        their leases; kill one still running :attr:`stop_within` after the SIGTERM (a last
+        resort: see :func:`stop_bound`). Called as soon as the daemon's stop begins, beside
+        its own workers' draining."""
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stop_within.total_seconds()
+        ended: list[asyncio.subprocess.Process] = []
+        # Looked at again once those are done: one the supervisor was starting when the
+        # stop began is there too (and has had its SIGTERM from _restart).
+        while running := [c for c in self._children if c is not None and c not in ended]:
+            for child in running:
+                if child.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.terminate()
+            await asyncio.gather(*(self._end(child, deadline) for child in running))
+            ended += running
+
+    async def _end(self, child: asyncio.subprocess.Process, deadline: float) -> None:
+        """Wait for ``child`` to exit until ``deadline`` (the loop's time), then kill it."""
+        try:
+            async with asyncio.timeout_at(deadline):
                 await child.wait()
-            if child.stdin is not None:
-                child.stdin.close()
+        except TimeoutError:
+            log.error(
+                "dispatch process did not stop within %s of its SIGTERM; killing it",
+                format_duration(self.stop_within),
+                extra={"pid": child.pid},
+            )
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            await child.wait()
+        if child.stdin is not None:
+            child.stdin.close()
 
 
 async def run_child(settings: Settings, ready_fd: int | None = None) -> None:

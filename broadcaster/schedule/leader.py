@@ -15,6 +15,17 @@ asks the server for short keepalives and a user timeout
 too), and the leader gives up leading when
 its check does not answer within :data:`ANSWER_WITHIN` seconds.
 
+The daemon asks :meth:`Leadership.ensure` between passes of its round loop, and a pass can
+last as long as a large round takes to write; meanwhile :meth:`Leadership.watch` checks
+every :data:`CHECK_EVERY` seconds that this session still holds the lock, and clears
+:attr:`Leadership.leading` the moment it does not (the session ended: an administrator, a
+failover proxy, a network that dropped it). ``/healthz``, ``broadcaster_leader`` and the
+leader-only work (the round loop between batches and rounds, the follow-up sweep, the
+purge) read that flag, so a deposed leader stops saying it leads, and stops acting as
+one, within seconds of another daemon taking the lock. A round it was writing is fenced
+by the round's own lease in the store (every batch commits only while the round's fencing
+token is still this daemon's), so its last batch cannot be written twice either.
+
 Through a connection pooler the server session is the pooler's, not the daemon's. In
 transaction mode another daemon whose try reached the server session holding the lock would
 be granted it too (two leaders), and the lock would outlive its daemon until the pooler
@@ -44,10 +55,17 @@ LOCK_KEY = 0x62726F61  # "broa": the advisory lock every broadcaster daemon cont
 ANSWER_WITHIN = 5.0
 """Seconds the leadership connection has to answer a check before it is given up."""
 
+CHECK_EVERY = 1.0
+"""Seconds between two checks, while leading, that the lock is still this session's."""
+
 DAEMON_APPLICATION = "broadcaster daemon "
 """The ``application_name`` of every daemon's leadership session, followed by its owner."""
 
-_ALIVE = text("SELECT 1")
+_HELD = text(
+    # A bigint key's lock shows as (classid, objid) = its high and low 32 bits, objsubid 1.
+    "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND pid = pg_backend_pid() AND classid = :high AND objid = :low AND objsubid = 1)"
+)
 _DAEMONS = text(
     "SELECT count(*) FROM pg_stat_activity"
     " WHERE datname = current_database() AND application_name LIKE :name"
@@ -76,6 +94,9 @@ class Leadership:
         self.database = database
         self.owner = owner
         self._conn: AsyncConnection | None = None
+        self._asking = asyncio.Lock()
+        """One statement at a time on the connection: the round loop's :meth:`ensure` and
+        :meth:`watch` share it."""
         self.leading = database.dialect != "postgresql"
 
     async def ensure(self) -> bool:
@@ -88,10 +109,8 @@ class Leadership:
         follower does not connect and disconnect at every sweep."""
         if self.database.dialect != "postgresql":
             return True
-        if self.leading:
-            if await self._ask(_ALIVE) is not None:
-                return True
-            log.warning("lost the leader connection", extra={"owner": self.owner})
+        if self.leading and await self.check():
+            return True
         got = await self._ask(_TRY_LOCK, {"key": LOCK_KEY})
         if not got:
             self.leading = False
@@ -100,10 +119,45 @@ class Leadership:
         log.info("became the leader: scheduling rounds", extra={"owner": self.owner})
         return True
 
+    async def check(self) -> bool:
+        """Whether this daemon still leads: on PostgreSQL, whether its session still holds
+        the lock (asked within :data:`ANSWER_WITHIN` seconds). When it does not,
+        :attr:`leading` is cleared at once (and a session that did not answer is dropped);
+        :meth:`ensure` asks for the lock again at the next pass."""
+        if self.database.dialect != "postgresql" or not self.leading:
+            return self.leading
+        held = await self._ask(_HELD, {"high": LOCK_KEY >> 32, "low": LOCK_KEY & 0xFFFFFFFF})
+        if held:
+            return True
+        self.leading = False
+        log.warning(
+            "no longer the leader: the leadership session %s",
+            "ended" if held is None else "no longer holds the lock",
+            extra={"owner": self.owner},
+        )
+        return False
+
+    async def watch(self, stop: asyncio.Event, every: float = CHECK_EVERY) -> None:
+        """Until ``stop``: while leading, :meth:`check` every ``every`` seconds, so that a
+        leader whose session (and lock) went clears :attr:`leading` within seconds, even
+        in the middle of a round, rather than at its round loop's next pass."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+            if not stop.is_set() and self.leading:
+                try:
+                    await self.check()
+                except Exception:  # the watch must outlive any surprise; ensure() goes on
+                    log.exception("could not check the leadership lock; checking again")
+
     async def _ask(self, query: TextClause, params: dict[str, int] | None = None) -> bool | None:
         """Whether ``query``'s one value is true, asked on the leadership connection
         (opened when there is none); None when the server could not be reached: the
         connection is then dropped, and with it the lock, if it held it."""
+        async with self._asking:
+            return await self._ask_now(query, params)
+
+    async def _ask_now(self, query: TextClause, params: dict[str, int] | None) -> bool | None:
         try:
             async with asyncio.timeout(ANSWER_WITHIN):
                 if self._conn is None:
@@ -160,7 +214,10 @@ class Leadership:
 
     async def release(self) -> None:
         """Give leadership up (clean shutdown): another daemon takes over at once."""
-        if self._conn is not None:
-            with contextlib.suppress(DBAPIError, SQLAlchemyError, OSError):
-                await self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
-        await self._drop()
+        async with self._asking:
+            if self._conn is not None:
+                with contextlib.suppress(DBAPIError, SQLAlchemyError, OSError):
+                    await self._conn.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY}
+                    )
+            await self._drop()

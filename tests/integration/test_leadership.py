@@ -1,20 +1,35 @@
 """Leadership on a real PostgreSQL: one connection per daemon, in autocommit, and the lock
-passes on when the leader's session ends."""
+passes on when the leader's session ends; a leader whose session ended stops saying it
+leads, and stops acting as leader, within seconds, even in the middle of a round."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from sqlalchemy import make_url, text
 
+from broadcaster import engine as engine_module
+from broadcaster.clock import RealClock
+from broadcaster.config.settings import Settings
+from broadcaster.daemon import Daemon
+from broadcaster.incidents import service
+from broadcaster.outbox.materialise import materialise_round
 from broadcaster.schedule import leader as leader_module
 from broadcaster.schedule.leader import LOCK_KEY, Leadership, count_daemons
+from broadcaster.schedule.rounds import ClaimedRound
 from broadcaster.store import Database
 from broadcaster.store.db import KEEPALIVE
+from broadcaster.store.migrate import upgrade_async
+from channels.memory import MemoryChannel
 from tests.conftest import asyncpg_dsn
+from tests.reliability.common import add_customers, delivery_states
 
 pytestmark = pytest.mark.postgres
 
@@ -194,3 +209,177 @@ async def test_a_leader_whose_connection_goes_silent_stops_leading(
         await leader.release()
         await database.dispose()
         await proxy.close()
+
+
+async def _terminate_holder(url: str) -> int:
+    """End the session holding the lock (an administrator, a failover proxy, a network
+    that dropped it); returns its pid."""
+    holder = await _lock_holder(url)
+    assert holder is not None
+    admin = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", holder)
+    finally:
+        await admin.close()
+    return holder
+
+
+async def _until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> float:
+    """Seconds until ``check()`` holds; fails after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while not check():
+        assert loop.time() - began < timeout, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.02)
+    return loop.time() - began
+
+
+async def test_the_watch_clears_leading_when_the_session_ends_between_passes(
+    postgres_url: str,
+) -> None:
+    """Nobody calls ensure() (the round loop is writing a long round): the watch alone
+    notices that the lock went with the session, within seconds."""
+    database = Database(postgres_url)
+    leader = Leadership(database, "a")
+    stop = asyncio.Event()
+    watch = asyncio.create_task(leader.watch(stop, every=0.1))
+    try:
+        assert await leader.ensure()
+        await _terminate_holder(postgres_url)
+        assert await _until(lambda: not leader.leading, "the leader noticed") < 5
+        assert not watch.done()
+        # It becomes leader again at the next pass, on a new session, the lock being free.
+        assert await leader.ensure()
+    finally:
+        stop.set()
+        await asyncio.wait_for(watch, 10)
+        await leader.release()
+        await database.dispose()
+
+
+async def test_a_session_that_no_longer_holds_the_lock_does_not_lead(postgres_url: str) -> None:
+    """The check asks the server whether this session holds the lock, not only whether it
+    answers."""
+    database = Database(postgres_url)
+    leader = Leadership(database, "a")
+    try:
+        assert await leader.ensure()
+        assert await leader.check()
+        assert leader._conn is not None
+        await leader._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+        assert not await leader.check()
+        assert not leader.leading
+        assert leader._conn is not None  # the session is fine: kept, for the next try
+        assert await leader.ensure()
+        assert await _lock_holder(postgres_url) is not None
+    finally:
+        await leader.release()
+        await database.dispose()
+
+
+DEPOSED_CUSTOMERS = 30
+
+
+async def test_a_deposed_leader_stops_leading_mid_round_and_hands_the_round_over(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two daemons; the leader's session is ended while it writes a round. Within seconds,
+    and before that round is done, it says it does not lead (/healthz, /metrics) while the
+    other does; it claims no further round, gives back the one it was writing after the
+    batch in hand, and the new leader writes both incidents' rounds: every customer hears
+    each once."""
+    await upgrade_async(postgres_url)
+    database = Database(postgres_url)
+    clock = RealClock()
+    await add_customers(database, clock.now(), DEPOSED_CUSTOMERS, ["email"])
+    settings = Settings.model_validate(
+        {
+            "database": {"url": postgres_url},
+            "schedule": {
+                "sweep_interval": "100ms",
+                "audience_batch": 5,
+                "cadence": {"major": "1h"},
+            },
+            "delivery": {"channels": ["mail"], "workers": 1, "poll_interval": "50ms"},
+            "channels": {"mail": {"type": "console"}},
+            "http": {"enabled": True, "host": "127.0.0.1", "port": 0, "public_metrics": True},
+        }
+    )
+    first_mail, second_mail = MemoryChannel(name="mail"), MemoryChannel(name="mail")
+    first = Daemon(settings, clock=clock, channels={"mail": first_mail})
+    second = Daemon(settings, clock=clock, channels={"mail": second_mail})
+    writing, go_on = asyncio.Event(), asyncio.Event()
+    written: list[tuple[str, int, int | None]] = []
+    materialise = materialise_round
+
+    async def held(
+        database: Database, clock: RealClock, claimed: ClaimedRound, *args: Any, **kwargs: Any
+    ) -> int | None:
+        if claimed.owner == first.leadership.owner and not go_on.is_set():
+            writing.set()  # a large round, still being written
+            await go_on.wait()
+        result = await materialise(database, clock, claimed, *args, **kwargs)
+        written.append((claimed.owner, claimed.incident_id, result))
+        return result
+
+    monkeypatch.setattr(engine_module, "materialise_round", held)
+    stop = asyncio.Event()
+    runs = [asyncio.create_task(first.run(stop))]
+    try:
+        await asyncio.wait_for(first.ready.wait(), 20)
+        await _until(lambda: first.leadership.leading, "the first daemon leads")
+        runs.append(asyncio.create_task(second.run(stop)))
+        await asyncio.wait_for(second.ready.wait(), 20)
+        incidents = []
+        for title in ("one", "two"):
+            declared = await service.declare(
+                database,
+                clock,
+                service.Declaration(
+                    title=title, severity="major", message="m", components=["payments"]
+                ),
+            )
+            incidents.append(declared.id)
+            await asyncio.wait_for(writing.wait(), 20)
+        await _terminate_holder(postgres_url)
+        await _until(lambda: second.leadership.leading, "the second daemon leads")
+        await _until(lambda: not first.leadership.leading, "the first stops leading", 5)
+        # ... while still in the middle of its round.
+        assert not [w for w in written if w[0] == first.leadership.owner]
+        async with httpx.AsyncClient() as http:
+            for daemon, leads in ((first, False), (second, True)):
+                base = f"http://127.0.0.1:{daemon.http_port}"
+                assert (await http.get(f"{base}/healthz")).json()["leader"] is leads
+                gauge = [
+                    line
+                    for line in (await http.get(f"{base}/metrics")).text.splitlines()
+                    if line.startswith("broadcaster_leader ")
+                ]
+                assert gauge == [f"broadcaster_leader {float(leads)}"]
+        go_on.set()
+        await _until(
+            lambda: len(first_mail.sent) + len(second_mail.sent) >= 2 * DEPOSED_CUSTOMERS,
+            "every message",
+            30,
+        )
+        await asyncio.sleep(0.5)  # nothing more goes out
+    finally:
+        go_on.set()
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*runs), 30)
+    try:
+        # The deposed leader wrote nothing of its round and claimed no other.
+        assert [(o, i, r) for o, i, r in written if o == first.leadership.owner] == [
+            (first.leadership.owner, incidents[0], None)
+        ]
+        assert sorted((i, r) for o, i, r in written if o == second.leadership.owner) == [
+            (incidents[0], DEPOSED_CUSTOMERS),
+            (incidents[1], DEPOSED_CUSTOMERS),
+        ]
+        sent = [*first_mail.sent, *second_mail.sent]
+        sends = Counter((m.message.thread, m.target.customer_id) for m in sent)
+        assert len(sends) == 2 * DEPOSED_CUSTOMERS and set(sends.values()) == {1}
+        assert len({m.message.idempotency_key for m in sent}) == len(sent)
+        assert await delivery_states(database) == {"sent": 2 * DEPOSED_CUSTOMERS}
+    finally:
+        await database.dispose()
