@@ -351,8 +351,13 @@ async def _plan(
             return _Plan(result("ignored", reason="resolved item that was never open here"), event)
         incident = generations[-1]
         generation = _generation(event.external_id, incident.external_id) or 1
-        history = await _history(session, generations, event.source)
+        # The newest entry before the versions applied: each read sees what was committed
+        # when it ran (PostgreSQL's read committed), so an entry written by a concurrent
+        # apply between the two is either in the versions (this plan says "unchanged") or
+        # newer than the entry planned on (the write sees it and plans again: _unraced).
+        # Read the other way round, it could be in neither, and the event applied twice.
         last = await service.latest_update(session, incident.id)
+        history = await _history(session, generations, event.source)
         last_message = last.message if last is not None else ""
         last_id = last.id if last is not None else None
 
