@@ -17,8 +17,9 @@ in turn:
 
 After 24 hours the incident is resolved.
 
-Two views of "promise kept": the store's (the round that keeps a promise was claimed by its
-due time plus ``schedule.promise_grace``: what ``incident show`` counts), and the
+Two views of "promise kept": the store's (the round that keeps a promise reached its
+audience, all but 1 % of its messages sent, by its due time plus ``schedule.promise_grace``:
+what ``incident show`` and ``/metrics`` count, :mod:`broadcaster.schedule.promises`), and the
 customers' (the last message of that round was sent by then).
 """
 
@@ -247,6 +248,9 @@ async def simulate(
                 if upcoming_or_none is None:
                     break
                 clock.set(max(upcoming_or_none, clock.now()))
+            # The scheduler's next pass (the daemon's within its sweep interval) settles
+            # the promise the resolution kept, now that its messages are out.
+            await engine.process_due_rounds()
             figures = await _promise_figures(database, settings.schedule.promise_grace)
         finally:
             await database.dispose()

@@ -43,7 +43,8 @@ class IncidentReport:
     """Follow-up state → count, of every follow-up of the incident."""
     promises: list[PromiseCount] = field(default_factory=list)
     promises_overdue: int = 0
-    """Open promises already broken (:func:`promise_overdue`): no round has come to keep them."""
+    """Open promises already broken (:func:`promise_overdue`): no round has reached the
+    customers since they were made."""
     overdue_since: datetime | None = None
     """The due time of the oldest of those."""
     next_update_due: datetime | None = None
@@ -70,8 +71,11 @@ def by_channel(counts: Iterable[Sequence[Any]]) -> dict[str, dict[str, int]]:
 
 def promise_overdue(now: datetime, grace: timedelta) -> ColumnElement[bool]:
     """A promise broken now and not yet settled: open, its "next update by" more than the
-    promise grace (``schedule.promise_grace``) ago. ``/metrics`` counts these as
-    ``broadcaster_promises_overdue``; once a round comes, it is settled as late."""
+    promise grace (``schedule.promise_grace``) ago. A promise stays open until a round has
+    reached the customers (:mod:`broadcaster.schedule.promises`), so this counts the rounds
+    that did not come (the daemons down, the scheduler stuck) and those that came and could
+    not send (a channel down). ``/metrics`` counts these as ``broadcaster_promises_overdue``;
+    once a round reaches the customers, it is settled as late."""
     return and_(Promise.state == "open", Promise.due_at < now - grace)
 
 
@@ -85,7 +89,9 @@ async def rounds_overdue(session: AsyncSession, now: datetime, grace: timedelta)
     """Rounds due more than ``grace`` ago that are not yet written out to their audience
     (pending, or materialising): the leader gone or frozen, a round stuck. A first notice
     among them has made no promise yet, so ``broadcaster_promises_overdue`` cannot see it.
-    The rounds table is small and indexed on (state, due_at)."""
+    A round written out whose messages do not get through (a channel down) is not counted
+    here: the promise it keeps stays open, and overdue. The rounds table is small and
+    indexed on (state, due_at)."""
     late = select(func.count()).where(
         Round.state.in_(("pending", "materialising")), Round.due_at < now - grace
     )

@@ -1,15 +1,18 @@
 """Claiming due rounds under a lease, and the promises a round makes and keeps.
 
 A round is claimed in one transaction that also (first claim only):
-- keeps the incident's open promise (kept, or late when past its grace);
+- takes on the incident's open promise (it stays open until this round has reached its
+  audience: :mod:`broadcaster.schedule.promises` settles it, kept or late);
 - cancels any other pending round of the incident (this one supersedes it);
 - while the incident is open, creates the next round at the cadence and records the
   promise this round's messages make ("next update by …").
 The claim bumps the round's fencing token; every later write of the claimer checks it.
+Each claim first settles the promises whose round has reached its audience since the last.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -22,11 +25,15 @@ from broadcaster.config.settings import ScheduleSettings
 from broadcaster.followups.service import queue_notice
 from broadcaster.incidents import lifecycle
 from broadcaster.incidents.service import latest_update
-from broadcaster.schedule.cadence import is_late, lateness, next_due
+from broadcaster.schedule.cadence import next_due
+from broadcaster.schedule.promises import settle_promises, take_on
 from broadcaster.store import Database, Incident, Promise, Round
+from broadcaster.store.retry import store_unreachable
 
 if TYPE_CHECKING:
     from broadcaster.escalation.plan import Escalation
+
+log = logging.getLogger("broadcaster.schedule")
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,9 @@ async def claim_due_round(
     owner: str,
     escalation: Escalation | None = None,
 ) -> ClaimedRound | None:
-    """Claim the earliest due round (or one whose lease expired); None when nothing is due."""
+    """Claim the earliest due round (or one whose lease expired); None when nothing is due.
+    Settles first the promises whose keeping round has reached its audience."""
+    await _settle(database, clock, settings)
     now = clock.now()
     async with database.session() as session, session.begin():
         query = (
@@ -105,6 +114,18 @@ async def claim_due_round(
         )
 
 
+async def _settle(database: Database, clock: Clock, settings: ScheduleSettings) -> None:
+    """:func:`settle_promises`, without holding up the rounds: a failure is logged and
+    tried again at the next pass (one of the store's own ends the pass as it would the
+    claim)."""
+    try:
+        await settle_promises(database, clock, settings)
+    except Exception as exc:
+        if store_unreachable(exc):
+            raise
+        log.exception("could not settle promises; trying again at the next pass")
+
+
 CANDIDATES = 8
 """Due rounds a claim looks at (PostgreSQL), so that one whose incident an operator is
 updating does not hold up the others."""
@@ -142,20 +163,9 @@ async def _start_round(
     if current.kind == "no_news":
         last = await latest_update(session, incident.id)
         current.update_id = last.id if last else current.update_id
-    open_promises = (
-        (
-            await session.execute(
-                select(Promise).where(Promise.incident_id == incident.id, Promise.state == "open")
-            )
-        )
-        .scalars()
-        .all()
-    )
-    for promise in open_promises:
-        promise.kept_by_round_id = current.id
-        promise.kept_at = now
-        promise.lateness_seconds = lateness(promise.due_at, now).total_seconds()
-        promise.state = "late" if is_late(promise.due_at, now, settings.promise_grace) else "kept"
+    # Kept once this round's messages have reached its audience, not now: a round that
+    # starts on time and then cannot send (a channel down) must not count as kept.
+    await take_on(session, incident.id, current.id)
     await session.execute(
         update(Round)
         .where(

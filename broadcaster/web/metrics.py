@@ -39,7 +39,8 @@ PROMISE_STATES = ("open", "kept", "late")
 """The states of a promise (``promises.state``)."""
 
 LATENESS_BUCKETS = (0.0, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
-"""Seconds a promised update came after its "next update by" (kept promises count as 0)."""
+"""Seconds after its "next update by" that a promised update reached its customers (0 when
+before; kept promises are within the grace)."""
 
 
 @dataclass
@@ -170,9 +171,11 @@ async def take(web: WebState) -> Snapshot:
         snap.lateness_count = int(row[0] or 0)
         snap.lateness_sum = float(row[1] or 0.0)
         snap.lateness_buckets = [int(v or 0) for v in row[2:]]
-        # Broken now, not yet settled: no round has come to keep them (the daemons down,
-        # the scheduler stuck). Settled later as late; an alert should not wait for that.
-        # The same rule as an incident's report (the console and the API) counts by.
+        # Broken now, not yet settled: no round has reached the customers since (the
+        # daemons down, the scheduler stuck, or a channel down: a promise is kept when
+        # customers hear, not when its round starts). Settled later as late; an alert
+        # should not wait for that. The same rule as an incident's report (the console and
+        # the API) counts by.
         grace = web.settings.schedule.promise_grace
         snap.promises_overdue = int(
             (
@@ -242,7 +245,8 @@ class _Collector(Collector):
         yield promises
         overdue_promises = GaugeMetricFamily(
             "broadcaster_promises_overdue",
-            "Open promised updates past their time and grace: being broken now",
+            "Open promised updates past their time and grace, no round having reached the "
+            "customers since: being broken now",
         )
         overdue_promises.add_metric([], snap.promises_overdue)
         yield overdue_promises
@@ -265,7 +269,7 @@ class _Collector(Collector):
         cumulative.append(("+Inf", snap.lateness_count))
         yield HistogramMetricFamily(
             "broadcaster_promise_lateness_seconds",
-            "How late promised updates went out (0 for kept promises)",
+            "How late promised updates reached their customers (0 when on time or early)",
             buckets=cumulative,
             sum_value=snap.lateness_sum,
         )
