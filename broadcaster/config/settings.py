@@ -113,7 +113,8 @@ class ScheduleSettings(_Section):
     """Safety sweep: how often the store is checked for due rounds written by others."""
     cadence: CadenceSettings = CadenceSettings()
     promise_grace: Duration = timedelta(seconds=60)
-    """A round that starts later than its promise plus this grace is counted as late."""
+    """A promise kept (its round reaching its audience) later than this after its time is
+    counted as late."""
     round_lease: LeaseDuration = timedelta(seconds=30)
     """How long a claimed round is held before another daemon may take it over; renewed
     with each materialised batch. Keep it under ``promise_grace``: a round whose daemon

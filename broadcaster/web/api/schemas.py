@@ -224,8 +224,8 @@ class PromisesOut(BaseModel):
     late: int = 0
     open: int = 0
     overdue: int = 0
-    """Of the open ones, those already broken: due more than ``schedule.promise_grace`` ago
-    with no round yet to keep them (``broadcaster_promises_overdue`` in ``/metrics``)."""
+    """Of the open ones, those already broken: due more than ``schedule.promise_grace`` ago,
+    no round having reached the customers since (``broadcaster_promises_overdue``)."""
     worst_lateness_seconds: float | None = None
 
 
