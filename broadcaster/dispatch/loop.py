@@ -3,7 +3,9 @@
 A worker claims, sends and records batches until there is nothing due, then waits for the
 round loop's wake-up (in the daemon's own process) or ``delivery.poll_interval`` (in any
 process). A failure (the store down, say) pauses it and it tries again: it never ends
-before ``stop``.
+before ``stop``. Its batch in progress at ``stop`` hands no more messages to their channels
+(:meth:`~broadcaster.dispatch.worker.Dispatcher.run_once`): those handed over finish and
+are recorded, and :func:`wind_down` gives back the rest.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ async def dispatch_worker(
     failures = 0
     while not stop.is_set():
         try:
-            handled = await dispatcher.run_once()
+            handled = await dispatcher.run_once(stop)
         except Exception as exc:  # the store may be down: pause, then try again
             failures += 1
             if failures == 1:
@@ -70,7 +72,8 @@ async def dispatch_worker(
 
 async def wind_down(engine: Engine, database: Database) -> None:
     """After the workers stopped: give back the leases of whatever was claimed and not
-    sent (best effort: they expire anyway), close the channels and the store."""
+    sent (a stopping batch's messages not yet handed to their channels; best effort: they
+    expire anyway), close the channels and the store."""
     with contextlib.suppress(Exception):
         released = await engine.dispatcher.release()
         if released:

@@ -4,10 +4,14 @@ A delivery is ``pending`` until claimed; the claim sets ``sending`` with a lease
 the attempt (a reclaim also writes a history event; the statements are in
 :mod:`broadcaster.dispatch.claim`). Each job is rendered for its customer, checked against
 the per-customer throttle, paced by the provider's rate limit, and sent. Outcomes are
-written in bulk (see :mod:`broadcaster.dispatch.outcomes`). While a batch is sending, its
-leases are renewed every third of a lease, so a slow relay does not let them run out. A
-delivery whose lease expired (its worker died mid-send, or its process stalled for a whole
-lease) is claimed again: the only way a message can go out twice.
+written in bulk (see :mod:`broadcaster.dispatch.outcomes`): at the end of a batch, and,
+while the rest of it is still sending, about every :data:`RECORD_AFTER`. While a batch is
+sending, the leases of its deliveries not yet recorded are renewed every third of a lease
+for as long as it takes, so a slow relay does not let them run out; what is bounded is
+each send's own time (:data:`LEASES_KEPT` leases). A delivery whose lease expired (its
+worker died mid-send, or its process stalled for a whole lease) is claimed again: the only
+way a message can go out twice. A stopping dispatcher hands no more messages to their
+channels: those not handed over yet stay claimed until the wind-down gives them back.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import contextlib
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import Awaitable, Coroutine, Mapping
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +40,7 @@ from broadcaster.compose.context import Personal
 from broadcaster.compose.forms import form_for
 from broadcaster.compose.links import personal_links
 from broadcaster.compose.render import Renderer, RenderError, RenderRequest
+from broadcaster.config.durations import format_duration
 from broadcaster.config.settings import DeliverySettings, MessageSettings
 from broadcaster.dispatch.backoff import delay_after
 from broadcaster.dispatch.claim import Claimed, Floor, claim_batch, claim_size
@@ -89,9 +94,25 @@ RENEWALS_PER_LEASE = 3
 """A batch still sending renews its leases this many times per lease."""
 
 LEASES_KEPT = 10
-"""How many leases' time a batch still sending keeps its leases at most (ten minutes by
-default); after that they are left to expire, and the batch's deliveries are claimed again:
-a send that never returns (a channel without a timeout) must not hold them for ever."""
+"""How many leases' time a delivery whose message was handed to its channel keeps its lease
+at most (five minutes by default): how long one send (``channel.send``, waiting there for
+one of the channel's connections included) may take. A channel's own timeouts end a slow
+send long before (the email channel's 30 s for each SMTP reply, an HTTP channel's 10 s);
+this bounds one that never returns (a channel without a timeout, a bug). Such a send is
+cancelled and recorded as a retryable failure (it may have gone out); one that does not end
+even then has its lease left to expire. The batch's other deliveries keep their leases
+however long the batch takes: each waits for sends that are themselves bounded. So a
+stopping dispatcher, which hands nothing more over, ends within this and the writing of
+its outcomes. (This used to bound a whole batch: a slow relay's later messages, and those
+already sent but not yet recorded, were then claimed again and sent again, up to
+``max_attempts`` times, and failed.)"""
+
+RECORD_AFTER = 1.0
+"""Seconds an outcome waits, at most, while the rest of its batch is still sending (a slow
+relay, a small pool), before it is written with the others that came meanwhile: what a
+crash can repeat is then what was on the wire and what came within a second, not a whole
+batch already sent. A batch that ends sooner (a push fan-out's, in milliseconds) writes
+its outcomes once, at its end, as before."""
 
 Announcements = dict[tuple[int, str], tuple[str, str, datetime]]
 """(incident, customer) → (owner's name, kind, deadline) of the open follow-up that the
@@ -114,6 +135,51 @@ class DispatchStats:
     spent: int = 0
     """Deliveries failed at a claim: their lease had expired after ``max_attempts`` claims."""
     by_channel: dict[str, int] = field(default_factory=dict)
+
+
+class _Batch:
+    """A claimed batch in flight, shared by its sends, its lease keeper and its outcome
+    writer (one event loop: no locks)."""
+
+    __slots__ = ("ended", "held", "lost", "outcomes", "overrun", "sending", "stop", "writing")
+
+    def __init__(self, jobs: list[Job], stop: asyncio.Event | None) -> None:
+        self.held = {job.delivery_id: job.attempts for job in jobs}
+        """Deliveries whose outcome is not written yet (id to the attempt claimed): the
+        leases kept."""
+        self.outcomes: list[Outcome] = []
+        """Outcomes of sends that ended, not yet taken by a write."""
+        self.writing: set[int] = set()
+        """Deliveries whose outcome is being written."""
+        self.lost: set[int] = set()
+        """Deliveries whose lease another claimer took: not sent here if not sent yet."""
+        self.sending: dict[int, tuple[float, asyncio.Task[Any] | None]] = {}
+        """Sends handed to their channel and not ended: since when (``time.monotonic``),
+        and their task."""
+        self.overrun: set[int] = set()
+        """Sends cancelled for taking longer than the send bound."""
+        self.ended = asyncio.Event()
+        """Every send of the batch has ended."""
+        self.stop = stop
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def take(self) -> list[Outcome]:
+        """The outcomes waiting to be written, now marked as being written."""
+        outcomes, self.outcomes = self.outcomes, []
+        self.writing.update(outcome.job.delivery_id for outcome in outcomes)
+        return outcomes
+
+    def written(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            self.held.pop(outcome.job.delivery_id, None)
+            self.writing.discard(outcome.job.delivery_id)
+
+    def put_back(self, outcomes: list[Outcome]) -> None:
+        """A write that failed: its outcomes wait for the next one."""
+        self.outcomes[:0] = outcomes
+        self.writing.difference_update(outcome.job.delivery_id for outcome in outcomes)
 
 
 class Dispatcher:
@@ -157,42 +223,55 @@ class Dispatcher:
         self.batch_size = claim_size(settings)
         self.lease_renewal = settings.lease / RENEWALS_PER_LEASE
         """How often (in real time) a batch still sending renews its leases."""
-        self.max_renewals = LEASES_KEPT * RENEWALS_PER_LEASE
-        """Renewals a batch gets at most: a send that never returns must not hold its batch
-        (already sent messages included, unrecorded) for ever."""
+        self.send_bound = settings.lease * LEASES_KEPT
+        """How long (in real time) one send may take before it is given up."""
+        self.record_after = RECORD_AFTER
+        """Seconds an outcome waits at most, while its batch still sends, to be written."""
         self._look_for_expired_at = datetime.min.replace(tzinfo=UTC)
         self._last_claim_at = datetime.min.replace(tzinfo=UTC)
         self._floor: Floor | None = None
 
-    async def run_once(self) -> int:
-        """Claim, send and record one batch; returns how many deliveries it handled."""
+    async def run_once(self, stop: asyncio.Event | None = None) -> int:
+        """Claim, send and record one batch; returns how many deliveries it handled.
+
+        Once ``stop`` is set, no more of the batch's messages are handed to their channels:
+        those already handed over finish and are recorded; the others stay claimed, for the
+        wind-down to give back (:meth:`release`)."""
         aside = self.stats.cancelled + self.stats.paced + self.stats.spent
         jobs, announced = await self._claim(self.batch_size)
         if not jobs:  # more may be due behind those set aside
             return self.stats.cancelled + self.stats.paced + self.stats.spent - aside
-        sent = asyncio.Event()
-        lost: set[int] = set()
+        batch = _Batch(jobs, stop)
+        recorded = asyncio.Event()
         keeper = asyncio.create_task(
-            self._keep_leases({job.delivery_id: job.attempts for job in jobs}, sent, lost),
-            name=f"leases {self._owner}",
+            self._keep_leases(batch, recorded), name=f"leases {self._owner}"
         )
+        writer = asyncio.create_task(self._write_along(batch), name=f"outcomes {self._owner}")
         starting = Starting(sum(1 for job in jobs if job.channel not in self._gates))
         try:
-            attempts = await asyncio.gather(
+            await asyncio.gather(
                 *(
                     self._paced(
-                        job, announced.get((job.incident_id, job.customer_id)), lost, starting
+                        job, announced.get((job.incident_id, job.customer_id)), batch, starting
                     )
                     for job in jobs
                 )
             )
-            outcomes = [outcome for outcome in attempts if outcome is not None]
+            batch.ended.set()
+            await writer  # a write under way finishes first
             # The leases are kept while the outcomes are written: a write that fails is
             # tried again, so that messages already handed over are not sent twice.
-            recorded = await self._record(outcomes)
+            outcomes = batch.take()
+            if outcomes:
+                self._tally(outcomes, await self._record(outcomes))
+                batch.written(outcomes)
         finally:
-            sent.set()  # a renewal under way finishes, rather than be cut off mid-statement
-            await keeper
+            batch.ended.set()
+            recorded.set()  # a renewal under way finishes, rather than be cut off mid-statement
+            await asyncio.gather(writer, keeper)
+        return len(jobs)
+
+    def _tally(self, outcomes: list[Outcome], recorded: Recorded) -> None:
         self.stats.sent += recorded.sent
         self.stats.retried += recorded.retried
         self.stats.failed += recorded.failed
@@ -202,7 +281,32 @@ class Dispatcher:
             if outcome.error is None and outcome.reroute_to is None:
                 name = outcome.job.channel
                 self.stats.by_channel[name] = self.stats.by_channel.get(name, 0) + 1
-        return len(jobs)
+
+    async def _write_along(self, batch: _Batch) -> None:
+        """While ``batch`` is still sending, write the outcomes of the sends that ended,
+        about every :attr:`record_after`: a long batch (a slow relay) then holds unwritten
+        only what ended within the last second, and a crash repeats no more than that and
+        what was on the wire. A batch that ends sooner writes once, at its end. A write
+        that fails (the store away for a whole lease) leaves its outcomes to the batch's
+        last write, which tries again."""
+        while not batch.ended.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(batch.ended.wait(), self.record_after)
+            if batch.ended.is_set() or not batch.outcomes:
+                continue
+            outcomes = batch.take()
+            try:
+                recorded = await self._record(outcomes)
+            except Exception as exc:
+                batch.put_back(outcomes)
+                log.warning(
+                    "could not record the outcomes of a batch still sending; they are "
+                    "written at its end",
+                    extra={"count": len(outcomes), "reason": repr(exc)},
+                )
+                return
+            batch.written(outcomes)
+            self._tally(outcomes, recorded)
 
     async def _record(self, outcomes: list[Outcome]) -> Recorded:
         """Write a batch's outcomes. A write that fails on the store's side (unreachable,
@@ -420,38 +524,44 @@ class Dispatcher:
         self,
         job: Job,
         followup: tuple[str, str, datetime] | None,
-        lost: AbstractSet[int],
+        batch: _Batch,
         starting: Starting,
-    ) -> Coroutine[Any, Any, Outcome | None]:
+    ) -> Coroutine[Any, Any, None]:
         """The send of ``job``: behind its channel's gate where it has one, else handed
         over with the rest of its batch (:class:`Starting`)."""
         gate = self._gates.get(job.channel)
         if gate is None:
-            return self._send(job, followup, lost, starting)
-        return self._gated(gate, job, followup, lost)
+            return self._send(job, followup, batch, starting)
+        return self._gated(gate, job, followup, batch)
 
     async def _gated(
         self,
         gate: asyncio.Semaphore,
         job: Job,
         followup: tuple[str, str, datetime] | None,
-        lost: AbstractSet[int],
-    ) -> Outcome | None:
+        batch: _Batch,
+    ) -> None:
         async with gate:
-            return await self._send(job, followup, lost)
+            await self._send(job, followup, batch)
 
     async def _send(
         self,
         job: Job,
-        followup: tuple[str, str, datetime] | None = None,
-        lost: AbstractSet[int] = frozenset(),
+        followup: tuple[str, str, datetime] | None,
+        batch: _Batch,
         starting: Starting | None = None,
-    ) -> Outcome | None:
-        """Render and send ``job``; None when its lease was lost before it went out (its
-        new holder sends it). With ``starting``, the message is handed to its channel once
-        every send of the batch has made its own: each arrives there exactly once, also one
-        that ends before (a failure, a throttle), so that none waits for ever."""
+    ) -> None:
+        """Render and send ``job``, and put its outcome with ``batch``'s; none when its
+        lease was lost before it went out (its new holder sends it), or when the
+        dispatcher is stopping (the wind-down gives it back). With ``starting``, the message
+        is handed to its channel once every send of the batch has made its own: each
+        arrives there exactly once, also one that ends before (a failure, a throttle), so
+        that none waits for ever. A send that outlasts :attr:`send_bound` is cancelled by
+        the lease keeper and recorded as a retryable failure."""
+        outcome: Outcome | None = None
         try:
+            if batch.stopping():
+                return
             channel = self._channels.get(job.channel)
             if channel is None:
                 raise DeliveryError(f"channel {job.channel!r} is not configured", retryable=True)
@@ -460,10 +570,12 @@ class Dispatcher:
             kind = job.kind or content.kind  # a held message standing in for earlier ones
             fallback = None if kind in UNTHROTTLED else await self._throttled(job, now)
             if fallback:
-                return Outcome(job, reroute_to=fallback)
+                outcome = Outcome(job, reroute_to=fallback)
+                return
             if fallback == "":
                 limit = DeliveryError("per-customer throttle reached", retryable=False)
-                return Outcome(job, error=limit)
+                outcome = Outcome(job, error=limit)
+                return
             facts = content.facts
             if job.promised_at is not None:  # the customer's quiet hours hold the next round
                 facts = dataclasses.replace(facts, next_update_at=job.promised_at)
@@ -513,23 +625,38 @@ class Dispatcher:
                 await starting.ready(job.delivery_id)
             # After the batch's wait: a rate limit paces the sends, not the making.
             await self._limits.acquire(job.channel, units)
-            if job.delivery_id in lost:
-                return None
-            receipt = await channel.send(target, message)
+            if batch.stopping() or job.delivery_id in batch.lost:
+                return
+            batch.sending[job.delivery_id] = (time.monotonic(), asyncio.current_task())
+            try:
+                receipt = await channel.send(target, message)
+            except asyncio.CancelledError:
+                if not _given_up(job.delivery_id, batch):
+                    raise
+                bound = format_duration(self.send_bound)
+                raise DeliveryError(
+                    f"the channel did not answer within {bound}; the message may have gone out",
+                    retryable=True,
+                ) from None
+            finally:
+                del batch.sending[job.delivery_id]
+            outcome = Outcome(job, receipt=receipt)
         except DeliveryError as error:
-            return self._failure(job, error)
+            outcome = self._failure(job, error)
         except RenderError as exc:
             # A template that fails (or renders nothing) for this customer: tried again with
             # the backoff, so that an admin's fix (read at the next round or attempt) sends it.
             log.warning("message could not be made", extra={**_ids(job), "reason": str(exc)})
-            return self._failure(job, DeliveryError(str(exc), retryable=True))
+            outcome = self._failure(job, DeliveryError(str(exc), retryable=True))
         except Exception as exc:  # a channel bug must not kill the worker
             log.exception("channel %s raised unexpectedly", job.channel, extra=_ids(job))
-            return self._failure(job, DeliveryError(f"unexpected error: {exc!r}", retryable=True))
+            unexpected = DeliveryError(f"unexpected error: {exc!r}", retryable=True)
+            outcome = self._failure(job, unexpected)
         finally:
             if starting is not None:
                 starting.arrive(job.delivery_id)  # one that ended before it got there
-        return Outcome(job, receipt=receipt)
+            if outcome is not None:
+                batch.outcomes.append(outcome)
 
     def _failure(self, job: Job, error: DeliveryError) -> Outcome:
         if error.retryable and job.attempts < self._settings.max_attempts:
@@ -537,21 +664,28 @@ class Dispatcher:
             return Outcome(job, error=error, retry_at=self._clock.now() + delay)
         return Outcome(job, error=error)
 
-    async def _keep_leases(self, ids: dict[int, int], sent: asyncio.Event, lost: set[int]) -> None:
-        """Renew the leases of a batch's deliveries every :attr:`lease_renewal` until
-        ``sent`` is set, at most :attr:`max_renewals` times. A claim sizes a batch to what
-        rate limits send in half a lease, but a relay can be slower than its limit: 800
-        emails on 4 SMTP connections at 250 ms each (four round trips to a distant relay)
-        take 50 s. A failed renewal is logged and tried again at the next turn; the sends
-        go on. A delivery no longer ours (this process stalled for a whole lease, and
-        another claimed it) goes into ``lost``, and is not sent here if it has not gone
-        out yet."""
+    async def _keep_leases(self, batch: _Batch, recorded: asyncio.Event) -> None:
+        """Renew the leases of ``batch``'s deliveries whose outcome is not written yet,
+        every :attr:`lease_renewal` until ``recorded`` is set, for as long as the batch
+        takes: those waiting for their turn (a relay slower than its rate limit, or with
+        fewer connections than the batch has messages: 800 emails on 4 SMTP connections
+        at 250 ms each take 50 s, at 2 s each over six minutes), on the wire, or sent and
+        waiting to be written. What is bounded is each send (:attr:`send_bound`): one that
+        outlasts it is cancelled, and, should it not end even so, its lease is left to
+        expire. A failed renewal is logged and tried again at the next turn; the sends go
+        on. A delivery no longer ours (this process stalled for a whole lease, and another
+        claimed it) goes into the batch's ``lost``, and is not sent here if it has not
+        gone out yet."""
         failures = 0
-        for _ in range(self.max_renewals):
+        while not recorded.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(sent.wait(), self.lease_renewal.total_seconds())
-            if sent.is_set():
+                await asyncio.wait_for(recorded.wait(), self.lease_renewal.total_seconds())
+            if recorded.is_set():
                 return
+            self._end_overruns(batch)
+            ids = dict(batch.held)
+            if not ids:
+                continue
             try:
                 held = await self._renew_leases(ids)
             except Exception as exc:  # the store may be down: the sends go on
@@ -561,23 +695,48 @@ class Dispatcher:
                     extra={"count": len(ids), "failures": failures, "reason": repr(exc)},
                 )
                 continue
-            gone = [delivery for delivery in ids if delivery not in held]
+            # Not renewed because written meanwhile is not lost.
+            gone = [
+                delivery
+                for delivery in ids
+                if delivery not in held and delivery in batch.held and delivery not in batch.writing
+            ]
             if gone:
-                lost.update(gone)
-                ids = {delivery: ids[delivery] for delivery in ids if delivery in held}
+                batch.lost.update(gone)
+                for delivery in gone:
+                    del batch.held[delivery]
                 log.warning(
                     "leases of a batch still sending were lost; another holder sends those "
                     "not yet sent",
                     extra={"count": len(gone)},
                 )
-                if not ids:
-                    return
-        if not sent.is_set():
-            log.warning(
-                "a batch is still sending after %d renewals of its leases; they are left to expire",
-                self.max_renewals,
-                extra={"count": len(ids)},
-            )
+
+    def _end_overruns(self, batch: _Batch) -> None:
+        """Cancel the sends of ``batch`` that would outlast :attr:`send_bound` before the
+        next renewal (their outcome: a retryable failure); one still there a renewal later
+        did not end when cancelled, and its lease is left to expire (claimed again, it may
+        go out twice)."""
+        if not batch.sending:
+            return
+        bound = (self.send_bound - self.lease_renewal).total_seconds()
+        now = time.monotonic()
+        for delivery, (since, task) in list(batch.sending.items()):
+            if now - since < bound:
+                continue
+            if delivery not in batch.overrun:
+                batch.overrun.add(delivery)
+                log.warning(
+                    "a send took longer than %s; giving it up",
+                    format_duration(self.send_bound),
+                    extra={"delivery": delivery},
+                )
+                if task is not None:
+                    task.cancel()
+            elif batch.held.pop(delivery, None) is not None:
+                log.warning(
+                    "a send given up did not end; its lease is left to expire",
+                    extra={"delivery": delivery},
+                )
 
     async def _renew_leases(self, ids: dict[int, int]) -> set[int]:
         """Move the lease of those of ``ids`` (delivery id to the attempt claimed) we still
@@ -612,6 +771,16 @@ class Dispatcher:
                 )
             )
             return max(getattr(result, "rowcount", 0), 0)
+
+
+def _given_up(delivery: int, batch: _Batch) -> bool:
+    """Whether the send of ``delivery`` was cancelled for taking too long (the lease
+    keeper's doing), rather than by its task's own cancellation (a shutdown), which then
+    goes on."""
+    if delivery not in batch.overrun:
+        return False
+    task = asyncio.current_task()
+    return task is None or task.uncancel() == 0
 
 
 def _plain(outcome: Outcome) -> Outcome:
