@@ -197,6 +197,15 @@ async def test_an_account_manager_it_escalated_to_may_record_it(
     assert done.closed_by == "ann"
 
 
+async def seed_without_account_manager(database: Database) -> None:
+    """The customers of :func:`seed`, the VIP V1 without an account manager."""
+    await seed(database)
+    async with database.session() as session, session.begin():
+        await session.execute(
+            update(Customer).where(Customer.id == "V1").values(account_manager=None)
+        )
+
+
 async def test_no_escalation_goes_back_to_the_owner_who_had_it_from_the_chain(
     database: Database,
 ) -> None:
@@ -204,11 +213,7 @@ async def test_no_escalation_goes_back_to_the_owner_who_had_it_from_the_chain(
     manager's link owns it, and the deadline tells her nothing as if she were someone else;
     her task's history says that nobody else was there to tell."""
     clock = FakeClock(START)
-    await seed(database)
-    async with database.session() as session, session.begin():
-        await session.execute(
-            update(Customer).where(Customer.id == "V1").values(account_manager=None)
-        )
+    await seed_without_account_manager(database)
     sinks = channels()
     engine = await Engine.create(make_settings(EXAMPLE_RULES), database, clock, sinks)
     await _declare(database, clock)
@@ -243,11 +248,7 @@ async def test_a_follow_up_nobody_is_named_for_goes_to_the_fallback_owner(
     database: Database, tmp_path: Path, staff: dict[str, Any], owner: str
 ) -> None:
     clock = FakeClock(START)
-    await seed(database)
-    async with database.session() as session, session.begin():
-        await session.execute(
-            update(Customer).where(Customer.id == "V1").values(account_manager=None)
-        )
+    await seed_without_account_manager(database)
     sinks = channels()
     settings = make_settings(rules_file(tmp_path, DOCS_FIRST), {**STAFF, **staff})
     engine = await Engine.create(settings, database, clock, sinks)
@@ -267,11 +268,7 @@ async def test_a_follow_up_nobody_can_own_is_kept_said_and_holds_the_close(
     database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock(START)
-    await seed(database)
-    async with database.session() as session, session.begin():
-        await session.execute(
-            update(Customer).where(Customer.id == "V1").values(account_manager=None)
-        )
+    await seed_without_account_manager(database)
     sinks = channels()
     engine = await Engine.create(
         make_settings(rules_file(tmp_path, DOCS_FIRST)), database, clock, sinks
