@@ -307,10 +307,19 @@ class Renderer:
             out["sms"] = fit(out["sms"], self.incident_link(request), self.sms_max_segments)
         return out
 
-    def message(self, request: RenderRequest, *, idempotency_key: str = "") -> Message:
-        """The channel-ready message for the request's form. Raises :class:`RenderError`
-        naming the template file and line when a template fails, or when it renders an
-        empty subject or text (a condition no sample met in ``templates check``)."""
+    def message(
+        self,
+        request: RenderRequest,
+        *,
+        idempotency_key: str = "",
+        thread: str = "",
+        posted_at: datetime | None = None,
+    ) -> Message:
+        """The channel-ready message for the request's form, in conversation ``thread``
+        (:attr:`Message.thread`; ``posted_at``: :attr:`Message.posted_at`). Raises
+        :class:`RenderError` naming the template file and line when a template fails, or
+        when it renders an empty subject or text (a condition no sample met in ``templates
+        check``)."""
         try:
             parts = self.render(request)
         except Exception as exc:
@@ -332,6 +341,8 @@ class Renderer:
                 idempotency_key=idempotency_key,
                 headers=headers,
                 created_at=request.now,
+                thread=thread,
+                posted_at=posted_at,
             )
         if request.form == "sms":
             return Message(
@@ -340,6 +351,8 @@ class Renderer:
                 idempotency_key=idempotency_key,
                 headers=headers,
                 created_at=request.now,
+                thread=thread,
+                posted_at=posted_at,
             )
         return Message(
             subject=parts["push_title"],
@@ -347,4 +360,6 @@ class Renderer:
             idempotency_key=idempotency_key,
             headers=headers,
             created_at=request.now,
+            thread=thread,
+            posted_at=posted_at,
         )

@@ -596,7 +596,14 @@ class Dispatcher:
                     "deadline": followup[2],  # written out in the message's language
                 },
             )
-            message = self._renderer.message(request, idempotency_key=f"delivery-{job.delivery_id}")
+            # One conversation per incident (an email thread, a push group); the update's
+            # time keeps email's Message-IDs unique beyond this store (channels.base).
+            message = self._renderer.message(
+                request,
+                idempotency_key=f"delivery-{job.delivery_id}",
+                thread=f"incident-{content.facts.incident_id}",
+                posted_at=content.facts.posted_at,
+            )
             message.headers.update(
                 {
                     "X-Broadcaster-Delivery": str(job.delivery_id),
@@ -605,13 +612,6 @@ class Dispatcher:
                     "X-Broadcaster-Severity": content.facts.severity,
                     URGENCY_HEADER: content.urgency,
                 }
-            )
-            # One conversation per incident (an email thread, a push group); the update's
-            # time keeps email's Message-IDs unique beyond this store (channels.base).
-            message = dataclasses.replace(
-                message,
-                thread=f"incident-{content.facts.incident_id}",
-                posted_at=content.facts.posted_at,
             )
             try:
                 units = units_of(channel, message)
