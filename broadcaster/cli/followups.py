@@ -34,7 +34,10 @@ def _known(settings_staff: set[str], staff: str) -> None:
 @app.command("list")
 def list_(
     state: Annotated[str | None, typer.Option(help="open (default), done, waived, all")] = "open",
-    owner: Annotated[str | None, typer.Option(help="only this owner's tasks")] = None,
+    owner: Annotated[
+        str | None,
+        typer.Option(help="only this person's tasks: those they own and those escalated to them"),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Follow-ups, soonest deadline first."""
@@ -52,6 +55,7 @@ def list_(
             f"due {t.deadline_at:%Y-%m-%d %H:%M}Z"
             + ("  OVERDUE" if t.state in service.OPEN_STATES and t.deadline_at < now else "")
             + f"  incident {t.incident_id} ({t.rule})"
+            + (f"  escalated to {owner}" if owner is not None and t.owner != owner else "")
             for t in tasks
         ]
 

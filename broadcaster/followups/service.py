@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
@@ -524,13 +524,24 @@ async def list_followups(
     owner: str | None = None,
     limit: int | None = None,
 ) -> list[Followup]:
-    """Follow-ups, soonest deadline first: every one, or the first ``limit``."""
+    """Follow-ups, soonest deadline first: every one, or the first ``limit``; with
+    ``owner``, those on their desk (:func:`on_desk_of`)."""
     query = select(Followup).order_by(Followup.deadline_at, Followup.id).limit(limit)
     if state == "open":
         query = query.where(Followup.state.in_(OPEN_STATES))
     elif state is not None:
         query = query.where(Followup.state == state)
     if owner is not None:
-        query = query.where(Followup.owner == owner)
+        query = query.where(on_desk_of(owner))
     async with database.session() as session:
         return list((await session.execute(query)).scalars().all())
+
+
+def on_desk_of(staff: str) -> ColumnElement[bool]:
+    """The follow-ups that are ``staff``'s to act on: those they own, and those escalated
+    to them (their history's ``escalated`` events name them), which they may take over once
+    overdue."""
+    escalated = select(FollowupEvent.followup_id).where(
+        FollowupEvent.kind == "escalated", FollowupEvent.staff == staff
+    )
+    return or_(Followup.owner == staff, Followup.id.in_(escalated))

@@ -155,6 +155,19 @@ async def test_whoever_it_escalated_to_takes_over_a_claimed_task(
     assert (done.state, done.closed_by) == ("done", "maria")
 
 
+async def test_a_task_escalated_to_someone_is_in_their_list(
+    database: Database, tmp_path: Path
+) -> None:
+    """``followups list --owner maria`` (and the API's ``owner=maria``) shows what she owns
+    and what was escalated to her, which she may act on; not what was escalated to nobody
+    she is."""
+    _engine, _clock, _, task = await _claimed_by_carla_then_overdue(database, tmp_path)
+    assert [t.id for t in await followups.list_followups(database, owner="maria")] == [task.id]
+    assert [t.id for t in await followups.list_followups(database, owner="carla")] == [task.id]
+    assert await followups.list_followups(database, owner="bram") == []
+    assert await followups.list_followups(database, owner="maria", state="done") == []
+
+
 async def test_whoever_it_escalated_to_records_its_outcome_without_claiming(
     database: Database, tmp_path: Path
 ) -> None:

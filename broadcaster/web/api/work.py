@@ -166,7 +166,7 @@ async def list_followups(
     elif state != "all":
         query = query.where(Followup.state == state)
     if owner is not None:
-        query = query.where(Followup.owner == owner)
+        query = query.where(followups.on_desk_of(owner))
     if incident_id is not None:
         query = query.where(Followup.incident_id == incident_id)
     return await followup_page(state_of(request), principal, query, limit, cursor)
