@@ -19,6 +19,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 SEVERITIES: Final = ("minor", "major", "critical")
 """Ordered from least to most severe: ``severity: {gte: major}`` compares by this order."""
 STATUSES: Final = ("investigating", "identified", "monitoring", "resolved", "closed")
+"""What an incident's facts accept: every status of the incident's life."""
+SEEN_AS: Final = {"closed": "resolved"}
+"""Statuses the rules see as another: a closed incident is a resolved one made final, so its
+facts say ``resolved`` (a rule for resolved incidents goes on matching it, and its decision
+does not change when it is closed)."""
+MATCHABLE_STATUSES: Final = tuple(status for status in STATUSES if status not in SEEN_AS)
+"""The statuses a rule's ``incident.status`` may name: an incident's facts never hold the
+others."""
 
 
 def _aware(name: str, value: object) -> datetime:
@@ -66,6 +74,7 @@ class IncidentFacts:
             raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}: {self.severity!r}")
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}: {self.status!r}")
+        object.__setattr__(self, "status", SEEN_AS.get(self.status, self.status))
         object.__setattr__(self, "started_at", _utc("started_at", self.started_at))
         if self.resolved_at is not None:
             object.__setattr__(self, "resolved_at", _utc("resolved_at", self.resolved_at))

@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import yaml
 
-from rules.facts import SEVERITIES, STATUSES
+from rules.facts import MATCHABLE_STATUSES, SEEN_AS, SEVERITIES
 from rules.matchers import FIELDS, OPERATORS, OPTIONAL, SHORTHAND, Condition, Kind, Operand
 from rules.yamlnodes import Item, Reader, location
 
@@ -161,8 +161,25 @@ class _FieldReader:
         if self.kind == "severity":
             return self.reader.choice(item, SEVERITIES, "severity")
         if self.kind == "status":
-            return self.reader.choice(item, STATUSES, "status")
+            return self._status(item)
         return self.reader.text(item)
+
+    def _status(self, item: Item) -> str | None:
+        """A status a rule can see: ``closed`` is refused, since an incident's facts say
+        ``resolved`` for it (:data:`rules.facts.SEEN_AS`) and a condition naming it could
+        never match (or, with ``ne`` and ``not_in``, always would)."""
+        value = self.reader.text(item)
+        seen = SEEN_AS.get(value or "")
+        if seen is not None:
+            self.reader.problems.at(
+                item,
+                f"status {value!r} never matches: the rules see a {value} incident as {seen}; "
+                f"write {seen} (it covers {value} incidents too)",
+            )
+            return None
+        if value is None:
+            return None
+        return self.reader.choice(item, MATCHABLE_STATUSES, "status")
 
     def _pattern(self, item: Item) -> re.Pattern[str] | None:
         text = self.reader.text(item)

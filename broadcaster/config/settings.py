@@ -206,6 +206,9 @@ class StaffMember(_Section):
 
 
 class StaffGroup(_Section):
+    """A group the rules name (``group:NAME``, ``on_call:NAME``): its members, its on-call
+    person, or both; one that names nobody is refused (:func:`cross_check`)."""
+
     members: list[str] = Field(default_factory=list)
     on_call: str | None = None
 
@@ -219,8 +222,8 @@ class StaffSettings(_Section):
     """The channel (an email or console channel) that tells staff about their tasks."""
     unassigned_owner: str | None = None
     """Staff id of who owns a forced follow-up whose rule names nobody for the customer (no
-    account manager, an empty group) and whose escalation chain names nobody either; unset,
-    the directory's first admin does (docs/rules.md, In the daemon)."""
+    account manager) and whose escalation chain names nobody either; unset, the directory's
+    first admin does (docs/rules.md, In the daemon)."""
 
 
 class RulesSettings(_Section):
@@ -506,6 +509,17 @@ def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
         if group.on_call is not None and group.on_call not in people:
             problems.append(
                 (("staff", "groups", name, "on_call"), f"unknown staff {group.on_call!r}")
+            )
+        if not group.members and group.on_call is None:
+            # A rule's group:NAME or on_call:NAME then named nobody: its follow-ups went to
+            # a fallback owner, or none, and its notices to no one, found out in an incident.
+            problems.append(
+                (
+                    ("staff", "groups", name, "members"),
+                    f"group {name!r} names nobody: a rule's group:{name} or on_call:{name} "
+                    "would reach no one; list its staff ids in members (or set on_call), "
+                    "or remove the group",
+                )
             )
     unassigned = settings.staff.unassigned_owner
     if unassigned is not None and unassigned not in people:

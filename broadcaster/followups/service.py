@@ -49,7 +49,7 @@ log = logging.getLogger("broadcaster.followups")
 DEFAULT_ESCALATION_INTERVAL = timedelta(hours=1)
 MAX_ESCALATIONS = 3
 NOBODY = ""
-"""The owner of a forced follow-up for whom nobody could be found (see :func:`_owner_for`):
+"""The owner of a forced follow-up for whom nobody could be found (see :func:`owner_for`):
 kept, so that its incident cannot be closed without it, for an admin to claim or waive."""
 
 
@@ -143,7 +143,7 @@ async def create_for_customer(
         ).scalar_one_or_none()
         if exists is not None:
             continue
-        owner, level, how = _owner_for(directory, req, customer.account_manager)
+        owner, level, how = owner_for(directory, req, customer.account_manager)
         where = {"incident": incident_id, "customer": customer.id, "rule": req.rule, "how": how}
         if owner == NOBODY:
             # Said loudly, since a forced follow-up is the point of the rule: kept (its
@@ -194,7 +194,7 @@ async def create_for_customer(
     return notices
 
 
-def _owner_for(
+def owner_for(
     directory: Directory, req: FollowupRequirement, account_manager: str | None
 ) -> tuple[str, int, str]:
     """Who owns a new task, the escalation level it starts at, and, when the rule's owner

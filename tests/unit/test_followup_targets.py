@@ -11,7 +11,7 @@ import pytest
 
 from broadcaster.config.settings import Settings, StaffSettings, cross_check
 from broadcaster.followups.directory import Directory, NoOwner, OnlyThem
-from broadcaster.followups.service import NOBODY, _escalation_target, _owner_for
+from broadcaster.followups.service import NOBODY, _escalation_target, owner_for
 from broadcaster.store import Followup
 from rules import FollowupRequirement, StaffRef
 
@@ -110,13 +110,13 @@ def requirement(*escalation: str) -> FollowupRequirement:
 
 
 def test_the_owner_is_the_account_manager_when_there_is_one() -> None:
-    assert _owner_for(directory(), requirement("group:duty"), "ann") == ("ann", 0, "")
+    assert owner_for(directory(), requirement("group:duty"), "ann") == ("ann", 0, "")
 
 
 def test_without_one_the_escalation_link_that_owns_it_is_not_escalated_to_again() -> None:
     """The shipped vip-critical-call for a VIP without an account manager: the duty manager
     owns it, and the escalation starts after that link (it ended with her told twice)."""
-    owner, level, how = _owner_for(directory(), requirement("account_manager", "group:duty"), None)
+    owner, level, how = owner_for(directory(), requirement("account_manager", "group:duty"), None)
     assert (owner, level) == ("maria", 2)
     assert how.startswith("account_manager names nobody (the customer has no account manager")
     assert how.endswith("; owned by group:duty")
@@ -124,12 +124,12 @@ def test_without_one_the_escalation_link_that_owns_it_is_not_escalated_to_again(
 
 def test_then_the_unassigned_owner_then_an_admin_then_nobody() -> None:
     admin = {**PEOPLE, "root": {"name": "Root", "admin": True}}
-    unassigned = _owner_for(directory(unassigned_owner="carla"), requirement(), None)
+    unassigned = owner_for(directory(unassigned_owner="carla"), requirement(), None)
     assert unassigned[:2] == ("carla", 0) and "staff.unassigned_owner, carla" in unassigned[2]
-    both = _owner_for(directory(admin, unassigned_owner="carla"), requirement(), None)
+    both = owner_for(directory(admin, unassigned_owner="carla"), requirement(), None)
     assert both[0] == "carla"  # the configured one before any admin
-    assert _owner_for(directory(admin), requirement(), None)[:2] == ("root", 0)
-    owner, level, how = _owner_for(directory(), requirement(), None)
+    assert owner_for(directory(admin), requirement(), None)[:2] == ("root", 0)
+    owner, level, how = owner_for(directory(), requirement(), None)
     assert (owner, level) == (NOBODY, 0) and how.endswith("unowned")
 
 

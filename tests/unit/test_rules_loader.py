@@ -175,7 +175,10 @@ rules:
             "severity: {gte: major, ne: critical}",
             ["incident.severity >= major", "incident.severity != critical"],
         ),
-        ("status: {not_in: [resolved, closed]}", ["incident.status not in [resolved, closed]"]),
+        (
+            "status: {not_in: [monitoring, resolved]}",
+            ["incident.status not in [monitoring, resolved]"],
+        ),
         (
             "source: {matches: 'alertmanager|statuspage'}",
             ['incident.source =~ "alertmanager|statuspage"'],

@@ -261,7 +261,7 @@ rules:
         f"{at(text, 'critcal')}: rules[0].match.incident.severity: unknown severity 'critcal' "
         "(did you mean 'critical'?)",
         f"{at(text, 'open')}: rules[0].match.incident.status.in[0]: unknown status 'open' "
-        "(one of investigating, identified, monitoring, resolved, closed)",
+        "(one of investigating, identified, monitoring, resolved)",
         f"{at(text, QUOTED)}: rules[0].match.incident.source.matches: invalid regular "
         "expression '(unclosed': missing ), unterminated subpattern at position 0",
         f"{at(text, 'in: [eu]')}: rules[0].match.incident.regions.in: unknown operator "
