@@ -23,7 +23,7 @@ from broadcaster.clock import Clock, RealClock
 from broadcaster.incidents.lifecycle import OPEN_STATUSES
 from broadcaster.intake.apply import base_external_id, plan_event
 from broadcaster.intake.events import FeedError
-from broadcaster.intake.watch import FeedSettings, FeedWatcher, FetchError, shown_url
+from broadcaster.intake.watch import FeedSettings, FeedWatcher, FetchError, peers_of, shown_url
 from broadcaster.store import Database, Incident, StoreConfig
 from broadcaster.store.migrate import schema_behind
 
@@ -51,10 +51,12 @@ def _feeds() -> None:
 
 
 async def check_feed(
-    feed: FeedSettings, database: Database, clock: Clock
+    feed: FeedSettings, database: Database, clock: Clock, peers: frozenset[str] = frozenset()
 ) -> tuple[bool, list[str]]:
-    """Lines describing what polling ``feed`` now would do; False when it cannot be read."""
-    watcher = FeedWatcher(feed, database, clock)
+    """Lines describing what polling ``feed`` now would do; False when it cannot be read.
+    ``peers``: the configured feeds whose items are its own (:func:`peers_of`), as the
+    daemon's watcher has them: a CAP alert another CAP feed brought first is not new."""
+    watcher = FeedWatcher(feed, database, clock, peers=peers)
     head = f"{feed.name} ({feed.kind}) {shown_url(feed.url)}"  # no key, no user:pass@
     try:
         data = await watcher.fetch()
@@ -67,7 +69,9 @@ async def check_feed(
         return False, [f"{head}: document refused: {exc.reason}"]
     lines = [f"{head}: {len(result.events)} event(s), {len(result.skipped)} skipped"]
     for event in result.events:
-        planned = await plan_event(database, clock, event, reopen_within=feed.reopen_within)
+        planned = await plan_event(
+            database, clock, event, reopen_within=feed.reopen_within, peers=peers
+        )
         target = f" #{planned.incident_id}" if planned.incident_id is not None else ""
         why = f" ({planned.reason})" if planned.reason else ""
         lines.append(
@@ -100,7 +104,9 @@ class _SchemaBehind(Exception):
     """The store's schema is not this version's (feeds check never upgrades it)."""
 
 
-async def _check(feeds: list[FeedSettings], store: StoreConfig) -> bool:
+async def _check(
+    feeds: list[FeedSettings], store: StoreConfig, configured: list[FeedSettings]
+) -> bool:
     database = Database.configured(store)
     ok = True
     try:
@@ -108,7 +114,8 @@ async def _check(feeds: list[FeedSettings], store: StoreConfig) -> bool:
         if behind is not None:
             raise _SchemaBehind(behind)
         for feed in feeds:
-            readable, lines = await check_feed(feed, database, RealClock())
+            peers = peers_of(feed, configured)
+            readable, lines = await check_feed(feed, database, RealClock(), peers)
             ok = ok and readable
             for line in lines:
                 typer.echo(line)
@@ -124,16 +131,17 @@ def check(
 ) -> None:
     """Fetch each configured feed once and print what it would create, update or resolve."""
     settings = settings_or_exit(config)
-    feeds: list[FeedSettings] = list(getattr(settings, "feeds", None) or [])
+    configured: list[FeedSettings] = list(getattr(settings, "feeds", None) or [])
+    feeds = configured
     if name is not None:
-        feeds = [f for f in feeds if f.name == name]
+        feeds = [f for f in configured if f.name == name]
         if not feeds:
             raise fail(f"no feed named {name!r} in the configuration", 2)
     if not feeds:
         typer.echo("no feeds configured")
         return
     try:
-        readable = run(_check(feeds, settings.database))
+        readable = run(_check(feeds, settings.database, configured))
     except _SchemaBehind as exc:
         raise fail(str(exc), 2) from None
     if not readable:

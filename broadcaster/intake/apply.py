@@ -30,6 +30,15 @@ Where the feed's state lives (no schema change):
 * An event may name earlier versions of its item (``references``: a CAP Update's or
   Cancel's, by their identifiers): when its own external id has no incident yet, the
   incident that applied one of those versions is its item's.
+* Sources whose ids mean the same item (``peers``: every configured CAP feed, since a CAP
+  alert's ``sender,identifier`` is unique worldwide) share their items: an event is looked
+  up among the incidents of its source and of its peers, the versions any of them applied
+  count as applied, and a new incident is made under the source that brought the item
+  first. An incident of the event's own source wins over a peer's of the same generation
+  (two made for one alert before items were shared: each feed keeps its own). Events of a
+  source with peers are applied one at a time (in the process, and on PostgreSQL under a
+  transaction-scoped advisory lock per item), so two feeds bringing one alert at the same
+  moment cannot both find it new.
 * A resolution goes through the engine's escalation when one is given, as staff's does:
   the rules' compensation is attached. What the rules require of a resolution (cause,
   remedy, prevention, …) cannot be asked of a feed, so it is not enforced: the incident
@@ -53,14 +62,18 @@ Where the feed's state lives (no schema change):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -87,6 +100,10 @@ _LEGACY_SEPARATOR: Final = "#"
 _MAX_REFERENCES: Final = 50
 _ATTEMPTS: Final = 3
 """Plans made for one event at most, when the incident changed under the first ones."""
+SHARED_ITEM_LOCKS: Final = 0x63617020
+"""The first key of the transaction-scoped advisory locks (PostgreSQL) under which an event
+of a source with peers is applied: two daemons applying one alert from two feeds at once
+queue on it instead of both declaring it."""
 VANISHED: Final = "vanished"
 """The version of a snapshot feed's own resolution (the item left the feed); an item whose
 own version is this word is stored by its hash, so the two never meet."""
@@ -190,8 +207,9 @@ def _made_after(previous: Incident, row: Incident) -> bool:
     return ended is not None and ended < row.created_at
 
 
-async def _generations(session: AsyncSession, source: str, base: str) -> list[Incident]:
-    """Every incident of ``(source, base)``, lowest generation first.
+async def _generations(session: AsyncSession, sources: Sequence[str], base: str) -> list[Incident]:
+    """Every incident of item ``base`` of ``sources[0]`` or its peers (the rest), lowest
+    generation first; of two of one generation, the first source's, else the earliest.
 
     A row of the old form ``<base>#n`` counts only when the generation before it had ended
     before it was made: else it is an item whose own id is ``<base>#n``."""
@@ -199,7 +217,7 @@ async def _generations(session: AsyncSession, source: str, base: str) -> list[In
         (
             await session.execute(
                 select(Incident).where(
-                    Incident.source == source,
+                    Incident.source.in_(sources),
                     or_(
                         Incident.external_id == base,
                         Incident.external_id.startswith(
@@ -222,40 +240,55 @@ async def _generations(session: AsyncSession, source: str, base: str) -> list[In
             ranked.append((n, row))
         elif (n := _suffix(base, row.external_id or "", _LEGACY_SEPARATOR)) is not None:
             legacy.append((n, row))
-    previous = next((row for n, row in ranked if n == 1), None)
-    for n, row in sorted(legacy, key=lambda pair: pair[0]):
+
+    def rank(row: Incident) -> tuple[bool, int]:
+        # Of two incidents of one generation (made by two peers before they shared items),
+        # the source's own, else the earliest: where each source's events went before.
+        return (row.source != sources[0], row.id)
+
+    chosen: dict[int, Incident] = {}
+    for n, row in ranked:
+        if n not in chosen or rank(row) < rank(chosen[n]):
+            chosen[n] = row
+    previous = chosen.get(1)
+    for n, row in sorted(legacy, key=lambda pair: (pair[0], rank(pair[1]))):
+        if n in chosen and rank(chosen[n]) <= rank(row):
+            continue
         if previous is not None and _made_after(previous, row):
-            ranked.append((n, row))
+            chosen[n] = row
             previous = row
-    return [row for _, row in sorted(ranked, key=lambda pair: pair[0])]
+    return [chosen[n] for n in sorted(chosen)]
 
 
-async def _referenced(session: AsyncSession, event: IncidentEvent) -> str | None:
-    """The item (base external id) of the newest incident of the event's source that
-    applied one of the versions ``event.references`` names, on an item whose external id
-    begins as that reference says (a CAP identifier is another sender's alert under
-    another sender); None if none did."""
+async def _referenced(
+    session: AsyncSession, event: IncidentEvent, sources: Sequence[str]
+) -> str | None:
+    """The item (base external id) of the newest incident of ``sources`` (the event's and
+    its peers) that applied one of the versions ``event.references`` names, on an item
+    whose external id begins as that reference says (a CAP identifier is another sender's
+    alert under another sender); None if none did."""
     references = event.references[:_MAX_REFERENCES]
     if not references:
         return None
-    prefix = feed_prefix(event.source)
     applied = []
     for begins, version in references:
-        tag = prefix + _version_token(event.source, version)
-        applied.append(
-            and_(
-                Incident.external_id.startswith(begins, autoescape=True),
-                or_(
-                    IncidentUpdate.author == tag,
-                    IncidentUpdate.author.startswith(tag + " t=", autoescape=True),
-                ),
+        for source in sources:
+            tag = feed_prefix(source) + _version_token(source, version)
+            applied.append(
+                and_(
+                    Incident.source == source,
+                    Incident.external_id.startswith(begins, autoescape=True),
+                    or_(
+                        IncidentUpdate.author == tag,
+                        IncidentUpdate.author.startswith(tag + " t=", autoescape=True),
+                    ),
+                )
             )
-        )
     found = (
         await session.execute(
             select(Incident.external_id)
             .join(IncidentUpdate, IncidentUpdate.incident_id == Incident.id)
-            .where(Incident.source == event.source, or_(*applied))
+            .where(Incident.source.in_(sources), or_(*applied))
             .order_by(Incident.id.desc())
             .limit(1)
         )
@@ -265,12 +298,14 @@ async def _referenced(session: AsyncSession, event: IncidentEvent) -> str | None
     return base_external_id(found, set())
 
 
-async def _item(session: AsyncSession, event: IncidentEvent) -> IncidentEvent:
+async def _item(
+    session: AsyncSession, event: IncidentEvent, sources: Sequence[str]
+) -> IncidentEvent:
     """``event``, its external id made its item's when it names earlier versions of an item
     stored under another id (a CAP Update of an Update, naming only the one it replaces)."""
-    if not event.references or await _generations(session, event.source, event.external_id):
+    if not event.references or await _generations(session, sources, event.external_id):
         return event
-    item = await _referenced(session, event)
+    item = await _referenced(session, event, sources)
     return event if item is None or item == event.external_id else replace(event, external_id=item)
 
 
@@ -286,14 +321,23 @@ class _History:
     """The version token applied last (None once the item vanished from its feed)."""
 
 
-async def _history(session: AsyncSession, incidents: list[Incident], source: str) -> _History:
+async def _history(
+    session: AsyncSession, incidents: list[Incident], sources: Sequence[str]
+) -> _History:
+    """What ``sources`` (a source and its peers) applied to these incidents; a version
+    token as each source wrote it (see :func:`_version_token`)."""
     authors = (
         (
             await session.execute(
                 select(IncidentUpdate.author)
                 .where(
                     IncidentUpdate.incident_id.in_([row.id for row in incidents]),
-                    IncidentUpdate.author.startswith(feed_prefix(source), autoescape=True),
+                    or_(
+                        *(
+                            IncidentUpdate.author.startswith(feed_prefix(s), autoescape=True)
+                            for s in sources
+                        )
+                    ),
                 )
                 .order_by(IncidentUpdate.id)
             )
@@ -305,7 +349,7 @@ async def _history(session: AsyncSession, incidents: list[Incident], source: str
     newest: int | None = None
     latest: str | None = None
     for author in authors:
-        tag = _read_tag(source, author)
+        tag = next(filter(None, (_read_tag(s, author) for s in sources)), None)
         if tag is None:
             continue
         if tag.version == VANISHED and tag.updated_micros is None:
@@ -333,8 +377,17 @@ class _Plan:
     """The incident's newest timeline entry when planned (see :func:`_unraced`)."""
 
 
+def _sources(event: IncidentEvent, peers: Collection[str]) -> tuple[str, ...]:
+    """The event's source, then its peers: the sources whose incidents may be its item's."""
+    return (event.source, *sorted(set(peers) - {event.source}))
+
+
 async def _plan(
-    database: Database, clock: Clock, event: IncidentEvent, reopen_within: timedelta
+    database: Database,
+    clock: Clock,
+    event: IncidentEvent,
+    reopen_within: timedelta,
+    peers: Collection[str] = (),
 ) -> _Plan:
     if "\t" in event.external_id:
         raise ValueError("external id: contains a tab (it separates an item's generations)")
@@ -342,9 +395,10 @@ async def _plan(
     def result(kind: AppliedKind, incident_id: int | None = None, reason: str = "") -> Applied:
         return Applied(kind, event.source, event.external_id, incident_id, reason)
 
+    sources = _sources(event, peers)
     async with database.session() as session:
-        event = await _item(session, event)
-        generations = await _generations(session, event.source, event.external_id)
+        event = await _item(session, event, sources)
+        generations = await _generations(session, sources, event.external_id)
         if not generations:
             if event.is_open:
                 return _Plan(result("created", reason="new item"), event, generation=1)
@@ -357,7 +411,7 @@ async def _plan(
         # newer than the entry planned on (the write sees it and plans again: _unraced).
         # Read the other way round, it could be in neither, and the event applied twice.
         last = await service.latest_update(session, incident.id)
-        history = await _history(session, generations, event.source)
+        history = await _history(session, generations, sources)
         last_message = last.message if last is not None else ""
         last_id = last.id if last is not None else None
 
@@ -371,8 +425,10 @@ async def _plan(
         and event.updated_at is not None
         and _micros(event.updated_at) > history.newest_micros
     )
-    token = _version_token(event.source, event.version)
-    if token == history.latest or (not newer and token in history.versions):
+    # The event's version as each source would have written it (a long one is hashed,
+    # depending on the length of the source's name).
+    tokens = {_version_token(source, event.version) for source in sources}
+    if history.latest in tokens or (not newer and tokens & history.versions):
         # The same version again: a re-read item, a retried or replayed webhook. Applying
         # it again could only reopen, roll back or re-create what a later version changed.
         # A version whose content hash was seen before but that says it is newer than
@@ -406,11 +462,16 @@ async def _plan(
 
 
 async def plan_event(
-    database: Database, clock: Clock, event: IncidentEvent, *, reopen_within: timedelta
+    database: Database,
+    clock: Clock,
+    event: IncidentEvent,
+    *,
+    reopen_within: timedelta,
+    peers: Collection[str] = (),
 ) -> Applied:
     """What :func:`apply_event` would do with ``event`` now; writes nothing."""
     try:
-        return (await _plan(database, clock, event, reopen_within)).applied
+        return (await _plan(database, clock, event, reopen_within, peers)).applied
     except Exception as exc:  # one bad event never stops the others
         return Applied("error", event.source, event.external_id, None, _describe(exc))
 
@@ -501,21 +562,27 @@ async def apply_event(
     hold: timedelta,
     reopen_within: timedelta,
     escalation: Escalation | None = None,
+    peers: Collection[str] = (),
 ) -> Applied:
     """Apply one event; never raises for a problem with it (``kind="error"`` says why).
 
     ``escalation`` (the engine's) brings the rules to a resolution: their compensation,
     and the parts they require, which a feed cannot give, named in the reason
-    (:mod:`broadcaster.intake.resolution`)."""
+    (:mod:`broadcaster.intake.resolution`). ``peers`` are the sources whose items are this
+    source's when their ids are equal (every configured CAP feed, for a CAP feed's
+    events): the event lands on the incident any of them made for its item."""
     try:
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                return await _apply_once(database, clock, event, hold, reopen_within, escalation)
-            except (_Raced, lifecycle.TransitionError):
-                # The incident changed after the plan: plan again (a duplicate delivered at
-                # the same time is then unchanged; an incident resolved meanwhile, too).
-                if attempt == _ATTEMPTS:
-                    raise
+        async with _one_at_a_time(database, event, peers):
+            for attempt in range(1, _ATTEMPTS + 1):
+                try:
+                    return await _apply_once(
+                        database, clock, event, hold, reopen_within, escalation, peers
+                    )
+                except (_Raced, lifecycle.TransitionError):
+                    # The incident changed after the plan: plan again (a duplicate delivered
+                    # at the same time is then unchanged; an incident resolved meanwhile, too).
+                    if attempt == _ATTEMPTS:
+                        raise
         raise AssertionError("unreachable")  # pragma: no cover
     except Exception as exc:  # one bad event never stops the others
         log.warning(
@@ -523,6 +590,38 @@ async def apply_event(
             extra={"source": event.source, "external_id": event.external_id, "error": str(exc)},
         )
         return Applied("error", event.source, event.external_id, None, _describe(exc))
+
+
+_shared_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+
+
+@asynccontextmanager
+async def _one_at_a_time(
+    database: Database, event: IncidentEvent, peers: Collection[str]
+) -> AsyncIterator[None]:
+    """For an event of a source with peers: the plan and the write with no other such event
+    applied meanwhile, so that two peers bringing one item at once do not both find it new
+    (their incidents differ in source: the store's unique key does not stop the second).
+    In the process, one at a time; on PostgreSQL, also under an advisory lock on the item,
+    held by a transaction of its own for as long (other daemons)."""
+    if not set(peers) - {event.source}:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    lock = _shared_locks.get(loop)
+    if lock is None:
+        _shared_locks.clear()  # a loop of the past is done with
+        lock = _shared_locks[loop] = asyncio.Lock()
+    async with lock:
+        if database.dialect != "postgresql":
+            yield
+            return
+        async with database.session() as session, session.begin():
+            await session.execute(
+                sql_text("SELECT pg_advisory_xact_lock(:space, hashtext(:item))"),
+                {"space": SHARED_ITEM_LOCKS, "item": event.external_id},
+            )
+            yield
 
 
 class _Raced(Exception):
@@ -558,8 +657,9 @@ async def _apply_once(
     hold: timedelta,
     reopen_within: timedelta,
     escalation: Escalation | None,
+    peers: Collection[str],
 ) -> Applied:
-    planned = await _plan(database, clock, event, reopen_within)
+    planned = await _plan(database, clock, event, reopen_within, peers)
     applied, event = planned.applied, planned.event
     if applied.kind == "created":
         return await _create(database, clock, event, planned.generation, hold)

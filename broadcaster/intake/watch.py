@@ -11,6 +11,11 @@ after a document was applied without errors, so an event that failed is retried.
 A snapshot document (a GTFS-rt full dataset, or any feed with ``snapshot: true``, such as
 Statuspage's ``unresolved.json``) lists every current item: an open incident of the source
 missing from it for ``grace`` is resolved.
+
+The CAP feeds (``cap``, ``cap_index``) are one another's ``peers``: a CAP alert's
+``sender,identifier`` is unique worldwide, so the same alert is one incident whichever of
+them brings it (:func:`~broadcaster.intake.apply.apply_event`). The ids of other kinds
+(an RSS guid, a Statuspage id) are their feed's own.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ log = logging.getLogger("broadcaster.intake")
 
 Severity = Literal["minor", "major", "critical"]
 FeedKind = Literal["statuspage", "rss", "gtfs_rt", "cap", "cap_index"]
+SHARED_ID_KINDS: Final = frozenset({"cap", "cap_index"})
+"""Feed kinds whose item ids are unique across sources: their feeds share their items."""
 MAX_INDEX_LINKS: Final = 50
 """Alerts fetched from one CAP index poll at most (the newest first)."""
 Parser = Callable[..., ParseResult]
@@ -191,6 +198,9 @@ class FeedWatcher:
     escalation: Escalation | None = None
     """The engine's: the rules' compensation on the resolutions this feed reports (and
     the parts they require, logged when missing: :mod:`broadcaster.intake.resolution`)."""
+    peers: frozenset[str] = frozenset()
+    """The other feeds whose items are this feed's when their ids are equal (for a CAP
+    feed, every CAP feed: :func:`watchers_for`)."""
     _missing_since: dict[int, datetime] = field(default_factory=dict, init=False)
     _last_snapshot_ids: set[str] | None = field(default=None, init=False)
     _pending_validators: tuple[str | None, str | None] = field(default=(None, None), init=False)
@@ -406,6 +416,7 @@ class FeedWatcher:
                 hold=self.feed.hold,
                 reopen_within=self.feed.reopen_within,
                 escalation=self.escalation,
+                peers=self.peers,
             )
             self._count(outcome.kind)
             if outcome.kind == "error":
@@ -498,6 +509,30 @@ class FeedWatcher:
         log.info("feed watcher stopped", extra={"source": self.name})
 
 
+def peers_of(feed: FeedSettings, feeds: list[FeedSettings]) -> frozenset[str]:
+    """The feeds whose items are ``feed``'s when their ids are equal: for a CAP feed, every
+    other CAP feed; for other kinds, none."""
+    if feed.kind not in SHARED_ID_KINDS:
+        return frozenset()
+    return frozenset(f.name for f in feeds if f.kind in SHARED_ID_KINDS and f.name != feed.name)
+
+
+def watchers_for(
+    feeds: list[FeedSettings],
+    database: Database,
+    clock: Clock,
+    client: httpx.AsyncClient | None = None,
+    escalation: Escalation | None = None,
+) -> list[FeedWatcher]:
+    """One watcher per configured feed, each knowing its peers."""
+    return [
+        FeedWatcher(
+            feed, database, clock, client, escalation=escalation, peers=peers_of(feed, feeds)
+        )
+        for feed in feeds
+    ]
+
+
 def start_watchers(
     feeds: list[FeedSettings],
     database: Database,
@@ -507,6 +542,6 @@ def start_watchers(
     escalation: Escalation | None = None,
 ) -> tuple[list[FeedWatcher], list[asyncio.Task[None]]]:
     """One watcher and one task per configured feed (for the daemon)."""
-    watchers = [FeedWatcher(feed, database, clock, client, escalation=escalation) for feed in feeds]
+    watchers = watchers_for(feeds, database, clock, client, escalation)
     tasks = [asyncio.create_task(w.run(stop), name=f"feed:{w.name}") for w in watchers]
     return watchers, tasks
