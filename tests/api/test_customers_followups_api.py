@@ -387,7 +387,20 @@ async def test_rules_are_checked_and_reloaded(database: Database, tmp_path: Path
         ).json()
         assert not checked["ok"]
         assert checked["problems"][0].startswith("<request>:1:")
-        assert (await api.call("POST", "/api/v1/rules/check", json={})).json()["ok"]
+        configured = (await api.call("POST", "/api/v1/rules/check", json={})).json()
+        assert configured["ok"] and configured["warnings"] == []
+        # A follow-up whose owner can name nobody: accepted, with the warning rules check gives.
+        nobody = GOOD + (
+            "rules:\n  - name: vip-call\n    match: {customer: {tier: vip}}\n"
+            "    followup: {kind: call, owner: account_manager, deadline: 1h}\n"
+        )
+        warned = (
+            await api.call("POST", "/api/v1/rules/check", "operator", json={"text": nobody})
+        ).json()
+        assert warned["ok"] and warned["problems"] == []
+        [warning] = warned["warnings"]
+        assert warning.startswith("<request>:") and "rule 'vip-call'" in warning
+        assert "followup.owner account_manager names nobody" in warning
 
         path.write_text(GOOD.replace("30m", "thirty minutes"))
         refused = (await api.call("POST", "/api/v1/rules/reload")).json()

@@ -15,6 +15,7 @@ from broadcaster.clock import Clock
 from broadcaster.escalation.explaining import explain_incident
 from broadcaster.escalation.holder import load_file, load_text
 from broadcaster.followups import service as followups
+from broadcaster.followups.checks import owner_warnings
 from broadcaster.reports import by_channel
 from broadcaster.store import Delivery, Followup, Incident
 from broadcaster.store.ids import MAX_ID
@@ -313,7 +314,11 @@ async def rules_check(body: RulesCheckIn, request: Request, _: Operator) -> Rule
     except RulesError as exc:
         return RulesCheckOut(ok=False, problems=list(exc.problems))
     return RulesCheckOut(
-        ok=True, problems=[], policies=len(ruleset.policies), rules=len(ruleset.rules)
+        ok=True,
+        problems=[],
+        policies=len(ruleset.policies),
+        rules=len(ruleset.rules),
+        warnings=owner_warnings(ruleset, settings.staff),
     )
 
 
