@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, NamedTuple
 
+from babel.dates import format_timedelta
+from babel.lists import format_list
 from babel.numbers import format_currency
 
 from broadcaster.compose.locale import format_when, locale
@@ -71,6 +73,7 @@ VARIABLES: Final[dict[str, tuple[str, ...]]] = {
         "history",
         "what_to_say",
     ),
+    "step": ("number", "steps", "policy", "after", "open_for", "open_minutes", "console"),
 }
 APOLOGY_ELEMENTS: Final = ("responsibility", "regret", "remedy", "cause", "prevention")
 PERSONAL: Final = ("customer.name", "links.unsubscribe", "links.preferences")
@@ -150,6 +153,39 @@ def describe_offers(offers: Iterable[Offer], *, rules: bool = False) -> str:
     return f"{', '.join(parts[:-1])} and {parts[-1]}"
 
 
+class StepFacts(NamedTuple):
+    """The escalation step an incident entered, from its stored plan: what a step's staff
+    notice (``incident_step``) says of it."""
+
+    number: int
+    """Its place in the policy's ladder, 1 for the first."""
+    steps: int
+    """How many steps the ladder has."""
+    policy: str
+    after: timedelta
+    """The incident's age at which the step starts."""
+
+
+def format_span(span: timedelta, language: str) -> str:
+    """A duration in words, to the minute, as a reader of ``language`` says it: "2 hours
+    and 7 minutes", "2 uur en 7 minuten", "1 day, 4 hours, and 20 minutes"; "0 minutes"
+    under one."""
+    minutes = max(int(span.total_seconds() // 60), 0)
+    where = locale(language)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    # Each part in its own unit: a threshold of the count itself keeps Babel from rounding
+    # into a larger one ("10 days", not "1 week"; "23 hours", not "1 day").
+    parts = [
+        str(format_timedelta(timedelta(minutes=count * size), threshold=count, locale=where))
+        for count, size in ((days, 24 * 60), (hours, 60), (minutes, 1))
+        if count
+    ]
+    if not parts:
+        return str(format_timedelta(timedelta(0), granularity="minute", locale=where))
+    return str(format_list(parts, locale=where))
+
+
 @dataclass(frozen=True)
 class IncidentFacts:
     """One round's content: the incident and the timeline entry it carries."""
@@ -177,6 +213,12 @@ class IncidentFacts:
     compensation_offers: tuple[Offer, ...] = ()
     """What the rules granted when the operator wrote no compensation: told in each
     customer's language (``resolution.offers``)."""
+    opened_at: datetime | None = None
+    """When the incident was declared (a step's staff notice says how long it has been
+    open); None where no template needs it."""
+    escalation_step: StepFacts | None = None
+    """The escalation step the incident entered (a step's staff notice); None when not
+    known."""
 
 
 class Personal(NamedTuple):
@@ -190,6 +232,30 @@ class Personal(NamedTuple):
 
 def incident_url(public_url: str, incident_id: int) -> str:
     return f"{public_url.rstrip('/')}/incidents/{incident_id}"
+
+
+def console_incident_url(public_url: str, incident_id: int) -> str:
+    """The incident's page on the staff console."""
+    return f"{public_url.rstrip('/')}/console/incidents/{incident_id}"
+
+
+def step_context(
+    facts: IncidentFacts, *, public_url: str, language: str, now: datetime
+) -> dict[str, Any]:
+    """The ``step`` of an escalation step's staff notice (``incident_step``): the step,
+    when known, and how long the incident has been open, in words of ``language``."""
+    step = facts.escalation_step
+    opened = facts.opened_at
+    open_for = None if opened is None else max(now - opened, timedelta(0))
+    return {
+        "number": None if step is None else step.number,
+        "steps": None if step is None else step.steps,
+        "policy": None if step is None else step.policy,
+        "after": None if step is None else format_span(step.after, language),
+        "open_for": None if open_for is None else format_span(open_for, language),
+        "open_minutes": None if open_for is None else int(open_for.total_seconds() // 60),
+        "console": console_incident_url(public_url, facts.incident_id),
+    }
 
 
 def build_context(
@@ -267,6 +333,9 @@ def build_context(
         },
         "followup": _with_times(followup, when),
         "task": task,
+        "step": step_context(facts, public_url=public_url, language=language, now=now)
+        if kind == "incident_step"
+        else None,
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from broadcaster.compose.context import IncidentFacts, Offer, Personal
+from broadcaster.compose.context import IncidentFacts, Offer, Personal, StepFacts
 
 SAMPLE_NOW = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
 
@@ -41,6 +41,12 @@ def sample_facts(kind: str, now: datetime = SAMPLE_NOW) -> IncidentFacts:
         compensation_offers=(Offer("credit", "5.00", "EUR", "long-outage-credit"),)
         if resolved
         else (),
+        # A step's staff notice: the example rules' critical policy tells the duty managers
+        # as it enters its second step, at 2 hours; read some minutes later.
+        opened_at=now - timedelta(hours=2, minutes=7) if kind == "incident_step" else None,
+        escalation_step=StepFacts(2, 2, "critical", timedelta(hours=2))
+        if kind == "incident_step"
+        else None,
     )
 
 

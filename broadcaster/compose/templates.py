@@ -49,6 +49,7 @@ KINDS: Final = (
     "resolution",
     "followup_announcement",
     "followup_task",
+    "incident_step",
 )
 PARTS: Final = ("sms", "email_subject", "email_text", "email_html", "push_title", "push_body")
 FORMS: Final[dict[str, tuple[str, ...]]] = {

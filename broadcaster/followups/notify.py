@@ -20,12 +20,18 @@ over the rules' history window, the owner (for an escalation), what to say and h
 told records the outcome (commands that work for them). The context gives each of these as
 data for the templates to phrase (:func:`task_context_of`); the English sentences of old
 (``contact``, ``history``, ``what_to_say``) are kept for templates written for them.
+
+An escalation step's message is the ``incident_step`` template, in the same language: the
+incident (id, title, severity, status, how long it has been open), the step of its stored
+plan that the round entered (when known), its public page and its console page, and what is
+expected of the one told.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -33,9 +39,10 @@ from datetime import datetime, timedelta
 
 from babel import Locale, UnknownLocaleError
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
-from broadcaster.compose.context import Personal
+from broadcaster.compose.context import Personal, StepFacts
 from broadcaster.compose.forms import form_for
 from broadcaster.compose.locale import format_when
 from broadcaster.compose.render import Renderer, RenderRequest
@@ -57,10 +64,12 @@ from broadcaster.store import (
     FollowupEvent,
     Incident,
     IncidentScope,
+    Round,
     StaffNotice,
 )
 from broadcaster.store.retry import retried
 from channels.base import Channel, DeliveryError, Message, Target, concurrency_of
+from rules import PlanSnapshot, SnapshotError
 
 log = logging.getLogger("broadcaster.followups")
 
@@ -91,6 +100,7 @@ class _Claimed:
     incident_id: int
     followup_id: int | None
     attempts: int
+    round_number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +218,7 @@ async def _claim(
                     row.incident_id,
                     row.followup_id,
                     row.attempts,
+                    row.round_number,
                 )
             )
     return claimed
@@ -237,7 +248,7 @@ async def _attempt(
     now = clock.now()
     try:
         if notice.kind == "step":
-            message = await _step_message(database, notice, person.name, public_url, now)
+            message = await _step_message(database, renderer, notice, person.name, channel, now)
         else:
             message = await _message(
                 database, renderer, notice, person.name, channel, now, window, public_url, directory
@@ -325,24 +336,73 @@ async def _record(
 
 
 async def _step_message(
-    database: Database, notice: _Claimed, staff_name: str, public_url: str, now: datetime
+    database: Database,
+    renderer: Renderer,
+    notice: _Claimed,
+    staff_name: str,
+    channel: Channel,
+    now: datetime,
 ) -> Message:
     """An incident's escalation step asks for this person's attention (the duty manager at
-    4 h, say)."""
+    4 h, say): the ``incident_step`` template, in ``messages.default_language``."""
     async with database.session() as session:
         incident = await session.get(Incident, notice.incident_id)
-    if incident is None or not lifecycle.is_open(incident.status):
-        raise Cancelled("the incident is over")
-    minutes = int((now - incident.created_at).total_seconds() // 60)
-    link = f"{public_url.rstrip('/')}/incidents/{incident.id}"
-    return Message(
-        subject=f"[Escalation] {incident.title} ({incident.severity}, open {minutes} min)",
-        text=f"{staff_name},\n\nIncident {incident.id}, {incident.title}, is "
-        f"{incident.status} and has been open for {_count(minutes, 'minute')}. The escalation "
-        f"policy now asks for your attention.\n\n{link}\n",
-        idempotency_key=notice.key,
-        created_at=now,
+        if incident is None or not lifecycle.is_open(incident.status):
+            raise Cancelled("the incident is over")
+        latest = await latest_update(session, incident.id)
+        if latest is None:
+            raise DeliveryError(f"incident {incident.id} has no timeline", retryable=False)
+        scopes = (
+            await session.execute(
+                select(IncidentScope.kind, IncidentScope.value).where(
+                    IncidentScope.incident_id == incident.id
+                )
+            )
+        ).all()
+        step = await _step_of(session, incident, notice.round_number)
+    facts = dataclasses.replace(
+        facts_of(incident, latest, [(k, v) for k, v in scopes], None),
+        status=incident.status,
+        opened_at=incident.created_at,
+        escalation_step=step,
     )
+    return renderer.message(
+        RenderRequest(
+            kind="incident_step",
+            form=form_for(channel.contact),
+            facts=facts,
+            language=renderer.templates.default_language,
+            timezone="UTC",
+            now=now,
+            personal=Personal(staff_name, "", ""),
+        ),
+        idempotency_key=notice.key,
+    )
+
+
+async def _step_of(
+    session: AsyncSession, incident: Incident, round_number: int | None
+) -> StepFacts | None:
+    """The step a ``step`` notice announces: the one of the incident's stored plan in force
+    when the notice's round started (when the notice was queued). None when that is not
+    known: no plan, an unreadable one, or no round."""
+    if incident.plan is None or round_number is None:
+        return None
+    try:
+        plan = PlanSnapshot.from_dict(incident.plan)
+    except SnapshotError:
+        return None
+    started = (
+        await session.execute(
+            select(Round.started_at).where(
+                Round.incident_id == incident.id, Round.number == round_number
+            )
+        )
+    ).scalar_one_or_none()
+    if started is None:
+        return None
+    step = plan.step_at(max(started - incident.created_at, timedelta(0)))
+    return StepFacts(plan.steps.index(step) + 1, len(plan.steps), plan.policy, step.after)
 
 
 async def _message(
@@ -569,5 +629,5 @@ def _say(task: Followup, title: str, claim: str | None, done: str | None, consol
 
 
 def _count(n: int, noun: str) -> str:
-    """``1 minute``, ``2 minutes``: staff notices are in English (the noun's plain plural)."""
+    """``1 minute``, ``2 minutes``: the English sentences of old (the noun's plain plural)."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -29,7 +29,7 @@ def _config(tmp_path: Path, extra: str = "") -> Path:
 def test_check_passes_on_the_shipped_templates(tmp_path: Path) -> None:
     result = runner.invoke(app, ["templates", "check", "--config", str(_config(tmp_path))])
     assert result.exit_code == 0, result.output
-    assert "checked 72 templates: 0 errors" in result.output
+    assert "checked 84 templates: 0 errors" in result.output
 
 
 def test_check_fails_on_a_broken_override(tmp_path: Path) -> None:

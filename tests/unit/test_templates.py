@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from jinja2.exceptions import SecurityError, UndefinedError
 
 from broadcaster.compose.check import check_templates
-from broadcaster.compose.context import Personal
+from broadcaster.compose.context import Personal, StepFacts, format_span
 from broadcaster.compose.render import Filler, Renderer, RenderRequest
 from broadcaster.compose.samples import (
     SAMPLE_FOLLOWUP,
@@ -441,3 +441,96 @@ def test_a_filler_keeps_percent_signs_and_repeats_values() -> None:
     )
     assert Filler(("Dear ", 1, " (50%)"))(values) == "Dear https://x/u/1 (50%)"
     assert Filler(("no values, 5% of them",))(values) == "no values, 5% of them"
+
+
+@pytest.mark.parametrize(
+    ("span", "en", "nl"),
+    [
+        (timedelta(seconds=59), "0 minutes", "0 minuten"),
+        (timedelta(hours=2, minutes=7), "2 hours and 7 minutes", "2 uur en 7 minuten"),
+        (timedelta(hours=23, minutes=59), "23 hours and 59 minutes", "23 uur en 59 minuten"),
+        (timedelta(days=10, hours=1), "10 days and 1 hour", "10 dagen en 1 uur"),
+        (timedelta(days=1, hours=4, minutes=20), "1 day, 4 hours, and 20 minutes", None),
+    ],
+)
+def test_a_step_notice_says_how_long_in_words_never_rounded_up(
+    span: timedelta, en: str, nl: str | None
+) -> None:
+    """Babel alone rounds into the next unit ("1 day" for 23 h 59 min, "1 week" for 10
+    days): an incident's age is told as it is, to the minute."""
+    assert format_span(span, "en") == en
+    if nl is not None:
+        assert format_span(span, "nl") == nl
+
+
+LONG_STEP = replace(
+    sample_facts("incident_step"),
+    title="Lines 51, 53 and 54: no metros between Centraal and Van der Madeweg " * 3,
+    opened_at=SAMPLE_NOW - timedelta(days=10, hours=23, minutes=59),
+    escalation_step=StepFacts(12, 12, "critical-infrastructure-weekend", timedelta(days=10)),
+)
+
+
+@pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
+def test_a_step_notice_by_sms_fits_and_keeps_the_step(language: str) -> None:
+    sms = renderer().render(request("incident_step", "sms", language, facts=LONG_STEP))["sms"]
+    info = segments(sms)
+    assert info.encoding == "GSM-7" and info.segments <= 3, (info, sms)
+    told = {
+        "en": "open 10 days, 23 hours, and 59 minutes: step 12 of 12 of the critical-",
+        "nl": "al 10 dagen, 23 uur en 59 minuten open: stap 12 van 12 van het beleid critical-",
+    }
+    assert told[language] in sms
+    assert sms.endswith("https://status.example.org/incidents/1042")
+
+
+@pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
+def test_a_step_notice_without_a_known_step_or_age_says_what_it_knows(language: str) -> None:
+    """A preview of a stored incident, or a notice whose round is not known, has neither."""
+    bare = replace(sample_facts("incident_step"), opened_at=None, escalation_step=None)
+    r = renderer()
+    for form in FORMS:
+        parts = r.render(request("incident_step", form, language, facts=bare, cache_key=None))
+        text = " ".join(parts.values())
+        assert "Card payments failing" in text and "1042" in text
+        for unknown in ("step ", "stap ", "minute", "hour", "uur", "None"):
+            assert unknown not in text.lower(), (form, unknown, text)
+
+
+@pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
+def test_a_step_notice_escapes_the_title_in_html(language: str) -> None:
+    facts = replace(sample_facts("incident_step"), title=f"Title {HOSTILE}")
+    html = renderer().render(request("incident_step", "email", language, facts=facts))
+    assert "Title &lt;a href=" in html["email_html"]
+    assert '<a href="https://evil.example/">' not in html["email_html"]
+
+
+def test_check_knows_the_step_notice(tmp_path: Path) -> None:
+    bad = {
+        "en/incident_step/email_text.j2": "{{ step.nmae }} {{ step.open_for }}",
+        "nl/incident_step/sms.j2": "{{ step.console }} " * 12,
+    }
+    for name, source in bad.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source, encoding="utf-8")
+    r = renderer(tmp_path)
+    errors = check_templates(r.templates, r, 3).errors
+    assert any("incident_step/email_text.j2:1: unknown field step.nmae" in e for e in errors)
+    assert any("nl/incident_step/sms.j2: " in e and "segments" in e for e in errors), errors
+    assert all("/incident_step/" in e for e in errors), errors
+
+
+def test_an_admin_override_of_the_step_notice_wins_and_can_extend_the_shipped_one(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "nl" / "incident_step" / "email_subject.j2"
+    target.parent.mkdir(parents=True)
+    target.write_text(
+        '{% include "default/nl/incident_step/email_subject.j2" %} [stap {{ step.number }}]',
+        encoding="utf-8",
+    )
+    subject = renderer(tmp_path).render(request("incident_step", "email", "nl"))["email_subject"]
+    assert (
+        subject == "[Escalatie] Card payments failing (critical, 2 uur en 7 minuten open) [stap 2]"
+    )
