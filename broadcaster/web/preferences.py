@@ -5,7 +5,8 @@ The link is the credential (``purpose=preferences``; forged, altered or expired 
 refused). Addresses are shown masked, since a forwarded message carries the link too. An
 expired link (one we issued, past ``messages.link_lifetime``) cannot change addresses or
 switch any back on, but its page says where a fresh one comes from and can still
-unsubscribe the customer, as an unsubscribe link can after its expiry.
+unsubscribe the customer, as an unsubscribe link can after its expiry. Its words are in
+the customer's language, the one their messages are in (``nl-BE`` reads ``nl``).
 """
 
 from __future__ import annotations
@@ -23,32 +24,33 @@ from broadcaster.compose.links import (
     issued_before,
     verify_token,
 )
-from broadcaster.compose.templates import TemplateSet, available_languages
 from broadcaster.store import ContactPoint, Customer
 from broadcaster.web.inputs import row_id
-from broadcaster.web.public import page, refused, unsubscribe_customer
+from broadcaster.web.public import (
+    customer_page_language,
+    default_page_language,
+    messages_language,
+    offered_languages,
+    page,
+    refused,
+    stop_instead,
+    unsubscribe_customer,
+)
 from broadcaster.web.state import WebState, state_of
+from broadcaster.web.words import say, word
 
 router = APIRouter(tags=["public"])
 
-KIND_LABEL = {
-    "email": "Email",
-    "sms": "Text message (SMS)",
-    "fcm": "App notification",
-    "apns": "App notification",
-    "webpush": "Browser notification",
-    "ntfy": "ntfy notification",
-}
 
-
-def mask(kind: str, address: str) -> str:
+def mask(kind: str, address: str, lang: str = "en") -> str:
     """Enough to recognise one's own address, not enough to learn someone else's."""
     if kind == "email" and "@" in address:
         local, _, domain = address.partition("@")
         return f"{local[:1]}•••@{domain}"
     if kind == "sms":
         return f"{address[:3]}•••{address[-2:]}"
-    return f"device •••{address[-4:]}" if len(address) > 4 else "device"
+    device = word(lang, "device")
+    return f"{device} •••{address[-4:]}" if len(address) > 4 else device
 
 
 def _claims(web: WebState, token: str) -> LinkClaims | InvalidLink:
@@ -66,57 +68,35 @@ async def _expired(web: WebState, claims: LinkClaims) -> Response:
     async with web.database.session() as session:
         customer = await session.get(Customer, claims.customer_id)
     if customer is None or issued_before(claims, customer.created_at):
-        return _not_found()
-    org = escape(web.settings.messages.organisation)
+        return _not_found(default_page_language(web))
+    lang = customer_page_language(web, customer)
+    org = web.settings.messages.organisation
     if claims.issued_at is None:
-        return refused(ExpiredLink(claims), org)
+        return page(lang, word(lang, "link_expired"), stop_instead(lang, org), 400)
     body = (
-        "<p>For your security, a link to your notification preferences works for a limited "
-        f"time. The next message {org} sends you carries a fresh one: open it to change "
-        "where updates go or their language.</p>"
-        "<p>To stop all disruption updates now:</p>"
+        f"<p>{say(lang, 'fresh_link', org=org)}</p>"
+        f"<p>{say(lang, 'stop_now')}</p>"
         '<form method="post"><p><button type="submit" name="action" value="unsubscribe">'
-        "Stop all updates (unsubscribe)</button></p></form>"
+        f"{say(lang, 'unsubscribe_all')}</button></p></form>"
     )
-    return page("This link has expired", body, 400)
+    return page(lang, word(lang, "link_expired"), body, 400)
 
 
-def _languages(web: WebState) -> list[str]:
-    return available_languages(web.settings.messages.templates_dir)
+def _not_found(lang: str) -> Response:
+    return page(lang, word(lang, "not_found"), f"<p>{say(lang, 'no_preferences')}</p>", 404)
 
 
-def _written_in(web: WebState, language: str) -> str:
-    """The offered language ``language``'s messages are written in, by the renderer's own
-    fallback (:meth:`TemplateSet.resolve_language`): ``nl-BE`` reads ``nl``, ``en-GB``
-    reads ``en``, one without templates the default language. The form shows it chosen:
-    with no option chosen a browser submits the first, and saving the page to stop an SMS
-    turned a ``nl-BE`` customer's messages English."""
-    messages = web.settings.messages
-    key = "preferences_templates"
-    templates = web.caches.get(key)
-    if (
-        not isinstance(templates, TemplateSet)
-        or templates.override_dir != messages.templates_dir
-        or templates.default_language != messages.default_language
-    ):
-        templates = web.caches[key] = TemplateSet(messages.templates_dir, messages.default_language)
-    offered = _languages(web)
-    for candidate in templates.resolve_language(language):
-        if candidate in offered:
-            return candidate
-    return messages.default_language
-
-
-def _not_found() -> Response:
-    return page("Not found", "<p>We have no preferences for this link any more.</p>", 404)
+def _not_saved(lang: str, reason: str, status: int) -> Response:
+    return page(lang, word(lang, "not_saved"), f"<p>{say(lang, reason)}</p>", status)
 
 
 async def _form(web: WebState, claims: LinkClaims, notice: str = "") -> Response:
+    """The form, in the customer's language; ``notice``: the key of a word said above it."""
     customer_id = claims.customer_id
     async with web.database.session() as session:
         customer = await session.get(Customer, customer_id)
         if customer is None or issued_before(claims, customer.created_at):
-            return _not_found()
+            return _not_found(default_page_language(web))
         points = list(
             (
                 await session.execute(
@@ -126,33 +106,38 @@ async def _form(web: WebState, claims: LinkClaims, notice: str = "") -> Response
                 )
             ).scalars()
         )
+    lang = customer_page_language(web, customer)
+    not_working = f" <em>{say(lang, 'not_working')}</em>"
     rows = "".join(
         f'<li><label><input type="checkbox" name="point" value="{p.id}"'
         f"{'' if p.opted_out else ' checked'}{' disabled' if p.disabled else ''}> "
-        f"{escape(KIND_LABEL.get(p.kind, p.kind))}: {escape(mask(p.kind, p.address))}"
-        + (" <em>(not working; contact us to fix it)</em>" if p.disabled else "")
+        f"{escape(word(lang, f'kind.{p.kind}', p.kind))}: {escape(mask(p.kind, p.address, lang))}"
+        + (not_working if p.disabled else "")
         + "</label></li>"
         for p in points
     )
-    chosen = _written_in(web, customer.language)
+    chosen = messages_language(web, customer.language)
     options = "".join(
-        f'<option value="{escape(lang)}"{" selected" if lang == chosen else ""}>'
-        f"{escape(lang)}</option>"
-        for lang in _languages(web)
+        f'<option value="{escape(offered)}"{" selected" if offered == chosen else ""}>'
+        f"{escape(offered)}</option>"
+        for offered in offered_languages(web)
     )
-    org = escape(web.settings.messages.organisation)
+    org = web.settings.messages.organisation
     body = (
-        (f'<p role="status"><strong>{escape(notice)}</strong></p>' if notice else "")
-        + f"<p>How {org} tells you about disruptions.</p>"
-        + '<form method="post"><fieldset><legend>Send updates to</legend>'
-        + f'<ul style="list-style:none;padding:0">{rows or "<li>No addresses on file.</li>"}</ul>'
-        + "</fieldset>"
-        + f'<p><label>Language <select name="language">{options}</select></label></p>'
-        + '<p><button type="submit" name="action" value="save">Save</button> '
+        (f'<p role="status"><strong>{say(lang, notice)}</strong></p>' if notice else "")
+        + f"<p>{say(lang, 'preferences_intro', org=org)}</p>"
+        + f'<form method="post"><fieldset><legend>{say(lang, "send_updates_to")}</legend>'
+        + '<ul style="list-style:none;padding:0">'
+        + (rows or f"<li>{say(lang, 'no_addresses')}</li>")
+        + "</ul></fieldset>"
+        + f"<p><label>{say(lang, 'language')} "
+        + f'<select name="language">{options}</select></label></p>'
+        + '<p><button type="submit" name="action" value="save">'
+        + f"{say(lang, 'save')}</button> "
         + '<button type="submit" name="action" value="unsubscribe">'
-        + "Stop all updates (unsubscribe)</button></p></form>"
+        + f"{say(lang, 'unsubscribe_all')}</button></p></form>"
     )
-    return page("Your notification preferences", body)
+    return page(lang, word(lang, "preferences"), body)
 
 
 @router.get("/preferences/{token}", response_class=HTMLResponse)
@@ -162,7 +147,7 @@ async def preferences_page(token: str, request: Request) -> Response:
     if isinstance(claims, ExpiredLink):
         return await _expired(web, claims.claims)
     if isinstance(claims, InvalidLink):
-        return refused(claims, escape(web.settings.messages.organisation))
+        return refused(claims, web)
     return await _form(web, claims)
 
 
@@ -171,7 +156,7 @@ async def save_preferences(token: str, request: Request) -> Response:
     web = state_of(request)
     claims = _claims(web, token)
     if isinstance(claims, InvalidLink) and not isinstance(claims, ExpiredLink):
-        return refused(claims, escape(web.settings.messages.organisation))
+        return refused(claims, web)
     form = await request.form()
     action = form.get("action")
     if isinstance(claims, ExpiredLink):
@@ -183,34 +168,39 @@ async def save_preferences(token: str, request: Request) -> Response:
         return await _expired(web, expired)
     language = form.get("language")
     wanted: set[int] = set()
+    foreign = False
     for value in form.getlist("point"):
         point_id = row_id(value) if isinstance(value, str) else None
         if point_id is None:
             # The form sends the ids of the addresses it lists; anything else (an upload,
             # "²", thousands of digits) is not this form's.
-            return page(
-                "Not saved",
-                "<p>The form sent an address that is not one of its own; "
-                "reload the page and try again.</p>",
-                400,
-            )
+            foreign = True
+            break
         wanted.add(point_id)
     now = web.clock.now()
     async with web.database.session() as session, session.begin():
         customer = await session.get(Customer, claims.customer_id)
-        if customer is None or issued_before(claims, customer.created_at):
-            return _not_found()
+        theirs = customer is not None and not issued_before(claims, customer.created_at)
+        lang = (
+            customer_page_language(web, customer)
+            if customer is not None and theirs
+            else default_page_language(web)
+        )
+        if foreign:
+            return _not_saved(lang, "not_its_address", 400)
+        if customer is None or not theirs:
+            return _not_found(lang)
         if action not in ("save", "unsubscribe"):
             # Each of the form's buttons names its action. Without one, this is not the form
             # (an empty or mangled request), and read as "save" with no box ticked it would
             # have opted the customer out of every address.
-            return page("Not saved", "<p>Use the Save or Unsubscribe button of the form.</p>", 422)
+            return _not_saved(lang, "use_the_buttons", 422)
         if isinstance(language, str) and language:
-            if language not in _languages(web):
-                return page("Not saved", "<p>That language is not offered.</p>", 422)
+            if language not in offered_languages(web):
+                return _not_saved(lang, "language_not_offered", 422)
             # Only a language the customer chose: the one the form showed chosen (their
             # messages' language) leaves theirs as it is, "nl-BE" staying "nl-BE".
-            if language != _written_in(web, customer.language):
+            if language != messages_language(web, customer.language):
                 customer.language = language
                 customer.updated_at = now
         points = (
@@ -226,7 +216,5 @@ async def save_preferences(token: str, request: Request) -> Response:
             point.opted_out = action == "unsubscribe" or point.id not in wanted
             point.updated_at = now
     web.count("preferences_saved" if action != "unsubscribe" else "unsubscribed")
-    notice = (
-        "You are unsubscribed: no more disruption updates." if action == "unsubscribe" else "Saved."
-    )
+    notice = "unsubscribed_notice" if action == "unsubscribe" else "saved"
     return await _form(web, claims, notice)

@@ -9,8 +9,11 @@ expiry (:func:`~broadcaster.compose.links.verify_unsubscribe`): a mail client's 
 POST from an old email, or a customer who finds one, must still stop the messages.
 
 Every public page carries :data:`PUBLIC_HEADERS` (no framing, no sniffing, a CSP that
-allows what the pages use: inline styles, a form posting to itself); the personal pages
-(``/u``, ``/preferences``) also :data:`PERSONAL_HEADERS` (not stored, no referrer).
+allows what the pages use: inline styles, a form posting to itself; the incident page also
+its one script of ours: :data:`SCRIPTED_HEADERS`); the personal pages (``/u``,
+``/preferences``) also :data:`PERSONAL_HEADERS` (not stored, no referrer). The personal
+pages are in the customer's language (:func:`customer_page_language`); those of a link
+whose customer is not known in the default language.
 """
 
 from __future__ import annotations
@@ -32,21 +35,27 @@ from broadcaster.compose.links import (
     issued_before,
     verify_unsubscribe,
 )
+from broadcaster.compose.templates import TemplateSet, available_languages
 from broadcaster.reports import rounds_overdue
 from broadcaster.store import ContactPoint, Customer
 from broadcaster.web.state import WebState, state_of
+from broadcaster.web.words import say, word, written_in
 
 router = APIRouter(tags=["public"])
 
+_POLICY = "style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 PUBLIC_HEADERS: Final[Mapping[str, str]] = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
+    "Content-Security-Policy": f"default-src 'none'; {_POLICY}",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
 }
 """On every public page (the incident page, unsubscribe, preferences)."""
+SCRIPTED_HEADERS: Final[Mapping[str, str]] = {
+    **PUBLIC_HEADERS,
+    "Content-Security-Policy": f"default-src 'none'; script-src 'self'; {_POLICY}",
+}
+"""On the incident page, whose one script (a file of ours, never inline) shows its times in
+the reader's time zone."""
 PERSONAL_HEADERS: Final[Mapping[str, str]] = {
     **PUBLIC_HEADERS,
     "Cache-Control": "no-store",
@@ -56,41 +65,79 @@ PERSONAL_HEADERS: Final[Mapping[str, str]] = {
 it must not be kept by a cache or sent on as a referrer."""
 
 
-def page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    """A personal page (``/u``, ``/preferences``), with :data:`PERSONAL_HEADERS`."""
+def page(lang: str, title: str, body: str, status: int = 200) -> HTMLResponse:
+    """A personal page (``/u``, ``/preferences``) in ``lang`` (``title`` plain text,
+    ``body`` HTML), with :data:`PERSONAL_HEADERS`."""
     return HTMLResponse(
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
-        f'</title><meta name="viewport" content="width=device-width"></head>'
-        f'<body style="font-family:sans-serif;max-width:36em;margin:2em auto">'
+        f'<!doctype html><html lang="{escape(lang)}"><head><meta charset="utf-8">'
+        f'<title>{escape(title)}</title><meta name="viewport" content="width=device-width">'
+        f'</head><body style="font-family:sans-serif;max-width:36em;margin:2em auto">'
         f"<h1>{escape(title)}</h1>{body}</body></html>",
         status_code=status,
-        headers=dict(PERSONAL_HEADERS),
+        headers={**PERSONAL_HEADERS, "Content-Language": lang},
     )
 
 
-def gone() -> HTMLResponse:
+def gone(lang: str) -> HTMLResponse:
     """The answer to a valid link of a customer who no longer exists."""
-    return page(
-        "This link is no longer valid",
-        "<p>We have no subscription for this link any more.</p>",
-        404,
-    )
+    return page(lang, word(lang, "link_gone"), f"<p>{say(lang, 'link_gone_body')}</p>", 404)
 
 
-def refused(exc: InvalidLink, org: str) -> HTMLResponse:
+def refused(exc: InvalidLink, web: WebState, lang: str | None = None) -> HTMLResponse:
     """The answer to a link that does not work: why, and for an expired one, how to stop
-    the messages all the same (a dead end left customers subscribed)."""
+    the messages all the same (a dead end left customers subscribed). In ``lang``, else
+    (no customer known) the default language."""
+    lang = lang or default_page_language(web)
+    org = web.settings.messages.organisation
     if isinstance(exc, ExpiredLink):
-        return page("This link has expired", stop_instead(org), 400)
-    return page("This link does not work", f"<p>{escape(str(exc))}.</p>", 400)
+        return page(lang, word(lang, "link_expired"), stop_instead(lang, org), 400)
+    body = f"<p>{say(lang, 'link_broken_body', reason=str(exc))}</p>"
+    return page(lang, word(lang, "link_broken"), body, 400)
 
 
-def stop_instead(org: str) -> str:
-    """How to stop the messages without this link (``org`` already escaped)."""
-    return (
-        f"<p>To stop all disruption updates from {org}, use the unsubscribe link in our "
-        "most recent email, or reply STOP to one of our text messages. Every message we "
-        "send carries a fresh link to your preferences.</p>"
+def stop_instead(lang: str, org: str) -> str:
+    """How to stop the messages without this link (HTML)."""
+    return f"<p>{say(lang, 'stop_instead', org=org)}</p>"
+
+
+def offered_languages(web: WebState) -> list[str]:
+    """The languages customers may choose: those the messages are written in."""
+    return available_languages(web.settings.messages.templates_dir)
+
+
+def messages_language(web: WebState, language: str) -> str:
+    """The offered language ``language``'s messages are written in, by the renderer's own
+    fallback (:meth:`TemplateSet.resolve_language`): ``nl-BE`` reads ``nl``, ``en-GB``
+    reads ``en``, one without templates the default language. The preferences form shows
+    it chosen: with no option chosen a browser submits the first, and saving the page to
+    stop an SMS turned a ``nl-BE`` customer's messages English."""
+    messages = web.settings.messages
+    key = "preferences_templates"
+    templates = web.caches.get(key)
+    if (
+        not isinstance(templates, TemplateSet)
+        or templates.override_dir != messages.templates_dir
+        or templates.default_language != messages.default_language
+    ):
+        templates = web.caches[key] = TemplateSet(messages.templates_dir, messages.default_language)
+    offered = offered_languages(web)
+    for candidate in templates.resolve_language(language):
+        if candidate in offered:
+            return candidate
+    return messages.default_language
+
+
+def default_page_language(web: WebState) -> str:
+    """The language of a page for a link whose customer is not known (a forged link, an
+    erased customer): the default language, else English."""
+    return written_in([web.settings.messages.default_language])
+
+
+def customer_page_language(web: WebState, customer: Customer) -> str:
+    """The language of a customer's own pages: their messages' language, else (messages in
+    a language the pages are not written in) the default language, else English."""
+    return written_in(
+        [messages_language(web, customer.language), web.settings.messages.default_language]
     )
 
 
@@ -100,25 +147,29 @@ def _theirs(customer: Customer | None, claims: LinkClaims) -> bool:
     return customer is not None and not issued_before(claims, customer.created_at)
 
 
-async def _customer_exists(state: WebState, claims: LinkClaims) -> bool:
+async def _customer_of(state: WebState, claims: LinkClaims) -> Customer | None:
     async with state.database.session() as session:
-        return _theirs(await session.get(Customer, claims.customer_id), claims)
+        customer = await session.get(Customer, claims.customer_id)
+        return customer if _theirs(customer, claims) else None
 
 
 @router.get("/u/{token}")
 async def unsubscribe_page(token: str, request: Request) -> Response:
     state = state_of(request)
-    org = escape(state.settings.messages.organisation)
     try:
         claims = verify_unsubscribe(state.link_secret, token, state.clock.now())
     except InvalidLink as exc:
-        return refused(exc, org)
-    if not await _customer_exists(state, claims):
-        return gone()
+        return refused(exc, state)
+    customer = await _customer_of(state, claims)
+    if customer is None:
+        return gone(default_page_language(state))
+    lang = customer_page_language(state, customer)
+    org = state.settings.messages.organisation
     return page(
-        "Unsubscribe",
-        f"<p>Stop all disruption updates from {org}?</p>"
-        f'<form method="post"><button type="submit">Unsubscribe</button></form>',
+        lang,
+        word(lang, "unsubscribe"),
+        f"<p>{say(lang, 'unsubscribe_question', org=org)}</p>"
+        f'<form method="post"><button type="submit">{say(lang, "unsubscribe")}</button></form>',
     )
 
 
@@ -128,26 +179,24 @@ async def unsubscribe(token: str, request: Request) -> Response:
     try:
         claims = verify_unsubscribe(state.link_secret, token, state.clock.now())
     except InvalidLink as exc:
-        return refused(exc, escape(state.settings.messages.organisation))
+        return refused(exc, state)
     return await unsubscribe_customer(state, claims)
 
 
 async def unsubscribe_customer(state: WebState, claims: LinkClaims) -> Response:
     """Opt every address of the link's customer out (or 404 when the link is not theirs)."""
     async with state.database.session() as session, session.begin():
-        if not _theirs(await session.get(Customer, claims.customer_id), claims):
-            return gone()
+        customer = await session.get(Customer, claims.customer_id)
+        if customer is None or not _theirs(customer, claims):
+            return gone(default_page_language(state))
+        lang = customer_page_language(state, customer)
         await session.execute(
             update(ContactPoint)
             .where(ContactPoint.customer_id == claims.customer_id)
             .values(opted_out=True, updated_at=state.clock.now())
         )
     state.count("unsubscribed")
-    return page(
-        "You are unsubscribed",
-        "<p>You will receive no more disruption updates. Changed your mind? "
-        "Contact us and we will switch them back on.</p>",
-    )
+    return page(lang, word(lang, "unsubscribed"), f"<p>{say(lang, 'unsubscribed_body')}</p>")
 
 
 STORE_CHECK_SECONDS = 5.0

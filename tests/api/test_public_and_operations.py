@@ -271,7 +271,8 @@ async def test_the_preferences_page_changes_only_its_own_customer(database: Data
                 "action": "save",
             },
         )
-        assert saved.status_code == 200 and "Saved." in saved.text
+        # The page answers in the language just chosen.
+        assert saved.status_code == 200 and "Opgeslagen." in saved.text
         async with database.session() as session:
             opted = {
                 (p.customer_id, p.kind): p.opted_out
@@ -291,7 +292,7 @@ async def test_the_preferences_page_changes_only_its_own_customer(database: Data
         # form) changes nothing; read as "save" with no box ticked it had opted c1 out.
         for body in ({}, {"point": str(points[("c1", "email")])}):
             refused = await api.http.post(f"/preferences/{token}", data=body)
-            assert refused.status_code == 422 and "Not saved" in refused.text
+            assert refused.status_code == 422 and "Niet opgeslagen" in refused.text
         mangled = await api.http.post(
             f"/preferences/{token}",
             content=b"\xff\xfe=\xff",
@@ -306,7 +307,7 @@ async def test_the_preferences_page_changes_only_its_own_customer(database: Data
         assert still == opted
 
         everything = await api.http.post(f"/preferences/{token}", data={"action": "unsubscribe"})
-        assert "unsubscribed" in everything.text
+        assert "U bent afgemeld" in everything.text
         async with database.session() as session:
             c1 = (
                 await session.execute(
@@ -358,7 +359,9 @@ async def test_saving_the_preferences_keeps_a_regional_language(
                 f"/preferences/{token}",
                 data={"point": [str(email)], "language": language, "action": "save"},
             )
-            assert saved.status_code == 200 and "Saved." in saved.text
+            # The page answers in the language of the customer's messages.
+            assert saved.status_code == 200
+            assert {"en": "Saved.", "nl": "Opgeslagen."}[language] in saved.text
             assert _chosen_language(saved.text) == [language]
             async with database.session() as session:
                 customer = await session.get(Customer, "c1")
