@@ -352,16 +352,10 @@ async def _step_message(
         latest = await latest_update(session, incident.id)
         if latest is None:
             raise DeliveryError(f"incident {incident.id} has no timeline", retryable=False)
-        scopes = (
-            await session.execute(
-                select(IncidentScope.kind, IncidentScope.value).where(
-                    IncidentScope.incident_id == incident.id
-                )
-            )
-        ).all()
+        scopes = await _scopes(session, incident.id)
         step = await _step_of(session, incident, notice.round_number)
     facts = dataclasses.replace(
-        facts_of(incident, latest, [(k, v) for k, v in scopes], None),
+        facts_of(incident, latest, scopes, None),
         status=incident.status,
         opened_at=incident.created_at,
         escalation_step=step,
@@ -378,6 +372,16 @@ async def _step_message(
         ),
         idempotency_key=notice.key,
     )
+
+
+async def _scopes(session: AsyncSession, incident_id: int) -> list[tuple[str, str]]:
+    """The incident's scopes (kind, value): what its facts say it affects."""
+    rows = await session.execute(
+        select(IncidentScope.kind, IncidentScope.value).where(
+            IncidentScope.incident_id == incident_id
+        )
+    )
+    return [(kind, value) for kind, value in rows]
 
 
 async def _step_of(
@@ -427,13 +431,7 @@ async def _message(
         latest = await latest_update(session, task.incident_id)
         if incident is None or customer is None or latest is None:
             raise DeliveryError(f"follow-up {task.id} lost its incident", retryable=False)
-        scopes = (
-            await session.execute(
-                select(IncidentScope.kind, IncidentScope.value).where(
-                    IncidentScope.incident_id == incident.id
-                )
-            )
-        ).all()
+        scopes = await _scopes(session, incident.id)
         points = (
             await session.execute(
                 select(ContactPoint.kind, ContactPoint.address).where(
@@ -452,7 +450,7 @@ async def _message(
         hit = set((await session.execute(hits.group_by(Delivery.incident_id))).scalars().all())
         told = (await escalation_targets(session, [task.id]))[task.id]
     hit.add(incident.id)
-    facts = facts_of(incident, latest, [(k, v) for k, v in scopes], None)
+    facts = facts_of(incident, latest, scopes, None)
     language = renderer.templates.default_language
     task_context = task_context_of(
         task,
