@@ -111,11 +111,11 @@ class MakingCounted:
         self._fail_for = fail_for
         self.made = 0
 
-    def message(self, request: Any, idempotency_key: str) -> Message:
+    def message(self, request: Any, idempotency_key: str, **more: Any) -> Message:
         self.made += 1
         if idempotency_key == self._fail_for:
             raise RenderError("the template failed for this customer")
-        return self._renderer.message(request, idempotency_key=idempotency_key)
+        return self._renderer.message(request, idempotency_key=idempotency_key, **more)
 
 
 @dataclass
