@@ -16,6 +16,12 @@ How one send goes:
    ExpiredProviderToken`` signs a fresh token and retries once, inside this send. Every other
    failure maps onto :class:`~channels.base.DeliveryError` by :func:`apns_error`.
 
+APNs' 429 ``TooManyRequests`` is about one device token ("too many requests were made
+consecutively to the same device token"): only that message waits (its Retry-After), the
+channel goes on, and the error is not ``throttled``. A 429 ``TooManyProviderTokenUpdates``
+is about our provider token, shared by every send of the channel: it is ``throttled``, and
+the dispatcher pauses the channel.
+
 ``apns-id`` is a UUID derived (uuid5) from the delivery id, so every retry of one delivery
 carries the same id. APNs does not de-duplicate on it, but it is what APNs echoes back and
 what Apple's delivery logs and Push Notification Console search by: one delivery, one id.
@@ -313,7 +319,9 @@ def apns_error(
             retryable=False,
         )
     if status in (408, 429) or status >= 500:
-        return DeliveryError(text, retryable=True, retry_after=retry_after)
+        # TooManyRequests is one device token's rate; the provider token is everyone's.
+        throttled = status == 429 and reason == "TooManyProviderTokenUpdates"
+        return DeliveryError(text, retryable=True, retry_after=retry_after, throttled=throttled)
     if status == 403:
         # InvalidProviderToken, a second ExpiredProviderToken (our clock is off), Forbidden:
         # the key, team or topic is wrong; no retry helps until an admin fixes it.

@@ -7,6 +7,9 @@ Error tree::
           retryable: bool         True when trying again later can help
           reason: str             what went wrong, for the delivery row and the logs
           retry_after: float|None seconds the provider asked us to wait, if it said
+          throttled: bool         the provider refused the sender's rate as a whole
+                                  (account, project, sender), not this one recipient:
+                                  the dispatcher pauses the channel, not just the message
           contact_point: ContactPointState|None
                                   set on permanent errors that condemn the address
                                   itself (opted out, invalid, unregistered), so the
@@ -146,17 +149,28 @@ class DeliveryError(Exception):
         retryable: bool,
         retry_after: float | None = None,
         contact_point: ContactPointState | None = None,
+        throttled: bool = False,
     ) -> None:
+        if not isinstance(throttled, bool):
+            raise TypeError(f"DeliveryError: throttled must be a bool, not {throttled!r}")
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after
         self.contact_point = contact_point
+        self.throttled = throttled
+        """The provider said the *sender* is over its rate (an account's, a project's, a
+        sender's queue), not that this recipient gets too much: every other message of the
+        channel would be refused alike, so the dispatcher pauses the channel for
+        ``retry_after`` (or a default) instead of sending them into the same refusal. Left
+        False for a refusal about one recipient (a device token sent to too often) or one
+        host among several the channel reaches."""
 
     def __repr__(self) -> str:
         return (
             f"DeliveryError({self.reason!r}, retryable={self.retryable}, "
-            f"retry_after={self.retry_after}, contact_point={self.contact_point})"
+            f"retry_after={self.retry_after}, contact_point={self.contact_point}, "
+            f"throttled={self.throttled})"
         )
 
 

@@ -8,6 +8,17 @@ token endpoint. Only FCM's own word condemns a token: ``UNREGISTERED``, or an
 ``NOT_FOUND`` without ``UNREGISTERED`` means the project (``project_id``) or ``base_url`` is
 wrong: permanent, the token untouched.
 
+``QUOTA_EXCEEDED`` (HTTP 429 ``RESOURCE_EXHAUSTED``) is ambiguous: FCM's error reference
+gives three causes, the project's message rate, one device's message rate, and one topic's.
+The project's quota (per minute, 600,000 messages by default) is what FCM's throttling page
+documents 429 for, and it is the only one a disruption broadcast can reach: the channel sends
+to tokens, never to topics, and one incident's rounds reach a device a few times an hour,
+far under a device's limit (240 a minute on Android). So a 429 or ``QUOTA_EXCEEDED`` is
+``throttled`` (the dispatcher pauses the channel until the quota refills, Retry-After or
+:data:`QUOTA_DEFAULT_WAIT`), unless Google's message names a device (its "device message
+rate exceeded"): then only that message waits. A 429 from the OAuth2 token endpoint is
+``throttled`` too: every send needs the token.
+
 Reasons carry only those structured fields, cut short, or for a body that is not Google's
 error document its type and length; they are redacted against the given secrets (the
 access token, the signed assertion) in case a proxy echoes the request.
@@ -52,7 +63,9 @@ def token_error(
     reason = f"OAuth2 token exchange refused: HTTP {response.status_code} {detail}".strip()
     reason = redact(reason, secrets)
     if retryable_status(response.status_code):
-        return DeliveryError(reason, retryable=True, retry_after=retry_after)
+        # No send of the channel goes without a token: a 429 here holds them all.
+        throttled = response.status_code == 429
+        return DeliveryError(reason, retryable=True, retry_after=retry_after, throttled=throttled)
     return DeliveryError(reason + " (check the service account)", retryable=False)
 
 
@@ -129,7 +142,9 @@ def fcm_error(
         return DeliveryError(reason + " (configuration)", retryable=False)
     if status == 429 or error.error_code == "QUOTA_EXCEEDED":
         wait = retry_after if retry_after is not None else QUOTA_DEFAULT_WAIT
-        return DeliveryError(reason, retryable=True, retry_after=wait)
+        # The project's quota, unless FCM names one device's rate (see the module's text).
+        one_device = "device" in error.message.lower()
+        return DeliveryError(reason, retryable=True, retry_after=wait, throttled=not one_device)
     if retryable_status(status):
         return DeliveryError(reason, retryable=True, retry_after=retry_after)
     return DeliveryError(reason, retryable=False)

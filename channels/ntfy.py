@@ -18,6 +18,11 @@ does not lead to an ntfy server's publish endpoint); 400 for an invalid or disal
 disables the contact point; any other 4xx (413 included) is permanent. Reasons quote only
 ntfy's ``code`` and ``error`` (cut short), or the type and length of any other body, and
 are redacted against the token or password, should a proxy echo the request.
+
+A 429 is ``throttled``: ntfy limits each *visitor* (the publisher's IP address, or its user
+when it authenticates), not a topic, so its 429s (42901 too many requests, 42908 the daily
+message quota, and the like) refuse every message the channel publishes until the limit
+refills, and the dispatcher pauses the channel.
 """
 
 from __future__ import annotations
@@ -242,7 +247,8 @@ class NtfyChannel:
         reason = redact(reason, self._secrets())
         if retryable_status(status):
             wait = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
-            return DeliveryError(reason, retryable=True, retry_after=wait)
+            # ntfy's limits are the visitor's (our address or user), whatever the topic.
+            return DeliveryError(reason, retryable=True, retry_after=wait, throttled=status == 429)
         if status == 400 and code in _TOPIC_ERRORS:
             return DeliveryError(reason, retryable=False, contact_point=ContactPointState.DISABLED)
         if status in (401, 403):

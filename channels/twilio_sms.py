@@ -15,6 +15,14 @@ is permanent and marks the number ``OPTED_OUT``; 21211 (invalid), 21614 (not a m
 connection errors are retried (after ``Retry-After`` when given); error 21611 (the sender's
 queue is full) is retried after :data:`QUEUE_FULL_RETRY_AFTER`; 401/403 and other 4xx fail
 the message only.
+
+HTTP 429, error 20429 and error 21611 are ``throttled``: the dispatcher pauses the whole
+channel. Twilio documents 20429 (with HTTP 429) as the *account* sending too many concurrent
+REST API requests, refused before they are processed and safe to retry after backing off;
+21611 is the sender's (the ``from_number``'s or the messaging service's) queue, which every
+message of the channel shares. Neither is about the recipient, so every other message of the
+channel would meet the same answer until the pause is over. A 5xx or a timeout is not: it
+says nothing of our rate.
 Reasons: Twilio's code and message, never a raw body; no reason, repr or log has the token.
 """
 
@@ -442,7 +450,9 @@ def twilio_error(
             if retry_after is None:
                 retry_after = QUEUE_FULL_RETRY_AFTER
             reason += " (the sender's queue at Twilio is full; retried once it has drained)"
-        return DeliveryError(reason, retryable=True, retry_after=retry_after)
+        # The account's (429, 20429) or the sender's (21611) rate, never the number's.
+        throttled = status == 429 or code in (20429, QUEUE_FULL)
+        return DeliveryError(reason, retryable=True, retry_after=retry_after, throttled=throttled)
     if status in (401, 403):
         reason += (
             " (Twilio refused our credentials or permissions: check account_sid and auth_token;"

@@ -23,6 +23,12 @@ connection errors are retryable. Reasons quote only a JSON error body's ``code``
 or the type and length of any other body; they are redacted against the secret, the
 request's signature and the URL's path and query, should the receiver (or a proxy) echo
 the request.
+
+A 429 is ``throttled`` (the dispatcher pauses the channel) only with a fixed ``url``: every
+message of the channel then goes to that one receiver, and its rate is the channel's. With
+each customer's own URL, a 429 comes from that customer's host, and the dispatcher's pause is
+per channel, not per host: pausing would hold every other customer's webhook for one host's
+limit, so only the refused message waits (its ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -226,7 +232,9 @@ class WebhookChannel:
         )
         if retryable_status(status):
             wait = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
-            return DeliveryError(reason, retryable=True, retry_after=wait)
+            # One receiver's rate is the channel's only when every message goes to it.
+            throttled = status == 429 and self._settings.url is not None
+            return DeliveryError(reason, retryable=True, retry_after=wait, throttled=throttled)
         if status == 410 and self._settings.url is None:
             return DeliveryError(reason, retryable=False, contact_point=ContactPointState.DISABLED)
         if status == 410:

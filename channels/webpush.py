@@ -14,6 +14,12 @@ the contact point); 413 and the configuration errors 400, 401 and 403 are perman
 Reasons quote only the push service's JSON error fields (``errno``, ``message``/``reason``/
 ``error``, cut short), or the type and length of any other body, and are redacted against
 the VAPID private key, the VAPID JWT and the endpoint's path, should a proxy echo the request.
+
+A 429 is never ``throttled``: RFC 8030 leaves its scope to each push service, and one
+channel reaches several (Google's, Mozilla's, Apple's, Microsoft's), each with its own
+limits. Pausing the channel for one service's 429 would hold the notifications of every
+other; the dispatcher's pause is per channel, not per push service, so only the refused
+message waits (its ``Retry-After``).
 """
 
 from __future__ import annotations

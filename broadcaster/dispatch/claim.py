@@ -3,18 +3,20 @@
 Deliveries whose lease expired (their worker died) come first, then due pending ones in
 claim order (``next_attempt_at``, ``id``), locked with ``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL so that several daemons take disjoint batches. On the way, a delivery whose
-address was opted out or disabled since its round was written is cancelled, and a
-rate-limited channel's share beyond its rate is put back for later (a
-:class:`~broadcaster.dispatch.limits.Pacer`). The statements are Core, built once per
-dialect; :class:`~broadcaster.dispatch.worker.Dispatcher` runs them and sends what they
-return.
+address was opted out or disabled since its round was written is cancelled, a paused
+channel's deliveries are left in the queue until its pause ends
+(:mod:`broadcaster.dispatch.pause`), and a rate-limited channel's share beyond its rate is
+put back for later (a :class:`~broadcaster.dispatch.limits.Pacer`). The statements are
+Core, built once per dialect; :class:`~broadcaster.dispatch.worker.Dispatcher` runs them
+and sends what they return.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -93,6 +95,7 @@ def claim_batch(
     after: Floor | None = None,
     pacer: Pacer | None = None,
     max_attempts: int | None = None,
+    paused: Mapping[str, datetime] | None = None,
 ) -> Claimed:
     """Take up to ``limit`` deliveries under ``owner``'s lease: those whose lease expired
     first (their worker died; looked for only when ``expired_too``), then due pending
@@ -105,7 +108,8 @@ def claim_batch(
     for later by ``pacer`` (a rate-limited channel's share beyond its rate). A delivery whose
     lease expired after ``max_attempts`` claims is not claimed again but failed (``spent``):
     each of its workers stopped, or could not record what it did, and each claim may have
-    sent it.
+    sent it. A due delivery of a channel in ``paused`` (channel to when its pause ends) is
+    not claimed but left pending, due at that end, its attempt not counted (``held``).
 
     Its statements run on the session's connection: Core, without the ORM's result layer,
     which built an ORM loading context for every claimed row."""
@@ -162,6 +166,20 @@ def claim_batch(
         # apology). Doctrine 2 and 4.
         _cancel(connection, dialect, stale, now)
         found = [row for row in found if row[0] not in stale]
+    held: dict[str, int] = {}
+    if paused:
+        # Its provider asked the channel to slow down: not claimed, not counted, due again
+        # at the pause's end (before the pacer, which would give them slots they cannot use).
+        # One whose lease expired is claimed: the send gives it back, uncounted.
+        rows = [row for row in found if row[_STATE] == "pending" and row[3] in paused]
+        if rows:
+            connection.execute(
+                _HOLD_BACK, [{"b_id": row[0], "b_at": paused[row[3]]} for row in rows]
+            )
+            for row in rows:
+                held[row[3]] = held.get(row[3], 0) + 1
+            ids = {row[0] for row in rows}
+            found = [row for row in found if row[0] not in ids]
     back: dict[int, datetime] = {}
     if pacer:
         due = [i for i, row in enumerate(found) if row[_STATE] == "pending"]
@@ -177,6 +195,7 @@ def claim_batch(
         paced=len(back),
         spent=len(spent),
         superseded=len(stale),
+        held=held,
     )
     if not found:
         return [], [], last, aside
@@ -245,6 +264,8 @@ class SetAside:
     """Failed instead: their lease had expired after ``max_attempts`` claims."""
     superseded: int = 0
     """Cancelled: a later round of their incident had reached their customer."""
+    held: Mapping[str, int] = field(default_factory=dict)
+    """Per paused channel, how many were left pending until its pause ends."""
 
     @property
     def cancelled(self) -> int:
@@ -429,6 +450,14 @@ _KIND = 18
 _DUE_AT = len(_JOB_COLUMNS) - 2
 _FOLLOWUP_AT = len(_JOB_COLUMNS) - 1
 
+
+_HOLD_BACK = (
+    update(_D)
+    .where(_D.c.id == bindparam("b_id", type_=BigInteger()), _D.c.state == _PENDING)
+    .values(next_attempt_at=bindparam("b_at", type_=UTCDateTime()))
+)
+"""A due delivery of a paused channel left pending until ``b_at`` (the pause's end), its
+attempt not counted; executemany."""
 
 _PUT_BACK = (
     update(_D)

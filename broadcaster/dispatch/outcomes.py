@@ -7,7 +7,9 @@ contact points that a permanent error condemned, and the follow-on deliveries: a
 permanent failure *fails over* to the customer's next channel for the same round (once: a
 failover delivery does not fail over again), and a throttled message is *rerouted* to the
 throttle's lighter channel. Both are new delivery rows under
-the same (round, customer, channel) key, so recording twice creates nothing twice.
+the same (round, customer, channel) key, so recording twice creates nothing twice. A
+message not handed to its channel because the channel is paused (its provider asked to slow
+down) goes back to ``pending``, due at the pause's end, its attempt given back.
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ class Outcome(NamedTuple):
     """Set for a retryable error with attempts left: when to try again."""
     reroute_to: str | None = None
     """Set when a throttle moved the message to a lighter channel instead of sending it."""
+    deferred_to: datetime | None = None
+    """Set when the message was not handed to its channel because the channel is paused (its
+    provider asked to slow down): pending again, due then, its attempt not counted."""
 
 
 @dataclass
@@ -100,6 +105,7 @@ class Recorded:
     failed: int = 0
     rerouted: int = 0
     failovers: int = 0
+    deferred: int = 0
     follows: list[Follow] = field(default_factory=list)
 
 
@@ -238,10 +244,24 @@ async def record_outcomes(
     retry: list[dict[str, object]] = []
     failed: list[dict[str, object]] = []
     rerouted: list[dict[str, object]] = []
+    deferred: list[dict[str, object]] = []
     points: list[dict[str, object]] = []
     events: list[History] = []
     for outcome in outcomes:
         job = outcome.job
+        if outcome.deferred_to is not None:
+            # Not sent, nothing refused: as a stopping daemon's release, the attempt the
+            # claim counted is given back (no history row: nothing happened to it).
+            deferred.append(
+                {
+                    "b_id": job.delivery_id,
+                    "b_next": outcome.deferred_to,
+                    "b_owner": owner,
+                    "b_attempts": job.attempts,
+                }
+            )
+            result.deferred += 1
+            continue
         if outcome.reroute_to is not None:
             rerouted.append(
                 {
@@ -320,7 +340,7 @@ async def record_outcomes(
     if (
         sql.sent_and_history is not None
         and sent
-        and not (retry or failed or rerouted or points or result.follows)
+        and not (retry or failed or rerouted or deferred or points or result.follows)
     ):
         # All sent (nearly every batch): one statement, atomic by itself, so no
         # transaction around it (on PostgreSQL one round trip instead of three).
@@ -340,6 +360,8 @@ async def record_outcomes(
                 connection.execute(sql.sent, sent_params(with_history=False))
         if retry:
             connection.execute(sql.retry, retry)
+        if deferred:
+            connection.execute(sql.deferred, deferred)
         # A failover or reroute follows only a row this worker still held: one whose
         # lease was lost (a stall longer than the lease) is its new holder's to decide.
         follows = {follow.job.delivery_id for follow in result.follows}
@@ -424,6 +446,8 @@ class _RecordSql:
     common batch writes both in one statement (one round trip to the server, not two);
     it takes both statements' parameters. SQLite has no such ``WITH``."""
     retry: Update
+    deferred: Update
+    """A message of a paused channel not sent: pending again, its attempt given back."""
     failed: Update
     rerouted: Update
     points: Update
@@ -472,6 +496,14 @@ def _record_sql(dialect: str) -> _RecordSql:
             state="pending",
             next_attempt_at=bindparam("b_next"),
             last_error=bindparam("b_err"),
+            **released,
+        ),
+        deferred=update(d)
+        .where(mine)
+        .values(
+            state="pending",
+            next_attempt_at=bindparam("b_next"),
+            attempts=d.c.attempts - 1,
             **released,
         ),
         failed=update(d)

@@ -12,6 +12,13 @@ each send's own time (:data:`LEASES_KEPT` leases). A delivery whose lease expire
 worker died mid-send, or its process stalled for a whole lease) is claimed again: the only
 way a message can go out twice. A stopping dispatcher hands no more messages to their
 channels: those not handed over yet stay claimed until the wind-down gives them back.
+
+A provider that says the *sender* is over its rate (a ``DeliveryError`` with ``throttled``)
+pauses its channel (:mod:`broadcaster.dispatch.pause`): the throttled message is retried as
+any, its attempt counted; the channel's messages already claimed are not handed to it
+while the pause lasts (a pause within :attr:`Dispatcher.pause_hold` is waited out in place,
+a longer one gives them back to the queue, due at its end, their attempt not counted), and
+claims leave its due messages in the queue until then. The other channels go on.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,6 +63,7 @@ from broadcaster.dispatch.outcomes import (
     next_channel,
     record_outcomes,
 )
+from broadcaster.dispatch.pause import HOLD_AT_MOST, ChannelPauses
 from broadcaster.store import ContactPoint, Database, Delivery
 from broadcaster.store.retry import retried, store_transient
 from channels.base import (
@@ -134,6 +142,11 @@ class DispatchStats:
     """Claimed-to-be deliveries of a rate-limited channel put back for later (Pacer)."""
     spent: int = 0
     """Deliveries failed at a claim: their lease had expired after ``max_attempts`` claims."""
+    pauses: int = 0
+    """Channel pauses begun: a provider said the sender was over its rate."""
+    deferred: int = 0
+    """Deliveries of a paused channel left in the queue until its pause's end, their attempt
+    not counted: given back after their claim, or left pending by one."""
     by_channel: dict[str, int] = field(default_factory=dict)
 
 
@@ -197,6 +210,9 @@ class Dispatcher:
         link_secret: str,
         rng: random.Random | None = None,
         staff_names: Mapping[str, str] | None = None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._staff_names = dict(staff_names or {})
         self._renderer = renderer
@@ -230,6 +246,11 @@ class Dispatcher:
         self._look_for_expired_at = datetime.min.replace(tzinfo=UTC)
         self._last_claim_at = datetime.min.replace(tzinfo=UTC)
         self._floor: Floor | None = None
+        self.pauses = ChannelPauses(monotonic=monotonic, sleep=sleep)
+        """The channels paused by their provider (in real time, on ``monotonic``)."""
+        self.pause_hold = min(HOLD_AT_MOST, settings.lease.total_seconds() / 4)
+        """Seconds of a channel's pause a claimed message waits out in place; a longer
+        pause gives it back to the queue."""
 
     async def run_once(self, stop: asyncio.Event | None = None) -> int:
         """Claim, send and record one batch; returns how many deliveries it handled.
@@ -237,10 +258,10 @@ class Dispatcher:
         Once ``stop`` is set, no more of the batch's messages are handed to their channels:
         those already handed over finish and are recorded; the others stay claimed, for the
         wind-down to give back (:meth:`release`)."""
-        aside = self.stats.cancelled + self.stats.paced + self.stats.spent
+        aside = self._aside()
         jobs, announced = await self._claim(self.batch_size)
         if not jobs:  # more may be due behind those set aside
-            return self.stats.cancelled + self.stats.paced + self.stats.spent - aside
+            return self._aside() - aside
         batch = _Batch(jobs, stop)
         recorded = asyncio.Event()
         keeper = asyncio.create_task(
@@ -271,14 +292,21 @@ class Dispatcher:
             await asyncio.gather(writer, keeper)
         return len(jobs)
 
+    def _aside(self) -> int:
+        """Deliveries claims have set aside so far (cancelled, paced, spent, held back for
+        a pause): a claim that took none but set some aside is followed by another."""
+        stats = self.stats
+        return stats.cancelled + stats.paced + stats.spent + stats.deferred
+
     def _tally(self, outcomes: list[Outcome], recorded: Recorded) -> None:
         self.stats.sent += recorded.sent
         self.stats.retried += recorded.retried
         self.stats.failed += recorded.failed
         self.stats.rerouted += recorded.rerouted
         self.stats.failovers += recorded.failovers
+        self.stats.deferred += recorded.deferred
         for outcome in outcomes:
-            if outcome.error is None and outcome.reroute_to is None:
+            if outcome.error is None and outcome.reroute_to is None and outcome.deferred_to is None:
                 name = outcome.job.channel
                 self.stats.by_channel[name] = self.stats.by_channel.get(name, 0) + 1
 
@@ -356,7 +384,7 @@ class Dispatcher:
                     continue
                 break
             if recorded is not None:
-                for name in ("sent", "retried", "failed", "rerouted", "failovers"):
+                for name in ("sent", "retried", "failed", "rerouted", "failovers", "deferred"):
                     setattr(total, name, getattr(total, name) + getattr(recorded, name))
         return total
 
@@ -408,6 +436,7 @@ class Dispatcher:
         if after is not None and after[0] > now:
             # Set by a claim that began before the clock went back: not a floor for now.
             after = self._floor = None
+        paused = self.pauses.paused() if self.pauses.active else None
 
         def claim(session: Session) -> Claimed:
             claimed = claim_batch(
@@ -422,6 +451,7 @@ class Dispatcher:
                 after=after,
                 pacer=self._pacer,
                 max_attempts=self._settings.max_attempts,
+                paused=paused,
             )
             # In the claim's transaction: committed, a cancelled delivery's failover must
             # be there too, or a store that failed in between would lose the round for
@@ -435,6 +465,9 @@ class Dispatcher:
         self.stats.cancelled += cancelled.cancelled
         self.stats.paced += cancelled.paced
         self.stats.spent += cancelled.spent
+        for channel, count in cancelled.held.items():
+            self.stats.deferred += count
+            self.pauses.board.held_back(channel, count)
         announced: Announcements = {}
         for incident_id, customer_id, owner, kind, deadline in followups:  # earliest first
             name = self._staff_names.get(owner, owner)
@@ -627,6 +660,13 @@ class Dispatcher:
             await self._limits.acquire(job.channel, units)
             if batch.stopping() or job.delivery_id in batch.lost:
                 return
+            if self.pauses.active:  # the only cost of pauses while none is on
+                until = await self._paused(job.channel)
+                if until is not None:  # not handed over: nothing for the provider to refuse
+                    outcome = Outcome(job, deferred_to=until)
+                    return
+                if batch.stopping() or job.delivery_id in batch.lost:
+                    return
             batch.sending[job.delivery_id] = (time.monotonic(), asyncio.current_task())
             try:
                 receipt = await channel.send(target, message)
@@ -642,6 +682,8 @@ class Dispatcher:
                 del batch.sending[job.delivery_id]
             outcome = Outcome(job, receipt=receipt)
         except DeliveryError as error:
+            if error.throttled:
+                self._pause(job, error)
             outcome = self._failure(job, error)
         except RenderError as exc:
             # A template that fails (or renders nothing) for this customer: tried again with
@@ -657,6 +699,47 @@ class Dispatcher:
                 starting.arrive(job.delivery_id)  # one that ended before it got there
             if outcome is not None:
                 batch.outcomes.append(outcome)
+
+    async def _paused(self, channel: str) -> datetime | None:
+        """None when ``channel`` may send now, after waiting out what is left of its pause
+        when that is no more than :attr:`pause_hold`; else when its pause ends (the
+        daemon's clock), for the message to go back to the queue until then: a batch held
+        longer would hold its worker, and the claims of every other channel with it."""
+        left = self.pauses.remaining(channel)
+        if 0 < left <= self.pause_hold:
+            await self.pauses.sleep(left)
+            left = self.pauses.remaining(channel)  # a throttle meanwhile may have made it longer
+        if left <= 0:
+            return None
+        until = self.pauses.until_at(channel)
+        if until is not None:
+            self.pauses.board.held_back(channel)
+        return until
+
+    def _pause(self, job: Job, error: DeliveryError) -> None:
+        """``job``'s provider throttled its channel: pause it, with one warning per pause
+        (the answers of the sends already on the wire when it began only make it longer,
+        silently)."""
+        pause = self.pauses.throttled(
+            job.channel, error.retry_after, error.reason, self._clock.now()
+        )
+        if pause is None:
+            return
+        self.stats.pauses += 1
+        log.warning(
+            "channel %s paused for %.1f s: its provider asked to slow down (%s)",
+            job.channel,
+            pause.seconds,
+            error.reason,
+            extra={
+                "channel": job.channel,
+                "seconds": round(pause.seconds, 3),
+                "until": pause.until_at.isoformat(),
+                "streak": pause.streak,
+                "reason": error.reason,
+                "delivery": job.delivery_id,
+            },
+        )
 
     def _failure(self, job: Job, error: DeliveryError) -> Outcome:
         if error.retryable and job.attempts < self._settings.max_attempts:

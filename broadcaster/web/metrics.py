@@ -2,7 +2,8 @@
 
 The store is the truth, so every daemon on one database reports the same delivery,
 round, promise and follow-up figures (scrape one, or aggregate with ``max``); the feed
-and web counters and ``broadcaster_leader`` are this process's own (``sum``).
+and web counters, the channel pauses and ``broadcaster_leader`` are this process's own
+(``sum``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 
+from broadcaster.dispatch.pause import BOARD
 from broadcaster.followups.service import OPEN_STATES
 from broadcaster.incidents.lifecycle import OPEN_STATUSES, SEVERITIES
 from broadcaster.reports import promise_overdue, rounds_overdue
@@ -319,12 +321,42 @@ class _Collector(Collector):
         )
         scheduler.add_metric([], 1 if web.scheduler_running else 0)
         yield scheduler
+        yield from _pauses()
         events = CounterMetricFamily(
             "broadcaster_web_events", "Web endpoint events of this process", labels=["event"]
         )
         for name, count in sorted(web.counters.items()):
             events.add_metric([name], count)
         yield events
+
+
+def _pauses() -> Iterator[Metric]:
+    """This process's channel pauses (:mod:`broadcaster.dispatch.pause`): its provider said
+    the sender was over its rate."""
+    pauses = CounterMetricFamily(
+        "broadcaster_channel_pauses",
+        "Pauses of a channel begun because its provider said the sender was over its rate",
+        labels=["channel"],
+    )
+    deferred = CounterMetricFamily(
+        "broadcaster_channel_pause_deferred",
+        "Messages a channel's pause held back in the queue (not sent, attempt not counted)",
+        labels=["channel"],
+    )
+    until = GaugeMetricFamily(
+        "broadcaster_channel_paused_until_timestamp_seconds",
+        "When a channel's latest pause ends or ended (paused while in the future)",
+        labels=["channel"],
+    )
+    for channel, count in sorted(BOARD.pauses.items()):
+        pauses.add_metric([channel], count)
+    for channel, count in sorted(BOARD.deferred.items()):
+        deferred.add_metric([channel], count)
+    for channel, at in sorted(BOARD.until.items()):
+        until.add_metric([channel], at.timestamp())
+    yield pauses
+    yield deferred
+    yield until
 
 
 @router.get(
