@@ -26,12 +26,26 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Final, Literal
 
 PURPOSES = ("unsubscribe", "preferences")
 
+LinkReason = Literal["malformed", "tampered", "wrong_purpose", "expired"]
+REASONS: Final[tuple[LinkReason, ...]] = ("malformed", "tampered", "wrong_purpose", "expired")
+"""Why a link is refused, as a stable code (:attr:`InvalidLink.code`): not a token we make
+(cut short, not ASCII, not one of ours: ``malformed``), its signature does not match
+(altered, or signed with a link secret since replaced: ``tampered``), made for the other
+page (``wrong_purpose``), past its expiry (``expired``). The pages tell the reader the code's
+words in their language; the exception's message stays English, for logs."""
+
 
 class InvalidLink(ValueError):
-    """The token is malformed, forged, for another purpose, or expired."""
+    """The token is malformed, forged, for another purpose, or expired: :attr:`code` says
+    which (one of :data:`REASONS`), the message says it in English."""
+
+    def __init__(self, message: str, code: LinkReason = "malformed") -> None:
+        super().__init__(message)
+        self.code: LinkReason = code
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,7 @@ class ExpiredLink(InvalidLink):
     for whom and what, for the page that offers a way forward."""
 
     def __init__(self, claims: LinkClaims) -> None:
-        super().__init__("the link has expired")
+        super().__init__("the link has expired", "expired")
         self.claims = claims
 
 
@@ -114,7 +128,7 @@ def verify_token(secret: str, token: str, purpose: str, now: datetime) -> LinkCl
     """The claims of a valid token; :class:`InvalidLink` saying why otherwise
     (:class:`ExpiredLink`, with the claims, for a link we issued that has expired)."""
     if not token.isascii():  # every token we issue is ASCII; compare_digest needs it too
-        raise InvalidLink("malformed link")
+        raise InvalidLink("malformed link", "malformed")
     parts = token.split(".")
     if len(parts) == 4:  # an earlier build's: no issue time
         encoded, expires_text, token_purpose, signature = parts
@@ -122,18 +136,18 @@ def verify_token(secret: str, token: str, purpose: str, now: datetime) -> LinkCl
     elif len(parts) == 5:
         encoded, issued_text, expires_text, token_purpose, signature = parts
     else:
-        raise InvalidLink("malformed link")
+        raise InvalidLink("malformed link", "malformed")
     payload = token.rpartition(".")[0]
     if not hmac.compare_digest(_signature(secret, payload), signature):
-        raise InvalidLink("the link's signature does not match")
+        raise InvalidLink("the link's signature does not match", "tampered")
     if token_purpose != purpose:
-        raise InvalidLink(f"the link is for {token_purpose}, not {purpose}")
+        raise InvalidLink(f"the link is for {token_purpose}, not {purpose}", "wrong_purpose")
     try:
         expires_at = int(expires_text)
         issued_at = None if issued_text is None else int(issued_text)
         customer_id = _unb64(encoded).decode()
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidLink("malformed link") from exc
+        raise InvalidLink("malformed link", "malformed") from exc
     claims = LinkClaims(
         customer_id=customer_id, purpose=purpose, expires_at=expires_at, issued_at=issued_at
     )

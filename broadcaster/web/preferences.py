@@ -29,6 +29,7 @@ from broadcaster.web.inputs import row_id
 from broadcaster.web.public import (
     customer_page_language,
     default_page_language,
+    link_reason,
     messages_language,
     offered_languages,
     page,
@@ -72,7 +73,8 @@ async def _expired(web: WebState, claims: LinkClaims) -> Response:
     lang = customer_page_language(web, customer)
     org = web.settings.messages.organisation
     if claims.issued_at is None:
-        return page(lang, word(lang, "link_expired"), stop_instead(lang, org), 400)
+        body = link_reason(lang, "expired") + stop_instead(lang, org)
+        return page(lang, word(lang, "link_expired"), body, 400)
     body = (
         f"<p>{say(lang, 'fresh_link', org=org)}</p>"
         f"<p>{say(lang, 'stop_now')}</p>"

@@ -13,13 +13,16 @@ allows what the pages use: inline styles, a form posting to itself; the incident
 its one script of ours: :data:`SCRIPTED_HEADERS`); the personal pages (``/u``,
 ``/preferences``) also :data:`PERSONAL_HEADERS` (not stored, no referrer). The personal
 pages are in the customer's language (:func:`customer_page_language`); those of a link
-whose customer is not known in the default language.
+whose customer is not known in the default language. A link that does not work says why in
+that language, by its reason's code (:func:`refused`); the checker's English message is
+only logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Mapping
 from html import escape
 from typing import Final
@@ -41,6 +44,7 @@ from broadcaster.store import ContactPoint, Customer
 from broadcaster.web.state import WebState, state_of
 from broadcaster.web.words import say, word, written_in
 
+log = logging.getLogger("broadcaster.web")
 router = APIRouter(tags=["public"])
 
 _POLICY = "style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -84,15 +88,26 @@ def gone(lang: str) -> HTMLResponse:
 
 
 def refused(exc: InvalidLink, web: WebState, lang: str | None = None) -> HTMLResponse:
-    """The answer to a link that does not work: why, and for an expired one, how to stop
-    the messages all the same (a dead end left customers subscribed). In ``lang``, else
-    (no customer known) the default language."""
+    """The answer to a link that does not work: why (its reason's words, in the page's
+    language; the checker's English message goes to the log), and for an expired one, how
+    to stop the messages all the same (a dead end left customers subscribed). In ``lang``,
+    else (no customer known) the default language."""
     lang = lang or default_page_language(web)
     org = web.settings.messages.organisation
+    web.count(f"link_refused_{exc.code}")
+    log.info("refused a customer link", extra={"reason": exc.code, "detail": str(exc)})
     if isinstance(exc, ExpiredLink):
-        return page(lang, word(lang, "link_expired"), stop_instead(lang, org), 400)
-    body = f"<p>{say(lang, 'link_broken_body', reason=str(exc))}</p>"
-    return page(lang, word(lang, "link_broken"), body, 400)
+        body = link_reason(lang, exc.code) + stop_instead(lang, org)
+        return page(lang, word(lang, "link_expired"), body, 400)
+    return page(lang, word(lang, "link_broken"), link_reason(lang, exc.code), 400)
+
+
+def link_reason(lang: str, code: str) -> str:
+    """Why a link does not work (HTML), from its reason's code
+    (:data:`~broadcaster.compose.links.REASONS`); one without words of its own is told as
+    a link we do not recognise."""
+    key = f"link_reason.{code}"
+    return f"<p>{say(lang, key if word(lang, key, '') else 'link_reason.malformed')}</p>"
 
 
 def stop_instead(lang: str, org: str) -> str:

@@ -13,7 +13,13 @@ proves that Twilio took the message: the delivery is recorded as handed over, as
 Twilio answered is, and is not sent again.
 An inbound STOP or START is applied once by its MessageSid (``inbound_messages``): a
 signed request carries no time, and a START sent again after the customer's STOP must not
-subscribe them again; one without a MessageSid is refused (400).
+subscribe them again; one without a MessageSid is refused (400). HELP is answered (TwiML)
+in the language of the customer whose number it came from.
+
+A Messaging Service with Advanced Opt-Out answers its keywords itself and says which one a
+message was in ``OptOutType`` (STOP, START, HELP): then consent follows that, whatever the
+text (keywords configured in Twilio's console included), and we answer nothing, so the
+customer does not get two answers. An ``OptOutType`` we do not know changes nothing.
 """
 
 from __future__ import annotations
@@ -33,9 +39,13 @@ from broadcaster.dispatch.outcomes import fail_over_reported
 from broadcaster.store import ContactPoint, Customer, Delivery, DeliveryEvent, InboundMessage
 from broadcaster.store.models import table_of
 from broadcaster.web.inputs import row_id
+from broadcaster.web.public import customer_page_language, default_page_language
 from broadcaster.web.state import WebState, state_of
+from broadcaster.web.words import sms_text
+from channels.sms_segments import gsm7_fold
 from channels.twilio_sms import (
     STATUS_MAP,
+    Keyword,
     TwilioSettings,
     parse_inbound_keyword,
     verify_twilio_signature,
@@ -241,51 +251,104 @@ def _twiml(message: str | None = None) -> Response:
     )
 
 
+OPT_OUT_TYPES: dict[str, Keyword] = {"STOP": "stop", "START": "start", "HELP": "help"}
+"""The values of ``OptOutType``, which Twilio adds to an inbound message that a Messaging
+Service with Advanced Opt-Out took as one of its keywords (its defaults or those configured
+in the console, in any language), and the keyword each is."""
+
+
 @router.post("/inbound")
 async def inbound_sms(request: Request) -> Response:
     state = state_of(request)
     params = await _verified(request, state, _inbound_url(state))
     if params is None:
         return _forbidden()
-    sender = params.get("From", "")
+    if "OptOutType" in params:
+        return await _advanced_opt_out(state, params, params["OptOutType"])
     keyword = parse_inbound_keyword(params.get("Body", ""))
-    messages = state.settings.messages
     if keyword == "help":
-        return _twiml(
-            f"{messages.organisation}: updates about disruptions that affect you. "
-            f"Reply STOP to stop them, START to resume. {messages.public_url}"
-        )
+        return _twiml(await _help_text(state, params.get("From", "")))
     if keyword in ("stop", "start"):
-        sid = params.get("MessageSid", "")
-        if not _SID.fullmatch(sid):
-            # Twilio sends one with every inbound message; without it a replay cannot be
-            # told from a new message, so consent is not changed on its word.
-            state.count("twilio_inbound_refused")
-            log.warning("inbound SMS keyword without a valid MessageSid; consent unchanged")
-            return Response(
-                '{"error": "MessageSid: missing or not a Twilio message id"}',
-                400,
-                media_type="application/json",
-            )
-        now = state.clock.now()
-        database = state.database
-        async with database.session() as session, session.begin():
-            result = await session.execute(
-                database.insert_ignoring_duplicates(table_of(InboundMessage)).values(
-                    provider_message_id=sid, keyword=keyword, received_at=now
-                )
-            )
-            first = cast("CursorResult[Any]", result).rowcount == 1
-            if first:
-                await session.execute(
-                    update(ContactPoint)
-                    .where(ContactPoint.kind == "sms", ContactPoint.address == sender)
-                    .values(opted_out=keyword == "stop", updated_at=now)
-                )
-        if not first:
-            state.count("twilio_inbound_repeated")
-            log.info("inbound SMS keyword already applied", extra={"keyword": keyword})
-            return _twiml()
-        state.count(f"twilio_inbound_{keyword}")
-        log.info("inbound SMS keyword", extra={"keyword": keyword})
+        return await _apply_consent(state, params, keyword)
     return _twiml()
+
+
+async def _advanced_opt_out(state: WebState, params: dict[str, str], value: str) -> Response:
+    """An inbound message Twilio's Advanced Opt-Out took as a keyword: Twilio has answered
+    it (and blocked or unblocked the number) itself, so we answer nothing; consent follows
+    its ``OptOutType``, whatever the text (custom keywords included). A value we do not
+    know changes nothing."""
+    keyword = OPT_OUT_TYPES.get(value.strip().upper())
+    if keyword is None:
+        state.count("twilio_inbound_opt_out_type_unknown")
+        log.warning(
+            "inbound SMS with an OptOutType we do not know; consent unchanged",
+            extra={"opt_out_type": value[:32]},
+        )
+        return _twiml()
+    if keyword == "help":
+        state.count("twilio_inbound_help_by_twilio")
+        log.info("inbound SMS HELP, answered by Twilio's Advanced Opt-Out")
+        return _twiml()
+    return await _apply_consent(state, params, keyword)
+
+
+async def _apply_consent(state: WebState, params: dict[str, str], keyword: Keyword) -> Response:
+    """Opt the sender's number out (``stop``) or back in (``start``), once per MessageSid."""
+    sid = params.get("MessageSid", "")
+    if not _SID.fullmatch(sid):
+        # Twilio sends one with every inbound message; without it a replay cannot be
+        # told from a new message, so consent is not changed on its word.
+        state.count("twilio_inbound_refused")
+        log.warning("inbound SMS keyword without a valid MessageSid; consent unchanged")
+        return Response(
+            '{"error": "MessageSid: missing or not a Twilio message id"}',
+            400,
+            media_type="application/json",
+        )
+    sender = params.get("From", "")
+    now = state.clock.now()
+    database = state.database
+    async with database.session() as session, session.begin():
+        result = await session.execute(
+            database.insert_ignoring_duplicates(table_of(InboundMessage)).values(
+                provider_message_id=sid, keyword=keyword, received_at=now
+            )
+        )
+        first = cast("CursorResult[Any]", result).rowcount == 1
+        if first:
+            await session.execute(
+                update(ContactPoint)
+                .where(ContactPoint.kind == "sms", ContactPoint.address == sender)
+                .values(opted_out=keyword == "stop", updated_at=now)
+            )
+    if not first:
+        state.count("twilio_inbound_repeated")
+        log.info("inbound SMS keyword already applied", extra={"keyword": keyword})
+        return _twiml()
+    state.count(f"twilio_inbound_{keyword}")
+    log.info("inbound SMS keyword", extra={"keyword": keyword})
+    return _twiml()
+
+
+async def _help_text(state: WebState, sender: str) -> str:
+    """Our answer to HELP, in the language of the customer whose SMS number ``sender`` is
+    (of several, the first by id; of none, the default language), written the GSM-7 way
+    where that makes all of it GSM-7 (one SMS holds 160 characters of it, 70 otherwise)."""
+    async with state.database.session() as session:
+        customer = (
+            await session.execute(
+                select(Customer)
+                .join(ContactPoint, ContactPoint.customer_id == Customer.id)
+                .where(ContactPoint.kind == "sms", ContactPoint.address == sender)
+                .order_by(Customer.id)
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+    language = (
+        default_page_language(state)
+        if customer is None
+        else customer_page_language(state, customer)
+    )
+    messages = state.settings.messages
+    return gsm7_fold(sms_text(language, "help", org=messages.organisation, url=messages.public_url))

@@ -1,5 +1,6 @@
 """The words of the customers' web pages (the incident page, preferences, unsubscribe) in
-each language they are written in, and which language a page is shown in.
+each language they are written in, and which language a page is shown in; also our answers
+to their text messages (:data:`SMS_WORDS`).
 
 A word missing from a language is shown in English. :func:`say` gives a word as HTML: the
 word and every value put into it escaped, except :class:`Html` made by the page itself.
@@ -89,7 +90,22 @@ WORDS: Final[Mapping[str, Mapping[str, str]]] = {
         "link_gone_body": "We have no subscription for this link any more.",
         "link_expired": "This link has expired",
         "link_broken": "This link does not work",
-        "link_broken_body": "{reason}.",
+        # Why a link does not work, by its code (broadcaster.compose.links.REASONS).
+        "link_reason.malformed": (
+            "This is not a link we recognise: part of it may be missing. Open the link exactly "
+            "as it appears in our message."
+        ),
+        "link_reason.tampered": (
+            "This link does not match the one we sent: it may have been cut short or changed. "
+            "Open the link exactly as it appears in our message."
+        ),
+        "link_reason.wrong_purpose": (
+            "This link belongs to another of our pages: open it from our message without "
+            "changing it."
+        ),
+        "link_reason.expired": (
+            "For your security, this link works for a limited time only, and that time has passed."
+        ),
         "stop_instead": (
             "To stop all disruption updates from {org}, use the unsubscribe link in our most "
             "recent email, or reply STOP to one of our text messages. Every message we send "
@@ -169,10 +185,20 @@ WORDS: Final[Mapping[str, Mapping[str, str]]] = {
         "link_gone_body": "Bij deze link hoort geen abonnement meer.",
         "link_expired": "Deze link is verlopen",
         "link_broken": "Deze link werkt niet",
-        # The reason (the link's fault, told by the link checker) is in English only.
-        "link_broken_body": (
-            "Open de link precies zoals hij in ons bericht staat; een afgebroken of gewijzigde "
-            "link werkt niet."
+        "link_reason.malformed": (
+            "Deze link herkennen we niet: mogelijk ontbreekt er een deel. Open de link precies "
+            "zoals hij in ons bericht staat."
+        ),
+        "link_reason.tampered": (
+            "Deze link komt niet overeen met de link die we stuurden: mogelijk is hij afgebroken "
+            "of gewijzigd. Open de link precies zoals hij in ons bericht staat."
+        ),
+        "link_reason.wrong_purpose": (
+            "Deze link hoort bij een andere pagina van ons: open hem ongewijzigd vanuit ons "
+            "bericht."
+        ),
+        "link_reason.expired": (
+            "Voor uw veiligheid werkt deze link maar een beperkte tijd, en die is voorbij."
         ),
         "stop_instead": (
             "Wilt u geen storingsupdates van {org} meer ontvangen? Gebruik de afmeldlink in "
@@ -185,6 +211,25 @@ WORDS: Final[Mapping[str, Mapping[str, str]]] = {
 
 LANGUAGES: Final = tuple(WORDS)
 """The languages the pages are written in."""
+
+SMS_WORDS: Final[Mapping[str, Mapping[str, str]]] = {
+    "en": {
+        "help": (
+            "{org}: updates about disruptions that affect you. Reply STOP to stop them, "
+            "START to resume. {url}"
+        ),
+    },
+    "nl": {
+        "help": (
+            "{org}: updates over storingen die u raken. Stuur STOP om te stoppen, START om "
+            "te hervatten. {url}"
+        ),
+    },
+}
+"""The words of our answers to text messages (HELP), by language and key, in the languages
+of :data:`WORDS`. Plain text, kept to one SMS (GSM-7, 160 characters) with a typical
+organisation name and public URL; the keywords are Twilio's (STOP, START), in every
+language."""
 
 
 class Html(str):
@@ -201,6 +246,13 @@ def word(language: str, key: str, default: str | None = None) -> str:
     if default is None:
         raise KeyError(f"no page word {key!r}")
     return default
+
+
+def sms_text(language: str, key: str, /, **values: str) -> str:
+    """The SMS answer ``key`` in ``language`` (else English) as plain text, with ``values``
+    put in as they are."""
+    found = SMS_WORDS.get(language, {}).get(key) or SMS_WORDS[FALLBACK][key]
+    return found.format(**values)
 
 
 def say(language: str, key: str, /, **values: str) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from xml.sax.saxutils import unescape
 
 import httpx
 import pytest
@@ -29,6 +31,7 @@ from broadcaster.store.migrate import upgrade_async
 from broadcaster.web import public
 from broadcaster.web.app import create_app
 from broadcaster.web.state import WebState
+from channels.sms_segments import segments
 from tests.fakes.twilio import twilio_signature
 
 START = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
@@ -293,6 +296,116 @@ async def test_inbound_start_opts_back_in_and_help_answers(
 
 def _sms_sid(n: int) -> str:
     return f"SM{n:032x}"
+
+
+async def _seed_number_owners(db: Database, phone: str, languages: dict[str, str]) -> None:
+    """Customers (id → language) who all have ``phone`` as their SMS number."""
+    async with db.session() as session, session.begin():
+        for customer_id, language in languages.items():
+            await session.execute(
+                insert(Customer).values(
+                    id=customer_id,
+                    name=customer_id,
+                    language=language,
+                    timezone="UTC",
+                    created_at=START,
+                    updated_at=START,
+                )
+            )
+            await session.execute(
+                insert(ContactPoint).values(
+                    customer_id=customer_id,
+                    kind="sms",
+                    address=phone,
+                    opted_out=False,
+                    disabled=False,
+                    updated_at=START,
+                )
+            )
+
+
+async def _help_answer(
+    http: httpx.AsyncClient, phone: str, body: str = "HELP", public: str = PUBLIC
+) -> str:
+    """The text of the one SMS the TwiML answer to ``body`` from ``phone`` sends."""
+    params = {"AccountSid": SID, "From": phone, "Body": body, "MessageSid": _sms_sid(99)}
+    path = "/hooks/twilio/inbound"
+    signature = twilio_signature(TOKEN, public + path, params)
+    answer = await http.post(path, data=params, headers={"X-Twilio-Signature": signature})
+    assert answer.status_code == 200
+    found = re.fullmatch(
+        r'<\?xml version="1.0" encoding="UTF-8"\?><Response><Message>([^<]*)</Message></Response>',
+        answer.text,
+    )
+    assert found is not None, answer.text
+    return unescape(found.group(1))
+
+
+ENGLISH_HELP = (
+    "Example Transit: updates about disruptions that affect you. Reply STOP to stop them, "
+    f"START to resume. {PUBLIC}"
+)
+DUTCH_HELP = (
+    "Example Transit: updates over storingen die u raken. Stuur STOP om te stoppen, START om "
+    f"te hervatten. {PUBLIC}"
+)
+
+
+@pytest.mark.parametrize(
+    ("languages", "expected"),
+    [
+        ({"c1": "nl"}, DUTCH_HELP),
+        ({"c1": "nl-BE"}, DUTCH_HELP),
+        ({"c1": "en"}, ENGLISH_HELP),
+        ({"c1": "de"}, ENGLISH_HELP),  # no words in German: the default language
+        ({"c2": "en", "c1": "nl"}, DUTCH_HELP),  # a shared number: the first customer by id
+        ({"c1": "en", "c2": "nl"}, ENGLISH_HELP),
+    ],
+)
+async def test_help_is_answered_in_the_language_of_the_number_s_customer(
+    client: tuple[httpx.AsyncClient, WebState],
+    database: Database,
+    languages: dict[str, str],
+    expected: str,
+) -> None:
+    http, _ = client
+    await _seed_number_owners(database, "+31611111111", languages)
+    assert await _help_answer(http, "+31611111111") == expected
+    assert await _help_answer(http, "+31611111111", " info ") == expected
+
+
+async def test_help_from_a_number_of_no_customer_is_in_the_default_language(
+    database: Database,
+) -> None:
+    config = settings()
+    config.messages.default_language = "nl"
+    state = WebState(config, database, FakeClock(START), SECRET, scheduler_running=True)
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as http:
+        await _seed_number_owners(database, "+31611111111", {"c1": "en"})
+        assert await _help_answer(http, "+31622222222") == DUTCH_HELP
+        # A customer's own language wins over the default.
+        assert await _help_answer(http, "+31611111111") == ENGLISH_HELP
+
+
+@pytest.mark.parametrize("language", ["en", "nl"])
+async def test_the_help_answer_is_one_gsm7_sms_even_with_letters_outside_the_alphabet(
+    database: Database, language: str
+) -> None:
+    """An organisation name with a letter the GSM alphabet lacks is written without its
+    accent, as every SMS of ours is: one such letter would make the answer UCS-2 (70
+    characters a part) and two SMS."""
+    config = settings()
+    config.messages.organisation = "Zoë’s Stadsvervoer"
+    config.messages.public_url = "https://status.stadsvervoer-example.nl"
+    state = WebState(config, database, FakeClock(START), SECRET, scheduler_running=True)
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as http:
+        await _seed_number_owners(database, "+31611111111", {"c1": language})
+        text = await _help_answer(http, "+31611111111", public=config.messages.public_url)
+    assert text.startswith("Zoe's Stadsvervoer: ")
+    assert text.endswith(" https://status.stadsvervoer-example.nl")
+    assert (segments(text).encoding, segments(text).segments) == ("GSM-7", 1)
 
 
 async def test_an_inbound_start_sent_again_after_a_stop_changes_nothing(

@@ -8,8 +8,20 @@ import string
 
 import pytest
 
+from broadcaster.compose.links import REASONS
 from broadcaster.web import words
-from broadcaster.web.words import WORDS, Html, accepted, negotiate, say, word, written_in
+from broadcaster.web.words import (
+    SMS_WORDS,
+    WORDS,
+    Html,
+    accepted,
+    negotiate,
+    say,
+    sms_text,
+    word,
+    written_in,
+)
+from channels.sms_segments import segments
 
 
 @pytest.mark.parametrize("language", sorted(WORDS))
@@ -23,8 +35,6 @@ def test_every_word_exists_in_every_language(language: str) -> None:
 def test_every_language_fills_the_same_places(language: str) -> None:
     """A translation that dropped or misspelled ``{org}`` would raise or show less."""
     for key, english in WORDS["en"].items():
-        if key == "link_broken_body":
-            continue  # the reason is the link checker's, in English: told in English only
         places = {name for _, name, _, _ in string.Formatter().parse(english) if name}
         theirs = {n for _, n, _, _ in string.Formatter().parse(WORDS[language][key]) if n}
         assert theirs == places, (language, key)
@@ -44,8 +54,8 @@ def test_say_escapes_the_word_and_every_value_but_markup_of_the_page() -> None:
     assert said == "Stop all disruption updates from &lt;b&gt;&quot;Ex&quot; &amp; Co&lt;/b&gt;?"
     told = say("nl", "next_update", time=Html("<time>10:00</time>"))
     assert told == "Volgende update uiterlijk <time>10:00</time>."
-    assert say("en", "link_broken_body", reason="the link's {0} <x>") == (
-        "the link&#x27;s {0} &lt;x&gt;."
+    assert say("en", "unsubscribe_question", org="the link's {0} <x>") == (
+        "Stop all disruption updates from the link&#x27;s {0} &lt;x&gt;?"
     )
 
 
@@ -97,3 +107,44 @@ def test_the_words_are_plain_text() -> None:
     for table in WORDS.values():
         for key, text in table.items():
             assert not re.search(r"[<>&]", text), key
+
+
+@pytest.mark.parametrize("language", sorted(WORDS))
+def test_every_link_reason_has_its_own_sentence(language: str) -> None:
+    """The link checker's codes, each told in every language, no two alike (expired,
+    altered and unknown links each say why)."""
+    said = [WORDS[language][f"link_reason.{code}"] for code in REASONS]
+    assert len(set(said)) == len(REASONS)
+
+
+def test_the_sms_answers_exist_in_every_page_language_with_the_same_places() -> None:
+    assert sorted(SMS_WORDS) == sorted(WORDS)
+    for language, table in SMS_WORDS.items():
+        assert table.keys() == SMS_WORDS["en"].keys(), language
+        for key, english in SMS_WORDS["en"].items():
+            places = {name for _, name, _, _ in string.Formatter().parse(english) if name}
+            theirs = {n for _, n, _, _ in string.Formatter().parse(table[key]) if n}
+            assert theirs == places == {"org", "url"}, (language, key)
+
+
+@pytest.mark.parametrize("language", sorted(SMS_WORDS))
+@pytest.mark.parametrize(
+    ("org", "url"),
+    [
+        ("Example Transit", "https://status.example.org"),
+        ("Metropolitan Regional Transit", "https://status.metro-transit.example.com"),
+    ],
+)
+def test_the_help_answer_is_one_gsm7_sms_with_a_typical_name_and_url(
+    language: str, org: str, url: str
+) -> None:
+    text = sms_text(language, "help", org=org, url=url)
+    assert text.startswith(f"{org}: ") and text.endswith(f" {url}")
+    assert "STOP" in text and "START" in text
+    info = segments(text)
+    assert (info.encoding, info.segments) == ("GSM-7", 1), (info, text)
+
+
+def test_an_sms_answer_in_a_language_without_words_is_english() -> None:
+    assert sms_text("fr", "help", org="O", url="U") == sms_text("en", "help", org="O", url="U")
+    assert sms_text("nl", "help", org="{x}", url="U").startswith("{x}: updates over storingen")
