@@ -62,9 +62,9 @@ class Message:
     """When the message was composed (the daemon's clock); email uses it for ``Date``."""
     thread: str = ""
     """The conversation the message belongs to, the same in each of its messages for its
-    whole life: ``incident-<id>`` for an incident's rounds; empty for a message that stands
-    alone (a channel test, a staff notice). Email threads a customer's messages on it, push
-    channels group an incident's notifications on it (:func:`push_thread`)."""
+    whole life: ``incident-<id>-<declared>`` for an incident's rounds; empty for a message
+    that stands alone (a channel test, a staff notice). Email threads a customer's messages
+    on it, push channels group an incident's notifications on it (:func:`push_thread`)."""
     posted_at: datetime | None = None
     """When what the message tells was posted (the incident update its round carries): the
     same in every attempt at the message, where ``created_at`` is each attempt's own. Email

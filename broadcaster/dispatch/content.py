@@ -29,6 +29,18 @@ class RoundContent:
     facts: IncidentFacts
     urgency: str = "normal"
     """The escalation step's urgency when the round began (``low``, ``normal``, ``high``)."""
+    thread: str = ""
+    """The incident's conversation (:func:`thread_of`): its email thread, its push group."""
+
+
+def thread_of(incident: Incident) -> str:
+    """The conversation every message of ``incident`` belongs to (:attr:`Message.thread`):
+    ``incident-<id>-<declared, UTC, to the second>``. The id alone would be shared by an
+    incident of a store begun again (its ids start from 1 again): mail clients that thread
+    by ``References`` alone, and phones grouping push notifications, would then file the
+    new incident's messages under an old one's. The declaration time tells them apart and
+    never changes during the incident."""
+    return f"incident-{incident.id}-{incident.created_at:%Y%m%dT%H%M%S}"
 
 
 def urgency_of(incident: Incident, started: datetime) -> str:
@@ -124,4 +136,5 @@ class RoundContents:
             kind=rnd.kind,
             facts=facts_of(incident, upd, scopes, rnd.next_due_at),
             urgency=urgency_of(incident, rnd.started_at or rnd.due_at),
+            thread=thread_of(incident),
         )

@@ -634,7 +634,7 @@ class Dispatcher:
             message = self._renderer.message(
                 request,
                 idempotency_key=f"delivery-{job.delivery_id}",
-                thread=f"incident-{content.facts.incident_id}",
+                thread=content.thread,
                 posted_at=content.facts.posted_at,
             )
             message.headers.update(
