@@ -80,7 +80,7 @@ def import_command(
     """Import customers (upsert; re-importing the same file changes nothing).
 
     Columns / keys: id, name, language, timezone, email, phone, push_tokens, components,
-    regions, channels, tier, tags, region, sla, account_manager.
+    regions, channels, tier, tags, region, sla, account_manager, postal_address.
 
     Lists are separated by ';' in CSV and are arrays in JSON Lines (one object per line).
     Push tokens name their provider: fcm:TOKEN, apns:HEX, ntfy:TOPIC, webpush:{JSON}.
@@ -88,7 +88,10 @@ def import_command(
     of channels in the configuration.
     tier (default standard) and tags (a list) are words of a-z, 0-9, _ and -; region and
     sla are free text; account_manager is a staff id (one not in the configuration's staff
-    directory is imported with a warning). Re-importing overwrites all of them.
+    directory is imported with a warning). Re-importing overwrites all of them, but
+    postal_address (where a visit goes; its lines in one quoted CSV cell, or joined by \\n in
+    JSON, at most 10 lines and 500 characters): a file without it keeps the one on file, and
+    an empty value removes it.
 
     Known contact points keep their opt-out and disabled flags (an email that changes only in
     case too); a customer opted out of every address is opted out on new ones; subscriptions

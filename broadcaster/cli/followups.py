@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from sqlalchemy import select
 
 from broadcaster import operations
 from broadcaster.cli.common import (
@@ -16,12 +17,15 @@ from broadcaster.cli.common import (
     with_database,
 )
 from broadcaster.clock import RealClock
+from broadcaster.compose.locale import format_when
+from broadcaster.config.settings import StaffMember
 from broadcaster.followups import service
 from broadcaster.followups.directory import Directory
-from broadcaster.store import Database
+from broadcaster.followups.notify import NO_POSTAL_ADDRESS, postal_lines
+from broadcaster.store import ContactPoint, Customer, Database, Followup, Incident
 from broadcaster.store.ids import MAX_ID
 
-app = typer.Typer(help="Forced follow-ups: list, claim, done, waive.", no_args_is_help=True)
+app = typer.Typer(help="Forced follow-ups: list, show, claim, done, waive.", no_args_is_help=True)
 
 Staff = Annotated[str, typer.Option("--as", help="your staff id (from the staff directory)")]
 
@@ -63,6 +67,96 @@ def list_(
     typer.echo(f"{'id':>5}  {'state':<8} {'kind':<15} {'customer':<12} {'owner':<12} deadline")
     for line in lines:
         typer.echo(line)
+
+
+@app.command("show")
+def show(
+    followup_id: Annotated[int, typer.Argument(min=1, max=MAX_ID)],
+    staff: Annotated[
+        str | None,
+        typer.Option(
+            "--as", help="your staff id: the deadline in your time zone (default: staff.timezone)"
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """One follow-up: whom to contact and how, where a visit goes, the deadline, the outcome."""
+    settings = settings_or_exit(config)
+    if staff is not None:
+        _known(set(settings.staff.people), staff)
+    zone = settings.staff.timezone_of(staff) if staff is not None else settings.staff.timezone
+    zone = zone or "UTC"
+
+    async def work(db: Database) -> list[tuple[str, str]]:
+        async with db.session() as session:
+            task = await session.get(Followup, followup_id)
+            if task is None:
+                raise LookupError(f"no follow-up with id {followup_id}")
+            customer = await session.get(Customer, task.customer_id)
+            incident = await session.get(Incident, task.incident_id)
+            points = (
+                await session.execute(
+                    select(ContactPoint.address)
+                    .where(
+                        ContactPoint.customer_id == task.customer_id,
+                        ContactPoint.kind.in_(("email", "sms")),
+                    )
+                    .order_by(ContactPoint.id)
+                )
+            ).scalars()
+            addresses = list(points)
+        return _described(task, customer, incident, addresses, zone, settings.staff.people)
+
+    try:
+        rows = run(with_database(settings, work))
+    except LookupError as exc:
+        raise fail(str(exc)) from None
+    for label, value in rows:
+        first, *rest = value.split("\n")
+        typer.echo(f"{label:<10} {first}")
+        for line in rest:
+            typer.echo(f"{'':<10} {line}")
+
+
+def _described(
+    task: Followup,
+    customer: Customer | None,
+    incident: Incident | None,
+    addresses: list[str],
+    zone: str,
+    people: dict[str, StaffMember],
+) -> list[tuple[str, str]]:
+    """``followups show``'s lines: (label, value), a value of several lines split at ``\\n``."""
+    now = RealClock().now()
+    overdue = task.state in service.OPEN_STATES and task.deadline_at < now
+    owner = people.get(task.owner)
+    rows = [
+        ("follow-up", f"{task.id}: {task.kind}, {task.state}" + ("  OVERDUE" if overdue else "")),
+        ("incident", f"{task.incident_id}" + (f" {incident.title}" if incident else "")),
+        ("rule", task.rule),
+        ("owner", task.owner + (f" ({owner.name})" if owner is not None else "")),
+    ]
+    deadline = format_when(task.deadline_at, zone, "en", now, ahead=True)
+    if customer is None:
+        rows.append(("customer", task.customer_id))
+    else:
+        local = format_when(task.deadline_at, customer.timezone, "en", now, ahead=True)
+        deadline += f" ({local} for the customer)"
+        rows.append(("customer", f"{customer.id} {customer.name}"))
+        rows.append(
+            (
+                "reach",
+                f"{', '.join(addresses) or 'no phone or email on file'}; "
+                f"they read {customer.language}; time zone {customer.timezone}",
+            )
+        )
+        if task.kind == "visit":
+            lines = postal_lines(customer.postal_address)
+            rows.append(("address", "\n".join(lines) or NO_POSTAL_ADDRESS))
+    rows.append(("deadline", deadline))
+    if task.outcome:
+        rows.append(("outcome", task.outcome + (f": {task.note}" if task.note else "")))
+    return rows
 
 
 @app.command("claim")

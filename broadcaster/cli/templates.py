@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -26,10 +27,11 @@ from broadcaster.config import Settings
 from broadcaster.config.settings import CadenceSettings
 from broadcaster.dispatch.content import facts_of
 from broadcaster.engine import link_secret, make_renderer
+from broadcaster.followups.notify import step_notice_facts
 from broadcaster.incidents.service import latest_update
 from broadcaster.store import Customer, Database, Incident, IncidentScope, Round
 from broadcaster.store.ids import MAX_ID
-from channels.base import Message
+from channels.base import DeliveryError, Message
 from channels.sms_segments import segments
 from rules.facts import zone as time_zone
 
@@ -68,14 +70,21 @@ def _form(settings: Settings, channel: str) -> str:
 
 
 async def _facts(
-    db: Database, incident_id: int, kind: str, cadence: CadenceSettings
+    db: Database, incident_id: int, kind: str, cadence: CadenceSettings, now: datetime
 ) -> IncidentFacts:
     """The incident's facts as its next message would carry them, the promise included:
-    the one its latest round made while it is ahead, else the severity's cadence from now."""
+    the one its latest round made while it is ahead, else the severity's cadence from now.
+    An escalation step's notice: the facts the daemon's notice has (its age at ``now``, the
+    step of its stored plan in force then)."""
     async with db.session() as session:
         incident = await session.get(Incident, incident_id)
         if incident is None:
             raise LookupError(f"no incident with id {incident_id}")
+        if kind == "incident_step":
+            try:
+                return await step_notice_facts(session, incident, now=now)
+            except DeliveryError:
+                raise LookupError(f"incident {incident_id} has no timeline") from None
         update = await latest_update(session, incident_id)
         if update is None:
             raise LookupError(f"incident {incident_id} has no timeline")
@@ -96,7 +105,6 @@ async def _facts(
         ).all()
     next_update = None
     if kind != "resolution":
-        now = RealClock().now()
         next_update = (
             promised
             if promised is not None and promised > now
@@ -130,9 +138,11 @@ def preview(
     except ValueError as exc:
         raise fail(f"--timezone: {exc}", 2) from None
 
+    now = RealClock().now()
+
     async def load(db: Database) -> tuple[IncidentFacts, Personal, str, str]:
         facts = (
-            await _facts(db, incident, kind, settings.schedule.cadence)
+            await _facts(db, incident, kind, settings.schedule.cadence, now)
             if incident is not None
             else sample_facts(kind)
         )
@@ -143,7 +153,6 @@ def preview(
             if found is None:
                 raise LookupError(f"no customer with id {customer!r}")
             secret = await link_secret(settings, db, RealClock())
-            now = RealClock().now()
             unsubscribe, preferences = personal_links(
                 settings.messages.public_url,
                 secret,
@@ -170,7 +179,7 @@ def preview(
         facts=facts,
         language=lang,
         timezone=zone,
-        now=SAMPLE_NOW if incident is None else RealClock().now(),
+        now=SAMPLE_NOW if incident is None else now,
         personal=personal,
         followup=SAMPLE_FOLLOWUP if kind == "followup_announcement" else None,
         task=SAMPLE_TASK if kind == "followup_task" else None,

@@ -15,6 +15,7 @@ a resolution part that tells the operator's ``resolution.compensation`` but not 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from jinja2 import TemplateNotFound, TemplateSyntaxError, meta, nodes
 
@@ -23,7 +24,7 @@ from broadcaster.compose.render import Renderer, RenderRequest
 from broadcaster.compose.samples import (
     SAMPLE_FOLLOWUP,
     SAMPLE_NOW,
-    SAMPLE_TASK,
+    SAMPLE_TASKS,
     sample_facts,
     sample_personal,
 )
@@ -138,41 +139,65 @@ def _render_check(
     max_segments: int,
     report: CheckReport,
 ) -> None:
+    # A task's notice is checked as a call and as a visit (which says where to go too).
+    tasks: tuple[dict[str, Any] | None, ...] = SAMPLE_TASKS if kind == "followup_task" else (None,)
+    seen: set[str] = set()
     for form, parts in FORMS.items():
-        request = RenderRequest(
-            kind=kind,
-            form=form,
-            facts=sample_facts(kind),
-            language=language,
-            timezone="Europe/Amsterdam",
-            now=SAMPLE_NOW,
-            personal=sample_personal(),
-            # Typical: a follow-up is announced to few customers; the check of the
-            # announcement kind itself has it.
-            followup=SAMPLE_FOLLOWUP if kind == "followup_announcement" else None,
-            task=SAMPLE_TASK if kind == "followup_task" else None,
-        )
-        for part in parts:
-            try:
-                template, used = templates.get(language, kind, part)
-            except (TemplateSyntaxError, UnicodeDecodeError):
-                continue  # reported by the source lint
-            label = template.filename or template_name(used, kind, part)
-            try:
-                raw = template.render(renderer.context(request))
-            except Exception as exc:  # any render failure is a finding, not a crash
-                report.errors.append(f"{label}: fails to render with typical values: {exc}")
-                continue
-            for marker in ("{{", "{%", "\ue000"):
-                if marker in raw:
-                    report.errors.append(f"{label}: output contains {marker!r}")
-            if part == "sms":
-                # As the message is sent: typography (the no-break space Babel writes in
-                # "€ 5,00") the GSM-7 way when that keeps it GSM-7 (``fit``).
-                text = gsm7_punctuation(raw.strip())
-                info = segments(text + "\n" + renderer.incident_link(request))
-                if info.segments > max_segments:
-                    report.errors.append(
-                        f"{label}: {info.segments} {info.encoding} segments with typical "
-                        f"values; the limit is {max_segments} (it would be shortened)"
-                    )
+        for task in tasks:
+            request = RenderRequest(
+                kind=kind,
+                form=form,
+                facts=sample_facts(kind),
+                language=language,
+                timezone="Europe/Amsterdam",
+                now=SAMPLE_NOW,
+                personal=sample_personal(),
+                # Typical: a follow-up is announced to few customers; the check of the
+                # announcement kind itself has it.
+                followup=SAMPLE_FOLLOWUP if kind == "followup_announcement" else None,
+                task=task,
+            )
+            _check_parts(templates, renderer, request, parts, max_segments, report, seen)
+
+
+def _check_parts(
+    templates: TemplateSet,
+    renderer: Renderer,
+    request: RenderRequest,
+    parts: tuple[str, ...],
+    max_segments: int,
+    report: CheckReport,
+    seen: set[str],
+) -> None:
+    """Render ``request``'s parts and report what is wrong with them, each finding once
+    (``seen``: those already reported, for a part rendered with several samples)."""
+    language, kind = request.language, request.kind
+    errors: list[str] = []
+    for part in parts:
+        try:
+            template, used = templates.get(language, kind, part)
+        except (TemplateSyntaxError, UnicodeDecodeError):
+            continue  # reported by the source lint
+        label = template.filename or template_name(used, kind, part)
+        try:
+            raw = template.render(renderer.context(request))
+        except Exception as exc:  # any render failure is a finding, not a crash
+            errors.append(f"{label}: fails to render with typical values: {exc}")
+            continue
+        for marker in ("{{", "{%", "\ue000"):
+            if marker in raw:
+                errors.append(f"{label}: output contains {marker!r}")
+        if part == "sms":
+            # As the message is sent: typography (the no-break space Babel writes in
+            # "€ 5,00") the GSM-7 way when that keeps it GSM-7 (``fit``).
+            text = gsm7_punctuation(raw.strip())
+            info = segments(text + "\n" + renderer.incident_link(request))
+            if info.segments > max_segments:
+                errors.append(
+                    f"{label}: {info.segments} {info.encoding} segments with typical "
+                    f"values; the limit is {max_segments} (it would be shortened)"
+                )
+    for error in errors:
+        if error not in seen:
+            seen.add(error)
+            report.errors.append(error)

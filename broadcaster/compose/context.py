@@ -65,6 +65,8 @@ VARIABLES: Final[dict[str, tuple[str, ...]]] = {
         "window_count",
         "window_unit",
         "tier",
+        "postal_address",
+        "staff_timezone",
         "console",
         "claim_command",
         "done_command",
@@ -73,7 +75,17 @@ VARIABLES: Final[dict[str, tuple[str, ...]]] = {
         "history",
         "what_to_say",
     ),
-    "step": ("number", "steps", "policy", "after", "open_for", "open_minutes", "console"),
+    "step": (
+        "number",
+        "steps",
+        "policy",
+        "after",
+        "open_for",
+        "open_minutes",
+        "opened_at",
+        "started_at",
+        "console",
+    ),
 }
 APOLOGY_ELEMENTS: Final = ("responsibility", "regret", "remedy", "cause", "prevention")
 PERSONAL: Final = ("customer.name", "links.unsubscribe", "links.preferences")
@@ -240,13 +252,20 @@ def console_incident_url(public_url: str, incident_id: int) -> str:
 
 
 def step_context(
-    facts: IncidentFacts, *, public_url: str, language: str, now: datetime
+    facts: IncidentFacts,
+    *,
+    public_url: str,
+    language: str,
+    now: datetime,
+    timezone: str = "UTC",
 ) -> dict[str, Any]:
     """The ``step`` of an escalation step's staff notice (``incident_step``): the step,
-    when known, and how long the incident has been open, in words of ``language``."""
+    when known, how long the incident has been open, in words of ``language``, and when it
+    was opened and the step began, in ``timezone`` (the recipient's)."""
     step = facts.escalation_step
     opened = facts.opened_at
     open_for = None if opened is None else max(now - opened, timedelta(0))
+    started = None if opened is None or step is None else opened + step.after
     return {
         "number": None if step is None else step.number,
         "steps": None if step is None else step.steps,
@@ -254,6 +273,8 @@ def step_context(
         "after": None if step is None else format_span(step.after, language),
         "open_for": None if open_for is None else format_span(open_for, language),
         "open_minutes": None if open_for is None else int(open_for.total_seconds() // 60),
+        "opened_at": None if opened is None else format_when(opened, timezone, language, now),
+        "started_at": None if started is None else format_when(started, timezone, language, now),
         "console": console_incident_url(public_url, facts.incident_id),
     }
 
@@ -333,7 +354,9 @@ def build_context(
         },
         "followup": _with_times(followup, when),
         "task": task,
-        "step": step_context(facts, public_url=public_url, language=language, now=now)
+        "step": step_context(
+            facts, public_url=public_url, language=language, now=now, timezone=timezone
+        )
         if kind == "incident_step"
         else None,
     }

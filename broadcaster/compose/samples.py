@@ -84,6 +84,8 @@ SAMPLE_TASK: dict[str, Any] = {
     "window_count": 30,
     "window_unit": "day",
     "tier": "vip",
+    "postal_address": ["Keizersgracht 123", "1015 CJ Amsterdam"],
+    "staff_timezone": "UTC",
     "console": "https://status.example.org/console/followups",
     "claim_command": None,
     "done_command": "broadcaster followups done 318 --as maria",
@@ -92,3 +94,12 @@ SAMPLE_TASK: dict[str, Any] = {
     "history": "3 incidents affected them in the last 30 days; tier vip",
     "what_to_say": "Apologise, explain the cause, offer the EUR 5 credit.",
 }
+SAMPLE_VISIT_TASK: dict[str, Any] = {
+    **SAMPLE_TASK,
+    "kind": "visit",
+    "what_to_say": "Visit in person about 'Card payments failing'.",
+}
+"""A visit, whose notice also says where to go (the postal address): the longest SMS of a
+task, which the check measures too."""
+SAMPLE_TASKS: tuple[dict[str, Any], ...] = (SAMPLE_TASK, SAMPLE_VISIT_TASK)
+"""The tasks ``templates check`` renders a ``followup_task`` with."""

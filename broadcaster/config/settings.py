@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import zoneinfo
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -196,6 +198,28 @@ STAFF_ID_MAX = 64
 columns of this size, and a longer one would fail the transaction that queues them."""
 
 
+@functools.cache
+def _known_zones() -> dict[str, str]:
+    """Lower-cased IANA name -> the name as the tz database spells it."""
+    return {name.lower(): name for name in zoneinfo.available_timezones()}
+
+
+def an_iana_zone(value: str | None) -> str | None:
+    """An IANA time zone name, spelled as the tz database spells it (``Europe/Amsterdam``):
+    what a staff notice gives its times in."""
+    if value is None:
+        return None
+    known = _known_zones().get(value.lower())
+    if known == value:
+        return value
+    if known is not None:
+        raise ValueError(f"unknown time zone {value!r} (did you mean {known!r}?)")
+    raise ValueError(f"unknown time zone {value!r} (an IANA name, e.g. Europe/Amsterdam or UTC)")
+
+
+TimeZoneName = Annotated[str | None, AfterValidator(an_iana_zone)]
+
+
 class StaffMember(_Section):
     name: str
     email: str | None = None
@@ -203,6 +227,8 @@ class StaffMember(_Section):
     manager: str | None = None
     """Staff id of their manager: overdue follow-ups escalate there; managers may waive."""
     admin: bool = False
+    timezone: TimeZoneName = None
+    """The IANA zone the times of their notices are given in; unset: ``staff.timezone``."""
 
 
 class StaffGroup(_Section):
@@ -224,6 +250,16 @@ class StaffSettings(_Section):
     """Staff id of who owns a forced follow-up whose rule names nobody for the customer (no
     account manager) and whose escalation chain names nobody either; unset, the directory's
     first admin does (docs/rules.md, In the daemon)."""
+    timezone: TimeZoneName = None
+    """The IANA zone of the staff notices' times for those with no ``timezone`` of their
+    own; unset: UTC."""
+
+    def timezone_of(self, staff_id: str) -> str:
+        """The zone ``staff_id``'s notices give their times in: their own, else the
+        directory's, else UTC."""
+        person = self.people.get(staff_id)
+        own = person.timezone if person is not None else None
+        return own or self.timezone or "UTC"
 
 
 class RulesSettings(_Section):

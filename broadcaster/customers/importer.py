@@ -88,7 +88,9 @@ _UPDATED_COLUMNS = [
     "account_manager",
     "updated_at",
 ]
-"""What a re-import overwrites: every column the file describes (``created_at`` is kept)."""
+"""What a re-import overwrites: every column the file describes (``created_at`` is kept).
+``postal_address`` too, for the rows that give it (:attr:`CustomerRow.gives_postal_address`):
+a file without it leaves the stored one as it is."""
 
 
 class ImportInputError(Exception):
@@ -474,26 +476,38 @@ async def _write_batch(
 ) -> None:
     """Apply one batch in the caller's transaction: upsert customers, then diff their children."""
     latest = {row.id: row for row in rows}  # a repeated id: the later row wins
-    await connection.execute(
-        database.upsert(_CUSTOMERS, ["id"], _UPDATED_COLUMNS),
-        [
-            {
-                "id": row.id,
-                "name": row.name,
-                "language": row.language,
-                "timezone": row.timezone,
-                "channel_order": row.channel_order(),
-                "tier": row.tier,
-                "tags": row.stored_tags(),
-                "region": row.region,
-                "sla": row.sla,
-                "account_manager": row.account_manager,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for row in latest.values()
-        ],
-    )
+    # The postal address a row leaves out is kept: the last one given for its id in this
+    # batch (as the rows applied one after another would leave it), else the stored one.
+    addresses = {row.id: row.postal_address for row in rows if row.gives_postal_address}
+    values: list[dict[str, object]] = [
+        {
+            "id": row.id,
+            "name": row.name,
+            "language": row.language,
+            "timezone": row.timezone,
+            "channel_order": row.channel_order(),
+            "tier": row.tier,
+            "tags": row.stored_tags(),
+            "region": row.region,
+            "sla": row.sla,
+            "account_manager": row.account_manager,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for row in latest.values()
+    ]
+    given = [
+        {**value, "postal_address": addresses[row_id]}
+        for row_id, value in zip(latest, values, strict=True)
+        if row_id in addresses
+    ]
+    kept = [value for row_id, value in zip(latest, values, strict=True) if row_id not in addresses]
+    if given:
+        await connection.execute(
+            database.upsert(_CUSTOMERS, ["id"], [*_UPDATED_COLUMNS, "postal_address"]), given
+        )
+    if kept:
+        await connection.execute(database.upsert(_CUSTOMERS, ["id"], _UPDATED_COLUMNS), kept)
     ids = list(latest)
     points = dict.fromkeys(
         (row.id, kind, address) for row in latest.values() for kind, address in row.contact_points()

@@ -20,7 +20,14 @@ from typing import Annotated, Any, NamedTuple
 
 import email_validator
 import phonenumbers
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 from pydantic_core import PydanticCustomError
 
 CSV_COLUMNS: tuple[str, ...] = (
@@ -39,6 +46,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "region",
     "sla",
     "account_manager",
+    "postal_address",
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "name")
 LIST_FIELDS = frozenset({"push_tokens", "components", "regions", "channels", "tags"})
@@ -47,6 +55,15 @@ PUSH_PROVIDERS: tuple[str, ...] = ("fcm", "apns", "webpush", "ntfy")
 """The prefixes of ``push_tokens`` entries; each is also the contact point's kind."""
 MAX_ADDRESS = 2048
 """``contact_points.address`` is ``varchar(2048)``: the longest address any kind may have."""
+MAX_POSTAL_ADDRESS = 500
+"""The most characters of a postal address, its line breaks counted (``customers.postal_address``
+is text: the bound is what a visit needs, not what the column holds)."""
+MAX_POSTAL_LINES = 10
+"""The most lines of a postal address."""
+CLEARABLE = frozenset({"postal_address"})
+"""Fields an import leaves as they are when its file does not have them (a CSV file without
+the column, a JSON Lines record without the key), and clears when given empty; the others
+become the row's whatever it says (left out: their default)."""
 
 # A well-formed BCP 47 tag (RFC 5646 "langtag"), ``_`` accepted for ``-`` as locales write it.
 # Well-formed, not registered: a tag the templates lack falls back to the default language.
@@ -157,6 +174,41 @@ def _addressable(value: str) -> str:
     if any(unicodedata.category(char) == "Cc" for char in value):
         raise PydanticCustomError("id", "must not contain control characters")
     return value
+
+
+def _blank_is_none(value: object) -> object:
+    """An empty or blank value of a clearable field says "none on file": None, not ""."""
+    if isinstance(value, str) and (not value or value.isspace()):
+        return None
+    return value
+
+
+def _postal_address(value: str | None) -> str | None:
+    """A postal address as its lines: a CSV cell's quoted line breaks, or ``\\n`` in JSON.
+    Stored with each line trimmed, blank lines dropped and ``\\n`` between them; control
+    characters other than the line breaks are refused (a tab, a NUL: a file's fault)."""
+    if value is None:
+        return None
+    text = value.replace("\r\n", "\n").replace("\r", "\n")
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    if any(unicodedata.category(char) == "Cc" for line in lines for char in line):
+        raise PydanticCustomError(
+            "postal_address", "contains a control character (only line breaks may separate lines)"
+        )
+    if len(lines) > MAX_POSTAL_LINES:
+        raise PydanticCustomError(
+            "postal_address",
+            "has {count} lines; at most {limit}",
+            {"count": len(lines), "limit": MAX_POSTAL_LINES},
+        )
+    address = "\n".join(lines)
+    if len(address) > MAX_POSTAL_ADDRESS:
+        raise PydanticCustomError(
+            "postal_address",
+            "is {length} characters long; at most {limit}",
+            {"length": len(address), "limit": MAX_POSTAL_ADDRESS},
+        )
+    return address or None
 
 
 def _language(value: str) -> str:
@@ -398,6 +450,17 @@ class CustomerRow(BaseModel):
     sla: Annotated[str, Field(max_length=64), NoNul] | None = None
     account_manager: Annotated[str, AfterValidator(_staff_id)] | None = None
     """The staff id of the customer's account manager."""
+    postal_address: Annotated[
+        str | None, BeforeValidator(_blank_is_none), AfterValidator(_postal_address)
+    ] = None
+    """Where a visit goes, its lines separated by line breaks; None (given empty): none on
+    file. Left out, an import or a PUT keeps the one on file (:attr:`gives_postal_address`)."""
+
+    @property
+    def gives_postal_address(self) -> bool:
+        """Whether the row says the postal address (empty included: "none on file"), rather
+        than leave it out: an import keeps the stored one for a row that does not."""
+        return "postal_address" in self.model_fields_set
 
     def contact_points(self) -> list[tuple[str, str]]:
         """``(kind, address)`` pairs, the kinds the channels know: email, sms and the push
@@ -477,13 +540,17 @@ def unconfigured_channels(row: CustomerRow, configured: Collection[str]) -> list
 def from_csv_record(
     record: Mapping[str, str], channels: Collection[str] | None = None
 ) -> CustomerRow:
-    """Validate one CSV record (column -> cell); empty cells mean "use the default".
+    """Validate one CSV record (column -> cell); empty cells mean "use the default", but for
+    a :data:`CLEARABLE` column, whose empty cell says "none" (and whose absence from the
+    header leaves the stored value as it is).
 
     ``channels``: the configured channel names, when the preferred order is to be checked.
     """
     data: dict[str, Any] = {}
     for column, cell in record.items():
         if not cell or cell.isspace():
+            if column in CLEARABLE:
+                data[column] = None
             continue
         data[column] = split_list(cell) if column in LIST_FIELDS else cell
     return _validate(data, channels)
@@ -509,7 +576,8 @@ def from_json_line(line: str | bytes, channels: Collection[str] | None = None) -
     data = {
         key: item
         for key, item in value.items()
-        if item is not None and not (isinstance(item, str) and (not item or item.isspace()))
+        if key in CLEARABLE
+        or (item is not None and not (isinstance(item, str) and (not item or item.isspace())))
     }
     return _validate(data, channels)
 

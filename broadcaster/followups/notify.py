@@ -16,8 +16,9 @@ that attempt (owner and attempt count), so a late answer never overwrites a late
 A follow-up's message is the ``followup_task`` template, in ``messages.default_language``:
 which notice it is (assigned, reminder, escalation) and the task's id, whom to contact, how
 to reach them (with their language, their time zone and the deadline in it), their history
-over the rules' history window, the owner (for an escalation), what to say and how the one
-told records the outcome (commands that work for them). The context gives each of these as
+over the rules' history window, for a visit where to go (their postal address, or that none
+is on file), the owner (for an escalation), what to say and how the one told records the
+outcome (commands that work for them). The context gives each of these as
 data for the templates to phrase (:func:`task_context_of`); the English sentences of old
 (``contact``, ``history``, ``what_to_say``) are kept for templates written for them.
 
@@ -25,6 +26,10 @@ An escalation step's message is the ``incident_step`` template, in the same lang
 incident (id, title, severity, status, how long it has been open), the step of its stored
 plan that the round entered (when known), its public page and its console page, and what is
 expected of the one told.
+
+Times are given in the recipient's zone (``staff.people.<id>.timezone``, else
+``staff.timezone``, else UTC), the zone named: a task's deadline (the customer's local one
+beside it stays in the customer's zone), an incident's start and its step's.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broadcaster.clock import Clock
-from broadcaster.compose.context import Personal, StepFacts
+from broadcaster.compose.context import IncidentFacts, Personal, StepFacts
 from broadcaster.compose.forms import form_for
 from broadcaster.compose.locale import format_when
 from broadcaster.compose.render import Renderer, RenderRequest
@@ -248,7 +253,10 @@ async def _attempt(
     now = clock.now()
     try:
         if notice.kind == "step":
-            message = await _step_message(database, renderer, notice, person.name, channel, now)
+            zone = directory.staff.timezone_of(notice.staff)
+            message = await _step_message(
+                database, renderer, notice, person.name, channel, now, zone
+            )
         else:
             message = await _message(
                 database, renderer, notice, person.name, channel, now, window, public_url, directory
@@ -342,35 +350,52 @@ async def _step_message(
     staff_name: str,
     channel: Channel,
     now: datetime,
+    zone: str,
 ) -> Message:
     """An incident's escalation step asks for this person's attention (the duty manager at
-    4 h, say): the ``incident_step`` template, in ``messages.default_language``."""
+    4 h, say): the ``incident_step`` template, in ``messages.default_language``, its times
+    in ``zone`` (the recipient's)."""
     async with database.session() as session:
         incident = await session.get(Incident, notice.incident_id)
         if incident is None or not lifecycle.is_open(incident.status):
             raise Cancelled("the incident is over")
-        latest = await latest_update(session, incident.id)
-        if latest is None:
-            raise DeliveryError(f"incident {incident.id} has no timeline", retryable=False)
-        scopes = await _scopes(session, incident.id)
-        step = await _step_of(session, incident, notice.round_number)
-    facts = dataclasses.replace(
-        facts_of(incident, latest, scopes, None),
-        status=incident.status,
-        opened_at=incident.created_at,
-        escalation_step=step,
-    )
+        facts = await step_notice_facts(session, incident, round_number=notice.round_number)
     return renderer.message(
         RenderRequest(
             kind="incident_step",
             form=form_for(channel.contact),
             facts=facts,
             language=renderer.templates.default_language,
-            timezone="UTC",
+            timezone=zone,
             now=now,
             personal=Personal(staff_name, "", ""),
         ),
         idempotency_key=notice.key,
+    )
+
+
+async def step_notice_facts(
+    session: AsyncSession,
+    incident: Incident,
+    *,
+    round_number: int | None = None,
+    now: datetime | None = None,
+) -> IncidentFacts:
+    """What an escalation step's notice (``incident_step``) says of ``incident``: its latest
+    timeline entry, its status, when it was opened (its age is the render's ``now`` less
+    that), and the step of its stored plan, the one in force when round ``round_number``
+    started (a notice's), else at ``now`` (a preview's). Raises :class:`DeliveryError` when
+    the incident has no timeline."""
+    latest = await latest_update(session, incident.id)
+    if latest is None:
+        raise DeliveryError(f"incident {incident.id} has no timeline", retryable=False)
+    scopes = await _scopes(session, incident.id)
+    step = await _step_of(session, incident, round_number, now)
+    return dataclasses.replace(
+        facts_of(incident, latest, scopes, None),
+        status=incident.status,
+        opened_at=incident.created_at,
+        escalation_step=step,
     )
 
 
@@ -385,24 +410,27 @@ async def _scopes(session: AsyncSession, incident_id: int) -> list[tuple[str, st
 
 
 async def _step_of(
-    session: AsyncSession, incident: Incident, round_number: int | None
+    session: AsyncSession, incident: Incident, round_number: int | None, now: datetime | None
 ) -> StepFacts | None:
     """The step a ``step`` notice announces: the one of the incident's stored plan in force
-    when the notice's round started (when the notice was queued). None when that is not
-    known: no plan, an unreadable one, or no round."""
-    if incident.plan is None or round_number is None:
+    when the notice's round started (when the notice was queued), or, with no round, at
+    ``now``. None when that is not known: no plan, an unreadable one, or neither a started
+    round nor a time."""
+    if incident.plan is None:
         return None
     try:
         plan = PlanSnapshot.from_dict(incident.plan)
     except SnapshotError:
         return None
-    started = (
-        await session.execute(
-            select(Round.started_at).where(
-                Round.incident_id == incident.id, Round.number == round_number
+    started = now
+    if round_number is not None:
+        started = (
+            await session.execute(
+                select(Round.started_at).where(
+                    Round.incident_id == incident.id, Round.number == round_number
+                )
             )
-        )
-    ).scalar_one_or_none()
+        ).scalar_one_or_none()
     if started is None:
         return None
     step = plan.step_at(max(started - incident.created_at, timedelta(0)))
@@ -473,7 +501,7 @@ async def _message(
             form=form_for(channel.contact),
             facts=facts,
             language=language,
-            timezone="UTC",
+            timezone=directory.staff.timezone_of(notice.staff),
             now=now,
             personal=Personal(staff_name, "", ""),
             task=task_context,
@@ -499,8 +527,12 @@ def task_context_of(
     told: set[str],
 ) -> dict[str, object]:
     """The ``task`` of a follow-up's notice to ``staff``: facts for the templates to phrase
-    in their language (docs/templates.md), and the English sentences of old."""
+    in their language (docs/templates.md), and the English sentences of old. The deadline
+    is given in ``staff``'s zone (``staff.people.<id>.timezone``, else ``staff.timezone``,
+    else UTC), and beside it in the customer's."""
     owner = directory.person(task.owner) if task.owner != NOBODY else None
+    zone = directory.staff.timezone_of(staff)
+    postal = postal_lines(customer.postal_address)
     claim, done = _commands(task, staff, directory, told, now)
     console = f"{public_url.rstrip('/')}/console/followups"
     count, unit = _window_parts(window)
@@ -521,6 +553,8 @@ def task_context_of(
         "window_count": count,
         "window_unit": unit,
         "tier": customer.tier,
+        "postal_address": postal,
+        "staff_timezone": zone,
         "console": console,
         "claim_command": claim,
         "done_command": done,
@@ -530,21 +564,36 @@ def task_context_of(
     since = f"in the last {_span(window)}" if window > timedelta(0) else "so far"
     # The English sentences of old, for templates written for them (the shipped ones
     # phrase the facts above in their own language).
+    visit = ""
+    if task.kind == "visit":
+        visit = "; " + (
+            f"their postal address is {', '.join(postal)}" if postal else NO_POSTAL_ADDRESS
+        )
     english = {
         "contact": f"{', '.join(addresses) or 'no phone or email on file'}; they read {named}; "
         f"their time zone is {customer.timezone}, where the deadline is "
-        f"{structured['local_deadline']}",
+        f"{structured['local_deadline']}{visit}",
         "history": f"{_count(incidents, 'incident')} affected them {since}; tier {customer.tier}",
         "what_to_say": _overdue(task, notice, directory) + _say(task, title, claim, done, console),
     }
     return {
         "customer": customer.name,
-        "deadline": format_when(task.deadline_at, "UTC", language, now, ahead=True),
+        "deadline": format_when(task.deadline_at, zone, language, now, ahead=True),
         "kind": task.kind,
         "incident": title,
         **english,
         **structured,
     }
+
+
+NO_POSTAL_ADDRESS = "no postal address is on file"
+"""What a visit task says (in English: the console, the CLI, the sentences of old) of a
+customer without one."""
+
+
+def postal_lines(stored: str | None) -> list[str]:
+    """A stored postal address as its lines (none: [])."""
+    return [line for line in (stored or "").split("\n") if line.strip()]
 
 
 def _language_name(tag: str, language: str) -> str | None:

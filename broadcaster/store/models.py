@@ -73,6 +73,9 @@ class Customer(Base):
     sla: Mapped[str | None] = mapped_column(String(64), default=None)
     account_manager: Mapped[str | None] = mapped_column(String(64), default=None)
     """Staff id of the customer's account manager."""
+    postal_address: Mapped[str | None] = mapped_column(Text, default=None)
+    """Where a visit goes: the address's lines joined by a newline; None when none is on
+    file (migration 0022)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -169,3 +169,41 @@ async def test_refused_customer_writes_are_audited(database: Database) -> None:
         ("customer.update", "customer:c1"),
         ("customer.delete", "customer:nobody"),
     ]
+
+
+async def test_a_postal_address_is_given_kept_by_a_put_without_it_and_cleared_by_null(
+    database: Database,
+) -> None:
+    """Where a visit goes: written and read as its lines joined by ``\\n``; a PUT that does
+    not say it (a client from before) keeps it, ``null`` or ``""`` removes it; a bad one is
+    refused at its field."""
+    path = "/api/v1/customers/c-ann"
+    address = "Keizersgracht 123\n1015 CJ Amsterdam"
+    async with api_client(database) as api:
+        made = await api.call(
+            "POST", "/api/v1/customers", json={**ANN, "postal_address": f" {address}\r\n"}
+        )
+        assert made.status_code == 201, made.text
+        assert made.json()["postal_address"] == address
+        kept = await api.call("PUT", path, json={**ANN, "name": "Ann E."})
+        assert kept.status_code == 200, kept.text
+        assert (kept.json()["name"], kept.json()["postal_address"]) == ("Ann E.", address)
+        listed = (await api.call("GET", "/api/v1/customers", "operator")).json()["items"]
+        assert listed[0]["postal_address"] == address
+        for empty in (None, ""):
+            await api.call("PUT", path, json={**ANN, "postal_address": "Markt 1"})
+            cleared = await api.call("PUT", path, json={**ANN, "postal_address": empty})
+            assert cleared.json()["postal_address"] is None, cleared.text
+        bad = await api.call("PUT", path, json={**ANN, "postal_address": "x" * 501})
+        assert bad.status_code == 422, bad.text
+        assert bad.json()["error"] == {
+            "message": "body.postal_address: is 501 characters long; at most 500",
+            "field": "body.postal_address",
+        }
+        imported = await import_csv(api, 'id,name,postal_address\nc-ann,Ann,"Plein 2\nStad"\n')
+        assert imported.json()["imported"] == 1, imported.text
+        shown = await api.call("GET", path, "operator")
+        assert shown.json()["postal_address"] == "Plein 2\nStad"
+        without = await import_csv(api, "id,name\nc-ann,Ann\n")
+        assert without.json()["imported"] == 1
+        assert (await api.call("GET", path)).json()["postal_address"] == "Plein 2\nStad"

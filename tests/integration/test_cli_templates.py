@@ -6,14 +6,16 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from broadcaster.cli.main import app
 from broadcaster.clock import RealClock
 from broadcaster.compose.locale import format_when
 from broadcaster.incidents import service
-from broadcaster.store import Database
+from broadcaster.store import Database, Incident
 from broadcaster.store.migrate import upgrade
+from rules import EXAMPLE_RULES, PlanSnapshot, load_rules
 
 runner = CliRunner()
 
@@ -135,3 +137,49 @@ def test_preview_refuses_a_zone_or_channel_that_names_nothing(tmp_path: Path) ->
     )
     assert channel.exit_code == 2
     assert "--channel: 'nosuch' is neither a form nor a configured channel" in channel.output
+
+
+def test_preview_of_a_step_notice_has_the_incident_s_age_and_step(tmp_path: Path) -> None:
+    """The preview's facts are the daemon's notice's: the step of the stored plan in force
+    now, and the incident's age (they were missing: "Incident 1, ... is investigating.")."""
+    config = _config(tmp_path)
+    url = f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
+    upgrade(url)
+    critical = load_rules(
+        EXAMPLE_RULES.read_text(encoding="utf-8"),
+        str(EXAMPLE_RULES),
+        channels={"push", "email", "sms"},
+        staff=set(),
+        groups={"duty-managers", "account-managers", "care"},
+    )
+
+    async def declare() -> int:
+        db = Database(url)
+        try:
+            incident = await service.declare(
+                db,
+                RealClock(),
+                service.Declaration("Trains stopped", "critical", "Down.", components=["rail"]),
+            )
+            async with db.session() as session, session.begin():
+                await session.execute(
+                    update(Incident)
+                    .where(Incident.id == incident.id)
+                    .values(
+                        created_at=datetime.now(UTC) - timedelta(hours=2, minutes=7),
+                        plan=PlanSnapshot.from_ruleset(critical, "critical").to_dict(),
+                    )
+                )
+            return incident.id
+        finally:
+            await db.dispose()
+
+    incident_id = asyncio.run(declare())
+    args = ["templates", "preview", "incident_step", "--incident", str(incident_id)]
+    result = runner.invoke(app, [*args, "--timezone", "UTC", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "and has been open for 2 hours and 7 minutes (since " in result.output
+    assert "Escalation step: 2 of 2 of the critical policy, from 2 hours on" in result.output
+    sms = runner.invoke(app, [*args, "--channel", "sms", "--config", str(config)])
+    assert sms.exit_code == 0, sms.output
+    assert "open 2 hours and 7 minutes: step 2 of 2 of the critical policy" in sms.output

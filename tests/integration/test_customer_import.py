@@ -840,3 +840,85 @@ def test_cli_says_so_when_a_file_lists_no_customers(config: Path, tmp_path: Path
     assert result.exit_code == 0
     assert result.stdout == "imported 0 customers, rejected 0 rows\n"
     assert result.stderr == f"warning: {path} lists no customers (nothing was changed)\n"
+
+
+async def postal_addresses(database: Database) -> dict[str, str | None]:
+    async with database.engine.connect() as connection:
+        rows = await connection.execute(select(Customer.id, Customer.postal_address))
+        return {row.id: row.postal_address for row in rows}
+
+
+async def test_a_postal_address_is_kept_when_a_file_leaves_it_out_and_cleared_when_empty(
+    database: Database, tmp_path: Path
+) -> None:
+    """A visit goes to the address on file: a file of the CRM's without the column (or a
+    JSON line without the key) must not wipe the addresses another file or the API gave;
+    an empty value says there is none."""
+    first = csv_text(
+        ["id", "name", "postal_address"],
+        ["a1", "Ann", "Keizersgracht 123\n1015 CJ Amsterdam"],
+        ["a2", "Bob", "Dorpsstraat 1\r\n1234 AB Ergens"],
+        ["a3", "Cas", ""],
+        ["a4", "Dirk", "x" * 501],  # line 7: the first three records take lines 2-6
+        ["a5", "Eva", "Markt 5"],
+    )
+    path = write(tmp_path, "addresses.csv", first)
+    result = await run_import(database, path)
+    assert (result.imported, result.rejected) == (4, 1)
+    assert [str(error) for error in result.errors] == [
+        f"{path}:7: postal_address: is 501 characters long; at most 500"
+    ]
+    assert await postal_addresses(database) == {
+        "a1": "Keizersgracht 123\n1015 CJ Amsterdam",
+        "a2": "Dorpsstraat 1\n1234 AB Ergens",
+        "a3": None,
+        "a5": "Markt 5",
+    }
+
+    # Without the column: every address stays as it was, whatever else the file changes.
+    without = csv_text(
+        ["id", "name", "email"], ["a1", "Ann B.", "ann@example.org"], ["a6", "F", ""]
+    )
+    result = await run_import(database, write(tmp_path, "crm.csv", without))
+    assert (result.imported, result.rejected) == (2, 0)
+    stored = await postal_addresses(database)
+    assert stored["a1"] == "Keizersgracht 123\n1015 CJ Amsterdam" and stored["a6"] is None
+    assert (await customers(database))["a1"][0] == "Ann B."
+
+    # JSON Lines: a missing key keeps it, null or "" clears it, a value replaces it.
+    lines = [
+        json.dumps({"id": "a1", "name": "Ann"}),
+        json.dumps({"id": "a2", "name": "Bob", "postal_address": None}),
+        json.dumps({"id": "a5", "name": "Eva", "postal_address": ""}),
+        json.dumps({"id": "a3", "name": "Cas", "postal_address": "Plein 2\n9999 ZZ Stad"}),
+        json.dumps({"id": "a6", "name": "F", "postal_address": ["not", "text"]}),
+    ]
+    path = write(tmp_path, "addresses.jsonl", "\n".join(lines) + "\n")
+    result = await run_import(database, path)
+    assert [str(error) for error in result.errors] == [
+        f"{path}:5: postal_address: must be a string"
+    ]
+    assert await postal_addresses(database) == {
+        "a1": "Keizersgracht 123\n1015 CJ Amsterdam",
+        "a2": None,
+        "a3": "Plein 2\n9999 ZZ Stad",
+        "a5": None,
+        "a6": None,
+    }
+
+
+@pytest.mark.parametrize("batch_size", [1, 1000])
+async def test_a_repeated_id_keeps_the_last_postal_address_given(
+    database: Database, tmp_path: Path, batch_size: int
+) -> None:
+    """The rows are applied one after another: a later row without the key keeps what an
+    earlier one of the same file gave, in one batch or across two."""
+    lines = [
+        json.dumps({"id": "r1", "name": "First", "postal_address": "Markt 1"}),
+        json.dumps({"id": "r1", "name": "Second"}),
+    ]
+    path = write(tmp_path, "repeat.jsonl", "\n".join(lines) + "\n")
+    result = await run_import(database, path, batch_size=batch_size)
+    assert result.imported == 2
+    assert await postal_addresses(database) == {"r1": "Markt 1"}
+    assert (await customers(database))["r1"][0] == "Second"

@@ -290,3 +290,34 @@ def test_0018_keeps_the_rules_offers_as_data_and_as_their_old_text_on_the_way_do
     migrate.upgrade(url)
     assert [offers for _, offers in on_connection(url, compensation)] == [None] * 5
     assert_at_head(url)
+
+
+def test_0022_adds_an_empty_postal_address_and_drops_it_keeping_the_customers(url: str) -> None:
+    """Customers from before 0022 have no postal address on file; down again (SQLite copies
+    the table) they are kept, their other columns as they were."""
+    migrate.upgrade(url, "0021")
+    at = datetime(2026, 12, 9, 9, 0, tzinfo=UTC)
+
+    def seed(connection: Connection) -> None:
+        query = text(
+            "INSERT INTO customers (id, name, language, timezone, tier, created_at, updated_at) "
+            "VALUES ('c1', 'Vera', 'nl', 'Europe/Amsterdam', 'vip', :at, :at)"
+        ).bindparams(bindparam("at", at, DateTime(timezone=True)))
+        connection.execute(query)
+        connection.commit()
+
+    def customers(connection: Connection) -> list[tuple[Any, ...]]:
+        rows = connection.execute(text("SELECT * FROM customers")).mappings().all()
+        return [(row["id"], row["tier"], row.get("postal_address", "absent")) for row in rows]
+
+    def give_address(connection: Connection) -> None:
+        connection.execute(text("UPDATE customers SET postal_address = 'Markt 1\nStad'"))
+        connection.commit()
+
+    on_connection(url, seed)
+    migrate.upgrade(url)
+    assert on_connection(url, customers) == [("c1", "vip", None)]
+    on_connection(url, give_address)
+    assert on_connection(url, customers) == [("c1", "vip", "Markt 1\nStad")]
+    migrate.downgrade(url, "0021")
+    assert on_connection(url, customers) == [("c1", "vip", "absent")]

@@ -76,10 +76,12 @@ async def test_a_step_notice_in_a_dutch_configuration_reads_dutch(database: Data
     assert second.subject == "[Escalatie] Trains stopped (critical, 2 uur open)"
     assert second.text.startswith(
         f"Maria Jansen,\n\nStoring {incident}, Trains stopped, heeft status investigating en "
-        "is al 2 uur open. Het escalatiebeleid vraagt nu uw aandacht.\n"
+        "is al 2 uur open (sinds 10:00 UTC). Het escalatiebeleid vraagt nu uw aandacht.\n"
     )
     assert "Ernst: critical\n" in second.text
-    assert "Escalatiestap: 2 van 2 van het beleid critical, vanaf 2 uur\n" in second.text
+    assert "Escalatiestap: 2 van 2 van het beleid critical, vanaf 2 uur (sinds 12:00 UTC)\n" in (
+        second.text
+    )
     assert "Wat er van u verwacht wordt: bekijk de storing nu." in second.text
     assert f"De openbare storingspagina: https://status.example.org/incidents/{incident}\n" in (
         second.text
@@ -103,9 +105,12 @@ async def test_a_step_notice_in_an_english_configuration_keeps_what_it_said(
     assert second.subject == "[Escalation] Trains stopped (critical, open 2 hours)"
     assert second.text.startswith(
         f"Maria Jansen,\n\nIncident {incident}, Trains stopped, is investigating and has been "
-        "open for 2 hours. The escalation policy now asks for your attention.\n"
+        "open for 2 hours (since 10:00 UTC). The escalation policy now asks for your attention.\n"
     )
-    assert "Escalation step: 2 of 2 of the critical policy, from 2 hours on\n" in second.text
+    assert (
+        "Escalation step: 2 of 2 of the critical policy, from 2 hours on (since 12:00 UTC)\n"
+        in second.text
+    )
     assert "What is expected of you: look into the incident now." in second.text
     assert f"https://status.example.org/incidents/{incident}\n" in second.text
     assert f"https://status.example.org/console/incidents/{incident}" in second.text
@@ -145,7 +150,7 @@ async def test_a_step_notice_whose_step_is_not_known_still_goes_out(database: Da
         )
     assert await engine.sweep_followups() >= 1
     [notice] = [m for m in steps_told(sinks["email"]) if m.idempotency_key == "step-no-round"]
-    assert "has been open for 1 hour and 35 minutes." in notice.text
+    assert "has been open for 1 hour and 35 minutes (since 10:00 UTC)." in notice.text
     assert "Escalation step" not in notice.text
 
 

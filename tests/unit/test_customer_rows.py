@@ -607,3 +607,70 @@ def test_a_channel_that_is_not_configured_is_refused_naming_the_configured_ones(
     assert str(caught.value) == "channels: 'pigeon' is not a configured channel (configured: sms)"
     assert from_csv_record(record, {"email", "pigeon"}).channels == ("email", "pigeon")
     assert from_csv_record(record).channels == ("email", "pigeon")  # no configuration: form only
+
+
+# --- the postal address: kept when left out, cleared when given empty ----------------------
+
+
+def test_a_postal_address_spans_lines_in_one_quoted_csv_cell() -> None:
+    text = 'id,name,postal_address\nc1,Jane,"  Keizersgracht 123 \r\n\r\n1015 CJ  Amsterdam\n"\n'
+    header, record = list(csv.reader(io.StringIO(text, newline="")))
+    row = from_csv_record(dict(zip(check_csv_header(header), record, strict=True)))
+    assert row.postal_address == "Keizersgracht 123\n1015 CJ  Amsterdam"
+    assert row.gives_postal_address
+
+
+@pytest.mark.parametrize(
+    ("record", "gives"),
+    [
+        ({"id": "c1", "name": "N"}, False),  # the file has no such column or key
+        ({"id": "c1", "name": "N", "postal_address": ""}, True),  # given empty: none on file
+        ({"id": "c1", "name": "N", "postal_address": " \n "}, True),
+    ],
+)
+def test_a_csv_row_left_without_a_postal_address_says_so(
+    record: dict[str, str], gives: bool
+) -> None:
+    row = from_csv_record(record)
+    assert row.postal_address is None and row.gives_postal_address is gives
+
+
+@pytest.mark.parametrize(
+    ("value", "stored", "gives"),
+    [
+        ("Dorpsstraat 1\n1234 AB Ergens", "Dorpsstraat 1\n1234 AB Ergens", True),
+        (None, None, True),
+        ("", None, True),
+        ("   ", None, True),
+    ],
+)
+def test_a_json_line_s_postal_address_null_or_empty_clears_it(
+    value: str | None, stored: str | None, gives: bool
+) -> None:
+    row = from_json_line(json.dumps({"id": "c1", "name": "N", "postal_address": value}))
+    assert (row.postal_address, row.gives_postal_address) == (stored, gives)
+    assert not from_json_line(json.dumps({"id": "c1", "name": "N"})).gives_postal_address
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("a" * 501, "is 501 characters long; at most 500"),
+        ("\n".join(["line"] * 11), "has 11 lines; at most 10"),
+        ("Dorpsstraat\t1", "contains a control character (only line breaks may separate lines)"),
+        ("Dorps\x00straat", "contains a control character (only line breaks may separate lines)"),
+        (12, "must be a string"),
+        (["Dorpsstraat 1", "Ergens"], "must be a string"),
+    ],
+)
+def test_a_bad_postal_address_is_named_with_its_reason(value: object, message: str) -> None:
+    assert json_rejected({"id": "c1", "name": "N", "postal_address": value}) == [
+        Problem("postal_address", message)
+    ]
+
+
+def test_the_longest_postal_address_is_kept() -> None:
+    longest = "\n".join(["a" * 49] * 10)  # 10 lines, 499 characters with the line breaks
+    row = from_json_line(json.dumps({"id": "c1", "name": "N", "postal_address": longest}))
+    assert row.postal_address == longest
+    assert "postal_address" in CSV_COLUMNS

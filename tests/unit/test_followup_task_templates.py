@@ -247,3 +247,68 @@ def test_a_template_written_for_the_old_keys_still_renders(tmp_path: Path) -> No
     )
     sms = render("sms", "en", renderer(tmp_path), **_context("reminder"))["sms"]
     assert sms.startswith("Vera by 12:00 UTC. v@example.org; they read Dutch (nl)")
+
+
+def test_a_visit_s_context_gives_the_postal_address_as_its_lines_a_call_s_no_sentence() -> None:
+    """``postal_address`` is the customer's address as its lines ([] when none is on file);
+    the English ``contact`` of old names it for a visit only."""
+    staff = Directory(StaffSettings.model_validate({"people": {"ann": {"name": "Ann"}}}))
+    now = datetime(2026, 1, 6, 10, 30, tzinfo=UTC)
+
+    def context(kind: str, address: str | None) -> dict[str, object]:
+        task = Followup(
+            id=9,
+            kind=kind,
+            owner="ann",
+            state="open",
+            deadline_at=now + timedelta(hours=2),
+            escalation=None,
+            escalation_level=0,
+        )
+        customer = Customer(
+            id="V1",
+            name="Vera",
+            language="en",
+            timezone="UTC",
+            tier="vip",
+            postal_address=address,
+        )
+        return task_context_of(
+            task,
+            "assigned",
+            "ann",
+            customer,
+            [],
+            incidents=1,
+            window=timedelta(days=30),
+            title="Pay down",
+            language="en",
+            now=now,
+            public_url="https://status.example.org",
+            directory=staff,
+            told=set(),
+        )
+
+    visit = context("visit", "Markt 1\n1234 AB Stad")
+    assert visit["postal_address"] == ["Markt 1", "1234 AB Stad"]
+    assert str(visit["contact"]).endswith("; their postal address is Markt 1, 1234 AB Stad")
+    bare = context("visit", None)
+    assert bare["postal_address"] == []
+    assert str(bare["contact"]).endswith("; no postal address is on file")
+    call = context("call", "Markt 1")
+    assert "postal address" not in str(call["contact"])
+
+
+@pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
+@pytest.mark.parametrize("form", ["email", "sms", "push"])
+def test_a_visit_without_an_address_says_so_plainly(language: str, form: str) -> None:
+    parts = render(form, language, kind="visit", postal_address=[])
+    said = {
+        "en": ("no postal address is on file", "No postal address on file."),
+        "nl": ("er is geen postadres bekend", "Geen postadres bekend."),
+    }[language]
+    text = " ".join(parts.values())
+    assert any(words in text for words in said), text
+    assert "Keizersgracht" not in text
+    if form == "sms":
+        assert segments(parts["sms"]).segments <= 3

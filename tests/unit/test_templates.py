@@ -20,6 +20,7 @@ from broadcaster.compose.samples import (
     SAMPLE_FOLLOWUP,
     SAMPLE_NOW,
     SAMPLE_TASK,
+    SAMPLE_VISIT_TASK,
     sample_facts,
     sample_personal,
 )
@@ -64,6 +65,22 @@ def test_golden(language: str, kind: str, part: str) -> None:
     form = next(f for f, parts in FORMS.items() if part in parts)
     out = renderer().render(request(kind, form, language))[part]
     golden = GOLDEN / language / kind / f"{part}.txt"
+    if UPDATE:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(out, encoding="utf-8")
+    assert golden.exists(), f"no golden file {golden}; run with UPDATE_GOLDENS=1 and review"
+    assert out == golden.read_text(encoding="utf-8")
+
+
+VISIT_CASES = [(language, part) for language in SHIPPED_LANGUAGES for part in PARTS]
+
+
+@pytest.mark.parametrize(("language", "part"), VISIT_CASES)
+def test_golden_visit(language: str, part: str) -> None:
+    """A visit task's notice: where to go (the customer's postal address), in every part."""
+    form = next(f for f, parts in FORMS.items() if part in parts)
+    out = renderer().render(request("followup_task", form, language, task=SAMPLE_VISIT_TASK))[part]
+    golden = GOLDEN / language / "followup_task_visit" / f"{part}.txt"
     if UPDATE:
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(out, encoding="utf-8")

@@ -67,6 +67,8 @@ class CustomerOut(BaseModel):
     region: str | None
     sla: str | None
     account_manager: str | None
+    postal_address: str | None
+    """Where a visit goes, its lines separated by ``\\n``; null when none is on file."""
 
 
 class CustomerDetailOut(CustomerOut):
