@@ -183,7 +183,7 @@ async def import_customers(
                 if on_error is not None:
                     on_error(error)
             if batch.rows:
-                async with database.engine.begin() as connection:
+                async with database.begin() as connection:
                     await _write_batch(database, connection, batch.rows, clock.now())
                 result.imported += len(batch.rows)
             if on_progress is not None:
@@ -662,7 +662,7 @@ async def upsert_customers(
     same ids are serialised (SQLite's BEGIN IMMEDIATE; on PostgreSQL an advisory lock per
     id), so of two concurrent creations of one id exactly one is told it created it."""
     ids = sorted({row.id for row in rows})
-    async with database.engine.begin() as connection:
+    async with database.begin() as connection:
         if database.dialect == "postgresql":
             for customer_id in ids:  # in one order: two writers never wait on each other
                 await connection.execute(

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -142,9 +143,24 @@ class Database:
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A unit of work (``async with database.session() as session``). On a SQLite file
         the sessions of this process take turns in the order they asked: see ``_gate``."""
+        async with self._turn(), self.sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in one transaction, for Core statements (``async with
+        database.begin() as connection``): committed when the block ends, rolled back when
+        it raises. On a SQLite file it takes its turn with this process's sessions, as one
+        of them (see ``_gate``): taken from the engine's pool directly, it overtook the
+        sessions queued for their turn and left them waiting on the pool instead."""
+        async with self._turn(), self.engine.begin() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """This process's turn at a SQLite file (nothing to wait for on other stores)."""
         if not self._queue_sessions:
-            async with self.sessions() as session:
-                yield session
+            yield
             return
         gate = self._gate()
         try:
@@ -156,8 +172,7 @@ class Database:
                 "(another transaction held it)"
             ) from None
         try:
-            async with self.sessions() as session:
-                yield session
+            yield
         finally:
             gate.release()
 

@@ -40,6 +40,11 @@ class Turns:
         async with self.database.session() as session, session.begin():
             await session.execute(text("INSERT INTO turns VALUES (:who)"), {"who": name})
 
+    async def write_core(self, name: str) -> None:
+        """A Core transaction (``Database.begin``), as the customer import writes."""
+        async with self.database.begin() as connection:
+            await connection.execute(text("INSERT INTO turns VALUES (:who)"), {"who": name})
+
     async def order(self) -> list[str]:
         async with self.database.session() as session:
             rows = (await session.execute(text("SELECT who FROM turns ORDER BY rowid"))).all()
@@ -89,3 +94,25 @@ async def test_a_waiting_transaction_is_not_overtaken_by_later_ones(turns: Turns
 
     order = await turns.order()
     assert order[:2] == ["first", "waiter"] and len(order) == 102
+
+
+async def test_a_core_transaction_takes_its_turn_with_the_sessions(turns: Turns) -> None:
+    """The customer import writes its batches on a connection of its own (Core), not a
+    session: it queues with the sessions, neither going before one that asked first (it
+    went straight to the pool and took the connection the holder returned) nor overtaken
+    by later ones."""
+    holder = asyncio.create_task(turns.hold())
+    await turns.holding.wait()
+    waiter = asyncio.create_task(turns.write("waiter"))
+    await asyncio.sleep(0.03)
+    core = asyncio.create_task(turns.write_core("core"))
+    await asyncio.sleep(0.03)
+    turns.release.set()
+    later = []
+    for n in range(50):
+        later.append(asyncio.create_task(turns.write(f"later{n}")))
+        await asyncio.sleep(0)
+    await asyncio.gather(holder, waiter, core, *later)
+
+    order = await turns.order()
+    assert order[:3] == ["first", "waiter", "core"] and len(order) == 53
