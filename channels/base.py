@@ -10,6 +10,10 @@ Error tree::
           throttled: bool         the provider refused the sender's rate as a whole
                                   (account, project, sender), not this one recipient:
                                   the dispatcher pauses the channel, not just the message
+          throttled_scope: str|None
+                                  with ``throttled``, the part of the channel the refusal
+                                  is about (one push service, one customer's host): only
+                                  the channel's messages whose address is in it pause
           contact_point: ContactPointState|None
                                   set on permanent errors that condemn the address
                                   itself (opted out, invalid, unregistered), so the
@@ -150,9 +154,18 @@ class DeliveryError(Exception):
         retry_after: float | None = None,
         contact_point: ContactPointState | None = None,
         throttled: bool = False,
+        throttled_scope: str | None = None,
     ) -> None:
         if not isinstance(throttled, bool):
             raise TypeError(f"DeliveryError: throttled must be a bool, not {throttled!r}")
+        if throttled_scope is not None:
+            if not isinstance(throttled_scope, str) or not throttled_scope:
+                raise TypeError(
+                    "DeliveryError: throttled_scope must be a non-empty str or None, "
+                    f"not {throttled_scope!r}"
+                )
+            if not throttled:
+                raise ValueError("DeliveryError: a throttled_scope needs throttled=True")
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
@@ -163,14 +176,24 @@ class DeliveryError(Exception):
         sender's queue), not that this recipient gets too much: every other message of the
         channel would be refused alike, so the dispatcher pauses the channel for
         ``retry_after`` (or a default) instead of sending them into the same refusal. Left
-        False for a refusal about one recipient (a device token sent to too often) or one
-        host among several the channel reaches."""
+        False for a refusal about one recipient (a device token sent to too often). A
+        refusal about one receiver among several the channel reaches is throttled with a
+        ``throttled_scope``."""
+        self.throttled_scope = throttled_scope
+        """With ``throttled``: the throttle applies to the messages of this channel whose
+        address is in this scope; None (the default) for the whole channel. For a channel
+        that reaches several receivers (Web Push's push services, the customers' own hosts
+        of a webhook) it is the refusing receiver's origin, which the channel's
+        ``pause_scope`` gives of each address (see :class:`Channel`, :func:`scope_of`):
+        the dispatcher pauses that scope, and the other receivers' messages go on."""
 
     def __repr__(self) -> str:
+        scope = self.throttled_scope
+        shown = "" if scope is None else f", throttled_scope={scope!r}"
         return (
             f"DeliveryError({self.reason!r}, retryable={self.retryable}, "
             f"retry_after={self.retry_after}, contact_point={self.contact_point}, "
-            f"throttled={self.throttled})"
+            f"throttled={self.throttled}{shown})"
         )
 
 
@@ -193,7 +216,10 @@ class Channel(Protocol):
     only a few messages ahead of each free connection, so that a batch's rendering does
     not keep the loop from answering the connections (see :func:`concurrency_of`). And it
     may have ``units(message)``: what a message costs against its rate limit (an SMS
-    channel: its segments; see :func:`units_of`).
+    channel: its segments; see :func:`units_of`). A channel that raises throttles with a
+    ``throttled_scope`` has ``pause_scope(address)``: the scope an address of it is in,
+    computed by the same pure function the channel names its throttles' scope with (see
+    :func:`scope_of`).
     """
 
     name: str
@@ -219,6 +245,19 @@ def units_of(channel: object, message: Message) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"channel {getattr(channel, 'name', channel)!r}: units {value!r}")
     return value
+
+
+def scope_of(channel: object, address: str) -> str | None:
+    """The throttle scope ``address`` is in on ``channel`` (a :attr:`DeliveryError.
+    throttled_scope` the channel may raise), from its ``pause_scope`` where it has that
+    method; None when it has none, or the address has no scope (not a usable address)."""
+    pause_scope = getattr(channel, "pause_scope", None)
+    if pause_scope is None:
+        return None
+    scope = pause_scope(address)
+    if scope is not None and not isinstance(scope, str):
+        raise ValueError(f"channel {getattr(channel, 'name', channel)!r}: pause scope {scope!r}")
+    return scope or None
 
 
 def concurrency_of(channel: object) -> int | None:

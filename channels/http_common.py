@@ -9,6 +9,9 @@ which a proxy echoing the request would fill with our Authorization header.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import ipaddress
 import json
 import math
 import re
@@ -115,6 +118,38 @@ def pooled_client(
 ) -> PostClient:
     """A channel's :class:`PostClient`."""
     return PostClient(timeout, max_connections, transport)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@functools.lru_cache(maxsize=4096)
+def origin_of(url: str) -> str | None:
+    """The origin ``scheme://host[:port]`` of an absolute ``http``/``https`` URL, normalised
+    so that one receiver has one origin however its URLs are written: scheme and host in
+    lower case (an international name in its ASCII form, an IPv6 literal compressed and in
+    brackets), the scheme's default port left out, user info, path, query and fragment
+    dropped. None for anything else (not a URL, another scheme, no host).
+
+    What reasons name a receiver by (paths and queries often hold tokens), and the scope
+    of its throttles (:attr:`~channels.base.DeliveryError.throttled_scope`): the channels
+    that reach several receivers name a throttle's scope with it, and the dispatcher finds
+    the scope of each address with it. Pure, so cached: a round sends to few origins."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+    scheme = parsed.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parsed.raw_host:
+        return None
+    host = parsed.raw_host.decode("ascii", "replace").lower()
+    if ":" in host:  # an IPv6 literal: one spelling of it
+        with contextlib.suppress(ValueError):
+            host = ipaddress.IPv6Address(host).compressed
+        host = f"[{host}]"
+    port = parsed.port
+    shown = "" if port is None or port == _DEFAULT_PORTS[scheme] else f":{port}"
+    return f"{scheme}://{host}{shown}"
 
 
 def retryable_status(status: int) -> bool:

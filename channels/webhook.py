@@ -24,11 +24,13 @@ or the type and length of any other body; they are redacted against the secret, 
 request's signature and the URL's path and query, should the receiver (or a proxy) echo
 the request.
 
-A 429 is ``throttled`` (the dispatcher pauses the channel) only with a fixed ``url``: every
-message of the channel then goes to that one receiver, and its rate is the channel's. With
-each customer's own URL, a 429 comes from that customer's host, and the dispatcher's pause is
-per channel, not per host: pausing would hold every other customer's webhook for one host's
-limit, so only the refused message waits (its ``Retry-After``).
+A 429 is ``throttled``. With a fixed ``url`` every message of the channel goes to that one
+receiver, and its rate is the channel's: the dispatcher pauses the whole channel. With each
+customer's own URL, a 429 comes from that customer's host, and says nothing of the others':
+it is throttled with a ``throttled_scope``, the host's origin (``scheme://host[:port]``, by
+:func:`~channels.http_common.origin_of`), and the dispatcher pauses only the channel's
+messages to that origin (:meth:`WebhookChannel.pause_scope` gives it the origin of each
+address, by the same function); every other customer's webhook goes on.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from channels.http_common import (
     describe_body,
     json_bytes,
     json_object,
+    origin_of,
     parse_retry_after,
     pooled_client,
     retryable_status,
@@ -166,6 +169,14 @@ class WebhookChannel:
         self._client = pooled_client(settings.timeout, settings.max_connections, transport)
         self._closed = False
 
+    def pause_scope(self, address: str) -> str | None:
+        """The scope of a throttle ``address`` is in: its origin when each customer has their
+        own URL (what a 429 from their host names, :func:`~channels.http_common.origin_of`);
+        None with a fixed ``url``, whose throttles pause the whole channel."""
+        if self._settings.url is not None:
+            return None
+        return origin_of(address.strip())
+
     def body(self, target: Target, message: Message) -> bytes:
         """The JSON document for one delivery (public so tests and previews can see it)."""
         document: dict[str, Any] = {
@@ -232,9 +243,14 @@ class WebhookChannel:
         )
         if retryable_status(status):
             wait = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
-            # One receiver's rate is the channel's only when every message goes to it.
-            throttled = status == 429 and self._settings.url is not None
-            return DeliveryError(reason, retryable=True, retry_after=wait, throttled=throttled)
+            if status != 429:
+                return DeliveryError(reason, retryable=True, retry_after=wait)
+            # One receiver's rate is the channel's only when every message goes to it; a
+            # customer's own host throttles the messages to its origin (pause_scope's).
+            scope = None if self._settings.url is not None else where
+            return DeliveryError(
+                reason, retryable=True, retry_after=wait, throttled=True, throttled_scope=scope
+            )
         if status == 410 and self._settings.url is None:
             return DeliveryError(reason, retryable=False, contact_point=ContactPointState.DISABLED)
         if status == 410:
@@ -272,12 +288,12 @@ def _url_problem(url: str) -> str | None:
 
 @functools.lru_cache(maxsize=1024)
 def _url_parts(url: str) -> tuple[str, str]:
-    """The origin (scheme, host and port only: paths and queries of webhook URLs often hold
-    tokens) and the raw path with query of ``url``; cached, as most deliveries go to
-    one or a few URLs and parsing one costs as much as signing the body."""
+    """The origin (:func:`~channels.http_common.origin_of`: scheme, host and port only,
+    as paths and queries of webhook URLs often hold tokens; also the scope of a throttle
+    from that host) and the raw path with query of ``url``; cached, as most deliveries go
+    to one or a few URLs and parsing one costs as much as signing the body."""
     parsed = httpx.URL(url)
-    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
-    origin = f"{parsed.scheme}://{host}" + (f":{parsed.port}" if parsed.port else "")
+    origin = origin_of(url) or f"{parsed.scheme}://{parsed.host}"  # checked: http(s), a host
     return origin, parsed.raw_path.decode("ascii")
 
 

@@ -15,11 +15,15 @@ Reasons quote only the push service's JSON error fields (``errno``, ``message``/
 ``error``, cut short), or the type and length of any other body, and are redacted against
 the VAPID private key, the VAPID JWT and the endpoint's path, should a proxy echo the request.
 
-A 429 is never ``throttled``: RFC 8030 leaves its scope to each push service, and one
-channel reaches several (Google's, Mozilla's, Apple's, Microsoft's), each with its own
-limits. Pausing the channel for one service's 429 would hold the notifications of every
-other; the dispatcher's pause is per channel, not per push service, so only the refused
-message waits (its ``Retry-After``).
+A 429 is ``throttled`` for its push service only: one channel reaches several (Google's,
+Mozilla's, Apple's, Microsoft's), each with its own limits on an application server (RFC
+8030 section 8.4: a push service may answer 429 to an application server over its rate,
+with a ``Retry-After``), so a 429 from one says nothing of the others. Its
+``throttled_scope`` is the push service's origin (the endpoint's ``scheme://host[:port]``,
+by :func:`~channels.http_common.origin_of`, the VAPID audience too), and the dispatcher
+pauses only the channel's messages to that origin (:meth:`WebPushChannel.pause_scope`
+gives it the origin of each subscription, by the same function, :func:`endpoint_origin`);
+the other push services' go on.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from channels.http_common import (
     describe_body,
     json_bytes,
     json_object,
+    origin_of,
     parse_retry_after,
     pooled_client,
     retryable_status,
@@ -158,6 +163,19 @@ class PushSubscription:
         if len(auth) != 16:
             raise ValueError("auth is not 16 bytes")
         return cls(endpoint, p256dh, auth)
+
+
+def endpoint_origin(address: str) -> str | None:
+    """The origin of a subscription's push service (:func:`~channels.http_common.origin_of`
+    of its ``endpoint``): the scope of that service's throttles. None for an address that
+    is not a subscription's JSON with an ``http(s)`` endpoint. Pure, and lighter than
+    :meth:`PushSubscription.parse`: the keys are not read."""
+    try:
+        document = json.loads(address)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    endpoint = document.get("endpoint") if isinstance(document, dict) else None
+    return origin_of(endpoint) if isinstance(endpoint, str) and endpoint else None
 
 
 def load_vapid_key(text: str) -> ec.EllipticCurvePrivateKey:
@@ -269,6 +287,11 @@ class WebPushChannel:
             self._jwts[origin] = cached
         return f"vapid t={cached[0]}, k={self.application_server_key}"
 
+    def pause_scope(self, address: str) -> str | None:
+        """The scope of a throttle ``address`` is in: its push service's origin
+        (:func:`endpoint_origin`), which a 429 of that service names."""
+        return endpoint_origin(address)
+
     async def send(self, target: Target, message: Message) -> Receipt:
         if self._closed:
             raise DeliveryError("webpush channel is closed", retryable=True)
@@ -310,7 +333,9 @@ class WebPushChannel:
         raise self._error(origin, response, secrets)
 
     def _origin(self, endpoint: str) -> str:
-        """The endpoint's origin (the JWT audience); ValueError when it is not acceptable."""
+        """The endpoint's origin (:func:`~channels.http_common.origin_of`: the JWT audience,
+        and the scope of the push service's throttles); ValueError when it is not
+        acceptable."""
         try:
             url = httpx.URL(endpoint)
         except httpx.InvalidURL:
@@ -322,8 +347,10 @@ class WebPushChannel:
         hosts = self._settings.push_hosts
         if "*" not in hosts and not any(host == h or host.endswith("." + h) for h in hosts):
             raise ValueError(f"endpoint host {host} is not a known push service")
-        shown = f"[{host}]" if ":" in host else host
-        return f"{url.scheme}://{shown}" + (f":{url.port}" if url.port else "")
+        origin = origin_of(endpoint)
+        if origin is None:  # cannot happen: an http(s) URL with a host
+            raise ValueError("endpoint has no origin")
+        return origin
 
     def _error(self, origin: str, response: HttpAnswer, secrets: tuple[str, ...]) -> DeliveryError:
         status = response.status_code
@@ -337,6 +364,10 @@ class WebPushChannel:
             )
         if retryable_status(status):
             wait = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
+            if status == 429:  # this push service's limit on us: its messages wait
+                return DeliveryError(
+                    reason, retryable=True, retry_after=wait, throttled=True, throttled_scope=origin
+                )
             return DeliveryError(reason, retryable=True, retry_after=wait)
         if status in (401, 403):
             # Sign afresh next time: a rejected token must not be reused from the cache.

@@ -1,14 +1,26 @@
-"""Channel pauses: a provider that says the sender is over its rate pauses the whole channel.
+"""Channel pauses: a provider that says the sender is over its rate pauses the channel, or
+the part of it its answer is about.
 
 A channel's ``DeliveryError`` with ``throttled`` set (an account's 429, a project's quota,
 a sender's full queue: see each channel's module) says that every other message of the
-channel would be refused alike. The throttled message itself is retried later, its attempt
-counted, as any retryable failure; :class:`ChannelPauses` also holds the channel's other
-sends until the provider's ``Retry-After`` (or :data:`DEFAULT_PAUSE`, growing by
-:data:`PAUSE_GROWTH` while the throttles go on, at most :data:`LONGEST_PAUSE`). What the
-dispatcher does with a message of a paused channel (wait briefly, or give it back to the
-queue for the pause's end, its attempt not counted) is in
+channel would be refused alike. With a ``throttled_scope`` too, it says so of the channel's
+messages in that scope only: a channel that reaches several receivers (Web Push's push
+services, a webhook's customers' own hosts) names the refusing receiver's origin, and the
+other receivers' messages go on. The throttled message itself is retried later, its attempt
+counted, as any retryable failure; :class:`ChannelPauses` also holds the channel's (or the
+scope's) other sends until the provider's ``Retry-After`` (or :data:`DEFAULT_PAUSE`, growing
+by :data:`PAUSE_GROWTH` while the throttles go on, at most :data:`LONGEST_PAUSE`). Pauses,
+their streaks and lengths are kept per (channel, scope), the scope :data:`WHOLE` for the
+whole channel; a message is held by its channel's whole pause and by its scope's, whichever
+lasts longer. What the dispatcher does with a message held (wait briefly, or give it back to
+the queue for the pause's end, its attempt not counted) is in
 :class:`~broadcaster.dispatch.worker.Dispatcher`.
+
+A claim leaves the due messages of a channel paused as a whole in the queue
+(:meth:`ChannelPauses.paused`); a scoped pause's messages are claimed, as a claim does not
+read addresses, and deferred at the send: the dispatcher finds the scope of each address of
+a channel with a scoped pause on by the channel's ``pause_scope`` (the function the channel
+names its throttles' scope with, :func:`channels.base.scope_of`).
 
 Like the rate limit's bucket (:mod:`broadcaster.dispatch.limits`), a pause is measured in
 real time, the provider's, with its own ``monotonic`` and ``sleep`` (tests pass fakes); the
@@ -20,12 +32,19 @@ its own sends, as each has its own share of a rate limit.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
+
+log = logging.getLogger("broadcaster.dispatch")
+
+WHOLE: Final = ""
+"""The scope of a pause of the whole channel (a throttle without ``throttled_scope``)."""
 
 DEFAULT_PAUSE: Final = 5.0
 """Seconds a channel pauses when its provider throttled it without saying how long
@@ -54,10 +73,27 @@ gives it back to the queue, due at the pause's end (see
 holds its worker, and with it the claims of every other channel; never more than a quarter
 of the lease (the dispatcher takes the smaller)."""
 
+MAX_SCOPES: Final = 10_000
+"""Scoped pauses a process keeps at most, over all channels: begun and not yet forgotten (a
+pause is forgotten :data:`STREAK_RESET` after its end, its streak with it). A webhook
+channel whose customers have 100,000 hosts keeps only the few throttling now; should more
+than this many throttle within a few minutes, a further one begins no pause (its message
+waits its own ``Retry-After``, as every message did before scoped pauses) and a warning
+says so. Pauses of a whole channel are never refused: there are as few as channels."""
+
+NAMED_SCOPES: Final = 20
+"""Scopes of one channel that ``/metrics`` names (its push services; a webhook's first
+throttling customer hosts); the channel's further scopes are counted together under
+:data:`OTHER_SCOPES`, so that the series stay few however many hosts throttle."""
+
+OTHER_SCOPES: Final = "other"
+"""The metrics' ``scope`` of a channel's scopes beyond :data:`NAMED_SCOPES` (an origin, with
+its ``://``, never reads so)."""
+
 
 @dataclass(slots=True)
 class Pause:
-    """One channel's latest pause."""
+    """The latest pause of one channel, or of one scope of it."""
 
     channel: str
     until: float
@@ -70,29 +106,61 @@ class Pause:
     """How many pauses in a row (each within :data:`STREAK_RESET` of the last) led to it."""
     reason: str
     """The provider's answer that began it."""
+    scope: str = WHOLE
+    """The part of the channel it holds (a receiver's origin); :data:`WHOLE` for all."""
+
+
+Key = tuple[str, str]
+"""(channel, scope) of a pause; the scope :data:`WHOLE` for the whole channel."""
 
 
 @dataclass
 class PauseBoard:
     """What ``/metrics`` shows of this process's channel pauses: counters that only grow,
-    and each channel's latest pause end."""
+    and each (channel, scope)'s latest pause end. A channel names at most
+    :data:`NAMED_SCOPES` scopes here, the first to throttle; its further ones are counted
+    under :data:`OTHER_SCOPES` (whose end is the latest of theirs): bounded, however many
+    customer hosts throttle over a process's life."""
 
-    pauses: dict[str, int] = field(default_factory=dict)
-    """Per channel, how many pauses began."""
-    deferred: dict[str, int] = field(default_factory=dict)
-    """Per channel, how many messages a pause held back (not sent, attempt not counted)."""
-    until: dict[str, datetime] = field(default_factory=dict)
-    """Per channel, when its latest pause ends (or ended)."""
+    pauses: dict[Key, int] = field(default_factory=dict)
+    """Per (channel, scope), how many pauses began."""
+    deferred: dict[Key, int] = field(default_factory=dict)
+    """Per (channel, scope), how many messages a pause held back (not sent, attempt not
+    counted)."""
+    until: dict[Key, datetime] = field(default_factory=dict)
+    """Per (channel, scope), when its latest pause ends (or ended)."""
+    named: int = NAMED_SCOPES
+    _names: dict[str, set[str]] = field(default_factory=dict, repr=False)
+
+    def key(self, channel: str, scope: str = WHOLE) -> Key:
+        """Where the board counts a pause of ``scope``: itself while the channel names fewer
+        than :attr:`named` scopes (or already names it), else :data:`OTHER_SCOPES`."""
+        if scope == WHOLE:
+            return channel, WHOLE
+        names = self._names.setdefault(channel, set())
+        if scope not in names:
+            if len(names) >= self.named:
+                return channel, OTHER_SCOPES
+            names.add(scope)
+        return channel, scope
 
     def began(self, pause: Pause) -> None:
-        self.pauses[pause.channel] = self.pauses.get(pause.channel, 0) + 1
-        self.until[pause.channel] = pause.until_at
+        key = self.key(pause.channel, pause.scope)
+        self.pauses[key] = self.pauses.get(key, 0) + 1
+        self._ending(key, pause)
 
     def extended(self, pause: Pause) -> None:
-        self.until[pause.channel] = pause.until_at
+        self._ending(self.key(pause.channel, pause.scope), pause)
 
-    def held_back(self, channel: str, count: int = 1) -> None:
-        self.deferred[channel] = self.deferred.get(channel, 0) + count
+    def held_back(self, channel: str, count: int = 1, scope: str = WHOLE) -> None:
+        key = self.key(channel, scope)
+        self.deferred[key] = self.deferred.get(key, 0) + count
+
+    def _ending(self, key: Key, pause: Pause) -> None:
+        if key[1] == OTHER_SCOPES:  # several scopes' pauses: the latest end of theirs
+            self.until[key] = max(self.until.get(key, pause.until_at), pause.until_at)
+        else:
+            self.until[key] = pause.until_at
 
 
 BOARD = PauseBoard()
@@ -100,21 +168,35 @@ BOARD = PauseBoard()
 
 
 class ChannelPauses:
-    """The pauses of one dispatcher's channels.
+    """The pauses of one dispatcher's channels, and of the scopes of them.
 
-    ``active`` maps each paused channel to its pause's end (``monotonic``) and is empty
-    when none is paused: a send's check is ``if pauses.active`` and nothing more, the push
-    fan-out's thousands a second included. Expired entries leave it at the next look."""
+    ``active`` maps each channel with a pause on to its paused scopes (:data:`WHOLE` for the
+    whole channel), each to its pause's end (``monotonic``), and is empty when none is
+    paused: a send's check is ``if pauses.active`` and nothing more, the push fan-out's
+    thousands a second included.
+
+    Nothing is kept without bound, a customer base of 100,000 webhook hosts included: an
+    ended pause leaves ``active`` at the next look at any pause (a heap of the pauses' ends,
+    oldest first, is popped up to now: no scan), and is forgotten, with its streak,
+    :data:`STREAK_RESET` after its end (a second heap), when a new throttle would start a
+    new streak anyway. What is kept is the scopes throttling within the last few minutes,
+    at most :data:`MAX_SCOPES` (see there); the board's series are bounded apart
+    (:class:`PauseBoard`)."""
 
     __slots__ = (
         "_default",
+        "_ends",
+        "_forget",
         "_growth",
         "_last",
         "_longest",
+        "_max_scopes",
         "_monotonic",
         "_reset",
+        "_scoped",
         "active",
         "board",
+        "crowded",
         "sleep",
     )
 
@@ -128,6 +210,7 @@ class ChannelPauses:
         longest: float = LONGEST_PAUSE,
         reset: float = STREAK_RESET,
         board: PauseBoard | None = None,
+        max_scopes: int = MAX_SCOPES,
     ) -> None:
         if not (math.isfinite(default) and default > 0):
             raise ValueError(
@@ -145,6 +228,10 @@ class ChannelPauses:
                 "channel pause: reset must be a finite, non-negative number of "
                 f"seconds, not {reset!r}"
             )
+        if isinstance(max_scopes, bool) or not isinstance(max_scopes, int) or max_scopes < 0:
+            raise ValueError(
+                f"channel pause: max_scopes must be a non-negative int, not {max_scopes!r}"
+            )
         self._monotonic = monotonic
         self.sleep = sleep
         """Waits out a short pause (the dispatcher's hold), on the same clock."""
@@ -152,36 +239,107 @@ class ChannelPauses:
         self._growth = growth
         self._longest = longest
         self._reset = reset
+        self._max_scopes = max_scopes
         self.board = BOARD if board is None else board
-        self.active: dict[str, float] = {}
-        self._last: dict[str, Pause] = {}
-        """Per channel, its latest pause, ended or not (the streak lives on in it)."""
+        self.active: dict[str, dict[str, float]] = {}
+        self._last: dict[Key, Pause] = {}
+        """Per (channel, scope), its latest pause, ended or not (the streak lives on in it),
+        until it is forgotten."""
+        self._ends: list[tuple[float, str, str]] = []
+        """A heap: for each entry of ``active``, one (end, channel, scope), at the end it
+        had when it was pushed (made longer since, it is pushed again when popped)."""
+        self._forget: list[tuple[float, str, str]] = []
+        """A heap: for each entry of ``_last``, one (when it may be forgotten, channel,
+        scope), likewise."""
+        self._scoped = 0
+        """Entries of ``_last`` with a scope: what :data:`MAX_SCOPES` bounds."""
+        self.crowded = 0
+        """Scoped throttles that began no pause: :data:`MAX_SCOPES` were kept already."""
 
-    def remaining(self, channel: str) -> float:
-        """Seconds ``channel`` stays paused; 0.0 when it is not (an ended pause leaves
-        ``active`` here)."""
-        until = self.active.get(channel)
-        if until is None:
-            return 0.0
-        left = until - self._monotonic()
-        if left <= 0:
-            del self.active[channel]
-            return 0.0
-        return left
+    def _expire(self) -> float:
+        """Drop the pauses ended by now from ``active``, and forget those ended more than
+        :data:`STREAK_RESET` ago; returns now (``monotonic``). Pops the heaps up to now
+        only: nothing to do costs one comparison."""
+        at = self._monotonic()
+        ends = self._ends
+        while ends and ends[0][0] <= at:
+            _, channel, scope = heapq.heappop(ends)
+            scopes = self.active.get(channel)
+            until = None if scopes is None else scopes.get(scope)
+            if until is None or scopes is None:  # cannot happen: one entry each
+                continue
+            if until > at:  # made longer since: its new end
+                heapq.heappush(ends, (until, channel, scope))
+                continue
+            del scopes[scope]
+            if not scopes:
+                del self.active[channel]
+        forget = self._forget
+        while forget and forget[0][0] < at:
+            _, channel, scope = heapq.heappop(forget)
+            last = self._last.get((channel, scope))
+            if last is None:  # cannot happen: one entry each
+                continue
+            until = last.until + self._reset
+            if until >= at:  # a later pause of it, or made longer: not yet
+                heapq.heappush(forget, (until, channel, scope))
+                continue
+            del self._last[channel, scope]
+            if scope != WHOLE:
+                self._scoped -= 1
+        return at
 
-    def until_at(self, channel: str) -> datetime | None:
-        """When ``channel``'s pause ends on the daemon's clock, while it is paused."""
-        if self.remaining(channel) <= 0:
+    @property
+    def kept(self) -> int:
+        """Pauses remembered: on, or ended within :data:`STREAK_RESET` (their streak)."""
+        return len(self._last)
+
+    def scoped(self, channel: str) -> bool:
+        """Whether ``channel`` has a pause of a scope on (or one just ended, not yet looked
+        at): then the scope of each of its messages' addresses is to be found, for
+        :meth:`holding`."""
+        scopes = self.active.get(channel)
+        return scopes is not None and len(scopes) > (WHOLE in scopes)
+
+    def holding(self, channel: str, scope: str = WHOLE) -> Pause | None:
+        """The pause that holds a message of ``channel`` whose address is in ``scope`` now:
+        the channel's whole pause or the scope's, whichever lasts longer; None when
+        neither is on. ``scope`` :data:`WHOLE`: the whole channel's only."""
+        self._expire()
+        scopes = self.active.get(channel)
+        if scopes is None:
             return None
-        return self._last[channel].until_at
+        whole = self._last[channel, WHOLE] if WHOLE in scopes else None
+        if scope == WHOLE or scope not in scopes:
+            return whole
+        part = self._last[channel, scope]
+        return whole if whole is not None and whole.until >= part.until else part
+
+    def remaining(self, channel: str, scope: str = WHOLE) -> float:
+        """Seconds a message of ``channel`` in ``scope`` stays held (:meth:`holding`); 0.0
+        when it is not (an ended pause leaves ``active`` here)."""
+        return self.left(self.holding(channel, scope))
+
+    def left(self, pause: Pause | None) -> float:
+        """Seconds ``pause`` lasts from now; 0.0 for none, or one ended."""
+        return 0.0 if pause is None else max(pause.until - self._monotonic(), 0.0)
+
+    def until_at(self, channel: str, scope: str = WHOLE) -> datetime | None:
+        """When the pause that holds a message of ``channel`` in ``scope`` ends on the
+        daemon's clock, while one does."""
+        pause = self.holding(channel, scope)
+        return None if pause is None else pause.until_at
 
     def paused(self) -> dict[str, datetime]:
-        """Every channel paused now, with when its pause ends on the daemon's clock (for a
-        claim to leave their messages in the queue)."""
+        """Every channel paused as a whole now, with when its pause ends on the daemon's
+        clock (for a claim to leave their messages in the queue). Not the channels with a
+        scope paused: a claim does not read addresses; their messages are claimed, and
+        deferred at the send."""
+        self._expire()
         return {
-            channel: self._last[channel].until_at
-            for channel in list(self.active)
-            if self.remaining(channel) > 0
+            channel: self._last[channel, WHOLE].until_at
+            for channel, scopes in self.active.items()
+            if WHOLE in scopes
         }
 
     def length(self, retry_after: float | None, streak: int) -> float:
@@ -196,17 +354,24 @@ class ChannelPauses:
         return min(grown, self._longest)
 
     def throttled(
-        self, channel: str, retry_after: float | None, reason: str, now: datetime
+        self,
+        channel: str,
+        retry_after: float | None,
+        reason: str,
+        now: datetime,
+        scope: str = WHOLE,
     ) -> Pause | None:
-        """The provider throttled ``channel`` (``now``: the daemon's clock). Returns the
-        pause that begins, to be logged once; None when the channel was paused already
-        (the answers of sends already on the wire when it began, hundreds in a fan-out):
-        then the pause only lasts longer if this answer asks for more, and the streak does
-        not grow."""
+        """The provider throttled ``channel``, or the part of it in ``scope`` (``now``: the
+        daemon's clock). Returns the pause that begins, to be logged once; None when that
+        was paused already (the answers of sends already on the wire when it began,
+        hundreds in a fan-out): then the pause only lasts longer if this answer asks for
+        more, and the streak does not grow. None too, and no pause, for a new scope when
+        :data:`MAX_SCOPES` are kept already (:attr:`crowded` counts them)."""
         if not channel:
             raise ValueError("channel pause: a channel name is required")
-        at = self._monotonic()
-        last = self._last.get(channel)
+        at = self._expire()
+        key = (channel, scope)
+        last = self._last.get(key)
         if last is not None and at < last.until:
             if retry_after is not None and retry_after > 0:
                 seconds = self.length(retry_after, last.streak)
@@ -214,11 +379,22 @@ class ChannelPauses:
                     last.until = at + seconds
                     last.seconds = seconds
                     last.until_at = now + timedelta(seconds=seconds)
-                    self.active[channel] = last.until
+                    self.active[channel][scope] = last.until
                     self.board.extended(last)
             return None
+        if last is None and scope != WHOLE and self._scoped >= self._max_scopes:
+            self.crowded += 1
+            if self.crowded == 1 or self.crowded % 1000 == 0:
+                log.warning(
+                    "channel %s: %d scoped pauses are kept already; %s is not paused",
+                    channel,
+                    self._scoped,
+                    scope,
+                    extra={"channel": channel, "scope": scope, "crowded": self.crowded},
+                )
+            return None
         streak = 1
-        if last is not None and at - last.until <= self._reset:
+        if last is not None and at <= last.until + self._reset:
             streak = last.streak + 1
         seconds = self.length(retry_after, streak)
         pause = Pause(
@@ -228,8 +404,14 @@ class ChannelPauses:
             seconds=seconds,
             streak=streak,
             reason=reason,
+            scope=scope,
         )
-        self._last[channel] = pause
-        self.active[channel] = pause.until
+        if last is None:  # one entry each in the heap: a later pause of it is pushed again
+            heapq.heappush(self._forget, (pause.until + self._reset, channel, scope))
+            if scope != WHOLE:
+                self._scoped += 1
+        self._last[key] = pause
+        self.active.setdefault(channel, {})[scope] = pause.until
+        heapq.heappush(self._ends, (pause.until, channel, scope))
         self.board.began(pause)
         return pause

@@ -18,7 +18,11 @@ pauses its channel (:mod:`broadcaster.dispatch.pause`): the throttled message is
 any, its attempt counted; the channel's messages already claimed are not handed to it
 while the pause lasts (a pause within :attr:`Dispatcher.pause_hold` is waited out in place,
 a longer one gives them back to the queue, due at its end, their attempt not counted), and
-claims leave its due messages in the queue until then. The other channels go on.
+claims leave its due messages in the queue until then. The other channels go on. A throttle
+with a ``throttled_scope`` (one push service of a Web Push channel, one customer's host of a
+webhook) pauses only the channel's messages whose address is in that scope (the channel's
+``pause_scope`` of the address): they are deferred alike at the send, but claimed as any, as
+a claim does not read addresses; the channel's other messages go on.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ from broadcaster.dispatch.outcomes import (
     next_channel,
     record_outcomes,
 )
-from broadcaster.dispatch.pause import HOLD_AT_MOST, ChannelPauses
+from broadcaster.dispatch.pause import HOLD_AT_MOST, WHOLE, ChannelPauses
 from broadcaster.store import ContactPoint, Database, Delivery
 from broadcaster.store.retry import retried, store_transient
 from channels.base import (
@@ -72,6 +76,7 @@ from channels.base import (
     DeliveryError,
     Target,
     concurrency_of,
+    scope_of,
     units_of,
 )
 
@@ -436,6 +441,8 @@ class Dispatcher:
         if after is not None and after[0] > now:
             # Set by a claim that began before the clock went back: not a floor for now.
             after = self._floor = None
+        # Channels paused as a whole: their due messages stay in the queue. A scope's pause
+        # (one receiver of a channel) is not here: its messages are deferred at the send.
         paused = self.pauses.paused() if self.pauses.active else None
 
         def claim(session: Session) -> Claimed:
@@ -661,7 +668,7 @@ class Dispatcher:
             if batch.stopping() or job.delivery_id in batch.lost:
                 return
             if self.pauses.active:  # the only cost of pauses while none is on
-                until = await self._paused(job.channel)
+                until = await self._paused(job, channel)
                 if until is not None:  # not handed over: nothing for the provider to refuse
                     outcome = Outcome(job, deferred_to=until)
                     return
@@ -700,46 +707,71 @@ class Dispatcher:
             if outcome is not None:
                 batch.outcomes.append(outcome)
 
-    async def _paused(self, channel: str) -> datetime | None:
-        """None when ``channel`` may send now, after waiting out what is left of its pause
-        when that is no more than :attr:`pause_hold`; else when its pause ends (the
+    async def _paused(self, job: Job, channel: Channel) -> datetime | None:
+        """None when ``job`` may be sent now, after waiting out what is left of the pause
+        that holds it (its channel's, or its address's scope's: whichever lasts longer)
+        when that is no more than :attr:`pause_hold`; else when that pause ends (the
         daemon's clock), for the message to go back to the queue until then: a batch held
-        longer would hold its worker, and the claims of every other channel with it."""
-        left = self.pauses.remaining(channel)
+        longer would hold its worker, and the claims of every other channel with it. The
+        scope of the address is found (the channel's ``pause_scope``) only while a scope
+        of its channel is paused."""
+        pauses = self.pauses
+        scope = WHOLE
+        if pauses.scoped(job.channel):
+            scope = scope_of(channel, job.address) or WHOLE
+        pause = pauses.holding(job.channel, scope)
+        left = pauses.left(pause)
         if 0 < left <= self.pause_hold:
-            await self.pauses.sleep(left)
-            left = self.pauses.remaining(channel)  # a throttle meanwhile may have made it longer
-        if left <= 0:
+            await pauses.sleep(left)
+            # A throttle meanwhile may have made it longer, or paused the whole channel or
+            # another scope of it.
+            if scope == WHOLE and pauses.scoped(job.channel):
+                scope = scope_of(channel, job.address) or WHOLE
+            pause = pauses.holding(job.channel, scope)
+            left = pauses.left(pause)
+        if pause is None or left <= 0:
             return None
-        until = self.pauses.until_at(channel)
-        if until is not None:
-            self.pauses.board.held_back(channel)
-        return until
+        pauses.board.held_back(job.channel, scope=pause.scope)
+        return pause.until_at
 
     def _pause(self, job: Job, error: DeliveryError) -> None:
-        """``job``'s provider throttled its channel: pause it, with one warning per pause
-        (the answers of the sends already on the wire when it began only make it longer,
-        silently)."""
+        """``job``'s provider throttled its channel, or the scope of it its answer names:
+        pause it, with one warning per pause (the answers of the sends already on the wire
+        when it began only make it longer, silently)."""
+        scope = error.throttled_scope or WHOLE
         pause = self.pauses.throttled(
-            job.channel, error.retry_after, error.reason, self._clock.now()
+            job.channel, error.retry_after, error.reason, self._clock.now(), scope
         )
         if pause is None:
             return
         self.stats.pauses += 1
-        log.warning(
-            "channel %s paused for %.1f s: its provider asked to slow down (%s)",
-            job.channel,
-            pause.seconds,
-            error.reason,
-            extra={
-                "channel": job.channel,
-                "seconds": round(pause.seconds, 3),
-                "until": pause.until_at.isoformat(),
-                "streak": pause.streak,
-                "reason": error.reason,
-                "delivery": job.delivery_id,
-            },
-        )
+        extra = {
+            "channel": job.channel,
+            "scope": scope,
+            "seconds": round(pause.seconds, 3),
+            "until": pause.until_at.isoformat(),
+            "streak": pause.streak,
+            "reason": error.reason,
+            "delivery": job.delivery_id,
+        }
+        if scope == WHOLE:
+            log.warning(
+                "channel %s paused for %.1f s: its provider asked to slow down (%s)",
+                job.channel,
+                pause.seconds,
+                error.reason,
+                extra=extra,
+            )
+        else:
+            log.warning(
+                "channel %s paused for %.1f s for %s: that receiver asked to slow down (%s); "
+                "the channel's other receivers go on",
+                job.channel,
+                pause.seconds,
+                scope,
+                error.reason,
+                extra=extra,
+            )
 
     def _failure(self, job: Job, error: DeliveryError) -> Outcome:
         if error.retryable and job.attempts < self._settings.max_attempts:

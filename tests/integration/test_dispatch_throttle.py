@@ -1,33 +1,43 @@
-"""A provider's "too many requests" for the sender pauses the channel, on the real dispatcher.
+"""A provider's "too many requests" for the sender pauses the channel, on the real dispatcher;
+one receiver's, among several a channel reaches, pauses that receiver's messages only.
 
 The webhook channel (one fixed receiver, so its 429 is the channel's rate) posts over real
 HTTP to a local receiver that answers the first requests 429 with a ``Retry-After``; a
-second channel (e-mail, in memory) goes on beside it. The pause runs on a fake monotonic
-clock, moved with the daemon's fake clock: no real waiting.
+second channel (e-mail, in memory) goes on beside it. Then the channels that reach several
+receivers: a webhook to each customer's own URL, on two local receivers, and Web Push to two
+local push services; one of the two answers 429, and only its messages wait. The pause runs
+on a fake monotonic clock, moved with the daemon's fake clock: no real waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import insert, select
 
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import Settings
-from broadcaster.dispatch.pause import ChannelPauses, PauseBoard
+from broadcaster.dispatch.pause import WHOLE, ChannelPauses, PauseBoard
 from broadcaster.engine import Engine
 from broadcaster.incidents import service
-from broadcaster.store import Database, Delivery
-from channels.base import Message, Receipt, Target
+from broadcaster.store import ContactPoint, Database, Delivery
+from channels import webpush
+from channels.base import Channel, Message, Receipt, Target, scope_of
 from channels.memory import MemoryChannel
 from channels.webhook import WebhookChannel, WebhookSettings
+from channels.webpush import WebPushChannel, WebPushSettings
 from tests.fakes.control import Scripted
 from tests.fakes.http import serve
 from tests.fakes.webhook import WebhookReceiver
+from tests.fakes.webpush import PushService
 from tests.integration.test_broadcast_loop import START, add_customers
 
 SECRET = "a-webhook-secret-of-some-length"
@@ -54,17 +64,21 @@ class Monotonic:
 
 
 class OneConnection:
-    """The webhook channel with one connection (sends one after another), declared as such:
-    the dispatcher hands it two messages at a time, so that a batch's later messages are
-    still claimed and not yet handed over when the first answer comes."""
+    """A channel with one connection (sends one after another), declared as such: the
+    dispatcher hands it two messages at a time, so that a batch's later messages are still
+    claimed and not yet handed over when the first answer comes. Its scopes are the inner
+    channel's."""
 
     concurrency = 1
 
-    def __init__(self, inner: WebhookChannel) -> None:
+    def __init__(self, inner: Channel) -> None:
         self.inner = inner
         self.name = inner.name
         self.contact = inner.contact
         self._lock = asyncio.Lock()
+
+    def pause_scope(self, address: str) -> str | None:
+        return scope_of(self.inner, address)
 
     async def send(self, target: Target, message: Message) -> Receipt:
         async with self._lock:
@@ -195,9 +209,9 @@ async def test_a_throttled_channel_pauses_and_the_others_go_on(
         assert "channel hook paused for 30.0 s" in paused[0].getMessage()
         assert getattr(paused[0], "channel", None) == "hook"
         board = engine.dispatcher.pauses.board
-        assert board.pauses == {"hook": 1}
-        assert board.deferred == {"hook": CUSTOMERS - 2}
-        assert board.until == {"hook": pause_end}
+        assert board.pauses == {("hook", WHOLE): 1}
+        assert board.deferred == {("hook", WHOLE): CUSTOMERS - 2}
+        assert board.until == {("hook", WHOLE): pause_end}
 
         # The pause ends: every message goes out, each once.
         clock.advance(RETRY_AFTER)
@@ -292,3 +306,222 @@ async def test_a_stop_during_a_pause_loses_nothing(
 
 def _hook(url: str) -> WebhookChannel:
     return WebhookChannel("hook", WebhookSettings(url=url, secret=SECRET, contact="email"))
+
+
+# --- One receiver among several ---------------------------------------------------------------
+
+
+async def _scoped_engine(
+    database: Database,
+    clock: FakeClock,
+    mono: Monotonic,
+    name: str,
+    channel: Channel,
+    addresses: list[str],
+) -> Engine:
+    """An engine whose one channel ``name`` reaches customer ``C0i`` at ``addresses[i]``
+    (contact points of the channel's kind), with the incident declared and its round
+    written out."""
+    await add_customers(
+        database, clock, [(f"C{i:02d}", ["component:rail"]) for i in range(len(addresses))]
+    )
+    async with database.session() as session, session.begin():
+        for i, address in enumerate(addresses):
+            await session.execute(
+                insert(ContactPoint).values(
+                    customer_id=f"C{i:02d}",
+                    kind=channel.contact,
+                    address=address,
+                    opted_out=False,
+                    disabled=False,
+                    updated_at=clock.now(),
+                )
+            )
+    settings = Settings.model_validate(
+        {
+            "schedule": {"cadence": {"minor": "2h"}, "audience_batch": 5},
+            "delivery": {
+                "channels": [name],
+                "batch_size": 8,
+                "max_attempts": 5,
+                "backoff": {"initial": "10s", "maximum": "1m", "jitter": 0},
+            },
+            "channels": {name: {"type": "console", "contact": channel.contact}},
+        }
+    )
+    engine = await Engine.create(
+        settings, database, clock, {name: OneConnection(channel)}, owner="a"
+    )
+    engine.dispatcher.pauses = ChannelPauses(monotonic=mono, sleep=mono.sleep, board=PauseBoard())
+    await service.declare(
+        database, clock, service.Declaration("t", "minor", "m", components=["rail"])
+    )
+    await engine.process_due_rounds()
+    return engine
+
+
+def _split(deliveries: list[Delivery], origin: str) -> tuple[list[Delivery], list[Delivery]]:
+    """The deliveries to ``origin``'s receiver, and the others."""
+    to = [d for d in deliveries if f"{origin}/" in d.address]
+    return to, [d for d in deliveries if f"{origin}/" not in d.address]
+
+
+async def _only_the_throttled_receiver_waits(
+    database: Database,
+    engine: Engine,
+    clock: FakeClock,
+    mono: Monotonic,
+    channel: str,
+    refusing: str,
+    accepted: dict[str, int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The round went out with ``refusing``'s first answer a 429 (Retry-After
+    :data:`RETRY_AFTER`): the other receiver's messages are all sent at once, ``refusing``'s
+    wait for the pause's end, not charged; ``accepted``: per origin, how many it took."""
+    deliveries = await _deliveries(database, channel)
+    assert len(deliveries) == CUSTOMERS
+    waiting, others = _split(deliveries, refusing)
+    assert len(waiting) == len(others) == CUSTOMERS // 2
+    # The other receiver's messages went out at once, each once.
+    assert all(d.state == "sent" and d.attempts == 1 for d in others)
+    assert accepted == {refusing: 0, **{o: CUSTOMERS // 2 for o in accepted if o != refusing}}
+    # The refusing receiver's: the throttled one retried as any, its attempt counted; the
+    # rest not handed over, nothing charged, due at the pause's end.
+    assert all(d.state == "pending" and d.lease_owner is None for d in waiting)
+    throttled = [d for d in waiting if d.attempts == 1]
+    held = [d for d in waiting if d.attempts == 0]
+    assert len(throttled) == 1 and len(held) == CUSTOMERS // 2 - 1
+    assert "429" in (throttled[0].last_error or "")
+    assert throttled[0].next_attempt_at >= START + timedelta(seconds=RETRY_AFTER)
+    pause_end = START + timedelta(seconds=RETRY_AFTER)
+    assert all(d.next_attempt_at == pause_end and d.last_error is None for d in held)
+    stats = engine.dispatcher.stats
+    assert (stats.pauses, stats.deferred) == (1, CUSTOMERS // 2 - 1)
+    assert (stats.sent, stats.retried) == (CUSTOMERS // 2, 1)
+    # One warning, naming the channel and the receiver's origin.
+    paused = [r for r in caplog.records if "paused" in r.getMessage()]
+    assert len(paused) == 1 and paused[0].levelno == logging.WARNING
+    assert f"channel {channel} paused for 30.0 s for {refusing}" in paused[0].getMessage()
+    assert getattr(paused[0], "scope", None) == refusing
+    board = engine.dispatcher.pauses.board
+    assert board.pauses == {(channel, refusing): 1}
+    assert board.deferred == {(channel, refusing): CUSTOMERS // 2 - 1}
+    assert board.until == {(channel, refusing): pause_end}
+    assert engine.dispatcher.pauses.paused() == {}  # claims hold nothing back for a scope
+
+
+async def _after_the_pause_each_goes_once(
+    database: Database, engine: Engine, clock: FakeClock, mono: Monotonic, channel: str
+) -> list[Delivery]:
+    clock.advance(RETRY_AFTER)
+    mono.now += RETRY_AFTER
+    await _drain(engine)
+    after = await _deliveries(database, channel)
+    assert all(d.state == "sent" for d in after)
+    assert sorted(d.attempts for d in after) == [1] * (CUSTOMERS - 1) + [2]
+    assert not engine.dispatcher.pauses.active
+    return after
+
+
+async def test_a_customers_host_that_throttles_holds_its_own_webhooks_only(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each customer's own URL, on two hosts (two local receivers): the one answering 429
+    holds the webhooks to it; the other customers' go out at once."""
+    clock = FakeClock(START)
+    mono = Monotonic()
+    receivers = [WebhookReceiver(SECRET), WebhookReceiver(SECRET)]
+    with ExitStack() as stack:
+        urls = [stack.enter_context(serve(receiver.app)) for receiver in receivers]
+        addresses = [f"{urls[i % 2]}/customers/C{i:02d}?token=t{i}" for i in range(CUSTOMERS)]
+        hook = WebhookChannel(
+            "hook", WebhookSettings(secret=SECRET, contact="webhook", timeout=5.0)
+        )
+        engine = await _scoped_engine(database, clock, mono, "hook", hook, addresses)
+        refusing, other = receivers
+        refusing.faults.push(Scripted(429, headers={"Retry-After": str(RETRY_AFTER)}))
+        try:
+            with caplog.at_level(logging.WARNING, logger="broadcaster.dispatch"):
+                await _drain(engine)  # the whole round, within the pause
+            await _only_the_throttled_receiver_waits(
+                database,
+                engine,
+                clock,
+                mono,
+                "hook",
+                urls[0],
+                {url: len(r.accepted) for url, r in zip(urls, receivers, strict=True)},
+                caplog,
+            )
+            assert [request.status for request in refusing.requests] == [429]
+
+            after = await _after_the_pause_each_goes_once(database, engine, clock, mono, "hook")
+            for url, receiver in zip(urls, receivers, strict=True):
+                to, _ = _split(after, url)
+                assert sorted(_keys(receiver)) == sorted(f"delivery-{d.id}" for d in to)
+                assert receiver.duplicates == 0
+            assert len(refusing.requests) == CUSTOMERS // 2 + 1  # the 429, then each once
+            assert len(other.requests) == CUSTOMERS // 2
+        finally:
+            await engine.aclose()
+
+
+async def test_a_push_service_that_throttles_holds_its_own_notifications_only(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Web Push to two push services (as Chrome's and Firefox's): the one answering 429
+    holds the notifications to it; the other's subscribers get theirs at once."""
+    clock = FakeClock(START)
+    mono = Monotonic()
+    vapid = ec.generate_private_key(ec.SECP256R1())
+    pem = vapid.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    services = [PushService(), PushService()]
+    with ExitStack() as stack:
+        urls = [stack.enter_context(serve(s.app)) for s in services]
+        key = webpush.application_server_key(vapid)
+        subscribers = [services[i % 2].subscribe(urls[i % 2], key) for i in range(CUSTOMERS)]
+        push = WebPushChannel(
+            "push",
+            WebPushSettings(
+                vapid_private_key=pem,
+                vapid_subject="mailto:ops@example.com",
+                push_hosts=["127.0.0.1"],
+                allow_http=True,
+                timeout=5.0,
+            ),
+        )
+        addresses = [subscriber.address for subscriber in subscribers]
+        engine = await _scoped_engine(database, clock, mono, "push", push, addresses)
+        refusing, other = services
+        refusing.faults.push(Scripted(429, headers={"Retry-After": str(RETRY_AFTER)}))
+        try:
+            with caplog.at_level(logging.WARNING, logger="broadcaster.dispatch"):
+                await _drain(engine)
+            await _only_the_throttled_receiver_waits(
+                database,
+                engine,
+                clock,
+                mono,
+                "push",
+                urls[0],
+                {url: len(s.accepted) for url, s in zip(urls, services, strict=True)},
+                caplog,
+            )
+            assert [request.status for request in refusing.requests] == [429]
+
+            await _after_the_pause_each_goes_once(database, engine, clock, mono, "push")
+            for i, subscriber in enumerate(subscribers):
+                sub = subscriber.endpoint.rsplit("/", 1)[1]
+                got = [r for r in services[i % 2].accepted if r.subscription == sub]
+                assert len(got) == 1  # each subscriber's notification once
+                delivery = json.loads(subscriber.decrypt(got[0].body))["delivery"]
+                assert delivery.startswith("delivery-")
+            assert len(refusing.requests) == CUSTOMERS // 2 + 1
+            assert len(other.requests) == CUSTOMERS // 2
+        finally:
+            await engine.aclose()
