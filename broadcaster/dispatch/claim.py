@@ -3,9 +3,10 @@
 Deliveries whose lease expired (their worker died) come first, then due pending ones in
 claim order (``next_attempt_at``, ``id``), locked with ``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL so that several daemons take disjoint batches. On the way, a delivery whose
-address was opted out or disabled since its round was written is cancelled, a paused
-channel's deliveries are left in the queue until its pause ends
-(:mod:`broadcaster.dispatch.pause`), and a rate-limited channel's share beyond its rate is
+address was opted out or disabled since its round was written is cancelled, the
+deliveries of a channel paused as a whole are left in the queue until its pause ends
+(:mod:`broadcaster.dispatch.pause`; a pause of one receiver of a channel is held at the
+send, a claim reading no addresses), and a rate-limited channel's share beyond its rate is
 put back for later (a :class:`~broadcaster.dispatch.limits.Pacer`). The statements are
 Core, built once per dialect; :class:`~broadcaster.dispatch.worker.Dispatcher` runs them
 and sends what they return.
