@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import getpass
+import json
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
-from broadcaster import operations
+from broadcaster import operations, unreached
+from broadcaster.cli.access import shown
 from broadcaster.cli.common import (
     ConfigOption,
     cli_actor,
@@ -319,6 +321,7 @@ def show(
             )
         elif not channels:
             out.append("  none yet")
+        out.append(_not_reached(await unreached.unreached_counts(db, incident_id)))
         out += [f"capacity warning: {warning}" for warning in report.capacity_warnings]
         tasks = report.followups
         out.append("follow-ups:" if tasks else "follow-ups: none")
@@ -346,3 +349,74 @@ def show(
         raise _guard(exc) from None
     for line in lines:
         typer.echo(line)
+
+
+def _not_reached(counts: unreached.UnreachedCounts) -> str:
+    """``incident show``'s line of the customers not reached (``incident unreached`` lists
+    them)."""
+    if counts.purged:
+        return "not reached: not known (its deliveries were purged)"
+    reasons = ", ".join(f"{reason} {n}" for reason, n in counts.by_reason.items() if n)
+    return (
+        f"not reached: {counts.unreached}"
+        + (f" ({reasons})" if reasons else "")
+        + f", and {counts.still_trying} still being tried"
+    )
+
+
+def _outcome_line(outcome: unreached.ChannelOutcome) -> str:
+    at = f"{outcome.at:%Y-%m-%d %H:%M:%S}Z"
+    if outcome.next_attempt_at is not None:
+        at += f", next try {outcome.next_attempt_at:%Y-%m-%d %H:%M:%S}Z"
+    error = f"  {shown(outcome.last_error)}" if outcome.last_error else ""
+    return f"{shown(outcome.channel):<10} {outcome.state:<11} {at}{error}"
+
+
+@app.command("unreached")
+def unreached_(
+    incident_id: Annotated[int, typer.Argument(help="incident id", min=1, max=MAX_ID)],
+    limit: Annotated[
+        int, typer.Option(help="customers on the page", min=1, max=unreached.MAX_LIMIT)
+    ] = 50,
+    after: Annotated[
+        str | None, typer.Option(help="the page after this customer id (the last one shown)")
+    ] = None,
+    only: Annotated[
+        str | None, typer.Option(help="final (not reached for good) or trying (not yet)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the page as one JSON object")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The customers the incident has not reached: none of its messages went out to them.
+
+    "not yet" while a delivery of theirs is still queued or retried; otherwise what became
+    of their latest delivery on each channel. Pages by customer id (--after)."""
+    try:
+        unreached.check_page(after, limit, only)
+        chosen = unreached.only_of(only)
+    except ValueError as exc:
+        raise fail(f"--{exc}", 2) from None
+    settings = settings_or_exit(config)
+
+    async def work(db: Database) -> tuple[unreached.UnreachedCounts, unreached.UnreachedPage]:
+        return await unreached.unreached_report(
+            db, incident_id, after=after, limit=limit, only=chosen
+        )
+
+    try:
+        counts, page = run(with_database(settings, work))
+    except LookupError as exc:
+        raise _guard(exc) from None
+    if as_json:
+        typer.echo(json.dumps({"incident_id": incident_id, **unreached.as_dict(counts, page)}))
+        return
+    typer.echo(f"incident {incident_id}: {_not_reached(counts)}")
+    if page.customers:
+        typer.echo(f"{'customer':<16} {'name':<24} {'status':<12} channel    state       at")
+    for c in page.customers:
+        status = "not yet" if c.still_trying else c.reason
+        head = f"{shown(c.customer_id):<16} {shown(c.name)[:24]:<24} {status:<12} "
+        for n, outcome in enumerate(c.channels):
+            typer.echo((head if n == 0 else " " * len(head)) + _outcome_line(outcome))
+    if page.next_after is not None:
+        typer.echo(f"more: --after {shown(page.next_after)}")

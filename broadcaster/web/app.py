@@ -21,7 +21,7 @@ from broadcaster.web import (
     statuspage,
     twilio,
 )
-from broadcaster.web.api import customers, incidents, work
+from broadcaster.web.api import customers, incidents, unreached, work
 from broadcaster.web.inputs import NulGuard
 from broadcaster.web.limits import BodyLimit
 from broadcaster.web.state import WebState
@@ -51,6 +51,7 @@ def create_app(state: WebState) -> FastAPI:
     )
     for router in (
         incidents.router,
+        unreached.router,
         customers.router,
         work.router,
         statuspage.router,

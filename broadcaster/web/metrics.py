@@ -31,6 +31,7 @@ from broadcaster.followups.service import OPEN_STATES
 from broadcaster.incidents.lifecycle import OPEN_STATUSES, SEVERITIES
 from broadcaster.reports import promise_overdue, rounds_overdue
 from broadcaster.store import Delivery, Followup, Incident, Promise, Round, StaffNotice
+from broadcaster.unreached import count_unreached
 from broadcaster.web.auth import require
 from broadcaster.web.state import WebState, state_of
 
@@ -121,6 +122,99 @@ async def stop_counting(web: WebState) -> None:
         kept.counting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await kept.counting
+    await _stop_counting_unreached(web)
+
+
+# --- Customers not reached ------------------------------------------------------------------
+
+UNREACHED_EVERY = SETTLED_EVERY
+"""Seconds between counts of the customers the open incidents have not reached. A count
+reads every delivery of the open incidents (the store has no index of deliveries by
+incident): 0.2 to 1.5 s for an incident of 1,000,000 deliveries on either store, holding
+the daemon's one connection on SQLite. So a scrape reports the last count, made in the
+background, as for the settled deliveries (:mod:`broadcaster.unreached`)."""
+
+
+@dataclass
+class _Unreached:
+    """This process's last count of the customers not reached, by severity."""
+
+    by_severity: dict[str, int] | None = None
+    read_at: datetime | None = None
+    counting: asyncio.Task[None] | None = None
+
+
+async def _count_unreached(web: WebState, kept: _Unreached) -> None:
+    """Count them, in the background: a failure keeps the last count (tried again later)."""
+    try:
+        async with web.database.session() as session:
+            severity_of = dict(
+                (
+                    await session.execute(
+                        select(Incident.id, Incident.severity).where(
+                            Incident.status.in_(OPEN_STATUSES)
+                        )
+                    )
+                ).all()
+            )
+            counts = await count_unreached(session, list(severity_of))
+        by_severity = dict.fromkeys(SEVERITIES, 0)
+        for incident_id, found in counts.items():
+            severity = severity_of[incident_id]
+            by_severity[severity] = by_severity.get(severity, 0) + found.unreached
+        kept.by_severity = by_severity
+    except Exception:
+        log.warning("could not count the customers not reached for /metrics", exc_info=True)
+    kept.read_at = web.clock.now()
+
+
+async def _unreached(web: WebState) -> dict[str, int] | None:
+    """The customers not reached by severity: counted at the first scrape (as the settled
+    deliveries are), then again in the background every :data:`UNREACHED_EVERY` seconds (a
+    scrape gets the last count); None while no count has succeeded."""
+    kept = web.caches.get("customers_unreached")
+    if not isinstance(kept, _Unreached):
+        kept = web.caches["customers_unreached"] = _Unreached()
+    if kept.read_at is None:
+        await _count_unreached(web, kept)
+    elif (web.clock.now() - kept.read_at).total_seconds() >= UNREACHED_EVERY and (
+        kept.counting is None or kept.counting.done()
+    ):
+        kept.counting = asyncio.create_task(_count_unreached(web, kept))
+    return kept.by_severity
+
+
+async def _stop_counting_unreached(web: WebState) -> None:
+    kept = web.caches.get("customers_unreached")
+    if isinstance(kept, _Unreached) and kept.counting is not None and not kept.counting.done():
+        kept.counting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await kept.counting
+
+
+def customers_unreached(by_severity: dict[str, int] | None) -> Iterator[Metric]:
+    """``broadcaster_customers_unreached{severity}``: customers of the open incidents none of
+    whose messages went out, none in flight (every severity, zero too); nothing while no
+    count has succeeded."""
+    if by_severity is None:
+        return
+    gauge = GaugeMetricFamily(
+        "broadcaster_customers_unreached",
+        "Customers of the open incidents not reached: no message sent, none still queued or "
+        f"retried (counted in the background at most every {UNREACHED_EVERY:g} s)",
+        labels=["severity"],
+    )
+    for severity in dict.fromkeys((*SEVERITIES, *by_severity)):
+        gauge.add_metric([severity], by_severity.get(severity, 0))
+    yield gauge
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterator[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
 
 
 async def take(web: WebState) -> Snapshot:
@@ -321,7 +415,7 @@ class _Collector(Collector):
         )
         scheduler.add_metric([], 1 if web.scheduler_running else 0)
         yield scheduler
-        yield from _pauses()
+        yield from _pauses(named=not web.settings.http.public_metrics)
         events = CounterMetricFamily(
             "broadcaster_web_events", "Web endpoint events of this process", labels=["event"]
         )
@@ -330,30 +424,57 @@ class _Collector(Collector):
         yield events
 
 
-def _pauses() -> Iterator[Metric]:
+RECEIVERS = "receivers"
+"""The ``scope`` of every receiver's pauses of a channel together, when ``/metrics`` is
+served without a token (``http.public_metrics``): a webhook customer's host is the
+customer's, not the public's."""
+
+
+def _pauses(*, named: bool = True) -> Iterator[Metric]:
     """This process's channel pauses (:mod:`broadcaster.dispatch.pause`): its provider said
-    the sender was over its rate."""
+    the sender was over its rate. ``scope`` is empty for a pause of the whole channel (so
+    that its series are those from before scopes: Prometheus drops an empty label), else
+    the receiver's origin (a push service, a webhook customer's host), or ``other`` beyond
+    the scopes a channel names (:data:`~broadcaster.dispatch.pause.NAMED_SCOPES`). Not
+    ``named``, the receivers of a channel are counted together under :data:`RECEIVERS`."""
     pauses = CounterMetricFamily(
         "broadcaster_channel_pauses",
-        "Pauses of a channel begun because its provider said the sender was over its rate",
-        labels=["channel"],
+        "Pauses of a channel (or of one receiver of it: scope) begun because its provider "
+        "said the sender was over its rate",
+        labels=["channel", "scope"],
     )
     deferred = CounterMetricFamily(
         "broadcaster_channel_pause_deferred",
         "Messages a channel's pause held back in the queue (not sent, attempt not counted)",
-        labels=["channel"],
+        labels=["channel", "scope"],
     )
     until = GaugeMetricFamily(
         "broadcaster_channel_paused_until_timestamp_seconds",
         "When a channel's latest pause ends or ended (paused while in the future)",
-        labels=["channel"],
+        labels=["channel", "scope"],
     )
-    for channel, count in sorted(BOARD.pauses.items()):
-        pauses.add_metric([channel], count)
-    for channel, count in sorted(BOARD.deferred.items()):
-        deferred.add_metric([channel], count)
-    for channel, at in sorted(BOARD.until.items()):
-        until.add_metric([channel], at.timestamp())
+
+    def shown(scope: str) -> str:
+        return scope if named or not scope else RECEIVERS
+
+    begun: dict[tuple[str, str], int] = {}
+    for (channel, scope), count in BOARD.pauses.items():
+        key = (channel, shown(scope))
+        begun[key] = begun.get(key, 0) + count
+    held: dict[tuple[str, str], int] = {}
+    for (channel, scope), count in BOARD.deferred.items():
+        key = (channel, shown(scope))
+        held[key] = held.get(key, 0) + count
+    ends: dict[tuple[str, str], float] = {}
+    for (channel, scope), at in BOARD.until.items():
+        key = (channel, shown(scope))
+        ends[key] = max(ends.get(key, at.timestamp()), at.timestamp())
+    for key, count in sorted(begun.items()):
+        pauses.add_metric(list(key), count)
+    for key, count in sorted(held.items()):
+        deferred.add_metric(list(key), count)
+    for key, end in sorted(ends.items()):
+        until.add_metric(list(key), end)
     yield pauses
     yield deferred
     yield until
@@ -371,4 +492,5 @@ async def metrics(request: Request) -> Response:
         await require("viewer")(request)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(web, await take(web)))
+    registry.register(_Families(customers_unreached(await _unreached(web))))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -30,6 +30,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/incidents/{incident_id}/resolve"): OP,
     ("POST", "/api/v1/incidents/{incident_id}/close"): OP,
     ("GET", "/api/v1/incidents/{incident_id}/followups"): V,
+    ("GET", "/api/v1/incidents/{incident_id}/unreached"): V,
     ("GET", "/api/v1/customers"): OP,
     ("POST", "/api/v1/customers"): A,
     ("GET", "/api/v1/customers/{customer_id}"): OP,

@@ -916,6 +916,7 @@ CONSOLE_ROLES: dict[tuple[str, str], Role | None] = {
     ("POST", "/console/incidents"): "operator",
     ("GET", "/console/incidents/{incident_id}"): "viewer",
     ("GET", "/console/incidents/{incident_id}/live"): "viewer",
+    ("GET", "/console/incidents/{incident_id}/unreached"): "viewer",
     ("POST", "/console/incidents/{incident_id}/update"): "operator",
     ("POST", "/console/incidents/{incident_id}/resolve"): "operator",
     ("POST", "/console/incidents/{incident_id}/close"): "operator",

@@ -1,7 +1,9 @@
-"""A provider's "too many requests" for the sender as a whole pauses the channel.
+"""A provider's "too many requests" for the sender as a whole pauses the channel; one
+receiver's among several a channel reaches pauses that receiver's scope of it.
 
-Which answers say so, per channel (``DeliveryError.throttled``, from each provider's own
-error shape, through the fakes of the channels' tests), and how long a pause lasts
+Which answers say so, per channel (``DeliveryError.throttled`` and ``throttled_scope``, from
+each provider's own error shape, through the fakes of the channels' tests), what a scope is
+(:func:`~channels.http_common.origin_of`), and how long a pause lasts and what it holds
 (:class:`~broadcaster.dispatch.pause.ChannelPauses`, on a fake monotonic clock); the
 dispatcher's side is in tests/integration/test_dispatch_throttle.py.
 """
@@ -22,16 +24,19 @@ from prometheus_client.core import Metric
 from broadcaster.dispatch.pause import (
     DEFAULT_PAUSE,
     LONGEST_PAUSE,
+    OTHER_SCOPES,
     PAUSE_GROWTH,
     STREAK_RESET,
+    WHOLE,
     ChannelPauses,
     PauseBoard,
 )
 from broadcaster.web import metrics
 from channels import webpush
 from channels.apns import apns_error
-from channels.base import DeliveryError, Message, Target
+from channels.base import DeliveryError, Message, Receipt, Target, scope_of
 from channels.fcm_errors import fcm_error, token_error
+from channels.http_common import origin_of
 from channels.ntfy import NtfyChannel, NtfySettings
 from channels.twilio_sms import twilio_error
 from channels.webhook import WebhookChannel, WebhookSettings
@@ -66,6 +71,37 @@ def test_a_delivery_error_is_about_one_message_unless_it_says_otherwise() -> Non
 def test_throttled_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="throttled must be a bool"):
         DeliveryError("HTTP 429", retryable=True, throttled="yes")  # type: ignore[arg-type]
+
+
+def test_a_throttle_is_the_whole_channels_unless_it_names_a_scope() -> None:
+    whole = DeliveryError("HTTP 429", retryable=True, throttled=True)
+    assert whole.throttled_scope is None
+    assert "throttled_scope" not in repr(whole)
+    part = DeliveryError(
+        "HTTP 429", retryable=True, throttled=True, throttled_scope="https://fcm.googleapis.com"
+    )
+    assert part.throttled and part.throttled_scope == "https://fcm.googleapis.com"
+    assert "throttled_scope='https://fcm.googleapis.com'" in repr(part)
+
+
+@pytest.mark.parametrize(
+    ("throttled", "scope", "error", "message"),
+    [
+        (False, "https://a.test", ValueError, "needs throttled=True"),
+        (True, "", TypeError, "non-empty str"),
+        (True, b"https://a.test", TypeError, "non-empty str"),
+    ],
+)
+def test_a_scope_must_be_a_throttles_and_a_name(
+    throttled: bool, scope: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        DeliveryError(
+            "HTTP 429",
+            retryable=True,
+            throttled=throttled,
+            throttled_scope=scope,  # type: ignore[arg-type]
+        )
 
 
 # --- Which answers throttle the sender --------------------------------------------------------
@@ -150,7 +186,11 @@ async def test_ntfy_429_is_the_visitors_rate(ntfy: tuple[NtfyServer, NtfyChannel
     assert caught.value.retryable and not caught.value.throttled
 
 
-async def _webhook_error(url: str | None, status: int) -> DeliveryError:
+CUSTOMER_HOOK = "http://User:pw@Hooks.TEST:80/customer/1?token=abc"
+"""A customer's own webhook URL, written as a customer may: its origin is http://hooks.test."""
+
+
+async def _webhook_error(url: str | None, status: int) -> tuple[DeliveryError, WebhookChannel]:
     receiver = WebhookReceiver(SECRET, clock=lambda: T0)
     receiver.faults.push(Scripted(status, headers={"Retry-After": "4"}))
     settings = WebhookSettings(url=url, secret=SECRET, timeout=5.0)
@@ -158,33 +198,44 @@ async def _webhook_error(url: str | None, status: int) -> DeliveryError:
         "hook", settings, transport=httpx.ASGITransport(app=receiver.app), clock=lambda: T0
     )
     try:
-        await channel.send(Target(address="http://hooks.test/customer/1"), MESSAGE)
+        await channel.send(Target(address=f" {CUSTOMER_HOOK} "), MESSAGE)
     except DeliveryError as error:
-        return error
+        return error, channel
     finally:
         await channel.aclose()
     raise AssertionError("the scripted answer was not an error")
 
 
-async def test_webhook_429_of_the_one_fixed_receiver_throttles() -> None:
-    error = await _webhook_error("http://hooks.test/in", 429)
+async def test_webhook_429_of_the_one_fixed_receiver_throttles_the_channel() -> None:
+    error, channel = await _webhook_error("http://hooks.test/in", 429)
     assert error.throttled and error.retry_after == 4.0
+    assert error.throttled_scope is None  # the whole channel
+    assert channel.pause_scope(CUSTOMER_HOOK) is None
 
 
-async def test_webhook_429_of_one_customers_host_does_not() -> None:
-    error = await _webhook_error(None, 429)
-    assert error.retryable and not error.throttled and error.retry_after == 4.0
+async def test_webhook_429_of_one_customers_host_throttles_that_host() -> None:
+    error, channel = await _webhook_error(None, 429)
+    assert error.retryable and error.throttled and error.retry_after == 4.0
+    assert error.throttled_scope == "http://hooks.test"
+    # What the dispatcher finds of each address, by the same function: the same scope.
+    assert scope_of(channel, f" {CUSTOMER_HOOK} ") == error.throttled_scope
+    assert scope_of(channel, "http://hooks.test/customer/2") == "http://hooks.test"
+    assert scope_of(channel, "http://hooks.test:8080/customer/3") == "http://hooks.test:8080"
+    assert scope_of(channel, "https://hooks.test/customer/4") == "https://hooks.test"
+    assert scope_of(channel, "not a url") is None
 
 
-async def test_webhook_5xx_does_not() -> None:
-    assert not (await _webhook_error("http://hooks.test/in", 503)).throttled
+@pytest.mark.parametrize("url", ["http://hooks.test/in", None])
+async def test_webhook_5xx_does_not(url: str | None) -> None:
+    error, _ = await _webhook_error(url, 503)
+    assert error.retryable and not error.throttled and error.throttled_scope is None
 
 
-async def test_webpush_429_is_one_push_services_and_does_not() -> None:
+async def _webpush_error(status: int, endpoint: str) -> tuple[DeliveryError, WebPushChannel, str]:
     vapid = ec.generate_private_key(ec.SECP256R1())
     service = PushService(clock=lambda: T0)
-    service.faults.push(Scripted(429, headers={"Retry-After": "9"}))
-    subscriber = service.subscribe("http://127.0.0.1:9", webpush.application_server_key(vapid))
+    service.faults.push(Scripted(status, headers={"Retry-After": "9"}))
+    subscriber = service.subscribe(endpoint, webpush.application_server_key(vapid))
     pem = vapid.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -193,7 +244,7 @@ async def test_webpush_429_is_one_push_services_and_does_not() -> None:
     settings = WebPushSettings(
         vapid_private_key=pem,
         vapid_subject="mailto:ops@example.com",
-        push_hosts=["127.0.0.1"],
+        push_hosts=["127.0.0.1", "push.test"],
         allow_http=True,
         timeout=5.0,
     )
@@ -205,8 +256,108 @@ async def test_webpush_429_is_one_push_services_and_does_not() -> None:
             await channel.send(Target(address=subscriber.address), MESSAGE)
     finally:
         await channel.aclose()
-    assert caught.value.retryable and caught.value.retry_after == 9.0
-    assert not caught.value.throttled
+    return caught.value, channel, subscriber.address
+
+
+async def test_webpush_429_throttles_its_push_service_only() -> None:
+    error, channel, address = await _webpush_error(429, "http://127.0.0.1:9")
+    assert error.retryable and error.retry_after == 9.0
+    assert error.throttled and error.throttled_scope == "http://127.0.0.1:9"
+    assert scope_of(channel, address) == error.throttled_scope
+    other = json.dumps({"endpoint": "https://updates.push.services.mozilla.com/wpush/v2/x"})
+    assert scope_of(channel, other) == "https://updates.push.services.mozilla.com"
+
+
+async def test_webpush_scope_is_the_normalised_origin() -> None:
+    """Written with a capital and the default port, the endpoint's scope is its origin."""
+    error, channel, address = await _webpush_error(429, "http://Push.TEST:80")
+    assert error.throttled_scope == "http://push.test"
+    assert channel.pause_scope(address) == "http://push.test"
+
+
+async def test_webpush_5xx_does_not() -> None:
+    error, _, _ = await _webpush_error(503, "http://127.0.0.1:9")
+    assert error.retryable and not error.throttled and error.throttled_scope is None
+
+
+# --- What a scope is --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://fcm.googleapis.com/fcm/send/abc", "https://fcm.googleapis.com"),
+        ("HTTPS://FCM.GoogleAPIs.com:443/fcm/send/abc", "https://fcm.googleapis.com"),
+        ("http://hooks.example:80/in", "http://hooks.example"),
+        ("http://hooks.example:8080/in", "http://hooks.example:8080"),
+        ("http://hooks.example:443/in", "http://hooks.example:443"),  # not http's default
+        ("https://hooks.example:80/in", "https://hooks.example:80"),
+        ("https://user:secret@hooks.example/in", "https://hooks.example"),
+        ("https://hooks.example?token=1#x", "https://hooks.example"),
+        ("https://[::1]:8443/push", "https://[::1]:8443"),
+        ("https://[2001:DB8:0:0:0:0:0:1]/push", "https://[2001:db8::1]"),
+        ("https://[2001:db8::1]:443/push", "https://[2001:db8::1]"),
+        ("http://[::FFFF:127.0.0.1]/in", "http://[::ffff:7f00:1]"),
+        ("http://127.0.0.1:8000/in", "http://127.0.0.1:8000"),
+        ("https://bücher.example/in", "https://xn--bcher-kva.example"),
+        ("https://XN--BCHER-KVA.example/in", "https://xn--bcher-kva.example"),
+    ],
+)
+def test_origin_of_normalises(url: str, origin: str) -> None:
+    assert origin_of(url) == origin
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["", "not a url", "/relative/path", "ftp://files.example/x", "http:///x", "http://[zz::]/"],
+)
+def test_origin_of_something_else_is_none(url: str) -> None:
+    assert origin_of(url) is None
+
+
+@pytest.mark.parametrize(
+    ("address", "scope"),
+    [
+        (
+            '{"endpoint": "https://Web.Push.Apple.com:443/QGx", "keys": {}}',
+            "https://web.push.apple.com",
+        ),
+        ('{"endpoint": "ftp://x.test/1"}', None),
+        ('{"endpoint": 7}', None),
+        ('{"keys": {}}', None),
+        ("[1, 2]", None),
+        ("not json", None),
+    ],
+)
+def test_the_scope_of_a_subscription_is_its_push_services_origin(
+    address: str, scope: str | None
+) -> None:
+    assert webpush.endpoint_origin(address) == scope
+
+
+class _Scoped:
+    name = "odd"
+    contact = "email"
+
+    def __init__(self, scope: object) -> None:
+        self.scope = scope
+
+    def pause_scope(self, address: str) -> object:
+        return self.scope
+
+    async def send(self, target: Target, message: Message) -> Receipt:
+        return Receipt()
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_scope_of_a_channel_without_scopes_is_none() -> None:
+    assert scope_of(object(), "http://hooks.test/x") is None
+    assert scope_of(_Scoped(""), "x") is None
+    assert scope_of(_Scoped("https://a.test"), "x") == "https://a.test"
+    with pytest.raises(ValueError, match="pause scope"):
+        scope_of(_Scoped(7), "x")
 
 
 # --- How long a pause lasts -------------------------------------------------------------------
@@ -298,8 +449,8 @@ def test_the_answers_of_sends_already_on_the_wire_make_one_pause(
     assert pauses.remaining("push") == 20.0  # asks for more: longer
     assert pauses.until_at("push") == NOW + timedelta(seconds=21)
     assert first.streak == 1
-    assert board.pauses == {"push": 1}
-    assert board.until == {"push": NOW + timedelta(seconds=21)}
+    assert board.pauses == {("push", WHOLE): 1}
+    assert board.until == {("push", WHOLE): NOW + timedelta(seconds=21)}
 
 
 def test_channels_pause_apart(pauses: ChannelPauses) -> None:
@@ -309,7 +460,7 @@ def test_channels_pause_apart(pauses: ChannelPauses) -> None:
         "sms": NOW + timedelta(seconds=30),
         "ntfy": NOW + timedelta(seconds=5),
     }
-    assert pauses.board.pauses == {"sms": 1, "ntfy": 1}
+    assert pauses.board.pauses == {("sms", WHOLE): 1, ("ntfy", WHOLE): 1}
 
 
 @pytest.mark.parametrize("said", [0.0, -3.0, math.nan])
@@ -347,6 +498,140 @@ def test_bad_calls_are_refused_clearly(pauses: ChannelPauses) -> None:
         pauses.length(None, 0)
 
 
+# --- Scopes -----------------------------------------------------------------------------------
+
+FCM = "https://fcm.googleapis.com"
+MOZILLA = "https://updates.push.services.mozilla.com"
+
+
+def test_a_scoped_pause_holds_its_scope_only(pauses: ChannelPauses, clock: Monotonic) -> None:
+    pause = pauses.throttled("push", 30.0, "429", NOW, scope=MOZILLA)
+    assert pause is not None and (pause.scope, pause.seconds, pause.streak) == (MOZILLA, 30, 1)
+    assert pauses.active  # the send's one check sees it
+    assert pauses.scoped("push") and not pauses.scoped("sms")
+    assert pauses.remaining("push", MOZILLA) == 30.0
+    assert pauses.until_at("push", MOZILLA) == NOW + timedelta(seconds=30)
+    assert pauses.remaining("push", FCM) == 0.0  # another push service's: not held
+    assert pauses.remaining("push") == 0.0  # the channel as a whole: not paused
+    assert pauses.holding("push", FCM) is None
+    assert pauses.paused() == {}  # claims leave nothing in the queue for a scope
+    clock.now += 30
+    assert pauses.remaining("push", MOZILLA) == 0.0
+    assert not pauses.active
+
+
+def test_a_message_is_held_by_the_longer_of_its_channels_and_its_scopes(
+    pauses: ChannelPauses, clock: Monotonic
+) -> None:
+    scoped = pauses.throttled("push", 30.0, "429", NOW, scope=MOZILLA)
+    whole = pauses.throttled("push", 10.0, "quota", NOW)  # a whole channel's pause besides
+    assert scoped is not None and whole is not None and whole.scope == WHOLE
+    assert pauses.holding("push", MOZILLA) is scoped
+    assert pauses.holding("push", FCM) is whole
+    assert pauses.holding("push") is whole
+    assert pauses.paused() == {"push": NOW + timedelta(seconds=10)}
+    assert pauses.scoped("push")
+    clock.now += 10
+    assert pauses.holding("push", FCM) is None and pauses.paused() == {}
+    assert pauses.remaining("push", MOZILLA) == 20.0
+    # The other way round: the whole channel's is the longer.
+    pauses.throttled("push", 60.0, "quota", NOW)
+    assert pauses.holding("push", MOZILLA) is not scoped
+    assert pauses.remaining("push", MOZILLA) == 60.0
+
+
+def test_streaks_and_lengths_are_per_scope(pauses: ChannelPauses, clock: Monotonic) -> None:
+    lengths: dict[str, list[float]] = {FCM: [], MOZILLA: []}
+    for _ in range(3):  # Mozilla's refuses again at each pause's end; FCM's once only
+        pause = pauses.throttled("push", None, "429", NOW, scope=MOZILLA)
+        assert pause is not None
+        lengths[MOZILLA].append(pause.seconds)
+        clock.now += pause.seconds
+    pause = pauses.throttled("push", None, "429", NOW, scope=FCM)
+    assert pause is not None
+    lengths[FCM].append(pause.seconds)
+    assert lengths == {MOZILLA: [5.0, 10.0, 20.0], FCM: [5.0]}
+    whole = pauses.throttled("push", None, "quota", NOW)
+    assert whole is not None and whole.streak == 1
+    # The answers of sends on the wire to one service make its pause longer, no other's.
+    assert pauses.throttled("push", 40.0, "429", NOW, scope=FCM) is None
+    assert pauses.remaining("push", FCM) == 40.0
+    assert pauses.remaining("push", MOZILLA) == 5.0  # the channel's whole pause
+    board = pauses.board
+    assert board.pauses == {("push", MOZILLA): 3, ("push", FCM): 1, ("push", WHOLE): 1}
+    assert board.until[("push", FCM)] == NOW + timedelta(seconds=40)
+
+
+def test_expired_scopes_are_dropped(clock: Monotonic) -> None:
+    """100,000 customer hosts throttle over time: no more is kept than throttled lately."""
+    pauses = ChannelPauses(monotonic=clock, sleep=clock.sleep, board=PauseBoard())
+    for host in range(2000):
+        pauses.throttled("hook", 1.0 + host % 7, "429", NOW, scope=f"https://h{host}.test")
+    assert pauses.kept == 2000 and len(pauses.active["hook"]) == 2000
+    clock.now += 8  # every pause ended: gone from active at the next look
+    assert pauses.remaining("hook", "https://h1.test") == 0.0
+    assert not pauses.active
+    assert pauses.kept == 2000  # their streaks live on within STREAK_RESET
+    again = pauses.throttled("hook", None, "429", NOW, scope="https://h1.test")
+    assert again is not None and again.streak == 2
+    clock.now += STREAK_RESET + 1
+    assert pauses.paused() == {}
+    assert pauses.kept == 1  # only h1's second pause is within its streak's time yet
+    clock.now += again.seconds  # STREAK_RESET after the end of h1's second pause
+    pauses.throttled("hook", 1.0, "429", NOW, scope="https://h2.test")
+    assert pauses.kept == 1  # h2 afresh; h1 forgotten
+    fresh = pauses.throttled("hook", None, "429", NOW, scope="https://h1.test")
+    assert fresh is not None and fresh.streak == 1  # forgotten: a new streak, as it would be
+    assert set(pauses.active["hook"]) == {"https://h1.test", "https://h2.test"}
+
+
+def test_a_pause_made_longer_leaves_when_its_new_end_comes(
+    pauses: ChannelPauses, clock: Monotonic
+) -> None:
+    pauses.throttled("hook", 5.0, "429", NOW, scope="https://a.test")
+    pauses.throttled("hook", 20.0, "429", NOW, scope="https://a.test")  # on the wire: longer
+    clock.now += 10
+    assert pauses.remaining("hook", "https://a.test") == 10.0
+    assert pauses.active == {"hook": {"https://a.test": 1020.0}}
+    clock.now += 10
+    assert pauses.remaining("hook", "https://a.test") == 0.0 and not pauses.active
+    clock.now += STREAK_RESET + 1
+    assert pauses.paused() == {} and pauses.kept == 0
+
+
+def test_the_scopes_kept_are_bounded(clock: Monotonic) -> None:
+    pauses = ChannelPauses(monotonic=clock, sleep=clock.sleep, board=PauseBoard(), max_scopes=2)
+    assert pauses.throttled("hook", 10.0, "429", NOW, scope="https://a.test") is not None
+    assert pauses.throttled("hook", 10.0, "429", NOW, scope="https://b.test") is not None
+    assert pauses.throttled("hook", 10.0, "429", NOW, scope="https://c.test") is None
+    assert pauses.crowded == 1 and pauses.remaining("hook", "https://c.test") == 0.0
+    # A whole channel's pause is never refused; a scope kept may still be made longer.
+    assert pauses.throttled("sms", 10.0, "429", NOW) is not None
+    assert pauses.throttled("hook", 30.0, "429", NOW, scope="https://a.test") is None
+    assert pauses.remaining("hook", "https://a.test") == 30.0
+    clock.now += 10 + STREAK_RESET + 1  # b forgotten: room for one
+    assert pauses.throttled("hook", 10.0, "429", NOW, scope="https://c.test") is not None
+    assert pauses.kept == 2  # a (made longer: within its streak's time yet) and c
+
+
+def test_the_board_names_a_few_scopes_of_a_channel(clock: Monotonic) -> None:
+    board = PauseBoard(named=2)
+    pauses = ChannelPauses(monotonic=clock, sleep=clock.sleep, board=board)
+    for host, seconds in (("a", 5.0), ("b", 5.0), ("c", 50.0), ("d", 20.0)):
+        pauses.throttled("hook", seconds, "429", NOW, scope=f"https://{host}.test")
+    pauses.throttled("push", 5.0, "429", NOW, scope=FCM)  # another channel names its own
+    board.held_back("hook", 3, scope="https://d.test")
+    board.held_back("hook", 2)
+    assert board.pauses == {
+        ("hook", "https://a.test"): 1,
+        ("hook", "https://b.test"): 1,
+        ("hook", OTHER_SCOPES): 2,
+        ("push", FCM): 1,
+    }
+    assert board.until[("hook", OTHER_SCOPES)] == NOW + timedelta(seconds=50)  # the latest
+    assert board.deferred == {("hook", OTHER_SCOPES): 3, ("hook", WHOLE): 2}
+
+
 # --- /metrics ---------------------------------------------------------------------------------
 
 
@@ -356,13 +641,49 @@ def test_metrics_show_the_pauses(
     monkeypatch.setattr(metrics, "BOARD", pauses.board)
     pauses.throttled("sms", 30.0, "429", NOW)
     pauses.board.held_back("sms", 7)
+    pauses.throttled("push", 9.0, "429", NOW, scope=MOZILLA)
+    pauses.board.held_back("push", 4, scope=MOZILLA)
     families: dict[str, Metric] = {family.name: family for family in metrics._pauses()}
     samples = {
         (sample.name, tuple(sample.labels.items())): sample.value
         for family in families.values()
         for sample in family.samples
     }
-    assert samples[("broadcaster_channel_pauses_total", (("channel", "sms"),))] == 1
-    assert samples[("broadcaster_channel_pause_deferred_total", (("channel", "sms"),))] == 7
-    until = ("broadcaster_channel_paused_until_timestamp_seconds", (("channel", "sms"),))
+    # A whole channel's: scope empty, which Prometheus drops: the series of before scopes.
+    sms = (("channel", "sms"), ("scope", ""))
+    assert samples[("broadcaster_channel_pauses_total", sms)] == 1
+    assert samples[("broadcaster_channel_pause_deferred_total", sms)] == 7
+    until = ("broadcaster_channel_paused_until_timestamp_seconds", sms)
     assert samples[until] == (NOW + timedelta(seconds=30)).timestamp()
+    push = (("channel", "push"), ("scope", MOZILLA))
+    assert samples[("broadcaster_channel_pauses_total", push)] == 1
+    assert samples[("broadcaster_channel_pause_deferred_total", push)] == 4
+    until = ("broadcaster_channel_paused_until_timestamp_seconds", push)
+    assert samples[until] == (NOW + timedelta(seconds=9)).timestamp()
+    assert len(samples) == 6
+
+
+def test_public_metrics_do_not_name_the_receivers(
+    monkeypatch: pytest.MonkeyPatch, pauses: ChannelPauses
+) -> None:
+    """Served without a token (``http.public_metrics``), ``/metrics`` names no receiver: a
+    webhook customer's host is theirs. The receivers' pauses of a channel count together."""
+    monkeypatch.setattr(metrics, "BOARD", pauses.board)
+    pauses.throttled("hook", 30.0, "429", NOW)
+    pauses.throttled("hook", 5.0, "429", NOW, scope="https://a.customer.test")
+    pauses.throttled("hook", 50.0, "429", NOW, scope="https://b.customer.test")
+    pauses.board.held_back("hook", 3, scope="https://a.customer.test")
+    pauses.board.held_back("hook", 4, scope="https://b.customer.test")
+    samples = {
+        (sample.name, tuple(sample.labels.items())): sample.value
+        for family in metrics._pauses(named=False)
+        for sample in family.samples
+    }
+    assert not any("customer.test" in value for _, labels in samples for _, value in labels)
+    whole = (("channel", "hook"), ("scope", ""))
+    receivers = (("channel", "hook"), ("scope", metrics.RECEIVERS))
+    assert samples[("broadcaster_channel_pauses_total", whole)] == 1
+    assert samples[("broadcaster_channel_pauses_total", receivers)] == 2
+    assert samples[("broadcaster_channel_pause_deferred_total", receivers)] == 7
+    until = ("broadcaster_channel_paused_until_timestamp_seconds", receivers)
+    assert samples[until] == (NOW + timedelta(seconds=50)).timestamp()  # the latest end

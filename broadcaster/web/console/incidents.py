@@ -41,6 +41,7 @@ from broadcaster.web.console.common import (
     stoppable,
     who,
 )
+from broadcaster.web.console.unreached import unreached_context
 from broadcaster.web.errors import ApiError
 from broadcaster.web.inputs import row_id
 from broadcaster.web.state import WebState, state_of
@@ -449,6 +450,7 @@ async def _incident_page(
         typed=typed,
         current=_current(live["report"].view.updates, incident),
         nonces={"update": once.new(), "resolve": once.new()},  # one per form
+        **await unreached_context(state, principal, incident_id),
     )
 
 
