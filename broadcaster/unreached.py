@@ -49,8 +49,9 @@ IN_FLIGHT_STATES = ("pending", "sending")
 Reason = Literal["trying", "failed", "undelivered", "cancelled", "other"]
 REASONS: tuple[Reason, ...] = ("failed", "undelivered", "cancelled", "other")
 """Why a customer was not reached, by precedence: any delivery failed for good, else any
-reported undelivered, else cancelled; ``other`` (rerouted only, or a state this version
-does not know) should not happen."""
+reported undelivered, else cancelled; ``other``: rerouted only (the per-customer throttle
+moved the message to a channel where no row was made for them, which is rare), or a state
+this version does not know."""
 _RANK = {"failed": 4, "undelivered": 3, "cancelled": 2}
 _REASON_OF_RANK: dict[int, Reason] = {4: "failed", 3: "undelivered", 2: "cancelled"}
 
@@ -387,12 +388,14 @@ async def unreached_report(
     after: str | None = None,
     limit: int = 50,
     only: Only | None = None,
+    customers: bool = True,
 ) -> tuple[UnreachedCounts, UnreachedPage]:
     """The counts and a page, as staff read them (the CLI, the API, the console). The page
-    is not read when the counts say it would be empty: walking the customer index to find
-    nobody is a page's worst case."""
+    is not read when the counts say it would be empty (walking the customer index to find
+    nobody is a page's worst case), nor without ``customers`` (a viewer's: the counts
+    only, customer data being for operators)."""
     check_page(after, limit, only)
     counts = await unreached_counts(database, incident_id)
-    if not listed(counts, only):
+    if not customers or not listed(counts, only):
         return counts, UnreachedPage([], None)
     return counts, await unreached_page(database, incident_id, after=after, limit=limit, only=only)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -105,7 +106,9 @@ def show(
                 )
             ).scalars()
             addresses = list(points)
-        return _described(task, customer, incident, addresses, zone, settings.staff.people)
+        return _described(
+            task, customer, incident, addresses, zone, settings.staff.people, RealClock().now()
+        )
 
     try:
         rows = run(with_database(settings, work))
@@ -125,9 +128,10 @@ def _described(
     addresses: list[str],
     zone: str,
     people: dict[str, StaffMember],
+    now: datetime,
 ) -> list[tuple[str, str]]:
-    """``followups show``'s lines: (label, value), a value of several lines split at ``\\n``."""
-    now = RealClock().now()
+    """``followups show``'s lines at ``now``: (label, value), a value of several lines split
+    at ``\\n``."""
     overdue = task.state in service.OPEN_STATES and task.deadline_at < now
     owner = people.get(task.owner)
     rows = [

@@ -256,8 +256,8 @@ def _job(row: Any) -> Job:
 @dataclass(frozen=True)
 class SetAside:
     """What a claim found due and did not take: cancelled (``moot``: their address was
-    opted out or disabled since they were written), put back for later (``paced``), or
-    failed (``spent``)."""
+    opted out or disabled since they were written), put back for later (``paced``), failed
+    (``spent``), or left pending until their channel's pause ends (``held``)."""
 
     moot: tuple[Job, ...] = ()
     paced: int = 0

@@ -498,8 +498,12 @@ def _record_sql(dialect: str) -> _RecordSql:
             last_error=bindparam("b_err"),
             **released,
         ),
+        # Fenced further by the time it is deferred to, always ahead of the row's: the
+        # write gives the attempt back, so a claim of the row since (by this owner) has
+        # the same attempt count again, and a repeat of this write (a commit whose answer
+        # was lost, sent again) must not match that claim.
         deferred=update(d)
-        .where(mine)
+        .where(mine, d.c.next_attempt_at < bindparam("b_next"))
         .values(
             state="pending",
             next_attempt_at=bindparam("b_next"),

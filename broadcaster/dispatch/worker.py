@@ -150,8 +150,11 @@ class DispatchStats:
     pauses: int = 0
     """Channel pauses begun: a provider said the sender was over its rate."""
     deferred: int = 0
-    """Deliveries of a paused channel left in the queue until its pause's end, their attempt
-    not counted: given back after their claim, or left pending by one."""
+    """Deliveries of a paused channel given back after their claim, not sent, due at the
+    pause's end, their attempt not counted."""
+    held: int = 0
+    """Due deliveries of a channel paused as a whole that a claim left pending until the
+    pause's end (not claimed, not counted)."""
     by_channel: dict[str, int] = field(default_factory=dict)
 
 
@@ -301,7 +304,7 @@ class Dispatcher:
         """Deliveries claims have set aside so far (cancelled, paced, spent, held back for
         a pause): a claim that took none but set some aside is followed by another."""
         stats = self.stats
-        return stats.cancelled + stats.paced + stats.spent + stats.deferred
+        return stats.cancelled + stats.paced + stats.spent + stats.held
 
     def _tally(self, outcomes: list[Outcome], recorded: Recorded) -> None:
         self.stats.sent += recorded.sent
@@ -443,7 +446,7 @@ class Dispatcher:
             after = self._floor = None
         # Channels paused as a whole: their due messages stay in the queue. A scope's pause
         # (one receiver of a channel) is not here: its messages are deferred at the send.
-        paused = self.pauses.paused() if self.pauses.active else None
+        paused = self._paused_channels(now) if self.pauses.active else None
 
         def claim(session: Session) -> Claimed:
             claimed = claim_batch(
@@ -473,7 +476,7 @@ class Dispatcher:
         self.stats.paced += cancelled.paced
         self.stats.spent += cancelled.spent
         for channel, count in cancelled.held.items():
-            self.stats.deferred += count
+            self.stats.held += count
             self.pauses.board.held_back(channel, count)
         announced: Announcements = {}
         for incident_id, customer_id, owner, kind, deadline in followups:  # earliest first
@@ -657,6 +660,11 @@ class Dispatcher:
                 units = units_of(channel, message)
             except ValueError as exc:  # a message the channel cannot send (too long an SMS)
                 raise DeliveryError(str(exc), retryable=False) from exc
+            if self.pauses.active:  # before the rate: a message held back takes none of it
+                until = await self._paused(job, channel, wait=False)
+                if until is not None:
+                    outcome = Outcome(job, deferred_to=until)
+                    return
             self._pacer.observe(job.channel, units)
             target = Target(
                 address=job.address, name=job.customer_name, customer_id=job.customer_id
@@ -707,14 +715,26 @@ class Dispatcher:
             if outcome is not None:
                 batch.outcomes.append(outcome)
 
-    async def _paused(self, job: Job, channel: Channel) -> datetime | None:
+    def _paused_channels(self, now: datetime) -> dict[str, datetime]:
+        """The channels paused as a whole, each with when its pause ends on the daemon's
+        clock: the later of the end it was given and ``now`` plus what is left of it on the
+        monotonic clock (the daemon's clock may have stepped forward meanwhile: a time
+        already past would leave their messages due, and claims would take them again at
+        once)."""
+        return {
+            name: max(at, now + timedelta(seconds=self.pauses.remaining(name)))
+            for name, at in self.pauses.paused().items()
+        }
+
+    async def _paused(self, job: Job, channel: Channel, *, wait: bool = True) -> datetime | None:
         """None when ``job`` may be sent now, after waiting out what is left of the pause
         that holds it (its channel's, or its address's scope's: whichever lasts longer)
         when that is no more than :attr:`pause_hold`; else when that pause ends (the
         daemon's clock), for the message to go back to the queue until then: a batch held
         longer would hold its worker, and the claims of every other channel with it. The
         scope of the address is found (the channel's ``pause_scope``) only while a scope
-        of its channel is paused."""
+        of its channel is paused. Not ``wait``, a pause short enough to wait out is not
+        waited for here (None): the check before the send waits it out."""
         pauses = self.pauses
         scope = WHOLE
         if pauses.scoped(job.channel):
@@ -722,6 +742,8 @@ class Dispatcher:
         pause = pauses.holding(job.channel, scope)
         left = pauses.left(pause)
         if 0 < left <= self.pause_hold:
+            if not wait:
+                return None
             await pauses.sleep(left)
             # A throttle meanwhile may have made it longer, or paused the whole channel or
             # another scope of it.
@@ -732,7 +754,9 @@ class Dispatcher:
         if pause is None or left <= 0:
             return None
         pauses.board.held_back(job.channel, scope=pause.scope)
-        return pause.until_at
+        # Not before now plus what is left: the daemon's clock may have stepped past the
+        # end it was given (see _paused_channels).
+        return max(pause.until_at, self._clock.now() + timedelta(seconds=left))
 
     def _pause(self, job: Job, error: DeliveryError) -> None:
         """``job``'s provider throttled its channel, or the scope of it its answer names:

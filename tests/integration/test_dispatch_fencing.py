@@ -80,6 +80,28 @@ async def test_a_stale_attempt_of_the_same_owner_neither_renews_nor_records(
     assert [row[1:] for row in await _rows(database)] == [("sent", 2)] * 3
 
 
+async def test_a_deferral_written_again_does_not_give_back_a_later_claim(
+    database: Database,
+) -> None:
+    """A message held back by a channel's pause is given back with its attempt: a claim of
+    it since, by the same owner, has the same attempt count again. The deferral's write
+    sent a second time (its commit's answer lost) must not match that claim."""
+    clock = FakeClock(START)
+    engine = await _engine(database, clock, MemoryChannel(name="mail"))
+    dispatcher = engine.dispatcher
+    first = await dispatcher.claim(3)
+    until = clock.now() + timedelta(seconds=30)
+    deferral = [Outcome(job, deferred_to=until) for job in first]
+    await record_outcomes(database, "a", deferral, clock.now(), failover=[], contact_kinds={})
+    assert [row[1:] for row in await _rows(database)] == [("pending", 0)] * 3
+
+    clock.advance(timedelta(seconds=31))
+    again = await dispatcher.claim(3)
+    assert [job.attempts for job in again] == [1, 1, 1]  # the same owner, the same count
+    await record_outcomes(database, "a", deferral, clock.now(), failover=[], contact_kinds={})
+    assert [row[1:] for row in await _rows(database)] == [("sending", 1)] * 3
+
+
 async def test_a_failed_write_of_the_outcomes_is_tried_again_not_sent_again(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -98,13 +98,9 @@ async def unreached_customers(
     state = state_of(request)
     shown = allows(principal.role, "operator")
     try:
-        if shown:
-            counts, page = await unreached.unreached_report(
-                state.database, incident_id, after=cursor, limit=limit, only=only
-            )
-        else:
-            counts = await unreached.unreached_counts(state.database, incident_id)
-            page = unreached.UnreachedPage([], None)
+        counts, page = await unreached.unreached_report(
+            state.database, incident_id, after=cursor, limit=limit, only=only, customers=shown
+        )
     except IncidentNotFound as exc:
         raise ApiError(404, str(exc), field="path.incident_id") from None
     except ValueError as exc:  # the query's own checks come first; kept as a guard

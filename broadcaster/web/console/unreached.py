@@ -28,13 +28,12 @@ async def unreached_context(
     """The incident page's figures and, for an operator, its first customers not reached.
     Read when the page is loaded, not with its live part every few seconds: on an incident
     of a million deliveries the count reads them all."""
-    if allows(principal.role, "operator"):
-        counts, page = await unreached.unreached_report(
-            state.database, incident_id, limit=ON_INCIDENT_PAGE
-        )
-    else:
-        counts = await unreached.unreached_counts(state.database, incident_id)
-        page = unreached.UnreachedPage([], None)
+    counts, page = await unreached.unreached_report(
+        state.database,
+        incident_id,
+        limit=ON_INCIDENT_PAGE,
+        customers=allows(principal.role, "operator"),
+    )
     return {"unreached": counts, "unreached_page": page}
 
 
@@ -56,13 +55,14 @@ async def unreached_list(incident_id: IncidentId, request: Request) -> Response:
     except ValueError as exc:
         raise error_page(request, principal, 422, str(exc)) from None
     try:
-        if allows(principal.role, "operator"):
-            counts, page = await unreached.unreached_report(
-                state.database, incident_id, after=after, limit=LIST_LIMIT, only=only
-            )
-        else:
-            counts = await unreached.unreached_counts(state.database, incident_id)
-            page = unreached.UnreachedPage([], None)
+        counts, page = await unreached.unreached_report(
+            state.database,
+            incident_id,
+            after=after,
+            limit=LIST_LIMIT,
+            only=only,
+            customers=allows(principal.role, "operator"),
+        )
     except IncidentNotFound:
         raise error_page(request, principal, 404, f"There is no incident {incident_id}.") from None
     return render(
