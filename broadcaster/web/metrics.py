@@ -116,13 +116,14 @@ async def _settled(web: WebState) -> list[tuple[str, str, int]]:
 
 
 async def stop_counting(web: WebState) -> None:
-    """Cancel a background count still running (the daemon stops: its store closes)."""
-    kept = web.caches.get("settled_deliveries")
-    if isinstance(kept, _Settled) and kept.counting is not None and not kept.counting.done():
-        kept.counting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await kept.counting
-    await _stop_counting_unreached(web)
+    """Cancel the background counts still running (the daemon stops: its store closes)."""
+    for name in ("settled_deliveries", "customers_unreached"):
+        kept = web.caches.get(name)
+        counting = getattr(kept, "counting", None)
+        if isinstance(counting, asyncio.Task) and not counting.done():
+            counting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await counting
 
 
 # --- Customers not reached ------------------------------------------------------------------
@@ -182,14 +183,6 @@ async def _unreached(web: WebState) -> dict[str, int] | None:
     ):
         kept.counting = asyncio.create_task(_count_unreached(web, kept))
     return kept.by_severity
-
-
-async def _stop_counting_unreached(web: WebState) -> None:
-    kept = web.caches.get("customers_unreached")
-    if isinstance(kept, _Unreached) and kept.counting is not None and not kept.counting.done():
-        kept.counting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await kept.counting
 
 
 def customers_unreached(by_severity: dict[str, int] | None) -> Iterator[Metric]:
