@@ -312,3 +312,70 @@ def test_a_visit_without_an_address_says_so_plainly(language: str, form: str) ->
     assert "Keizersgracht" not in text
     if form == "sms":
         assert segments(parts["sms"]).segments <= 3
+
+
+SAME_ZONE = {"staff_timezone": "Europe/Amsterdam", "deadline": "10:00 CET"}
+"""The sample task told to staff in the customer's own zone (the sample's differ: UTC)."""
+
+
+@pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
+@pytest.mark.parametrize("notice", NOTICES)
+def test_in_the_customer_s_zone_the_deadline_is_not_repeated_for_them(
+    language: str, notice: str
+) -> None:
+    """Staff in the customer's zone read the deadline once: no "10:00 CET for them" beside
+    "by 10:00 CET"; the SMS still says what the customer reads, the email their zone."""
+    overdue = notice == "escalation"
+    sms = render("sms", language, notice=notice, overdue=overdue, **SAME_ZONE)["sms"]
+    push = render("push", language, notice=notice, **SAME_ZONE)["push_body"]
+    email = render("email", language, notice=notice, **SAME_ZONE)
+    said = {
+        "en": {
+            "sms": "by 10:00 CET (they read Dutch): +31612345678",
+            "push": "by 10:00 CET: +31612345678",
+            "email": "they read Dutch (nl); their time zone is Europe/Amsterdam, as yours",
+        },
+        "nl": {
+            "sms": "uiterlijk 10:00 CET (leest Dutch): +31612345678",
+            "push": "uiterlijk 10:00 CET: +31612345678",
+            "email": "de klant leest Dutch (nl); tijdzone Europe/Amsterdam, dezelfde als de uwe",
+        },
+    }[language]
+    repeated = {
+        "en": ("for them", "where the deadline is"),
+        "nl": ("bij de klant", "waar de deadline"),
+    }[language]
+    assert said["sms"] in sms, sms
+    assert said["push"] in push, push
+    for text in (email["email_text"], email["email_html"]):
+        assert said["email"] in text, text
+    for text in (sms, push, email["email_text"], email["email_html"]):
+        assert text.count("10:00 CET") == 1, text
+        for words in repeated:
+            assert words not in text, (words, text)
+    assert segments(sms).segments <= 3
+
+
+@pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
+def test_in_another_zone_the_customer_s_deadline_is_still_given(language: str) -> None:
+    """The sample's staff zone (UTC) is not the customer's (Europe/Amsterdam): the
+    customer's deadline stays beside the staff member's."""
+    sms = render("sms", language)["sms"]
+    push = render("push", language)["push_body"]
+    email = render("email", language)
+    said = {
+        "en": {
+            "sms": "by 09:00 UTC (10:00 CET for them; they read Dutch): ",
+            "push": "by 09:00 UTC (10:00 CET for them): ",
+            "email": "their time zone is Europe/Amsterdam, where the deadline is 10:00 CET",
+        },
+        "nl": {
+            "sms": "uiterlijk 09:00 UTC (10:00 CET bij de klant; leest Dutch): ",
+            "push": "uiterlijk 09:00 UTC (10:00 CET bij de klant): ",
+            "email": "tijdzone Europe/Amsterdam, waar de deadline 10:00 CET is",
+        },
+    }[language]
+    assert said["sms"] in sms, sms
+    assert said["push"] in push, push
+    for text in (email["email_text"], email["email_html"]):
+        assert said["email"] in text, text
