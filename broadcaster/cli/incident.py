@@ -390,7 +390,9 @@ def unreached_(
     """The customers the incident has not reached: none of its messages went out to them.
 
     "not yet" while a delivery of theirs is still queued or retried; otherwise what became
-    of their latest delivery on each channel. Pages by customer id (--after)."""
+    of their latest delivery on each channel, or no_address: in the incident's audience (as
+    it is now) with no delivery at all, no usable address when its rounds were written.
+    Pages by customer id (--after)."""
     try:
         unreached.check_page(after, limit, only)
         chosen = unreached.only_of(only)
@@ -416,6 +418,8 @@ def unreached_(
     for c in page.customers:
         status = "not yet" if c.still_trying else c.reason
         head = f"{shown(c.customer_id):<16} {shown(c.name)[:24]:<24} {status:<12} "
+        if not c.channels:  # no_address: no delivery at all
+            typer.echo(f"{head}{'-':<10} no usable address on any channel")
         for n, outcome in enumerate(c.channels):
             typer.echo((head if n == 0 else " " * len(head)) + _outcome_line(outcome))
     if page.next_after is not None:

@@ -194,7 +194,8 @@ def customers_unreached(by_severity: dict[str, int] | None) -> Iterator[Metric]:
     gauge = GaugeMetricFamily(
         "broadcaster_customers_unreached",
         "Customers of the open incidents not reached: no message sent, none still queued or "
-        f"retried (counted in the background at most every {UNREACHED_EVERY:g} s)",
+        "retried; without those with no delivery at all (no_address, no usable address) "
+        f"(counted in the background at most every {UNREACHED_EVERY:g} s)",
         labels=["severity"],
     )
     for severity in dict.fromkeys((*SEVERITIES, *by_severity)):

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert, select, update
 
-from broadcaster.store import Customer, Database, Delivery, Round
+from broadcaster.store import Customer, Database, Delivery, Round, Subscription
 from broadcaster.web import metrics
 from tests.api.support import START, Api, api_client
 
@@ -75,14 +75,26 @@ async def test_operators_page_the_customers_not_reached_with_the_counts(
             incident,
             [("c1", "sent"), ("c2", "failed"), ("c3", "pending"), ("c4", "cancelled")],
         )
+        async with database.session() as session, session.begin():
+            # The round was written; c5, subscribed, got no delivery (no usable address).
+            await session.execute(
+                update(Round).where(Round.incident_id == incident).values(materialised_at=START)
+            )
+            session.add(Subscription(customer_id="c5", kind="component", value="payments"))
         url = f"/api/v1/incidents/{incident}/unreached"
         first = await api.call("GET", url, "operator", params={"limit": 2})
         assert first.status_code == 200, first.text
         body = first.json()
         assert body["counts"] == {
-            "unreached": 2,
+            "unreached": 3,
             "still_trying": 1,
-            "by_reason": {"failed": 1, "undelivered": 0, "cancelled": 1, "other": 0},
+            "by_reason": {
+                "failed": 1,
+                "undelivered": 0,
+                "cancelled": 1,
+                "other": 0,
+                "no_address": 1,
+            },
             "purged": False,
         }
         assert body["withheld"] is False
@@ -98,11 +110,13 @@ async def test_operators_page_the_customers_not_reached_with_the_counts(
         assert c3["reason"] == "trying" and c3["channels"][0]["next_attempt_at"] is not None
 
         rest = (await api.call("GET", url, "operator", params={"limit": 2, "cursor": "c3"})).json()
-        assert [i["customer_id"] for i in rest["items"]] == ["c4"]
+        assert [i["customer_id"] for i in rest["items"]] == ["c4", "c5"]
         assert rest["next_cursor"] is None
+        c5 = rest["items"][1]
+        assert (c5["reason"], c5["still_trying"], c5["channels"]) == ("no_address", False, [])
 
         final = (await api.call("GET", url, "operator", params={"only": "final"})).json()
-        assert [i["customer_id"] for i in final["items"]] == ["c2", "c4"]
+        assert [i["customer_id"] for i in final["items"]] == ["c2", "c4", "c5"]
         trying = (await api.call("GET", url, "operator", params={"only": "trying"})).json()
         assert [i["customer_id"] for i in trying["items"]] == ["c3"]
 

@@ -9,18 +9,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from typer.testing import CliRunner
 
 from broadcaster.cli.main import app
-from broadcaster.store import Customer, Database, Delivery, Round
+from broadcaster.store import Customer, Database, Delivery, Round, Subscription
 
 runner = CliRunner()
 START = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
 
 
-def _seed(url: str, incident_id: int, rows: list[tuple[str, str, str, str | None]]) -> None:
-    """(customer, channel, state, last error) deliveries in the incident's first round."""
+def _seed(url: str, incident_id: int, rows: list[tuple[str, str | None, str, str | None]]) -> None:
+    """(customer, channel, state, last error) deliveries in the incident's first round,
+    marked written; a ``None`` channel: a subscriber of ``payments`` without a delivery."""
 
     async def write() -> None:
         database = Database(url)
@@ -29,6 +30,9 @@ def _seed(url: str, incident_id: int, rows: list[tuple[str, str, str, str | None
                 round_id = (
                     await session.execute(select(Round.id).where(Round.incident_id == incident_id))
                 ).scalar_one()
+                await session.execute(
+                    update(Round).where(Round.id == round_id).values(materialised_at=START)
+                )
                 for cid in dict.fromkeys(row[0] for row in rows):
                     await session.execute(
                         insert(Customer).values(
@@ -36,6 +40,11 @@ def _seed(url: str, incident_id: int, rows: list[tuple[str, str, str, str | None
                         )
                     )
                 for customer, channel, state, error in rows:
+                    if channel is None:
+                        session.add(
+                            Subscription(customer_id=customer, kind="component", value="payments")
+                        )
+                        continue
                     session.add(
                         Delivery(
                             round_id=round_id,
@@ -81,6 +90,7 @@ def store(tmp_path: Path) -> tuple[str, Path, int]:
             ("c2", "sms", "cancelled", "the customer opted out of this address"),
             ("c3", "email", "pending", "421 try later"),
             ("c4", "sms", "undelivered", "30005\x1b[2J"),
+            ("c5", None, "", None),  # subscribed, no address: no delivery
         ],
     )
     return url, config, incident_id
@@ -92,7 +102,8 @@ def test_the_list_its_pages_and_the_show_line(store: tuple[str, Path, int]) -> N
     assert listed.exit_code == 0, listed.output
     lines = listed.output.splitlines()
     assert lines[0] == (
-        f"incident {incident}: not reached: 2 (failed 1, undelivered 1), and 1 still being tried"
+        f"incident {incident}: not reached: 3 (failed 1, undelivered 1, no_address 1), "
+        "and 1 still being tried"
     )
     assert lines[2].startswith("c2 ") and "failed" in lines[2] and "email" in lines[2]
     assert "550 no such mailbox" in lines[2]
@@ -100,6 +111,8 @@ def test_the_list_its_pages_and_the_show_line(store: tuple[str, Path, int]) -> N
     assert lines[4].startswith("c3 ") and "not yet" in lines[4] and "next try" in lines[4]
     assert lines[5].startswith("c4 ") and "undelivered" in lines[5]
     assert "\\x1b[2J" in lines[5] and "\x1b" not in listed.output  # no terminal control
+    assert lines[6].startswith("c5 ") and "no_address" in lines[6]
+    assert "no usable address on any channel" in lines[6]
     assert not any(line.startswith("c1 ") for line in lines)
     assert "more:" not in listed.output
 
@@ -114,10 +127,18 @@ def test_the_list_its_pages_and_the_show_line(store: tuple[str, Path, int]) -> N
     )
     assert rest.exit_code == 0, rest.output
     body = json.loads(rest.output)
-    assert [c["customer_id"] for c in body["customers"]] == ["c3", "c4"]
+    assert [c["customer_id"] for c in body["customers"]] == ["c3", "c4", "c5"]
     assert body["incident_id"] == incident and body["next_after"] is None
-    assert (body["unreached"], body["still_trying"]) == (2, 1)
-    assert body["by_reason"] == {"failed": 1, "undelivered": 1, "cancelled": 0, "other": 0}
+    assert (body["unreached"], body["still_trying"]) == (3, 1)
+    assert body["by_reason"] == {
+        "failed": 1,
+        "undelivered": 1,
+        "cancelled": 0,
+        "other": 0,
+        "no_address": 1,
+    }
+    assert body["customers"][2]["reason"] == "no_address"
+    assert body["customers"][2]["channels"] == []
     c3 = body["customers"][0]
     assert c3["still_trying"] is True and c3["reason"] == "trying"
     assert c3["channels"][0]["state"] == "pending"
@@ -127,11 +148,13 @@ def test_the_list_its_pages_and_the_show_line(store: tuple[str, Path, int]) -> N
         app,
         ["incident", "unreached", str(incident), "--only", "final", "--json", "-c", str(config)],
     )
-    assert [c["customer_id"] for c in json.loads(final.output)["customers"]] == ["c2", "c4"]
+    assert [c["customer_id"] for c in json.loads(final.output)["customers"]] == ["c2", "c4", "c5"]
 
     show = runner.invoke(app, ["incident", "show", str(incident), "-c", str(config)])
     assert show.exit_code == 0, show.output
-    assert "not reached: 2 (failed 1, undelivered 1), and 1 still being tried" in show.output
+    assert "not reached: 3 (failed 1, undelivered 1, no_address 1), and 1 still being tried" in (
+        show.output
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,9 @@ import re
 
 import httpx
 import pytest
+from sqlalchemy import insert
 
+from broadcaster.store import Customer, Subscription
 from broadcaster.web.console import unreached as console_unreached
 from channels.base import DeliveryError, Message, Target
 from tests.integration.test_console import Console, app, declare, run_rounds, signed_in
@@ -57,6 +59,33 @@ async def test_the_incident_page_says_who_was_not_reached(
     assert more and more.group(1) == f"/console/incidents/{incident_id}/unreached?after=S1"
     rest = await app.http.get(more.group(1))
     assert rest.status_code == 200 and _customers(rest.text) == ["V2"]
+
+
+async def test_a_subscriber_without_an_address_is_listed_as_no_address(app: Console) -> None:
+    """N1, subscribed to rail with no contact point, gets no message: listed, by id among
+    the others, with no channel."""
+    async with app.state.database.session() as session, session.begin():
+        await session.execute(
+            insert(Customer).values(
+                id="N1", name="Customer N1", created_at=app.clock.now(), updated_at=app.clock.now()
+            )
+        )
+        await session.execute(
+            insert(Subscription).values(customer_id="N1", kind="component", value="rail")
+        )
+    incident_id = await _incident(app)
+    page = await app.http.get(f"/console/incidents/{incident_id}")
+    assert page.status_code == 200, page.text
+    assert 'data-unreached="2" data-trying="1"' in page.text
+    assert "1 failed, 1 no_address" in " ".join(page.text.split())
+    assert _customers(page.text) == ["N1", "S1", "V2"]
+    row = page.text[page.text.index('data-customer="N1"') :]
+    row = row[: row.index("</tr>")]
+    assert "no_address" in row and "no usable address on any channel" in row
+    final = await app.http.get(
+        f"/console/incidents/{incident_id}/unreached", params={"only": "final"}
+    )
+    assert _customers(final.text) == ["N1", "V2"]
 
 
 async def test_the_list_pages_and_filters(app: Console, monkeypatch: pytest.MonkeyPatch) -> None:

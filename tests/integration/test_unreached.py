@@ -22,6 +22,7 @@ from broadcaster.store import (
     Delivery,
     DeliveryEvent,
     Incident,
+    IncidentScope,
     Round,
     Subscription,
 )
@@ -46,7 +47,9 @@ def make_settings() -> Settings:
     )
 
 
-async def add_customer(db: Database, cid: str, *, email: bool = True) -> None:
+async def add_customer(
+    db: Database, cid: str, *, email: bool = True, opted_out: bool = False
+) -> None:
     async with db.session() as session, session.begin():
         await session.execute(
             insert(Customer).values(id=cid, name=f"Name {cid}", created_at=START, updated_at=START)
@@ -57,7 +60,7 @@ async def add_customer(db: Database, cid: str, *, email: bool = True) -> None:
                     customer_id=cid,
                     kind="email",
                     address=f"{cid.lower()}@example.org",
-                    opted_out=False,
+                    opted_out=opted_out,
                     disabled=False,
                     updated_at=START,
                 )
@@ -73,12 +76,14 @@ async def test_through_the_engine_who_was_not_reached_and_who_is_still_tried(
     """OK: sent. GONE: refused for good (its address disabled, so round 2 writes it nothing
     and it stays not reached). SLOW: retried, then failed after its tries. OPTOUT: opted out
     after its round was written, before it was sent (cancelled). LATE: refused in round 1,
-    sent in round 2 (reached: one message of the incident is enough). NOADDR: no address,
-    no delivery: not listed."""
+    sent in round 2 (reached: one message of the incident is enough). NOADDR: no contact
+    point at all, and OPTONLY: only an address opted out before the round was written, get
+    no delivery: listed as no_address."""
     clock = FakeClock(START)
     for cid in ("OK", "GONE", "SLOW", "OPTOUT", "LATE"):
         await add_customer(database, cid)
     await add_customer(database, "NOADDR", email=False)
+    await add_customer(database, "OPTONLY", opted_out=True)
     round_two = False
 
     def fail(target: Target, _message: Message) -> DeliveryError | None:
@@ -112,10 +117,21 @@ async def test_through_the_engine_who_was_not_reached_and_who_is_still_tried(
         await engine.dispatch_all()
 
         counts, page = await unreached.unreached_report(database, incident.id)
-        assert (counts.unreached, counts.still_trying) == (3, 1)
-        assert counts.by_reason == {"failed": 2, "undelivered": 0, "cancelled": 1, "other": 0}
+        assert (counts.unreached, counts.still_trying) == (5, 1)
+        assert counts.by_reason == {
+            "failed": 2,
+            "undelivered": 0,
+            "cancelled": 1,
+            "other": 0,
+            "no_address": 2,
+        }
         listed = {c.customer_id: c for c in page.customers}
-        assert list(listed) == ["GONE", "LATE", "OPTOUT", "SLOW"]  # by id; not OK, not NOADDR
+        # By id, both kinds merged; not OK.
+        assert list(listed) == ["GONE", "LATE", "NOADDR", "OPTONLY", "OPTOUT", "SLOW"]
+        for cid in ("NOADDR", "OPTONLY"):
+            no_address = listed[cid]
+            assert (no_address.name, no_address.reason) == (f"Name {cid}", "no_address")
+            assert not no_address.still_trying and no_address.channels == []
         assert page.next_after is None
         slow = listed["SLOW"]
         assert slow.still_trying and slow.reason == "trying"
@@ -131,7 +147,13 @@ async def test_through_the_engine_who_was_not_reached_and_who_is_still_tried(
         assert "opted out" in (listed["OPTOUT"].channels[0].last_error or "")
 
         final = await unreached.unreached_page(database, incident.id, only="final")
-        assert [c.customer_id for c in final.customers] == ["GONE", "LATE", "OPTOUT"]
+        assert [c.customer_id for c in final.customers] == [
+            "GONE",
+            "LATE",
+            "NOADDR",
+            "OPTONLY",
+            "OPTOUT",
+        ]
         trying = await unreached.unreached_page(database, incident.id, only="trying")
         assert [c.customer_id for c in trying.customers] == ["SLOW"]
 
@@ -140,7 +162,7 @@ async def test_through_the_engine_who_was_not_reached_and_who_is_still_tried(
             clock.advance(timedelta(minutes=2))
             await engine.dispatch_all()
         counts, page = await unreached.unreached_report(database, incident.id)
-        assert (counts.unreached, counts.still_trying) == (4, 0)
+        assert (counts.unreached, counts.still_trying) == (6, 0)
         slow = next(c for c in page.customers if c.customer_id == "SLOW")
         assert slow.reason == "failed" and slow.channels[0].attempts == 3
         assert slow.channels[0].next_attempt_at is None
@@ -155,10 +177,17 @@ async def test_through_the_engine_who_was_not_reached_and_who_is_still_tried(
         await engine.aclose()
 
     counts, page = await unreached.unreached_report(database, incident.id)
-    assert (counts.unreached, counts.still_trying) == (2, 1)
-    assert counts.by_reason == {"failed": 1, "undelivered": 0, "cancelled": 1, "other": 0}
+    assert (counts.unreached, counts.still_trying) == (4, 1)
+    assert counts.by_reason == {
+        "failed": 1,
+        "undelivered": 0,
+        "cancelled": 1,
+        "other": 0,
+        "no_address": 2,
+    }
     listed = {c.customer_id: c for c in page.customers}
-    assert list(listed) == ["GONE", "OPTOUT", "SLOW"]
+    assert list(listed) == ["GONE", "NOADDR", "OPTONLY", "OPTOUT", "SLOW"]
+    assert listed["NOADDR"].reason == "no_address"
     assert listed["SLOW"].still_trying and listed["SLOW"].channels[0].attempts == 1
     assert listed["GONE"].channels[0].delivery_id == gone.channels[0].delivery_id
 
@@ -258,7 +287,7 @@ async def test_every_reason_the_latest_delivery_per_channel_and_pages(database: 
 
     counts = await unreached.unreached_counts(database, incident)
     assert counts == unreached.UnreachedCounts(
-        4, 1, {"failed": 1, "undelivered": 1, "cancelled": 1, "other": 1}
+        4, 1, {"failed": 1, "undelivered": 1, "cancelled": 1, "other": 1, "no_address": 0}
     )
     first = await unreached.unreached_page(database, incident, limit=2)
     assert [c.customer_id for c in first.customers] == ["a", "b"]
@@ -284,6 +313,92 @@ async def test_every_reason_the_latest_delivery_per_channel_and_pages(database: 
         both = await unreached.count_unreached(session, [incident, other])
     assert both[incident] == counts
     assert (both[other].unreached, both[other].by_reason["failed"]) == (1, 1)
+
+
+async def _audience(db: Database, incident_id: int, **subscribers: list[str]) -> None:
+    """Scope the incident to ``component:payments`` and ``region:north``; subscribe each
+    customer to the scopes named (``payments``, ``north``, or anything else)."""
+    async with db.session() as session, session.begin():
+        session.add_all(
+            [
+                IncidentScope(incident_id=incident_id, kind="component", value="payments"),
+                IncidentScope(incident_id=incident_id, kind="region", value="north"),
+            ]
+        )
+        for cid, values in subscribers.items():
+            for value in values:
+                kind = "region" if value in ("north", "south") else "component"
+                session.add(Subscription(customer_id=cid, kind=kind, value=value))
+
+
+async def test_no_address_merged_with_the_others_in_counts_and_pages(database: Database) -> None:
+    """The audience now (two scopes, one customer in both) without any delivery of the
+    incident is no_address, listed with no channel, in id order among the others, the
+    pages cut across both kinds; a subscriber of neither scope is not the audience."""
+    await _customers(database, "a", "b", "c", "d", "e", "f", "g", "h")
+    incident, (r1, _) = await _incident(database)
+    async with database.session() as session, session.begin():
+        await session.execute(update(Round).where(Round.id == r1).values(materialised_at=START))
+    await _audience(
+        database,
+        incident,
+        a=["payments"],
+        b=["payments", "north"],  # no delivery: once, though in both scopes
+        c=["north"],
+        d=["north"],  # no delivery
+        e=["payments"],
+        f=["south"],  # no delivery, but not in the audience
+        g=["payments"],  # no delivery
+    )
+    await _deliver(database, incident, r1, "a", "email", "failed")
+    await _deliver(database, incident, r1, "c", "email", "cancelled", error="opted out")
+    await _deliver(database, incident, r1, "e", "email", "sent")  # reached
+    await _deliver(database, incident, r1, "h", "email", "pending")  # not subscribed now
+
+    counts = await unreached.unreached_counts(database, incident)
+    assert counts == unreached.UnreachedCounts(
+        5, 1, {"failed": 1, "undelivered": 0, "cancelled": 1, "other": 0, "no_address": 3}
+    )
+    seen: list[tuple[str, str, int]] = []
+    after: str | None = None
+    for expected_next in ("b", "d", None):
+        page = await unreached.unreached_page(database, incident, after=after, limit=2)
+        seen += [(c.customer_id, c.reason, len(c.channels)) for c in page.customers]
+        assert page.next_after == expected_next
+        after = page.next_after
+        if after is None:
+            break
+    assert seen == [
+        ("a", "failed", 1),
+        ("b", "no_address", 0),
+        ("c", "cancelled", 1),
+        ("d", "no_address", 0),
+        ("g", "no_address", 0),
+        ("h", "trying", 1),
+    ]
+    final = await unreached.unreached_page(database, incident, only="final", after="a", limit=3)
+    assert [c.customer_id for c in final.customers] == ["b", "c", "d"]
+    assert final.next_after == "d"
+    trying = await unreached.unreached_page(database, incident, only="trying")
+    assert [c.customer_id for c in trying.customers] == ["h"]
+    _, whole = await unreached.unreached_report(database, incident, limit=1000)
+    assert [c.customer_id for c in whole.customers] == ["a", "b", "c", "d", "g", "h"]
+    # /metrics's count leaves no_address out.
+    async with database.session() as session:
+        metric = (await unreached.count_unreached(session, [incident]))[incident]
+    assert (metric.unreached, metric.by_reason["no_address"]) == (2, 0)
+
+
+async def test_no_address_only_once_a_round_was_written(database: Database) -> None:
+    """Before any round of the incident is written nobody has a delivery: nobody is
+    no_address yet."""
+    await _customers(database, "a", "b")
+    incident, _ = await _incident(database)
+    await _audience(database, incident, a=["payments"], b=["north"])
+    counts, page = await unreached.unreached_report(database, incident)
+    assert (counts.unreached, counts.by_reason["no_address"]) == (0, 0)
+    assert page.customers == []
+    assert (await unreached.unreached_page(database, incident)).customers == []
 
 
 async def test_an_incident_that_reached_everyone_was_purged_or_does_not_exist(

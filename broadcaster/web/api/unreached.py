@@ -43,15 +43,21 @@ class UnreachedCustomerOut(BaseModel):
     reason: unreached.Reason = Field(
         description="trying while still tried; else failed (a delivery failed for good), "
         "undelivered (the carrier said so) or cancelled (opted out, address disabled or "
-        "removed), in that order"
+        "removed), in that order; other (rerouted only); no_address: in the incident's "
+        "audience as it is now, without any delivery of it (no usable address when its "
+        "rounds were written)"
     )
-    channels: list[ChannelOutcomeOut] = Field(description="the latest delivery per channel")
+    channels: list[ChannelOutcomeOut] = Field(
+        description="the latest delivery per channel; empty for no_address"
+    )
 
 
 class UnreachedCountsOut(BaseModel):
     unreached: int = Field(description="not reached for good: nothing sent, nothing in flight")
     still_trying: int = Field(description="not reached yet, a delivery still in flight")
-    by_reason: dict[str, int] = Field(description="the unreached by reason")
+    by_reason: dict[str, int] = Field(
+        description="the unreached by reason (failed, undelivered, cancelled, other, no_address)"
+    )
     purged: bool = Field(
         description="its deliveries were purged under retention.messages: nobody is counted"
     )
@@ -73,8 +79,10 @@ class UnreachedPageOut(Page[UnreachedCustomerOut]):
     description="A customer is *not reached* when no delivery of the incident was sent or "
     "delivered to them and none is queued, sending or retried; *still trying* while one "
     "is. Both are listed (`only=final` or `only=trying` for one kind), each with their "
-    "latest delivery per channel. Customers with no usable address on any channel get no "
-    "delivery and are not listed.",
+    "latest delivery per channel. A customer of the incident's audience (as it is now) "
+    "with no delivery of it at all, having no usable address on any channel when its "
+    "rounds were written, is not reached with the reason `no_address` and no channels "
+    "(one subscribed since the last round shows so until the next round).",
     responses=responses(404),
 )
 async def unreached_customers(
