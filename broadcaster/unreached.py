@@ -43,10 +43,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import and_, case, distinct, func, literal, select, text, union_all
+from sqlalchemy import and_, case, func, literal, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broadcaster.audience.query import incident_scopes
+from broadcaster.audience.query import audience_count_query, incident_scopes
 from broadcaster.incidents.service import IncidentNotFound
 from broadcaster.store import (
     Customer,
@@ -54,7 +54,6 @@ from broadcaster.store import (
     Delivery,
     DeliveryEvent,
     Incident,
-    IncidentScope,
     Round,
     Subscription,
 )
@@ -224,17 +223,7 @@ async def count_no_address(session: AsyncSession, incident_id: int) -> int:
         return 0
     await _without_jit(session)
     result = await session.execute(
-        select(func.count(distinct(Subscription.customer_id)))
-        .join(
-            IncidentScope,
-            and_(
-                IncidentScope.kind == Subscription.kind, IncidentScope.value == Subscription.value
-            ),
-        )
-        .where(
-            IncidentScope.incident_id == incident_id,
-            _no_row(Subscription.customer_id, incident_id),
-        )
+        audience_count_query(incident_id).where(_no_row(Subscription.customer_id, incident_id))
     )
     return int(result.scalar_one())
 

@@ -102,7 +102,14 @@ async def audience_size(session: AsyncSession, incident_id: int) -> int:
     table growing from that estimate while filled in the partial tables' hash order, it
     seems).
     """
-    result = await session.execute(
+    result = await session.execute(audience_count_query(incident_id))
+    return int(result.scalar_one())
+
+
+def audience_count_query(incident_id: int) -> Select[int]:
+    """The count :func:`audience_size` runs, for a caller to narrow (``.where``) to a part
+    of the audience."""
+    return (
         select(func.count(distinct(Subscription.customer_id)))
         .join(
             IncidentScope,
@@ -112,4 +119,3 @@ async def audience_size(session: AsyncSession, incident_id: int) -> int:
         )
         .where(IncidentScope.incident_id == incident_id)
     )
-    return int(result.scalar_one())
