@@ -27,6 +27,7 @@ which implicit TLS needs since aiosmtpd counts only STARTTLS as TLS); and the le
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import email.policy
@@ -155,6 +156,9 @@ class _Handler:
     ) -> str:
         if self._sink._credentials is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        refusal = self._sink._next_mail_refusal()
+        if refusal is not None:
+            return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -205,7 +209,10 @@ class SmtpSink:
     speaks TLS from the first byte. ``credentials`` (user -> password) makes AUTH
     mandatory, offered only over TLS, with the ``auth_mechanisms`` listed. ``reject``
     maps a recipient address to the reply RCPT gets instead of 250, e.g.
-    ``"550 5.1.1 mailbox unavailable"`` or ``"451 4.3.0 try later"``. With ``esmtp``
+    ``"550 5.1.1 mailbox unavailable"`` or ``"451 4.3.0 try later"``. ``mail_refusals``
+    are the replies the first MAIL commands get instead of 250, one each, in order: a
+    relay that refuses our rate for a while (``"450 4.7.1 Error: too much mail from
+    127.0.0.1"``), then takes the messages again. With ``esmtp``
     False it plays an old relay that refuses EHLO: HELO only, no extensions. It offers
     PIPELINING (RFC 2920), as the relays in use do, unless ``pipelining`` is False.
     """
@@ -220,6 +227,7 @@ class SmtpSink:
         implicit_tls: bool = False,
         delay: float = 0.0,
         reject: Mapping[str, str] | None = None,
+        mail_refusals: Iterable[str] = (),
         credentials: Mapping[str, str] | None = None,
         auth_mechanisms: Iterable[str] = ("PLAIN", "LOGIN"),
         esmtp: bool = True,
@@ -234,6 +242,10 @@ class SmtpSink:
         for address, reply in (reject or {}).items():
             if not _REPLY.match(reply):
                 raise ValueError(f"reject[{address!r}]: want '4xx text' or '5xx text': {reply!r}")
+        refusals = list(mail_refusals)
+        for n, reply in enumerate(refusals):
+            if not _REPLY.match(reply):
+                raise ValueError(f"mail_refusals[{n}]: want '4xx text' or '5xx text': {reply!r}")
         self.host = host
         self.port = port
         self.tls_context = tls_context
@@ -241,6 +253,7 @@ class SmtpSink:
         self.implicit_tls = implicit_tls
         self.delay = delay
         self.reject: dict[str, str] = {k.lower(): v for k, v in (reject or {}).items()}
+        self._mail_refusals = collections.deque(refusals)
         self.esmtp = esmtp
         self.pipelining = pipelining
         self._credentials = dict(credentials) if credentials is not None else None
@@ -358,6 +371,16 @@ class SmtpSink:
         return await asyncio.to_thread(self.wait_for, count, timeout)
 
     # -- the sink's thread ---------------------------------------------------------------
+
+    @property
+    def mail_refusals_left(self) -> int:
+        """How many of ``mail_refusals`` no MAIL command has met yet."""
+        with self._cond:
+            return len(self._mail_refusals)
+
+    def _next_mail_refusal(self) -> str | None:
+        with self._cond:
+            return self._mail_refusals.popleft() if self._mail_refusals else None
 
     def _record(self, mail: ReceivedMail) -> None:
         with self._cond:

@@ -7,7 +7,11 @@ to one customer reply to one thread id (In-Reply-To, References), so mail client
 them as one conversation (:meth:`EmailChannel.message_id`, :meth:`EmailChannel.thread_id`).
 SMTP replies map onto the retry
 contract: 4xx and connection trouble are retryable, a 5xx on the recipient that says the
-mailbox does not exist is permanent and disables the address. Failures while setting up a
+mailbox does not exist is permanent and disables the address. A 4xx that says the relay
+refuses our *rate* (Amazon SES's "454 Throttling failure", Postfix's "too much mail from",
+Microsoft 365's "concurrent server connections": :func:`rate_refusal`) is ``throttled``:
+the dispatcher pauses the channel instead of spending every queued message's attempts on a
+relay that refuses them all alike. Failures while setting up a
 connection (TLS verification, AUTH) are retryable whatever their code: they are the
 relay's or our configuration's fault, the same for every message, and deliveries should
 go once it is fixed.
@@ -283,8 +287,14 @@ class EmailChannel:
                     # Connecting, TLS (an unverifiable certificate included) and AUTH
                     # (a refused password included) fail for every message alike: the
                     # relay or our settings are at fault, never this address or message.
-                    # Retry, so the deliveries go out once an operator fixes it.
-                    raise DeliveryError(f"SMTP connection failed: {exc}", retryable=True) from exc
+                    # Retry, so the deliveries go out once an operator fixes it; a greeting
+                    # or EHLO that refuses our rate ("421 too many connections") pauses.
+                    reason = f"SMTP connection failed: {exc}"
+                    if isinstance(exc, aiosmtplib.SMTPResponseException) and rate_refusal(
+                        exc.code, exc.message
+                    ):
+                        raise _throttled(reason) from exc
+                    raise DeliveryError(reason, retryable=True) from exc
             if outgoing.smtputf8 and not client.supports_extension("smtputf8"):
                 try:
                     recipient, outgoing = self._without_smtputf8(recipient, target, message)
@@ -761,9 +771,52 @@ def _from_reply(code: int, text: str) -> DeliveryError:
     if code < 200:
         return DeliveryError(f"SMTP connection failed: {text}", retryable=True)
     reason = f"SMTP {code}: {text}"
+    if rate_refusal(code, text):
+        return _throttled(reason)
     if 400 <= code < 500 or code in _AUTH_CODES:
         return DeliveryError(reason, retryable=True)
     return DeliveryError(reason, retryable=False)
+
+
+_RATE_WORDS = re.compile(
+    r"throttl"  # Amazon SES: "454 Throttling failure: Maximum sending rate exceeded."
+    r"|rate[ -]?limit"  # "451 4.7.1 Rate limit exceeded", "ratelimited"
+    r"|(sending|message|submission|send) rate"
+    r"|\brate (of|exceeded)\b"  # Gmail: "421 4.7.28 ... an unusual rate of unsolicited mail"
+    r"|too (many|much) (mail|messages|e-?mails|connections|requests|sessions)\b"  # Postfix
+    r"|(concurrent|simultaneous)( \w+)? connections"  # Microsoft 365: "421 4.3.2 The maximum
+    # number of concurrent server connections has exceeded a limit"
+    r"|unexpected volume",  # Yahoo: "421 4.7.0 [TSS04] ... deferred due to unexpected volume"
+    re.I,
+)
+"""What a relay's reply says when it refuses the *sender's* rate: its messages, connections or
+requests per unit of time. Not a count within one message ("too many recipients")."""
+
+_PER_CONNECTION = re.compile(r"\b(per|for this|in this|on this) (connection|session)\b", re.I)
+"""A limit of messages on one connection ("421 4.7.0 Too many messages for this session"):
+a new connection is all it takes, which the retry opens; no pause (see the channel's
+``messages_per_connection``)."""
+
+
+def rate_refusal(code: int, text: str) -> bool:
+    """A temporary refusal (4xx) whose text says the relay refuses our rate, not this
+    message or recipient: every message would meet it alike for a while, so the channel
+    pauses (``throttled``) rather than spend the attempts of every queued message. A
+    mailbox's own rate (enhanced code X.2.x, "mailbox status": Gmail's "450 4.2.1 The user
+    you are trying to contact is receiving mail at a rate that prevents additional
+    messages") is that one recipient's: only its message waits. A bare 421 ("service not
+    available") says no more than a busy relay does, and is retried as any 4xx. SMTP
+    carries no Retry-After: the pause is the dispatcher's default, doubling while the relay
+    refuses again."""
+    if not 400 <= code < 500 or _subject(text) == "2":
+        return False
+    return _RATE_WORDS.search(text) is not None and _PER_CONNECTION.search(text) is None
+
+
+def _throttled(reason: str) -> DeliveryError:
+    """The relay refused our rate (:func:`rate_refusal`): the whole channel pauses, one relay
+    being all it reaches."""
+    return DeliveryError(f"{reason} (the relay limits our rate)", retryable=True, throttled=True)
 
 
 _ENHANCED = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})(?!\d)")
@@ -829,6 +882,8 @@ def _sender_refused(code: int, text: str) -> DeliveryError:
     """MAIL FROM refused: our sender address or the relay's settings are at fault, not the
     customer's (retried), unless the message itself is too large (552, 5.3.4)."""
     reason = f"SMTP {code} for the sender: {text}"
+    if rate_refusal(code, text):
+        return _throttled(reason)
     found = _ENHANCED.match(text)
     too_large = code == 552 or (found is not None and found.group(2, 3) == ("3", "4"))
     return DeliveryError(reason, retryable=not too_large)
@@ -844,6 +899,8 @@ def _refused(recipients: list[aiosmtplib.SMTPRecipientRefused]) -> DeliveryError
     if first is None:
         return DeliveryError("recipient refused", retryable=False)
     reason = f"SMTP {first.code} for {first.recipient}: {first.message}"
+    if rate_refusal(first.code, first.message):
+        return _throttled(reason)
     if 400 <= first.code < 500:
         return DeliveryError(reason, retryable=True)
     if _our_sender(first.message):

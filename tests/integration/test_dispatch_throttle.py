@@ -25,12 +25,14 @@ from sqlalchemy import insert, select
 
 from broadcaster.clock import FakeClock
 from broadcaster.config.settings import Settings
-from broadcaster.dispatch.pause import WHOLE, ChannelPauses, PauseBoard
+from broadcaster.devsmtp import SmtpSink
+from broadcaster.dispatch.pause import DEFAULT_PAUSE, WHOLE, ChannelPauses, PauseBoard
 from broadcaster.engine import Engine
 from broadcaster.incidents import service
 from broadcaster.store import ContactPoint, Database, Delivery
 from channels import webpush
 from channels.base import Channel, Message, Receipt, Target, scope_of
+from channels.email import EmailChannel, EmailSettings
 from channels.memory import MemoryChannel
 from channels.webhook import WebhookChannel, WebhookSettings
 from channels.webpush import WebPushChannel, WebPushSettings
@@ -228,6 +230,75 @@ async def test_a_throttled_channel_pauses_and_the_others_go_on(
         assert not engine.dispatcher.pauses.active
     finally:
         await engine.aclose()
+
+
+async def test_a_relay_that_refuses_our_rate_pauses_the_email_channel(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """E-mail over SMTP to a local relay that refuses the first MAIL for our rate (Postfix's
+    "too much mail from"): the channel pauses for the default 5 s (SMTP says no length),
+    the other messages wait uncharged instead of each spending an attempt on the refusal,
+    and all go out, each once, when it ends."""
+    clock = FakeClock(START)
+    mono = Monotonic()
+    await add_customers(
+        database, clock, [(f"C{i:02d}", ["component:rail"]) for i in range(CUSTOMERS)]
+    )
+    sink = SmtpSink(mail_refusals=["450 4.7.1 Error: too much mail from 127.0.0.1"]).start()
+    try:
+        mail = EmailChannel(
+            "mail",
+            EmailSettings.model_validate(
+                {"port": sink.port, "security": "none", "pool_size": 1, "timeout": 5.0}
+            ),
+        )
+        hook = MemoryChannel(name="hook")
+        settings = _settings("http://127.0.0.1:9/in")
+        engine = await Engine.create(
+            settings, database, clock, {"mail": mail, "hook": hook}, owner="a"
+        )
+        engine.dispatcher.pauses = ChannelPauses(
+            monotonic=mono, sleep=mono.sleep, board=PauseBoard()
+        )
+        await service.declare(
+            database, clock, service.Declaration("t", "minor", "m", components=["rail"])
+        )
+        await engine.process_due_rounds()
+        try:
+            with caplog.at_level(logging.WARNING, logger="broadcaster.dispatch"):
+                await _drain(engine)
+
+            assert len(hook.sent) == CUSTOMERS  # the other channel went on
+            mails = await _deliveries(database, "mail")
+            # The dispatcher hands a channel of one connection two messages at a time: the
+            # one already waiting for the connection when the refusal came is sent.
+            early = [d for d in mails if d.state == "sent"]
+            assert len(early) <= 1 and len(sink.messages) == len(early)
+            [throttled] = [d for d in mails if d.state == "pending" and d.attempts == 1]
+            assert "too much mail" in (throttled.last_error or "")
+            pause_end = START + timedelta(seconds=DEFAULT_PAUSE)
+            held = [d for d in mails if d.attempts == 0]
+            assert len(held) == CUSTOMERS - 1 - len(early)
+            assert all(d.next_attempt_at == pause_end and d.last_error is None for d in held)
+            paused = [r for r in caplog.records if "paused" in r.getMessage()]
+            assert len(paused) == 1
+            assert "channel mail paused for 5.0 s" in paused[0].getMessage()
+            assert engine.dispatcher.pauses.board.pauses == {("mail", WHOLE): 1}
+
+            clock.advance(timedelta(seconds=10))  # the pause, and the throttled one's backoff
+            mono.now += 10
+            await _drain(engine)
+            after = await _deliveries(database, "mail")
+            assert all(d.state == "sent" for d in after)
+            assert sorted(d.attempts for d in after) == [1] * (CUSTOMERS - 1) + [2]
+            received = sink.wait_for(CUSTOMERS, 5.0)
+            assert sorted(m.recipients[0] for m in received) == sorted(
+                f"c{i:02d}@example.org" for i in range(CUSTOMERS)
+            )
+        finally:
+            await engine.aclose()
+    finally:
+        sink.stop()
 
 
 async def test_a_short_pause_is_waited_out_in_place(

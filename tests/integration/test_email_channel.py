@@ -759,3 +759,110 @@ def test_a_sender_refused_at_rcpt_says_so() -> None:
         f"SMTP 553 for customer1@example.com: {text}"
         " (our sender address was refused: check 'from' and its domain)"
     )
+
+
+# -- a relay that refuses our rate ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "throttled"),
+    [
+        # The sender's rate, in the words of the relays in use.
+        (454, "Throttling failure: Maximum sending rate exceeded.", True),
+        (450, "4.7.1 Error: too much mail from 127.0.0.1", True),
+        (421, "4.7.0 mx.example.com Error: too many connections from 127.0.0.1", True),
+        (
+            421,
+            "4.3.2 The maximum number of concurrent server connections has exceeded a limit, "
+            "closing transmission channel",
+            True,
+        ),
+        (421, "4.7.0 Too many concurrent SMTP connections from this IP address", True),
+        (451, "4.7.1 Rate limit exceeded, try again later", True),
+        (421, "4.7.28 Our system has detected an unusual rate of unsolicited mail", True),
+        (421, "4.7.0 [TSS04] Messages temporarily deferred due to unexpected volume", True),
+        # One mailbox's rate (X.2.x, mailbox status): that recipient's message only.
+        (
+            450,
+            "4.2.1 The user you are trying to contact is receiving mail at a rate that "
+            "prevents additional messages from being delivered",
+            False,
+        ),
+        # A limit of one connection: a new connection is all it takes.
+        (421, "4.7.0 Too many messages for this session", False),
+        # Busy, or refused for another reason: no word of our rate.
+        (421, "4.3.2 Service not available, closing transmission channel", False),
+        (451, "4.3.0 try later", False),
+        (452, "4.5.3 Too many recipients", False),
+        # Never a permanent refusal.
+        (554, "5.7.1 Throttling failure: Daily message quota exceeded", False),
+    ],
+)
+def test_a_refusal_of_our_rate_is_told_from_other_refusals(
+    code: int, text: str, throttled: bool
+) -> None:
+    from channels.email import _from_reply, _refused, _sender_refused, rate_refusal
+
+    assert rate_refusal(code, text) is throttled
+    refused = aiosmtplib.SMTPRecipientRefused(code, text, "customer1@example.com")
+    for error in (_from_reply(code, text), _sender_refused(code, text), _refused([refused])):
+        assert error.throttled is throttled
+        assert error.throttled_scope is None  # one relay: the whole channel
+        if throttled:
+            assert error.retryable and error.contact_point is None
+            assert error.reason.endswith("(the relay limits our rate)")
+
+
+async def test_a_relay_that_refuses_our_rate_throttles_the_channel(
+    make_sink: SinkFactory, make_channel: ChannelFactory
+) -> None:
+    """Refused at MAIL (or with MAIL, RCPT and DATA in one write where the relay pipelines):
+    the send is throttled; the next one goes on the same channel once the relay takes mail."""
+    sink = make_sink(mail_refusals=["450 4.7.1 Error: too much mail from 127.0.0.1"])
+    channel = make_channel(sink.port, pool_size=1)
+
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(target(1), message())
+
+    assert caught.value.throttled and caught.value.retryable
+    assert caught.value.contact_point is None
+    assert "450" in caught.value.reason and "too much mail" in caught.value.reason
+    assert sink.mail_refusals_left == 0
+    await channel.send(target(1), message())
+    [mail] = sink.wait_for(1, WAIT)
+    assert mail.recipients == ("customer1@example.com",)
+
+
+async def test_a_greeting_that_refuses_our_rate_throttles_the_channel(
+    make_channel: ChannelFactory,
+) -> None:
+    """A relay at its limit of connections says so in its greeting and closes: the send is
+    throttled, and no socket is left open."""
+    greeting = b"421 4.7.0 mx.example.com Error: too many connections from 127.0.0.1\r\n"
+    greeted = 0
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal greeted
+        greeted += 1
+        writer.write(greeting)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        channel = make_channel(port, security="none", pool_size=1)
+        with pytest.raises(DeliveryError) as caught:
+            await channel.send(target(1), message())
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert greeted == 1
+    assert caught.value.throttled and caught.value.retryable
+    assert "too many connections" in caught.value.reason
+
+
+def test_the_sink_refuses_mail_replies_that_are_not_smtp_replies() -> None:
+    with pytest.raises(ValueError, match=r"mail_refusals\[1\]"):
+        SmtpSink(mail_refusals=["450 4.7.1 slow down", "slow down"])
