@@ -28,7 +28,14 @@ from broadcaster.compose.samples import (
     sample_facts,
     sample_personal,
 )
-from broadcaster.compose.templates import FORMS, KINDS, PARTS, TemplateSet, template_name
+from broadcaster.compose.templates import (
+    FORMS,
+    KINDS,
+    PARTS,
+    TemplateSet,
+    template_name,
+    unmark,
+)
 from channels.sms_segments import gsm7_punctuation, segments
 
 APOLOGY_PARTS = ("email_text", "email_html", "sms", "push_body")
@@ -180,7 +187,8 @@ def _check_parts(
             continue  # reported by the source lint
         label = template.filename or template_name(used, kind, part)
         try:
-            raw = template.render(renderer.context(request))
+            # Its ``shortenable`` spans whole: typical values must fit without cutting them.
+            raw = unmark(template.render(renderer.context(request)))
         except Exception as exc:  # any render failure is a finding, not a crash
             errors.append(f"{label}: fails to render with typical values: {exc}")
             continue

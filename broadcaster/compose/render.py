@@ -23,9 +23,16 @@ import markupsafe
 from jinja2 import TemplateError
 
 from broadcaster.compose.context import IncidentFacts, Personal, build_context, incident_url
-from broadcaster.compose.templates import FORMS, TemplateSet, template_name
+from broadcaster.compose.templates import (
+    FORMS,
+    SHORTENABLE,
+    SPAN_MARK,
+    TemplateSet,
+    template_name,
+    unmark,
+)
 from channels.base import Message
-from channels.sms_segments import fit
+from channels.sms_segments import fit, fits, gsm7_fold, is_gsm7
 
 _PLACEHOLDERS: Final = Personal(
     name="\ue000name\ue001",
@@ -51,6 +58,38 @@ def tidy(part: str, text: str) -> str:
         return text.strip() + "\n"
     text = _BLANK_LINES.sub("\n\n", text).strip()
     return text if part in ("sms", "push_body") else text + "\n"
+
+
+_WORD = re.compile(r"\S+")
+
+
+def _fits_whole(text: str, link: str, max_segments: int) -> bool:
+    """Whether :func:`~channels.sms_segments.fit` keeps ``text`` whole (as it measures)."""
+    link = link.strip()
+    body = (gsm7_fold if is_gsm7(link) else str)(text.rstrip())
+    return fits(f"{body}\n{link}" if body and link else body or link, max_segments)
+
+
+def shorten_spans(text: str, link: str, max_segments: int) -> str:
+    """The SMS ``text`` with its ``shortenable`` spans (the filter of that name) written
+    whole when the message then fits ``max_segments`` with ``link``; else each, from the
+    last, cut after its last whole word that lets the message fit, with ``...`` and its
+    note, down to its first word (the rest is then :func:`~channels.sms_segments.fit`'s to
+    cut). So what follows the span, the record instruction after a visit's postal address,
+    is kept rather than cut from the end."""
+    while (span := next(reversed(list(SHORTENABLE.finditer(text))), None)) is not None:
+        before, after = text[: span.start()], text[span.end() :]
+        whole, note = span[1], span[2]
+        if _fits_whole(unmark(before + whole + after), link, max_segments):
+            text = before + whole + after
+            continue
+        words = [word.end() for word in _WORD.finditer(whole)][:-1] or [len(whole)]
+        cuts = [before + whole[:end].rstrip(",;:-") + "..." + note + after for end in words]
+        text = next(
+            (cut for cut in reversed(cuts) if _fits_whole(unmark(cut), link, max_segments)),
+            cuts[0],
+        )
+    return text
 
 
 _SLOT = re.compile("\ue000(name|unsubscribe|preferences)\ue001")
@@ -303,8 +342,14 @@ class Renderer:
                 out[part] = fill(escaped)
             else:
                 out[part] = fill(values)
-        if "sms" in out:
-            out["sms"] = fit(out["sms"], self.incident_link(request), self.sms_max_segments)
+        for part, text in out.items():  # a look for a span's mark: each message goes here
+            if part == "sms":
+                link, limit = self.incident_link(request), self.sms_max_segments
+                if SPAN_MARK in text:
+                    text = shorten_spans(text, link, limit)
+                out[part] = fit(text, link, limit)
+            elif SPAN_MARK in text:
+                out[part] = unmark(text)
         return out
 
     def message(

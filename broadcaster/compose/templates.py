@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -32,10 +33,13 @@ from jinja2 import (
     StrictUndefined,
     Template,
     TemplateNotFound,
+    pass_eval_context,
 )
 from jinja2.exceptions import SecurityError
+from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
 
 log = logging.getLogger("broadcaster.compose")
 
@@ -62,6 +66,38 @@ MAX_REPEAT: Final = 100_000
 """The longest string or list a template may build with ``*`` (characters or items)."""
 MAX_EXPONENT_BITS: Final = 4096
 """The largest number (in bits) a template may compute with ``**``."""
+
+
+SPAN_MARK: Final = "\ue002"
+"""Where a ``shortenable`` span begins (a private-use character, as the renderer's slots)."""
+SHORTENABLE: Final = re.compile("\ue002([^\ue002-\ue004]*)\ue003([^\ue002-\ue004]*)\ue004")
+"""A span the ``shortenable`` filter marked: its text, then the note to add when cut."""
+_NO_MARKS: Final = dict.fromkeys(range(0xE002, 0xE005))
+
+
+@pass_eval_context
+def shortenable(eval_ctx: EvalContext, value: Any, note: str = "") -> str:
+    """The ``shortenable`` filter: ``value``, which an SMS too long for its segments gives
+    up before what follows it. The renderer cuts it after a whole word, adds ``...`` and
+    ``note`` (where the rest is to be read), as far as the whole message then fits
+    (:func:`~broadcaster.compose.render.shorten_spans`); in the other parts, and in an SMS
+    that fits, it is written whole. A postal address of 500 characters, say, would
+    otherwise push the visit's record instruction out (the SMS is cut from its end)."""
+    # The marks' own characters in a value (a feed's text, an address) would unmatch the
+    # span and leave the marks in the message: they go.
+    if isinstance(value, Markup):
+        value = Markup(str(value).translate(_NO_MARKS))
+    else:
+        value = str(value).translate(_NO_MARKS)
+    note = str(note).translate(_NO_MARKS)
+    if eval_ctx.autoescape:  # the marks are not HTML; the values are escaped as usual
+        return Markup("\ue002{}\ue003{}\ue004").format(value, note)
+    return f"\ue002{value}\ue003{note}\ue004"
+
+
+def unmark(text: str) -> str:
+    """``text`` with each ``shortenable`` span written whole (its note left out)."""
+    return SHORTENABLE.sub(lambda span: span[1], text)
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
@@ -156,6 +192,7 @@ class TemplateSet:
             keep_trailing_newline=False,
             auto_reload=False,
         )
+        self.env.filters["shortenable"] = shortenable
         self._warned: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
         self.generation = 0

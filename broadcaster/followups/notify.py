@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -46,6 +47,8 @@ from babel import Locale, UnknownLocaleError
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from broadcaster.access.credentials import Principal
+from broadcaster.access.roles import allows
 from broadcaster.clock import Clock
 from broadcaster.compose.context import IncidentFacts, Personal, StepFacts
 from broadcaster.compose.forms import form_for
@@ -594,6 +597,25 @@ customer without one."""
 def postal_lines(stored: str | None) -> list[str]:
     """A stored postal address as its lines (none: [])."""
     return [line for line in (stored or "").split("\n") if line.strip()]
+
+
+async def visit_addresses(
+    session: AsyncSession, tasks: Iterable[Followup], principal: Principal
+) -> dict[str, list[str]]:
+    """Where the visits among ``tasks`` go, as ``principal`` may read it: ``{customer_id:
+    lines}`` (:func:`postal_lines`: [] for a customer with no postal address on file), in
+    one query for the whole list. Empty for a role that may not read customers (a viewer),
+    and without the customers of calls and emails: the console's queue and the API's
+    follow-ups show the same addresses to the same people."""
+    if not allows(principal.role, "operator"):
+        return {}
+    visited = sorted({task.customer_id for task in tasks if task.kind == "visit"})
+    if not visited:
+        return {}
+    rows = await session.execute(
+        select(Customer.id, Customer.postal_address).where(Customer.id.in_(visited))
+    )
+    return {customer_id: postal_lines(address) for customer_id, address in rows}
 
 
 def _language_name(tag: str, language: str) -> str | None:

@@ -450,3 +450,52 @@ async def test_a_daemon_warns_at_start_of_open_follow_ups_whose_owner_left(
     assert await warn_of_unknown_owners(database, {"ann", "maria"}) == ["carla"]
     [record] = [r for r in caplog.records if "no longer in the configuration" in r.getMessage()]
     assert "(carla)" in record.getMessage()
+
+
+async def test_a_visit_s_postal_address_is_in_the_follow_ups_for_those_who_read_customers(
+    database: Database,
+) -> None:
+    """Where a visit goes, as the console's queue shows it: the customer's postal address as
+    its lines to operators and admins ([] when none is on file), null to a viewer and on a
+    call; in the queue, an incident's follow-ups, its detail and an action's answer."""
+    async with api_client(database) as api:
+        number = await _customer_and_incident(api, "critical")
+        visit = await _followup(database, number, "operator-bot", "vip-visit")
+        call = await _followup(database, number, "operator-bot", "vip-call")
+        await api.call("POST", "/api/v1/customers", json={**ANN, "id": "c2"})
+        bare = await _followup(database, number, "operator-bot", "vip-visit-bare")
+        async with database.session() as session, session.begin():
+            await session.execute(
+                update(Followup).where(Followup.id.in_((visit, bare))).values(kind="visit")
+            )
+            await session.execute(
+                update(Followup).where(Followup.id == bare).values(customer_id="c2")
+            )
+        await api.call(
+            "PUT",
+            "/api/v1/customers/c1",
+            json={**ANN, "id": "c1", "postal_address": "Markt 1\nStad"},
+        )
+        pages: list[tuple[str, dict[str, str | int]]] = [
+            ("/api/v1/followups", {"incident_id": number}),
+            (f"/api/v1/incidents/{number}/followups", {}),
+        ]
+        for path, params in pages:
+            for role in ("operator", "admin"):
+                items = (await api.call("GET", path, role, params=params)).json()["items"]
+                assert {f["id"]: f["postal_address"] for f in items} == {
+                    visit: ["Markt 1", "Stad"],
+                    call: None,
+                    bare: [],
+                }, (path, role)
+            items = (await api.call("GET", path, "viewer", params=params)).json()["items"]
+            assert {f["postal_address"] for f in items} == {None}, path
+        detail = (await api.call("GET", f"/api/v1/incidents/{number}", "operator")).json()
+        assert {f["id"]: f["postal_address"] for f in detail["followups"]}[visit] == [
+            "Markt 1",
+            "Stad",
+        ]
+        shown = (await api.call("GET", f"/api/v1/incidents/{number}", "viewer")).json()
+        assert {f["postal_address"] for f in shown["followups"]} == {None}
+        claimed = await api.call("POST", f"/api/v1/followups/{visit}/claim", "operator")
+        assert claimed.json()["postal_address"] == ["Markt 1", "Stad"], claimed.text

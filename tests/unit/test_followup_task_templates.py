@@ -379,3 +379,54 @@ def test_in_another_zone_the_customer_s_deadline_is_still_given(language: str) -
     assert said["push"] in push, push
     for text in (email["email_text"], email["email_html"]):
         assert said["email"] in text, text
+
+
+LONG_ADDRESS = ["Keizersgracht 123 achterhuis", *[f"Gebouw {n} " + "x" * 36 for n in range(8)]]
+"""A postal address of 10 lines and about 400 characters (500 with its breaks is the most
+a customer's may have: customers.rows.MAX_POSTAL_ADDRESS)."""
+
+
+@pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
+@pytest.mark.parametrize("notice", NOTICES)
+def test_a_long_postal_address_is_shortened_in_the_sms_not_the_record_instruction(
+    language: str, notice: str
+) -> None:
+    """The SMS is cut from its end to fit its segments: a long address before the record
+    instruction pushed the instruction out. The address gives way instead: cut after a
+    whole word, with "..." and where to read it whole; the email keeps all of it."""
+    address = [*LONG_ADDRESS, "x" * (500 - len("\n".join(LONG_ADDRESS)) - 1)]
+    assert len("\n".join(address)) == 500
+    task = {"kind": "visit", "postal_address": address, "notice": notice}
+    sms = render("sms", language, **task, overdue=notice == "escalation")["sms"]
+    said = {
+        "en": (
+            "Address: Keizersgracht",
+            "... (in full on the console).",
+            '"what was said", or on the console.',
+        ),
+        "nl": (
+            "Adres: Keizersgracht",
+            "... (volledig in de console).",
+            '"wat er gezegd is", of in de console.',
+        ),
+    }[language]
+    start, cut, record = said
+    assert start in sms and cut in sms, sms
+    assert sms.endswith(record + "\nhttps://status.example.org/incidents/1042"), sms
+    assert segments(sms).segments <= 3
+    assert "\ue002" not in sms and "\ue004" not in sms
+    email = render("email", language, **task)
+    assert all(line in email["email_text"] for line in address[-2:])
+    assert "\ue002" not in "".join(email.values())
+    # A short one is given whole, without the note.
+    short = render("sms", language, kind="visit", notice=notice)["sms"]
+    assert "Keizersgracht 123, 1015 CJ Amsterdam." in short and cut not in short
+
+
+def test_an_address_with_the_marks_own_characters_leaves_no_mark_in_the_sms() -> None:
+    """The characters that mark a shortenable span, in the value itself, would unmatch the
+    span and leave the marks in the message (and make the SMS UCS-2): they go."""
+    task = {"kind": "visit", "postal_address": ["Markt\ue003 1", "\ue004Stad\ue002"]}
+    text = render("sms", "en", **task, notice="assigned")["sms"]
+    assert not any(mark in text for mark in "\ue002\ue003\ue004"), text
+    assert "Markt 1, Stad" in text

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from broadcaster import operations
 from broadcaster.access.credentials import Principal
+from broadcaster.followups.notify import visit_addresses
 from broadcaster.incidents import service
 from broadcaster.incidents.lifecycle import OPEN_STATUSES, TransitionError
 from broadcaster.reports import FOLLOWUPS_SHOWN, incident_report
@@ -222,6 +223,8 @@ async def show(incident_id: IncidentId, request: Request, principal: Viewer) -> 
         )
     except LookupError as exc:
         raise _refused(exc) from None
+    async with state.database.session() as session:
+        postal = await visit_addresses(session, report.followups, principal)
     view = report.view
     promises = PromisesOut(overdue=report.promises_overdue)
     for count in report.promises:
@@ -242,7 +245,7 @@ async def show(incident_id: IncidentId, request: Request, principal: Viewer) -> 
         deliveries_by_channel=report.by_channel,
         promises=promises,
         next_update_due=report.next_update_due,
-        followups=[followup_out(f, principal) for f in report.followups],
+        followups=[followup_out(f, principal, postal) for f in report.followups],
         followup_counts=report.followup_counts,
     )
 

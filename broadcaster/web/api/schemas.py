@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -250,15 +250,27 @@ class FollowupOut(BaseModel):
     created_at: datetime
     closed_at: datetime | None
     closed_by: str | None
+    postal_address: list[str] | None = Field(
+        None,
+        description="where a visit goes: the customer's postal address as its lines, for "
+        "visit tasks, to roles that may read customers (operators and admins); [] when none "
+        "is on file; null otherwise (a call or an email, or a viewer)",
+    )
 
 
-def followup_out(task: object, principal: Principal) -> FollowupOut:
+def followup_out(
+    task: Any, principal: Principal, postal: Mapping[str, list[str]] | None = None
+) -> FollowupOut:
     """``task`` (a :class:`~broadcaster.store.Followup`) as ``principal`` may read it: without
-    its customer and its free-text note for a viewer."""
+    its customer and its free-text note for a viewer. ``postal`` is what
+    :func:`~broadcaster.followups.notify.visit_addresses` loaded for ``principal`` (a visit
+    whose customer it lacks has no address on file: [])."""
     out = FollowupOut.model_validate(task)
-    if allows(principal.role, "operator"):
-        return out
-    return out.model_copy(update={"customer_id": None, "note": None})
+    if not allows(principal.role, "operator"):
+        return out.model_copy(update={"customer_id": None, "note": None})
+    if task.kind == "visit" and postal is not None:
+        out.postal_address = list(postal.get(task.customer_id, []))
+    return out
 
 
 class IncidentDetailOut(IncidentOut):

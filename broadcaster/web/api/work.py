@@ -16,6 +16,7 @@ from broadcaster.escalation.explaining import explain_incident
 from broadcaster.escalation.holder import load_file, load_text
 from broadcaster.followups import service as followups
 from broadcaster.followups.checks import owner_warnings
+from broadcaster.followups.notify import visit_addresses
 from broadcaster.reports import by_channel
 from broadcaster.store import Delivery, Followup, Incident
 from broadcaster.store.ids import MAX_ID
@@ -196,9 +197,21 @@ async def followup_page(
         )
     async with web.database.session() as session:
         rows = list((await session.execute(query)).scalars())
+        postal = await visit_addresses(session, rows[:limit], principal)
     return page_of(
-        rows, limit, FollowupOut, followup_cursor, lambda task: followup_out(task, principal)
+        rows,
+        limit,
+        FollowupOut,
+        followup_cursor,
+        lambda task: followup_out(task, principal, postal),
     )
+
+
+async def _task_out(web: WebState, principal: Principal, task: Followup) -> FollowupOut:
+    """A follow-up an action changed, as the queue shows it (a visit's address included)."""
+    async with web.database.session() as session:
+        postal = await visit_addresses(session, [task], principal)
+    return followup_out(task, principal, postal)
 
 
 def _followup_error(exc: Exception) -> ApiError:
@@ -222,12 +235,13 @@ def _followup_error(exc: Exception) -> ApiError:
 async def claim(
     followup_id: FollowupId, request: Request, principal: Operator, body: ClaimIn | None = None
 ) -> FollowupOut:
-    actor = state_of(request).actor(request, principal)
+    web = state_of(request)
+    actor = web.actor(request, principal)
     try:
         task = await operations.claim_followup(actor, followup_id, body.staff if body else None)
     except (ValueError, LookupError) as exc:
         raise _followup_error(exc) from None
-    return FollowupOut.model_validate(task)
+    return await _task_out(web, principal, task)
 
 
 @router.post(
@@ -240,14 +254,15 @@ async def claim(
 async def done(
     followup_id: FollowupId, body: DoneIn, request: Request, principal: Operator
 ) -> FollowupOut:
-    actor = state_of(request).actor(request, principal)
+    web = state_of(request)
+    actor = web.actor(request, principal)
     try:
         task = await operations.followup_done(
             actor, followup_id, body.outcome, body.note, body.staff
         )
     except (ValueError, LookupError) as exc:
         raise _followup_error(exc) from None
-    return FollowupOut.model_validate(task)
+    return await _task_out(web, principal, task)
 
 
 @router.post(
@@ -260,12 +275,13 @@ async def done(
 async def waive(
     followup_id: FollowupId, body: WaiveIn, request: Request, principal: Operator
 ) -> FollowupOut:
-    actor = state_of(request).actor(request, principal)
+    web = state_of(request)
+    actor = web.actor(request, principal)
     try:
         task = await operations.waive_followup(actor, followup_id, body.reason, body.staff)
     except (ValueError, LookupError) as exc:
         raise _followup_error(exc) from None
-    return FollowupOut.model_validate(task)
+    return await _task_out(web, principal, task)
 
 
 # --- Rules -------------------------------------------------------------------------------

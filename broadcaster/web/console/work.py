@@ -15,14 +15,14 @@ from starlette.datastructures import FormData, QueryParams
 from broadcaster import operations
 from broadcaster.access import audit
 from broadcaster.access.credentials import Principal
-from broadcaster.access.roles import WHAT_ROLES_MAY, allows
+from broadcaster.access.roles import WHAT_ROLES_MAY
 from broadcaster.config.settings import Settings
 from broadcaster.escalation.holder import load_file
 from broadcaster.followups import rights
 from broadcaster.followups import service as followups
 from broadcaster.followups.directory import Directory
-from broadcaster.followups.notify import NO_POSTAL_ADDRESS, postal_lines
-from broadcaster.store import Customer, Followup
+from broadcaster.followups.notify import NO_POSTAL_ADDRESS, visit_addresses
+from broadcaster.store import Followup
 from broadcaster.web.api.schemas import FollowupId
 from broadcaster.web.console.common import (
     LIST_LIMIT,
@@ -90,19 +90,9 @@ async def _queue(
     # The Claim button only where the claim would be allowed (rights.may_claim, an overdue
     # claimed task's take-over included): the server refuses the others all the same.
     # Where a visit goes: the customers' postal addresses, for those who may read customers.
-    visited = (
-        sorted({t.customer_id for t in tasks if t.kind == "visit"})
-        if allows(principal.role, "operator")
-        else []
-    )
     async with state.database.session() as session:
         told = await followups.escalation_targets(session, [t.id for t in tasks])
-        postal = {
-            customer_id: postal_lines(address)
-            for customer_id, address in await session.execute(
-                select(Customer.id, Customer.postal_address).where(Customer.id.in_(visited))
-            )
-        }
+        postal = await visit_addresses(session, tasks, principal)
     now = state.clock.now()
     may_claim = {
         t.id: rights.may_claim(t, principal.name, directory, admin=admin, told=told[t.id], now=now)
