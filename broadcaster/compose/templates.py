@@ -85,10 +85,7 @@ def shortenable(eval_ctx: EvalContext, value: Any, note: str = "") -> str:
     otherwise push the visit's record instruction out (the SMS is cut from its end)."""
     # The marks' own characters in a value (a feed's text, an address) would unmatch the
     # span and leave the marks in the message: they go.
-    if isinstance(value, Markup):
-        value = Markup(str(value).translate(_NO_MARKS))
-    else:
-        value = str(value).translate(_NO_MARKS)
+    value = (value if isinstance(value, str) else str(value)).translate(_NO_MARKS)  # Markup stays
     note = str(note).translate(_NO_MARKS)
     if eval_ctx.autoescape:  # the marks are not HTML; the values are escaped as usual
         return Markup("\ue002{}\ue003{}\ue004").format(value, note)
