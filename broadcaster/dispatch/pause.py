@@ -26,20 +26,23 @@ Like the rate limit's bucket (:mod:`broadcaster.dispatch.limits`), a pause is me
 real time, the provider's, with its own ``monotonic`` and ``sleep`` (tests pass fakes); the
 wall-clock end it also keeps (from the daemon's clock) is where the messages given back are
 due again. A pause is this process's own: each dispatch process learns of a throttle from
-its own sends, as each has its own share of a rate limit.
+its own sends, as each has its own share of a rate limit. What ``/metrics`` shows of them
+(:class:`PauseBoard`) is the daemon's, its extra dispatch processes' included: each reports
+its board to the daemon (:class:`ProcessBoards`, :mod:`broadcaster.dispatch.processes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Final
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 log = logging.getLogger("broadcaster.dispatch")
 
@@ -162,9 +165,111 @@ class PauseBoard:
         else:
             self.until[key] = pause.until_at
 
+    def absorb(self, other: PauseBoard) -> None:
+        """Add ``other``'s counts to this board's, and keep the later of each pause end:
+        several processes' boards as one. Its scopes are named here as they would be had
+        they throttled here (``other``'s :data:`OTHER_SCOPES` stays so)."""
+        for counts, into in ((other.pauses, self.pauses), (other.deferred, self.deferred)):
+            for (channel, scope), count in counts.items():
+                key = self._merged_key(channel, scope)
+                into[key] = into.get(key, 0) + count
+        for (channel, scope), at in other.until.items():
+            key = self._merged_key(channel, scope)
+            self.until[key] = max(self.until.get(key, at), at)
+
+    def _merged_key(self, channel: str, scope: str) -> Key:
+        return (channel, OTHER_SCOPES) if scope == OTHER_SCOPES else self.key(channel, scope)
+
+    def snapshot(self) -> bytes:
+        """The board as JSON, as a dispatch process reports it to its daemon."""
+        return json.dumps(
+            {
+                "pauses": [[c, s, n] for (c, s), n in self.pauses.items()],
+                "deferred": [[c, s, n] for (c, s), n in self.deferred.items()],
+                "until": [[c, s, at.timestamp()] for (c, s), at in self.until.items()],
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> PauseBoard:
+        """The board a :meth:`snapshot` describes; ValueError, saying what is wrong where,
+        for anything else."""
+        try:
+            found = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"pause report: not JSON: {exc}") from None
+        if not isinstance(found, dict) or set(found) != {"pauses", "deferred", "until"}:
+            raise ValueError("pause report: want an object of pauses, deferred and until")
+        board = cls()
+        for name in ("pauses", "deferred"):
+            into: dict[Key, int] = getattr(board, name)
+            for n, (channel, scope, count) in enumerate(_entries(found, name)):
+                if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                    raise ValueError(f"pause report: {name}[{n}]: count {count!r}")
+                into[channel, scope] = count
+        for n, (channel, scope, at) in enumerate(_entries(found, "until")):
+            if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+                raise ValueError(f"pause report: until[{n}]: time {at!r}")
+            try:
+                board.until[channel, scope] = datetime.fromtimestamp(at, UTC)
+            except (OverflowError, OSError, ValueError):
+                raise ValueError(f"pause report: until[{n}]: time {at!r}") from None
+        return board
+
+
+def _entries(found: dict[str, Any], name: str) -> list[tuple[str, str, Any]]:
+    """``found[name]``'s [channel, scope, value] entries, their names checked."""
+    entries = found[name]
+    if not isinstance(entries, list):
+        raise ValueError(f"pause report: {name}: want a list")
+    out = []
+    for n, entry in enumerate(entries):
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 3
+            or not isinstance(entry[0], str)
+            or not isinstance(entry[1], str)
+        ):
+            raise ValueError(f"pause report: {name}[{n}]: want [channel, scope, value]")
+        out.append((entry[0], entry[1], entry[2]))
+    return out
+
 
 BOARD = PauseBoard()
 """This process's board, read by ``/metrics`` (:mod:`broadcaster.web.metrics`)."""
+
+
+class ProcessBoards:
+    """The boards the daemon's extra dispatch processes report
+    (:mod:`broadcaster.dispatch.processes`), by the number of the process's start: the
+    latest of each one running, and the last ones of those that ended added together, so
+    that ``/metrics`` counts the pauses of the whole daemon and its counters never go back
+    when a process is started again. A process reports at most once a second and once more
+    as it stops: what one that was killed did after its last report is lost."""
+
+    def __init__(self) -> None:
+        self._running: dict[int, PauseBoard] = {}
+        self._ended = PauseBoard()
+
+    def report(self, process: int, board: PauseBoard) -> None:
+        self._running[process] = board
+
+    def ended(self, process: int) -> None:
+        board = self._running.pop(process, None)
+        if board is not None:
+            self._ended.absorb(board)
+
+    def total(self, own: PauseBoard) -> PauseBoard:
+        """``own`` (this process's board) and every dispatch process's, as one."""
+        merged = PauseBoard()
+        for board in (own, self._ended, *self._running.values()):
+            merged.absorb(board)
+        return merged
+
+
+REPORTED = ProcessBoards()
+"""What this daemon's dispatch processes reported (:class:`ProcessBoards`)."""
 
 
 class ChannelPauses:

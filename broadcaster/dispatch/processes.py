@@ -18,6 +18,11 @@ once its own workers have drained: until told, a child goes on claiming batches)
 waits for them beside its own workers. It kills a child only as a last resort, one still
 running :func:`stop_bound` after the SIGTERM, when the leases of any batch it holds have
 lapsed and other workers may have taken the batch over anyway.
+
+A child's channel pauses (:mod:`broadcaster.dispatch.pause`) are its own, but the daemon's
+``/metrics`` shows them: on the pipe that said it was ready, the child reports its pause
+board when it changed, at most every :data:`REPORT_EVERY` and once more as it stops; the
+daemon keeps the latest of each (:data:`~broadcaster.dispatch.pause.REPORTED`).
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ import signal
 import struct
 import sys
 from datetime import timedelta
+from typing import Final
 
 from broadcaster.clock import RealClock
 from broadcaster.config.durations import format_duration
 from broadcaster.config.settings import DeliverySettings, Settings
+from broadcaster.dispatch.pause import BOARD, REPORTED, PauseBoard, ProcessBoards
 from broadcaster.dispatch.worker import LEASES_KEPT
 from broadcaster.eventloop import EventLoopError, loop_name
 from broadcaster.eventloop import run as run_on_loop
@@ -63,6 +70,13 @@ def stop_bound(delivery: DeliverySettings) -> timedelta:
 
 
 _LENGTH = struct.Struct(">Q")
+_REPORT = struct.Struct(">I")
+"""The length of a pause report on the child's pipe, before its bytes."""
+REPORT_EVERY: Final = 1.0
+"""Seconds between a child's pause reports, at most one each, and only when it changed."""
+LONGEST_REPORT: Final = 1 << 20
+"""Bytes a pause report may have (a board names at most 20 scopes per channel: a few KB)."""
+READY: Final = b"r"
 
 
 class DispatchProcesses:
@@ -79,6 +93,7 @@ class DispatchProcesses:
         """How long :meth:`stop` waits for the children before it kills those still running."""
         self.started = 0
         """Processes started so far, restarts included."""
+        self._listening: set[asyncio.Task[None]] = set()
 
     @property
     def pids(self) -> list[int]:
@@ -102,34 +117,40 @@ class DispatchProcesses:
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=(ready_write,),
             )
+        except BaseException:
+            os.close(ready_read)
+            raise
         finally:
             os.close(ready_write)
+        pipe = os.fdopen(ready_read, "rb", 0)
+        reader = asyncio.StreamReader()
+        try:
+            transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), pipe
+            )
+        except BaseException:
+            pipe.close()
+            raise
+        self.started += 1
+        ready: asyncio.Future[bool] = loop.create_future()
+        listening = asyncio.ensure_future(
+            listen(self.started, child.pid, reader, ready, REPORTED, transport)
+        )
+        self._listening.add(listening)
+        listening.add_done_callback(self._listening.discard)
         if child.stdin is None:  # cannot happen with stdin=PIPE; for the type checker
             raise RuntimeError("the dispatch process has no standard input")
         child.stdin.write(_LENGTH.pack(len(self._payload)) + self._payload)
         await child.stdin.drain()  # the pipe stays open: its end tells the child we died
-        self.started += 1
         self._started_at[index] = loop.time()
         log.info("dispatch process started", extra={"index": index + 1, "pid": child.pid})
         if not wait_ready:
-            os.close(ready_read)
             return child
-        readable: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            if not readable.done():
-                readable.set_result(None)
-
-        loop.add_reader(ready_read, wake)
         try:
-            await asyncio.wait_for(readable, READY_TIMEOUT.total_seconds())
-            if not os.read(ready_read, 1):  # end of file: the child ended without a byte
+            if not await asyncio.wait_for(asyncio.shield(ready), READY_TIMEOUT.total_seconds()):
                 log.error("dispatch process stopped while starting", extra={"pid": child.pid})
         except TimeoutError:
             log.warning("dispatch process is slow to start", extra={"pid": child.pid})
-        finally:
-            loop.remove_reader(ready_read)
-            os.close(ready_read)
         return child
 
     async def supervise(self, stop: asyncio.Event) -> None:
@@ -206,6 +227,9 @@ class DispatchProcesses:
                         child.terminate()
             await asyncio.gather(*(self._end(child, deadline) for child in running))
             ended += running
+        # Their last pause reports: the pipes end with the children.
+        if self._listening:
+            await asyncio.wait(set(self._listening), timeout=REPORT_EVERY)
 
     async def _end(self, child: asyncio.subprocess.Process, deadline: float) -> None:
         """Wait for ``child`` to exit until ``deadline`` (the loop's time), then kill it."""
@@ -225,10 +249,123 @@ class DispatchProcesses:
             child.stdin.close()
 
 
+async def listen(
+    number: int,
+    pid: int | None,
+    reader: asyncio.StreamReader,
+    ready: asyncio.Future[bool],
+    reports: ProcessBoards,
+    transport: asyncio.BaseTransport | None = None,
+) -> None:
+    """Read a child's pipe: its ready byte (``ready`` is then True; False when the pipe ends
+    first), then its pause reports, each kept in ``reports`` as process ``number``'s, until
+    the pipe ends with the child; then its last report counts as an ended process's. A
+    report that cannot be read ends the listening with a warning: the daemon goes on, and
+    only that child's later pauses are missing from ``/metrics``."""
+    try:
+        first = await reader.read(1)
+        if not ready.done():
+            ready.set_result(first == READY)
+        if first != READY:
+            return
+        while True:
+            try:
+                head = await reader.readexactly(_REPORT.size)
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    raise ValueError("the pipe ended within a report's length") from None
+                return  # the child ended
+            (length,) = _REPORT.unpack(head)
+            if length > LONGEST_REPORT:
+                raise ValueError(f"a report of {length} bytes, more than {LONGEST_REPORT}")
+            try:
+                body = await reader.readexactly(length)
+            except asyncio.IncompleteReadError:
+                raise ValueError("the pipe ended within a report") from None
+            reports.report(number, PauseBoard.from_snapshot(body))
+    except ValueError as exc:
+        log.warning(
+            "dispatch process sent a pause report that cannot be read; its pauses from now "
+            "on are left out of /metrics",
+            extra={"pid": pid, "reason": str(exc)},
+        )
+    finally:
+        if not ready.done():
+            ready.set_result(False)
+        if transport is not None:
+            transport.close()
+        reports.ended(number)
+
+
+class PauseReporter:
+    """A child's side of :func:`listen`: the ready byte, then its pause board
+    (:data:`~broadcaster.dispatch.pause.BOARD`) whenever it changed, at most every
+    :data:`REPORT_EVERY`, never more than one report waiting in the pipe; once more at
+    :meth:`aclose`. A daemon that is gone (a broken pipe) ends the reports, nothing else:
+    the child notices the daemon's end on its standard input."""
+
+    def __init__(self, board: PauseBoard = BOARD, every: float = REPORT_EVERY) -> None:
+        self._board = board
+        self._every = every
+        self._writer: asyncio.StreamWriter | None = None
+        self._last = PauseBoard().snapshot()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, fd: int) -> None:
+        """Say ready on ``fd`` (closed with the reporter) and start reporting."""
+        loop = asyncio.get_running_loop()
+        pipe = os.fdopen(fd, "wb", 0)
+        try:
+            transport, protocol = await loop.connect_write_pipe(
+                lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), pipe
+            )
+        except BaseException:
+            pipe.close()
+            raise
+        # Drained means empty: a report waits for the last one to be read.
+        transport.set_write_buffer_limits(high=0)
+        self._writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        self._writer.write(READY)
+        self._task = asyncio.ensure_future(self._every_so_often())
+
+    async def _every_so_often(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            self.report()
+
+    def report(self) -> None:
+        """The board, if it changed since the last report and nothing waits in the pipe."""
+        writer = self._writer
+        if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size():
+            return
+        snapshot = self._board.snapshot()
+        if snapshot != self._last:
+            writer.write(_REPORT.pack(len(snapshot)) + snapshot)
+            self._last = snapshot
+
+    async def aclose(self) -> None:
+        """The last report, then the pipe closed: waiting for each at most
+        :data:`REPORT_EVERY` (a daemon that reads nothing more holds no stop up)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        writer = self._writer
+        if writer is None:
+            return
+        with contextlib.suppress(TimeoutError, OSError):
+            await asyncio.wait_for(writer.drain(), self._every)  # a report on its way
+        self.report()
+        self._writer = None
+        writer.close()  # writes what it holds first
+        with contextlib.suppress(TimeoutError, OSError):
+            await asyncio.wait_for(writer.wait_closed(), self._every)
+
+
 async def run_child(settings: Settings, ready_fd: int | None = None) -> None:
     """A dispatch process: the daemon's workers, and nothing else, until SIGTERM, SIGINT or
-    the parent's end (end-of-file on standard input). Writes a byte to ``ready_fd`` (and
-    closes it) once it can claim."""
+    the parent's end (end-of-file on standard input). Writes a byte to ``ready_fd`` once it
+    can claim, then its pause reports (:class:`PauseReporter`), and closes it as it ends."""
     from broadcaster.dispatch.channels import build_channels
     from broadcaster.dispatch.loop import dispatch_worker, wind_down
     from broadcaster.engine import Engine
@@ -268,12 +405,9 @@ async def run_child(settings: Settings, ready_fd: int | None = None) -> None:
             "event_loop": loop_name(),
         },
     )
+    reporter = PauseReporter()
     if ready_fd is not None:
-        try:
-            with contextlib.suppress(OSError):  # a restarted child has no reader
-                os.write(ready_fd, b"r")
-        finally:
-            os.close(ready_fd)
+        await reporter.start(ready_fd)
     never = asyncio.Event()  # no round loop here to wake the workers: they poll
     try:
         await asyncio.gather(
@@ -284,6 +418,7 @@ async def run_child(settings: Settings, ready_fd: int | None = None) -> None:
         )
     finally:
         await wind_down(engine, database)
+        await reporter.aclose()
         log.info(
             "dispatch process stopped",
             extra={"pid": os.getpid(), "stats": vars(engine.dispatcher.stats)},

@@ -2,8 +2,8 @@
 
 The store is the truth, so every daemon on one database reports the same delivery,
 round, promise and follow-up figures (scrape one, or aggregate with ``max``); the feed
-and web counters, the channel pauses and ``broadcaster_leader`` are this process's own
-(``sum``).
+and web counters, the channel pauses (those of the daemon's extra dispatch processes
+included) and ``broadcaster_leader`` are this daemon's own (``sum``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 
-from broadcaster.dispatch.pause import BOARD
+from broadcaster.dispatch.pause import BOARD, REPORTED
 from broadcaster.followups.service import OPEN_STATES
 from broadcaster.incidents.lifecycle import OPEN_STATUSES, SEVERITIES
 from broadcaster.reports import promise_overdue, rounds_overdue
@@ -425,8 +425,9 @@ customer's, not the public's."""
 
 
 def _pauses(*, named: bool = True) -> Iterator[Metric]:
-    """This process's channel pauses (:mod:`broadcaster.dispatch.pause`): its provider said
-    the sender was over its rate. ``scope`` is empty for a pause of the whole channel (so
+    """This daemon's channel pauses (:mod:`broadcaster.dispatch.pause`), its extra dispatch
+    processes' included (as they last reported them): a provider said the sender was over
+    its rate. ``scope`` is empty for a pause of the whole channel (so
     that its series are those from before scopes: Prometheus drops an empty label), else
     the receiver's origin (a push service, a webhook customer's host), or ``other`` beyond
     the scopes a channel names (:data:`~broadcaster.dispatch.pause.NAMED_SCOPES`). Not
@@ -451,16 +452,17 @@ def _pauses(*, named: bool = True) -> Iterator[Metric]:
     def shown(scope: str) -> str:
         return scope if named or not scope else RECEIVERS
 
+    board = REPORTED.total(BOARD)
     begun: dict[tuple[str, str], int] = {}
-    for (channel, scope), count in BOARD.pauses.items():
+    for (channel, scope), count in board.pauses.items():
         key = (channel, shown(scope))
         begun[key] = begun.get(key, 0) + count
     held: dict[tuple[str, str], int] = {}
-    for (channel, scope), count in BOARD.deferred.items():
+    for (channel, scope), count in board.deferred.items():
         key = (channel, shown(scope))
         held[key] = held.get(key, 0) + count
     ends: dict[tuple[str, str], float] = {}
-    for (channel, scope), at in BOARD.until.items():
+    for (channel, scope), at in board.until.items():
         key = (channel, shown(scope))
         ends[key] = max(ends.get(key, at.timestamp()), at.timestamp())
     for key, count in sorted(begun.items()):

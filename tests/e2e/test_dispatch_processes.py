@@ -9,6 +9,7 @@ import re
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from broadcaster.devsmtp import SmtpSink
@@ -104,6 +105,64 @@ def test_two_processes_share_a_round_exactly_once(tmp_path: Path) -> None:
     assert query(tmp_path / "store.db", "SELECT count(*) FROM deliveries WHERE state = 'sent'") == [
         (len(addresses),)
     ]
+
+
+def _pauses_on_metrics(log: str) -> float | None:
+    """``broadcaster_channel_pauses_total{channel="email"}`` on the daemon's /metrics."""
+    listening = _logged(log, "http listening")
+    if not listening:
+        return None
+    address = str(listening[0]["address"])
+    response = httpx.get(f"http://{address}/metrics", timeout=5)
+    for line in response.text.splitlines():
+        if line.startswith('broadcaster_channel_pauses_total{channel="email"'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_the_daemon_metrics_count_its_childrens_channel_pauses(tmp_path: Path) -> None:
+    """A relay that refuses the first MAIL commands for our rate: the daemon and its child
+    each pause the email channel on their own; /metrics counts the pauses of both."""
+    refusal = "450 4.7.1 Error: too much mail from 127.0.0.1"
+    with SmtpSink(mail_refusals=[refusal] * 4) as sink:
+        # As in the first test: the rate limit is split, so both processes send from the
+        # start; each sends at most its burst before the refusal pauses it.
+        config = _config(
+            tmp_path, sink.port, delivery="  rate_limits: {email: {per_second: 100, burst: 4}}\n"
+        )
+        text = config.read_text(encoding="utf-8")
+        text = text.replace("http:\n  port: 0\n", "http:\n  port: 0\n  public_metrics: true\n")
+        config.write_text(text, encoding="utf-8")
+        addresses = _customers(tmp_path / "customers.csv", 60)
+        cli(config, "db", "upgrade")
+        cli(config, "customers", "import", str(tmp_path / "customers.csv"))
+        daemon = Daemon(config, tmp_path / "daemon.log").start()
+        try:
+            wait_until(lambda: bool(_logged(daemon.log(), "dispatch process ready")), 30, "child")
+            _declare(config)
+            wait_until(lambda: len(sink.messages) >= len(addresses), 60, "every message")
+            paused = "channel email paused for"
+
+            def counted() -> bool:
+                log = daemon.log()
+                began = sum(paused in str(e.get("msg", "")) for e in _entries(log))
+                return began > 0 and _pauses_on_metrics(log) == began
+
+            wait_until(counted, 10, "the pauses of both processes on /metrics")
+        finally:
+            assert daemon.stop() == 0
+        log = daemon.log()
+    assert sink.mail_refusals_left == 0
+    assert sorted(r for m in sink.messages for r in m.recipients) == addresses
+    parent = _logged(log, "daemon stopped")[0]["stats"]
+    child = _logged(log, "dispatch process stopped")[0]["stats"]
+    assert isinstance(parent, dict) and isinstance(child, dict)
+    # Both paused: the child's pauses are on the daemon's /metrics only by its reports.
+    assert parent["pauses"] >= 1 and child["pauses"] >= 1, (parent, child)
+
+
+def _entries(log: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
 
 
 def test_a_dead_child_is_started_again_and_a_dead_daemon_takes_its_children_along(

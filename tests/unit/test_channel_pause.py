@@ -31,6 +31,7 @@ from broadcaster.dispatch.pause import (
     WHOLE,
     ChannelPauses,
     PauseBoard,
+    ProcessBoards,
 )
 from broadcaster.web import metrics
 from channels import webpush
@@ -642,6 +643,7 @@ def test_metrics_show_the_pauses(
     monkeypatch: pytest.MonkeyPatch, pauses: ChannelPauses, clock: Monotonic
 ) -> None:
     monkeypatch.setattr(metrics, "BOARD", pauses.board)
+    monkeypatch.setattr(metrics, "REPORTED", ProcessBoards())
     pauses.throttled("sms", 30.0, "429", NOW)
     pauses.board.held_back("sms", 7)
     pauses.throttled("push", 9.0, "429", NOW, scope=MOZILLA)
@@ -672,6 +674,7 @@ def test_public_metrics_do_not_name_the_receivers(
     """Served without a token (``http.public_metrics``), ``/metrics`` names no receiver: a
     webhook customer's host is theirs. The receivers' pauses of a channel count together."""
     monkeypatch.setattr(metrics, "BOARD", pauses.board)
+    monkeypatch.setattr(metrics, "REPORTED", ProcessBoards())
     pauses.throttled("hook", 30.0, "429", NOW)
     pauses.throttled("hook", 5.0, "429", NOW, scope="https://a.customer.test")
     pauses.throttled("hook", 50.0, "429", NOW, scope="https://b.customer.test")
@@ -690,3 +693,85 @@ def test_public_metrics_do_not_name_the_receivers(
     assert samples[("broadcaster_channel_pause_deferred_total", receivers)] == 7
     until = ("broadcaster_channel_paused_until_timestamp_seconds", receivers)
     assert samples[until] == (NOW + timedelta(seconds=50)).timestamp()  # the latest end
+
+
+# -- the pauses of the daemon's extra dispatch processes -----------------------------------
+
+
+def _board(pauses: ChannelPauses) -> PauseBoard:
+    pauses.throttled("sms", 30.0, "429", NOW)
+    pauses.board.held_back("sms", 7)
+    pauses.throttled("push", 9.0, "429", NOW, scope=MOZILLA)
+    return pauses.board
+
+
+def test_a_board_goes_through_its_report_unchanged(pauses: ChannelPauses) -> None:
+    board = _board(pauses)
+    again = PauseBoard.from_snapshot(board.snapshot())
+    assert (again.pauses, again.deferred, again.until) == (
+        board.pauses,
+        board.deferred,
+        board.until,
+    )
+    assert again.until[("sms", WHOLE)].tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    ("report", "where"),
+    [
+        (b"\xff", "not JSON"),
+        (b"[]", "want an object"),
+        (b'{"pauses": [], "deferred": []}', "want an object"),
+        (b'{"pauses": {}, "deferred": [], "until": []}', "pauses: want a list"),
+        (b'{"pauses": [["sms", ""]], "deferred": [], "until": []}', r"pauses\[0\]"),
+        (b'{"pauses": [["sms", "", -1]], "deferred": [], "until": []}', r"pauses\[0\]: count"),
+        (b'{"pauses": [], "deferred": [[1, "", 1]], "until": []}', r"deferred\[0\]"),
+        (b'{"pauses": [], "deferred": [], "until": [["sms", "", "x"]]}', r"until\[0\]: time"),
+        (b'{"pauses": [], "deferred": [], "until": [["sms", "", 1e300]]}', r"until\[0\]"),
+    ],
+)
+def test_a_report_that_is_not_a_board_is_refused_saying_where(report: bytes, where: str) -> None:
+    with pytest.raises(ValueError, match=where):
+        PauseBoard.from_snapshot(report)
+
+
+def test_the_daemon_counts_its_processes_pauses_and_never_counts_back(
+    pauses: ChannelPauses,
+) -> None:
+    """Each dispatch process's latest report adds to the daemon's own board; one that ended
+    keeps its last counts, so a process started again (from zero) takes nothing away."""
+    mine = ChannelPauses(monotonic=lambda: 0.0, board=PauseBoard())
+    mine.throttled("sms", 5.0, "429", NOW)
+    own = mine.board
+    reported = ProcessBoards()
+    child = _board(pauses)
+    reported.report(1, child)
+    total = reported.total(own)
+    assert total.pauses[("sms", WHOLE)] == 1 + 1
+    assert total.deferred[("sms", WHOLE)] == 7
+    assert total.pauses[("push", MOZILLA)] == 1
+    assert total.until[("sms", WHOLE)] == NOW + timedelta(seconds=30)  # the later end
+    reported.ended(1)
+    reported.report(2, PauseBoard())  # its restart, nothing paused yet
+    assert reported.total(own).pauses == total.pauses
+    reported.ended(2)
+    reported.ended(3)  # one that never reported
+    assert reported.total(own).pauses == total.pauses
+    assert reported.total(PauseBoard()).pauses == child.pauses
+
+
+def test_metrics_show_the_dispatch_processes_pauses(
+    monkeypatch: pytest.MonkeyPatch, pauses: ChannelPauses
+) -> None:
+    monkeypatch.setattr(metrics, "BOARD", PauseBoard())
+    reported = ProcessBoards()
+    reported.report(1, _board(pauses))
+    monkeypatch.setattr(metrics, "REPORTED", reported)
+    samples = {
+        (sample.name, tuple(sample.labels.items())): sample.value
+        for family in metrics._pauses()
+        for sample in family.samples
+    }
+    sms = (("channel", "sms"), ("scope", ""))
+    assert samples[("broadcaster_channel_pauses_total", sms)] == 1
+    assert samples[("broadcaster_channel_pause_deferred_total", sms)] == 7
