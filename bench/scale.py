@@ -14,21 +14,30 @@ Three phases, each in a process of its own so that its peak memory is its own:
    row per customer, in keyset batches (``schedule.audience_batch``: the default 5,000, and
    1,000 to show what the batch size buys); the number of rows ``materialise_round``
    says it inserted is recorded beside the number counted in the table;
-3. ``purge`` (with the default batch only): the round is made what it is once sent (every
+3. ``unreached`` (with the default batch only): who the incident has not reached is
+   counted (:func:`broadcaster.unreached.count_unreached`, as ``/metrics`` does in the
+   background: it reads every delivery of the incident) while a writer commits a small
+   transaction every 10 ms through the process's sessions, as the daemon's claims and
+   sends do: once by :meth:`~broadcaster.store.Database.reading` (on SQLite a read-only
+   connection of its own) and, the baseline, once by a session as any other (on SQLite
+   the process's one connection and its write lock); the count's seconds and the writer's
+   longest wait during it, for each;
+4. ``purge`` (with the default batch only): the round is made what it is once sent (every
    delivery ``sent`` with one line of history, the incident closed 400 days ago; on
    PostgreSQL the tables then vacuumed, as autovacuum would have by then), then retention
    purges it (:func:`broadcaster.incidents.retention.purge`, the default
    ``retention.batch``), timed: no target, a figure for operators (docs/scaling.md). Its
    peak RSS is the phase's process's, setup included (the setup's statements run in the
    server);
-4. the figures: seconds and peak RSS of the materialising process (its own ``VmHWM``, in
+5. the figures: seconds and peak RSS of the materialising process (its own ``VmHWM``, in
    MB as the issue's 400 MB limit is: ``ru_maxrss`` would be the bench process's size
    when that is larger, as Linux keeps it across fork and exec).
 
 The 5-minute target (the first round of a 1M incident handed to local sinks, several
 daemons on PostgreSQL) is the ``firstround`` scenario's (:mod:`bench.firstround`).
 
-``python -m bench.scale --phase populate|materialise|purge --url URL --customers N`` runs one
+``python -m bench.scale --phase populate|materialise|unreached|purge --url URL --customers N``
+runs one
 phase and prints its figures as one JSON line (what :func:`run` does in a child process).
 """
 
@@ -36,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -58,6 +68,7 @@ from broadcaster.outbox.materialise import ChannelRoute, materialise_round
 from broadcaster.schedule.rounds import claim_due_round
 from broadcaster.store import Database, Delivery, DeliveryEvent, Incident
 from broadcaster.store.types import UTCDateTime
+from broadcaster.unreached import count_unreached
 
 COMPONENT = "network"
 MEMORY_LIMIT_MB = 400.0
@@ -135,6 +146,63 @@ async def materialise(url: str, batch: int = DEFAULT_BATCH) -> dict[str, float]:
         "audience_batch": float(settings.audience_batch),
         "peak_rss_mib": own_peak_rss_mib(),
     }
+
+
+WRITE_EVERY = 0.01
+"""Seconds between the writer's transactions in the ``unreached`` phase."""
+
+
+async def _write_every(database: Database, waits: list[float], counting: asyncio.Event) -> None:
+    """Commit a small transaction every :data:`WRITE_EVERY`, as the daemon's claims and
+    sends do, until cancelled; the time each took while ``counting`` is set, in ``waits``."""
+    while True:
+        started = time.perf_counter()
+        async with database.begin() as connection:
+            await connection.execute(text("INSERT INTO bench_writes VALUES (:at)"), {"at": started})
+        if counting.is_set():
+            waits.append(time.perf_counter() - started)
+        await asyncio.sleep(WRITE_EVERY)
+
+
+async def unreached(url: str) -> dict[str, float]:
+    """The count of who was not reached, by :meth:`Database.reading` and by a session, each
+    beside a writer that commits every :data:`WRITE_EVERY`: the count's seconds and the
+    writer's longest wait while it ran."""
+    database = Database(url)
+    figures: dict[str, float] = {}
+    try:
+        async with database.begin() as connection:
+            await connection.execute(text("CREATE TABLE bench_writes (at REAL)"))
+        async with database.session() as session:
+            incident_id = (await session.execute(select(Incident.id))).scalar_one()
+        for how, opened in (("reading", database.reading), ("session", database.session)):
+            waits: list[float] = []
+            counting = asyncio.Event()
+            writer = asyncio.create_task(_write_every(database, waits, counting))
+            await asyncio.sleep(0.2)
+            counting.set()
+            started = time.perf_counter()
+            async with opened() as session:
+                counts = await count_unreached(session, [incident_id])
+            seconds = time.perf_counter() - started
+            # The write that waited for the count (there is always one to wait for).
+            for _ in range(500):
+                if waits:
+                    break
+                await asyncio.sleep(WRITE_EVERY)
+            await asyncio.sleep(2 * WRITE_EVERY)
+            counting.clear()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            found = counts[incident_id]
+            figures[f"unreached_{how}_seconds"] = seconds
+            figures[f"unreached_{how}_counted"] = float(found.unreached + found.still_trying)
+            figures[f"unreached_{how}_writer_longest_wait_seconds"] = max(waits, default=0.0)
+            figures[f"unreached_{how}_writes"] = float(len(waits))
+    finally:
+        await database.dispose()
+    return figures
 
 
 async def purge(url: str) -> dict[str, float]:
@@ -222,6 +290,7 @@ async def run(
         async with store_url(backend, workdir) as url:
             populated = await _phase("populate", url, customers)
             measured = await _phase("materialise", url, customers, batch)
+            counted = await _phase("unreached", url, customers) if batch == DEFAULT_BATCH else {}
             purged = await _phase("purge", url, customers) if batch == DEFAULT_BATCH else {}
         peak_mb = measured["peak_rss_mib"] * MIB / 1e6
         runs.append(
@@ -230,6 +299,7 @@ async def run(
                 "customers": customers,
                 **populated,
                 **measured,
+                **counted,
                 **purged,
                 "peak_rss_mb": round(peak_mb, 1),
             }
@@ -275,6 +345,29 @@ async def run(
                 note=f"{measured['peak_rss_mib']:,.1f} MiB",
             ),
         ]
+        if counted:
+            for how, said in (
+                ("reading", "by Database.reading (SQLite: a read-only connection of its own)"),
+                ("session", "baseline: by a session (SQLite: the process's one connection)"),
+            ):
+                everyone = counted[f"unreached_{how}_counted"] == measured["deliveries"]
+                wait = counted[f"unreached_{how}_writer_longest_wait_seconds"]
+                rows += [
+                    Row(
+                        f"scale who was not reached, counted {label}, {how}",
+                        counted[f"unreached_{how}_seconds"],
+                        "s",
+                        note=f"{said}; {counted[f'unreached_{how}_counted']:,.0f} counted",
+                        complete=everyone,
+                    ),
+                    Row(
+                        f"scale writer's longest wait during that count, {label}, {how}",
+                        wait * 1000,
+                        "ms",
+                        note=f"{counted[f'unreached_{how}_writes']:,.0f} writes while it ran; "
+                        "no target",
+                    ),
+                ]
         if purged:
             whole = purged["deliveries_left"] == 0
             rows.append(
@@ -303,7 +396,9 @@ async def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--phase", choices=["populate", "materialise", "purge"], required=True)
+    parser.add_argument(
+        "--phase", choices=["populate", "materialise", "unreached", "purge"], required=True
+    )
     parser.add_argument("--url", required=True)
     parser.add_argument("--customers", type=int, required=True)
     parser.add_argument("--audience-batch", type=int, default=DEFAULT_BATCH)
@@ -312,6 +407,8 @@ def main() -> None:
         print(json.dumps(asyncio.run(populate(args.url, args.customers))))
     elif args.phase == "purge":
         print(json.dumps(asyncio.run(purge(args.url))))
+    elif args.phase == "unreached":
+        print(json.dumps(asyncio.run(unreached(args.url))))
     else:
         print(json.dumps(asyncio.run(materialise(args.url, args.audience_batch))))
 

@@ -338,7 +338,7 @@ async def _incident(session: AsyncSession, incident_id: int) -> Incident:
 async def unreached_counts(database: Database, incident_id: int) -> UnreachedCounts:
     """One incident's counts, ``no_address`` included (its audience as it is now: see the
     module's notes); :class:`IncidentNotFound` for an unknown id."""
-    async with database.session() as session:
+    async with database.reading() as session:
         incident = await _incident(session, incident_id)
         if incident.delivery_counts is not None:
             return UnreachedCounts(by_reason=dict.fromkeys(REASONS, 0), purged=True)
@@ -414,7 +414,7 @@ async def unreached_page(
     ``trying``). :class:`IncidentNotFound` for an unknown id, ``ValueError`` naming a bad input. An
     incident whose deliveries were purged has an empty page."""
     check_page(after, limit, only)
-    async with database.session() as session:
+    async with database.reading() as session:
         incident = await _incident(session, incident_id)
         if incident.delivery_counts is not None:
             return UnreachedPage([], None)

@@ -67,8 +67,9 @@ WAITING = ("pending", "sending")
 SETTLED_EVERY = 300.0
 """Seconds between counts of the settled deliveries (sent, failed, …): every row a round
 ever wrote, millions, kept unless ``retention.messages`` purges them. Counted at every
-scrape on every daemon, they took 1.8 s a scrape at 2.5 million rows on SQLite (where the
-count holds the daemon's one connection, ahead of its sends)."""
+scrape on every daemon, they took 1.8 s a scrape at 2.5 million rows on SQLite. The counts
+of ``/metrics`` read by :meth:`~broadcaster.store.Database.reading`: on SQLite a read-only
+connection of their own, which holds up none of the daemon's sends and claims."""
 
 
 @dataclass
@@ -81,7 +82,7 @@ class _Settled:
 
 
 async def _count_settled(web: WebState, kept: _Settled) -> None:
-    async with web.database.session() as session:
+    async with web.database.reading() as session:
         rows = await session.execute(
             select(Delivery.channel, Delivery.state, func.count())
             .where(Delivery.state.not_in(WAITING))
@@ -131,9 +132,9 @@ async def stop_counting(web: WebState) -> None:
 UNREACHED_EVERY = SETTLED_EVERY
 """Seconds between counts of the customers the open incidents have not reached. A count
 reads every delivery of the open incidents (the store has no index of deliveries by
-incident): 0.2 to 1.5 s for an incident of 1,000,000 deliveries on either store, holding
-the daemon's one connection on SQLite. So a scrape reports the last count, made in the
-background, as for the settled deliveries (:mod:`broadcaster.unreached`)."""
+incident): 0.2 to 1.5 s for an incident of 1,000,000 deliveries on either store (on
+SQLite by a read-only connection: see :data:`SETTLED_EVERY`). So a scrape reports the last
+count, made in the background, as for the settled deliveries (:mod:`broadcaster.unreached`)."""
 
 
 @dataclass
@@ -148,7 +149,7 @@ class _Unreached:
 async def _count_unreached(web: WebState, kept: _Unreached) -> None:
     """Count them, in the background: a failure keeps the last count (tried again later)."""
     try:
-        async with web.database.session() as session:
+        async with web.database.reading() as session:
             severity_of = dict(
                 (
                     await session.execute(
@@ -217,7 +218,7 @@ async def take(web: WebState) -> Snapshot:
     lateness = func.coalesce(Promise.lateness_seconds, 0.0)
     settled = Promise.state.in_(("kept", "late"))
     counted = await _settled(web)
-    async with web.database.session() as session:
+    async with web.database.reading() as session:
         snap.deliveries = counted + [
             (c, s, n)
             for c, s, n in await session.execute(

@@ -60,3 +60,14 @@ async def test_with_the_default_batch_the_round_is_then_purged_whole(
     rows = {row["what"]: row for row in result["rows"]}
     purge_row = rows[f"scale purge (retention) of the round, 120 customers, {backend}"]
     assert purge_row["note"].startswith("120 deliveries and 120 history lines")
+    # Before the purge, who was not reached was counted both ways, everyone (all pending),
+    # with writes going on beside the count.
+    for how in ("reading", "session"):
+        assert run[f"unreached_{how}_counted"] == 120
+        assert run[f"unreached_{how}_writes"] >= 1
+        counted = rows[f"scale who was not reached, counted 120 customers, {backend}, {how}"]
+        assert counted["met"] is None and counted["note"].endswith("120 counted")
+        assert (
+            f"scale writer's longest wait during that count, 120 customers, {backend}, {how}"
+            in (rows)
+        )

@@ -116,3 +116,32 @@ async def test_a_core_transaction_takes_its_turn_with_the_sessions(turns: Turns)
 
     order = await turns.order()
     assert order[:3] == ["first", "waiter", "core"] and len(order) == 53
+
+
+async def test_a_reading_session_waits_for_no_writer_and_holds_none_up(turns: Turns) -> None:
+    """A long count (``Database.reading``) reads by a read-only connection of its own, on one
+    snapshot: it neither waits for the transaction holding this process's turn nor keeps
+    the writers waiting while it is open; writing through it fails."""
+    database = turns.database
+    holder = asyncio.create_task(turns.hold())
+    await turns.holding.wait()
+    async with database.reading() as reader:
+        # The turn is held (the writer's transaction is open): the reader goes on, and sees
+        # what was committed before it, not the open transaction's row.
+        found = await asyncio.wait_for(reader.execute(text("SELECT count(*) FROM turns")), 5)
+        assert found.scalar_one() == 0
+        turns.release.set()
+        await asyncio.wait_for(holder, 5)
+        # Its snapshot is held open: a writer commits meanwhile, without waiting for it.
+        await asyncio.wait_for(turns.write("second"), 5)
+        again = await reader.execute(text("SELECT count(*) FROM turns"))
+        assert again.scalar_one() == 0  # one snapshot for the whole unit of work
+        with pytest.raises(Exception, match="readonly database"):
+            await reader.execute(text("INSERT INTO turns VALUES ('third')"))
+    async with database.reading() as reader:
+        assert (
+            await reader.execute(text("SELECT who FROM turns ORDER BY who"))
+        ).scalars().all() == [
+            "first",
+            "second",
+        ]
