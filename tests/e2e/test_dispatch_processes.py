@@ -37,6 +37,14 @@ def _customers(path: Path, count: int) -> list[str]:
     return addresses
 
 
+def _start(tmp_path: Path, config: Path, customers: int) -> tuple[list[str], Daemon]:
+    """The store made with ``customers`` customers imported, and the daemon started."""
+    addresses = _customers(tmp_path / "customers.csv", customers)
+    cli(config, "db", "upgrade")
+    cli(config, "customers", "import", str(tmp_path / "customers.csv"))
+    return addresses, Daemon(config, tmp_path / "daemon.log").start()
+
+
 def _logged(log: str, message: str) -> list[dict[str, object]]:
     found = []
     for line in log.splitlines():
@@ -76,10 +84,7 @@ def test_two_processes_share_a_round_exactly_once(tmp_path: Path) -> None:
             extra="event_loop: asyncio\n",
             delivery="  rate_limits: {email: {per_second: 100, burst: 4}}\n",
         )
-        addresses = _customers(tmp_path / "customers.csv", 150)
-        cli(config, "db", "upgrade")
-        cli(config, "customers", "import", str(tmp_path / "customers.csv"))
-        daemon = Daemon(config, tmp_path / "daemon.log").start()
+        addresses, daemon = _start(tmp_path, config, 150)
         try:
             wait_until(lambda: bool(_logged(daemon.log(), "dispatch process ready")), 30, "child")
             _declare(config)
@@ -133,10 +138,7 @@ def test_the_daemon_metrics_count_its_childrens_channel_pauses(tmp_path: Path) -
         text = config.read_text(encoding="utf-8")
         text = text.replace("http:\n  port: 0\n", "http:\n  port: 0\n  public_metrics: true\n")
         config.write_text(text, encoding="utf-8")
-        addresses = _customers(tmp_path / "customers.csv", 60)
-        cli(config, "db", "upgrade")
-        cli(config, "customers", "import", str(tmp_path / "customers.csv"))
-        daemon = Daemon(config, tmp_path / "daemon.log").start()
+        addresses, daemon = _start(tmp_path, config, 60)
         try:
             wait_until(lambda: bool(_logged(daemon.log(), "dispatch process ready")), 30, "child")
             _declare(config)
