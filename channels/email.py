@@ -780,22 +780,40 @@ def _from_reply(code: int, text: str) -> DeliveryError:
 
 _RATE_WORDS = re.compile(
     r"throttl"  # Amazon SES: "454 Throttling failure: Maximum sending rate exceeded."
-    r"|rate[ -]?limit"  # "451 4.7.1 Rate limit exceeded", "ratelimited"
-    r"|(sending|message|submission|send) rate"
+    r"|\brate[ -]?limit"  # "451 4.7.1 Rate limit exceeded", "ratelimited"
+    r"|(sending|message|submission|send|sender) rate"  # Exim: "Sender rate overlimit"
     r"|\brate (of|exceeded)\b"  # Gmail: "421 4.7.28 ... an unusual rate of unsolicited mail"
-    r"|too (many|much) (mail|messages|e-?mails|connections|requests|sessions)\b"  # Postfix
+    # Postfix's anvil: "too much mail from", "too many connections from", "too many
+    # recipients from" (the client's recipient rate), "too many new TLS sessions from".
+    r"|too (many|much) (new )?(tls )?(mail|messages|e-?mails|connections|requests|sessions)\b"
+    r"|too many recipients from"
     r"|(concurrent|simultaneous)( \w+)? connections"  # Microsoft 365: "421 4.3.2 The maximum
     # number of concurrent server connections has exceeded a limit"
+    r"|(concurrency|thread|relay) limit"  # "sender thread limit exceeded" (Microsoft 365),
+    # "Peak SMTP relay limit exceeded for customer" (Google Workspace's relay)
     r"|unexpected volume",  # Yahoo: "421 4.7.0 [TSS04] ... deferred due to unexpected volume"
     re.I,
 )
 """What a relay's reply says when it refuses the *sender's* rate: its messages, connections or
 requests per unit of time. Not a count within one message ("too many recipients")."""
 
-_PER_CONNECTION = re.compile(r"\b(per|for this|in this|on this) (connection|session)\b", re.I)
+_OUR_LIMIT = re.compile(r"relay limit", re.I)
+"""Google Workspace's relay says our limit with a mailbox status code ("450 4.2.1 Peak SMTP
+relay limit exceeded for customer"): ours all the same."""
+
+_PER_CONNECTION = re.compile(
+    r"\b(per|for this|in this|on this|in one|in a single) (connection|session)\b", re.I
+)
 """A limit of messages on one connection ("421 4.7.0 Too many messages for this session"):
 a new connection is all it takes, which the retry opens; no pause (see the channel's
 ``messages_per_connection``)."""
+
+_ONE_RECIPIENT = re.compile(
+    r"\b(for|to) (this |the |that )?(recipient|user|mailbox|address|rcpt)\b", re.I
+)
+"""A rate said to be one recipient's ("451 Ratelimit exceeded for mailbox …", "Too many
+messages queued for this recipient") without the X.2.x code that would say so: only that
+message waits."""
 
 
 def rate_refusal(code: int, text: str) -> bool:
@@ -804,13 +822,20 @@ def rate_refusal(code: int, text: str) -> bool:
     pauses (``throttled``) rather than spend the attempts of every queued message. A
     mailbox's own rate (enhanced code X.2.x, "mailbox status": Gmail's "450 4.2.1 The user
     you are trying to contact is receiving mail at a rate that prevents additional
-    messages") is that one recipient's: only its message waits. A bare 421 ("service not
+    messages", or words that say so: "for this recipient") is that one recipient's: only
+    its message waits. A bare 421 ("service not
     available") says no more than a busy relay does, and is retried as any 4xx. SMTP
     carries no Retry-After: the pause is the dispatcher's default, doubling while the relay
     refuses again."""
-    if not 400 <= code < 500 or _subject(text) == "2":
+    if not 400 <= code < 500:
         return False
-    return _RATE_WORDS.search(text) is not None and _PER_CONNECTION.search(text) is None
+    if _subject(text) == "2" and _OUR_LIMIT.search(text) is None:
+        return False
+    return (
+        _RATE_WORDS.search(text) is not None
+        and _PER_CONNECTION.search(text) is None
+        and _ONE_RECIPIENT.search(text) is None
+    )
 
 
 def _throttled(reason: str) -> DeliveryError:

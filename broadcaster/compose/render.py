@@ -74,21 +74,39 @@ def shorten_spans(text: str, link: str, max_segments: int) -> str:
     """The SMS ``text`` with its ``shortenable`` spans (the filter of that name) written
     whole when the message then fits ``max_segments`` with ``link``; else each, from the
     last, cut after its last whole word that lets the message fit, with ``...`` and its
-    note, down to its first word (the rest is then :func:`~channels.sms_segments.fit`'s to
-    cut). So what follows the span, the record instruction after a visit's postal address,
-    is kept rather than cut from the end."""
+    note; within its first word when even that leaves no room; never made longer (the rest
+    is then :func:`~channels.sms_segments.fit`'s to cut). So what follows the span, the
+    record instruction after a visit's postal address, is kept rather than cut from the
+    end."""
     while (span := next(reversed(list(SHORTENABLE.finditer(text))), None)) is not None:
         before, after = text[: span.start()], text[span.end() :]
         whole, note = span[1], span[2]
         if _fits_whole(unmark(before + whole + after), link, max_segments):
             text = before + whole + after
             continue
-        words = [word.end() for word in _WORD.finditer(whole)][:-1] or [len(whole)]
-        cuts = [before + whole[:end].rstrip(",;:-") + "..." + note + after for end in words]
-        text = next(
-            (cut for cut in reversed(cuts) if _fits_whole(unmark(cut), link, max_segments)),
-            cuts[0],
-        )
+
+        def cut(end: int) -> str:
+            return before + whole[:end].rstrip(",;:- ") + "..." + note + after  # noqa: B023
+
+        def fits(end: int) -> bool:
+            return _fits_whole(unmark(cut(end)), link, max_segments)
+
+        words = [word.end() for word in _WORD.finditer(whole)][:-1]
+        end = next((end for end in reversed(words) if fits(end)), None)
+        if end is None:
+            # Not even its first word leaves room (one long word, a long first word): cut
+            # within it, as far as needed (the longest start that fits, by bisection; none
+            # fits, its first character: the rest is fit's to cut).
+            low, high = 1, len(whole) - 1
+            while low < high:
+                middle = (low + high + 1) // 2
+                if fits(middle):
+                    low = middle
+                else:
+                    high = middle - 1
+            end = max(low, 1)
+        shortened, written = cut(end), before + whole + after
+        text = shortened if len(shortened) < len(written) else written  # never longer
     return text
 
 

@@ -250,7 +250,10 @@ class ProcessBoards:
 
     def __init__(self) -> None:
         self._running: dict[int, PauseBoard] = {}
-        self._ended = PauseBoard()
+        self._names: dict[str, set[str]] = {}
+        """The scopes the totals name, kept across scrapes: a scope named once stays named
+        (and one counted under ``other`` stays there), whichever process ends."""
+        self._ended = PauseBoard(_names=self._names)
 
     def report(self, process: int, board: PauseBoard) -> None:
         self._running[process] = board
@@ -262,7 +265,7 @@ class ProcessBoards:
 
     def total(self, own: PauseBoard) -> PauseBoard:
         """``own`` (this process's board) and every dispatch process's, as one."""
-        merged = PauseBoard()
+        merged = PauseBoard(_names=self._names)
         for board in (own, self._ended, *self._running.values()):
             merged.absorb(board)
         return merged

@@ -227,9 +227,14 @@ class DispatchProcesses:
                         child.terminate()
             await asyncio.gather(*(self._end(child, deadline) for child in running))
             ended += running
-        # Their last pause reports: the pipes end with the children.
+        # Their last pause reports: the pipes end with the children (unless a process of
+        # theirs holds one open: then its listening ends here).
         if self._listening:
-            await asyncio.wait(set(self._listening), timeout=REPORT_EVERY)
+            _, pending = await asyncio.wait(set(self._listening), timeout=REPORT_EVERY)
+            for listening in pending:
+                listening.cancel()
+            if pending:
+                await asyncio.wait(pending)
 
     async def _end(self, child: asyncio.subprocess.Process, deadline: float) -> None:
         """Wait for ``child`` to exit until ``deadline`` (the loop's time), then kill it."""
@@ -283,7 +288,7 @@ async def listen(
             except asyncio.IncompleteReadError:
                 raise ValueError("the pipe ended within a report") from None
             reports.report(number, PauseBoard.from_snapshot(body))
-    except ValueError as exc:
+    except (ValueError, RecursionError, OSError) as exc:
         log.warning(
             "dispatch process sent a pause report that cannot be read; its pauses from now "
             "on are left out of /metrics",
@@ -314,6 +319,7 @@ class PauseReporter:
     async def start(self, fd: int) -> None:
         """Say ready on ``fd`` (closed with the reporter) and start reporting."""
         loop = asyncio.get_running_loop()
+        os.set_inheritable(fd, False)  # a process of ours must not hold the daemon's pipe open
         pipe = os.fdopen(fd, "wb", 0)
         try:
             transport, protocol = await loop.connect_write_pipe(

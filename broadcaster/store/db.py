@@ -330,10 +330,13 @@ class Database:
         return self._direct_engine
 
     async def dispose(self) -> None:
-        await self.engine.dispose()
+        # The reader first: SQLite checkpoints the WAL into the database file when its last
+        # connection closes, which a read-only one cannot do. The writer closing last
+        # leaves one whole file behind a stopped daemon, as before there was a reader.
         if self._reader_engine is not None:
             await self._reader_engine.dispose()
             self._reader_engine = self._reader = None
+        await self.engine.dispose()
         if self._direct_engine is not None:
             await self._direct_engine.dispose()
 

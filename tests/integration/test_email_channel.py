@@ -781,6 +781,12 @@ def test_a_sender_refused_at_rcpt_says_so() -> None:
         (451, "4.7.1 Rate limit exceeded, try again later", True),
         (421, "4.7.28 Our system has detected an unusual rate of unsolicited mail", True),
         (421, "4.7.0 [TSS04] Messages temporarily deferred due to unexpected volume", True),
+        (450, "4.2.1 Peak SMTP relay limit exceeded for customer", True),  # Google Workspace
+        (451, "Sender rate overlimit - 120.0 / 1h / smtp", True),  # Exim's ratelimit ACL
+        (450, "4.7.1 Error: too many recipients from 127.0.0.1", True),
+        (421, "4.7.0 Error: too many new TLS sessions from 127.0.0.1", True),
+        (432, "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded", True),
+        (421, "4.4.5 Server busy, concurrency limit reached", True),
         # One mailbox's rate (X.2.x, mailbox status): that recipient's message only.
         (
             450,
@@ -788,8 +794,13 @@ def test_a_sender_refused_at_rcpt_says_so() -> None:
             "prevents additional messages from being delivered",
             False,
         ),
+        # One recipient's rate, in words: that message only.
+        (451, "Ratelimit exceeded for mailbox customer1@example.com", False),
+        (451, "4.3.0 Too many messages queued for this recipient", False),
         # A limit of one connection: a new connection is all it takes.
         (421, "4.7.0 Too many messages for this session", False),
+        (421, "4.7.0 Too many messages in one connection", False),
+        (451, "4.3.0 Please send separate limits", False),  # not "rate limit"
         # Busy, or refused for another reason: no word of our rate.
         (421, "4.3.2 Service not available, closing transmission channel", False),
         (451, "4.3.0 try later", False),

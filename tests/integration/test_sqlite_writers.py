@@ -145,3 +145,20 @@ async def test_a_reading_session_waits_for_no_writer_and_holds_none_up(turns: Tu
             "first",
             "second",
         ]
+
+
+async def test_a_store_read_by_a_reader_is_one_whole_file_once_disposed(tmp_path: Path) -> None:
+    """SQLite moves the WAL into the database file when its last connection closes, which a
+    read-only one cannot do: the reader closes first, so a stopped daemon leaves one whole
+    file (what an operator copying it alone gets)."""
+    path = tmp_path / "store.db"
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    async with database.begin() as connection:
+        await connection.execute(text("CREATE TABLE notes (body TEXT)"))
+        await connection.execute(text("INSERT INTO notes VALUES (:body)"), {"body": "x" * 100_000})
+    async with database.reading() as reader:
+        assert (await reader.execute(text("SELECT count(*) FROM notes"))).scalar_one() == 1
+    await database.dispose()
+    wal = tmp_path / "store.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert path.stat().st_size > 100_000

@@ -775,3 +775,26 @@ def test_metrics_show_the_dispatch_processes_pauses(
     sms = (("channel", "sms"), ("scope", ""))
     assert samples[("broadcaster_channel_pauses_total", sms)] == 1
     assert samples[("broadcaster_channel_pause_deferred_total", sms)] == 7
+
+
+def test_the_totals_name_a_receiver_for_good_whichever_process_ends() -> None:
+    """Beyond 20 receivers of a channel across processes, the totals count the later ones
+    under ``other``; which ones that is must not change when a process ends (its board
+    then counts among the ended ones, in another order): a series that came and went would
+    read as a counter reset."""
+
+    def child(prefix: str) -> PauseBoard:
+        pauses = ChannelPauses(monotonic=lambda: 0.0, board=PauseBoard())
+        for n in range(15):
+            pauses.throttled("hook", 5.0, "429", NOW, scope=f"https://{prefix}{n}.example")
+        return pauses.board
+
+    reported = ProcessBoards()
+    reported.report(1, child("a"))
+    reported.report(2, child("b"))
+    before = reported.total(PauseBoard()).pauses
+    assert len(before) == 21 and before[("hook", OTHER_SCOPES)] == 10
+    reported.ended(2)  # its board now counted ahead of the running one's
+    assert reported.total(PauseBoard()).pauses == before
+    reported.ended(1)
+    assert reported.total(PauseBoard()).pauses == before

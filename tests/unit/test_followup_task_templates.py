@@ -430,3 +430,24 @@ def test_an_address_with_the_marks_own_characters_leaves_no_mark_in_the_sms() ->
     text = render("sms", "en", **task, notice="assigned")["sms"]
     assert not any(mark in text for mark in "\ue002\ue003\ue004"), text
     assert "Markt 1, Stad" in text
+
+
+@pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
+def test_an_address_of_one_long_word_is_cut_within_it(language: str) -> None:
+    """No space to cut after: the address is cut within its one word, as far as needed, and
+    the record instruction still ends the SMS."""
+    task = {"kind": "visit", "postal_address": ["Keizersgracht" + "x" * 480], "notice": "assigned"}
+    sms = render("sms", language, **task)["sms"]
+    record = {"en": "or on the console.", "nl": "of in de console."}[language]
+    assert sms.endswith(record + "\nhttps://status.example.org/incidents/1042"), sms
+    assert "Keizersgrachtxx" in sms and "x" * 480 not in sms
+    assert segments(sms).segments <= 3
+
+
+def test_a_short_span_is_never_made_longer_by_its_note() -> None:
+    from broadcaster.compose.render import shorten_spans
+
+    text = "A" * 500 + " \ue002Markt 1\ue003 (in full on the console)\ue004 Record it."
+    shortened = shorten_spans(text, "", 1)
+    assert len(shortened) <= len("A" * 500 + " Markt 1 Record it.")
+    assert "\ue002" not in shortened
