@@ -28,7 +28,7 @@ wall-clock end it also keeps (from the daemon's clock) is where the messages giv
 due again. A pause is this process's own: each dispatch process learns of a throttle from
 its own sends, as each has its own share of a rate limit. What ``/metrics`` shows of them
 (:class:`PauseBoard`) is the daemon's, its extra dispatch processes' included: each reports
-its board to the daemon (:class:`ProcessBoards`, :mod:`broadcaster.dispatch.processes`).
+its board to the daemon (:mod:`broadcaster.dispatch.reports`).
 """
 
 from __future__ import annotations
@@ -238,41 +238,6 @@ def _entries(found: dict[str, Any], name: str) -> list[tuple[str, str, Any]]:
 
 BOARD = PauseBoard()
 """This process's board, read by ``/metrics`` (:mod:`broadcaster.web.metrics`)."""
-
-
-class ProcessBoards:
-    """The boards the daemon's extra dispatch processes report
-    (:mod:`broadcaster.dispatch.processes`), by the number of the process's start: the
-    latest of each one running, and the last ones of those that ended added together, so
-    that ``/metrics`` counts the pauses of the whole daemon and its counters never go back
-    when a process is started again. A process reports at most once a second and once more
-    as it stops: what one that was killed did after its last report is lost."""
-
-    def __init__(self) -> None:
-        self._running: dict[int, PauseBoard] = {}
-        self._names: dict[str, set[str]] = {}
-        """The scopes the totals name, kept across scrapes: a scope named once stays named
-        (and one counted under ``other`` stays there), whichever process ends."""
-        self._ended = PauseBoard(_names=self._names)
-
-    def report(self, process: int, board: PauseBoard) -> None:
-        self._running[process] = board
-
-    def ended(self, process: int) -> None:
-        board = self._running.pop(process, None)
-        if board is not None:
-            self._ended.absorb(board)
-
-    def total(self, own: PauseBoard) -> PauseBoard:
-        """``own`` (this process's board) and every dispatch process's, as one."""
-        merged = PauseBoard(_names=self._names)
-        for board in (own, self._ended, *self._running.values()):
-            merged.absorb(board)
-        return merged
-
-
-REPORTED = ProcessBoards()
-"""What this daemon's dispatch processes reported (:class:`ProcessBoards`)."""
 
 
 class ChannelPauses:

@@ -26,7 +26,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 
-from broadcaster.dispatch.pause import BOARD, REPORTED
+from broadcaster.dispatch.pause import BOARD
+from broadcaster.dispatch.reports import REPORTED
 from broadcaster.followups.service import OPEN_STATES
 from broadcaster.incidents.lifecycle import OPEN_STATUSES, SEVERITIES
 from broadcaster.reports import promise_overdue, rounds_overdue

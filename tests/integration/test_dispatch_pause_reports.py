@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from broadcaster.dispatch.pause import WHOLE, ChannelPauses, PauseBoard, ProcessBoards
-from broadcaster.dispatch.processes import _REPORT, READY, PauseReporter, listen
+from broadcaster.dispatch.pause import WHOLE, ChannelPauses, PauseBoard
+from broadcaster.dispatch.reports import _REPORT, READY, PauseReporter, ProcessBoards, listen
 
 NOW = datetime(2026, 1, 6, 8, 0, tzinfo=UTC)
 

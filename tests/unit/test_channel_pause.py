@@ -31,8 +31,8 @@ from broadcaster.dispatch.pause import (
     WHOLE,
     ChannelPauses,
     PauseBoard,
-    ProcessBoards,
 )
+from broadcaster.dispatch.reports import ProcessBoards
 from broadcaster.web import metrics
 from channels import webpush
 from channels.apns import apns_error
