@@ -80,6 +80,17 @@ async def test_scale_fails_a_short_materialisation_and_limits_peak_rss_in_mb(
     ) -> dict[str, float]:
         if phase == "populate":
             return {"populate_seconds": 1.0, "rows": float(customers), "peak_rss_mib": 50.0}
+        if phase == "unreached":
+            return {
+                f"unreached_{how}_{what}": value
+                for how in ("reading", "session")
+                for what, value in (
+                    ("seconds", 0.5),
+                    ("counted", float(customers - 10)),
+                    ("writer_longest_wait_seconds", 0.01),
+                    ("writes", 3.0),
+                )
+            }
         if phase == "purge":  # 5 of the 90 left behind: not a whole purge
             return {
                 "purge_seconds": 1.0,
@@ -111,6 +122,8 @@ async def test_scale_fails_a_short_materialisation_and_limits_peak_rss_in_mb(
         "scale materialisation",
         "scale resolution + materialisation",
         "scale peak RSS (VmHWM) materialising",
+        "scale who was not reached, counted",
+        "scale writer's longest wait during that count,",
         "scale purge (retention) of the round,",
     }, "no row for the first round: the firstround scenario measures it"
     for what in ("scale materialisation", "scale resolution + materialisation"):
